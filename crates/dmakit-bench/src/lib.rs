@@ -1,0 +1,1 @@
+//! dmakit benchmarks (being written).

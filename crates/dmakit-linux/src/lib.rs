@@ -1,0 +1,1 @@
+//! dmakit backend (being written).

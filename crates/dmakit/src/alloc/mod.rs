@@ -1,0 +1,18 @@
+//! Allocation: the IOMalloc family and IORangeAllocator.
+//!
+//! * [`malloc`]: `io_malloc`, `io_malloc_zero`, `io_malloc_aligned`, `io_malloc_pageable` and
+//!   their frees, over a platform's [`PhysicalMemory`](crate::platform::PhysicalMemory), with
+//!   IOKit's rule that a free takes the size, checked.
+//! * [`range`]: [`RangeAllocator`], which hands out ranges of a numeric space (IO virtual
+//!   addresses, BAR space, descriptor slots) with alignment, fixed-range allocation and
+//!   coalescing.
+
+pub mod malloc;
+pub mod range;
+
+#[cfg(any())]
+pub use malloc::{
+    io_free, io_free_aligned, io_free_pageable, io_malloc, io_malloc_aligned, io_malloc_pageable,
+    io_malloc_zero, IoHeap, IoMemory,
+};
+pub use range::{LockedRangeAllocator, RangeAllocator};

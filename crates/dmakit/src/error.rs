@@ -1,0 +1,466 @@
+//! Errors with context, and their IOKit return codes.
+//!
+//! Every failure in dmakit is an [`Error`] variant that says *why*: which constraint, which
+//! address, which size. [`Error::io_return`] maps it to the `kIOReturn*` value IOKit would
+//! have produced (see [`IoReturn`]), so code ported from a macOS driver and its logs read the
+//! same.
+//!
+//! ```
+//! use dmakit::{Error, IoReturn};
+//!
+//! let e = Error::NoSpace { what: "IO address space", requested: 0x4000, align: 0x1000, free: 0x2000 };
+//! assert_eq!(e.io_return(), IoReturn::NO_SPACE);
+//! assert_eq!(e.io_return().name(), "kIOReturnNoSpace");
+//! assert_eq!(e.to_string(), "IO address space has no room: 0x4000 bytes (alignment 0x1000) asked, 0x2000 free");
+//! ```
+
+use core::fmt;
+
+/// Short for `core::result::Result<T, dmakit::Error>`.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// An IOKit return code (`IOReturn`, a 32-bit value in the `sys_iokit` subsystem).
+///
+/// The values are those of IOKit's `IOReturn.h`: `0xE0000000 | code`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IoReturn(pub u32);
+
+impl IoReturn {
+    /// kIOReturnSuccess
+    pub const SUCCESS: IoReturn = IoReturn(0);
+    /// kIOReturnError: general error.
+    pub const ERROR: IoReturn = IoReturn(0xE000_02BC);
+    /// kIOReturnNoMemory: can't allocate memory.
+    pub const NO_MEMORY: IoReturn = IoReturn(0xE000_02BD);
+    /// kIOReturnNoResources: resource shortage.
+    pub const NO_RESOURCES: IoReturn = IoReturn(0xE000_02BE);
+    /// kIOReturnBadArgument: invalid argument.
+    pub const BAD_ARGUMENT: IoReturn = IoReturn(0xE000_02C2);
+    /// kIOReturnUnsupported: unsupported function.
+    pub const UNSUPPORTED: IoReturn = IoReturn(0xE000_02C7);
+    /// kIOReturnVMError: misc. VM failure.
+    pub const VM_ERROR: IoReturn = IoReturn(0xE000_02C8);
+    /// kIOReturnInternalError: internal error.
+    pub const INTERNAL_ERROR: IoReturn = IoReturn(0xE000_02C9);
+    /// kIOReturnCannotLock: can't acquire lock.
+    pub const CANNOT_LOCK: IoReturn = IoReturn(0xE000_02CC);
+    /// kIOReturnNotWritable: device read-only.
+    pub const NOT_WRITABLE: IoReturn = IoReturn(0xE000_02CF);
+    /// kIOReturnNotAligned: alignment error.
+    pub const NOT_ALIGNED: IoReturn = IoReturn(0xE000_02D0);
+    /// kIOReturnBusy: device busy.
+    pub const BUSY: IoReturn = IoReturn(0xE000_02D5);
+    /// kIOReturnNotReady: not ready.
+    pub const NOT_READY: IoReturn = IoReturn(0xE000_02D8);
+    /// kIOReturnNotAttached: device not attached.
+    pub const NOT_ATTACHED: IoReturn = IoReturn(0xE000_02D9);
+    /// kIOReturnNoSpace: no space for data.
+    pub const NO_SPACE: IoReturn = IoReturn(0xE000_02DB);
+    /// kIOReturnCannotWire: can't wire down physical memory.
+    pub const CANNOT_WIRE: IoReturn = IoReturn(0xE000_02DE);
+    /// kIOReturnMessageTooLarge: oversized message.
+    pub const MESSAGE_TOO_LARGE: IoReturn = IoReturn(0xE000_02E1);
+    /// kIOReturnNotPermitted: not permitted.
+    pub const NOT_PERMITTED: IoReturn = IoReturn(0xE000_02E2);
+    /// kIOReturnUnderrun: data underrun.
+    pub const UNDERRUN: IoReturn = IoReturn(0xE000_02E7);
+    /// kIOReturnOverrun: data overrun.
+    pub const OVERRUN: IoReturn = IoReturn(0xE000_02E8);
+
+    /// The constant's IOKit name, or `"kIOReturn?"` for a value dmakit never produces.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "kIOReturnSuccess",
+            0xE000_02BC => "kIOReturnError",
+            0xE000_02BD => "kIOReturnNoMemory",
+            0xE000_02BE => "kIOReturnNoResources",
+            0xE000_02C2 => "kIOReturnBadArgument",
+            0xE000_02C7 => "kIOReturnUnsupported",
+            0xE000_02C8 => "kIOReturnVMError",
+            0xE000_02C9 => "kIOReturnInternalError",
+            0xE000_02CC => "kIOReturnCannotLock",
+            0xE000_02CF => "kIOReturnNotWritable",
+            0xE000_02D0 => "kIOReturnNotAligned",
+            0xE000_02D5 => "kIOReturnBusy",
+            0xE000_02D8 => "kIOReturnNotReady",
+            0xE000_02D9 => "kIOReturnNotAttached",
+            0xE000_02DB => "kIOReturnNoSpace",
+            0xE000_02DE => "kIOReturnCannotWire",
+            0xE000_02E1 => "kIOReturnMessageTooLarge",
+            0xE000_02E2 => "kIOReturnNotPermitted",
+            0xE000_02E7 => "kIOReturnUnderrun",
+            0xE000_02E8 => "kIOReturnOverrun",
+            _ => "kIOReturn?",
+        }
+    }
+}
+
+impl fmt::Debug for IoReturn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({:#010x})", self.name(), self.0)
+    }
+}
+
+impl fmt::Display for IoReturn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:#010x})", self.name(), self.0)
+    }
+}
+
+/// Which family of the IOMalloc functions an allocation belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MallocFamily {
+    /// `io_malloc` / `io_malloc_zero`, freed by `io_free`.
+    Malloc,
+    /// `io_malloc_aligned`, freed by `io_free_aligned`.
+    Aligned,
+    /// `io_malloc_pageable`, freed by `io_free_pageable`.
+    Pageable,
+}
+
+impl MallocFamily {
+    /// The function that frees this family.
+    pub const fn free_fn(self) -> &'static str {
+        match self {
+            MallocFamily::Malloc => "io_free",
+            MallocFamily::Aligned => "io_free_aligned",
+            MallocFamily::Pageable => "io_free_pageable",
+        }
+    }
+}
+
+/// Everything that can go wrong, with the context to say why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A size of zero where IOKit (or dmakit) needs at least one byte.
+    #[error("{what}: size must not be zero")]
+    ZeroSize {
+        /// What was being sized.
+        what: &'static str,
+    },
+    /// `start + len` does not fit in 64 bits (or in the platform's address width).
+    #[error("{what}: range {start:#x} + {len:#x} overflows")]
+    Overflow {
+        /// What range.
+        what: &'static str,
+        /// Its start.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// An alignment that is not a power of two (or is out of the supported range).
+    #[error("{what}: alignment {align:#x} is not a supported power of two")]
+    BadAlignment {
+        /// What was being aligned.
+        what: &'static str,
+        /// The alignment given.
+        align: u64,
+    },
+    /// An address or length that breaks a required alignment.
+    #[error("{what}: {value:#x} is not aligned to {align:#x}")]
+    NotAligned {
+        /// What value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// A request outside the bounds of the object it names.
+    #[error("{what}: [{offset:#x}, +{len:#x}) is outside [0, {limit:#x})")]
+    OutOfBounds {
+        /// The object.
+        what: &'static str,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// The object's length.
+        limit: u64,
+    },
+    /// Any other argument the call cannot accept.
+    #[error("bad argument: {what} ({value:#x})")]
+    BadArgument {
+        /// What is wrong.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+    },
+    /// No memory could be had.
+    #[error("{what}: out of memory: {requested:#x} bytes asked, {available:#x} available")]
+    NoMemory {
+        /// Which pool or allocator.
+        what: &'static str,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes that were available (0 when unknown).
+        available: u64,
+    },
+    /// Memory exists, but none that meets the physical constraints.
+    #[error(
+        "{what}: no {requested:#x} bytes (alignment {align:#x}{contig}) at or below {limit:#x}",
+        contig = if *contiguous { ", contiguous" } else { "" }
+    )]
+    NoSuitableMemory {
+        /// Which allocator.
+        what: &'static str,
+        /// Bytes asked for.
+        requested: u64,
+        /// Alignment asked for.
+        align: u64,
+        /// Highest acceptable physical address.
+        limit: u64,
+        /// Whether physical contiguity was required.
+        contiguous: bool,
+    },
+    /// A numeric range allocator had no free range that fits.
+    #[error("{what} has no room: {requested:#x} bytes (alignment {align:#x}) asked, {free:#x} free")]
+    NoSpace {
+        /// Which allocator.
+        what: &'static str,
+        /// Bytes asked for.
+        requested: u64,
+        /// Alignment asked for.
+        align: u64,
+        /// Total free bytes (possibly fragmented).
+        free: u64,
+    },
+    /// A fixed range that is not wholly free.
+    #[error("{what}: range [{start:#x}, +{len:#x}) is not free")]
+    RangeBusy {
+        /// Which allocator.
+        what: &'static str,
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Freeing a range that is (partly) free already.
+    #[error("{what}: double free of [{start:#x}, +{len:#x})")]
+    DoubleFree {
+        /// Which allocator.
+        what: &'static str,
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A free of an address that no live allocation starts at.
+    #[error("{free_fn}({addr:#x}): no live allocation starts there")]
+    NotAllocated {
+        /// The free function called.
+        free_fn: &'static str,
+        /// The address given.
+        addr: u64,
+    },
+    /// A free with a size other than the allocation's (IOFree needs the size).
+    #[error("{free_fn}({addr:#x}, {given:#x}): allocated with size {allocated:#x}")]
+    WrongSize {
+        /// The free function called.
+        free_fn: &'static str,
+        /// The address.
+        addr: u64,
+        /// The size the allocation was made with.
+        allocated: u64,
+        /// The size given to the free.
+        given: u64,
+    },
+    /// A free through the wrong function of the IOMalloc family.
+    #[error("{free_fn}({addr:#x}): allocated by the {allocated_by:?} family, free it with {}", allocated_by.free_fn())]
+    WrongFree {
+        /// The free function called.
+        free_fn: &'static str,
+        /// The address.
+        addr: u64,
+        /// The family that made the allocation.
+        allocated_by: MallocFamily,
+    },
+    /// Memory must be wired (prepared) first.
+    #[error("{what} at {addr:#x} is not ready: it is not wired (prepare it first)")]
+    NotReady {
+        /// What was asked.
+        what: &'static str,
+        /// The address.
+        addr: u64,
+    },
+    /// An address nothing backs.
+    #[error("{what}: nothing is mapped at {addr:#x}")]
+    NotMapped {
+        /// Which address space or device.
+        what: &'static str,
+        /// The address.
+        addr: u64,
+    },
+    /// Pages could not be wired.
+    #[error("cannot wire [{addr:#x}, +{len:#x}): {why}")]
+    CannotWire {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Why, and how to fix it.
+        why: &'static str,
+    },
+    /// Memory that is wired (or prepared) cannot be released yet.
+    #[error("{what} at {addr:#x} is busy: {why}")]
+    Busy {
+        /// What.
+        what: &'static str,
+        /// The address.
+        addr: u64,
+        /// Why.
+        why: &'static str,
+    },
+    /// The platform refused for lack of privilege.
+    #[error("{what}: not permitted: {hint}")]
+    NotPermitted {
+        /// The operation.
+        what: &'static str,
+        /// How to get permission.
+        hint: &'static str,
+    },
+    /// The platform (or this build) does not do this.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What is not supported.
+        what: &'static str,
+    },
+    /// A write to memory that is mapped or prepared read-only.
+    #[error("{what} at {addr:#x} is read-only")]
+    NotWritable {
+        /// What.
+        what: &'static str,
+        /// The address.
+        addr: u64,
+    },
+    /// A resource other than memory ran out (table slots, fragments, handles).
+    #[error("{what}: out of resources (limit {limit})")]
+    NoResources {
+        /// Which resource.
+        what: &'static str,
+        /// The limit that was hit.
+        limit: u64,
+    },
+    /// A failure injected on purpose by a simulated machine.
+    #[error("injected fault: {site} #{nth}")]
+    Injected {
+        /// The injection site (physical allocation, pin, translation…).
+        site: &'static str,
+        /// Which call at that site failed (1-based).
+        nth: u64,
+        /// The code the real failure would have had.
+        code: IoReturn,
+    },
+    /// An operating-system call failed.
+    #[error("{op} failed: errno {errno}{}{hint}", if hint.is_empty() { "" } else { ": " })]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// Its errno.
+        errno: i32,
+        /// What to do about it (may be empty).
+        hint: &'static str,
+    },
+    /// An internal invariant failed; a dmakit bug.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What went wrong.
+        what: &'static str,
+    },
+}
+
+impl Error {
+    /// The IOKit return code for this error.
+    pub fn io_return(&self) -> IoReturn {
+        use Error::*;
+        match self {
+            ZeroSize { .. }
+            | Overflow { .. }
+            | BadAlignment { .. }
+            | OutOfBounds { .. }
+            | BadArgument { .. }
+            | DoubleFree { .. }
+            | NotAllocated { .. }
+            | WrongSize { .. }
+            | WrongFree { .. } => IoReturn::BAD_ARGUMENT,
+            NotAligned { .. } => IoReturn::NOT_ALIGNED,
+            NoMemory { .. } | NoSuitableMemory { .. } => IoReturn::NO_MEMORY,
+            NoSpace { .. } | RangeBusy { .. } => IoReturn::NO_SPACE,
+            NotReady { .. } => IoReturn::NOT_READY,
+            NotMapped { .. } => IoReturn::VM_ERROR,
+            CannotWire { .. } => IoReturn::CANNOT_WIRE,
+            Busy { .. } => IoReturn::BUSY,
+            NotPermitted { .. } => IoReturn::NOT_PERMITTED,
+            Unsupported { .. } => IoReturn::UNSUPPORTED,
+            NotWritable { .. } => IoReturn::NOT_WRITABLE,
+            NoResources { .. } => IoReturn::NO_RESOURCES,
+            Injected { code, .. } => *code,
+            Os { errno, .. } => errno_to_io_return(*errno),
+            Internal { .. } => IoReturn::INTERNAL_ERROR,
+        }
+    }
+}
+
+/// The IOKit code closest to a Linux errno.
+pub fn errno_to_io_return(errno: i32) -> IoReturn {
+    match errno {
+        1 | 13 => IoReturn::NOT_PERMITTED, // EPERM, EACCES
+        12 => IoReturn::NO_MEMORY,         // ENOMEM
+        11 | 16 => IoReturn::BUSY,         // EAGAIN, EBUSY
+        14 => IoReturn::VM_ERROR,          // EFAULT
+        22 => IoReturn::BAD_ARGUMENT,      // EINVAL
+        19 | 6 => IoReturn::NOT_ATTACHED,  // ENODEV, ENXIO
+        28 => IoReturn::NO_SPACE,          // ENOSPC
+        38 | 95 => IoReturn::UNSUPPORTED,  // ENOSYS, EOPNOTSUPP
+        _ => IoReturn::ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc_crate::string::ToString;
+
+    #[test]
+    fn codes_match_iokit() {
+        assert_eq!(IoReturn::NO_MEMORY.0, 0xE00002BD);
+        assert_eq!(IoReturn::BAD_ARGUMENT.0, 0xE00002C2);
+        assert_eq!(IoReturn::NOT_READY.0, 0xE00002D8);
+        assert_eq!(IoReturn::CANNOT_WIRE.0, 0xE00002DE);
+        assert_eq!(IoReturn::NOT_PERMITTED.0, 0xE00002E2);
+        assert_eq!(IoReturn(0x1234).name(), "kIOReturn?");
+        assert_eq!(
+            Error::ZeroSize { what: "x" }.io_return(),
+            IoReturn::BAD_ARGUMENT
+        );
+        assert_eq!(
+            Error::Os { op: "mlock", errno: 12, hint: "" }.io_return(),
+            IoReturn::NO_MEMORY
+        );
+        let inj = Error::Injected { site: "pin", nth: 3, code: IoReturn::CANNOT_WIRE };
+        assert_eq!(inj.io_return(), IoReturn::CANNOT_WIRE);
+    }
+
+    #[test]
+    fn messages_carry_context() {
+        let e = Error::WrongSize { free_fn: "io_free", addr: 0x1000, allocated: 64, given: 32 };
+        assert_eq!(e.to_string(), "io_free(0x1000, 0x20): allocated with size 0x40");
+        let e = Error::WrongFree {
+            free_fn: "io_free",
+            addr: 0x2000,
+            allocated_by: MallocFamily::Pageable,
+        };
+        assert!(e.to_string().contains("io_free_pageable"));
+        let e = Error::Os { op: "mlock", errno: 12, hint: "raise RLIMIT_MEMLOCK" };
+        assert_eq!(e.to_string(), "mlock failed: errno 12: raise RLIMIT_MEMLOCK");
+        let e = Error::NoSuitableMemory {
+            what: "sim RAM",
+            requested: 0x2000,
+            align: 0x1000,
+            limit: 0xffff_ffff,
+            contiguous: true,
+        };
+        assert!(e.to_string().contains("contiguous"), "{e}");
+    }
+}

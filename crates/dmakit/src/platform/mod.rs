@@ -1,0 +1,279 @@
+//! The platform seam: small capability traits that a backend implements.
+//!
+//! Everything above this module (descriptors, DMA commands, allocators) is written against
+//! these traits and never touches a raw pointer. Everything below it (the simulated machine,
+//! the Linux host, your kernel) implements them. Each trait is one capability, so a backend
+//! can provide exactly what its hardware has:
+//!
+//! | trait | capability | IOKit counterpart |
+//! | --- | --- | --- |
+//! | [`PhysicalMemory`] | allocate wired or pageable pages in the kernel task under physical constraints; CPU access to physical ranges | `kmem_alloc`, `IOMallocContiguous`, `ml_phys_read` |
+//! | [`Wiring`] | wire (pin) a task's virtual range, report its physical runs, unwire | `vm_map_wire`, UPLs, `pmap_find_phys` |
+//! | [`CpuAccess`] | CPU reads and writes of a task's virtual memory | `copyin`/`copyout` |
+//! | [`CacheOps`] | clean / invalidate / flush the CPU data cache for a range | `flush_dcache`, `IOFlushProcessorCache` |
+//! | [`Mmio`] | naturally aligned, untorn loads and stores to physical I/O space | `ml_phys_read_*`, `IOMappedRead*` |
+//!
+//! [`Platform`] is implemented for anything that has all five. All traits are implemented
+//! for `&T` and `Arc<T>` of an implementor, so a machine can be shared.
+//!
+//! ## Contracts every backend keeps
+//!
+//! * Memory from [`PhysicalMemory::allocate_pages`] is zero-filled, page aligned, and (unless
+//!   pageable) wired for its whole life: its physical runs never change until it is freed.
+//! * Wiring is *counted* per page: `wire` twice needs `unwire` twice. A failed `wire` leaves
+//!   nothing wired. [`Wiring::physical_runs`] of memory that is not wired is
+//!   [`Error::NotReady`](crate::Error::NotReady), never an address that may go stale.
+//! * [`PhysicalMemory::free_pages`] refuses ([`Error::Busy`](crate::Error::Busy)) while any
+//!   page of the range is wired by someone other than the allocation itself, so memory a
+//!   device may still reach is never freed.
+//! * CPU access goes only to memory the backend knows (its own allocations, registered
+//!   regions, simulated RAM); any other address is [`Error::NotMapped`](crate::Error::NotMapped),
+//!   never a fault.
+
+use crate::{PageSize, PhysAddr, PhysRange, Result, VirtAddr};
+use alloc_crate::sync::Arc;
+
+/// An address space: the kernel task or another one the platform knows.
+///
+/// On the Linux host there is one task, this process, and it is [`Task::KERNEL`]. The
+/// simulated machine can create as many as a test needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Task(pub u32);
+
+impl Task {
+    /// The kernel task (IOKit's `kernel_task`), where the IOMalloc family allocates.
+    pub const KERNEL: Task = Task(0);
+}
+
+/// What physical memory an allocation must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Alignment of the virtual *and* (for contiguous memory) physical start; a power of
+    /// two. Values below the page size mean page alignment.
+    pub align: u64,
+    /// The highest physical address any byte may have (`u64::MAX`: no limit). IOKit's
+    /// physical mask: `0xFFFF_FFFF` for a device with 32 address bits.
+    pub phys_limit: u64,
+    /// One physically contiguous run.
+    pub contiguous: bool,
+    /// Pageable rather than wired: pages may be absent or move until wired.
+    pub pageable: bool,
+}
+
+impl PageRequest {
+    /// Wired memory, page aligned, anywhere in physical memory, possibly scattered.
+    pub const WIRED: PageRequest = PageRequest {
+        align: 0,
+        phys_limit: u64::MAX,
+        contiguous: false,
+        pageable: false,
+    };
+
+    /// Pageable memory, page aligned.
+    pub const PAGEABLE: PageRequest = PageRequest {
+        align: 0,
+        phys_limit: u64::MAX,
+        contiguous: false,
+        pageable: true,
+    };
+
+    /// Whether this request restricts where physical pages may land.
+    pub const fn constrains_physical(&self) -> bool {
+        self.contiguous || self.phys_limit != u64::MAX
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        PageRequest::WIRED
+    }
+}
+
+/// Allocation of pages in the kernel task, and CPU access to physical memory.
+pub trait PhysicalMemory: Send + Sync {
+    /// The CPU page size.
+    fn page_size(&self) -> PageSize;
+
+    /// Allocates `len` bytes (a multiple of the page size) of zero-filled memory in the
+    /// kernel task meeting `req`, and returns its kernel virtual address.
+    fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr>;
+
+    /// Frees memory from [`allocate_pages`](Self::allocate_pages); `va` and `len` must be
+    /// exactly those of the allocation.
+    fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()>;
+
+    /// CPU read of physical memory (through the CPU's caches, as a load would).
+    fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()>;
+
+    /// CPU write of physical memory (through the CPU's caches, as a store would).
+    fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()>;
+}
+
+/// Wiring (pinning) of virtual memory and translation to physical runs.
+pub trait Wiring: Send + Sync {
+    /// Wires every page touching `[va, va + len)` in `task`, faulting pages in as needed.
+    /// Counted: each call needs its own [`unwire`](Self::unwire). `writable` asks for pages
+    /// the device may write. On failure nothing stays wired by this call.
+    fn wire(&self, task: Task, va: VirtAddr, len: u64, writable: bool) -> Result<()>;
+
+    /// Drops one wiring of every page touching `[va, va + len)`. Unwiring a page that is not
+    /// wired is an error and changes nothing.
+    fn unwire(&self, task: Task, va: VirtAddr, len: u64) -> Result<()>;
+
+    /// Calls `run` with the physical runs behind `[va, va + len)` in order, adjacent
+    /// physically contiguous pages coalesced into one run. Every page must be wired.
+    fn physical_runs(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        run: &mut dyn FnMut(PhysRange),
+    ) -> Result<()>;
+}
+
+/// CPU access to a task's virtual memory.
+pub trait CpuAccess: Send + Sync {
+    /// Copies `[va, va + buf.len())` of `task` into `buf`.
+    fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()>;
+
+    /// Copies `data` to `[va, va + data.len())` of `task`.
+    fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()>;
+}
+
+/// A CPU data-cache operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheOp {
+    /// Write dirty lines back to memory, keep them cached (before a device reads).
+    Clean,
+    /// Discard cached lines without writing back (after a device wrote).
+    Invalidate,
+    /// Clean then invalidate (`IOFlushProcessorCache`, `clflush`).
+    Flush,
+}
+
+/// CPU data-cache maintenance.
+pub trait CacheOps: Send + Sync {
+    /// Whether devices see CPU caches without maintenance (x86: yes; many ARM SoCs: no).
+    fn dma_coherent(&self) -> bool;
+
+    /// Applies `op` to every cache line touching `[va, va + len)` of `task`.
+    fn cache_virt(&self, op: CacheOp, task: Task, va: VirtAddr, len: u64) -> Result<()>;
+
+    /// Applies `op` to every cache line touching `[pa, pa + len)`.
+    fn cache_phys(&self, op: CacheOp, pa: PhysAddr, len: u64) -> Result<()>;
+}
+
+/// The width of one mapped I/O access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Width {
+    /// One byte.
+    W8,
+    /// Two bytes.
+    W16,
+    /// Four bytes.
+    W32,
+    /// Eight bytes.
+    W64,
+}
+
+impl Width {
+    /// The access size in bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Width::W8 => 1,
+            Width::W16 => 2,
+            Width::W32 => 4,
+            Width::W64 => 8,
+        }
+    }
+
+    /// The largest value the width holds.
+    pub const fn max_value(self) -> u64 {
+        match self {
+            Width::W64 => u64::MAX,
+            w => (1u64 << (w.bytes() * 8)) - 1,
+        }
+    }
+}
+
+/// Loads and stores to physical I/O space (device registers, or RAM by physical address).
+///
+/// Accesses are naturally aligned (else [`Error::NotAligned`](crate::Error::NotAligned)),
+/// performed once with exactly the given width (volatile, never torn or merged), and an
+/// address nothing backs is [`Error::NotMapped`](crate::Error::NotMapped).
+pub trait Mmio: Send + Sync {
+    /// Reads `width` bytes at `pa`; the value is zero-extended.
+    fn mmio_read(&self, pa: PhysAddr, width: Width) -> Result<u64>;
+
+    /// Writes the low `width` bytes of `value` at `pa`.
+    fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()>;
+}
+
+/// A complete platform: every capability of the seam.
+pub trait Platform: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio {}
+
+impl<T: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio + ?Sized> Platform for T {}
+
+/// Forwards each trait through a smart pointer or reference.
+macro_rules! forward {
+    ($($ptr:ty),*) => {$(
+        impl<T: PhysicalMemory + ?Sized> PhysicalMemory for $ptr {
+            fn page_size(&self) -> PageSize { (**self).page_size() }
+            fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+                (**self).allocate_pages(len, req)
+            }
+            fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> { (**self).free_pages(va, len) }
+            fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> { (**self).read_phys(pa, buf) }
+            fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> { (**self).write_phys(pa, data) }
+        }
+        impl<T: Wiring + ?Sized> Wiring for $ptr {
+            fn wire(&self, task: Task, va: VirtAddr, len: u64, writable: bool) -> Result<()> {
+                (**self).wire(task, va, len, writable)
+            }
+            fn unwire(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+                (**self).unwire(task, va, len)
+            }
+            fn physical_runs(&self, task: Task, va: VirtAddr, len: u64, run: &mut dyn FnMut(PhysRange)) -> Result<()> {
+                (**self).physical_runs(task, va, len, run)
+            }
+        }
+        impl<T: CpuAccess + ?Sized> CpuAccess for $ptr {
+            fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()> {
+                (**self).read_virt(task, va, buf)
+            }
+            fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
+                (**self).write_virt(task, va, data)
+            }
+        }
+        impl<T: CacheOps + ?Sized> CacheOps for $ptr {
+            fn dma_coherent(&self) -> bool { (**self).dma_coherent() }
+            fn cache_virt(&self, op: CacheOp, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+                (**self).cache_virt(op, task, va, len)
+            }
+            fn cache_phys(&self, op: CacheOp, pa: PhysAddr, len: u64) -> Result<()> {
+                (**self).cache_phys(op, pa, len)
+            }
+        }
+        impl<T: Mmio + ?Sized> Mmio for $ptr {
+            fn mmio_read(&self, pa: PhysAddr, width: Width) -> Result<u64> { (**self).mmio_read(pa, width) }
+            fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()> {
+                (**self).mmio_write(pa, width, value)
+            }
+        }
+    )*};
+}
+
+forward!(&T, Arc<T>);
+
+/// Collects the physical runs of a wired range into a vector (a convenience over
+/// [`Wiring::physical_runs`] for code that may allocate).
+pub fn collect_runs<W: Wiring + ?Sized>(
+    w: &W,
+    task: Task,
+    va: VirtAddr,
+    len: u64,
+) -> Result<alloc_crate::vec::Vec<PhysRange>> {
+    let mut v = alloc_crate::vec::Vec::new();
+    w.physical_runs(task, va, len, &mut |r| v.push(r))?;
+    Ok(v)
+}
