@@ -10,7 +10,6 @@
 pub mod malloc;
 pub mod range;
 
-#[cfg(any())]
 pub use malloc::{
     io_free, io_free_aligned, io_free_pageable, io_malloc, io_malloc_aligned, io_malloc_pageable,
     io_malloc_zero, IoHeap, IoMemory,
