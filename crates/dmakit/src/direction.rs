@@ -61,7 +61,12 @@ mod tests {
 
     #[test]
     fn bits_round_trip() {
-        for d in [Direction::None, Direction::In, Direction::Out, Direction::InOut] {
+        for d in [
+            Direction::None,
+            Direction::In,
+            Direction::Out,
+            Direction::InOut,
+        ] {
             assert_eq!(Direction::from_bits(d.bits()), d);
         }
         assert_eq!(Direction::from_bits(0x7), Direction::InOut);

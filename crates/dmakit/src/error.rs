@@ -215,7 +215,9 @@ pub enum Error {
         contiguous: bool,
     },
     /// A numeric range allocator had no free range that fits.
-    #[error("{what} has no room: {requested:#x} bytes (alignment {align:#x}) asked, {free:#x} free")]
+    #[error(
+        "{what} has no room: {requested:#x} bytes (alignment {align:#x}) asked, {free:#x} free"
+    )]
     NoSpace {
         /// Which allocator.
         what: &'static str,
@@ -435,25 +437,49 @@ mod tests {
             IoReturn::BAD_ARGUMENT
         );
         assert_eq!(
-            Error::Os { op: "mlock", errno: 12, hint: "" }.io_return(),
+            Error::Os {
+                op: "mlock",
+                errno: 12,
+                hint: ""
+            }
+            .io_return(),
             IoReturn::NO_MEMORY
         );
-        let inj = Error::Injected { site: "pin", nth: 3, code: IoReturn::CANNOT_WIRE };
+        let inj = Error::Injected {
+            site: "pin",
+            nth: 3,
+            code: IoReturn::CANNOT_WIRE,
+        };
         assert_eq!(inj.io_return(), IoReturn::CANNOT_WIRE);
     }
 
     #[test]
     fn messages_carry_context() {
-        let e = Error::WrongSize { free_fn: "io_free", addr: 0x1000, allocated: 64, given: 32 };
-        assert_eq!(e.to_string(), "io_free(0x1000, 0x20): allocated with size 0x40");
+        let e = Error::WrongSize {
+            free_fn: "io_free",
+            addr: 0x1000,
+            allocated: 64,
+            given: 32,
+        };
+        assert_eq!(
+            e.to_string(),
+            "io_free(0x1000, 0x20): allocated with size 0x40"
+        );
         let e = Error::WrongFree {
             free_fn: "io_free",
             addr: 0x2000,
             allocated_by: MallocFamily::Pageable,
         };
         assert!(e.to_string().contains("io_free_pageable"));
-        let e = Error::Os { op: "mlock", errno: 12, hint: "raise RLIMIT_MEMLOCK" };
-        assert_eq!(e.to_string(), "mlock failed: errno 12: raise RLIMIT_MEMLOCK");
+        let e = Error::Os {
+            op: "mlock",
+            errno: 12,
+            hint: "raise RLIMIT_MEMLOCK",
+        };
+        assert_eq!(
+            e.to_string(),
+            "mlock failed: errno 12: raise RLIMIT_MEMLOCK"
+        );
         let e = Error::NoSuitableMemory {
             what: "sim RAM",
             requested: 0x2000,

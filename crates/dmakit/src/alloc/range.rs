@@ -117,7 +117,11 @@ impl RangeAllocator {
         }
         size.checked_add(self.default_mask)
             .map(|s| s & !self.default_mask)
-            .ok_or(Error::Overflow { what: WHAT, start: 0, len: size })
+            .ok_or(Error::Overflow {
+                what: WHAT,
+                start: 0,
+                len: size,
+            })
     }
 
     /// Allocates `size` bytes (rounded up to the default alignment) at the lowest address
@@ -168,7 +172,11 @@ impl RangeAllocator {
                 self.carve(s, e, start, last);
                 Ok(())
             }
-            _ => Err(Error::RangeBusy { what: WHAT, start, len: size }),
+            _ => Err(Error::RangeBusy {
+                what: WHAT,
+                start,
+                len: size,
+            }),
         }
     }
 
@@ -194,12 +202,20 @@ impl RangeAllocator {
             len: size,
         })?;
         if self.free_bytes.checked_add(size).is_none() {
-            return Err(Error::Overflow { what: "range allocator free count", start, len: size });
+            return Err(Error::Overflow {
+                what: "range allocator free count",
+                start,
+                len: size,
+            });
         }
         let pred = self.free.range(..=last).next_back().map(|(&s, &e)| (s, e));
         if let Some((_, e)) = pred {
             if e >= start {
-                return Err(Error::DoubleFree { what: WHAT, start, len: size });
+                return Err(Error::DoubleFree {
+                    what: WHAT,
+                    start,
+                    len: size,
+                });
             }
         }
         let mut new_start = start;
@@ -276,7 +292,12 @@ mod tests {
         let r = RangeAllocator::with_end_of_range(0x1000, 0x1000).unwrap();
         // [0, 0x1000] is 0x1001 bytes, rounded up to 0x2000 as IOKit does.
         assert_eq!(r.free_count(), 0x2000);
-        assert_eq!(RangeAllocator::with_end_of_range(0, 1).unwrap().free_count(), 0);
+        assert_eq!(
+            RangeAllocator::with_end_of_range(0, 1)
+                .unwrap()
+                .free_count(),
+            0
+        );
     }
 
     #[test]
@@ -295,12 +316,24 @@ mod tests {
     fn misuse_is_an_error_that_changes_nothing() {
         let mut r = RangeAllocator::new(0x1000, 0x4000, 0x1000).unwrap();
         let before: alloc_crate::vec::Vec<_> = r.fragments().collect();
-        assert!(matches!(r.deallocate(0x2000, 0x1000), Err(Error::DoubleFree { .. })));
+        assert!(matches!(
+            r.deallocate(0x2000, 0x1000),
+            Err(Error::DoubleFree { .. })
+        ));
         assert!(matches!(r.allocate(0, 0), Err(Error::ZeroSize { .. })));
-        assert!(matches!(r.allocate(0x1000, 3), Err(Error::BadAlignment { .. })));
+        assert!(matches!(
+            r.allocate(0x1000, 3),
+            Err(Error::BadAlignment { .. })
+        ));
         assert!(matches!(r.allocate(0x5000, 0), Err(Error::NoSpace { .. })));
-        assert!(matches!(r.allocate_range(0, 0x1000), Err(Error::RangeBusy { .. })));
-        assert!(matches!(r.allocate_range(u64::MAX - 10, 0x1000), Err(Error::Overflow { .. })));
+        assert!(matches!(
+            r.allocate_range(0, 0x1000),
+            Err(Error::RangeBusy { .. })
+        ));
+        assert!(matches!(
+            r.allocate_range(u64::MAX - 10, 0x1000),
+            Err(Error::Overflow { .. })
+        ));
         let after: alloc_crate::vec::Vec<_> = r.fragments().collect();
         assert_eq!(before, after);
     }
