@@ -1,1 +1,47 @@
-//! dmakit backend (being written).
+//! # dmakit-sim — a simulated machine to test drivers against
+//!
+//! A seeded, deterministic and deliberately hostile machine that implements every trait of
+//! dmakit's platform seam ([`dmakit::platform`]). Drivers that work here have already met:
+//!
+//! * **non-identity, fragmented physical memory**: virtual pages land on scattered physical
+//!   pages, some above 4 GiB, with holes in the RAM map ([`physical`]);
+//! * **several tasks**, each an address space with its own page table, kernel and user
+//!   addresses far from the physical ones ([`task`]);
+//! * **pageable memory** that has no physical page until touched or wired and moves when
+//!   [`Machine::migrate_pageable`] runs; translating it unwired is `NotReady`;
+//! * **non-coherent caches**: CPU stores invisible to devices until cleaned, device writes
+//!   invisible to the CPU until invalidated ([`cache`]);
+//! * **MMIO windows** routed to device models ([`mmio`]);
+//! * **fault injection**: the Nth physical allocation, pin or translation fails
+//!   ([`fault`]).
+//!
+//! The same seed and the same calls give the same physical addresses; another seed gives
+//! another layout.
+//!
+//! ```
+//! use dmakit::platform::{PageRequest, PhysicalMemory, Wiring, Task, collect_runs};
+//! use dmakit_sim::MachineBuilder;
+//!
+//! let m = MachineBuilder::new().seed(7).build()?;
+//! let va = m.allocate_pages(0x4000, &PageRequest::WIRED)?;
+//! let runs = collect_runs(&m, Task::KERNEL, va, 0x4000)?;
+//! assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 0x4000);
+//! m.free_pages(va, 0x4000)?;
+//! # Ok::<(), dmakit::Error>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+
+mod builder;
+pub mod cache;
+pub mod fault;
+mod machine;
+pub mod mmio;
+pub mod physical;
+pub mod task;
+
+pub use builder::{MachineBuilder, DEFAULT_RAM};
+pub use cache::CacheMode;
+pub use fault::FaultSite;
+pub use machine::{Layout, Machine, SimStats};
+pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};

@@ -1,0 +1,215 @@
+//! The CPU data-cache model.
+//!
+//! On a DMA-coherent machine (x86) devices snoop the CPU caches and nobody needs to think
+//! about them. Many ARM SoCs are not coherent: a CPU store sits in a dirty cache line until
+//! the line is *cleaned*, so a device reading DRAM sees the old bytes; and a CPU load of a
+//! line that is still cached returns the old bytes after a device wrote DRAM, until the line
+//! is *invalidated*. Drivers that forget either step corrupt data only on those machines.
+//!
+//! This model makes that visible. Lines are 64 bytes and, to be as hostile as possible, are
+//! never evicted: a line stays cached (and stale, or dirty) until a cache operation touches
+//! it. Per-range [`CacheMode`]s change the behaviour the way page attributes do:
+//!
+//! | mode | CPU load | CPU store |
+//! | --- | --- | --- |
+//! | `CopyBack` (default) | cached | cached, dirty until cleaned |
+//! | `WriteThrough` | cached | cached and written to DRAM at once |
+//! | `Inhibit` | straight from DRAM | straight to DRAM |
+//! | `WriteCombine` | straight from DRAM | straight to DRAM (combining is invisible here) |
+//!
+//! With a coherent machine the model holds no lines at all.
+
+use crate::physical::PhysicalPool;
+use dmakit::platform::CacheOp;
+use std::collections::{BTreeMap, HashMap};
+
+/// Bytes in one cache line.
+pub const LINE: u64 = 64;
+
+/// How the CPU caches a range of physical memory (IOKit's map cache modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CacheMode {
+    /// Write-back caching (kIOMapCopyback, the default for RAM).
+    #[default]
+    CopyBack,
+    /// Stores go to DRAM at once, loads are cached (kIOMapWriteThruCache).
+    WriteThrough,
+    /// No caching (kIOMapInhibitCache).
+    Inhibit,
+    /// Uncached loads, combined stores (kIOMapWriteCombineCache).
+    WriteCombine,
+}
+
+#[derive(Clone, Debug)]
+struct Line {
+    data: [u8; LINE as usize],
+    dirty: bool,
+}
+
+/// Cached lines and the cache-mode map.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    coherent: bool,
+    lines: HashMap<u64, Line>,
+    /// Range start → (end, mode) for ranges not in CopyBack mode.
+    modes: BTreeMap<u64, (u64, CacheMode)>,
+}
+
+impl Cache {
+    pub(crate) fn new(coherent: bool) -> Self {
+        Cache {
+            coherent,
+            ..Cache::default()
+        }
+    }
+
+    pub(crate) fn coherent(&self) -> bool {
+        self.coherent
+    }
+
+    pub(crate) fn lines(&self) -> (u64, u64) {
+        let dirty = self.lines.values().filter(|l| l.dirty).count() as u64;
+        (self.lines.len() as u64, dirty)
+    }
+
+    /// The mode in force at `pa`.
+    pub(crate) fn mode(&self, pa: u64) -> CacheMode {
+        match self.modes.range(..=pa).next_back() {
+            Some((_, &(end, mode))) if pa < end => mode,
+            _ => CacheMode::CopyBack,
+        }
+    }
+
+    /// Sets the mode of `[pa, pa + len)`. The range's lines are flushed first, as an OS does
+    /// when it changes page attributes.
+    pub(crate) fn set_mode(&mut self, pa: u64, len: u64, mode: CacheMode, dram: &mut PhysicalPool) {
+        self.op(CacheOp::Flush, pa, len, dram);
+        let end = pa + len;
+        // Cut existing ranges that overlap [pa, end).
+        let overlapping: Vec<(u64, u64, CacheMode)> = self
+            .modes
+            .range(..end)
+            .filter(|(_, &(e, _))| e > pa)
+            .map(|(&s, &(e, m))| (s, e, m))
+            .collect();
+        for (s, e, m) in overlapping {
+            self.modes.remove(&s);
+            if s < pa {
+                self.modes.insert(s, (pa, m));
+            }
+            if e > end {
+                self.modes.insert(end, (e, m));
+            }
+        }
+        if mode != CacheMode::CopyBack {
+            self.modes.insert(pa, (end, mode));
+        }
+    }
+
+    /// A CPU load.
+    pub(crate) fn read(&mut self, pa: u64, buf: &mut [u8], dram: &PhysicalPool) {
+        if self.coherent {
+            return dram.dram_read(pa, buf);
+        }
+        self.each_line(pa, buf.len(), |this, line, off, range| {
+            match this.mode(line) {
+                CacheMode::Inhibit | CacheMode::WriteCombine => {
+                    if let Some(l) = this.lines.get(&line) {
+                        // A line cached before the mode changed is still served.
+                        let n = range.end - range.start;
+                        buf[range].copy_from_slice(&l.data[off..off + n]);
+                    } else {
+                        dram.dram_read(line + off as u64, &mut buf[range]);
+                    }
+                }
+                CacheMode::CopyBack | CacheMode::WriteThrough => {
+                    let l = this.fill(line, dram);
+                    let n = range.end - range.start;
+                    buf[range].copy_from_slice(&l.data[off..off + n]);
+                }
+            }
+        });
+    }
+
+    /// A CPU store.
+    pub(crate) fn write(&mut self, pa: u64, data: &[u8], dram: &mut PhysicalPool) {
+        if self.coherent {
+            return dram.dram_write(pa, data);
+        }
+        self.each_line(pa, data.len(), |this, line, off, range| {
+            let n = range.end - range.start;
+            match this.mode(line) {
+                CacheMode::Inhibit | CacheMode::WriteCombine => {
+                    this.lines.remove(&line);
+                    dram.dram_write(line + off as u64, &data[range]);
+                }
+                CacheMode::WriteThrough => {
+                    let l = this.fill(line, dram);
+                    l.data[off..off + n].copy_from_slice(&data[range.clone()]);
+                    dram.dram_write(line + off as u64, &data[range]);
+                }
+                CacheMode::CopyBack => {
+                    let l = this.fill(line, dram);
+                    l.data[off..off + n].copy_from_slice(&data[range]);
+                    l.dirty = true;
+                }
+            }
+        });
+    }
+
+    /// Applies a cache operation to every line touching `[pa, pa + len)`.
+    pub(crate) fn op(&mut self, op: CacheOp, pa: u64, len: u64, dram: &mut PhysicalPool) {
+        if self.coherent || len == 0 {
+            return;
+        }
+        let first = pa & !(LINE - 1);
+        let end = pa.saturating_add(len);
+        let mut line = first;
+        while line < end {
+            if let Some(l) = self.lines.get_mut(&line) {
+                if l.dirty && matches!(op, CacheOp::Clean | CacheOp::Flush) {
+                    dram.dram_write(line, &l.data);
+                    l.dirty = false;
+                }
+                if matches!(op, CacheOp::Invalidate | CacheOp::Flush) {
+                    self.lines.remove(&line);
+                }
+            }
+            line += LINE;
+        }
+    }
+
+    /// Drops every line of `[pa, pa + len)` without writing back (the page was freed).
+    pub(crate) fn forget(&mut self, pa: u64, len: u64) {
+        let mut line = pa & !(LINE - 1);
+        while line < pa + len {
+            self.lines.remove(&line);
+            line += LINE;
+        }
+    }
+
+    fn fill(&mut self, line: u64, dram: &PhysicalPool) -> &mut Line {
+        self.lines.entry(line).or_insert_with(|| {
+            let mut data = [0u8; LINE as usize];
+            dram.dram_read(line, &mut data);
+            Line { data, dirty: false }
+        })
+    }
+
+    fn each_line(
+        &mut self,
+        pa: u64,
+        len: usize,
+        mut f: impl FnMut(&mut Self, u64, usize, std::ops::Range<usize>),
+    ) {
+        let mut done = 0usize;
+        while done < len {
+            let a = pa + done as u64;
+            let line = a & !(LINE - 1);
+            let off = (a - line) as usize;
+            let n = (LINE as usize - off).min(len - done);
+            f(self, line, off, done..done + n);
+            done += n;
+        }
+    }
+}

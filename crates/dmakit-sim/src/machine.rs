@@ -1,0 +1,917 @@
+//! The simulated machine: physical memory, tasks, the cache model, MMIO windows and fault
+//! injection behind one lock, and the platform seam implemented on top.
+//!
+//! Build one with [`MachineBuilder`](crate::MachineBuilder). Everything is deterministic:
+//! the same seed and the same sequence of calls give the same physical addresses.
+
+use crate::cache::{Cache, CacheMode};
+use crate::fault::{FaultPlan, FaultSite};
+use crate::mmio::{MmioWindow, SharedDevice};
+use crate::physical::{PhysicalPool, RamRegion};
+use crate::task::{AddressSpace, Pte, Region, KERNEL_VA_BASE, USER_VA_BASE};
+use dmakit::platform::{
+    CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width, Wiring,
+};
+use dmakit::{Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+/// Everything behind the machine's lock.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub page: PageSize,
+    pub phys: PhysicalPool,
+    pub cache: Cache,
+    pub faults: FaultPlan,
+    pub tasks: BTreeMap<Task, AddressSpace>,
+    pub next_task: u32,
+}
+
+/// A simulated machine. `Send + Sync`; share it by reference or `Arc`.
+pub struct Machine {
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) windows: RwLock<Vec<MmioWindow>>,
+    pub(crate) seed: u64,
+    pub(crate) fragmentation: f64,
+}
+
+/// Counters that let a test prove nothing leaked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Pages of RAM.
+    pub ram_pages: u64,
+    /// Pages in the free pool.
+    pub free_pages: u64,
+    /// Live tasks, the kernel included.
+    pub tasks: u64,
+    /// Live allocations over all tasks.
+    pub allocations: u64,
+    /// Pages with at least one explicit wiring.
+    pub wired_pages: u64,
+    /// Cached lines, and how many of them are dirty.
+    pub cached_lines: (u64, u64),
+    /// Calls seen at each fault site, in [`FaultSite::ALL`] order.
+    pub site_calls: [u64; 3],
+}
+
+/// The machine's physical layout, for display.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The page size.
+    pub page_size: PageSize,
+    /// RAM regions in address order.
+    pub ram: Vec<RamRegion>,
+    /// MMIO windows: base, length, device name.
+    pub mmio: Vec<(u64, u64, String)>,
+    /// Whether devices see the CPU caches.
+    pub coherent: bool,
+    /// The seed.
+    pub seed: u64,
+    /// The fragmentation setting.
+    pub fragmentation: f64,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "page size {} KiB, seed {}, fragmentation {:.2}, {}",
+            self.page_size.bytes() / 1024,
+            self.seed,
+            self.fragmentation,
+            if self.coherent {
+                "DMA-coherent"
+            } else {
+                "non-coherent caches"
+            }
+        )?;
+        let mut prev_end: Option<u64> = None;
+        for r in &self.ram {
+            if let Some(p) = prev_end.filter(|&p| p < r.base) {
+                writeln!(f, "  hole {:#014x}-{:#014x}", p, r.base)?;
+            }
+            writeln!(
+                f,
+                "  RAM  {:#014x}-{:#014x} ({} MiB)",
+                r.base,
+                r.end(),
+                r.len >> 20
+            )?;
+            prev_end = Some(r.end());
+        }
+        for (b, l, n) in &self.mmio {
+            writeln!(f, "  MMIO {:#014x}-{:#014x} {}", b, b + l, n)?;
+        }
+        Ok(())
+    }
+}
+
+fn page_chunks(page: PageSize, va: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    // (page start, offset in page, bytes in this page)
+    let end = va + len;
+    let mut a = va;
+    std::iter::from_fn(move || {
+        if a >= end {
+            return None;
+        }
+        let p = page.trunc(a);
+        let off = a - p;
+        let n = (page.bytes() - off).min(end - a);
+        a += n;
+        Some((p, off, n))
+    })
+}
+
+impl Inner {
+    fn space(&mut self, task: Task) -> Result<&mut AddressSpace> {
+        self.tasks.get_mut(&task).ok_or(Error::BadArgument {
+            what: "no such simulated task",
+            value: task.0 as u64,
+        })
+    }
+
+    fn check_range(&self, va: u64, len: u64, what: &'static str) -> Result<()> {
+        va.checked_add(len).ok_or(Error::Overflow {
+            what,
+            start: va,
+            len,
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn allocate(&mut self, task: Task, len: u64, req: &PageRequest) -> Result<u64> {
+        let psize = self.page.bytes();
+        if len == 0 {
+            return Err(Error::ZeroSize {
+                what: "page allocation",
+            });
+        }
+        if len % psize != 0 {
+            return Err(Error::NotAligned {
+                what: "page allocation length",
+                value: len,
+                align: psize,
+            });
+        }
+        if req.align != 0 && !req.align.is_power_of_two() {
+            return Err(Error::BadAlignment {
+                what: "page allocation",
+                align: req.align,
+            });
+        }
+        let align = req.align.max(psize);
+        let Inner {
+            phys,
+            faults,
+            tasks,
+            ..
+        } = self;
+        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
+            what: "no such simulated task",
+            value: task.0 as u64,
+        })?;
+        let va = space.va.allocate(len, align)?;
+        let n = len / psize;
+        let pages = if req.pageable {
+            vec![None; n as usize]
+        } else {
+            match phys.take(n, req.contiguous, align, req.phys_limit, faults) {
+                Ok(p) => p.into_iter().map(Some).collect(),
+                Err(e) => {
+                    space.va.deallocate(va, len).map_err(|_| Error::Internal {
+                        what: "sim VA rollback",
+                    })?;
+                    return Err(e);
+                }
+            }
+        };
+        for (i, pa) in pages.into_iter().enumerate() {
+            space.ptes.insert(
+                va + i as u64 * psize,
+                Pte {
+                    pa,
+                    wires: 0,
+                    always_wired: !req.pageable,
+                    writable: true,
+                },
+            );
+        }
+        space.regions.insert(
+            va,
+            Region {
+                len,
+                pageable: req.pageable,
+            },
+        );
+        Ok(va)
+    }
+
+    pub(crate) fn free(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
+        let psize = self.page.bytes();
+        let Inner {
+            phys, cache, tasks, ..
+        } = self;
+        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
+            what: "no such simulated task",
+            value: task.0 as u64,
+        })?;
+        let region = *space.regions.get(&va).ok_or(Error::NotAllocated {
+            free_fn: "free_pages",
+            addr: va,
+        })?;
+        if region.len != len {
+            return Err(Error::WrongSize {
+                free_fn: "free_pages",
+                addr: va,
+                allocated: region.len,
+                given: len,
+            });
+        }
+        if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, p)| p.wires > 0) {
+            return Err(Error::Busy {
+                what: "simulated memory",
+                addr: p,
+                why: "a page is still wired (a device may reach it)",
+            });
+        }
+        let ptes: Vec<u64> = space.ptes.range(va..va + len).map(|(&v, _)| v).collect();
+        for v in ptes {
+            if let Some(pte) = space.ptes.remove(&v) {
+                if let Some(pa) = pte.pa {
+                    cache.forget(pa, psize);
+                    phys.give_back(&[pa]);
+                }
+            }
+        }
+        space.regions.remove(&va);
+        space.va.deallocate(va, len).map_err(|_| Error::Internal {
+            what: "sim VA free",
+        })?;
+        Ok(())
+    }
+
+    /// The physical page behind `page` of `task`, bringing a pageable page in if needed.
+    fn resident(&mut self, task: Task, page: u64, addr: u64) -> Result<u64> {
+        let Inner {
+            phys,
+            faults,
+            tasks,
+            ..
+        } = self;
+        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
+            what: "no such simulated task",
+            value: task.0 as u64,
+        })?;
+        let pte = space.ptes.get_mut(&page).ok_or(Error::NotMapped {
+            what: "simulated task",
+            addr,
+        })?;
+        if let Some(pa) = pte.pa {
+            return Ok(pa);
+        }
+        let pa = phys.take(1, false, 0, u64::MAX, faults)?[0];
+        pte.pa = Some(pa);
+        Ok(pa)
+    }
+
+    fn cpu_access(
+        &mut self,
+        task: Task,
+        va: u64,
+        len: u64,
+        write: bool,
+        mut f: impl FnMut(&mut Inner, u64, std::ops::Range<usize>),
+    ) -> Result<()> {
+        self.check_range(va, len, "CPU access")?;
+        // Check the whole range first so a failed access changes nothing.
+        let page = self.page;
+        {
+            let space = self.space(task)?;
+            for (p, off, _) in page_chunks(page, va, len) {
+                let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                    what: "simulated task",
+                    addr: p + off,
+                })?;
+                if write && !pte.writable {
+                    return Err(Error::NotWritable {
+                        what: "simulated page",
+                        addr: p + off,
+                    });
+                }
+            }
+        }
+        let mut done = 0usize;
+        for (p, off, n) in page_chunks(page, va, len) {
+            let pa = self.resident(task, p, p + off)?;
+            f(self, pa + off, done..done + n as usize);
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wire(&mut self, task: Task, va: u64, len: u64, writable: bool) -> Result<()> {
+        self.check_range(va, len, "wire")?;
+        self.faults.hit(FaultSite::Pin)?;
+        let page = self.page;
+        {
+            let space = self.space(task)?;
+            for (p, off, _) in page_chunks(page, va, len) {
+                let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                    what: "simulated task",
+                    addr: p + off,
+                })?;
+                if writable && !pte.writable {
+                    return Err(Error::NotWritable {
+                        what: "simulated page",
+                        addr: p + off,
+                    });
+                }
+            }
+        }
+        let mut done: Vec<u64> = Vec::new();
+        for (p, off, _) in page_chunks(page, va, len) {
+            if let Err(e) = self.resident(task, p, p + off) {
+                let space = self.space(task)?;
+                for d in done {
+                    if let Some(pte) = space.ptes.get_mut(&d) {
+                        pte.wires -= 1;
+                    }
+                }
+                return Err(e);
+            }
+            let space = self.space(task)?;
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.wires += 1;
+            }
+            done.push(p);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unwire(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
+        self.check_range(va, len, "unwire")?;
+        let page = self.page;
+        let space = self.space(task)?;
+        for (p, off, _) in page_chunks(page, va, len) {
+            match space.ptes.get(&p) {
+                None => {
+                    return Err(Error::NotMapped {
+                        what: "simulated task",
+                        addr: p + off,
+                    })
+                }
+                Some(pte) if pte.wires == 0 => {
+                    return Err(Error::BadArgument {
+                        what: "unwire of a page that is not wired",
+                        value: p + off,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for (p, _, _) in page_chunks(page, va, len) {
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.wires -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn runs(&mut self, task: Task, va: u64, len: u64) -> Result<Vec<PhysRange>> {
+        self.check_range(va, len, "translation")?;
+        self.faults.hit(FaultSite::Translate)?;
+        let page = self.page;
+        let space = self.space(task)?;
+        let mut runs: Vec<PhysRange> = Vec::new();
+        for (p, off, n) in page_chunks(page, va, len) {
+            let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                what: "simulated task",
+                addr: p + off,
+            })?;
+            let pa = match (pte.wired(), pte.pa) {
+                (true, Some(pa)) => pa,
+                _ => {
+                    return Err(Error::NotReady {
+                        what: "translation of unwired pageable memory",
+                        addr: p + off,
+                    })
+                }
+            };
+            let r = PhysRange::new(PhysAddr(pa + off), n);
+            match runs.last_mut() {
+                Some(last) if last.abuts(&r) => last.len += n,
+                _ => runs.push(r),
+            }
+        }
+        Ok(runs)
+    }
+}
+
+impl Machine {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock (a bug in a device model) must not make every
+        // later call panic too: the state is still consistent between operations.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The page size.
+    pub fn page(&self) -> PageSize {
+        self.lock().page
+    }
+
+    /// Creates a new task (address space) and returns it.
+    pub fn create_task(&self) -> Task {
+        let mut g = self.lock();
+        g.next_task += 1;
+        let t = Task(g.next_task);
+        let psize = g.page.bytes();
+        g.tasks.insert(t, AddressSpace::new(USER_VA_BASE, psize));
+        t
+    }
+
+    /// Destroys a task and frees its memory. Refused (`Busy`) while any of its pages is
+    /// wired; the kernel task cannot be destroyed.
+    pub fn destroy_task(&self, task: Task) -> Result<()> {
+        if task == Task::KERNEL {
+            return Err(Error::BadArgument {
+                what: "the kernel task cannot be destroyed",
+                value: 0,
+            });
+        }
+        let mut g = self.lock();
+        let space = g.space(task)?;
+        if let Some((&p, _)) = space.ptes.iter().find(|(_, p)| p.wires > 0) {
+            return Err(Error::Busy {
+                what: "simulated task",
+                addr: p,
+                why: "a page is still wired",
+            });
+        }
+        let regions: Vec<(u64, u64)> = space.regions.iter().map(|(&v, r)| (v, r.len)).collect();
+        for (v, l) in regions {
+            g.free(task, v, l)?;
+        }
+        g.tasks.remove(&task);
+        Ok(())
+    }
+
+    /// Allocates `len` bytes (a multiple of the page size) of zero-filled virtual memory in
+    /// `task`: wired at once, or pageable (a physical page appears on first touch or wire).
+    pub fn vm_allocate(&self, task: Task, len: u64, pageable: bool) -> Result<VirtAddr> {
+        let req = if pageable {
+            PageRequest::PAGEABLE
+        } else {
+            PageRequest::WIRED
+        };
+        self.lock().allocate(task, len, &req).map(VirtAddr)
+    }
+
+    /// Allocates in `task` under explicit physical constraints.
+    pub fn vm_allocate_with(&self, task: Task, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        self.lock().allocate(task, len, req).map(VirtAddr)
+    }
+
+    /// Frees what [`vm_allocate`](Self::vm_allocate) returned; refused (`Busy`) while wired.
+    pub fn vm_deallocate(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        self.lock().free(task, va.0, len)
+    }
+
+    /// Moves every resident, unwired page of pageable memory in `task` to a different
+    /// physical page, as paging or compaction would. Returns how many pages moved.
+    /// Wired pages never move.
+    pub fn migrate_pageable(&self, task: Task) -> Result<u64> {
+        let mut g = self.lock();
+        let psize = g.page.bytes();
+        let Inner {
+            phys,
+            cache,
+            faults,
+            tasks,
+            ..
+        } = &mut *g;
+        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
+            what: "no such simulated task",
+            value: task.0 as u64,
+        })?;
+        let pageable: Vec<u64> = space
+            .regions
+            .iter()
+            .filter(|(_, r)| r.pageable)
+            .flat_map(|(&v, r)| (0..r.len / psize).map(move |i| v + i * psize))
+            .collect();
+        let mut moved = 0;
+        for v in pageable {
+            let Some(pte) = space.ptes.get_mut(&v) else {
+                continue;
+            };
+            let (Some(old), false) = (pte.pa, pte.wired()) else {
+                continue;
+            };
+            let new = phys.take(1, false, 0, u64::MAX, faults)?[0];
+            cache.op(CacheOp::Flush, old, psize, phys);
+            let mut buf = vec![0u8; psize as usize];
+            phys.dram_read(old, &mut buf);
+            phys.dram_write(new, &buf);
+            phys.give_back(&[old]);
+            pte.pa = Some(new);
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// Marks `[va, va + len)` of `task` read-only (or writable again). Wiring for write and
+    /// CPU stores then fail with `NotWritable`.
+    pub fn protect(&self, task: Task, va: VirtAddr, len: u64, writable: bool) -> Result<()> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "protect")?;
+        let page = g.page;
+        let space = g.space(task)?;
+        for (p, off, _) in page_chunks(page, va.0, len) {
+            if !space.ptes.contains_key(&p) {
+                return Err(Error::NotMapped {
+                    what: "simulated task",
+                    addr: p + off,
+                });
+            }
+        }
+        for (p, _, _) in page_chunks(page, va.0, len) {
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.writable = writable;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each page of `[va, va + len)` in `task` with its physical page (`None`: not
+    /// resident), without touching anything.
+    pub fn mappings(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+    ) -> Result<Vec<(VirtAddr, Option<PhysAddr>)>> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "mappings")?;
+        let page = g.page;
+        let space = g.space(task)?;
+        page_chunks(page, va.0, len)
+            .map(|(p, off, _)| {
+                space
+                    .ptes
+                    .get(&p)
+                    .map(|pte| (VirtAddr(p), pte.pa.map(PhysAddr)))
+                    .ok_or(Error::NotMapped {
+                        what: "simulated task",
+                        addr: p + off,
+                    })
+            })
+            .collect()
+    }
+
+    /// A device's read of DRAM (no cache, no IOMMU): what DMA sees on a non-coherent
+    /// machine.
+    pub fn device_read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
+        let g = self.lock();
+        if !g.phys.is_ram(pa.0, buf.len() as u64) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM (device read)",
+                addr: pa.0,
+            });
+        }
+        g.phys.dram_read(pa.0, buf);
+        Ok(())
+    }
+
+    /// A device's write of DRAM. On a non-coherent machine CPU lines that still hold the
+    /// range keep their old bytes until invalidated.
+    pub fn device_write(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
+        let mut g = self.lock();
+        if !g.phys.is_ram(pa.0, data.len() as u64) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM (device write)",
+                addr: pa.0,
+            });
+        }
+        g.phys.dram_write(pa.0, data);
+        Ok(())
+    }
+
+    /// Sets how the CPU caches `[pa, pa + len)` of RAM (the range is flushed first).
+    pub fn set_cache_mode(&self, pa: PhysAddr, len: u64, mode: CacheMode) -> Result<()> {
+        let mut g = self.lock();
+        if !g.phys.is_ram(pa.0, len) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM (cache mode)",
+                addr: pa.0,
+            });
+        }
+        let Inner { cache, phys, .. } = &mut *g;
+        cache.set_mode(pa.0, len, mode, phys);
+        Ok(())
+    }
+
+    /// The cache mode in force at `pa`.
+    pub fn cache_mode(&self, pa: PhysAddr) -> CacheMode {
+        self.lock().cache.mode(pa.0)
+    }
+
+    /// Makes call number `nth` (1-based, from the machine's start) at `site` fail.
+    pub fn inject(&self, site: FaultSite, nth: u64) {
+        self.lock().faults.fail(site, nth);
+    }
+
+    /// Makes the next call at `site` fail.
+    pub fn inject_next(&self, site: FaultSite) {
+        self.lock().faults.fail_next(site);
+    }
+
+    /// Forgets planned failures that have not happened.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SimStats {
+        let g = self.lock();
+        SimStats {
+            ram_pages: g.phys.total_pages(),
+            free_pages: g.phys.free_pages(),
+            tasks: g.tasks.len() as u64,
+            allocations: g.tasks.values().map(|s| s.regions.len() as u64).sum(),
+            wired_pages: g
+                .tasks
+                .values()
+                .map(|s| s.ptes.values().filter(|p| p.wires > 0).count() as u64)
+                .sum(),
+            cached_lines: g.cache.lines(),
+            site_calls: FaultSite::ALL.map(|s| g.faults.calls(s)),
+        }
+    }
+
+    /// The physical layout.
+    pub fn layout(&self) -> Layout {
+        let g = self.lock();
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        Layout {
+            page_size: g.page,
+            ram: g.phys.regions().to_vec(),
+            mmio: windows
+                .iter()
+                .map(|w| {
+                    let name = w
+                        .device
+                        .lock()
+                        .map(|d| d.name().to_string())
+                        .unwrap_or_else(|_| "poisoned".into());
+                    (w.base, w.len, name)
+                })
+                .collect(),
+            coherent: g.cache.coherent(),
+            seed: self.seed,
+            fragmentation: self.fragmentation,
+        }
+    }
+
+    /// Adds an MMIO window at `[base, base + len)` routed to `device`. It must not overlap
+    /// RAM or another window.
+    pub fn add_mmio(&self, base: PhysAddr, len: u64, device: SharedDevice) -> Result<()> {
+        if len == 0 {
+            return Err(Error::ZeroSize {
+                what: "MMIO window",
+            });
+        }
+        base.0.checked_add(len).ok_or(Error::Overflow {
+            what: "MMIO window",
+            start: base.0,
+            len,
+        })?;
+        let g = self.lock();
+        let overlaps_ram = g
+            .phys
+            .regions()
+            .iter()
+            .any(|r| base.0 < r.end() && base.0 + len > r.base);
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        if overlaps_ram || windows.iter().any(|w| w.overlaps(base.0, len)) {
+            return Err(Error::RangeBusy {
+                what: "physical address space (MMIO window)",
+                start: base.0,
+                len,
+            });
+        }
+        windows.push(MmioWindow {
+            base: base.0,
+            len,
+            device,
+        });
+        Ok(())
+    }
+
+    fn window(&self, pa: u64, len: u64) -> Option<MmioWindow> {
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        windows.iter().find(|w| w.contains(pa, len)).cloned()
+    }
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("layout", &self.layout())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PhysicalMemory for Machine {
+    fn page_size(&self) -> PageSize {
+        self.page()
+    }
+
+    fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        self.lock().allocate(Task::KERNEL, len, req).map(VirtAddr)
+    }
+
+    fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> {
+        self.lock().free(Task::KERNEL, va.0, len)
+    }
+
+    fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
+        let mut g = self.lock();
+        if !g.phys.is_ram(pa.0, buf.len() as u64) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM",
+                addr: pa.0,
+            });
+        }
+        let Inner { cache, phys, .. } = &mut *g;
+        cache.read(pa.0, buf, phys);
+        Ok(())
+    }
+
+    fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
+        let mut g = self.lock();
+        if !g.phys.is_ram(pa.0, data.len() as u64) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM",
+                addr: pa.0,
+            });
+        }
+        let Inner { cache, phys, .. } = &mut *g;
+        cache.write(pa.0, data, phys);
+        Ok(())
+    }
+}
+
+impl Wiring for Machine {
+    fn wire(&self, task: Task, va: VirtAddr, len: u64, writable: bool) -> Result<()> {
+        self.lock().wire(task, va.0, len, writable)
+    }
+
+    fn unwire(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        self.lock().unwire(task, va.0, len)
+    }
+
+    fn physical_runs(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        run: &mut dyn FnMut(PhysRange),
+    ) -> Result<()> {
+        // Collected under the lock, reported after it, so the callback may call back in.
+        let runs = self.lock().runs(task, va.0, len)?;
+        runs.into_iter().for_each(run);
+        Ok(())
+    }
+}
+
+impl CpuAccess for Machine {
+    fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()> {
+        let mut g = self.lock();
+        g.cpu_access(task, va.0, buf.len() as u64, false, |inner, pa, r| {
+            let Inner { cache, phys, .. } = inner;
+            cache.read(pa, &mut buf[r], phys);
+        })
+    }
+
+    fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
+        let mut g = self.lock();
+        g.cpu_access(task, va.0, data.len() as u64, true, |inner, pa, r| {
+            let Inner { cache, phys, .. } = inner;
+            cache.write(pa, &data[r], phys);
+        })
+    }
+}
+
+impl CacheOps for Machine {
+    fn dma_coherent(&self) -> bool {
+        self.lock().cache.coherent()
+    }
+
+    fn cache_virt(&self, op: CacheOp, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "cache operation")?;
+        let page = g.page;
+        let mut targets = Vec::new();
+        {
+            let space = g.space(task)?;
+            for (p, off, n) in page_chunks(page, va.0, len) {
+                let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                    what: "simulated task",
+                    addr: p + off,
+                })?;
+                if let Some(pa) = pte.pa {
+                    targets.push((pa + off, n));
+                }
+            }
+        }
+        let Inner { cache, phys, .. } = &mut *g;
+        for (pa, n) in targets {
+            cache.op(op, pa, n, phys);
+        }
+        Ok(())
+    }
+
+    fn cache_phys(&self, op: CacheOp, pa: PhysAddr, len: u64) -> Result<()> {
+        let mut g = self.lock();
+        if !g.phys.is_ram(pa.0, len) {
+            return Err(Error::NotMapped {
+                what: "simulated RAM (cache operation)",
+                addr: pa.0,
+            });
+        }
+        let Inner { cache, phys, .. } = &mut *g;
+        cache.op(op, pa.0, len, phys);
+        Ok(())
+    }
+}
+
+impl Mmio for Machine {
+    fn mmio_read(&self, pa: PhysAddr, width: Width) -> Result<u64> {
+        let n = width.bytes();
+        if !pa.is_aligned(n) {
+            return Err(Error::NotAligned {
+                what: "MMIO read",
+                value: pa.0,
+                align: n,
+            });
+        }
+        if let Some(w) = self.window(pa.0, n) {
+            let mut d = w.device.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(d.read(pa.0 - w.base, width) & width.max_value());
+        }
+        let mut b = [0u8; 8];
+        self.read_phys(pa, &mut b[..n as usize])
+            .map_err(|_| Error::NotMapped {
+                what: "physical I/O space",
+                addr: pa.0,
+            })?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()> {
+        let n = width.bytes();
+        if !pa.is_aligned(n) {
+            return Err(Error::NotAligned {
+                what: "MMIO write",
+                value: pa.0,
+                align: n,
+            });
+        }
+        let value = value & width.max_value();
+        if let Some(w) = self.window(pa.0, n) {
+            let mut d = w.device.lock().unwrap_or_else(|p| p.into_inner());
+            d.write(pa.0 - w.base, width, value);
+            return Ok(());
+        }
+        self.write_phys(pa, &value.to_le_bytes()[..n as usize])
+            .map_err(|_| Error::NotMapped {
+                what: "physical I/O space",
+                addr: pa.0,
+            })
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(
+        page: PageSize,
+        phys: PhysicalPool,
+        coherent: bool,
+        faults: FaultPlan,
+    ) -> Self {
+        let mut tasks = BTreeMap::new();
+        tasks.insert(
+            Task::KERNEL,
+            AddressSpace::new(KERNEL_VA_BASE, page.bytes()),
+        );
+        Inner {
+            page,
+            phys,
+            cache: Cache::new(coherent),
+            faults,
+            tasks,
+            next_task: 0,
+        }
+    }
+}
