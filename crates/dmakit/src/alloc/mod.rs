@@ -8,7 +8,9 @@
 //!   coalescing.
 
 pub mod malloc;
+pub mod ordered;
 pub mod range;
+pub mod size_class;
 
 pub use malloc::{
     io_free, io_free_aligned, io_free_pageable, io_malloc, io_malloc_aligned, io_malloc_pageable,

@@ -6,42 +6,91 @@
 //! with free neighbours.
 //!
 //! IOKit semantics kept: sizes are rounded up to the *default* alignment; an explicit
-//! alignment of 0 means the default; allocation is first fit (lowest suitable address);
-//! [`allocate_range`](RangeAllocator::allocate_range) takes a given range only if it lies
-//! inside one free interval; freeing is also how space is added.
+//! alignment of 0 means the default; [`allocate_range`](RangeAllocator::allocate_range)
+//! takes a given range only if it lies inside one free interval; freeing is also how space
+//! is added; free space and fragment counts are exact.
 //!
-//! Divergences (IOKIT-SEMANTICS Q11 *fix*): a free that overlaps free space is
-//! [`Error::DoubleFree`] and changes nothing (IOKit silently corrupts its list); a size of
-//! zero is [`Error::ZeroSize`]; a non-power-of-two alignment is [`Error::BadAlignment`].
+//! ## How it is fast
+//!
+//! XNU keeps a sorted array of free intervals and scans it (O(n) per call). dmakit keeps
+//! each free interval twice:
+//!
+//! * in an ordered index from start to interval ([`SortedIndex`], a two-level B-tree) for
+//!   `allocate_range`, neighbour merging and double-free detection (O(log n) searches);
+//! * in a segregated free list by [size class](super::size_class) with a two-level bitmap,
+//!   so a block that surely fits is found in O(1).
+//!
+//! An allocation is carved from the **top** of the chosen block, so the block keeps its
+//! start and the index is not touched at all unless the block is used up; a free costs
+//! one index search.
+//!
+//! ## Divergences from IOKit
+//!
+//! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
+//!   dmakit returns the top of a block from the smallest size class that surely fits (and
+//!   only when no such class has a block, scans the one class that may hold a fit).
+//!   Callers that need a particular address use `allocate_range`.
+//! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
+//!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
+//!   alignment is [`Error::BadAlignment`] (IOKIT-SEMANTICS Q11: fix).
 //!
 //! ```
 //! use dmakit::alloc::RangeAllocator;
 //!
 //! let mut iova = RangeAllocator::new(0x1000, 0xF000, 0x1000)?; // [0x1000, 0x10000)
 //! iova.allocate_range(0x4000, 0x1000)?;                          // reserve one page
-//! let a = iova.allocate(0x2000, 0)?;                             // first fit: 0x1000
-//! assert_eq!(a, 0x1000);
-//! assert_eq!(iova.fragment_count(), 2);
+//! let a = iova.allocate(0x2000, 0)?;
+//! assert!(a + 0x2000 <= 0x4000 || a >= 0x5000, "never over the reservation");
+//! let b = iova.allocate(0x1000, 0x4000)?;                        // 16 KiB aligned
+//! assert_eq!(b % 0x4000, 0);
 //! iova.deallocate(0x4000, 0x1000)?;
 //! iova.deallocate(a, 0x2000)?;
+//! iova.deallocate(b, 0x1000)?;
 //! assert_eq!(iova.fragment_count(), 1);
 //! assert_eq!(iova.free_count(), 0xF000);
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
+use super::ordered::SortedIndex;
+use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
-use alloc_crate::collections::BTreeMap;
+use alloc_crate::vec::Vec;
 
 const WHAT: &str = "range allocator";
+const NIL: u32 = u32::MAX;
 
-/// A first-fit allocator of ranges of a `u64` space.
+/// One free interval `[start, last]` and its links in its size class's list.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    start: u64,
+    last: u64,
+    prev: u32,
+    next: u32,
+    class: u16,
+}
+
+impl Node {
+    /// Length, saturated at `u64::MAX` for the whole 2^64 space.
+    fn len(&self) -> u64 {
+        (self.last - self.start).saturating_add(1)
+    }
+}
+
+/// An allocator of ranges of a `u64` space.
+///
+/// # Invariants
+///
+/// The free intervals are disjoint and never adjacent. Every interval has exactly one node,
+/// reachable from `index` by its start and linked in the list of `floor_class(len)`;
+/// `classes` marks exactly the non-empty lists; `free_bytes` is the sum of their lengths.
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
-    /// Free intervals, start → inclusive end. Disjoint and never adjacent.
-    free: BTreeMap<u64, u64>,
-    /// Default alignment minus one.
+    index: SortedIndex,
+    nodes: Vec<Node>,
+    spare: Vec<u32>,
+    heads: Vec<u32>,
+    classes: ClassMap,
     default_mask: u64,
-    /// Sum of the free intervals' lengths.
     free_bytes: u64,
 }
 
@@ -61,7 +110,11 @@ impl RangeAllocator {
     pub fn empty(default_alignment: u64) -> Result<Self> {
         let a = check_align("range allocator default alignment", default_alignment)?;
         Ok(RangeAllocator {
-            free: BTreeMap::new(),
+            index: SortedIndex::new(),
+            nodes: Vec::new(),
+            spare: Vec::new(),
+            heads: alloc_crate::vec![NIL; CLASSES],
+            classes: ClassMap::default(),
             default_mask: a - 1,
             free_bytes: 0,
         })
@@ -102,13 +155,16 @@ impl RangeAllocator {
 
     /// Number of free intervals.
     pub fn fragment_count(&self) -> usize {
-        self.free.len()
+        self.index.len()
     }
 
     /// The free intervals as `(start, inclusive end)`, in address order (IOKit's
     /// `serialize`).
     pub fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.free.iter().map(|(&s, &e)| (s, e))
+        self.index.iter().map(|(_, n)| {
+            let n = &self.nodes[n as usize];
+            (n.start, n.last)
+        })
     }
 
     fn round_size(&self, size: u64) -> Result<u64> {
@@ -124,8 +180,115 @@ impl RangeAllocator {
             })
     }
 
-    /// Allocates `size` bytes (rounded up to the default alignment) at the lowest address
-    /// aligned to `alignment` (0: the default alignment) and returns the start.
+    // --- size-class lists -------------------------------------------------------------
+
+    fn link(&mut self, n: u32) {
+        let c = floor_class(self.nodes[n as usize].len());
+        let head = self.heads[c];
+        let node = &mut self.nodes[n as usize];
+        node.class = c as u16;
+        node.prev = NIL;
+        node.next = head;
+        if head != NIL {
+            self.nodes[head as usize].prev = n;
+        }
+        self.heads[c] = n;
+        self.classes.set(c);
+    }
+
+    fn unlink(&mut self, n: u32) {
+        let Node {
+            prev, next, class, ..
+        } = self.nodes[n as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        } else {
+            self.heads[class as usize] = next;
+            if next == NIL {
+                self.classes.clear(class as usize);
+            }
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+    }
+
+    fn new_node(&mut self, start: u64, last: u64) -> u32 {
+        let node = Node {
+            start,
+            last,
+            prev: NIL,
+            next: NIL,
+            class: 0,
+        };
+        match self.spare.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Replaces the extent of node `n` (still indexed by its old start if that is kept).
+    fn resize(&mut self, n: u32, start: u64, last: u64) {
+        let old = self.nodes[n as usize];
+        let relink = floor_class((last - start).saturating_add(1)) != old.class as usize;
+        if relink {
+            self.unlink(n);
+        }
+        self.nodes[n as usize].start = start;
+        self.nodes[n as usize].last = last;
+        if relink {
+            self.link(n);
+        }
+    }
+
+    fn remove_node(&mut self, n: u32) {
+        self.unlink(n);
+        self.index.remove(self.nodes[n as usize].start);
+        self.spare.push(n);
+    }
+
+    /// Takes `[data, last]` out of free node `n`.
+    fn carve(&mut self, n: u32, data: u64, last: u64) {
+        let Node {
+            start, last: end, ..
+        } = self.nodes[n as usize];
+        self.free_bytes -= last - data + 1;
+        match (data > start, last < end) {
+            (false, false) => self.remove_node(n),
+            (true, false) => self.resize(n, start, data - 1),
+            (false, true) => {
+                // The start moves up inside the same gap between neighbours: the order of
+                // the index is unchanged.
+                if let Some(p) = self.index.pred(start) {
+                    self.index.rekey(p, last + 1);
+                }
+                self.resize(n, last + 1, end);
+            }
+            (true, true) => {
+                self.resize(n, start, data - 1);
+                let t = self.new_node(last + 1, end);
+                self.link(t);
+                self.index.insert(last + 1, t);
+            }
+        }
+    }
+
+    /// Where `[.., +size)` aligned to `mask + 1` goes inside node `n`, top-most; if it fits.
+    fn place(&self, n: u32, size: u64, mask: u64) -> Option<u64> {
+        let node = &self.nodes[n as usize];
+        let top = node.last.checked_sub(size - 1)?;
+        let data = top & !mask;
+        (data >= node.start).then_some(data)
+    }
+
+    /// Allocates `size` bytes (rounded up to the default alignment) aligned to `alignment`
+    /// (0: the default alignment) and returns the start.
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
         let size = self.round_size(size)?;
         let mask = if alignment == 0 {
@@ -133,29 +296,45 @@ impl RangeAllocator {
         } else {
             check_align("range allocator alignment", alignment)? - 1
         };
-        let mut found = None;
-        for (&start, &end) in &self.free {
-            let Some(data) = start.checked_add(mask).map(|v| v & !mask) else {
-                continue;
-            };
-            let Some(last) = data.checked_add(size - 1) else {
-                continue;
-            };
-            if data >= start && last <= end {
-                found = Some((start, end, data, last));
-                break;
+        // A block of at least `size + mask` bytes holds an aligned placement wherever it is;
+        // blocks of the default alignment's granules need only `size`.
+        let sure = if mask <= self.default_mask {
+            Some(size)
+        } else {
+            size.checked_add(mask)
+        };
+        if let Some(c) = sure
+            .and_then(ceil_class)
+            .and_then(|c| self.classes.first_at_or_above(c))
+        {
+            let n = self.heads[c];
+            if let Some(data) = self.place(n, size, mask) {
+                self.carve(n, data, data + (size - 1));
+                return Ok(data);
             }
         }
-        let Some((start, end, data, last)) = found else {
-            return Err(Error::NoSpace {
-                what: WHAT,
-                requested: size,
-                align: mask + 1,
-                free: self.free_bytes,
-            });
-        };
-        self.carve(start, end, data, last);
-        Ok(data)
+        // Slow path: classes that may hold a fit (from the size's own class up to the sure
+        // one), every block checked.
+        let lo = floor_class(size);
+        let hi = sure.and_then(ceil_class).unwrap_or(CLASSES);
+        let mut c = self.classes.first_at_or_above(lo);
+        while let Some(class) = c.filter(|&x| x < hi.max(lo + 1)) {
+            let mut n = self.heads[class];
+            while n != NIL {
+                if let Some(data) = self.place(n, size, mask) {
+                    self.carve(n, data, data + (size - 1));
+                    return Ok(data);
+                }
+                n = self.nodes[n as usize].next;
+            }
+            c = self.classes.first_at_or_above(class + 1);
+        }
+        Err(Error::NoSpace {
+            what: WHAT,
+            requested: size,
+            align: mask + 1,
+            free: self.free_bytes,
+        })
     }
 
     /// Allocates exactly `[start, start + size)` (size rounded up to the default alignment).
@@ -167,9 +346,9 @@ impl RangeAllocator {
             start,
             len: size,
         })?;
-        match self.free.range(..=start).next_back() {
-            Some((&s, &e)) if last <= e => {
-                self.carve(s, e, start, last);
+        match self.index.pred(start).map(|p| self.index.at(p).1) {
+            Some(n) if last <= self.nodes[n as usize].last => {
+                self.carve(n, start, last);
                 Ok(())
             }
             _ => Err(Error::RangeBusy {
@@ -178,17 +357,6 @@ impl RangeAllocator {
                 len: size,
             }),
         }
-    }
-
-    fn carve(&mut self, start: u64, end: u64, data: u64, last: u64) {
-        self.free.remove(&start);
-        if data > start {
-            self.free.insert(start, data - 1);
-        }
-        if last < end {
-            self.free.insert(last + 1, end);
-        }
-        self.free_bytes -= last - data + 1;
     }
 
     /// Frees (or adds) `[start, start + size)` (size rounded up to the default alignment),
@@ -208,9 +376,16 @@ impl RangeAllocator {
                 len: size,
             });
         }
-        let pred = self.free.range(..=last).next_back().map(|(&s, &e)| (s, e));
-        if let Some((_, e)) = pred {
-            if e >= start {
+        // One search finds the interval starting right after us (if any) and the one
+        // before it: the only candidates for overlap and merging.
+        let mut pred = self.index.pred(last.saturating_add(1));
+        let mut succ = None;
+        if let Some(p) = pred {
+            let node = &self.nodes[self.index.at(p).1 as usize];
+            if last != u64::MAX && node.start == last + 1 {
+                succ = Some(p);
+                pred = self.index.prev(p);
+            } else if node.last >= start {
                 return Err(Error::DoubleFree {
                     what: WHAT,
                     start,
@@ -218,20 +393,44 @@ impl RangeAllocator {
                 });
             }
         }
-        let mut new_start = start;
-        let mut new_end = last;
-        if let Some((s, e)) = pred {
-            if e.checked_add(1) == Some(start) {
-                self.free.remove(&s);
-                new_start = s;
+        let pred_pos = pred;
+        let pred = pred.map(|p| self.index.at(p).1);
+        if let Some(p) = pred {
+            if self.nodes[p as usize].last >= start {
+                return Err(Error::DoubleFree {
+                    what: WHAT,
+                    start,
+                    len: size,
+                });
             }
         }
-        if let Some(next) = last.checked_add(1) {
-            if let Some(e) = self.free.remove(&next) {
-                new_end = e;
+        let merge_pred =
+            pred.filter(|&p| self.nodes[p as usize].last.checked_add(1) == Some(start));
+        match (merge_pred, succ) {
+            (Some(p), Some(pos)) => {
+                let s = self.index.at(pos).1;
+                let end = self.nodes[s as usize].last;
+                self.remove_node(s);
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, end);
+            }
+            (Some(p), None) => {
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, last);
+            }
+            (None, Some(pos)) => {
+                let s = self.index.at(pos).1;
+                let end = self.nodes[s as usize].last;
+                // The successor's start moves down into the gap we fill: same order.
+                self.index.rekey(pos, start);
+                self.resize(s, start, end);
+            }
+            (None, None) => {
+                let n = self.new_node(start, last);
+                self.link(n);
+                self.index.insert_after(pred_pos, start, n);
             }
         }
-        self.free.insert(new_start, new_end);
         self.free_bytes += size;
         Ok(())
     }
@@ -301,15 +500,32 @@ mod tests {
     }
 
     #[test]
-    fn first_fit_alignment_and_merge() {
+    fn placement_alignment_and_merge() {
         let mut r = RangeAllocator::new(0, 0x10000, 0x100).unwrap();
-        assert_eq!(r.allocate(1, 0).unwrap(), 0);
-        assert_eq!(r.allocate(0x100, 0x1000).unwrap(), 0x1000);
-        assert_eq!(r.fragment_count(), 2);
-        r.deallocate(0, 0x100).unwrap();
-        r.deallocate(0x1000, 0x100).unwrap();
+        let a = r.allocate(1, 0).unwrap();
+        assert_eq!(a, 0xFF00, "carved from the top of the block");
+        let b = r.allocate(0x100, 0x1000).unwrap();
+        assert_eq!(b % 0x1000, 0);
+        assert_eq!(r.free_count(), 0x10000 - 0x200);
+        r.deallocate(a, 0x100).unwrap();
+        r.deallocate(b, 0x100).unwrap();
         assert_eq!(r.fragment_count(), 1);
         assert_eq!(r.free_count(), 0x10000);
+    }
+
+    #[test]
+    fn a_tight_fit_is_found_by_the_slow_path() {
+        // Two free blocks of exactly 0x300; a request of 0x300 has no "sure" class.
+        let mut r = RangeAllocator::empty(0x100).unwrap();
+        r.deallocate(0x1000, 0x300).unwrap();
+        r.deallocate(0x2000, 0x300).unwrap();
+        let a = r.allocate(0x300, 0).unwrap();
+        let b = r.allocate(0x300, 0).unwrap();
+        assert_ne!(a, b);
+        assert!(matches!(r.allocate(0x100, 0), Err(Error::NoSpace { .. })));
+        // Aligned: only one placement in [0x1000, 0x1300) is 0x200-aligned... 0x1000 and 0x1200.
+        r.deallocate(0x1000, 0x300).unwrap();
+        assert_eq!(r.allocate(0x100, 0x800).unwrap(), 0x1000);
     }
 
     #[test]

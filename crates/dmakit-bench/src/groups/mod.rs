@@ -1,0 +1,3 @@
+//! Benchmark groups, one file each.
+
+pub mod range;

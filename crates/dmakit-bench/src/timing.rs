@@ -1,0 +1,18 @@
+//! Timing helpers: the median of repeated runs.
+
+use std::time::Instant;
+
+/// Runs `f` `reps` times and returns the median wall time in nanoseconds divided by `ops`.
+/// `f` returns a value that is passed through `black_box` so the work is not optimised
+/// away.
+pub fn median_ns_per_op<T>(reps: usize, ops: u64, mut f: impl FnMut() -> T) -> f64 {
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2] / ops.max(1) as f64
+}

@@ -1,0 +1,156 @@
+//! Size classes for segregated-fit allocation (the scheme of TLSF and of the
+//! `offset-allocator` crate).
+//!
+//! A length `n ≥ 1` falls in class `(fl, sl)`: `fl = floor(log2 n)` and `sl` the next
+//! [`SL_BITS`] bits below the leading one, so each power-of-two range is cut into
+//! [`SL_COUNT`] classes of equal width. Every block in a class is at least the class's
+//! minimum; every block in a *higher* class is at least one class width longer. Searching
+//! from [`ceil_class`] therefore finds a block that surely fits in O(1) with two bitmap
+//! lookups; only the class of [`floor_class`] can hold blocks that may or may not fit.
+
+/// Bits of second-level index.
+pub const SL_BITS: u32 = 3;
+/// Classes per power of two.
+pub const SL_COUNT: usize = 1 << SL_BITS;
+/// Number of classes.
+pub const CLASSES: usize = 64 * SL_COUNT;
+
+/// The class whose range holds `n` (`n ≥ 1`).
+#[inline]
+pub fn floor_class(n: u64) -> usize {
+    debug_assert!(n > 0);
+    let fl = 63 - n.leading_zeros();
+    let sl = if fl >= SL_BITS {
+        (n >> (fl - SL_BITS)) as usize & (SL_COUNT - 1)
+    } else {
+        (n << (SL_BITS - fl)) as usize & (SL_COUNT - 1)
+    };
+    fl as usize * SL_COUNT + sl
+}
+
+/// The lowest class all of whose blocks are at least `n` long, or `None` past the top.
+#[inline]
+pub fn ceil_class(n: u64) -> Option<usize> {
+    let fl = 63 - n.max(1).leading_zeros();
+    let rounded = if fl >= SL_BITS {
+        n.checked_add((1u64 << (fl - SL_BITS)) - 1)?
+    } else {
+        n
+    };
+    let c = floor_class(rounded);
+    // `rounded` may still sit inside class c without being its minimum only when fl < SL_BITS
+    // (classes narrower than one); there every class holds one length exactly.
+    Some(c)
+}
+
+/// Two-level bitmap of non-empty classes.
+#[derive(Clone, Debug)]
+pub struct ClassMap {
+    top: u64,
+    second: [u8; 64],
+}
+
+impl Default for ClassMap {
+    fn default() -> Self {
+        ClassMap {
+            top: 0,
+            second: [0; 64],
+        }
+    }
+}
+
+impl ClassMap {
+    /// Marks class `c` non-empty.
+    #[inline]
+    pub fn set(&mut self, c: usize) {
+        self.second[c / SL_COUNT] |= 1 << (c % SL_COUNT);
+        self.top |= 1 << (c / SL_COUNT);
+    }
+
+    /// Marks class `c` empty.
+    #[inline]
+    pub fn clear(&mut self, c: usize) {
+        let fl = c / SL_COUNT;
+        self.second[fl] &= !(1 << (c % SL_COUNT));
+        if self.second[fl] == 0 {
+            self.top &= !(1 << fl);
+        }
+    }
+
+    /// The lowest non-empty class `≥ c`.
+    #[inline]
+    pub fn first_at_or_above(&self, c: usize) -> Option<usize> {
+        let fl = c / SL_COUNT;
+        let sl = c % SL_COUNT;
+        let here = self.second[fl] & (0xFFu8 << sl);
+        if here != 0 {
+            return Some(fl * SL_COUNT + here.trailing_zeros() as usize);
+        }
+        let above = if fl >= 63 {
+            0
+        } else {
+            self.top & (!0u64 << (fl + 1))
+        };
+        if above == 0 {
+            return None;
+        }
+        let fl2 = above.trailing_zeros() as usize;
+        Some(fl2 * SL_COUNT + self.second[fl2].trailing_zeros() as usize)
+    }
+}
+
+/// The smallest length in class `c`.
+pub fn class_min(c: usize) -> u64 {
+    let fl = (c / SL_COUNT) as u32;
+    let sl = (c % SL_COUNT) as u64;
+    if fl >= SL_BITS {
+        ((SL_COUNT as u64) | sl) << (fl - SL_BITS)
+    } else {
+        // Classes below 2^SL_BITS hold one length each, when that length maps here.
+        ((SL_COUNT as u64) | sl) >> (SL_BITS - fl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_monotonic_and_ceil_is_a_guarantee() {
+        let mut prev = 0;
+        for n in 1..5000u64 {
+            let c = floor_class(n);
+            assert!(c >= prev, "class order broke at {n}");
+            prev = c;
+            assert!(
+                class_min(c) <= n,
+                "n {n} below its class minimum {}",
+                class_min(c)
+            );
+            let up = ceil_class(n).unwrap();
+            assert!(
+                class_min(up) >= n,
+                "ceil class of {n} has min {}",
+                class_min(up)
+            );
+            assert!(up <= floor_class(n) + 1);
+        }
+        assert_eq!(floor_class(u64::MAX), CLASSES - 1);
+        assert_eq!(ceil_class(u64::MAX), None);
+    }
+
+    #[test]
+    fn bitmap_search() {
+        let mut m = ClassMap::default();
+        assert_eq!(m.first_at_or_above(0), None);
+        m.set(100);
+        m.set(7);
+        assert_eq!(m.first_at_or_above(0), Some(7));
+        assert_eq!(m.first_at_or_above(8), Some(100));
+        assert_eq!(m.first_at_or_above(101), None);
+        m.clear(100);
+        assert_eq!(m.first_at_or_above(8), None);
+        m.set(CLASSES - 1);
+        assert_eq!(m.first_at_or_above(CLASSES - 1), Some(CLASSES - 1));
+    }
+}
