@@ -396,12 +396,10 @@ impl Host {
             // SAFETY: the middle of our reservation; nothing references it.
             unsafe { sys::unmap(start as usize, len as usize) };
             return Err(if huge && errno == libc::ENOMEM {
-                Error::NoSuitableMemory {
+                Error::NoMemory {
                     what: HUGEPAGE_HINT,
                     requested: len,
-                    align,
-                    limit: u64::MAX,
-                    contiguous: true,
+                    available: free_hugepages() * HUGEPAGE,
                 }
             } else {
                 Error::Os {

@@ -1,0 +1,301 @@
+//! `dmakit demo`: a short scenario on the simulated machine, printed as tables.
+//!
+//! It builds the default hostile machine (fragmented RAM with holes and a region above
+//! 4 GiB, non-coherent caches) and shows, step by step, what the IOMalloc family allocated
+//! and where it landed physically, an IO address space carved by `RangeAllocator`, a
+//! physically constrained allocation, the cache model, mapped I/O to a device model, and
+//! what fault injection and misuse produce.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use dmakit::alloc::{
+    io_free, io_free_aligned, io_free_pageable, io_malloc, io_malloc_aligned, io_malloc_pageable,
+    IoHeap, RangeAllocator,
+};
+use dmakit::platform::{
+    collect_runs, CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width,
+    Wiring,
+};
+use dmakit::{Error, PageSize, PhysRange, VirtAddr};
+use dmakit_sim::{FaultSite, Machine, MachineBuilder, ScratchDevice};
+use std::sync::{Arc, Mutex};
+
+const MMIO_BASE: u64 = 0xFEB0_0000;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t
+}
+
+fn right(t: &mut Table, cols: &[usize]) {
+    for &c in cols {
+        if let Some(col) = t.column_mut(c) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+fn runs_text(runs: &[PhysRange]) -> String {
+    let mut parts: Vec<String> = runs
+        .iter()
+        .take(4)
+        .map(|r| format!("{:#x}+{:#x}", r.addr.0, r.len))
+        .collect();
+    if runs.len() > 4 {
+        parts.push(format!("… {} runs in all", runs.len()));
+    }
+    parts.join("\n")
+}
+
+fn err_text(e: &Error) -> String {
+    format!("{e}\n→ {}", e.io_return())
+}
+
+fn heading(s: &str) {
+    println!("\n== {s}");
+}
+
+/// Runs the scenario.
+pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
+    let page = PageSize::new(page_size).map_err(|e| e.to_string())?;
+    let device = Arc::new(Mutex::new(ScratchDevice::new(0xD0A7_0001, 0x100)));
+    let m = MachineBuilder::new()
+        .seed(seed)
+        .page_size(page)
+        .mmio(MMIO_BASE, 0x1000, device)
+        .build()
+        .map_err(|e| e.to_string())?;
+    println!("dmakit demo: a simulated machine (seed {seed})");
+    heading("The machine");
+    print!("{}", m.layout());
+
+    io_malloc_family(&m).map_err(|e| e.to_string())?;
+    constrained(&m).map_err(|e| e.to_string())?;
+    io_space().map_err(|e| e.to_string())?;
+    cache_and_mmio(&m).map_err(|e| e.to_string())?;
+    faults_and_misuse(&m).map_err(|e| e.to_string())?;
+
+    let s = m.stats();
+    heading("Teardown");
+    println!(
+        "allocations live: {}, wired pages: {}, free pages: {} of {}",
+        s.allocations, s.wired_pages, s.free_pages, s.ram_pages
+    );
+    if s.allocations != 0 || s.free_pages != s.ram_pages {
+        return Err("the demo leaked memory on the simulated machine".into());
+    }
+    Ok(())
+}
+
+fn io_malloc_family(m: &Machine) -> dmakit::Result<()> {
+    heading("IOMalloc family: what was allocated and where it landed");
+    let heap = IoHeap::new(m);
+    let k = Task::KERNEL;
+    let mut t = table(&["call", "size", "kernel virtual", "physical runs", "note"]);
+    let small = io_malloc(&heap, 100)?;
+    t.add_row(vec![
+        "io_malloc".into(),
+        "100".into(),
+        format!("{:#x}", small.0),
+        runs_text(&collect_runs(m, k, small, 100)?),
+        "128-byte zone element, wired".to_string(),
+    ]);
+    let buf = io_malloc(&heap, 64 << 10)?;
+    let runs = collect_runs(m, k, buf, 64 << 10)?;
+    t.add_row(vec![
+        "io_malloc".into(),
+        "65536".into(),
+        format!("{:#x}", buf.0),
+        runs_text(&runs),
+        format!("whole pages, wired; {} physical runs", runs.len()),
+    ]);
+    let al = io_malloc_aligned(&heap, 5000, 1 << 16)?;
+    t.add_row(vec![
+        "io_malloc_aligned".into(),
+        "5000".into(),
+        format!("{:#x}", al.0),
+        runs_text(&collect_runs(m, k, al, 5000)?),
+        "64 KiB aligned virtual address".to_string(),
+    ]);
+    let pg = io_malloc_pageable(&heap, 12 << 10, 0)?;
+    let before = match collect_runs(m, k, pg, 12 << 10) {
+        Ok(r) => runs_text(&r),
+        Err(e) => format!("none: {}", e.io_return().name()),
+    };
+    t.add_row(vec![
+        "io_malloc_pageable".into(),
+        "12288".into(),
+        format!("{:#x}", pg.0),
+        before,
+        "pageable: no physical pages until wired".to_string(),
+    ]);
+    m.wire(k, pg, 12 << 10, true)?;
+    t.add_row(vec![
+        "  …after wire()".into(),
+        "".into(),
+        "".into(),
+        runs_text(&collect_runs(m, k, pg, 12 << 10)?),
+        "wired: pages present, translation stable".to_string(),
+    ]);
+    right(&mut t, &[1]);
+    println!("{t}");
+    m.unwire(k, pg, 12 << 10)?;
+    io_free(&heap, small, 100)?;
+    io_free(&heap, buf, 64 << 10)?;
+    io_free_aligned(&heap, al, 5000)?;
+    io_free_pageable(&heap, pg, 12 << 10)?;
+    println!("all freed with their sizes; heap: {:?}", heap.stats());
+    Ok(())
+}
+
+fn constrained(m: &Machine) -> dmakit::Result<()> {
+    heading("Physical constraints: a 32-bit device's contiguous buffer");
+    let mut t = table(&["request", "kernel virtual", "physical runs", "highest byte"]);
+    for (label, req) in [
+        ("32 KiB, anywhere", PageRequest::WIRED),
+        (
+            "32 KiB, contiguous, below 4 GiB, 32 KiB aligned",
+            PageRequest {
+                align: 32 << 10,
+                phys_limit: 0xFFFF_FFFF,
+                contiguous: true,
+                pageable: false,
+            },
+        ),
+    ] {
+        let va = m.allocate_pages(32 << 10, &req)?;
+        let runs = collect_runs(m, Task::KERNEL, va, 32 << 10)?;
+        let top = runs.iter().map(|r| r.addr.0 + r.len - 1).max().unwrap_or(0);
+        t.add_row(vec![
+            label.to_string(),
+            format!("{:#x}", va.0),
+            runs_text(&runs),
+            format!("{top:#x}"),
+        ]);
+        m.free_pages(va, 32 << 10)?;
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn io_space() -> dmakit::Result<()> {
+    heading("An IO address space carved by RangeAllocator (IORangeAllocator)");
+    let mut iova = RangeAllocator::new(0x4000_0000, 0x4000_0000, 0x1000)?;
+    let mut t = table(&["call", "result"]);
+    iova.allocate_range(0x4000_0000, 0x10_0000)?;
+    t.add_row(vec![
+        "allocate_range(0x40000000, 1 MiB)".to_string(),
+        "reserved".to_string(),
+    ]);
+    let a = iova.allocate(0x3000, 0)?;
+    t.add_row(vec!["allocate(12 KiB)".to_string(), format!("{a:#x}")]);
+    let b = iova.allocate(0x1000, 0x20_0000)?;
+    t.add_row(vec![
+        "allocate(4 KiB, align 2 MiB)".to_string(),
+        format!("{b:#x}"),
+    ]);
+    let c = iova.allocate(0x1_0000, 0)?;
+    t.add_row(vec!["allocate(64 KiB)".to_string(), format!("{c:#x}")]);
+    iova.deallocate(a, 0x3000)?;
+    t.add_row(vec![
+        "deallocate(first, 12 KiB)".to_string(),
+        "ok".to_string(),
+    ]);
+    match iova.deallocate(a, 0x3000) {
+        Err(e) => t.add_row(vec![
+            "deallocate(first, 12 KiB) again".to_string(),
+            err_text(&e),
+        ]),
+        Ok(()) => t.add_row(vec![
+            "deallocate again".to_string(),
+            "accepted (bug)".to_string(),
+        ]),
+    };
+    println!("{t}");
+    let frags: Vec<String> = iova
+        .fragments()
+        .map(|(s, e)| format!("[{s:#x}, {e:#x}]"))
+        .collect();
+    println!(
+        "free: {:#x} bytes in {} fragments: {}",
+        iova.free_count(),
+        iova.fragment_count(),
+        frags.join(" ")
+    );
+    Ok(())
+}
+
+fn cache_and_mmio(m: &Machine) -> dmakit::Result<()> {
+    heading("Non-coherent caches and mapped I/O");
+    let k = Task::KERNEL;
+    let va = m.allocate_pages(m.page_size().bytes(), &PageRequest::WIRED)?;
+    let pa = collect_runs(m, k, va, 16)?[0].addr;
+    let mut t = table(&["step", "device reads at physical", "bytes"]);
+    m.write_virt(k, va, b"new data")?;
+    let mut seen = [0u8; 8];
+    m.device_read(pa, &mut seen)?;
+    t.add_row(vec![
+        "CPU writes \"new data\"".to_string(),
+        format!("{:#x}", pa.0),
+        format!("{seen:02x?}"),
+    ]);
+    m.cache_virt(CacheOp::Clean, k, va, 8)?;
+    m.device_read(pa, &mut seen)?;
+    t.add_row(vec![
+        "after cache clean".to_string(),
+        format!("{:#x}", pa.0),
+        format!("{:?}", String::from_utf8_lossy(&seen)),
+    ]);
+    println!("{t}");
+    m.free_pages(va, m.page_size().bytes())?;
+    let id = m.mmio_read(dmakit::PhysAddr(MMIO_BASE), Width::W32)?;
+    m.mmio_write(
+        dmakit::PhysAddr(MMIO_BASE + 8),
+        Width::W64,
+        0xC0FF_EE00_1234_5678,
+    )?;
+    let back = m.mmio_read(dmakit::PhysAddr(MMIO_BASE + 8), Width::W64)?;
+    println!(
+        "MMIO at {MMIO_BASE:#x}: device id {id:#010x}; wrote and read back {back:#018x} at +8"
+    );
+    Ok(())
+}
+
+fn faults_and_misuse(m: &Machine) -> dmakit::Result<()> {
+    heading("Fault injection and misuse: clear errors, nothing leaked");
+    let heap = IoHeap::new(m);
+    let mut t = table(&["what", "error", "free pages before → after"]);
+    let before = m.stats().free_pages;
+    m.inject(FaultSite::PhysAlloc, m.stats().site_calls[0] + 3);
+    let e = io_malloc(&heap, 8 * m.page_size().bytes() as usize).unwrap_err();
+    t.add_row(vec![
+        "io_malloc(8 pages), 3rd page fails".to_string(),
+        err_text(&e),
+        format!("{before} → {}", m.stats().free_pages),
+    ]);
+    let a = io_malloc(&heap, 100)?;
+    let e = io_free(&heap, a, 64).unwrap_err();
+    t.add_row(vec![
+        "io_free with the wrong size".to_string(),
+        err_text(&e),
+        "nothing freed".to_string(),
+    ]);
+    let e = io_free_pageable(&heap, a, 100).unwrap_err();
+    t.add_row(vec![
+        "io_free_pageable of an io_malloc block".to_string(),
+        err_text(&e),
+        "nothing freed".to_string(),
+    ]);
+    io_free(&heap, a, 100)?;
+    let e = m
+        .wire(Task::KERNEL, VirtAddr(0x1000), 4096, false)
+        .unwrap_err();
+    t.add_row(vec![
+        "wire an address nothing maps".to_string(),
+        err_text(&e),
+        "nothing wired".to_string(),
+    ]);
+    println!("{t}");
+    Ok(())
+}
