@@ -458,7 +458,7 @@ impl PhysicalMemory for Host {
                 what: "page allocation",
             });
         }
-        if len % psize != 0 {
+        if !len.is_multiple_of(psize) {
             return Err(Error::NotAligned {
                 what: "page allocation length",
                 value: len,

@@ -147,7 +147,7 @@ impl Inner {
                 what: "page allocation",
             });
         }
-        if len % psize != 0 {
+        if !len.is_multiple_of(psize) {
             return Err(Error::NotAligned {
                 what: "page allocation length",
                 value: len,

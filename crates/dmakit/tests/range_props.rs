@@ -112,7 +112,9 @@ fn run(steps: Vec<Step>, space_granules: u64, base: u64) -> Result<(), TestCaseE
                         // No aligned run of free granules exists in the model either.
                         let fits = (0..space_granules).any(|g| {
                             let a = base + g * G;
-                            a % align == 0 && a + len <= base + space && m.range_free(a, len)
+                            a.is_multiple_of(align)
+                                && a + len <= base + space
+                                && m.range_free(a, len)
                         });
                         prop_assert!(
                             !fits,
