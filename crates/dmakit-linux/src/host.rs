@@ -453,24 +453,7 @@ impl PhysicalMemory for Host {
 
     fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
         let psize = self.page.bytes();
-        if len == 0 {
-            return Err(Error::ZeroSize {
-                what: "page allocation",
-            });
-        }
-        if !len.is_multiple_of(psize) {
-            return Err(Error::NotAligned {
-                what: "page allocation length",
-                value: len,
-                align: psize,
-            });
-        }
-        if req.align != 0 && !req.align.is_power_of_two() {
-            return Err(Error::BadAlignment {
-                what: "page allocation",
-                align: req.align,
-            });
-        }
+        req.validate(len, self.page)?;
         let huge = req.contiguous;
         if huge && (len > HUGEPAGE || req.align > HUGEPAGE) {
             return Err(Error::NoSuitableMemory {
@@ -858,13 +841,7 @@ impl Host {
 impl Mmio for Host {
     fn mmio_read(&self, pa: PhysAddr, width: Width) -> Result<u64> {
         let n = width.bytes();
-        if !pa.is_aligned(n) {
-            return Err(Error::NotAligned {
-                what: "MMIO read",
-                value: pa.0,
-                align: n,
-            });
-        }
+        width.check_aligned(pa, "MMIO read")?;
         let s = self.lock();
         let va = self.io_target(&s, pa.0, n)?;
         // SAFETY: `va` is in a registered MMIO region or a live wired allocation, naturally
@@ -874,13 +851,7 @@ impl Mmio for Host {
 
     fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()> {
         let n = width.bytes();
-        if !pa.is_aligned(n) {
-            return Err(Error::NotAligned {
-                what: "MMIO write",
-                value: pa.0,
-                align: n,
-            });
-        }
+        width.check_aligned(pa, "MMIO write")?;
         let s = self.lock();
         let va = self.io_target(&s, pa.0, n)?;
         // SAFETY: as in mmio_read, for writing; registered regions are only accessed

@@ -142,25 +142,7 @@ impl Inner {
 
     pub(crate) fn allocate(&mut self, task: Task, len: u64, req: &PageRequest) -> Result<u64> {
         let psize = self.page.bytes();
-        if len == 0 {
-            return Err(Error::ZeroSize {
-                what: "page allocation",
-            });
-        }
-        if !len.is_multiple_of(psize) {
-            return Err(Error::NotAligned {
-                what: "page allocation length",
-                value: len,
-                align: psize,
-            });
-        }
-        if req.align != 0 && !req.align.is_power_of_two() {
-            return Err(Error::BadAlignment {
-                what: "page allocation",
-                align: req.align,
-            });
-        }
-        let align = req.align.max(psize);
+        let align = req.validate(len, self.page)?;
         let Inner {
             phys,
             faults,
@@ -275,6 +257,26 @@ impl Inner {
         Ok(pa)
     }
 
+    /// Checks that every page of `[va, va + len)` is mapped in `task` (and writable, if
+    /// asked) before an operation changes anything.
+    fn check_pages(&mut self, task: Task, va: u64, len: u64, writable: bool) -> Result<()> {
+        let page = self.page;
+        let space = self.space(task)?;
+        for (p, off, _) in page_chunks(page, va, len) {
+            let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                what: "simulated task",
+                addr: p + off,
+            })?;
+            if writable && !pte.writable {
+                return Err(Error::NotWritable {
+                    what: "simulated page",
+                    addr: p + off,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn cpu_access(
         &mut self,
         task: Task,
@@ -286,21 +288,7 @@ impl Inner {
         self.check_range(va, len, "CPU access")?;
         // Check the whole range first so a failed access changes nothing.
         let page = self.page;
-        {
-            let space = self.space(task)?;
-            for (p, off, _) in page_chunks(page, va, len) {
-                let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
-                    what: "simulated task",
-                    addr: p + off,
-                })?;
-                if write && !pte.writable {
-                    return Err(Error::NotWritable {
-                        what: "simulated page",
-                        addr: p + off,
-                    });
-                }
-            }
-        }
+        self.check_pages(task, va, len, write)?;
         let mut done = 0usize;
         for (p, off, n) in page_chunks(page, va, len) {
             let pa = self.resident(task, p, p + off)?;
@@ -314,21 +302,7 @@ impl Inner {
         self.check_range(va, len, "wire")?;
         self.faults.hit(FaultSite::Pin)?;
         let page = self.page;
-        {
-            let space = self.space(task)?;
-            for (p, off, _) in page_chunks(page, va, len) {
-                let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
-                    what: "simulated task",
-                    addr: p + off,
-                })?;
-                if writable && !pte.writable {
-                    return Err(Error::NotWritable {
-                        what: "simulated page",
-                        addr: p + off,
-                    });
-                }
-            }
-        }
+        self.check_pages(task, va, len, writable)?;
         let mut done: Vec<u64> = Vec::new();
         for (p, off, _) in page_chunks(page, va, len) {
             if let Err(e) = self.resident(task, p, p + off) {
@@ -850,13 +824,7 @@ impl CacheOps for Machine {
 impl Mmio for Machine {
     fn mmio_read(&self, pa: PhysAddr, width: Width) -> Result<u64> {
         let n = width.bytes();
-        if !pa.is_aligned(n) {
-            return Err(Error::NotAligned {
-                what: "MMIO read",
-                value: pa.0,
-                align: n,
-            });
-        }
+        width.check_aligned(pa, "MMIO read")?;
         if let Some(w) = self.window(pa.0, n) {
             let mut d = w.device.lock().unwrap_or_else(|p| p.into_inner());
             return Ok(d.read(pa.0 - w.base, width) & width.max_value());
@@ -872,13 +840,7 @@ impl Mmio for Machine {
 
     fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()> {
         let n = width.bytes();
-        if !pa.is_aligned(n) {
-            return Err(Error::NotAligned {
-                what: "MMIO write",
-                value: pa.0,
-                align: n,
-            });
-        }
+        width.check_aligned(pa, "MMIO write")?;
         let value = value & width.max_value();
         if let Some(w) = self.window(pa.0, n) {
             let mut d = w.device.lock().unwrap_or_else(|p| p.into_inner());

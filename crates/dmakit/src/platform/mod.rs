@@ -81,6 +81,31 @@ impl PageRequest {
     pub const fn constrains_physical(&self) -> bool {
         self.contiguous || self.phys_limit != u64::MAX
     }
+
+    /// Checks an [`allocate_pages`](PhysicalMemory::allocate_pages) request of `len` bytes
+    /// on a platform with pages of `page`: `len` non-zero and a whole number of pages, the
+    /// alignment 0 or a power of two. Returns the effective alignment (at least a page).
+    pub fn validate(&self, len: u64, page: PageSize) -> Result<u64> {
+        if len == 0 {
+            return Err(crate::Error::ZeroSize {
+                what: "page allocation",
+            });
+        }
+        if !len.is_multiple_of(page.bytes()) {
+            return Err(crate::Error::NotAligned {
+                what: "page allocation length",
+                value: len,
+                align: page.bytes(),
+            });
+        }
+        if self.align != 0 && !self.align.is_power_of_two() {
+            return Err(crate::Error::BadAlignment {
+                what: "page allocation",
+                align: self.align,
+            });
+        }
+        Ok(self.align.max(page.bytes()))
+    }
 }
 
 impl Default for PageRequest {
@@ -187,6 +212,20 @@ impl Width {
         }
     }
 
+    /// Checks that an access of this width at `pa` is naturally aligned
+    /// ([`Error::NotAligned`](crate::Error::NotAligned) naming `what` otherwise).
+    pub fn check_aligned(self, pa: PhysAddr, what: &'static str) -> Result<()> {
+        if pa.is_aligned(self.bytes()) {
+            Ok(())
+        } else {
+            Err(crate::Error::NotAligned {
+                what,
+                value: pa.0,
+                align: self.bytes(),
+            })
+        }
+    }
+
     /// The largest value the width holds.
     pub const fn max_value(self) -> u64 {
         match self {
@@ -276,4 +315,37 @@ pub fn collect_runs<W: Wiring + ?Sized>(
     let mut v = alloc_crate::vec::Vec::new();
     w.physical_runs(task, va, len, &mut |r| v.push(r))?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn page_requests_are_validated() {
+        let p = PageSize::SIZE_16K;
+        assert_eq!(PageRequest::WIRED.validate(0x8000, p), Ok(0x4000));
+        let big = PageRequest { align: 1 << 21, ..PageRequest::WIRED };
+        assert_eq!(big.validate(0x4000, p), Ok(1 << 21));
+        assert!(matches!(PageRequest::WIRED.validate(0, p), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            PageRequest::WIRED.validate(0x1000, p),
+            Err(Error::NotAligned { align: 0x4000, .. })
+        ));
+        let odd = PageRequest { align: 0x3000, ..PageRequest::WIRED };
+        assert!(matches!(odd.validate(0x4000, p), Err(Error::BadAlignment { .. })));
+    }
+
+    #[test]
+    fn io_widths() {
+        assert_eq!(Width::W16.max_value(), 0xFFFF);
+        assert_eq!(Width::W64.max_value(), u64::MAX);
+        assert!(Width::W32.check_aligned(PhysAddr(0x1004), "t").is_ok());
+        assert!(matches!(
+            Width::W64.check_aligned(PhysAddr(0x1004), "t"),
+            Err(Error::NotAligned { align: 8, .. })
+        ));
+        assert!(Width::W8.check_aligned(PhysAddr(0x1003), "t").is_ok());
+    }
 }
