@@ -51,7 +51,7 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
-use super::ordered::SortedIndex;
+use super::ordered::{Pos, SortedIndex};
 use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
 use alloc_crate::vec::Vec;
@@ -59,7 +59,9 @@ use alloc_crate::vec::Vec;
 const WHAT: &str = "range allocator";
 const NIL: u32 = u32::MAX;
 
-/// One free interval `[start, last]` and its links in its size class's list.
+/// One interval `[start, last]` in the index: free (and linked in its size class's list),
+/// or a *tombstone*: a free block that was handed out whole, kept in the index so that
+/// freeing exactly that range again costs no index update.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     start: u64,
@@ -67,6 +69,7 @@ struct Node {
     prev: u32,
     next: u32,
     class: u16,
+    taken: bool,
 }
 
 impl Node {
@@ -80,9 +83,11 @@ impl Node {
 ///
 /// # Invariants
 ///
-/// The free intervals are disjoint and never adjacent. Every interval has exactly one node,
-/// reachable from `index` by its start and linked in the list of `floor_class(len)`;
-/// `classes` marks exactly the non-empty lists; `free_bytes` is the sum of their lengths.
+/// The intervals in the index (free ones and tombstones) are disjoint; free ones are never
+/// adjacent to each other. Every free interval has exactly one node, reachable from `index`
+/// by its start and linked in the list of `floor_class(len)`; tombstones are in no list and
+/// cover allocated space only; `taken` counts them. `classes` marks exactly the non-empty
+/// lists; `free_bytes` is the sum of the free intervals' lengths.
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
     index: SortedIndex,
@@ -92,6 +97,7 @@ pub struct RangeAllocator {
     classes: ClassMap,
     default_mask: u64,
     free_bytes: u64,
+    taken: usize,
 }
 
 fn check_align(what: &'static str, align: u64) -> Result<u64> {
@@ -117,6 +123,7 @@ impl RangeAllocator {
             classes: ClassMap::default(),
             default_mask: a - 1,
             free_bytes: 0,
+            taken: 0,
         })
     }
 
@@ -155,16 +162,17 @@ impl RangeAllocator {
 
     /// Number of free intervals.
     pub fn fragment_count(&self) -> usize {
-        self.index.len()
+        self.index.len() - self.taken
     }
 
     /// The free intervals as `(start, inclusive end)`, in address order (IOKit's
     /// `serialize`).
     pub fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.index.iter().map(|(_, n)| {
-            let n = &self.nodes[n as usize];
-            (n.start, n.last)
-        })
+        self.index
+            .iter()
+            .map(|(_, n)| &self.nodes[n as usize])
+            .filter(|n| !n.taken)
+            .map(|n| (n.start, n.last))
     }
 
     fn round_size(&self, size: u64) -> Result<u64> {
@@ -220,6 +228,7 @@ impl RangeAllocator {
             prev: NIL,
             next: NIL,
             class: 0,
+            taken: false,
         };
         match self.spare.pop() {
             Some(i) => {
@@ -260,7 +269,12 @@ impl RangeAllocator {
         } = self.nodes[n as usize];
         self.free_bytes -= last - data + 1;
         match (data > start, last < end) {
-            (false, false) => self.remove_node(n),
+            (false, false) => {
+                // Handed out whole: keep it as a tombstone.
+                self.unlink(n);
+                self.nodes[n as usize].taken = true;
+                self.taken += 1;
+            }
             (true, false) => self.resize(n, start, data - 1),
             (false, true) => {
                 // The start moves up inside the same gap between neighbours: the order of
@@ -275,6 +289,60 @@ impl RangeAllocator {
                 let t = self.new_node(last + 1, end);
                 self.link(t);
                 self.index.insert(last + 1, t);
+            }
+        }
+    }
+
+    /// The index entry starting at `last + 1` (if any), and the last entry starting at or
+    /// before `last`.
+    fn neighbours(&self, last: u64) -> (Option<Pos>, Option<Pos>) {
+        let top = self.index.pred(last.saturating_add(1));
+        match top {
+            Some(pos) if last != u64::MAX && self.index.at(pos).0 == last + 1 => {
+                (Some(pos), self.index.prev(pos))
+            }
+            _ => (None, top),
+        }
+    }
+
+    /// Frees tombstone `n` at `pos` again, merging with free neighbours (the entry before
+    /// it, and `succ`, the entry right after it, if any).
+    fn revive(&mut self, pos: Pos, n: u32, succ: Option<Pos>) {
+        self.nodes[n as usize].taken = false;
+        self.taken -= 1;
+        let Node { start, last, .. } = self.nodes[n as usize];
+        let pred = self
+            .index
+            .prev(pos)
+            .map(|p| self.index.at(p).1)
+            .filter(|&p| {
+                let node = &self.nodes[p as usize];
+                !node.taken && node.last.checked_add(1) == Some(start)
+            });
+        let succ = succ
+            .map(|p| (p, self.index.at(p).1))
+            .filter(|&(_, s)| !self.nodes[s as usize].taken);
+        // Remove later entries first so earlier positions stay valid.
+        let end = match succ {
+            Some((spos, s)) => {
+                let end = self.nodes[s as usize].last;
+                self.unlink(s);
+                self.index.remove_at(spos);
+                self.spare.push(s);
+                end
+            }
+            None => last,
+        };
+        match pred {
+            Some(p) => {
+                self.index.remove_at(pos);
+                self.spare.push(n);
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, end);
+            }
+            None => {
+                self.nodes[n as usize].last = end;
+                self.link(n);
             }
         }
     }
@@ -347,7 +415,7 @@ impl RangeAllocator {
             len: size,
         })?;
         match self.index.pred(start).map(|p| self.index.at(p).1) {
-            Some(n) if last <= self.nodes[n as usize].last => {
+            Some(n) if !self.nodes[n as usize].taken && last <= self.nodes[n as usize].last => {
                 self.carve(n, start, last);
                 Ok(())
             }
@@ -376,36 +444,55 @@ impl RangeAllocator {
                 len: size,
             });
         }
-        // One search finds the interval starting right after us (if any) and the one
-        // before it: the only candidates for overlap and merging.
-        let mut pred = self.index.pred(last.saturating_add(1));
-        let mut succ = None;
-        if let Some(p) = pred {
-            let node = &self.nodes[self.index.at(p).1 as usize];
-            if last != u64::MAX && node.start == last + 1 {
-                succ = Some(p);
-                pred = self.index.prev(p);
-            } else if node.last >= start {
+        // One search finds the entry starting right after us (if any) and the last one
+        // starting at or before our last byte: the only candidates for merging, and where
+        // a walk back for overlaps begins.
+        let (succ, below) = self.neighbours(last);
+        if let Some(pos) = below {
+            let n = self.index.at(pos).1;
+            let node = self.nodes[n as usize];
+            if node.taken && node.start == start && node.last == last {
+                self.revive(pos, n, succ);
+                self.free_bytes += size;
+                return Ok(());
+            }
+        }
+        // Overlaps: free space is a double free; tombstones of allocated space we free
+        // now are dropped (they are only a shortcut). Check everything before changing
+        // anything.
+        let mut stale = Vec::new();
+        let mut at = below;
+        while let Some(pos) = at {
+            let n = self.index.at(pos).1;
+            let node = self.nodes[n as usize];
+            if node.last < start {
+                break;
+            }
+            if !node.taken {
                 return Err(Error::DoubleFree {
                     what: WHAT,
                     start,
                     len: size,
                 });
             }
+            stale.push(n);
+            at = self.index.prev(pos);
         }
-        let pred_pos = pred;
-        let pred = pred.map(|p| self.index.at(p).1);
-        if let Some(p) = pred {
-            if self.nodes[p as usize].last >= start {
-                return Err(Error::DoubleFree {
-                    what: WHAT,
-                    start,
-                    len: size,
-                });
+        let (succ, below) = if stale.is_empty() {
+            (succ, below)
+        } else {
+            for n in stale {
+                self.index.remove(self.nodes[n as usize].start);
+                self.spare.push(n);
+                self.taken -= 1;
             }
-        }
-        let merge_pred =
-            pred.filter(|&p| self.nodes[p as usize].last.checked_add(1) == Some(start));
+            self.neighbours(last)
+        };
+        let succ = succ.filter(|&pos| !self.nodes[self.index.at(pos).1 as usize].taken);
+        let merge_pred = below.map(|pos| self.index.at(pos).1).filter(|&p| {
+            let node = &self.nodes[p as usize];
+            !node.taken && node.last.checked_add(1) == Some(start)
+        });
         match (merge_pred, succ) {
             (Some(p), Some(pos)) => {
                 let s = self.index.at(pos).1;
@@ -428,7 +515,7 @@ impl RangeAllocator {
             (None, None) => {
                 let n = self.new_node(start, last);
                 self.link(n);
-                self.index.insert_after(pred_pos, start, n);
+                self.index.insert_after(below, start, n);
             }
         }
         self.free_bytes += size;
@@ -511,6 +598,43 @@ mod tests {
         r.deallocate(b, 0x100).unwrap();
         assert_eq!(r.fragment_count(), 1);
         assert_eq!(r.free_count(), 0x10000);
+    }
+
+    #[test]
+    fn blocks_handed_out_whole_come_back_cheaply_and_correctly() {
+        let mut r = RangeAllocator::empty(0x1000).unwrap();
+        r.deallocate(0x1_0000, 0x1000).unwrap();
+        r.deallocate(0x3_0000, 0x1000).unwrap();
+        let a = r.allocate(0x1000, 0).unwrap(); // exact fit: a tombstone now
+        assert_eq!(r.fragment_count(), 1);
+        assert!(matches!(
+            r.allocate_range(a, 0x1000),
+            Err(Error::RangeBusy { .. })
+        ));
+        r.deallocate(a, 0x1000).unwrap(); // revived
+        assert_eq!(r.fragment_count(), 2);
+        assert!(matches!(
+            r.deallocate(a, 0x1000),
+            Err(Error::DoubleFree { .. })
+        ));
+        // A revived block merges with free neighbours on both sides.
+        let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
+        r.allocate_range(0x1000, 0x1000).unwrap();
+        let whole = r.allocate(0x1000, 0).unwrap();
+        assert!(whole == 0 || whole == 0x2000);
+        r.deallocate(0x1000, 0x1000).unwrap();
+        r.deallocate(whole, 0x1000).unwrap();
+        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0, 0x2fff)]);
+        // Freeing part of a whole-handed-out block drops the shortcut and stays exact.
+        let mut r = RangeAllocator::empty(0x1000).unwrap();
+        r.deallocate(0x8000, 0x4000).unwrap();
+        let b = r.allocate(0x4000, 0).unwrap();
+        r.deallocate(b + 0x1000, 0x1000).unwrap();
+        assert_eq!(r.free_count(), 0x1000);
+        assert_eq!(r.fragment_count(), 1);
+        r.deallocate(b, 0x1000).unwrap();
+        r.deallocate(b + 0x2000, 0x2000).unwrap();
+        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0x8000, 0xbfff)]);
     }
 
     #[test]

@@ -326,15 +326,27 @@ mod tests {
     fn page_requests_are_validated() {
         let p = PageSize::SIZE_16K;
         assert_eq!(PageRequest::WIRED.validate(0x8000, p), Ok(0x4000));
-        let big = PageRequest { align: 1 << 21, ..PageRequest::WIRED };
+        let big = PageRequest {
+            align: 1 << 21,
+            ..PageRequest::WIRED
+        };
         assert_eq!(big.validate(0x4000, p), Ok(1 << 21));
-        assert!(matches!(PageRequest::WIRED.validate(0, p), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            PageRequest::WIRED.validate(0, p),
+            Err(Error::ZeroSize { .. })
+        ));
         assert!(matches!(
             PageRequest::WIRED.validate(0x1000, p),
             Err(Error::NotAligned { align: 0x4000, .. })
         ));
-        let odd = PageRequest { align: 0x3000, ..PageRequest::WIRED };
-        assert!(matches!(odd.validate(0x4000, p), Err(Error::BadAlignment { .. })));
+        let odd = PageRequest {
+            align: 0x3000,
+            ..PageRequest::WIRED
+        };
+        assert!(matches!(
+            odd.validate(0x4000, p),
+            Err(Error::BadAlignment { .. })
+        ));
     }
 
     #[test]
