@@ -22,6 +22,7 @@
 //! | [`error`] | [`Error`], each variant with context, and its kIOReturn code |
 //! | [`platform`] | the seam: small capability traits a backend implements |
 //! | [`alloc`] | the IOMalloc family and [`RangeAllocator`](alloc::RangeAllocator) |
+//! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //!
 //! ## Example
 //!
@@ -48,6 +49,7 @@ extern crate std;
 
 pub mod addr;
 pub mod alloc;
+pub mod descriptor;
 pub mod direction;
 pub mod error;
 pub mod page;

@@ -1,0 +1,120 @@
+//! Memory descriptors on this Linux process.
+
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
+    MultiMemoryDescriptor, SubMemoryDescriptor,
+};
+use dmakit::platform::{PageRequest, PhysicalMemory, Task};
+use dmakit::{Direction, Error, PhysAddr};
+use dmakit_linux::{AddressMode, Host};
+use std::sync::Arc;
+
+fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(salt))
+        .collect()
+}
+
+#[test]
+fn buffers_round_trip_and_report_real_segments() {
+    let host = Arc::new(Host::new().unwrap());
+    let b = BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(50_000, Direction::InOut))
+        .unwrap();
+    let data = pattern(50_000, 7);
+    assert_eq!(b.write_bytes(0, &data), 50_000);
+    let mut back = vec![0u8; 50_000];
+    assert_eq!(b.read_bytes(0, &mut back), 50_000);
+    assert_eq!(back, data);
+    if host.address_mode() != AddressMode::Physical {
+        assert!(matches!(
+            b.physical_segment(0),
+            Err(Error::NotPermitted { .. }) | Err(Error::NotReady { .. })
+        ));
+        println!("skipped: physical segments need root");
+        return;
+    }
+    let mut off = 0;
+    while off < b.length() {
+        let s = b.physical_segment(off).unwrap();
+        // The physical address holds the descriptor's bytes.
+        let mut at = vec![0u8; s.len.min(64) as usize];
+        host.read_phys(s.addr, &mut at).unwrap();
+        assert_eq!(&at[..], &data[off as usize..off as usize + at.len()]);
+        off += s.len;
+    }
+    drop(b);
+    assert_eq!(host.usage(), (0, 0));
+}
+
+#[test]
+fn pageable_buffers_need_prepare() {
+    let host = Arc::new(Host::new().unwrap());
+    let b = BufferMemoryDescriptor::new(
+        host.clone(),
+        BufferOptions {
+            pageable: true,
+            ..BufferOptions::new(3 * 4096, Direction::In)
+        },
+    )
+    .unwrap();
+    assert!(matches!(b.physical_segment(0), Err(Error::NotReady { .. })));
+    let md: &dyn MemoryDescriptor = &b;
+    let p = md.prepare(Direction::In).unwrap();
+    if host.address_mode() == AddressMode::Physical {
+        assert!(md.physical_segment(4096).unwrap().addr.0 != 0);
+    }
+    assert_eq!(host.usage().1, 3, "three pages wired");
+    p.complete().unwrap();
+    assert_eq!(host.usage().1, 0);
+}
+
+#[test]
+fn multi_and_sub_over_host_memory() {
+    let host = Arc::new(Host::new().unwrap());
+    let a: Arc<dyn MemoryDescriptor> = Arc::new(
+        BufferMemoryDescriptor::with_bytes(host.clone(), &pattern(5000, 1), Direction::Out)
+            .unwrap(),
+    );
+    let va = host.allocate_pages(8192, &PageRequest::WIRED).unwrap();
+    let g: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(
+            host.clone(),
+            Task::KERNEL,
+            va,
+            8192,
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    g.write_bytes(0, &pattern(8192, 2));
+    let multi = MultiMemoryDescriptor::new(vec![a, g], Direction::Out).unwrap();
+    let sub = SubMemoryDescriptor::new(Arc::new(multi), 4000, 3000, Direction::Out).unwrap();
+    let mut buf = vec![0u8; 3000];
+    assert_eq!(sub.read_bytes(0, &mut buf), 3000);
+    assert_eq!(&buf[..1000], &pattern(5000, 1)[4000..]);
+    assert_eq!(&buf[1000..], &pattern(8192, 2)[..2000]);
+    drop(sub);
+    host.free_pages(va, 8192).unwrap();
+}
+
+#[test]
+fn physical_descriptors_of_host_memory() {
+    let host = Arc::new(Host::new().unwrap());
+    if host.address_mode() != AddressMode::Physical {
+        println!("skipped: physical addresses need root");
+        return;
+    }
+    let b = BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(4096, Direction::InOut))
+        .unwrap();
+    let s = b.physical_segment(0).unwrap();
+    let d = GeneralMemoryDescriptor::with_physical_ranges(
+        host.clone(),
+        &[(PhysAddr(s.addr.0 + 16), 32)],
+        Direction::In,
+    )
+    .unwrap();
+    assert_eq!(d.write_bytes(0, b"through the physical address"), 28);
+    let mut back = [0u8; 28];
+    b.read_bytes(16, &mut back);
+    assert_eq!(&back, b"through the physical address");
+}

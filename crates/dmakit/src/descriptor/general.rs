@@ -1,0 +1,340 @@
+//! [`GeneralMemoryDescriptor`]: ranges of a task's virtual memory, or physical ranges
+//! (IOKit's IOGeneralMemoryDescriptor).
+//!
+//! Virtual descriptors must be prepared before physical addresses exist: the first prepare
+//! wires every range through the platform and records its physical runs; the last complete
+//! unwires. Physical descriptors are always prepared and prepare/complete do nothing.
+//! Bytes are copied through the platform's CPU access path, which needs no wiring, so
+//! `read_bytes`/`write_bytes` work on unprepared memory too (IOKit panics there).
+
+use super::{clamp, past_end, MemoryDescriptor, Segment};
+use crate::platform::{collect_runs, Platform, Task};
+use crate::{Direction, Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
+use alloc_crate::vec::Vec;
+
+#[derive(Debug, Default)]
+struct Wiring {
+    count: u32,
+    read_only: bool,
+    /// Physical runs of each range, while wired.
+    runs: Vec<Vec<PhysRange>>,
+}
+
+/// A descriptor of one or more address ranges.
+///
+/// # Invariants
+///
+/// `starts[i]` is the descriptor offset of `ranges[i]`; `length` is the sum of the range
+/// lengths; while `wiring.count > 0` every range of a virtual descriptor is wired once by this
+/// descriptor and `wiring.runs[i]` holds its runs.
+pub struct GeneralMemoryDescriptor<P: Platform> {
+    platform: P,
+    task: Option<Task>,
+    ranges: Vec<(u64, u64)>,
+    starts: Vec<u64>,
+    length: u64,
+    direction: Direction,
+    wiring: spin::Mutex<Wiring>,
+}
+
+impl<P: Platform> GeneralMemoryDescriptor<P> {
+    fn build(
+        platform: P,
+        task: Option<Task>,
+        ranges: &[(u64, u64)],
+        direction: Direction,
+    ) -> Result<Self> {
+        let mut starts = Vec::with_capacity(ranges.len());
+        let mut length: u64 = 0;
+        for &(addr, len) in ranges {
+            addr.checked_add(len).ok_or(Error::Overflow {
+                what: "descriptor range",
+                start: addr,
+                len,
+            })?;
+            starts.push(length);
+            length = length.checked_add(len).ok_or(Error::Overflow {
+                what: "descriptor length",
+                start: length,
+                len,
+            })?;
+        }
+        Ok(GeneralMemoryDescriptor {
+            platform,
+            task,
+            ranges: ranges.to_vec(),
+            starts,
+            length,
+            direction,
+            wiring: spin::Mutex::new(Wiring::default()),
+        })
+    }
+
+    /// A descriptor of `[addr, addr + len)` in `task` (IOKit `withAddressRange`). Not
+    /// prepared.
+    pub fn with_address_range(
+        platform: P,
+        task: Task,
+        addr: VirtAddr,
+        len: u64,
+        direction: Direction,
+    ) -> Result<Self> {
+        Self::build(platform, Some(task), &[(addr.0, len)], direction)
+    }
+
+    /// A descriptor of several ranges of `task`, in order (IOKit `withAddressRanges`).
+    pub fn with_ranges(
+        platform: P,
+        task: Task,
+        ranges: &[(VirtAddr, u64)],
+        direction: Direction,
+    ) -> Result<Self> {
+        let r: Vec<(u64, u64)> = ranges.iter().map(|&(a, l)| (a.0, l)).collect();
+        Self::build(platform, Some(task), &r, direction)
+    }
+
+    /// A descriptor of physical ranges (IOKit `withPhysicalAddress` / physical
+    /// `withAddressRanges`): always prepared.
+    pub fn with_physical_ranges(
+        platform: P,
+        ranges: &[(PhysAddr, u64)],
+        direction: Direction,
+    ) -> Result<Self> {
+        let r: Vec<(u64, u64)> = ranges.iter().map(|&(a, l)| (a.0, l)).collect();
+        Self::build(platform, None, &r, direction)
+    }
+
+    /// The task whose memory this describes (`None` for physical ranges).
+    pub fn task(&self) -> Option<Task> {
+        self.task
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Current prepare count (always 1 for physical descriptors).
+    pub fn wire_count(&self) -> u32 {
+        if self.task.is_none() {
+            1
+        } else {
+            self.wiring.lock().count
+        }
+    }
+
+    /// The range holding descriptor offset `offset` (< length): index and offset inside.
+    fn locate(&self, offset: u64) -> (usize, u64) {
+        // The last range starting at or before `offset` that is not empty.
+        let mut i = self.starts.partition_point(|&s| s <= offset) - 1;
+        while self.ranges[i].1 == 0 || offset - self.starts[i] >= self.ranges[i].1 {
+            i += 1;
+        }
+        (i, offset - self.starts[i])
+    }
+
+    fn copy(
+        &self,
+        offset: u64,
+        n: usize,
+        mut step: impl FnMut(u64, usize, usize) -> Result<()>,
+    ) -> usize {
+        let mut done = 0usize;
+        while done < n {
+            let (i, inner) = self.locate(offset + done as u64);
+            let (addr, len) = self.ranges[i];
+            let k = ((len - inner) as usize).min(n - done);
+            if step(addr + inner, done, k).is_err() {
+                break;
+            }
+            done += k;
+        }
+        done
+    }
+
+    fn unwire_ranges(&self, upto: usize) {
+        let Some(task) = self.task else { return };
+        for &(addr, len) in &self.ranges[..upto] {
+            if len != 0 {
+                let _ = self.platform.unwire(task, VirtAddr(addr), len);
+            }
+        }
+    }
+}
+
+impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
+    fn length(&self) -> u64 {
+        self.length
+    }
+
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    fn page_size(&self) -> PageSize {
+        self.platform.page_size()
+    }
+
+    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+        let Some(task) = self.task else {
+            return Ok(());
+        };
+        let dir = if dir == Direction::None {
+            self.direction
+        } else {
+            dir
+        };
+        let read_only = dir == Direction::Out;
+        let mut w = self.wiring.lock();
+        if w.count > 0 {
+            if w.read_only && !read_only {
+                return Err(Error::NotWritable {
+                    what: "descriptor prepared read-only (for Out)",
+                    addr: self.ranges.first().map_or(0, |r| r.0),
+                });
+            }
+            w.count += 1;
+            return Ok(());
+        }
+        let mut runs = Vec::with_capacity(self.ranges.len());
+        for (i, &(addr, len)) in self.ranges.iter().enumerate() {
+            if len == 0 {
+                runs.push(Vec::new());
+                continue;
+            }
+            let wired = self
+                .platform
+                .wire(task, VirtAddr(addr), len, !read_only)
+                .and_then(|()| {
+                    collect_runs(&self.platform, task, VirtAddr(addr), len).inspect_err(|_| {
+                        let _ = self.platform.unwire(task, VirtAddr(addr), len);
+                    })
+                });
+            match wired {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    self.unwire_ranges(i);
+                    return Err(e);
+                }
+            }
+        }
+        *w = Wiring {
+            count: 1,
+            read_only,
+            runs,
+        };
+        Ok(())
+    }
+
+    /// Over-completion (no prepare outstanding) succeeds and does nothing, as in IOKit's
+    /// release kernels.
+    fn complete(&self) -> Result<()> {
+        if self.task.is_none() {
+            return Ok(());
+        }
+        let mut w = self.wiring.lock();
+        match w.count {
+            0 => Ok(()),
+            1 => {
+                self.unwire_ranges(self.ranges.len());
+                *w = Wiring::default();
+                Ok(())
+            }
+            _ => {
+                w.count -= 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let n = clamp(offset, buf.len(), self.length);
+        self.copy(offset, n, |addr, at, k| match self.task {
+            Some(t) => self
+                .platform
+                .read_virt(t, VirtAddr(addr), &mut buf[at..at + k]),
+            None => self
+                .platform
+                .read_phys(PhysAddr(addr), &mut buf[at..at + k]),
+        })
+    }
+
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
+        if self.task.is_some() && self.wiring.lock().read_only {
+            return 0;
+        }
+        let n = clamp(offset, data.len(), self.length);
+        self.copy(offset, n, |addr, at, k| match self.task {
+            Some(t) => self
+                .platform
+                .write_virt(t, VirtAddr(addr), &data[at..at + k]),
+            None => self.platform.write_phys(PhysAddr(addr), &data[at..at + k]),
+        })
+    }
+
+    fn physical_segment(&self, offset: u64) -> Result<Segment> {
+        if offset >= self.length {
+            return Err(past_end("descriptor", offset, self.length));
+        }
+        let (i, inner) = self.locate(offset);
+        let Some(_) = self.task else {
+            // Physical: to the end of the range, then every following range that starts
+            // exactly where this one ends.
+            let (addr, len) = self.ranges[i];
+            let mut end = addr + len;
+            for &(a, l) in &self.ranges[i + 1..] {
+                if a != end {
+                    break;
+                }
+                end = a + l;
+            }
+            return Ok(Segment {
+                addr: PhysAddr(addr + inner),
+                len: end - (addr + inner),
+            });
+        };
+        let w = self.wiring.lock();
+        if w.count == 0 {
+            return Err(Error::NotReady {
+                what: "physical segment of an unprepared descriptor",
+                addr: self.ranges[i].0 + inner,
+            });
+        }
+        let mut skip = inner;
+        for r in &w.runs[i] {
+            if skip < r.len {
+                return Ok(Segment {
+                    addr: PhysAddr(r.addr.0 + skip),
+                    len: r.len - skip,
+                });
+            }
+            skip -= r.len;
+        }
+        Err(Error::Internal {
+            what: "descriptor runs shorter than the range",
+        })
+    }
+}
+
+impl<P: Platform> Drop for GeneralMemoryDescriptor<P> {
+    /// Like IOKit's `free()`, completes outstanding preparations.
+    fn drop(&mut self) {
+        let w = self.wiring.get_mut();
+        if self.task.is_some() && w.count > 0 {
+            w.count = 0;
+            self.unwire_ranges(self.ranges.len());
+        }
+    }
+}
+
+impl<P: Platform> core::fmt::Debug for GeneralMemoryDescriptor<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GeneralMemoryDescriptor")
+            .field("task", &self.task)
+            .field("ranges", &self.ranges.len())
+            .field("length", &self.length)
+            .field("direction", &self.direction)
+            .field("wire_count", &self.wire_count())
+            .finish()
+    }
+}

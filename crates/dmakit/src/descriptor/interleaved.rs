@@ -1,0 +1,233 @@
+//! [`InterleavedMemoryDescriptor`]: `(descriptor, offset, length)` portions one after
+//! another (IOKit's IOInterleavedMemoryDescriptor).
+//!
+//! Created with a capacity (the number of portions it can hold); portions are added with
+//! [`set_memory_descriptor`](InterleavedMemoryDescriptor::set_memory_descriptor) and removed
+//! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors).
+//! Neither is allowed while prepared. A failed prepare completes exactly the portions it
+//! had prepared (IOKit's rollback completes the failed one repeatedly: quirk Q7, fixed).
+
+use super::{clamp, past_end, MemoryDescriptor, Segment};
+use crate::{Direction, Error, PageSize, Result};
+use alloc_crate::sync::Arc;
+use alloc_crate::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+struct Portion {
+    md: Arc<dyn MemoryDescriptor>,
+    offset: u64,
+    length: u64,
+    start: u64,
+}
+
+/// Portions of other descriptors, concatenated.
+pub struct InterleavedMemoryDescriptor {
+    portions: Vec<Portion>,
+    capacity: usize,
+    length: u64,
+    direction: Direction,
+    prepared: AtomicU32,
+}
+
+impl InterleavedMemoryDescriptor {
+    /// An empty descriptor able to hold `capacity` portions (IOKit `withCapacity`).
+    pub fn with_capacity(capacity: usize, direction: Direction) -> Self {
+        InterleavedMemoryDescriptor {
+            portions: Vec::with_capacity(capacity),
+            capacity,
+            length: 0,
+            direction,
+            prepared: AtomicU32::new(0),
+        }
+    }
+
+    /// Appends `[offset, offset + length)` of `md`. Fails while prepared
+    /// ([`Error::Busy`]), when full ([`Error::NoResources`]) or when the portion is not
+    /// inside `md` ([`Error::OutOfBounds`]).
+    pub fn set_memory_descriptor(
+        &mut self,
+        md: Arc<dyn MemoryDescriptor>,
+        offset: u64,
+        length: u64,
+    ) -> Result<()> {
+        if self.prepared.load(Ordering::Acquire) > 0 {
+            return Err(Error::Busy {
+                what: "interleaved descriptor",
+                addr: 0,
+                why: "it is prepared",
+            });
+        }
+        if self.portions.len() >= self.capacity {
+            return Err(Error::NoResources {
+                what: "interleaved descriptor portions",
+                limit: self.capacity as u64,
+            });
+        }
+        match offset.checked_add(length) {
+            Some(end) if end <= md.length() => {}
+            _ => {
+                return Err(Error::OutOfBounds {
+                    what: "interleaved portion in its descriptor",
+                    offset,
+                    len: length,
+                    limit: md.length(),
+                })
+            }
+        }
+        let total = self.length.checked_add(length).ok_or(Error::Overflow {
+            what: "interleaved descriptor length",
+            start: self.length,
+            len: length,
+        })?;
+        self.portions.push(Portion {
+            md,
+            offset,
+            length,
+            start: self.length,
+        });
+        self.length = total;
+        Ok(())
+    }
+
+    /// Removes every portion and sets the direction to `dir` (unless `Direction::None`).
+    /// Fails with [`Error::Busy`] while prepared.
+    pub fn clear_memory_descriptors(&mut self, dir: Direction) -> Result<()> {
+        if self.prepared.load(Ordering::Acquire) > 0 {
+            return Err(Error::Busy {
+                what: "interleaved descriptor",
+                addr: 0,
+                why: "it is prepared",
+            });
+        }
+        self.portions.clear();
+        self.length = 0;
+        if dir != Direction::None {
+            self.direction = dir;
+        }
+        Ok(())
+    }
+
+    /// Number of portions.
+    pub fn portion_count(&self) -> usize {
+        self.portions.len()
+    }
+
+    fn locate(&self, offset: u64) -> usize {
+        let mut i = self.portions.partition_point(|p| p.start <= offset) - 1;
+        while offset - self.portions[i].start >= self.portions[i].length {
+            i += 1;
+        }
+        i
+    }
+
+    fn each(
+        &self,
+        offset: u64,
+        n: usize,
+        mut step: impl FnMut(&Portion, u64, usize, usize) -> usize,
+    ) -> usize {
+        let mut done = 0;
+        while done < n {
+            let i = self.locate(offset + done as u64);
+            let p = &self.portions[i];
+            let inner = offset + done as u64 - p.start;
+            let k = ((p.length - inner) as usize).min(n - done);
+            let got = step(p, p.offset + inner, done, k);
+            done += got;
+            if got < k {
+                break;
+            }
+        }
+        done
+    }
+}
+
+impl MemoryDescriptor for InterleavedMemoryDescriptor {
+    fn length(&self) -> u64 {
+        self.length
+    }
+
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    fn page_size(&self) -> PageSize {
+        self.portions
+            .first()
+            .map(|p| p.md.page_size())
+            .unwrap_or_default()
+    }
+
+    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+        let dir = if dir == Direction::None {
+            self.direction
+        } else {
+            dir
+        };
+        for (i, p) in self.portions.iter().enumerate() {
+            if let Err(e) = p.md.prepare_wiring(dir) {
+                for q in self.portions[..i].iter().rev() {
+                    let _ = q.md.complete();
+                }
+                return Err(e);
+            }
+        }
+        self.prepared.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn complete(&self) -> Result<()> {
+        if self
+            .prepared
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        for p in &self.portions {
+            if let Err(e) = p.md.complete() {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let n = clamp(offset, buf.len(), self.length);
+        self.each(offset, n, |p, at_md, at, k| {
+            p.md.read_bytes(at_md, &mut buf[at..at + k])
+        })
+    }
+
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
+        let n = clamp(offset, data.len(), self.length);
+        self.each(offset, n, |p, at_md, at, k| {
+            p.md.write_bytes(at_md, &data[at..at + k])
+        })
+    }
+
+    fn physical_segment(&self, offset: u64) -> Result<Segment> {
+        if offset >= self.length {
+            return Err(past_end("interleaved descriptor", offset, self.length));
+        }
+        let p = &self.portions[self.locate(offset)];
+        let inner = offset - p.start;
+        let s = p.md.physical_segment(p.offset + inner)?;
+        Ok(Segment {
+            addr: s.addr,
+            len: s.len.min(p.length - inner),
+        })
+    }
+}
+
+impl core::fmt::Debug for InterleavedMemoryDescriptor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("InterleavedMemoryDescriptor")
+            .field("portions", &self.portions.len())
+            .field("capacity", &self.capacity)
+            .field("length", &self.length)
+            .field("direction", &self.direction)
+            .finish()
+    }
+}

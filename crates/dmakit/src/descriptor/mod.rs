@@ -1,0 +1,163 @@
+//! Memory descriptors: IOKit's IOMemoryDescriptor family.
+//!
+//! A descriptor describes *what memory*: an ordered list of byte ranges, concatenated into
+//! one logical space `[0, length)`. It does not say how a device sees the memory (that is
+//! the DMA command's job); it can copy bytes in and out, wire the memory (`prepare`) and tell
+//! where each byte lives physically (`physical_segment`).
+//!
+//! | kind | what it describes |
+//! | --- | --- |
+//! | [`GeneralMemoryDescriptor`] | ranges of a task's virtual memory, or physical ranges |
+//! | [`BufferMemoryDescriptor`] | a buffer it allocates and owns (capacity, length, constraints) |
+//! | [`SubMemoryDescriptor`] | a window `(offset, length)` of another descriptor |
+//! | [`MultiMemoryDescriptor`] | several descriptors one after another |
+//! | [`InterleavedMemoryDescriptor`] | `(descriptor, offset, length)` portions one after another |
+//!
+//! ## Preparing
+//!
+//! [`MemoryDescriptor::prepare`] wires the memory and may be called again: each call needs a
+//! matching complete, and the memory is unwired at the last one. The safe way is
+//! [`prepare`](dyn MemoryDescriptor::prepare) on `dyn MemoryDescriptor`, which hands back a
+//! [`Prepared`] guard whose [`complete`](Prepared::complete) (or drop) balances it.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::Direction;
+//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! let buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(8192, Direction::Out))?;
+//! assert_eq!(buf.write_bytes(4090, b"crosses a page"), 14);
+//! let md: &dyn MemoryDescriptor = &buf;
+//! let prepared = md.prepare(Direction::Out)?;
+//! let seg = md.physical_segment(4096)?;          // where byte 4096 lives
+//! assert!(seg.len >= 1);
+//! prepared.complete()?;
+//! # Ok(()) }
+//! ```
+
+mod buffer;
+mod general;
+mod interleaved;
+mod multi;
+mod sub;
+
+pub use buffer::{BufferMemoryDescriptor, BufferOptions};
+pub use general::GeneralMemoryDescriptor;
+pub use interleaved::InterleavedMemoryDescriptor;
+pub use multi::MultiMemoryDescriptor;
+pub use sub::SubMemoryDescriptor;
+
+use crate::{Direction, Error, PageSize, PhysAddr, Result};
+
+/// A physically contiguous run of a descriptor: where byte `offset` lives and how many bytes
+/// follow it contiguously.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Physical address of the byte.
+    pub addr: PhysAddr,
+    /// Bytes physically contiguous from there (within the descriptor).
+    pub len: u64,
+}
+
+/// IOKit's IOMemoryDescriptor.
+pub trait MemoryDescriptor: Send + Sync {
+    /// Total length in bytes.
+    fn length(&self) -> u64;
+
+    /// The direction the memory was described for.
+    fn direction(&self) -> Direction;
+
+    /// The platform page size.
+    fn page_size(&self) -> PageSize;
+
+    /// Wires the memory (IOKit `prepare`). `Direction::None` means the descriptor's own
+    /// direction; `Out` wires read-only. Counted: each success needs one
+    /// [`complete`](Self::complete). Prefer the guard-returning
+    /// [`prepare`](dyn MemoryDescriptor::prepare).
+    fn prepare_wiring(&self, dir: Direction) -> Result<()>;
+
+    /// Drops one wiring (IOKit `complete`); the memory is unwired at the last one.
+    fn complete(&self) -> Result<()>;
+
+    /// Copies up to `buf.len()` bytes from `offset`, stopping at the end of the descriptor;
+    /// returns the count copied (0 for an offset at or past the end).
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize;
+
+    /// Copies up to `data.len()` bytes to `offset`, stopping at the end of the descriptor;
+    /// returns the count copied (0 for an offset at or past the end, or while the memory is
+    /// prepared read-only).
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize;
+
+    /// Where byte `offset` lives physically, and the length of the contiguous run from there.
+    /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
+    /// the end is [`Error::OutOfBounds`].
+    fn physical_segment(&self, offset: u64) -> Result<Segment>;
+}
+
+impl dyn MemoryDescriptor + '_ {
+    /// Wires the memory and returns a guard that balances it on
+    /// [`complete`](Prepared::complete) or drop.
+    pub fn prepare(&self, dir: Direction) -> Result<Prepared<'_>> {
+        self.prepare_wiring(dir)?;
+        Ok(Prepared {
+            md: self,
+            done: false,
+        })
+    }
+}
+
+/// A balanced `prepare`: completing (or dropping) it drops the wiring it took.
+#[must_use = "dropping the guard completes the preparation at once"]
+pub struct Prepared<'a> {
+    md: &'a dyn MemoryDescriptor,
+    done: bool,
+}
+
+impl Prepared<'_> {
+    /// The prepared descriptor.
+    pub fn descriptor(&self) -> &dyn MemoryDescriptor {
+        self.md
+    }
+
+    /// Completes the preparation.
+    pub fn complete(mut self) -> Result<()> {
+        self.done = true;
+        self.md.complete()
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Unwiring cannot fail for memory this guard wired; if the platform refuses,
+            // the memory stays wired, which is the safe outcome.
+            let _ = self.md.complete();
+        }
+    }
+}
+
+impl core::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("length", &self.md.length())
+            .finish()
+    }
+}
+
+/// `[offset, offset + len)` clamped to a descriptor of `length` bytes: the count to copy.
+pub(crate) fn clamp(offset: u64, len: usize, length: u64) -> usize {
+    if offset >= length {
+        0
+    } else {
+        (len as u64).min(length - offset) as usize
+    }
+}
+
+/// The error for an offset at or past the end.
+pub(crate) fn past_end(what: &'static str, offset: u64, length: u64) -> Error {
+    Error::OutOfBounds {
+        what,
+        offset,
+        len: 1,
+        limit: length,
+    }
+}
