@@ -22,6 +22,7 @@
 //! | [`error`] | [`Error`], each variant with context, and its kIOReturn code |
 //! | [`platform`] | the seam: small capability traits a backend implements |
 //! | [`alloc`] | the IOMalloc family and [`RangeAllocator`](alloc::RangeAllocator) |
+//! | [`map`] | mapped I/O (`mapped_read*`/`mapped_write*`) and `flush_processor_cache` |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //!
 //! ## Example
@@ -52,6 +53,7 @@ pub mod alloc;
 pub mod descriptor;
 pub mod direction;
 pub mod error;
+pub mod map;
 pub mod page;
 pub mod platform;
 

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`GeneralMemoryDescriptor`] | ranges of a task's virtual memory, or physical ranges |
 //! | [`BufferMemoryDescriptor`] | a buffer it allocates and owns (capacity, length, constraints) |
+//! | [`DeviceMemory`] | physical ranges of device memory (a physical general descriptor) |
 //! | [`SubMemoryDescriptor`] | a window `(offset, length)` of another descriptor |
 //! | [`MultiMemoryDescriptor`] | several descriptors one after another |
 //! | [`InterleavedMemoryDescriptor`] | `(descriptor, offset, length)` portions one after another |
@@ -35,12 +36,14 @@
 //! ```
 
 mod buffer;
+mod device;
 mod general;
 mod interleaved;
 mod multi;
 mod sub;
 
 pub use buffer::{BufferMemoryDescriptor, BufferOptions};
+pub use device::{device_memory, device_sub_range, DeviceMemory};
 pub use general::GeneralMemoryDescriptor;
 pub use interleaved::InterleavedMemoryDescriptor;
 pub use multi::MultiMemoryDescriptor;

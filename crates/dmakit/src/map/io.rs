@@ -1,0 +1,68 @@
+//! `mapped_read8/16/32/64` and `mapped_write8/16/32/64` (IOKit's `IOMappedRead*` /
+//! `IOMappedWrite*`).
+//!
+//! The address is a physical I/O-space address, as `getPhysicalSegment` returns it; the
+//! platform resolves it (the simulator: an MMIO window's device model, or RAM; Linux: a
+//! registered device region such as a mapped BAR, or a wired allocation). Each call is one
+//! naturally aligned access of exactly its width, never torn or merged. A misaligned address
+//! is [`Error::NotAligned`](crate::Error::NotAligned) and an address nothing backs is
+//! [`Error::NotMapped`](crate::Error::NotMapped): errors, not machine checks.
+//!
+//! ```
+//! # use dmakit::map::{mapped_read32, mapped_write32};
+//! # fn demo<P: dmakit::platform::Mmio>(p: &P, bar: dmakit::PhysAddr) -> dmakit::Result<()> {
+//! mapped_write32(p, bar, 0x1)?;           // ring a doorbell
+//! let status = mapped_read32(p, bar)?;    // read a status register
+//! # let _ = status; Ok(()) }
+//! ```
+
+use crate::platform::{Mmio, Width};
+use crate::{PhysAddr, Result};
+
+macro_rules! mapped {
+    ($read:ident, $write:ident, $t:ty, $w:expr, $doc_r:literal, $doc_w:literal) => {
+        #[doc = $doc_r]
+        pub fn $read<P: Mmio + ?Sized>(platform: &P, addr: PhysAddr) -> Result<$t> {
+            // The platform zero-extends a value of this width, so it fits.
+            Ok(platform.mmio_read(addr, $w)? as $t)
+        }
+
+        #[doc = $doc_w]
+        pub fn $write<P: Mmio + ?Sized>(platform: &P, addr: PhysAddr, value: $t) -> Result<()> {
+            platform.mmio_write(addr, $w, value as u64)
+        }
+    };
+}
+
+mapped!(
+    mapped_read8,
+    mapped_write8,
+    u8,
+    Width::W8,
+    "IOMappedRead8: one byte at `addr`.",
+    "IOMappedWrite8: one byte at `addr`."
+);
+mapped!(
+    mapped_read16,
+    mapped_write16,
+    u16,
+    Width::W16,
+    "IOMappedRead16: two bytes at `addr` (2-aligned).",
+    "IOMappedWrite16: two bytes at `addr` (2-aligned)."
+);
+mapped!(
+    mapped_read32,
+    mapped_write32,
+    u32,
+    Width::W32,
+    "IOMappedRead32: four bytes at `addr` (4-aligned).",
+    "IOMappedWrite32: four bytes at `addr` (4-aligned)."
+);
+mapped!(
+    mapped_read64,
+    mapped_write64,
+    u64,
+    Width::W64,
+    "IOMappedRead64: eight bytes at `addr` (8-aligned).",
+    "IOMappedWrite64: eight bytes at `addr` (8-aligned)."
+);
