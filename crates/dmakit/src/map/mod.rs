@@ -1,9 +1,9 @@
 //! Mapped memory: IOKit's IOMappedRead/Write family and IOFlushProcessorCache.
 //!
-//! * [`io`]: `mapped_read8` … `mapped_read64` and `mapped_write8` … `mapped_write64`, loads
+//! * [`io`]: the accessors `mapped_read8` … `mapped_read64` and `mapped_write8` … `mapped_write64`, loads
 //!   and stores of exactly one width at a *physical* I/O-space address, as IOKit's
 //!   `IOMappedRead*` take;
-//! * [`cache`]: [`flush_processor_cache`](cache::flush_processor_cache).
+//! * [`cache`]: the processor-cache flush, [`flush_processor_cache`](cache::flush_processor_cache).
 
 pub mod cache;
 pub mod io;
