@@ -54,6 +54,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Vec<Row> {
     let mut rows = Vec::new();
     rows.extend(groups::range::run(opts));
+    rows.extend(groups::descriptor::run(opts));
     rows
 }
 

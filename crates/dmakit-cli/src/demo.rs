@@ -11,11 +11,14 @@ use dmakit::alloc::{
     io_free, io_free_aligned, io_free_pageable, io_malloc, io_malloc_aligned, io_malloc_pageable,
     IoHeap, RangeAllocator,
 };
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
+};
 use dmakit::platform::{
     collect_runs, CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width,
     Wiring,
 };
-use dmakit::{Error, PageSize, PhysRange, VirtAddr};
+use dmakit::{Direction, Error, PageSize, PhysRange, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder, ScratchDevice};
 use std::sync::{Arc, Mutex};
 
@@ -60,18 +63,21 @@ fn heading(s: &str) {
 pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
     let page = PageSize::new(page_size).map_err(|e| e.to_string())?;
     let device = Arc::new(Mutex::new(ScratchDevice::new(0xD0A7_0001, 0x100)));
-    let m = MachineBuilder::new()
-        .seed(seed)
-        .page_size(page)
-        .mmio(MMIO_BASE, 0x1000, device)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(seed)
+            .page_size(page)
+            .mmio(MMIO_BASE, 0x1000, device)
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     println!("dmakit demo: a simulated machine (seed {seed})");
     heading("The machine");
     print!("{}", m.layout());
 
     io_malloc_family(&m).map_err(|e| e.to_string())?;
     constrained(&m).map_err(|e| e.to_string())?;
+    multi_descriptor(&m).map_err(|e| e.to_string())?;
     io_space().map_err(|e| e.to_string())?;
     cache_and_mmio(&m).map_err(|e| e.to_string())?;
     faults_and_misuse(&m).map_err(|e| e.to_string())?;
@@ -176,6 +182,58 @@ fn constrained(m: &Machine) -> dmakit::Result<()> {
         m.free_pages(va, 32 << 10)?;
     }
     println!("{t}");
+    Ok(())
+}
+
+fn multi_descriptor(m: &Arc<Machine>) -> dmakit::Result<()> {
+    heading("A multi descriptor and its physical segments");
+    let contiguous = BufferOptions {
+        contiguous: true,
+        phys_limit: 0xFFFF_FFFF,
+        ..BufferOptions::new(12 << 10, Direction::Out)
+    };
+    let parts: Vec<Arc<dyn MemoryDescriptor>> = vec![
+        Arc::new(BufferMemoryDescriptor::new(m.clone(), contiguous)?),
+        Arc::new(BufferMemoryDescriptor::new(
+            m.clone(),
+            BufferOptions::new(20 << 10, Direction::Out),
+        )?),
+        Arc::new(BufferMemoryDescriptor::with_bytes(
+            m.clone(),
+            b"tail of the transfer",
+            Direction::Out,
+        )?),
+    ];
+    let multi = MultiMemoryDescriptor::new(parts, Direction::Out)?;
+    let md: &dyn MemoryDescriptor = &multi;
+    let prepared = md.prepare(Direction::Out)?;
+    let mut t = table(&["offset", "physical address", "bytes", "part"]);
+    let mut off = 0;
+    while off < md.length() {
+        let s = md.physical_segment(off)?;
+        let part = match off {
+            o if o < 12 << 10 => "contiguous, below 4 GiB",
+            o if o < 32 << 10 => "scattered",
+            _ => "with_bytes",
+        };
+        t.add_row(vec![
+            format!("{off:#x}"),
+            format!("{:#x}", s.addr.0),
+            s.len.to_string(),
+            part.to_string(),
+        ]);
+        off += s.len;
+    }
+    right(&mut t, &[0, 2]);
+    println!("{t}");
+    let mut tail = [0u8; 20];
+    md.read_bytes(md.length() - 20, &mut tail);
+    println!(
+        "{} bytes in 3 parts; the last 20 read through the multi descriptor: {:?}",
+        md.length(),
+        String::from_utf8_lossy(&tail)
+    );
+    prepared.complete()?;
     Ok(())
 }
 

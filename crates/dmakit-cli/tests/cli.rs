@@ -22,6 +22,7 @@ fn demo_shows_every_section_and_leaks_nothing() {
         "The machine",
         "IOMalloc family",
         "Physical constraints",
+        "A multi descriptor and its physical segments",
         "RangeAllocator",
         "Non-coherent caches",
         "Fault injection",

@@ -1,3 +1,4 @@
 //! Benchmark groups, one file each.
 
+pub mod descriptor;
 pub mod range;
