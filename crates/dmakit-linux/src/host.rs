@@ -17,7 +17,8 @@
 use crate::pagemap::{Pagemap, NO_PFN_HINT};
 use crate::sys;
 use dmakit::platform::{
-    CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width, Wiring,
+    CacheMode, CacheOp, CacheOps, CpuAccess, MapPiece, MapRequest, MapSource, Mmio, PageRequest,
+    PhysicalMemory, Task, VirtualMemory, Width, Wiring,
 };
 use dmakit::{Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use std::collections::BTreeMap;
@@ -114,8 +115,8 @@ struct Alloc {
     len: u64,
     wired: bool,
     huge: bool,
-    /// Keeps the memory object alive (a second mapping can be made from it).
-    _fd: OwnedFd,
+    /// The memory object (a second mapping is made from it).
+    fd: OwnedFd,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +130,8 @@ struct State {
     mmio: BTreeMap<u64, (u64, u64)>,
     /// Physical page → virtual page, for wired allocations (needs pagemap).
     phys_index: BTreeMap<u64, u64>,
+    /// Second mappings (`VirtualMemory::map_pages`): start → (length, read-only).
+    maps: BTreeMap<u64, (u64, bool)>,
 }
 
 impl State {
@@ -138,9 +141,15 @@ impl State {
         (va + len <= base + a.len).then_some((base, a))
     }
 
+    /// The second mapping containing `[va, va + len)`: whether it is read-only.
+    fn map_of(&self, va: u64, len: u64) -> Option<bool> {
+        let (&b, &(l, ro)) = self.maps.range(..=va).next_back()?;
+        (va + len <= b + l).then_some(ro)
+    }
+
     /// Whether the CPU may touch `[va, va + len)`.
     fn known(&self, va: u64, len: u64) -> bool {
-        if self.alloc_of(va, len).is_some() {
+        if self.alloc_of(va, len).is_some() || self.map_of(va, len).is_some() {
             return true;
         }
         matches!(self.regions.range(..=va).next_back(), Some((&b, &l)) if va + len <= b + l)
@@ -383,7 +392,7 @@ impl Host {
         let start = (base as u64).div_ceil(align) * align;
         // SAFETY: [start, start + len) lies inside the reservation just made (start is at
         // most align - 1 above base and total = len + align); nothing references it.
-        let mapped = unsafe { sys::map_fixed(start as usize, len as usize, &fd, wired) };
+        let mapped = unsafe { sys::map_fixed(start as usize, len as usize, &fd, 0, true, wired) };
         // SAFETY: the head and tail are parts of our own reservation outside the mapping.
         unsafe {
             sys::unmap(base, (start - base as u64) as usize);
@@ -509,7 +518,7 @@ impl PhysicalMemory for Host {
                     len: map_len,
                     wired,
                     huge,
-                    _fd: fd,
+                    fd,
                 },
             );
             if wired && self.caps.pagemap_pfns {
@@ -753,6 +762,12 @@ impl CpuAccess for Host {
     fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
         Self::check_task(task)?;
         let s = self.lock();
+        if s.map_of(va.0, data.len() as u64) == Some(true) {
+            return Err(Error::NotWritable {
+                what: "read-only mapping",
+                addr: va.0,
+            });
+        }
         if !s.known(va.0, data.len() as u64) {
             return Err(Error::NotMapped {
                 what: "dmakit host memory",
@@ -861,6 +876,125 @@ impl Mmio for Host {
     }
 }
 
+impl VirtualMemory for Host {
+    /// Maps pages of this host's own allocations a second time (through their memfd).
+    /// Cache modes other than copy-back cannot be chosen from Linux userspace:
+    /// [`Error::Unsupported`].
+    fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
+        Self::check_task(req.task)?;
+        if req.cache != CacheMode::CopyBack {
+            return Err(Error::Unsupported {
+                what: "cache modes other than copy-back from Linux userspace",
+            });
+        }
+        let psize = self.page.bytes();
+        let mut s = self.lock();
+        // Resolve every piece to (memfd, offset) first.
+        let mut plan = Vec::with_capacity(pieces.len());
+        let mut total: u64 = 0;
+        for p in pieces {
+            let va = match p.src {
+                MapSource::Virtual(t, va) => {
+                    Self::check_task(t)?;
+                    va.0
+                }
+                MapSource::Physical(pa) => s
+                    .phys_to_virt(pa.0, psize.min(p.len), self.page)
+                    .ok_or(Error::NotMapped {
+                        what: "host physical memory (not a wired dmakit allocation)",
+                        addr: pa.0,
+                    })?,
+            };
+            if p.len == 0 || !p.len.is_multiple_of(psize) || !va.is_multiple_of(psize) {
+                return Err(Error::NotAligned {
+                    what: "map piece (whole pages only)",
+                    value: va,
+                    align: psize,
+                });
+            }
+            let (base, a) = s.alloc_of(va, p.len).ok_or(Error::Unsupported {
+                what: "mapping memory this host did not allocate (only its memfd-backed allocations can be mapped twice)",
+            })?;
+            plan.push((
+                a.fd.try_clone().map_err(|e| Error::Os {
+                    op: "dup(memfd)",
+                    errno: e.raw_os_error().unwrap_or(0),
+                    hint: "",
+                })?,
+                va - base,
+                p.len,
+            ));
+            total = total.checked_add(p.len).ok_or(Error::Overflow {
+                what: "mapping length",
+                start: va,
+                len: p.len,
+            })?;
+        }
+        if total == 0 {
+            return Err(Error::ZeroSize { what: "mapping" });
+        }
+        if req.at.is_some() {
+            return Err(Error::Unsupported {
+                what: "fixed-address mappings on the Linux host (the address space is the kernel's to choose)",
+            });
+        }
+        let base = sys::reserve(total as usize)? as u64;
+        let mut at = base;
+        for (fd, off, len) in &plan {
+            // SAFETY: [at, at + len) lies inside the reservation just made; nothing
+            // references it.
+            if let Err(errno) = unsafe {
+                sys::map_fixed(at as usize, *len as usize, fd, *off, !req.read_only, true)
+            } {
+                // SAFETY: the whole reservation is ours and unreferenced.
+                unsafe { sys::unmap(base as usize, total as usize) };
+                return Err(Error::Os {
+                    op: "mmap(second mapping)",
+                    errno,
+                    hint: "",
+                });
+            }
+            at += len;
+        }
+        s.maps.insert(base, (total, req.read_only));
+        Ok(VirtAddr(base))
+    }
+
+    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        Self::check_task(task)?;
+        let mut s = self.lock();
+        match s.maps.get(&va.0) {
+            Some(&(l, _)) if l == len => {}
+            Some(&(l, _)) => {
+                return Err(Error::WrongSize {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                    allocated: l,
+                    given: len,
+                })
+            }
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                })
+            }
+        }
+        if let Some((&p, _)) = s.wires.range(va.0..va.0 + len).next() {
+            return Err(Error::Busy {
+                what: "mapping",
+                addr: p,
+                why: "a page of the mapping is still wired",
+            });
+        }
+        s.maps.remove(&va.0);
+        // SAFETY: a mapping this host made and just forgot; no Rust reference points into it
+        // (the host only ever copies through it under its lock).
+        unsafe { sys::unmap(va.0 as usize, len as usize) };
+        Ok(())
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let mut s = self.lock();
@@ -870,6 +1004,14 @@ impl Drop for Host {
         for (va, len) in vas {
             if s.wires.range(va..va + len).next().is_none() {
                 self.release(&mut s, va);
+            }
+        }
+        let maps: Vec<(u64, u64)> = s.maps.iter().map(|(&v, &(l, _))| (v, l)).collect();
+        for (va, len) in maps {
+            if s.wires.range(va..va + len).next().is_none() {
+                // SAFETY: a second mapping this host made; the host is going away and nothing
+                // can reach the mapping through it any more.
+                unsafe { sys::unmap(va as usize, len as usize) };
             }
         }
     }

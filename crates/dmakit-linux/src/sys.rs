@@ -73,7 +73,8 @@ pub(crate) fn reserve(len: usize) -> Result<usize, Error> {
     Ok(p as usize)
 }
 
-/// Maps `len` bytes of `fd` from offset 0 at exactly `addr`, shared and read-write.
+/// Maps `len` bytes of `fd` from `offset` at exactly `addr`, shared; writable or
+/// read-only.
 ///
 /// # Safety
 ///
@@ -83,22 +84,30 @@ pub(crate) unsafe fn map_fixed(
     addr: usize,
     len: usize,
     fd: &OwnedFd,
+    offset: u64,
+    writable: bool,
     populate: bool,
 ) -> Result<(), i32> {
     let mut flags = libc::MAP_SHARED | libc::MAP_FIXED;
     if populate {
         flags |= libc::MAP_POPULATE;
     }
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     // SAFETY: the caller guarantees the target range is our own reservation with nothing
     // borrowed inside it; the descriptor is valid for the call.
     let p = unsafe {
         libc::mmap(
             addr as *mut libc::c_void,
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
+            prot,
             flags,
             fd.as_raw_fd(),
-            0,
+            offset,
         )
     };
     if p == libc::MAP_FAILED {

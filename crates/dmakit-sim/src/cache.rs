@@ -26,19 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 /// Bytes in one cache line.
 pub const LINE: u64 = 64;
 
-/// How the CPU caches a range of physical memory (IOKit's map cache modes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum CacheMode {
-    /// Write-back caching (kIOMapCopyback, the default for RAM).
-    #[default]
-    CopyBack,
-    /// Stores go to DRAM at once, loads are cached (kIOMapWriteThruCache).
-    WriteThrough,
-    /// No caching (kIOMapInhibitCache).
-    Inhibit,
-    /// Uncached loads, combined stores (kIOMapWriteCombineCache).
-    WriteCombine,
-}
+pub use dmakit::platform::CacheMode;
 
 #[derive(Clone, Debug)]
 struct Line {
@@ -106,13 +94,19 @@ impl Cache {
         }
     }
 
-    /// A CPU load.
-    pub(crate) fn read(&mut self, pa: u64, buf: &mut [u8], dram: &PhysicalPool) {
+    /// A CPU load, through a mapping of cache mode `mode` (`None`: the range's mode).
+    pub(crate) fn read(
+        &mut self,
+        pa: u64,
+        buf: &mut [u8],
+        dram: &PhysicalPool,
+        mode: Option<CacheMode>,
+    ) {
         if self.coherent {
             return dram.dram_read(pa, buf);
         }
         self.each_line(pa, buf.len(), |this, line, off, range| {
-            match this.mode(line) {
+            match mode.unwrap_or_else(|| this.mode(line)) {
                 CacheMode::Inhibit | CacheMode::WriteCombine => {
                     if let Some(l) = this.lines.get(&line) {
                         // A line cached before the mode changed is still served.
@@ -131,14 +125,20 @@ impl Cache {
         });
     }
 
-    /// A CPU store.
-    pub(crate) fn write(&mut self, pa: u64, data: &[u8], dram: &mut PhysicalPool) {
+    /// A CPU store, through a mapping of cache mode `mode` (`None`: the range's mode).
+    pub(crate) fn write(
+        &mut self,
+        pa: u64,
+        data: &[u8],
+        dram: &mut PhysicalPool,
+        mode: Option<CacheMode>,
+    ) {
         if self.coherent {
             return dram.dram_write(pa, data);
         }
         self.each_line(pa, data.len(), |this, line, off, range| {
             let n = range.end - range.start;
-            match this.mode(line) {
+            match mode.unwrap_or_else(|| this.mode(line)) {
                 CacheMode::Inhibit | CacheMode::WriteCombine => {
                     this.lines.remove(&line);
                     dram.dram_write(line + off as u64, &data[range]);

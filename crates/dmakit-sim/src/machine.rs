@@ -10,7 +10,8 @@ use crate::mmio::{MmioWindow, SharedDevice};
 use crate::physical::{PhysicalPool, RamRegion};
 use crate::task::{AddressSpace, Pte, Region, KERNEL_VA_BASE, USER_VA_BASE};
 use dmakit::platform::{
-    CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width, Wiring,
+    CacheOp, CacheOps, CpuAccess, MapPiece, MapRequest, MapSource, Mmio, PageRequest,
+    PhysicalMemory, Task, VirtualMemory, Width, Wiring,
 };
 use dmakit::{Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub(crate) struct Inner {
     pub faults: FaultPlan,
     pub tasks: BTreeMap<Task, AddressSpace>,
     pub next_task: u32,
+    /// Physical pages mapped a second time, and how many extra mappings each has.
+    pub shared: std::collections::HashMap<u64, u32>,
 }
 
 /// A simulated machine. `Send + Sync`; share it by reference or `Arc`.
@@ -176,6 +179,7 @@ impl Inner {
                     wires: 0,
                     always_wired: !req.pageable,
                     writable: true,
+                    cache: None,
                 },
             );
         }
@@ -192,7 +196,11 @@ impl Inner {
     pub(crate) fn free(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
         let psize = self.page.bytes();
         let Inner {
-            phys, cache, tasks, ..
+            phys,
+            cache,
+            tasks,
+            shared,
+            ..
         } = self;
         let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
             what: "no such simulated task",
@@ -215,6 +223,16 @@ impl Inner {
                 what: "simulated memory",
                 addr: p,
                 why: "a page is still wired (a device may reach it)",
+            });
+        }
+        if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, pte)| {
+            pte.pa
+                .is_some_and(|pa| shared.get(&pa).is_some_and(|&n| n > 0))
+        }) {
+            return Err(Error::Busy {
+                what: "simulated memory",
+                addr: p,
+                why: "a page is mapped a second time (unmap the MemoryMap first)",
             });
         }
         let ptes: Vec<u64> = space.ptes.range(va..va + len).map(|(&v, _)| v).collect();
@@ -283,7 +301,7 @@ impl Inner {
         va: u64,
         len: u64,
         write: bool,
-        mut f: impl FnMut(&mut Inner, u64, std::ops::Range<usize>),
+        mut f: impl FnMut(&mut Inner, u64, Option<CacheMode>, std::ops::Range<usize>),
     ) -> Result<()> {
         self.check_range(va, len, "CPU access")?;
         // Check the whole range first so a failed access changes nothing.
@@ -292,7 +310,8 @@ impl Inner {
         let mut done = 0usize;
         for (p, off, n) in page_chunks(page, va, len) {
             let pa = self.resident(task, p, p + off)?;
-            f(self, pa + off, done..done + n as usize);
+            let mode = self.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
+            f(self, pa + off, mode, done..done + n as usize);
             done += n as usize;
         }
         Ok(())
@@ -382,6 +401,133 @@ impl Inner {
     }
 }
 
+impl Inner {
+    pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest) -> Result<u64> {
+        let page = self.page;
+        let psize = page.bytes();
+        let mut total: u64 = 0;
+        for p in pieces {
+            let start = match p.src {
+                MapSource::Virtual(_, va) => va.0,
+                MapSource::Physical(pa) => pa.0,
+            };
+            if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
+                return Err(Error::NotAligned {
+                    what: "map piece (whole pages only)",
+                    value: start,
+                    align: psize,
+                });
+            }
+            total = total.checked_add(p.len).ok_or(Error::Overflow {
+                what: "mapping length",
+                start,
+                len: p.len,
+            })?;
+        }
+        if total == 0 {
+            return Err(Error::ZeroSize { what: "mapping" });
+        }
+        // Resolve every source page first (bringing pageable pages in), so a failure maps
+        // nothing.
+        let mut pas = Vec::with_capacity((total / psize) as usize);
+        for p in pieces {
+            for i in 0..p.len / psize {
+                let pa = match p.src {
+                    MapSource::Virtual(t, va) => {
+                        let v = va.0 + i * psize;
+                        self.resident(t, v, v)?
+                    }
+                    MapSource::Physical(pa) => {
+                        let a = pa.0 + i * psize;
+                        if !self.phys.is_ram(a, psize) {
+                            return Err(Error::NotMapped {
+                                what: "simulated RAM (only RAM can be mapped)",
+                                addr: a,
+                            });
+                        }
+                        a
+                    }
+                };
+                pas.push(pa);
+            }
+        }
+        let space = self.space(req.task)?;
+        let va = match req.at {
+            Some(at) => {
+                space.va.allocate_range(at.0, total)?;
+                at.0
+            }
+            None => space.va.allocate(total, psize)?,
+        };
+        let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
+        for (i, &pa) in pas.iter().enumerate() {
+            space.ptes.insert(
+                va + i as u64 * psize,
+                Pte {
+                    pa: Some(pa),
+                    wires: 0,
+                    always_wired: false,
+                    writable: !req.read_only,
+                    cache,
+                },
+            );
+        }
+        space.mappings.insert(va, total);
+        for pa in pas {
+            *self.shared.entry(pa).or_insert(0) += 1;
+        }
+        Ok(va)
+    }
+
+    pub(crate) fn unmap(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
+        let space = self.space(task)?;
+        match space.mappings.get(&va) {
+            Some(&l) if l == len => {}
+            Some(&l) => {
+                return Err(Error::WrongSize {
+                    free_fn: "unmap_pages",
+                    addr: va,
+                    allocated: l,
+                    given: len,
+                })
+            }
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "unmap_pages",
+                    addr: va,
+                })
+            }
+        }
+        if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, p)| p.wires > 0) {
+            return Err(Error::Busy {
+                what: "simulated mapping",
+                addr: p,
+                why: "a page of the mapping is still wired",
+            });
+        }
+        let pages: Vec<u64> = space.ptes.range(va..va + len).map(|(&v, _)| v).collect();
+        let mut pas = Vec::with_capacity(pages.len());
+        for v in pages {
+            if let Some(pa) = space.ptes.remove(&v).and_then(|p| p.pa) {
+                pas.push(pa);
+            }
+        }
+        space.mappings.remove(&va);
+        space.va.deallocate(va, len).map_err(|_| Error::Internal {
+            what: "sim mapping VA free",
+        })?;
+        for pa in pas {
+            if let Some(n) = self.shared.get_mut(&pa) {
+                *n -= 1;
+                if *n == 0 {
+                    self.shared.remove(&pa);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Machine {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock (a bug in a device model) must not make every
@@ -422,7 +568,16 @@ impl Machine {
                 why: "a page is still wired",
             });
         }
-        let regions: Vec<(u64, u64)> = space.regions.iter().map(|(&v, r)| (v, r.len)).collect();
+        let mappings: Vec<(u64, u64)> = space.mappings.iter().map(|(&v, &l)| (v, l)).collect();
+        for (v, l) in mappings {
+            g.unmap(task, v, l)?;
+        }
+        let regions: Vec<(u64, u64)> = g
+            .space(task)?
+            .regions
+            .iter()
+            .map(|(&v, r)| (v, r.len))
+            .collect();
         for (v, l) in regions {
             g.free(task, v, l)?;
         }
@@ -462,6 +617,7 @@ impl Machine {
             cache,
             faults,
             tasks,
+            shared,
             ..
         } = &mut *g;
         let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
@@ -482,6 +638,10 @@ impl Machine {
             let (Some(old), false) = (pte.pa, pte.wired()) else {
                 continue;
             };
+            if shared.get(&old).is_some_and(|&n| n > 0) {
+                // Mapped a second time: the other mapping pins the page in place.
+                continue;
+            }
             let new = phys.take(1, false, 0, u64::MAX, faults)?[0];
             cache.op(CacheOp::Flush, old, psize, phys);
             let mut buf = vec![0u8; psize as usize];
@@ -719,7 +879,7 @@ impl PhysicalMemory for Machine {
             });
         }
         let Inner { cache, phys, .. } = &mut *g;
-        cache.read(pa.0, buf, phys);
+        cache.read(pa.0, buf, phys, None);
         Ok(())
     }
 
@@ -732,7 +892,7 @@ impl PhysicalMemory for Machine {
             });
         }
         let Inner { cache, phys, .. } = &mut *g;
-        cache.write(pa.0, data, phys);
+        cache.write(pa.0, data, phys, None);
         Ok(())
     }
 }
@@ -763,17 +923,17 @@ impl Wiring for Machine {
 impl CpuAccess for Machine {
     fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()> {
         let mut g = self.lock();
-        g.cpu_access(task, va.0, buf.len() as u64, false, |inner, pa, r| {
+        g.cpu_access(task, va.0, buf.len() as u64, false, |inner, pa, mode, r| {
             let Inner { cache, phys, .. } = inner;
-            cache.read(pa, &mut buf[r], phys);
+            cache.read(pa, &mut buf[r], phys, mode);
         })
     }
 
     fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
         let mut g = self.lock();
-        g.cpu_access(task, va.0, data.len() as u64, true, |inner, pa, r| {
+        g.cpu_access(task, va.0, data.len() as u64, true, |inner, pa, mode, r| {
             let Inner { cache, phys, .. } = inner;
-            cache.write(pa, &data[r], phys);
+            cache.write(pa, &data[r], phys, mode);
         })
     }
 }
@@ -818,6 +978,16 @@ impl CacheOps for Machine {
         let Inner { cache, phys, .. } = &mut *g;
         cache.op(op, pa.0, len, phys);
         Ok(())
+    }
+}
+
+impl VirtualMemory for Machine {
+    fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
+        self.lock().map(pieces, req).map(VirtAddr)
+    }
+
+    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        self.lock().unmap(task, va.0, len)
     }
 }
 
@@ -874,6 +1044,7 @@ impl Inner {
             faults,
             tasks,
             next_task: 0,
+            shared: std::collections::HashMap::new(),
         }
     }
 }

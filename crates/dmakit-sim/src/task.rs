@@ -26,6 +26,8 @@ pub(crate) struct Pte {
     pub always_wired: bool,
     /// Whether stores are allowed.
     pub writable: bool,
+    /// The cache mode of this mapping (`None`: the physical range's mode).
+    pub cache: Option<crate::CacheMode>,
 }
 
 impl Pte {
@@ -46,6 +48,8 @@ pub(crate) struct Region {
 pub(crate) struct AddressSpace {
     pub ptes: BTreeMap<u64, Pte>,
     pub regions: BTreeMap<u64, Region>,
+    /// Second mappings of other memory (`VirtualMemory::map_pages`): start → length.
+    pub mappings: BTreeMap<u64, u64>,
     pub va: RangeAllocator,
 }
 
@@ -54,6 +58,7 @@ impl AddressSpace {
         AddressSpace {
             ptes: BTreeMap::new(),
             regions: BTreeMap::new(),
+            mappings: BTreeMap::new(),
             // The constants are page aligned for every supported page size.
             va: RangeAllocator::new(base, VA_SPACE, page).expect("constant VA space is valid"),
         }

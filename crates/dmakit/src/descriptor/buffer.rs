@@ -9,7 +9,7 @@
 //! their physical segments are always available; pageable ones must be prepared.
 
 use super::general::GeneralMemoryDescriptor;
-use super::{MemoryDescriptor, Segment};
+use super::{check_range, MemoryDescriptor, Segment, Source};
 use crate::platform::{PageRequest, Platform, Task};
 use crate::{Direction, Error, PageSize, Result, VirtAddr};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -255,6 +255,11 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
             addr: s.addr,
             len: s.len.min(length - offset),
         })
+    }
+
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
+        check_range("buffer", offset, len, self.length())?;
+        self.inner.sources(offset, len, f)
     }
 }
 

@@ -7,7 +7,7 @@
 //! Bytes are copied through the platform's CPU access path, which needs no wiring, so
 //! `read_bytes`/`write_bytes` work on unprepared memory too (IOKit panics there).
 
-use super::{clamp, past_end, MemoryDescriptor, Segment};
+use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
 use crate::platform::{collect_runs, Platform, Task};
 use crate::{Direction, Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use alloc_crate::vec::Vec;
@@ -313,6 +313,25 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
         Err(Error::Internal {
             what: "descriptor runs shorter than the range",
         })
+    }
+
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
+        check_range("descriptor", offset, len, self.length)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        for (&(addr, rlen), &start) in self.ranges.iter().zip(&self.starts) {
+            let (lo, hi) = (start.max(offset), (start + rlen).min(end));
+            if lo < hi {
+                f(Source {
+                    task: self.task,
+                    addr: addr + (lo - start),
+                    len: hi - lo,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

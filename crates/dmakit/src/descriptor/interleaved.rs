@@ -7,7 +7,7 @@
 //! Neither is allowed while prepared. A failed prepare completes exactly the portions it
 //! had prepared (IOKit's rollback completes the failed one repeatedly: quirk Q7, fixed).
 
-use super::{clamp, past_end, MemoryDescriptor, Segment};
+use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -218,6 +218,18 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
             addr: s.addr,
             len: s.len.min(p.length - inner),
         })
+    }
+
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
+        check_range("interleaved descriptor", offset, len, self.length)?;
+        let end = offset + len;
+        for p in &self.portions {
+            let (lo, hi) = (p.start.max(offset), (p.start + p.length).min(end));
+            if lo < hi {
+                p.md.sources(p.offset + (lo - p.start), hi - lo, f)?;
+            }
+        }
+        Ok(())
     }
 }
 

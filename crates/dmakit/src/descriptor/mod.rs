@@ -61,6 +61,18 @@ pub struct Segment {
     pub len: u64,
 }
 
+/// One piece of the memory behind a descriptor range: `len` bytes at `addr` of `task`
+/// (`None`: `addr` is physical).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The task whose virtual address `addr` is, or `None` for a physical address.
+    pub task: Option<crate::platform::Task>,
+    /// First byte.
+    pub addr: u64,
+    /// Length.
+    pub len: u64,
+}
+
 /// IOKit's IOMemoryDescriptor.
 pub trait MemoryDescriptor: Send + Sync {
     /// Total length in bytes.
@@ -94,6 +106,11 @@ pub trait MemoryDescriptor: Send + Sync {
     /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
     /// the end is [`Error::OutOfBounds`].
     fn physical_segment(&self, offset: u64) -> Result<Segment>;
+
+    /// Calls `f` with the memory behind `[offset, offset + len)`, piece by piece in order
+    /// (what a mapping of the range maps). A range outside the descriptor is
+    /// [`Error::OutOfBounds`].
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()>;
 }
 
 impl dyn MemoryDescriptor + '_ {
@@ -152,6 +169,19 @@ pub(crate) fn clamp(offset: u64, len: usize, length: u64) -> usize {
         0
     } else {
         (len as u64).min(length - offset) as usize
+    }
+}
+
+/// Checks that `[offset, offset + len)` lies within `length`.
+pub(crate) fn check_range(what: &'static str, offset: u64, len: u64, length: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= length => Ok(()),
+        _ => Err(Error::OutOfBounds {
+            what,
+            offset,
+            len,
+            limit: length,
+        }),
     }
 }
 

@@ -7,7 +7,7 @@
 //! [`Error::Internal`] (IOKit: kIOReturnInternalError). Physical segments never coalesce
 //! across parts.
 
-use super::{clamp, past_end, MemoryDescriptor, Segment};
+use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -154,6 +154,18 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         }
         let (i, inner) = self.locate(offset);
         self.parts[i].physical_segment(inner)
+    }
+
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
+        check_range("multi-descriptor", offset, len, self.length)?;
+        let end = offset + len;
+        for (p, &start) in self.parts.iter().zip(&self.starts) {
+            let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
+            if lo < hi {
+                p.sources(lo - start, hi - lo, f)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 //! physical segments forward with the offset shifted and lengths clipped to the window.
 //! The direction is the sub-descriptor's own, not the parent's.
 
-use super::{clamp, past_end, MemoryDescriptor, Segment};
+use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 
@@ -99,6 +99,11 @@ impl MemoryDescriptor for SubMemoryDescriptor {
             addr: s.addr,
             len: s.len.min(self.length - offset),
         })
+    }
+
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
+        check_range("sub-descriptor", offset, len, self.length)?;
+        self.parent.sources(self.offset + offset, len, f)
     }
 }
 

@@ -12,8 +12,9 @@
 //! | [`CpuAccess`] | CPU reads and writes of a task's virtual memory | `copyin`/`copyout` |
 //! | [`CacheOps`] | clean / invalidate / flush the CPU data cache for a range | `flush_dcache`, `IOFlushProcessorCache` |
 //! | [`Mmio`] | naturally aligned, untorn loads and stores to physical I/O space | `ml_phys_read_*`, `IOMappedRead*` |
+//! | [`VirtualMemory`] | map existing pages a second time into a task, read-only or not, with a cache mode | `vm_map`, `IOMemoryMap` |
 //!
-//! [`Platform`] is implemented for anything that has all five. All traits are implemented
+//! [`Platform`] is implemented for anything that has all six. All traits are implemented
 //! for `&T` and `Arc<T>` of an implementor, so a machine can be shared.
 //!
 //! ## Contracts every backend keeps
@@ -176,6 +177,20 @@ pub enum CacheOp {
     Flush,
 }
 
+/// How the CPU caches a mapping (IOKit's map cache modes, `kIOMap*Cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CacheMode {
+    /// Write-back caching (kIOMapCopyback, the default for RAM).
+    #[default]
+    CopyBack,
+    /// Stores go to memory at once, loads are cached (kIOMapWriteThruCache).
+    WriteThrough,
+    /// No caching (kIOMapInhibitCache).
+    Inhibit,
+    /// Uncached loads, combined stores (kIOMapWriteCombineCache).
+    WriteCombine,
+}
+
 /// CPU data-cache maintenance.
 pub trait CacheOps: Send + Sync {
     /// Whether devices see CPU caches without maintenance (x86: yes; many ARM SoCs: no).
@@ -248,10 +263,56 @@ pub trait Mmio: Send + Sync {
     fn mmio_write(&self, pa: PhysAddr, width: Width, value: u64) -> Result<()>;
 }
 
-/// A complete platform: every capability of the seam.
-pub trait Platform: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio {}
+/// Where the pages of a mapping come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapSource {
+    /// Pages of a task's virtual memory, from a page-aligned address.
+    Virtual(Task, VirtAddr),
+    /// Physical pages, from a page-aligned address.
+    Physical(PhysAddr),
+}
 
-impl<T: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio + ?Sized> Platform for T {}
+/// One piece of a mapping: `len` bytes (a page multiple) from `src`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapPiece {
+    /// Where the pages come from.
+    pub src: MapSource,
+    /// Bytes, a multiple of the page size.
+    pub len: u64,
+}
+
+/// How to map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapRequest {
+    /// The task to map into.
+    pub task: Task,
+    /// A page-aligned address to map at, or `None` for anywhere.
+    pub at: Option<VirtAddr>,
+    /// Refuse stores (enforced by the MMU).
+    pub read_only: bool,
+    /// How the CPU caches the mapping.
+    pub cache: CacheMode,
+}
+
+/// Mapping existing pages a second time, into a task (what IOKit's `createMappingInTask`
+/// needs from the VM system).
+pub trait VirtualMemory: Send + Sync {
+    /// Maps `pieces` one after another into `req.task` and returns the address of the first
+    /// byte. All or nothing: on failure nothing stays mapped.
+    fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr>;
+
+    /// Removes a mapping made by [`map_pages`](Self::map_pages); `va` and `len` must be
+    /// exactly its start and total length.
+    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()>;
+}
+
+/// A complete platform: every capability of the seam.
+pub trait Platform: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio + VirtualMemory {}
+
+impl<T: PhysicalMemory + Wiring + CpuAccess + CacheOps + Mmio + VirtualMemory + ?Sized> Platform
+    for T
+{
+}
 
 /// Forwards each trait through a smart pointer or reference.
 macro_rules! forward {
@@ -291,6 +352,14 @@ macro_rules! forward {
             }
             fn cache_phys(&self, op: CacheOp, pa: PhysAddr, len: u64) -> Result<()> {
                 (**self).cache_phys(op, pa, len)
+            }
+        }
+        impl<T: VirtualMemory + ?Sized> VirtualMemory for $ptr {
+            fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
+                (**self).map_pages(pieces, req)
+            }
+            fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+                (**self).unmap_pages(task, va, len)
             }
         }
         impl<T: Mmio + ?Sized> Mmio for $ptr {
