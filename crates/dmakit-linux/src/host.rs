@@ -879,7 +879,8 @@ impl Mmio for Host {
 impl VirtualMemory for Host {
     /// Maps pages of this host's own allocations a second time (through their memfd).
     /// Cache modes other than copy-back cannot be chosen from Linux userspace:
-    /// [`Error::Unsupported`].
+    /// [`Error::Unsupported`]. A fixed address that is already in use is
+    /// [`Error::RangeBusy`] (never replaced).
     fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
         Self::check_task(req.task)?;
         if req.cache != CacheMode::CopyBack {
@@ -933,12 +934,26 @@ impl VirtualMemory for Host {
         if total == 0 {
             return Err(Error::ZeroSize { what: "mapping" });
         }
-        if req.at.is_some() {
-            return Err(Error::Unsupported {
-                what: "fixed-address mappings on the Linux host (the address space is the kernel's to choose)",
-            });
-        }
-        let base = sys::reserve(total as usize)? as u64;
+        let base = match req.at {
+            None => sys::reserve(total as usize)? as u64,
+            Some(at) => match sys::reserve_at(at.0 as usize, total as usize) {
+                Ok(a) => a as u64,
+                Err(libc::EEXIST) => {
+                    return Err(Error::RangeBusy {
+                        what: "this process's address space",
+                        start: at.0,
+                        len: total,
+                    })
+                }
+                Err(errno) => {
+                    return Err(Error::Os {
+                        op: "mmap(fixed reservation)",
+                        errno,
+                        hint: "",
+                    })
+                }
+            },
+        };
         let mut at = base;
         for (fd, off, len) in &plan {
             // SAFETY: [at, at + len) lies inside the reservation just made; nothing

@@ -73,6 +73,36 @@ pub(crate) fn reserve(len: usize) -> Result<usize, Error> {
     Ok(p as usize)
 }
 
+/// Reserves `len` bytes of inaccessible address space at exactly `addr`, failing (with the
+/// errno, EEXIST when something is there) rather than replacing an existing mapping.
+pub(crate) fn reserve_at(addr: usize, len: usize) -> Result<usize, i32> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory anyone
+    // uses is touched; a fresh PROT_NONE anonymous mapping is created or the call fails.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    if p as usize != addr {
+        // Old kernels ignore the flag and treat the address as a hint.
+        // SAFETY: the mapping was just created by this call and nothing references it.
+        unsafe { libc::munmap(p, len) };
+        return Err(libc::EEXIST);
+    }
+    Ok(addr)
+}
+
 /// Maps `len` bytes of `fd` from `offset` at exactly `addr`, shared; writable or
 /// read-only.
 ///

@@ -118,3 +118,37 @@ fn physical_descriptors_of_host_memory() {
     b.read_bytes(16, &mut back);
     assert_eq!(&back, b"through the physical address");
 }
+
+#[test]
+fn interleaved_and_device_memory_on_the_host() {
+    use dmakit::descriptor::{device_memory, InterleavedMemoryDescriptor};
+    let host = Arc::new(Host::new().unwrap());
+    let a: Arc<dyn MemoryDescriptor> = Arc::new(
+        BufferMemoryDescriptor::with_bytes(host.clone(), &pattern(9000, 5), Direction::InOut)
+            .unwrap(),
+    );
+    let mut il = InterleavedMemoryDescriptor::with_capacity(3, Direction::Out);
+    il.set_memory_descriptor(a.clone(), 8000, 1000).unwrap();
+    il.set_memory_descriptor(a.clone(), 10, 4096).unwrap();
+    let mut buf = vec![0u8; 5096];
+    assert_eq!(il.read_bytes(0, &mut buf), 5096);
+    assert_eq!(&buf[..1000], &pattern(9000, 5)[8000..]);
+    assert_eq!(&buf[1000..], &pattern(9000, 5)[10..4106]);
+    assert_eq!(il.write_bytes(999, b"XY"), 2);
+    let mut two = [0u8; 2];
+    a.read_bytes(8999, &mut two[..1]);
+    a.read_bytes(10, &mut two[1..]);
+    assert_eq!(&two, b"XY", "a write across portions lands in both");
+    // Device memory over a registered region stands in for a BAR.
+    let dev = host.allocate_pages(4096, &PageRequest::WIRED).unwrap();
+    // SAFETY: a live allocation of this host, unregistered below before it is freed.
+    unsafe { host.register_mmio(PhysAddr(0xD000_0000), dev.0 as *mut u8, 4096) }.unwrap();
+    let bar = device_memory(host.clone(), PhysAddr(0xD000_0000), 4096).unwrap();
+    assert_eq!(
+        bar.physical_segment(0x40).unwrap().addr,
+        PhysAddr(0xD000_0040)
+    );
+    assert_eq!(bar.direction(), Direction::None);
+    host.unregister_mmio(PhysAddr(0xD000_0000)).unwrap();
+    host.free_pages(dev, 4096).unwrap();
+}

@@ -38,6 +38,26 @@ fn a_second_mapping_shares_the_pages() {
 }
 
 #[test]
+fn fixed_address_mappings() {
+    let (host, b) = setup();
+    // An address far from where Linux places mappings (other tests run in parallel threads,
+    // so reusing an address just freed could race with them).
+    let want = VirtAddr(0x3f5a_0000_0000);
+    let fixed = b.map(MapOptions::new().at(want)).unwrap();
+    assert_eq!(fixed.address(), want);
+    b.write_bytes(0, b"fixed");
+    let mut v = [0u8; 5];
+    host.read_virt(Task::KERNEL, want, &mut v).unwrap();
+    assert_eq!(&v, b"fixed");
+    // An address in use is refused, never replaced.
+    let e = b.map(MapOptions::new().at(b.address())).unwrap_err();
+    assert!(matches!(e, Error::RangeBusy { .. }), "{e}");
+    let mut w = [0u8; 5];
+    b.read_bytes(0, &mut w);
+    assert_eq!(&w, b"fixed", "the buffer's own mapping is untouched");
+}
+
+#[test]
 fn unsupported_requests_are_clear_errors() {
     let (host, b) = setup();
     let e = MemoryMap::new(

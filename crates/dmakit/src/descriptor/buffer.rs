@@ -146,6 +146,11 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         self.va
     }
 
+    /// Maps the buffer (IOKit `map` / `createMappingInTask`) on its own platform.
+    pub fn map(&self, options: crate::map::MapOptions) -> Result<crate::map::MemoryMap<P>> {
+        crate::map::MemoryMap::new(self.inner.platform().clone(), self, options)
+    }
+
     /// The options it was made with.
     pub fn options(&self) -> BufferOptions {
         self.options

@@ -114,6 +114,14 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         &self.platform
     }
 
+    /// Maps the descriptor (IOKit `map` / `createMappingInTask`) on its own platform.
+    pub fn map(&self, options: crate::map::MapOptions) -> Result<crate::map::MemoryMap<P>>
+    where
+        P: Clone,
+    {
+        crate::map::MemoryMap::new(self.platform.clone(), self, options)
+    }
+
     /// Current prepare count (always 1 for physical descriptors).
     pub fn wire_count(&self) -> u32 {
         if self.task.is_none() {
