@@ -570,32 +570,34 @@ impl PhysicalMemory for Host {
 
     fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
         let s = self.lock();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let a = pa.0 + done as u64;
-            let n = ((self.page.bytes() - self.page.offset(a)) as usize).min(buf.len() - done);
-            let va = s
-                .phys_to_virt(a, n as u64, self.page)
-                .ok_or(Error::NotMapped {
-                    what: "host physical memory (not a wired dmakit allocation)",
-                    addr: a,
-                })?;
-            // SAFETY: `va` is inside a live wired allocation of ours (from the index), the
-            // chunk stays within its page, and `buf` is a distinct Rust slice.
-            unsafe { sys::copy_from(va as usize, &mut buf[done..done + n]) };
-            done += n;
+        for (va, at, n) in self.resolve_phys(&s, pa.0, buf.len())? {
+            // SAFETY: `va` is inside a live wired allocation of ours (from the index, checked
+            // under the lock we hold), the chunk stays within its page, and `buf` is a
+            // distinct Rust slice.
+            unsafe { sys::copy_from(va as usize, &mut buf[at..at + n]) };
         }
         Ok(())
     }
 
     fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
         let s = self.lock();
-        // Resolve everything first so a failure writes nothing.
+        for (va, at, n) in self.resolve_phys(&s, pa.0, data.len())? {
+            // SAFETY: as in read_phys; the allocation is live while we hold the lock.
+            unsafe { sys::copy_to(va as usize, &data[at..at + n]) };
+        }
+        Ok(())
+    }
+}
+
+impl Host {
+    /// `[pa, pa + len)` as page-bounded chunks `(virtual address, offset, length)` of wired
+    /// allocations; all resolved before anything is copied, so a failure copies nothing.
+    fn resolve_phys(&self, s: &State, pa: u64, len: usize) -> Result<Vec<(u64, usize, usize)>> {
         let mut chunks = Vec::new();
         let mut done = 0usize;
-        while done < data.len() {
-            let a = pa.0 + done as u64;
-            let n = ((self.page.bytes() - self.page.offset(a)) as usize).min(data.len() - done);
+        while done < len {
+            let a = pa + done as u64;
+            let n = ((self.page.bytes() - self.page.offset(a)) as usize).min(len - done);
             let va = s
                 .phys_to_virt(a, n as u64, self.page)
                 .ok_or(Error::NotMapped {
@@ -605,11 +607,7 @@ impl PhysicalMemory for Host {
             chunks.push((va, done, n));
             done += n;
         }
-        for (va, off, n) in chunks {
-            // SAFETY: as in read_phys; the allocation is live while we hold the lock.
-            unsafe { sys::copy_to(va as usize, &data[off..off + n]) };
-        }
-        Ok(())
+        Ok(chunks)
     }
 }
 

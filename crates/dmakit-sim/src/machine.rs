@@ -110,6 +110,14 @@ impl fmt::Display for Layout {
     }
 }
 
+/// The address space of `task`, or the error that names it.
+fn space_of(tasks: &mut BTreeMap<Task, AddressSpace>, task: Task) -> Result<&mut AddressSpace> {
+    tasks.get_mut(&task).ok_or(Error::BadArgument {
+        what: "no such simulated task",
+        value: task.0 as u64,
+    })
+}
+
 fn page_chunks(page: PageSize, va: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
     // (page start, offset in page, bytes in this page)
     let end = va + len;
@@ -128,10 +136,7 @@ fn page_chunks(page: PageSize, va: u64, len: u64) -> impl Iterator<Item = (u64, 
 
 impl Inner {
     fn space(&mut self, task: Task) -> Result<&mut AddressSpace> {
-        self.tasks.get_mut(&task).ok_or(Error::BadArgument {
-            what: "no such simulated task",
-            value: task.0 as u64,
-        })
+        space_of(&mut self.tasks, task)
     }
 
     fn check_range(&self, va: u64, len: u64, what: &'static str) -> Result<()> {
@@ -152,10 +157,7 @@ impl Inner {
             tasks,
             ..
         } = self;
-        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
-            what: "no such simulated task",
-            value: task.0 as u64,
-        })?;
+        let space = space_of(tasks, task)?;
         let va = space.va.allocate(len, align)?;
         let n = len / psize;
         let pages = if req.pageable {
@@ -202,10 +204,7 @@ impl Inner {
             shared,
             ..
         } = self;
-        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
-            what: "no such simulated task",
-            value: task.0 as u64,
-        })?;
+        let space = space_of(tasks, task)?;
         let region = *space.regions.get(&va).ok_or(Error::NotAllocated {
             free_fn: "free_pages",
             addr: va,
@@ -259,10 +258,7 @@ impl Inner {
             tasks,
             ..
         } = self;
-        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
-            what: "no such simulated task",
-            value: task.0 as u64,
-        })?;
+        let space = space_of(tasks, task)?;
         let pte = space.ptes.get_mut(&page).ok_or(Error::NotMapped {
             what: "simulated task",
             addr,
@@ -620,10 +616,7 @@ impl Machine {
             shared,
             ..
         } = &mut *g;
-        let space = tasks.get_mut(&task).ok_or(Error::BadArgument {
-            what: "no such simulated task",
-            value: task.0 as u64,
-        })?;
+        let space = space_of(tasks, task)?;
         let pageable: Vec<u64> = space
             .regions
             .iter()
