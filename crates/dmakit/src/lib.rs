@@ -23,6 +23,7 @@
 //! | [`platform`] | the seam: small capability traits a backend implements |
 //! | [`alloc`] | the IOMalloc family and [`RangeAllocator`](alloc::RangeAllocator) |
 //! | [`map`] | mapped I/O (`mapped_read*`/`mapped_write*`) and `flush_processor_cache` |
+//! | [`dma`] | segment formats, `SegmentSpec`, the IOMemoryCursor family (the DMA command follows) |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //!
 //! ## Example
@@ -52,6 +53,7 @@ pub mod addr;
 pub mod alloc;
 pub mod descriptor;
 pub mod direction;
+pub mod dma;
 pub mod error;
 pub mod map;
 pub mod page;

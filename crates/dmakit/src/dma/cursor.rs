@@ -1,0 +1,242 @@
+//! The IOMemoryCursor family: [`MemoryCursor`], [`NaturalMemoryCursor`],
+//! [`BigMemoryCursor`], [`LittleMemoryCursor`].
+//!
+//! A cursor cuts a prepared descriptor into physical segments: from a position, up to a
+//! number of segments and a number of bytes, coalescing runs that are physically adjacent
+//! (also across the parts of a composite descriptor) and cutting segments at the maximum
+//! segment size. The caller advances its position by the bytes described and calls again.
+//! Each element is written as a `(u64 location, u64 length)` pair in the cursor's byte
+//! order (IOKit's LP64 `PhysicalSegment`).
+//!
+//! Divergences (IOKIT-SEMANTICS §8, §17 Q12): a maximum segment size of 0 means unlimited
+//! (IOKit emits zero-length segments); the alignment is checked (a segment whose start
+//! breaks it is [`Error::NotAligned`]; IOKit stores it and ignores it).
+//!
+//! ```
+//! use dmakit::dma::{BigMemoryCursor, PhysicalSegment};
+//! # fn demo(md: &dyn dmakit::descriptor::MemoryDescriptor) -> dmakit::Result<()> {
+//! let cursor = BigMemoryCursor::new(4096, 0, 1)?;   // ≤ 4 KiB segments
+//! let mut list = [0u8; 16 * 8];                      // room for 8 big-endian elements
+//! let out = cursor.gen_physical_segments(md, 0, &mut list, 8, 0)?;
+//! println!("{} segments, {} bytes", out.count, out.bytes);
+//! # Ok(()) }
+//! ```
+
+use crate::descriptor::MemoryDescriptor;
+use crate::{Error, PhysAddr, Result};
+use core::marker::PhantomData;
+
+/// One physical segment (IOKit's `IOMemoryCursor::PhysicalSegment`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PhysicalSegment {
+    /// Physical address.
+    pub location: PhysAddr,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// How a cursor writes an element.
+pub trait SegmentOrder: sealed::Sealed {
+    /// Writes `seg` as 16 bytes.
+    fn encode(seg: PhysicalSegment) -> [u8; 16];
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Native byte order (IONaturalMemoryCursor).
+#[derive(Clone, Copy, Debug)]
+pub struct Natural;
+/// Big-endian (IOBigMemoryCursor).
+#[derive(Clone, Copy, Debug)]
+pub struct Big;
+/// Little-endian (IOLittleMemoryCursor).
+#[derive(Clone, Copy, Debug)]
+pub struct Little;
+
+impl sealed::Sealed for Natural {}
+impl sealed::Sealed for Big {}
+impl sealed::Sealed for Little {}
+
+fn pair(a: [u8; 8], b: [u8; 8]) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    o[..8].copy_from_slice(&a);
+    o[8..].copy_from_slice(&b);
+    o
+}
+
+impl SegmentOrder for Natural {
+    fn encode(s: PhysicalSegment) -> [u8; 16] {
+        pair(s.location.0.to_ne_bytes(), s.length.to_ne_bytes())
+    }
+}
+impl SegmentOrder for Big {
+    fn encode(s: PhysicalSegment) -> [u8; 16] {
+        pair(s.location.0.to_be_bytes(), s.length.to_be_bytes())
+    }
+}
+impl SegmentOrder for Little {
+    fn encode(s: PhysicalSegment) -> [u8; 16] {
+        pair(s.location.0.to_le_bytes(), s.length.to_le_bytes())
+    }
+}
+
+/// What one call produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CursorOutput {
+    /// Segments written.
+    pub count: usize,
+    /// Bytes they describe (advance the position by this).
+    pub bytes: u64,
+}
+
+/// IOMemoryCursor, writing elements in byte order `O`.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryCursor<O: SegmentOrder> {
+    max_segment_size: u64,
+    max_transfer_size: u64,
+    alignment: u64,
+    _order: PhantomData<O>,
+}
+
+/// IONaturalMemoryCursor.
+pub type NaturalMemoryCursor = MemoryCursor<Natural>;
+/// IOBigMemoryCursor.
+pub type BigMemoryCursor = MemoryCursor<Big>;
+/// IOLittleMemoryCursor.
+pub type LittleMemoryCursor = MemoryCursor<Little>;
+
+/// Bytes per element.
+pub const ELEMENT: usize = 16;
+
+impl<O: SegmentOrder> MemoryCursor<O> {
+    /// A cursor (IOKit `withSpecification`): `max_segment_size` and `max_transfer_size` 0
+    /// mean unlimited; `alignment` is a power of two (0 means 1).
+    pub fn new(max_segment_size: u64, max_transfer_size: u64, alignment: u64) -> Result<Self> {
+        let alignment = alignment.max(1);
+        if !alignment.is_power_of_two() {
+            return Err(Error::BadAlignment {
+                what: "memory cursor alignment",
+                align: alignment,
+            });
+        }
+        let unlimited = |v: u64| if v == 0 { u64::MAX } else { v };
+        Ok(MemoryCursor {
+            max_segment_size: unlimited(max_segment_size),
+            max_transfer_size: unlimited(max_transfer_size),
+            alignment,
+            _order: PhantomData,
+        })
+    }
+
+    /// Segments of `md` from `from`, at most `max_segments` of them (and as many as `out`
+    /// holds) and at most `max_transfer` bytes (0: the cursor's limit), written into `out`.
+    pub fn gen_physical_segments(
+        &self,
+        md: &dyn MemoryDescriptor,
+        from: u64,
+        out: &mut [u8],
+        max_segments: usize,
+        max_transfer: u64,
+    ) -> Result<CursorOutput> {
+        let slots = max_segments.min(out.len() / ELEMENT);
+        self.walk(md, from, slots, max_transfer, |i, seg| {
+            out[i * ELEMENT..(i + 1) * ELEMENT].copy_from_slice(&O::encode(seg));
+        })
+    }
+
+    /// The same walk, into typed segments (the natural cursor's `getPhysicalSegments`).
+    pub fn segments(
+        &self,
+        md: &dyn MemoryDescriptor,
+        from: u64,
+        out: &mut [PhysicalSegment],
+        max_transfer: u64,
+    ) -> Result<CursorOutput> {
+        let slots = out.len();
+        self.walk(md, from, slots, max_transfer, |i, seg| out[i] = seg)
+    }
+
+    fn walk(
+        &self,
+        md: &dyn MemoryDescriptor,
+        from: u64,
+        slots: usize,
+        max_transfer: u64,
+        mut emit: impl FnMut(usize, PhysicalSegment),
+    ) -> Result<CursorOutput> {
+        let limit = if max_transfer == 0 {
+            self.max_transfer_size
+        } else {
+            max_transfer.min(self.max_transfer_size)
+        };
+        let length = md.length();
+        let mut count = 0usize;
+        let mut emitted = 0u64;
+        let mut cur: Option<PhysicalSegment> = None;
+        let mut pos = from;
+        if slots == 0 {
+            return Ok(CursorOutput { count: 0, bytes: 0 });
+        }
+        'walk: while pos < length {
+            let used = emitted + cur.map_or(0, |c| c.length);
+            let budget = limit - used.min(limit);
+            if budget == 0 {
+                break;
+            }
+            let run = md.physical_segment(pos)?;
+            let mut addr = run.addr.0;
+            let mut left = run.len.min(budget);
+            while left > 0 {
+                match cur.as_mut() {
+                    Some(c)
+                        if c.location.0 + c.length == addr && c.length < self.max_segment_size =>
+                    {
+                        let add = left.min(self.max_segment_size - c.length);
+                        c.length += add;
+                        addr += add;
+                        left -= add;
+                        pos += add;
+                    }
+                    _ => {
+                        if let Some(c) = cur {
+                            if count + 1 >= slots {
+                                // The last slot holds the current segment; stop here.
+                                break 'walk;
+                            }
+                            emit(count, c);
+                            count += 1;
+                            emitted += c.length;
+                        }
+                        if !addr.is_multiple_of(self.alignment) {
+                            return Err(Error::NotAligned {
+                                what:
+                                    "memory cursor: a segment start breaks the cursor's alignment",
+                                value: addr,
+                                align: self.alignment,
+                            });
+                        }
+                        let take = left.min(self.max_segment_size);
+                        cur = Some(PhysicalSegment {
+                            location: PhysAddr(addr),
+                            length: take,
+                        });
+                        addr += take;
+                        left -= take;
+                        pos += take;
+                    }
+                }
+            }
+        }
+        if let Some(c) = cur {
+            emit(count, c);
+            count += 1;
+            emitted += c.length;
+        }
+        Ok(CursorOutput {
+            count,
+            bytes: emitted,
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! [`SegmentSpec`]: every constraint on DMA segments in one validated value.
+//!
+//! Linux spreads these over a DMA mask, `dma_parms` and block-queue limits; FreeBSD puts
+//! them in a busdma tag; IOKit in `IODMACommand::SegmentOptions` plus the address-bit count.
+//! dmakit keeps them together and checks them once, at construction, with an error that
+//! names the bad field:
+//!
+//! | field | meaning |
+//! | --- | --- |
+//! | `min_address`, `max_address` | the window of bus addresses the device can reach (`address_bits(32)` is `[0, 0xFFFF_FFFF]`) |
+//! | `max_segment_size` | no segment longer |
+//! | `max_transfer_size` | no transfer (one `prepare`) longer |
+//! | `max_segments` | no more segments per transfer |
+//! | `alignment` | every segment starts on this boundary |
+//! | `length_alignment` | every segment but the last is a multiple of this long |
+//! | `internal_alignment` | segments after the first start, and segments before the last end, on this boundary (NVMe PRP: the page size) |
+//! | `boundary` | no segment crosses a multiple of this (0: none) |
+//! | `offset_bits` | low address bits the device interprets within a page-like unit; a bounce keeps them (NVMe keeps the first segment's page offset) |
+//!
+//! `intersect` combines a bus's limits with a device's.
+//!
+//! ```
+//! use dmakit::dma::SegmentSpec;
+//!
+//! let device = SegmentSpec::builder().address_bits(32).max_segment_size(64 << 10).build()?;
+//! let bus = SegmentSpec::builder().max_segments(32).alignment(8).build()?;
+//! let both = device.intersect(&bus)?;
+//! assert_eq!((both.max_address(), both.max_segments(), both.alignment()), (0xFFFF_FFFF, 32, 8));
+//! assert!(SegmentSpec::builder().alignment(12).build().is_err());
+//! # Ok::<(), dmakit::Error>(())
+//! ```
+
+use crate::{Error, Result};
+
+/// Validated DMA constraints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentSpec {
+    min_address: u64,
+    max_address: u64,
+    max_segment_size: u64,
+    max_transfer_size: u64,
+    max_segments: u32,
+    alignment: u64,
+    length_alignment: u64,
+    internal_alignment: u64,
+    boundary: u64,
+    offset_bits: u32,
+}
+
+/// Builds a [`SegmentSpec`]; unset fields have no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentSpecBuilder {
+    spec: SegmentSpec,
+    address_bits: Option<u32>,
+}
+
+impl Default for SegmentSpec {
+    fn default() -> Self {
+        SegmentSpec {
+            min_address: 0,
+            max_address: u64::MAX,
+            max_segment_size: u64::MAX,
+            max_transfer_size: u64::MAX,
+            max_segments: u32::MAX,
+            alignment: 1,
+            length_alignment: 1,
+            internal_alignment: 1,
+            boundary: 0,
+            offset_bits: 0,
+        }
+    }
+}
+
+fn pow2(what: &'static str, v: u64) -> Result<u64> {
+    if v.is_power_of_two() {
+        Ok(v)
+    } else {
+        Err(Error::BadAlignment { what, align: v })
+    }
+}
+
+impl SegmentSpecBuilder {
+    /// The device drives `bits` address lines: addresses up to `2^bits - 1`.
+    pub fn address_bits(mut self, bits: u32) -> Self {
+        self.address_bits = Some(bits);
+        self
+    }
+
+    /// The device reaches only `[min, max]` (inclusive).
+    pub fn window(mut self, min: u64, max: u64) -> Self {
+        self.spec.min_address = min;
+        self.spec.max_address = max;
+        self
+    }
+
+    /// Longest segment.
+    pub fn max_segment_size(mut self, n: u64) -> Self {
+        self.spec.max_segment_size = n;
+        self
+    }
+
+    /// Longest transfer.
+    pub fn max_transfer_size(mut self, n: u64) -> Self {
+        self.spec.max_transfer_size = n;
+        self
+    }
+
+    /// Most segments per transfer.
+    pub fn max_segments(mut self, n: u32) -> Self {
+        self.spec.max_segments = n;
+        self
+    }
+
+    /// Segment start alignment (a power of two).
+    pub fn alignment(mut self, a: u64) -> Self {
+        self.spec.alignment = a;
+        self
+    }
+
+    /// Segment length alignment (a power of two).
+    pub fn length_alignment(mut self, a: u64) -> Self {
+        self.spec.length_alignment = a;
+        self
+    }
+
+    /// Alignment of inner segment boundaries (a power of two).
+    pub fn internal_alignment(mut self, a: u64) -> Self {
+        self.spec.internal_alignment = a;
+        self
+    }
+
+    /// No segment crosses a multiple of `b` (a power of two; 0 for none).
+    pub fn boundary(mut self, b: u64) -> Self {
+        self.spec.boundary = b;
+        self
+    }
+
+    /// Low address bits the device interprets (kept when bouncing).
+    pub fn offset_bits(mut self, bits: u32) -> Self {
+        self.spec.offset_bits = bits;
+        self
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn build(self) -> Result<SegmentSpec> {
+        let mut s = self.spec;
+        if let Some(bits) = self.address_bits {
+            if !(1..=64).contains(&bits) {
+                return Err(Error::BadArgument {
+                    what: "SegmentSpec.address_bits must be 1..=64",
+                    value: bits as u64,
+                });
+            }
+            let top = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            s.max_address = s.max_address.min(top);
+        }
+        if s.min_address > s.max_address {
+            return Err(Error::BadArgument {
+                what: "SegmentSpec.window is empty (min above max)",
+                value: s.min_address,
+            });
+        }
+        for (what, v) in [
+            ("SegmentSpec.max_segment_size", s.max_segment_size),
+            ("SegmentSpec.max_transfer_size", s.max_transfer_size),
+            ("SegmentSpec.max_segments", s.max_segments as u64),
+        ] {
+            if v == 0 {
+                return Err(Error::ZeroSize { what });
+            }
+        }
+        pow2("SegmentSpec.alignment", s.alignment)?;
+        pow2("SegmentSpec.length_alignment", s.length_alignment)?;
+        pow2("SegmentSpec.internal_alignment", s.internal_alignment)?;
+        if s.boundary != 0 {
+            pow2("SegmentSpec.boundary", s.boundary)?;
+        }
+        if s.offset_bits > 63 {
+            return Err(Error::BadArgument {
+                what: "SegmentSpec.offset_bits must be below 64",
+                value: s.offset_bits as u64,
+            });
+        }
+        if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(s.length_alignment)
+        {
+            return Err(Error::NotAligned {
+                what: "SegmentSpec.max_segment_size is not a multiple of length_alignment",
+                value: s.max_segment_size,
+                align: s.length_alignment,
+            });
+        }
+        if s.boundary != 0 && s.max_segment_size > s.boundary {
+            // A segment can never be longer than the boundary it may not cross.
+            s.max_segment_size = s.boundary;
+        }
+        Ok(s)
+    }
+}
+
+impl SegmentSpec {
+    /// A builder with no limits.
+    pub fn builder() -> SegmentSpecBuilder {
+        SegmentSpecBuilder {
+            spec: SegmentSpec::default(),
+            address_bits: None,
+        }
+    }
+
+    /// Lowest reachable address.
+    pub fn min_address(&self) -> u64 {
+        self.min_address
+    }
+    /// Highest reachable address.
+    pub fn max_address(&self) -> u64 {
+        self.max_address
+    }
+    /// Longest segment.
+    pub fn max_segment_size(&self) -> u64 {
+        self.max_segment_size
+    }
+    /// Longest transfer.
+    pub fn max_transfer_size(&self) -> u64 {
+        self.max_transfer_size
+    }
+    /// Most segments.
+    pub fn max_segments(&self) -> u32 {
+        self.max_segments
+    }
+    /// Segment start alignment.
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+    /// Segment length alignment.
+    pub fn length_alignment(&self) -> u64 {
+        self.length_alignment
+    }
+    /// Inner boundary alignment.
+    pub fn internal_alignment(&self) -> u64 {
+        self.internal_alignment
+    }
+    /// Boundary no segment crosses (0: none).
+    pub fn boundary(&self) -> u64 {
+        self.boundary
+    }
+    /// Interpreted low address bits.
+    pub fn offset_bits(&self) -> u32 {
+        self.offset_bits
+    }
+
+    /// Whether `[addr, addr + len)` (len ≥ 1) lies in the reachable window.
+    pub fn reaches(&self, addr: u64, len: u64) -> bool {
+        len > 0
+            && addr >= self.min_address
+            && addr
+                .checked_add(len - 1)
+                .is_some_and(|last| last <= self.max_address)
+    }
+
+    /// The constraints of both (a bus's and a device's): the narrower window, the smaller
+    /// sizes, the larger alignments, the smaller boundary. Disjoint windows are an error.
+    pub fn intersect(&self, other: &SegmentSpec) -> Result<SegmentSpec> {
+        let boundary = match (self.boundary, other.boundary) {
+            (0, b) | (b, 0) => b,
+            (a, b) => a.min(b),
+        };
+        let s = SegmentSpec {
+            min_address: self.min_address.max(other.min_address),
+            max_address: self.max_address.min(other.max_address),
+            max_segment_size: self.max_segment_size.min(other.max_segment_size),
+            max_transfer_size: self.max_transfer_size.min(other.max_transfer_size),
+            max_segments: self.max_segments.min(other.max_segments),
+            alignment: self.alignment.max(other.alignment),
+            length_alignment: self.length_alignment.max(other.length_alignment),
+            internal_alignment: self.internal_alignment.max(other.internal_alignment),
+            boundary,
+            offset_bits: self.offset_bits.max(other.offset_bits),
+        };
+        // Re-validate the combination (for example a segment size that no longer fits the
+        // larger length alignment).
+        SegmentSpecBuilder {
+            spec: s,
+            address_bits: None,
+        }
+        .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc_crate::string::ToString;
+
+    #[test]
+    fn defaults_and_address_bits() {
+        let s = SegmentSpec::builder().build().unwrap();
+        assert_eq!(s.max_address(), u64::MAX);
+        assert_eq!(
+            SegmentSpec::builder()
+                .address_bits(32)
+                .build()
+                .unwrap()
+                .max_address(),
+            0xFFFF_FFFF
+        );
+        assert_eq!(
+            SegmentSpec::builder()
+                .address_bits(64)
+                .build()
+                .unwrap()
+                .max_address(),
+            u64::MAX
+        );
+        assert_eq!(
+            SegmentSpec::builder()
+                .address_bits(28)
+                .build()
+                .unwrap()
+                .max_address(),
+            (1 << 28) - 1
+        );
+        let s = SegmentSpec::builder().address_bits(32).build().unwrap();
+        assert!(s.reaches(0xFFFF_F000, 0x1000));
+        assert!(!s.reaches(0xFFFF_F000, 0x1001));
+        assert!(!s.reaches(0, 0));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                SegmentSpec::builder().address_bits(0).build(),
+                "address_bits",
+            ),
+            (
+                SegmentSpec::builder().address_bits(65).build(),
+                "address_bits",
+            ),
+            (SegmentSpec::builder().window(10, 5).build(), "window"),
+            (
+                SegmentSpec::builder().max_segment_size(0).build(),
+                "max_segment_size",
+            ),
+            (
+                SegmentSpec::builder().max_transfer_size(0).build(),
+                "max_transfer_size",
+            ),
+            (
+                SegmentSpec::builder().max_segments(0).build(),
+                "max_segments",
+            ),
+            (SegmentSpec::builder().alignment(3).build(), "alignment"),
+            (
+                SegmentSpec::builder().length_alignment(0).build(),
+                "length_alignment",
+            ),
+            (
+                SegmentSpec::builder().internal_alignment(6).build(),
+                "internal_alignment",
+            ),
+            (SegmentSpec::builder().boundary(100).build(), "boundary"),
+            (
+                SegmentSpec::builder().offset_bits(64).build(),
+                "offset_bits",
+            ),
+            (
+                SegmentSpec::builder()
+                    .length_alignment(512)
+                    .max_segment_size(1000)
+                    .build(),
+                "max_segment_size",
+            ),
+        ];
+        for (r, field) in cases {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+        }
+    }
+
+    #[test]
+    fn boundary_caps_the_segment_size() {
+        let s = SegmentSpec::builder().boundary(0x1000).build().unwrap();
+        assert_eq!(s.max_segment_size(), 0x1000);
+    }
+
+    #[test]
+    fn intersection() {
+        let a = SegmentSpec::builder()
+            .window(0x1000, 0xFFFF_FFFF)
+            .alignment(4)
+            .boundary(1 << 16)
+            .build()
+            .unwrap();
+        let b = SegmentSpec::builder()
+            .address_bits(31)
+            .length_alignment(512)
+            .max_segments(8)
+            .boundary(1 << 12)
+            .build()
+            .unwrap();
+        let c = a.intersect(&b).unwrap();
+        assert_eq!((c.min_address(), c.max_address()), (0x1000, 0x7FFF_FFFF));
+        assert_eq!(
+            (
+                c.alignment(),
+                c.length_alignment(),
+                c.max_segments(),
+                c.boundary()
+            ),
+            (4, 512, 8, 1 << 12)
+        );
+        let far = SegmentSpec::builder()
+            .window(1 << 40, u64::MAX)
+            .build()
+            .unwrap();
+        assert!(a.intersect(&far).is_err(), "disjoint windows");
+        let odd = SegmentSpec::builder()
+            .max_segment_size(1000)
+            .build()
+            .unwrap();
+        assert!(
+            odd.intersect(&b).is_err(),
+            "1000 is not a multiple of the combined 512"
+        );
+    }
+}
