@@ -13,7 +13,9 @@
 //!   invisible to the CPU until invalidated ([`cache`]);
 //! * **MMIO windows** routed to device models ([`mmio`]);
 //! * **fault injection**: the Nth physical allocation, pin or translation fails
-//!   ([`fault`]).
+//!   ([`fault`]);
+//! * **an IOMMU** whose IOTLB keeps stale entries until invalidated and which logs device
+//!   faults ([`iommu`]).
 //!
 //! The same seed and the same calls give the same physical addresses; another seed gives
 //! another layout.
@@ -35,6 +37,7 @@
 mod builder;
 pub mod cache;
 pub mod fault;
+pub mod iommu;
 mod machine;
 pub mod mmio;
 pub mod physical;
@@ -43,5 +46,6 @@ pub mod task;
 pub use builder::{MachineBuilder, DEFAULT_RAM};
 pub use cache::CacheMode;
 pub use fault::FaultSite;
+pub use iommu::{FaultKind, IommuFault, SimIommu};
 pub use machine::{Layout, Machine, SimStats};
 pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};

@@ -23,6 +23,7 @@
 //! | [`platform`] | the seam: small capability traits a backend implements |
 //! | [`alloc`] | the IOMalloc family and [`RangeAllocator`](alloc::RangeAllocator) |
 //! | [`map`] | mapped I/O (`mapped_read*`/`mapped_write*`) and `flush_processor_cache` |
+//! | [`mapper`] | IOMMU mappers: the `Mapper` trait and `IommuMapper` with its flush queue |
 //! | [`dma`] | segment formats, `SegmentSpec`, the IOMemoryCursor family (the DMA command follows) |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //!
@@ -56,6 +57,7 @@ pub mod direction;
 pub mod dma;
 pub mod error;
 pub mod map;
+pub mod mapper;
 pub mod page;
 pub mod platform;
 

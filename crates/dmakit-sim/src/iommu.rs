@@ -1,0 +1,175 @@
+//! A simulated IOMMU: a page table, an IOTLB that keeps stale entries until invalidated, and
+//! a fault log.
+//!
+//! Devices reach memory through [`SimIommu::device_read`] and [`SimIommu::device_write`]
+//! with IO addresses. Each access looks in the IOTLB first and only on a miss walks the page
+//! table (and caches the result), exactly the behaviour that makes a missing invalidation a
+//! use-after-free: after a page-table entry is changed, the device keeps using the old
+//! translation until [`invalidate`](dmakit::mapper::IommuHardware::invalidate). An access
+//! with no translation, or without permission, is logged as an [`IommuFault`] and fails.
+
+use crate::Machine;
+use dmakit::mapper::{Access, IommuHardware};
+use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a device access faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// No translation for the page.
+    NotPresent,
+    /// The page may not be read by the device.
+    ReadDenied,
+    /// The page may not be written by the device.
+    WriteDenied,
+}
+
+/// One logged fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IommuFault {
+    /// The IO address accessed.
+    pub iova: IoAddr,
+    /// Whether the device was writing.
+    pub write: bool,
+    /// Why it faulted.
+    pub kind: FaultKind,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    table: HashMap<u64, (u64, Access)>,
+    iotlb: HashMap<u64, (u64, Access)>,
+    faults: Vec<IommuFault>,
+    invalidations: u64,
+}
+
+/// An IOMMU in front of a simulated machine's DRAM.
+#[derive(Debug)]
+pub struct SimIommu {
+    machine: Arc<Machine>,
+    page: PageSize,
+    state: Mutex<State>,
+}
+
+impl SimIommu {
+    /// An IOMMU with the machine's page size and an empty page table.
+    pub fn new(machine: Arc<Machine>) -> Self {
+        let page = machine.page();
+        SimIommu {
+            machine,
+            page,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Faults logged so far, oldest first.
+    pub fn faults(&self) -> Vec<IommuFault> {
+        self.lock().faults.clone()
+    }
+
+    /// IOTLB invalidations so far.
+    pub fn invalidations(&self) -> u64 {
+        self.lock().invalidations
+    }
+
+    /// Entries currently cached in the IOTLB.
+    pub fn iotlb_entries(&self) -> usize {
+        self.lock().iotlb.len()
+    }
+
+    fn translate(&self, iova: u64, write: bool) -> Result<u64> {
+        let key = self.page.trunc(iova);
+        let mut s = self.lock();
+        let hit = match s.iotlb.get(&key) {
+            Some(&e) => Some(e),
+            None => {
+                let e = s.table.get(&key).copied();
+                if let Some(e) = e {
+                    s.iotlb.insert(key, e);
+                }
+                e
+            }
+        };
+        let kind = match hit {
+            None => FaultKind::NotPresent,
+            Some((_, acc)) if write && !acc.write => FaultKind::WriteDenied,
+            Some((_, acc)) if !write && !acc.read => FaultKind::ReadDenied,
+            Some((pa, _)) => return Ok(pa + (iova - key)),
+        };
+        s.faults.push(IommuFault {
+            iova: IoAddr(iova),
+            write,
+            kind,
+        });
+        Err(Error::NotMapped {
+            what: "IOMMU fault (see the fault log)",
+            addr: iova,
+        })
+    }
+
+    fn each_page(
+        &self,
+        iova: IoAddr,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let a = iova.0 + done as u64;
+            let n = ((self.page.bytes() - self.page.offset(a)) as usize).min(len - done);
+            f(a, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// A device read of `buf.len()` bytes at IO address `iova`.
+    pub fn device_read(&self, iova: IoAddr, buf: &mut [u8]) -> Result<()> {
+        self.each_page(iova, buf.len(), |a, at, n| {
+            let pa = self.translate(a, false)?;
+            self.machine.device_read(PhysAddr(pa), &mut buf[at..at + n])
+        })
+    }
+
+    /// A device write of `data` at IO address `iova`.
+    pub fn device_write(&self, iova: IoAddr, data: &[u8]) -> Result<()> {
+        self.each_page(iova, data.len(), |a, at, n| {
+            let pa = self.translate(a, true)?;
+            self.machine.device_write(PhysAddr(pa), &data[at..at + n])
+        })
+    }
+}
+
+impl IommuHardware for SimIommu {
+    fn page_size(&self) -> PageSize {
+        self.page
+    }
+
+    fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
+        let key = self.page.trunc(iova.0);
+        let mut s = self.lock();
+        match entry {
+            Some((pa, acc)) => {
+                s.table.insert(key, (self.page.trunc(pa.0), acc));
+            }
+            None => {
+                s.table.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    fn invalidate(&self, iova: IoAddr, len: u64) -> Result<()> {
+        let mut s = self.lock();
+        let start = self.page.trunc(iova.0);
+        let end = iova.0.saturating_add(len);
+        s.iotlb.retain(|&k, _| k < start || k >= end);
+        s.invalidations += 1;
+        Ok(())
+    }
+}

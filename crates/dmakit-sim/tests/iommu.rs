@@ -1,0 +1,193 @@
+//! The simulated IOMMU and dmakit's IommuMapper: stale IOTLB entries, the fault log, and
+//! scattered pages as one IO segment.
+
+use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
+use dmakit::{Direction, Error, IoAddr, PhysAddr};
+use dmakit_sim::{FaultKind, Machine, MachineBuilder, SimIommu};
+use std::sync::Arc;
+
+fn setup() -> (Arc<Machine>, Arc<SimIommu>) {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(31)
+            .fragmentation(0.9)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    (m, iommu)
+}
+
+fn page_with(m: &Arc<Machine>, bytes: &[u8]) -> (BufferMemoryDescriptor<Arc<Machine>>, PhysAddr) {
+    let b = BufferMemoryDescriptor::with_bytes(m.clone(), bytes, Direction::InOut).unwrap();
+    let pa = b.physical_segment(0).unwrap().addr;
+    (b, pa)
+}
+
+#[test]
+fn the_stale_iotlb_hazard_exists_in_the_hardware() {
+    let (m, iommu) = setup();
+    let (_a, pa1) = page_with(&m, b"old page");
+    let (_b, pa2) = page_with(&m, b"new page");
+    let iova = IoAddr(0x1_0000_0000);
+    iommu.set_entry(iova, Some((pa1, Access::READ))).unwrap();
+    let mut v = [0u8; 8];
+    iommu.device_read(iova, &mut v).unwrap();
+    assert_eq!(&v, b"old page");
+    // Remap without invalidating: the device still uses the cached translation.
+    iommu.set_entry(iova, None).unwrap();
+    iommu.set_entry(iova, Some((pa2, Access::READ))).unwrap();
+    iommu.device_read(iova, &mut v).unwrap();
+    assert_eq!(
+        &v, b"old page",
+        "stale IOTLB entry: the device reads memory it no longer owns"
+    );
+    iommu.invalidate(iova, 4096).unwrap();
+    iommu.device_read(iova, &mut v).unwrap();
+    assert_eq!(&v, b"new page");
+}
+
+#[test]
+fn the_strict_mapper_closes_the_hazard() {
+    let (m, iommu) = setup();
+    let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 20).unwrap();
+    let (_a, pa1) = page_with(&m, b"secret!!");
+    let iova = mapper.iovm_alloc(1).unwrap();
+    mapper.iovm_insert_page(iova, pa1, Access::READ).unwrap();
+    let mut v = [0u8; 8];
+    iommu.device_read(iova, &mut v).unwrap();
+    assert_eq!(&v, b"secret!!");
+    mapper.iovm_free(iova, 1).unwrap();
+    // The translation is gone from the IOTLB too: the device faults.
+    assert!(iommu.device_read(iova, &mut v).is_err());
+    assert_eq!(iommu.faults().last().unwrap().kind, FaultKind::NotPresent);
+    assert_eq!(mapper.usage(), (0, 0));
+}
+
+#[test]
+fn a_lazy_mapper_never_reuses_an_address_before_invalidation() {
+    let (m, iommu) = setup();
+    // Room for two pages only.
+    let mapper = IommuMapper::new_lazy(iommu.clone(), 0x2_0000_0000, 2 * 4096).unwrap();
+    let (_a, pa1) = page_with(&m, b"first!!!");
+    let (_b, pa2) = page_with(&m, b"second!!");
+    let x = mapper.iovm_alloc(1).unwrap();
+    mapper.iovm_insert_page(x, pa1, Access::READ).unwrap();
+    let mut v = [0u8; 8];
+    iommu.device_read(x, &mut v).unwrap();
+    mapper.iovm_free(x, 1).unwrap();
+    assert_eq!(mapper.pending(), 1);
+    let before = iommu.invalidations();
+    let y = mapper.iovm_alloc(1).unwrap();
+    assert_ne!(y, x, "a freed address waits for its invalidation");
+    assert_eq!(iommu.invalidations(), before, "no invalidation needed yet");
+    // The space is now exhausted but for x: allocating again drains the queue first.
+    let z = mapper.iovm_alloc(1).unwrap();
+    assert_eq!(z, x);
+    assert!(iommu.invalidations() > before);
+    mapper.iovm_insert_page(z, pa2, Access::READ).unwrap();
+    iommu.device_read(z, &mut v).unwrap();
+    assert_eq!(
+        &v, b"second!!",
+        "the reused address sees its new page, never the old one"
+    );
+    mapper.iovm_free(y, 1).unwrap();
+    mapper.iovm_free(z, 1).unwrap();
+    mapper.flush().unwrap();
+    assert_eq!(mapper.pending(), 0);
+}
+
+#[test]
+fn accesses_outside_mappings_or_permissions_are_logged_faults() {
+    let (m, iommu) = setup();
+    let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 20).unwrap();
+    let (_a, pa) = page_with(&m, b"readonly");
+    let iova = mapper.iovm_alloc(2).unwrap();
+    mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
+    assert!(iommu.device_write(iova, b"x").is_err());
+    let mut v = [0u8; 4];
+    assert!(
+        iommu.device_read(IoAddr(iova.0 + 4096), &mut v).is_err(),
+        "second page never inserted"
+    );
+    assert!(iommu.device_read(IoAddr(0xdead_0000), &mut v).is_err());
+    let f = iommu.faults();
+    assert_eq!(f.len(), 3);
+    assert_eq!((f[0].kind, f[0].write), (FaultKind::WriteDenied, true));
+    assert_eq!(f[1].kind, FaultKind::NotPresent);
+    assert_eq!(f[2].iova, IoAddr(0xdead_0000));
+    // The refused write changed nothing.
+    let mut back = [0u8; 8];
+    iommu.device_read(iova, &mut back).unwrap();
+    assert_eq!(&back, b"readonly");
+}
+
+#[test]
+fn scattered_pages_become_one_io_segment() {
+    let (m, iommu) = setup();
+    let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 24).unwrap();
+    let data: Vec<u8> = (0..16 * 4096).map(|i| (i % 253) as u8).collect();
+    let b = BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap();
+    let mut runs = 0;
+    let mut off = 0;
+    while off < b.length() {
+        off += b.physical_segment(off).unwrap().len;
+        runs += 1;
+    }
+    assert!(runs > 4, "the buffer is physically scattered ({runs} runs)");
+    let iova = mapper.iovm_alloc(16).unwrap();
+    for i in 0..16u64 {
+        let pa = b.physical_segment(i * 4096).unwrap().addr;
+        mapper
+            .iovm_insert_page(IoAddr(iova.0 + i * 4096), pa, Access::READ)
+            .unwrap();
+    }
+    let mut seen = vec![0u8; data.len()];
+    iommu.device_read(iova, &mut seen).unwrap();
+    assert_eq!(
+        seen, data,
+        "one contiguous IO segment, the buffer's bytes in order"
+    );
+    assert_eq!(
+        mapper.translate(IoAddr(iova.0 + 5 * 4096 + 7)).unwrap().0,
+        PhysAddr(b.physical_segment(5 * 4096).unwrap().addr.0 + 7)
+    );
+    mapper.iovm_free(iova, 16).unwrap();
+}
+
+#[test]
+fn mapper_misuse_is_refused() {
+    let (_m, iommu) = setup();
+    let mapper = IommuMapper::new(iommu, 0x1_0000_0000, 1 << 20).unwrap();
+    assert!(matches!(mapper.iovm_alloc(0), Err(Error::ZeroSize { .. })));
+    assert!(matches!(
+        mapper.iovm_alloc(1 << 40),
+        Err(Error::NoSpace { .. })
+    ));
+    let a = mapper.iovm_alloc(2).unwrap();
+    assert!(matches!(
+        mapper.iovm_free(a, 1),
+        Err(Error::WrongSize { .. })
+    ));
+    assert!(matches!(
+        mapper.iovm_free(IoAddr(a.0 + 4096), 1),
+        Err(Error::NotAllocated { .. })
+    ));
+    assert!(matches!(
+        mapper.iovm_insert_page(IoAddr(0), PhysAddr(0x10_0000), Access::READ),
+        Err(Error::BadArgument { .. })
+    ));
+    assert!(matches!(
+        mapper.iovm_insert_page(IoAddr(a.0 + 1), PhysAddr(0x10_0000), Access::READ),
+        Err(Error::NotAligned { .. })
+    ));
+    assert!(matches!(mapper.translate(a), Err(Error::NotMapped { .. })));
+    assert!(IommuMapper::new(
+        SimIommu::new(Arc::new(MachineBuilder::new().build().unwrap())),
+        0x1001,
+        4096
+    )
+    .is_err());
+}

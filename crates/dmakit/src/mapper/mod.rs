@@ -1,0 +1,50 @@
+//! IOMMU mappers: IOKit's IOMapper and its C accessors.
+//!
+//! A [`Mapper`] owns an IO virtual address space: [`iovm_alloc`](Mapper::iovm_alloc) takes
+//! pages of it, [`iovm_insert_page`](Mapper::iovm_insert_page) points one at a physical page
+//! with read and/or write permission, [`iovm_free`](Mapper::iovm_free) gives pages back, and
+//! [`translate`](Mapper::translate) answers what an IO address maps to.
+//!
+//! [`IommuMapper`] is the mapper for any IOMMU whose hardware implements [`IommuHardware`]
+//! (the simulated IOMMU of `dmakit-sim`, or your kernel's). It keeps IOKit's contract and
+//! adds the rule that makes an IOMMU safe: **a freed IO address is not reused until the
+//! IOTLB has been invalidated for it.** A strict mapper ([`IommuMapper::new`]) invalidates
+//! in `iovm_free`; a lazy one ([`IommuMapper::new_lazy`]) keeps freed ranges in a flush
+//! queue drained (one invalidation for the batch) when it fills, when the space runs out,
+//! or on [`flush`](IommuMapper::flush).
+//!
+//! ```
+//! # use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
+//! # fn demo<H: IommuHardware>(hw: H) -> dmakit::Result<()> {
+//! let mapper = IommuMapper::new(hw, 0x1_0000_0000, 0x1000_0000)?; // 256 MiB of IOVA at 4 GiB
+//! let iova = mapper.iovm_alloc(2)?;
+//! mapper.iovm_insert_page(iova, dmakit::PhysAddr(0x8_0000), Access::READ_WRITE)?;
+//! mapper.iovm_free(iova, 2)?;
+//! # Ok(()) }
+//! ```
+
+mod iommu;
+
+pub use iommu::{Access, IommuHardware, IommuMapper};
+
+use crate::{IoAddr, PageSize, PhysAddr, Result};
+
+/// IOKit's IOMapper.
+pub trait Mapper: Send + Sync {
+    /// The IOMMU page size.
+    fn page_size(&self) -> PageSize;
+
+    /// IOMapperIOVMAlloc: `pages` pages of IO address space (not mapped yet).
+    fn iovm_alloc(&self, pages: u64) -> Result<IoAddr>;
+
+    /// IOMapperIOVMFree: unmaps and gives back `pages` pages from `iova` (exactly an
+    /// allocation).
+    fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()>;
+
+    /// IOMapperInsertPage: maps the IO page at `iova` (inside an allocation) to the physical
+    /// page at `pa`, with `access`.
+    fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()>;
+
+    /// What `iova` maps to (physical address of that byte) and with which access.
+    fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)>;
+}
