@@ -700,12 +700,8 @@ impl Machine {
     /// machine.
     pub fn device_read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
         let g = self.lock();
-        if !g.phys.is_ram(pa.0, buf.len() as u64) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM (device read)",
-                addr: pa.0,
-            });
-        }
+        g.phys
+            .check_ram(pa.0, buf.len() as u64, "simulated RAM (device read)")?;
         g.phys.dram_read(pa.0, buf);
         Ok(())
     }
@@ -714,12 +710,8 @@ impl Machine {
     /// range keep their old bytes until invalidated.
     pub fn device_write(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
         let mut g = self.lock();
-        if !g.phys.is_ram(pa.0, data.len() as u64) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM (device write)",
-                addr: pa.0,
-            });
-        }
+        g.phys
+            .check_ram(pa.0, data.len() as u64, "simulated RAM (device write)")?;
         g.phys.dram_write(pa.0, data);
         Ok(())
     }
@@ -727,12 +719,7 @@ impl Machine {
     /// Sets how the CPU caches `[pa, pa + len)` of RAM (the range is flushed first).
     pub fn set_cache_mode(&self, pa: PhysAddr, len: u64, mode: CacheMode) -> Result<()> {
         let mut g = self.lock();
-        if !g.phys.is_ram(pa.0, len) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM (cache mode)",
-                addr: pa.0,
-            });
-        }
+        g.phys.check_ram(pa.0, len, "simulated RAM (cache mode)")?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.set_mode(pa.0, len, mode, phys);
         Ok(())
@@ -865,12 +852,7 @@ impl PhysicalMemory for Machine {
 
     fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
         let mut g = self.lock();
-        if !g.phys.is_ram(pa.0, buf.len() as u64) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM",
-                addr: pa.0,
-            });
-        }
+        g.phys.check_ram(pa.0, buf.len() as u64, "simulated RAM")?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.read(pa.0, buf, phys, None);
         Ok(())
@@ -878,12 +860,7 @@ impl PhysicalMemory for Machine {
 
     fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
         let mut g = self.lock();
-        if !g.phys.is_ram(pa.0, data.len() as u64) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM",
-                addr: pa.0,
-            });
-        }
+        g.phys.check_ram(pa.0, data.len() as u64, "simulated RAM")?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.write(pa.0, data, phys, None);
         Ok(())
@@ -962,12 +939,8 @@ impl CacheOps for Machine {
 
     fn cache_phys(&self, op: CacheOp, pa: PhysAddr, len: u64) -> Result<()> {
         let mut g = self.lock();
-        if !g.phys.is_ram(pa.0, len) {
-            return Err(Error::NotMapped {
-                what: "simulated RAM (cache operation)",
-                addr: pa.0,
-            });
-        }
+        g.phys
+            .check_ram(pa.0, len, "simulated RAM (cache operation)")?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.op(op, pa.0, len, phys);
         Ok(())

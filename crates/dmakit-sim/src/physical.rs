@@ -91,6 +91,15 @@ impl PhysicalPool {
         self.regions.iter().any(|r| pa >= r.base && end <= r.end())
     }
 
+    /// [`Error::NotMapped`] naming `what` unless `[pa, pa + len)` is RAM.
+    pub(crate) fn check_ram(&self, pa: u64, len: u64, what: &'static str) -> Result<()> {
+        if self.is_ram(pa, len) {
+            Ok(())
+        } else {
+            Err(Error::NotMapped { what, addr: pa })
+        }
+    }
+
     /// Takes `n` pages, each at or below `limit` (inclusive, for the page's last byte).
     /// Contiguous requests get one run whose start is aligned to `align`. On failure every
     /// page taken by this call is back in the pool.

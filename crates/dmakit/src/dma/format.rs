@@ -74,20 +74,26 @@ impl SegmentFormat {
         }
     }
 
+    /// Byte offset of element `index` in a buffer of `len` bytes, if it fits.
+    fn slot(self, len: usize, index: usize, what: &'static str) -> Result<usize> {
+        let size = self.element_size();
+        index
+            .checked_mul(size)
+            .filter(|&a| a + size <= len)
+            .ok_or(Error::OutOfBounds {
+                what,
+                offset: (index as u64).saturating_mul(size as u64),
+                len: size as u64,
+                limit: len as u64,
+            })
+    }
+
     /// Writes `seg` as element `index` of `out`. A buffer too small is
     /// [`Error::OutOfBounds`]; a value that does not fit a 32-bit format is
     /// [`Error::BadArgument`].
     pub fn write(self, out: &mut [u8], index: usize, seg: IoSegment) -> Result<()> {
         let size = self.element_size();
-        let at = index
-            .checked_mul(size)
-            .filter(|&a| a + size <= out.len())
-            .ok_or(Error::OutOfBounds {
-                what: "segment output buffer",
-                offset: (index as u64).saturating_mul(size as u64),
-                len: size as u64,
-                limit: out.len() as u64,
-            })?;
+        let at = self.slot(out.len(), index, "segment output buffer")?;
         let dst = &mut out[at..at + size];
         if self.is_32() {
             let a = u32::try_from(seg.addr.0).map_err(|_| Error::BadArgument {
@@ -120,15 +126,7 @@ impl SegmentFormat {
     /// Reads element `index` of `out` back (for tests and for devices modelled in Rust).
     pub fn read(self, out: &[u8], index: usize) -> Result<IoSegment> {
         let size = self.element_size();
-        let at = index
-            .checked_mul(size)
-            .filter(|&a| a + size <= out.len())
-            .ok_or(Error::OutOfBounds {
-                what: "segment list",
-                offset: (index as u64).saturating_mul(size as u64),
-                len: size as u64,
-                limit: out.len() as u64,
-            })?;
+        let at = self.slot(out.len(), index, "segment list")?;
         let src = &out[at..at + size];
         let (addr, len) = if self.is_32() {
             let a: [u8; 4] = src[..4].try_into().unwrap_or_default();
