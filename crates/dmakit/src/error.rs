@@ -364,6 +364,15 @@ pub enum Error {
         /// What to do about it (may be empty).
         hint: &'static str,
     },
+    /// A transfer that cannot be expressed under the constraints without double buffering,
+    /// where double buffering is not allowed (iterate-only DMA commands).
+    #[error("{what} at {addr:#x}")]
+    MessageTooLarge {
+        /// What does not fit.
+        what: &'static str,
+        /// The offending address.
+        addr: u64,
+    },
     /// An internal invariant failed; a dmakit bug.
     #[error("internal error: {what}")]
     Internal {
@@ -399,6 +408,7 @@ impl Error {
             NoResources { .. } => IoReturn::NO_RESOURCES,
             Injected { code, .. } => *code,
             Os { errno, .. } => errno_to_io_return(*errno),
+            MessageTooLarge { .. } => IoReturn::MESSAGE_TOO_LARGE,
             Internal { .. } => IoReturn::INTERNAL_ERROR,
         }
     }

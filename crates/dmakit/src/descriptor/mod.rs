@@ -172,8 +172,9 @@ pub(crate) fn clamp(offset: u64, len: usize, length: u64) -> usize {
     }
 }
 
-/// Checks that `[offset, offset + len)` lies within `length`.
-pub(crate) fn check_range(what: &'static str, offset: u64, len: u64, length: u64) -> Result<()> {
+/// Checks that `[offset, offset + len)` lies within `length` ([`Error::OutOfBounds`]
+/// naming `what` otherwise).
+pub fn check_range(what: &'static str, offset: u64, len: u64, length: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= length => Ok(()),
         _ => Err(Error::OutOfBounds {

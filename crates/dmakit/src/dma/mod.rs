@@ -7,13 +7,21 @@
 //! * [`cursor`]: the legacy IOMemoryCursor family, which cuts a descriptor into physical
 //!   segments under a maximum segment and transfer size.
 //!
-//! The DMA command, the IOMMU mapper, bounce buffering and the DMA controller come with the
+//! * [`command`]: [`DmaCommand`](command::DmaCommand), IODMACommand, with bounce buffering
+//!   through a [`BouncePool`](bounce::BouncePool) and mapped mode through a
+//!   [`Mapper`](crate::mapper::Mapper).
+//!
+//! The DMA controller, event source, typed ownership and the dma-debug ledger come with the
 //! rest of issue 4.
 
+pub mod bounce;
+pub mod command;
 pub mod cursor;
 pub mod format;
 pub mod spec;
 
+pub use bounce::{BouncePool, BounceStats};
+pub use command::{DmaCommand, MappingMode};
 pub use cursor::{
     BigMemoryCursor, CursorOutput, LittleMemoryCursor, MemoryCursor, NaturalMemoryCursor,
     PhysicalSegment,

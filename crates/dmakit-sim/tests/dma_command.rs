@@ -1,0 +1,389 @@
+//! DmaCommand on the simulated machine: bouncing for a 32-bit device, forced bounce, pool
+//! exhaustion, mapped mode through the IOMMU, constraints and piecewise generation.
+
+use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+use dmakit::dma::{BouncePool, DmaCommand, IoSegment, MappingMode, SegmentFormat, SegmentSpec};
+use dmakit::mapper::IommuMapper;
+use dmakit::{Direction, Error, IoReturn, PhysAddr};
+use dmakit_sim::{Machine, MachineBuilder, SimIommu};
+use std::sync::Arc;
+
+type M = Arc<Machine>;
+
+fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(salt))
+        .collect()
+}
+
+/// A coherent machine with 2 MiB of low RAM and 256 MiB above 4 GiB, and a buffer that lies entirely
+/// above 4 GiB (the low RAM is filled while it is allocated, then released for bounces).
+fn high_buffer(len: u64, dir: Direction) -> (M, Arc<BufferMemoryDescriptor<M>>) {
+    high_buffer_on(len, dir, true)
+}
+
+fn high_buffer_on(len: u64, dir: Direction, coherent: bool) -> (M, Arc<BufferMemoryDescriptor<M>>) {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .ram(0x10_0000, 0x20_0000)
+            .ram(0x1_0000_0000, 0x1000_0000)
+            .fragmentation(0.0)
+            .coherent(coherent)
+            .build()
+            .unwrap(),
+    );
+    let filler =
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x20_0000, Direction::In))
+            .unwrap();
+    let b = Arc::new(BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(len, dir)).unwrap());
+    drop(filler);
+    assert!(b.physical_segment(0).unwrap().addr.0 >= 1 << 32);
+    (m, b)
+}
+
+fn segments(cmd: &DmaCommand<M>, format: SegmentFormat) -> Vec<IoSegment> {
+    let mut out = vec![0u8; 64 * format.element_size()];
+    let mut off = 0;
+    let n = cmd.gen_segments(&mut off, &mut out, 64).unwrap();
+    (0..n).map(|i| format.read(&out, i).unwrap()).collect()
+}
+
+#[test]
+fn a_32_bit_device_reads_a_buffer_above_4g_through_a_bounce() {
+    let data = pattern(20_000, 3);
+    let (m, b) = high_buffer(20_000, Direction::Out);
+    b.write_bytes(0, &data);
+    let pool = Arc::new(BouncePool::new(m.clone(), "test pool", 1 << 20));
+    let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Little32,
+        MappingMode::Bypassed,
+        Some(pool.clone()),
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 20_000, true, true).unwrap();
+    assert!(cmd.is_bounced());
+    let segs = segments(&cmd, SegmentFormat::Little32);
+    let mut seen = Vec::new();
+    for s in &segs {
+        assert!(
+            s.addr.0 + s.len <= 1 << 32,
+            "{s:?} is out of a 32-bit device's reach"
+        );
+        let mut chunk = vec![0u8; s.len as usize];
+        m.device_read(PhysAddr(s.addr.0), &mut chunk).unwrap();
+        seen.extend(chunk);
+    }
+    assert!(seen == data, "the device read the buffer's bytes");
+    assert_eq!(pool.stats().bounced_bytes, 20_000);
+    cmd.complete(true).unwrap();
+    assert_eq!(pool.stats().in_use, 0);
+    assert_eq!(pool.stats().high_water, 20_000);
+}
+
+#[test]
+fn a_32_bit_device_writes_a_buffer_above_4g_through_a_bounce() {
+    let (m, b) = high_buffer(9000, Direction::In);
+    let pool = Arc::new(BouncePool::new(m.clone(), "test pool", 1 << 20));
+    let spec = SegmentSpec::builder()
+        .address_bits(32)
+        .max_segment_size(4096)
+        .build()
+        .unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Big32,
+        MappingMode::Bypassed,
+        Some(pool),
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 9000, true, true).unwrap();
+    let segs = segments(&cmd, SegmentFormat::Big32);
+    assert_eq!(
+        segs.iter().map(|s| s.len).collect::<Vec<_>>(),
+        vec![4096, 4096, 808]
+    );
+    let incoming = pattern(9000, 77);
+    let mut at = 0usize;
+    for s in &segs {
+        m.device_write(PhysAddr(s.addr.0), &incoming[at..at + s.len as usize])
+            .unwrap();
+        at += s.len as usize;
+    }
+    cmd.complete(true).unwrap();
+    let mut back = vec![0u8; 9000];
+    b.read_bytes(0, &mut back);
+    assert!(back == incoming, "complete copied the device's data back");
+}
+
+#[test]
+fn forced_bounce_and_an_exhausted_pool() {
+    let m = Arc::new(MachineBuilder::new().seed(2).build().unwrap());
+    let b = Arc::new(
+        BufferMemoryDescriptor::with_bytes(m.clone(), &pattern(8192, 1), Direction::Out).unwrap(),
+    );
+    let pool = Arc::new(BouncePool::new(m.clone(), "tiny pool", 4096));
+    let spec = SegmentSpec::builder().build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Host64,
+        MappingMode::Bypassed,
+        Some(pool.clone()),
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 4096, true, true).unwrap();
+    assert!(!cmd.is_bounced(), "nothing to bounce");
+    cmd.complete(true).unwrap();
+    pool.set_force_bounce(true);
+    cmd.prepare(0, 4096, true, true).unwrap();
+    assert!(cmd.is_bounced(), "forced");
+    cmd.complete(true).unwrap();
+    let e = cmd.prepare(0, 8192, true, true).unwrap_err();
+    assert_eq!(
+        e,
+        Error::NoMemory {
+            what: "tiny pool",
+            requested: 8192,
+            available: 4096
+        }
+    );
+    assert!(
+        e.to_string().contains("tiny pool") && e.to_string().contains("0x2000"),
+        "{e}"
+    );
+    assert_eq!(e.io_return(), IoReturn::NO_MEMORY);
+    assert_eq!(
+        cmd.prepared(),
+        None,
+        "a failed prepare leaves nothing prepared"
+    );
+    assert_eq!(
+        m.stats().wired_pages,
+        2,
+        "only the buffer's own lifetime wiring remains"
+    );
+}
+
+#[test]
+fn iterate_only_refuses_to_bounce() {
+    let (m, b) = high_buffer(4096, Direction::Out);
+    let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m,
+        spec,
+        SegmentFormat::Host32,
+        MappingMode::IterateOnly,
+        None,
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b).unwrap();
+    let e = cmd.prepare(0, 4096, true, true).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::MESSAGE_TOO_LARGE);
+}
+
+#[test]
+fn mapped_mode_makes_scattered_pages_one_io_segment() {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(8)
+            .fragmentation(0.9)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x8000_0000, 0x1000_0000).unwrap());
+    let data = pattern(64 << 10, 9);
+    let b = Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
+    let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Little64,
+        MappingMode::Mapped(mapper.clone()),
+        None,
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 64 << 10, true, true).unwrap();
+    let segs = segments(&cmd, SegmentFormat::Little64);
+    assert_eq!(segs.len(), 1, "one IO segment: {segs:?}");
+    let mut seen = vec![0u8; data.len()];
+    iommu.device_read(segs[0].addr, &mut seen).unwrap();
+    assert!(seen == data);
+    cmd.complete(true).unwrap();
+    assert_eq!(mapper.usage(), (0, 0), "IO space released at complete");
+    assert!(
+        iommu.device_read(segs[0].addr, &mut seen).is_err(),
+        "the device lost access"
+    );
+}
+
+#[test]
+fn constraints_and_piecewise_generation() {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(5)
+            .fragmentation(0.6)
+            .build()
+            .unwrap(),
+    );
+    let b = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(100_000, Direction::Out))
+            .unwrap(),
+    );
+    let spec = SegmentSpec::builder()
+        .max_segment_size(0x1800)
+        .boundary(0x2000)
+        .build()
+        .unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Host64,
+        MappingMode::Bypassed,
+        None,
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(100, 90_000, true, true).unwrap();
+    let whole = segments(&cmd, SegmentFormat::Host64);
+    assert_eq!(whole.iter().map(|s| s.len).sum::<u64>(), 90_000);
+    for s in &whole {
+        assert!(s.len <= 0x1800);
+        assert_eq!(
+            s.addr.0 / 0x2000,
+            (s.addr.0 + s.len - 1) / 0x2000,
+            "{s:?} crosses a boundary"
+        );
+    }
+    // Piece by piece, from the offset the caller carries, equals all at once.
+    let mut pieces = Vec::new();
+    let mut off = 0;
+    let mut buf = [0u8; 3 * 16];
+    for k in [1usize, 2, 3].iter().cycle() {
+        let n = cmd.gen_segments(&mut off, &mut buf, *k).unwrap();
+        if n == 0 {
+            break;
+        }
+        pieces.extend((0..n).map(|i| SegmentFormat::Host64.read(&buf, i).unwrap()));
+    }
+    assert_eq!(pieces, whole);
+    assert_eq!(off, 90_000);
+    // Misuse.
+    assert!(matches!(
+        cmd.prepare(0, 10, true, true),
+        Err(Error::Busy { .. })
+    ));
+    assert!(matches!(
+        cmd.clear_memory_descriptor(),
+        Err(Error::Busy { .. })
+    ));
+    cmd.complete(true).unwrap();
+    assert!(matches!(
+        cmd.gen_segments(&mut 0, &mut buf, 1),
+        Err(Error::NotReady { .. })
+    ));
+    assert!(matches!(
+        cmd.prepare(0, 0, true, true),
+        Err(Error::ZeroSize { .. })
+    ));
+    assert!(matches!(
+        cmd.prepare(99_000, 2000, true, true),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(cmd.complete(true), Err(Error::NotReady { .. })));
+    let wide = SegmentSpec::builder().build().unwrap();
+    assert!(matches!(
+        DmaCommand::new(m, wide, SegmentFormat::Host32, MappingMode::Bypassed, None),
+        Err(Error::BadArgument { .. })
+    ));
+}
+
+#[test]
+fn non_coherent_commands_do_the_cache_maintenance() {
+    let m = Arc::new(MachineBuilder::new().seed(6).build().unwrap());
+    assert!(!dmakit::platform::CacheOps::dma_coherent(&*m));
+    let b = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(4096, Direction::Out)).unwrap(),
+    );
+    b.write_bytes(0, b"written by the CPU");
+    let spec = SegmentSpec::builder().build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Host64,
+        MappingMode::NonCoherent,
+        None,
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 4096, true, true).unwrap();
+    let s = segments(&cmd, SegmentFormat::Host64)[0];
+    let mut dev = [0u8; 18];
+    m.device_read(PhysAddr(s.addr.0), &mut dev).unwrap();
+    assert_eq!(&dev, b"written by the CPU", "prepare cleaned the cache");
+    cmd.complete(true).unwrap();
+    // The same through a bypassed command on this non-coherent machine shows the hazard.
+    b.write_bytes(0, b"second CPU write!!");
+    let mut plain = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Host64,
+        MappingMode::Bypassed,
+        None,
+    )
+    .unwrap();
+    plain.set_memory_descriptor(b.clone()).unwrap();
+    plain.prepare(0, 4096, true, true).unwrap();
+    m.device_read(PhysAddr(s.addr.0), &mut dev).unwrap();
+    assert_eq!(
+        &dev, b"written by the CPU",
+        "without maintenance the device reads stale memory"
+    );
+    plain.complete(true).unwrap();
+}
+
+#[test]
+fn bounce_on_a_non_coherent_machine_in_both_directions() {
+    let (m, b) = high_buffer_on(6000, Direction::InOut, false);
+    let data = pattern(6000, 21);
+    b.write_bytes(0, &data);
+    let pool = Arc::new(BouncePool::new(m.clone(), "nc pool", 1 << 20));
+    let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
+    let mut cmd = DmaCommand::new(
+        m.clone(),
+        spec,
+        SegmentFormat::Host64,
+        MappingMode::NonCoherent,
+        Some(pool),
+    )
+    .unwrap();
+    cmd.set_memory_descriptor(b.clone()).unwrap();
+    cmd.prepare(0, 6000, true, true).unwrap();
+    assert!(cmd.is_bounced());
+    let s = segments(&cmd, SegmentFormat::Host64);
+    assert_eq!(s.len(), 1);
+    let mut seen = vec![0u8; 6000];
+    m.device_read(PhysAddr(s[0].addr.0), &mut seen).unwrap();
+    assert!(
+        seen == data,
+        "the bounce copy was cleaned out of the cache for the device"
+    );
+    let incoming = pattern(6000, 99);
+    m.device_write(PhysAddr(s[0].addr.0), &incoming).unwrap();
+    cmd.complete(true).unwrap();
+    let mut back = vec![0u8; 6000];
+    b.read_bytes(0, &mut back);
+    assert!(
+        back == incoming,
+        "complete invalidated the bounce lines before copying back"
+    );
+}

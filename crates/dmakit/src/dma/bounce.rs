@@ -1,0 +1,136 @@
+//! [`BouncePool`]: bounded memory for double buffering, with counters.
+//!
+//! When a transfer's memory breaks a device's constraints (above its address limit,
+//! misaligned), a [`DmaCommand`](super::DmaCommand) copies it through a *bounce buffer* the
+//! device can reach. Bounce memory is a shared, bounded resource: the pool caps how much is
+//! in use at once, and an exhausted pool is an error that names the pool and the sizes.
+//! It counts bounced bytes and the high-water mark, and can force every transfer through a
+//! bounce (to test that path on machines that would never need it).
+
+use crate::descriptor::{BufferMemoryDescriptor, BufferOptions};
+use crate::platform::Platform;
+use crate::{Direction, Error, Result};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counters of a [`BouncePool`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BounceStats {
+    /// Bytes copied into or out of bounce buffers.
+    pub bounced_bytes: u64,
+    /// Bounce buffers handed out.
+    pub buffers: u64,
+    /// Bytes in use now.
+    pub in_use: u64,
+    /// Most bytes ever in use at once.
+    pub high_water: u64,
+}
+
+/// A bounded source of bounce buffers.
+pub struct BouncePool<P: Platform + Clone> {
+    platform: P,
+    name: &'static str,
+    capacity: u64,
+    in_use: spin::Mutex<u64>,
+    high_water: AtomicU64,
+    bounced: AtomicU64,
+    buffers: AtomicU64,
+    force: AtomicBool,
+}
+
+impl<P: Platform + Clone> BouncePool<P> {
+    /// A pool named `name` (used in errors) of at most `capacity` bytes in use at once.
+    pub fn new(platform: P, name: &'static str, capacity: u64) -> Self {
+        BouncePool {
+            platform,
+            name,
+            capacity,
+            in_use: spin::Mutex::new(0),
+            high_water: AtomicU64::new(0),
+            bounced: AtomicU64::new(0),
+            buffers: AtomicU64::new(0),
+            force: AtomicBool::new(false),
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Sends every transfer through a bounce buffer (or stops doing so).
+    pub fn set_force_bounce(&self, on: bool) {
+        self.force.store(on, Ordering::Release);
+    }
+
+    /// Whether every transfer bounces.
+    pub fn force_bounce(&self) -> bool {
+        self.force.load(Ordering::Acquire)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BounceStats {
+        BounceStats {
+            bounced_bytes: self.bounced.load(Ordering::Acquire),
+            buffers: self.buffers.load(Ordering::Acquire),
+            in_use: *self.in_use.lock(),
+            high_water: self.high_water.load(Ordering::Acquire),
+        }
+    }
+
+    pub(crate) fn count_copy(&self, n: u64) {
+        self.bounced.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// A physically contiguous buffer of `len` bytes, every byte at or below `limit`,
+    /// aligned to `align`.
+    pub(crate) fn take(
+        &self,
+        len: u64,
+        limit: u64,
+        align: u64,
+    ) -> Result<BufferMemoryDescriptor<P>> {
+        {
+            let mut used = self.in_use.lock();
+            let free = self.capacity - *used;
+            if len > free {
+                return Err(Error::NoMemory {
+                    what: self.name,
+                    requested: len,
+                    available: free,
+                });
+            }
+            *used += len;
+            self.high_water.fetch_max(*used, Ordering::AcqRel);
+        }
+        let options = BufferOptions {
+            alignment: align,
+            phys_limit: limit,
+            contiguous: true,
+            ..BufferOptions::new(len, Direction::InOut)
+        };
+        match BufferMemoryDescriptor::new(self.platform.clone(), options) {
+            Ok(b) => {
+                self.buffers.fetch_add(1, Ordering::AcqRel);
+                Ok(b)
+            }
+            Err(e) => {
+                *self.in_use.lock() -= len;
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn give_back(&self, len: u64) {
+        *self.in_use.lock() -= len;
+    }
+}
+
+impl<P: Platform + Clone> core::fmt::Debug for BouncePool<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BouncePool")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
