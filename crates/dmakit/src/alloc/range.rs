@@ -6,61 +6,33 @@
 //! with free neighbours.
 //!
 //! IOKit semantics kept: sizes are rounded up to the *default* alignment; an explicit
-//! alignment of 0 means the default (and an explicit 1 allows placements less aligned than
-//! the default, as in IOKit); [`allocate_range`](RangeAllocator::allocate_range) takes a
-//! given range only if it lies inside one free interval; freeing is also how space is added
-//! (any range that is not free may be freed, whole allocations, parts of them, several at
-//! once, or space never seen before); free space and fragment counts are exact.
+//! alignment of 0 means the default; [`allocate_range`](RangeAllocator::allocate_range)
+//! takes a given range only if it lies inside one free interval; freeing is also how space
+//! is added; free space and fragment counts are exact.
 //!
 //! ## How it is fast
 //!
-//! XNU keeps a sorted array of free intervals and scans it: O(n) per call. dmakit keeps
-//! **blocks**: every free interval and every allocated range is one node of a slab
-//! (`Vec<Node>`, recycled through a free list, never one heap allocation per block), and the
-//! nodes sit in three structures at once:
+//! XNU keeps a sorted array of free intervals and scans it (O(n) per call). dmakit keeps
+//! each free interval twice:
 //!
-//! 1. **Address order**, a doubly linked *skip list* over all blocks (free and allocated,
-//!    with unmanaged gaps simply not represented). Level 0 links every block to its address
-//!    neighbours, so a block that is freed finds the neighbours it may merge with in O(1);
-//!    a random quarter of the blocks also sit on level 1, a sixteenth on level 2, and so on,
-//!    which makes "which block contains address `x`" an expected O(log n) search
-//!    (`allocate_range`, and frees that are not one whole allocation). Because the lists
-//!    are doubly linked, a block is inserted next to a known neighbour or removed in O(1)
-//!    expected time, without a search.
-//! 2. **Size classes** for the free blocks: lists by [size class](super::size_class) (eight
-//!    classes per power of two, as in TLSF and the `offset-allocator` crate) with a
-//!    two-level bitmap of the non-empty ones, so a free block that surely fits a request is
-//!    found with two bit scans.
-//! 3. **A hash table from start address to block** for the allocated blocks (open
-//!    addressing with linear probing; each 8-byte slot holds a 32-bit hash tag and the node
-//!    index, so probes do not touch nodes). It turns the common free, "give back exactly
-//!    what `allocate` returned", into one lookup followed by the O(1) merge of step 1,
-//!    which is how a free by `(start, size)` (IOKit's interface) keeps up with allocators
-//!    whose free takes a handle.
+//! * in an ordered index from start to interval ([`SortedIndex`], a two-level B-tree) for
+//!   `allocate_range`, neighbour merging and double-free detection (O(log n) searches);
+//! * in a segregated free list by [size class](super::size_class) with a two-level bitmap,
+//!   so a block that surely fits is found in O(1).
 //!
-//! An allocation is carved from the **top** of the chosen free block, so the free block
-//! keeps its node and, usually, its size class; the allocated range becomes a new node next
-//! to it. Per operation: `allocate` is O(1) expected (bit scans, one node insert, one hash
-//! insert) when a block of a size class that surely fits exists; `deallocate` of a whole
-//! allocation is O(1) expected; `allocate_range` and other frees are O(log n) expected, plus
-//! O(k) for the k allocations a free swallows (each of which was made by an earlier call).
-//! Only when no block of a class that surely fits exists does `allocate` scan the few
-//! classes that may still hold a tight fit, block by block, so that it fails only when no
-//! fitting range exists at all.
+//! An allocation is carved from the **top** of the chosen block, so the block keeps its
+//! start and the index is not touched at all unless the block is used up; a free costs
+//! one index search.
 //!
 //! ## Divergences from IOKit
 //!
 //! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
 //!   dmakit returns the top of a block from the smallest size class that surely fits (and
-//!   only when no such class has a block, scans the classes that may hold a fit). First fit
-//!   needs a search by address for every allocation (O(log n) at best with an augmented
-//!   tree, O(n) in XNU); segregated fit finds a block in O(1), which is what lets dmakit
-//!   match `offset-allocator`'s speed. Callers that need a particular address use
-//!   `allocate_range`; any power-of-two alignment is honoured.
+//!   only when no such class has a block, scans the one class that may hold a fit).
+//!   Callers that need a particular address use `allocate_range`.
 //! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
 //!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
-//!   alignment is [`Error::BadAlignment`] (IOKIT-SEMANTICS Q11: fix). There is no fragment
-//!   capacity to exhaust (IOKit's increment-0 overflow, Q11), so none is exposed.
+//!   alignment is [`Error::BadAlignment`] (IOKIT-SEMANTICS Q11: fix).
 //!
 //! ```
 //! use dmakit::alloc::RangeAllocator;
@@ -79,172 +51,31 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
+use super::ordered::{Pos, SortedIndex};
 use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
 use alloc_crate::vec::Vec;
 
 const WHAT: &str = "range allocator";
-/// "No node" in every link.
 const NIL: u32 = u32::MAX;
-/// Node 0 is the sentinel of the address lists: it is "allocated" (so nothing merges with
-/// it), never in the hash table, and both the first and the last block link to it.
-const HEAD: u32 = 0;
-/// Skip-list levels; with one block in four promoted per level, 16 levels serve 4^16
-/// blocks before searches slow down.
-const LEVELS: usize = 16;
-/// Links per tower (levels 1 and up; level 0 lives in the node).
-const TOWER: usize = LEVELS - 1;
-/// Node indices are `u32` with [`NIL`] reserved; two more are kept for one call's splits.
-const MAX_NODES: usize = NIL as usize - 2;
 
-/// The links of one node on one skip-list level above 0.
-#[derive(Clone, Copy, Debug)]
-struct Link {
-    prev: u32,
-    next: u32,
-}
-
-/// One block `[start, last]`: free (then linked in its size class's list) or allocated
-/// (then in the hash table).
+/// One interval `[start, last]` in the index: free (and linked in its size class's list),
+/// or a *tombstone*: a free block that was handed out whole, kept in the index so that
+/// freeing exactly that range again costs no index update.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     start: u64,
     last: u64,
-    /// Address neighbours (skip-list level 0), through [`HEAD`] at both ends.
     prev: u32,
     next: u32,
-    /// Size-class list (free blocks only).
-    bin_prev: u32,
-    bin_next: u32,
-    /// Where levels 1.. of this node live in `links` (in units of [`TOWER`]), or [`NIL`]
-    /// when `height == 1`.
-    tower: u32,
     class: u16,
-    height: u8,
-    used: bool,
+    taken: bool,
 }
 
 impl Node {
-    /// Length, saturated at `u64::MAX` (the whole 2^64 space cannot be added anyway).
-    #[inline]
+    /// Length, saturated at `u64::MAX` for the whole 2^64 space.
     fn len(&self) -> u64 {
         (self.last - self.start).saturating_add(1)
-    }
-}
-
-/// Slots of [`StartMap`]: `tag << 32 | node`; empty slots hold `EMPTY` (node [`NIL`]).
-const EMPTY: u64 = u64::MAX;
-
-/// An open-addressing hash table from the start address of an allocated block to its node.
-///
-/// The key is not stored: a slot holds the top 32 bits of the key's hash (the *tag*, from
-/// which the home slot is also derived) and the node index; a probe compares tags and only
-/// on a match reads the node's start. Deletion shifts the following entries back (no
-/// tombstones), so lookups stay short at any age.
-#[derive(Clone, Debug)]
-struct StartMap {
-    slots: Vec<u64>,
-    bits: u32,
-    len: usize,
-}
-
-impl StartMap {
-    fn new() -> Self {
-        StartMap {
-            slots: alloc_crate::vec![EMPTY; 16],
-            bits: 4,
-            len: 0,
-        }
-    }
-
-    /// 32 well-mixed bits of `key` (high bits folded in before the Fibonacci multiply, so
-    /// keys that differ only far up still spread).
-    #[inline]
-    fn tag(key: u64) -> u32 {
-        ((key ^ (key >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
-    }
-
-    #[inline]
-    fn home(&self, tag: u32) -> usize {
-        (tag >> (32 - self.bits)) as usize
-    }
-
-    /// The slot and node of the block starting at `key`.
-    #[inline]
-    fn find(&self, nodes: &[Node], key: u64) -> Option<(usize, u32)> {
-        let tag = Self::tag(key);
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(tag);
-        loop {
-            let v = self.slots[i];
-            if v == EMPTY {
-                return None;
-            }
-            if (v >> 32) as u32 == tag && nodes[v as u32 as usize].start == key {
-                return Some((i, v as u32));
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Adds `node`, whose start is `key` and which must not be present yet.
-    #[inline]
-    fn insert(&mut self, key: u64, node: u32) {
-        if (self.len + 1) * 2 > self.slots.len() && self.bits < 32 {
-            self.grow();
-        }
-        let tag = Self::tag(key);
-        self.put(tag, node);
-        self.len += 1;
-    }
-
-    #[inline]
-    fn put(&mut self, tag: u32, node: u32) {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(tag);
-        while self.slots[i] != EMPTY {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = (tag as u64) << 32 | node as u64;
-    }
-
-    fn grow(&mut self) {
-        let old = core::mem::replace(
-            &mut self.slots,
-            alloc_crate::vec![EMPTY; 1 << (self.bits + 1)],
-        );
-        self.bits += 1;
-        for v in old.into_iter().filter(|&v| v != EMPTY) {
-            self.put((v >> 32) as u32, v as u32);
-        }
-    }
-
-    /// Empties slot `i` and shifts the entries of its probe run back.
-    #[inline]
-    fn remove_at(&mut self, mut i: usize) {
-        let mask = self.slots.len() - 1;
-        let mut j = i;
-        loop {
-            j = (j + 1) & mask;
-            let v = self.slots[j];
-            if v == EMPTY {
-                break;
-            }
-            let home = self.home((v >> 32) as u32);
-            // The entry at j may move to i unless its home lies cyclically in (i, j].
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
-                self.slots[i] = v;
-                i = j;
-            }
-        }
-        self.slots[i] = EMPTY;
-        self.len -= 1;
-    }
-
-    fn remove(&mut self, nodes: &[Node], key: u64) {
-        if let Some((i, _)) = self.find(nodes, key) {
-            self.remove_at(i);
-        }
     }
 }
 
@@ -252,29 +83,21 @@ impl StartMap {
 ///
 /// # Invariants
 ///
-/// * Blocks (every node but [`HEAD`]) are disjoint and sit on level 0 of the skip list in
-///   address order; a node of height `h` also sits on levels `1..h`, each in address order.
-/// * Free blocks are never adjacent to each other; each is in exactly the list of its
-///   `floor_class(len)`, and `classes` marks exactly the non-empty lists.
-/// * Allocated blocks cover exactly the space handed out (by `allocate`/`allocate_range`
-///   and not given back) and are exactly the entries of `starts`.
-/// * `free_bytes` and `fragments` are the total length and the number of free blocks.
+/// The intervals in the index (free ones and tombstones) are disjoint; free ones are never
+/// adjacent to each other. Every free interval has exactly one node, reachable from `index`
+/// by its start and linked in the list of `floor_class(len)`; tombstones are in no list and
+/// cover allocated space only; `taken` counts them. `classes` marks exactly the non-empty
+/// lists; `free_bytes` is the sum of the free intervals' lengths.
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
+    index: SortedIndex,
     nodes: Vec<Node>,
-    links: Vec<Link>,
-    spare_nodes: Vec<u32>,
-    spare_towers: Vec<u32>,
+    spare: Vec<u32>,
     heads: Vec<u32>,
     classes: ClassMap,
-    starts: StartMap,
-    /// Levels in use (the highest height of any node so far).
-    top: usize,
-    /// xorshift64 state for node heights.
-    rng: u64,
     default_mask: u64,
     free_bytes: u64,
-    fragments: usize,
+    taken: usize,
 }
 
 fn check_align(what: &'static str, align: u64) -> Result<u64> {
@@ -292,31 +115,15 @@ impl RangeAllocator {
     /// `default_alignment` 0 means 1.
     pub fn empty(default_alignment: u64) -> Result<Self> {
         let a = check_align("range allocator default alignment", default_alignment)?;
-        let head = Node {
-            start: 0,
-            last: 0,
-            prev: HEAD,
-            next: HEAD,
-            bin_prev: NIL,
-            bin_next: NIL,
-            tower: 0,
-            class: 0,
-            height: LEVELS as u8,
-            used: true,
-        };
         Ok(RangeAllocator {
-            nodes: alloc_crate::vec![head],
-            links: alloc_crate::vec![Link { prev: HEAD, next: HEAD }; TOWER],
-            spare_nodes: Vec::new(),
-            spare_towers: Vec::new(),
+            index: SortedIndex::new(),
+            nodes: Vec::new(),
+            spare: Vec::new(),
             heads: alloc_crate::vec![NIL; CLASSES],
             classes: ClassMap::default(),
-            starts: StartMap::new(),
-            top: 1,
-            rng: 0x2545_F491_4F6C_DD1D,
             default_mask: a - 1,
             free_bytes: 0,
-            fragments: 0,
+            taken: 0,
         })
     }
 
@@ -355,23 +162,17 @@ impl RangeAllocator {
 
     /// Number of free intervals.
     pub fn fragment_count(&self) -> usize {
-        self.fragments
+        self.index.len() - self.taken
     }
 
     /// The free intervals as `(start, inclusive end)`, in address order (IOKit's
     /// `serialize`).
     pub fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let mut n = self.nodes[HEAD as usize].next;
-        core::iter::from_fn(move || {
-            while n != HEAD {
-                let node = &self.nodes[n as usize];
-                n = node.next;
-                if !node.used {
-                    return Some((node.start, node.last));
-                }
-            }
-            None
-        })
+        self.index
+            .iter()
+            .map(|(_, n)| &self.nodes[n as usize])
+            .filter(|n| !n.taken)
+            .map(|n| (n.start, n.last))
     }
 
     fn round_size(&self, size: u64) -> Result<u64> {
@@ -387,65 +188,49 @@ impl RangeAllocator {
             })
     }
 
-    /// Fails (changing nothing) when a call could need more nodes than `u32` indices allow.
-    #[inline]
-    fn room(&self, requested: u64) -> Result<()> {
-        if self.nodes.len() >= MAX_NODES && self.spare_nodes.len() < 2 {
-            return Err(Error::NoMemory {
-                what: "range allocator nodes",
-                requested,
-                available: 0,
-            });
+    // --- size-class lists -------------------------------------------------------------
+
+    fn link(&mut self, n: u32) {
+        let c = floor_class(self.nodes[n as usize].len());
+        let head = self.heads[c];
+        let node = &mut self.nodes[n as usize];
+        node.class = c as u16;
+        node.prev = NIL;
+        node.next = head;
+        if head != NIL {
+            self.nodes[head as usize].prev = n;
         }
-        Ok(())
+        self.heads[c] = n;
+        self.classes.set(c);
     }
 
-    // --- nodes and the skip list ------------------------------------------------------
-
-    #[inline]
-    fn random_height(&mut self) -> u8 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        // P(height > h) = 4^-h.
-        (1 + (x.trailing_zeros() / 2) as usize).min(LEVELS) as u8
-    }
-
-    fn new_node(&mut self, start: u64, last: u64, used: bool) -> u32 {
-        let height = self.random_height();
-        let tower = if height > 1 {
-            match self.spare_towers.pop() {
-                Some(t) => t,
-                None => {
-                    let t = (self.links.len() / TOWER) as u32;
-                    self.links.extend(core::iter::repeat_n(
-                        Link {
-                            prev: NIL,
-                            next: NIL,
-                        },
-                        TOWER,
-                    ));
-                    t
-                }
-            }
+    fn unlink(&mut self, n: u32) {
+        let Node {
+            prev, next, class, ..
+        } = self.nodes[n as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
         } else {
-            NIL
-        };
+            self.heads[class as usize] = next;
+            if next == NIL {
+                self.classes.clear(class as usize);
+            }
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+    }
+
+    fn new_node(&mut self, start: u64, last: u64) -> u32 {
         let node = Node {
             start,
             last,
             prev: NIL,
             next: NIL,
-            bin_prev: NIL,
-            bin_next: NIL,
-            tower,
             class: 0,
-            height,
-            used,
+            taken: false,
         };
-        match self.spare_nodes.pop() {
+        match self.spare.pop() {
             Some(i) => {
                 self.nodes[i as usize] = node;
                 i
@@ -457,325 +242,112 @@ impl RangeAllocator {
         }
     }
 
-    #[inline]
-    fn link(&self, n: u32, level: usize) -> Link {
-        let node = &self.nodes[n as usize];
-        if level == 0 {
-            Link {
-                prev: node.prev,
-                next: node.next,
-            }
-        } else {
-            self.links[node.tower as usize * TOWER + level - 1]
+    /// Replaces the extent of node `n` (still indexed by its old start if that is kept).
+    fn resize(&mut self, n: u32, start: u64, last: u64) {
+        let old = self.nodes[n as usize];
+        let relink = floor_class((last - start).saturating_add(1)) != old.class as usize;
+        if relink {
+            self.unlink(n);
+        }
+        self.nodes[n as usize].start = start;
+        self.nodes[n as usize].last = last;
+        if relink {
+            self.link(n);
         }
     }
 
-    #[inline]
-    fn set_next(&mut self, n: u32, level: usize, to: u32) {
-        if level == 0 {
-            self.nodes[n as usize].next = to;
-        } else {
-            let t = self.nodes[n as usize].tower as usize;
-            self.links[t * TOWER + level - 1].next = to;
-        }
+    fn remove_node(&mut self, n: u32) {
+        self.unlink(n);
+        self.index.remove(self.nodes[n as usize].start);
+        self.spare.push(n);
     }
 
-    #[inline]
-    fn set_prev(&mut self, n: u32, level: usize, to: u32) {
-        if level == 0 {
-            self.nodes[n as usize].prev = to;
-        } else {
-            let t = self.nodes[n as usize].tower as usize;
-            self.links[t * TOWER + level - 1].prev = to;
-        }
-    }
-
-    /// Puts node `a` right after node `p` in address order (on every level of `a`).
-    fn link_after(&mut self, p: u32, a: u32) {
-        let n = self.nodes[p as usize].next;
-        {
-            let node = &mut self.nodes[a as usize];
-            node.prev = p;
-            node.next = n;
-        }
-        self.nodes[p as usize].next = a;
-        self.nodes[n as usize].prev = a;
-        let height = self.nodes[a as usize].height as usize;
-        // On each higher level, the predecessor is the nearest node before `a` that is tall
-        // enough: walk back along the level below (expected four steps per level).
-        let mut q = p;
-        for level in 1..height {
-            while self.nodes[q as usize].height as usize <= level {
-                q = self.link(q, level - 1).prev;
-            }
-            let n = self.link(q, level).next;
-            self.links[self.nodes[a as usize].tower as usize * TOWER + level - 1] =
-                Link { prev: q, next: n };
-            self.set_next(q, level, a);
-            self.set_prev(n, level, a);
-        }
-        self.top = self.top.max(height);
-    }
-
-    /// Takes node `a` out of the address lists and recycles it.
-    fn drop_node(&mut self, a: u32) {
-        let height = self.nodes[a as usize].height as usize;
-        for level in 0..height {
-            let Link { prev, next } = self.link(a, level);
-            self.set_next(prev, level, next);
-            self.set_prev(next, level, prev);
-        }
-        let tower = self.nodes[a as usize].tower;
-        if tower != NIL {
-            self.spare_towers.push(tower);
-        }
-        self.spare_nodes.push(a);
-    }
-
-    /// The block with the greatest start `≤ x`, or [`HEAD`] if there is none.
-    fn pred(&self, x: u64) -> u32 {
-        let mut cur = HEAD;
-        for level in (0..self.top).rev() {
-            loop {
-                let n = self.link(cur, level).next;
-                if n != HEAD && self.nodes[n as usize].start <= x {
-                    cur = n;
-                } else {
-                    break;
-                }
-            }
-        }
-        cur
-    }
-
-    // --- size-class lists -------------------------------------------------------------
-
-    #[inline]
-    fn bin_link(&mut self, n: u32) {
-        let c = floor_class(self.nodes[n as usize].len());
-        let head = self.heads[c];
-        let node = &mut self.nodes[n as usize];
-        node.class = c as u16;
-        node.bin_prev = NIL;
-        node.bin_next = head;
-        if head != NIL {
-            self.nodes[head as usize].bin_prev = n;
-        } else {
-            self.classes.set(c);
-        }
-        self.heads[c] = n;
-    }
-
-    #[inline]
-    fn bin_unlink(&mut self, n: u32) {
+    /// Takes `[data, last]` out of free node `n`.
+    fn carve(&mut self, n: u32, data: u64, last: u64) {
         let Node {
-            bin_prev,
-            bin_next,
-            class,
-            ..
+            start, last: end, ..
         } = self.nodes[n as usize];
-        if bin_prev != NIL {
-            self.nodes[bin_prev as usize].bin_next = bin_next;
-        } else {
-            self.heads[class as usize] = bin_next;
-            if bin_next == NIL {
-                self.classes.clear(class as usize);
-            }
-        }
-        if bin_next != NIL {
-            self.nodes[bin_next as usize].bin_prev = bin_prev;
-        }
-    }
-
-    /// Moves free node `n` to the list of its (possibly changed) length.
-    #[inline]
-    fn bin_update(&mut self, n: u32) {
-        let node = &self.nodes[n as usize];
-        if floor_class(node.len()) != node.class as usize {
-            self.bin_unlink(n);
-            self.bin_link(n);
-        }
-    }
-
-    // --- carving and freeing ----------------------------------------------------------
-
-    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block.
-    fn carve(&mut self, f: u32, data: u64, end: u64) {
-        let Node { start, last, .. } = self.nodes[f as usize];
-        self.free_bytes -= end - data + 1;
-        let a = match (data > start, end < last) {
+        self.free_bytes -= last - data + 1;
+        match (data > start, last < end) {
             (false, false) => {
-                // Handed out whole: the node itself becomes the allocation.
-                self.bin_unlink(f);
-                self.nodes[f as usize].used = true;
-                self.fragments -= 1;
-                f
+                // Handed out whole: keep it as a tombstone.
+                self.unlink(n);
+                self.nodes[n as usize].taken = true;
+                self.taken += 1;
             }
-            (true, false) => {
-                let a = self.new_node(data, end, true);
-                self.link_after(f, a);
-                self.nodes[f as usize].last = data - 1;
-                self.bin_update(f);
-                a
-            }
+            (true, false) => self.resize(n, start, data - 1),
             (false, true) => {
-                let a = self.new_node(data, end, true);
-                self.link_after(self.nodes[f as usize].prev, a);
-                self.nodes[f as usize].start = end + 1;
-                self.bin_update(f);
-                a
+                // The start moves up inside the same gap between neighbours: the order of
+                // the index is unchanged.
+                if let Some(p) = self.index.pred(start) {
+                    self.index.rekey(p, last + 1);
+                }
+                self.resize(n, last + 1, end);
             }
             (true, true) => {
-                let a = self.new_node(data, end, true);
-                self.link_after(f, a);
-                let t = self.new_node(end + 1, last, false);
-                self.link_after(a, t);
-                self.bin_link(t);
-                self.fragments += 1;
-                self.nodes[f as usize].last = data - 1;
-                self.bin_update(f);
-                a
+                self.resize(n, start, data - 1);
+                let t = self.new_node(last + 1, end);
+                self.link(t);
+                self.index.insert(last + 1, t);
             }
+        }
+    }
+
+    /// The index entry starting at `last + 1` (if any), and the last entry starting at or
+    /// before `last`.
+    fn neighbours(&self, last: u64) -> (Option<Pos>, Option<Pos>) {
+        let top = self.index.pred(last.saturating_add(1));
+        match top {
+            Some(pos) if last != u64::MAX && self.index.at(pos).0 == last + 1 => {
+                (Some(pos), self.index.prev(pos))
+            }
+            _ => (None, top),
+        }
+    }
+
+    /// Frees tombstone `n` at `pos` again, merging with free neighbours (the entry before
+    /// it, and `succ`, the entry right after it, if any).
+    fn revive(&mut self, pos: Pos, n: u32, succ: Option<Pos>) {
+        self.nodes[n as usize].taken = false;
+        self.taken -= 1;
+        let Node { start, last, .. } = self.nodes[n as usize];
+        let pred = self
+            .index
+            .prev(pos)
+            .map(|p| self.index.at(p).1)
+            .filter(|&p| {
+                let node = &self.nodes[p as usize];
+                !node.taken && node.last.checked_add(1) == Some(start)
+            });
+        let succ = succ
+            .map(|p| (p, self.index.at(p).1))
+            .filter(|&(_, s)| !self.nodes[s as usize].taken);
+        // Remove later entries first so earlier positions stay valid.
+        let end = match succ {
+            Some((spos, s)) => {
+                let end = self.nodes[s as usize].last;
+                self.unlink(s);
+                self.index.remove_at(spos);
+                self.spare.push(s);
+                end
+            }
+            None => last,
         };
-        self.starts.insert(data, a);
-    }
-
-    /// Whether `p` is a free block ending right before `s`.
-    #[inline]
-    fn free_before(&self, p: u32, s: u64) -> bool {
-        let node = &self.nodes[p as usize];
-        // `node.last < s` for every block before `s`, so `+ 1` cannot overflow.
-        !node.used && node.last + 1 == s
-    }
-
-    /// Whether `n` is a free block starting right after `l`.
-    #[inline]
-    fn free_after(&self, n: u32, l: u64) -> bool {
-        let node = &self.nodes[n as usize];
-        // `l < node.start` for every block after `l`, so `+ 1` cannot overflow.
-        !node.used && node.start == l + 1
-    }
-
-    /// Frees allocated block `a` (already out of `starts`), merging with free neighbours.
-    fn release(&mut self, a: u32) {
-        let Node {
-            start: s,
-            last: l,
-            prev: p,
-            next: n,
-            ..
-        } = self.nodes[a as usize];
-        match (self.free_before(p, s), self.free_after(n, l)) {
-            (true, true) => {
-                self.nodes[p as usize].last = self.nodes[n as usize].last;
-                self.drop_node(a);
-                self.bin_unlink(n);
-                self.drop_node(n);
-                self.fragments -= 1;
-                self.bin_update(p);
+        match pred {
+            Some(p) => {
+                self.index.remove_at(pos);
+                self.spare.push(n);
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, end);
             }
-            (true, false) => {
-                self.nodes[p as usize].last = l;
-                self.drop_node(a);
-                self.bin_update(p);
-            }
-            (false, true) => {
-                // The successor grows down over `a`: its place in address order is kept.
-                self.nodes[n as usize].start = s;
-                self.drop_node(a);
-                self.bin_update(n);
-            }
-            (false, false) => {
-                self.nodes[a as usize].used = false;
-                self.bin_link(a);
-                self.fragments += 1;
+            None => {
+                self.nodes[n as usize].last = end;
+                self.link(n);
             }
         }
-    }
-
-    /// Makes `[s, l]`, where no block is, free; `p` is the block right before it (or
-    /// [`HEAD`]).
-    fn insert_free(&mut self, p: u32, s: u64, l: u64) {
-        let n = self.nodes[p as usize].next;
-        match (self.free_before(p, s), self.free_after(n, l)) {
-            (true, true) => {
-                self.nodes[p as usize].last = self.nodes[n as usize].last;
-                self.bin_unlink(n);
-                self.drop_node(n);
-                self.fragments -= 1;
-                self.bin_update(p);
-            }
-            (true, false) => {
-                self.nodes[p as usize].last = l;
-                self.bin_update(p);
-            }
-            (false, true) => {
-                self.nodes[n as usize].start = s;
-                self.bin_update(n);
-            }
-            (false, false) => {
-                let a = self.new_node(s, l, false);
-                self.link_after(p, a);
-                self.bin_link(a);
-                self.fragments += 1;
-            }
-        }
-    }
-
-    /// Frees `[s, l]` in general: any mix of allocated blocks (whole or in part) and space
-    /// no block covers. Overlapping free space is a double free, detected before any change.
-    fn free_general(&mut self, s: u64, l: u64) -> Result<()> {
-        // Blocks overlapping [s, l] are the ones from pred(l) back while they reach s.
-        let mut before = self.pred(l);
-        while before != HEAD && self.nodes[before as usize].last >= s {
-            if !self.nodes[before as usize].used {
-                return Err(Error::DoubleFree {
-                    what: WHAT,
-                    start: s,
-                    len: l - s + 1,
-                });
-            }
-            before = self.nodes[before as usize].prev;
-        }
-        // Cut [s, l] out of the allocated blocks it overlaps.
-        let mut z = self.nodes[before as usize].next;
-        while z != HEAD && self.nodes[z as usize].start <= l {
-            let Node {
-                start: zs,
-                last: zl,
-                next,
-                ..
-            } = self.nodes[z as usize];
-            if zs < s {
-                // Keeps its head [zs, s - 1] (and its start, so its hash entry).
-                if zl > l {
-                    let r = self.new_node(l + 1, zl, true);
-                    self.link_after(z, r);
-                    self.starts.insert(l + 1, r);
-                }
-                self.nodes[z as usize].last = s - 1;
-                before = z;
-                if zl > l {
-                    break;
-                }
-            } else if zl > l {
-                // Keeps its tail [l + 1, zl]: a new start, same place in address order.
-                self.starts.remove(&self.nodes, zs);
-                self.nodes[z as usize].start = l + 1;
-                self.starts.insert(l + 1, z);
-                break;
-            } else {
-                self.starts.remove(&self.nodes, zs);
-                self.drop_node(z);
-            }
-            z = next;
-        }
-        self.insert_free(before, s, l);
-        Ok(())
     }
 
     /// Where `[.., +size)` aligned to `mask + 1` goes inside node `n`, top-most; if it fits.
-    #[inline]
     fn place(&self, n: u32, size: u64, mask: u64) -> Option<u64> {
         let node = &self.nodes[n as usize];
         let top = node.last.checked_sub(size - 1)?;
@@ -792,7 +364,6 @@ impl RangeAllocator {
         } else {
             check_align("range allocator alignment", alignment)? - 1
         };
-        self.room(size)?;
         // A block of at least `size + mask` bytes holds an aligned placement wherever it is;
         // blocks of the default alignment's granules need only `size`.
         let sure = if mask <= self.default_mask {
@@ -822,7 +393,7 @@ impl RangeAllocator {
                     self.carve(n, data, data + (size - 1));
                     return Ok(data);
                 }
-                n = self.nodes[n as usize].bin_next;
+                n = self.nodes[n as usize].next;
             }
             c = self.classes.first_at_or_above(class + 1);
         }
@@ -843,27 +414,22 @@ impl RangeAllocator {
             start,
             len: size,
         })?;
-        self.room(size)?;
-        let n = self.pred(start);
-        let node = &self.nodes[n as usize];
-        if n != HEAD && !node.used && last <= node.last {
-            self.carve(n, start, last);
-            Ok(())
-        } else {
-            Err(Error::RangeBusy {
+        match self.index.pred(start).map(|p| self.index.at(p).1) {
+            Some(n) if !self.nodes[n as usize].taken && last <= self.nodes[n as usize].last => {
+                self.carve(n, start, last);
+                Ok(())
+            }
+            _ => Err(Error::RangeBusy {
                 what: WHAT,
                 start,
                 len: size,
-            })
+            }),
         }
     }
 
     /// Frees (or adds) `[start, start + size)` (size rounded up to the default alignment),
     /// merging with free neighbours. A range overlapping free space is
     /// [`Error::DoubleFree`] and changes nothing.
-    ///
-    /// Any range that is not free may be given: a whole allocation (the fast, O(1) case),
-    /// part of one, several, or space that was never in the allocator.
     pub fn deallocate(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
         let last = start.checked_add(size - 1).ok_or(Error::Overflow {
@@ -878,14 +444,78 @@ impl RangeAllocator {
                 len: size,
             });
         }
-        match self.starts.find(&self.nodes, start) {
-            Some((slot, a)) if self.nodes[a as usize].last == last => {
-                self.starts.remove_at(slot);
-                self.release(a);
+        // One search finds the entry starting right after us (if any) and the last one
+        // starting at or before our last byte: the only candidates for merging, and where
+        // a walk back for overlaps begins.
+        let (succ, below) = self.neighbours(last);
+        if let Some(pos) = below {
+            let n = self.index.at(pos).1;
+            let node = self.nodes[n as usize];
+            if node.taken && node.start == start && node.last == last {
+                self.revive(pos, n, succ);
+                self.free_bytes += size;
+                return Ok(());
             }
-            _ => {
-                self.room(size)?;
-                self.free_general(start, last)?;
+        }
+        // Overlaps: free space is a double free; tombstones of allocated space we free
+        // now are dropped (they are only a shortcut). Check everything before changing
+        // anything.
+        let mut stale = Vec::new();
+        let mut at = below;
+        while let Some(pos) = at {
+            let n = self.index.at(pos).1;
+            let node = self.nodes[n as usize];
+            if node.last < start {
+                break;
+            }
+            if !node.taken {
+                return Err(Error::DoubleFree {
+                    what: WHAT,
+                    start,
+                    len: size,
+                });
+            }
+            stale.push(n);
+            at = self.index.prev(pos);
+        }
+        let (succ, below) = if stale.is_empty() {
+            (succ, below)
+        } else {
+            for n in stale {
+                self.index.remove(self.nodes[n as usize].start);
+                self.spare.push(n);
+                self.taken -= 1;
+            }
+            self.neighbours(last)
+        };
+        let succ = succ.filter(|&pos| !self.nodes[self.index.at(pos).1 as usize].taken);
+        let merge_pred = below.map(|pos| self.index.at(pos).1).filter(|&p| {
+            let node = &self.nodes[p as usize];
+            !node.taken && node.last.checked_add(1) == Some(start)
+        });
+        match (merge_pred, succ) {
+            (Some(p), Some(pos)) => {
+                let s = self.index.at(pos).1;
+                let end = self.nodes[s as usize].last;
+                self.remove_node(s);
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, end);
+            }
+            (Some(p), None) => {
+                let ps = self.nodes[p as usize].start;
+                self.resize(p, ps, last);
+            }
+            (None, Some(pos)) => {
+                let s = self.index.at(pos).1;
+                let end = self.nodes[s as usize].last;
+                // The successor's start moves down into the gap we fill: same order.
+                self.index.rekey(pos, start);
+                self.resize(s, start, end);
+            }
+            (None, None) => {
+                let n = self.new_node(start, last);
+                self.link(n);
+                self.index.insert_after(below, start, n);
             }
         }
         self.free_bytes += size;
@@ -936,5 +566,125 @@ impl LockedRangeAllocator {
     /// Runs `f` with the allocator locked.
     pub fn with<R>(&self, f: impl FnOnce(&mut RangeAllocator) -> R) -> R {
         f(&mut self.inner.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iokit_with_range_rounds_to_default_alignment() {
+        let r = RangeAllocator::with_end_of_range(0x1000, 0x1000).unwrap();
+        // [0, 0x1000] is 0x1001 bytes, rounded up to 0x2000 as IOKit does.
+        assert_eq!(r.free_count(), 0x2000);
+        assert_eq!(
+            RangeAllocator::with_end_of_range(0, 1)
+                .unwrap()
+                .free_count(),
+            0
+        );
+    }
+
+    #[test]
+    fn placement_alignment_and_merge() {
+        let mut r = RangeAllocator::new(0, 0x10000, 0x100).unwrap();
+        let a = r.allocate(1, 0).unwrap();
+        assert_eq!(a, 0xFF00, "carved from the top of the block");
+        let b = r.allocate(0x100, 0x1000).unwrap();
+        assert_eq!(b % 0x1000, 0);
+        assert_eq!(r.free_count(), 0x10000 - 0x200);
+        r.deallocate(a, 0x100).unwrap();
+        r.deallocate(b, 0x100).unwrap();
+        assert_eq!(r.fragment_count(), 1);
+        assert_eq!(r.free_count(), 0x10000);
+    }
+
+    #[test]
+    fn blocks_handed_out_whole_come_back_cheaply_and_correctly() {
+        let mut r = RangeAllocator::empty(0x1000).unwrap();
+        r.deallocate(0x1_0000, 0x1000).unwrap();
+        r.deallocate(0x3_0000, 0x1000).unwrap();
+        let a = r.allocate(0x1000, 0).unwrap(); // exact fit: a tombstone now
+        assert_eq!(r.fragment_count(), 1);
+        assert!(matches!(
+            r.allocate_range(a, 0x1000),
+            Err(Error::RangeBusy { .. })
+        ));
+        r.deallocate(a, 0x1000).unwrap(); // revived
+        assert_eq!(r.fragment_count(), 2);
+        assert!(matches!(
+            r.deallocate(a, 0x1000),
+            Err(Error::DoubleFree { .. })
+        ));
+        // A revived block merges with free neighbours on both sides.
+        let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
+        r.allocate_range(0x1000, 0x1000).unwrap();
+        let whole = r.allocate(0x1000, 0).unwrap();
+        assert!(whole == 0 || whole == 0x2000);
+        r.deallocate(0x1000, 0x1000).unwrap();
+        r.deallocate(whole, 0x1000).unwrap();
+        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0, 0x2fff)]);
+        // Freeing part of a whole-handed-out block drops the shortcut and stays exact.
+        let mut r = RangeAllocator::empty(0x1000).unwrap();
+        r.deallocate(0x8000, 0x4000).unwrap();
+        let b = r.allocate(0x4000, 0).unwrap();
+        r.deallocate(b + 0x1000, 0x1000).unwrap();
+        assert_eq!(r.free_count(), 0x1000);
+        assert_eq!(r.fragment_count(), 1);
+        r.deallocate(b, 0x1000).unwrap();
+        r.deallocate(b + 0x2000, 0x2000).unwrap();
+        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0x8000, 0xbfff)]);
+    }
+
+    #[test]
+    fn a_tight_fit_is_found_by_the_slow_path() {
+        // Two free blocks of exactly 0x300; a request of 0x300 has no "sure" class.
+        let mut r = RangeAllocator::empty(0x100).unwrap();
+        r.deallocate(0x1000, 0x300).unwrap();
+        r.deallocate(0x2000, 0x300).unwrap();
+        let a = r.allocate(0x300, 0).unwrap();
+        let b = r.allocate(0x300, 0).unwrap();
+        assert_ne!(a, b);
+        assert!(matches!(r.allocate(0x100, 0), Err(Error::NoSpace { .. })));
+        // Aligned: only one placement in [0x1000, 0x1300) is 0x200-aligned... 0x1000 and 0x1200.
+        r.deallocate(0x1000, 0x300).unwrap();
+        assert_eq!(r.allocate(0x100, 0x800).unwrap(), 0x1000);
+    }
+
+    #[test]
+    fn misuse_is_an_error_that_changes_nothing() {
+        let mut r = RangeAllocator::new(0x1000, 0x4000, 0x1000).unwrap();
+        let before: alloc_crate::vec::Vec<_> = r.fragments().collect();
+        assert!(matches!(
+            r.deallocate(0x2000, 0x1000),
+            Err(Error::DoubleFree { .. })
+        ));
+        assert!(matches!(r.allocate(0, 0), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            r.allocate(0x1000, 3),
+            Err(Error::BadAlignment { .. })
+        ));
+        assert!(matches!(r.allocate(0x5000, 0), Err(Error::NoSpace { .. })));
+        assert!(matches!(
+            r.allocate_range(0, 0x1000),
+            Err(Error::RangeBusy { .. })
+        ));
+        assert!(matches!(
+            r.allocate_range(u64::MAX - 10, 0x1000),
+            Err(Error::Overflow { .. })
+        ));
+        let after: alloc_crate::vec::Vec<_> = r.fragments().collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn top_of_space() {
+        let mut r = RangeAllocator::empty(1).unwrap();
+        r.deallocate(u64::MAX - 0xfff, 0x1000).unwrap();
+        assert_eq!(r.allocate(0x1000, 0x1000).unwrap(), u64::MAX - 0xfff);
+        assert_eq!(r.free_count(), 0);
+        r.deallocate(u64::MAX - 0xfff, 0x1000).unwrap();
+        assert_eq!(r.fragments().next(), Some((u64::MAX - 0xfff, u64::MAX)));
     }
 }
