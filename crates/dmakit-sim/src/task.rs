@@ -1,6 +1,6 @@
 //! Tasks: address spaces with their own page tables.
 //!
-//! Each task has a page table (virtual page → [`Pte`]), the list of its allocations, and a
+//! Each task has a page table (virtual page → page-table entry), the list of its allocations, and a
 //! [`RangeAllocator`] for its virtual address space. The kernel task's space starts at
 //! [`KERNEL_VA_BASE`], user tasks' at [`USER_VA_BASE`]: neither is anywhere near the
 //! physical addresses behind them, so code that confuses the two fails loudly.

@@ -16,9 +16,9 @@
 //!
 //! ## Preparing
 //!
-//! [`MemoryDescriptor::prepare`] wires the memory and may be called again: each call needs a
+//! [`MemoryDescriptor::prepare_wiring`] wires the memory and may be called again: each call needs a
 //! matching complete, and the memory is unwired at the last one. The safe way is
-//! [`prepare`](dyn MemoryDescriptor::prepare) on `dyn MemoryDescriptor`, which hands back a
+//! `prepare` on `dyn MemoryDescriptor`, which hands back a
 //! [`Prepared`] guard whose [`complete`](Prepared::complete) (or drop) balances it.
 //!
 //! ```
@@ -87,7 +87,7 @@ pub trait MemoryDescriptor: Send + Sync {
     /// Wires the memory (IOKit `prepare`). `Direction::None` means the descriptor's own
     /// direction; `Out` wires read-only. Counted: each success needs one
     /// [`complete`](Self::complete). Prefer the guard-returning
-    /// [`prepare`](dyn MemoryDescriptor::prepare).
+    /// `prepare` on `dyn MemoryDescriptor`.
     fn prepare_wiring(&self, dir: Direction) -> Result<()>;
 
     /// Drops one wiring (IOKit `complete`); the memory is unwired at the last one.

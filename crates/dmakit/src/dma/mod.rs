@@ -1,14 +1,14 @@
 //! DMA: how a device sees memory.
 //!
-//! * [`format`]: [`SegmentFormat`](format::SegmentFormat), the six IOKit segment layouts
+//! * [`format`]: `SegmentFormat`, the six IOKit segment layouts
 //!   (host, big and little endian × 32 and 64 bit) a device reads its scatter list in;
-//! * [`spec`]: [`SegmentSpec`](spec::SegmentSpec), one validated value for every constraint
+//! * [`spec`]: `SegmentSpec`, one validated value for every constraint
 //!   a device and its bus put on DMA segments;
 //! * [`cursor`]: the legacy IOMemoryCursor family, which cuts a descriptor into physical
 //!   segments under a maximum segment and transfer size.
 //!
-//! * [`command`]: [`DmaCommand`](command::DmaCommand), IODMACommand, with bounce buffering
-//!   through a [`BouncePool`](bounce::BouncePool) and mapped mode through a
+//! * [`command`]: `DmaCommand`, IODMACommand, with bounce buffering
+//!   through a `BouncePool` and mapped mode through a
 //!   [`Mapper`](crate::mapper::Mapper).
 //!
 //! The DMA controller, event source, typed ownership and the dma-debug ledger come with the

@@ -5,7 +5,7 @@
 //!   and stores of exactly one width at a *physical* I/O-space address, as IOKit's
 //!   `IOMappedRead*` take;
 //! * [`memory_map`]: [`MemoryMap`], a descriptor mapped into a task;
-//! * [`cache`]: the processor-cache flush, [`flush_processor_cache`](cache::flush_processor_cache).
+//! * [`cache`]: the processor-cache flush, [`flush_processor_cache`].
 
 pub mod cache;
 pub mod io;
