@@ -11,17 +11,21 @@
 //!   through a `BouncePool` and mapped mode through a
 //!   [`Mapper`](crate::mapper::Mapper).
 //!
-//! The DMA controller, event source, typed ownership and the dma-debug ledger come with the
-//! rest of issue 4.
+//! * [`controller`]: the `DmaController` trait and `DmaEventSource`, which delivers
+//!   completions in order.
+//!
+//! Typed ownership, quarantine and the dma-debug ledger come with the rest of issue 4.
 
 pub mod bounce;
 pub mod command;
+pub mod controller;
 pub mod cursor;
 pub mod format;
 pub mod spec;
 
 pub use bounce::{BouncePool, BounceStats};
 pub use command::{DmaCommand, MappingMode};
+pub use controller::{DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink};
 pub use cursor::{
     BigMemoryCursor, CursorOutput, LittleMemoryCursor, MemoryCursor, NaturalMemoryCursor,
     PhysicalSegment,
