@@ -26,6 +26,10 @@ fn demo_shows_every_section_and_leaks_nothing() {
         "RangeAllocator",
         "Non-coherent caches",
         "Fault injection",
+        "DMA: a 32-bit device and a buffer above 4 GiB (bounced)",
+        "all correct",
+        "1 IO segment",
+        "matches the source",
         "allocations live: 0, wired pages: 0",
     ] {
         assert!(out.contains(section), "missing {section:?} in:\n{out}");
