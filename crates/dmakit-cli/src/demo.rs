@@ -433,24 +433,15 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         runs += 1;
     }
     let spec = SegmentSpec::builder().address_bits(32).build()?;
-    let mut cs = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Little64,
-        MappingMode::Mapped(mapper.clone()),
-        None,
-    )?;
-    let mut cd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Little64,
-        MappingMode::Mapped(mapper.clone()),
-        None,
-    )?;
-    cs.set_memory_descriptor(src.clone())?;
-    cd.set_memory_descriptor(dst.clone())?;
-    cs.prepare(0, 48 * 1024, true, true)?;
-    cd.prepare(0, 48 * 1024, true, true)?;
+    let mapped = |md: Arc<BufferMemoryDescriptor<Arc<Machine>>>| -> dmakit::Result<_> {
+        let mode = MappingMode::Mapped(mapper.clone());
+        let mut c = DmaCommand::new(m.clone(), spec, SegmentFormat::Little64, mode, None)?;
+        c.set_memory_descriptor(md)?;
+        c.prepare(0, 48 * 1024, true, true)?;
+        Ok(c)
+    };
+    let mut cs = mapped(src.clone())?;
+    let mut cd = mapped(dst.clone())?;
     let (ss, ds) = (io_segments(&cs)?, io_segments(&cd)?);
     println!(
         "source: {runs} physical runs -> {} IO segment at {:#x} (+{:#x}); destination: {} IO segment at {:#x}",

@@ -22,6 +22,19 @@ fn segs(cmd: &DmaCommand<M>) -> Vec<IoSegment> {
         .collect()
 }
 
+/// An event source on `engine` whose action collects completions.
+type Collected = Arc<Mutex<Vec<DmaCompletion>>>;
+fn collecting(engine: &Arc<SimDmaEngine>) -> (Arc<DmaEventSource<SimDmaEngine>>, Collected) {
+    let got: Collected = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let es = Arc::new(DmaEventSource::new(
+        engine.clone(),
+        move |c: DmaCompletion| g.lock().unwrap().push(c),
+    ));
+    engine.connect(es.clone());
+    (es, got)
+}
+
 fn command(m: &M, md: Arc<dyn MemoryDescriptor>, mode: MappingMode) -> DmaCommand<M> {
     let spec = SegmentSpec::builder().build().unwrap();
     let mut c = DmaCommand::new(m.clone(), spec, SegmentFormat::Host64, mode, None).unwrap();
@@ -62,13 +75,7 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
         (1, 1),
         "scattered buffers are one IO segment each"
     );
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let es = Arc::new(DmaEventSource::new(
-        engine.clone(),
-        move |c: DmaCompletion| g.lock().unwrap().push(c),
-    ));
-    engine.connect(es.clone());
+    let (es, got) = collecting(&engine);
     let t = es
         .start(&DmaTransfer {
             source: &s,
@@ -133,13 +140,7 @@ fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
     let mut cd = command(&m, dst.clone(), MappingMode::Bypassed);
     cs.prepare(0, 64_000, true, true).unwrap();
     cd.prepare(0, 64_000, true, true).unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let es = Arc::new(DmaEventSource::new(
-        engine.clone(),
-        move |c: DmaCompletion| g.lock().unwrap().push(c),
-    ));
-    engine.connect(es.clone());
+    let (es, got) = collecting(&engine);
     let stop = Arc::new(AtomicBool::new(false));
     let worker = es.spawn_work_loop(stop.clone());
     let mut tickets = Vec::new();
