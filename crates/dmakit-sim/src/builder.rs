@@ -3,12 +3,37 @@
 //! The default is hostile on purpose: non-coherent caches, RAM in three regions with holes
 //! between them and one above 4 GiB, and a fragmentation of 0.5 so buffers land on scattered,
 //! non-identity physical pages.
+//!
+//! Every knob has a hostile default; a test turns down only what it must:
+//!
+//! ```
+//! use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
+//! use dmakit::PageSize;
+//! use dmakit_sim::{FaultSite, MachineBuilder};
+//!
+//! // Apple-silicon-like: 16 KiB pages, RAM with a hole and a region above 4 GiB, every page
+//! // of a buffer anywhere, and the 2nd pin failing.
+//! let m = MachineBuilder::new()
+//!     .seed(42)
+//!     .page_size(PageSize::SIZE_16K)
+//!     .ram(0x0800_0000, 0x0800_0000)      // [128 MiB, 256 MiB)
+//!     .ram(0x1_0000_0000, 0x4000_0000)    // [4 GiB, 5 GiB)
+//!     .fragmentation(1.0)
+//!     .fault(FaultSite::Pin, 2)
+//!     .build()?;
+//! let va = m.allocate_pages(0x10_0000, &PageRequest::WIRED)?;
+//! let runs = collect_runs(&m, Task::KERNEL, va, 0x10_0000)?;
+//! assert!(runs.len() > 1, "scattered");
+//! assert!(runs.iter().all(|r| r.addr.0 >= 0x0800_0000));
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::fault::{FaultPlan, FaultSite};
 use crate::machine::{Inner, Machine};
 use crate::mmio::{MmioWindow, SharedDevice};
 use crate::physical::{PhysicalPool, RamRegion};
 use dmakit::{Error, PageSize, Result};
+use std::fmt;
 use std::sync::{Mutex, RwLock};
 
 /// Describes a simulated machine; [`build`](Self::build) makes it.
@@ -21,6 +46,25 @@ pub struct MachineBuilder {
     coherent: bool,
     mmio: Vec<(u64, u64, SharedDevice)>,
     faults: FaultPlan,
+}
+
+impl fmt::Debug for MachineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mmio: Vec<String> = self
+            .mmio
+            .iter()
+            .map(|(base, len, _)| format!("[{base:#x}, +{len:#x})"))
+            .collect();
+        f.debug_struct("MachineBuilder")
+            .field("seed", &self.seed)
+            .field("page", &self.page)
+            .field("ram", &self.ram)
+            .field("fragmentation", &self.fragmentation)
+            .field("coherent", &self.coherent)
+            .field("mmio", &mmio)
+            .field("faults", &self.faults)
+            .finish()
+    }
 }
 
 impl Default for MachineBuilder {

@@ -18,10 +18,38 @@
 //! | `WriteCombine` | straight from DRAM | straight to DRAM (combining is invisible here) |
 //!
 //! With a coherent machine the model holds no lines at all.
+//!
+//! Devices reach memory with [`Machine::device_read`](crate::Machine::device_read) and
+//! [`Machine::device_write`](crate::Machine::device_write), which see DRAM only:
+//!
+//! ```
+//! use dmakit::platform::{collect_runs, CacheOp, CacheOps, CpuAccess, PageRequest, PhysicalMemory, Task};
+//! use dmakit_sim::MachineBuilder;
+//!
+//! let m = MachineBuilder::new().build()?; // non-coherent by default
+//! let va = m.allocate_pages(0x1000, &PageRequest::WIRED)?;
+//! let pa = collect_runs(&m, Task::KERNEL, va, 0x1000)?[0].addr;
+//!
+//! m.write_virt(Task::KERNEL, va, b"command")?;
+//! let mut seen = [0u8; 7];
+//! m.device_read(pa, &mut seen)?;
+//! assert_eq!(seen, [0; 7]);                  // still in a dirty line
+//! m.cache_virt(CacheOp::Clean, Task::KERNEL, va, 7)?;
+//! m.device_read(pa, &mut seen)?;
+//! assert_eq!(&seen, b"command");             // cleaned: the device sees it
+//!
+//! m.device_write(pa, b"status!")?;
+//! m.read_virt(Task::KERNEL, va, &mut seen)?;
+//! assert_eq!(&seen, b"command");             // the CPU still reads its cached line
+//! m.cache_virt(CacheOp::Invalidate, Task::KERNEL, va, 7)?;
+//! m.read_virt(Task::KERNEL, va, &mut seen)?;
+//! assert_eq!(&seen, b"status!");             // invalidated: DRAM again
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::physical::PhysicalPool;
 use dmakit::platform::CacheOp;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Bytes in one cache line.
 pub const LINE: u64 = 64;
@@ -38,7 +66,9 @@ struct Line {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     coherent: bool,
-    lines: HashMap<u64, Line>,
+    /// Cached lines by address, ordered so that an operation on a range visits only the
+    /// lines it holds (not every line of a possibly huge range).
+    lines: BTreeMap<u64, Line>,
     /// Range start → (end, mode) for ranges not in CopyBack mode.
     modes: BTreeMap<u64, (u64, CacheMode)>,
 }
@@ -159,13 +189,10 @@ impl Cache {
 
     /// Applies a cache operation to every line touching `[pa, pa + len)`.
     pub(crate) fn op(&mut self, op: CacheOp, pa: u64, len: u64, dram: &mut PhysicalPool) {
-        if self.coherent || len == 0 {
+        if self.coherent {
             return;
         }
-        let first = pa & !(LINE - 1);
-        let end = pa.saturating_add(len);
-        let mut line = first;
-        while line < end {
+        for line in self.cached_in(pa, len) {
             if let Some(l) = self.lines.get_mut(&line) {
                 if l.dirty && matches!(op, CacheOp::Clean | CacheOp::Flush) {
                     dram.dram_write(line, &l.data);
@@ -175,17 +202,24 @@ impl Cache {
                     self.lines.remove(&line);
                 }
             }
-            line += LINE;
         }
     }
 
     /// Drops every line of `[pa, pa + len)` without writing back (the page was freed).
     pub(crate) fn forget(&mut self, pa: u64, len: u64) {
-        let mut line = pa & !(LINE - 1);
-        while line < pa + len {
+        for line in self.cached_in(pa, len) {
             self.lines.remove(&line);
-            line += LINE;
         }
+    }
+
+    /// The cached lines touching `[pa, pa + len)`, in address order.
+    fn cached_in(&self, pa: u64, len: u64) -> Vec<u64> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let first = pa & !(LINE - 1);
+        let end = pa.saturating_add(len);
+        self.lines.range(first..end).map(|(&a, _)| a).collect()
     }
 
     fn fill(&mut self, line: u64, dram: &PhysicalPool) -> &mut Line {

@@ -4,6 +4,36 @@
 //! moment. The simulated machine lets a test choose that moment: "fail the 3rd physical page
 //! allocation" fails exactly that one, so a test can prove that every path unwinds cleanly
 //! and leaks nothing. Counting is per site and starts at 1 when the machine is built.
+//!
+//! | site | one call is | the injected error carries the code of |
+//! | --- | --- | --- |
+//! | [`FaultSite::PhysAlloc`] | one physical page taken (allocation, page-in, migration) | `kIOReturnNoMemory` |
+//! | [`FaultSite::Pin`] | one `wire` | `kIOReturnCannotWire` |
+//! | [`FaultSite::Translate`] | one `physical_runs` | `kIOReturnVMError` |
+//! | [`FaultSite::Map`] | one `map_pages` | `kIOReturnNoSpace` |
+//!
+//! A failure is [`Error::Injected`], whose [`io_return`](Error::io_return) is the code the
+//! genuine failure would have had, so callers take the same error path. Plan failures in the
+//! builder ([`MachineBuilder::fault`](crate::MachineBuilder::fault)) or at run time
+//! ([`Machine::inject`](crate::Machine::inject)); [`Machine::stats`](crate::Machine::stats)
+//! reports the calls seen so far, so "the 3rd page of the next allocation" is easy to say:
+//!
+//! ```
+//! use dmakit::platform::{PageRequest, PhysicalMemory};
+//! use dmakit::{Error, IoReturn};
+//! use dmakit_sim::{FaultSite, MachineBuilder};
+//!
+//! let m = MachineBuilder::new().seed(3).build()?;
+//! let before = m.stats();
+//! m.inject(FaultSite::PhysAlloc, before.calls(FaultSite::PhysAlloc) + 3);
+//! let e = m.allocate_pages(0x4000, &PageRequest::WIRED).unwrap_err();
+//! assert!(matches!(e, Error::Injected { site: "physical page allocation", nth: 3, .. }));
+//! assert_eq!(e.io_return(), IoReturn::NO_MEMORY);
+//! let after = m.stats();
+//! assert_eq!(after.free_pages, before.free_pages, "the two pages taken went back");
+//! assert_eq!(after.allocations, before.allocations);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use dmakit::{Error, IoReturn};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,11 +50,19 @@ pub enum FaultSite {
     /// One call of [`Wiring::physical_runs`](dmakit::platform::Wiring::physical_runs)
     /// (translation).
     Translate,
+    /// One call of [`VirtualMemory::map_pages`](dmakit::platform::VirtualMemory::map_pages)
+    /// (a second mapping of memory into a task).
+    Map,
 }
 
 impl FaultSite {
     /// Every site.
-    pub const ALL: [FaultSite; 3] = [FaultSite::PhysAlloc, FaultSite::Pin, FaultSite::Translate];
+    pub const ALL: [FaultSite; 4] = [
+        FaultSite::PhysAlloc,
+        FaultSite::Pin,
+        FaultSite::Translate,
+        FaultSite::Map,
+    ];
 
     /// The site's name, as carried by [`Error::Injected`].
     pub const fn name(self) -> &'static str {
@@ -32,6 +70,7 @@ impl FaultSite {
             FaultSite::PhysAlloc => "physical page allocation",
             FaultSite::Pin => "pin",
             FaultSite::Translate => "translation",
+            FaultSite::Map => "mapping",
         }
     }
 
@@ -41,6 +80,7 @@ impl FaultSite {
             FaultSite::PhysAlloc => IoReturn::NO_MEMORY,
             FaultSite::Pin => IoReturn::CANNOT_WIRE,
             FaultSite::Translate => IoReturn::VM_ERROR,
+            FaultSite::Map => IoReturn::NO_SPACE,
         }
     }
 
@@ -59,7 +99,7 @@ impl fmt::Display for FaultSite {
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     fail: BTreeMap<FaultSite, BTreeSet<u64>>,
-    calls: [u64; 3],
+    calls: [u64; FaultSite::ALL.len()],
 }
 
 impl FaultPlan {

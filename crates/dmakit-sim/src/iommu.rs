@@ -118,6 +118,11 @@ impl SimIommu {
         len: usize,
         mut f: impl FnMut(u64, usize, usize) -> Result<()>,
     ) -> Result<()> {
+        iova.0.checked_add(len as u64).ok_or(Error::Overflow {
+            what: "IOMMU device access",
+            start: iova.0,
+            len: len as u64,
+        })?;
         let mut done = 0usize;
         while done < len {
             let a = iova.0 + done as u64;

@@ -7,20 +7,34 @@
 //!   pages, some above 4 GiB, with holes in the RAM map ([`physical`]);
 //! * **several tasks**, each an address space with its own page table, kernel and user
 //!   addresses far from the physical ones ([`task`]);
-//! * **pageable memory** that has no physical page until touched or wired and moves when
-//!   [`Machine::migrate_pageable`] runs; translating it unwired is `NotReady`;
+//! * **pageable memory** that has no physical page until touched or wired, leaves RAM when
+//!   [`Machine::page_out`] runs and moves when [`Machine::migrate_pageable`] runs;
+//!   translating it unwired is `NotReady`;
 //! * **non-coherent caches**: CPU stores invisible to devices until cleaned, device writes
 //!   invisible to the CPU until invalidated ([`cache`]);
 //! * **MMIO windows** routed to device models ([`mmio`]);
-//! * **fault injection**: the Nth physical allocation, pin or translation fails
-//!   ([`fault`]);
+//! * **fault injection**: the Nth physical page allocation, pin, translation or mapping
+//!   fails ([`fault`]), and [`Machine::stats`] proves that nothing leaked;
 //! * **an IOMMU** whose IOTLB keeps stale entries until invalidated and which logs device
 //!   faults ([`iommu`]);
 //! * **a DMA engine** that moves data as a device does, through DRAM or the IOMMU, and
 //!   raises a completion interrupt ([`dma_engine`]).
 //!
 //! The same seed and the same calls give the same physical addresses; another seed gives
-//! another layout.
+//! another layout. For displays, [`Machine::layout`] lists RAM, holes and MMIO windows, and
+//! [`Machine::page_table`] a task's virtual-to-physical pages.
+//!
+//! | module | concept |
+//! | --- | --- |
+//! | `builder` | [`MachineBuilder`]: the description of a machine, hostile by default |
+//! | `machine` | [`Machine`]: the seam traits implemented over everything below |
+//! | [`physical`] | RAM regions, the free page pool and lazily backed DRAM |
+//! | [`task`] | address spaces: page tables, pageable memory, swap |
+//! | [`cache`] | the non-coherent CPU cache model and cache modes |
+//! | [`mmio`] | MMIO windows and device models |
+//! | [`fault`] | fault injection sites |
+//! | [`iommu`] | an IOMMU with a stale-keeping IOTLB |
+//! | [`dma_engine`] | a memory-to-memory DMA engine device |
 //!
 //! ```
 //! use dmakit::platform::{PageRequest, PhysicalMemory, Wiring, Task, collect_runs};
@@ -40,6 +54,7 @@ mod builder;
 pub mod cache;
 pub mod dma_engine;
 pub mod fault;
+mod free;
 pub mod iommu;
 mod machine;
 pub mod mmio;
@@ -53,3 +68,4 @@ pub use fault::FaultSite;
 pub use iommu::{FaultKind, IommuFault, SimIommu};
 pub use machine::{Layout, Machine, SimStats};
 pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};
+pub use task::PageEntry;

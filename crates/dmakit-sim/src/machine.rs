@@ -8,7 +8,7 @@ use crate::cache::{Cache, CacheMode};
 use crate::fault::{FaultPlan, FaultSite};
 use crate::mmio::{MmioWindow, SharedDevice};
 use crate::physical::{PhysicalPool, RamRegion};
-use crate::task::{AddressSpace, Pte, Region, KERNEL_VA_BASE, USER_VA_BASE};
+use crate::task::{AddressSpace, PageEntry, Pte, Region, KERNEL_VA_BASE, USER_VA_BASE};
 use dmakit::platform::{
     CacheOp, CacheOps, CpuAccess, MapPiece, MapRequest, MapSource, Mmio, PageRequest,
     PhysicalMemory, Task, VirtualMemory, Width, Wiring,
@@ -50,12 +50,34 @@ pub struct SimStats {
     pub tasks: u64,
     /// Live allocations over all tasks.
     pub allocations: u64,
+    /// Live allocations of the kernel task ([`PhysicalMemory::allocate_pages`] and the
+    /// IOMalloc family on top of it).
+    pub kernel_allocations: u64,
     /// Pages with at least one explicit wiring.
     pub wired_pages: u64,
+    /// Pages of pageable memory that are paged out (their contents in a swap store).
+    pub swapped_pages: u64,
+    /// Pages of DRAM backed by a host buffer (written since they were last freed).
+    pub dram_pages: u64,
     /// Cached lines, and how many of them are dirty.
     pub cached_lines: (u64, u64),
     /// Calls seen at each fault site, in [`FaultSite::ALL`] order.
-    pub site_calls: [u64; 3],
+    pub site_calls: [u64; FaultSite::ALL.len()],
+}
+
+impl SimStats {
+    /// Pages of RAM in use (handed out and not yet freed).
+    pub fn used_pages(&self) -> u64 {
+        self.ram_pages - self.free_pages
+    }
+
+    /// Calls seen so far at `site` (the `nth` of the next call is this plus one).
+    pub fn calls(&self, site: FaultSite) -> u64 {
+        FaultSite::ALL
+            .iter()
+            .position(|&s| s == site)
+            .map_or(0, |i| self.site_calls[i])
+    }
 }
 
 /// The machine's physical layout, for display.
@@ -158,8 +180,17 @@ impl Inner {
             ..
         } = self;
         let space = space_of(tasks, task)?;
-        let va = space.va.allocate(len, align)?;
         let n = len / psize;
+        // Pageable memory takes no pages now, but its page-table entries do: refuse what
+        // could never be resident at once (wired requests are checked by the pool).
+        if req.pageable && n > phys.total_pages() {
+            return Err(Error::NoMemory {
+                what: "simulated RAM (pageable allocation larger than all of RAM)",
+                requested: len,
+                available: phys.free_pages() * psize,
+            });
+        }
+        let va = space.va.allocate(len, align)?;
         let pages = if req.pageable {
             vec![None; n as usize]
         } else {
@@ -190,6 +221,7 @@ impl Inner {
             Region {
                 len,
                 pageable: req.pageable,
+                phys_limit: req.phys_limit,
             },
         );
         Ok(va)
@@ -243,6 +275,10 @@ impl Inner {
                 }
             }
         }
+        let swapped: Vec<u64> = space.swap.range(va..va + len).map(|(&v, _)| v).collect();
+        for v in swapped {
+            space.swap.remove(&v);
+        }
         space.regions.remove(&va);
         space.va.deallocate(va, len).map_err(|_| Error::Internal {
             what: "sim VA free",
@@ -250,7 +286,9 @@ impl Inner {
         Ok(())
     }
 
-    /// The physical page behind `page` of `task`, bringing a pageable page in if needed.
+    /// The physical page behind `page` of `task`, bringing a pageable page in if needed
+    /// (zero-filled, or with its contents from the swap store). A failed page-in changes
+    /// nothing.
     fn resident(&mut self, task: Task, page: u64, addr: u64) -> Result<u64> {
         let Inner {
             phys,
@@ -266,7 +304,16 @@ impl Inner {
         if let Some(pa) = pte.pa {
             return Ok(pa);
         }
-        let pa = phys.take(1, false, 0, u64::MAX, faults)?[0];
+        let limit = space.limit_of(page);
+        let Some(pte) = space.ptes.get_mut(&page) else {
+            return Err(Error::Internal {
+                what: "sim page-table entry vanished",
+            });
+        };
+        let pa = phys.take(1, false, 0, limit, faults)?[0];
+        if let Some(Some(contents)) = space.swap.remove(&page) {
+            phys.dram_write(pa, &contents);
+        }
         pte.pa = Some(pa);
         Ok(pa)
     }
@@ -300,15 +347,20 @@ impl Inner {
         mut f: impl FnMut(&mut Inner, u64, Option<CacheMode>, std::ops::Range<usize>),
     ) -> Result<()> {
         self.check_range(va, len, "CPU access")?;
-        // Check the whole range first so a failed access changes nothing.
+        // Check the whole range, then bring every page in, and only then copy: a failed
+        // access copies nothing (pages it brought in stay, as after a real fault).
         let page = self.page;
         self.check_pages(task, va, len, write)?;
-        let mut done = 0usize;
+        let mut targets = Vec::new();
         for (p, off, n) in page_chunks(page, va, len) {
             let pa = self.resident(task, p, p + off)?;
             let mode = self.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
-            f(self, pa + off, mode, done..done + n as usize);
-            done += n as usize;
+            targets.push((pa + off, mode, n as usize));
+        }
+        let mut done = 0usize;
+        for (pa, mode, n) in targets {
+            f(self, pa, mode, done..done + n);
+            done += n;
         }
         Ok(())
     }
@@ -423,9 +475,10 @@ impl Inner {
         if total == 0 {
             return Err(Error::ZeroSize { what: "mapping" });
         }
+        self.faults.hit(FaultSite::Map)?;
         // Resolve every source page first (bringing pageable pages in), so a failure maps
-        // nothing.
-        let mut pas = Vec::with_capacity((total / psize) as usize);
+        // nothing. (No capacity from `total`: a bogus length fails at its first bad page.)
+        let mut pas = Vec::new();
         for p in pieces {
             for i in 0..p.len / psize {
                 let pa = match p.src {
@@ -556,12 +609,40 @@ impl Machine {
             });
         }
         let mut g = self.lock();
-        let space = g.space(task)?;
+        let Inner { tasks, shared, .. } = &mut *g;
+        let space = space_of(tasks, task)?;
         if let Some((&p, _)) = space.ptes.iter().find(|(_, p)| p.wires > 0) {
             return Err(Error::Busy {
                 what: "simulated task",
                 addr: p,
                 why: "a page is still wired",
+            });
+        }
+        // Its own second mappings go with it; memory of it that another task still maps a
+        // second time keeps the whole task alive (checked before anything changes).
+        let in_own_mapping = |v: u64| {
+            space
+                .mappings
+                .range(..=v)
+                .next_back()
+                .is_some_and(|(&s, &l)| v < s + l)
+        };
+        let mut own_refs: std::collections::HashMap<u64, u32> = Default::default();
+        for (_, pte) in space.ptes.iter().filter(|(&v, _)| in_own_mapping(v)) {
+            if let Some(pa) = pte.pa {
+                *own_refs.entry(pa).or_insert(0) += 1;
+            }
+        }
+        if let Some((&p, _)) = space.ptes.iter().find(|(&v, pte)| {
+            !in_own_mapping(v)
+                && pte.pa.is_some_and(|pa| {
+                    shared.get(&pa).copied().unwrap_or(0) > own_refs.get(&pa).copied().unwrap_or(0)
+                })
+        }) {
+            return Err(Error::Busy {
+                what: "simulated task",
+                addr: p,
+                why: "a page is mapped a second time (unmap the MemoryMap first)",
             });
         }
         let mappings: Vec<(u64, u64)> = space.mappings.iter().map(|(&v, &l)| (v, l)).collect();
@@ -603,8 +684,11 @@ impl Machine {
     }
 
     /// Moves every resident, unwired page of pageable memory in `task` to a different
-    /// physical page, as paging or compaction would. Returns how many pages moved.
-    /// Wired pages never move.
+    /// physical page, as compaction would, and returns how many pages moved. Unlike
+    /// [`page_out`](Self::page_out) the pages stay resident, and each is guaranteed a new
+    /// address. Wired pages, and pages mapped a second time, never move. A failure to take
+    /// a new page (out of memory, or injected) stops the sweep; pages moved so far stay
+    /// moved, nothing is lost.
     pub fn migrate_pageable(&self, task: Task) -> Result<u64> {
         let mut g = self.lock();
         let psize = g.page.bytes();
@@ -617,14 +701,14 @@ impl Machine {
             ..
         } = &mut *g;
         let space = space_of(tasks, task)?;
-        let pageable: Vec<u64> = space
+        let pageable: Vec<(u64, u64)> = space
             .regions
             .iter()
             .filter(|(_, r)| r.pageable)
-            .flat_map(|(&v, r)| (0..r.len / psize).map(move |i| v + i * psize))
+            .flat_map(|(&v, r)| (0..r.len / psize).map(move |i| (v + i * psize, r.phys_limit)))
             .collect();
         let mut moved = 0;
-        for v in pageable {
+        for (v, limit) in pageable {
             let Some(pte) = space.ptes.get_mut(&v) else {
                 continue;
             };
@@ -635,7 +719,7 @@ impl Machine {
                 // Mapped a second time: the other mapping pins the page in place.
                 continue;
             }
-            let new = phys.take(1, false, 0, u64::MAX, faults)?[0];
+            let new = phys.take(1, false, 0, limit, faults)?[0];
             cache.op(CacheOp::Flush, old, psize, phys);
             let mut buf = vec![0u8; psize as usize];
             phys.dram_read(old, &mut buf);
@@ -645,6 +729,90 @@ impl Machine {
             moved += 1;
         }
         Ok(moved)
+    }
+
+    /// Pages out every resident, unwired page of pageable memory in `task`, as memory
+    /// pressure would: dirty cache lines are written back, the contents go to the task's
+    /// swap store, and the physical page returns to the free pool. The next touch, wire or
+    /// mapping pages it in again, on whatever physical page the allocator then picks, so a
+    /// translation taken before no longer holds (which is why translating unwired pageable
+    /// memory is [`Error::NotReady`]). Wired pages, and pages mapped a second time, stay.
+    /// Returns how many pages went out.
+    pub fn page_out(&self, task: Task) -> Result<u64> {
+        let mut g = self.lock();
+        let psize = g.page.bytes();
+        let Inner {
+            phys,
+            cache,
+            tasks,
+            shared,
+            ..
+        } = &mut *g;
+        let space = space_of(tasks, task)?;
+        let pageable: Vec<u64> = space
+            .regions
+            .iter()
+            .filter(|(_, r)| r.pageable)
+            .flat_map(|(&v, r)| (0..r.len / psize).map(move |i| v + i * psize))
+            .collect();
+        let mut out = 0;
+        let mut buf = vec![0u8; psize as usize];
+        for v in pageable {
+            let Some(pte) = space.ptes.get_mut(&v) else {
+                continue;
+            };
+            let (Some(pa), false) = (pte.pa, pte.wired()) else {
+                continue;
+            };
+            if shared.get(&pa).is_some_and(|&n| n > 0) {
+                continue;
+            }
+            cache.op(CacheOp::Flush, pa, psize, phys);
+            phys.dram_read(pa, &mut buf);
+            let contents = buf
+                .iter()
+                .any(|&b| b != 0)
+                .then(|| buf.clone().into_boxed_slice());
+            space.swap.insert(v, contents);
+            phys.give_back(&[pa]);
+            pte.pa = None;
+            out += 1;
+        }
+        Ok(out)
+    }
+
+    /// The live tasks, the kernel first.
+    pub fn tasks(&self) -> Vec<Task> {
+        self.lock().tasks.keys().copied().collect()
+    }
+
+    /// Every entry of `task`'s page table in virtual address order: which physical page
+    /// each virtual page is on (if resident), its wirings, protection and state. For
+    /// displays and for tests that check where memory landed.
+    pub fn page_table(&self, task: Task) -> Result<Vec<PageEntry>> {
+        let mut g = self.lock();
+        let space = g.space(task)?;
+        let in_mapping = |v: u64| {
+            space
+                .mappings
+                .range(..=v)
+                .next_back()
+                .is_some_and(|(&s, &l)| v < s + l)
+        };
+        Ok(space
+            .ptes
+            .iter()
+            .map(|(&v, pte)| PageEntry {
+                va: VirtAddr(v),
+                pa: pte.pa.map(PhysAddr),
+                wires: pte.wires,
+                always_wired: pte.always_wired,
+                writable: pte.writable,
+                swapped: space.swap.contains_key(&v),
+                mapping: in_mapping(v),
+                cache: pte.cache,
+            })
+            .collect())
     }
 
     /// Marks `[va, va + len)` of `task` read-only (or writable again). Wiring for write and
@@ -718,6 +886,11 @@ impl Machine {
 
     /// Sets how the CPU caches `[pa, pa + len)` of RAM (the range is flushed first).
     pub fn set_cache_mode(&self, pa: PhysAddr, len: u64, mode: CacheMode) -> Result<()> {
+        if len == 0 {
+            return Err(Error::ZeroSize {
+                what: "cache mode range",
+            });
+        }
         let mut g = self.lock();
         g.phys.check_ram(pa.0, len, "simulated RAM (cache mode)")?;
         let Inner { cache, phys, .. } = &mut *g;
@@ -753,11 +926,17 @@ impl Machine {
             free_pages: g.phys.free_pages(),
             tasks: g.tasks.len() as u64,
             allocations: g.tasks.values().map(|s| s.regions.len() as u64).sum(),
+            kernel_allocations: g
+                .tasks
+                .get(&Task::KERNEL)
+                .map_or(0, |s| s.regions.len() as u64),
             wired_pages: g
                 .tasks
                 .values()
                 .map(|s| s.ptes.values().filter(|p| p.wires > 0).count() as u64)
                 .sum(),
+            swapped_pages: g.tasks.values().map(|s| s.swap.len() as u64).sum(),
+            dram_pages: g.phys.backed_pages(),
             cached_lines: g.cache.lines(),
             site_calls: FaultSite::ALL.map(|s| g.faults.calls(s)),
         }

@@ -5,6 +5,26 @@
 //! `mapped_read*`/`mapped_write*` use) call the device model's [`MmioDevice::read`] and
 //! [`MmioDevice::write`] with the offset inside the window, exactly once per access, with
 //! the access width. Device models are plain Rust objects; later issues add a DMA engine.
+//!
+//! Outside every window a physical address is RAM (a naturally aligned CPU access through
+//! the cache, as `ml_phys_read` does) or nothing (`Error::NotMapped`); a misaligned access
+//! is `Error::NotAligned` and never reaches a device.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use dmakit::platform::{Mmio, Width};
+//! use dmakit::PhysAddr;
+//! use dmakit_sim::{MachineBuilder, ScratchDevice};
+//!
+//! let dev = Arc::new(Mutex::new(ScratchDevice::new(0x1234_5678, 0x40)));
+//! let m = MachineBuilder::new().mmio(0xFE00_0000, 0x1000, dev.clone()).build()?;
+//! assert_eq!(m.mmio_read(PhysAddr(0xFE00_0000), Width::W32)?, 0x1234_5678); // ID register
+//! m.mmio_write(PhysAddr(0xFE00_0010), Width::W16, 0xBEEF)?;
+//! assert_eq!(m.mmio_read(PhysAddr(0xFE00_0010), Width::W16)?, 0xBEEF);
+//! assert_eq!(dev.lock().unwrap().log().len(), 3, "one device access per MMIO access");
+//! assert!(m.mmio_read(PhysAddr(0xFE00_0011), Width::W16).is_err()); // misaligned
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use dmakit::platform::Width;
 use std::fmt;
@@ -25,7 +45,8 @@ pub trait MmioDevice: Send {
 /// A register file: little-endian bytes that read back what was written, with a read-only
 /// identification word at offset 0 and an access log.
 ///
-/// Stores to offset 0..4 are ignored (the ID register); everything else is scratch.
+/// Stores to offset 0..4 are ignored (the ID register); everything else is scratch. Accesses
+/// past the end of the file read as zero and drop stores (they are still logged).
 #[derive(Clone, Debug)]
 pub struct ScratchDevice {
     id: u32,
@@ -62,6 +83,23 @@ impl ScratchDevice {
     pub fn log(&self) -> &[Access] {
         &self.log
     }
+
+    /// The identification word at offset 0.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The `n` bytes at `offset`, if they lie inside the register file (past its end, reads
+    /// are zero and stores are dropped, as on a bus that ignores unclaimed addresses).
+    fn register(&self, offset: u64, n: usize) -> Option<&[u8]> {
+        let o = usize::try_from(offset).ok()?;
+        self.bytes.get(o..o.checked_add(n)?)
+    }
+
+    fn register_mut(&mut self, offset: u64, n: usize) -> Option<&mut [u8]> {
+        let o = usize::try_from(offset).ok()?;
+        self.bytes.get_mut(o..o.checked_add(n)?)
+    }
 }
 
 impl MmioDevice for ScratchDevice {
@@ -71,9 +109,8 @@ impl MmioDevice for ScratchDevice {
 
     fn read(&mut self, offset: u64, width: Width) -> u64 {
         let n = width.bytes() as usize;
-        let o = offset as usize;
         let mut v = [0u8; 8];
-        if let Some(src) = self.bytes.get(o..o + n) {
+        if let Some(src) = self.register(offset, n) {
             v[..n].copy_from_slice(src);
         }
         let value = u64::from_le_bytes(v);
@@ -88,20 +125,18 @@ impl MmioDevice for ScratchDevice {
 
     fn write(&mut self, offset: u64, width: Width, value: u64) {
         let n = width.bytes() as usize;
-        let o = offset as usize;
         self.log.push(Access {
             offset,
             width,
             value,
             write: true,
         });
-        if o < 4 {
+        if offset < 4 {
             return;
         }
-        if let Some(dst) = self.bytes.get_mut(o..o + n) {
+        if let Some(dst) = self.register_mut(offset, n) {
             dst.copy_from_slice(&value.to_le_bytes()[..n]);
         }
-        debug_assert_eq!(&self.bytes[..4], &self.id.to_le_bytes());
     }
 }
 
@@ -125,12 +160,12 @@ impl MmioWindow {
         pa >= self.base
             && pa
                 .checked_add(len)
-                .is_some_and(|e| e <= self.base + self.len)
+                .is_some_and(|e| e <= self.base.saturating_add(self.len))
     }
 
     /// Whether `[pa, pa + len)` overlaps the window at all.
     pub fn overlaps(&self, pa: u64, len: u64) -> bool {
-        pa < self.base + self.len && pa.saturating_add(len) > self.base
+        pa < self.base.saturating_add(self.len) && pa.saturating_add(len) > self.base
     }
 }
 

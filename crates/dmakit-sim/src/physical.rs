@@ -2,9 +2,15 @@
 //! contents.
 //!
 //! RAM is a list of regions with holes between them; pages in a hole are never handed out.
-//! DRAM is backed lazily, one host buffer per touched page, so a machine with RAM above
-//! 4 GiB costs only what a test touches. A page returned to the pool loses its contents, so
-//! every allocation starts zero-filled.
+//! Both halves are lazy: free pages are kept as coalesced intervals (one per region until
+//! allocations cut it up), and DRAM has a host buffer only for pages that were written, so
+//! a machine with a terabyte of RAM above 4 GiB costs only what a test touches. A page
+//! returned to the pool loses its contents, so every allocation starts zero-filled.
+//!
+//! Requests that cannot be met are refused before anything is taken, with the reason:
+//! [`Error::NoMemory`] when there are simply not enough free pages,
+//! [`Error::NoSuitableMemory`] (naming the limit, alignment and contiguity) when pages exist
+//! but none meet the constraints.
 //!
 //! **Fragmentation** decides how hostile the layout is. At 0 pages are handed out in
 //! ascending physical order (virtual and physical runs line up). Above 0 each page of a
@@ -14,10 +20,14 @@
 //! the same seed and the same calls give the same addresses.
 
 use crate::fault::{FaultPlan, FaultSite};
+use crate::free::FreeSet;
 use dmakit::{Error, PageSize, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+
+/// How many candidate starts a contiguous allocation chooses among (the lowest ones).
+const RUN_CANDIDATES: usize = 64;
 
 /// One RAM region: `[base, base + len)`, page aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,26 +50,23 @@ impl RamRegion {
 pub(crate) struct PhysicalPool {
     page: PageSize,
     regions: Vec<RamRegion>,
-    free: BTreeSet<u64>,
+    free: FreeSet,
     dram: HashMap<u64, Box<[u8]>>,
     rng: ChaCha8Rng,
     fragmentation: f64,
 }
 
 impl PhysicalPool {
+    /// A pool over `regions` (page aligned, sorted, disjoint: the builder checks), all free.
     pub(crate) fn new(
         page: PageSize,
         regions: Vec<RamRegion>,
         seed: u64,
         fragmentation: f64,
     ) -> Self {
-        let mut free = BTreeSet::new();
+        let mut free = FreeSet::new(page.bytes());
         for r in &regions {
-            let mut a = r.base;
-            while a < r.end() {
-                free.insert(a);
-                a += page.bytes();
-            }
+            free.insert_range(r.base, r.end());
         }
         PhysicalPool {
             page,
@@ -76,11 +83,16 @@ impl PhysicalPool {
     }
 
     pub(crate) fn free_pages(&self) -> u64 {
-        self.free.len() as u64
+        self.free.len()
     }
 
     pub(crate) fn total_pages(&self) -> u64 {
         self.regions.iter().map(|r| r.len / self.page.bytes()).sum()
+    }
+
+    /// Pages of DRAM that hold a host buffer (touched since they were last freed).
+    pub(crate) fn backed_pages(&self) -> u64 {
+        self.dram.len() as u64
     }
 
     /// Whether `[pa, pa + len)` lies inside one RAM region.
@@ -101,8 +113,13 @@ impl PhysicalPool {
     }
 
     /// Takes `n` pages, each at or below `limit` (inclusive, for the page's last byte).
-    /// Contiguous requests get one run whose start is aligned to `align`. On failure every
-    /// page taken by this call is back in the pool.
+    /// Contiguous requests get one run whose start is aligned to `align`. Each page taken
+    /// is one call at [`FaultSite::PhysAlloc`]. On failure every page taken by this call is
+    /// back in the pool.
+    ///
+    /// A request that cannot be met (more pages than are free, or free below the limit) is
+    /// refused before any page is taken: [`Error::NoMemory`] without constraints,
+    /// [`Error::NoSuitableMemory`] naming them otherwise.
     pub(crate) fn take(
         &mut self,
         n: u64,
@@ -112,25 +129,40 @@ impl PhysicalPool {
         faults: &mut FaultPlan,
     ) -> Result<Vec<u64>> {
         let psize = self.page.bytes();
-        let no_memory = |what| Error::NoSuitableMemory {
-            what,
-            requested: n * psize,
-            align,
+        let requested = n.saturating_mul(psize);
+        let unsuitable = Error::NoSuitableMemory {
+            what: "simulated RAM",
+            requested,
+            align: align.max(psize),
             limit,
             contiguous,
         };
+        let available = if limit == u64::MAX {
+            self.free.len()
+        } else {
+            self.free.len_below(limit)
+        };
+        if n > available {
+            return Err(if contiguous || limit != u64::MAX {
+                unsuitable
+            } else {
+                Error::NoMemory {
+                    what: "simulated RAM",
+                    requested,
+                    available: available * psize,
+                }
+            });
+        }
         let mut taken = Vec::with_capacity(n as usize);
         if contiguous {
-            let start = self
-                .find_run(n, align, limit)
-                .ok_or(no_memory("simulated RAM"))?;
+            let start = self.find_run(n, align, limit).ok_or(unsuitable)?;
             for i in 0..n {
                 if let Err(e) = faults.hit(FaultSite::PhysAlloc) {
                     self.give_back(&taken);
                     return Err(e);
                 }
                 let pa = start + i * psize;
-                self.free.remove(&pa);
+                self.free.remove(pa);
                 taken.push(pa);
             }
             return Ok(taken);
@@ -142,10 +174,11 @@ impl PhysicalPool {
                 return Err(e);
             }
             let Some(pa) = self.pick(prev, limit) else {
+                // The count above makes this unreachable; fail cleanly all the same.
                 self.give_back(&taken);
-                return Err(no_memory("simulated RAM"));
+                return Err(unsuitable);
             };
-            self.free.remove(&pa);
+            self.free.remove(pa);
             taken.push(pa);
             prev = Some(pa);
         }
@@ -157,16 +190,15 @@ impl PhysicalPool {
         let psize = self.page.bytes();
         let fits = |pa: u64| pa.checked_add(psize - 1).is_some_and(|last| last <= limit);
         let jump = self.fragmentation > 0.0 && self.rng.gen_bool(self.fragmentation.min(1.0));
-        if let Some(p) = prev {
-            let next = p + psize;
-            if !jump && self.free.contains(&next) && fits(next) {
+        if let Some(next) = prev.and_then(|p| p.checked_add(psize)) {
+            if !jump && self.free.contains(next) && fits(next) {
                 return Some(next);
             }
         }
         if self.fragmentation > 0.0 && (jump || prev.is_none()) {
             // A page drawn uniformly from RAM (not from the address range, whose holes
             // would pile every jump onto the first page after a hole).
-            let mut i = self.rng.gen_range(0..self.total_pages());
+            let mut i = self.rng.gen_range(0..self.total_pages().max(1));
             let mut r = self.regions.first()?.base;
             for reg in &self.regions {
                 let n = reg.len / psize;
@@ -176,60 +208,46 @@ impl PhysicalPool {
                 }
                 i -= n;
             }
-            if let Some(&pa) = self.free.range(r..).next().filter(|&&pa| fits(pa)) {
+            if let Some(pa) = self.free.first_at_or_after(r).filter(|&pa| fits(pa)) {
                 return Some(pa);
             }
         }
-        self.free.iter().next().copied().filter(|&pa| fits(pa))
+        self.free.first().filter(|&pa| fits(pa))
     }
 
-    /// The lowest (at fragmentation 0) or a random aligned run of `n` free pages below
-    /// `limit`.
+    /// The lowest (at fragmentation 0) or a random one of the lowest [`RUN_CANDIDATES`]
+    /// aligned starts of `n` free pages ending at or below `limit`.
     fn find_run(&mut self, n: u64, align: u64, limit: u64) -> Option<u64> {
         let psize = self.page.bytes();
         let align = align.max(psize);
-        let mut runs = Vec::new();
-        let mut run_start = None;
-        let mut prev = None;
-        let check = |start: u64, end: u64, runs: &mut Vec<u64>| {
-            // [start, end) is free; find aligned candidates.
-            let mut a = (start + align - 1) & !(align - 1);
-            while a.checked_add(n * psize).is_some_and(|e| e <= end) {
-                if (a + n * psize - 1) <= limit {
-                    runs.push(a);
-                }
-                if runs.len() >= 64 {
-                    return;
-                }
-                a += align;
-            }
-        };
-        for &pa in &self.free {
-            match prev {
-                Some(p) if p + psize == pa => {}
-                _ => {
-                    if let (Some(s), Some(p)) = (run_start, prev) {
-                        check(s, p + psize, &mut runs);
-                    }
-                    run_start = Some(pa);
-                }
-            }
-            prev = Some(pa);
-            if pa > limit || runs.len() >= 64 {
+        let bytes = n.checked_mul(psize)?;
+        let mut starts = Vec::new();
+        'runs: for (s, e) in self.free.runs() {
+            if s > limit {
                 break;
             }
+            let Some(mut a) = s.checked_add(align - 1).map(|a| a & !(align - 1)) else {
+                break;
+            };
+            while let Some(end) = a.checked_add(bytes).filter(|&end| end <= e) {
+                if end - 1 > limit {
+                    break 'runs;
+                }
+                starts.push(a);
+                if starts.len() >= RUN_CANDIDATES {
+                    break 'runs;
+                }
+                match a.checked_add(align) {
+                    Some(next) => a = next,
+                    None => break 'runs,
+                }
+            }
         }
-        if let (Some(s), Some(p)) = (run_start, prev) {
-            check(s, p + psize, &mut runs);
-        }
-        if runs.is_empty() {
-            return None;
-        }
-        if self.fragmentation > 0.0 {
-            let i = self.rng.gen_range(0..runs.len());
-            Some(runs[i])
-        } else {
-            Some(runs[0])
+        match starts.len() {
+            0 => None,
+            1 => Some(starts[0]),
+            _ if self.fragmentation > 0.0 => Some(starts[self.rng.gen_range(0..starts.len())]),
+            _ => Some(starts[0]),
         }
     }
 
@@ -237,7 +255,8 @@ impl PhysicalPool {
     pub(crate) fn give_back(&mut self, pages: &[u64]) {
         for &pa in pages {
             self.dram.remove(&pa);
-            self.free.insert(pa);
+            let fresh = self.free.insert(pa);
+            debug_assert!(fresh, "page {pa:#x} given back twice");
         }
     }
 
@@ -345,6 +364,10 @@ mod tests {
     #[test]
     fn dram_crosses_pages() {
         let mut p = pool(0.0, 0);
+        let pages = p
+            .take(2, true, 0, u64::MAX, &mut FaultPlan::default())
+            .unwrap();
+        assert_eq!(pages, [0x10_0000, 0x10_1000]);
         let data: Vec<u8> = (0..100).collect();
         p.dram_write(0x10_0fd0, &data);
         let mut back = vec![0u8; 100];

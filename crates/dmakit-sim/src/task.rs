@@ -1,11 +1,48 @@
 //! Tasks: address spaces with their own page tables.
 //!
-//! Each task has a page table (virtual page → page-table entry), the list of its allocations, and a
-//! [`RangeAllocator`] for its virtual address space. The kernel task's space starts at
-//! [`KERNEL_VA_BASE`], user tasks' at [`USER_VA_BASE`]: neither is anywhere near the
-//! physical addresses behind them, so code that confuses the two fails loudly.
+//! Each task has a page table (virtual page → page-table entry), the list of its
+//! allocations, a swap store for its paged-out pages, and a [`RangeAllocator`] for its
+//! virtual address space. The kernel task's space starts at [`KERNEL_VA_BASE`], user tasks'
+//! at [`USER_VA_BASE`]: neither is anywhere near the physical addresses behind them, so
+//! code that confuses the two fails loudly. Two tasks may use the same virtual address for
+//! different physical pages.
+//!
+//! A page of **pageable** memory has three states:
+//!
+//! | state | entry's physical page | how it gets there |
+//! | --- | --- | --- |
+//! | never touched | none, no swap copy (reads as zeros) | allocation |
+//! | resident | some | first CPU access, `wire`, a second mapping, or page-in |
+//! | paged out | none, contents in the task's swap store | [`Machine::page_out`](crate::Machine::page_out) |
+//!
+//! A page that is wired (counted by `Wiring::wire`) or mapped a second time never leaves
+//! the resident state; that is exactly the promise a driver relies on while a device owns
+//! the memory. [`Machine::page_table`](crate::Machine::page_table) lists a task's entries
+//! as [`PageEntry`] values.
+//!
+//! ```
+//! use dmakit::platform::CpuAccess;
+//! use dmakit_sim::MachineBuilder;
+//!
+//! let m = MachineBuilder::new().seed(1).build()?;
+//! let t = m.create_task();
+//! let va = m.vm_allocate(t, 0x2000, true)?; // pageable, nothing resident yet
+//! assert!(m.page_table(t)?.iter().all(|e| e.pa.is_none()));
+//! m.write_virt(t, va, b"hello")?;           // the first touch brings page 0 in
+//! let table = m.page_table(t)?;
+//! assert!(table[0].pa.is_some() && table[1].pa.is_none());
+//! assert_eq!(m.page_out(t)?, 1);            // unwired: it may go
+//! assert!(m.page_table(t)?[0].swapped);
+//! let mut back = [0u8; 5];
+//! m.read_virt(t, va, &mut back)?;           // paged in again, contents intact
+//! assert_eq!(&back, b"hello");
+//! m.destroy_task(t)?;
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
+use crate::CacheMode;
 use dmakit::alloc::RangeAllocator;
+use dmakit::{PhysAddr, VirtAddr};
 use std::collections::BTreeMap;
 
 /// Where the kernel task's virtual addresses start.
@@ -36,11 +73,35 @@ impl Pte {
     }
 }
 
+/// One entry of a task's page table, as [`Machine::page_table`](crate::Machine::page_table)
+/// reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageEntry {
+    /// The virtual page.
+    pub va: VirtAddr,
+    /// The physical page behind it, or `None` while it is not resident.
+    pub pa: Option<PhysAddr>,
+    /// Explicit wirings (`Wiring::wire` calls not yet matched by `unwire`).
+    pub wires: u32,
+    /// Wired for its whole life (memory allocated non-pageable).
+    pub always_wired: bool,
+    /// Whether CPU stores (and wiring for device writes) are allowed.
+    pub writable: bool,
+    /// Whether the page's contents are in the swap store (paged out).
+    pub swapped: bool,
+    /// Part of a second mapping of other memory (`VirtualMemory::map_pages`).
+    pub mapping: bool,
+    /// The mapping's cache mode, if it overrides the physical range's mode.
+    pub cache: Option<CacheMode>,
+}
+
 /// One allocation in a task.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Region {
     pub len: u64,
     pub pageable: bool,
+    /// The request's physical limit, honoured whenever a pageable page comes in or moves.
+    pub phys_limit: u64,
 }
 
 /// A task's address space.
@@ -50,15 +111,28 @@ pub(crate) struct AddressSpace {
     pub regions: BTreeMap<u64, Region>,
     /// Second mappings of other memory (`VirtualMemory::map_pages`): start → length.
     pub mappings: BTreeMap<u64, u64>,
+    /// Paged-out pages: virtual page → contents (`None`: the page was all zeros).
+    pub swap: BTreeMap<u64, Option<Box<[u8]>>>,
     pub va: RangeAllocator,
 }
 
 impl AddressSpace {
+    /// The physical limit of the allocation holding virtual page `page` (none for pages
+    /// of second mappings, which are always resident).
+    pub fn limit_of(&self, page: u64) -> u64 {
+        self.regions
+            .range(..=page)
+            .next_back()
+            .filter(|(&start, r)| page - start < r.len)
+            .map_or(u64::MAX, |(_, r)| r.phys_limit)
+    }
+
     pub fn new(base: u64, page: u64) -> Self {
         AddressSpace {
             ptes: BTreeMap::new(),
             regions: BTreeMap::new(),
             mappings: BTreeMap::new(),
+            swap: BTreeMap::new(),
             // The constants are page aligned for every supported page size.
             va: RangeAllocator::new(base, VA_SPACE, page).expect("constant VA space is valid"),
         }

@@ -86,10 +86,33 @@ fn holes_are_never_handed_out() {
             "{p:#x} is in a hole"
         );
     }
-    // Everything is used: one more page is an error that names the constraint.
+    // Everything is used: one more page is plainly out of memory, and a constrained request
+    // says which constraint could not be met.
     let e = m.allocate_pages(0x1000, &PageRequest::WIRED).unwrap_err();
-    assert!(matches!(e, Error::NoSuitableMemory { .. }), "{e}");
+    assert_eq!(
+        e,
+        Error::NoMemory {
+            what: "simulated RAM",
+            requested: 0x1000,
+            available: 0
+        }
+    );
     assert_eq!(e.io_return(), IoReturn::NO_MEMORY);
+    let low = PageRequest {
+        phys_limit: 0xFFFF_FFFF,
+        ..PageRequest::WIRED
+    };
+    let e = m.allocate_pages(0x1000, &low).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::NoSuitableMemory {
+                limit: 0xFFFF_FFFF,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,0 +1,241 @@
+//! Pageable memory on the simulated machine: paging out to a swap store, paging back in on
+//! touch or wire, and the rule that wired (or second-mapped) pages never move.
+
+use dmakit::platform::{
+    collect_runs, CacheMode, CacheOp, CacheOps, CpuAccess, MapPiece, MapRequest, MapSource,
+    PageRequest, PhysicalMemory, Task, VirtualMemory, Wiring,
+};
+use dmakit::{Error, IoReturn, PageSize, PhysAddr, VirtAddr};
+use dmakit_sim::{FaultSite, Machine, MachineBuilder};
+
+const K: Task = Task::KERNEL;
+
+fn machine(frag: f64) -> Machine {
+    MachineBuilder::new()
+        .seed(31)
+        .fragmentation(frag)
+        .build()
+        .unwrap()
+}
+
+fn pa_of(m: &Machine, t: Task, va: VirtAddr) -> Option<PhysAddr> {
+    m.mappings(t, va, 1).unwrap()[0].1
+}
+
+#[test]
+fn page_out_keeps_contents_and_frees_the_pages() {
+    let m = machine(0.7);
+    let t = m.create_task();
+    let va = m.vm_allocate(t, 0x4000, true).unwrap();
+    let data: Vec<u8> = (0..0x3000u32).map(|i| (i % 253) as u8 + 1).collect();
+    m.write_virt(t, VirtAddr(va.0 + 0x800), &data).unwrap();
+    let used = m.stats().used_pages();
+    assert_eq!(used, 4, "the write touched all four pages");
+    assert_eq!(m.page_out(t).unwrap(), 4);
+    let s = m.stats();
+    assert_eq!(s.used_pages(), 0, "paged-out pages are back in the pool");
+    assert_eq!(s.swapped_pages, 4);
+    assert!(m
+        .page_table(t)
+        .unwrap()
+        .iter()
+        .all(|e| e.swapped && e.pa.is_none()));
+    // Paged-out memory is not wired: translating it is NotReady, not a stale address.
+    assert!(matches!(
+        collect_runs(&m, t, va, 0x4000),
+        Err(Error::NotReady { .. })
+    ));
+    let mut back = vec![0u8; data.len()];
+    m.read_virt(t, VirtAddr(va.0 + 0x800), &mut back).unwrap();
+    assert_eq!(back, data, "every byte came back from swap");
+    assert_eq!(m.stats().swapped_pages, 0);
+    m.destroy_task(t).unwrap();
+    assert_eq!(m.stats().used_pages(), 0);
+}
+
+#[test]
+fn a_paged_out_page_comes_back_elsewhere() {
+    // Fragmentation 0 would hand the freed page straight back; an allocation in between
+    // takes it, so the page-in must land somewhere else: the translation changed.
+    let m = machine(0.0);
+    let va = m.allocate_pages(0x1000, &PageRequest::PAGEABLE).unwrap();
+    m.write_virt(K, va, b"moving").unwrap();
+    let before = pa_of(&m, K, va).unwrap();
+    assert_eq!(m.page_out(K).unwrap(), 1);
+    let other = m.allocate_pages(0x1000, &PageRequest::WIRED).unwrap();
+    assert_eq!(pa_of(&m, K, other), Some(before));
+    m.wire(K, va, 0x1000, false).unwrap();
+    let after = collect_runs(&m, K, va, 0x1000).unwrap()[0].addr;
+    assert_ne!(after, before);
+    let mut b = [0u8; 6];
+    m.read_virt(K, va, &mut b).unwrap();
+    assert_eq!(&b, b"moving");
+    m.unwire(K, va, 0x1000).unwrap();
+    m.free_pages(va, 0x1000).unwrap();
+    m.free_pages(other, 0x1000).unwrap();
+}
+
+#[test]
+fn wired_pages_and_wired_memory_never_page_out() {
+    let m = machine(0.5);
+    let pageable = m.allocate_pages(0x3000, &PageRequest::PAGEABLE).unwrap();
+    let wired = m.allocate_pages(0x2000, &PageRequest::WIRED).unwrap();
+    m.write_virt(K, pageable, &[7; 0x3000]).unwrap();
+    m.write_virt(K, wired, &[8; 0x2000]).unwrap();
+    m.wire(K, VirtAddr(pageable.0 + 0x1000), 0x1000, true)
+        .unwrap();
+    let pinned = collect_runs(&m, K, VirtAddr(pageable.0 + 0x1000), 0x1000).unwrap();
+    let wired_runs = collect_runs(&m, K, wired, 0x2000).unwrap();
+    assert_eq!(
+        m.page_out(K).unwrap(),
+        2,
+        "pages 0 and 2 of the pageable range"
+    );
+    assert_eq!(
+        collect_runs(&m, K, VirtAddr(pageable.0 + 0x1000), 0x1000).unwrap(),
+        pinned
+    );
+    assert_eq!(collect_runs(&m, K, wired, 0x2000).unwrap(), wired_runs);
+    let table = m.page_table(K).unwrap();
+    let state = |va: u64| {
+        let e = table.iter().find(|e| e.va.0 == va).unwrap();
+        (e.swapped, e.pa.is_some())
+    };
+    assert_eq!(state(pageable.0), (true, false));
+    assert_eq!(state(pageable.0 + 0x1000), (false, true), "wired: stays");
+    assert_eq!(state(pageable.0 + 0x2000), (true, false));
+    assert_eq!(state(wired.0), (false, true));
+    assert_eq!(state(wired.0 + 0x1000), (false, true));
+    m.unwire(K, VirtAddr(pageable.0 + 0x1000), 0x1000).unwrap();
+    m.free_pages(pageable, 0x3000).unwrap();
+    m.free_pages(wired, 0x2000).unwrap();
+    assert_eq!(m.stats().swapped_pages, 0, "freeing drops the swap copies");
+}
+
+#[test]
+fn dirty_lines_are_written_back_before_a_page_goes_out() {
+    let m = machine(0.5);
+    assert!(!m.dma_coherent());
+    let va = m.allocate_pages(0x1000, &PageRequest::PAGEABLE).unwrap();
+    m.write_virt(K, va, b"only in the cache").unwrap();
+    assert!(
+        m.stats().cached_lines.1 > 0,
+        "the store sits in a dirty line"
+    );
+    m.page_out(K).unwrap();
+    assert_eq!(
+        m.stats().cached_lines,
+        (0, 0),
+        "the page's lines left with it"
+    );
+    let mut b = [0u8; 17];
+    m.read_virt(K, va, &mut b).unwrap();
+    assert_eq!(&b, b"only in the cache");
+    m.free_pages(va, 0x1000).unwrap();
+}
+
+#[test]
+fn a_failed_page_in_keeps_the_swap_copy() {
+    let m = machine(0.5);
+    let t = m.create_task();
+    let va = m.vm_allocate(t, 0x1000, true).unwrap();
+    m.write_virt(t, va, b"survives").unwrap();
+    m.page_out(t).unwrap();
+    let before = m.stats();
+    m.inject_next(FaultSite::PhysAlloc);
+    let mut b = [0u8; 8];
+    let e = m.read_virt(t, va, &mut b).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::NO_MEMORY);
+    assert!(matches!(e, Error::Injected { .. }));
+    let s = m.stats();
+    assert_eq!(s.swapped_pages, 1);
+    assert_eq!(s.free_pages, before.free_pages);
+    m.inject_next(FaultSite::PhysAlloc);
+    assert!(m.wire(t, va, 0x1000, false).is_err());
+    assert_eq!(m.stats().wired_pages, 0);
+    m.read_virt(t, va, &mut b).unwrap();
+    assert_eq!(&b, b"survives");
+    m.destroy_task(t).unwrap();
+}
+
+#[test]
+fn pages_mapped_a_second_time_stay_resident() {
+    let m = machine(0.5);
+    let va = m.allocate_pages(0x2000, &PageRequest::PAGEABLE).unwrap();
+    m.write_virt(K, va, &[1; 0x2000]).unwrap();
+    let t = m.create_task();
+    let req = MapRequest {
+        task: t,
+        at: None,
+        read_only: false,
+        cache: CacheMode::CopyBack,
+    };
+    let piece = MapPiece {
+        src: MapSource::Virtual(K, va),
+        len: 0x1000,
+    };
+    let view = m.map_pages(&[piece], &req).unwrap();
+    let table = m.page_table(t).unwrap();
+    assert_eq!(table.len(), 1);
+    assert!(table[0].mapping && table[0].pa == pa_of(&m, K, va));
+    assert_eq!(m.page_out(K).unwrap(), 1, "only the page nobody else maps");
+    assert_eq!(pa_of(&m, K, va), table[0].pa);
+    m.unmap_pages(t, view, 0x1000).unwrap();
+    assert_eq!(m.page_out(K).unwrap(), 1, "unmapped: now it may go too");
+    assert_eq!(m.stats().swapped_pages, 2);
+    m.free_pages(va, 0x2000).unwrap();
+    m.destroy_task(t).unwrap();
+    assert_eq!(m.stats().used_pages(), 0);
+}
+
+#[test]
+fn untouched_and_zero_pages() {
+    let m = machine(0.5);
+    let va = m.allocate_pages(0x3000, &PageRequest::PAGEABLE).unwrap();
+    assert_eq!(m.page_out(K).unwrap(), 0, "nothing resident yet");
+    // A page touched only by reads is resident and all zeros; it pages out and back in as
+    // zeros.
+    let mut b = [9u8; 16];
+    m.read_virt(K, VirtAddr(va.0 + 0x1000), &mut b).unwrap();
+    assert_eq!(b, [0; 16]);
+    assert_eq!(m.page_out(K).unwrap(), 1);
+    assert_eq!(m.stats().dram_pages, 0, "no DRAM was ever written");
+    m.read_virt(K, VirtAddr(va.0 + 0x1000), &mut b).unwrap();
+    assert_eq!(b, [0; 16]);
+    assert!(matches!(
+        m.page_out(Task(77)),
+        Err(Error::BadArgument { .. })
+    ));
+    m.free_pages(va, 0x3000).unwrap();
+}
+
+#[test]
+fn paging_with_sixteen_k_pages() {
+    let m = MachineBuilder::new()
+        .seed(5)
+        .page_size(PageSize::SIZE_16K)
+        .fragmentation(0.9)
+        .build()
+        .unwrap();
+    let t = m.create_task();
+    let va = m.vm_allocate(t, 0x10000, true).unwrap();
+    let data: Vec<u8> = (0..0x10000u32).map(|i| (i * 31 % 255) as u8).collect();
+    m.write_virt(t, va, &data).unwrap();
+    assert_eq!(m.page_out(t).unwrap(), 4);
+    m.wire(t, va, 0x10000, false).unwrap();
+    let runs = collect_runs(&m, t, va, 0x10000).unwrap();
+    assert!(runs.iter().all(|r| r.addr.0 % 0x4000 == 0));
+    assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 0x10000);
+    // Clean before a device reads: the page-in wrote DRAM directly, so it already agrees.
+    m.cache_virt(CacheOp::Clean, t, va, 0x10000).unwrap();
+    let mut dev = vec![0u8; 0x10000];
+    let mut at = 0usize;
+    for r in &runs {
+        m.device_read(r.addr, &mut dev[at..at + r.len as usize])
+            .unwrap();
+        at += r.len as usize;
+    }
+    assert_eq!(dev, data);
+    m.unwire(t, va, 0x10000).unwrap();
+    m.destroy_task(t).unwrap();
+}
