@@ -1,22 +1,32 @@
 //! `dmakit inspect`: allocate on this host and show where the memory landed physically.
+//!
+//! The report answers the questions a driver writer has before trusting this host with a
+//! device: may this process see physical addresses at all, how much may it lock, are there
+//! hugepages, and what does a buffer of a given size look like in physical memory — how
+//! many runs, where, how scattered.
 
-use crate::host::{Capabilities, Host, HUGEPAGE};
+use crate::caps::Capabilities;
+use crate::host::{Host, HUGEPAGE};
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Error, PhysRange, Result, VirtAddr};
 use std::fmt;
 
+/// At most this many runs are listed in the table; the rest are summarised.
+const MAX_ROWS: usize = 64;
+
 /// What [`inspect`] found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Inspection {
     /// The host's capabilities.
     pub caps: Capabilities,
-    /// Bytes allocated (rounded to pages, or one hugepage).
+    /// Bytes allocated (the size asked, rounded up to whole pages).
     pub size: u64,
-    /// Whether a hugepage was used.
+    /// Whether the memory was one 2 MiB hugepage (physically contiguous).
     pub hugepage: bool,
     /// The virtual address it had.
     pub va: VirtAddr,
-    /// Its physical runs, in order.
+    /// Its physical runs, in order, adjacent frames coalesced.
     pub runs: Vec<PhysRange>,
 }
 
@@ -28,7 +38,7 @@ impl fmt::Display for Inspection {
             "\n{} KiB of wired memory{} at virtual {:#x}: {} physical run{}",
             self.size / 1024,
             if self.hugepage {
-                " (one 2 MiB hugepage)"
+                " (in one 2 MiB hugepage)"
             } else {
                 ""
             },
@@ -38,48 +48,54 @@ impl fmt::Display for Inspection {
         )?;
         writeln!(
             f,
-            "{:>4}  {:>18}  {:>18}  {:>10}",
-            "#", "virtual", "physical", "bytes"
+            "{:>5}  {:>18}  {:>18}  {:>10}",
+            "run", "virtual", "physical", "bytes"
         )?;
         let mut off = 0;
         for (i, r) in self.runs.iter().enumerate() {
-            writeln!(
-                f,
-                "{:>4}  {:>#18x}  {:>#18x}  {:>10}",
-                i,
-                self.va.0 + off,
-                r.addr.0,
-                r.len
-            )?;
+            if i < MAX_ROWS {
+                writeln!(
+                    f,
+                    "{:>5}  {:>#18x}  {:>#18x}  {:>10}",
+                    i,
+                    self.va.0 + off,
+                    r.addr.0,
+                    r.len
+                )?;
+            }
             off += r.len;
+        }
+        if self.runs.len() > MAX_ROWS {
+            writeln!(f, "  ... {} more runs", self.runs.len() - MAX_ROWS)?;
         }
         Ok(())
     }
 }
 
-/// Allocates `size` bytes of wired memory (a 2 MiB hugepage with `hugepage`), reports its
-/// physical runs, and frees it. Without CAP_SYS_ADMIN the error says so.
+/// Allocates `size` bytes of wired memory on this host (in a 2 MiB hugepage with
+/// `hugepage`), reports its physical runs and the host's capabilities, and frees it.
+///
+/// Without physical addresses (no `CAP_SYS_ADMIN`) the error is
+/// [`Error::NotPermitted`] saying so; with no free hugepage, [`Error::NoMemory`] saying how
+/// to reserve one.
 pub fn inspect(size: u64, hugepage: bool) -> Result<Inspection> {
     if size == 0 {
         return Err(Error::ZeroSize { what: "inspect" });
     }
     let host = Host::new()?;
+    host.pagemap()?;
     let page = host.page_size();
-    let size = if hugepage {
-        if size > HUGEPAGE {
-            return Err(Error::BadArgument {
-                what: "a hugepage inspection is at most 2 MiB",
-                value: size,
-            });
-        }
-        HUGEPAGE
-    } else {
-        page.round_up(size).ok_or(Error::Overflow {
-            what: "inspect size",
-            start: 0,
-            len: size,
-        })?
-    };
+    if hugepage && size > HUGEPAGE {
+        return Err(Error::BadArgument {
+            what: "a hugepage inspection is at most 2 MiB",
+            value: size,
+        });
+    }
+    let size = page.round_up(size).ok_or(Error::Overflow {
+        what: "inspect size",
+        start: 0,
+        len: size,
+    })?;
     let req = PageRequest {
         contiguous: hugepage,
         ..PageRequest::WIRED

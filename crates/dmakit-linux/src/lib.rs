@@ -1,33 +1,76 @@
 //! # dmakit-linux — this Linux process as a dmakit platform
 //!
 //! [`Host`] implements every trait of dmakit's platform seam over real memory of this
-//! process: `memfd` + `mmap` (so pages can be mapped twice), `mlock` for wired memory,
-//! 2 MiB hugepages for physically contiguous buffers, and `/proc/self/pagemap` for physical
-//! addresses. The address mode is explicit ([`AddressMode`]): physical addresses need
+//! process:
+//!
+//! * `memfd` + `mmap(MAP_SHARED)` for memory, so the same pages can be mapped twice;
+//! * `mlock` for wired memory, counted per page across the whole process;
+//! * 2 MiB hugepages (`MFD_HUGETLB`) for physically contiguous buffers;
+//! * `/proc/self/pagemap` for physical addresses.
+//!
+//! The address mode is explicit ([`AddressMode`]): physical addresses need
 //! `CAP_SYS_ADMIN`, and without it every translation is a clear
-//! [`NotPermitted`](dmakit::Error::NotPermitted) error, never a zero address.
+//! [`NotPermitted`](dmakit::Error::NotPermitted) error, never a zero address. Missing
+//! hugepages and a low `RLIMIT_MEMLOCK` are errors that say so, with the numbers and the fix.
+//! [`Host::capabilities`] reports what was found.
 //!
 //! ```
-//! use dmakit::platform::{CpuAccess, PageRequest, PhysicalMemory, Task};
-//! use dmakit_linux::Host;
+//! use dmakit::platform::{collect_runs, CpuAccess, PageRequest, PhysicalMemory, Task};
+//! use dmakit_linux::{AddressMode, Host};
 //!
 //! let host = Host::new()?;
-//! let va = host.allocate_pages(host.page_size().bytes(), &PageRequest::WIRED)?;
+//! let len = host.page_size().bytes();
+//! let va = host.allocate_pages(len, &PageRequest::WIRED)?;
 //! host.write_virt(Task::KERNEL, va, b"hello")?;
 //! let mut back = [0u8; 5];
 //! host.read_virt(Task::KERNEL, va, &mut back)?;
 //! assert_eq!(&back, b"hello");
-//! host.free_pages(va, host.page_size().bytes())?;
+//! match host.address_mode() {
+//!     AddressMode::Physical => {
+//!         let runs = collect_runs(&host, Task::KERNEL, va, len)?;
+//!         assert!(runs[0].addr.0 != 0);
+//!     }
+//!     _ => println!("no physical addresses here: {}", host.address_mode()),
+//! }
+//! host.free_pages(va, len)?;
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 //!
-//! All `unsafe` code is in the private `sys` module.
+//! ## Layout
+//!
+//! | module | concept |
+//! | --- | --- |
+//! | `host` | [`Host`]: probing, registrations, teardown |
+//! | `caps` | [`Capabilities`], [`AddressMode`]: what this process may do |
+//! | `physical` | allocation (memfd, mmap, mlock, hugetlb) and access by physical address |
+//! | `wiring` | counted wiring and physical runs |
+//! | `ledger` | the process-wide count of wirings per page (`mlock` does not nest) |
+//! | [`pagemap`] | reading and decoding `/proc/self/pagemap` |
+//! | `registry` | the memory a host knows, and the only way to reach it |
+//! | `cpu`, `cache`, `mmio`, `vm` | the remaining seam traits |
+//! | `hints` | error messages with current limits and fixes |
+//! | `inspect` | the `dmakit inspect` report |
+//! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
+//!
+//! All `unsafe` code is in `sys`, apart from the two registration functions of [`Host`],
+//! which are `unsafe fn`s turning the caller's promise into a region.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod cache;
+mod caps;
+mod cpu;
+mod hints;
 mod host;
 mod inspect;
+mod ledger;
+mod mmio;
 pub mod pagemap;
+mod physical;
+mod registry;
 mod sys;
+mod vm;
+mod wiring;
 
-pub use host::{free_hugepages, AddressMode, Capabilities, Host, HUGEPAGE};
+pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit};
+pub use host::{Host, Usage, HUGEPAGE};
 pub use inspect::{inspect, Inspection};

@@ -1,324 +1,563 @@
-//! The only `unsafe` of the Linux backend: the system calls and raw-memory operations, each
-//! wrapped in a function whose contract says what the caller must guarantee.
+//! The unsafe floor of the Linux backend: mappings, raw copies, volatile accesses, cache-line
+//! flushes and `mlock`.
+//!
+//! Everything that dereferences an address or changes the address space goes through three
+//! types whose invariants carry the proof of validity, so the rest of the crate is safe code:
+//!
+//! * [`Mapping`] owns a range of address space this crate mapped (`mmap`) and unmaps it on
+//!   drop. Only it can hand out [`Span`]s of its memory, bounded by its length.
+//! * [`RawRegion`] is memory a caller vouched for in an `unsafe` registration (a `Vec` of
+//!   theirs, a VFIO BAR mapping). Its constructor is `unsafe` and carries the contract.
+//! * [`Span`] is a borrowed, bounds-checked window of one of those two. Copies, volatile
+//!   loads and stores, and cache flushes are methods of `Span`; a `Span` cannot outlive the
+//!   mapping or region it came from, and the host only holds one while it holds its lock.
 //!
 //! Policy: every `unsafe` block carries a `// SAFETY:` comment naming the invariant it relies
-//! on and the check that established it; every `unsafe fn` has a `# Safety` section.
+//! on and the check that established it; every `unsafe fn` has a `# Safety` section. The only
+//! other `unsafe` of the crate is the two registration functions of
+//! [`Host`](crate::Host), which construct a [`RawRegion`] from the caller's promise.
+//!
+//! Addresses are kept as `usize` with their provenance *exposed*
+//! (`<*const T>::expose_provenance`) and turned back into pointers with
+//! [`std::ptr::with_exposed_provenance_mut`], so a pointer made from a stored address is
+//! valid for the memory the original pointer was.
 
-use dmakit::Error;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fs::MemfdFlags;
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, MsyncFlags, ProtFlags};
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr;
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// The size of one CPU data-cache line on every x86_64 CPU dmakit supports.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CACHE_LINE: usize = 64;
+
+/// The OS page size (from the auxiliary vector).
+pub(crate) fn page_size() -> u64 {
+    rustix::param::page_size() as u64
 }
 
-/// `memfd_create(name, MFD_CLOEXEC [| MFD_HUGETLB | MFD_HUGE_2MB])` then `ftruncate(len)`.
-pub(crate) fn memfd(len: u64, huge: bool) -> Result<OwnedFd, Error> {
-    let mut flags = libc::MFD_CLOEXEC;
+/// A new memory object of `len` bytes: `memfd_create(MFD_CLOEXEC [| MFD_HUGETLB |
+/// MFD_HUGE_2MB])` then `ftruncate`. Its pages are zero until written.
+pub(crate) fn memfd(len: u64, huge: bool) -> Result<OwnedFd, (&'static str, Errno)> {
+    let mut flags = MemfdFlags::CLOEXEC;
     if huge {
-        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB;
     }
-    // SAFETY: the name is a valid NUL-terminated C string literal; the call has no other
-    // memory arguments.
-    let fd = unsafe { libc::memfd_create(c"dmakit".as_ptr(), flags) };
-    if fd < 0 {
-        return Err(Error::Os {
-            op: "memfd_create",
-            errno: errno(),
-            hint: if huge {
-                "the kernel has no hugetlbfs support"
-            } else {
-                ""
-            },
-        });
-    }
-    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = i64::try_from(len).map_err(|_| Error::Overflow {
-        what: "memfd length",
-        start: 0,
-        len,
-    })?;
-    // SAFETY: ftruncate takes a valid descriptor and a length; no memory is passed.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-        return Err(Error::Os {
-            op: "ftruncate(memfd)",
-            errno: errno(),
-            hint: "",
-        });
-    }
+    let fd = rustix::fs::memfd_create("dmakit", flags).map_err(|e| ("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, len).map_err(|e| ("ftruncate(memfd)", e))?;
     Ok(fd)
 }
 
-/// Reserves `len` bytes of inaccessible address space (to carve an aligned mapping from).
-pub(crate) fn reserve(len: usize) -> Result<usize, Error> {
-    // SAFETY: an anonymous PROT_NONE mapping with a null hint creates fresh address space
-    // and touches no existing memory.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Error::Os {
-            op: "mmap(reserve)",
-            errno: errno(),
-            hint: "",
-        });
-    }
-    Ok(p as usize)
-}
-
-/// Reserves `len` bytes of inaccessible address space at exactly `addr`, failing (with the
-/// errno, EEXIST when something is there) rather than replacing an existing mapping.
-pub(crate) fn reserve_at(addr: usize, len: usize) -> Result<usize, i32> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory anyone
-    // uses is touched; a fresh PROT_NONE anonymous mapping is created or the call fails.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(errno());
-    }
-    if p as usize != addr {
-        // Old kernels ignore the flag and treat the address as a hint.
-        // SAFETY: the mapping was just created by this call and nothing references it.
-        unsafe { libc::munmap(p, len) };
-        return Err(libc::EEXIST);
-    }
-    Ok(addr)
-}
-
-/// Maps `len` bytes of `fd` from `offset` at exactly `addr`, shared; writable or
-/// read-only.
+/// Address space this crate mapped.
 ///
-/// # Safety
+/// # Invariants
 ///
-/// `[addr, addr + len)` must be address space this crate reserved with [`reserve`] and that
-/// no live Rust reference points into: `MAP_FIXED` replaces whatever is there.
-pub(crate) unsafe fn map_fixed(
+/// `[addr, addr + len)` (with `len > 0`) is a mapping made by this module and unmapped by
+/// nobody but this value's `Drop`; it is readable, and writable when `writable` is set. The
+/// memory behind it is only reached through [`Span`]s borrowed from this value (or through
+/// raw addresses the crate's *callers* obtained, which is their own `unsafe` business).
+#[derive(Debug)]
+pub(crate) struct Mapping {
     addr: usize,
     len: usize,
-    fd: &OwnedFd,
-    offset: u64,
     writable: bool,
-    populate: bool,
-) -> Result<(), i32> {
-    let mut flags = libc::MAP_SHARED | libc::MAP_FIXED;
-    if populate {
-        flags |= libc::MAP_POPULATE;
-    }
-    let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
-    } else {
-        libc::PROT_READ
-    };
-    let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
-    // SAFETY: the caller guarantees the target range is our own reservation with nothing
-    // borrowed inside it; the descriptor is valid for the call.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            prot,
-            flags,
-            fd.as_raw_fd(),
-            offset,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(errno());
-    }
-    Ok(())
 }
 
-/// Unmaps `[addr, addr + len)`.
+/// Inaccessible address space reserved to carve mappings from; unmapped on drop.
+///
+/// # Invariants
+///
+/// `[addr, addr + len)` is a `PROT_NONE` anonymous mapping made by [`Reservation::new`] or
+/// [`Reservation::at`], or (after [`Reservation::fill`]) this module's mapping of a memfd in
+/// its place; nothing outside this module holds its address yet.
+struct Reservation {
+    addr: usize,
+    len: usize,
+}
+
+impl Reservation {
+    /// `len` bytes anywhere.
+    fn new(len: usize) -> Result<Reservation, Errno> {
+        // SAFETY: a null hint lets the kernel choose fresh address space; an anonymous
+        // PROT_NONE mapping touches no existing memory.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                ptr::null_mut(),
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }?;
+        Ok(Reservation {
+            addr: p.expose_provenance(),
+            len,
+        })
+    }
+
+    /// `len` bytes at exactly `addr`; `EEXIST` if anything is mapped there (never replaced).
+    fn at(addr: usize, len: usize) -> Result<Reservation, Errno> {
+        let want = ptr::with_exposed_provenance_mut::<c_void>(addr);
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: the call either
+        // creates a fresh PROT_NONE mapping at `addr` or fails, so no memory anyone uses is
+        // touched.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                want,
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+            )
+        }?;
+        let r = Reservation {
+            addr: p.expose_provenance(),
+            len,
+        };
+        if r.addr != addr {
+            // Kernels before 4.17 ignore the flag and treat `addr` as a hint; dropping `r`
+            // unmaps what they placed elsewhere.
+            return Err(Errno::EXIST);
+        }
+        Ok(r)
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` at `addr`, which must lie inside the
+    /// reservation; shared, readable, writable when asked, populated when asked.
+    fn fill(
+        &self,
+        addr: usize,
+        len: usize,
+        fd: impl AsFd,
+        offset: u64,
+        writable: bool,
+        populate: bool,
+    ) -> Result<(), Errno> {
+        let inside = addr >= self.addr
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.addr + self.len);
+        if !inside || len == 0 {
+            return Err(Errno::INVAL);
+        }
+        let mut flags = MapFlags::SHARED | MapFlags::FIXED;
+        if populate {
+            flags |= MapFlags::POPULATE;
+        }
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        let at = ptr::with_exposed_provenance_mut::<c_void>(addr);
+        // SAFETY: MAP_FIXED replaces what is at [addr, addr + len); the check above proved
+        // that range lies inside this reservation, which by its invariant is address space
+        // this module made and nobody else knows, so nothing is replaced that anyone uses.
+        unsafe { rustix::mm::mmap(at, len, prot, flags, fd, offset) }?;
+        Ok(())
+    }
+
+    /// Keeps `[start, start + len)` (inside the reservation) as a [`Mapping`] and unmaps the
+    /// rest.
+    fn keep(self, start: usize, len: usize, writable: bool) -> Mapping {
+        let (base, total) = (self.addr, self.len);
+        std::mem::forget(self);
+        let head = start - base;
+        let tail = base + total - (start + len);
+        // SAFETY: head and tail are the parts of our own reservation outside the kept range;
+        // nothing references them.
+        unsafe {
+            unmap_raw(base, head);
+            unmap_raw(start + len, tail);
+        }
+        // INVARIANT: [start, start + len) is our mapping, known to nobody else yet.
+        Mapping {
+            addr: start,
+            len,
+            writable,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: by the invariant the whole range is ours and referenced by nobody.
+        unsafe { unmap_raw(self.addr, self.len) };
+    }
+}
+
+/// `munmap`, ignoring the (impossible for our own ranges) failure.
 ///
 /// # Safety
 ///
-/// The range must be a mapping (or reservation) this crate made, with no live reference
-/// into it and no device able to reach it through a wiring this crate still counts.
-pub(crate) unsafe fn unmap(addr: usize, len: usize) {
+/// `[addr, addr + len)` must be address space this module mapped and that nothing will use
+/// again.
+unsafe fn unmap_raw(addr: usize, len: usize) {
     if len == 0 {
         return;
     }
-    // SAFETY: per the caller's contract the range is ours and unreferenced.
-    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    // SAFETY: the caller's contract: our own mapping, unused from now on.
+    let _ = unsafe { rustix::mm::munmap(ptr::with_exposed_provenance_mut(addr), len) };
 }
 
-/// `mlock(addr, len)`: faults the pages in and keeps them resident. Returns the errno on
-/// failure. mlock only reads the page tables of the range; it never dereferences it in
-/// Rust, so any address is safe to pass (unmapped ones fail with ENOMEM).
-pub(crate) fn mlock(addr: usize, len: usize) -> Result<(), i32> {
-    // SAFETY: mlock takes an address range, not a Rust reference; the kernel validates it
-    // and fails with ENOMEM if it is not mapped.
-    if unsafe { libc::mlock(addr as *const libc::c_void, len) } != 0 {
-        return Err(errno());
+impl Mapping {
+    /// A private, readable and writable anonymous mapping of `len` bytes (zero-filled).
+    pub(crate) fn anonymous(len: usize) -> Result<Mapping, Errno> {
+        let r = Reservation::new(len)?;
+        // Turn the reservation into accessible memory in place.
+        let at = ptr::with_exposed_provenance_mut::<c_void>(r.addr);
+        // SAFETY: MAP_FIXED over our own PROT_NONE reservation, which nobody else knows.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                at,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+            )
+        }?;
+        let addr = r.addr;
+        Ok(r.keep(addr, len, true))
     }
-    Ok(())
+
+    /// `len` bytes of `fd` from offset 0, shared, readable and writable, at an address that
+    /// is a multiple of `align` (a power of two), populated at once when `populate`.
+    pub(crate) fn of_memfd(
+        fd: &OwnedFd,
+        len: usize,
+        align: usize,
+        populate: bool,
+    ) -> Result<Mapping, Errno> {
+        let page = page_size() as usize;
+        let slack = if align > page { align } else { 0 };
+        let r = Reservation::new(len.checked_add(slack).ok_or(Errno::NOMEM)?)?;
+        let start = r.addr.next_multiple_of(align.max(1));
+        r.fill(start, len, fd, 0, true, populate)?;
+        Ok(r.keep(start, len, true))
+    }
+
+    /// `pieces` (memory object, offset, length) mapped back to back, shared, populated, at
+    /// exactly `at` (`EEXIST` if anything is there) or anywhere. All or nothing.
+    pub(crate) fn of_pieces(
+        pieces: &[(&OwnedFd, u64, usize)],
+        at: Option<usize>,
+        writable: bool,
+    ) -> Result<Mapping, Errno> {
+        let total = pieces
+            .iter()
+            .try_fold(0usize, |t, p| t.checked_add(p.2))
+            .ok_or(Errno::NOMEM)?;
+        let r = match at {
+            Some(a) => Reservation::at(a, total)?,
+            None => Reservation::new(total)?,
+        };
+        let mut cursor = r.addr;
+        for &(fd, offset, len) in pieces {
+            // On failure `r` drops and unmaps everything mapped so far.
+            r.fill(cursor, len, fd, offset, writable, true)?;
+            cursor += len;
+        }
+        let addr = r.addr;
+        Ok(r.keep(addr, total, writable))
+    }
+
+    /// The first byte.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
+    /// Whether stores are allowed.
+    pub(crate) fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// `[addr, addr + len)`, if it lies inside this mapping.
+    pub(crate) fn span(&self, addr: u64, len: u64) -> Option<Span<'_>> {
+        let (addr, len) = within(self.addr, self.len, addr, len)?;
+        // SAFETY: `within` proved the range lies inside this mapping, which by the type's
+        // invariant stays mapped (readable; writable iff `self.writable`) until `self` is
+        // dropped, which the span's borrow of `self` prevents while it lives.
+        Some(unsafe { Span::new(addr, len, self.writable) })
+    }
+
+    /// Gives up ownership without unmapping: the memory stays mapped for the rest of the
+    /// process (used when a device may still reach it).
+    pub(crate) fn leak(self) {
+        std::mem::forget(self);
+    }
 }
 
-/// Whether the page at `addr` is mapped in this process (`msync` answers ENOMEM for
-/// unmapped ranges and touches nothing).
-pub(crate) fn is_mapped(addr: usize) -> bool {
-    // SAFETY: msync with MS_ASYNC on a page-aligned address only queries the mapping; the
-    // kernel validates the range and reads no Rust memory.
-    unsafe { libc::msync(addr as *mut libc::c_void, 1, libc::MS_ASYNC) == 0 }
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: by the invariant this is our mapping; spans borrow `self`, so none is alive.
+        unsafe { unmap_raw(self.addr, self.len) };
+    }
 }
 
-/// `munlock(addr, len)`.
-pub(crate) fn munlock(addr: usize, len: usize) {
-    // SAFETY: as for mlock, the kernel validates the range; unlocking never invalidates
-    // memory, it only allows the kernel to page it out again.
-    unsafe { libc::munlock(addr as *const libc::c_void, len) };
+/// `[addr, addr + len)` as `usize`s if it lies inside `[base, base + size)`.
+fn within(base: usize, size: usize, addr: u64, len: u64) -> Option<(usize, usize)> {
+    let addr = usize::try_from(addr).ok()?;
+    let len = usize::try_from(len).ok()?;
+    let end = addr.checked_add(len)?;
+    (addr >= base && end <= base + size).then_some((addr, len))
 }
 
-/// Copies `dst.len()` bytes from `src`.
+/// Memory of this process that a caller registered and vouched for.
 ///
-/// # Safety
+/// # Invariants
 ///
-/// `[src, src + dst.len())` must be mapped, readable memory of this process that no Rust
-/// `&mut` reference aliases for the duration of the call.
-pub(crate) unsafe fn copy_from(src: usize, dst: &mut [u8]) {
-    // SAFETY: the caller guarantees the source range is valid; `dst` is a distinct Rust
-    // slice, so the ranges do not overlap.
-    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+/// The constructor's contract holds for `[addr, addr + len)` for as long as this value
+/// lives.
+#[derive(Debug)]
+pub(crate) struct RawRegion {
+    addr: usize,
+    len: usize,
 }
 
-/// Copies `src` to `dst`.
-///
-/// # Safety
-///
-/// `[dst, dst + src.len())` must be mapped, writable memory of this process that no Rust
-/// reference aliases for the duration of the call.
-pub(crate) unsafe fn copy_to(dst: usize, src: &[u8]) {
-    // SAFETY: the caller guarantees the destination is valid and unaliased; `src` is a
-    // distinct Rust slice.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
-}
-
-/// One volatile load of `width` bytes (1, 2, 4 or 8) at `addr`, zero-extended.
-///
-/// # Safety
-///
-/// `addr` must be mapped, readable, and aligned to `width`.
-pub(crate) unsafe fn read_volatile(addr: usize, width: u64) -> u64 {
-    // SAFETY: (all arms) the caller guarantees a mapped, readable, naturally aligned
-    // address; each arm loads exactly `width` bytes once.
-    unsafe {
-        match width {
-            1 => std::ptr::read_volatile(addr as *const u8) as u64,
-            2 => std::ptr::read_volatile(addr as *const u16) as u64,
-            4 => std::ptr::read_volatile(addr as *const u32) as u64,
-            _ => std::ptr::read_volatile(addr as *const u64),
+impl RawRegion {
+    /// Remembers `[ptr, ptr + len)`.
+    ///
+    /// # Safety
+    ///
+    /// Until this value is dropped, `[ptr, ptr + len)` must stay mapped, readable and
+    /// writable memory of this process that may be read and written from any thread, and no
+    /// Rust reference to it may be used while a [`Span`] of it is (copies and volatile
+    /// accesses through spans must not race with Rust references).
+    pub(crate) unsafe fn new(ptr: *mut u8, len: usize) -> RawRegion {
+        RawRegion {
+            addr: ptr.expose_provenance(),
+            len,
         }
     }
-}
 
-/// One volatile store of the low `width` bytes of `value` at `addr`.
-///
-/// # Safety
-///
-/// `addr` must be mapped, writable, aligned to `width`, and not aliased by a Rust reference.
-pub(crate) unsafe fn write_volatile(addr: usize, width: u64, value: u64) {
-    // SAFETY: (all arms) the caller guarantees a mapped, writable, naturally aligned,
-    // unaliased address; each arm stores exactly `width` bytes once.
-    unsafe {
-        match width {
-            1 => std::ptr::write_volatile(addr as *mut u8, value as u8),
-            2 => std::ptr::write_volatile(addr as *mut u16, value as u16),
-            4 => std::ptr::write_volatile(addr as *mut u32, value as u32),
-            _ => std::ptr::write_volatile(addr as *mut u64, value),
-        }
+    /// The first byte.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
+    /// Its length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    /// `[addr, addr + len)`, if it lies inside the region.
+    pub(crate) fn span(&self, addr: u64, len: u64) -> Option<Span<'_>> {
+        let (addr, len) = within(self.addr, self.len, addr, len)?;
+        // SAFETY: `within` proved the range is inside the region, which the registration
+        // contract (the type's invariant) keeps mapped, readable and writable while `self`
+        // lives; the span borrows `self`.
+        Some(unsafe { Span::new(addr, len, true) })
     }
 }
 
-/// Whether this CPU has `clflushopt` (CPUID leaf 7, EBX bit 23).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_clflushopt() -> bool {
-    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
-    leaf7.ebx & (1 << 23) != 0
+/// A window `[addr, addr + len)` of memory that stays valid for `'a`.
+///
+/// # Invariants
+///
+/// The memory is mapped and readable for `'a`, writable if `writable`, and not accessed
+/// through Rust references while the span is used.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span<'a> {
+    addr: usize,
+    len: usize,
+    writable: bool,
+    _life: PhantomData<&'a ()>,
 }
 
-/// Writes back and evicts every cache line of `[addr, addr + len)`, then fences.
-///
-/// # Safety
-///
-/// The range must be mapped memory of this process (clflush of an unmapped address
-/// faults).
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn flush_lines(addr: usize, len: usize, opt: bool) {
-    const LINE: usize = 64;
-    let mut p = addr & !(LINE - 1);
-    let end = addr + len;
-    while p < end {
-        if opt {
-            // SAFETY: `p` lies in a line of the caller's mapped range; clflushopt was
-            // detected by CPUID before `opt` was set.
-            unsafe { clflushopt(p as *const u8) };
-        } else {
-            // SAFETY: `p` lies in a line of the caller's mapped range; clflush is baseline
-            // x86_64.
-            unsafe { core::arch::x86_64::_mm_clflush(p as *const u8) };
+impl<'a> Span<'a> {
+    /// # Safety
+    ///
+    /// `[addr, addr + len)` must be mapped and readable (writable if `writable`) memory of
+    /// this process for `'a`, not accessed through Rust references while the span is used.
+    unsafe fn new(addr: usize, len: usize, writable: bool) -> Span<'a> {
+        Span {
+            addr,
+            len,
+            writable,
+            _life: PhantomData,
         }
-        p += LINE;
     }
-    // SAFETY: mfence has no memory operands; it orders the flushes before later accesses.
-    unsafe { core::arch::x86_64::_mm_mfence() };
+
+    /// The first byte.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
+    /// Copies the first `buf.len()` bytes (at most the span) into `buf`; returns the count.
+    pub(crate) fn read(&self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.len);
+        // SAFETY: by the invariant the first n ≤ len bytes are mapped and readable and not
+        // referenced by Rust; `buf` is a distinct Rust slice, so the ranges do not overlap.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                ptr::with_exposed_provenance::<u8>(self.addr),
+                buf.as_mut_ptr(),
+                n,
+            )
+        };
+        n
+    }
+
+    /// Copies `data` (at most the span) to the span; returns the count, or `None` if the
+    /// span is read-only.
+    pub(crate) fn write(&self, data: &[u8]) -> Option<usize> {
+        if !self.writable {
+            return None;
+        }
+        let n = data.len().min(self.len);
+        // SAFETY: by the invariant the first n ≤ len bytes are mapped, writable (checked
+        // just above) and not referenced by Rust; `data` is a distinct Rust slice.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                ptr::with_exposed_provenance_mut::<u8>(self.addr),
+                n,
+            )
+        };
+        Some(n)
+    }
+
+    /// Whether a `width`-byte access at the start is inside the span and naturally aligned.
+    fn fits(&self, width: usize) -> bool {
+        matches!(width, 1 | 2 | 4 | 8) && self.len >= width && self.addr.is_multiple_of(width)
+    }
+
+    /// One volatile load of exactly `width` bytes (1, 2, 4 or 8) at the start of the span,
+    /// zero-extended; `None` if the access would not fit or is not naturally aligned.
+    pub(crate) fn load(&self, width: usize) -> Option<u64> {
+        if !self.fits(width) {
+            return None;
+        }
+        let p = ptr::with_exposed_provenance::<u8>(self.addr);
+        // SAFETY: (all arms) by the invariant the span is mapped and readable; `fits` just
+        // checked that `width` bytes lie inside it and that the address is aligned to
+        // `width`, so each arm's pointer is valid and aligned for exactly one load.
+        let v = unsafe {
+            match width {
+                1 => ptr::read_volatile(p) as u64,
+                2 => ptr::read_volatile(p.cast::<u16>()) as u64,
+                4 => ptr::read_volatile(p.cast::<u32>()) as u64,
+                _ => ptr::read_volatile(p.cast::<u64>()),
+            }
+        };
+        Some(v)
+    }
+
+    /// One volatile store of the low `width` bytes of `value` at the start of the span;
+    /// `false` (nothing stored) if it would not fit, is not aligned, or the span is
+    /// read-only.
+    pub(crate) fn store(&self, width: usize, value: u64) -> bool {
+        if !self.fits(width) || !self.writable {
+            return false;
+        }
+        let p = ptr::with_exposed_provenance_mut::<u8>(self.addr);
+        // SAFETY: (all arms) by the invariant the span is mapped; it is writable (checked
+        // above) and `fits` checked size and natural alignment, so each arm's pointer is
+        // valid and aligned for exactly one store of its width.
+        unsafe {
+            match width {
+                1 => ptr::write_volatile(p, value as u8),
+                2 => ptr::write_volatile(p.cast::<u16>(), value as u16),
+                4 => ptr::write_volatile(p.cast::<u32>(), value as u32),
+                _ => ptr::write_volatile(p.cast::<u64>(), value),
+            }
+        }
+        true
+    }
+
+    /// Writes back and evicts every cache line touching the span (`clflushopt` when `opt`,
+    /// else `clflush`), then `mfence` so the flushes complete before later accesses.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn flush_cache_lines(&self, opt: bool) {
+        use core::arch::x86_64::{_mm_clflush, _mm_mfence};
+        let end = self.addr + self.len;
+        let mut line = self.addr & !(CACHE_LINE - 1);
+        while line < end {
+            // The first line may start before the span: flushing at the span's first byte
+            // flushes that same line without naming an address outside the span.
+            let p = ptr::with_exposed_provenance::<u8>(line.max(self.addr));
+            if opt {
+                // SAFETY: `p` is inside the span (mapped by the invariant); `opt` is only
+                // set when CPUID reported clflushopt (`has_clflushopt`).
+                unsafe { clflushopt(p) };
+            } else {
+                // SAFETY: `p` is inside the span, so mapped; clflush is baseline x86_64
+                // (SSE2) and only writes back and evicts the line.
+                unsafe { _mm_clflush(p) };
+            }
+            line += CACHE_LINE;
+        }
+        // SAFETY: mfence has no operands; it orders the flushes before later accesses.
+        unsafe { _mm_mfence() };
+    }
 }
 
 /// `clflushopt` of the line holding `p`.
 ///
 /// # Safety
 ///
-/// `p` must point into mapped memory and the CPU must support clflushopt.
+/// `p` must point into mapped memory of this process and the CPU must have clflushopt.
 #[cfg(target_arch = "x86_64")]
 unsafe fn clflushopt(p: *const u8) {
-    // SAFETY: the caller guarantees `p` is mapped and the feature is present; the
-    // instruction only writes back and evicts the line, touching no register but its input.
+    // SAFETY: per the contract `p` is mapped and the instruction exists; it writes back and
+    // evicts one line and touches no register but its input.
     unsafe { core::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags)) }
 }
 
-/// The effective user ID is 0.
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and takes no arguments.
-    unsafe { libc::geteuid() == 0 }
+/// Whether this CPU has `clflushopt` (CPUID leaf 7, sub-leaf 0, EBX bit 23).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_clflushopt() -> bool {
+    let max_leaf = core::arch::x86_64::__cpuid(0).eax;
+    max_leaf >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 23) != 0
 }
 
-/// RLIMIT_MEMLOCK as (soft, hard); `u64::MAX` means unlimited.
-pub(crate) fn memlock_limit() -> (u64, u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Whether this CPU has `clflushopt` (never, off x86_64).
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_clflushopt() -> bool {
+    false
+}
+
+/// `mlock(addr, len)`: faults the pages in and keeps them resident.
+///
+/// mlock works on address ranges, not Rust references: the kernel validates the range
+/// (`ENOMEM` if part of it is unmapped) and never lets Rust observe anything, so any address
+/// is safe to pass. Beware that a range with a hole is locked up to the hole before the call
+/// fails; [`is_mapped`] first avoids that.
+pub(crate) fn mlock(addr: u64, len: u64) -> Result<(), Errno> {
+    let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else {
+        return Err(Errno::NOMEM);
     };
-    // SAFETY: `r` is a valid, writable rlimit for the call to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
-        return (0, 0);
-    }
-    (r.rlim_cur, r.rlim_max)
+    // SAFETY: mlock only changes the residency of pages of this process; the kernel checks
+    // the range, and no memory is read or written through it.
+    unsafe { rustix::mm::mlock(ptr::with_exposed_provenance_mut(addr), len) }
 }
 
-/// The OS page size.
-pub(crate) fn page_size() -> u64 {
-    // SAFETY: sysconf with a valid name has no memory arguments.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v <= 0 {
-        4096
-    } else {
-        v as u64
+/// `munlock(addr, len)`; failures (an unmapped range) are ignored: there is then nothing to
+/// unlock.
+pub(crate) fn munlock(addr: u64, len: u64) {
+    let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else {
+        return;
+    };
+    // SAFETY: as for mlock: unlocking only lets the kernel page memory out again; it never
+    // invalidates it and reads or writes nothing.
+    let _ = unsafe { rustix::mm::munlock(ptr::with_exposed_provenance_mut(addr), len) };
+}
+
+/// Whether every page of `[addr, addr + len)` (page aligned) is mapped in this process:
+/// `msync(MS_ASYNC)` fails with ENOMEM on a hole and otherwise does nothing for anonymous
+/// and memfd memory.
+pub(crate) fn is_mapped(addr: u64, len: u64) -> bool {
+    let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: msync only inspects (and for file mappings schedules write-back of) the
+    // range; the kernel validates it and no Rust memory is accessed.
+    unsafe {
+        rustix::mm::msync(
+            ptr::with_exposed_provenance_mut(addr),
+            len,
+            MsyncFlags::ASYNC,
+        )
     }
+    .is_ok()
 }

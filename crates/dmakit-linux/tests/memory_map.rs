@@ -123,7 +123,74 @@ fn read_only_is_enforced_by_the_mmu() {
     let status = child("read_only_is_enforced_by_the_mmu");
     assert_eq!(
         status.signal(),
-        Some(libc::SIGSEGV),
+        Some(rustix::process::Signal::SEGV.as_raw()),
         "the store must fault: {status:?}"
     );
+}
+
+#[test]
+fn second_mappings_are_wired_like_any_memory() {
+    use dmakit::platform::{
+        collect_runs, MapPiece, MapRequest, MapSource, PageRequest, PhysicalMemory, VirtualMemory,
+        Wiring,
+    };
+    let host = Host::new().unwrap();
+    let page = host.page_size().bytes();
+    let va = host.allocate_pages(4 * page, &PageRequest::WIRED).unwrap();
+    let request = |read_only| MapRequest {
+        task: Task::KERNEL,
+        at: None,
+        read_only,
+        cache: CacheMode::CopyBack,
+    };
+    // Pages 2 and 0 of the allocation, in that order, read-only.
+    let pieces = [
+        MapPiece {
+            src: MapSource::Virtual(Task::KERNEL, VirtAddr(va.0 + 2 * page)),
+            len: page,
+        },
+        MapPiece {
+            src: MapSource::Virtual(Task::KERNEL, va),
+            len: page,
+        },
+    ];
+    let ro = host.map_pages(&pieces, &request(true)).unwrap();
+    host.write_virt(Task::KERNEL, VirtAddr(va.0 + 2 * page), b"page two")
+        .unwrap();
+    let mut b = [0u8; 8];
+    host.read_virt(Task::KERNEL, ro, &mut b).unwrap();
+    assert_eq!(&b, b"page two", "the pieces keep their order");
+    // A device may not be handed read-only pages to write.
+    let e = host.wire(Task::KERNEL, ro, page, true).unwrap_err();
+    assert!(matches!(e, Error::NotWritable { .. }), "{e}");
+    host.wire(Task::KERNEL, ro, 2 * page, false).unwrap();
+    if host.address_mode() == dmakit_linux::AddressMode::Physical {
+        // The same frames as the allocation's, in the mapping's order.
+        let direct = collect_runs(&host, Task::KERNEL, VirtAddr(va.0 + 2 * page), 1).unwrap();
+        let mapped = collect_runs(&host, Task::KERNEL, ro, 1).unwrap();
+        assert_eq!(direct, mapped);
+        // And a mapping built from physical addresses finds the same pages.
+        let by_pa = host
+            .map_pages(
+                &[MapPiece {
+                    src: MapSource::Physical(direct[0].addr),
+                    len: page,
+                }],
+                &request(false),
+            )
+            .unwrap();
+        host.read_virt(Task::KERNEL, by_pa, &mut b).unwrap();
+        assert_eq!(&b, b"page two");
+        host.unmap_pages(Task::KERNEL, by_pa, page).unwrap();
+    }
+    let e = host.unmap_pages(Task::KERNEL, ro, 2 * page).unwrap_err();
+    assert!(matches!(e, Error::Busy { .. }), "{e}");
+    assert!(matches!(
+        host.unmap_pages(Task::KERNEL, ro, page),
+        Err(Error::WrongSize { .. })
+    ));
+    host.unwire(Task::KERNEL, ro, 2 * page).unwrap();
+    host.unmap_pages(Task::KERNEL, ro, 2 * page).unwrap();
+    host.free_pages(va, 4 * page).unwrap();
+    assert!(host.usage().is_idle());
 }

@@ -1,0 +1,305 @@
+//! [`PhysicalMemory`] on the host: pages of this process, by virtual or physical address.
+//!
+//! ## How an allocation is made
+//!
+//! 1. A memory object: `memfd_create` (with `MFD_HUGETLB | MFD_HUGE_2MB` for physically
+//!    contiguous memory), sized with `ftruncate`. Its pages start zeroed.
+//! 2. A mapping: `mmap(MAP_SHARED)` of the memfd at an address aligned as asked (address
+//!    space is over-reserved and trimmed). Shared, so the same pages can be mapped a second
+//!    time later ([`VirtualMemory`](dmakit::platform::VirtualMemory)).
+//! 3. Wired memory is populated at once (`MAP_POPULATE`) and `mlock`ed for its whole life;
+//!    pageable memory is neither, and has no pages until touched.
+//! 4. With physical addresses available, every page of wired memory is translated through
+//!    pagemap; the frames go into the reverse map (for `read_phys` and MMIO by physical
+//!    address) and are checked against the request: all at or below `phys_limit`, one run
+//!    when `contiguous`.
+//!
+//! ## What the kernel decides
+//!
+//! Userspace cannot choose where its pages land. A `phys_limit` is therefore *checked*, not
+//! obeyed: the host tries up to four times, holding rejected attempts so the kernel hands out
+//! different frames, then fails with [`Error::NoSuitableMemory`] and frees everything. On a
+//! machine with plenty of RAM above 4 GiB a 32-bit limit usually fails: that is what a DMA
+//! command's bounce pool, or an IOMMU (VFIO), is for.
+//!
+//! Physically contiguous memory is one 2 MiB hugepage ([`HUGEPAGE`]): requests up to 2 MiB
+//! (alignment up to 2 MiB) get one; larger ones are [`Error::NoSuitableMemory`]. With no free
+//! hugepage the error says how to reserve some.
+
+use crate::hints::{self, ABOVE_LIMIT, CONTIGUOUS_TOO_BIG};
+use crate::host::{Host, HUGEPAGE};
+use crate::ledger::ledger;
+use crate::registry::{Allocation, Registry};
+use crate::sys::{self, Mapping, Span};
+use dmakit::addr::checked_end;
+use dmakit::platform::{PageRequest, PhysicalMemory};
+use dmakit::{Error, PageSize, PhysAddr, Result, VirtAddr};
+use rustix::io::Errno;
+
+/// Attempts at meeting a physical limit before giving up.
+const LIMIT_ATTEMPTS: usize = 4;
+
+impl Host {
+    /// Maps and (if wired) locks and translates one candidate allocation.
+    fn try_allocate(
+        &self,
+        len: u64,
+        map_len: u64,
+        align: u64,
+        huge: bool,
+        wired: bool,
+    ) -> Result<Allocation> {
+        let fd = sys::memfd(map_len, huge).map_err(|(op, e)| {
+            hints::os(
+                op,
+                e,
+                if huge {
+                    "does this kernel have hugetlbfs (CONFIG_HUGETLBFS)?"
+                } else {
+                    ""
+                },
+            )
+        })?;
+        let mapping = Mapping::of_memfd(&fd, map_len as usize, align as usize, wired).map_err(
+            |e| match e {
+                Errno::NOMEM if huge => hints::no_hugepages(len),
+                e => hints::os("mmap(memfd)", e, ""),
+            },
+        )?;
+        let va = mapping.addr();
+        if wired {
+            // Hugetlb pages are never swapped, and mlock skips them; they are still
+            // recorded as locked for life so wirings on them are counted alike.
+            let lock = !huge;
+            ledger()
+                .lock_for_life(va, map_len, lock)
+                .map_err(|e| hints::mlock_error(va, map_len, e))?;
+        }
+        let mut a = Allocation {
+            mapping,
+            len,
+            map_len,
+            wired,
+            huge,
+            fd,
+            frames: Vec::new(),
+        };
+        if wired && self.capabilities().pagemap_pfns {
+            match self
+                .pagemap()
+                .and_then(|pm| pm.frames(va, map_len >> self.page().shift()))
+            {
+                Ok(f) => a.frames = f,
+                Err(e) => {
+                    self.discard(a);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    /// Unlocks and unmaps an allocation that is no longer (or never was) registered.
+    pub(crate) fn discard(&self, a: Allocation) {
+        if a.wired {
+            ledger().end_life(a.mapping.addr(), a.map_len, self.page().bytes());
+        }
+        drop(a);
+    }
+
+    /// Whether the frames of `a` meet `req` (limit, contiguity and physical alignment).
+    fn meets(&self, a: &Allocation, req: &PageRequest, align: u64) -> bool {
+        let psize = self.page().bytes();
+        let below = a.frames.iter().all(|f| {
+            f.0.checked_add(psize - 1)
+                .is_some_and(|e| e <= req.phys_limit)
+        });
+        let contiguous = !req.contiguous
+            || a.frames.is_empty()
+            || (a.frames[0].0.is_multiple_of(align)
+                && a.frames.windows(2).all(|w| w[0].0 + psize == w[1].0));
+        below && contiguous
+    }
+
+    /// `[pa, pa + len)` as page-bounded spans of wired allocations, with their offsets in
+    /// the caller's buffer; resolved completely before anything is copied, so a failure
+    /// copies nothing.
+    fn phys_spans<'r>(
+        &self,
+        s: &'r Registry,
+        pa: u64,
+        len: usize,
+    ) -> Result<Vec<(Span<'r>, usize, usize)>> {
+        checked_end(pa, len as u64, "physical access")?;
+        let page = self.page();
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let a = pa + done as u64;
+            let n = ((page.bytes() - page.offset(a)) as usize).min(len - done);
+            let span = s.ram_span(a, n as u64, page).ok_or(Error::NotMapped {
+                what: "host physical memory (not a wired dmakit allocation)",
+                addr: a,
+            })?;
+            out.push((span, done, n));
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
+impl PhysicalMemory for Host {
+    fn page_size(&self) -> PageSize {
+        self.page()
+    }
+
+    /// Allocates zeroed pages of this process (see the module docs for how).
+    ///
+    /// Errors: the request's own checks ([`PageRequest::validate`]); `BadArgument` for
+    /// pageable memory with physical constraints; `NotPermitted` for physical constraints
+    /// without pagemap frame numbers; `NoSuitableMemory` for contiguous memory over 2 MiB or
+    /// a limit the kernel's placement did not meet; `NoMemory` naming `nr_hugepages` when no
+    /// hugepage is free; `CannotWire` naming `RLIMIT_MEMLOCK` and its value when the limit
+    /// is too low. Nothing stays allocated after an error.
+    fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        let page = self.page();
+        let align = req.validate(len, page)?;
+        if req.pageable && req.constrains_physical() {
+            return Err(Error::BadArgument {
+                what: "pageable memory cannot be contiguous or physically limited (its pages \
+                       may move until wired)",
+                value: len,
+            });
+        }
+        let huge = req.contiguous;
+        if huge && (len > HUGEPAGE || align > HUGEPAGE) {
+            return Err(Error::NoSuitableMemory {
+                what: CONTIGUOUS_TOO_BIG,
+                requested: len,
+                align,
+                limit: req.phys_limit,
+                contiguous: true,
+            });
+        }
+        if usize::try_from(len).is_err() || len.checked_add(align).is_none() {
+            return Err(Error::Overflow {
+                what: "page allocation",
+                start: 0,
+                len,
+            });
+        }
+        if req.phys_limit != u64::MAX {
+            // A limit can only be checked with frame numbers. (Contiguity needs none: a
+            // hugepage is one physical run by construction, verified when frames are known.)
+            self.pagemap()?;
+        }
+        let map_len = if huge { HUGEPAGE } else { len };
+        let map_align = if huge { HUGEPAGE } else { align };
+        let attempts = if req.phys_limit == u64::MAX {
+            1
+        } else {
+            LIMIT_ATTEMPTS
+        };
+        let mut s = self.lock();
+        let mut rejected = Vec::new();
+        let mut outcome = Err(Error::Internal {
+            what: "no allocation attempt was made",
+        });
+        for _ in 0..attempts {
+            match self.try_allocate(len, map_len, map_align, huge, !req.pageable) {
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+                Ok(mut a) if self.meets(&a, req, align) => {
+                    let va = a.mapping.addr();
+                    // Only the pages asked for are reachable (a hugepage may be larger).
+                    a.frames.truncate((len >> page.shift()) as usize);
+                    s.index(va, &a.frames, page);
+                    s.allocs.insert(va, a);
+                    outcome = Ok(VirtAddr(va));
+                    break;
+                }
+                Ok(a) => {
+                    rejected.push(a);
+                    outcome = Err(Error::NoSuitableMemory {
+                        what: if req.contiguous && req.phys_limit == u64::MAX {
+                            "Linux host: the hugepage the kernel gave is not one aligned \
+                             physical run"
+                        } else {
+                            ABOVE_LIMIT
+                        },
+                        requested: len,
+                        align,
+                        limit: req.phys_limit,
+                        contiguous: req.contiguous,
+                    });
+                }
+            }
+        }
+        for a in rejected {
+            self.discard(a);
+        }
+        outcome
+    }
+
+    /// Frees an allocation: `va` and `len` exactly as allocated (else `NotAllocated` or
+    /// `WrongSize`, nothing changed); `Busy` while any wiring (through any host) holds a
+    /// page of it.
+    fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> {
+        let mut s = self.lock();
+        let a = s.allocs.get(&va.0).ok_or(Error::NotAllocated {
+            free_fn: "free_pages",
+            addr: va.0,
+        })?;
+        if a.len != len {
+            return Err(Error::WrongSize {
+                free_fn: "free_pages",
+                addr: va.0,
+                allocated: a.len,
+                given: len,
+            });
+        }
+        // The ledger stays locked from the check to the unmap, so no host can wire a page
+        // in between.
+        let mut l = ledger();
+        if let Some(p) = l.first_wired(va.0, va.0 + a.map_len) {
+            return Err(Error::Busy {
+                what: "Linux host memory",
+                addr: p,
+                why: "a page is still wired (a device may reach it): unwire it first",
+            });
+        }
+        if let Some(a) = s.allocs.remove(&va.0) {
+            s.unindex(&a.frames);
+            if a.wired {
+                l.end_life(va.0, a.map_len, self.page().bytes());
+            }
+            drop(a);
+        }
+        drop(l);
+        Ok(())
+    }
+
+    /// Reads RAM of this host's wired allocations by physical address (the reverse map);
+    /// anything else is `NotMapped` and nothing is copied.
+    fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
+        let s = self.lock();
+        for (span, at, n) in self.phys_spans(&s, pa.0, buf.len())? {
+            span.read(&mut buf[at..at + n]);
+        }
+        Ok(())
+    }
+
+    /// Writes RAM of this host's wired allocations by physical address; anything else is
+    /// `NotMapped` and nothing is written.
+    fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
+        let s = self.lock();
+        for (span, at, n) in self.phys_spans(&s, pa.0, data.len())? {
+            span.write(&data[at..at + n]).ok_or(Error::Internal {
+                what: "an allocation's mapping is read-only",
+            })?;
+        }
+        Ok(())
+    }
+}

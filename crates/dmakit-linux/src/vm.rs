@@ -1,0 +1,189 @@
+//! [`VirtualMemory`] on the host: the same pages mapped a second time.
+//!
+//! Every allocation of the host is a `memfd` mapped `MAP_SHARED`, so its pages can be mapped
+//! again at another address by mapping the memfd at the right offset: a write through one
+//! mapping is visible through the other because they are the same physical pages. A
+//! mapping made of several pieces is built inside one reserved range, piece by piece, all or
+//! nothing; a fixed address already in use is refused ([`Error::RangeBusy`],
+//! `MAP_FIXED_NOREPLACE`), never replaced. Read-only mappings are enforced by the MMU.
+//!
+//! Limits of Linux userspace: only the host's own memfd-backed allocations can be mapped
+//! (not a caller's `Vec`); hugepage-backed memory is not mapped twice; cache modes other
+//! than copy-back cannot be chosen ([`Error::Unsupported`] for each).
+
+use crate::hints;
+use crate::host::Host;
+use crate::ledger::ledger;
+use crate::registry::SecondMapping;
+use crate::sys::Mapping;
+use dmakit::platform::{CacheMode, MapPiece, MapRequest, MapSource, Task, VirtualMemory};
+use dmakit::{Error, Result, VirtAddr};
+use rustix::io::Errno;
+
+impl VirtualMemory for Host {
+    fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
+        Self::check_task(req.task)?;
+        if req.cache != CacheMode::CopyBack {
+            return Err(Error::Unsupported {
+                what: "cache modes other than copy-back from Linux userspace",
+            });
+        }
+        let psize = self.page().bytes();
+        if let Some(at) = req.at {
+            if !at.is_aligned(psize) {
+                return Err(Error::NotAligned {
+                    what: "mapping address",
+                    value: at.0,
+                    align: psize,
+                });
+            }
+        }
+        let mut s = self.lock();
+        // The plan: (allocation start, offset in its memfd, length), consecutive pages of
+        // one allocation merged.
+        let mut plan: Vec<(u64, u64, u64)> = Vec::new();
+        let mut push = |base: u64, off: u64, len: u64| match plan.last_mut() {
+            Some((b, o, l)) if *b == base && *o + *l == off => *l += len,
+            _ => plan.push((base, off, len)),
+        };
+        let mut total: u64 = 0;
+        for p in pieces {
+            if p.len == 0 || !p.len.is_multiple_of(psize) {
+                return Err(Error::NotAligned {
+                    what: "map piece length (whole pages only)",
+                    value: p.len,
+                    align: psize,
+                });
+            }
+            total = total.checked_add(p.len).ok_or(Error::Overflow {
+                what: "mapping length",
+                start: total,
+                len: p.len,
+            })?;
+            match p.src {
+                MapSource::Virtual(task, va) => {
+                    Self::check_task(task)?;
+                    if !va.is_aligned(psize) {
+                        return Err(Error::NotAligned {
+                            what: "map piece address",
+                            value: va.0,
+                            align: psize,
+                        });
+                    }
+                    let (base, a) = s.allocation(va.0, p.len).ok_or(Error::Unsupported {
+                        what: "mapping memory this host did not allocate (only its \
+                               memfd-backed allocations can be mapped twice)",
+                    })?;
+                    if a.huge {
+                        return Err(Error::Unsupported {
+                            what: "mapping hugepage-backed (contiguous) memory a second time",
+                        });
+                    }
+                    push(base, va.0 - base, p.len);
+                }
+                MapSource::Physical(pa) => {
+                    if !pa.is_aligned(psize) {
+                        return Err(Error::NotAligned {
+                            what: "map piece physical address",
+                            value: pa.0,
+                            align: psize,
+                        });
+                    }
+                    // Page by page: physically consecutive pages need not be virtually so.
+                    for k in 0..p.len / psize {
+                        let frame = pa.0.checked_add(k * psize).ok_or(Error::Overflow {
+                            what: "map piece",
+                            start: pa.0,
+                            len: p.len,
+                        })?;
+                        let unknown = Error::NotMapped {
+                            what: "host physical memory (not a wired dmakit allocation)",
+                            addr: frame,
+                        };
+                        let vpage = s.virt_of_frame(frame).ok_or(unknown.clone())?;
+                        let (base, a) = s.allocation(vpage, psize).ok_or(unknown)?;
+                        if a.huge {
+                            return Err(Error::Unsupported {
+                                what: "mapping hugepage-backed (contiguous) memory a second \
+                                       time",
+                            });
+                        }
+                        push(base, vpage - base, psize);
+                    }
+                }
+            }
+        }
+        if total == 0 {
+            return Err(Error::ZeroSize { what: "mapping" });
+        }
+        let at = match req.at {
+            Some(a) => Some(usize::try_from(a.0).map_err(|_| Error::Overflow {
+                what: "mapping address",
+                start: a.0,
+                len: total,
+            })?),
+            None => None,
+        };
+        let mut fds = Vec::with_capacity(plan.len());
+        for &(base, off, len) in &plan {
+            let a = s.allocs.get(&base).ok_or(Error::Internal {
+                what: "planned allocation vanished under the lock",
+            })?;
+            fds.push((&a.fd, off, len as usize));
+        }
+        let mapping =
+            Mapping::of_pieces(&fds, at, !req.read_only).map_err(|e| match (e, req.at) {
+                (Errno::EXIST, Some(a)) => Error::RangeBusy {
+                    what: "this process's address space",
+                    start: a.0,
+                    len: total,
+                },
+                (e, _) => hints::os("mmap(second mapping)", e, ""),
+            })?;
+        drop(fds);
+        let va = mapping.addr();
+        s.maps.insert(
+            va,
+            SecondMapping {
+                mapping,
+                len: total,
+            },
+        );
+        Ok(VirtAddr(va))
+    }
+
+    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        Self::check_task(task)?;
+        let mut s = self.lock();
+        match s.maps.get(&va.0) {
+            Some(m) if m.len == len => {}
+            Some(m) => {
+                return Err(Error::WrongSize {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                    allocated: m.len,
+                    given: len,
+                })
+            }
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                })
+            }
+        }
+        // Checked and unmapped under the ledger's lock, so no wiring can slip in between.
+        let l = ledger();
+        if let Some(p) = l.first_wired(va.0, va.0 + len) {
+            return Err(Error::Busy {
+                what: "mapping",
+                addr: p,
+                why: "a page of the mapping is still wired: unwire it first",
+            });
+        }
+        // Dropping the mapping unmaps it.
+        drop(s.maps.remove(&va.0));
+        drop(l);
+        Ok(())
+    }
+}
