@@ -7,7 +7,11 @@
 //!
 //! `dmakit bench [--quick]` prints [`render_table`] and writes [`write_json`] to
 //! `target/dmakit-bench.json`. Groups live in [`groups`], one file each; a new group adds a
-//! function there and a line in [`run`].
+//! file there, a `pub mod` line in `groups`, and a line in [`run`]. The examples run one
+//! group alone (`cargo run --release -p dmakit-bench --example range [quick]`).
+//!
+//! Only release builds give meaningful numbers. Each group's documentation says what it
+//! measures and what makes its comparison fair, or not quite.
 
 pub mod groups;
 pub mod timing;

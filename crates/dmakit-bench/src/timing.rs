@@ -16,3 +16,12 @@ pub fn median_ns_per_op<T>(reps: usize, ops: u64, mut f: impl FnMut() -> T) -> f
     times.sort_by(|a, b| a.total_cmp(b));
     times[times.len() / 2] / ops.max(1) as f64
 }
+
+/// The median of `samples` (the upper one of the middle two for an even count; 0 for none).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}

@@ -1,138 +1,223 @@
-//! Property tests of `RangeAllocator` against a reference model: a set of free granules.
+//! Property tests of `RangeAllocator` against a reference model: one `bool` per byte of a
+//! small space, `true` where the byte is free.
 //!
-//! Each case is a random sequence of allocate / allocate_range / deallocate (of live
-//! allocations, of random ranges, and of already-free ranges) on a small space, checked
-//! after every step: allocations never overlap each other or free space, stay in the space
-//! and keep their alignment; free-space accounting and the fragment count are exact;
-//! `allocate_range` succeeds exactly when the model says the range is free; a free fails
-//! with `DoubleFree` exactly when it overlaps free space; errors change nothing; and freeing
-//! everything leaves one fragment.
+//! Each case is a random sequence of `allocate` (with alignments below, at and above the
+//! default), `allocate_range`, and `deallocate` of live allocations, of random ranges (which
+//! may cut allocations, span several, or add space that was never free), and of ranges that
+//! are already free. After every step the allocator must agree with the model:
+//!
+//! * an allocation lies on bytes the model has free (so never on another allocation, never
+//!   outside the space) and keeps its alignment; `NoSpace` only when the model has no
+//!   aligned free run of that size either (the allocator is exact, not merely good);
+//! * `allocate_range` succeeds exactly when the model has the whole range free;
+//! * `deallocate` fails with `DoubleFree` exactly when the range overlaps free bytes;
+//! * a failed call changes nothing;
+//! * `free_count` is the model's number of free bytes, `fragment_count` its number of
+//!   maximal free runs, and `fragments()` lists exactly those runs;
+//! * freeing everything leaves one fragment covering the whole space.
+//!
+//! The spaces are small (at most 512 bytes, default alignments 1 to 16) so that every
+//! check is exhaustive, and sit at 0, in the middle of the `u64` range, or at its very top.
+//! Four properties of 2,500 cases and one of 2,000 make 12,000 random sequences.
 
 use dmakit::alloc::RangeAllocator;
 use dmakit::Error;
 use proptest::prelude::*;
-use std::collections::BTreeSet;
-
-/// Granule of the model (the allocator's default alignment in these tests).
-const G: u64 = 16;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Alloc { granules: u64, align_shift: u32 },
-    AllocRange { at: u64, granules: u64 },
-    FreeLive { pick: usize },
-    FreeRandom { at: u64, granules: u64 },
+    /// `allocate(size, 1 << align_shift)`, or the default alignment when `align_shift` is
+    /// `None`.
+    Alloc {
+        size: u64,
+        align_shift: Option<u32>,
+    },
+    AllocRange {
+        at: u64,
+        size: u64,
+    },
+    FreeLive {
+        pick: usize,
+    },
+    FreeRandom {
+        at: u64,
+        size: u64,
+    },
 }
 
 fn step(space: u64) -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (1..=12u64, 0..6u32).prop_map(|(granules, align_shift)| Step::Alloc { granules, align_shift }),
-        1 => (0..space, 1..=6u64).prop_map(|(at, granules)| Step::AllocRange { at, granules }),
-        4 => any::<usize>().prop_map(|pick| Step::FreeLive { pick }),
-        1 => (0..space, 1..=4u64).prop_map(|(at, granules)| Step::FreeRandom { at, granules }),
+        5 => (1..=48u64, prop::option::weighted(0.6, 0..7u32))
+            .prop_map(|(size, align_shift)| Step::Alloc { size, align_shift }),
+        2 => (0..space, 1..=24u64).prop_map(|(at, size)| Step::AllocRange { at, size }),
+        5 => any::<usize>().prop_map(|pick| Step::FreeLive { pick }),
+        2 => (0..space, 1..=24u64).prop_map(|(at, size)| Step::FreeRandom { at, size }),
     ]
 }
 
+/// The byte model of a space `[base, base + free.len())`.
 struct Model {
     base: u64,
-    free: BTreeSet<u64>, // free granule indices
+    free: Vec<bool>,
 }
 
 impl Model {
-    fn range_free(&self, start: u64, len: u64) -> bool {
-        (0..len / G).all(|i| self.free.contains(&((start - self.base) / G + i)))
+    fn idx(&self, a: u64) -> usize {
+        (a - self.base) as usize
+    }
+    fn inside(&self, start: u64, len: u64) -> bool {
+        start >= self.base && start - self.base + len <= self.free.len() as u64
+    }
+    fn all_free(&self, start: u64, len: u64) -> bool {
+        self.inside(start, len)
+            && self.free[self.idx(start)..][..len as usize]
+                .iter()
+                .all(|&f| f)
     }
     fn any_free(&self, start: u64, len: u64) -> bool {
-        (0..len / G).any(|i| self.free.contains(&((start - self.base) / G + i)))
+        let i = self.idx(start);
+        self.free[i..][..len as usize].iter().any(|&f| f)
     }
     fn set(&mut self, start: u64, len: u64, free: bool) {
-        for i in 0..len / G {
-            let g = (start - self.base) / G + i;
-            if free {
-                self.free.insert(g);
-            } else {
-                self.free.remove(&g);
-            }
-        }
+        let i = self.idx(start);
+        self.free[i..][..len as usize].fill(free);
     }
-    fn fragments(&self) -> usize {
-        let mut n = 0;
-        let mut prev: Option<u64> = None;
-        for &g in &self.free {
-            if prev.is_none_or(|p| p + 1 != g) {
-                n += 1;
+    /// Maximal free runs as `(start, inclusive end)`.
+    fn runs(&self) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < self.free.len() {
+            if self.free[i] {
+                let j = (i..self.free.len())
+                    .find(|&j| !self.free[j])
+                    .unwrap_or(self.free.len());
+                runs.push((self.base + i as u64, self.base + (j as u64 - 1)));
+                i = j;
+            } else {
+                i += 1;
             }
-            prev = Some(g);
         }
-        n
+        runs
+    }
+    /// Whether some run of `len` free bytes starts at a multiple of `align`.
+    fn fits(&self, len: u64, align: u64) -> bool {
+        (0..self.free.len() as u64).any(|i| {
+            let a = self.base + i;
+            a.is_multiple_of(align) && self.all_free(a, len)
+        })
     }
 }
 
 fn check(r: &RangeAllocator, m: &Model) -> Result<(), TestCaseError> {
-    prop_assert_eq!(r.free_count(), m.free.len() as u64 * G);
-    prop_assert_eq!(r.fragment_count(), m.fragments());
-    // The allocator's fragments are exactly the model's maximal free runs.
-    for (s, e) in r.fragments() {
-        prop_assert!(
-            m.range_free(s, e - s + 1),
-            "fragment [{s:#x}, {e:#x}] not free in the model"
-        );
-    }
+    let runs = m.runs();
+    prop_assert_eq!(r.free_count(), m.free.iter().filter(|&&f| f).count() as u64);
+    prop_assert_eq!(r.fragment_count(), runs.len());
+    prop_assert_eq!(r.fragments().collect::<Vec<_>>(), runs);
     Ok(())
 }
 
-fn run(steps: Vec<Step>, space_granules: u64, base: u64) -> Result<(), TestCaseError> {
-    let space = space_granules * G;
-    let mut r = RangeAllocator::new(base, space, G).unwrap();
+fn round(size: u64, g: u64) -> u64 {
+    size.div_ceil(g) * g
+}
+
+/// How a case is set up.
+#[derive(Clone, Copy)]
+struct Setup {
+    base: u64,
+    /// Bytes in the space (a multiple of 8 × 16).
+    space: u64,
+    /// The default alignment.
+    g: u64,
+    /// Only every other eighth of the space is free at first.
+    holes: bool,
+    /// `allocate_range` and random frees start at multiples of `g`. Otherwise they may
+    /// start anywhere, which leaves blocks whose start is not a multiple of the default
+    /// alignment (and pieces too small to free on their own, so the final free-everything
+    /// is skipped).
+    aligned: bool,
+}
+
+/// Runs `steps` on the space of `setup`.
+fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
+    let Setup {
+        base,
+        space,
+        g,
+        holes,
+        aligned,
+    } = setup;
+    let pos = |at: u64| if aligned { at / g * g } else { at };
+    let mut r = RangeAllocator::empty(g).unwrap();
     let mut m = Model {
         base,
-        free: (0..space_granules).collect(),
+        free: vec![false; space as usize],
     };
+    let piece = space / 8;
+    for k in 0..8 {
+        if !holes || k % 2 == 0 {
+            let (s, len) = (base + k * piece, piece);
+            r.deallocate(s, len).unwrap();
+            m.set(s, len, true);
+        }
+    }
+    check(&r, &m)?;
     let mut live: Vec<(u64, u64)> = Vec::new();
-    for s in steps {
-        match s {
-            Step::Alloc {
-                granules,
-                align_shift,
-            } => {
-                let len = granules * G;
-                let align = G << align_shift;
-                match r.allocate(len, align) {
+    for st in steps {
+        let before: Vec<_> = r.fragments().collect();
+        let failed = match st {
+            Step::Alloc { size, align_shift } => {
+                let len = round(size, g);
+                let (align_arg, align) = match align_shift {
+                    None => (0, g),
+                    Some(s) => (1 << s, 1 << s),
+                };
+                match r.allocate(size, align_arg) {
                     Ok(a) => {
-                        prop_assert_eq!(a % align, 0, "alignment");
-                        prop_assert!(a >= base && a + len <= base + space, "inside the space");
+                        prop_assert_eq!(a % align, 0, "alignment {:#x} of {:#x}", align, a);
                         prop_assert!(
-                            m.range_free(a, len),
-                            "allocation [{a:#x}, +{len:#x}) overlaps"
+                            m.all_free(a, len),
+                            "allocation [{a:#x}, +{len:#x}) not free"
                         );
                         m.set(a, len, false);
                         live.push((a, len));
+                        false
                     }
                     Err(Error::NoSpace { .. }) => {
-                        // No aligned run of free granules exists in the model either.
-                        let fits = (0..space_granules).any(|g| {
-                            let a = base + g * G;
-                            a.is_multiple_of(align)
-                                && a + len <= base + space
-                                && m.range_free(a, len)
-                        });
                         prop_assert!(
-                            !fits,
-                            "NoSpace but the model has room for {len:#x} aligned {align:#x}"
+                            !m.fits(len, align),
+                            "NoSpace, but {len:#x} aligned {align:#x} fits"
                         );
+                        true
                     }
-                    Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
+                    Err(e) => return Err(TestCaseError::fail(format!("allocate: {e}"))),
                 }
             }
-            Step::AllocRange { at, granules } => {
-                let start = base + (at / G) * G;
-                let len = granules * G;
-                let ok = start + len <= base + space && m.range_free(start, len);
-                let res = r.allocate_range(start, len);
-                prop_assert_eq!(res.is_ok(), ok, "allocate_range({:#x}, {:#x})", start, len);
-                if ok {
-                    m.set(start, len, false);
-                    live.push((start, len));
+            Step::AllocRange { at, size } => {
+                let start = base + pos(at);
+                let len = round(size, g);
+                let ok = m.all_free(start, len);
+                match r.allocate_range(start, size) {
+                    Ok(()) => {
+                        prop_assert!(
+                            ok,
+                            "allocate_range({start:#x}, {len:#x}) over non-free bytes"
+                        );
+                        m.set(start, len, false);
+                        live.push((start, len));
+                        false
+                    }
+                    Err(Error::RangeBusy { .. }) => {
+                        prop_assert!(
+                            !ok,
+                            "allocate_range({start:#x}, {len:#x}) refused a free range"
+                        );
+                        true
+                    }
+                    Err(Error::Overflow { .. }) => {
+                        prop_assert!(start.checked_add(len - 1).is_none());
+                        true
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("allocate_range: {e}"))),
                 }
             }
             Step::FreeLive { pick } => {
@@ -141,61 +226,125 @@ fn run(steps: Vec<Step>, space_granules: u64, base: u64) -> Result<(), TestCaseE
                 }
                 let (a, len) = live.swap_remove(pick % live.len());
                 r.deallocate(a, len)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    .map_err(|e| TestCaseError::fail(format!("freeing a live allocation: {e}")))?;
                 m.set(a, len, true);
+                false
             }
-            Step::FreeRandom { at, granules } => {
-                let start = base + (at / G) * G;
-                let len = (granules * G).min(base + space - start);
+            Step::FreeRandom { at, size } => {
+                let at = pos(at);
+                let start = base + at;
+                // Whole multiples of `g` that stay inside the space.
+                let len = round(size, g).min((space - at) / g * g);
+                if len == 0 {
+                    continue;
+                }
                 let overlaps = m.any_free(start, len);
                 match r.deallocate(start, len) {
                     Ok(()) => {
-                        prop_assert!(!overlaps, "a free over free space was accepted");
+                        prop_assert!(!overlaps, "a free over free bytes was accepted");
                         m.set(start, len, true);
-                        // The freed space may cut live allocations; forget those.
-                        live.retain(|&(a, l)| a + l <= start || a >= start + len);
-                        // Whatever of them remains allocated is no longer tracked as live;
-                        // mark it free-able by forgetting: the model keeps it allocated.
+                        // Live allocations it touched are no longer whole; forget them (the
+                        // model keeps what is left of them allocated).
+                        live.retain(|&(a, l)| a + (l - 1) < start || a > start + (len - 1));
+                        false
                     }
                     Err(Error::DoubleFree { .. }) => {
-                        prop_assert!(overlaps, "DoubleFree without overlap")
+                        prop_assert!(overlaps, "DoubleFree without overlap");
+                        true
                     }
-                    Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
+                    Err(e) => return Err(TestCaseError::fail(format!("deallocate: {e}"))),
                 }
             }
+        };
+        if failed {
+            prop_assert_eq!(
+                r.fragments().collect::<Vec<_>>(),
+                before,
+                "a failed call changed something"
+            );
         }
         check(&r, &m)?;
     }
-    // Free everything still allocated (in the model's eyes) and expect one fragment.
-    let allocated: Vec<u64> = (0..space_granules)
-        .filter(|g| !m.free.contains(g))
-        .collect();
-    for g in allocated {
-        r.deallocate(base + g * G, G)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        m.free.insert(g);
+    // Give everything back: the live allocations whole, then whatever else is not free.
+    for (a, len) in live {
+        r.deallocate(a, len)
+            .map_err(|e| TestCaseError::fail(format!("final free: {e}")))?;
+        m.set(a, len, true);
+    }
+    check(&r, &m)?;
+    if !aligned {
+        return Ok(());
+    }
+    while let Some(i) = m.free.iter().position(|&f| !f) {
+        let j = (i..m.free.len())
+            .find(|&j| m.free[j])
+            .unwrap_or(m.free.len());
+        let (s, len) = (base + i as u64, (j - i) as u64);
+        r.deallocate(s, len)
+            .map_err(|e| TestCaseError::fail(format!("final free of [{s:#x}, +{len:#x}): {e}")))?;
+        m.set(s, len, true);
     }
     check(&r, &m)?;
     prop_assert_eq!(r.fragment_count(), 1);
     prop_assert_eq!(r.free_count(), space);
+    prop_assert_eq!(r.fragments().next(), Some((base, base + (space - 1))));
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 6_000, ..ProptestConfig::default() })]
+/// Default alignments 1, 2, 4, 8 and 16.
+fn granule() -> impl Strategy<Value = u64> {
+    (0..5u32).prop_map(|s| 1 << s)
+}
 
-    #[test]
-    fn small_space_random_sequences(steps in prop::collection::vec(step(64 * G), 1..40)) {
-        run(steps, 64, 0)?;
+fn setup(base: u64, space: u64, g: u64) -> Setup {
+    Setup {
+        base,
+        space,
+        g,
+        holes: false,
+        aligned: true,
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(2_500))]
 
     #[test]
-    fn offset_space_random_sequences(steps in prop::collection::vec(step(200 * G), 1..60)) {
-        // A space that does not start at 0 and is not a power of two.
-        run(steps, 200, 0x7_0000)?;
+    fn space_at_zero(g in granule(), steps in prop::collection::vec(step(256), 1..50)) {
+        run(steps, setup(0, 256, g))?;
+    }
+
+    #[test]
+    fn space_in_the_middle_with_holes(
+        g in granule(),
+        steps in prop::collection::vec(step(512), 1..60),
+    ) {
+        run(steps, Setup { holes: true, ..setup(0x7_0000, 512, g) })?;
+    }
+
+    #[test]
+    fn space_at_the_top_of_u64(g in granule(), steps in prop::collection::vec(step(256), 1..50)) {
+        run(steps, setup(u64::MAX - 255, 256, g))?;
+    }
+
+    #[test]
+    fn long_sequences_on_a_tiny_space(
+        g in granule(),
+        steps in prop::collection::vec(step(128), 50..150),
+    ) {
+        run(steps, setup(0x1000, 128, g))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn unaligned_fixed_ranges_and_frees(
+        g in (1..5u32).prop_map(|s| 1u64 << s),
+        holes in any::<bool>(),
+        steps in prop::collection::vec(step(256), 1..60),
+    ) {
+        run(steps, Setup { holes, aligned: false, ..setup(0x10_0000, 256, g) })?;
     }
 }

@@ -3,36 +3,15 @@
 //! Hands out `(size, alignment)` ranges of an abstract numeric space: it owns no memory, only
 //! numbers. IO virtual address spaces, PCI BAR windows and descriptor-ring slots are typical
 //! spaces. Free space is a set of disjoint, non-adjacent intervals; freeing a range merges it
-//! with free neighbours.
+//! with its free neighbours.
 //!
 //! IOKit semantics kept: sizes are rounded up to the *default* alignment; an explicit
-//! alignment of 0 means the default; [`allocate_range`](RangeAllocator::allocate_range)
-//! takes a given range only if it lies inside one free interval; freeing is also how space
-//! is added; free space and fragment counts are exact.
-//!
-//! ## How it is fast
-//!
-//! XNU keeps a sorted array of free intervals and scans it (O(n) per call). dmakit keeps
-//! each free interval twice:
-//!
-//! * in an ordered index from start to interval ([`SortedIndex`], a two-level B-tree) for
-//!   `allocate_range`, neighbour merging and double-free detection (O(log n) searches);
-//! * in a segregated free list by [size class](super::size_class) with a two-level bitmap,
-//!   so a block that surely fits is found in O(1).
-//!
-//! An allocation is carved from the **top** of the chosen block, so the block keeps its
-//! start and the index is not touched at all unless the block is used up; a free costs
-//! one index search.
-//!
-//! ## Divergences from IOKit
-//!
-//! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
-//!   dmakit returns the top of a block from the smallest size class that surely fits (and
-//!   only when no such class has a block, scans the one class that may hold a fit).
-//!   Callers that need a particular address use `allocate_range`.
-//! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
-//!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
-//!   alignment is [`Error::BadAlignment`] (IOKIT-SEMANTICS Q11: fix).
+//! alignment of 0 means the default (and an explicit 1 allows a placement less aligned than
+//! the default, as in IOKit); [`allocate_range`](RangeAllocator::allocate_range) takes a
+//! given range only if it lies inside one free interval; freeing is also how space is added,
+//! and any range that is not free may be freed (a whole allocation, part of one, several at
+//! once, or space never seen before); free space and fragment counts are exact; with
+//! [`LockedRangeAllocator`] every call takes a lock (IOKit's `kLocking`).
 //!
 //! ```
 //! use dmakit::alloc::RangeAllocator;
@@ -50,54 +29,161 @@
 //! assert_eq!(iova.free_count(), 0xF000);
 //! # Ok::<(), dmakit::Error>(())
 //! ```
+//!
+//! ## How it works
+//!
+//! XNU keeps a sorted array of free intervals and scans it: O(n) per call. dmakit keeps
+//! **blocks**: every free interval and every allocated range is one 32-byte node of a slab
+//! (`Vec<Node>`, recycled through a free list; no heap allocation per block), and each node
+//! sits in a few structures at once, each answering one question in O(1):
+//!
+//! * **"Which blocks are next to this one?"** All blocks, free and allocated, form one
+//!   doubly linked list in address order (space never added is simply not in it). A block
+//!   that is freed finds the neighbours it may merge with through its two links.
+//! * **"Which free block fits?"** Free blocks sit in lists by size class, eight classes per
+//!   power of two (the scheme of TLSF and of the `offset-allocator` crate; see
+//!   [`size_class`](super::size_class)), with a two-level bitmap of the non-empty classes.
+//!   The lowest non-empty class whose every block is long enough is two bit scans away.
+//! * **"Which allocation starts here?"** Allocated blocks sit in a hash table keyed by their
+//!   start (chained; the chain link lives in the node, in the field a free block uses for
+//!   its size-class list). This turns IOKit's free, `deallocate(start, size)`, into one
+//!   lookup, which is what lets a free by address keep up with allocators whose free takes
+//!   a handle.
+//! * **"Which block contains address `x`?"** A random one node in 32 is also an *anchor*,
+//!   kept in an ordered index by start ([`SortedIndex`]). A
+//!   search finds the last anchor at or before `x` and walks the address list from there
+//!   (32 steps expected). Only `allocate_range` and frees that are not one whole allocation
+//!   search; sampling keeps the index small and its upkeep off the common paths (a skip list
+//!   over every block, measured, spent about a sixth of the allocator's time on upkeep).
+//!
+//! An allocation is carved from the **top** of the chosen free block, which keeps its node
+//! and start; the allocated range becomes a new node linked right after it (or the block
+//! itself, when it is used up whole).
+//!
+//! | operation | cost |
+//! |---|---|
+//! | `allocate` | O(1): bit scans, one node, one hash insert (and, one time in 32, an anchor: O(log n)) |
+//! | `allocate`, only a tight fit left | + a scan of the classes that may hold one (see below) |
+//! | `deallocate` of a whole allocation | O(1) expected: one lookup, merges through the links |
+//! | `deallocate` of anything else | O(log n) expected search, + O(1) per allocation it cuts |
+//! | `allocate_range` | O(log n) expected search |
+//! | `free_count`, `fragment_count` | O(1), kept exact |
+//!
+//! The fast path of `allocate` looks only at classes whose blocks all fit. When none has a
+//! block, the request may still fit a block of a lower class (between 16 and 32 pages the
+//! classes are two pages wide, so 17 pages surely fit only from class 18–20, yet a free
+//! block of exactly 17 pages sits in class 16–18) or, for an alignment above the default, a
+//! block that happens to be aligned: then those classes are scanned block by block, so that
+//! `NoSpace` means that no range fits at all. That scan is O(blocks in those classes); it
+//! runs only when the space is nearly exhausted at that size. (TLSF and `offset-allocator`
+//! fail instead.)
+//!
+//! `dmakit bench` times it against the `offset-allocator` crate (TLSF-like, frees by
+//! handle), the `range-alloc` crate and an XNU-style sorted array on mixed sizes and on IOVA
+//! churn; the `dmakit-bench` crate describes the workloads and what makes the comparison
+//! fair or not.
+//!
+//! ## Divergences from IOKit
+//!
+//! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
+//!   dmakit returns the top of a block of the smallest size class that surely fits. First
+//!   fit needs a search by address on every allocation (O(log n) at best, with a tree
+//!   augmented by free lengths; O(n) in XNU); segregated fit finds a block in O(1), which is
+//!   what a fast allocator needs. Callers that need a particular address use
+//!   `allocate_range`; every power-of-two alignment up to 2^63 is honoured.
+//! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
+//!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
+//!   alignment is [`Error::BadAlignment`]; a range past 2^64 is [`Error::Overflow`]
+//!   (IOKIT-SEMANTICS Q11: fix). There is no fragment array, so no capacity to exhaust
+//!   (IOKit's increment-0 overflow, Q11) and none to configure.
+//! * IOKit's `withRange` quirk is kept: [`with_end_of_range`](RangeAllocator::with_end_of_range)
+//!   rounds the size `end + 1` up to the default alignment, so the space can reach past
+//!   `end`.
 
-use super::ordered::{Pos, SortedIndex};
+use super::ordered::SortedIndex;
 use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
 use alloc_crate::vec::Vec;
 
 const WHAT: &str = "range allocator";
+/// "No node" in every link.
 const NIL: u32 = u32::MAX;
+/// `Node::b` of an allocated block (and of [`HEAD`]).
+const USED: u32 = u32::MAX - 1;
+/// Node 0 is the sentinel of the address list: it counts as allocated (so nothing merges
+/// with it), is in no hash chain, and both the first and the last block link to it.
+const HEAD: u32 = 0;
+/// One node in `SAMPLE` becomes an anchor (a power of two).
+const SAMPLE: u64 = 32;
+/// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
+const MAX_NODES: usize = USED as usize - 2;
 
-/// One interval `[start, last]` in the index: free (and linked in its size class's list),
-/// or a *tombstone*: a free block that was handed out whole, kept in the index so that
-/// freeing exactly that range again costs no index update.
+/// One block `[start, last]`: 32 bytes, two to a cache line, holding everything the common
+/// paths touch (so that a block costs one cache miss, not two).
 #[derive(Clone, Copy, Debug)]
 struct Node {
     start: u64,
     last: u64,
+    /// Address neighbours, through [`HEAD`] at both ends.
     prev: u32,
     next: u32,
-    class: u16,
-    taken: bool,
+    /// Allocated: the next node in the same hash bucket. Free: the previous node of its
+    /// size-class list.
+    a: u32,
+    /// Allocated: [`USED`]. Free: the next node of its size-class list.
+    b: u32,
 }
 
 impl Node {
-    /// Length, saturated at `u64::MAX` for the whole 2^64 space.
-    fn len(&self) -> u64 {
-        (self.last - self.start).saturating_add(1)
+    #[inline]
+    fn used(&self) -> bool {
+        self.b == USED
+    }
+
+    /// The size class of a free block.
+    #[inline]
+    fn class(&self) -> usize {
+        // `last - start` is below u64::MAX: the whole 2^64 space can never be free.
+        floor_class(self.last - self.start + 1)
     }
 }
 
-/// An allocator of ranges of a `u64` space.
-///
-/// # Invariants
-///
-/// The intervals in the index (free ones and tombstones) are disjoint; free ones are never
-/// adjacent to each other. Every free interval has exactly one node, reachable from `index`
-/// by its start and linked in the list of `floor_class(len)`; tombstones are in no list and
-/// cover allocated space only; `taken` counts them. `classes` marks exactly the non-empty
-/// lists; `free_bytes` is the sum of the free intervals' lengths.
+/// An allocator of ranges of a `u64` space: IOKit's IORangeAllocator. The
+/// [module documentation](crate::alloc::range) tells how it works and where it differs from
+/// IOKit.
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
-    index: SortedIndex,
+    // Invariants (the tests' `check` verifies them all):
+    // * Every block is a node of `nodes` (slot 0 is HEAD; recycled slots are listed in
+    //   `spare`) on the address list, in address order. Blocks are disjoint.
+    // * `anchors` holds exactly the nodes whose bit is set in `anchor_bits`, by start.
+    // * Allocated blocks cover exactly the space handed out (by `allocate`/`allocate_range`
+    //   and not given back); each sits in the hash chain of its start's bucket.
+    // * Free blocks are never adjacent to each other; each is in exactly the list of its
+    //   `floor_class(len)`, and `classes` marks exactly the non-empty lists.
+    // * `allocated`, `free_bytes` and `fragments` count allocated blocks, free bytes and
+    //   free blocks.
     nodes: Vec<Node>,
     spare: Vec<u32>,
-    heads: Vec<u32>,
+    /// Hash buckets (first allocated node of each chain), at least four times as many as
+    /// allocated blocks, so that a lookup nearly always meets its block first: every node
+    /// visited in a chain is a cache miss.
+    buckets: Vec<u32>,
+    /// `buckets.len() == 1 << bits`.
+    bits: u32,
+    allocated: usize,
+    /// About one node in [`SAMPLE`], by start: where searches by address begin.
+    anchors: SortedIndex,
+    /// One bit per node: is it in `anchors`.
+    anchor_bits: Vec<u64>,
+    /// Per size class: the first free block of its list.
+    heads: [u32; CLASSES],
     classes: ClassMap,
+    /// xorshift64 state for anchor sampling.
+    rng: u64,
     default_mask: u64,
     free_bytes: u64,
-    taken: usize,
+    fragments: usize,
 }
 
 fn check_align(what: &'static str, align: u64) -> Result<u64> {
@@ -115,15 +201,29 @@ impl RangeAllocator {
     /// `default_alignment` 0 means 1.
     pub fn empty(default_alignment: u64) -> Result<Self> {
         let a = check_align("range allocator default alignment", default_alignment)?;
+        let head = Node {
+            start: 0,
+            last: 0,
+            prev: HEAD,
+            next: HEAD,
+            a: NIL,
+            b: USED,
+        };
+        let bits = 4;
         Ok(RangeAllocator {
-            index: SortedIndex::new(),
-            nodes: Vec::new(),
+            nodes: alloc_crate::vec![head],
             spare: Vec::new(),
-            heads: alloc_crate::vec![NIL; CLASSES],
+            buckets: alloc_crate::vec![NIL; 1 << bits],
+            bits,
+            allocated: 0,
+            anchors: SortedIndex::new(),
+            anchor_bits: alloc_crate::vec![0],
+            heads: [NIL; CLASSES],
             classes: ClassMap::default(),
+            rng: 0x2545_F491_4F6C_DD1D,
             default_mask: a - 1,
             free_bytes: 0,
-            taken: 0,
+            fragments: 0,
         })
     }
 
@@ -160,21 +260,28 @@ impl RangeAllocator {
         self.free_bytes
     }
 
-    /// Number of free intervals.
+    /// Number of free intervals (maximal runs of free space).
     pub fn fragment_count(&self) -> usize {
-        self.index.len() - self.taken
+        self.fragments
     }
 
     /// The free intervals as `(start, inclusive end)`, in address order (IOKit's
     /// `serialize`).
     pub fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.index
-            .iter()
-            .map(|(_, n)| &self.nodes[n as usize])
-            .filter(|n| !n.taken)
-            .map(|n| (n.start, n.last))
+        let mut n = self.nodes[HEAD as usize].next;
+        core::iter::from_fn(move || {
+            while n != HEAD {
+                let node = &self.nodes[n as usize];
+                n = node.next;
+                if !node.used() {
+                    return Some((node.start, node.last));
+                }
+            }
+            None
+        })
     }
 
+    #[inline]
     fn round_size(&self, size: u64) -> Result<u64> {
         if size == 0 {
             return Err(Error::ZeroSize { what: WHAT });
@@ -188,166 +295,423 @@ impl RangeAllocator {
             })
     }
 
-    // --- size-class lists -------------------------------------------------------------
-
-    fn link(&mut self, n: u32) {
-        let c = floor_class(self.nodes[n as usize].len());
-        let head = self.heads[c];
-        let node = &mut self.nodes[n as usize];
-        node.class = c as u16;
-        node.prev = NIL;
-        node.next = head;
-        if head != NIL {
-            self.nodes[head as usize].prev = n;
+    /// Fails, changing nothing, when a call could need more nodes than `u32` numbers allow
+    /// (past four billion blocks).
+    #[inline]
+    fn room(&self, requested: u64) -> Result<()> {
+        if self.nodes.len() >= MAX_NODES && self.spare.len() < 2 {
+            return Err(Error::NoMemory {
+                what: "range allocator nodes",
+                requested,
+                available: 0,
+            });
         }
-        self.heads[c] = n;
-        self.classes.set(c);
+        Ok(())
     }
 
-    fn unlink(&mut self, n: u32) {
-        let Node {
-            prev, next, class, ..
-        } = self.nodes[n as usize];
-        if prev != NIL {
-            self.nodes[prev as usize].next = next;
+    // --- the hash of allocated blocks by start ----------------------------------------
+
+    /// The bucket of `key`: the top bits of its Fibonacci hash (a multiply by 2^64 / φ),
+    /// which spreads page-aligned and other regularly spaced keys evenly.
+    #[inline]
+    fn bucket(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    /// The allocated block starting at `key`, and where the link to it is: the bucket's
+    /// head ([`NIL`]) or the previous node of the chain.
+    #[inline]
+    fn find(&self, key: u64) -> Option<(u32, u32)> {
+        let mut link = NIL;
+        let mut n = self.buckets[self.bucket(key)];
+        while n != NIL {
+            let node = &self.nodes[n as usize];
+            if node.start == key {
+                return Some((n, link));
+            }
+            link = n;
+            n = node.a;
+        }
+        None
+    }
+
+    /// Takes allocated node `n` out of its chain, given where the link to it is (as
+    /// [`find`](Self::find) returns it).
+    #[inline]
+    fn unchain(&mut self, n: u32, link: u32) {
+        self.allocated -= 1;
+        let next = self.nodes[n as usize].a;
+        if link == NIL {
+            let b = self.bucket(self.nodes[n as usize].start);
+            self.buckets[b] = next;
         } else {
-            self.heads[class as usize] = next;
-            if next == NIL {
-                self.classes.clear(class as usize);
+            self.nodes[link as usize].a = next;
+        }
+    }
+
+    /// Marks node `n` allocated and adds it to the chain of its start.
+    #[inline]
+    fn hash_insert(&mut self, n: u32) {
+        self.allocated += 1;
+        if self.allocated * 4 > self.buckets.len() {
+            self.grow_buckets();
+        }
+        let b = self.bucket(self.nodes[n as usize].start);
+        let node = &mut self.nodes[n as usize];
+        node.a = self.buckets[b];
+        node.b = USED;
+        self.buckets[b] = n;
+    }
+
+    /// Takes allocated node `n` out of the chain of its start.
+    #[inline]
+    fn hash_remove(&mut self, n: u32) {
+        if let Some((_, link)) = self.find(self.nodes[n as usize].start) {
+            self.unchain(n, link);
+        }
+    }
+
+    /// Doubles the buckets and rehashes every allocated block.
+    #[cold]
+    fn grow_buckets(&mut self) {
+        self.bits += 1;
+        let old = core::mem::replace(&mut self.buckets, alloc_crate::vec![NIL; 1 << self.bits]);
+        for mut n in old {
+            while n != NIL {
+                let next = self.nodes[n as usize].a;
+                let b = self.bucket(self.nodes[n as usize].start);
+                self.nodes[n as usize].a = self.buckets[b];
+                self.buckets[b] = n;
+                n = next;
             }
         }
-        if next != NIL {
-            self.nodes[next as usize].prev = prev;
-        }
     }
 
+    // --- nodes, the address list and its anchors ---------------------------------------
+
+    /// A new node for `[start, last]`, in no list yet. The caller has checked
+    /// [`room`](Self::room).
+    #[inline]
     fn new_node(&mut self, start: u64, last: u64) -> u32 {
         let node = Node {
             start,
             last,
             prev: NIL,
             next: NIL,
-            class: 0,
-            taken: false,
+            a: NIL,
+            b: NIL,
         };
         match self.spare.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = node;
-                i
+            Some(n) => {
+                self.nodes[n as usize] = node;
+                n
             }
             None => {
                 self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Replaces the extent of node `n` (still indexed by its old start if that is kept).
-    fn resize(&mut self, n: u32, start: u64, last: u64) {
-        let old = self.nodes[n as usize];
-        let relink = floor_class((last - start).saturating_add(1)) != old.class as usize;
-        if relink {
-            self.unlink(n);
-        }
-        self.nodes[n as usize].start = start;
-        self.nodes[n as usize].last = last;
-        if relink {
-            self.link(n);
-        }
-    }
-
-    fn remove_node(&mut self, n: u32) {
-        self.unlink(n);
-        self.index.remove(self.nodes[n as usize].start);
-        self.spare.push(n);
-    }
-
-    /// Takes `[data, last]` out of free node `n`.
-    fn carve(&mut self, n: u32, data: u64, last: u64) {
-        let Node {
-            start, last: end, ..
-        } = self.nodes[n as usize];
-        self.free_bytes -= last - data + 1;
-        match (data > start, last < end) {
-            (false, false) => {
-                // Handed out whole: keep it as a tombstone.
-                self.unlink(n);
-                self.nodes[n as usize].taken = true;
-                self.taken += 1;
-            }
-            (true, false) => self.resize(n, start, data - 1),
-            (false, true) => {
-                // The start moves up inside the same gap between neighbours: the order of
-                // the index is unchanged.
-                if let Some(p) = self.index.pred(start) {
-                    self.index.rekey(p, last + 1);
+                let n = self.nodes.len() - 1;
+                if n.is_multiple_of(64) {
+                    self.anchor_bits.push(0);
                 }
-                self.resize(n, last + 1, end);
+                n as u32
+            }
+        }
+    }
+
+    /// Puts node `a` right after node `p` in address order; one time in [`SAMPLE`] it also
+    /// becomes an anchor.
+    #[inline]
+    fn link_after(&mut self, p: u32, a: u32) {
+        let n = self.nodes[p as usize].next;
+        {
+            let node = &mut self.nodes[a as usize];
+            node.prev = p;
+            node.next = n;
+        }
+        self.nodes[p as usize].next = a;
+        self.nodes[n as usize].prev = a;
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        if x.is_multiple_of(SAMPLE) {
+            self.anchor_bits[a as usize / 64] |= 1 << (a % 64);
+            self.anchors.insert(self.nodes[a as usize].start, a);
+        }
+    }
+
+    #[inline]
+    fn is_anchor(&self, n: u32) -> bool {
+        self.anchor_bits[n as usize / 64] & 1 << (n % 64) != 0
+    }
+
+    /// Takes node `a` (out of the hash or its size class already) off the address list and
+    /// the anchors, and recycles it.
+    #[inline]
+    fn drop_node(&mut self, a: u32) {
+        let Node {
+            start, prev, next, ..
+        } = self.nodes[a as usize];
+        self.nodes[prev as usize].next = next;
+        self.nodes[next as usize].prev = prev;
+        if self.is_anchor(a) {
+            self.anchor_bits[a as usize / 64] &= !(1 << (a % 64));
+            self.anchors.remove(start);
+        }
+        self.spare.push(a);
+    }
+
+    /// Gives node `n` (out of the hash or its size class for the moment) a new start; its
+    /// place in address order must stay right.
+    fn set_start(&mut self, n: u32, start: u64) {
+        let old = core::mem::replace(&mut self.nodes[n as usize].start, start);
+        if self.is_anchor(n) {
+            if let Some(p) = self.anchors.pred(old) {
+                self.anchors.rekey(p, start);
+            }
+        }
+    }
+
+    /// The block with the greatest start `≤ x`, or [`HEAD`] if there is none: the last
+    /// anchor at or before `x`, then a walk along the address list (expected [`SAMPLE`]
+    /// steps).
+    fn pred(&self, x: u64) -> u32 {
+        let mut cur = self.anchors.pred(x).map_or(HEAD, |p| self.anchors.at(p).1);
+        loop {
+            let n = self.nodes[cur as usize].next;
+            if n != HEAD && self.nodes[n as usize].start <= x {
+                cur = n;
+            } else {
+                return cur;
+            }
+        }
+    }
+
+    // --- size classes -----------------------------------------------------------------
+
+    /// Links free node `n` at the head of the list of its class.
+    #[inline]
+    fn bin_link(&mut self, n: u32) {
+        let c = self.nodes[n as usize].class();
+        let head = self.heads[c];
+        let node = &mut self.nodes[n as usize];
+        node.a = NIL;
+        node.b = head;
+        if head != NIL {
+            self.nodes[head as usize].a = n;
+        } else {
+            self.classes.set(c);
+        }
+        self.heads[c] = n;
+    }
+
+    /// Unlinks free node `n` from the list of class `c` (its class when it was linked).
+    #[inline]
+    fn bin_unlink(&mut self, n: u32, c: usize) {
+        let Node {
+            a: prev, b: next, ..
+        } = self.nodes[n as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].b = next;
+        } else {
+            self.heads[c] = next;
+            if next == NIL {
+                self.classes.clear(c);
+            }
+        }
+        if next != NIL {
+            self.nodes[next as usize].a = prev;
+        }
+    }
+
+    /// Gives free node `n` the new last byte `last`, moving it to another class if needed.
+    #[inline]
+    fn set_last(&mut self, n: u32, last: u64) {
+        let old = self.nodes[n as usize].class();
+        self.nodes[n as usize].last = last;
+        if self.nodes[n as usize].class() != old {
+            self.bin_unlink(n, old);
+            self.bin_link(n);
+        }
+    }
+
+    // --- carving and freeing ----------------------------------------------------------
+
+    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block.
+    /// Needs room for two new nodes.
+    #[inline]
+    fn carve(&mut self, f: u32, data: u64, end: u64) {
+        let Node { start, last, .. } = self.nodes[f as usize];
+        self.free_bytes -= end - data + 1;
+        if data == start {
+            // `f` itself becomes the allocation.
+            let c = self.nodes[f as usize].class();
+            self.bin_unlink(f, c);
+            self.nodes[f as usize].last = end;
+            self.hash_insert(f);
+            if end < last {
+                let t = self.new_node(end + 1, last);
+                self.link_after(f, t);
+                self.bin_link(t);
+            } else {
+                self.fragments -= 1;
+            }
+        } else {
+            let a = self.new_node(data, end);
+            self.link_after(f, a);
+            self.hash_insert(a);
+            if end < last {
+                let t = self.new_node(end + 1, last);
+                self.link_after(a, t);
+                self.bin_link(t);
+                self.fragments += 1;
+            }
+            self.set_last(f, data - 1);
+        }
+    }
+
+    /// Whether `p` is a free block ending right before `s`.
+    #[inline]
+    fn free_before(&self, p: u32, s: u64) -> bool {
+        let node = &self.nodes[p as usize];
+        // `node.last < s` for every block before `s`, so `+ 1` cannot overflow.
+        !node.used() && node.last + 1 == s
+    }
+
+    /// Whether `n` is a free block starting right after `l`.
+    #[inline]
+    fn free_after(&self, n: u32, l: u64) -> bool {
+        let node = &self.nodes[n as usize];
+        // `l < node.start` for every block after `l`, so `+ 1` cannot overflow.
+        !node.used() && node.start == l + 1
+    }
+
+    /// Frees allocated block `a` (already out of the hash), merging with free neighbours.
+    #[inline]
+    fn release(&mut self, a: u32) {
+        let Node {
+            start: s,
+            last: l,
+            prev: p,
+            next: n,
+            ..
+        } = self.nodes[a as usize];
+        match (self.free_before(p, s), self.free_after(n, l)) {
+            (false, false) => {
+                self.bin_link(a);
+                self.fragments += 1;
+            }
+            (true, false) => {
+                self.drop_node(a);
+                self.set_last(p, l);
+            }
+            (false, true) => {
+                // `a` swallows its successor.
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                let nl = self.nodes[n as usize].last;
+                self.drop_node(n);
+                self.nodes[a as usize].last = nl;
+                self.bin_link(a);
             }
             (true, true) => {
-                self.resize(n, start, data - 1);
-                let t = self.new_node(last + 1, end);
-                self.link(t);
-                self.index.insert(last + 1, t);
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                let nl = self.nodes[n as usize].last;
+                self.drop_node(a);
+                self.drop_node(n);
+                self.fragments -= 1;
+                self.set_last(p, nl);
             }
         }
     }
 
-    /// The index entry starting at `last + 1` (if any), and the last entry starting at or
-    /// before `last`.
-    fn neighbours(&self, last: u64) -> (Option<Pos>, Option<Pos>) {
-        let top = self.index.pred(last.saturating_add(1));
-        match top {
-            Some(pos) if last != u64::MAX && self.index.at(pos).0 == last + 1 => {
-                (Some(pos), self.index.prev(pos))
+    /// Makes `[s, l]`, where no block is, free; `p` is the block right before it (or
+    /// [`HEAD`]). Needs room for one new node.
+    fn insert_free(&mut self, p: u32, s: u64, l: u64) {
+        let n = self.nodes[p as usize].next;
+        match (self.free_before(p, s), self.free_after(n, l)) {
+            (false, false) => {
+                let a = self.new_node(s, l);
+                self.link_after(p, a);
+                self.bin_link(a);
+                self.fragments += 1;
             }
-            _ => (None, top),
+            (true, false) => self.set_last(p, l),
+            (false, true) => {
+                // The successor grows down over [s, l].
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                self.set_start(n, s);
+                self.bin_link(n);
+            }
+            (true, true) => {
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                let nl = self.nodes[n as usize].last;
+                self.drop_node(n);
+                self.fragments -= 1;
+                self.set_last(p, nl);
+            }
         }
     }
 
-    /// Frees tombstone `n` at `pos` again, merging with free neighbours (the entry before
-    /// it, and `succ`, the entry right after it, if any).
-    fn revive(&mut self, pos: Pos, n: u32, succ: Option<Pos>) {
-        self.nodes[n as usize].taken = false;
-        self.taken -= 1;
-        let Node { start, last, .. } = self.nodes[n as usize];
-        let pred = self
-            .index
-            .prev(pos)
-            .map(|p| self.index.at(p).1)
-            .filter(|&p| {
-                let node = &self.nodes[p as usize];
-                !node.taken && node.last.checked_add(1) == Some(start)
-            });
-        let succ = succ
-            .map(|p| (p, self.index.at(p).1))
-            .filter(|&(_, s)| !self.nodes[s as usize].taken);
-        // Remove later entries first so earlier positions stay valid.
-        let end = match succ {
-            Some((spos, s)) => {
-                let end = self.nodes[s as usize].last;
-                self.unlink(s);
-                self.index.remove_at(spos);
-                self.spare.push(s);
-                end
+    /// Frees `[s, l]` in general: any mix of allocated blocks (whole or in part) and space
+    /// no block covers. Overlapping free space is a double free, detected before any change.
+    /// Needs room for two new nodes.
+    #[inline(never)]
+    fn free_general(&mut self, s: u64, l: u64) -> Result<()> {
+        // Blocks overlapping [s, l] are the ones from pred(l) back while they reach s.
+        let mut before = self.pred(l);
+        while before != HEAD && self.nodes[before as usize].last >= s {
+            if !self.nodes[before as usize].used() {
+                return Err(Error::DoubleFree {
+                    what: WHAT,
+                    start: s,
+                    len: l - s + 1,
+                });
             }
-            None => last,
-        };
-        match pred {
-            Some(p) => {
-                self.index.remove_at(pos);
-                self.spare.push(n);
-                let ps = self.nodes[p as usize].start;
-                self.resize(p, ps, end);
-            }
-            None => {
-                self.nodes[n as usize].last = end;
-                self.link(n);
-            }
+            before = self.nodes[before as usize].prev;
         }
+        // Cut [s, l] out of the allocated blocks it overlaps.
+        let mut z = self.nodes[before as usize].next;
+        while z != HEAD && self.nodes[z as usize].start <= l {
+            let Node {
+                start: zs,
+                last: zl,
+                next,
+                ..
+            } = self.nodes[z as usize];
+            if zs < s {
+                // The head [zs, s - 1] stays allocated in `z`, a tail [l + 1, zl] as a new
+                // block.
+                if zl > l {
+                    let r = self.new_node(l + 1, zl);
+                    self.link_after(z, r);
+                    self.hash_insert(r);
+                }
+                self.nodes[z as usize].last = s - 1;
+                before = z;
+            } else if zl > l {
+                // The tail [l + 1, zl] stays allocated in `z`.
+                self.hash_remove(z);
+                self.set_start(z, l + 1);
+                self.hash_insert(z);
+            } else {
+                self.hash_remove(z);
+                self.drop_node(z);
+            }
+            if zl > l {
+                break;
+            }
+            z = next;
+        }
+        self.insert_free(before, s, l);
+        Ok(())
     }
 
     /// Where `[.., +size)` aligned to `mask + 1` goes inside node `n`, top-most; if it fits.
+    #[inline]
     fn place(&self, n: u32, size: u64, mask: u64) -> Option<u64> {
         let node = &self.nodes[n as usize];
         let top = node.last.checked_sub(size - 1)?;
@@ -355,8 +719,14 @@ impl RangeAllocator {
         (data >= node.start).then_some(data)
     }
 
-    /// Allocates `size` bytes (rounded up to the default alignment) aligned to `alignment`
-    /// (0: the default alignment) and returns the start.
+    /// Allocates `size` bytes (rounded up to the default alignment) at a multiple of
+    /// `alignment` and returns the start. `alignment` 0 means the default alignment; any
+    /// power of two up to 2^63 may be given, including one below the default.
+    ///
+    /// Errors: [`Error::ZeroSize`], [`Error::BadAlignment`], [`Error::Overflow`] (the
+    /// rounded size does not fit in 64 bits), [`Error::NoSpace`] (no free range fits: the
+    /// search is exact).
+    #[inline]
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
         let size = self.round_size(size)?;
         let mask = if alignment == 0 {
@@ -364,14 +734,18 @@ impl RangeAllocator {
         } else {
             check_align("range allocator alignment", alignment)? - 1
         };
-        // A block of at least `size + mask` bytes holds an aligned placement wherever it is;
-        // blocks of the default alignment's granules need only `size`.
-        let sure = if mask <= self.default_mask {
+        self.room(size)?;
+        // Any block of at least `size + mask` bytes holds an aligned placement. When the
+        // request is no more aligned than the default, a block of `size` bytes does too,
+        // as long as its start is a multiple of the default alignment (always so unless
+        // odd ranges were added or taken): try the first block of the lowest class that
+        // surely holds `size`.
+        let want = if mask <= self.default_mask {
             Some(size)
         } else {
             size.checked_add(mask)
         };
-        if let Some(c) = sure
+        if let Some(c) = want
             .and_then(ceil_class)
             .and_then(|c| self.classes.first_at_or_above(c))
         {
@@ -381,19 +755,32 @@ impl RangeAllocator {
                 return Ok(data);
             }
         }
-        // Slow path: classes that may hold a fit (from the size's own class up to the sure
-        // one), every block checked.
+        self.allocate_tight(size, mask)
+    }
+
+    /// The slow path of [`allocate`](Self::allocate), exact: every block of the classes
+    /// that may hold a fit (from the size's own class up to the first class whose blocks
+    /// are all at least `size + mask` long) is tried, then the first block of that class.
+    #[inline(never)]
+    fn allocate_tight(&mut self, size: u64, mask: u64) -> Result<u64> {
         let lo = floor_class(size);
-        let hi = sure.and_then(ceil_class).unwrap_or(CLASSES);
+        let sure = size
+            .checked_add(mask)
+            .and_then(ceil_class)
+            .unwrap_or(CLASSES);
         let mut c = self.classes.first_at_or_above(lo);
-        while let Some(class) = c.filter(|&x| x < hi.max(lo + 1)) {
+        while let Some(class) = c {
             let mut n = self.heads[class];
             while n != NIL {
                 if let Some(data) = self.place(n, size, mask) {
                     self.carve(n, data, data + (size - 1));
                     return Ok(data);
                 }
-                n = self.nodes[n as usize].next;
+                if class >= sure {
+                    // Cannot happen: every block of a sure class fits.
+                    break;
+                }
+                n = self.nodes[n as usize].b;
             }
             c = self.classes.first_at_or_above(class + 1);
         }
@@ -406,7 +793,9 @@ impl RangeAllocator {
     }
 
     /// Allocates exactly `[start, start + size)` (size rounded up to the default alignment).
-    /// Fails with [`Error::RangeBusy`] unless the range lies inside one free interval.
+    /// Fails with [`Error::RangeBusy`] unless the range lies inside one free interval
+    /// (and with [`Error::ZeroSize`] or [`Error::Overflow`] for a size of 0 or a range past
+    /// 2^64).
     pub fn allocate_range(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
         let last = start.checked_add(size - 1).ok_or(Error::Overflow {
@@ -414,22 +803,30 @@ impl RangeAllocator {
             start,
             len: size,
         })?;
-        match self.index.pred(start).map(|p| self.index.at(p).1) {
-            Some(n) if !self.nodes[n as usize].taken && last <= self.nodes[n as usize].last => {
-                self.carve(n, start, last);
-                Ok(())
-            }
-            _ => Err(Error::RangeBusy {
+        self.room(size)?;
+        let n = self.pred(start);
+        let node = &self.nodes[n as usize];
+        if n != HEAD && !node.used() && last <= node.last {
+            self.carve(n, start, last);
+            Ok(())
+        } else {
+            Err(Error::RangeBusy {
                 what: WHAT,
                 start,
                 len: size,
-            }),
+            })
         }
     }
 
     /// Frees (or adds) `[start, start + size)` (size rounded up to the default alignment),
     /// merging with free neighbours. A range overlapping free space is
     /// [`Error::DoubleFree`] and changes nothing.
+    ///
+    /// Any range that is not free may be given: a whole allocation (the fast, O(1) case),
+    /// part of one, several, or space that was never in the allocator. Other errors:
+    /// [`Error::ZeroSize`], and [`Error::Overflow`] for a range past 2^64 or a free count
+    /// past 2^64 − 1.
+    #[inline]
     pub fn deallocate(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
         let last = start.checked_add(size - 1).ok_or(Error::Overflow {
@@ -444,78 +841,14 @@ impl RangeAllocator {
                 len: size,
             });
         }
-        // One search finds the entry starting right after us (if any) and the last one
-        // starting at or before our last byte: the only candidates for merging, and where
-        // a walk back for overlaps begins.
-        let (succ, below) = self.neighbours(last);
-        if let Some(pos) = below {
-            let n = self.index.at(pos).1;
-            let node = self.nodes[n as usize];
-            if node.taken && node.start == start && node.last == last {
-                self.revive(pos, n, succ);
-                self.free_bytes += size;
-                return Ok(());
+        match self.find(start) {
+            Some((a, link)) if self.nodes[a as usize].last == last => {
+                self.unchain(a, link);
+                self.release(a);
             }
-        }
-        // Overlaps: free space is a double free; tombstones of allocated space we free
-        // now are dropped (they are only a shortcut). Check everything before changing
-        // anything.
-        let mut stale = Vec::new();
-        let mut at = below;
-        while let Some(pos) = at {
-            let n = self.index.at(pos).1;
-            let node = self.nodes[n as usize];
-            if node.last < start {
-                break;
-            }
-            if !node.taken {
-                return Err(Error::DoubleFree {
-                    what: WHAT,
-                    start,
-                    len: size,
-                });
-            }
-            stale.push(n);
-            at = self.index.prev(pos);
-        }
-        let (succ, below) = if stale.is_empty() {
-            (succ, below)
-        } else {
-            for n in stale {
-                self.index.remove(self.nodes[n as usize].start);
-                self.spare.push(n);
-                self.taken -= 1;
-            }
-            self.neighbours(last)
-        };
-        let succ = succ.filter(|&pos| !self.nodes[self.index.at(pos).1 as usize].taken);
-        let merge_pred = below.map(|pos| self.index.at(pos).1).filter(|&p| {
-            let node = &self.nodes[p as usize];
-            !node.taken && node.last.checked_add(1) == Some(start)
-        });
-        match (merge_pred, succ) {
-            (Some(p), Some(pos)) => {
-                let s = self.index.at(pos).1;
-                let end = self.nodes[s as usize].last;
-                self.remove_node(s);
-                let ps = self.nodes[p as usize].start;
-                self.resize(p, ps, end);
-            }
-            (Some(p), None) => {
-                let ps = self.nodes[p as usize].start;
-                self.resize(p, ps, last);
-            }
-            (None, Some(pos)) => {
-                let s = self.index.at(pos).1;
-                let end = self.nodes[s as usize].last;
-                // The successor's start moves down into the gap we fill: same order.
-                self.index.rekey(pos, start);
-                self.resize(s, start, end);
-            }
-            (None, None) => {
-                let n = self.new_node(start, last);
-                self.link(n);
-                self.index.insert_after(below, start, n);
+            _ => {
+                self.room(size)?;
+                self.free_general(start, last)?;
             }
         }
         self.free_bytes += size;
@@ -525,6 +858,8 @@ impl RangeAllocator {
 
 /// A [`RangeAllocator`] behind a lock (IOKit's `kLocking` option): every method takes
 /// `&self` and may be shared between threads.
+///
+/// IOKit's locking allocators all share one global mutex; each of these has its own.
 #[derive(Debug)]
 pub struct LockedRangeAllocator {
     inner: spin::Mutex<RangeAllocator>,
@@ -572,6 +907,175 @@ impl LockedRangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc_crate::vec;
+
+    impl RangeAllocator {
+        /// Checks every invariant of the structure; panics on the first violation.
+        fn check(&self) {
+            let n_nodes = self.nodes.len();
+            let mut on_list = vec![false; n_nodes];
+            // The address list: consistent links, ascending disjoint blocks, no two free
+            // blocks adjacent, exact counters.
+            let (mut free, mut fragments, mut allocated) = (0u64, 0usize, 0usize);
+            let mut prev = HEAD;
+            let mut prev_block: Option<Node> = None;
+            let mut n = self.nodes[HEAD as usize].next;
+            while n != HEAD {
+                let node = self.nodes[n as usize];
+                assert!(!on_list[n as usize], "node {n} twice on the address list");
+                on_list[n as usize] = true;
+                assert_eq!(node.prev, prev, "back link of node {n}");
+                assert!(node.start <= node.last, "node {n} is empty");
+                if let Some(p) = prev_block {
+                    assert!(p.last < node.start, "blocks overlap or are out of order");
+                    assert!(
+                        p.used() || node.used() || p.last + 1 < node.start,
+                        "free blocks [{:#x}, {:#x}] and [{:#x}, {:#x}] are adjacent",
+                        p.start,
+                        p.last,
+                        node.start,
+                        node.last
+                    );
+                }
+                if node.used() {
+                    allocated += 1;
+                    assert_eq!(
+                        self.find(node.start).map(|(m, _)| m),
+                        Some(n),
+                        "allocated node {n} not found by its start"
+                    );
+                } else {
+                    fragments += 1;
+                    free += node.last - node.start + 1;
+                }
+                prev = n;
+                prev_block = Some(node);
+                n = node.next;
+            }
+            assert_eq!(self.nodes[HEAD as usize].prev, prev, "HEAD's back link");
+            assert_eq!(self.free_bytes, free, "free_bytes");
+            assert_eq!(self.fragments, fragments, "fragments");
+            assert_eq!(self.allocated, allocated, "allocated");
+            // Every node is either on the list or spare, once.
+            let mut spare = vec![false; n_nodes];
+            for &s in &self.spare {
+                assert!(!on_list[s as usize] && !spare[s as usize], "spare node {s}");
+                spare[s as usize] = true;
+            }
+            assert_eq!(
+                (1..n_nodes).filter(|&i| on_list[i] || spare[i]).count(),
+                n_nodes - 1,
+                "a node is neither on the list nor spare"
+            );
+            // Size classes: exactly the free blocks, each in the list of its class.
+            let mut in_class = 0;
+            for c in 0..CLASSES {
+                let mut m = self.heads[c];
+                let mut back = NIL;
+                assert_eq!(
+                    self.classes.first_at_or_above(c) == Some(c),
+                    m != NIL,
+                    "class bit {c}"
+                );
+                while m != NIL {
+                    let node = self.nodes[m as usize];
+                    assert!(
+                        on_list[m as usize] && !node.used(),
+                        "class {c} lists node {m}"
+                    );
+                    assert_eq!(node.class(), c, "node {m} in the wrong class");
+                    assert_eq!(node.a, back, "class list back link of node {m}");
+                    in_class += 1;
+                    back = m;
+                    m = node.b;
+                }
+            }
+            assert_eq!(
+                in_class, fragments,
+                "free blocks missing from their classes"
+            );
+            // The hash: exactly the allocated blocks, each in the bucket of its start.
+            let mut chained = 0;
+            for (b, &first) in self.buckets.iter().enumerate() {
+                let mut m = first;
+                while m != NIL {
+                    let node = self.nodes[m as usize];
+                    assert!(on_list[m as usize] && node.used(), "hash holds node {m}");
+                    assert_eq!(self.bucket(node.start), b, "node {m} in the wrong bucket");
+                    chained += 1;
+                    m = node.a;
+                }
+            }
+            assert_eq!(chained, allocated, "allocated blocks missing from the hash");
+            // Anchors: exactly the flagged nodes, by their current start.
+            let anchors: Vec<(u64, u32)> = self.anchors.iter().collect();
+            for &(k, m) in &anchors {
+                assert!(on_list[m as usize] && self.is_anchor(m), "anchor {m}");
+                assert_eq!(self.nodes[m as usize].start, k, "anchor key of node {m}");
+            }
+            let flagged = (1..n_nodes as u32).filter(|&m| self.is_anchor(m)).count();
+            assert_eq!(flagged, anchors.len(), "anchor bits");
+        }
+    }
+
+    /// A small deterministic generator, so the test needs no dependency.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn the_structure_stays_consistent_under_random_use() {
+        for seed in 0..40 {
+            let mut rng = Lcg(seed);
+            let g = 1 << rng.below(4);
+            let mut r = RangeAllocator::new(0x10_0000, 0x4000 * g, g).unwrap();
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..600 {
+                match rng.below(10) {
+                    0..=3 => {
+                        let size = (1 + rng.below(40)) * g;
+                        let align = if rng.below(3) == 0 {
+                            1 << rng.below(12)
+                        } else {
+                            0
+                        };
+                        if let Ok(a) = r.allocate(size, align) {
+                            live.push((a, size));
+                        }
+                    }
+                    4 => {
+                        let start = 0x10_0000 + rng.below(0x4000) * g;
+                        let size = (1 + rng.below(8)) * g;
+                        if r.allocate_range(start, size).is_ok() {
+                            live.push((start, size));
+                        }
+                    }
+                    5..=8 if !live.is_empty() => {
+                        let (a, size) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                        r.deallocate(a, size).unwrap();
+                    }
+                    _ => {
+                        // Free a random range: succeeds only over allocated space, cutting
+                        // whatever allocations it meets.
+                        let start = 0x10_0000 + rng.below(0x4000) * g;
+                        let size = (1 + rng.below(16)) * g;
+                        if r.deallocate(start, size).is_ok() {
+                            live.retain(|&(a, l)| a + l <= start || a >= start + size);
+                        }
+                    }
+                }
+                r.check();
+            }
+        }
+    }
 
     #[test]
     fn iokit_with_range_rounds_to_default_alignment() {
@@ -584,57 +1088,82 @@ mod tests {
                 .free_count(),
             0
         );
+        r.check();
     }
 
     #[test]
-    fn placement_alignment_and_merge() {
-        let mut r = RangeAllocator::new(0, 0x10000, 0x100).unwrap();
-        let a = r.allocate(1, 0).unwrap();
-        assert_eq!(a, 0xFF00, "carved from the top of the block");
-        let b = r.allocate(0x100, 0x1000).unwrap();
-        assert_eq!(b % 0x1000, 0);
-        assert_eq!(r.free_count(), 0x10000 - 0x200);
-        r.deallocate(a, 0x100).unwrap();
-        r.deallocate(b, 0x100).unwrap();
-        assert_eq!(r.fragment_count(), 1);
-        assert_eq!(r.free_count(), 0x10000);
+    fn placement_is_the_top_of_the_smallest_sure_block() {
+        let mut r = RangeAllocator::empty(0x100).unwrap();
+        r.deallocate(0x1_0000, 0x1_0000).unwrap(); // big
+        r.deallocate(0x4_0000, 0x800).unwrap(); // small
+        assert_eq!(
+            r.allocate(1, 0).unwrap(),
+            0x4_0700,
+            "top of the smaller block"
+        );
+        assert_eq!(
+            r.allocate(0x800, 0).unwrap(),
+            0x1_f800,
+            "only the big one holds it"
+        );
+        r.check();
     }
 
     #[test]
-    fn blocks_handed_out_whole_come_back_cheaply_and_correctly() {
+    fn a_block_handed_out_whole_comes_back_whole() {
         let mut r = RangeAllocator::empty(0x1000).unwrap();
         r.deallocate(0x1_0000, 0x1000).unwrap();
         r.deallocate(0x3_0000, 0x1000).unwrap();
-        let a = r.allocate(0x1000, 0).unwrap(); // exact fit: a tombstone now
+        let a = r.allocate(0x1000, 0).unwrap();
         assert_eq!(r.fragment_count(), 1);
         assert!(matches!(
             r.allocate_range(a, 0x1000),
             Err(Error::RangeBusy { .. })
         ));
-        r.deallocate(a, 0x1000).unwrap(); // revived
+        r.deallocate(a, 0x1000).unwrap();
         assert_eq!(r.fragment_count(), 2);
         assert!(matches!(
             r.deallocate(a, 0x1000),
             Err(Error::DoubleFree { .. })
         ));
-        // A revived block merges with free neighbours on both sides.
-        let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
-        r.allocate_range(0x1000, 0x1000).unwrap();
-        let whole = r.allocate(0x1000, 0).unwrap();
-        assert!(whole == 0 || whole == 0x2000);
-        r.deallocate(0x1000, 0x1000).unwrap();
-        r.deallocate(whole, 0x1000).unwrap();
-        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0, 0x2fff)]);
-        // Freeing part of a whole-handed-out block drops the shortcut and stays exact.
+        r.check();
+    }
+
+    #[test]
+    fn frees_merge_on_both_sides_in_every_order() {
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
+            for k in 0..3 {
+                r.allocate_range(k * 0x1000, 0x1000).unwrap();
+            }
+            for k in order {
+                r.deallocate(k * 0x1000, 0x1000).unwrap();
+                r.check();
+            }
+            assert_eq!(r.fragments().collect::<Vec<_>>(), [(0, 0x2fff)]);
+        }
+    }
+
+    #[test]
+    fn a_free_may_cut_split_or_span_allocations_and_add_space() {
         let mut r = RangeAllocator::empty(0x1000).unwrap();
         r.deallocate(0x8000, 0x4000).unwrap();
-        let b = r.allocate(0x4000, 0).unwrap();
-        r.deallocate(b + 0x1000, 0x1000).unwrap();
+        let b = r.allocate(0x4000, 0).unwrap(); // the whole block
+        r.deallocate(b + 0x1000, 0x1000).unwrap(); // a hole in its middle
+        r.check();
         assert_eq!(r.free_count(), 0x1000);
         assert_eq!(r.fragment_count(), 1);
-        r.deallocate(b, 0x1000).unwrap();
-        r.deallocate(b + 0x2000, 0x2000).unwrap();
-        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0x8000, 0xbfff)]);
+        r.deallocate(b, 0x1000).unwrap(); // merges with the hole
+        r.deallocate(b + 0x2000, 0x4000).unwrap(); // the rest, and space never added
+        r.check();
+        assert_eq!(r.fragments().collect::<Vec<_>>(), [(0x8000, 0xdfff)]);
     }
 
     #[test]
@@ -647,44 +1176,43 @@ mod tests {
         let b = r.allocate(0x300, 0).unwrap();
         assert_ne!(a, b);
         assert!(matches!(r.allocate(0x100, 0), Err(Error::NoSpace { .. })));
-        // Aligned: only one placement in [0x1000, 0x1300) is 0x200-aligned... 0x1000 and 0x1200.
+        // Aligned: in [0x1000, 0x1300) only 0x1000 is 0x800-aligned.
         r.deallocate(0x1000, 0x300).unwrap();
         assert_eq!(r.allocate(0x100, 0x800).unwrap(), 0x1000);
+        r.check();
     }
 
     #[test]
-    fn misuse_is_an_error_that_changes_nothing() {
-        let mut r = RangeAllocator::new(0x1000, 0x4000, 0x1000).unwrap();
-        let before: alloc_crate::vec::Vec<_> = r.fragments().collect();
-        assert!(matches!(
-            r.deallocate(0x2000, 0x1000),
-            Err(Error::DoubleFree { .. })
-        ));
-        assert!(matches!(r.allocate(0, 0), Err(Error::ZeroSize { .. })));
-        assert!(matches!(
-            r.allocate(0x1000, 3),
-            Err(Error::BadAlignment { .. })
-        ));
-        assert!(matches!(r.allocate(0x5000, 0), Err(Error::NoSpace { .. })));
-        assert!(matches!(
-            r.allocate_range(0, 0x1000),
-            Err(Error::RangeBusy { .. })
-        ));
-        assert!(matches!(
-            r.allocate_range(u64::MAX - 10, 0x1000),
-            Err(Error::Overflow { .. })
-        ));
-        let after: alloc_crate::vec::Vec<_> = r.fragments().collect();
-        assert_eq!(before, after);
+    fn a_block_off_the_default_alignment_is_still_used_exactly() {
+        // Default alignment 0x10, but a free block starting at 0x1008: a request of 0x20
+        // fits it only at 0x1010 (not at its very start).
+        let mut r = RangeAllocator::empty(0x10).unwrap();
+        r.deallocate(0x1008, 0x30).unwrap(); // [0x1008, 0x1038)
+        assert_eq!(r.allocate(0x20, 0).unwrap(), 0x1010);
+        assert!(matches!(r.allocate(0x10, 0), Err(Error::NoSpace { .. })));
+        r.check();
     }
 
     #[test]
-    fn top_of_space() {
-        let mut r = RangeAllocator::empty(1).unwrap();
-        r.deallocate(u64::MAX - 0xfff, 0x1000).unwrap();
-        assert_eq!(r.allocate(0x1000, 0x1000).unwrap(), u64::MAX - 0xfff);
-        assert_eq!(r.free_count(), 0);
-        r.deallocate(u64::MAX - 0xfff, 0x1000).unwrap();
-        assert_eq!(r.fragments().next(), Some((u64::MAX - 0xfff, u64::MAX)));
+    fn searches_by_address_work_across_many_anchors() {
+        let mut r = RangeAllocator::new(0, 0x100_0000, 0x10).unwrap();
+        let starts: Vec<u64> = (0..5000).map(|_| r.allocate(0x10, 0).unwrap()).collect();
+        r.check();
+        assert!(r.anchors.len() > 50, "{} anchors", r.anchors.len());
+        // Free every other one by a range that also cuts nothing else, then take some back
+        // by address.
+        for &s in starts.iter().step_by(2) {
+            r.deallocate(s, 0x10).unwrap();
+        }
+        for &s in starts.iter().step_by(2).take(100) {
+            r.allocate_range(s, 0x10).unwrap();
+        }
+        for &s in starts.iter().skip(1).step_by(2).take(100) {
+            assert!(matches!(
+                r.allocate_range(s, 0x10),
+                Err(Error::RangeBusy { .. })
+            ));
+        }
+        r.check();
     }
 }
