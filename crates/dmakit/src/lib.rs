@@ -24,8 +24,9 @@
 //! | [`alloc`] | the IOMalloc family and [`RangeAllocator`](alloc::RangeAllocator) |
 //! | [`map`] | mapped I/O (`mapped_read*`/`mapped_write*`) and `flush_processor_cache` |
 //! | [`mapper`] | IOMMU mappers: the `Mapper` trait and `IommuMapper` with its flush queue |
-//! | [`dma`] | segment formats, `SegmentSpec`, the IOMemoryCursor family (the DMA command follows) |
+//! | [`dma`] | segment formats, `SegmentSpec`, `DmaCommand` with bounce pool and quarantine, typed ownership, the IOMemoryCursor family, controllers and event sources |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
+//! | [`debug`] | the dma-debug ledger (feature `dma-debug`): violations and outstanding preparations |
 //!
 //! ## Example
 //!
@@ -52,6 +53,7 @@ extern crate std;
 
 pub mod addr;
 pub mod alloc;
+pub mod debug;
 pub mod descriptor;
 pub mod direction;
 pub mod dma;

@@ -262,6 +262,13 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
         })
     }
 
+    fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
+        let end = offset.saturating_add(len).min(self.length());
+        if offset < end {
+            self.inner.leaves(offset, end - offset, f);
+        }
+    }
+
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("buffer", offset, len, self.length())?;
         self.inner.sources(offset, len, f)

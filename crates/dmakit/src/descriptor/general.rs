@@ -257,6 +257,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
         let n = clamp(offset, buf.len(), self.length);
+        crate::debug::cpu_access(super::leaf_id(self), offset, n as u64, false);
         self.copy(offset, n, |addr, at, k| match self.task {
             Some(t) => self
                 .platform
@@ -272,6 +273,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
             return 0;
         }
         let n = clamp(offset, data.len(), self.length);
+        crate::debug::cpu_access(super::leaf_id(self), offset, n as u64, true);
         self.copy(offset, n, |addr, at, k| match self.task {
             Some(t) => self
                 .platform

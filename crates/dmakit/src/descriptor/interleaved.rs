@@ -220,6 +220,16 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
         })
     }
 
+    fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
+        let end = offset.saturating_add(len).min(self.length);
+        for p in &self.portions {
+            let (lo, hi) = (p.start.max(offset), (p.start + p.length).min(end));
+            if lo < hi {
+                p.md.leaves(p.offset + (lo - p.start), hi - lo, f);
+            }
+        }
+    }
+
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("interleaved descriptor", offset, len, self.length)?;
         let end = offset + len;

@@ -45,6 +45,7 @@ mod sub;
 pub use buffer::{BufferMemoryDescriptor, BufferOptions};
 pub use device::{device_memory, device_sub_range, DeviceMemory};
 pub use general::GeneralMemoryDescriptor;
+
 pub use interleaved::InterleavedMemoryDescriptor;
 pub use multi::MultiMemoryDescriptor;
 pub use sub::SubMemoryDescriptor;
@@ -111,6 +112,38 @@ pub trait MemoryDescriptor: Send + Sync {
     /// (what a mapping of the range maps). A range outside the descriptor is
     /// [`Error::OutOfBounds`].
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()>;
+
+    /// Calls `f` with the *leaf* descriptors (the ones that copy bytes themselves) behind
+    /// `[offset, offset + len)`, each with the range in its own offsets. Composite
+    /// descriptors forward to their parts; the default treats `self` as a leaf. The
+    /// dma-debug ledger uses it to see a CPU copy through any descriptor over memory a
+    /// device owns. A range past the end is clamped.
+    fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(LeafRange)) {
+        let end = offset.saturating_add(len).min(self.length());
+        if offset < end {
+            f(LeafRange {
+                id: leaf_id(self),
+                offset,
+                len: end - offset,
+            });
+        }
+    }
+}
+
+/// A range of a leaf descriptor (see [`MemoryDescriptor::leaves`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafRange {
+    /// The leaf's identity (its address; stable while it is shared or borrowed).
+    pub id: usize,
+    /// First byte, in the leaf's offsets.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// The identity of a descriptor for [`LeafRange::id`].
+pub fn leaf_id<T: ?Sized>(md: &T) -> usize {
+    md as *const T as *const u8 as usize
 }
 
 impl dyn MemoryDescriptor + '_ {

@@ -156,6 +156,16 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         self.parts[i].physical_segment(inner)
     }
 
+    fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
+        let end = offset.saturating_add(len).min(self.length);
+        for (p, &start) in self.parts.iter().zip(&self.starts) {
+            let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
+            if lo < hi {
+                p.leaves(lo - start, hi - lo, f);
+            }
+        }
+    }
+
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("multi-descriptor", offset, len, self.length)?;
         let end = offset + len;

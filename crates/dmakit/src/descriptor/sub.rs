@@ -101,6 +101,13 @@ impl MemoryDescriptor for SubMemoryDescriptor {
         })
     }
 
+    fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
+        let end = offset.saturating_add(len).min(self.length);
+        if offset < end {
+            self.parent.leaves(self.offset + offset, end - offset, f);
+        }
+    }
+
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("sub-descriptor", offset, len, self.length)?;
         self.parent.sources(self.offset + offset, len, f)

@@ -14,21 +14,31 @@
 //! * [`controller`]: the `DmaController` trait and `DmaEventSource`, which delivers
 //!   completions in order.
 //!
-//! Typed ownership, quarantine and the dma-debug ledger come with the rest of issue 4.
+//! * [`quarantine`]: `Quarantine`, where a dropped command's device-owned memory waits
+//!   until the device is quiesced;
+//! * [`owned`]: typed ownership: `CpuOwned` and `DeviceOwned` with the direction in the
+//!   type, so CPU access to device-owned memory and wrong-direction syncs do not compile.
 
 pub mod bounce;
 pub mod command;
 pub mod controller;
 pub mod cursor;
 pub mod format;
+pub mod owned;
+pub mod quarantine;
 pub mod spec;
 
 pub use bounce::{BouncePool, BounceStats};
-pub use command::{DmaCommand, MappingMode};
+pub use command::{BounceReason, DmaCommand, MappingMode};
 pub use controller::{DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink};
 pub use cursor::{
     BigMemoryCursor, CursorOutput, LittleMemoryCursor, MemoryCursor, NaturalMemoryCursor,
     PhysicalSegment,
 };
 pub use format::{IoSegment, SegmentFormat};
+pub use owned::{
+    Bidirectional, CpuOwned, DeviceOwned, DeviceReads, DeviceWrites, DmaDirection, Failed,
+    FromDevice, ToDevice,
+};
+pub use quarantine::Quarantine;
 pub use spec::SegmentSpec;

@@ -193,6 +193,22 @@ impl SegmentSpecBuilder {
                 align: s.length_alignment,
             });
         }
+        let cut_align = s.internal_alignment.max(s.length_alignment);
+        if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(cut_align) {
+            // A segment cut at the maximum size must end where the next may start.
+            return Err(Error::NotAligned {
+                what: "SegmentSpec.max_segment_size is not a multiple of internal_alignment",
+                value: s.max_segment_size,
+                align: cut_align,
+            });
+        }
+        if s.boundary != 0 && s.boundary < cut_align {
+            return Err(Error::NotAligned {
+                what: "SegmentSpec.boundary is below internal_alignment/length_alignment (a cut at the boundary would break them)",
+                value: s.boundary,
+                align: cut_align,
+            });
+        }
         if s.boundary != 0 && s.max_segment_size > s.boundary {
             // A segment can never be longer than the boundary it may not cross.
             s.max_segment_size = s.boundary;
