@@ -38,7 +38,7 @@ pub use cursor::{
 pub use format::{IoSegment, SegmentFormat};
 pub use owned::{
     Bidirectional, CpuOwned, DeviceOwned, DeviceReads, DeviceWrites, DmaDirection, Failed,
-    FromDevice, ToDevice,
+    FromDevice, ToDevice, Transition,
 };
 pub use quarantine::Quarantine;
 pub use spec::SegmentSpec;

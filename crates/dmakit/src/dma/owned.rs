@@ -46,6 +46,7 @@ use super::command::{BounceReason, DmaCommand};
 use crate::descriptor::MemoryDescriptor;
 use crate::platform::Platform;
 use crate::{Direction, Error, Result};
+use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
 use core::marker::PhantomData;
 
@@ -108,11 +109,15 @@ impl<T> core::fmt::Debug for Failed<T> {
     }
 }
 
-impl<T> From<Failed<T>> for Error {
-    fn from(f: Failed<T>) -> Error {
+impl<T> From<Box<Failed<T>>> for Error {
+    fn from(f: Box<Failed<T>>) -> Error {
         f.error
     }
 }
+
+/// The result of a state change: the new state, or the error with the old value (boxed, so
+/// the happy path stays small).
+pub type Transition<T, U> = core::result::Result<T, Box<Failed<U>>>;
 
 /// Memory the CPU owns, with the command that will hand it to the device.
 pub struct CpuOwned<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'static> {
@@ -175,7 +180,7 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
     }
 
     /// Hands the whole descriptor to the device (prepare with flush and synchronize).
-    pub fn prepare(self) -> core::result::Result<DeviceOwned<P, D, M>, Failed<Self>> {
+    pub fn prepare(self) -> Transition<DeviceOwned<P, D, M>, Self> {
         let len = self.md.length();
         self.prepare_range(0, len)
     }
@@ -185,14 +190,14 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
         mut self,
         offset: u64,
         length: u64,
-    ) -> core::result::Result<DeviceOwned<P, D, M>, Failed<Self>> {
+    ) -> Transition<DeviceOwned<P, D, M>, Self> {
         match self.cmd.prepare(offset, length, true, true) {
             Ok(()) => Ok(DeviceOwned {
                 md: self.md,
                 cmd: self.cmd,
                 _dir: PhantomData,
             }),
-            Err(error) => Err(Failed { error, value: self }),
+            Err(error) => Err(Box::new(Failed { error, value: self })),
         }
     }
 
@@ -242,9 +247,7 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
     /// The device is done with it: completes (copying back what the device wrote) and
     /// returns the memory to the CPU. The preparation is released even when the copy-back
     /// fails; the error comes with the CPU-owned value.
-    pub fn complete(
-        mut self,
-    ) -> core::result::Result<CpuOwned<P, D, M>, Failed<CpuOwned<P, D, M>>> {
+    pub fn complete(mut self) -> Transition<CpuOwned<P, D, M>, CpuOwned<P, D, M>> {
         let r = self.cmd.complete(true);
         let cpu = CpuOwned {
             md: self.md,
@@ -253,7 +256,7 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
         };
         match r {
             Ok(()) => Ok(cpu),
-            Err(error) => Err(Failed { error, value: cpu }),
+            Err(error) => Err(Box::new(Failed { error, value: cpu })),
         }
     }
 
