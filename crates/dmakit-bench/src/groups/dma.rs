@@ -29,10 +29,12 @@
 //!   well (the same number of bytes read and written). Only the memory differs: the
 //!   descriptor's side is memfd pages and the bounce side one hugepage, where the peer's are
 //!   anonymous heap pages.
+//! * Each row's dmakit and peer samples alternate (one of each per repetition, median of
+//!   each), so a change of load on a shared machine hits both sides alike.
 //! * `dma/bounce_copy_1MiB_multi16`: the same `synchronize(Out)` out of a
 //!   [`MultiMemoryDescriptor`] of 16 wired 64 KiB buffers, one `copy_virt` per part.
 
-use crate::timing::median_ns_per_op;
+use crate::timing::{median, median_ns_per_op};
 use crate::{Options, Row};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
@@ -45,6 +47,11 @@ use dmakit_linux::{AddressMode, Host, HugepagePool};
 use std::sync::Arc;
 
 type H = Arc<Host>;
+
+/// One timed run of `f`, in nanoseconds per operation.
+fn sample<T>(ops: u64, f: impl FnMut() -> T) -> f64 {
+    median_ns_per_op(1, ops, f)
+}
 
 /// Pages (segments) of the scattered descriptor.
 pub const SCATTER: u64 = 4096;
@@ -122,16 +129,20 @@ fn gen_segments_rows(host: &H, reps: usize, passes: u64) -> Result<Vec<Row>> {
     if segs != runs {
         eprintln!("dma/gen_segments: {runs} runs coalesced into {segs} segments");
     }
-    let ours = median_ns_per_op(reps, passes * segs as u64, || {
-        (0..passes)
-            .map(|_| gen_all(&cmd, &mut out).unwrap_or(0))
-            .sum::<usize>()
-    });
-    let peer = median_ns_per_op(reps, passes * runs as u64, || {
-        (0..passes)
-            .map(|_| physical_segment_walk(md.as_ref(), len, &mut raw))
-            .sum::<usize>()
-    });
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        ours.push(sample(passes * segs as u64, || {
+            (0..passes)
+                .map(|_| gen_all(&cmd, &mut out).unwrap_or(0))
+                .sum::<usize>()
+        }));
+        peer.push(sample(passes * runs as u64, || {
+            (0..passes)
+                .map(|_| physical_segment_walk(md.as_ref(), len, &mut raw))
+                .sum::<usize>()
+        }));
+    }
+    let (ours, peer) = (median(ours), median(peer));
     cmd.complete(false)?;
     drop(cmd);
     drop(md);
@@ -178,25 +189,28 @@ fn time_bounce(
                 what: "the bounce copy round trip changed the bytes",
             });
         }
-        let out = median_ns_per_op(reps, copies, || {
-            (0..copies).try_for_each(|_| cmd.synchronize(Direction::Out))
-        });
-        let inn = if both {
-            median_ns_per_op(reps, copies, || {
-                (0..copies).try_for_each(|_| cmd.synchronize(Direction::In))
-            })
-        } else {
-            0.0
-        };
         let src = data.clone();
         let mut dst = vec![0u8; len as usize];
         dst.copy_from_slice(&src);
-        let memcpy = median_ns_per_op(reps, copies, || {
-            for _ in 0..copies {
-                dst.copy_from_slice(std::hint::black_box(&src));
+        // Samples of the three alternate, so a change of load on the machine hits all alike.
+        let (mut out, mut inn, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            out.push(sample(copies, || {
+                (0..copies).try_for_each(|_| cmd.synchronize(Direction::Out))
+            }));
+            if both {
+                inn.push(sample(copies, || {
+                    (0..copies).try_for_each(|_| cmd.synchronize(Direction::In))
+                }));
             }
-            dst[dst.len() / 2]
-        });
+            memcpy.push(sample(copies, || {
+                for _ in 0..copies {
+                    dst.copy_from_slice(std::hint::black_box(&src));
+                }
+                dst[dst.len() / 2]
+            }));
+        }
+        let (out, inn, memcpy) = (median(out), median(inn), median(memcpy));
         Ok((out, inn, memcpy))
     })();
     cmd.complete(false)?;
