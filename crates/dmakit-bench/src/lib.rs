@@ -59,6 +59,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
     let mut rows = Vec::new();
     rows.extend(groups::range::run(opts));
     rows.extend(groups::descriptor::run(opts));
+    rows.extend(groups::dma::run(opts));
     rows
 }
 

@@ -6,6 +6,14 @@
 //! registered with the `unsafe` [`Host::register_region`]. A range that is not wholly inside
 //! one of those is [`Error::NotMapped`], never a fault. Stores to a read-only second mapping
 //! are [`Error::NotWritable`].
+//!
+//! [`CpuAccess::copy_virt`] between two ranges that both lie in allocations of this host is
+//! one bounds-checked `memmove` between their spans (one copy per byte; overlapping ranges of
+//! one allocation are copied as if through a temporary). Allocations are separate memory
+//! objects, so two of them never reach the same pages. A second mapping or a registered
+//! region may reach the same pages as another address, which a `memmove` could not see; a
+//! copy that involves one is staged through a temporary buffer of the whole length (two
+//! copies per byte, but right even when the two views alias).
 
 use crate::host::Host;
 use dmakit::platform::{CpuAccess, Task};
@@ -45,6 +53,46 @@ impl CpuAccess for Host {
             what: "read-only mapping",
             addr: va.0,
         })?;
+        Ok(())
+    }
+
+    fn copy_virt(
+        &self,
+        from_task: Task,
+        from_va: VirtAddr,
+        to_task: Task,
+        to_va: VirtAddr,
+        len: u64,
+    ) -> Result<()> {
+        Self::check_task(from_task)?;
+        Self::check_task(to_task)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let s = self.lock();
+        let unknown = |addr: u64| Error::NotMapped {
+            what: UNKNOWN,
+            addr,
+        };
+        let src = s.cpu_span(from_va.0, len).ok_or(unknown(from_va.0))?;
+        let dst = s.cpu_span(to_va.0, len).ok_or(unknown(to_va.0))?;
+        let read_only = Error::NotWritable {
+            what: "read-only mapping (copy_virt destination)",
+            addr: to_va.0,
+        };
+        if !dst.writable() {
+            return Err(read_only);
+        }
+        // `cpu_span` prefers allocations, so when both ranges lie in allocations both spans
+        // are of allocations: distinct memory objects, or one and the same (memmove).
+        if s.allocation(from_va.0, len).is_some() && s.allocation(to_va.0, len).is_some() {
+            src.copy_to(&dst).ok_or(read_only)?;
+            return Ok(());
+        }
+        // The span exists, so `len` fits in the address space.
+        let mut tmp = vec![0u8; usize::try_from(len).map_err(|_| unknown(from_va.0))?];
+        src.read(&mut tmp);
+        dst.write(&tmp).ok_or(read_only)?;
         Ok(())
     }
 }

@@ -417,6 +417,36 @@ impl<'a> Span<'a> {
         Some(n)
     }
 
+    /// Copies the first `min(self.len, dst.len)` bytes of this span to the start of `dst`
+    /// in one `memmove`; returns the count, or `None` (nothing copied) if `dst` is
+    /// read-only. Spans that overlap in the address space are copied as if through a
+    /// temporary. Two spans at different addresses that reach the same pages (a second
+    /// mapping) are *not* detected here: the caller must only pass spans it knows cannot
+    /// alias that way (see `CpuAccess::copy_virt` in `cpu.rs`).
+    pub(crate) fn copy_to(&self, dst: &Span<'_>) -> Option<usize> {
+        if !dst.writable {
+            return None;
+        }
+        let n = self.len.min(dst.len);
+        // SAFETY: by the invariant of each span, its first n ≤ len bytes are mapped, this
+        // one readable and `dst` writable (checked just above), and neither is referenced by
+        // Rust while the spans are used. `ptr::copy` allows the two ranges to overlap (it is
+        // `memmove`), so no non-overlap precondition is needed.
+        unsafe {
+            ptr::copy(
+                ptr::with_exposed_provenance::<u8>(self.addr),
+                ptr::with_exposed_provenance_mut::<u8>(dst.addr),
+                n,
+            )
+        };
+        Some(n)
+    }
+
+    /// Whether stores through the span are allowed.
+    pub(crate) fn writable(&self) -> bool {
+        self.writable
+    }
+
     /// Whether a `width`-byte access at the start is inside the span and naturally aligned.
     fn fits(&self, width: usize) -> bool {
         matches!(width, 1 | 2 | 4 | 8) && self.len >= width && self.addr.is_multiple_of(width)

@@ -42,8 +42,8 @@ use super::quarantine::{Held, Quarantine};
 use super::spec::SegmentSpec;
 use crate::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
 use crate::mapper::{Access, Mapper};
-use crate::platform::{CacheOp, Platform};
-use crate::{Direction, Error, IoAddr, PhysAddr, Result};
+use crate::platform::{CacheOp, Platform, Task};
+use crate::{Direction, Error, IoAddr, PhysAddr, Result, VirtAddr};
 use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
 
@@ -820,6 +820,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// Copies between the descriptor and the bounce buffer: `to_bounce` for a device read.
+    /// See [`BounceCopy`] for how.
     fn copy(
         &self,
         md: &dyn MemoryDescriptor,
@@ -842,29 +843,16 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Ok(());
         };
         crate::debug::syncing(self.owner.id, true);
-        let mut tmp = [0u8; COPY_CHUNK];
-        let mut x = 0u64;
-        let mut result = Ok(());
-        while x < length {
-            let n = ((length - x) as usize).min(COPY_CHUNK);
-            let (src, dst) = (prep.offset + from + x, b.data_off + from + x);
-            let ok = if to_bounce {
-                md.read_bytes(src, &mut tmp[..n]) == n && b.buffer.write_bytes(dst, &tmp[..n]) == n
-            } else {
-                b.buffer.read_bytes(dst, &mut tmp[..n]) == n && md.write_bytes(src, &tmp[..n]) == n
-            };
-            if !ok {
-                result = Err(Error::NotWritable {
-                    what: "bounce copy could not complete (descriptor prepared read-only?)",
-                    addr: src,
-                });
-                break;
-            }
-            x += n as u64;
+        let result = BounceCopy {
+            platform: &self.platform,
+            md,
+            buffer: &b.buffer,
+            to_bounce,
         }
+        .run(prep.offset + from, b.data_off + from, length);
         crate::debug::syncing(self.owner.id, false);
-        if let Some(pool) = &self.owner.pool {
-            pool.count_copy(x);
+        if let (Ok(()), Some(pool)) = (&result, &self.owner.pool) {
+            pool.count_copy(length);
         }
         result
     }
@@ -1064,6 +1052,106 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             q.completed();
         }
         result
+    }
+}
+
+/// One bounce copy between a descriptor range and a bounce buffer (`to_bounce`: descriptor
+/// → buffer, for a device read).
+///
+/// It walks the descriptor's and the buffer's [`sources`](MemoryDescriptor::sources) side by
+/// side: two task ranges are one [`copy_virt`](crate::platform::CpuAccess::copy_virt), one
+/// copy per byte where the platform can. A physical piece, or a descriptor whose sources
+/// cannot be listed, goes through `read_bytes`/`write_bytes` and a stack buffer (two copies
+/// per byte). Task addresses are taken to be of the command's platform, as its physical
+/// addresses already are.
+struct BounceCopy<'a, P: Platform + Clone> {
+    platform: &'a P,
+    md: &'a dyn MemoryDescriptor,
+    buffer: &'a BufferMemoryDescriptor<P>,
+    to_bounce: bool,
+}
+
+impl<P: Platform + Clone> BounceCopy<'_, P> {
+    /// `len` bytes between descriptor offset `md_off` and buffer offset `buf_off`.
+    fn run(&self, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
+        let mut failed: Option<Error> = None;
+        let mut x = 0u64;
+        let listed = self.md.sources(md_off, len, &mut |s| {
+            if failed.is_some() {
+                return;
+            }
+            let r = match s.task {
+                Some(task) => self.piece(task, s.addr, md_off + x, buf_off + x, s.len),
+                None => self.staged(md_off + x, buf_off + x, s.len),
+            };
+            failed = r.err();
+            x += s.len;
+        });
+        self.finish(listed, failed, md_off, buf_off, len, x)
+    }
+
+    /// The descriptor's task piece `[va, va + len)` of `task` (at descriptor offset
+    /// `md_off`) against the buffer's pieces from `buf_off`.
+    fn piece(&self, task: Task, va: u64, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
+        let mut failed: Option<Error> = None;
+        let mut y = 0u64;
+        let listed = self.buffer.sources(buf_off, len, &mut |b| {
+            if failed.is_some() {
+                return;
+            }
+            let (here, there) = (VirtAddr(va + y), VirtAddr(b.addr));
+            let r = match b.task {
+                Some(bt) if self.to_bounce => self.platform.copy_virt(task, here, bt, there, b.len),
+                Some(bt) => self.platform.copy_virt(bt, there, task, here, b.len),
+                None => self.staged(md_off + y, buf_off + y, b.len),
+            };
+            failed = r.err();
+            y += b.len;
+        });
+        self.finish(listed, failed, md_off, buf_off, len, y)
+    }
+
+    /// After a walk that covered `done` of `len` bytes: the walk's error, or the rest (all
+    /// of it if the sources could not be listed; copying again is harmless) the slow way.
+    fn finish(
+        &self,
+        listed: Result<()>,
+        failed: Option<Error>,
+        md_off: u64,
+        buf_off: u64,
+        len: u64,
+        done: u64,
+    ) -> Result<()> {
+        match (listed, failed) {
+            (_, Some(e)) => Err(e),
+            (Err(_), None) => self.staged(md_off, buf_off, len),
+            (Ok(()), None) if done < len => self.staged(md_off + done, buf_off + done, len - done),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// Through `read_bytes`/`write_bytes` and a stack buffer of `COPY_CHUNK` bytes.
+    fn staged(&self, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
+        let mut tmp = [0u8; COPY_CHUNK];
+        let mut x = 0u64;
+        while x < len {
+            let n = ((len - x) as usize).min(COPY_CHUNK);
+            let ok = if self.to_bounce {
+                self.md.read_bytes(md_off + x, &mut tmp[..n]) == n
+                    && self.buffer.write_bytes(buf_off + x, &tmp[..n]) == n
+            } else {
+                self.buffer.read_bytes(buf_off + x, &mut tmp[..n]) == n
+                    && self.md.write_bytes(md_off + x, &tmp[..n]) == n
+            };
+            if !ok {
+                return Err(Error::NotWritable {
+                    what: "bounce copy could not complete (descriptor prepared read-only?)",
+                    addr: md_off + x,
+                });
+            }
+            x += n as u64;
+        }
+        Ok(())
     }
 }
 

@@ -164,6 +164,71 @@ pub trait CpuAccess: Send + Sync {
 
     /// Copies `data` to `[va, va + data.len())` of `task`.
     fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()>;
+
+    /// Copies `len` bytes from `[from_va, from_va + len)` of `from_task` to
+    /// `[to_va, to_va + len)` of `to_task`.
+    ///
+    /// Ranges of one task that overlap are copied as `memmove` does (as if through a
+    /// temporary). A backend that can reach both ranges at once overrides this with a single
+    /// copy per byte; the default goes through a stack buffer of [`COPY_CHUNK`] bytes
+    /// ([`read_virt`](Self::read_virt) then [`write_virt`](Self::write_virt) per chunk,
+    /// backwards when the destination overlaps the source from above), so it needs nothing
+    /// but those two methods and works without `std`. The default does not know about two
+    /// *different* addresses that reach the same memory (a second mapping): a backend with
+    /// such views and a single-copy override must handle them itself.
+    ///
+    /// On an error, the default may already have written a prefix (or, copying backwards, a
+    /// suffix) of the destination; the error names the address that failed.
+    fn copy_virt(
+        &self,
+        from_task: Task,
+        from_va: VirtAddr,
+        to_task: Task,
+        to_va: VirtAddr,
+        len: u64,
+    ) -> Result<()> {
+        copy_virt_staged(self, from_task, from_va, to_task, to_va, len)
+    }
+}
+
+/// The chunk size of the default [`CpuAccess::copy_virt`].
+pub const COPY_CHUNK: usize = 4096;
+
+/// The default [`CpuAccess::copy_virt`]: chunk by chunk through a stack buffer, using only
+/// `read_virt` and `write_virt`. Public so a backend that overrides `copy_virt` can fall
+/// back to it for the cases its fast path does not cover.
+pub fn copy_virt_staged<C: CpuAccess + ?Sized>(
+    cpu: &C,
+    from_task: Task,
+    from_va: VirtAddr,
+    to_task: Task,
+    to_va: VirtAddr,
+    len: u64,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let overflow = |start: u64| crate::Error::Overflow {
+        what: "copy_virt range",
+        start,
+        len,
+    };
+    let from_end = from_va.0.checked_add(len).ok_or(overflow(from_va.0))?;
+    to_va.0.checked_add(len).ok_or(overflow(to_va.0))?;
+    // Copying forward would overwrite source bytes not yet read only when the destination
+    // starts inside the source, above its start.
+    let backwards = from_task == to_task && to_va.0 > from_va.0 && to_va.0 < from_end;
+    let mut tmp = [0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(COPY_CHUNK as u64);
+        let at = if backwards { len - done - n } else { done };
+        let buf = &mut tmp[..n as usize];
+        cpu.read_virt(from_task, VirtAddr(from_va.0 + at), buf)?;
+        cpu.write_virt(to_task, VirtAddr(to_va.0 + at), buf)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// A CPU data-cache operation.
@@ -344,6 +409,16 @@ macro_rules! forward {
             fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
                 (**self).write_virt(task, va, data)
             }
+            fn copy_virt(
+                &self,
+                from_task: Task,
+                from_va: VirtAddr,
+                to_task: Task,
+                to_va: VirtAddr,
+                len: u64,
+            ) -> Result<()> {
+                (**self).copy_virt(from_task, from_va, to_task, to_va, len)
+            }
         }
         impl<T: CacheOps + ?Sized> CacheOps for $ptr {
             fn dma_coherent(&self) -> bool { (**self).dma_coherent() }
@@ -415,6 +490,127 @@ mod tests {
         assert!(matches!(
             odd.validate(0x4000, p),
             Err(Error::BadAlignment { .. })
+        ));
+    }
+
+    /// Two tasks of flat memory from address 0x1000; only `read_virt`/`write_virt`, so
+    /// `copy_virt` is the default.
+    struct TwoTasks(spin::Mutex<[alloc_crate::vec::Vec<u8>; 2]>);
+
+    impl TwoTasks {
+        fn new(len: usize) -> Self {
+            let fill = |salt: u8| (0..len).map(|i| (i as u8).wrapping_mul(7) ^ salt).collect();
+            TwoTasks(spin::Mutex::new([fill(0), fill(0x5A)]))
+        }
+        fn range(&self, task: Task, va: VirtAddr, n: usize) -> Result<(usize, usize)> {
+            let at = (va.0 as usize).wrapping_sub(0x1000);
+            let len = self.0.lock()[0].len();
+            if task.0 > 1 || at > len || n > len - at {
+                return Err(Error::NotMapped {
+                    what: "test memory",
+                    addr: va.0,
+                });
+            }
+            Ok((task.0 as usize, at))
+        }
+    }
+
+    impl CpuAccess for TwoTasks {
+        fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()> {
+            let (t, at) = self.range(task, va, buf.len())?;
+            buf.copy_from_slice(&self.0.lock()[t][at..at + buf.len()]);
+            Ok(())
+        }
+        fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
+            let (t, at) = self.range(task, va, data.len())?;
+            self.0.lock()[t][at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_copy_virt_is_memmove_within_a_task_and_memcpy_across() {
+        const LEN: usize = 5 * COPY_CHUNK + 123;
+        // (from, to, len) in one task: overlapping both ways by less and more than a chunk,
+        // disjoint, identical, unaligned.
+        let cases = [
+            (0usize, 100usize, 3 * COPY_CHUNK + 7),
+            (100, 0, 3 * COPY_CHUNK + 7),
+            (1, COPY_CHUNK + 2, 2 * COPY_CHUNK + 1),
+            (COPY_CHUNK + 2, 1, 2 * COPY_CHUNK + 1),
+            (3, 3 * COPY_CHUNK, COPY_CHUNK + 9),
+            (77, 77, 2 * COPY_CHUNK),
+            (5, 6, 4 * COPY_CHUNK),
+        ];
+        for (from, to, n) in cases {
+            let m = TwoTasks::new(LEN);
+            let mut want = m.0.lock()[0].clone();
+            want.copy_within(from..from + n, to);
+            m.copy_virt(
+                Task(0),
+                VirtAddr(0x1000 + from as u64),
+                Task(0),
+                VirtAddr(0x1000 + to as u64),
+                n as u64,
+            )
+            .unwrap();
+            assert!(m.0.lock()[0] == want, "memmove {from} -> {to} ({n} bytes)");
+        }
+        // Across tasks the same addresses are different memory: a plain copy.
+        let m = TwoTasks::new(LEN);
+        let (a, b) = {
+            let g = m.0.lock();
+            (g[0].clone(), g[1].clone())
+        };
+        m.copy_virt(
+            Task(1),
+            VirtAddr(0x1000 + 10),
+            Task(0),
+            VirtAddr(0x1000 + 20),
+            9000,
+        )
+        .unwrap();
+        let g = m.0.lock();
+        assert!(
+            g[0][20..9020] == b[10..9010] && g[0][..20] == a[..20] && g[0][9020..] == a[9020..]
+        );
+        assert!(g[1] == b, "the source task is unchanged");
+    }
+
+    #[test]
+    fn the_default_copy_virt_reports_the_failing_address() {
+        let m = TwoTasks::new(3 * COPY_CHUNK);
+        assert_eq!(
+            m.copy_virt(Task(0), VirtAddr(0x1000), Task(1), VirtAddr(0x1000), 0),
+            Ok(())
+        );
+        // The destination runs past the end in the second chunk.
+        let e = m
+            .copy_virt(
+                Task(0),
+                VirtAddr(0x1000),
+                Task(1),
+                VirtAddr(0x1000 + 100),
+                3 * COPY_CHUNK as u64,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::NotMapped { addr, .. } if addr == 0x1000 + 100 + 2 * COPY_CHUNK as u64),
+            "{e:?}"
+        );
+        assert!(matches!(
+            m.copy_virt(
+                Task(0),
+                VirtAddr(u64::MAX - 4),
+                Task(1),
+                VirtAddr(0x1000),
+                10
+            ),
+            Err(Error::Overflow { .. })
+        ));
+        assert!(matches!(
+            m.copy_virt(Task(2), VirtAddr(0x1000), Task(1), VirtAddr(0x1000), 10),
+            Err(Error::NotMapped { .. })
         ));
     }
 
