@@ -453,7 +453,7 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
     );
 
     heading("DMA: the engine copies between the two descriptors");
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone())));
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone()))?);
     let done = Arc::new(Mutex::new(Vec::new()));
     let d2 = done.clone();
     let es = Arc::new(DmaEventSource::new(

@@ -53,7 +53,7 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
     );
     let iommu = Arc::new(SimIommu::new(m.clone()));
     let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x4000_0000, 0x1000_0000).unwrap());
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone())));
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone())).unwrap());
     let data: Vec<u8> = (0..40_000).map(|i| (i % 241) as u8).collect();
     let src =
         Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
@@ -125,7 +125,7 @@ fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
             .build()
             .unwrap(),
     );
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), None));
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), None).unwrap());
     let src = Arc::new(
         BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(1000 * 64, Direction::Out))
             .unwrap(),
@@ -205,7 +205,7 @@ fn piece(cmd: &DmaCommand<M>, off: u64, len: u64) -> Vec<IoSegment> {
 #[test]
 fn fifo_depth_and_bad_transfers() {
     let m: M = Arc::new(MachineBuilder::new().coherent(true).build().unwrap());
-    let engine = SimDmaEngine::new(m.clone(), None);
+    let engine = SimDmaEngine::new(m.clone(), None).unwrap();
     assert_eq!(engine.fifo_depth(), 16);
     assert_eq!(engine.valid_fifo_depth(0), 1);
     assert_eq!(engine.valid_fifo_depth(1000), 256);
@@ -271,7 +271,7 @@ fn fifo_depth_and_bad_transfers() {
 #[test]
 fn without_a_cache_clean_the_engine_copies_stale_memory() {
     let m: M = Arc::new(MachineBuilder::new().seed(4).build().unwrap());
-    let engine = SimDmaEngine::new(m.clone(), None);
+    let engine = SimDmaEngine::new(m.clone(), None).unwrap();
     let b =
         BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(8192, Direction::InOut)).unwrap();
     b.write_bytes(0, b"fresh CPU data");
