@@ -1087,3 +1087,42 @@ fn a_ring_that_is_not_iommu_mapped_faults_when_an_iommu_is_attached() {
     cd.complete(true).unwrap();
     cs.complete(true).unwrap();
 }
+
+#[test]
+fn dropping_the_engine_and_its_event_source_frees_and_unmaps_the_ring() {
+    let m: M = Arc::new(
+        MachineBuilder::new()
+            .seed(30)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let before = m.stats();
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone())).unwrap());
+    let (es, _got) = collecting(&engine);
+    let ring = engine.ring_address();
+    let mut probe = [0u8; 64];
+    iommu.device_read(ring, &mut probe).unwrap();
+    assert_eq!(m.stats().kernel_allocations, before.kernel_allocations + 1);
+    drop(es);
+    drop(engine);
+    let after = m.stats();
+    assert_eq!(
+        (
+            after.kernel_allocations,
+            after.wired_pages,
+            after.free_pages
+        ),
+        (
+            before.kernel_allocations,
+            before.wired_pages,
+            before.free_pages
+        ),
+        "no reference cycle keeps the ring alive"
+    );
+    assert!(
+        iommu.device_read(ring, &mut probe).is_err(),
+        "the ring's IO mapping is gone"
+    );
+}

@@ -210,7 +210,6 @@ pub struct SimDmaEngine {
     ring: BufferMemoryDescriptor<Arc<Machine>>,
     ring_phys: PhysAddr,
     state: Mutex<State>,
-    irq: Mutex<Option<Arc<dyn InterruptSink>>>,
 }
 
 /// One descriptor's write-back.
@@ -290,7 +289,6 @@ impl SimDmaEngine {
                 inflight: VecDeque::new(),
                 progress: BTreeMap::new(),
             }),
-            irq: Mutex::new(None),
         };
         {
             let mut s = engine.lock();
@@ -302,12 +300,15 @@ impl SimDmaEngine {
     /// Connects the completion interrupt (the board wiring from the device's interrupt line
     /// to `sink`). `sink.raise` runs inside the register store that finished the work, as an
     /// interrupt handler would: it must only signal, never call back into the engine.
+    ///
+    /// The line holds `sink` weakly: a [`DmaEventSource`](dmakit::dma::DmaEventSource)
+    /// holds its controller, so a strong reference back would keep both (and the ring) alive
+    /// forever. Keep your `Arc` to the sink for as long as you want interrupts.
     pub fn connect(&self, sink: Arc<dyn InterruptSink>) {
         self.device
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .connect(&sink);
-        *self.irq.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
     /// Physical address of the register window (add the [`regs`] offsets).
