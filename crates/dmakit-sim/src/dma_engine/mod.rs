@@ -182,6 +182,8 @@ struct State {
     next_ticket: u64,
     inflight: VecDeque<Pending>,
     progress: BTreeMap<u64, u64>,
+    /// Why reprogramming the engine after a ring fault failed; `start` reports it.
+    broken: Option<Error>,
 }
 
 /// The ring's IO mapping; unmapped (and the IOTLB invalidated) on drop.
@@ -288,6 +290,7 @@ impl SimDmaEngine {
                 next_ticket: 1,
                 inflight: VecDeque::new(),
                 progress: BTreeMap::new(),
+                broken: None,
             }),
         };
         {
@@ -392,6 +395,7 @@ impl SimDmaEngine {
         s.tail = 0;
         s.reaped = 0;
         s.inflight.clear();
+        s.broken = None;
         Ok(())
     }
 
@@ -580,6 +584,9 @@ impl DmaController for SimDmaEngine {
         let pieces = cut(transfer)?;
         let count = pieces.len() as u32;
         let mut s = self.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
         if count > s.depth {
             return Err(Error::BadArgument {
                 what: "DMA transfer needs more descriptors (value) than the ring's FIFO depth",
@@ -718,8 +725,10 @@ impl DmaController for SimDmaEngine {
                         })),
                     });
                 }
-                // Recover: a fresh ring. A failure here shows on the next start.
-                let _ = self.program(&mut s, depth);
+                // Recover: a fresh ring. If that fails, `start` says why from now on.
+                if let Err(e) = self.program(&mut s, depth) {
+                    s.broken = Some(e);
+                }
             }
         }
         out.into_iter().for_each(sink);
