@@ -20,13 +20,14 @@ use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, IoSegment, MappingMode,
     SegmentFormat, SegmentSpec,
 };
-use dmakit::map::flush_processor_cache;
+use dmakit::map::{flush_processor_cache, mapped_read32};
 use dmakit::mapper::IommuMapper;
 use dmakit::platform::{
     collect_runs, CacheOp, CacheOps, CpuAccess, Mmio, PageRequest, PhysicalMemory, Task, Width,
     Wiring,
 };
 use dmakit::{Direction, Error, PageSize, PhysRange, VirtAddr};
+use dmakit_sim::dma_engine::regs;
 use dmakit_sim::{FaultSite, Machine, MachineBuilder, ScratchDevice, SimDmaEngine, SimIommu};
 use std::sync::{Arc, Mutex};
 
@@ -453,7 +454,7 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
     );
 
     heading("DMA: the engine copies between the two descriptors");
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone())));
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu.clone()))?);
     let done = Arc::new(Mutex::new(Vec::new()));
     let d2 = done.clone();
     let es = Arc::new(DmaEventSource::new(
@@ -486,6 +487,16 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         .to_string(),
     ]);
     println!("{t}");
+    let reg = |offset| mapped_read32(&**m, dmakit::PhysAddr(engine.registers().0 + offset));
+    println!(
+        "engine: registers at {:#x}, descriptor ring at IO {:#x} (physical {:#x}); HEAD {}, TAIL {}, COMPLETED {}",
+        engine.registers().0,
+        engine.ring_address().0,
+        engine.ring_physical().0,
+        reg(regs::HEAD)?,
+        reg(regs::TAIL)?,
+        reg(regs::COMPLETED)?
+    );
     println!(
         "IOMMU: {} faults, {} IOTLB invalidations; IO space in use after complete: {:?}",
         iommu.faults().len(),

@@ -72,6 +72,11 @@ impl SimIommu {
         self.lock().faults.clone()
     }
 
+    /// How many faults have been logged so far (cheaper than [`faults`](Self::faults)).
+    pub fn fault_count(&self) -> usize {
+        self.lock().faults.len()
+    }
+
     /// IOTLB invalidations so far.
     pub fn invalidations(&self) -> u64 {
         self.lock().invalidations

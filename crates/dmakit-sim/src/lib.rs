@@ -17,8 +17,9 @@
 //!   fails ([`fault`]), and [`Machine::stats`] proves that nothing leaked;
 //! * **an IOMMU** whose IOTLB keeps stale entries until invalidated and which logs device
 //!   faults ([`iommu`]);
-//! * **a DMA engine** that moves data as a device does, through DRAM or the IOMMU, and
-//!   raises a completion interrupt ([`dma_engine`]).
+//! * **a DMA engine** programmed as real ones are: a descriptor ring in RAM and MMIO
+//!   registers with a doorbell; it moves data as a device does, through DRAM or the IOMMU,
+//!   writes completion status back into the ring and raises an interrupt ([`dma_engine`]).
 //!
 //! The same seed and the same calls give the same physical addresses; another seed gives
 //! another layout. For displays, [`Machine::layout`] lists RAM, holes and MMIO windows, and
@@ -34,7 +35,7 @@
 //! | [`mmio`] | MMIO windows and device models |
 //! | [`fault`] | fault injection sites |
 //! | [`iommu`] | an IOMMU with a stale-keeping IOTLB |
-//! | [`dma_engine`] | a memory-to-memory DMA engine device |
+//! | [`dma_engine`] | a memory-to-memory DMA engine: registers, descriptor ring, driver |
 //!
 //! ```
 //! use dmakit::platform::{PageRequest, PhysicalMemory, Wiring, Task, collect_runs};
@@ -63,7 +64,7 @@ pub mod task;
 
 pub use builder::{MachineBuilder, DEFAULT_RAM};
 pub use cache::CacheMode;
-pub use dma_engine::SimDmaEngine;
+pub use dma_engine::{DmaEngineDevice, EngineConfig, SimDmaEngine};
 pub use fault::FaultSite;
 pub use iommu::{FaultKind, IommuFault, SimIommu};
 pub use machine::{Layout, Machine, SimStats};

@@ -294,7 +294,8 @@ impl Rig {
             }
             _ => (None, None),
         };
-        let engine = SimDmaEngine::new(m.clone(), iommu);
+        let engine = SimDmaEngine::new(m.clone(), iommu).expect("engine");
+        engine.set_fifo_depth(256).expect("a full ring");
         Rig {
             m,
             pool,
@@ -428,15 +429,17 @@ fn run_case(
     );
     prop_assert_eq!(rig.pool.stats().in_use, 0);
     drop((cmd, scmd, md, scratch));
-    for t in rig.m.tasks() {
+    let Rig {
+        m, mapper, engine, ..
+    } = rig;
+    drop(engine);
+    for t in m.tasks() {
         if t != dmakit::Task::KERNEL {
-            rig.m
-                .destroy_task(t)
-                .expect("no wiring left on task memory");
+            m.destroy_task(t).expect("no wiring left on task memory");
         }
     }
-    prop_assert_eq!(rig.m.stats().allocations, 0, "everything freed");
-    if let Some(mapper) = &rig.mapper {
+    prop_assert_eq!(m.stats().allocations, 0, "everything freed");
+    if let Some(mapper) = &mapper {
         mapper.flush().unwrap();
         prop_assert_eq!(mapper.usage().0, 0, "no IO space left allocated");
     }

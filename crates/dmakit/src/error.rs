@@ -66,6 +66,8 @@ impl IoReturn {
     pub const UNDERRUN: IoReturn = IoReturn(0xE000_02E7);
     /// kIOReturnOverrun: data overrun.
     pub const OVERRUN: IoReturn = IoReturn(0xE000_02E8);
+    /// kIOReturnAborted: operation aborted.
+    pub const ABORTED: IoReturn = IoReturn(0xE000_02EB);
 
     /// The constant's IOKit name, or `"kIOReturn?"` for a value dmakit never produces.
     pub const fn name(self) -> &'static str {
@@ -90,6 +92,7 @@ impl IoReturn {
             0xE000_02E2 => "kIOReturnNotPermitted",
             0xE000_02E7 => "kIOReturnUnderrun",
             0xE000_02E8 => "kIOReturnOverrun",
+            0xE000_02EB => "kIOReturnAborted",
             _ => "kIOReturn?",
         }
     }
@@ -373,6 +376,14 @@ pub enum Error {
         /// The offending address.
         addr: u64,
     },
+    /// An operation that was stopped before it finished (a DMA transfer a `stop` aborted).
+    #[error("{what} #{id}: aborted")]
+    Aborted {
+        /// What was aborted, and by what.
+        what: &'static str,
+        /// Which one (a DMA ticket).
+        id: u64,
+    },
     /// An internal invariant failed; a dmakit bug.
     #[error("internal error: {what}")]
     Internal {
@@ -410,6 +421,7 @@ impl Error {
             Os { errno, .. } => errno_to_io_return(*errno),
             MessageTooLarge { .. } => IoReturn::MESSAGE_TOO_LARGE,
             Internal { .. } => IoReturn::INTERNAL_ERROR,
+            Aborted { .. } => IoReturn::ABORTED,
         }
     }
 }
