@@ -2,7 +2,7 @@
 //!
 //! With the feature `dma-debug` on (the workspace's tests turn it on), every
 //! [`DmaCommand`](crate::dma::DmaCommand) reports its preparations here and the leaf
-//! descriptors report CPU copies. The ledger records [`Violation`]s:
+//! descriptors report CPU copies. The ledger records `Violation`s:
 //!
 //! | kind | what happened |
 //! | --- | --- |
@@ -14,7 +14,7 @@
 //! | [`Leak`](ViolationKind::Leak) | a preparation still outstanding when its device was torn down |
 //!
 //! The calls that can fail also return their error; the ledger is how the ones that cannot
-//! (a `read_bytes` returns a count) are caught. [`outstanding`] lists live preparations of
+//! (a `read_bytes` returns a count) are caught. `outstanding` lists live preparations of
 //! a device (a [`Quarantine`](crate::dma::Quarantine)), with what each holds.
 //!
 //! With the feature off the hooks are empty inline functions and the commands carry no
@@ -62,7 +62,7 @@ pub(crate) struct PrepInfo {
     pub held_bytes: u64,
 }
 
-/// What rule a [`Violation`](self) broke (see the table above).
+/// What rule a `Violation` broke (see the table above).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ViolationKind {
     /// `complete` without a matching `prepare`.
