@@ -215,7 +215,7 @@ fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
     let command = |md: Arc<dyn MemoryDescriptor>| -> Result<DmaCommand<Arc<Host>>, String> {
         let mut c = DmaCommand::new(
             host.clone(),
-            spec.clone(),
+            spec,
             SegmentFormat::Host64,
             MappingMode::Mapped(mapper.clone()),
             None,
