@@ -13,7 +13,7 @@ use dmakit::dma::{
     DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, IoSegment, MappingMode, SegmentFormat,
     SegmentSpec,
 };
-use dmakit::mapper::Access;
+use dmakit::mapper::{Access, Mapper};
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
 use dmakit_linux::edu::{EduDma, EDU_BUFFER};
@@ -41,12 +41,14 @@ fn check(cond: bool, why: impl FnOnce() -> String) -> Result<(), String> {
 struct Config {
     edu: Vec<(PciAddress, u32)>,
     unbound: Option<PciAddress>,
+    nonviable: Option<PciAddress>,
 }
 
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
         edu: Vec::new(),
         unbound: None,
+        nonviable: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,6 +61,11 @@ fn parse_args() -> Result<Config, String> {
                     .push((addr, bits.parse().map_err(|_| "--edu ADDR:BITS")?));
             }
             "--unbound" => c.unbound = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--nonviable" => c.nonviable = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--memlock-child" => {
+                let a = PciAddress::parse(&v).map_err(|e| e.to_string())?;
+                std::process::exit(memlock_child(a));
+            }
             "--nvme" => {} // the NVMe driver's tests are not written yet
             _ => return Err(format!("unknown argument {a}")),
         }
@@ -96,6 +103,85 @@ fn unbound_device(addr: PciAddress) -> TestResult {
         }
         Err(e) => Err(format!("wrong error: {e}")),
         Ok(_) => Err("a device not bound to vfio-pci opened".into()),
+    }
+}
+
+/// A device bound to vfio-pci whose IOMMU group holds a device another driver has.
+fn nonviable_group(addr: PciAddress) -> TestResult {
+    let c = Arc::new(Container::open().map_err(e2s("container"))?);
+    match VfioDevice::open(&c, addr) {
+        Err(e @ Error::NotAttached { .. }) if e.to_string().contains("not viable") => {
+            Ok(format!("{e}"))
+        }
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(_) => Err("a device in a non-viable group opened".into()),
+    }
+}
+
+/// Runs [`memlock_child`] in a child process and checks its verdict.
+fn memlock_too_low(addr: PciAddress) -> TestResult {
+    let out = std::process::Command::new("/proc/self/exe")
+        .args(["--memlock-child", &addr.to_string()])
+        .output()
+        .map_err(e2s("spawn the child"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    check(out.status.success(), || format!("child: {text}"))?;
+    Ok(text)
+}
+
+/// In a child: drops CAP_IPC_LOCK, sets RLIMIT_MEMLOCK to 64 KiB and maps 256 KiB of
+/// wired memory for the device; the map must fail with CannotWire naming the limit.
+/// Returns the exit status (0: the expected error).
+fn memlock_child(addr: PciAddress) -> i32 {
+    let run = || -> Result<String, String> {
+        let host = Arc::new(Host::new().map_err(e2s("host"))?);
+        let (c, _d) = open(addr)?;
+        let mapper = VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?;
+        let page = host.page_size().bytes();
+        let len = 64 * page;
+        let va = host
+            .allocate_pages(len, &PageRequest::WIRED)
+            .map_err(e2s("allocate"))?;
+        let runs = collect_runs(&*host, Task::KERNEL, va, len).map_err(e2s("runs"))?;
+        let mut caps = rustix::thread::capabilities(None).map_err(e2s("capget"))?;
+        caps.effective -= rustix::thread::CapabilitySet::IPC_LOCK;
+        caps.permitted -= rustix::thread::CapabilitySet::IPC_LOCK;
+        rustix::thread::set_capabilities(None, caps).map_err(e2s("capset"))?;
+        let lim = rustix::process::Rlimit {
+            current: Some(64 << 10),
+            maximum: Some(64 << 10),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Memlock, lim)
+            .map_err(e2s("setrlimit"))?;
+        let iova = mapper.iovm_alloc(64).map_err(e2s("iovm_alloc"))?;
+        let mut i = 0;
+        for r in &runs {
+            for off in (0..r.len).step_by(page as usize) {
+                let at = IoAddr(iova.0 + i * page);
+                match mapper.iovm_insert_page(at, dmakit::PhysAddr(r.addr.0 + off), Access::READ) {
+                    Ok(()) => i += 1,
+                    Err(e @ Error::CannotWire { .. })
+                        if e.to_string().contains("RLIMIT_MEMLOCK is 64 KiB") =>
+                    {
+                        mapper.iovm_free(iova, 64).map_err(e2s("free"))?;
+                        mapper.check_unmapped().map_err(e2s("teardown"))?;
+                        return Ok(format!("after {i} pages: {e} [{}]", e.io_return().name()));
+                    }
+                    Err(e) => return Err(format!("wrong error after {i} pages: {e}")),
+                }
+            }
+        }
+        Err("256 KiB mapped under a 64 KiB RLIMIT_MEMLOCK without CAP_IPC_LOCK".into())
+    };
+    match run() {
+        Ok(t) => {
+            println!("{t}");
+            0
+        }
+        Err(t) => {
+            println!("{t}");
+            1
+        }
     }
 }
 
@@ -325,7 +411,17 @@ fn main() {
             Box::new(move || unbound_device(u)),
         ));
     }
+    if let Some(n) = cfg.nonviable {
+        tests.push((
+            "vfio_group_not_viable".into(),
+            Box::new(move || nonviable_group(n)),
+        ));
+    }
     if let Some(&(a, _)) = cfg.edu.first() {
+        tests.push((
+            "vfio_memlock_too_low".into(),
+            Box::new(move || memlock_too_low(a)),
+        ));
         tests.push(("vfio_iommu_info".into(), Box::new(move || iommu_info(a))));
         tests.push((
             "vfio_iova_outside_ranges".into(),
