@@ -17,6 +17,7 @@ use dmakit::mapper::{Access, Mapper};
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
 use dmakit_linux::edu::{EduDma, EDU_BUFFER};
+use dmakit_linux::nvme::{DmaBuffer, NvmeController};
 use dmakit_linux::vfio::{Bar, Container, PciAddress, VfioDevice, VfioMapper};
 use dmakit_linux::Host;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ fn check(cond: bool, why: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 struct Config {
+    nvme: Option<PciAddress>,
     edu: Vec<(PciAddress, u32)>,
     unbound: Option<PciAddress>,
     nonviable: Option<PciAddress>,
@@ -46,6 +48,7 @@ struct Config {
 
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
+        nvme: None,
         edu: Vec::new(),
         unbound: None,
         nonviable: None,
@@ -66,7 +69,7 @@ fn parse_args() -> Result<Config, String> {
                 let a = PciAddress::parse(&v).map_err(|e| e.to_string())?;
                 std::process::exit(memlock_child(a));
             }
-            "--nvme" => {} // the NVMe driver's tests are not written yet
+            "--nvme" => c.nvme = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -233,6 +236,29 @@ fn iova_outside_ranges(addr: PciAddress) -> TestResult {
     Ok(format!("mapper: {ours}; kernel: {kernel}"))
 }
 
+/// The teardown check is real: a mapping made behind the mapper's back is found by the
+/// kernel (and removed), and then the check passes.
+fn teardown_check_finds_leftovers(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, _d) = open(addr)?;
+    let m = VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?;
+    let page = host.page_size().bytes();
+    let va = host
+        .allocate_pages(2 * page, &PageRequest::WIRED)
+        .map_err(e2s("allocate"))?;
+    let runs = collect_runs(&*host, Task::KERNEL, va, 2 * page).map_err(e2s("runs"))?;
+    m.map_unchecked(IoAddr(0x10_0000), runs[0].addr, Access::READ)
+        .map_err(e2s("map behind the mapper's back"))?;
+    let found = match m.check_unmapped() {
+        Err(e @ Error::Busy { .. }) if e.to_string().contains("0x1000 bytes") => e,
+        Err(e) => return Err(format!("wrong error: {e}")),
+        Ok(()) => return Err("the check missed a live mapping".into()),
+    };
+    m.check_unmapped().map_err(e2s("second check"))?;
+    host.free_pages(va, 2 * page).map_err(e2s("free"))?;
+    Ok(format!("found: {found}; then clean"))
+}
+
 /// BAR0 as IODeviceMemory: its physical segment is the BAR's bus address and
 /// mapped_read32 there reads the edu identification register.
 fn device_memory(addr: PciAddress) -> TestResult {
@@ -394,6 +420,83 @@ fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
     ))
 }
 
+/// Identify, then reads of known disk content and a write read back, on the NVMe
+/// controller through dmakit alone.
+fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
+    let id = nvme
+        .identify_controller()
+        .map_err(e2s("identify controller"))?;
+    check(id.serial == "dmakit0", || format!("serial {:?}", id.serial))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    check(ns.block_size == 512 && ns.blocks == 16 * 2048, || {
+        format!("{ns:?}")
+    })?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 16)
+        .map_err(e2s("I/O queue pair"))?;
+    // 16 blocks (two pages: PRP1 + PRP2) of the image guest/run wrote.
+    let buf = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
+    nvme.read(&mut qp, 1, 100, 16, &buf).map_err(e2s("read"))?;
+    for i in 0..16u64 {
+        let mut block = [0u8; 512];
+        buf.read(i * 512, &mut block).map_err(e2s("cpu read"))?;
+        let n = 100 + i;
+        let head = format!("dmakit LBA {n}\n");
+        check(block.starts_with(head.as_bytes()), || {
+            format!(
+                "block {n} starts {:?}",
+                String::from_utf8_lossy(&block[..20])
+            )
+        })?;
+        check(block[head.len()..].iter().all(|&b| b == n as u8), || {
+            format!("block {n} body differs")
+        })?;
+    }
+    // Write two pages at LBA 2000 and read them back into another buffer.
+    let data: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let out = DmaBuffer::new(&host, &mapper, 8192, Direction::Out).map_err(e2s("buffer"))?;
+    out.write(0, &data).map_err(e2s("cpu write"))?;
+    nvme.write(&mut qp, 1, 2000, 16, &out)
+        .map_err(e2s("write"))?;
+    let back = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
+    nvme.read(&mut qp, 1, 2000, 16, &back)
+        .map_err(e2s("read back"))?;
+    let mut got = vec![0u8; 8192];
+    back.read(0, &mut got).map_err(e2s("cpu read"))?;
+    check(got == data, || "written data did not read back".into())?;
+    let version = nvme.version().map_err(e2s("version"))?;
+    for b in [buf, out, back] {
+        b.release().map_err(e2s("release"))?;
+    }
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    check(vfio.mapped_pages() == 0, || {
+        format!("{} pages mapped", vfio.mapped_pages())
+    })?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "NVMe {}.{}: serial {:?} model {:?} fw {:?}, ns1 {} x {} B; LBA 100-115 read byte-exact \
+         (PRP1+PRP2), 8 KiB written at LBA 2000 and read back; kernel confirms 0 mappings left",
+        version >> 16,
+        (version >> 8) & 0xff,
+        id.serial,
+        id.model,
+        id.firmware,
+        ns.blocks,
+        ns.block_size
+    ))
+}
+
 fn main() {
     let cfg = match parse_args() {
         Ok(c) => c,
@@ -424,6 +527,10 @@ fn main() {
         ));
         tests.push(("vfio_iommu_info".into(), Box::new(move || iommu_info(a))));
         tests.push((
+            "vfio_teardown_check_finds_leftovers".into(),
+            Box::new(move || teardown_check_finds_leftovers(a)),
+        ));
+        tests.push((
             "vfio_iova_outside_ranges".into(),
             Box::new(move || iova_outside_ranges(a)),
         ));
@@ -436,6 +543,12 @@ fn main() {
         tests.push((
             format!("edu_dma_round_trip_{bits}bit"),
             Box::new(move || edu_round_trip(a, bits)),
+        ));
+    }
+    if let Some(n) = cfg.nvme {
+        tests.push((
+            "nvme_identify_read_write".into(),
+            Box::new(move || nvme_identify_read_write(n)),
         ));
     }
     let (mut passed, mut failed) = (0, 0);

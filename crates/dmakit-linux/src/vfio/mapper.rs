@@ -165,7 +165,7 @@ impl VfioMapper {
                     "VFIO container: the kernel still had mappings",
                 ),
                 addr: left,
-                why: "mappings outlived the mapper's record of them",
+                why: "mappings outlived the mapper's record of them (they are unmapped now)",
             });
         }
         Ok(())

@@ -1,0 +1,371 @@
+//! A userspace NVMe driver on dmakit alone (begun: admin queue, Identify, one I/O queue
+//! pair, reads and writes of up to two pages).
+//!
+//! Everything the controller touches is dmakit: its registers are BAR0 reached with
+//! [`mapped_read32`]/[`mapped_write32`] through a VFIO [`Bar`]; its queues and data buffers
+//! are [`BufferMemoryDescriptor`](dmakit::descriptor::BufferMemoryDescriptor)s prepared by
+//! mapped [`DmaCommand`](dmakit::dma::DmaCommand)s ([`DmaBuffer`]), so the controller sees
+//! IO addresses from the [`VfioMapper`](crate::vfio::VfioMapper) and the emulated IOMMU
+//! checks every access.
+//!
+//! Bring-up ([`NvmeController::new`], NVMe Base Specification §3.5.1): disable (`CC.EN = 0`,
+//! wait `CSTS.RDY = 0`), program the admin queue (`AQA`, `ASQ`, `ACQ`), enable with 64-byte
+//! submission and 16-byte completion entries and 4 KiB memory pages, wait `CSTS.RDY = 1`.
+//! Commands then complete by polling the completion queue's phase tags.
+//!
+//! ```no_run
+//! # use dmakit_linux::{Host, nvme::NvmeController, vfio::*};
+//! # use std::sync::Arc;
+//! # let host = Arc::new(Host::new()?);
+//! # let container = Arc::new(Container::open()?);
+//! let dev = VfioDevice::open(&container, PciAddress::parse("0000:00:04.0")?)?;
+//! let mapper: Arc<dyn dmakit::mapper::Mapper> =
+//!     Arc::new(VfioMapper::new(container.clone(), host.clone(), u64::MAX)?);
+//! let bar0 = Bar::map(&dev, 0, host.clone())?;
+//! let nvme = NvmeController::new(&dev, bar0, host.clone(), mapper)?;
+//! println!("serial {}", nvme.identify_controller()?.serial);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
+
+mod command;
+mod dma;
+mod queue;
+
+pub use command::{Command, Completion};
+pub use dma::DmaBuffer;
+pub use queue::QueuePair;
+
+use crate::host::Host;
+use crate::vfio::{Bar, VfioDevice};
+use command::{ADMIN_CREATE_CQ, ADMIN_CREATE_SQ, ADMIN_IDENTIFY, NVM_READ, NVM_WRITE};
+use dmakit::map::{mapped_read32, mapped_write32};
+use dmakit::mapper::Mapper;
+use dmakit::{Direction, Error, PhysAddr, Result};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const REG_CAP: u64 = 0x00;
+const REG_VS: u64 = 0x08;
+const REG_CC: u64 = 0x14;
+const REG_CSTS: u64 = 0x1c;
+const REG_AQA: u64 = 0x24;
+const REG_ASQ: u64 = 0x28;
+const REG_ACQ: u64 = 0x30;
+const DOORBELLS: u64 = 0x1000;
+const CC_EN: u32 = 1;
+const CC_IOSQES_64: u32 = 6 << 16;
+const CC_IOCQES_16: u32 = 4 << 20;
+const CSTS_RDY: u32 = 1;
+const CSTS_CFS: u32 = 2;
+const ADMIN_ENTRIES: u16 = 32;
+const PAGE: u64 = 4096;
+
+/// What Identify Controller (CNS 1) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerIdentity {
+    /// PCI vendor ID.
+    pub vendor: u16,
+    /// Serial number (trailing spaces trimmed).
+    pub serial: String,
+    /// Model number (trimmed).
+    pub model: String,
+    /// Firmware revision (trimmed).
+    pub firmware: String,
+    /// Maximum data transfer size, as a power of two of the minimum page size (0: none).
+    pub mdts: u8,
+    /// Number of namespaces.
+    pub namespaces: u32,
+}
+
+/// What Identify Namespace (CNS 0) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespaceIdentity {
+    /// Size in logical blocks.
+    pub blocks: u64,
+    /// Bytes per logical block.
+    pub block_size: u32,
+}
+
+/// An NVMe controller behind VFIO.
+pub struct NvmeController {
+    host: Arc<Host>,
+    mapper: Arc<dyn Mapper>,
+    bar: Bar,
+    cap: u64,
+    timeout: Duration,
+    admin: Mutex<QueuePair>,
+}
+
+impl NvmeController {
+    /// Resets and enables the controller with an admin queue.
+    pub fn new(
+        device: &VfioDevice,
+        bar: Bar,
+        host: Arc<Host>,
+        mapper: Arc<dyn Mapper>,
+    ) -> Result<NvmeController> {
+        if device.pci().class()? != 0x01_0802 {
+            return Err(Error::NotAttached {
+                what: "NVMe driver",
+                why: "the function is not an NVMe controller (class 0x010802)",
+            });
+        }
+        device.enable_bus_master()?;
+        let h = &*host;
+        let cap = read64(h, &bar, REG_CAP)?;
+        // CAP.TO: worst-case time to become ready, in 500 ms units.
+        let timeout = Duration::from_millis(500 * ((cap >> 24) & 0xff).max(1));
+        if (cap >> 37) & 1 == 0 {
+            return Err(Error::Unsupported {
+                what: "NVMe controller without the NVM command set (CAP.CSS bit 0)",
+            });
+        }
+        let mpsmin = 1u64 << (12 + ((cap >> 48) & 0xf));
+        if mpsmin > PAGE {
+            return Err(Error::Unsupported {
+                what: "NVMe controller whose minimum memory page is larger than 4 KiB",
+            });
+        }
+        // Disable, and wait until it says so.
+        let cc = mapped_read32(h, bar.reg(REG_CC, 4)?)?;
+        if cc & CC_EN != 0 {
+            mapped_write32(h, bar.reg(REG_CC, 4)?, cc & !CC_EN)?;
+        }
+        wait_ready(h, &bar, false, timeout)?;
+        let stride = 4u64 << ((cap >> 32) & 0xf);
+        let (sq_db, cq_db) = doorbells(&bar, 0, stride)?;
+        let admin = QueuePair::new(&host, &mapper, 0, ADMIN_ENTRIES, sq_db, cq_db)?;
+        let aqa = (ADMIN_ENTRIES as u32 - 1) << 16 | (ADMIN_ENTRIES as u32 - 1);
+        mapped_write32(h, bar.reg(REG_AQA, 4)?, aqa)?;
+        write64(h, &bar, REG_ASQ, admin.sq_iova())?;
+        write64(h, &bar, REG_ACQ, admin.cq_iova())?;
+        mapped_write32(h, bar.reg(REG_CC, 4)?, CC_EN | CC_IOSQES_64 | CC_IOCQES_16)?;
+        wait_ready(h, &bar, true, timeout)?;
+        Ok(NvmeController {
+            host,
+            mapper,
+            bar,
+            cap,
+            timeout,
+            admin: Mutex::new(admin),
+        })
+    }
+
+    /// The controller's capabilities register.
+    pub fn capabilities(&self) -> u64 {
+        self.cap
+    }
+
+    /// The version register (`0x00010400` is NVMe 1.4).
+    pub fn version(&self) -> Result<u32> {
+        mapped_read32(&*self.host, self.bar.reg(REG_VS, 4)?)
+    }
+
+    /// Identify Controller, read into a dmakit buffer by the controller.
+    pub fn identify_controller(&self) -> Result<ControllerIdentity> {
+        let b = self.identify(1, 0)?;
+        let text = |r: std::ops::Range<usize>| {
+            String::from_utf8_lossy(&b[r])
+                .trim_end_matches([' ', '\0'])
+                .to_string()
+        };
+        Ok(ControllerIdentity {
+            vendor: u16::from_le_bytes([b[0], b[1]]),
+            serial: text(4..24),
+            model: text(24..64),
+            firmware: text(64..72),
+            mdts: b[77],
+            namespaces: u32::from_le_bytes(b[516..520].try_into().expect("4 bytes")),
+        })
+    }
+
+    /// Identify Namespace `nsid`.
+    pub fn identify_namespace(&self, nsid: u32) -> Result<NamespaceIdentity> {
+        let b = self.identify(0, nsid)?;
+        let blocks = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let flbas = (b[26] & 0xf) as usize;
+        let lbaf = u32::from_le_bytes(b[128 + 4 * flbas..132 + 4 * flbas].try_into().expect("4"));
+        let lbads = (lbaf >> 16) & 0xff;
+        if !(9..=16).contains(&lbads) {
+            return Err(Error::BadArgument {
+                what: "NVMe namespace: LBA data size outside 512 B - 64 KiB",
+                value: lbads as u64,
+            });
+        }
+        Ok(NamespaceIdentity {
+            blocks,
+            block_size: 1 << lbads,
+        })
+    }
+
+    fn identify(&self, cns: u32, nsid: u32) -> Result<Vec<u8>> {
+        let buf = DmaBuffer::new(&self.host, &self.mapper, PAGE, Direction::In)?;
+        let cmd = Command::new(ADMIN_IDENTIFY, nsid)
+            .with_prps(buf.iova(), 0)
+            .with_cdw(10, cns);
+        let r = self.admin().execute(cmd, self.timeout);
+        let mut out = vec![0u8; PAGE as usize];
+        buf.read(0, &mut out)?;
+        buf.release()?;
+        r?;
+        Ok(out)
+    }
+
+    /// Creates I/O queue pair `qid` (completion queue, then submission queue) with
+    /// `entries` slots, polled (no interrupt).
+    pub fn create_io_queue_pair(&self, qid: u16, entries: u16) -> Result<QueuePair> {
+        let mqes = (self.cap & 0xffff) as u16 + 1;
+        if qid == 0 || entries < 2 || entries > mqes {
+            return Err(Error::BadArgument {
+                what: "NVMe I/O queue: id 1.. and 2..=CAP.MQES+1 entries",
+                value: entries as u64,
+            });
+        }
+        let stride = 4u64 << ((self.cap >> 32) & 0xf);
+        let (sq_db, cq_db) = doorbells(&self.bar, qid, stride)?;
+        let qp = QueuePair::new(&self.host, &self.mapper, qid, entries, sq_db, cq_db)?;
+        let size_id = (entries as u32 - 1) << 16 | qid as u32;
+        let mut admin = self.admin();
+        // Create I/O CQ: physically contiguous (PC = 1), interrupts off.
+        admin.execute(
+            Command::new(ADMIN_CREATE_CQ, 0)
+                .with_prps(qp.cq_iova(), 0)
+                .with_cdw(10, size_id)
+                .with_cdw(11, 1),
+            self.timeout,
+        )?;
+        // Create I/O SQ: contiguous, bound to CQ `qid`.
+        admin.execute(
+            Command::new(ADMIN_CREATE_SQ, 0)
+                .with_prps(qp.sq_iova(), 0)
+                .with_cdw(10, size_id)
+                .with_cdw(11, (qid as u32) << 16 | 1),
+            self.timeout,
+        )?;
+        Ok(qp)
+    }
+
+    /// Reads `blocks` blocks from `lba` of namespace `nsid` into `buf` (at most two pages:
+    /// PRP1 and PRP2).
+    pub fn read(
+        &self,
+        qp: &mut QueuePair,
+        nsid: u32,
+        lba: u64,
+        blocks: u16,
+        buf: &DmaBuffer,
+    ) -> Result<()> {
+        self.rw(qp, NVM_READ, nsid, lba, blocks, buf)
+    }
+
+    /// Writes `blocks` blocks from `buf` to `lba` of namespace `nsid` (at most two pages).
+    pub fn write(
+        &self,
+        qp: &mut QueuePair,
+        nsid: u32,
+        lba: u64,
+        blocks: u16,
+        buf: &DmaBuffer,
+    ) -> Result<()> {
+        self.rw(qp, NVM_WRITE, nsid, lba, blocks, buf)
+    }
+
+    fn rw(
+        &self,
+        qp: &mut QueuePair,
+        opcode: u8,
+        nsid: u32,
+        lba: u64,
+        blocks: u16,
+        buf: &DmaBuffer,
+    ) -> Result<()> {
+        if blocks == 0 {
+            return Err(Error::ZeroSize {
+                what: "NVMe read/write block count",
+            });
+        }
+        let len = buf.descriptor().capacity();
+        if len > 2 * PAGE || !buf.iova().is_multiple_of(PAGE) {
+            return Err(Error::Unsupported {
+                what: "NVMe transfers of more than two pages (PRP lists are not written yet)",
+            });
+        }
+        let prp2 = if len > PAGE { buf.iova() + PAGE } else { 0 };
+        let cmd = Command::new(opcode, nsid)
+            .with_prps(buf.iova(), prp2)
+            .with_cdw(10, lba as u32)
+            .with_cdw(11, (lba >> 32) as u32)
+            .with_cdw(12, blocks as u32 - 1);
+        qp.execute(cmd, self.timeout).map(drop)
+    }
+
+    /// Disables the controller (`CC.EN = 0`) and unmaps the admin queue.
+    pub fn shutdown(self) -> Result<()> {
+        let h = &*self.host;
+        let cc = mapped_read32(h, self.bar.reg(REG_CC, 4)?)?;
+        mapped_write32(h, self.bar.reg(REG_CC, 4)?, cc & !CC_EN)?;
+        wait_ready(h, &self.bar, false, self.timeout)?;
+        let admin = self.admin.into_inner().unwrap_or_else(|p| p.into_inner());
+        admin.release()
+    }
+
+    fn admin(&self) -> MutexGuard<'_, QueuePair> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl std::fmt::Debug for NvmeController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmeController")
+            .field("cap", &format_args!("{:#x}", self.cap))
+            .field("bar", &self.bar)
+            .finish()
+    }
+}
+
+/// The SQ tail and CQ head doorbells of queue `qid`.
+fn doorbells(bar: &Bar, qid: u16, stride: u64) -> Result<(PhysAddr, PhysAddr)> {
+    let sq = DOORBELLS + 2 * qid as u64 * stride;
+    Ok((bar.reg(sq, 4)?, bar.reg(sq + stride, 4)?))
+}
+
+/// A 64-bit register as two 32-bit reads (low, then high), as the specification allows.
+fn read64(h: &Host, bar: &Bar, off: u64) -> Result<u64> {
+    let lo = mapped_read32(h, bar.reg(off, 4)?)? as u64;
+    let hi = mapped_read32(h, bar.reg(off + 4, 4)?)? as u64;
+    Ok(hi << 32 | lo)
+}
+
+/// A 64-bit register as two 32-bit writes (low, then high).
+fn write64(h: &Host, bar: &Bar, off: u64, v: u64) -> Result<()> {
+    mapped_write32(h, bar.reg(off, 4)?, v as u32)?;
+    mapped_write32(h, bar.reg(off + 4, 4)?, (v >> 32) as u32)
+}
+
+/// Waits until `CSTS.RDY` is `ready`; a fatal status is an error at once.
+fn wait_ready(h: &Host, bar: &Bar, ready: bool, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let csts = mapped_read32(h, bar.reg(REG_CSTS, 4)?)?;
+        if csts & CSTS_CFS != 0 && ready {
+            return Err(Error::NotReady {
+                what: "NVMe controller (CSTS.CFS: controller fatal status)",
+                addr: csts as u64,
+            });
+        }
+        if (csts & CSTS_RDY != 0) == ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NotReady {
+                what: if ready {
+                    "NVMe controller did not become ready (CSTS.RDY) within CAP.TO"
+                } else {
+                    "NVMe controller did not stop (CSTS.RDY still 1) within CAP.TO"
+                },
+                addr: csts as u64,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
