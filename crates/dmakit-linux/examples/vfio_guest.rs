@@ -301,16 +301,33 @@ fn segments(cmd: &DmaCommand<Arc<Host>>) -> Result<Vec<IoSegment>, String> {
         .collect()
 }
 
-/// RAM → edu → RAM through the IOMMU, completed by MSI through a DmaEventSource.
-fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
+/// What one RAM → edu → RAM round trip did.
+struct EduRun {
+    data: Vec<u8>,
+    back: Vec<u8>,
+    src_iova: u64,
+    dst_iova: u64,
+    limit: u64,
+    irqs: u64,
+}
+
+/// RAM → edu → RAM through the IOMMU, completed by MSI through a DmaEventSource, then the
+/// teardown checked with the kernel. The driver is told the device drives `driver_bits`
+/// address bits, the mapper hands out IOVAs up to `mapper_limit`, and the DMA commands'
+/// spec allows `spec_bits` (normally all three agree with the device's dma_mask).
+fn edu_run(
+    addr: PciAddress,
+    driver_bits: u32,
+    mapper_limit: u64,
+    spec_bits: u32,
+) -> Result<EduRun, String> {
     const LEN: u64 = 3000; // two engine runs (2048 + 952)
     let host = Arc::new(Host::new().map_err(e2s("host"))?);
     let (c, d) = open(addr)?;
     let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let edu = Arc::new(EduDma::new(&d, bar, host.clone(), bits).map_err(e2s("edu"))?);
-    let mapper = Arc::new(
-        VfioMapper::new(c.clone(), host.clone(), edu.address_limit()).map_err(e2s("mapper"))?,
-    );
+    let edu = Arc::new(EduDma::new(&d, bar, host.clone(), driver_bits).map_err(e2s("edu"))?);
+    let mapper =
+        Arc::new(VfioMapper::new(c.clone(), host.clone(), mapper_limit).map_err(e2s("mapper"))?);
     let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8 ^ 0x5a).collect();
     let src = Arc::new(
         BufferMemoryDescriptor::with_bytes(host.clone(), &data, Direction::Out)
@@ -321,7 +338,7 @@ fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
             .map_err(e2s("destination buffer"))?,
     );
     let spec = SegmentSpec::builder()
-        .address_bits(bits)
+        .address_bits(spec_bits)
         .build()
         .map_err(e2s("spec"))?;
     let command = |md: Arc<dyn MemoryDescriptor>| -> Result<DmaCommand<Arc<Host>>, String> {
@@ -337,21 +354,29 @@ fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
         c.prepare(0, LEN, true, true).map_err(e2s("prepare"))?;
         Ok(c)
     };
-    let mut cs = command(src.clone())?;
-    let mut cd = command(dst.clone())?;
+    let prepared = command(src.clone()).and_then(|cs| Ok((cs, command(dst.clone())?)));
+    let (mut cs, mut cd) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // A failed prepare must leave nothing mapped.
+            check(mapper.mapped_pages() == 0, || {
+                format!("{e}; and pages stayed mapped")
+            })?;
+            mapper
+                .check_unmapped()
+                .map_err(e2s("teardown after a failed prepare"))?;
+            return Err(e);
+        }
+    };
     let (s, t) = (segments(&cs)?, segments(&cd)?);
-    let limit = edu.address_limit();
-    for seg in s.iter().chain(&t) {
-        check(seg.addr.0 + seg.len - 1 <= limit, || {
-            format!("IOVA {:#x} above the {bits}-bit limit", seg.addr.0)
-        })?;
-    }
     let got: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
     let g = got.clone();
     let es = Arc::new(DmaEventSource::new(edu.clone(), move |c| {
         g.lock().unwrap().push(c)
     }));
-    edu.connect(es.clone());
+    let sink: Arc<dyn dmakit::dma::InterruptSink> = es.clone();
+    edu.connect(&sink);
+    drop(sink);
     let msi = edu.enable_msi(&d).map_err(e2s("MSI"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let work_loop = es.spawn_work_loop(stop.clone());
@@ -399,25 +424,101 @@ fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
     cs.complete(true).map_err(e2s("complete src"))?;
     let mut back = vec![0u8; LEN as usize];
     dst.read_bytes(0, &mut back);
-    check(back == data, || {
-        let first = back
-            .iter()
-            .zip(&data)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        format!("data differs from byte {first}")
-    })?;
     drop((cs, cd));
     check(
         mapper.mapped_pages() == 0 && mapper.allocations() == 0,
         || format!("{} pages still mapped", mapper.mapped_pages()),
     )?;
     mapper.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(EduRun {
+        data,
+        back,
+        src_iova: s[0].addr.0,
+        dst_iova: t[0].addr.0,
+        limit: edu.address_limit().min(mapper_limit),
+        irqs,
+    })
+}
+
+/// The round trip with driver, mapper and spec all honouring the device's dma_mask.
+fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
+    let limit = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
+    let r = edu_run(addr, bits, limit, bits)?;
+    check(r.src_iova.max(r.dst_iova) + 3000 - 1 <= limit, || {
+        format!(
+            "IOVA {:#x} above the {bits}-bit limit",
+            r.src_iova.max(r.dst_iova)
+        )
+    })?;
+    check(r.back == r.data, || {
+        let first = r
+            .back
+            .iter()
+            .zip(&r.data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        format!("data differs from byte {first}")
+    })?;
     Ok(format!(
-        "{LEN} bytes RAM -> edu -> RAM byte-exact; IOVAs src {:#x} dst {:#x} (limit {limit:#x}); \
-         {irqs} MSIs, 2 completions in order via DmaEventSource; kernel confirms 0 mappings left",
-        s[0].addr.0, t[0].addr.0
+        "{} bytes RAM -> edu -> RAM byte-exact; IOVAs src {:#x} dst {:#x} (limit {:#x}); \
+         {} MSIs, 2 completions in order via DmaEventSource; kernel confirms 0 mappings left",
+        r.data.len(),
+        r.src_iova,
+        r.dst_iova,
+        r.limit,
+        r.irqs
     ))
+}
+
+/// A 28-bit device's DMA command with a mapper that ignores the limit: the SegmentSpec's
+/// address limit refuses the mapper's IOVAs at prepare, and nothing stays mapped.
+fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
+    match edu_run(addr, bits, u64::MAX, bits) {
+        Err(e) if e.contains("outside the device's window") => Ok(e),
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(r) => Err(format!(
+            "prepared with IOVA {:#x} for a {bits}-bit device",
+            r.src_iova
+        )),
+    }
+}
+
+/// Why the limit matters, shown by the device itself: a driver that claims 64 bits for the
+/// 28-bit edu, with IOVAs above 2^28. QEMU clamps the addresses to 28 bits, the IOMMU
+/// blocks the clamped ones (DMAR faults in the guest's log), and the data never arrives.
+fn edu_wide_iovas_miss_on_a_narrow_device(addr: PciAddress) -> TestResult {
+    let faults_before = dmar_faults();
+    let r = edu_run(addr, 64, u64::MAX, 64)?;
+    check(r.src_iova > 0x0fff_ffff, || {
+        format!("the mapper placed IOVA {:#x} below 2^28 anyway", r.src_iova)
+    })?;
+    check(r.back != r.data, || {
+        "the data arrived through clamped addresses?".into()
+    })?;
+    let faults = dmar_faults() - faults_before;
+    check(faults > 0, || "no DMAR fault logged".into())?;
+    Ok(format!(
+        "IOVAs src {:#x} dst {:#x} clamped by the device: data not delivered, {faults} new \
+         DMAR fault lines (expected)",
+        r.src_iova, r.dst_iova
+    ))
+}
+
+/// DMAR fault lines in the kernel log so far.
+fn dmar_faults() -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("DMAR") && l.contains("fault"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Identify, then reads of known disk content and a write read back, on the NVMe
@@ -544,6 +645,16 @@ fn main() {
             format!("edu_dma_round_trip_{bits}bit"),
             Box::new(move || edu_round_trip(a, bits)),
         ));
+        if bits < 64 {
+            tests.push((
+                format!("edu_{bits}bit_spec_refuses_wide_iovas"),
+                Box::new(move || edu_spec_refuses_wide_iovas(a, bits)),
+            ));
+            tests.push((
+                format!("edu_{bits}bit_device_misses_wide_iovas"),
+                Box::new(move || edu_wide_iovas_miss_on_a_narrow_device(a)),
+            ));
+        }
     }
     if let Some(n) = cfg.nvme {
         tests.push((

@@ -33,7 +33,7 @@ use dmakit::dma::{DmaCompletion, DmaController, DmaTransfer, InterruptSink, IoSe
 use dmakit::map::{mapped_read32, mapped_write32, mapped_write64};
 use dmakit::{Error, Result};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// The device-side window of the DMA engine: `[0x40000, 0x41000)`; a piece must end before
 /// its last byte (QEMU 7.2 aborts on a run that reaches it).
@@ -93,7 +93,9 @@ pub struct EduDma {
     bar: Bar,
     dma_bits: u32,
     state: Mutex<State>,
-    sink: Mutex<Option<Arc<dyn InterruptSink>>>,
+    /// Weak: the event source owns the controller, so a strong link back would be a cycle
+    /// that keeps the BAR mapped (and the VFIO device open) for ever.
+    sink: Mutex<Option<Weak<dyn InterruptSink>>>,
 }
 
 impl EduDma {
@@ -157,9 +159,10 @@ impl EduDma {
         }
     }
 
-    /// Where completions are signalled (the event source).
-    pub fn connect(&self, sink: Arc<dyn InterruptSink>) {
-        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    /// Where completions are signalled (the event source). The controller does not keep
+    /// the sink alive: the event source owns the controller, not the other way round.
+    pub fn connect(&self, sink: &Arc<dyn InterruptSink>) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(sink));
     }
 
     /// Enables the device's MSI, serviced by [`service`](Self::service) on the interrupt
@@ -220,7 +223,8 @@ impl EduDma {
             completed
         };
         if completed {
-            if let Some(sink) = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(sink) = sink.and_then(|w| w.upgrade()) {
                 sink.raise();
             }
         }

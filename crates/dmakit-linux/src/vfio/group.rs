@@ -42,7 +42,7 @@ impl Group {
                     hint: "run as root, or give this user the /dev/vfio/<group> node (chown)",
                 },
                 Errno::BUSY => Error::Busy {
-                    what: "VFIO group",
+                    what: "VFIO group (number)",
                     addr: number as u64,
                     why: "another process (or another container of this one) has it open",
                 },
