@@ -8,7 +8,9 @@
 //! `N passed, M failed`, and the exit status is non-zero if any failed. The devices are
 //! QEMU's, the IOMMU is QEMU's emulated VT-d and VFIO is the guest kernel's: they judge.
 
-use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
+};
 use dmakit::dma::{
     DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, IoSegment, MappingMode, SegmentFormat,
     SegmentSpec,
@@ -598,6 +600,110 @@ fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
     ))
 }
 
+/// A descriptor of `parts` wired buffers of `part_len` bytes each, one after another.
+fn scattered(
+    host: &Arc<Host>,
+    parts: usize,
+    part_len: u64,
+    dir: Direction,
+) -> Result<Arc<MultiMemoryDescriptor>, String> {
+    let v = (0..parts)
+        .map(|_| {
+            BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(part_len, dir))
+                .map(|b| Arc::new(b) as Arc<dyn MemoryDescriptor>)
+                .map_err(e2s("part"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Arc::new(
+        MultiMemoryDescriptor::new(v, dir).map_err(e2s("multi descriptor"))?,
+    ))
+}
+
+/// 1 MiB written in 128 KiB commands to random LBAs from a scattered MultiMemoryDescriptor
+/// (first segment at page offset 0x200), then read back into another one (page offset
+/// 0x400, different part sizes): PRP lists from DmaCommand segments, byte-exact.
+fn nvme_scattered_prp_lists(addr: PciAddress) -> TestResult {
+    const CHUNK: u64 = 128 << 10;
+    const TOTAL: u64 = 1 << 20;
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 8)
+        .map_err(e2s("I/O queue pair"))?;
+    let src = scattered(&host, 17, 64 << 10, Direction::Out)?; // 1088 KiB in 17 parts
+    let dst = scattered(&host, 5, 212 << 10, Direction::In)?; // 1060 KiB in 5 parts
+    let data: Vec<u8> = (0..TOTAL as u32)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9) >> 24) as u8)
+        .collect();
+    check(src.write_bytes(512, &data) == TOTAL as usize, || {
+        "short copy in".into()
+    })?;
+    // Eight distinct 128 KiB slots of the 16 MiB namespace, in a scrambled order.
+    let slots = ns.blocks * ns.block_size as u64 / CHUNK;
+    let lbas: Vec<u64> = (0..TOTAL / CHUNK)
+        .map(|k| (k * 37 + 11) % slots * (CHUNK / ns.block_size as u64))
+        .collect();
+    let mut entries = 0;
+    for (k, &lba) in lbas.iter().enumerate() {
+        entries += nvme
+            .transfer(
+                &mut qp,
+                &ns,
+                true,
+                lba,
+                src.clone(),
+                512 + k as u64 * CHUNK,
+                CHUNK,
+            )
+            .map_err(e2s("write"))?;
+    }
+    for (k, &lba) in lbas.iter().enumerate() {
+        nvme.transfer(
+            &mut qp,
+            &ns,
+            false,
+            lba,
+            dst.clone(),
+            1024 + k as u64 * CHUNK,
+            CHUNK,
+        )
+        .map_err(e2s("read"))?;
+    }
+    let mut back = vec![0u8; TOTAL as usize];
+    check(dst.read_bytes(1024, &mut back) == TOTAL as usize, || {
+        "short copy out".into()
+    })?;
+    check(back == data, || {
+        let first = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        format!("data differs from byte {first:#x}")
+    })?;
+    let max_kib = nvme.max_transfer() >> 10;
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    check(vfio.mapped_pages() == 0, || {
+        format!("{} pages mapped", vfio.mapped_pages())
+    })?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "1 MiB in {} commands to LBAs {lbas:?} from 17 scattered parts (offset 0x200) and back \
+         into 5 (offset 0x400), byte-exact; {entries} PRP entries written, max transfer {} KiB; \
+         kernel confirms 0 mappings left",
+        lbas.len(),
+        max_kib
+    ))
+}
+
 fn main() {
     let cfg = match parse_args() {
         Ok(c) => c,
@@ -660,6 +766,10 @@ fn main() {
         tests.push((
             "nvme_identify_read_write".into(),
             Box::new(move || nvme_identify_read_write(n)),
+        ));
+        tests.push((
+            "nvme_1mib_scattered_prp_lists".into(),
+            Box::new(move || nvme_scattered_prp_lists(n)),
         ));
     }
     let (mut passed, mut failed) = (0, 0);

@@ -29,15 +29,19 @@
 
 mod command;
 mod dma;
+mod prp;
 mod queue;
 
 pub use command::{Command, Completion};
 pub use dma::DmaBuffer;
+pub use prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use queue::QueuePair;
 
 use crate::host::Host;
 use crate::vfio::{Bar, VfioDevice};
 use command::{ADMIN_CREATE_CQ, ADMIN_CREATE_SQ, ADMIN_IDENTIFY, NVM_READ, NVM_WRITE};
+use dmakit::descriptor::MemoryDescriptor;
+use dmakit::dma::{DmaCommand, MappingMode, SegmentFormat};
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, PhysAddr, Result};
@@ -58,7 +62,6 @@ const CC_IOCQES_16: u32 = 4 << 20;
 const CSTS_RDY: u32 = 1;
 const CSTS_CFS: u32 = 2;
 const ADMIN_ENTRIES: u16 = 32;
-const PAGE: u64 = 4096;
 
 /// What Identify Controller (CNS 1) says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +83,8 @@ pub struct ControllerIdentity {
 /// What Identify Namespace (CNS 0) says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NamespaceIdentity {
+    /// The namespace identifier.
+    pub nsid: u32,
     /// Size in logical blocks.
     pub blocks: u64,
     /// Bytes per logical block.
@@ -93,6 +98,7 @@ pub struct NvmeController {
     bar: Bar,
     cap: u64,
     timeout: Duration,
+    max_transfer: u64,
     admin: Mutex<QueuePair>,
 }
 
@@ -121,7 +127,7 @@ impl NvmeController {
             });
         }
         let mpsmin = 1u64 << (12 + ((cap >> 48) & 0xf));
-        if mpsmin > PAGE {
+        if mpsmin > PRP_PAGE {
             return Err(Error::Unsupported {
                 what: "NVMe controller whose minimum memory page is larger than 4 KiB",
             });
@@ -141,14 +147,129 @@ impl NvmeController {
         write64(h, &bar, REG_ACQ, admin.cq_iova())?;
         mapped_write32(h, bar.reg(REG_CC, 4)?, CC_EN | CC_IOSQES_64 | CC_IOCQES_16)?;
         wait_ready(h, &bar, true, timeout)?;
-        Ok(NvmeController {
+        let mut nvme = NvmeController {
             host,
             mapper,
             bar,
             cap,
             timeout,
+            max_transfer: PRP_PAGE,
             admin: Mutex::new(admin),
-        })
+        };
+        // MDTS is in units of the minimum page; 0 means no limit, where one PRP list page
+        // (512 entries after PRP1) is this driver's.
+        let mdts = nvme.identify_controller()?.mdts;
+        let pages = if mdts == 0 {
+            513
+        } else {
+            (1u64 << mdts).min(513)
+        };
+        nvme.max_transfer = pages * mpsmin;
+        Ok(nvme)
+    }
+
+    /// The longest transfer one command may carry (from MDTS, at most a PRP list's worth).
+    pub fn max_transfer(&self) -> u64 {
+        self.max_transfer
+    }
+
+    /// Reads (`write` false) or writes `len` bytes at `offset` of `md` from or to block
+    /// `lba` of namespace `ns`: a mapped [`DmaCommand`] under the NVMe spec
+    /// ([`nvme_spec`]) turns the descriptor — any descriptor, a scattered
+    /// `MultiMemoryDescriptor` too — into segments that are the PRP entries; beyond two
+    /// pages they go into a PRP list page allocated through dmakit. Returns the number of
+    /// PRP entries used.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer(
+        &self,
+        qp: &mut QueuePair,
+        ns: &NamespaceIdentity,
+        write: bool,
+        lba: u64,
+        md: Arc<dyn MemoryDescriptor>,
+        offset: u64,
+        len: u64,
+    ) -> Result<usize> {
+        let bs = ns.block_size as u64;
+        if len == 0 || !len.is_multiple_of(bs) || len > self.max_transfer {
+            return Err(Error::BadArgument {
+                what: "NVMe transfer length: a non-zero multiple of the block size, at most max_transfer()",
+                value: len,
+            });
+        }
+        let blocks = len / bs;
+        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
+            return Err(Error::OutOfBounds {
+                what: "NVMe namespace blocks",
+                offset: lba,
+                len: blocks,
+                limit: ns.blocks,
+            });
+        }
+        let mut cmd = DmaCommand::new(
+            self.host.clone(),
+            nvme_spec(self.max_transfer)?,
+            SegmentFormat::Host64,
+            MappingMode::Mapped(self.mapper.clone()),
+            None,
+        )?;
+        cmd.set_memory_descriptor(md)?;
+        cmd.prepare(offset, len, true, true)?;
+        let result = self.transfer_prepared(qp, &cmd, ns.nsid, write, lba, blocks, len);
+        let completed = cmd.complete(true);
+        let n = result?;
+        completed?;
+        Ok(n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer_prepared(
+        &self,
+        qp: &mut QueuePair,
+        cmd: &DmaCommand<Arc<Host>>,
+        nsid: u32,
+        write: bool,
+        lba: u64,
+        blocks: u64,
+        len: u64,
+    ) -> Result<usize> {
+        let max = (len / PRP_PAGE + 2) as usize;
+        let mut out = vec![0u8; max * 16];
+        let mut at = 0;
+        let n = cmd.gen_segments(&mut at, &mut out, max)?;
+        if at != len {
+            return Err(Error::Internal {
+                what: "NVMe: the DMA command did not describe the whole transfer in one go",
+            });
+        }
+        let segs = (0..n)
+            .map(|i| SegmentFormat::Host64.read(&out, i))
+            .collect::<Result<Vec<_>>>()?;
+        let (prp1, rest) = prp_entries(&segs)?;
+        let mut list = None;
+        let prp2 = match rest {
+            None => 0,
+            Some(v) if v.len() == 1 => v[0],
+            Some(v) => {
+                let page = DmaBuffer::new(&self.host, &self.mapper, PRP_PAGE, Direction::Out)?;
+                let bytes: Vec<u8> = v.iter().flat_map(|e| e.to_le_bytes()).collect();
+                page.write(0, &bytes)?;
+                let iova = page.iova();
+                list = Some(page);
+                iova
+            }
+        };
+        let c = Command::new(if write { NVM_WRITE } else { NVM_READ }, nsid)
+            .with_prps(prp1, prp2)
+            .with_cdw(10, lba as u32)
+            .with_cdw(11, (lba >> 32) as u32)
+            .with_cdw(12, blocks as u32 - 1);
+        let r = qp.execute(c, self.timeout);
+        if let Some(page) = list {
+            page.release()?;
+        }
+        r?;
+        Ok(segs.len())
     }
 
     /// The controller's capabilities register.
@@ -193,18 +314,19 @@ impl NvmeController {
             });
         }
         Ok(NamespaceIdentity {
+            nsid,
             blocks,
             block_size: 1 << lbads,
         })
     }
 
     fn identify(&self, cns: u32, nsid: u32) -> Result<Vec<u8>> {
-        let buf = DmaBuffer::new(&self.host, &self.mapper, PAGE, Direction::In)?;
+        let buf = DmaBuffer::new(&self.host, &self.mapper, PRP_PAGE, Direction::In)?;
         let cmd = Command::new(ADMIN_IDENTIFY, nsid)
             .with_prps(buf.iova(), 0)
             .with_cdw(10, cns);
         let r = self.admin().execute(cmd, self.timeout);
-        let mut out = vec![0u8; PAGE as usize];
+        let mut out = vec![0u8; PRP_PAGE as usize];
         buf.read(0, &mut out)?;
         buf.release()?;
         r?;
@@ -285,12 +407,16 @@ impl NvmeController {
             });
         }
         let len = buf.descriptor().capacity();
-        if len > 2 * PAGE || !buf.iova().is_multiple_of(PAGE) {
+        if len > 2 * PRP_PAGE || !buf.iova().is_multiple_of(PRP_PAGE) {
             return Err(Error::Unsupported {
                 what: "NVMe transfers of more than two pages (PRP lists are not written yet)",
             });
         }
-        let prp2 = if len > PAGE { buf.iova() + PAGE } else { 0 };
+        let prp2 = if len > PRP_PAGE {
+            buf.iova() + PRP_PAGE
+        } else {
+            0
+        };
         let cmd = Command::new(opcode, nsid)
             .with_prps(buf.iova(), prp2)
             .with_cdw(10, lba as u32)
