@@ -215,24 +215,35 @@ impl NvmeController {
         )?;
         cmd.set_memory_descriptor(md)?;
         cmd.prepare(offset, len, true, true)?;
-        let result = self.transfer_prepared(qp, &cmd, ns.nsid, write, lba, blocks, len);
+        let result = self.transfer_command(qp, &cmd, ns, write, lba, len);
         let completed = cmd.complete(true);
         let n = result?;
         completed?;
         Ok(n)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transfer_prepared(
+    /// As [`transfer`](Self::transfer), with a command the caller prepared (`len` bytes
+    /// from its prepared offset) whose segments the controller can reach: for example a
+    /// bypassed command whose bounce buffer the caller mapped with
+    /// [`VfioMapper::map_identity`](crate::vfio::VfioMapper::map_identity). The caller
+    /// completes the command.
+    pub fn transfer_command(
         &self,
         qp: &mut QueuePair,
         cmd: &DmaCommand<Arc<Host>>,
-        nsid: u32,
+        ns: &NamespaceIdentity,
         write: bool,
         lba: u64,
-        blocks: u64,
         len: u64,
     ) -> Result<usize> {
+        let bs = ns.block_size as u64;
+        if len == 0 || !len.is_multiple_of(bs) || len > self.max_transfer {
+            return Err(Error::BadArgument {
+                what: "NVMe transfer length: a non-zero multiple of the block size, at most max_transfer()",
+                value: len,
+            });
+        }
+        let (blocks, nsid) = (len / bs, ns.nsid);
         let max = (len / PRP_PAGE + 2) as usize;
         let mut out = vec![0u8; max * 16];
         let mut at = 0;

@@ -144,6 +144,29 @@ impl VfioMapper {
         Ok(())
     }
 
+    /// Maps `[pa, pa + len)` (a wired allocation of the host) at the *same* IO address, so a
+    /// device behind VFIO reaches physical addresses as they are: how the physical segments
+    /// of a bypassed (or bounced) [`DmaCommand`](dmakit::dma::DmaCommand) reach it. Returns
+    /// the first IO page and the page count, which `iovm_free` takes back. Refused like
+    /// [`reserve`](Self::reserve) where the physical range is not a valid IOVA range.
+    pub fn map_identity(&self, pa: PhysAddr, len: u64, access: Access) -> Result<(IoAddr, u64)> {
+        let first = self.page.trunc(pa.0);
+        let pages = self.page.pages_spanned(pa.0, len).ok_or(Error::Overflow {
+            what: "VFIO identity mapping",
+            start: pa.0,
+            len,
+        })?;
+        self.reserve(IoAddr(first), pages)?;
+        for i in 0..pages {
+            let a = first + i * self.page.bytes();
+            if let Err(e) = self.iovm_insert_page(IoAddr(a), PhysAddr(a), access) {
+                let _ = self.iovm_free(IoAddr(first), pages);
+                return Err(e);
+            }
+        }
+        Ok((IoAddr(first), pages))
+    }
+
     /// Asks the kernel to unmap every mapping in the container and checks it found none:
     /// the proof, not the assumption, that nothing this process mapped is left for a device
     /// to reach. `Busy` (with the byte count) if the kernel still had mappings, or if this
