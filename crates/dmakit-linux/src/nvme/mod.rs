@@ -31,11 +31,13 @@ mod command;
 mod dma;
 mod prp;
 mod queue;
+mod signal;
 
 pub use command::{Command, Completion};
 pub use dma::DmaBuffer;
 pub use prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use queue::QueuePair;
+pub use signal::CompletionSignal;
 
 use crate::host::Host;
 use crate::vfio::{Bar, VfioDevice};
@@ -347,6 +349,28 @@ impl NvmeController {
     /// Creates I/O queue pair `qid` (completion queue, then submission queue) with
     /// `entries` slots, polled (no interrupt).
     pub fn create_io_queue_pair(&self, qid: u16, entries: u16) -> Result<QueuePair> {
+        self.create_queue_pair(qid, entries, None)
+    }
+
+    /// As [`create_io_queue_pair`](Self::create_io_queue_pair), with the completion queue
+    /// raising MSI-X vector `vector`; waits for completions sleep on `signal`, which the
+    /// caller raises from that vector's [`Msi`](crate::vfio::Msi) handler.
+    pub fn create_io_queue_pair_with_interrupt(
+        &self,
+        qid: u16,
+        entries: u16,
+        vector: u16,
+        signal: Arc<CompletionSignal>,
+    ) -> Result<QueuePair> {
+        self.create_queue_pair(qid, entries, Some((vector, signal)))
+    }
+
+    fn create_queue_pair(
+        &self,
+        qid: u16,
+        entries: u16,
+        irq: Option<(u16, Arc<CompletionSignal>)>,
+    ) -> Result<QueuePair> {
         let mqes = (self.cap & 0xffff) as u16 + 1;
         if qid == 0 || entries < 2 || entries > mqes {
             return Err(Error::BadArgument {
@@ -356,15 +380,20 @@ impl NvmeController {
         }
         let stride = 4u64 << ((self.cap >> 32) & 0xf);
         let (sq_db, cq_db) = doorbells(&self.bar, qid, stride)?;
-        let qp = QueuePair::new(&self.host, &self.mapper, qid, entries, sq_db, cq_db)?;
+        let mut qp = QueuePair::new(&self.host, &self.mapper, qid, entries, sq_db, cq_db)?;
         let size_id = (entries as u32 - 1) << 16 | qid as u32;
         let mut admin = self.admin();
-        // Create I/O CQ: physically contiguous (PC = 1), interrupts off.
+        // Create I/O CQ: physically contiguous (PC, bit 0), interrupts (IEN, bit 1) on
+        // vector IV (bits 31:16) if asked.
+        let cdw11 = match &irq {
+            Some((v, _)) => (*v as u32) << 16 | 2 | 1,
+            None => 1,
+        };
         admin.execute(
             Command::new(ADMIN_CREATE_CQ, 0)
                 .with_prps(qp.cq_iova(), 0)
                 .with_cdw(10, size_id)
-                .with_cdw(11, 1),
+                .with_cdw(11, cdw11),
             self.timeout,
         )?;
         // Create I/O SQ: contiguous, bound to CQ `qid`.
@@ -375,6 +404,9 @@ impl NvmeController {
                 .with_cdw(11, (qid as u32) << 16 | 1),
             self.timeout,
         )?;
+        if let Some((_, signal)) = irq {
+            qp.set_signal(signal);
+        }
         Ok(qp)
     }
 

@@ -8,6 +8,7 @@
 
 use super::command::{Command, Completion};
 use super::dma::DmaBuffer;
+use super::signal::CompletionSignal;
 use crate::host::Host;
 use dmakit::map::mapped_write32;
 use dmakit::mapper::Mapper;
@@ -31,6 +32,10 @@ pub struct QueuePair {
     sq_doorbell: PhysAddr,
     cq_doorbell: PhysAddr,
     host: Arc<Host>,
+    /// Set when the completion queue interrupts: `poll` then sleeps on it.
+    signal: Option<Arc<CompletionSignal>>,
+    /// Completions found after sleeping on the signal.
+    woken: u64,
 }
 
 impl QueuePair {
@@ -66,6 +71,8 @@ impl QueuePair {
             sq_doorbell,
             cq_doorbell,
             host: host.clone(),
+            signal: None,
+            woken: 0,
         })
     }
 
@@ -109,10 +116,26 @@ impl QueuePair {
         Ok(cid)
     }
 
-    /// Waits (polling) for the next completion, up to `timeout`.
+    /// Completes by interrupt from now on: `poll` sleeps on `signal` between looks at the
+    /// completion queue (which must have been created with interrupts enabled).
+    pub(crate) fn set_signal(&mut self, signal: Arc<CompletionSignal>) {
+        self.signal = Some(signal);
+    }
+
+    /// Completions that were found after an interrupt woke the waiter.
+    pub fn completions_after_interrupt(&self) -> u64 {
+        self.woken
+    }
+
+    /// Waits for the next completion, up to `timeout`: spinning on the phase tag, or, for a
+    /// queue that interrupts, sleeping until the interrupt.
     pub fn poll(&mut self, timeout: Duration) -> Result<Completion> {
         let deadline = Instant::now() + timeout;
+        let mut slept = false;
         loop {
+            // Read the count before looking, so an interrupt between the look and the
+            // sleep is not lost.
+            let seen = self.signal.as_ref().map(|s| s.raised());
             let mut b = [0u8; 16];
             self.cq.read(self.cq_head as u64 * 16, &mut b)?;
             let c = Completion::from_bytes(&b);
@@ -123,6 +146,9 @@ impl QueuePair {
                     self.phase = !self.phase;
                 }
                 self.in_flight = self.in_flight.saturating_sub(1);
+                if slept {
+                    self.woken += 1;
+                }
                 mapped_write32(&*self.host, self.cq_doorbell, self.cq_head as u32)?;
                 return Ok(c);
             }
@@ -132,8 +158,16 @@ impl QueuePair {
                     addr: self.cq.iova() + self.cq_head as u64 * 16,
                 });
             }
-            std::hint::spin_loop();
-            std::thread::yield_now();
+            match (&self.signal, seen) {
+                (Some(s), Some(seen)) => {
+                    s.wait_past(seen, deadline);
+                    slept = true;
+                }
+                _ => {
+                    std::hint::spin_loop();
+                    std::thread::yield_now();
+                }
+            }
         }
     }
 
