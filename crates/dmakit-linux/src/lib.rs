@@ -51,23 +51,29 @@
 //! | `hints` | error messages with current limits and fixes |
 //! | `inspect` | the `dmakit inspect` report |
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
+//! | [`vfio`] | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper |
+//! | [`edu`] | QEMU's edu device as a [`DmaController`](dmakit::dma::DmaController) over VFIO |
+//! | [`nvme`] | a userspace NVMe driver on dmakit (begun: admin queue, Identify, one I/O queue pair) |
 //!
-//! All `unsafe` code is in `sys`, apart from the two registration functions of [`Host`],
+//! All `unsafe` code is in `sys` (and `vfio/sys` for the ioctls and BAR mappings), apart from the two registration functions of [`Host`],
 //! which are `unsafe fn`s turning the caller's promise into a region.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cache;
 mod caps;
 mod cpu;
+pub mod edu;
 mod hints;
 mod host;
 mod inspect;
 mod ledger;
 mod mmio;
+pub mod nvme;
 pub mod pagemap;
 mod physical;
 mod registry;
 mod sys;
+pub mod vfio;
 mod vm;
 mod wiring;
 

@@ -384,6 +384,15 @@ pub enum Error {
         /// Which one (a DMA ticket).
         id: u64,
     },
+    /// A device that is not there, or not attached the way the call needs (VFIO: no such
+    /// PCI function, not bound to vfio-pci, no IOMMU group, a group that is not viable).
+    #[error("{what}: {why}")]
+    NotAttached {
+        /// The device (for example `PCI device 0000:00:04.0`).
+        what: &'static str,
+        /// What is wrong, and how to fix it.
+        why: &'static str,
+    },
     /// An internal invariant failed; a dmakit bug.
     #[error("internal error: {what}")]
     Internal {
@@ -420,6 +429,7 @@ impl Error {
             Injected { code, .. } => *code,
             Os { errno, .. } => errno_to_io_return(*errno),
             MessageTooLarge { .. } => IoReturn::MESSAGE_TOO_LARGE,
+            NotAttached { .. } => IoReturn::NOT_ATTACHED,
             Internal { .. } => IoReturn::INTERNAL_ERROR,
             Aborted { .. } => IoReturn::ABORTED,
         }
@@ -466,6 +476,14 @@ mod tests {
             }
             .io_return(),
             IoReturn::NO_MEMORY
+        );
+        assert_eq!(
+            Error::NotAttached {
+                what: "PCI device 0000:00:04.0",
+                why: "not bound to vfio-pci"
+            }
+            .io_return(),
+            IoReturn::NOT_ATTACHED
         );
         let inj = Error::Injected {
             site: "pin",

@@ -1,0 +1,942 @@
+//! dmakit's tests against real (emulated) devices, run inside the QEMU guest by `guest/run`.
+//!
+//! ```text
+//! vfio_guest --edu 0000:00:05.0:64 --edu 0000:00:06.0:28 --unbound 0000:00:1f.2 [--nvme ...]
+//! ```
+//!
+//! Each test prints `ok NAME: detail` or `FAILED NAME: why`; the last line is
+//! `N passed, M failed`, and the exit status is non-zero if any failed. The devices are
+//! QEMU's, the IOMMU is QEMU's emulated VT-d and VFIO is the guest kernel's: they judge.
+
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
+};
+use dmakit::dma::{
+    BouncePool, DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, InterruptSink, IoSegment,
+    MappingMode, SegmentFormat, SegmentSpec,
+};
+use dmakit::mapper::{Access, Mapper};
+use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
+use dmakit::{Direction, Error, IoAddr};
+use dmakit_linux::edu::{EduDma, EDU_BUFFER};
+use dmakit_linux::nvme::{nvme_spec, CompletionSignal, DmaBuffer, NvmeController};
+use dmakit_linux::vfio::{Bar, Container, IrqKind, Msi, PciAddress, VfioDevice, VfioMapper};
+use dmakit_linux::Host;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type TestResult = Result<String, String>;
+
+/// Turns any error into the failure text.
+fn e2s<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn check(cond: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+struct Config {
+    nvme: Option<PciAddress>,
+    edu: Vec<(PciAddress, u32)>,
+    unbound: Option<PciAddress>,
+    nonviable: Option<PciAddress>,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut c = Config {
+        nvme: None,
+        edu: Vec::new(),
+        unbound: None,
+        nonviable: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().ok_or(format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--edu" => {
+                let (addr, bits) = v.rsplit_once(':').ok_or("--edu ADDR:BITS")?;
+                let addr = PciAddress::parse(addr).map_err(|e| e.to_string())?;
+                c.edu
+                    .push((addr, bits.parse().map_err(|_| "--edu ADDR:BITS")?));
+            }
+            "--unbound" => c.unbound = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--nonviable" => c.nonviable = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--memlock-child" => {
+                let a = PciAddress::parse(&v).map_err(|e| e.to_string())?;
+                std::process::exit(memlock_child(a));
+            }
+            "--nvme" => c.nvme = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    Ok(c)
+}
+
+/// Opens `addr` in a new container: (container, device).
+fn open(addr: PciAddress) -> Result<(Arc<Container>, VfioDevice), String> {
+    let c = Arc::new(Container::open().map_err(e2s("open /dev/vfio/vfio"))?);
+    let d = VfioDevice::open(&c, addr).map_err(e2s("open the device"))?;
+    Ok((c, d))
+}
+
+fn missing_device() -> TestResult {
+    let c = Arc::new(Container::open().map_err(e2s("container"))?);
+    let addr = PciAddress::parse("0000:00:1e.7").map_err(e2s("parse"))?;
+    match VfioDevice::open(&c, addr) {
+        Err(e @ Error::NotAttached { .. }) if e.to_string().contains("no such PCI function") => {
+            Ok(format!("{e} [{}]", e.io_return().name()))
+        }
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(_) => Err("a device that does not exist opened".into()),
+    }
+}
+
+fn unbound_device(addr: PciAddress) -> TestResult {
+    let c = Arc::new(Container::open().map_err(e2s("container"))?);
+    match VfioDevice::open(&c, addr) {
+        Err(e @ Error::NotAttached { .. })
+            if e.to_string().contains("not vfio-pci")
+                || e.to_string().contains("vfio-pci needed") =>
+        {
+            Ok(format!("{e}"))
+        }
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(_) => Err("a device not bound to vfio-pci opened".into()),
+    }
+}
+
+/// A device bound to vfio-pci whose IOMMU group holds a device another driver has.
+fn nonviable_group(addr: PciAddress) -> TestResult {
+    let c = Arc::new(Container::open().map_err(e2s("container"))?);
+    match VfioDevice::open(&c, addr) {
+        Err(e @ Error::NotAttached { .. }) if e.to_string().contains("not viable") => {
+            Ok(format!("{e}"))
+        }
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(_) => Err("a device in a non-viable group opened".into()),
+    }
+}
+
+/// Runs [`memlock_child`] in a child process and checks its verdict.
+fn memlock_too_low(addr: PciAddress) -> TestResult {
+    let out = std::process::Command::new("/proc/self/exe")
+        .args(["--memlock-child", &addr.to_string()])
+        .output()
+        .map_err(e2s("spawn the child"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    check(out.status.success(), || format!("child: {text}"))?;
+    Ok(text)
+}
+
+/// In a child: drops CAP_IPC_LOCK, sets RLIMIT_MEMLOCK to 64 KiB and maps 256 KiB of
+/// wired memory for the device; the map must fail with CannotWire naming the limit.
+/// Returns the exit status (0: the expected error).
+fn memlock_child(addr: PciAddress) -> i32 {
+    let run = || -> Result<String, String> {
+        let host = Arc::new(Host::new().map_err(e2s("host"))?);
+        let (c, _d) = open(addr)?;
+        let mapper = VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?;
+        let page = host.page_size().bytes();
+        let len = 64 * page;
+        let va = host
+            .allocate_pages(len, &PageRequest::WIRED)
+            .map_err(e2s("allocate"))?;
+        let runs = collect_runs(&*host, Task::KERNEL, va, len).map_err(e2s("runs"))?;
+        let mut caps = rustix::thread::capabilities(None).map_err(e2s("capget"))?;
+        caps.effective -= rustix::thread::CapabilitySet::IPC_LOCK;
+        caps.permitted -= rustix::thread::CapabilitySet::IPC_LOCK;
+        rustix::thread::set_capabilities(None, caps).map_err(e2s("capset"))?;
+        let lim = rustix::process::Rlimit {
+            current: Some(64 << 10),
+            maximum: Some(64 << 10),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Memlock, lim)
+            .map_err(e2s("setrlimit"))?;
+        let iova = mapper.iovm_alloc(64).map_err(e2s("iovm_alloc"))?;
+        let mut i = 0;
+        for r in &runs {
+            for off in (0..r.len).step_by(page as usize) {
+                let at = IoAddr(iova.0 + i * page);
+                match mapper.iovm_insert_page(at, dmakit::PhysAddr(r.addr.0 + off), Access::READ) {
+                    Ok(()) => i += 1,
+                    Err(e @ Error::CannotWire { .. })
+                        if e.to_string().contains("RLIMIT_MEMLOCK is 64 KiB") =>
+                    {
+                        mapper.iovm_free(iova, 64).map_err(e2s("free"))?;
+                        mapper.check_unmapped().map_err(e2s("teardown"))?;
+                        return Ok(format!("after {i} pages: {e} [{}]", e.io_return().name()));
+                    }
+                    Err(e) => return Err(format!("wrong error after {i} pages: {e}")),
+                }
+            }
+        }
+        Err("256 KiB mapped under a 64 KiB RLIMIT_MEMLOCK without CAP_IPC_LOCK".into())
+    };
+    match run() {
+        Ok(t) => {
+            println!("{t}");
+            0
+        }
+        Err(t) => {
+            println!("{t}");
+            1
+        }
+    }
+}
+
+/// The IOVA ranges from the capability chain: VT-d's MSI window is a hole.
+fn iommu_info(addr: PciAddress) -> TestResult {
+    let (c, _d) = open(addr)?;
+    let info = c.info().map_err(e2s("info"))?;
+    check(info.page_sizes & 0x1000 != 0, || {
+        format!("no 4 KiB pages: {:#x}", info.page_sizes)
+    })?;
+    check(info.iova_ranges.len() >= 2, || {
+        format!("no hole: {:x?}", info.iova_ranges)
+    })?;
+    check(!info.contains(0xfee0_0000, 0x1000), || {
+        "the MSI window is usable?".into()
+    })?;
+    check(info.contains(0x1000, 0x1000), || {
+        "low memory is not usable?".into()
+    })?;
+    Ok(format!(
+        "ranges {:x?}, page sizes {:#x}, dma_avail {:?}",
+        info.iova_ranges, info.page_sizes, info.dma_avail
+    ))
+}
+
+/// An IOVA inside the MSI hole: refused by the mapper, and by the kernel too.
+fn iova_outside_ranges(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, _d) = open(addr)?;
+    let m = VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?;
+    let ours = match m.reserve(IoAddr(0xfee0_0000), 1) {
+        Err(e @ Error::BadArgument { .. }) if e.to_string().contains("valid ranges") => e,
+        Err(e) => return Err(format!("wrong error: {e}")),
+        Ok(()) => return Err("reserved an IOVA in the MSI window".into()),
+    };
+    let page = host.page_size().bytes();
+    let va = host
+        .allocate_pages(page, &PageRequest::WIRED)
+        .map_err(e2s("allocate"))?;
+    let pa = collect_runs(&*host, Task::KERNEL, va, page).map_err(e2s("runs"))?[0].addr;
+    let kernel = m.map_unchecked(IoAddr(0xfee0_0000), pa, Access::READ_WRITE);
+    let kernel = match kernel {
+        Err(e) => e,
+        Ok(()) => return Err("the kernel mapped an IOVA in the MSI window".into()),
+    };
+    check(m.mapped_pages() == 0, || "a page stayed recorded".into())?;
+    m.check_unmapped().map_err(e2s("teardown"))?;
+    host.free_pages(va, page).map_err(e2s("free"))?;
+    Ok(format!("mapper: {ours}; kernel: {kernel}"))
+}
+
+/// The teardown check is real: a mapping made behind the mapper's back is found by the
+/// kernel (and removed), and then the check passes.
+fn teardown_check_finds_leftovers(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, _d) = open(addr)?;
+    let m = VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?;
+    let page = host.page_size().bytes();
+    let va = host
+        .allocate_pages(2 * page, &PageRequest::WIRED)
+        .map_err(e2s("allocate"))?;
+    let runs = collect_runs(&*host, Task::KERNEL, va, 2 * page).map_err(e2s("runs"))?;
+    m.map_unchecked(IoAddr(0x10_0000), runs[0].addr, Access::READ)
+        .map_err(e2s("map behind the mapper's back"))?;
+    let found = match m.check_unmapped() {
+        Err(e @ Error::Busy { .. }) if e.to_string().contains("0x1000 bytes") => e,
+        Err(e) => return Err(format!("wrong error: {e}")),
+        Ok(()) => return Err("the check missed a live mapping".into()),
+    };
+    m.check_unmapped().map_err(e2s("second check"))?;
+    host.free_pages(va, 2 * page).map_err(e2s("free"))?;
+    Ok(format!("found: {found}; then clean"))
+}
+
+/// BAR0 as IODeviceMemory: its physical segment is the BAR's bus address and
+/// mapped_read32 there reads the edu identification register.
+fn device_memory(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (_c, d) = open(addr)?;
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let md = bar.device_memory().map_err(e2s("device memory"))?;
+    let seg = md.physical_segment(0).map_err(e2s("physical segment"))?;
+    let (pa, len) = (seg.addr, seg.len);
+    check(pa == bar.bus_address() && len == bar.len(), || {
+        format!("segment {pa:?}+{len:#x} is not the BAR")
+    })?;
+    let id = dmakit::map::mapped_read32(&*host, pa).map_err(e2s("mapped_read32"))?;
+    check(id == 0x0100_00ed, || format!("id register {id:#x}"))?;
+    dmakit::map::mapped_write32(&*host, dmakit::PhysAddr(pa.0 + 4), 0xa5a5_0f0f)
+        .map_err(e2s("write liveness"))?;
+    let live = dmakit::map::mapped_read32(&*host, dmakit::PhysAddr(pa.0 + 4))
+        .map_err(e2s("read liveness"))?;
+    check(live == !0xa5a5_0f0f, || format!("liveness read {live:#x}"))?;
+    Ok(format!(
+        "BAR0 at bus {:#x} ({:#x} bytes, mapped at {:#x}): id {id:#x}, liveness inverts",
+        pa.0,
+        len,
+        bar.cpu_address()
+    ))
+}
+
+fn segments(cmd: &DmaCommand<Arc<Host>>) -> Result<Vec<IoSegment>, String> {
+    let mut out = vec![0u8; 64 * 16];
+    let mut off = 0;
+    let n = cmd
+        .gen_segments(&mut off, &mut out, 64)
+        .map_err(e2s("gen_segments"))?;
+    (0..n)
+        .map(|i| {
+            SegmentFormat::Host64
+                .read(&out, i)
+                .map_err(e2s("read segment"))
+        })
+        .collect()
+}
+
+/// What one RAM → edu → RAM round trip did.
+struct EduRun {
+    data: Vec<u8>,
+    back: Vec<u8>,
+    src_iova: u64,
+    dst_iova: u64,
+    limit: u64,
+    irqs: u64,
+}
+
+/// RAM → edu → RAM through the IOMMU, completed by MSI through a DmaEventSource, then the
+/// teardown checked with the kernel. The driver is told the device drives `driver_bits`
+/// address bits, the mapper hands out IOVAs up to `mapper_limit`, and the DMA commands'
+/// spec allows `spec_bits` (normally all three agree with the device's dma_mask).
+fn edu_run(
+    addr: PciAddress,
+    driver_bits: u32,
+    mapper_limit: u64,
+    spec_bits: u32,
+) -> Result<EduRun, String> {
+    const LEN: u64 = 3000; // two engine runs (2048 + 952)
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let edu = Arc::new(EduDma::new(&d, bar, host.clone(), driver_bits).map_err(e2s("edu"))?);
+    let mapper =
+        Arc::new(VfioMapper::new(c.clone(), host.clone(), mapper_limit).map_err(e2s("mapper"))?);
+    let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8 ^ 0x5a).collect();
+    let src = Arc::new(
+        BufferMemoryDescriptor::with_bytes(host.clone(), &data, Direction::Out)
+            .map_err(e2s("source buffer"))?,
+    );
+    let dst = Arc::new(
+        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(LEN, Direction::In))
+            .map_err(e2s("destination buffer"))?,
+    );
+    let spec = SegmentSpec::builder()
+        .address_bits(spec_bits)
+        .build()
+        .map_err(e2s("spec"))?;
+    let command = |md: Arc<dyn MemoryDescriptor>| -> Result<DmaCommand<Arc<Host>>, String> {
+        let mut c = DmaCommand::new(
+            host.clone(),
+            spec,
+            SegmentFormat::Host64,
+            MappingMode::Mapped(mapper.clone()),
+            None,
+        )
+        .map_err(e2s("command"))?;
+        c.set_memory_descriptor(md).map_err(e2s("set descriptor"))?;
+        c.prepare(0, LEN, true, true).map_err(e2s("prepare"))?;
+        Ok(c)
+    };
+    let prepared = command(src.clone()).and_then(|cs| Ok((cs, command(dst.clone())?)));
+    let (mut cs, mut cd) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // A failed prepare must leave nothing mapped.
+            check(mapper.mapped_pages() == 0, || {
+                format!("{e}; and pages stayed mapped")
+            })?;
+            mapper
+                .check_unmapped()
+                .map_err(e2s("teardown after a failed prepare"))?;
+            return Err(e);
+        }
+    };
+    let (s, t) = (segments(&cs)?, segments(&cd)?);
+    let got: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
+    let g = got.clone();
+    let es = Arc::new(DmaEventSource::new(edu.clone(), move |c| {
+        g.lock().unwrap().push(c)
+    }));
+    let sink: Arc<dyn InterruptSink> = es.clone();
+    edu.connect(&sink);
+    drop(sink);
+    let msi = edu.enable_msi(&d).map_err(e2s("MSI"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let work_loop = es.spawn_work_loop(stop.clone());
+    let window = [IoSegment {
+        addr: IoAddr(EDU_BUFFER.0),
+        len: LEN,
+    }];
+    let t1 = es
+        .start(&DmaTransfer {
+            source: &s,
+            dest: &window,
+        })
+        .map_err(e2s("start RAM -> edu"))?;
+    let t2 = es
+        .start(&DmaTransfer {
+            source: &window,
+            dest: &t,
+        })
+        .map_err(e2s("start edu -> RAM"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Release);
+    InterruptSink::raise(&*es); // wakes the work loop to see `stop`
+    work_loop
+        .join()
+        .map_err(|_| "work loop panicked".to_string())?;
+    let done = got.lock().unwrap().clone();
+    check(done.len() == 2, || {
+        format!(
+            "{} of 2 completions in 20 s ({} interrupts)",
+            done.len(),
+            msi.count()
+        )
+    })?;
+    check(
+        done[0].ticket == t1 && done[1].ticket == t2 && done.iter().all(|c| c.status.is_ok()),
+        || format!("completions out of order or failed: {done:?}"),
+    )?;
+    check(done.iter().all(|c| c.bytes == LEN), || format!("{done:?}"))?;
+    let irqs = msi.count();
+    drop(msi);
+    cd.complete(true).map_err(e2s("complete dst"))?;
+    cs.complete(true).map_err(e2s("complete src"))?;
+    let mut back = vec![0u8; LEN as usize];
+    dst.read_bytes(0, &mut back);
+    drop((cs, cd));
+    check(
+        mapper.mapped_pages() == 0 && mapper.allocations() == 0,
+        || format!("{} pages still mapped", mapper.mapped_pages()),
+    )?;
+    mapper.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(EduRun {
+        data,
+        back,
+        src_iova: s[0].addr.0,
+        dst_iova: t[0].addr.0,
+        limit: edu.address_limit().min(mapper_limit),
+        irqs,
+    })
+}
+
+/// The round trip with driver, mapper and spec all honouring the device's dma_mask.
+fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
+    let limit = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
+    let r = edu_run(addr, bits, limit, bits)?;
+    check(r.src_iova.max(r.dst_iova) + 3000 - 1 <= limit, || {
+        format!(
+            "IOVA {:#x} above the {bits}-bit limit",
+            r.src_iova.max(r.dst_iova)
+        )
+    })?;
+    check(r.back == r.data, || {
+        let first = r
+            .back
+            .iter()
+            .zip(&r.data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        format!("data differs from byte {first}")
+    })?;
+    Ok(format!(
+        "{} bytes RAM -> edu -> RAM byte-exact; IOVAs src {:#x} dst {:#x} (limit {:#x}); \
+         {} MSIs, 2 completions in order via DmaEventSource; kernel confirms 0 mappings left",
+        r.data.len(),
+        r.src_iova,
+        r.dst_iova,
+        r.limit,
+        r.irqs
+    ))
+}
+
+/// A 28-bit device's DMA command with a mapper that ignores the limit: the SegmentSpec's
+/// address limit refuses the mapper's IOVAs at prepare, and nothing stays mapped.
+fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
+    match edu_run(addr, bits, u64::MAX, bits) {
+        Err(e) if e.contains("outside the device's window") => Ok(e),
+        Err(e) => Err(format!("wrong error: {e}")),
+        Ok(r) => Err(format!(
+            "prepared with IOVA {:#x} for a {bits}-bit device",
+            r.src_iova
+        )),
+    }
+}
+
+/// Why the limit matters, shown by the device itself: a driver that claims 64 bits for the
+/// 28-bit edu, with IOVAs above 2^28. QEMU clamps the addresses to 28 bits, the IOMMU
+/// blocks the clamped ones (DMAR faults in the guest's log), and the data never arrives.
+fn edu_wide_iovas_miss_on_a_narrow_device(addr: PciAddress) -> TestResult {
+    let faults_before = dmar_faults();
+    let r = edu_run(addr, 64, u64::MAX, 64)?;
+    check(r.src_iova > 0x0fff_ffff, || {
+        format!("the mapper placed IOVA {:#x} below 2^28 anyway", r.src_iova)
+    })?;
+    check(r.back != r.data, || {
+        "the data arrived through clamped addresses?".into()
+    })?;
+    let faults = dmar_faults() - faults_before;
+    check(faults > 0, || "no DMAR fault logged".into())?;
+    Ok(format!(
+        "IOVAs src {:#x} dst {:#x} clamped by the device: data not delivered, {faults} new \
+         DMAR fault lines (expected)",
+        r.src_iova, r.dst_iova
+    ))
+}
+
+/// DMAR fault lines in the kernel log so far.
+fn dmar_faults() -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("DMAR") && l.contains("fault"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Identify, then reads of known disk content and a write read back, on the NVMe
+/// controller through dmakit alone.
+fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
+    let id = nvme
+        .identify_controller()
+        .map_err(e2s("identify controller"))?;
+    check(id.serial == "dmakit0", || format!("serial {:?}", id.serial))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    check(ns.block_size == 512 && ns.blocks == 16 * 2048, || {
+        format!("{ns:?}")
+    })?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 16)
+        .map_err(e2s("I/O queue pair"))?;
+    // 16 blocks (two pages: PRP1 + PRP2) of the image guest/run wrote.
+    let buf = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
+    nvme.read(&mut qp, 1, 100, 16, &buf).map_err(e2s("read"))?;
+    for i in 0..16u64 {
+        let mut block = [0u8; 512];
+        buf.read(i * 512, &mut block).map_err(e2s("cpu read"))?;
+        let n = 100 + i;
+        let head = format!("dmakit LBA {n}\n");
+        check(block.starts_with(head.as_bytes()), || {
+            format!(
+                "block {n} starts {:?}",
+                String::from_utf8_lossy(&block[..20])
+            )
+        })?;
+        check(block[head.len()..].iter().all(|&b| b == n as u8), || {
+            format!("block {n} body differs")
+        })?;
+    }
+    // Write two pages at LBA 2000 and read them back into another buffer.
+    let data: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let out = DmaBuffer::new(&host, &mapper, 8192, Direction::Out).map_err(e2s("buffer"))?;
+    out.write(0, &data).map_err(e2s("cpu write"))?;
+    nvme.write(&mut qp, 1, 2000, 16, &out)
+        .map_err(e2s("write"))?;
+    let back = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
+    nvme.read(&mut qp, 1, 2000, 16, &back)
+        .map_err(e2s("read back"))?;
+    let mut got = vec![0u8; 8192];
+    back.read(0, &mut got).map_err(e2s("cpu read"))?;
+    check(got == data, || "written data did not read back".into())?;
+    let version = nvme.version().map_err(e2s("version"))?;
+    for b in [buf, out, back] {
+        b.release().map_err(e2s("release"))?;
+    }
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    check(vfio.mapped_pages() == 0, || {
+        format!("{} pages mapped", vfio.mapped_pages())
+    })?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "NVMe {}.{}: serial {:?} model {:?} fw {:?}, ns1 {} x {} B; LBA 100-115 read byte-exact \
+         (PRP1+PRP2), 8 KiB written at LBA 2000 and read back; kernel confirms 0 mappings left",
+        version >> 16,
+        (version >> 8) & 0xff,
+        id.serial,
+        id.model,
+        id.firmware,
+        ns.blocks,
+        ns.block_size
+    ))
+}
+
+/// A descriptor of `parts` wired buffers of `part_len` bytes each, one after another.
+fn scattered(
+    host: &Arc<Host>,
+    parts: usize,
+    part_len: u64,
+    dir: Direction,
+) -> Result<Arc<MultiMemoryDescriptor>, String> {
+    let v = (0..parts)
+        .map(|_| {
+            BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(part_len, dir))
+                .map(|b| Arc::new(b) as Arc<dyn MemoryDescriptor>)
+                .map_err(e2s("part"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Arc::new(
+        MultiMemoryDescriptor::new(v, dir).map_err(e2s("multi descriptor"))?,
+    ))
+}
+
+/// 1 MiB written in 128 KiB commands to random LBAs from a scattered MultiMemoryDescriptor
+/// (first segment at page offset 0x200), then read back into another one (page offset
+/// 0x400, different part sizes): PRP lists from DmaCommand segments, byte-exact.
+fn nvme_scattered_prp_lists(addr: PciAddress) -> TestResult {
+    const CHUNK: u64 = 128 << 10;
+    const TOTAL: u64 = 1 << 20;
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 8)
+        .map_err(e2s("I/O queue pair"))?;
+    let src = scattered(&host, 17, 64 << 10, Direction::Out)?; // 1088 KiB in 17 parts
+    let dst = scattered(&host, 5, 212 << 10, Direction::In)?; // 1060 KiB in 5 parts
+    let data: Vec<u8> = (0..TOTAL as u32)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9) >> 24) as u8)
+        .collect();
+    check(src.write_bytes(512, &data) == TOTAL as usize, || {
+        "short copy in".into()
+    })?;
+    // Eight distinct 128 KiB slots of the 16 MiB namespace, in a scrambled order.
+    let slots = ns.blocks * ns.block_size as u64 / CHUNK;
+    let lbas: Vec<u64> = (0..TOTAL / CHUNK)
+        .map(|k| (k * 37 + 11) % slots * (CHUNK / ns.block_size as u64))
+        .collect();
+    let mut entries = 0;
+    for (k, &lba) in lbas.iter().enumerate() {
+        entries += nvme
+            .transfer(
+                &mut qp,
+                &ns,
+                true,
+                lba,
+                src.clone(),
+                512 + k as u64 * CHUNK,
+                CHUNK,
+            )
+            .map_err(e2s("write"))?;
+    }
+    for (k, &lba) in lbas.iter().enumerate() {
+        nvme.transfer(
+            &mut qp,
+            &ns,
+            false,
+            lba,
+            dst.clone(),
+            1024 + k as u64 * CHUNK,
+            CHUNK,
+        )
+        .map_err(e2s("read"))?;
+    }
+    let mut back = vec![0u8; TOTAL as usize];
+    check(dst.read_bytes(1024, &mut back) == TOTAL as usize, || {
+        "short copy out".into()
+    })?;
+    check(back == data, || {
+        let first = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        format!("data differs from byte {first:#x}")
+    })?;
+    let max_kib = nvme.max_transfer() >> 10;
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    check(vfio.mapped_pages() == 0, || {
+        format!("{} pages mapped", vfio.mapped_pages())
+    })?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "1 MiB in {} commands to LBAs {lbas:?} from 17 scattered parts (offset 0x200) and back \
+         into 5 (offset 0x400), byte-exact; {entries} PRP entries written, max transfer {} KiB; \
+         kernel confirms 0 mappings left",
+        lbas.len(),
+        max_kib
+    ))
+}
+
+/// One write and one read forced through a BouncePool: a bypassed DmaCommand's physical
+/// segments (the bounce buffer's) reach the controller through an identity IOMMU mapping.
+fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
+    const LEN: u64 = 64 << 10;
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 8)
+        .map_err(e2s("I/O queue pair"))?;
+    let pool = Arc::new(BouncePool::new(host.clone(), "nvme bounce pool", 4 << 20));
+    pool.set_force_bounce(true);
+    let data: Vec<u8> = (0..LEN as u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+    let src = Arc::new(
+        BufferMemoryDescriptor::with_bytes(host.clone(), &data, Direction::Out)
+            .map_err(e2s("source"))?,
+    );
+    let dst = Arc::new(
+        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(LEN, Direction::In))
+            .map_err(e2s("destination"))?,
+    );
+    let spec = nvme_spec(nvme.max_transfer()).map_err(e2s("spec"))?;
+    let lba = 9000;
+    let mut bounced_at = Vec::new();
+    for (write, md) in [
+        (true, src.clone() as Arc<dyn MemoryDescriptor>),
+        (false, dst.clone()),
+    ] {
+        let mut cmd = DmaCommand::new(
+            host.clone(),
+            spec,
+            SegmentFormat::Host64,
+            MappingMode::Bypassed,
+            Some(pool.clone()),
+        )
+        .map_err(e2s("command"))?;
+        cmd.set_memory_descriptor(md)
+            .map_err(e2s("set descriptor"))?;
+        cmd.prepare(0, LEN, true, true).map_err(e2s("prepare"))?;
+        check(cmd.is_bounced(), || "the forced pool did not bounce".into())?;
+        let s = segments(&cmd)?;
+        let base = dmakit::PhysAddr(s[0].addr.0);
+        bounced_at.push(base.0);
+        let (iova, pages) = vfio
+            .map_identity(base, LEN, Access::READ_WRITE)
+            .map_err(e2s("identity map of the bounce buffer"))?;
+        let r = nvme.transfer_command(&mut qp, &cmd, &ns, write, lba, LEN);
+        vfio.iovm_free(iova, pages).map_err(e2s("unmap"))?;
+        cmd.complete(true).map_err(e2s("complete"))?;
+        r.map_err(e2s(if write { "write" } else { "read" }))?;
+    }
+    let mut back = vec![0u8; LEN as usize];
+    dst.read_bytes(0, &mut back);
+    check(back == data, || "bounced data did not round-trip".into())?;
+    let stats = pool.stats();
+    check(
+        stats.buffers == 2 && stats.bounced_bytes == 2 * LEN && stats.in_use == 0,
+        || format!("{stats:?}"),
+    )?;
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "64 KiB written and read back at LBA {lba} through bounce buffers at physical {:#x} \
+         and {:#x} (identity-mapped), byte-exact; pool {stats:?}; kernel confirms 0 mappings left",
+        bounced_at[0], bounced_at[1]
+    ))
+}
+
+/// Reads completed by MSI-X: the completion queue interrupts, VFIO's eventfd wakes the
+/// Msi thread, which raises the queue's CompletionSignal (an InterruptSink), and the waiting
+/// queue pair sleeps instead of spinning.
+fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    let signal = Arc::new(CompletionSignal::new());
+    let sink: Arc<dyn InterruptSink> = signal.clone();
+    let msi = Msi::to_sink(&d, IrqKind::MsiX, || true, sink).map_err(e2s("MSI-X"))?;
+    let mut qp = nvme
+        .create_io_queue_pair_with_interrupt(1, 8, 0, signal.clone())
+        .map_err(e2s("I/O queue pair with interrupts"))?;
+    let buf = Arc::new(
+        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(64 << 10, Direction::In))
+            .map_err(e2s("buffer"))?,
+    );
+    for k in 0..16u64 {
+        nvme.transfer(
+            &mut qp,
+            &ns,
+            false,
+            300 + 8 * k,
+            buf.clone(),
+            k * 4096,
+            4096,
+        )
+        .map_err(e2s("read"))?;
+    }
+    for k in 0..16u64 {
+        let mut head = [0u8; 16];
+        buf.read_bytes(k * 4096, &mut head);
+        let want = format!("dmakit LBA {}\n", 300 + 8 * k);
+        check(head.starts_with(want.as_bytes()), || {
+            format!(
+                "block {} reads {:?}",
+                300 + 8 * k,
+                String::from_utf8_lossy(&head)
+            )
+        })?;
+    }
+    let woken = qp.completions_after_interrupt();
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    let irqs = msi.count();
+    drop(msi);
+    check(irqs >= 1 && woken >= 1, || {
+        format!("{irqs} MSI-X interrupts, {woken} completions found after one")
+    })?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    Ok(format!(
+        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts raised the CompletionSignal \
+         ({}), {woken} of 16 completions were found by a waiter the interrupt woke; kernel \
+         confirms 0 mappings left",
+        signal.raised()
+    ))
+}
+
+fn main() {
+    let cfg = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAILED arguments: {e}");
+            println!("0 passed, 1 failed");
+            std::process::exit(2);
+        }
+    };
+    let mut tests: Vec<(String, Box<dyn FnOnce() -> TestResult>)> = Vec::new();
+    tests.push(("vfio_missing_device".into(), Box::new(missing_device)));
+    if let Some(u) = cfg.unbound {
+        tests.push((
+            "vfio_unbound_device".into(),
+            Box::new(move || unbound_device(u)),
+        ));
+    }
+    if let Some(n) = cfg.nonviable {
+        tests.push((
+            "vfio_group_not_viable".into(),
+            Box::new(move || nonviable_group(n)),
+        ));
+    }
+    if let Some(&(a, _)) = cfg.edu.first() {
+        tests.push((
+            "vfio_memlock_too_low".into(),
+            Box::new(move || memlock_too_low(a)),
+        ));
+        tests.push(("vfio_iommu_info".into(), Box::new(move || iommu_info(a))));
+        tests.push((
+            "vfio_teardown_check_finds_leftovers".into(),
+            Box::new(move || teardown_check_finds_leftovers(a)),
+        ));
+        tests.push((
+            "vfio_iova_outside_ranges".into(),
+            Box::new(move || iova_outside_ranges(a)),
+        ));
+        tests.push((
+            "edu_bar_as_device_memory".into(),
+            Box::new(move || device_memory(a)),
+        ));
+    }
+    for &(a, bits) in &cfg.edu {
+        tests.push((
+            format!("edu_dma_round_trip_{bits}bit"),
+            Box::new(move || edu_round_trip(a, bits)),
+        ));
+        if bits < 64 {
+            tests.push((
+                format!("edu_{bits}bit_spec_refuses_wide_iovas"),
+                Box::new(move || edu_spec_refuses_wide_iovas(a, bits)),
+            ));
+            tests.push((
+                format!("edu_{bits}bit_device_misses_wide_iovas"),
+                Box::new(move || edu_wide_iovas_miss_on_a_narrow_device(a)),
+            ));
+        }
+    }
+    if let Some(n) = cfg.nvme {
+        tests.push((
+            "nvme_identify_read_write".into(),
+            Box::new(move || nvme_identify_read_write(n)),
+        ));
+        tests.push((
+            "nvme_interrupt_completion".into(),
+            Box::new(move || nvme_interrupt_completion(n)),
+        ));
+        tests.push((
+            "nvme_forced_bounce".into(),
+            Box::new(move || nvme_forced_bounce(n)),
+        ));
+        tests.push((
+            "nvme_1mib_scattered_prp_lists".into(),
+            Box::new(move || nvme_scattered_prp_lists(n)),
+        ));
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in tests {
+        let t = Instant::now();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(detail)) => {
+                passed += 1;
+                println!("ok {name} ({} ms): {detail}", t.elapsed().as_millis());
+            }
+            Ok(Err(why)) => {
+                failed += 1;
+                println!("FAILED {name}: {why}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("FAILED {name}: panicked");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}

@@ -1,0 +1,451 @@
+//! [`VfioMapper`]: IOKit's IOMapper over a VFIO type1 container.
+//!
+//! The container's IOMMU translates the device's addresses (IOVAs) to this process's memory.
+//! The mapper owns that IO address space:
+//!
+//! * its allocator is a dmakit [`RangeAllocator`] seeded with the container's **valid IOVA
+//!   ranges** (from the type1 info capability chain; under QEMU's VT-d these skip the MSI
+//!   window at `0xfee00000`), cut at the device's **address limit**, so a device with a
+//!   28-bit DMA mask never gets an IOVA it cannot drive; IOVA 0 is never handed out;
+//! * [`iovm_insert_page`](Mapper::iovm_insert_page) takes a *physical* page, as IOKit's
+//!   does, finds the virtual page of the host's wired allocation behind it (the host's
+//!   reverse map, which needs physical addresses: root) and maps that with
+//!   `VFIO_IOMMU_MAP_DMA`; the kernel pins the page and charges it to `RLIMIT_MEMLOCK`;
+//! * [`iovm_free`](Mapper::iovm_free) unmaps with `VFIO_IOMMU_UNMAP_DMA`, which also
+//!   invalidates the IOTLB before returning, so a freed IOVA can be reused at once;
+//! * [`reserve`](VfioMapper::reserve) takes a fixed IOVA range, refused with a clear error
+//!   outside the valid ranges.
+//!
+//! Teardown: dropping the mapper unmaps whatever is left. [`check_unmapped`](VfioMapper::check_unmapped)
+//! proves nothing is left by asking the *kernel* to unmap everything in the container and
+//! checking that it found nothing.
+
+use super::container::Container;
+use super::info::IommuInfo;
+use super::sys;
+use crate::caps::{self, MemlockLimit};
+use crate::hints::{intern, memlock_why, os};
+use crate::host::Host;
+use dmakit::alloc::RangeAllocator;
+use dmakit::mapper::{Access, Mapper};
+use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
+use rustix::io::Errno;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
+};
+
+const SPACE: &str = "VFIO IO address space";
+
+/// The IO address space of one VFIO container.
+pub struct VfioMapper {
+    container: Arc<Container>,
+    host: Arc<Host>,
+    info: IommuInfo,
+    page: PageSize,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+struct State {
+    space: RangeAllocator,
+    /// IOVA → pages of each live allocation (or reservation).
+    allocs: BTreeMap<u64, u64>,
+    /// IO page → (physical page, access) of each page mapped in the kernel.
+    mapped: BTreeMap<u64, (PhysAddr, Access)>,
+}
+
+impl VfioMapper {
+    /// The mapper of `container` (which must have a device open), for memory of `host`,
+    /// handing out IOVAs at or below `address_limit` (`u64::MAX`: no limit;
+    /// `0x0fff_ffff` for a device with 28 address bits). One mapper per container.
+    pub fn new(container: Arc<Container>, host: Arc<Host>, address_limit: u64) -> Result<Self> {
+        let info = container.info()?;
+        let page = PageSize::new(info.min_page_size().max(host.page().bytes()))?;
+        let mut space = RangeAllocator::empty(page.bytes())?;
+        for &(start, last) in &info.iova_ranges {
+            let start = page.round_up(start.max(page.bytes())).unwrap_or(u64::MAX);
+            let last = last.min(address_limit).min(u64::MAX - page.bytes());
+            let last = page.trunc(last.wrapping_add(1)).wrapping_sub(1);
+            if last > start {
+                space.deallocate(start, last - start + 1)?;
+            }
+        }
+        if space.free_count() == 0 {
+            return Err(Error::NoSpace {
+                what: "VFIO IO address space (no valid IOVA range below the address limit)",
+                requested: page.bytes(),
+                align: page.bytes(),
+                free: 0,
+            });
+        }
+        container.take_mapper()?;
+        Ok(VfioMapper {
+            container,
+            host,
+            info,
+            page,
+            limit: address_limit,
+            state: Mutex::new(State {
+                space,
+                allocs: BTreeMap::new(),
+                mapped: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// What the container's IOMMU reported.
+    pub fn info(&self) -> &IommuInfo {
+        &self.info
+    }
+
+    /// The highest IOVA this mapper hands out.
+    pub fn address_limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Free IO address space, in bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.lock().space.free_count()
+    }
+
+    /// Pages mapped in the kernel through this mapper now.
+    pub fn mapped_pages(&self) -> usize {
+        self.lock().mapped.len()
+    }
+
+    /// Live allocations and reservations.
+    pub fn allocations(&self) -> usize {
+        self.lock().allocs.len()
+    }
+
+    /// Reserves the fixed IO range `[iova, iova + pages)`: it must lie inside one valid IOVA
+    /// range and below the address limit. Free it with `iovm_free`.
+    pub fn reserve(&self, iova: IoAddr, pages: u64) -> Result<()> {
+        let len = self.bytes(pages)?;
+        if self.page.offset(iova.0) != 0 {
+            return Err(Error::NotAligned {
+                what: "VFIO IOVA reservation",
+                value: iova.0,
+                align: self.page.bytes(),
+            });
+        }
+        let below_limit = iova.0.checked_add(len - 1).is_some_and(|l| l <= self.limit);
+        if !self.info.contains(iova.0, len) || !below_limit || iova.0 == 0 {
+            return Err(Error::BadArgument {
+                what: self.outside_ranges_text(),
+                value: iova.0,
+            });
+        }
+        let mut s = self.lock();
+        s.space.allocate_range(iova.0, len)?;
+        s.allocs.insert(iova.0, pages);
+        Ok(())
+    }
+
+    /// Maps `[pa, pa + len)` (a wired allocation of the host) at the *same* IO address, so a
+    /// device behind VFIO reaches physical addresses as they are: how the physical segments
+    /// of a bypassed (or bounced) [`DmaCommand`](dmakit::dma::DmaCommand) reach it. Returns
+    /// the first IO page and the page count, which `iovm_free` takes back. Refused like
+    /// [`reserve`](Self::reserve) where the physical range is not a valid IOVA range.
+    pub fn map_identity(&self, pa: PhysAddr, len: u64, access: Access) -> Result<(IoAddr, u64)> {
+        let first = self.page.trunc(pa.0);
+        let pages = self.page.pages_spanned(pa.0, len).ok_or(Error::Overflow {
+            what: "VFIO identity mapping",
+            start: pa.0,
+            len,
+        })?;
+        self.reserve(IoAddr(first), pages)?;
+        for i in 0..pages {
+            let a = first + i * self.page.bytes();
+            if let Err(e) = self.iovm_insert_page(IoAddr(a), PhysAddr(a), access) {
+                let _ = self.iovm_free(IoAddr(first), pages);
+                return Err(e);
+            }
+        }
+        Ok((IoAddr(first), pages))
+    }
+
+    /// Asks the kernel to unmap every mapping in the container and checks it found none:
+    /// the proof, not the assumption, that nothing this process mapped is left for a device
+    /// to reach. `Busy` (with the byte count) if the kernel still had mappings, or if this
+    /// mapper still holds some.
+    pub fn check_unmapped(&self) -> Result<()> {
+        let held = self.lock().mapped.len();
+        if held != 0 {
+            return Err(Error::Busy {
+                what: "VFIO mapper",
+                addr: held as u64,
+                why: "pages are still mapped through it (free its allocations first)",
+            });
+        }
+        let left = self.unmap_everything()?;
+        if left != 0 {
+            return Err(Error::Busy {
+                what: intern(
+                    format!("VFIO container: the kernel still had {left:#x} bytes mapped"),
+                    "VFIO container: the kernel still had mappings",
+                ),
+                addr: left,
+                why: "mappings outlived the mapper's record of them (they are unmapped now)",
+            });
+        }
+        Ok(())
+    }
+
+    /// `VFIO_IOMMU_UNMAP_DMA` of the whole container; returns the bytes the kernel unmapped.
+    fn unmap_everything(&self) -> Result<u64> {
+        match sys::unmap_dma(self.container.fd(), 0, 0, VFIO_DMA_UNMAP_FLAG_ALL) {
+            Ok(n) => Ok(n),
+            // Kernels before 5.12 have no UNMAP_ALL: unmap the valid ranges one by one.
+            Err(Errno::INVAL) => {
+                let mut n = 0;
+                for &(s, e) in &self.info.iova_ranges {
+                    let last = self.page.trunc(e.min(u64::MAX - self.page.bytes()) + 1);
+                    n += sys::unmap_dma(self.container.fd(), s, last - s, 0)
+                        .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
+                }
+                Ok(n)
+            }
+            Err(e) => Err(os("VFIO_IOMMU_UNMAP_DMA (all)", e, "")),
+        }
+    }
+
+    fn outside_ranges_text(&self) -> &'static str {
+        let ranges: Vec<String> = self
+            .info
+            .iova_ranges
+            .iter()
+            .map(|(s, e)| format!("{s:#x}-{e:#x}"))
+            .collect();
+        intern(
+            format!(
+                "IOVA outside the IOMMU's valid ranges ({}) or above the device's address \
+                 limit {:#x} (or IOVA 0)",
+                ranges.join(", "),
+                self.limit
+            ),
+            "IOVA outside the IOMMU's valid ranges or above the device's address limit",
+        )
+    }
+
+    fn bytes(&self, pages: u64) -> Result<u64> {
+        if pages == 0 {
+            return Err(Error::ZeroSize {
+                what: "VFIO IOVA allocation",
+            });
+        }
+        pages.checked_mul(self.page.bytes()).ok_or(Error::Overflow {
+            what: SPACE,
+            start: 0,
+            len: pages,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error for a failed `VFIO_IOMMU_MAP_DMA` of one page.
+    fn map_error(&self, iova: u64, va: u64, e: Errno) -> Error {
+        let len = self.page.bytes();
+        match e {
+            Errno::NOMEM | Errno::AGAIN
+                if MemlockLimit::probe().soft.is_some() && !caps::has_ipc_lock() =>
+            {
+                Error::CannotWire {
+                    addr: va,
+                    len,
+                    why: memlock_why(),
+                }
+            }
+            Errno::EXIST => Error::RangeBusy {
+                what: "VFIO IOMMU (the kernel already maps this IOVA)",
+                start: iova,
+                len,
+            },
+            Errno::INVAL => Error::BadArgument {
+                what: "VFIO_IOMMU_MAP_DMA refused by the kernel (EINVAL): the IOVA is outside \
+                       the valid ranges (VfioMapper::info) or not page aligned",
+                value: iova,
+            },
+            Errno::NOSPC => Error::NoResources {
+                what: "VFIO DMA mappings (the container's dma_entry_limit)",
+                limit: u64::from(self.info.dma_avail.unwrap_or(0)),
+            },
+            e => os("VFIO_IOMMU_MAP_DMA", e, ""),
+        }
+    }
+
+    /// Maps the IO page `iova` to this process's virtual page `va` (no bookkeeping).
+    pub(crate) fn map_raw(&self, iova: u64, va: u64, access: Access) -> Result<()> {
+        let mut flags = 0;
+        if access.read {
+            flags |= VFIO_DMA_MAP_FLAG_READ;
+        }
+        if access.write {
+            flags |= VFIO_DMA_MAP_FLAG_WRITE;
+        }
+        sys::map_dma(self.container.fd(), va, iova, self.page.bytes(), flags)
+            .map_err(|e| self.map_error(iova, va, e))
+    }
+
+    /// `VFIO_IOMMU_MAP_DMA` of one page at an IOVA of the caller's choosing, with no check
+    /// of our own (tests use it to show that the kernel refuses what `reserve` refuses).
+    pub fn map_unchecked(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
+        let va = self.virt_of(pa)?;
+        self.map_raw(iova.0, va, access)
+    }
+
+    /// The virtual address behind physical address `pa` (a page of a wired allocation).
+    fn virt_of(&self, pa: PhysAddr) -> Result<u64> {
+        let hp = self.host.page();
+        let vpage = self
+            .host
+            .lock()
+            .virt_of_frame(hp.trunc(pa.0))
+            .ok_or(Error::NotMapped {
+                what: "VFIO mapping: physical page not in a wired allocation of this host \
+                       (VFIO maps process memory: allocate it through the host, with \
+                       physical addresses available)",
+                addr: pa.0,
+            })?;
+        Ok(vpage + hp.offset(pa.0))
+    }
+}
+
+impl Mapper for VfioMapper {
+    fn page_size(&self) -> PageSize {
+        self.page
+    }
+
+    fn iovm_alloc(&self, pages: u64) -> Result<IoAddr> {
+        let len = self.bytes(pages)?;
+        let mut s = self.lock();
+        let iova = s
+            .space
+            .allocate(len, self.page.bytes())
+            .map_err(|e| match e {
+                Error::NoSpace {
+                    requested,
+                    align,
+                    free,
+                    ..
+                } => Error::NoSpace {
+                    what: SPACE,
+                    requested,
+                    align,
+                    free,
+                },
+                e => e,
+            })?;
+        s.allocs.insert(iova, pages);
+        Ok(IoAddr(iova))
+    }
+
+    fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()> {
+        let mut s = self.lock();
+        match s.allocs.get(&iova.0) {
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "VfioMapper::iovm_free",
+                    addr: iova.0,
+                })
+            }
+            Some(&n) if n != pages => {
+                return Err(Error::WrongSize {
+                    free_fn: "VfioMapper::iovm_free",
+                    addr: iova.0,
+                    allocated: n,
+                    given: pages,
+                })
+            }
+            Some(_) => {}
+        }
+        let len = pages * self.page.bytes();
+        let end = iova.0 + len;
+        let any_mapped = s.mapped.range(iova.0..end).next().is_some();
+        if any_mapped {
+            // Unmapping also flushes the IOTLB before the call returns.
+            sys::unmap_dma(self.container.fd(), iova.0, len, 0)
+                .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
+            let keys: Vec<u64> = s.mapped.range(iova.0..end).map(|(&k, _)| k).collect();
+            for k in keys {
+                s.mapped.remove(&k);
+            }
+        }
+        s.allocs.remove(&iova.0);
+        s.space.deallocate(iova.0, len)
+    }
+
+    fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
+        if self.page.offset(iova.0) != 0 || self.page.offset(pa.0) != 0 {
+            return Err(Error::NotAligned {
+                what: "VFIO insert_page (IO and physical addresses must be page aligned)",
+                value: if self.page.offset(iova.0) != 0 {
+                    iova.0
+                } else {
+                    pa.0
+                },
+                align: self.page.bytes(),
+            });
+        }
+        let mut s = self.lock();
+        let inside = s
+            .allocs
+            .range(..=iova.0)
+            .next_back()
+            .is_some_and(|(&a, &n)| iova.0 < a + n * self.page.bytes());
+        if !inside {
+            return Err(Error::NotAllocated {
+                free_fn: "VfioMapper::iovm_insert_page (IOVA not inside an allocation)",
+                addr: iova.0,
+            });
+        }
+        if s.mapped.contains_key(&iova.0) {
+            // Replace: unmap the old page first (IOKit's insert overwrites).
+            sys::unmap_dma(self.container.fd(), iova.0, self.page.bytes(), 0)
+                .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
+            s.mapped.remove(&iova.0);
+        }
+        let va = self.virt_of(pa)?;
+        self.map_raw(iova.0, va, access)?;
+        s.mapped.insert(iova.0, (pa, access));
+        Ok(())
+    }
+
+    fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)> {
+        let s = self.lock();
+        let (pa, access) =
+            s.mapped
+                .get(&self.page.trunc(iova.0))
+                .copied()
+                .ok_or(Error::NotMapped {
+                    what: SPACE,
+                    addr: iova.0,
+                })?;
+        Ok((PhysAddr(pa.0 + self.page.offset(iova.0)), access))
+    }
+}
+
+impl Drop for VfioMapper {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !s.mapped.is_empty() {
+            // Unmapping is the safe direction: the IOMMU then blocks the device.
+            let _ = self.unmap_everything();
+        }
+    }
+}
+
+impl std::fmt::Debug for VfioMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioMapper")
+            .field("page", &self.page)
+            .field("limit", &self.limit)
+            .field("iova_ranges", &self.info.iova_ranges)
+            .field("mapped_pages", &self.mapped_pages())
+            .finish()
+    }
+}
