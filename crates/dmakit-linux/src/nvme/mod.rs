@@ -4,7 +4,7 @@
 //! Everything the controller touches is dmakit: its registers are BAR0 reached with
 //! [`mapped_read32`]/[`mapped_write32`] through a VFIO [`Bar`]; its queues and data buffers
 //! are [`BufferMemoryDescriptor`](dmakit::descriptor::BufferMemoryDescriptor)s prepared by
-//! mapped [`DmaCommand`](dmakit::dma::DmaCommand)s ([`DmaBuffer`]), so the controller sees
+//! mapped [`DmaCommand`]s ([`DmaBuffer`]), so the controller sees
 //! IO addresses from the [`VfioMapper`](crate::vfio::VfioMapper) and the emulated IOMMU
 //! checks every access.
 //!
