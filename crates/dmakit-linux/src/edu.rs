@@ -18,7 +18,7 @@
 //! [`EDU_BUFFER`]. The controller cuts it into engine runs of at most
 //! [`EDU_MAX_RUN`] bytes (QEMU 7.2 aborts on a DMA of the full 4096 bytes), starts the
 //! first, and on each completion interrupt ([`EduDma::service`], called from the
-//! [`Msi`](crate::vfio::Msi) thread) acknowledges, starts the next run, and when a
+//! [`Msi`] thread) acknowledges, starts the next run, and when a
 //! transfer is done queues its [`DmaCompletion`] and raises the connected
 //! [`InterruptSink`] — a [`DmaEventSource`](dmakit::dma::DmaEventSource), which delivers
 //! completions in order.
