@@ -72,7 +72,9 @@ struct Job {
     ticket: u64,
     runs: VecDeque<Run>,
     done: u64,
-    total: u64,
+    /// `stop` was called before it finished: it completes with an error after the run in
+    /// flight (if any), in ticket order.
+    stopped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -199,26 +201,14 @@ impl EduDma {
                 return Ok(false); // not finished yet (a stale interrupt)
             }
             s.busy = false;
-            let mut completed = false;
             if let Some(job) = s.queue.front_mut() {
                 if let Some(run) = job.runs.pop_front() {
                     job.done += run.len;
                 }
                 let (t, d) = (job.ticket, job.done);
-                if job.runs.is_empty() {
-                    let total = job.total;
-                    s.queue.pop_front();
-                    s.done_bytes.insert(t, total);
-                    s.finished.push_back(DmaCompletion {
-                        ticket: t,
-                        bytes: total,
-                        status: Ok(()),
-                    });
-                    completed = true;
-                } else {
-                    s.done_bytes.insert(t, d);
-                }
+                s.done_bytes.insert(t, d);
             }
+            let completed = Self::retire(&mut s);
             self.kick(&mut s)?;
             completed
         };
@@ -229,6 +219,34 @@ impl EduDma {
             }
         }
         Ok(true)
+    }
+
+    /// Completes, in order, the jobs at the head of the queue that have nothing left to run
+    /// (finished, or stopped); returns whether any did.
+    fn retire(s: &mut State) -> bool {
+        let mut any = false;
+        while let Some(job) = s.queue.front() {
+            if !(job.runs.is_empty() || job.stopped) {
+                break;
+            }
+            let job = s.queue.pop_front().expect("front exists");
+            let status = if job.runs.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Busy {
+                    what: "edu DMA transfer (ticket)",
+                    addr: job.ticket,
+                    why: "stopped before it finished (bytes says how far it got)",
+                })
+            };
+            s.finished.push_back(DmaCompletion {
+                ticket: job.ticket,
+                bytes: job.done,
+                status,
+            });
+            any = true;
+        }
+        any
     }
 
     /// Starts the next run if the engine is idle.
@@ -317,7 +335,6 @@ impl EduDma {
 impl DmaController for EduDma {
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
         let runs = self.runs(transfer)?;
-        let total = runs.iter().map(|r| r.len).sum();
         let mut s = self.lock();
         if s.queue.len() as u32 >= s.depth {
             return Err(Error::NoResources {
@@ -331,7 +348,7 @@ impl DmaController for EduDma {
             ticket,
             runs,
             done: 0,
-            total,
+            stopped: false,
         });
         s.done_bytes.insert(ticket, 0);
         self.kick(&mut s)?;
@@ -339,25 +356,20 @@ impl DmaController for EduDma {
     }
 
     fn stop(&self) -> Result<()> {
-        let mut s = self.lock();
-        // The run in flight cannot be aborted: its job stays at the head and finishes it.
-        let keep = usize::from(s.busy);
-        let dropped: Vec<Job> = s.queue.drain(keep..).collect();
-        for j in dropped {
-            s.finished.push_back(DmaCompletion {
-                ticket: j.ticket,
-                bytes: j.done,
-                status: Err(Error::Busy {
-                    what: "edu DMA transfer",
-                    addr: j.ticket,
-                    why: "stopped before it finished",
-                }),
-            });
-        }
-        if let Some(j) = s.queue.front_mut() {
-            // Finish only the run in flight.
-            j.runs.truncate(1);
-            j.total = j.done + j.runs.front().map_or(0, |r| r.len);
+        let completed = {
+            let mut s = self.lock();
+            // A run in flight cannot be aborted; its job completes (stopped) when it ends,
+            // and the jobs behind it right after, so completions stay in ticket order.
+            for j in s.queue.iter_mut() {
+                j.stopped = true;
+            }
+            !s.busy && Self::retire(&mut s)
+        };
+        if completed {
+            let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(sink) = sink.and_then(|w| w.upgrade()) {
+                sink.raise();
+            }
         }
         Ok(())
     }
