@@ -267,66 +267,6 @@ impl EduDma {
         Ok(())
     }
 
-    /// Cuts a transfer into engine runs: pairs of source and destination pieces, at most
-    /// [`EDU_MAX_RUN`] bytes each, one side in the device window and the other in RAM.
-    fn runs(&self, t: &DmaTransfer<'_>) -> Result<VecDeque<Run>> {
-        t.bytes()?;
-        // Strictly below the end: QEMU 7.2's bounds check is off by one and aborts on a
-        // run that ends at the buffer's last byte.
-        let in_window = |s: &IoSegment| {
-            s.addr.0 >= EDU_BUFFER.0 && s.addr.0 + s.len < EDU_BUFFER.0 + EDU_BUFFER.1
-        };
-        let mut runs = VecDeque::new();
-        let (mut si, mut di, mut so, mut dof) = (0, 0, 0u64, 0u64);
-        while si < t.source.len() && di < t.dest.len() {
-            let (s, d) = (&t.source[si], &t.dest[di]);
-            let to_ram = match (in_window(s), in_window(d)) {
-                (false, true) => false,
-                (true, false) => true,
-                _ => {
-                    return Err(Error::BadArgument {
-                        what: "edu DMA: exactly one side of each piece must be in the device \
-                               buffer [0x40000, 0x41000) and the other in RAM",
-                        value: s.addr.0,
-                    })
-                }
-            };
-            let ram = if to_ram {
-                d.addr.0 + dof
-            } else {
-                s.addr.0 + so
-            };
-            let len = (s.len - so).min(d.len - dof).min(EDU_MAX_RUN);
-            if ram
-                .checked_add(len - 1)
-                .is_none_or(|l| l > self.address_limit())
-            {
-                return Err(Error::BadArgument {
-                    what: "edu DMA: a RAM address above the device's dma_mask (QEMU would \
-                           clamp it and reach the wrong page): map it below the limit",
-                    value: ram,
-                });
-            }
-            runs.push_back(Run {
-                src: s.addr.0 + so,
-                dst: d.addr.0 + dof,
-                len,
-                to_ram,
-            });
-            so += len;
-            dof += len;
-            if so == s.len {
-                si += 1;
-                so = 0;
-            }
-            if dof == d.len {
-                di += 1;
-                dof = 0;
-            }
-        }
-        Ok(runs)
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -334,7 +274,7 @@ impl EduDma {
 
 impl DmaController for EduDma {
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
-        let runs = self.runs(transfer)?;
+        let runs = split_runs(transfer, self.address_limit())?;
         let mut s = self.lock();
         if s.queue.len() as u32 >= s.depth {
             return Err(Error::NoResources {
@@ -412,11 +352,176 @@ impl DmaController for EduDma {
     }
 }
 
+/// Cuts a transfer into engine runs: pairs of source and destination pieces, at most
+/// [`EDU_MAX_RUN`] bytes each, one side in the device window and the other in RAM at or
+/// below `limit`.
+fn split_runs(t: &DmaTransfer<'_>, limit: u64) -> Result<VecDeque<Run>> {
+    t.bytes()?;
+    // Strictly below the end: QEMU 7.2's bounds check is off by one and aborts on a run
+    // that ends at the buffer's last byte.
+    let in_window =
+        |s: &IoSegment| s.addr.0 >= EDU_BUFFER.0 && s.addr.0 + s.len < EDU_BUFFER.0 + EDU_BUFFER.1;
+    let mut runs = VecDeque::new();
+    let (mut si, mut di, mut so, mut dof) = (0, 0, 0u64, 0u64);
+    while si < t.source.len() && di < t.dest.len() {
+        let (s, d) = (&t.source[si], &t.dest[di]);
+        if s.len == 0 {
+            si += 1;
+            continue;
+        }
+        if d.len == 0 {
+            di += 1;
+            continue;
+        }
+        let to_ram = match (in_window(s), in_window(d)) {
+            (false, true) => false,
+            (true, false) => true,
+            _ => {
+                return Err(Error::BadArgument {
+                    what: "edu DMA: exactly one side of each piece must be in the device \
+                           buffer [0x40000, 0x40fff) and the other in RAM",
+                    value: s.addr.0,
+                })
+            }
+        };
+        let ram = if to_ram {
+            d.addr.0 + dof
+        } else {
+            s.addr.0 + so
+        };
+        let len = (s.len - so).min(d.len - dof).min(EDU_MAX_RUN);
+        if ram.checked_add(len - 1).is_none_or(|l| l > limit) {
+            return Err(Error::BadArgument {
+                what: "edu DMA: a RAM address above the device's dma_mask (QEMU would clamp \
+                       it and reach the wrong page): map it below the limit",
+                value: ram,
+            });
+        }
+        runs.push_back(Run {
+            src: s.addr.0 + so,
+            dst: d.addr.0 + dof,
+            len,
+            to_ram,
+        });
+        so += len;
+        dof += len;
+        if so == s.len {
+            si += 1;
+            so = 0;
+        }
+        if dof == d.len {
+            di += 1;
+            dof = 0;
+        }
+    }
+    Ok(runs)
+}
+
 impl std::fmt::Debug for EduDma {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EduDma")
             .field("bar", &self.bar)
             .field("dma_bits", &self.dma_bits)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmakit::IoAddr;
+
+    fn seg(a: u64, len: u64) -> IoSegment {
+        IoSegment {
+            addr: IoAddr(a),
+            len,
+        }
+    }
+
+    #[test]
+    fn transfers_are_cut_into_runs_of_at_most_2k_pairing_pieces() {
+        // Two scattered RAM pieces into the device window.
+        let src = [seg(0x10_0000, 3000), seg(0x20_0000, 100)];
+        let dst = [seg(EDU_BUFFER.0, 3100)];
+        let runs = split_runs(
+            &DmaTransfer {
+                source: &src,
+                dest: &dst,
+            },
+            u64::MAX,
+        )
+        .unwrap();
+        let got: Vec<(u64, u64, u64, bool)> = runs
+            .iter()
+            .map(|r| (r.src, r.dst, r.len, r.to_ram))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x10_0000, 0x40000, 2048, false),
+                (0x10_0000 + 2048, 0x40000 + 2048, 952, false),
+                (0x20_0000, 0x40000 + 3000, 100, false),
+            ]
+        );
+        // And back, with a zero-length piece that is skipped.
+        let back = [seg(0x30_0000, 0), seg(0x30_0000, 3100)];
+        let runs = split_runs(
+            &DmaTransfer {
+                source: &dst,
+                dest: &back,
+            },
+            u64::MAX,
+        )
+        .unwrap();
+        assert!(runs.iter().all(|r| r.to_ram && r.len <= EDU_MAX_RUN));
+        assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 3100);
+    }
+
+    #[test]
+    fn transfers_the_device_cannot_do_are_refused() {
+        let ram = [seg(0x10_0000, 0x1000)];
+        let whole = [seg(EDU_BUFFER.0, 0x1000)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &ram,
+                dest: &whole,
+            },
+            u64::MAX,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("device buffer"),
+            "ends at the last byte: {e}"
+        );
+        let both = [seg(EDU_BUFFER.0, 16)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &both,
+                dest: &both,
+            },
+            u64::MAX,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one side"), "{e}");
+        let high = [seg(0x1000_0000, 16)];
+        let window = [seg(EDU_BUFFER.0, 16)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &high,
+                dest: &window,
+            },
+            0x0fff_ffff,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dma_mask"), "{e}");
+        let short = [seg(EDU_BUFFER.0, 8)];
+        assert!(split_runs(
+            &DmaTransfer {
+                source: &high,
+                dest: &short
+            },
+            u64::MAX
+        )
+        .is_err());
     }
 }

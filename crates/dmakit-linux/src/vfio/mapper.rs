@@ -436,6 +436,7 @@ impl Drop for VfioMapper {
             // Unmapping is the safe direction: the IOMMU then blocks the device.
             let _ = self.unmap_everything();
         }
+        self.container.release_mapper();
     }
 }
 
