@@ -974,9 +974,9 @@ fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
     })?;
     vfio.check_unmapped().map_err(e2s("teardown"))?;
     Ok(format!(
-        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts raised the CompletionSignal \
-         ({}), {woken} of 16 completions were found by a waiter the interrupt woke; kernel \
-         confirms 0 mappings left",
+        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts (eventfd counts) woke the Msi \
+         thread, which raised the CompletionSignal {} times; {woken} of 16 completions were \
+         found by a waiter the interrupt woke; kernel confirms 0 mappings left",
         signal.raised()
     ))
 }
