@@ -6,9 +6,9 @@
 set -euo pipefail
 root=$1; shift
 declare -A path seen
-while IFS= read -r f; do
-  n=$(basename "$f" .ko); path[${n//-/_}]=${f#"$root"/}
-done < <(find "$root" -name '*.ko')
+while read -r name rel; do
+  n=${name%.ko}; path[${n//-/_}]=$rel
+done < <(find "$root" -name '*.ko' -printf '%f %P\n')
 visit() {
   local n=${1//-/_}
   [[ -n ${seen[$n]:-} ]] && return

@@ -12,8 +12,8 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
 use dmakit::dma::{
-    BouncePool, DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, InterruptSink, IoSegment,
-    MappingMode, SegmentFormat, SegmentSpec,
+    BouncePool, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
+    InterruptSink, IoSegment, MappingMode, SegmentFormat, SegmentSpec,
 };
 use dmakit::mapper::{Access, Mapper};
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
@@ -313,6 +313,114 @@ struct EduRun {
     irqs: u64,
 }
 
+/// An edu device opened through VFIO with its controller, mapper, event source (collecting
+/// completions), MSI and work loop.
+struct EduRig {
+    host: Arc<Host>,
+    edu: Arc<EduDma>,
+    mapper: Arc<VfioMapper>,
+    es: Arc<DmaEventSource<EduDma>>,
+    got: Arc<Mutex<Vec<DmaCompletion>>>,
+    msi: Option<Msi>,
+    stop: Arc<AtomicBool>,
+    work_loop: Option<std::thread::JoinHandle<()>>,
+    _device: VfioDevice,
+}
+
+impl EduRig {
+    /// The driver is told the device drives `driver_bits` address bits; the mapper hands
+    /// out IOVAs up to `mapper_limit`.
+    fn new(addr: PciAddress, driver_bits: u32, mapper_limit: u64) -> Result<EduRig, String> {
+        let host = Arc::new(Host::new().map_err(e2s("host"))?);
+        let (c, d) = open(addr)?;
+        let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+        let edu = Arc::new(EduDma::new(&d, bar, host.clone(), driver_bits).map_err(e2s("edu"))?);
+        let mapper = Arc::new(
+            VfioMapper::new(c.clone(), host.clone(), mapper_limit).map_err(e2s("mapper"))?,
+        );
+        let got: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
+        let g = got.clone();
+        let es = Arc::new(DmaEventSource::new(edu.clone(), move |c| {
+            g.lock().unwrap().push(c)
+        }));
+        let sink: Arc<dyn InterruptSink> = es.clone();
+        edu.connect(&sink);
+        drop(sink);
+        let msi = edu.enable_msi(&d).map_err(e2s("MSI"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let work_loop = es.spawn_work_loop(stop.clone());
+        Ok(EduRig {
+            host,
+            edu,
+            mapper,
+            es,
+            got,
+            msi: Some(msi),
+            stop,
+            work_loop: Some(work_loop),
+            _device: d,
+        })
+    }
+
+    /// A prepared, mapped command for `len` bytes of `md` under `spec`.
+    fn command(
+        &self,
+        md: Arc<dyn MemoryDescriptor>,
+        spec: SegmentSpec,
+        len: u64,
+    ) -> Result<DmaCommand<Arc<Host>>, String> {
+        let mut c = DmaCommand::new(
+            self.host.clone(),
+            spec,
+            SegmentFormat::Host64,
+            MappingMode::Mapped(self.mapper.clone()),
+            None,
+        )
+        .map_err(e2s("command"))?;
+        c.set_memory_descriptor(md).map_err(e2s("set descriptor"))?;
+        c.prepare(0, len, true, true).map_err(e2s("prepare"))?;
+        Ok(c)
+    }
+
+    /// Waits up to 20 s until `n` completions have been delivered; returns them.
+    fn wait(&self, n: usize) -> Result<Vec<DmaCompletion>, String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.got.lock().unwrap().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let done = self.got.lock().unwrap().clone();
+        check(done.len() == n, || {
+            format!(
+                "{} of {n} completions in 20 s ({} interrupts)",
+                done.len(),
+                self.irqs()
+            )
+        })?;
+        Ok(done)
+    }
+
+    fn irqs(&self) -> u64 {
+        self.msi.as_ref().map_or(0, |m| m.count())
+    }
+
+    /// Stops the work loop and the MSI; checks with the kernel that nothing stayed mapped.
+    fn finish(mut self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Release);
+        InterruptSink::raise(&*self.es); // wakes the work loop to see `stop`
+        if let Some(w) = self.work_loop.take() {
+            w.join().map_err(|_| "work loop panicked".to_string())?;
+        }
+        let irqs = self.irqs();
+        drop(self.msi.take());
+        check(
+            self.mapper.mapped_pages() == 0 && self.mapper.allocations() == 0,
+            || format!("{} pages still mapped", self.mapper.mapped_pages()),
+        )?;
+        self.mapper.check_unmapped().map_err(e2s("teardown"))?;
+        Ok(irqs)
+    }
+}
+
 /// RAM → edu → RAM through the IOMMU, completed by MSI through a DmaEventSource, then the
 /// teardown checked with the kernel. The driver is told the device drives `driver_bits`
 /// address bits, the mapper hands out IOVAs up to `mapper_limit`, and the DMA commands'
@@ -324,122 +432,152 @@ fn edu_run(
     spec_bits: u32,
 ) -> Result<EduRun, String> {
     const LEN: u64 = 3000; // two engine runs (2048 + 952)
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let edu = Arc::new(EduDma::new(&d, bar, host.clone(), driver_bits).map_err(e2s("edu"))?);
-    let mapper =
-        Arc::new(VfioMapper::new(c.clone(), host.clone(), mapper_limit).map_err(e2s("mapper"))?);
+    let rig = EduRig::new(addr, driver_bits, mapper_limit)?;
     let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8 ^ 0x5a).collect();
     let src = Arc::new(
-        BufferMemoryDescriptor::with_bytes(host.clone(), &data, Direction::Out)
+        BufferMemoryDescriptor::with_bytes(rig.host.clone(), &data, Direction::Out)
             .map_err(e2s("source buffer"))?,
     );
     let dst = Arc::new(
-        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(LEN, Direction::In))
+        BufferMemoryDescriptor::new(rig.host.clone(), BufferOptions::new(LEN, Direction::In))
             .map_err(e2s("destination buffer"))?,
     );
     let spec = SegmentSpec::builder()
         .address_bits(spec_bits)
         .build()
         .map_err(e2s("spec"))?;
-    let command = |md: Arc<dyn MemoryDescriptor>| -> Result<DmaCommand<Arc<Host>>, String> {
-        let mut c = DmaCommand::new(
-            host.clone(),
-            spec,
-            SegmentFormat::Host64,
-            MappingMode::Mapped(mapper.clone()),
-            None,
-        )
-        .map_err(e2s("command"))?;
-        c.set_memory_descriptor(md).map_err(e2s("set descriptor"))?;
-        c.prepare(0, LEN, true, true).map_err(e2s("prepare"))?;
-        Ok(c)
-    };
-    let prepared = command(src.clone()).and_then(|cs| Ok((cs, command(dst.clone())?)));
+    let prepared = rig
+        .command(src.clone(), spec, LEN)
+        .and_then(|cs| Ok((cs, rig.command(dst.clone(), spec, LEN)?)));
     let (mut cs, mut cd) = match prepared {
         Ok(p) => p,
         Err(e) => {
             // A failed prepare must leave nothing mapped.
-            check(mapper.mapped_pages() == 0, || {
-                format!("{e}; and pages stayed mapped")
-            })?;
-            mapper
-                .check_unmapped()
-                .map_err(e2s("teardown after a failed prepare"))?;
+            rig.finish().map_err(|t| format!("{e}; and then: {t}"))?;
             return Err(e);
         }
     };
     let (s, t) = (segments(&cs)?, segments(&cd)?);
-    let got: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
-    let g = got.clone();
-    let es = Arc::new(DmaEventSource::new(edu.clone(), move |c| {
-        g.lock().unwrap().push(c)
-    }));
-    let sink: Arc<dyn InterruptSink> = es.clone();
-    edu.connect(&sink);
-    drop(sink);
-    let msi = edu.enable_msi(&d).map_err(e2s("MSI"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let work_loop = es.spawn_work_loop(stop.clone());
     let window = [IoSegment {
         addr: IoAddr(EDU_BUFFER.0),
         len: LEN,
     }];
-    let t1 = es
+    let t1 = rig
+        .es
         .start(&DmaTransfer {
             source: &s,
             dest: &window,
         })
         .map_err(e2s("start RAM -> edu"))?;
-    let t2 = es
+    let t2 = rig
+        .es
         .start(&DmaTransfer {
             source: &window,
             dest: &t,
         })
         .map_err(e2s("start edu -> RAM"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while got.lock().unwrap().len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    stop.store(true, Ordering::Release);
-    InterruptSink::raise(&*es); // wakes the work loop to see `stop`
-    work_loop
-        .join()
-        .map_err(|_| "work loop panicked".to_string())?;
-    let done = got.lock().unwrap().clone();
-    check(done.len() == 2, || {
-        format!(
-            "{} of 2 completions in 20 s ({} interrupts)",
-            done.len(),
-            msi.count()
-        )
-    })?;
+    let done = rig.wait(2)?;
     check(
         done[0].ticket == t1 && done[1].ticket == t2 && done.iter().all(|c| c.status.is_ok()),
         || format!("completions out of order or failed: {done:?}"),
     )?;
     check(done.iter().all(|c| c.bytes == LEN), || format!("{done:?}"))?;
-    let irqs = msi.count();
-    drop(msi);
+    check(rig.edu.query(t2) == Ok(LEN), || {
+        format!("query: {:?}", rig.edu.query(t2))
+    })?;
     cd.complete(true).map_err(e2s("complete dst"))?;
     cs.complete(true).map_err(e2s("complete src"))?;
     let mut back = vec![0u8; LEN as usize];
     dst.read_bytes(0, &mut back);
     drop((cs, cd));
-    check(
-        mapper.mapped_pages() == 0 && mapper.allocations() == 0,
-        || format!("{} pages still mapped", mapper.mapped_pages()),
-    )?;
-    mapper.check_unmapped().map_err(e2s("teardown"))?;
+    let limit = rig.edu.address_limit().min(mapper_limit);
+    let irqs = rig.finish()?;
     Ok(EduRun {
         data,
         back,
         src_iova: s[0].addr.0,
         dst_iova: t[0].addr.0,
-        limit: edu.address_limit().min(mapper_limit),
+        limit,
         irqs,
     })
+}
+
+/// `stop` with one engine run in flight and two transfers queued: the in-flight transfer
+/// ends after its run, the queued ones never start, all three complete (with errors) in
+/// ticket order, `query` says how far each got, and the controller works again afterwards.
+fn edu_stop(addr: PciAddress, bits: u32) -> TestResult {
+    const LEN: u64 = 3000;
+    let rig = EduRig::new(
+        addr,
+        bits,
+        if bits == 64 {
+            u64::MAX
+        } else {
+            (1 << bits) - 1
+        },
+    )?;
+    let src = Arc::new(
+        BufferMemoryDescriptor::with_bytes(rig.host.clone(), &[0x3c; LEN as usize], Direction::Out)
+            .map_err(e2s("source buffer"))?,
+    );
+    let spec = SegmentSpec::builder()
+        .address_bits(bits)
+        .build()
+        .map_err(e2s("spec"))?;
+    let mut cs = rig.command(src.clone(), spec, LEN)?;
+    let s = segments(&cs)?;
+    let window = [IoSegment {
+        addr: IoAddr(EDU_BUFFER.0),
+        len: LEN,
+    }];
+    let to_device = DmaTransfer {
+        source: &s,
+        dest: &window,
+    };
+    let tickets = (0..3)
+        .map(|_| rig.es.start(&to_device).map_err(e2s("start")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    rig.edu.stop().map_err(e2s("stop"))?;
+    let done = rig.wait(3)?;
+    check(
+        done.iter().map(|c| c.ticket).eq(tickets.iter().copied()),
+        || format!("not in ticket order: {done:?}"),
+    )?;
+    // The first was in flight: it ends after its first run (or, if the engine was quicker
+    // than the stop, complete); the others never ran.
+    let first = &done[0];
+    check(
+        (first.status.is_err() && first.bytes == 2048)
+            || (first.status.is_ok() && first.bytes == LEN),
+        || format!("in-flight transfer: {first:?}"),
+    )?;
+    check(
+        done[1..]
+            .iter()
+            .all(|c| c.bytes == 0 && matches!(c.status, Err(Error::Busy { .. }))),
+        || format!("queued transfers: {:?}", &done[1..]),
+    )?;
+    for c in &done {
+        check(rig.edu.query(c.ticket) == Ok(c.bytes), || {
+            format!("query({}) = {:?}", c.ticket, rig.edu.query(c.ticket))
+        })?;
+    }
+    let again = rig.es.start(&to_device).map_err(e2s("start after stop"))?;
+    let after = rig.wait(4)?;
+    check(
+        after[3].ticket == again && after[3].status.is_ok() && after[3].bytes == LEN,
+        || format!("after stop: {:?}", after[3]),
+    )?;
+    cs.complete(true).map_err(e2s("complete"))?;
+    drop(cs);
+    rig.finish()?;
+    Ok(format!(
+        "in flight: {} bytes, {:?}; queued: {:?}; a transfer after stop completes; kernel \
+         confirms 0 mappings left",
+        first.bytes,
+        first.status.as_ref().map_err(|e| e.to_string()),
+        done[1..].iter().map(|c| c.bytes).collect::<Vec<_>>()
+    ))
 }
 
 /// The round trip with driver, mapper and spec all honouring the device's dma_mask.
@@ -836,9 +974,9 @@ fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
     })?;
     vfio.check_unmapped().map_err(e2s("teardown"))?;
     Ok(format!(
-        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts raised the CompletionSignal \
-         ({}), {woken} of 16 completions were found by a waiter the interrupt woke; kernel \
-         confirms 0 mappings left",
+        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts (eventfd counts) woke the Msi \
+         thread, which raised the CompletionSignal {} times; {woken} of 16 completions were \
+         found by a waiter the interrupt woke; kernel confirms 0 mappings left",
         signal.raised()
     ))
 }
@@ -890,6 +1028,12 @@ fn main() {
             format!("edu_dma_round_trip_{bits}bit"),
             Box::new(move || edu_round_trip(a, bits)),
         ));
+        if bits == 64 {
+            tests.push((
+                "edu_stop_in_order".into(),
+                Box::new(move || edu_stop(a, bits)),
+            ));
+        }
         if bits < 64 {
             tests.push((
                 format!("edu_{bits}bit_spec_refuses_wide_iovas"),

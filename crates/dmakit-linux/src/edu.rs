@@ -72,7 +72,9 @@ struct Job {
     ticket: u64,
     runs: VecDeque<Run>,
     done: u64,
-    total: u64,
+    /// `stop` was called before it finished: it completes with an error after the run in
+    /// flight (if any), in ticket order.
+    stopped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -199,26 +201,14 @@ impl EduDma {
                 return Ok(false); // not finished yet (a stale interrupt)
             }
             s.busy = false;
-            let mut completed = false;
             if let Some(job) = s.queue.front_mut() {
                 if let Some(run) = job.runs.pop_front() {
                     job.done += run.len;
                 }
                 let (t, d) = (job.ticket, job.done);
-                if job.runs.is_empty() {
-                    let total = job.total;
-                    s.queue.pop_front();
-                    s.done_bytes.insert(t, total);
-                    s.finished.push_back(DmaCompletion {
-                        ticket: t,
-                        bytes: total,
-                        status: Ok(()),
-                    });
-                    completed = true;
-                } else {
-                    s.done_bytes.insert(t, d);
-                }
+                s.done_bytes.insert(t, d);
             }
+            let completed = Self::retire(&mut s);
             self.kick(&mut s)?;
             completed
         };
@@ -229,6 +219,34 @@ impl EduDma {
             }
         }
         Ok(true)
+    }
+
+    /// Completes, in order, the jobs at the head of the queue that have nothing left to run
+    /// (finished, or stopped); returns whether any did.
+    fn retire(s: &mut State) -> bool {
+        let mut any = false;
+        while let Some(job) = s.queue.front() {
+            if !(job.runs.is_empty() || job.stopped) {
+                break;
+            }
+            let job = s.queue.pop_front().expect("front exists");
+            let status = if job.runs.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Busy {
+                    what: "edu DMA transfer (ticket)",
+                    addr: job.ticket,
+                    why: "stopped before it finished (bytes says how far it got)",
+                })
+            };
+            s.finished.push_back(DmaCompletion {
+                ticket: job.ticket,
+                bytes: job.done,
+                status,
+            });
+            any = true;
+        }
+        any
     }
 
     /// Starts the next run if the engine is idle.
@@ -249,66 +267,6 @@ impl EduDma {
         Ok(())
     }
 
-    /// Cuts a transfer into engine runs: pairs of source and destination pieces, at most
-    /// [`EDU_MAX_RUN`] bytes each, one side in the device window and the other in RAM.
-    fn runs(&self, t: &DmaTransfer<'_>) -> Result<VecDeque<Run>> {
-        t.bytes()?;
-        // Strictly below the end: QEMU 7.2's bounds check is off by one and aborts on a
-        // run that ends at the buffer's last byte.
-        let in_window = |s: &IoSegment| {
-            s.addr.0 >= EDU_BUFFER.0 && s.addr.0 + s.len < EDU_BUFFER.0 + EDU_BUFFER.1
-        };
-        let mut runs = VecDeque::new();
-        let (mut si, mut di, mut so, mut dof) = (0, 0, 0u64, 0u64);
-        while si < t.source.len() && di < t.dest.len() {
-            let (s, d) = (&t.source[si], &t.dest[di]);
-            let to_ram = match (in_window(s), in_window(d)) {
-                (false, true) => false,
-                (true, false) => true,
-                _ => {
-                    return Err(Error::BadArgument {
-                        what: "edu DMA: exactly one side of each piece must be in the device \
-                               buffer [0x40000, 0x41000) and the other in RAM",
-                        value: s.addr.0,
-                    })
-                }
-            };
-            let ram = if to_ram {
-                d.addr.0 + dof
-            } else {
-                s.addr.0 + so
-            };
-            let len = (s.len - so).min(d.len - dof).min(EDU_MAX_RUN);
-            if ram
-                .checked_add(len - 1)
-                .is_none_or(|l| l > self.address_limit())
-            {
-                return Err(Error::BadArgument {
-                    what: "edu DMA: a RAM address above the device's dma_mask (QEMU would \
-                           clamp it and reach the wrong page): map it below the limit",
-                    value: ram,
-                });
-            }
-            runs.push_back(Run {
-                src: s.addr.0 + so,
-                dst: d.addr.0 + dof,
-                len,
-                to_ram,
-            });
-            so += len;
-            dof += len;
-            if so == s.len {
-                si += 1;
-                so = 0;
-            }
-            if dof == d.len {
-                di += 1;
-                dof = 0;
-            }
-        }
-        Ok(runs)
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -316,8 +274,7 @@ impl EduDma {
 
 impl DmaController for EduDma {
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
-        let runs = self.runs(transfer)?;
-        let total = runs.iter().map(|r| r.len).sum();
+        let runs = split_runs(transfer, self.address_limit())?;
         let mut s = self.lock();
         if s.queue.len() as u32 >= s.depth {
             return Err(Error::NoResources {
@@ -331,7 +288,7 @@ impl DmaController for EduDma {
             ticket,
             runs,
             done: 0,
-            total,
+            stopped: false,
         });
         s.done_bytes.insert(ticket, 0);
         self.kick(&mut s)?;
@@ -339,25 +296,20 @@ impl DmaController for EduDma {
     }
 
     fn stop(&self) -> Result<()> {
-        let mut s = self.lock();
-        // The run in flight cannot be aborted: its job stays at the head and finishes it.
-        let keep = usize::from(s.busy);
-        let dropped: Vec<Job> = s.queue.drain(keep..).collect();
-        for j in dropped {
-            s.finished.push_back(DmaCompletion {
-                ticket: j.ticket,
-                bytes: j.done,
-                status: Err(Error::Busy {
-                    what: "edu DMA transfer",
-                    addr: j.ticket,
-                    why: "stopped before it finished",
-                }),
-            });
-        }
-        if let Some(j) = s.queue.front_mut() {
-            // Finish only the run in flight.
-            j.runs.truncate(1);
-            j.total = j.done + j.runs.front().map_or(0, |r| r.len);
+        let completed = {
+            let mut s = self.lock();
+            // A run in flight cannot be aborted; its job completes (stopped) when it ends,
+            // and the jobs behind it right after, so completions stay in ticket order.
+            for j in s.queue.iter_mut() {
+                j.stopped = true;
+            }
+            !s.busy && Self::retire(&mut s)
+        };
+        if completed {
+            let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(sink) = sink.and_then(|w| w.upgrade()) {
+                sink.raise();
+            }
         }
         Ok(())
     }
@@ -400,11 +352,176 @@ impl DmaController for EduDma {
     }
 }
 
+/// Cuts a transfer into engine runs: pairs of source and destination pieces, at most
+/// [`EDU_MAX_RUN`] bytes each, one side in the device window and the other in RAM at or
+/// below `limit`.
+fn split_runs(t: &DmaTransfer<'_>, limit: u64) -> Result<VecDeque<Run>> {
+    t.bytes()?;
+    // Strictly below the end: QEMU 7.2's bounds check is off by one and aborts on a run
+    // that ends at the buffer's last byte.
+    let in_window =
+        |s: &IoSegment| s.addr.0 >= EDU_BUFFER.0 && s.addr.0 + s.len < EDU_BUFFER.0 + EDU_BUFFER.1;
+    let mut runs = VecDeque::new();
+    let (mut si, mut di, mut so, mut dof) = (0, 0, 0u64, 0u64);
+    while si < t.source.len() && di < t.dest.len() {
+        let (s, d) = (&t.source[si], &t.dest[di]);
+        if s.len == 0 {
+            si += 1;
+            continue;
+        }
+        if d.len == 0 {
+            di += 1;
+            continue;
+        }
+        let to_ram = match (in_window(s), in_window(d)) {
+            (false, true) => false,
+            (true, false) => true,
+            _ => {
+                return Err(Error::BadArgument {
+                    what: "edu DMA: exactly one side of each piece must be in the device \
+                           buffer [0x40000, 0x40fff) and the other in RAM",
+                    value: s.addr.0,
+                })
+            }
+        };
+        let ram = if to_ram {
+            d.addr.0 + dof
+        } else {
+            s.addr.0 + so
+        };
+        let len = (s.len - so).min(d.len - dof).min(EDU_MAX_RUN);
+        if ram.checked_add(len - 1).is_none_or(|l| l > limit) {
+            return Err(Error::BadArgument {
+                what: "edu DMA: a RAM address above the device's dma_mask (QEMU would clamp \
+                       it and reach the wrong page): map it below the limit",
+                value: ram,
+            });
+        }
+        runs.push_back(Run {
+            src: s.addr.0 + so,
+            dst: d.addr.0 + dof,
+            len,
+            to_ram,
+        });
+        so += len;
+        dof += len;
+        if so == s.len {
+            si += 1;
+            so = 0;
+        }
+        if dof == d.len {
+            di += 1;
+            dof = 0;
+        }
+    }
+    Ok(runs)
+}
+
 impl std::fmt::Debug for EduDma {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EduDma")
             .field("bar", &self.bar)
             .field("dma_bits", &self.dma_bits)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmakit::IoAddr;
+
+    fn seg(a: u64, len: u64) -> IoSegment {
+        IoSegment {
+            addr: IoAddr(a),
+            len,
+        }
+    }
+
+    #[test]
+    fn transfers_are_cut_into_runs_of_at_most_2k_pairing_pieces() {
+        // Two scattered RAM pieces into the device window.
+        let src = [seg(0x10_0000, 3000), seg(0x20_0000, 100)];
+        let dst = [seg(EDU_BUFFER.0, 3100)];
+        let runs = split_runs(
+            &DmaTransfer {
+                source: &src,
+                dest: &dst,
+            },
+            u64::MAX,
+        )
+        .unwrap();
+        let got: Vec<(u64, u64, u64, bool)> = runs
+            .iter()
+            .map(|r| (r.src, r.dst, r.len, r.to_ram))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x10_0000, 0x40000, 2048, false),
+                (0x10_0000 + 2048, 0x40000 + 2048, 952, false),
+                (0x20_0000, 0x40000 + 3000, 100, false),
+            ]
+        );
+        // And back, with a zero-length piece that is skipped.
+        let back = [seg(0x30_0000, 0), seg(0x30_0000, 3100)];
+        let runs = split_runs(
+            &DmaTransfer {
+                source: &dst,
+                dest: &back,
+            },
+            u64::MAX,
+        )
+        .unwrap();
+        assert!(runs.iter().all(|r| r.to_ram && r.len <= EDU_MAX_RUN));
+        assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 3100);
+    }
+
+    #[test]
+    fn transfers_the_device_cannot_do_are_refused() {
+        let ram = [seg(0x10_0000, 0x1000)];
+        let whole = [seg(EDU_BUFFER.0, 0x1000)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &ram,
+                dest: &whole,
+            },
+            u64::MAX,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("device buffer"),
+            "ends at the last byte: {e}"
+        );
+        let both = [seg(EDU_BUFFER.0, 16)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &both,
+                dest: &both,
+            },
+            u64::MAX,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one side"), "{e}");
+        let high = [seg(0x1000_0000, 16)];
+        let window = [seg(EDU_BUFFER.0, 16)];
+        let e = split_runs(
+            &DmaTransfer {
+                source: &high,
+                dest: &window,
+            },
+            0x0fff_ffff,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dma_mask"), "{e}");
+        let short = [seg(EDU_BUFFER.0, 8)];
+        assert!(split_runs(
+            &DmaTransfer {
+                source: &high,
+                dest: &short
+            },
+            u64::MAX
+        )
+        .is_err());
     }
 }

@@ -146,7 +146,9 @@ fn container_or_skip() -> Option<Arc<Container>> {
     match Container::open() {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
-            println!("skipped (the VfioDevice::open_in part): this host has no usable VFIO: {e}");
+            println!(
+                "skipped: the VfioDevice::open_in part needs VFIO, which this host lacks: {e}"
+            );
             None
         }
     }

@@ -9,7 +9,10 @@ use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, Result};
 use std::sync::Arc;
 
-/// A buffer and the IO address the device uses for it, for as long as it lives.
+/// A buffer and the IO address the device uses for it, until [`release`](Self::release).
+///
+/// Dropping it without `release` leaves the IO addresses mapped (a device may still use
+/// them) until the mapper is dropped, which unmaps everything.
 pub struct DmaBuffer {
     buf: Arc<BufferMemoryDescriptor<Arc<Host>>>,
     cmd: DmaCommand<Arc<Host>>,

@@ -1,5 +1,5 @@
-//! A userspace NVMe driver on dmakit alone (begun: admin queue, Identify, one I/O queue
-//! pair, reads and writes of up to two pages).
+//! A userspace NVMe driver on dmakit alone: admin queue, Identify, I/O queue pairs polled
+//! or completed by MSI-X, reads and writes of any descriptor through PRP lists.
 //!
 //! Everything the controller touches is dmakit: its registers are BAR0 reached with
 //! [`mapped_read32`]/[`mapped_write32`] through a VFIO [`Bar`]; its queues and data buffers
@@ -10,8 +10,22 @@
 //!
 //! Bring-up ([`NvmeController::new`], NVMe Base Specification §3.5.1): disable (`CC.EN = 0`,
 //! wait `CSTS.RDY = 0`), program the admin queue (`AQA`, `ASQ`, `ACQ`), enable with 64-byte
-//! submission and 16-byte completion entries and 4 KiB memory pages, wait `CSTS.RDY = 1`.
-//! Commands then complete by polling the completion queue's phase tags.
+//! submission and 16-byte completion entries and 4 KiB memory pages, wait `CSTS.RDY = 1`,
+//! read `MDTS` from Identify Controller.
+//!
+//! Data: [`NvmeController::transfer`] prepares any
+//! [`MemoryDescriptor`] (a scattered `MultiMemoryDescriptor` too) with a mapped
+//! [`DmaCommand`] under the NVMe [`SegmentSpec`](dmakit::dma::SegmentSpec) ([`nvme_spec`]),
+//! whose segments are the PRP entries ([`prp_entries`]); beyond two pages they go in a PRP
+//! list page from dmakit. [`NvmeController::transfer_command`] takes a command the caller
+//! prepared, for example a bypassed one forced through a bounce pool.
+//!
+//! Completion: by spinning on the completion queue's phase tags, or, for a queue pair made
+//! with [`NvmeController::create_io_queue_pair_with_interrupt`], by sleeping on a
+//! [`CompletionSignal`] that the MSI-X vector's [`Msi`](crate::vfio::Msi) thread raises.
+//!
+//! Not yet: several queue pairs in flight at once, PRP lists longer than one page, namespace
+//! management, and a reset path after a controller fatal status.
 //!
 //! ```no_run
 //! # use dmakit_linux::{Host, nvme::NvmeController, vfio::*};

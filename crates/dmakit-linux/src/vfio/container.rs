@@ -146,6 +146,11 @@ impl Container {
         Ok(())
     }
 
+    /// Gives the IO address space back (the mapper was dropped).
+    pub(crate) fn release_mapper(&self) {
+        self.mapper_taken.store(false, Ordering::Release);
+    }
+
     fn groups(&self) -> MutexGuard<'_, Vec<Group>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -63,23 +63,7 @@ impl VfioMapper {
     pub fn new(container: Arc<Container>, host: Arc<Host>, address_limit: u64) -> Result<Self> {
         let info = container.info()?;
         let page = PageSize::new(info.min_page_size().max(host.page().bytes()))?;
-        let mut space = RangeAllocator::empty(page.bytes())?;
-        for &(start, last) in &info.iova_ranges {
-            let start = page.round_up(start.max(page.bytes())).unwrap_or(u64::MAX);
-            let last = last.min(address_limit).min(u64::MAX - page.bytes());
-            let last = page.trunc(last.wrapping_add(1)).wrapping_sub(1);
-            if last > start {
-                space.deallocate(start, last - start + 1)?;
-            }
-        }
-        if space.free_count() == 0 {
-            return Err(Error::NoSpace {
-                what: "VFIO IO address space (no valid IOVA range below the address limit)",
-                requested: page.bytes(),
-                align: page.bytes(),
-                free: 0,
-            });
-        }
+        let space = seed_space(&info, address_limit, page)?;
         container.take_mapper()?;
         Ok(VfioMapper {
             container,
@@ -315,6 +299,29 @@ impl VfioMapper {
     }
 }
 
+/// The IO address space of `info`'s valid ranges at or below `limit`, in whole pages,
+/// without page 0 (so no device is ever handed IOVA 0).
+fn seed_space(info: &IommuInfo, limit: u64, page: PageSize) -> Result<RangeAllocator> {
+    let mut space = RangeAllocator::empty(page.bytes())?;
+    for &(start, last) in &info.iova_ranges {
+        let start = page.round_up(start.max(page.bytes())).unwrap_or(u64::MAX);
+        let last = last.min(limit).min(u64::MAX - page.bytes());
+        let last = page.trunc(last.wrapping_add(1)).wrapping_sub(1);
+        if last > start {
+            space.deallocate(start, last - start + 1)?;
+        }
+    }
+    if space.free_count() == 0 {
+        return Err(Error::NoSpace {
+            what: "VFIO IO address space (no valid IOVA range below the address limit)",
+            requested: page.bytes(),
+            align: page.bytes(),
+            free: 0,
+        });
+    }
+    Ok(space)
+}
+
 impl Mapper for VfioMapper {
     fn page_size(&self) -> PageSize {
         self.page
@@ -436,6 +443,7 @@ impl Drop for VfioMapper {
             // Unmapping is the safe direction: the IOMMU then blocks the device.
             let _ = self.unmap_everything();
         }
+        self.container.release_mapper();
     }
 }
 
@@ -447,5 +455,59 @@ impl std::fmt::Debug for VfioMapper {
             .field("iova_ranges", &self.info.iova_ranges)
             .field("mapped_pages", &self.mapped_pages())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vtd() -> IommuInfo {
+        IommuInfo {
+            page_sizes: 0x4020_1000,
+            iova_ranges: vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)],
+            dma_avail: Some(65535),
+        }
+    }
+
+    #[test]
+    fn the_space_is_the_valid_ranges_without_page_0_cut_at_the_limit() {
+        let page = PageSize::new(0x1000).unwrap();
+        let s = seed_space(&vtd(), u64::MAX, page).unwrap();
+        // (start, inclusive end), as RangeAllocator::fragments reports them.
+        let frags: Vec<(u64, u64)> = s.fragments().collect();
+        assert_eq!(
+            frags,
+            vec![(0x1000, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)]
+        );
+        let s = seed_space(&vtd(), 0x0fff_ffff, page).unwrap();
+        assert_eq!(
+            s.fragments().collect::<Vec<_>>(),
+            vec![(0x1000, 0x0fff_ffff)]
+        );
+        // A limit that is not one below a page boundary is rounded down to whole pages.
+        let s = seed_space(&vtd(), 0x1_2345, page).unwrap();
+        assert_eq!(s.fragments().collect::<Vec<_>>(), vec![(0x1000, 0x1_1fff)]);
+        assert!(matches!(
+            seed_space(&vtd(), 0xfff, page),
+            Err(Error::NoSpace { .. })
+        ));
+    }
+
+    #[test]
+    fn allocations_stay_in_the_ranges_and_below_the_limit() {
+        let page = PageSize::new(0x1000).unwrap();
+        for limit in [u64::MAX, 0xffff_ffff, 0x0fff_ffff] {
+            let mut s = seed_space(&vtd(), limit, page).unwrap();
+            for n in 1..200u64 {
+                let len = (n % 17 + 1) * 0x1000;
+                let a = s.allocate(len, 0x1000).unwrap();
+                assert!(
+                    a != 0 && a + len - 1 <= limit,
+                    "{a:#x}+{len:#x} vs {limit:#x}"
+                );
+                assert!(vtd().contains(a, len), "{a:#x}+{len:#x} in the MSI hole");
+            }
+        }
     }
 }
