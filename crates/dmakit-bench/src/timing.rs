@@ -17,6 +17,12 @@ pub fn median_ns_per_op<T>(reps: usize, ops: u64, mut f: impl FnMut() -> T) -> f
     times[times.len() / 2] / ops.max(1) as f64
 }
 
+/// One timed run of `f`, in nanoseconds per operation (for benches that alternate the
+/// samples of dmakit and its peer, so a change of load on the machine hits both alike).
+pub fn sample_ns_per_op<T>(ops: u64, f: impl FnMut() -> T) -> f64 {
+    median_ns_per_op(1, ops, f)
+}
+
 /// The median of `samples` (the upper one of the middle two for an even count; 0 for none).
 pub fn median(mut samples: Vec<f64>) -> f64 {
     if samples.is_empty() {

@@ -5,9 +5,9 @@
 //! (64 MiB, no `mlock` needed); `read_bytes` copies all of it into a `Vec`, `write_bytes`
 //! copies a `Vec` into it. The peer copies between two 64 MiB `Vec`s with
 //! `copy_from_slice` (a `memcpy`). Both sides are touched once before timing so page faults
-//! are not measured. An operation is one 64 MiB copy.
+//! are not measured. An operation is one 64 MiB copy; the three samples alternate.
 
-use crate::timing::median_ns_per_op;
+use crate::timing::{median, sample_ns_per_op};
 use crate::{Options, Row};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
@@ -53,12 +53,17 @@ pub fn run(opts: &Options) -> Vec<Row> {
     assert_eq!(md.write_bytes(0, &src), total);
     assert_eq!(md.read_bytes(0, &mut dst), total);
     assert!(dst == src, "descriptor bytes round-trip");
-    let read = median_ns_per_op(reps, 1, || md.read_bytes(0, &mut dst));
-    let write = median_ns_per_op(reps, 1, || md.write_bytes(0, &src));
-    let memcpy = median_ns_per_op(reps, 1, || {
-        dst.copy_from_slice(&src);
-        dst[total / 2]
-    });
+    // The samples alternate, so a change of load on the machine hits both sides alike.
+    let (mut read, mut write, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        read.push(sample_ns_per_op(1, || md.read_bytes(0, &mut dst)));
+        write.push(sample_ns_per_op(1, || md.write_bytes(0, &src)));
+        memcpy.push(sample_ns_per_op(1, || {
+            dst.copy_from_slice(&src);
+            dst[total / 2]
+        }));
+    }
+    let (read, write, memcpy) = (median(read), median(write), median(memcpy));
     vec![
         Row::new(
             "descriptor/multi_read_bytes_64x1MiB",

@@ -35,7 +35,7 @@
 //! * `dma/bounce_copy_1MiB_multi16`: the same `synchronize(Out)` out of a
 //!   [`MultiMemoryDescriptor`] of 16 wired 64 KiB buffers, one `copy_virt` per part.
 
-use crate::timing::{median, median_ns_per_op};
+use crate::timing::{median, sample_ns_per_op};
 use crate::{Options, Row};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
@@ -48,11 +48,6 @@ use dmakit_linux::{AddressMode, Host, HugepagePool};
 use std::sync::Arc;
 
 type H = Arc<Host>;
-
-/// One timed run of `f`, in nanoseconds per operation.
-fn sample<T>(ops: u64, f: impl FnMut() -> T) -> f64 {
-    median_ns_per_op(1, ops, f)
-}
 
 /// Pages (segments) of the scattered descriptor.
 pub const SCATTER: u64 = 4096;
@@ -132,12 +127,12 @@ fn gen_segments_rows(host: &H, reps: usize, passes: u64) -> Result<Vec<Row>> {
     }
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        ours.push(sample(passes * segs as u64, || {
+        ours.push(sample_ns_per_op(passes * segs as u64, || {
             (0..passes)
                 .map(|_| gen_all(&cmd, &mut out).unwrap_or(0))
                 .sum::<usize>()
         }));
-        peer.push(sample(passes * runs as u64, || {
+        peer.push(sample_ns_per_op(passes * runs as u64, || {
             (0..passes)
                 .map(|_| physical_segment_walk(md.as_ref(), len, &mut raw))
                 .sum::<usize>()
@@ -196,15 +191,15 @@ fn time_bounce(
         // Samples of the three alternate, so a change of load on the machine hits all alike.
         let (mut out, mut inn, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            out.push(sample(copies, || {
+            out.push(sample_ns_per_op(copies, || {
                 (0..copies).try_for_each(|_| cmd.synchronize(Direction::Out))
             }));
             if both {
-                inn.push(sample(copies, || {
+                inn.push(sample_ns_per_op(copies, || {
                     (0..copies).try_for_each(|_| cmd.synchronize(Direction::In))
                 }));
             }
-            memcpy.push(sample(copies, || {
+            memcpy.push(sample_ns_per_op(copies, || {
                 for _ in 0..copies {
                     dst.copy_from_slice(std::hint::black_box(&src));
                 }
