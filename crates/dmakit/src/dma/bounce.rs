@@ -81,13 +81,15 @@ impl<P: Platform + Clone> BouncePool<P> {
         self.bounced.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// A physically contiguous buffer of `len` bytes, every byte at or below `limit`,
-    /// aligned to `align`.
+    /// A buffer of `len` bytes, every byte at or below `limit`, aligned to `align`, and
+    /// physically contiguous when `contiguous` (a whole-transfer bounce) or page by page
+    /// (per-page bouncing).
     pub(crate) fn take(
         &self,
         len: u64,
         limit: u64,
         align: u64,
+        contiguous: bool,
     ) -> Result<BufferMemoryDescriptor<P>> {
         {
             let mut used = self.in_use.lock();
@@ -105,7 +107,7 @@ impl<P: Platform + Clone> BouncePool<P> {
         let options = BufferOptions {
             alignment: align,
             phys_limit: limit,
-            contiguous: true,
+            contiguous,
             ..BufferOptions::new(len, Direction::InOut)
         };
         match BufferMemoryDescriptor::new(self.platform.clone(), options) {

@@ -7,6 +7,8 @@
 //! * **bypassed** (no IOMMU): the physical runs themselves, if every segment they make meets
 //!   the spec (IOKit's preflight walk: address window, start, internal and length alignment,
 //!   segment count);
+//! * **per-page bounced**: when only the address window is broken, the pages out of reach
+//!   get bounce pages and the rest is used in place (IOKit's first choice);
 //! * **double buffered**: otherwise (or when the pool forces it) the whole transfer goes
 //!   through one contiguous bounce buffer from a [`BouncePool`] that meets the spec;
 //!   [`synchronize`](DmaCommand::synchronize) and [`complete`](DmaCommand::complete) copy in
@@ -32,8 +34,7 @@
 //! [ledger](crate::debug).
 //!
 //! Divergences from IOKit: a prepare of length 0 or past the end is an error (Q3); a failed
-//! prepare leaves nothing prepared (Q1); bouncing copies the whole transfer rather than
-//! single pages; `max_segments` is a per-transfer limit enforced at prepare (a transfer that
+//! prepare leaves nothing prepared (Q1); `max_segments` is a per-transfer limit enforced at prepare (a transfer that
 //! needs more segments bounces into contiguous memory).
 
 use super::bounce::BouncePool;
@@ -46,6 +47,7 @@ use crate::platform::{CacheOp, Platform, Task};
 use crate::{Direction, Error, IoAddr, PhysAddr, Result, VirtAddr};
 use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
+use alloc_crate::vec::Vec;
 
 /// How the device reaches memory (IOKit's kMapped / kBypassed / kNonCoherent /
 /// kIterateOnly).
@@ -91,10 +93,29 @@ struct Bounce<P: Platform + Clone> {
     base: PhysAddr,
 }
 
+/// A piece of the prepared range (inside one page) that the device reaches in a bounce page.
+#[derive(Clone, Copy, Debug)]
+struct PagePiece {
+    /// Prepared offset of the piece.
+    x: u64,
+    len: u64,
+    /// Where it is in the bounce buffer (same offset within the page as the original).
+    buf_off: u64,
+    /// The bounce copy's physical address.
+    addr: u64,
+}
+
 /// Where the prepared bytes are, for the device.
 enum Route<P: Platform + Clone> {
     /// The descriptor's own physical runs.
     Direct,
+    /// The descriptor's own runs, except the pages out of the device's reach, which are
+    /// bounce pages (IOKit's per-page bouncing). `pieces` is sorted by `x`.
+    PerPage {
+        buffer: BufferMemoryDescriptor<P>,
+        bytes: u64,
+        pieces: Vec<PagePiece>,
+    },
     /// A bounce buffer, by physical address.
     Bounced(Bounce<P>),
     /// IO virtual addresses from `iova + first_off`, over the descriptor or a bounce buffer.
@@ -111,7 +132,20 @@ impl<P: Platform + Clone> Route<P> {
         match self {
             Route::Bounced(b) => Some(b),
             Route::Mapped { bounce, .. } => bounce.as_ref(),
-            Route::Direct => None,
+            Route::Direct | Route::PerPage { .. } => None,
+        }
+    }
+
+    /// Whether the device reaches any bounce memory.
+    fn bounces(&self) -> bool {
+        self.bounce().is_some() || matches!(self, Route::PerPage { .. })
+    }
+
+    /// Bytes taken from the bounce pool.
+    fn pool_bytes(&self, length: u64) -> u64 {
+        match self {
+            Route::PerPage { bytes, .. } => *bytes,
+            _ => self.bounce().map_or(0, |b| b.data_off + length),
         }
     }
 
@@ -119,6 +153,7 @@ impl<P: Platform + Clone> Route<P> {
         match self {
             Route::Direct => "direct",
             Route::Bounced(_) => "bounced",
+            Route::PerPage { .. } => "per-page bounced",
             Route::Mapped { bounce: None, .. } => "mapped",
             Route::Mapped { .. } => "mapped+bounced",
         }
@@ -126,7 +161,7 @@ impl<P: Platform + Clone> Route<P> {
 
     /// Bounce bytes plus IO-space bytes held.
     fn held_bytes(&self, length: u64, page: u64) -> u64 {
-        let b = self.bounce().map_or(0, |b| b.data_off + length);
+        let b = self.pool_bytes(length);
         match self {
             Route::Mapped { pages, .. } => b + pages * page,
             _ => b,
@@ -152,9 +187,9 @@ struct Owner<P: Platform + Clone> {
 
 impl<P: Platform + Clone> Owner<P> {
     fn release(&self, md: &dyn MemoryDescriptor, prep: Preparation<P>) {
-        if let Some(b) = prep.route.bounce() {
+        if prep.route.bounces() {
             if let Some(pool) = &self.pool {
-                pool.give_back(b.data_off + prep.length);
+                pool.give_back(prep.route.pool_bytes(prep.length));
             }
         }
         if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) =
@@ -306,9 +341,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// Whether the current preparation goes through a bounce buffer.
     pub fn is_bounced(&self) -> bool {
-        self.prep
-            .as_ref()
-            .is_some_and(|p| p.route.bounce().is_some())
+        self.prep.as_ref().is_some_and(|p| p.route.bounces())
     }
 
     /// Why the current preparation bounces (`None` if it does not, or is not prepared).
@@ -375,6 +408,17 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 (seg.addr.0, seg.len.min(prep.length - x))
             }
             Route::Bounced(b) => (b.base.0 + b.data_off + x, prep.length - x),
+            Route::PerPage { pieces, .. } => {
+                let i = pieces.partition_point(|p| p.x + p.len <= x);
+                match pieces.get(i) {
+                    Some(p) if p.x <= x => (p.addr + (x - p.x), p.len - (x - p.x)),
+                    next => {
+                        let seg = md.physical_segment(prep.offset + x)?;
+                        let len = seg.len.min(prep.length - x);
+                        (seg.addr.0, next.map_or(len, |p| len.min(p.x - x)))
+                    }
+                }
+            }
             Route::Mapped {
                 iova, first_off, ..
             } => (iova.0 + first_off + x, prep.length - x),
@@ -653,6 +697,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 addr: reason.addr,
             });
         }
+        if reason.constraint == "address window" && self.per_page(md, prep)? {
+            if sync && prep.dir.device_reads() {
+                self.copy(md, prep, true)?;
+            }
+            return Ok(());
+        }
         let bounce = self.take_bounce(md, prep.offset, prep.length, self.spec.max_address())?;
         if bounce.base.0 < self.spec.min_address() {
             self.give_back(prep.length, &bounce);
@@ -666,6 +716,73 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         }
         prep.route = Route::Bounced(bounce);
         self.finish_bounce(md, prep, sync)
+    }
+
+    /// Per-page bouncing (IOKit's first choice when only the address limit is broken): the
+    /// pages out of the device's reach get bounce pages (same offset within the page), the
+    /// rest is used in place. Returns whether `prep` now has that route; `false` (nothing
+    /// held) when the bounce pages cannot be had or the result still breaks the spec, so the
+    /// caller bounces the whole transfer.
+    fn per_page(&self, md: &dyn MemoryDescriptor, prep: &mut Preparation<P>) -> Result<bool> {
+        let Some(pool) = self.owner.pool.as_ref() else {
+            return Ok(false);
+        };
+        let page = self.platform.page_size();
+        let mut pieces = Vec::new();
+        let mut x = 0;
+        while x < prep.length {
+            let seg = md.physical_segment(prep.offset + x)?;
+            let len = seg.len.min(prep.length - x);
+            let mut a = seg.addr.0;
+            while a < seg.addr.0 + len {
+                let n = (page.trunc(a) + page.bytes()).min(seg.addr.0 + len) - a;
+                if !self.spec.reaches(a, n) {
+                    let slot = pieces.len() as u64;
+                    pieces.push(PagePiece {
+                        x: x + (a - seg.addr.0),
+                        len: n,
+                        buf_off: slot * page.bytes() + page.offset(a),
+                        addr: 0,
+                    });
+                }
+                a += n;
+            }
+            x += len;
+        }
+        if pieces.is_empty() {
+            return Ok(false);
+        }
+        let bytes = pieces.len() as u64 * page.bytes();
+        let Ok(buffer) = pool.take(bytes, self.spec.max_address(), page.bytes(), false) else {
+            return Ok(false);
+        };
+        for p in &mut pieces {
+            match buffer.physical_segment(p.buf_off) {
+                Ok(s) if self.spec.reaches(s.addr.0, p.len) => p.addr = s.addr.0,
+                _ => {
+                    drop(buffer);
+                    pool.give_back(bytes);
+                    return Ok(false);
+                }
+            }
+        }
+        prep.route = Route::PerPage {
+            buffer,
+            bytes,
+            pieces,
+        };
+        if self.preflight(md, prep)?.is_some() {
+            let Route::PerPage { buffer, .. } = core::mem::replace(&mut prep.route, Route::Direct)
+            else {
+                return Err(Error::Internal {
+                    what: "per-page route vanished",
+                });
+            };
+            drop(buffer);
+            pool.give_back(bytes);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Checks a bounced route against the spec and fills it for a device that reads.
@@ -722,7 +839,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             .max(s.internal_alignment())
             .max(keep_mask + 1)
             .max(self.platform.page_size().bytes());
-        let buffer = pool.take(data_off + length, limit, align)?;
+        let buffer = pool.take(data_off + length, limit, align, true)?;
         match buffer.physical_segment(0) {
             Ok(seg) => Ok(Bounce {
                 buffer,
@@ -839,6 +956,31 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         length: u64,
         to_bounce: bool,
     ) -> Result<()> {
+        if let Route::PerPage { buffer, pieces, .. } = &prep.route {
+            crate::debug::syncing(self.owner.id, true);
+            let copier = BounceCopy {
+                platform: &self.platform,
+                md,
+                buffer,
+                to_bounce,
+            };
+            let (lo, hi) = (from, from + length);
+            let mut copied = 0;
+            let mut result = Ok(());
+            for p in pieces.iter().filter(|p| p.x < hi && lo < p.x + p.len) {
+                let (a, b) = (p.x.max(lo), (p.x + p.len).min(hi));
+                result = copier.run(prep.offset + a, p.buf_off + (a - p.x), b - a);
+                if result.is_err() {
+                    break;
+                }
+                copied += b - a;
+            }
+            crate::debug::syncing(self.owner.id, false);
+            if let (Ok(()), Some(pool)) = (&result, &self.owner.pool) {
+                pool.count_copy(copied);
+            }
+            return result;
+        }
         let Some(b) = prep.route.bounce() else {
             return Ok(());
         };
@@ -874,11 +1016,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 .platform
                 .cache_phys(op, PhysAddr(b.base.0 + b.data_off + from), length);
         }
-        let mut x = 0;
-        while x < length {
-            let s = md.physical_segment(prep.offset + from + x)?;
-            let len = s.len.min(length - x);
-            self.platform.cache_phys(op, s.addr, len)?;
+        // Direct or per-page: the device's runs are physical addresses.
+        let mut x = from;
+        while x < from + length {
+            let (addr, run) = self.raw_run(md, prep, x)?;
+            let len = run.min(from + length - x);
+            self.platform.cache_phys(op, PhysAddr(addr), len)?;
             x += len;
         }
         Ok(())
