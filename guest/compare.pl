@@ -2,8 +2,8 @@
 # guest/compare.pl CONSOLE_LOG JSON_OUT: the dmakit driver's random reads against the kernel's
 # nvme driver with fio, from one guest boot's console. Reads the test binary's lines
 #   bench nvme/randread_4k_qd1 dmakit_ns_per_op=... ios=N ...
-# and fio's JSON report (lines prefixed "fio-json: "), whose jobs randread_4k_qd1 and
-# randread_4k_qd32 are the kernel's side; writes the rows in dmakit-bench's format
+# and fio's JSON report (lines prefixed "fio-json: "), whose jobs randread_4k_qd{1,32}
+# (libaio, interrupts) and polled_randread_4k_qd{1,32} (io_uring --hipri) are the kernel's side; writes the rows in dmakit-bench's format
 # ({name, peer, ns_per_op, peer_ns_per_op, ratio}, ratio = dmakit / kernel, wall time per
 # read for the same count) to JSON_OUT and prints them as dmakit-bench prints its table.
 # Exits 1, saying why, when a side is missing, fio reported an error or the counts differ.
@@ -36,7 +36,7 @@ if (!defined $fio_text) {
                 push @why, "fio job $j->{jobname} failed with error $j->{error}";
                 next;
             }
-            $kernel{"nvme/$j->{jobname}"} = {
+            $kernel{$j->{jobname}} = {
                 ios => $rd->{total_ios},
                 ns  => $rd->{total_ios} ? $rd->{runtime} * 1e6 / $rd->{total_ios} : 0,
                 ms  => $rd->{runtime},
@@ -44,13 +44,16 @@ if (!defined $fio_text) {
         }
     }
 }
-my $peer = 'kernel nvme + fio (libaio, O_DIRECT)';
+# fio job => peer; the jobs named warmup are untimed.
+my @peers = (['', 'kernel nvme + fio (libaio, O_DIRECT, interrupts)'],
+             ['polled_', 'kernel nvme + fio (io_uring --hipri, O_DIRECT, polled)']);
 my @rows;
-for my $qd (1, 32) {
+for my $p (@peers) { for my $qd (1, 32) {
+    my ($prefix, $peer) = @$p;
     my $name = "nvme/randread_4k_qd$qd";
-    my ($d, $k) = ($dmakit{$name}, $kernel{$name});
+    my ($d, $k) = ($dmakit{$name}, $kernel{"${prefix}randread_4k_qd$qd"});
     if (!$d) { push @why, "no dmakit result for $name (its test failed or did not run)"; next }
-    if (!$k) { push @why, "no kernel result for $name"; next }
+    if (!$k) { push @why, "no kernel result for $name from fio job ${prefix}randread_4k_qd$qd"; next }
     if ($d->{ios} != $k->{ios}) {
         push @why, "$name: dmakit read $d->{ios} times, fio $k->{ios}: not the same count";
         next;
@@ -58,7 +61,8 @@ for my $qd (1, 32) {
     if ($k->{ms} <= 0) { push @why, "$name: fio measured no time"; next }
     push @rows, { name => $name, peer => $peer, ns_per_op => $d->{ns} + 0,
                   peer_ns_per_op => $k->{ns} + 0, ratio => $d->{ns} / $k->{ns} };
-}
+} }
+@rows = sort { $a->{name} cmp $b->{name} } @rows;
 if (@rows) {
     my $nw = 4; my $pw = 4;
     for (@rows) { $nw = length $_->{name} if length $_->{name} > $nw; $pw = length $_->{peer} if length $_->{peer} > $pw }
