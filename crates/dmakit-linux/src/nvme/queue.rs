@@ -132,13 +132,15 @@ impl QueuePair {
         Ok(cid)
     }
 
-    /// Rings the SQ tail doorbell if commands were pushed since it last rang.
-    pub fn ring(&mut self) -> Result<()> {
-        if self.sq_rung != self.sq_tail {
-            mapped_write32(&*self.host, self.sq_doorbell, self.sq_tail as u32)?;
-            self.sq_rung = self.sq_tail;
+    /// Rings the SQ tail doorbell if commands were pushed since it last rang; says whether
+    /// it did.
+    pub fn ring(&mut self) -> Result<bool> {
+        if self.sq_rung == self.sq_tail {
+            return Ok(false);
         }
-        Ok(())
+        mapped_write32(&*self.host, self.sq_doorbell, self.sq_tail as u32)?;
+        self.sq_rung = self.sq_tail;
+        Ok(true)
     }
 
     /// Commands submitted and not yet reaped.

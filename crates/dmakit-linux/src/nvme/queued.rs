@@ -119,8 +119,9 @@ impl NvmeController {
                     what: "NVMe queued reads: the queue's outstanding count disagrees",
                 });
             }
-            qp.ring()?;
-            stats.sq_doorbells += 1;
+            if qp.ring()? {
+                stats.sq_doorbells += 1;
+            }
             if in_flight.is_empty() {
                 break;
             }
