@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! vfio_guest --edu 0000:00:05.0:64 --edu 0000:00:06.0:28 --unbound 0000:00:1f.2 [--nvme ...]
+//!            [--bench OFFSET_MIB:SIZE_MIB:IOS:WARMUP]
 //! ```
 //!
 //! Each test prints `ok NAME: detail` or `FAILED NAME: why`; the last line is
-//! `N passed, M failed`, and the exit status is non-zero if any failed. The devices are
+//! `N passed, M failed`, and the exit status is non-zero if any failed. With `--bench`, the
+//! NVMe random-read tests time IOS 4 KiB reads (after WARMUP untimed ones) in the SIZE_MIB
+//! region at OFFSET_MIB of the disk (which the write tests leave alone) at queue depth 1 and
+//! 32, and print `bench NAME dmakit_ns_per_op=... ios=...` for `guest/run`, which sets the
+//! kernel's driver and fio on the same region with the same counts. The devices are
 //! QEMU's, the IOMMU is QEMU's emulated VT-d and VFIO is the guest kernel's: they judge.
 
 use dmakit::descriptor::{
@@ -41,8 +46,18 @@ fn check(cond: bool, why: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
+/// The random-read benchmarks' region and counts (`--bench OFFSET_MIB:SIZE_MIB:IOS:WARMUP`).
+#[derive(Clone, Copy, Debug)]
+struct Bench {
+    offset: u64,
+    size: u64,
+    ios: usize,
+    warmup: usize,
+}
+
 struct Config {
     nvme: Option<PciAddress>,
+    bench: Option<Bench>,
     edu: Vec<(PciAddress, u32)>,
     unbound: Option<PciAddress>,
     nonviable: Option<PciAddress>,
@@ -51,6 +66,7 @@ struct Config {
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
         nvme: None,
+        bench: None,
         edu: Vec::new(),
         unbound: None,
         nonviable: None,
@@ -72,6 +88,25 @@ fn parse_args() -> Result<Config, String> {
                 std::process::exit(memlock_child(a));
             }
             "--nvme" => c.nvme = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--bench" => {
+                let usage = "--bench OFFSET_MIB:SIZE_MIB:IOS:WARMUP";
+                let n: Vec<u64> = v
+                    .split(':')
+                    .map(|x| x.parse().map_err(|_| usage))
+                    .collect::<Result<_, _>>()?;
+                let [off, size, ios, warmup] = n[..] else {
+                    return Err(usage.into());
+                };
+                if size == 0 || ios == 0 {
+                    return Err(format!("{usage}: the size and the count must not be 0"));
+                }
+                c.bench = Some(Bench {
+                    offset: off << 20,
+                    size: size << 20,
+                    ios: ios as usize,
+                    warmup: warmup as usize,
+                });
+            }
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -677,7 +712,7 @@ fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
     let ns = nvme
         .identify_namespace(1)
         .map_err(e2s("identify namespace"))?;
-    check(ns.block_size == 512 && ns.blocks == 16 * 2048, || {
+    check(ns.block_size == 512 && ns.blocks == 32 * 2048, || {
         format!("{ns:?}")
     })?;
     let mut qp = nvme
@@ -759,8 +794,9 @@ fn scattered(
 
 /// 1 MiB written in 128 KiB commands to random LBAs from a scattered MultiMemoryDescriptor
 /// (first segment at page offset 0x200), then read back into another one (page offset
-/// 0x400, different part sizes): PRP lists from DmaCommand segments, byte-exact.
-fn nvme_scattered_prp_lists(addr: PciAddress) -> TestResult {
+/// 0x400, different part sizes): PRP lists from DmaCommand segments, byte-exact. Writes stay
+/// below byte `limit` of the disk (the benchmarks read known content above it).
+fn nvme_scattered_prp_lists(addr: PciAddress, limit: u64) -> TestResult {
     const CHUNK: u64 = 128 << 10;
     const TOTAL: u64 = 1 << 20;
     let host = Arc::new(Host::new().map_err(e2s("host"))?);
@@ -783,8 +819,8 @@ fn nvme_scattered_prp_lists(addr: PciAddress) -> TestResult {
     check(src.write_bytes(512, &data) == TOTAL as usize, || {
         "short copy in".into()
     })?;
-    // Eight distinct 128 KiB slots of the 16 MiB namespace, in a scrambled order.
-    let slots = ns.blocks * ns.block_size as u64 / CHUNK;
+    // Eight distinct 128 KiB slots below `limit`, in a scrambled order.
+    let slots = (ns.blocks * ns.block_size as u64).min(limit) / CHUNK;
     let lbas: Vec<u64> = (0..TOTAL / CHUNK)
         .map(|k| (k * 37 + 11) % slots * (CHUNK / ns.block_size as u64))
         .collect();
@@ -981,6 +1017,152 @@ fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
     ))
 }
 
+/// The disk image's content of block `n` (guest/mkdisk.pl): `dmakit LBA <n>\n`, then the
+/// byte `n & 0xff` to the end of the block.
+fn check_block(block: &[u8], n: u64) -> Result<(), String> {
+    let head = format!("dmakit LBA {n}\n");
+    check(block.starts_with(head.as_bytes()), || {
+        format!(
+            "block {n} starts {:?}",
+            String::from_utf8_lossy(&block[..20.min(block.len())])
+        )
+    })?;
+    check(block[head.len()..].iter().all(|&b| b == n as u8), || {
+        format!("block {n} body differs")
+    })
+}
+
+/// `count` block numbers of 4 KiB (`0..blocks` in a shuffled order, each once per pass,
+/// then again reshuffled): a fixed xorshift seed, so every run reads the same sequence.
+fn shuffled(blocks: u64, count: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let mut pass: Vec<u64> = (0..blocks).collect();
+        for i in (1..pass.len()).rev() {
+            pass.swap(i, (rnd() % (i as u64 + 1)) as usize);
+        }
+        out.extend(pass.into_iter().take(count - out.len()));
+    }
+    out
+}
+
+/// 4 KiB random reads at queue depth `depth` on one I/O queue pair, each command with its
+/// own pre-mapped buffer (a BufferMemoryDescriptor whose mapped DmaCommand is prepared once
+/// and reused): `warmup` untimed reads, every one checked byte-exact, then `ios` timed ones
+/// from the start of the same sequence
+/// (every 64th checked byte-exact: the check is inside the timing), every completion's
+/// status and command identifier checked. Prints a `bench` line with the wall time per read.
+fn nvme_randread(addr: PciAddress, b: Bench, depth: usize) -> TestResult {
+    const IO: u64 = 4096;
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let (c, d) = open(addr)?;
+    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
+    let mapper: Arc<dyn Mapper> = vfio.clone();
+    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
+    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    let bs = ns.block_size as u64;
+    check(
+        b.offset.is_multiple_of(IO)
+            && b.size.is_multiple_of(IO)
+            && (b.offset + b.size) / bs <= ns.blocks,
+        || {
+            format!(
+                "bench region {:#x}+{:#x} does not fit {ns:?}",
+                b.offset, b.size
+            )
+        },
+    )?;
+    let mut qp = nvme
+        .create_io_queue_pair(1, 64)
+        .map_err(e2s("I/O queue pair"))?;
+    let buffers = (0..depth)
+        .map(|_| DmaBuffer::new(&host, &mapper, IO, Direction::In).map_err(e2s("buffer")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = b.offset / bs;
+    let per = IO / bs;
+    // The warm-up reads the start of the same sequence the timed run then reads whole (as
+    // fio's warm-up job does with the same seed).
+    let timed: Vec<u64> = shuffled(b.size / IO, b.ios)
+        .into_iter()
+        .map(|k| first + k * per)
+        .collect();
+    let warm: Vec<u64> = shuffled(b.size / IO, b.warmup)
+        .into_iter()
+        .map(|k| first + k * per)
+        .collect();
+    let mut block = vec![0u8; IO as usize];
+    let mut verified = 0u64;
+    let mut verify = |lba: u64, buf: &DmaBuffer| -> dmakit::Result<()> {
+        buf.read(0, &mut block)?;
+        for k in 0..per {
+            let at = (k * bs) as usize;
+            check_block(&block[at..at + bs as usize], lba + k).map_err(|_| Error::BadArgument {
+                what: "NVMe random read: the block does not hold its known content (LBA)",
+                value: lba + k,
+            })?;
+        }
+        verified += 1;
+        Ok(())
+    };
+    let ws = nvme
+        .read_queued(&mut qp, &ns, &warm, &buffers, |i, buf| verify(warm[i], buf))
+        .map_err(e2s("warm-up reads"))?;
+    let stats = nvme
+        .read_queued(&mut qp, &ns, &timed, &buffers, |i, buf| {
+            if i % 64 == 0 {
+                verify(timed[i], buf)
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(e2s("timed reads"))?;
+    check(stats.commands == timed.len() as u64, || {
+        format!("{} of {} reads completed", stats.commands, timed.len())
+    })?;
+    check(stats.max_outstanding == depth.min(timed.len()), || {
+        format!(
+            "at most {} outstanding, wanted {depth}",
+            stats.max_outstanding
+        )
+    })?;
+    for buf in buffers {
+        buf.release().map_err(e2s("release"))?;
+    }
+    qp.release().map_err(e2s("release queue pair"))?;
+    nvme.shutdown().map_err(e2s("shutdown"))?;
+    vfio.check_unmapped().map_err(e2s("teardown"))?;
+    let ns_per_op = stats.elapsed.as_nanos() as f64 / stats.commands as f64;
+    println!(
+        "bench nvme/randread_4k_qd{depth} dmakit_ns_per_op={ns_per_op:.1} ios={} depth={depth} \
+         offset={} size={} warmup={}",
+        stats.commands, b.offset, b.size, ws.commands
+    );
+    Ok(format!(
+        "{} timed 4 KiB reads at random 4 KiB-aligned LBAs of {}..{} after {} warm-up ones, up \
+         to {} outstanding on one queue pair ({} SQ and {} CQ doorbell writes), each completion's \
+         status and command id checked, {verified} reads byte-exact against the image; \
+         {:.1} us per read; kernel confirms 0 mappings left",
+        stats.commands,
+        first,
+        first + b.size / bs,
+        ws.commands,
+        stats.max_outstanding,
+        stats.sq_doorbells,
+        stats.cq_doorbells,
+        ns_per_op / 1000.0
+    ))
+}
+
 fn main() {
     let cfg = match parse_args() {
         Ok(c) => c,
@@ -1060,8 +1242,16 @@ fn main() {
         ));
         tests.push((
             "nvme_1mib_scattered_prp_lists".into(),
-            Box::new(move || nvme_scattered_prp_lists(n)),
+            Box::new(move || nvme_scattered_prp_lists(n, cfg.bench.map_or(u64::MAX, |b| b.offset))),
         ));
+        if let Some(b) = cfg.bench {
+            for depth in [1, 32] {
+                tests.push((
+                    format!("nvme_randread_4k_qd{depth}"),
+                    Box::new(move || nvme_randread(n, b, depth)),
+                ));
+            }
+        }
     }
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in tests {

@@ -24,6 +24,10 @@
 //! with [`NvmeController::create_io_queue_pair_with_interrupt`], by sleeping on a
 //! [`CompletionSignal`] that the MSI-X vector's [`Msi`](crate::vfio::Msi) thread raises.
 //!
+//! Queue depth: [`NvmeController::read_queued`] keeps up to one read per pre-mapped buffer
+//! outstanding on one queue pair (push many, ring once, reap by phase tag, refill), every
+//! completion's identifier and status checked.
+//!
 //! Not yet: several queue pairs in flight at once, PRP lists longer than one page, namespace
 //! management, and a reset path after a controller fatal status.
 //!
@@ -45,12 +49,14 @@ mod command;
 mod dma;
 mod prp;
 mod queue;
+mod queued;
 mod signal;
 
 pub use command::{Command, Completion};
 pub use dma::DmaBuffer;
 pub use prp::{nvme_spec, prp_entries, PRP_PAGE};
-pub use queue::QueuePair;
+pub use queue::{check_status, Outstanding, QueuePair};
+pub use queued::QueuedStats;
 pub use signal::CompletionSignal;
 
 use crate::host::Host;

@@ -5,6 +5,13 @@
 //! [`mapped_write32`]. Completion is by polling: an entry is new when its phase tag equals
 //! the phase the driver expects, which flips every time the head wraps; consuming it rings
 //! the CQ head doorbell.
+//!
+//! Queue depth: [`QueuePair::push`] queues a command without ringing, [`QueuePair::ring`]
+//! rings once for everything pushed, [`QueuePair::reap`] takes one completion if there is
+//! one and [`QueuePair::ring_cq`] tells the controller how far the head got. Every command
+//! identifier handed out is remembered until its completion arrives ([`Outstanding`]): a
+//! completion for an identifier that is not outstanding, or for another submission queue, is
+//! an error, not a result.
 
 use super::command::{Command, Completion};
 use super::dma::DmaBuffer;
@@ -26,9 +33,12 @@ pub struct QueuePair {
     sq_tail: u16,
     cq_head: u16,
     phase: bool,
-    next_cid: u16,
-    /// Submitted and not yet completed (a queue holds at most `entries - 1`).
-    in_flight: u16,
+    /// Command identifiers submitted and not yet completed (a queue holds at most
+    /// `entries - 1`).
+    outstanding: Outstanding,
+    /// The tail the SQ doorbell was last told, and the head the CQ doorbell was last told.
+    sq_rung: u16,
+    cq_rung: u16,
     sq_doorbell: PhysAddr,
     cq_doorbell: PhysAddr,
     host: Arc<Host>,
@@ -66,8 +76,9 @@ impl QueuePair {
             sq_tail: 0,
             cq_head: 0,
             phase: true,
-            next_cid: 0,
-            in_flight: 0,
+            outstanding: Outstanding::default(),
+            sq_rung: 0,
+            cq_rung: 0,
             sq_doorbell,
             cq_doorbell,
             host: host.clone(),
@@ -99,21 +110,77 @@ impl QueuePair {
     /// Puts `cmd` (given a fresh command identifier, returned) in the submission queue and
     /// rings the doorbell.
     pub fn submit(&mut self, cmd: Command) -> Result<u16> {
-        let next = (self.sq_tail + 1) % self.entries;
-        if self.in_flight + 1 >= self.entries {
+        let cid = self.push(cmd)?;
+        self.ring()?;
+        Ok(cid)
+    }
+
+    /// Puts `cmd` at the tail with a fresh command identifier (returned) without ringing
+    /// the doorbell: the controller sees it at the next [`ring`](Self::ring). At most
+    /// `entries - 1` commands may be outstanding.
+    pub fn push(&mut self, cmd: Command) -> Result<u16> {
+        if self.outstanding.len() + 1 >= self.entries as usize {
             return Err(Error::NoResources {
                 what: "NVMe submission queue slots",
                 limit: self.entries as u64 - 1,
             });
         }
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
+        let cid = self.outstanding.issue();
         let cmd = cmd.with_cid(cid);
         self.sq.write(self.sq_tail as u64 * 64, &cmd.to_bytes())?;
-        self.sq_tail = next;
-        self.in_flight += 1;
-        mapped_write32(&*self.host, self.sq_doorbell, self.sq_tail as u32)?;
+        self.sq_tail = (self.sq_tail + 1) % self.entries;
         Ok(cid)
+    }
+
+    /// Rings the SQ tail doorbell if commands were pushed since it last rang; says whether
+    /// it did.
+    pub fn ring(&mut self) -> Result<bool> {
+        if self.sq_rung == self.sq_tail {
+            return Ok(false);
+        }
+        mapped_write32(&*self.host, self.sq_doorbell, self.sq_tail as u32)?;
+        self.sq_rung = self.sq_tail;
+        Ok(true)
+    }
+
+    /// Commands submitted and not yet reaped.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Takes the completion at the head if its phase tag says it is new, without ringing
+    /// the CQ head doorbell ([`ring_cq`](Self::ring_cq) does). A completion for a command
+    /// identifier that is not outstanding, or from another submission queue, is an error.
+    /// The status is the caller's to check.
+    pub fn reap(&mut self) -> Result<Option<Completion>> {
+        let mut b = [0u8; 16];
+        self.cq.read(self.cq_head as u64 * 16, &mut b)?;
+        let c = Completion::from_bytes(&b);
+        if c.phase != self.phase {
+            return Ok(None);
+        }
+        self.cq_head += 1;
+        if self.cq_head == self.entries {
+            self.cq_head = 0;
+            self.phase = !self.phase;
+        }
+        if c.sq_id != self.id {
+            return Err(Error::BadArgument {
+                what: "NVMe completion names another submission queue",
+                value: c.sq_id as u64,
+            });
+        }
+        self.outstanding.retire(c.cid)?;
+        Ok(Some(c))
+    }
+
+    /// Rings the CQ head doorbell if completions were reaped since it last rang.
+    pub fn ring_cq(&mut self) -> Result<()> {
+        if self.cq_rung != self.cq_head {
+            mapped_write32(&*self.host, self.cq_doorbell, self.cq_head as u32)?;
+            self.cq_rung = self.cq_head;
+        }
+        Ok(())
     }
 
     /// Completes by interrupt from now on: `poll` sleeps on `signal` between looks at the
@@ -136,20 +203,11 @@ impl QueuePair {
             // Read the count before looking, so an interrupt between the look and the
             // sleep is not lost.
             let seen = self.signal.as_ref().map(|s| s.raised());
-            let mut b = [0u8; 16];
-            self.cq.read(self.cq_head as u64 * 16, &mut b)?;
-            let c = Completion::from_bytes(&b);
-            if c.phase == self.phase {
-                self.cq_head += 1;
-                if self.cq_head == self.entries {
-                    self.cq_head = 0;
-                    self.phase = !self.phase;
-                }
-                self.in_flight = self.in_flight.saturating_sub(1);
+            if let Some(c) = self.reap()? {
                 if slept {
                     self.woken += 1;
                 }
-                mapped_write32(&*self.host, self.cq_doorbell, self.cq_head as u32)?;
+                self.ring_cq()?;
                 return Ok(c);
             }
             if Instant::now() >= deadline {
@@ -180,13 +238,7 @@ impl QueuePair {
                 what: "NVMe completion for another command identifier",
             });
         }
-        if c.status != 0 {
-            return Err(Error::Os {
-                op: "NVMe command (the controller's status; sct << 8 | sc in errno)",
-                errno: c.status as i32,
-                hint: "see the NVMe status code tables",
-            });
-        }
+        check_status(&c)?;
         Ok(c)
     }
 
@@ -194,5 +246,104 @@ impl QueuePair {
     pub fn release(self) -> Result<()> {
         self.sq.release()?;
         self.cq.release()
+    }
+}
+
+/// An error for a completion whose status is not success.
+pub fn check_status(c: &Completion) -> Result<()> {
+    if c.status == 0 {
+        return Ok(());
+    }
+    Err(Error::Os {
+        op: "NVMe command (the controller's status; sct << 8 | sc in errno)",
+        errno: c.status as i32,
+        hint: "see the NVMe status code tables",
+    })
+}
+
+/// The command identifiers of one queue that are outstanding: handed out in turn (wrapping
+/// past 65535, skipping any still outstanding) and retired by their completion, once.
+#[derive(Debug, Default)]
+pub struct Outstanding {
+    next: u16,
+    live: std::collections::BTreeSet<u16>,
+}
+
+impl Outstanding {
+    /// A fresh identifier, now outstanding.
+    pub fn issue(&mut self) -> u16 {
+        while self.live.contains(&self.next) {
+            self.next = self.next.wrapping_add(1);
+        }
+        let cid = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.live.insert(cid);
+        cid
+    }
+
+    /// Retires `cid`; an error if it was not outstanding (never issued, or completed
+    /// already).
+    pub fn retire(&mut self, cid: u16) -> Result<()> {
+        if self.live.remove(&cid) {
+            Ok(())
+        } else {
+            Err(Error::BadArgument {
+                what: "NVMe completion for a command identifier that is not outstanding",
+                value: cid as u64,
+            })
+        }
+    }
+
+    /// How many are outstanding.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_unique_while_outstanding_and_retire_once() {
+        let mut o = Outstanding::default();
+        let a: Vec<u16> = (0..32).map(|_| o.issue()).collect();
+        assert_eq!(a, (0..32).collect::<Vec<u16>>());
+        assert_eq!(o.len(), 32);
+        o.retire(5).unwrap();
+        assert!(matches!(
+            o.retire(5),
+            Err(Error::BadArgument { value: 5, .. })
+        ));
+        assert!(matches!(
+            o.retire(40),
+            Err(Error::BadArgument { value: 40, .. })
+        ));
+        assert_eq!(o.len(), 31);
+        for c in a.iter().filter(|&&c| c != 5) {
+            o.retire(*c).unwrap();
+        }
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn identifiers_wrap_and_skip_the_ones_still_outstanding() {
+        let mut o = Outstanding::default();
+        let keep = o.issue(); // 0 stays outstanding
+        let one = o.issue();
+        o.retire(one).unwrap();
+        for _ in 0..65534 {
+            let c = o.issue();
+            o.retire(c).unwrap();
+        }
+        // 65535 identifiers issued; the next would be 0, which is still outstanding.
+        assert_eq!(o.issue(), 1);
+        assert!(o.retire(keep).is_ok());
+        assert_eq!(o.issue(), 2);
     }
 }
