@@ -29,7 +29,9 @@
 
 use crate::host::Host;
 use crate::vfio::{Bar, IrqKind, Msi, VfioDevice};
-use dmakit::dma::{DmaCompletion, DmaController, DmaTransfer, InterruptSink, IoSegment};
+use dmakit::dma::{
+    CompletionSource, DmaCompletion, DmaController, DmaTransfer, InterruptSink, IoSegment,
+};
 use dmakit::map::{mapped_read32, mapped_write32, mapped_write64};
 use dmakit::{Error, Result};
 use std::collections::VecDeque;
@@ -343,7 +345,9 @@ impl DmaController for EduDma {
     fn valid_fifo_depth(&self, depth: u32) -> u32 {
         depth.clamp(1, MAX_DEPTH)
     }
+}
 
+impl CompletionSource for EduDma {
     fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion)) {
         let done: Vec<DmaCompletion> = self.lock().finished.drain(..).collect();
         for c in done {

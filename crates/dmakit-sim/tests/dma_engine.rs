@@ -3,8 +3,8 @@
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 use dmakit::dma::{
-    DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
-    IoSegment, MappingMode, SegmentFormat, SegmentSpec,
+    CompletionSource, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
+    InterruptSink, IoSegment, MappingMode, SegmentFormat, SegmentSpec,
 };
 use dmakit::map::{mapped_read16, mapped_read32, mapped_write32};
 use dmakit::mapper::IommuMapper;
@@ -1125,4 +1125,34 @@ fn dropping_the_engine_and_its_event_source_frees_and_unmaps_the_ring() {
         iommu.device_read(ring, &mut probe).is_err(),
         "the ring's IO mapping is gone"
     );
+}
+
+/// Any CompletionSource, not only a DMA controller, can feed an event source (an NVMe
+/// completion queue does in the guest): completions arrive in order, once each.
+#[test]
+fn an_event_source_delivers_the_completions_of_any_source_in_order() {
+    struct Queue(Mutex<Vec<DmaCompletion>>);
+    impl CompletionSource for Queue {
+        fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion)) {
+            let done: Vec<DmaCompletion> = self.0.lock().unwrap().drain(..).collect();
+            done.into_iter().for_each(sink);
+        }
+    }
+    let q = Arc::new(Queue(Mutex::new(Vec::new())));
+    let got: Collected = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let es = DmaEventSource::new(q.clone(), move |c| g.lock().unwrap().push(c));
+    for t in 1..=5 {
+        q.0.lock().unwrap().push(DmaCompletion {
+            ticket: t,
+            bytes: 512 * t,
+            status: Ok(()),
+        });
+    }
+    es.raise();
+    assert_eq!(es.pending_interrupts(), 1);
+    assert_eq!(es.poll(), 5);
+    assert_eq!(es.poll(), 0, "each completion is delivered once");
+    let tickets: Vec<u64> = got.lock().unwrap().iter().map(|c| c.ticket).collect();
+    assert_eq!(tickets, [1, 2, 3, 4, 5]);
 }

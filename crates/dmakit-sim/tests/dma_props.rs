@@ -10,8 +10,8 @@ use dmakit::descriptor::{
     MemoryDescriptor, MultiMemoryDescriptor, SubMemoryDescriptor,
 };
 use dmakit::dma::{
-    BouncePool, DmaCommand, DmaController, DmaTransfer, IoSegment, MappingMode, SegmentFormat,
-    SegmentSpec,
+    BouncePool, CompletionSource, DmaCommand, DmaController, DmaTransfer, IoSegment, MappingMode,
+    SegmentFormat, SegmentSpec,
 };
 use dmakit::mapper::IommuMapper;
 use dmakit::platform::CpuAccess;

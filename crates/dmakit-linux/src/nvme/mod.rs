@@ -47,6 +47,7 @@
 
 mod command;
 mod dma;
+mod events;
 mod prp;
 mod queue;
 mod queued;
@@ -54,6 +55,7 @@ mod signal;
 
 pub use command::{Command, Completion};
 pub use dma::DmaBuffer;
+pub use events::EventQueue;
 pub use prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use queue::{check_status, Outstanding, QueuePair};
 pub use queued::QueuedStats;
@@ -382,14 +384,29 @@ impl NvmeController {
         vector: u16,
         signal: Arc<CompletionSignal>,
     ) -> Result<QueuePair> {
-        self.create_queue_pair(qid, entries, Some((vector, signal)))
+        self.create_queue_pair(qid, entries, Some((vector, Some(signal))))
+    }
+
+    /// An I/O queue pair whose completion queue raises MSI-X vector `vector`, for an
+    /// [`EventQueue`]: the vector's [`Msi`](crate::vfio::Msi) handler raises a
+    /// `DmaEventSource`, which takes the completions. Enable the vector (`Msi::to_sink`)
+    /// before creating the queue pair: QEMU's controller delivers nothing on a vector that
+    /// was not enabled when the completion queue was created (seen in the guest); connect
+    /// the event source to the vector through a forwarding sink once the queue exists.
+    pub fn create_io_queue_pair_for_events(
+        &self,
+        qid: u16,
+        entries: u16,
+        vector: u16,
+    ) -> Result<QueuePair> {
+        self.create_queue_pair(qid, entries, Some((vector, None)))
     }
 
     fn create_queue_pair(
         &self,
         qid: u16,
         entries: u16,
-        irq: Option<(u16, Arc<CompletionSignal>)>,
+        irq: Option<(u16, Option<Arc<CompletionSignal>>)>,
     ) -> Result<QueuePair> {
         let mqes = (self.cap & 0xffff) as u16 + 1;
         if qid == 0 || entries < 2 || entries > mqes {
@@ -424,7 +441,7 @@ impl NvmeController {
                 .with_cdw(11, (qid as u32) << 16 | 1),
             self.timeout,
         )?;
-        if let Some((_, signal)) = irq {
+        if let Some((_, Some(signal))) = irq {
             qp.set_signal(signal);
         }
         Ok(qp)

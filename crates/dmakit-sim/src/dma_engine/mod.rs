@@ -124,7 +124,7 @@ pub use device::{desc, regs, DmaEngineDevice};
 use crate::mmio::SharedDevice;
 use crate::{Machine, SimIommu};
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
-use dmakit::dma::{DmaCompletion, DmaController, DmaTransfer, InterruptSink};
+use dmakit::dma::{CompletionSource, DmaCompletion, DmaController, DmaTransfer, InterruptSink};
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::{Access, IommuMapper, Mapper};
 use dmakit::platform::{CacheOp, CacheOps, Task};
@@ -677,7 +677,9 @@ impl DmaController for SimDmaEngine {
         let d = depth.clamp(1, regs::MAX_RING_SIZE);
         1 << (31 - d.leading_zeros())
     }
+}
 
+impl CompletionSource for SimDmaEngine {
     fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion)) {
         let mut out = Vec::new();
         {

@@ -48,8 +48,16 @@ pub struct DmaCompletion {
     pub status: core::result::Result<(), Error>,
 }
 
+/// Something that finishes work and reports it as [`DmaCompletion`]s: a DMA controller, or
+/// any device queue a driver wants completions of through a [`DmaEventSource`] (an NVMe
+/// completion queue, a NIC's receive ring).
+pub trait CompletionSource: Send + Sync {
+    /// Hands every finished, not yet reported piece of work to `sink`, oldest first.
+    fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion));
+}
+
 /// IOKit's IODMAController.
-pub trait DmaController: Send + Sync {
+pub trait DmaController: CompletionSource {
     /// Queues a transfer (IOKit `startDMACommand`); returns its ticket.
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64>;
 
@@ -68,9 +76,6 @@ pub trait DmaController: Send + Sync {
     /// The nearest valid depth to `depth`, or 0 if there is none (IOKit returns an error
     /// code as a byte count here; quirk Q14, fixed).
     fn valid_fifo_depth(&self, depth: u32) -> u32;
-
-    /// Hands every finished, not yet reported transfer to `sink`, oldest first.
-    fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion));
 }
 
 /// Something an engine calls when it raises its completion interrupt.
@@ -79,8 +84,9 @@ pub trait InterruptSink: Send + Sync {
     fn raise(&self);
 }
 
-/// IOKit's IODMAEventSource: completions of a controller, delivered in order.
-pub struct DmaEventSource<C: DmaController> {
+/// IOKit's IODMAEventSource: completions of a controller (or any [`CompletionSource`]),
+/// delivered in order.
+pub struct DmaEventSource<C: CompletionSource> {
     controller: Arc<C>,
     action: spin::Mutex<Box<dyn FnMut(DmaCompletion) + Send>>,
     pending: core::sync::atomic::AtomicU64,
@@ -88,7 +94,7 @@ pub struct DmaEventSource<C: DmaController> {
     signal: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
 }
 
-impl<C: DmaController> DmaEventSource<C> {
+impl<C: CompletionSource> DmaEventSource<C> {
     /// An event source for `controller` that calls `action` for every completion.
     pub fn new(controller: Arc<C>, action: impl FnMut(DmaCompletion) + Send + 'static) -> Self {
         DmaEventSource {
@@ -103,11 +109,6 @@ impl<C: DmaController> DmaEventSource<C> {
     /// The controller.
     pub fn controller(&self) -> &Arc<C> {
         &self.controller
-    }
-
-    /// Queues a transfer on the controller (IOKit `IODMAEventSource::startDMACommand`).
-    pub fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
-        self.controller.start(transfer)
     }
 
     /// Delivers every finished transfer to the action now; returns how many.
@@ -127,7 +128,14 @@ impl<C: DmaController> DmaEventSource<C> {
     }
 }
 
-impl<C: DmaController> InterruptSink for DmaEventSource<C> {
+impl<C: DmaController> DmaEventSource<C> {
+    /// Queues a transfer on the controller (IOKit `IODMAEventSource::startDMACommand`).
+    pub fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
+        self.controller.start(transfer)
+    }
+}
+
+impl<C: CompletionSource> InterruptSink for DmaEventSource<C> {
     fn raise(&self) {
         self.pending
             .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
@@ -141,7 +149,7 @@ impl<C: DmaController> InterruptSink for DmaEventSource<C> {
 }
 
 #[cfg(feature = "std")]
-impl<C: DmaController + 'static> DmaEventSource<C> {
+impl<C: CompletionSource + 'static> DmaEventSource<C> {
     /// Runs a work loop on a new thread: every interrupt delivers the finished transfers to
     /// the action, in order, until `stop` becomes true (checked after each wake-up; raise an
     /// interrupt to wake it).
@@ -172,7 +180,7 @@ impl<C: DmaController + 'static> DmaEventSource<C> {
     }
 }
 
-impl<C: DmaController> core::fmt::Debug for DmaEventSource<C> {
+impl<C: CompletionSource> core::fmt::Debug for DmaEventSource<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DmaEventSource")
             .field("pending_interrupts", &self.pending_interrupts())

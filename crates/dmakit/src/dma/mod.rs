@@ -30,7 +30,9 @@ pub mod spec;
 
 pub use bounce::{BouncePool, BounceStats};
 pub use command::{BounceReason, DmaCommand, MappingMode};
-pub use controller::{DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink};
+pub use controller::{
+    CompletionSource, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
+};
 pub use cursor::{
     BigMemoryCursor, CursorOutput, LittleMemoryCursor, MemoryCursor, NaturalMemoryCursor,
     PhysicalSegment,
