@@ -83,7 +83,7 @@
 //! [`EngineConfig::mmio_base`]) and programs `RING_SIZE` (the FIFO depth, 16 by default),
 //! `RING_BASE` and `CONTROL`. A ring that is full (queued plus finished-but-unreported
 //! descriptors fill the depth) makes `start` return [`Error::Busy`]; `stop` writes
-//! `CONTROL.ABORT`. After a ring fault, [`take_completions`](DmaController::take_completions)
+//! `CONTROL.ABORT`. After a ring fault, [`take_completions`](dmakit::dma::CompletionSource::take_completions)
 //! fails every outstanding transfer with the fault address, resets the engine and programs
 //! it again.
 //!
