@@ -90,7 +90,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
-//! use dmakit::dma::{DmaController, DmaTransfer, IoSegment};
+//! use dmakit::dma::{CompletionSource, DmaController, DmaTransfer, IoSegment};
 //! use dmakit::map::mapped_read32;
 //! use dmakit::{Direction, IoAddr, PhysAddr};
 //! use dmakit_sim::dma_engine::{regs, SimDmaEngine};
