@@ -696,15 +696,50 @@ fn dmar_faults() -> usize {
         .unwrap_or(0)
 }
 
-/// Identify, then reads of known disk content and a write read back, on the NVMe
-/// controller through dmakit alone.
-fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
+/// What every NVMe test starts from: the function opened through VFIO, a mapper over its
+/// container, BAR0 mapped, the controller enabled and namespace 1 identified. Bind every
+/// field (an unused one with a leading underscore): a field left out would be dropped at
+/// once, closing the device under the test.
+struct NvmeRig {
+    host: Arc<Host>,
+    d: VfioDevice,
+    vfio: Arc<VfioMapper>,
+    mapper: Arc<dyn Mapper>,
+    nvme: NvmeController,
+    ns: dmakit_linux::nvme::NamespaceIdentity,
+}
+
+fn nvme_rig(addr: PciAddress) -> Result<NvmeRig, String> {
     let host = Arc::new(Host::new().map_err(e2s("host"))?);
     let (c, d) = open(addr)?;
     let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
     let mapper: Arc<dyn Mapper> = vfio.clone();
     let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
     let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
+    let ns = nvme
+        .identify_namespace(1)
+        .map_err(e2s("identify namespace"))?;
+    Ok(NvmeRig {
+        host,
+        d,
+        vfio,
+        mapper,
+        nvme,
+        ns,
+    })
+}
+
+/// Identify, then reads of known disk content and a write read back, on the NVMe
+/// controller through dmakit alone.
+fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
+    let NvmeRig {
+        host,
+        d: _d,
+        vfio,
+        mapper,
+        nvme,
+        ns: _ns,
+    } = nvme_rig(addr)?;
     let id = nvme
         .identify_controller()
         .map_err(e2s("identify controller"))?;
@@ -799,15 +834,14 @@ fn scattered(
 fn nvme_scattered_prp_lists(addr: PciAddress, limit: u64) -> TestResult {
     const CHUNK: u64 = 128 << 10;
     const TOTAL: u64 = 1 << 20;
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
+    let NvmeRig {
+        host,
+        d: _d,
+        vfio,
+        mapper: _mapper,
+        nvme,
+        ns,
+    } = nvme_rig(addr)?;
     let mut qp = nvme
         .create_io_queue_pair(1, 8)
         .map_err(e2s("I/O queue pair"))?;
@@ -882,15 +916,14 @@ fn nvme_scattered_prp_lists(addr: PciAddress, limit: u64) -> TestResult {
 /// segments (the bounce buffer's) reach the controller through an identity IOMMU mapping.
 fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
     const LEN: u64 = 64 << 10;
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
+    let NvmeRig {
+        host,
+        d: _d,
+        vfio,
+        mapper: _mapper,
+        nvme,
+        ns,
+    } = nvme_rig(addr)?;
     let mut qp = nvme
         .create_io_queue_pair(1, 8)
         .map_err(e2s("I/O queue pair"))?;
@@ -957,15 +990,14 @@ fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
 /// Msi thread, which raises the queue's CompletionSignal (an InterruptSink), and the waiting
 /// queue pair sleeps instead of spinning.
 fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
+    let NvmeRig {
+        host,
+        d,
+        vfio,
+        mapper: _mapper,
+        nvme,
+        ns,
+    } = nvme_rig(addr)?;
     let signal = Arc::new(CompletionSignal::new());
     let sink: Arc<dyn InterruptSink> = signal.clone();
     let msi = Msi::to_sink(&d, IrqKind::MsiX, || true, sink).map_err(e2s("MSI-X"))?;
@@ -1042,15 +1074,14 @@ impl InterruptSink for Relay {
 /// driver's action in order.
 fn nvme_event_source_completion(addr: PciAddress) -> TestResult {
     const READS: u64 = 24;
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
+    let NvmeRig {
+        host,
+        d,
+        vfio,
+        mapper,
+        nvme,
+        ns,
+    } = nvme_rig(addr)?;
     // MSI-X is enabled before the completion queue that uses it is created (as in
     // nvme_interrupt_completion); the event source, which needs the queue, is connected to
     // the vector through a relay once it exists.
@@ -1190,15 +1221,14 @@ fn shuffled(blocks: u64, count: usize) -> Vec<u64> {
 /// status and command identifier checked. Prints a `bench` line with the wall time per read.
 fn nvme_randread(addr: PciAddress, b: Bench, depth: usize) -> TestResult {
     const IO: u64 = 4096;
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
+    let NvmeRig {
+        host,
+        d: _d,
+        vfio,
+        mapper,
+        nvme,
+        ns,
+    } = nvme_rig(addr)?;
     let bs = ns.block_size as u64;
     check(
         b.offset.is_multiple_of(IO)

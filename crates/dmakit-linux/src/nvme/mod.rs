@@ -214,22 +214,7 @@ impl NvmeController {
         offset: u64,
         len: u64,
     ) -> Result<usize> {
-        let bs = ns.block_size as u64;
-        if len == 0 || !len.is_multiple_of(bs) || len > self.max_transfer {
-            return Err(Error::BadArgument {
-                what: "NVMe transfer length: a non-zero multiple of the block size, at most max_transfer()",
-                value: len,
-            });
-        }
-        let blocks = len / bs;
-        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
-            return Err(Error::OutOfBounds {
-                what: "NVMe namespace blocks",
-                offset: lba,
-                len: blocks,
-                limit: ns.blocks,
-            });
-        }
+        self.check_io(ns, lba, len)?;
         let mut cmd = DmaCommand::new(
             self.host.clone(),
             nvme_spec(self.max_transfer)?,
@@ -260,14 +245,7 @@ impl NvmeController {
         lba: u64,
         len: u64,
     ) -> Result<usize> {
-        let bs = ns.block_size as u64;
-        if len == 0 || !len.is_multiple_of(bs) || len > self.max_transfer {
-            return Err(Error::BadArgument {
-                what: "NVMe transfer length: a non-zero multiple of the block size, at most max_transfer()",
-                value: len,
-            });
-        }
-        let (blocks, nsid) = (len / bs, ns.nsid);
+        let (blocks, nsid) = (self.check_io(ns, lba, len)?, ns.nsid);
         let max = (len / PRP_PAGE + 2) as usize;
         let mut out = vec![0u8; max * 16];
         let mut at = 0;
@@ -305,6 +283,27 @@ impl NvmeController {
         }
         r?;
         Ok(segs.len())
+    }
+
+    /// Checks an I/O of `len` bytes at block `lba` of `ns`; returns its block count.
+    fn check_io(&self, ns: &NamespaceIdentity, lba: u64, len: u64) -> Result<u64> {
+        let bs = ns.block_size as u64;
+        if len == 0 || !len.is_multiple_of(bs) || len > self.max_transfer {
+            return Err(Error::BadArgument {
+                what: "NVMe transfer length: a non-zero multiple of the block size, at most max_transfer()",
+                value: len,
+            });
+        }
+        let blocks = len / bs;
+        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
+            return Err(Error::OutOfBounds {
+                what: "NVMe namespace blocks",
+                offset: lba,
+                len: blocks,
+                limit: ns.blocks,
+            });
+        }
+        Ok(blocks)
     }
 
     /// The controller's capabilities register.
