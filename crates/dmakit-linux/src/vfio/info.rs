@@ -42,37 +42,28 @@ pub struct IommuInfo {
 
 const MALFORMED: &str = "VFIO_IOMMU_GET_INFO capability chain";
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-    b.get(at..at + 2)
-        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
+/// The `N` bytes at `at` of the chain (a truncated chain is an error, never a panic).
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N]> {
+    b.get(at..at.saturating_add(N))
+        .and_then(|s| s.try_into().ok())
         .ok_or(Error::OutOfBounds {
             what: MALFORMED,
             offset: at as u64,
-            len: 2,
+            len: N as u64,
             limit: b.len() as u64,
         })
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16> {
+    bytes_at(b, at).map(u16::from_ne_bytes)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes(s.try_into().expect("4 bytes")))
-        .ok_or(Error::OutOfBounds {
-            what: MALFORMED,
-            offset: at as u64,
-            len: 4,
-            limit: b.len() as u64,
-        })
+    bytes_at(b, at).map(u32::from_ne_bytes)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_ne_bytes(s.try_into().expect("8 bytes")))
-        .ok_or(Error::OutOfBounds {
-            what: MALFORMED,
-            offset: at as u64,
-            len: 8,
-            limit: b.len() as u64,
-        })
+    bytes_at(b, at).map(u64::from_ne_bytes)
 }
 
 impl IommuInfo {

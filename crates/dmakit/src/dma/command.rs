@@ -43,7 +43,7 @@ use super::quarantine::{Held, Quarantine};
 use super::spec::SegmentSpec;
 use crate::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
 use crate::mapper::{Access, Mapper};
-use crate::platform::{CacheOp, Platform, Task};
+use crate::platform::{CacheOp, Platform, Task, COPY_CHUNK};
 use crate::{Direction, Error, IoAddr, PhysAddr, Result, VirtAddr};
 use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
@@ -239,8 +239,6 @@ pub struct DmaCommand<P: Platform + Clone + 'static> {
     md: Option<Arc<dyn MemoryDescriptor>>,
     prep: Option<Preparation<P>>,
 }
-
-const COPY_CHUNK: usize = 4096;
 
 /// A segment that walks emit, and whether it ends the transfer.
 type Emit<'a> = dyn FnMut(IoSegment, bool) -> Result<bool> + 'a;
