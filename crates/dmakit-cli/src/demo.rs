@@ -16,6 +16,7 @@ use dmakit::alloc::{
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, IoSegment, MappingMode,
     SegmentFormat, SegmentSpec,
@@ -237,7 +238,7 @@ fn multi_descriptor(m: &Arc<Machine>) -> dmakit::Result<()> {
     right(&mut t, &[0, 2]);
     println!("{t}");
     let mut tail = [0u8; 20];
-    md.read_bytes(md.length() - 20, &mut tail);
+    assert_eq!(md.read_bytes(md.length() - 20, &mut tail), tail.len());
     println!(
         "{} bytes in 3 parts; the last 20 read through the multi descriptor: {:?}",
         md.length(),
@@ -333,7 +334,7 @@ fn cache_and_mmio(m: &Machine) -> dmakit::Result<()> {
 fn io_segments(cmd: &DmaCommand<Arc<Machine>>) -> dmakit::Result<Vec<IoSegment>> {
     let mut out = vec![0u8; 64 * 16];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 64)?;
+    let n = cmd.gen_segments(&mut off, &mut out)?;
     (0..n)
         .map(|i| SegmentFormat::Little64.read(&out, i))
         .collect()
@@ -365,18 +366,16 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         .address_bits(32)
         .max_segment_size(0x1000)
         .build()?;
-    let mut cmd = DmaCommand::new(
-        hm.clone(),
-        spec32,
-        SegmentFormat::Little32,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )?;
+    let mut cmd = DmaCommand::builder(hm.clone())
+        .spec(spec32)
+        .format(SegmentFormat::Little32)
+        .bounce_pool(pool.clone())
+        .build()?;
     cmd.set_memory_descriptor(buf.clone())?;
-    cmd.prepare(0, 12_000, true, true)?;
+    cmd.prepare(PrepareOptions::range(0, 12_000))?;
     let mut out = [0u8; 8 * 8];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 8)?;
+    let n = cmd.gen_segments(&mut off, &mut out)?;
     let mut t = table(&["", "address", "bytes"]);
     t.add_row(vec![
         "buffer (CPU physical)".to_string(),
@@ -406,7 +405,7 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         st.bounced_bytes,
         st.high_water
     );
-    cmd.complete(true)?;
+    cmd.complete()?;
     if seen != data {
         return Err(Error::Internal {
             what: "demo: bounced data differs",
@@ -436,9 +435,13 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
     let spec = SegmentSpec::builder().address_bits(32).build()?;
     let mapped = |md: Arc<BufferMemoryDescriptor<Arc<Machine>>>| -> dmakit::Result<_> {
         let mode = MappingMode::Mapped(mapper.clone());
-        let mut c = DmaCommand::new(m.clone(), spec, SegmentFormat::Little64, mode, None)?;
+        let mut c = DmaCommand::builder(m.clone())
+            .spec(spec)
+            .format(SegmentFormat::Little64)
+            .mode(mode)
+            .build()?;
         c.set_memory_descriptor(md)?;
-        c.prepare(0, 48 * 1024, true, true)?;
+        c.prepare(PrepareOptions::range(0, 48 * 1024))?;
         Ok(c)
     };
     let mut cs = mapped(src.clone())?;
@@ -468,10 +471,10 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
     })?;
     let interrupts = es.pending_interrupts();
     es.poll();
-    cd.complete(true)?;
-    cs.complete(true)?;
+    cd.complete()?;
+    cs.complete()?;
     let mut back = vec![0u8; 48 * 1024];
-    dst.read_bytes(0, &mut back);
+    assert_eq!(dst.read_bytes(0, &mut back), back.len());
     let c = done.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
     let mut t = table(&["ticket", "bytes", "status", "interrupts", "destination"]);
     t.add_row(vec![

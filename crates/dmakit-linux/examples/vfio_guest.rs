@@ -16,9 +16,10 @@
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
-    InterruptSink, IoSegment, MappingMode, SegmentFormat, SegmentSpec,
+    InterruptSink, IoSegment, SegmentFormat, SegmentSpec,
 };
 use dmakit::mapper::{Access, Mapper};
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
@@ -327,7 +328,7 @@ fn segments(cmd: &DmaCommand<Arc<Host>>) -> Result<Vec<IoSegment>, String> {
     let mut out = vec![0u8; 64 * 16];
     let mut off = 0;
     let n = cmd
-        .gen_segments(&mut off, &mut out, 64)
+        .gen_segments(&mut off, &mut out)
         .map_err(e2s("gen_segments"))?;
     (0..n)
         .map(|i| {
@@ -404,16 +405,14 @@ impl EduRig {
         spec: SegmentSpec,
         len: u64,
     ) -> Result<DmaCommand<Arc<Host>>, String> {
-        let mut c = DmaCommand::new(
-            self.host.clone(),
-            spec,
-            SegmentFormat::Host64,
-            MappingMode::Mapped(self.mapper.clone()),
-            None,
-        )
-        .map_err(e2s("command"))?;
+        let mut c = DmaCommand::builder(self.host.clone())
+            .spec(spec)
+            .mapper(self.mapper.clone())
+            .build()
+            .map_err(e2s("command"))?;
         c.set_memory_descriptor(md).map_err(e2s("set descriptor"))?;
-        c.prepare(0, len, true, true).map_err(e2s("prepare"))?;
+        c.prepare(PrepareOptions::range(0, len))
+            .map_err(e2s("prepare"))?;
         Ok(c)
     }
 
@@ -520,10 +519,10 @@ fn edu_run(
     check(rig.edu.query(t2) == Ok(LEN), || {
         format!("query: {:?}", rig.edu.query(t2))
     })?;
-    cd.complete(true).map_err(e2s("complete dst"))?;
-    cs.complete(true).map_err(e2s("complete src"))?;
+    cd.complete().map_err(e2s("complete dst"))?;
+    cs.complete().map_err(e2s("complete src"))?;
     let mut back = vec![0u8; LEN as usize];
-    dst.read_bytes(0, &mut back);
+    assert_eq!(dst.read_bytes(0, &mut back), back.len());
     drop((cs, cd));
     let limit = rig.edu.address_limit().min(mapper_limit);
     let irqs = rig.finish()?;
@@ -603,7 +602,7 @@ fn edu_stop(addr: PciAddress, bits: u32) -> TestResult {
         after[3].ticket == again && after[3].status.is_ok() && after[3].bytes == LEN,
         || format!("after stop: {:?}", after[3]),
     )?;
-    cs.complete(true).map_err(e2s("complete"))?;
+    cs.complete().map_err(e2s("complete"))?;
     drop(cs);
     rig.finish()?;
     Ok(format!(
@@ -945,17 +944,15 @@ fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
         (true, src.clone() as Arc<dyn MemoryDescriptor>),
         (false, dst.clone()),
     ] {
-        let mut cmd = DmaCommand::new(
-            host.clone(),
-            spec,
-            SegmentFormat::Host64,
-            MappingMode::Bypassed,
-            Some(pool.clone()),
-        )
-        .map_err(e2s("command"))?;
+        let mut cmd = DmaCommand::builder(host.clone())
+            .spec(spec)
+            .bounce_pool(pool.clone())
+            .build()
+            .map_err(e2s("command"))?;
         cmd.set_memory_descriptor(md)
             .map_err(e2s("set descriptor"))?;
-        cmd.prepare(0, LEN, true, true).map_err(e2s("prepare"))?;
+        cmd.prepare(PrepareOptions::range(0, LEN))
+            .map_err(e2s("prepare"))?;
         check(cmd.is_bounced(), || "the forced pool did not bounce".into())?;
         let s = segments(&cmd)?;
         let base = dmakit::PhysAddr(s[0].addr.0);
@@ -965,11 +962,11 @@ fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
             .map_err(e2s("identity map of the bounce buffer"))?;
         let r = nvme.transfer_command(&mut qp, &cmd, &ns, write, lba, LEN);
         vfio.iovm_free(iova, pages).map_err(e2s("unmap"))?;
-        cmd.complete(true).map_err(e2s("complete"))?;
+        cmd.complete().map_err(e2s("complete"))?;
         r.map_err(e2s(if write { "write" } else { "read" }))?;
     }
     let mut back = vec![0u8; LEN as usize];
-    dst.read_bytes(0, &mut back);
+    assert_eq!(dst.read_bytes(0, &mut back), back.len());
     check(back == data, || "bounced data did not round-trip".into())?;
     let stats = pool.stats();
     check(
@@ -1022,7 +1019,7 @@ fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
     }
     for k in 0..16u64 {
         let mut head = [0u8; 16];
-        buf.read_bytes(k * 4096, &mut head);
+        assert_eq!(buf.read_bytes(k * 4096, &mut head), head.len());
         let want = format!("dmakit LBA {}\n", 300 + 8 * k);
         check(head.starts_with(want.as_bytes()), || {
             format!(

@@ -10,7 +10,8 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
     MultiMemoryDescriptor,
 };
-use dmakit::dma::{BouncePool, DmaCommand, IoSegment, MappingMode, SegmentFormat, SegmentSpec};
+use dmakit::dma::PrepareOptions;
+use dmakit::dma::{BouncePool, DmaCommand, IoSegment, SegmentFormat, SegmentSpec};
 use dmakit::platform::{
     copy_virt_staged, CacheMode, CpuAccess, MapPiece, MapRequest, MapSource, PageRequest,
     PhysicalMemory, Task, VirtualMemory, COPY_CHUNK,
@@ -202,7 +203,7 @@ fn segments(cmd: &DmaCommand<Arc<Host>>) -> Vec<IoSegment> {
     let f = SegmentFormat::Host64;
     let mut out = vec![0u8; 256 * f.element_size()];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 256).unwrap();
+    let n = cmd.gen_segments(&mut off, &mut out).unwrap();
     (0..n).map(|i| f.read(&out, i).unwrap()).collect()
 }
 
@@ -248,14 +249,11 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
     let total = multi.length();
     let pool = Arc::new(BouncePool::new(h.clone(), "bounce test pool", 1 << 20));
     pool.set_force_bounce(true);
-    let mut cmd = DmaCommand::new(
-        h.clone(),
-        SegmentSpec::builder().build().unwrap(),
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(h.clone())
+        .spec(SegmentSpec::builder().build().unwrap())
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(multi.clone()).unwrap();
     let device_reads = |segs: &[IoSegment]| {
         let mut v = Vec::new();
@@ -278,7 +276,8 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         let (o, n) = (off as usize, len as usize);
         let before = pattern(total as usize, round as u8);
         assert_eq!(multi.write_bytes(0, &before), total as usize);
-        cmd.prepare(off, len, false, true).unwrap();
+        cmd.prepare(PrepareOptions::range(off, len).flush_cache(false))
+            .unwrap();
         assert!(cmd.is_bounced());
         counted += len;
         let segs = segments(&cmd);
@@ -288,7 +287,7 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         );
 
         let changed = pattern(total as usize, 100 + round as u8);
-        multi.write_bytes(0, &changed);
+        assert_eq!(multi.write_bytes(0, &changed), changed.len());
         cmd.synchronize(Direction::Out).unwrap();
         counted += len;
         assert!(device_reads(&segs) == changed[o..o + n], "Out {off}+{len}");
@@ -301,12 +300,12 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
                 .unwrap();
             at += s.len as usize;
         }
-        cmd.complete(true).unwrap();
+        cmd.complete().unwrap();
         counted += len;
         let mut expect = changed.clone();
         expect[o..o + n].copy_from_slice(&written);
         let mut now = vec![0u8; total as usize];
-        multi.read_bytes(0, &mut now);
+        assert_eq!(multi.read_bytes(0, &mut now), now.len());
         assert!(now == expect, "complete(true) {off}+{len}");
         let st = pool.stats();
         assert_eq!((st.bounced_bytes, st.in_use), (counted, 0));

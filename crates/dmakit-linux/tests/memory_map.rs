@@ -28,11 +28,11 @@ fn a_second_mapping_shares_the_pages() {
     )
     .unwrap();
     let mut v = [0u8; 11];
-    b.read_bytes(5000, &mut v);
+    assert_eq!(b.read_bytes(5000, &mut v), v.len());
     assert_eq!(&v, b"via the map");
     let sub = MemoryMap::new(host.clone(), &b, MapOptions::new().range(0x1010, 32)).unwrap();
     assert_eq!(sub.address().0 % 4096, 0x10);
-    b.write_bytes(0x1010, b"offset kept");
+    assert_eq!(b.write_bytes(0x1010, b"offset kept"), 11);
     host.read_virt(Task::KERNEL, sub.address(), &mut v).unwrap();
     assert_eq!(&v, b"offset kept");
 }
@@ -45,7 +45,7 @@ fn fixed_address_mappings() {
     let want = VirtAddr(0x3f5a_0000_0000);
     let fixed = b.map(MapOptions::new().at(want)).unwrap();
     assert_eq!(fixed.address(), want);
-    b.write_bytes(0, b"fixed");
+    assert_eq!(b.write_bytes(0, b"fixed"), 5);
     let mut v = [0u8; 5];
     host.read_virt(Task::KERNEL, want, &mut v).unwrap();
     assert_eq!(&v, b"fixed");
@@ -53,7 +53,7 @@ fn fixed_address_mappings() {
     let e = b.map(MapOptions::new().at(b.address())).unwrap_err();
     assert!(matches!(e, Error::RangeBusy { .. }), "{e}");
     let mut w = [0u8; 5];
-    b.read_bytes(0, &mut w);
+    assert_eq!(b.read_bytes(0, &mut w), w.len());
     assert_eq!(&w, b"fixed", "the buffer's own mapping is untouched");
 }
 
@@ -100,7 +100,7 @@ fn child(name: &str) -> std::process::ExitStatus {
 fn read_only_is_enforced_by_the_mmu() {
     if std::env::var_os("DMAKIT_CHILD").is_some() {
         let (host, b) = setup();
-        b.write_bytes(0, b"before");
+        assert_eq!(b.write_bytes(0, b"before"), 6);
         let map = MemoryMap::new(host.clone(), &b, MapOptions::new().read_only()).unwrap();
         // dmakit's own copy path refuses...
         assert!(matches!(

@@ -7,7 +7,8 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
     MultiMemoryDescriptor,
 };
-use dmakit::dma::{BouncePool, DmaCommand, IoSegment, MappingMode, SegmentFormat, SegmentSpec};
+use dmakit::dma::PrepareOptions;
+use dmakit::dma::{BouncePool, DmaCommand, IoSegment, SegmentFormat, SegmentSpec};
 use dmakit::platform::{copy_virt_staged, CpuAccess, Task, COPY_CHUNK};
 use dmakit::{Direction, Error, VirtAddr};
 use dmakit_sim::{Machine, MachineBuilder};
@@ -37,7 +38,7 @@ fn segments(cmd: &DmaCommand<M>) -> Vec<IoSegment> {
     let f = SegmentFormat::Host64;
     let mut out = vec![0u8; 256 * f.element_size()];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 256).unwrap();
+    let n = cmd.gen_segments(&mut off, &mut out).unwrap();
     (0..n).map(|i| f.read(&out, i).unwrap()).collect()
 }
 
@@ -111,14 +112,11 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
     assert_eq!(total, 5000 + 3000 + 4096 + 700 + 2000 + 9001);
     let pool = Arc::new(BouncePool::new(m.clone(), "bounce test pool", 1 << 20));
     pool.set_force_bounce(true);
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        SegmentSpec::builder().build().unwrap(),
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(SegmentSpec::builder().build().unwrap())
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(multi.clone()).unwrap();
     // Whole; unaligned and inside one part; across a→b; across b (both ranges)→c→d; one byte
     // at the end.
@@ -136,7 +134,8 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         let want = &before[off as usize..(off + len) as usize];
 
         // Out at prepare: the device reads the descriptor's bytes from the bounce buffer.
-        cmd.prepare(off, len, false, true).unwrap();
+        cmd.prepare(PrepareOptions::range(off, len).flush_cache(false))
+            .unwrap();
         assert!(cmd.is_bounced());
         counted += len;
         assert_eq!(pool.stats().bounced_bytes, counted);
@@ -145,7 +144,7 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
 
         // Out again after the CPU changed the descriptor.
         let changed = pattern(total as usize, 100 + round as u8);
-        multi.write_bytes(0, &changed);
+        assert_eq!(multi.write_bytes(0, &changed), changed.len());
         cmd.synchronize(Direction::Out).unwrap();
         counted += len;
         let want = &changed[off as usize..(off + len) as usize];
@@ -162,13 +161,13 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         let mut expect = changed.clone();
         expect[off as usize..(off + len) as usize].copy_from_slice(&written);
         let mut now = vec![0u8; total as usize];
-        multi.read_bytes(0, &mut now);
+        assert_eq!(multi.read_bytes(0, &mut now), now.len());
         assert!(now == expect, "synchronize(In) {off}+{len}");
 
         // complete(true) copies back again; the bytes stay.
-        cmd.complete(true).unwrap();
+        cmd.complete().unwrap();
         counted += len;
-        multi.read_bytes(0, &mut now);
+        assert_eq!(multi.read_bytes(0, &mut now), now.len());
         assert!(now == expect, "complete {off}+{len}");
         assert_eq!(pool.stats().bounced_bytes, counted);
         assert_eq!(pool.stats().in_use, 0);
@@ -193,16 +192,14 @@ fn a_failed_bounce_copy_names_the_address_and_counts_nothing() {
     );
     let pool = Arc::new(BouncePool::new(m.clone(), "bounce test pool", 1 << 20));
     pool.set_force_bounce(true);
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        SegmentSpec::builder().build().unwrap(),
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(SegmentSpec::builder().build().unwrap())
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(md.clone()).unwrap();
-    cmd.prepare(0, page, false, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, page).flush_cache(false))
+        .unwrap();
     let copied = pool.stats().bounced_bytes;
     assert_eq!(copied, page);
     // The task makes its memory read-only under the prepared command: the copy back to it
@@ -218,7 +215,7 @@ fn a_failed_bounce_copy_names_the_address_and_counts_nothing() {
     // Reading it still works.
     cmd.synchronize(Direction::Out).unwrap();
     assert_eq!(pool.stats().bounced_bytes, copied + page);
-    assert!(matches!(cmd.complete(true), Err(Error::NotWritable { .. })));
+    assert!(matches!(cmd.complete(), Err(Error::NotWritable { .. })));
     assert_eq!(
         pool.stats().in_use,
         0,

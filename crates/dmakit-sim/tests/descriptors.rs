@@ -193,7 +193,7 @@ fn pageable_buffer_needs_prepare_and_counts_it() {
     // Unprepared pageable memory may move; the bytes move with it.
     m.migrate_pageable(Task::KERNEL).unwrap();
     let mut back = [0u8; 16];
-    b.read_bytes(0, &mut back);
+    assert_eq!(b.read_bytes(0, &mut back), back.len());
     assert_eq!(&back, b"works unprepared");
 }
 

@@ -2,6 +2,7 @@
 //! exhaustion, mapped mode through the IOMMU, constraints and piecewise generation.
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{BouncePool, DmaCommand, IoSegment, MappingMode, SegmentFormat, SegmentSpec};
 use dmakit::mapper::IommuMapper;
 use dmakit::{Direction, Error, IoReturn, PhysAddr};
@@ -44,7 +45,7 @@ fn high_buffer_on(len: u64, dir: Direction, coherent: bool) -> (M, Arc<BufferMem
 fn segments(cmd: &DmaCommand<M>, format: SegmentFormat) -> Vec<IoSegment> {
     let mut out = vec![0u8; 64 * format.element_size()];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 64).unwrap();
+    let n = cmd.gen_segments(&mut off, &mut out).unwrap();
     (0..n).map(|i| format.read(&out, i).unwrap()).collect()
 }
 
@@ -52,19 +53,17 @@ fn segments(cmd: &DmaCommand<M>, format: SegmentFormat) -> Vec<IoSegment> {
 fn a_32_bit_device_reads_a_buffer_above_4g_through_a_bounce() {
     let data = pattern(20_000, 3);
     let (m, b) = high_buffer(20_000, Direction::Out);
-    b.write_bytes(0, &data);
+    assert_eq!(b.write_bytes(0, &data), data.len());
     let pool = Arc::new(BouncePool::new(m.clone(), "test pool", 1 << 20));
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Little32,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .format(SegmentFormat::Little32)
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 20_000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 20_000)).unwrap();
     assert!(cmd.is_bounced());
     let segs = segments(&cmd, SegmentFormat::Little32);
     let mut seen = Vec::new();
@@ -79,7 +78,7 @@ fn a_32_bit_device_reads_a_buffer_above_4g_through_a_bounce() {
     }
     assert!(seen == data, "the device read the buffer's bytes");
     assert_eq!(pool.stats().bounced_bytes, 20_000);
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     assert_eq!(pool.stats().in_use, 0);
     // Per-page bouncing: every page of the buffer is above 4 GiB, so five bounce pages.
     assert_eq!(pool.stats().high_water, 5 * 4096);
@@ -119,16 +118,13 @@ fn only_the_pages_above_the_limit_are_bounced() {
     );
     let pool = Arc::new(BouncePool::new(m.clone(), "test pool", 1 << 20));
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 16384, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 16384)).unwrap();
     assert!(cmd.is_bounced());
     assert_eq!(
         pool.stats().bounced_bytes,
@@ -155,9 +151,9 @@ fn only_the_pages_above_the_limit_are_bounced() {
             .unwrap();
         at += s.len as usize;
     }
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     let mut back = vec![0u8; 16384];
-    b.read_bytes(0, &mut back);
+    assert_eq!(b.read_bytes(0, &mut back), back.len());
     assert!(back == fresh);
     assert_eq!(pool.stats().in_use, 0);
 }
@@ -171,16 +167,14 @@ fn a_32_bit_device_writes_a_buffer_above_4g_through_a_bounce() {
         .max_segment_size(4096)
         .build()
         .unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Big32,
-        MappingMode::Bypassed,
-        Some(pool),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .format(SegmentFormat::Big32)
+        .bounce_pool(pool)
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 9000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 9000)).unwrap();
     let segs = segments(&cmd, SegmentFormat::Big32);
     assert_eq!(
         segs.iter().map(|s| s.len).collect::<Vec<_>>(),
@@ -193,9 +187,9 @@ fn a_32_bit_device_writes_a_buffer_above_4g_through_a_bounce() {
             .unwrap();
         at += s.len as usize;
     }
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     let mut back = vec![0u8; 9000];
-    b.read_bytes(0, &mut back);
+    assert_eq!(b.read_bytes(0, &mut back), back.len());
     assert!(back == incoming, "complete copied the device's data back");
 }
 
@@ -207,23 +201,20 @@ fn forced_bounce_and_an_exhausted_pool() {
     );
     let pool = Arc::new(BouncePool::new(m.clone(), "tiny pool", 4096));
     let spec = SegmentSpec::builder().build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        Some(pool.clone()),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 4096, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 4096)).unwrap();
     assert!(!cmd.is_bounced(), "nothing to bounce");
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     pool.set_force_bounce(true);
-    cmd.prepare(0, 4096, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 4096)).unwrap();
     assert!(cmd.is_bounced(), "forced");
-    cmd.complete(true).unwrap();
-    let e = cmd.prepare(0, 8192, true, true).unwrap_err();
+    cmd.complete().unwrap();
+    let e = cmd.prepare(PrepareOptions::range(0, 8192)).unwrap_err();
     assert_eq!(
         e,
         Error::NoMemory {
@@ -253,16 +244,14 @@ fn forced_bounce_and_an_exhausted_pool() {
 fn iterate_only_refuses_to_bounce() {
     let (m, b) = high_buffer(4096, Direction::Out);
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m,
-        spec,
-        SegmentFormat::Host32,
-        MappingMode::IterateOnly,
-        None,
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m)
+        .spec(spec)
+        .format(SegmentFormat::Host32)
+        .mode(MappingMode::IterateOnly)
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b).unwrap();
-    let e = cmd.prepare(0, 4096, true, true).unwrap_err();
+    let e = cmd.prepare(PrepareOptions::range(0, 4096)).unwrap_err();
     assert_eq!(e.io_return(), IoReturn::MESSAGE_TOO_LARGE);
 }
 
@@ -281,22 +270,20 @@ fn mapped_mode_makes_scattered_pages_one_io_segment() {
     let data = pattern(64 << 10, 9);
     let b = Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Little64,
-        MappingMode::Mapped(mapper.clone()),
-        None,
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .format(SegmentFormat::Little64)
+        .mapper(mapper.clone())
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 64 << 10, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 64 << 10)).unwrap();
     let segs = segments(&cmd, SegmentFormat::Little64);
     assert_eq!(segs.len(), 1, "one IO segment: {segs:?}");
     let mut seen = vec![0u8; data.len()];
     iommu.device_read(segs[0].addr, &mut seen).unwrap();
     assert!(seen == data);
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     assert_eq!(mapper.usage(), (0, 0), "IO space released at complete");
     assert!(
         iommu.device_read(segs[0].addr, &mut seen).is_err(),
@@ -322,16 +309,9 @@ fn constraints_and_piecewise_generation() {
         .boundary(0x2000)
         .build()
         .unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        None,
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone()).spec(spec).build().unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(100, 90_000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(100, 90_000)).unwrap();
     let whole = segments(&cmd, SegmentFormat::Host64);
     assert_eq!(whole.iter().map(|s| s.len).sum::<u64>(), 90_000);
     for s in &whole {
@@ -347,40 +327,53 @@ fn constraints_and_piecewise_generation() {
     let mut off = 0;
     let mut buf = [0u8; 3 * 16];
     for k in [1usize, 2, 3].iter().cycle() {
-        let n = cmd.gen_segments(&mut off, &mut buf, *k).unwrap();
-        if n == 0 {
+        if off == 90_000 {
             break;
         }
+        let n = cmd.gen_segments(&mut off, &mut buf[..k * 16]).unwrap();
+        assert!(n >= 1 && n <= *k);
         pieces.extend((0..n).map(|i| SegmentFormat::Host64.read(&buf, i).unwrap()));
     }
     assert_eq!(pieces, whole);
     assert_eq!(off, 90_000);
-    // Misuse.
+    // Misuse: another range while prepared, and clearing while prepared, are NotReady.
     assert!(matches!(
-        cmd.prepare(0, 10, true, true),
-        Err(Error::Busy { .. })
-    ));
-    assert!(matches!(
-        cmd.clear_memory_descriptor(),
-        Err(Error::Busy { .. })
-    ));
-    cmd.complete(true).unwrap();
-    assert!(matches!(
-        cmd.gen_segments(&mut 0, &mut buf, 1),
+        cmd.prepare(PrepareOptions::range(0, 10)),
         Err(Error::NotReady { .. })
     ));
     assert!(matches!(
-        cmd.prepare(0, 0, true, true),
+        cmd.clear_memory_descriptor(),
+        Err(Error::NotReady { .. })
+    ));
+    cmd.complete().unwrap();
+    assert!(matches!(
+        cmd.gen_segments(&mut 0, &mut buf),
+        Err(Error::NotReady { .. })
+    ));
+    assert!(matches!(
+        cmd.prepare(PrepareOptions::range(0, 0)),
         Err(Error::ZeroSize { .. })
     ));
     assert!(matches!(
-        cmd.prepare(99_000, 2000, true, true),
+        cmd.prepare(PrepareOptions::range(99_000, 2000)),
         Err(Error::OutOfBounds { .. })
     ));
-    assert!(matches!(cmd.complete(true), Err(Error::NotReady { .. })));
+    assert!(matches!(cmd.complete(), Err(Error::NotReady { .. })));
+    // A 32-bit format: no address limit becomes 32 bits (as IOKit's 0 address bits do);
+    // a stated limit above 32 bits is refused.
     let wide = SegmentSpec::builder().build().unwrap();
+    let c32 = DmaCommand::builder(m.clone())
+        .spec(wide)
+        .format(SegmentFormat::Host32)
+        .build()
+        .unwrap();
+    assert_eq!(c32.spec().max_address(), 0xFFFF_FFFF);
+    let bits64 = SegmentSpec::builder().address_bits(64).build().unwrap();
     assert!(matches!(
-        DmaCommand::new(m, wide, SegmentFormat::Host32, MappingMode::Bypassed, None),
+        DmaCommand::builder(m)
+            .spec(bits64)
+            .format(SegmentFormat::Host32)
+            .build(),
         Err(Error::BadArgument { .. })
     ));
 }
@@ -392,60 +385,48 @@ fn non_coherent_commands_do_the_cache_maintenance() {
     let b = Arc::new(
         BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(4096, Direction::Out)).unwrap(),
     );
-    b.write_bytes(0, b"written by the CPU");
+    assert_eq!(b.write_bytes(0, b"written by the CPU"), 18);
     let spec = SegmentSpec::builder().build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::NonCoherent,
-        None,
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .mode(MappingMode::NonCoherent)
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 4096, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 4096)).unwrap();
     let s = segments(&cmd, SegmentFormat::Host64)[0];
     let mut dev = [0u8; 18];
     m.device_read(PhysAddr(s.addr.0), &mut dev).unwrap();
     assert_eq!(&dev, b"written by the CPU", "prepare cleaned the cache");
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     // The same through a bypassed command on this non-coherent machine shows the hazard.
-    b.write_bytes(0, b"second CPU write!!");
-    let mut plain = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        None,
-    )
-    .unwrap();
+    assert_eq!(b.write_bytes(0, b"second CPU write!!"), 18);
+    let mut plain = DmaCommand::builder(m.clone()).spec(spec).build().unwrap();
     plain.set_memory_descriptor(b.clone()).unwrap();
-    plain.prepare(0, 4096, true, true).unwrap();
+    plain.prepare(PrepareOptions::range(0, 4096)).unwrap();
     m.device_read(PhysAddr(s.addr.0), &mut dev).unwrap();
     assert_eq!(
         &dev, b"written by the CPU",
         "without maintenance the device reads stale memory"
     );
-    plain.complete(true).unwrap();
+    plain.complete().unwrap();
 }
 
 #[test]
 fn bounce_on_a_non_coherent_machine_in_both_directions() {
     let (m, b) = high_buffer_on(6000, Direction::InOut, false);
     let data = pattern(6000, 21);
-    b.write_bytes(0, &data);
+    assert_eq!(b.write_bytes(0, &data), data.len());
     let pool = Arc::new(BouncePool::new(m.clone(), "nc pool", 1 << 20));
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::NonCoherent,
-        Some(pool),
-    )
-    .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .mode(MappingMode::NonCoherent)
+        .bounce_pool(pool)
+        .build()
+        .unwrap();
     cmd.set_memory_descriptor(b.clone()).unwrap();
-    cmd.prepare(0, 6000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 6000)).unwrap();
     assert!(cmd.is_bounced());
     let s = segments(&cmd, SegmentFormat::Host64);
     assert_eq!(s.len(), 1);
@@ -457,9 +438,9 @@ fn bounce_on_a_non_coherent_machine_in_both_directions() {
     );
     let incoming = pattern(6000, 99);
     m.device_write(PhysAddr(s[0].addr.0), &incoming).unwrap();
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     let mut back = vec![0u8; 6000];
-    b.read_bytes(0, &mut back);
+    assert_eq!(b.read_bytes(0, &mut back), back.len());
     assert!(
         back == incoming,
         "complete invalidated the bounce lines before copying back"

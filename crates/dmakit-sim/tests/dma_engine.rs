@@ -2,6 +2,7 @@
 //! DmaController with completions through a DmaEventSource.
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     CompletionSource, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
     InterruptSink, IoSegment, MappingMode, SegmentFormat, SegmentSpec,
@@ -19,7 +20,7 @@ type M = Arc<Machine>;
 fn segs(cmd: &DmaCommand<M>) -> Vec<IoSegment> {
     let mut out = vec![0u8; 256 * 16];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 256).unwrap();
+    let n = cmd.gen_segments(&mut off, &mut out).unwrap();
     (0..n)
         .map(|i| SegmentFormat::Host64.read(&out, i).unwrap())
         .collect()
@@ -40,7 +41,11 @@ fn collecting(engine: &Arc<SimDmaEngine>) -> (Arc<DmaEventSource<SimDmaEngine>>,
 
 fn command(m: &M, md: Arc<dyn MemoryDescriptor>, mode: MappingMode) -> DmaCommand<M> {
     let spec = SegmentSpec::builder().build().unwrap();
-    let mut c = DmaCommand::new(m.clone(), spec, SegmentFormat::Host64, mode, None).unwrap();
+    let mut c = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .mode(mode)
+        .build()
+        .unwrap();
     c.set_memory_descriptor(md).unwrap();
     c
 }
@@ -70,8 +75,8 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
     // use a non-coherent command).
     dmakit::map::flush_processor_cache(&*m, dmakit::platform::Task::KERNEL, src.address(), 40_000)
         .unwrap();
-    cs.prepare(0, 40_000, true, true).unwrap();
-    cd.prepare(0, 40_000, true, true).unwrap();
+    cs.prepare(PrepareOptions::range(0, 40_000)).unwrap();
+    cd.prepare(PrepareOptions::range(0, 40_000)).unwrap();
     let (s, d) = (segs(&cs), segs(&cd));
     assert_eq!(
         (s.len(), d.len()),
@@ -96,11 +101,11 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
         }
     );
     assert_eq!(engine.query(t).unwrap(), 40_000);
-    cd.complete(true).unwrap();
-    cs.complete(true).unwrap();
+    cd.complete().unwrap();
+    cs.complete().unwrap();
     // The engine wrote DRAM; the CPU has no stale lines for dst (never read it), so:
     let mut back = vec![0u8; 40_000];
-    dst.read_bytes(0, &mut back);
+    assert_eq!(dst.read_bytes(0, &mut back), back.len());
     assert!(back == data, "the destination holds the source's bytes");
     // After complete the IO addresses are gone: a transfer there faults and says so.
     let e = es
@@ -138,11 +143,11 @@ fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
             .unwrap(),
     );
     let data: Vec<u8> = (0..64_000).map(|i| (i * 7 % 256) as u8).collect();
-    src.write_bytes(0, &data);
+    assert_eq!(src.write_bytes(0, &data), data.len());
     let mut cs = command(&m, src.clone(), MappingMode::Bypassed);
     let mut cd = command(&m, dst.clone(), MappingMode::Bypassed);
-    cs.prepare(0, 64_000, true, true).unwrap();
-    cd.prepare(0, 64_000, true, true).unwrap();
+    cs.prepare(PrepareOptions::range(0, 64_000)).unwrap();
+    cd.prepare(PrepareOptions::range(0, 64_000)).unwrap();
     let (es, got) = collecting(&engine);
     let stop = Arc::new(AtomicBool::new(false));
     let worker = es.spawn_work_loop(stop.clone());
@@ -181,7 +186,7 @@ fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
     );
     assert!(done.iter().all(|c| c.bytes == 64 && c.status.is_ok()));
     let mut back = vec![0u8; 64_000];
-    dst.read_bytes(0, &mut back);
+    assert_eq!(dst.read_bytes(0, &mut back), back.len());
     assert!(back == data, "every transfer's bytes arrived");
     // All of it went through the 16-slot ring, around it many times.
     let processed = engine.device().lock().unwrap().descriptors_processed();
@@ -190,8 +195,8 @@ fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
         mapped_read32(&*m, PhysAddr(engine.registers().0 + regs::COMPLETED)).unwrap(),
         1000
     );
-    cs.complete(true).unwrap();
-    cd.complete(true).unwrap();
+    cs.complete().unwrap();
+    cd.complete().unwrap();
 }
 
 /// The device segments for bytes `[off, off + len)` of a prepared command.
@@ -284,7 +289,7 @@ fn without_a_cache_clean_the_engine_copies_stale_memory() {
     let engine = SimDmaEngine::new(m.clone(), None).unwrap();
     let b =
         BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(8192, Direction::InOut)).unwrap();
-    b.write_bytes(0, b"fresh CPU data");
+    assert_eq!(b.write_bytes(0, b"fresh CPU data"), 14);
     let pa = b.physical_segment(0).unwrap().addr.0;
     let s = [IoSegment {
         addr: IoAddr(pa),
@@ -891,8 +896,8 @@ fn a_wrong_io_address_faults_in_the_iommu_and_in_the_status_register() {
     src.write(0, &[0x5A; 0x2000]).unwrap();
     let mut cs = command(&m, src.clone(), MappingMode::Mapped(mapper.clone()));
     let mut cd = command(&m, dst.clone(), MappingMode::Mapped(mapper.clone()));
-    cs.prepare(0, 0x2000, true, true).unwrap();
-    cd.prepare(0, 0x1000, true, true).unwrap();
+    cs.prepare(PrepareOptions::range(0, 0x2000)).unwrap();
+    cd.prepare(PrepareOptions::range(0, 0x1000)).unwrap();
     let s = segs(&cs);
     let bad = 0x4F00_0000u64; // inside the mapper's window, never mapped
     let d = [
@@ -971,8 +976,8 @@ fn a_wrong_io_address_faults_in_the_iommu_and_in_the_status_register() {
     let mut back = vec![0u8; 0x1000];
     dst.read(0, &mut back).unwrap();
     assert!(back.iter().all(|&b| b == 0x5A));
-    cd.complete(true).unwrap();
-    cs.complete(true).unwrap();
+    cd.complete().unwrap();
+    cs.complete().unwrap();
 }
 
 #[test]
@@ -1018,8 +1023,8 @@ fn a_ring_that_is_not_iommu_mapped_faults_when_an_iommu_is_attached() {
     src.write(0, b"through the IOMMU").unwrap();
     let mut cs = command(&m, src.clone(), MappingMode::Mapped(mapper.clone()));
     let mut cd = command(&m, dst.clone(), MappingMode::Mapped(mapper.clone()));
-    cs.prepare(0, 0x1000, true, true).unwrap();
-    cd.prepare(0, 0x1000, true, true).unwrap();
+    cs.prepare(PrepareOptions::range(0, 0x1000)).unwrap();
+    cd.prepare(PrepareOptions::range(0, 0x1000)).unwrap();
     let (s, d) = (segs(&cs), segs(&cd));
     let (es, got) = collecting(&engine);
     // A driver bug: program the ring's *physical* address while the device sits behind
@@ -1084,8 +1089,8 @@ fn a_ring_that_is_not_iommu_mapped_faults_when_an_iommu_is_attached() {
     let mut back = [0u8; 17];
     dst.read(0, &mut back).unwrap();
     assert_eq!(&back, b"through the IOMMU");
-    cd.complete(true).unwrap();
-    cs.complete(true).unwrap();
+    cd.complete().unwrap();
+    cs.complete().unwrap();
 }
 
 #[test]

@@ -9,6 +9,7 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, InterleavedMemoryDescriptor,
     MemoryDescriptor, MultiMemoryDescriptor, SubMemoryDescriptor,
 };
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     BouncePool, CompletionSource, DmaCommand, DmaController, DmaTransfer, IoSegment, MappingMode,
     SegmentFormat, SegmentSpec,
@@ -229,13 +230,19 @@ fn all_segments(cmd: &DmaCommand<M>) -> Vec<IoSegment> {
     let mut out = vec![0u8; 8192 * f.element_size()];
     let mut off = 0;
     let mut segs = Vec::new();
-    loop {
-        let n = cmd.gen_segments(&mut off, &mut out, 8192).expect("gen");
-        if n == 0 {
-            break;
-        }
+    let length = cmd.prepared().expect("prepared").1;
+    while off < length {
+        let n = cmd.gen_segments(&mut off, &mut out).expect("gen");
+        assert!(n >= 1);
         segs.extend((0..n).map(|i| f.read(&out, i).unwrap()));
     }
+    // Past the end: Overrun, and the offset stays.
+    let e = cmd.gen_segments(&mut off, &mut out).unwrap_err();
+    assert_eq!(e.io_return(), dmakit::IoReturn::OVERRUN);
+    assert_eq!(off, length);
+    // The decoding iterator gives the same segments.
+    let decoded: Vec<IoSegment> = cmd.segments().collect::<Result<_, _>>().expect("segments");
+    assert_eq!(decoded, segs);
     segs
 }
 
@@ -244,15 +251,16 @@ fn pieces(cmd: &DmaCommand<M>, sizes: &[usize]) -> Vec<IoSegment> {
     let mut out = vec![0u8; 16 * f.element_size()];
     let mut off = 0;
     let mut segs = Vec::new();
+    let length = cmd.prepared().expect("prepared").1;
     for i in 0.. {
-        let max = sizes[i % sizes.len()];
-        let n = cmd
-            .gen_segments(&mut off, &mut out, max)
-            .expect("gen piece");
-        if n == 0 {
+        if off >= length {
             break;
         }
-        assert!(n <= max);
+        let max = sizes[i % sizes.len()];
+        let n = cmd
+            .gen_segments(&mut off, &mut out[..max * f.element_size()])
+            .expect("gen piece");
+        assert!(n >= 1 && n <= max);
         segs.extend((0..n).map(|i| f.read(&out, i).unwrap()));
     }
     segs
@@ -319,14 +327,13 @@ impl Rig {
         } else {
             SegmentFormat::Big64
         };
-        let mut c = DmaCommand::new(
-            self.m.clone(),
-            spec,
-            format,
-            self.mapping(),
-            Some(self.pool.clone()),
-        )
-        .unwrap();
+        let mut c = DmaCommand::builder(self.m.clone())
+            .spec(spec)
+            .format(format)
+            .mode(self.mapping())
+            .bounce_pool(self.pool.clone())
+            .build()
+            .unwrap();
         c.set_memory_descriptor(md).unwrap();
         c
     }
@@ -372,7 +379,7 @@ fn run_case(
     let mut scmd = rig.command(SegmentSpec::default(), scratch.clone());
 
     // Device reads: descriptor -> scratch.
-    if let Err(e) = cmd.prepare(offset, length, true, true) {
+    if let Err(e) = cmd.prepare(PrepareOptions::range(offset, length)) {
         // The one refusal a valid spec may meet: too few segments allowed, even bounced.
         prop_assert!(
             matches!(e, dmakit::Error::NoSpace { .. }) && spec.max_segments() < 4096,
@@ -381,14 +388,14 @@ fn run_case(
         return Ok(());
     }
     rig.pool.set_force_bounce(false);
-    scmd.prepare(0, length, true, true).unwrap();
+    scmd.prepare(PrepareOptions::range(0, length)).unwrap();
     let at_once = all_segments(&cmd);
     check_segments(&spec, &at_once, length).map_err(TestCaseError::fail)?;
     prop_assert_eq!(&pieces(&cmd, sizes), &at_once, "pieces equal at once");
     rig.copy(&at_once, &all_segments(&scmd))
         .map_err(TestCaseError::fail)?;
-    scmd.complete(true).unwrap();
-    cmd.complete(true).unwrap();
+    scmd.complete().unwrap();
+    cmd.complete().unwrap();
     let mut got = vec![0u8; length as usize];
     prop_assert_eq!(scratch.read_bytes(0, &mut got), length as usize);
     prop_assert!(
@@ -399,11 +406,11 @@ fn run_case(
 
     // Device writes: scratch -> descriptor.
     let fresh = pattern(length as usize, 0xA5);
-    scratch.write_bytes(0, &fresh);
+    assert_eq!(scratch.write_bytes(0, &fresh), fresh.len());
     rig.pool.set_force_bounce(force);
-    cmd.prepare(offset, length, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(offset, length)).unwrap();
     rig.pool.set_force_bounce(false);
-    scmd.prepare(0, length, true, true).unwrap();
+    scmd.prepare(PrepareOptions::range(0, length)).unwrap();
     let segs = all_segments(&cmd);
     check_segments(&spec, &segs, length).map_err(TestCaseError::fail)?;
     if !cmd.is_bounced() {
@@ -415,8 +422,8 @@ fn run_case(
     }
     rig.copy(&all_segments(&scmd), &segs)
         .map_err(TestCaseError::fail)?;
-    scmd.complete(true).unwrap();
-    cmd.complete(true).unwrap();
+    scmd.complete().unwrap();
+    cmd.complete().unwrap();
     oracle[offset as usize..(offset + length) as usize].copy_from_slice(&fresh);
     let mut all = vec![0u8; len as usize];
     prop_assert_eq!(md.read_bytes(0, &mut all), len as usize);

@@ -2,6 +2,7 @@
 //! counts every allocation made by this test binary.
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{BouncePool, DmaCommand, MappingMode, SegmentFormat, SegmentSpec};
 use dmakit::mapper::IommuMapper;
 use dmakit::Direction;
@@ -68,24 +69,21 @@ fn gen_segments_makes_no_heap_allocation() {
         (MappingMode::Mapped(mapper), false),
     ] {
         pool.set_force_bounce(force);
-        let mut cmd = DmaCommand::new(
-            m.clone(),
-            spec,
-            SegmentFormat::Little64,
-            mode,
-            Some(pool.clone()),
-        )
-        .unwrap();
+        let mut cmd = DmaCommand::builder(m.clone())
+            .spec(spec)
+            .format(SegmentFormat::Little64)
+            .mode(mode)
+            .bounce_pool(pool.clone())
+            .build()
+            .unwrap();
         cmd.set_memory_descriptor(b.clone()).unwrap();
-        cmd.prepare(0, 256 << 10, true, true).unwrap();
+        cmd.prepare(PrepareOptions::range(0, 256 << 10)).unwrap();
         let mut off = 0;
         let mut calls = 0;
         let before = ALLOCS.load(Ordering::Relaxed);
-        loop {
-            let n = cmd.gen_segments(&mut off, &mut out, 8).unwrap();
-            if n == 0 {
-                break;
-            }
+        while off < 256 << 10 {
+            let n = cmd.gen_segments(&mut off, &mut out).unwrap();
+            assert!(n >= 1);
             calls += 1;
         }
         let after = ALLOCS.load(Ordering::Relaxed);
@@ -97,6 +95,6 @@ fn gen_segments_makes_no_heap_allocation() {
             "gen_segments allocated {} times over {calls} calls",
             after - before
         );
-        cmd.complete(true).unwrap();
+        cmd.complete().unwrap();
     }
 }

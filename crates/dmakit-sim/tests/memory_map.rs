@@ -33,7 +33,7 @@ fn a_mapping_is_a_second_view_of_the_same_pages() {
     let mut back = [0u8; 15];
     assert_eq!(b.read_bytes(4000, &mut back), 15);
     assert_eq!(&back, b"through the map");
-    b.write_bytes(0, b"through the descriptor");
+    assert_eq!(b.write_bytes(0, b"through the descriptor"), 22);
     let mut v = [0u8; 22];
     m.read_virt(t, map.address(), &mut v).unwrap();
     assert_eq!(&v, b"through the descriptor");
@@ -69,7 +69,7 @@ fn read_only_mappings_refuse_stores() {
 fn sub_ranges_keep_the_page_offset_and_fixed_addresses_work() {
     let m = machine();
     let b = buffer(&m, 4 * 4096);
-    b.write_bytes(0x1234, b"sub-range");
+    assert_eq!(b.write_bytes(0x1234, b"sub-range"), 9);
     let t = m.create_task();
     let map = MemoryMap::new(
         m.clone(),
@@ -197,8 +197,8 @@ fn composite_descriptors_map_when_page_aligned() {
     let m = machine();
     let a = buffer(&m, 4096);
     let b = buffer(&m, 8192);
-    a.write_bytes(4090, b"ABCDEF");
-    b.write_bytes(0, b"GHIJ");
+    assert_eq!(a.write_bytes(4090, b"ABCDEF"), 6);
+    assert_eq!(b.write_bytes(0, b"GHIJ"), 4);
     let multi = MultiMemoryDescriptor::new(vec![a.clone(), b.clone()], Direction::InOut).unwrap();
     let map = MemoryMap::new(m.clone(), &multi, MapOptions::new()).unwrap();
     let mut v = [0u8; 10];

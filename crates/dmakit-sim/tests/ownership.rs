@@ -4,9 +4,9 @@ use dmakit::debug::{self, ViolationKind};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, SubMemoryDescriptor,
 };
+use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
-    BouncePool, CpuOwned, DmaCommand, FromDevice, MappingMode, Quarantine, SegmentFormat,
-    SegmentSpec, ToDevice,
+    BouncePool, CpuOwned, DmaCommand, FromDevice, Quarantine, SegmentFormat, SegmentSpec, ToDevice,
 };
 use dmakit::{Direction, Error, PhysAddr};
 use dmakit_sim::{Machine, MachineBuilder};
@@ -30,20 +30,17 @@ fn machine() -> M {
 }
 
 fn command(m: &M, spec: SegmentSpec, pool: Option<Arc<BouncePool<M>>>) -> DmaCommand<M> {
-    DmaCommand::new(
-        m.clone(),
-        spec,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        pool,
-    )
-    .unwrap()
+    DmaCommand::builder(m.clone())
+        .spec(spec)
+        .bounce_pool_option(pool)
+        .build()
+        .unwrap()
 }
 
 fn segments(cmd: &DmaCommand<M>) -> Vec<dmakit::dma::IoSegment> {
     let mut out = vec![0u8; 64 * 16];
     let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out, 64).unwrap();
+    let n = cmd.gen_segments(&mut off, &mut out).unwrap();
     (0..n)
         .map(|i| SegmentFormat::Host64.read(&out, i).unwrap())
         .collect()
@@ -61,7 +58,7 @@ fn a_dropped_prepared_command_keeps_its_bounce_buffer_until_the_device_is_quiesc
     let mut cmd = command(&m, SegmentSpec::default(), Some(pool.clone()));
     cmd.set_quarantine(nic.clone()).unwrap();
     cmd.set_memory_descriptor(md.clone()).unwrap();
-    cmd.prepare(0, 5000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 5000)).unwrap();
     let seg = segments(&cmd)[0];
     let id = cmd.debug_id();
     assert_eq!(nic.live(), 1);
@@ -107,7 +104,7 @@ fn a_dropped_command_without_a_quarantine_leaks_rather_than_frees() {
     );
     let mut cmd = command(&m, SegmentSpec::default(), None);
     cmd.set_memory_descriptor(md.clone()).unwrap();
-    cmd.prepare(0, 8192, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 8192)).unwrap();
     let seg = segments(&cmd)[0];
     drop(cmd);
     drop(md);
@@ -126,7 +123,7 @@ fn teardown_reports_what_a_forgotten_preparation_holds() {
     let mut cmd = command(&m, SegmentSpec::default(), None);
     cmd.set_quarantine(dev.clone()).unwrap();
     cmd.set_memory_descriptor(md).unwrap();
-    cmd.prepare(0, 4096, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 4096)).unwrap();
     let id = cmd.debug_id();
     std::mem::forget(cmd);
     let err = dev.teardown().unwrap_err();
@@ -152,14 +149,14 @@ fn the_ledger_sees_cpu_access_to_device_owned_memory_through_any_descriptor() {
     let half = SubMemoryDescriptor::new(md.clone(), 8192, 8192, Direction::InOut).unwrap();
     let mut cmd = command(&m, SegmentSpec::default(), None);
     cmd.set_memory_descriptor(md.clone()).unwrap();
-    cmd.prepare(0, 8192, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 8192)).unwrap();
     let id = cmd.debug_id();
     // Outside the prepared range: fine.
-    half.write_bytes(0, &[1; 64]);
+    assert_eq!(half.write_bytes(0, &[1; 64]), 64);
     assert!(debug::violations_of(id).is_empty());
     // Inside it, through the parent: recorded.
     let mut b = [0u8; 32];
-    md.read_bytes(4000, &mut b);
+    assert_eq!(md.read_bytes(4000, &mut b), b.len());
     let v = debug::violations_of(id);
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].kind, ViolationKind::CpuAccess);
@@ -168,8 +165,8 @@ fn the_ledger_sees_cpu_access_to_device_owned_memory_through_any_descriptor() {
         "{}",
         v[0].detail
     );
-    cmd.complete(true).unwrap();
-    md.read_bytes(4000, &mut b);
+    cmd.complete().unwrap();
+    assert_eq!(md.read_bytes(4000, &mut b), b.len());
     assert_eq!(
         debug::violations_of(id).len(),
         1,
@@ -186,8 +183,8 @@ fn the_ledger_records_unbalanced_completes_and_bad_syncs() {
     let mut cmd = command(&m, SegmentSpec::default(), None);
     cmd.set_memory_descriptor(md).unwrap();
     let id = cmd.debug_id();
-    assert!(matches!(cmd.complete(true), Err(Error::NotReady { .. })));
-    cmd.prepare(0, 4096, true, true).unwrap();
+    assert!(matches!(cmd.complete(), Err(Error::NotReady { .. })));
+    cmd.prepare(PrepareOptions::range(0, 4096)).unwrap();
     assert!(matches!(
         cmd.synchronize_range(Direction::Out, 4000, 200),
         Err(Error::OutOfBounds { .. })
@@ -197,7 +194,7 @@ fn the_ledger_records_unbalanced_completes_and_bad_syncs() {
         Err(Error::BadArgument { .. })
     ));
     cmd.synchronize_range(Direction::Out, 0, 4096).unwrap();
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     let kinds: Vec<ViolationKind> = debug::violations_of(id).iter().map(|v| v.kind).collect();
     assert_eq!(
         kinds,
@@ -225,15 +222,18 @@ fn bounce_reasons_name_the_constraint_and_the_address() {
     let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
     let mut cmd = command(&m, spec, Some(pool));
     cmd.set_memory_descriptor(md.clone()).unwrap();
-    cmd.prepare(0, 3000, true, true).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 3000)).unwrap();
     let r = cmd.bounce_reason().unwrap();
-    assert_eq!((r.constraint, r.addr), ("address window", high));
-    cmd.complete(true).unwrap();
+    assert_eq!(
+        (r.constraint, r.addr),
+        (dmakit::dma::Constraint::AddressWindow, high)
+    );
+    cmd.complete().unwrap();
     // Starting one byte in breaks an 8-byte alignment.
     let spec = SegmentSpec::builder().alignment(8).build().unwrap();
     let mut cmd = command(&m, spec, None);
     cmd.set_memory_descriptor(md).unwrap();
-    let err = cmd.prepare(1, 8, true, true).unwrap_err();
+    let err = cmd.prepare(PrepareOptions::range(1, 8)).unwrap_err();
     assert!(matches!(err, Error::NoResources { .. }), "no pool: {err}");
 }
 
@@ -254,8 +254,11 @@ fn too_many_segments_bounce_into_contiguous_memory() {
     let pool = Arc::new(BouncePool::new(m.clone(), "pool", 1 << 20));
     let mut cmd = command(&m, spec, Some(pool));
     cmd.set_memory_descriptor(multi).unwrap();
-    cmd.prepare(0, 6000, true, true).unwrap();
-    assert_eq!(cmd.bounce_reason().unwrap().constraint, "max_segments");
+    cmd.prepare(PrepareOptions::range(0, 6000)).unwrap();
+    assert_eq!(
+        cmd.bounce_reason().unwrap().constraint,
+        dmakit::dma::Constraint::MaxSegments
+    );
     let segs = segments(&cmd);
     assert_eq!(segs.len(), 1);
     let mut dev = vec![0u8; 6000];
@@ -264,7 +267,7 @@ fn too_many_segments_bounce_into_contiguous_memory() {
         .chunks(1000)
         .enumerate()
         .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
-    cmd.complete(true).unwrap();
+    cmd.complete().unwrap();
     // One segment of at most 512 bytes cannot carry 6000 bytes in 2 segments.
     let spec = SegmentSpec::builder()
         .max_segments(2)
@@ -278,7 +281,7 @@ fn too_many_segments_bounce_into_contiguous_memory() {
     let mut cmd = command(&m, spec, Some(pool.clone()));
     cmd.set_memory_descriptor(md).unwrap();
     assert!(matches!(
-        cmd.prepare(0, 6000, true, true),
+        cmd.prepare(PrepareOptions::range(0, 6000)),
         Err(Error::NoSpace { .. })
     ));
     assert_eq!(
@@ -326,7 +329,7 @@ fn typed_ownership_round_trips_through_a_bounce_in_both_directions() {
     assert!(dev.is_bounced());
     let mut o = 0;
     let mut raw = [0u8; 16];
-    dev.gen_segments(&mut o, &mut raw, 1).unwrap();
+    dev.gen_segments(&mut o, &mut raw).unwrap();
     let seg = SegmentFormat::Host64.read(&raw, 0).unwrap();
     dev.sync_for_device(100, &[0x22; 10]).unwrap();
     let mut seen = [0u8; 12];
@@ -352,7 +355,7 @@ fn typed_ownership_round_trips_through_a_bounce_in_both_directions() {
         CpuOwned::new(inn, command(&m, spec, Some(pool.clone()))).unwrap();
     let dev = cpu.prepare().unwrap();
     let mut o = 0;
-    dev.gen_segments(&mut o, &mut raw, 1).unwrap();
+    dev.gen_segments(&mut o, &mut raw).unwrap();
     let seg = SegmentFormat::Host64.read(&raw, 0).unwrap();
     m.device_write(PhysAddr(seg.addr.0), &[0x5A; 4096]).unwrap();
     let mut peek = [0u8; 8];

@@ -251,6 +251,18 @@ pub enum Error {
         /// Its length.
         len: u64,
     },
+    /// A free that covers an allocation and also space the allocator never owned.
+    #[error("{what}: [{start:#x}, +{len:#x}) is not all allocated: {at:#x} was never in the allocator (a size larger than the allocation?)")]
+    NotOwned {
+        /// Which allocator.
+        what: &'static str,
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: u64,
+        /// The first address of the range the allocator never owned.
+        at: u64,
+    },
     /// A free of an address that no live allocation starts at.
     #[error("{free_fn}({addr:#x}): no live allocation starts there")]
     NotAllocated {
@@ -376,6 +388,27 @@ pub enum Error {
         /// The offending address.
         addr: u64,
     },
+    /// An offset at or past the end of what is prepared or described (IOKit
+    /// kIOReturnOverrun: a segment walk asked to continue after the last byte).
+    #[error("{what}: offset {offset:#x} is at or past the end ({length:#x} bytes)")]
+    Overrun {
+        /// What was walked.
+        what: &'static str,
+        /// The offset given.
+        offset: u64,
+        /// The length there is.
+        length: u64,
+    },
+    /// Fewer bytes were covered than asked (IOKit kIOReturnUnderrun).
+    #[error("{what}: {done:#x} of {requested:#x} bytes done")]
+    Underrun {
+        /// What fell short.
+        what: &'static str,
+        /// Bytes done.
+        done: u64,
+        /// Bytes asked.
+        requested: u64,
+    },
     /// An operation that was stopped before it finished (a DMA transfer a `stop` aborted).
     #[error("{what} #{id}: aborted")]
     Aborted {
@@ -412,6 +445,7 @@ impl Error {
             | OutOfBounds { .. }
             | BadArgument { .. }
             | DoubleFree { .. }
+            | NotOwned { .. }
             | NotAllocated { .. }
             | WrongSize { .. }
             | WrongFree { .. } => IoReturn::BAD_ARGUMENT,
@@ -432,6 +466,8 @@ impl Error {
             NotAttached { .. } => IoReturn::NOT_ATTACHED,
             Internal { .. } => IoReturn::INTERNAL_ERROR,
             Aborted { .. } => IoReturn::ABORTED,
+            Overrun { .. } => IoReturn::OVERRUN,
+            Underrun { .. } => IoReturn::UNDERRUN,
         }
     }
 }

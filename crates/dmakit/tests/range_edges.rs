@@ -278,3 +278,47 @@ fn the_locked_allocator_serves_threads() {
         Some((0, (1 << 30) - 1))
     );
 }
+
+#[test]
+fn a_free_larger_than_the_allocation_is_refused_and_changes_nothing() {
+    // [0x1000, 0x3000) is the whole space; everything in it allocated.
+    let mut r = RangeAllocator::new(0x1000, 0x2000, 0x1000).unwrap();
+    let a = r.allocate(0x2000, 0).unwrap();
+    assert_eq!((a, r.free_count()), (0x1000, 0));
+    // One page too many: 0x3000 was never the allocator's.
+    let e = r.deallocate(a, 0x3000).unwrap_err();
+    assert!(
+        matches!(e, dmakit::Error::NotOwned { at: 0x3000, .. }),
+        "{e}"
+    );
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT);
+    assert_eq!(
+        (r.free_count(), r.fragment_count()),
+        (0, 0),
+        "nothing was added"
+    );
+    // Starting below the space is refused the same way.
+    let e = r.deallocate(0, 0x2000).unwrap_err();
+    assert!(matches!(e, dmakit::Error::NotOwned { at: 0, .. }), "{e}");
+    // The allocation itself frees, and the space never grew.
+    r.deallocate(a, 0x2000).unwrap();
+    assert_eq!(frags(&r), vec![(0x1000, 0x2FFF)]);
+    assert!(
+        r.allocate(0x3000, 0).is_err(),
+        "no space beyond what was added"
+    );
+    // Wholly new space is still added by deallocate, as in IOKit, and by add_range.
+    r.deallocate(0x8000, 0x1000).unwrap();
+    r.add_range(0x3000, 0x1000).unwrap();
+    assert_eq!(frags(&r), vec![(0x1000, 0x3FFF), (0x8000, 0x8FFF)]);
+    assert!(matches!(
+        r.add_range(0x8000, 0x1000).unwrap_err(),
+        dmakit::Error::DoubleFree { .. }
+    ));
+    let b = r.allocate_range(0x8000, 0x1000);
+    assert!(b.is_ok());
+    assert!(matches!(
+        r.add_range(0x8000, 0x1000).unwrap_err(),
+        dmakit::Error::RangeBusy { .. }
+    ));
+}

@@ -10,7 +10,8 @@
 //!   outside the space) and keeps its alignment; `NoSpace` only when the model has no
 //!   aligned free run of that size either (the allocator is exact, not merely good);
 //! * `allocate_range` succeeds exactly when the model has the whole range free;
-//! * `deallocate` fails with `DoubleFree` exactly when the range overlaps free bytes;
+//! * `deallocate` fails with `DoubleFree` exactly when the range overlaps free bytes, and
+//!   otherwise with `NotOwned` exactly when it mixes allocated bytes with bytes never added;
 //! * a failed call changes nothing;
 //! * `free_count` is the model's number of free bytes, `fragment_count` its number of
 //!   maximal free runs, and `fragments()` lists exactly those runs;
@@ -59,6 +60,8 @@ fn step(space: u64) -> impl Strategy<Value = Step> {
 struct Model {
     base: u64,
     free: Vec<bool>,
+    /// Bytes ever added to the allocator.
+    owned: Vec<bool>,
 }
 
 impl Model {
@@ -81,6 +84,17 @@ impl Model {
     fn set(&mut self, start: u64, len: u64, free: bool) {
         let i = self.idx(start);
         self.free[i..][..len as usize].fill(free);
+        if free {
+            self.owned[i..][..len as usize].fill(true);
+        }
+    }
+    /// Bytes of the range ever added.
+    fn owned_in(&self, start: u64, len: u64) -> u64 {
+        let i = self.idx(start);
+        self.owned[i..][..len as usize]
+            .iter()
+            .filter(|&&o| o)
+            .count() as u64
     }
     /// Maximal free runs as `(start, inclusive end)`.
     fn runs(&self) -> Vec<(u64, u64)> {
@@ -151,6 +165,7 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
     let mut m = Model {
         base,
         free: vec![false; space as usize],
+        owned: vec![false; space as usize],
     };
     let piece = space / 8;
     for k in 0..8 {
@@ -239,9 +254,15 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let overlaps = m.any_free(start, len);
+                let owned = m.owned_in(start, len);
+                let mixed = owned != 0 && owned != len;
                 match r.deallocate(start, len) {
                     Ok(()) => {
                         prop_assert!(!overlaps, "a free over free bytes was accepted");
+                        prop_assert!(
+                            !mixed,
+                            "a free over allocated and never-added bytes was accepted"
+                        );
                         m.set(start, len, true);
                         // Live allocations it touched are no longer whole; forget them (the
                         // model keeps what is left of them allocated).
@@ -250,6 +271,10 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
                     }
                     Err(Error::DoubleFree { .. }) => {
                         prop_assert!(overlaps, "DoubleFree without overlap");
+                        true
+                    }
+                    Err(Error::NotOwned { .. }) => {
+                        prop_assert!(!overlaps && mixed, "NotOwned of a range that is not mixed");
                         true
                     }
                     Err(e) => return Err(TestCaseError::fail(format!("deallocate: {e}"))),
@@ -276,8 +301,9 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
         return Ok(());
     }
     while let Some(i) = m.free.iter().position(|&f| !f) {
+        // A run of allocated bytes, or of bytes never added (freeing that adds it).
         let j = (i..m.free.len())
-            .find(|&j| m.free[j])
+            .find(|&j| m.free[j] || m.owned[j] != m.owned[i])
             .unwrap_or(m.free.len());
         let (s, len) = (base + i as u64, (j - i) as u64);
         r.deallocate(s, len)

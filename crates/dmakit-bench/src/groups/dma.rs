@@ -41,7 +41,8 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
     MultiMemoryDescriptor,
 };
-use dmakit::dma::{BouncePool, DmaCommand, MappingMode, SegmentFormat, SegmentSpec};
+use dmakit::dma::{BouncePool, DmaCommand, SegmentFormat, SegmentSpec};
+use dmakit::dma::{CompleteOptions, PrepareOptions};
 use dmakit::platform::{PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Result, VirtAddr};
 use dmakit_linux::{AddressMode, Host, HugepagePool};
@@ -54,13 +55,10 @@ pub const SCATTER: u64 = 4096;
 
 /// A command with no constraints and `Host64` output.
 fn command(host: &H, pool: Option<Arc<BouncePool<H>>>) -> Result<DmaCommand<H>> {
-    DmaCommand::new(
-        host.clone(),
-        SegmentSpec::builder().build()?,
-        SegmentFormat::Host64,
-        MappingMode::Bypassed,
-        pool,
-    )
+    DmaCommand::builder(host.clone())
+        .spec(SegmentSpec::builder().build()?)
+        .bounce_pool_option(pool)
+        .build()
 }
 
 /// `pages` pages from every other page of a pageable allocation of `2 * pages` pages, which
@@ -102,13 +100,11 @@ pub fn physical_segment_walk(md: &dyn MemoryDescriptor, len: u64, out: &mut [u64
 pub fn gen_all(cmd: &DmaCommand<H>, out: &mut [u8]) -> Result<usize> {
     let mut off = 0;
     let mut total = 0;
-    loop {
-        let n = cmd.gen_segments(&mut off, out, usize::MAX)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        total += n;
+    let length = cmd.prepared_offset_and_length()?.1;
+    while off < length {
+        total += cmd.gen_segments(&mut off, out)?;
     }
+    Ok(total)
 }
 
 fn gen_segments_rows(host: &H, reps: usize, passes: u64) -> Result<Vec<Row>> {
@@ -117,7 +113,11 @@ fn gen_segments_rows(host: &H, reps: usize, passes: u64) -> Result<Vec<Row>> {
     let len = md.length();
     let mut cmd = command(host, None)?;
     cmd.set_memory_descriptor(md.clone())?;
-    cmd.prepare(0, len, false, false)?;
+    cmd.prepare(
+        PrepareOptions::range(0, len)
+            .flush_cache(false)
+            .synchronize(false),
+    )?;
     let mut out = vec![0u8; SCATTER as usize * SegmentFormat::Host64.element_size()];
     let mut raw = vec![0u64; 2 * SCATTER as usize];
     let segs = gen_all(&cmd, &mut out)?;
@@ -139,7 +139,7 @@ fn gen_segments_rows(host: &H, reps: usize, passes: u64) -> Result<Vec<Row>> {
         }));
     }
     let (ours, peer) = (median(ours), median(peer));
-    cmd.complete(false)?;
+    cmd.complete_with(CompleteOptions::new().synchronize(false))?;
     drop(cmd);
     drop(md);
     host.free_pages(va, alloc_len)?;
@@ -165,9 +165,13 @@ fn time_bounce(
     pool.set_force_bounce(true);
     let mut cmd = command(host, Some(pool.clone()))?;
     cmd.set_memory_descriptor(md.clone())?;
-    cmd.prepare(0, len, false, false)?;
+    cmd.prepare(
+        PrepareOptions::range(0, len)
+            .flush_cache(false)
+            .synchronize(false),
+    )?;
     let data: Vec<u8> = (0..len as usize).map(|i| (i * 7 + 3) as u8).collect();
-    md.write_bytes(0, &data);
+    assert_eq!(md.write_bytes(0, &data), data.len());
     let result = (|| {
         if !cmd.is_bounced() {
             return Err(dmakit::Error::Internal {
@@ -176,10 +180,13 @@ fn time_bounce(
         }
         // Touch both sides once, and check the copies move the right bytes.
         cmd.synchronize(Direction::Out)?;
-        md.write_bytes(0, &vec![0u8; len as usize]);
+        assert_eq!(
+            md.write_bytes(0, &vec![0u8; len as usize]),
+            len as usize
+        );
         cmd.synchronize(Direction::In)?;
         let mut back = vec![0u8; len as usize];
-        md.read_bytes(0, &mut back);
+        assert_eq!(md.read_bytes(0, &mut back), back.len());
         if back != data {
             return Err(dmakit::Error::Internal {
                 what: "the bounce copy round trip changed the bytes",
@@ -209,7 +216,7 @@ fn time_bounce(
         let (out, inn, memcpy) = (median(out), median(inn), median(memcpy));
         Ok((out, inn, memcpy))
     })();
-    cmd.complete(false)?;
+    cmd.complete_with(CompleteOptions::new().synchronize(false))?;
     result
 }
 
@@ -326,7 +333,12 @@ mod tests {
         let md = Arc::new(md);
         let mut cmd = command(&host, None).unwrap();
         cmd.set_memory_descriptor(md.clone()).unwrap();
-        cmd.prepare(0, md.length(), false, false).unwrap();
+        cmd.prepare(
+            PrepareOptions::range(0, md.length())
+                .flush_cache(false)
+                .synchronize(false),
+        )
+        .unwrap();
         let mut out = vec![0u8; 64 * 16];
         let mut raw = vec![0u64; 128];
         let n = gen_all(&cmd, &mut out).unwrap();
@@ -340,7 +352,8 @@ mod tests {
         }
         assert_eq!(total, md.length());
         assert!(n <= runs);
-        cmd.complete(false).unwrap();
+        cmd.complete_with(CompleteOptions::new().synchronize(false))
+            .unwrap();
         drop(cmd);
         drop(md);
         host.free_pages(va, alloc_len).unwrap();

@@ -4,7 +4,8 @@
 
 use crate::host::Host;
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
-use dmakit::dma::{DmaCommand, MappingMode, SegmentFormat, SegmentSpec};
+use dmakit::dma::PrepareOptions;
+use dmakit::dma::{DmaCommand, SegmentFormat, SegmentSpec};
 use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, Result};
 use std::sync::Arc;
@@ -33,18 +34,15 @@ impl DmaBuffer {
             BufferOptions::new(len, direction),
         )?);
         let spec = SegmentSpec::builder().build()?;
-        let mut cmd = DmaCommand::new(
-            host.clone(),
-            spec,
-            SegmentFormat::Host64,
-            MappingMode::Mapped(mapper.clone()),
-            None,
-        )?;
+        let mut cmd = DmaCommand::builder(host.clone())
+            .spec(spec)
+            .mapper(mapper.clone())
+            .build()?;
         cmd.set_memory_descriptor(buf.clone())?;
-        cmd.prepare(0, len, true, true)?;
+        cmd.prepare(PrepareOptions::range(0, len))?;
         let mut out = [0u8; 32];
         let mut off = 0;
-        let n = cmd.gen_segments(&mut off, &mut out, 2)?;
+        let n = cmd.gen_segments(&mut off, &mut out)?;
         let seg = SegmentFormat::Host64.read(&out, 0)?;
         if n != 1 || seg.len != len {
             return Err(Error::Internal {
@@ -80,7 +78,7 @@ impl DmaBuffer {
 
     /// Completes the DMA command: the IO addresses are unmapped.
     pub fn release(mut self) -> Result<()> {
-        self.cmd.complete(true)
+        self.cmd.complete()
     }
 }
 

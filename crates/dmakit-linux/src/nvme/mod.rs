@@ -65,7 +65,8 @@ use crate::host::Host;
 use crate::vfio::{Bar, VfioDevice};
 use command::{ADMIN_CREATE_CQ, ADMIN_CREATE_SQ, ADMIN_IDENTIFY, NVM_READ, NVM_WRITE};
 use dmakit::descriptor::MemoryDescriptor;
-use dmakit::dma::{DmaCommand, MappingMode, SegmentFormat};
+use dmakit::dma::PrepareOptions;
+use dmakit::dma::{DmaCommand, SegmentFormat};
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, PhysAddr, Result};
@@ -215,17 +216,14 @@ impl NvmeController {
         len: u64,
     ) -> Result<usize> {
         self.check_io(ns, lba, len)?;
-        let mut cmd = DmaCommand::new(
-            self.host.clone(),
-            nvme_spec(self.max_transfer)?,
-            SegmentFormat::Host64,
-            MappingMode::Mapped(self.mapper.clone()),
-            None,
-        )?;
+        let mut cmd = DmaCommand::builder(self.host.clone())
+            .spec(nvme_spec(self.max_transfer)?)
+            .mapper(self.mapper.clone())
+            .build()?;
         cmd.set_memory_descriptor(md)?;
-        cmd.prepare(offset, len, true, true)?;
+        cmd.prepare(PrepareOptions::range(offset, len))?;
         let result = self.transfer_command(qp, &cmd, ns, write, lba, len);
-        let completed = cmd.complete(true);
+        let completed = cmd.complete();
         let n = result?;
         completed?;
         Ok(n)
@@ -249,7 +247,7 @@ impl NvmeController {
         let max = (len / PRP_PAGE + 2) as usize;
         let mut out = vec![0u8; max * 16];
         let mut at = 0;
-        let n = cmd.gen_segments(&mut at, &mut out, max)?;
+        let n = cmd.gen_segments(&mut at, &mut out)?;
         if at != len {
             return Err(Error::Internal {
                 what: "NVMe: the DMA command did not describe the whole transfer in one go",

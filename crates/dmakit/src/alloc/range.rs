@@ -10,7 +10,7 @@
 //! the default, as in IOKit); [`allocate_range`](RangeAllocator::allocate_range) takes a
 //! given range only if it lies inside one free interval; freeing is also how space is added,
 //! and any range that is not free may be freed (a whole allocation, part of one, several at
-//! once, or space never seen before); free space and fragment counts are exact; with
+//! once, or space never seen before, but not a mix of allocated and never-seen space); free space and fragment counts are exact; with
 //! [`LockedRangeAllocator`] every call takes a lock (IOKit's `kLocking`).
 //!
 //! ```
@@ -93,9 +93,11 @@
 //!   `allocate_range`; every power-of-two alignment up to 2^63 is honoured.
 //! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
 //!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
-//!   alignment is [`Error::BadAlignment`]; a range past 2^64 is [`Error::Overflow`]
-//!   (IOKIT-SEMANTICS Q11: fix). There is no fragment array, so no capacity to exhaust
-//!   (IOKit's increment-0 overflow, Q11) and none to configure.
+//!   alignment is [`Error::BadAlignment`]; a range past 2^64 is [`Error::Overflow`]. A free
+//!   that is part allocation and part space the allocator never owned (a size larger than
+//!   the allocation) is [`Error::NotOwned`] and changes nothing. There is no fragment array,
+//!   so no capacity to exhaust (IOKit writes past its array when the growth increment is 0)
+//!   and none to configure.
 //! * IOKit's `withRange` quirk is kept: [`with_end_of_range`](RangeAllocator::with_end_of_range)
 //!   rounds the size `end + 1` up to the default alignment, so the space can reach past
 //!   `end`.
@@ -663,15 +665,40 @@ impl RangeAllocator {
     fn free_general(&mut self, s: u64, l: u64) -> Result<()> {
         // Blocks overlapping [s, l] are the ones from pred(l) back while they reach s.
         let mut before = self.pred(l);
+        let mut covered = 0u64;
+        let mut gap = None;
+        let mut expect = l;
+        let mut lowest = l;
         while before != HEAD && self.nodes[before as usize].last >= s {
-            if !self.nodes[before as usize].used() {
+            let node = &self.nodes[before as usize];
+            if !node.used() {
                 return Err(Error::DoubleFree {
                     what: WHAT,
                     start: s,
                     len: l - s + 1,
                 });
             }
-            before = self.nodes[before as usize].prev;
+            if node.last < expect {
+                gap = Some(node.last + 1);
+            }
+            // The overlap [max(start, s), min(last, l)], counted less one (no overflow).
+            covered += node.last.min(l) - node.start.max(s) + 1;
+            expect = node.start.saturating_sub(1);
+            lowest = node.start;
+            before = node.prev;
+        }
+        if lowest > s {
+            gap = Some(s);
+        }
+        let len = l - s + 1;
+        if covered != 0 && covered != len {
+            // Part allocation, part space never added: a size larger than the allocation.
+            return Err(Error::NotOwned {
+                what: WHAT,
+                start: s,
+                len,
+                at: gap.unwrap_or(s),
+            });
         }
         // Cut [s, l] out of the allocated blocks it overlaps.
         let mut z = self.nodes[before as usize].next;
@@ -819,13 +846,15 @@ impl RangeAllocator {
     }
 
     /// Frees (or adds) `[start, start + size)` (size rounded up to the default alignment),
-    /// merging with free neighbours. A range overlapping free space is
+    /// merging with free neighbours (IOKit `deallocate`). A range overlapping free space is
     /// [`Error::DoubleFree`] and changes nothing.
     ///
-    /// Any range that is not free may be given: a whole allocation (the fast, O(1) case),
-    /// part of one, several, or space that was never in the allocator. Other errors:
-    /// [`Error::ZeroSize`], and [`Error::Overflow`] for a range past 2^64 or a free count
-    /// past 2^64 − 1.
+    /// The range may be a whole allocation (the fast, O(1) case), part of one, several, or
+    /// wholly space that was never in the allocator (IOKit adds space this way; see also
+    /// [`add_range`](Self::add_range)). A range that is part allocated and part never owned
+    /// (a size larger than the allocation, say) is [`Error::NotOwned`] and changes nothing:
+    /// IOKit would silently add space it never owned. Other errors: [`Error::ZeroSize`],
+    /// and [`Error::Overflow`] for a range past 2^64 or a free count past 2^64 − 1.
     #[inline]
     pub fn deallocate(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
@@ -853,6 +882,27 @@ impl RangeAllocator {
         }
         self.free_bytes += size;
         Ok(())
+    }
+
+    /// Adds `[start, start + size)` (size rounded up to the default alignment) as free
+    /// space. Every byte must be new to the allocator: a range touching free space is
+    /// [`Error::DoubleFree`], one touching an allocation [`Error::RangeBusy`].
+    pub fn add_range(&mut self, start: u64, size: u64) -> Result<()> {
+        let rounded = self.round_size(size)?;
+        let last = start.checked_add(rounded - 1).ok_or(Error::Overflow {
+            what: WHAT,
+            start,
+            len: rounded,
+        })?;
+        let n = self.pred(last);
+        if n != HEAD && self.nodes[n as usize].last >= start && self.nodes[n as usize].used() {
+            return Err(Error::RangeBusy {
+                what: WHAT,
+                start,
+                len: rounded,
+            });
+        }
+        self.deallocate(start, size)
     }
 }
 
@@ -1152,7 +1202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_free_may_cut_split_or_span_allocations_and_add_space() {
+    fn a_free_may_cut_split_or_span_allocations_and_space_is_added_apart() {
         let mut r = RangeAllocator::empty(0x1000).unwrap();
         r.deallocate(0x8000, 0x4000).unwrap();
         let b = r.allocate(0x4000, 0).unwrap(); // the whole block
@@ -1161,7 +1211,15 @@ mod tests {
         assert_eq!(r.free_count(), 0x1000);
         assert_eq!(r.fragment_count(), 1);
         r.deallocate(b, 0x1000).unwrap(); // merges with the hole
-        r.deallocate(b + 0x2000, 0x4000).unwrap(); // the rest, and space never added
+        // The rest together with space never added is refused: a size larger than the
+        // allocation.
+        assert!(matches!(
+            r.deallocate(b + 0x2000, 0x4000),
+            Err(Error::NotOwned { at: 0xc000, .. })
+        ));
+        r.check();
+        r.deallocate(b + 0x2000, 0x2000).unwrap(); // the rest
+        r.deallocate(0xc000, 0x2000).unwrap(); // space never added
         r.check();
         assert_eq!(r.fragments().collect::<Vec<_>>(), [(0x8000, 0xdfff)]);
     }

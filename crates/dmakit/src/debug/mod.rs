@@ -12,6 +12,7 @@
 //! | [`CpuAccess`](ViolationKind::CpuAccess) | `read_bytes`/`write_bytes` on memory a device owns (prepared, not synchronized) |
 //! | [`SegmentBreaksSpec`](ViolationKind::SegmentBreaksSpec) | a generated segment breaks the command's `SegmentSpec` (a dmakit bug) |
 //! | [`Leak`](ViolationKind::Leak) | a preparation still outstanding when its device was torn down |
+//! | [`ForeignComplete`](ViolationKind::ForeignComplete) | a descriptor `complete` that would have ended a preparation a DMA command holds (refused) |
 //!
 //! The calls that can fail also return their error; the ledger is how the ones that cannot
 //! (a `read_bytes` returns a count) are caught. `outstanding` lists live preparations of
@@ -77,4 +78,7 @@ pub enum ViolationKind {
     SegmentBreaksSpec,
     /// A preparation outstanding at its device's teardown.
     Leak,
+    /// A descriptor `complete` by an owner that holds no preparation while a DMA command
+    /// holds one (refused with `NotReady`; the command's preparation stays).
+    ForeignComplete,
 }

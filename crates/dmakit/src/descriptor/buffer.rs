@@ -9,7 +9,7 @@
 //! their physical segments are always available; pageable ones must be prepared.
 
 use super::general::GeneralMemoryDescriptor;
-use super::{check_range, MemoryDescriptor, Segment, Source};
+use super::{check_range, Holders, MemoryDescriptor, PrepOwner, Segment, Source};
 use crate::platform::{PageRequest, Platform, Task};
 use crate::{Direction, Error, PageSize, Result, VirtAddr};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -112,7 +112,7 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
             }
         };
         if !options.pageable {
-            if let Err(e) = inner.prepare_wiring(Direction::InOut) {
+            if let Err(e) = inner.prepare_for(PrepOwner::BUFFER, Direction::InOut) {
                 drop(inner);
                 let _ = platform.free_pages(va, alloc_len);
                 return Err(e);
@@ -134,6 +134,12 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         b.set_length(0)?;
         b.append_bytes(bytes);
         Ok(b)
+    }
+
+    /// Who holds the buffer's preparations (a wired buffer's own life-long wiring
+    /// included).
+    pub fn holders(&self) -> Holders {
+        self.inner.holders()
     }
 
     /// The capacity given at creation.
@@ -228,16 +234,14 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
         self.inner.page_size()
     }
 
-    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
-        self.inner.prepare_wiring(dir)
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
+        self.inner.prepare_for(owner, dir)
     }
 
-    fn complete(&self) -> Result<()> {
-        // The preparation held for a wired buffer's life is not the caller's to drop.
-        if !self.options.pageable && self.inner.wire_count() <= 1 {
-            return Ok(());
-        }
-        self.inner.complete()
+    /// The preparation a wired buffer holds for its whole life has an owner of its own, so
+    /// no `complete` ends it.
+    fn complete_for(&self, owner: PrepOwner) -> Result<()> {
+        self.inner.complete_for(owner)
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
@@ -277,9 +281,8 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
 
 impl<P: Platform + Clone> Drop for BufferMemoryDescriptor<P> {
     fn drop(&mut self) {
-        while self.inner.wire_count() > 0 {
-            let _ = self.inner.complete();
-        }
+        // Nothing else can hold a preparation now (a DMA command holds the buffer itself).
+        self.inner.complete_all();
         // Refused while someone else still wires the pages (a device may reach them): the
         // buffer is then leaked rather than freed under the device.
         let _ = self.inner.platform().free_pages(self.va, self.alloc_len);

@@ -7,14 +7,16 @@
 //! Bytes are copied through the platform's CPU access path, which needs no wiring, so
 //! `read_bytes`/`write_bytes` work on unprepared memory too (IOKit panics there).
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
+use super::{
+    check_range, clamp, past_end, Holders, MemoryDescriptor, PrepOwner, Removed, Segment, Source,
+};
 use crate::platform::{collect_runs, Platform, Task};
 use crate::{Direction, Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use alloc_crate::vec::Vec;
 
 #[derive(Debug, Default)]
 struct Wiring {
-    count: u32,
+    holders: Holders,
     read_only: bool,
     /// Physical runs of each range, while wired.
     runs: Vec<Vec<PhysRange>>,
@@ -25,7 +27,7 @@ struct Wiring {
 /// # Invariants
 ///
 /// `starts[i]` is the descriptor offset of `ranges[i]`; `length` is the sum of the range
-/// lengths; while `wiring.count > 0` every range of a virtual descriptor is wired once by this
+/// lengths; while `wiring.holders` is not empty every range of a virtual descriptor is wired once by this
 /// descriptor and `wiring.runs[i]` holds its runs.
 pub struct GeneralMemoryDescriptor<P: Platform> {
     platform: P,
@@ -122,13 +124,19 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         crate::map::MemoryMap::new(self.platform.clone(), self, options)
     }
 
-    /// Current prepare count (always 1 for physical descriptors).
-    pub fn wire_count(&self) -> u32 {
+    /// Current prepare count over every owner (always 1 for physical descriptors).
+    pub fn wire_count(&self) -> u64 {
         if self.task.is_none() {
             1
         } else {
-            self.wiring.lock().count
+            self.wiring.lock().holders.total()
         }
+    }
+
+    /// Who holds the current preparations (empty for physical descriptors, which are
+    /// always prepared).
+    pub fn holders(&self) -> Holders {
+        self.wiring.lock().holders.clone()
     }
 
     /// The range holding descriptor offset `offset` (< length): index and offset inside.
@@ -160,6 +168,34 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         done
     }
 
+    /// Wires every range of `task` and records its physical runs; on failure nothing stays
+    /// wired.
+    fn wire_ranges(&self, task: Task, read_only: bool) -> Result<Vec<Vec<PhysRange>>> {
+        let mut runs = Vec::with_capacity(self.ranges.len());
+        for (i, &(addr, len)) in self.ranges.iter().enumerate() {
+            if len == 0 {
+                runs.push(Vec::new());
+                continue;
+            }
+            let wired = self
+                .platform
+                .wire(task, VirtAddr(addr), len, !read_only)
+                .and_then(|()| {
+                    collect_runs(&self.platform, task, VirtAddr(addr), len).inspect_err(|_| {
+                        let _ = self.platform.unwire(task, VirtAddr(addr), len);
+                    })
+                });
+            match wired {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    self.unwire_ranges(i);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
     fn unwire_ranges(&self, upto: usize) {
         let Some(task) = self.task else { return };
         for &(addr, len) in &self.ranges[..upto] {
@@ -183,7 +219,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
         self.platform.page_size()
     }
 
-    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
         let Some(task) = self.task else {
             return Ok(());
         };
@@ -194,40 +230,20 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
         };
         let read_only = dir == Direction::Out;
         let mut w = self.wiring.lock();
-        if w.count > 0 {
+        if w.holders.is_prepared() {
             if w.read_only && !read_only {
                 return Err(Error::NotWritable {
                     what: "descriptor prepared read-only (for Out)",
                     addr: self.ranges.first().map_or(0, |r| r.0),
                 });
             }
-            w.count += 1;
-            return Ok(());
+            return w.holders.add(owner);
         }
-        let mut runs = Vec::with_capacity(self.ranges.len());
-        for (i, &(addr, len)) in self.ranges.iter().enumerate() {
-            if len == 0 {
-                runs.push(Vec::new());
-                continue;
-            }
-            let wired = self
-                .platform
-                .wire(task, VirtAddr(addr), len, !read_only)
-                .and_then(|()| {
-                    collect_runs(&self.platform, task, VirtAddr(addr), len).inspect_err(|_| {
-                        let _ = self.platform.unwire(task, VirtAddr(addr), len);
-                    })
-                });
-            match wired {
-                Ok(r) => runs.push(r),
-                Err(e) => {
-                    self.unwire_ranges(i);
-                    return Err(e);
-                }
-            }
-        }
+        let runs = self.wire_ranges(task, read_only)?;
+        let mut holders = Holders::default();
+        holders.add(owner)?;
         *w = Wiring {
-            count: 1,
+            holders,
             read_only,
             runs,
         };
@@ -235,24 +251,18 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
     }
 
     /// Over-completion (no prepare outstanding) succeeds and does nothing, as in IOKit's
-    /// release kernels.
-    fn complete(&self) -> Result<()> {
+    /// release kernels; a preparation another owner holds is not ended (see
+    /// [`MemoryDescriptor::complete_for`]).
+    fn complete_for(&self, owner: PrepOwner) -> Result<()> {
         if self.task.is_none() {
             return Ok(());
         }
         let mut w = self.wiring.lock();
-        match w.count {
-            0 => Ok(()),
-            1 => {
-                self.unwire_ranges(self.ranges.len());
-                *w = Wiring::default();
-                Ok(())
-            }
-            _ => {
-                w.count -= 1;
-                Ok(())
-            }
+        if w.holders.remove(owner, "a general descriptor")? == Removed::Last {
+            self.unwire_ranges(self.ranges.len());
+            *w = Wiring::default();
         }
+        Ok(())
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
@@ -304,7 +314,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
             });
         };
         let w = self.wiring.lock();
-        if w.count == 0 {
+        if !w.holders.is_prepared() {
             return Err(Error::NotReady {
                 what: "physical segment of an unprepared descriptor",
                 addr: self.ranges[i].0 + inner,
@@ -345,14 +355,22 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
     }
 }
 
+impl<P: Platform> GeneralMemoryDescriptor<P> {
+    /// Ends every preparation of every owner (what IOKit's `free()` does); for owners of
+    /// the descriptor that are going away with it.
+    pub(crate) fn complete_all(&self) {
+        let mut w = self.wiring.lock();
+        if self.task.is_some() && w.holders.is_prepared() {
+            self.unwire_ranges(self.ranges.len());
+            *w = Wiring::default();
+        }
+    }
+}
+
 impl<P: Platform> Drop for GeneralMemoryDescriptor<P> {
     /// Like IOKit's `free()`, completes outstanding preparations.
     fn drop(&mut self) {
-        let w = self.wiring.get_mut();
-        if self.task.is_some() && w.count > 0 {
-            w.count = 0;
-            self.unwire_ranges(self.ranges.len());
-        }
+        self.complete_all();
     }
 }
 

@@ -5,13 +5,14 @@
 //! [`set_memory_descriptor`](InterleavedMemoryDescriptor::set_memory_descriptor) and removed
 //! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors).
 //! Neither is allowed while prepared. A failed prepare completes exactly the portions it
-//! had prepared (IOKit's rollback completes the failed one repeatedly: quirk Q7, fixed).
+//! had prepared (IOKit's rollback completes the failed portion again and again instead).
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
+use super::{
+    check_range, clamp, past_end, Holders, MemoryDescriptor, PrepOwner, Removed, Segment, Source,
+};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 struct Portion {
     md: Arc<dyn MemoryDescriptor>,
@@ -26,7 +27,7 @@ pub struct InterleavedMemoryDescriptor {
     capacity: usize,
     length: u64,
     direction: Direction,
-    prepared: AtomicU32,
+    prepared: spin::Mutex<Holders>,
 }
 
 impl InterleavedMemoryDescriptor {
@@ -37,7 +38,7 @@ impl InterleavedMemoryDescriptor {
             capacity,
             length: 0,
             direction,
-            prepared: AtomicU32::new(0),
+            prepared: spin::Mutex::new(Holders::default()),
         }
     }
 
@@ -50,7 +51,7 @@ impl InterleavedMemoryDescriptor {
         offset: u64,
         length: u64,
     ) -> Result<()> {
-        if self.prepared.load(Ordering::Acquire) > 0 {
+        if self.prepared.lock().is_prepared() {
             return Err(Error::Busy {
                 what: "interleaved descriptor",
                 addr: 0,
@@ -92,7 +93,7 @@ impl InterleavedMemoryDescriptor {
     /// Removes every portion and sets the direction to `dir` (unless `Direction::None`).
     /// Fails with [`Error::Busy`] while prepared.
     pub fn clear_memory_descriptors(&mut self, dir: Direction) -> Result<()> {
-        if self.prepared.load(Ordering::Acquire) > 0 {
+        if self.prepared.lock().is_prepared() {
             return Err(Error::Busy {
                 what: "interleaved descriptor",
                 addr: 0,
@@ -158,35 +159,40 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
             .unwrap_or_default()
     }
 
-    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
         let dir = if dir == Direction::None {
             self.direction
         } else {
             dir
         };
+        let mut held = self.prepared.lock();
         for (i, p) in self.portions.iter().enumerate() {
-            if let Err(e) = p.md.prepare_wiring(dir) {
+            if let Err(e) = p.md.prepare_for(owner, dir) {
                 for q in self.portions[..i].iter().rev() {
-                    let _ = q.md.complete();
+                    let _ = q.md.complete_for(owner);
                 }
                 return Err(e);
             }
         }
-        self.prepared.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        held.add(owner).inspect_err(|_| {
+            for q in self.portions.iter().rev() {
+                let _ = q.md.complete_for(owner);
+            }
+        })
     }
 
-    fn complete(&self) -> Result<()> {
+    fn complete_for(&self, owner: PrepOwner) -> Result<()> {
         if self
             .prepared
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
-            .is_err()
+            .lock()
+            .remove(owner, "an interleaved descriptor")?
+            == Removed::Nothing
         {
             return Ok(());
         }
         let mut result = Ok(());
         for p in &self.portions {
-            if let Err(e) = p.md.complete() {
+            if let Err(e) = p.md.complete_for(owner) {
                 result = Err(e);
             }
         }

@@ -38,6 +38,7 @@
 mod buffer;
 mod device;
 mod general;
+mod holders;
 mod interleaved;
 mod multi;
 mod sub;
@@ -45,6 +46,8 @@ mod sub;
 pub use buffer::{BufferMemoryDescriptor, BufferOptions};
 pub use device::{device_memory, device_sub_range, DeviceMemory};
 pub use general::GeneralMemoryDescriptor;
+pub(crate) use holders::Removed;
+pub use holders::{Holders, PrepOwner};
 
 pub use interleaved::InterleavedMemoryDescriptor;
 pub use multi::MultiMemoryDescriptor;
@@ -85,22 +88,43 @@ pub trait MemoryDescriptor: Send + Sync {
     /// The platform page size.
     fn page_size(&self) -> PageSize;
 
-    /// Wires the memory (IOKit `prepare`). `Direction::None` means the descriptor's own
-    /// direction; `Out` wires read-only. Counted: each success needs one
-    /// [`complete`](Self::complete). Prefer the guard-returning
-    /// `prepare` on `dyn MemoryDescriptor`.
-    fn prepare_wiring(&self, dir: Direction) -> Result<()>;
+    /// Wires the memory for `owner` (IOKit `prepare`). `Direction::None` means the
+    /// descriptor's own direction; `Out` wires read-only. Counted per owner: each success
+    /// needs one [`complete_for`](Self::complete_for) by the same owner, and the memory stays
+    /// wired while any owner holds a preparation. Callers use
+    /// [`prepare_wiring`](Self::prepare_wiring); composite descriptors forward `owner` to
+    /// their parts.
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()>;
 
-    /// Drops one wiring (IOKit `complete`); the memory is unwired at the last one.
-    fn complete(&self) -> Result<()>;
+    /// Ends one preparation of `owner` (IOKit `complete`); the memory is unwired when no
+    /// owner holds one. Ending a preparation `owner` does not hold is
+    /// [`Error::NotReady`] while a DMA command holds the memory (the command's preparation is
+    /// the command's to end; the dma-debug ledger records the attempt), and a silent no-op
+    /// when nobody does (IOKit's over-complete).
+    fn complete_for(&self, owner: PrepOwner) -> Result<()>;
+
+    /// Wires the memory for the caller (IOKit `prepare`); see
+    /// [`prepare_for`](Self::prepare_for). Prefer the guard-returning `prepare` on
+    /// `dyn MemoryDescriptor`.
+    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+        self.prepare_for(PrepOwner::CALLER, dir)
+    }
+
+    /// Ends one of the caller's preparations (IOKit `complete`); see
+    /// [`complete_for`](Self::complete_for).
+    fn complete(&self) -> Result<()> {
+        self.complete_for(PrepOwner::CALLER)
+    }
 
     /// Copies up to `buf.len()` bytes from `offset`, stopping at the end of the descriptor;
-    /// returns the count copied (0 for an offset at or past the end).
+    /// returns the count copied (0 for an offset at or past the end). IOKit `readBytes`.
+    #[must_use = "the count says how many bytes were copied"]
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize;
 
     /// Copies up to `data.len()` bytes to `offset`, stopping at the end of the descriptor;
     /// returns the count copied (0 for an offset at or past the end, or while the memory is
-    /// prepared read-only).
+    /// prepared read-only). IOKit `writeBytes`.
+    #[must_use = "the count says how many bytes were copied (0 while prepared read-only)"]
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize;
 
     /// Where byte `offset` lives physically, and the length of the contiguous run from there.

@@ -7,7 +7,7 @@
 //! [`Error::Internal`] (IOKit: kIOReturnInternalError). Physical segments never coalesce
 //! across parts.
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
+use super::{check_range, clamp, past_end, MemoryDescriptor, PrepOwner, Segment, Source};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -102,7 +102,7 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
             .unwrap_or_default()
     }
 
-    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
         if self.parts.is_empty() {
             return Err(Error::Internal {
                 what: "prepare of a multi-descriptor with no parts",
@@ -114,9 +114,9 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
             dir
         };
         for (i, p) in self.parts.iter().enumerate() {
-            if let Err(e) = p.prepare_wiring(dir) {
+            if let Err(e) = p.prepare_for(owner, dir) {
                 for q in &self.parts[..i] {
-                    let _ = q.complete();
+                    let _ = q.complete_for(owner);
                 }
                 return Err(e);
             }
@@ -124,10 +124,10 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         Ok(())
     }
 
-    fn complete(&self) -> Result<()> {
+    fn complete_for(&self, owner: PrepOwner) -> Result<()> {
         let mut result = Ok(());
         for p in &self.parts {
-            if let Err(e) = p.complete() {
+            if let Err(e) = p.complete_for(owner) {
                 result = Err(e);
             }
         }

@@ -5,7 +5,7 @@
 //! physical segments forward with the offset shifted and lengths clipped to the window.
 //! The direction is the sub-descriptor's own, not the parent's.
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
+use super::{check_range, clamp, past_end, MemoryDescriptor, PrepOwner, Segment, Source};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 
@@ -67,17 +67,17 @@ impl MemoryDescriptor for SubMemoryDescriptor {
         self.parent.page_size()
     }
 
-    fn prepare_wiring(&self, dir: Direction) -> Result<()> {
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
         let dir = if dir == Direction::None {
             self.direction
         } else {
             dir
         };
-        self.parent.prepare_wiring(dir)
+        self.parent.prepare_for(owner, dir)
     }
 
-    fn complete(&self) -> Result<()> {
-        self.parent.complete()
+    fn complete_for(&self, owner: PrepOwner) -> Result<()> {
+        self.parent.complete_for(owner)
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {

@@ -33,15 +33,58 @@
 //! With the feature `dma-debug`, preparations and misuse are recorded in the
 //! [ledger](crate::debug).
 //!
-//! Divergences from IOKit: a prepare of length 0 or past the end is an error (Q3); a failed
-//! prepare leaves nothing prepared (Q1); `max_segments` is a per-transfer limit enforced at prepare (a transfer that
-//! needs more segments bounces into contiguous memory).
+//! ## States, as IOKit's
+//!
+//! | call | while | result |
+//! | --- | --- | --- |
+//! | `set_memory_descriptor(md)` | the same `md` is attached (prepared or not) | `Ok`, nothing prepared twice |
+//! | `set_memory_descriptor(other)` | prepared | [`Error::Busy`] |
+//! | `clear_memory_descriptor()` | prepared | [`Error::NotReady`] (use [`complete_and_clear`](DmaCommand::complete_and_clear)) |
+//! | `prepare(same range)` | prepared | `Ok`, counted: one more `complete` is needed |
+//! | `prepare(other range)` | prepared | [`Error::NotReady`], not counted |
+//! | `complete()` | not prepared | [`Error::NotReady`] |
+//! | `gen_segments` | offset at or past the prepared length | [`Error::Overrun`], offset unchanged |
+//! | `synchronize(InOut)` | any | [`Error::BadArgument`] (one direction at a time) |
+//!
+//! Where dmakit differs from IOKit: a prepare of length 0 or past the descriptor's end is
+//! an error (IOKit prepares past the end and its later segment walk does not terminate); a
+//! failed prepare leaves nothing prepared (IOKit counts it, so its callers must complete
+//! after a failure); `max_segments` is a per-transfer limit enforced at prepare (a transfer
+//! that needs more segments bounces into contiguous memory).
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions, SegmentFormat, SegmentSpec};
+//! use dmakit::Direction;
+//! use std::sync::Arc;
+//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! let spec = SegmentSpec::builder().address_bits(32).max_segment_size(0x1000).build()?;
+//! let buf = Arc::new(BufferMemoryDescriptor::new(
+//!     machine.clone(),
+//!     BufferOptions::new(0x3000, Direction::Out),
+//! )?);
+//! let pool = Arc::new(BouncePool::new(machine.clone(), "my device", 1 << 20));
+//! let mut cmd = DmaCommand::builder(machine)
+//!     .spec(spec)
+//!     .format(SegmentFormat::Little32)
+//!     .bounce_pool(pool)
+//!     .build()?;
+//! cmd.set_memory_descriptor(buf)?;
+//! cmd.prepare(PrepareOptions::new())?;
+//! for seg in cmd.segments() {
+//!     let seg = seg?;
+//!     assert!(seg.addr.0 + seg.len <= 1 << 32 && seg.len <= 0x1000);
+//! }
+//! cmd.complete()?;
+//! # Ok(()) }
+//! ```
 
 use super::bounce::BouncePool;
 use super::format::{IoSegment, SegmentFormat};
+use super::options::{CompleteOptions, Constraint, PrepareOptions};
 use super::quarantine::{Held, Quarantine};
 use super::spec::SegmentSpec;
-use crate::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+use crate::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, PrepOwner};
 use crate::mapper::{Access, Mapper};
 use crate::platform::{CacheOp, Platform, Task, COPY_CHUNK};
 use crate::{Direction, Error, IoAddr, PhysAddr, Result, VirtAddr};
@@ -77,9 +120,8 @@ impl core::fmt::Debug for MappingMode {
 /// Why a preparation bounces: the first constraint the memory broke, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BounceReason {
-    /// The constraint ("address window", "alignment", "internal_alignment",
-    /// "length_alignment", "max_segments", "mapper page joins", "forced by the pool").
-    pub constraint: &'static str,
+    /// The constraint.
+    pub constraint: Constraint,
     /// The segment address that broke it (0 when forced).
     pub addr: u64,
     /// That segment's length.
@@ -175,6 +217,8 @@ struct Preparation<P: Platform + Clone> {
     dir: Direction,
     route: Route<P>,
     reason: Option<BounceReason>,
+    /// Prepares of this same range outstanding (nested prepares are counted).
+    count: u32,
 }
 
 /// What giving a preparation back needs (shared by `complete`, drop and the quarantine).
@@ -199,7 +243,7 @@ impl<P: Platform + Clone> Owner<P> {
             let _ = m.iovm_free(*iova, *pages);
         }
         drop(prep);
-        let _ = md.complete();
+        let _ = md.complete_for(PrepOwner::command(self.id));
         crate::debug::completed(self.id);
     }
 }
@@ -244,38 +288,52 @@ pub struct DmaCommand<P: Platform + Clone + 'static> {
 type Emit<'a> = dyn FnMut(IoSegment, bool) -> Result<bool> + 'a;
 
 impl<P: Platform + Clone + 'static> DmaCommand<P> {
-    /// A command for a device with constraints `spec`, writing segments as `format`.
-    /// A 32-bit format with a spec that reaches above 4 GiB is [`Error::BadArgument`] (as
-    /// IOKit refuses OutputHost32 with more than 32 address bits).
-    pub fn new(
-        platform: P,
-        spec: SegmentSpec,
-        format: SegmentFormat,
-        mode: MappingMode,
-        pool: Option<Arc<BouncePool<P>>>,
-    ) -> Result<Self> {
+    /// A builder for a command on `platform` (IOKit `IODMACommand::withSpecification`):
+    /// no constraints, [`SegmentFormat::Host64`], [`MappingMode::Bypassed`], no bounce pool
+    /// and no quarantine until set.
+    pub fn builder(platform: P) -> DmaCommandBuilder<P> {
+        DmaCommandBuilder {
+            platform,
+            spec: SegmentSpec::default(),
+            format: SegmentFormat::Host64,
+            mode: MappingMode::Bypassed,
+            pool: None,
+            quarantine: None,
+        }
+    }
+
+    /// The spec a command with `format` uses for `spec`: a 32-bit format limits a spec with
+    /// no address limit to 32 bits and refuses one that reaches further (IOKit: 0 address
+    /// bits become 32 for the 32-bit output functions, more than 32 are refused); its
+    /// 32-bit length field caps segments at 2 GiB.
+    fn spec_for(spec: SegmentSpec, format: SegmentFormat) -> Result<SegmentSpec> {
+        let mut spec = spec;
         if spec.max_address() > format.max_address() {
-            return Err(Error::BadArgument {
-                what: "a 32-bit segment format needs a spec limited to 32 address bits",
-                value: spec.max_address(),
-            });
+            if spec.has_address_limit() {
+                return Err(Error::BadArgument {
+                    what: "a 32-bit segment format needs a spec limited to 32 address bits",
+                    value: spec.max_address(),
+                });
+            }
+            spec = spec.limited_to(format.max_address())?;
         }
         if spec.max_segment_size() > format.max_address() {
-            // A 32-bit length field cannot carry longer segments.
-            let spec = SegmentSpec::builder()
-                .max_segment_size(1 << 31)
-                .build()
-                .and_then(|cap| spec.intersect(&cap))?;
-            return Self::new(platform, spec, format, mode, pool);
+            let cap = SegmentSpec::builder().max_segment_size(1 << 31).build()?;
+            spec = spec.intersect(&cap)?;
         }
+        Ok(spec)
+    }
+
+    /// A command with nothing attached.
+    fn from_builder(b: DmaCommandBuilder<P>) -> Result<Self> {
         Ok(DmaCommand {
-            platform,
-            spec,
-            format,
+            spec: Self::spec_for(b.spec, b.format)?,
+            platform: b.platform,
+            format: b.format,
             owner: Owner {
-                pool,
-                mode,
-                quarantine: None,
+                pool: b.pool,
+                mode: b.mode,
+                quarantine: b.quarantine,
                 id: crate::debug::next_id(),
             },
             md: None,
@@ -283,9 +341,44 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         })
     }
 
-    /// The constraints.
+    /// A new, unprepared command with this one's spec, format, mapping mode, bounce pool and
+    /// quarantine, and nothing attached (IOKit `cloneCommand`, which swaps the length and
+    /// internal-segment alignments by mistake; dmakit copies them as they are).
+    pub fn clone_command(&self) -> Result<Self> {
+        Self::from_builder(DmaCommandBuilder {
+            platform: self.platform.clone(),
+            spec: self.spec,
+            format: self.format,
+            mode: self.owner.mode.clone(),
+            pool: self.owner.pool.clone(),
+            quarantine: self.owner.quarantine.clone(),
+        })
+    }
+
+    /// The constraints (IOKit `getNumAddressBits`, `getAlignment`, `getAlignmentLength`,
+    /// `getAlignmentInternalSegments` read from here).
     pub fn spec(&self) -> &SegmentSpec {
         &self.spec
+    }
+
+    /// Replaces the constraints (IOKit `setSpecification`); refused while prepared
+    /// ([`Error::NotPermitted`], as IOKit's `prepareWithSpecification`).
+    pub fn set_spec(&mut self, spec: SegmentSpec) -> Result<()> {
+        if self.prep.is_some() {
+            return Err(Error::NotPermitted {
+                what: "changing the spec of a prepared DMA command",
+                hint: "complete the command first",
+            });
+        }
+        self.spec = Self::spec_for(spec, self.format)?;
+        Ok(())
+    }
+
+    /// Sets the constraints and prepares (IOKit `prepareWithSpecification`). Refused while
+    /// prepared.
+    pub fn prepare_with_spec(&mut self, spec: SegmentSpec, options: PrepareOptions) -> Result<()> {
+        self.set_spec(spec)?;
+        self.prepare(options)
     }
 
     /// The output format.
@@ -293,9 +386,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         self.format
     }
 
+    /// The mapping mode.
+    pub fn mode(&self) -> &MappingMode {
+        &self.owner.mode
+    }
+
     /// The id the dma-debug ledger files this command under.
     pub fn debug_id(&self) -> u64 {
         self.owner.id
+    }
+
+    /// The owner this command's descriptor preparations are held under: only the command
+    /// can end them.
+    pub fn prep_owner(&self) -> PrepOwner {
+        PrepOwner::command(self.owner.id)
     }
 
     /// Makes the command one of a device's: a preparation dropped with the command waits in
@@ -306,31 +410,99 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok(())
     }
 
-    /// Attaches a descriptor (IOKit `setMemoryDescriptor`). Refused while prepared.
+    /// Attaches a descriptor without preparing it (IOKit `setMemoryDescriptor(md,
+    /// autoPrepare = false)`). The descriptor already attached is `Ok` and changes nothing,
+    /// prepared or not (IOKit completes it here; dmakit leaves a preparation to
+    /// [`complete`](Self::complete), so memory is never released under a device by an attach).
+    /// Another descriptor while prepared is [`Error::Busy`].
     pub fn set_memory_descriptor(&mut self, md: Arc<dyn MemoryDescriptor>) -> Result<()> {
+        if self.is_attached(&md) {
+            return Ok(());
+        }
         self.not_prepared()?;
         self.md = Some(md);
         Ok(())
     }
 
-    /// Detaches the descriptor (IOKit `clearMemoryDescriptor`). Refused while prepared:
-    /// complete first.
+    /// Attaches a descriptor and prepares all of it (IOKit `setMemoryDescriptor(md)`, whose
+    /// `autoPrepare` defaults to true). The descriptor already attached and prepared is `Ok`
+    /// and prepares nothing twice; a failed prepare leaves nothing attached.
+    pub fn set_memory_descriptor_and_prepare(
+        &mut self,
+        md: Arc<dyn MemoryDescriptor>,
+    ) -> Result<()> {
+        if self.is_attached(&md) && self.prep.is_some() {
+            return Ok(());
+        }
+        self.set_memory_descriptor(md)?;
+        self.prepare(PrepareOptions::new()).inspect_err(|_| {
+            self.md = None;
+        })
+    }
+
+    fn is_attached(&self, md: &Arc<dyn MemoryDescriptor>) -> bool {
+        self.md
+            .as_ref()
+            .is_some_and(|m| core::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(md)))
+    }
+
+    /// Detaches the descriptor (IOKit `clearMemoryDescriptor(autoComplete = false)`).
+    /// Prepared is [`Error::NotReady`]: complete first, or use
+    /// [`complete_and_clear`](Self::complete_and_clear).
     pub fn clear_memory_descriptor(&mut self) -> Result<()> {
-        self.not_prepared()?;
+        if let Some(p) = &self.prep {
+            return Err(Error::NotReady {
+                what: "clear_memory_descriptor on a prepared DMA command (complete it first)",
+                addr: p.offset,
+            });
+        }
         self.md = None;
         Ok(())
     }
 
-    /// The attached descriptor.
+    /// Completes every outstanding prepare (copying back what the device wrote) and detaches
+    /// the descriptor (IOKit `clearMemoryDescriptor()`, whose `autoComplete` defaults to
+    /// true). The first error is returned after everything is released.
+    pub fn complete_and_clear(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        while self.prep.is_some() {
+            if let Err(e) = self.complete() {
+                result = result.and(Err(e));
+            }
+        }
+        self.md = None;
+        result
+    }
+
+    /// The attached descriptor (IOKit `getMemoryDescriptor`).
     pub fn memory_descriptor(&self) -> Option<&Arc<dyn MemoryDescriptor>> {
         self.md.as_ref()
     }
 
+    /// The memory the device reaches (IOKit `getIOMemoryDescriptor`): the whole-transfer
+    /// bounce buffer while one is in use (its data starts at
+    /// [`bounce_data_offset`](Self::bounce_data_offset)), else the attached descriptor.
+    pub fn io_memory_descriptor(&self) -> Option<&dyn MemoryDescriptor> {
+        match self.prep.as_ref().and_then(|p| p.route.bounce()) {
+            Some(b) => Some(&b.buffer),
+            None => self.md.as_deref(),
+        }
+    }
+
+    /// Where the transfer's first byte is in the bounce buffer
+    /// [`io_memory_descriptor`](Self::io_memory_descriptor) returns (0 without one).
+    pub fn bounce_data_offset(&self) -> u64 {
+        self.prep
+            .as_ref()
+            .and_then(|p| p.route.bounce())
+            .map_or(0, |b| b.data_off)
+    }
+
     fn not_prepared(&self) -> Result<()> {
-        if self.prep.is_some() {
+        if let Some(p) = &self.prep {
             return Err(Error::Busy {
                 what: "DMA command",
-                addr: 0,
+                addr: p.offset,
                 why: "it is prepared (complete it first)",
             });
         }
@@ -352,6 +524,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         self.prep.as_ref().map(|p| (p.offset, p.length))
     }
 
+    /// The prepared `(offset, length)` (IOKit `getPreparedOffsetAndLength`); not prepared
+    /// is [`Error::NotReady`].
+    pub fn prepared_offset_and_length(&self) -> Result<(u64, u64)> {
+        self.prepared().ok_or(Error::NotReady {
+            what: "prepared offset and length of an unprepared DMA command",
+            addr: 0,
+        })
+    }
+
+    /// How many prepares of the current range are outstanding (0 when not prepared).
+    pub fn prepare_count(&self) -> u32 {
+        self.prep.as_ref().map_or(0, |p| p.count)
+    }
+
     /// Runs a CPU copy of the prepared memory that the caller has synchronized for (the
     /// typed layer's sync methods): the dma-debug ledger does not count it as misuse.
     pub(crate) fn cpu_copy<R>(&self, f: impl FnOnce() -> R) -> R {
@@ -362,33 +548,33 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// The first constraint `seg` breaks, if any (`first`/`last`: its place in the transfer).
-    fn violates(&self, seg: IoSegment, first: bool, last: bool) -> Option<&'static str> {
+    fn violates(&self, seg: IoSegment, first: bool, last: bool) -> Option<Constraint> {
         let s = &self.spec;
         let (a, len) = (seg.addr.0, seg.len);
         if !s.reaches(a, len) {
-            return Some("address window");
+            return Some(Constraint::AddressWindow);
         }
         if len > s.max_segment_size() {
-            return Some("max_segment_size");
+            return Some(Constraint::MaxSegmentSize);
         }
         if first && !a.is_multiple_of(s.alignment()) {
-            return Some("alignment");
+            return Some(Constraint::Alignment);
         }
         if !first && !a.is_multiple_of(s.internal_alignment()) {
-            return Some("internal_alignment");
+            return Some(Constraint::InternalAlignment);
         }
         if !last
             && (!len.is_multiple_of(s.length_alignment())
                 || !(a + len).is_multiple_of(s.internal_alignment()))
         {
             return Some(if len.is_multiple_of(s.length_alignment()) {
-                "internal_alignment"
+                Constraint::InternalAlignment
             } else {
-                "length_alignment"
+                Constraint::LengthAlignment
             });
         }
         if s.boundary() != 0 && a / s.boundary() != (a + len - 1) / s.boundary() {
-            return Some("boundary");
+            return Some(Constraint::Boundary);
         }
         None
     }
@@ -500,7 +686,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let walked = self.walk(md, prep, 0, &mut |seg, last| {
             count += 1;
             let broken = self.violates(seg, count == 1, last).or(if count > max {
-                Some("max_segments")
+                Some(Constraint::MaxSegments)
             } else {
                 None
             });
@@ -517,7 +703,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         match walked {
             Ok(()) => Ok(bad),
             Err(Error::NotAligned { value, .. }) => Ok(Some(BounceReason {
-                constraint: "internal_alignment",
+                constraint: Constraint::InternalAlignment,
                 addr: value,
                 len: 0,
             })),
@@ -525,24 +711,62 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         }
     }
 
-    /// Prepares `[offset, offset + length)` of the descriptor for DMA (IOKit `prepare`).
-    /// `flush` does the cache maintenance of a non-coherent command; `synchronize` copies
-    /// into a bounce buffer for a device that reads.
-    pub fn prepare(
-        &mut self,
-        offset: u64,
-        length: u64,
-        flush: bool,
-        synchronize: bool,
-    ) -> Result<()> {
-        self.not_prepared()?;
+    /// Prepares a range of the descriptor for DMA (IOKit `prepare`): wires it under the
+    /// command's own [`PrepOwner`] (so only the command can end the preparation), decides the
+    /// route (direct, per-page bounced, double buffered or mapped), fills bounce buffers for
+    /// a device that reads and does a non-coherent command's cache maintenance, as `options`
+    /// say.
+    ///
+    /// A prepare of the range already prepared is counted (each needs a
+    /// [`complete`](Self::complete); the last one ends the transfer) and does nothing else;
+    /// another range while prepared is [`Error::NotReady`] and is not counted. No descriptor
+    /// is [`Error::NotReady`]; an empty range, or one past the descriptor's end, is an
+    /// error; a length above `max_transfer_size` is [`Error::NoSpace`] and one that is not a
+    /// multiple of `length_alignment` is [`Error::NotAligned`].
+    pub fn prepare(&mut self, options: PrepareOptions) -> Result<()> {
         let md = self.md.clone().ok_or(Error::NotReady {
-            what: "DMA command without a memory descriptor",
+            what: "prepare of a DMA command without a memory descriptor",
             addr: 0,
         })?;
+        let (offset, length) = options.requested_range().unwrap_or((0, md.length()));
+        if let Some(p) = &mut self.prep {
+            if (p.offset, p.length) != (offset, length) {
+                return Err(Error::NotReady {
+                    what: "prepare of another range while the DMA command is prepared (complete it first)",
+                    addr: offset,
+                });
+            }
+            p.count = p.count.checked_add(1).ok_or(Error::NoResources {
+                what: "nested prepares of one DMA command",
+                limit: u32::MAX as u64,
+            })?;
+            return Ok(());
+        }
+        self.check_range(md.as_ref(), offset, length)?;
+        let dir = md.direction();
+        md.prepare_for(self.prep_owner(), dir)?;
+        let mut prep = Preparation {
+            offset,
+            length,
+            dir,
+            route: Route::Direct,
+            reason: None,
+            count: 1,
+        };
+        if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
+            self.owner.release(md.as_ref(), prep);
+            return Err(e);
+        }
+        self.record_prepared(md.as_ref(), &prep);
+        self.prep = Some(prep);
+        Ok(())
+    }
+
+    /// The checks of a first prepare of `[offset, offset + length)`.
+    fn check_range(&self, md: &dyn MemoryDescriptor, offset: u64, length: u64) -> Result<()> {
         if length == 0 {
             return Err(Error::ZeroSize {
-                what: "DMA command prepare",
+                what: "DMA command prepare (an empty descriptor or range)",
             });
         }
         crate::descriptor::check_range("DMA command prepare", offset, length, md.length())?;
@@ -561,50 +785,47 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 align: self.spec.length_alignment(),
             });
         }
-        let dir = md.direction();
-        md.prepare_wiring(dir)?;
-        let mut prep = Preparation {
-            offset,
-            length,
-            dir,
-            route: Route::Direct,
-            reason: None,
-        };
-        let routed = self.route(md.as_ref(), &mut prep, synchronize);
-        if let Err(e) = routed {
-            self.owner.release(md.as_ref(), prep);
-            return Err(e);
-        }
-        if flush && matches!(self.owner.mode, MappingMode::NonCoherent) {
-            let op = if dir.device_writes() {
+        Ok(())
+    }
+
+    /// Routes a wired preparation and does its cache maintenance.
+    fn settle(
+        &self,
+        md: &dyn MemoryDescriptor,
+        prep: &mut Preparation<P>,
+        options: PrepareOptions,
+        force: bool,
+    ) -> Result<()> {
+        self.route(md, prep, options.synchronizes(), force)?;
+        if options.flushes_cache() && matches!(self.owner.mode, MappingMode::NonCoherent) {
+            let op = if prep.dir.device_writes() {
                 CacheOp::Flush
             } else {
                 CacheOp::Clean
             };
-            if let Err(e) = self.cache(md.as_ref(), &prep, op) {
-                self.owner.release(md.as_ref(), prep);
-                return Err(e);
-            }
+            self.cache(md, prep, op)?;
         }
+        Ok(())
+    }
+
+    fn record_prepared(&self, md: &dyn MemoryDescriptor, prep: &Preparation<P>) {
         crate::debug::prepared(
             crate::debug::PrepInfo {
                 command: self.owner.id,
                 device: self.owner.quarantine.as_ref().map_or(0, |q| q.id()),
-                offset,
-                length,
-                direction: dir,
+                offset: prep.offset,
+                length: prep.length,
+                direction: prep.dir,
                 route: prep.route.name(),
                 held_bytes: prep
                     .route
-                    .held_bytes(length, self.platform.page_size().bytes()),
+                    .held_bytes(prep.length, self.platform.page_size().bytes()),
             },
-            md.as_ref(),
+            md,
         );
         if let Some(q) = &self.owner.quarantine {
             q.prepared();
         }
-        self.prep = Some(prep);
-        Ok(())
     }
 
     /// Chooses the route of `prep` (which starts out direct) and fills bounce buffers.
@@ -613,17 +834,18 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         md: &dyn MemoryDescriptor,
         prep: &mut Preparation<P>,
         sync: bool,
+        by_caller: bool,
     ) -> Result<()> {
-        let forced = self
-            .owner
-            .pool
-            .as_ref()
-            .is_some_and(|p| p.force_bounce())
-            .then_some(BounceReason {
-                constraint: "forced by the pool",
-                addr: 0,
-                len: 0,
-            });
+        let pool_forces = self.owner.pool.as_ref().is_some_and(|p| p.force_bounce());
+        let forced = (by_caller || pool_forces).then_some(BounceReason {
+            constraint: if by_caller {
+                Constraint::ForcedByCaller
+            } else {
+                Constraint::Forced
+            },
+            addr: 0,
+            len: 0,
+        });
         if let MappingMode::Mapped(mapper) = &self.owner.mode {
             let mapper = mapper.clone();
             if forced.is_none() {
@@ -643,7 +865,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     }
                 } else {
                     prep.reason = Some(BounceReason {
-                        constraint: "mapper page joins",
+                        constraint: Constraint::MapperPageJoins,
                         addr: md.physical_segment(prep.offset)?.addr.0,
                         len: prep.length,
                     });
@@ -695,7 +917,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 addr: reason.addr,
             });
         }
-        if reason.constraint == "address window" && self.per_page(md, prep)? {
+        if reason.constraint == Constraint::AddressWindow && self.per_page(md, prep)? {
             if sync && prep.dir.device_reads() {
                 self.copy(md, prep, true)?;
             }
@@ -791,7 +1013,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         sync: bool,
     ) -> Result<()> {
         if let Some(r) = self.preflight(md, prep)? {
-            if r.constraint == "max_segments" {
+            if r.constraint == Constraint::MaxSegments {
                 return Err(Error::NoSpace {
                     what: "DMA transfer needs more segments than the spec's max_segments, even in contiguous memory",
                     requested: prep.length,
@@ -1036,31 +1258,21 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok((prep, md))
     }
 
-    /// Writes segments from `*offset` (relative to the prepared offset) into `out`, at
-    /// most `max_segments` (and what `out` and the spec allow), and advances `*offset` past
-    /// the bytes described. Returns the number of segments; 0 once the transfer is fully
-    /// described. Allocates nothing.
-    pub fn gen_segments(
-        &self,
-        offset: &mut u64,
-        out: &mut [u8],
-        max_segments: usize,
-    ) -> Result<usize> {
+    /// Writes segments from `*offset` (relative to the prepared offset) into `out` in the
+    /// command's [`SegmentFormat`], as many as fit (and `max_segments` allows), and advances
+    /// `*offset` past the bytes described (IOKit `genIOVMSegments`). Returns the number of
+    /// segments, at least one. Allocates nothing.
+    ///
+    /// `*offset` at or past the prepared length is [`Error::Overrun`] (the transfer is fully
+    /// described) and leaves it unchanged. An offset that is not where a segment can start
+    /// (the device address there breaks `internal_alignment`, or the offset is not a
+    /// multiple of `length_alignment`) is [`Error::NotAligned`]. Room for no segment is
+    /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. On an error `*offset` is
+    /// unchanged.
+    pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
         let (prep, md) = self.parts("gen_segments on an unprepared DMA command")?;
-        if *offset > prep.length {
-            return Err(Error::OutOfBounds {
-                what: "gen_segments offset",
-                offset: *offset,
-                len: 0,
-                limit: prep.length,
-            });
-        }
-        if *offset == prep.length {
-            return Ok(0);
-        }
-        let slots = max_segments
-            .min(out.len() / self.format.element_size())
-            .min(self.spec.max_segments() as usize);
+        self.check_walk_start(md, prep, *offset)?;
+        let slots = (out.len() / self.format.element_size()).min(self.spec.max_segments() as usize);
         if slots == 0 {
             return Err(Error::BadArgument {
                 what: "gen_segments needs room for at least one segment",
@@ -1068,33 +1280,117 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         }
         let mut count = 0usize;
-        let first = *offset == 0;
-        self.walk(md, prep, *offset, &mut |seg, last| {
+        let mut at = *offset;
+        let first = at == 0;
+        self.walk(md, prep, at, &mut |seg, last| {
             if count == slots {
                 return Ok(false);
             }
-            #[cfg(feature = "dma-debug")]
-            if let Some(c) = self.violates(seg, first && count == 0, last) {
-                crate::debug::record(
-                    crate::debug::ViolationKind::SegmentBreaksSpec,
-                    self.owner.id,
-                    || alloc_crate::format!("segment {seg:?} breaks {c} of {:?}", self.spec),
-                );
-            }
-            #[cfg(not(feature = "dma-debug"))]
-            let _ = (first, last);
+            self.check_emitted(seg, first && count == 0, last);
             self.format.write(out, count, seg)?;
             count += 1;
-            *offset += seg.len;
+            at += seg.len;
             Ok(true)
         })?;
+        *offset = at;
         Ok(count)
     }
 
-    /// Makes memory and device agree for `dir` (IOKit `synchronize`) over the whole
-    /// preparation: copies between the descriptor and a bounce buffer (`Out`: to the
-    /// device's copy; `In`: back to the descriptor) and does the cache maintenance of a
-    /// non-coherent command.
+    /// The segments of the preparation, decoded, from its first byte (IOKit
+    /// `genIOVMSegments` in a loop). Each item is one segment or the error that stopped the
+    /// walk; not prepared yields one [`Error::NotReady`]. Allocates nothing.
+    pub fn segments(&self) -> Segments<'_, P> {
+        self.segments_from(0)
+    }
+
+    /// [`segments`](Self::segments) from prepared offset `offset` (a place where a segment
+    /// can start, see [`gen_segments`](Self::gen_segments)).
+    pub fn segments_from(&self, offset: u64) -> Segments<'_, P> {
+        Segments {
+            cmd: self,
+            offset,
+            first: true,
+            done: false,
+        }
+    }
+
+    /// The next segment from prepared offset `x`, and whether more follow.
+    fn segment_at(&self, x: u64) -> Result<IoSegment> {
+        let (prep, md) = self.parts("segments of an unprepared DMA command")?;
+        self.check_walk_start(md, prep, x)?;
+        let mut got = None;
+        self.walk(md, prep, x, &mut |seg, last| {
+            if got.is_some() {
+                return Ok(false);
+            }
+            self.check_emitted(seg, x == 0, last);
+            got = Some(seg);
+            Ok(true)
+        })?;
+        got.ok_or(Error::Internal {
+            what: "a segment walk inside the preparation produced nothing",
+        })
+    }
+
+    /// Whether a walk may start at prepared offset `x`.
+    fn check_walk_start(
+        &self,
+        md: &dyn MemoryDescriptor,
+        prep: &Preparation<P>,
+        x: u64,
+    ) -> Result<()> {
+        if x >= prep.length {
+            return Err(Error::Overrun {
+                what: "segment walk of a DMA command (the transfer is fully described)",
+                offset: x,
+                length: prep.length,
+            });
+        }
+        if x == 0 {
+            return Ok(());
+        }
+        let s = &self.spec;
+        if !x.is_multiple_of(s.length_alignment()) {
+            return Err(Error::NotAligned {
+                what: "segment walk offset (the segments before it would break length_alignment)",
+                value: x,
+                align: s.length_alignment(),
+            });
+        }
+        let (addr, _) = self.raw_run(md, prep, x)?;
+        if !addr.is_multiple_of(s.internal_alignment()) {
+            return Err(Error::NotAligned {
+                what: "segment walk offset (the device address there breaks internal_alignment)",
+                value: addr,
+                align: s.internal_alignment(),
+            });
+        }
+        Ok(())
+    }
+
+    /// With dma-debug, records a generated segment that breaks the spec (a dmakit bug).
+    fn check_emitted(&self, seg: IoSegment, first: bool, last: bool) {
+        #[cfg(feature = "dma-debug")]
+        if let Some(c) = self.violates(seg, first, last) {
+            crate::debug::record(
+                crate::debug::ViolationKind::SegmentBreaksSpec,
+                self.owner.id,
+                || alloc_crate::format!("segment {seg:?} breaks {c} of {:?}", self.spec),
+            );
+        }
+        #[cfg(not(feature = "dma-debug"))]
+        let _ = (seg, first, last);
+    }
+
+    /// Makes memory and device agree in `dir` over the whole preparation (IOKit
+    /// `synchronize`): `Out` copies the descriptor into a bounce buffer (and cleans a
+    /// non-coherent command's caches) before the device reads; `In` invalidates and copies
+    /// what the device wrote back into the descriptor. `None` does nothing.
+    ///
+    /// One direction at a time: `InOut` is [`Error::BadArgument`], as in IOKit (copying
+    /// both ways would overwrite what the device wrote with the old bytes). A direction the
+    /// transfer was not prepared for is [`Error::BadArgument`] too (recorded by the dma-debug
+    /// ledger; IOKit copies anyway). Not prepared is [`Error::NotReady`].
     pub fn synchronize(&self, dir: Direction) -> Result<()> {
         let length = self.prep.as_ref().map_or(0, |p| p.length);
         self.synchronize_range(dir, 0, length)
@@ -1102,10 +1398,24 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// [`synchronize`](Self::synchronize) for `[offset, offset + length)` of the prepared
     /// range only (relative offsets), as Linux's `dma_sync_single_range_*`. Outside the
-    /// preparation is [`Error::OutOfBounds`]; a direction the transfer was not prepared for
-    /// is [`Error::BadArgument`] (both recorded by the dma-debug ledger).
+    /// preparation is [`Error::OutOfBounds`]; the direction rules are `synchronize`'s
+    /// (violations recorded by the dma-debug ledger).
     pub fn synchronize_range(&self, dir: Direction, offset: u64, length: u64) -> Result<()> {
+        if dir == Direction::InOut {
+            crate::debug::record(
+                crate::debug::ViolationKind::SyncWrongDirection,
+                self.owner.id,
+                || alloc_crate::string::String::from("synchronize in both directions at once"),
+            );
+            return Err(Error::BadArgument {
+                what: "synchronize takes one direction (In or Out), not InOut",
+                value: dir.bits() as u64,
+            });
+        }
         let (prep, md) = self.parts("synchronize on an unprepared DMA command")?;
+        if dir == Direction::None {
+            return Ok(());
+        }
         if let Err(e) = crate::descriptor::check_range(
             "synchronize range in the prepared range",
             offset,
@@ -1141,13 +1451,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         }
         let non_coherent = matches!(self.owner.mode, MappingMode::NonCoherent);
-        if dir.device_reads() {
+        if dir == Direction::Out {
             self.copy_range(md, prep, offset, length, true)?;
             if non_coherent {
                 self.cache_range(md, prep, offset, length, CacheOp::Clean)?;
             }
-        }
-        if dir.device_writes() {
+        } else {
             if non_coherent {
                 self.cache_range(md, prep, offset, length, CacheOp::Invalidate)?;
             }
@@ -1156,12 +1465,165 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok(())
     }
 
-    /// Ends the transfer (IOKit `complete`): with `synchronize`, data the device wrote is
-    /// copied back from a bounce buffer and caches are invalidated; the bounce buffer, IO
-    /// addresses and the descriptor's wiring are released. Not prepared is
+    /// Moves the transfer into a whole-transfer bounce buffer (IOKit `synchronize` with
+    /// `kForceDoubleBuffer`), for a caller that wants the device to see a private copy.
+    /// Already double buffered is `Ok`. What the device wrote so far is copied back first;
+    /// the new buffer is filled from the descriptor for a device that reads. Call it while
+    /// the device is not using the memory. An iterate-only command is
+    /// [`Error::MessageTooLarge`] (it never bounces); nested prepares outstanding are
+    /// [`Error::Busy`] (IOKit does nothing then). Unlike IOKit, the bounce also happens when
+    /// nothing else would need a walk.
+    pub fn force_double_buffer(&mut self) -> Result<()> {
+        let (count, whole) = match &self.prep {
+            None => {
+                return Err(Error::NotReady {
+                    what: "force_double_buffer on an unprepared DMA command",
+                    addr: 0,
+                })
+            }
+            Some(p) => (
+                p.count,
+                matches!(p.route, Route::Bounced(_))
+                    || (matches!(p.route, Route::Mapped { .. }) && p.route.bounce().is_some()),
+            ),
+        };
+        if whole {
+            return Ok(());
+        }
+        if count > 1 {
+            return Err(Error::Busy {
+                what: "DMA command",
+                addr: count as u64,
+                why: "nested prepares are outstanding; double buffering would move memory they hand out",
+            });
+        }
+        let md = self.md.clone().ok_or(Error::Internal {
+            what: "prepared command without descriptor",
+        })?;
+        let Some(mut prep) = self.prep.take() else {
+            return Err(Error::Internal {
+                what: "preparation vanished",
+            });
+        };
+        let mut fresh = Preparation {
+            offset: prep.offset,
+            length: prep.length,
+            dir: prep.dir,
+            route: Route::Direct,
+            reason: None,
+            count: 1,
+        };
+        let r = self
+            .settle(md.as_ref(), &mut fresh, PrepareOptions::new(), true)
+            .and_then(|()| {
+                if prep.dir.device_writes() {
+                    self.copy(md.as_ref(), &prep, false)?;
+                    if fresh.dir.device_reads() {
+                        self.copy(md.as_ref(), &fresh, true)?;
+                    }
+                }
+                Ok(())
+            });
+        match r {
+            Ok(()) => {
+                self.release_route(&mut prep);
+                self.prep = Some(fresh);
+                Ok(())
+            }
+            Err(e) => {
+                self.release_route(&mut fresh);
+                self.prep = Some(prep);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back a preparation's bounce memory and IO addresses, keeping its wiring.
+    fn release_route(&self, prep: &mut Preparation<P>) {
+        let route = core::mem::replace(&mut prep.route, Route::Direct);
+        if route.bounces() {
+            if let Some(pool) = &self.owner.pool {
+                pool.give_back(route.pool_bytes(prep.length));
+            }
+        }
+        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) =
+            (&route, &self.owner.mode)
+        {
+            let _ = m.iovm_free(*iova, *pages);
+        }
+    }
+
+    /// Copies from the memory the device reaches (a bounce buffer where there is one) at
+    /// `offset` of the preparation into `buf` (IOKit `IODMACommand::readBytes`): at most to
+    /// the end of the preparation; 0 when not prepared or `offset` is at or past its end.
+    #[must_use = "the count says how many bytes were copied"]
+    pub fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.dma_copy(offset, buf.len(), &mut |md, at, i, n| {
+            md.read_bytes(at, &mut buf[i..i + n])
+        })
+    }
+
+    /// Copies `data` into the memory the device reaches (a bounce buffer where there is
+    /// one) at `offset` of the preparation (IOKit `IODMACommand::writeBytes`); same bounds
+    /// as [`read_bytes`](Self::read_bytes).
+    #[must_use = "the count says how many bytes were copied"]
+    pub fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
+        self.dma_copy(offset, data.len(), &mut |md, at, i, n| {
+            md.write_bytes(at, &data[i..i + n])
+        })
+    }
+
+    /// Runs `step(memory, its offset, index into the caller's bytes, count)` over the pieces
+    /// of the device-visible memory behind `[offset, offset + len)` of the preparation.
+    fn dma_copy(
+        &self,
+        offset: u64,
+        len: usize,
+        step: &mut dyn FnMut(&dyn MemoryDescriptor, u64, usize, usize) -> usize,
+    ) -> usize {
+        let Ok((prep, md)) = self.parts("DMA command copy") else {
+            return 0;
+        };
+        let n = crate::descriptor::clamp(offset, len, prep.length);
+        let _sync = SyncWindow::new(self.owner.id);
+        if let Some(b) = prep.route.bounce() {
+            return step(&b.buffer, b.data_off + offset, 0, n);
+        }
+        let Route::PerPage { buffer, pieces, .. } = &prep.route else {
+            return step(md, prep.offset + offset, 0, n);
+        };
+        let mut i = 0usize;
+        while i < n {
+            let x = offset + i as u64;
+            let k = pieces.partition_point(|p| p.x + p.len <= x);
+            let (mem, at, run): (&dyn MemoryDescriptor, u64, u64) = match pieces.get(k) {
+                Some(p) if p.x <= x => (buffer, p.buf_off + (x - p.x), p.len - (x - p.x)),
+                next => (md, prep.offset + x, next.map_or(u64::MAX, |p| p.x - x)),
+            };
+            let want = (run.min((n - i) as u64)) as usize;
+            let got = step(mem, at, i, want);
+            i += got;
+            if got < want {
+                break;
+            }
+        }
+        i
+    }
+
+    /// Ends one prepare (IOKit `complete()` with its defaults: invalidate caches and copy
+    /// back). See [`complete_with`](Self::complete_with).
+    pub fn complete(&mut self) -> Result<()> {
+        self.complete_with(CompleteOptions::new())
+    }
+
+    /// Ends one prepare (IOKit `complete(invalidateCache, synchronize)`). While nested
+    /// prepares remain this only counts down. The last one ends the transfer: as `options`
+    /// say, data the device wrote is copied back from a bounce buffer and a non-coherent
+    /// command's caches are invalidated; then the bounce buffer, IO addresses and the
+    /// command's wiring of the descriptor are released. Not prepared is
     /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete).
-    pub fn complete(&mut self, synchronize: bool) -> Result<()> {
-        let Some(prep) = self.prep.take() else {
+    pub fn complete_with(&mut self, options: CompleteOptions) -> Result<()> {
+        let Some(p) = &mut self.prep else {
             crate::debug::record(
                 crate::debug::ViolationKind::UnbalancedComplete,
                 self.owner.id,
@@ -1176,15 +1638,24 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 addr: 0,
             });
         };
+        if p.count > 1 {
+            p.count -= 1;
+            return Ok(());
+        }
+        let Some(prep) = self.prep.take() else {
+            return Err(Error::Internal {
+                what: "preparation vanished",
+            });
+        };
         let md = self.md.clone().ok_or(Error::Internal {
             what: "prepared command without descriptor",
         })?;
         let mut result = Ok(());
-        if synchronize && prep.dir.device_writes() {
-            if matches!(self.owner.mode, MappingMode::NonCoherent) {
+        if prep.dir.device_writes() {
+            if options.invalidates_cache() && matches!(self.owner.mode, MappingMode::NonCoherent) {
                 result = self.cache(md.as_ref(), &prep, CacheOp::Invalidate);
             }
-            if result.is_ok() {
+            if result.is_ok() && options.synchronizes() {
                 result = self.copy(md.as_ref(), &prep, false);
             }
         }
@@ -1193,6 +1664,132 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             q.completed();
         }
         result
+    }
+}
+
+/// Marks a command's own CPU copies for the dma-debug ledger while alive.
+struct SyncWindow(u64);
+
+impl SyncWindow {
+    fn new(id: u64) -> Self {
+        crate::debug::syncing(id, true);
+        SyncWindow(id)
+    }
+}
+
+impl Drop for SyncWindow {
+    fn drop(&mut self) {
+        crate::debug::syncing(self.0, false);
+    }
+}
+
+/// The decoded segments of a prepared [`DmaCommand`], from
+/// [`DmaCommand::segments`]. Stops after the last segment or the first error.
+#[must_use = "iterators do nothing unless consumed"]
+pub struct Segments<'a, P: Platform + Clone + 'static> {
+    cmd: &'a DmaCommand<P>,
+    offset: u64,
+    first: bool,
+    done: bool,
+}
+
+impl<P: Platform + Clone + 'static> Iterator for Segments<'_, P> {
+    type Item = Result<IoSegment>;
+
+    fn next(&mut self) -> Option<Result<IoSegment>> {
+        if self.done {
+            return None;
+        }
+        let length = self.cmd.prep.as_ref().map_or(0, |p| p.length);
+        if !self.first && self.offset >= length {
+            self.done = true;
+            return None;
+        }
+        self.first = false;
+        match self.cmd.segment_at(self.offset) {
+            Ok(seg) => {
+                self.offset += seg.len;
+                Some(Ok(seg))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Builds a [`DmaCommand`] (IOKit `IODMACommand::withSpecification`); see
+/// [`DmaCommand::builder`].
+#[must_use = "a builder does nothing until `build`"]
+pub struct DmaCommandBuilder<P: Platform + Clone + 'static> {
+    platform: P,
+    spec: SegmentSpec,
+    format: SegmentFormat,
+    mode: MappingMode,
+    pool: Option<Arc<BouncePool<P>>>,
+    quarantine: Option<Arc<Quarantine>>,
+}
+
+impl<P: Platform + Clone + 'static> DmaCommandBuilder<P> {
+    /// The device's constraints (IOKit `SegmentOptions` and the address-bit count).
+    pub fn spec(mut self, spec: SegmentSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// How segments are written (IOKit's output function). A 32-bit format limits a spec
+    /// with no address limit to 32 bits, and refuses at `build` one that reaches above
+    /// 4 GiB.
+    pub fn format(mut self, format: SegmentFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How the device reaches memory (IOKit's mapping type).
+    pub fn mode(mut self, mode: MappingMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Mapped mode through `mapper` (IOKit `kMapped` with a mapper).
+    pub fn mapper(self, mapper: Arc<dyn Mapper>) -> Self {
+        self.mode(MappingMode::Mapped(mapper))
+    }
+
+    /// Where bounce buffers come from; without a pool, memory that breaks the spec is an
+    /// error instead of a bounce.
+    pub fn bounce_pool(mut self, pool: Arc<BouncePool<P>>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// [`bounce_pool`](Self::bounce_pool) when `pool` is `Some`.
+    pub fn bounce_pool_option(mut self, pool: Option<Arc<BouncePool<P>>>) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The device's quarantine: a preparation dropped with the command waits there until
+    /// the device is quiesced.
+    pub fn quarantine(mut self, quarantine: Arc<Quarantine>) -> Self {
+        self.quarantine = Some(quarantine);
+        self
+    }
+
+    /// The command, with nothing attached.
+    pub fn build(self) -> Result<DmaCommand<P>> {
+        DmaCommand::from_builder(self)
+    }
+}
+
+impl<P: Platform + Clone + 'static> core::fmt::Debug for DmaCommandBuilder<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaCommandBuilder")
+            .field("spec", &self.spec)
+            .field("format", &self.format)
+            .field("mode", &self.mode)
+            .finish()
     }
 }
 

@@ -24,12 +24,13 @@ pub mod command;
 pub mod controller;
 pub mod cursor;
 pub mod format;
+pub mod options;
 pub mod owned;
 pub mod quarantine;
 pub mod spec;
 
 pub use bounce::{BouncePool, BounceStats};
-pub use command::{BounceReason, DmaCommand, MappingMode};
+pub use command::{BounceReason, DmaCommand, DmaCommandBuilder, MappingMode, Segments};
 pub use controller::{
     CompletionSource, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
 };
@@ -38,6 +39,7 @@ pub use cursor::{
     PhysicalSegment,
 };
 pub use format::{IoSegment, SegmentFormat};
+pub use options::{CompleteOptions, Constraint, PrepareOptions};
 pub use owned::{
     Bidirectional, CpuOwned, DeviceOwned, DeviceReads, DeviceWrites, DmaDirection, Failed,
     FromDevice, ToDevice, Transition,

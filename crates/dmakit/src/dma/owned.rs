@@ -191,7 +191,10 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
         offset: u64,
         length: u64,
     ) -> Transition<DeviceOwned<P, D, M>, Self> {
-        match self.cmd.prepare(offset, length, true, true) {
+        match self
+            .cmd
+            .prepare(super::PrepareOptions::range(offset, length))
+        {
             Ok(()) => Ok(DeviceOwned {
                 md: self.md,
                 cmd: self.cmd,
@@ -215,13 +218,13 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
     DeviceOwned<P, D, M>
 {
     /// Writes segments for the device (see [`DmaCommand::gen_segments`]).
-    pub fn gen_segments(
-        &self,
-        offset: &mut u64,
-        out: &mut [u8],
-        max_segments: usize,
-    ) -> Result<usize> {
-        self.cmd.gen_segments(offset, out, max_segments)
+    pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
+        self.cmd.gen_segments(offset, out)
+    }
+
+    /// The decoded segments for the device (see [`DmaCommand::segments`]).
+    pub fn segments(&self) -> super::Segments<'_, P> {
+        self.cmd.segments()
     }
 
     /// The prepared `(offset, length)`.
@@ -248,7 +251,7 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
     /// returns the memory to the CPU. The preparation is released even when the copy-back
     /// fails; the error comes with the CPU-owned value.
     pub fn complete(mut self) -> Transition<CpuOwned<P, D, M>, CpuOwned<P, D, M>> {
-        let r = self.cmd.complete(true);
+        let r = self.cmd.complete();
         let cpu = CpuOwned {
             md: self.md,
             cmd: self.cmd,

@@ -11,13 +11,17 @@
 //! | `max_segment_size` | no segment longer |
 //! | `max_transfer_size` | no transfer (one `prepare`) longer |
 //! | `max_segments` | no more segments per transfer |
-//! | `alignment` | every segment starts on this boundary |
+//! | `alignment` | the first segment starts on this boundary (and, unless `internal_alignment` is set, every segment) |
 //! | `length_alignment` | every segment but the last is a multiple of this long |
-//! | `internal_alignment` | segments after the first start, and segments before the last end, on this boundary (NVMe PRP: the page size) |
+//! | `internal_alignment` | segments after the first start, and segments before the last end, on this boundary (NVMe PRP: the page size); unset or 0, it is `alignment`, as in IOKit |
 //! | `boundary` | no segment crosses a multiple of this (0: none) |
 //! | `offset_bits` | low address bits the device interprets within a page-like unit; a bounce keeps them (NVMe keeps the first segment's page offset) |
 //!
 //! `intersect` combines a bus's limits with a device's.
+//!
+//! As IOKit's `SegmentOptions` do, the builder reads an alignment of 0 as 1 (and an internal
+//! alignment of 0 as the start alignment), `address_bits(0)` as "no limit", and refuses
+//! 1 to 11 address bits (a device that cannot address one 4 KiB page).
 //!
 //! ```
 //! use dmakit::dma::SegmentSpec;
@@ -45,6 +49,9 @@ pub struct SegmentSpec {
     internal_alignment: u64,
     boundary: u64,
     offset_bits: u32,
+    /// Whether an address limit was stated (`address_bits` or `window`), as opposed to the
+    /// default "anything": a 32-bit segment format then takes a 32-bit limit.
+    address_limited: bool,
 }
 
 /// Builds a [`SegmentSpec`]; unset fields have no limit.
@@ -52,6 +59,7 @@ pub struct SegmentSpec {
 pub struct SegmentSpecBuilder {
     spec: SegmentSpec,
     address_bits: Option<u32>,
+    internal_set: bool,
 }
 
 impl Default for SegmentSpec {
@@ -67,6 +75,7 @@ impl Default for SegmentSpec {
             internal_alignment: 1,
             boundary: 0,
             offset_bits: 0,
+            address_limited: false,
         }
     }
 }
@@ -80,7 +89,8 @@ fn pow2(what: &'static str, v: u64) -> Result<u64> {
 }
 
 impl SegmentSpecBuilder {
-    /// The device drives `bits` address lines: addresses up to `2^bits - 1`.
+    /// The device drives `bits` address lines: addresses up to `2^bits - 1` (IOKit
+    /// `fNumAddressBits`). 0 means no limit; 1 to 11 are refused at `build`.
     pub fn address_bits(mut self, bits: u32) -> Self {
         self.address_bits = Some(bits);
         self
@@ -90,6 +100,7 @@ impl SegmentSpecBuilder {
     pub fn window(mut self, min: u64, max: u64) -> Self {
         self.spec.min_address = min;
         self.spec.max_address = max;
+        self.spec.address_limited = true;
         self
     }
 
@@ -111,21 +122,23 @@ impl SegmentSpecBuilder {
         self
     }
 
-    /// Segment start alignment (a power of two).
+    /// Segment start alignment (a power of two; 0 means 1). IOKit `fAlignment`.
     pub fn alignment(mut self, a: u64) -> Self {
-        self.spec.alignment = a;
+        self.spec.alignment = a.max(1);
         self
     }
 
-    /// Segment length alignment (a power of two).
+    /// Segment length alignment (a power of two; 0 means 1). IOKit `fAlignmentLength`.
     pub fn length_alignment(mut self, a: u64) -> Self {
-        self.spec.length_alignment = a;
+        self.spec.length_alignment = a.max(1);
         self
     }
 
-    /// Alignment of inner segment boundaries (a power of two).
+    /// Alignment of inner segment boundaries (a power of two; 0 or unset means the start
+    /// alignment). IOKit `fAlignmentInternalSegments`.
     pub fn internal_alignment(mut self, a: u64) -> Self {
         self.spec.internal_alignment = a;
+        self.internal_set = a != 0;
         self
     }
 
@@ -144,19 +157,26 @@ impl SegmentSpecBuilder {
     /// Checks every field; the error names the first bad one.
     pub fn build(self) -> Result<SegmentSpec> {
         let mut s = self.spec;
-        if let Some(bits) = self.address_bits {
-            if !(1..=64).contains(&bits) {
-                return Err(Error::BadArgument {
-                    what: "SegmentSpec.address_bits must be 1..=64",
-                    value: bits as u64,
-                });
+        if !self.internal_set {
+            s.internal_alignment = s.alignment;
+        }
+        match self.address_bits {
+            None | Some(0) => {}
+            Some(bits @ 12..=64) => {
+                let top = if bits == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << bits) - 1
+                };
+                s.max_address = s.max_address.min(top);
+                s.address_limited = true;
             }
-            let top = if bits == 64 {
-                u64::MAX
-            } else {
-                (1u64 << bits) - 1
-            };
-            s.max_address = s.max_address.min(top);
+            Some(bits) => {
+                return Err(Error::BadArgument {
+                    what: "SegmentSpec.address_bits must be 0 (no limit) or 12..=64",
+                    value: bits as u64,
+                })
+            }
         }
         if s.min_address > s.max_address {
             return Err(Error::BadArgument {
@@ -223,6 +243,7 @@ impl SegmentSpec {
         SegmentSpecBuilder {
             spec: SegmentSpec::default(),
             address_bits: None,
+            internal_set: false,
         }
     }
 
@@ -267,6 +288,25 @@ impl SegmentSpec {
         self.offset_bits
     }
 
+    /// Whether an address limit was stated (`address_bits` or `window`); without one a
+    /// 32-bit segment format limits the command to 32 bits.
+    pub fn has_address_limit(&self) -> bool {
+        self.address_limited
+    }
+
+    /// This spec with addresses limited to `max` (kept if already lower).
+    pub(crate) fn limited_to(mut self, max: u64) -> Result<SegmentSpec> {
+        self.max_address = self.max_address.min(max);
+        self.address_limited = true;
+        if self.min_address > self.max_address {
+            return Err(Error::BadArgument {
+                what: "SegmentSpec.window lies above the segment format's address range",
+                value: self.min_address,
+            });
+        }
+        Ok(self)
+    }
+
     /// Whether `[addr, addr + len)` (len ≥ 1) lies in the reachable window.
     pub fn reaches(&self, addr: u64, len: u64) -> bool {
         len > 0
@@ -294,12 +334,14 @@ impl SegmentSpec {
             internal_alignment: self.internal_alignment.max(other.internal_alignment),
             boundary,
             offset_bits: self.offset_bits.max(other.offset_bits),
+            address_limited: self.address_limited || other.address_limited,
         };
         // Re-validate the combination (for example a segment size that no longer fits the
         // larger length alignment).
         SegmentSpecBuilder {
             spec: s,
             address_bits: None,
+            internal_set: true,
         }
         .build()
     }
@@ -348,7 +390,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (
-                SegmentSpec::builder().address_bits(0).build(),
+                SegmentSpec::builder().address_bits(11).build(),
                 "address_bits",
             ),
             (
@@ -370,7 +412,7 @@ mod tests {
             ),
             (SegmentSpec::builder().alignment(3).build(), "alignment"),
             (
-                SegmentSpec::builder().length_alignment(0).build(),
+                SegmentSpec::builder().length_alignment(24).build(),
                 "length_alignment",
             ),
             (
@@ -394,6 +436,64 @@ mod tests {
             let e = r.unwrap_err();
             assert!(e.to_string().contains(field), "{e} should name {field}");
         }
+    }
+
+    #[test]
+    fn zero_alignments_mean_one_and_internal_follows_the_start_alignment() {
+        let s = SegmentSpec::builder()
+            .alignment(0)
+            .length_alignment(0)
+            .internal_alignment(0)
+            .build()
+            .unwrap();
+        assert_eq!(
+            (s.alignment(), s.length_alignment(), s.internal_alignment()),
+            (1, 1, 1)
+        );
+        let s = SegmentSpec::builder().alignment(0x1000).build().unwrap();
+        assert_eq!(
+            s.internal_alignment(),
+            0x1000,
+            "unset internal alignment is the alignment"
+        );
+        let s = SegmentSpec::builder()
+            .alignment(0x1000)
+            .internal_alignment(0)
+            .build()
+            .unwrap();
+        assert_eq!(
+            s.internal_alignment(),
+            0x1000,
+            "0 is the alignment, as in IOKit"
+        );
+        let s = SegmentSpec::builder()
+            .alignment(0x1000)
+            .internal_alignment(4)
+            .build()
+            .unwrap();
+        assert_eq!(s.internal_alignment(), 4);
+    }
+
+    #[test]
+    fn address_bits_zero_is_no_limit_and_below_twelve_is_refused() {
+        let s = SegmentSpec::builder().address_bits(0).build().unwrap();
+        assert_eq!(s.max_address(), u64::MAX);
+        assert!(!s.has_address_limit());
+        for bits in 1..12 {
+            let e = SegmentSpec::builder()
+                .address_bits(bits)
+                .build()
+                .unwrap_err();
+            assert_eq!(e.io_return(), crate::IoReturn::BAD_ARGUMENT, "{bits} bits");
+        }
+        let s = SegmentSpec::builder().address_bits(12).build().unwrap();
+        assert_eq!(s.max_address(), 0xFFF);
+        assert!(s.has_address_limit());
+        assert!(SegmentSpec::builder()
+            .window(0, 1 << 40)
+            .build()
+            .unwrap()
+            .has_address_limit());
     }
 
     #[test]
