@@ -387,6 +387,9 @@ impl Inner {
             }
             done.push(p);
         }
+        if len != 0 {
+            *self.space(task)?.wired_ranges.entry((va, len)).or_insert(0) += 1;
+        }
         Ok(())
     }
 
@@ -415,6 +418,9 @@ impl Inner {
             if let Some(pte) = space.ptes.get_mut(&p) {
                 pte.wires -= 1;
             }
+        }
+        if len != 0 {
+            space.forget_wiring(va, len, page.bytes());
         }
         Ok(())
     }
@@ -1043,6 +1049,13 @@ impl PhysicalMemory for Machine {
         let Inner { cache, phys, .. } = &mut *g;
         cache.write(pa.0, data, phys, None);
         Ok(())
+    }
+
+    /// Answered from the byte ranges `wire` was called with in the kernel task.
+    fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "kernel_range_wired")?;
+        Ok(g.space(Task::KERNEL)?.bytes_wired(va.0, len))
     }
 }
 

@@ -119,6 +119,8 @@ pub enum MallocFamily {
     Aligned,
     /// `io_malloc_pageable`, freed by `io_free_pageable`.
     Pageable,
+    /// `io_malloc_contiguous`, freed by `io_free_contiguous`.
+    Contiguous,
 }
 
 impl MallocFamily {
@@ -128,6 +130,7 @@ impl MallocFamily {
             MallocFamily::Malloc => "io_free",
             MallocFamily::Aligned => "io_free_aligned",
             MallocFamily::Pageable => "io_free_pageable",
+            MallocFamily::Contiguous => "io_free_contiguous",
         }
     }
 }
