@@ -1147,6 +1147,49 @@ impl VirtualMemory for Machine {
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
         self.lock().unmap(task, va.0, len)
     }
+
+    /// Sets the cache mode of each page's mapping (what [`Machine::page_table`] reports as
+    /// `cache`): CPU loads and stores through those addresses then follow `mode` in the
+    /// cache model, whatever the physical range's own mode. The pages' lines are flushed
+    /// first.
+    fn set_cache_mode(&self, task: Task, va: VirtAddr, len: u64, mode: CacheMode) -> Result<()> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "set_cache_mode")?;
+        let page = g.page;
+        if page.offset(va.0) != 0 || page.offset(len) != 0 {
+            return Err(Error::NotAligned {
+                what: "set_cache_mode range",
+                value: if page.offset(va.0) != 0 { va.0 } else { len },
+                align: page.bytes(),
+            });
+        }
+        let mut targets = Vec::new();
+        {
+            let space = g.space(task)?;
+            for (p, _, _) in page_chunks(page, va.0, len) {
+                match space.ptes.get(&p).and_then(|pte| pte.pa) {
+                    Some(pa) => targets.push((p, pa)),
+                    None => {
+                        return Err(Error::NotMapped {
+                            what: "set_cache_mode (no physical page behind this address)",
+                            addr: p,
+                        })
+                    }
+                }
+            }
+        }
+        let Inner {
+            cache, phys, tasks, ..
+        } = &mut *g;
+        let space = space_of(tasks, task)?;
+        for (p, pa) in targets {
+            cache.op(CacheOp::Flush, pa, page.bytes(), phys);
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.cache = Some(mode);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Mmio for Machine {
