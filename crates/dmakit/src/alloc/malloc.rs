@@ -9,7 +9,7 @@
 //! [`PhysicalMemory`]: an [`IoHeap`] allocates from the platform's kernel task, small blocks
 //! from power-of-two *zones* carved out of wired pages, large blocks as whole pages.
 //!
-//! What dmakit does differently, on purpose (IOKIT-SEMANTICS §11 and §17):
+//! What dmakit does differently from IOKit, on purpose:
 //!
 //! * Every free is checked, in every build: a size other than the allocation's is
 //!   [`Error::WrongSize`], a free through the wrong function is [`Error::WrongFree`], an
