@@ -64,6 +64,11 @@ impl Ledger {
         self.counts.contains_key(&page) || self.locked_for_life(page)
     }
 
+    /// How many wirings (through any host) hold `page`.
+    pub(crate) fn count(&self, page: u64) -> u32 {
+        self.counts.get(&page).copied().unwrap_or(0)
+    }
+
     /// The first page of `[start, end)` that some wiring holds.
     pub(crate) fn first_wired(&self, start: u64, end: u64) -> Option<u64> {
         self.counts.range(start..end).next().map(|(&p, _)| p)

@@ -281,6 +281,22 @@ impl PhysicalMemory for Host {
         Ok(())
     }
 
+    /// Whether a wiring covers a byte of `[va, va + len)`: a wiring made through this host
+    /// for an overlapping byte range, or, conservatively, any wiring another host made on
+    /// one of its pages (this host cannot see which bytes those were for).
+    fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+        let (first, n) = self.pages(va.0, len, "kernel_range_wired")?;
+        let psize = self.page().bytes();
+        let s = self.lock();
+        if s.bytes_wired(va.0, len) {
+            return Ok(true);
+        }
+        let l = ledger();
+        Ok((0..n)
+            .map(|i| first + i * psize)
+            .any(|p| l.count(p) > s.wires.get(&p).copied().unwrap_or(0)))
+    }
+
     /// Reads RAM of this host's wired allocations by physical address (the reverse map);
     /// anything else is `NotMapped` and nothing is copied.
     fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {

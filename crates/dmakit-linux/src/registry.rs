@@ -57,6 +57,9 @@ pub(crate) struct Registry {
     pub(crate) allocs: BTreeMap<u64, Allocation>,
     /// Page → wirings made through this host (the process-wide counts are in the ledger).
     pub(crate) wires: BTreeMap<u64, u32>,
+    /// (start, length) → wirings made through this host for exactly that byte range: which
+    /// bytes a wiring was for, where `wires` only says which pages.
+    pub(crate) wired_ranges: BTreeMap<(u64, u64), u32>,
     /// Start → caller-registered CPU region.
     pub(crate) regions: BTreeMap<u64, RawRegion>,
     /// Bus address → registered MMIO region.
@@ -80,6 +83,44 @@ fn containing<V>(
 }
 
 impl Registry {
+    /// Whether a wiring made through this host for a byte range overlapping
+    /// `[va, va + len)` is live.
+    pub(crate) fn bytes_wired(&self, va: u64, len: u64) -> bool {
+        let end = va.saturating_add(len);
+        len != 0
+            && self
+                .wired_ranges
+                .range(..(end, 0))
+                .any(|(&(s, l), _)| s.saturating_add(l) > va)
+    }
+
+    /// Forgets one wiring of `[va, va + len)` after its pages were unwired. An unwire of a
+    /// range that was not wired exactly (allowed: counts are per page) drops every recorded
+    /// range that now covers a page this host no longer wires, so a recorded range always
+    /// lies on pages this host wires (at worst it outlives its wiring while another holds
+    /// its pages: a conservative answer).
+    pub(crate) fn forget_wiring(&mut self, va: u64, len: u64, page: u64) {
+        if let Some(n) = self.wired_ranges.get_mut(&(va, len)) {
+            *n -= 1;
+            if *n == 0 {
+                self.wired_ranges.remove(&(va, len));
+            }
+            return;
+        }
+        let wires = &self.wires;
+        self.wired_ranges.retain(|&(s, l), _| {
+            let end = s.saturating_add(l);
+            let mut p = s & !(page - 1);
+            while p < end {
+                if !wires.contains_key(&p) {
+                    return false;
+                }
+                p = p.saturating_add(page);
+            }
+            true
+        });
+    }
+
     /// The allocation holding `[va, va + n)` within the length that was asked for.
     pub(crate) fn allocation(&self, va: u64, n: u64) -> Option<(u64, &Allocation)> {
         containing(&self.allocs, va, n, |a| a.len)

@@ -58,6 +58,7 @@ impl Wiring for Host {
         for i in 0..n {
             *s.wires.entry(first + i * psize).or_insert(0) += 1;
         }
+        *s.wired_ranges.entry((va.0, len)).or_insert(0) += 1;
         Ok(())
     }
 
@@ -87,6 +88,9 @@ impl Wiring for Host {
             }
         }
         ledger().unwire(first, n, psize);
+        if n != 0 {
+            s.forget_wiring(va.0, len, psize);
+        }
         Ok(())
     }
 

@@ -57,3 +57,27 @@ fn malloc_family_on_the_host() {
     drop(heap);
     assert!(host.usage().is_idle(), "every page went back to the kernel");
 }
+
+#[test]
+fn a_wired_small_block_is_kept_and_its_neighbour_is_not() {
+    use dmakit::platform::Wiring;
+    let host = Host::new().unwrap();
+    let heap = IoHeap::new(&host);
+    let a = io_malloc(&heap, 64).unwrap();
+    let b = io_malloc(&heap, 64).unwrap();
+    host.wire(Task::KERNEL, VirtAddr(a.0 + 8), 16, true)
+        .unwrap();
+    assert!(matches!(io_free(&heap, a, 64), Err(Error::Busy { addr, .. }) if addr == a.0));
+    io_free(&heap, b, 64).unwrap();
+    // A second host wiring the same page: this host cannot see which bytes, so it keeps the
+    // block until that wiring is gone too.
+    let other = Host::new().unwrap();
+    host.unwire(Task::KERNEL, VirtAddr(a.0 + 8), 16).unwrap();
+    other
+        .wire(Task::KERNEL, VirtAddr(a.0 + 40), 8, false)
+        .unwrap();
+    assert!(matches!(io_free(&heap, a, 64), Err(Error::Busy { .. })));
+    other.unwire(Task::KERNEL, VirtAddr(a.0 + 40), 8).unwrap();
+    io_free(&heap, a, 64).unwrap();
+    assert!(heap.leaks().is_empty());
+}

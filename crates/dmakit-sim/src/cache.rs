@@ -8,7 +8,10 @@
 //!
 //! This model makes that visible. Lines are 64 bytes and, to be as hostile as possible, are
 //! never evicted: a line stays cached (and stale, or dirty) until a cache operation touches
-//! it. Per-range [`CacheMode`]s change the behaviour the way page attributes do:
+//! it. [`CacheMode`]s change the behaviour the way page attributes do, per physical range
+//! ([`Machine::set_cache_mode`](crate::Machine::set_cache_mode)) or per virtual page of a
+//! task (`VirtualMemory::set_cache_mode`, which `dmakit::map::set_processor_cache_mode`
+//! uses, and the cache mode of a second mapping):
 //!
 //! | mode | CPU load | CPU store |
 //! | --- | --- | --- |

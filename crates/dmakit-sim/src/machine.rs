@@ -387,6 +387,9 @@ impl Inner {
             }
             done.push(p);
         }
+        if len != 0 {
+            *self.space(task)?.wired_ranges.entry((va, len)).or_insert(0) += 1;
+        }
         Ok(())
     }
 
@@ -415,6 +418,9 @@ impl Inner {
             if let Some(pte) = space.ptes.get_mut(&p) {
                 pte.wires -= 1;
             }
+        }
+        if len != 0 {
+            space.forget_wiring(va, len, page.bytes());
         }
         Ok(())
     }
@@ -1044,6 +1050,13 @@ impl PhysicalMemory for Machine {
         cache.write(pa.0, data, phys, None);
         Ok(())
     }
+
+    /// Answered from the byte ranges `wire` was called with in the kernel task.
+    fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "kernel_range_wired")?;
+        Ok(g.space(Task::KERNEL)?.bytes_wired(va.0, len))
+    }
 }
 
 impl Wiring for Machine {
@@ -1133,6 +1146,49 @@ impl VirtualMemory for Machine {
 
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
         self.lock().unmap(task, va.0, len)
+    }
+
+    /// Sets the cache mode of each page's mapping (what [`Machine::page_table`] reports as
+    /// `cache`): CPU loads and stores through those addresses then follow `mode` in the
+    /// cache model, whatever the physical range's own mode. The pages' lines are flushed
+    /// first.
+    fn set_cache_mode(&self, task: Task, va: VirtAddr, len: u64, mode: CacheMode) -> Result<()> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "set_cache_mode")?;
+        let page = g.page;
+        if page.offset(va.0) != 0 || page.offset(len) != 0 {
+            return Err(Error::NotAligned {
+                what: "set_cache_mode range",
+                value: if page.offset(va.0) != 0 { va.0 } else { len },
+                align: page.bytes(),
+            });
+        }
+        let mut targets = Vec::new();
+        {
+            let space = g.space(task)?;
+            for (p, _, _) in page_chunks(page, va.0, len) {
+                match space.ptes.get(&p).and_then(|pte| pte.pa) {
+                    Some(pa) => targets.push((p, pa)),
+                    None => {
+                        return Err(Error::NotMapped {
+                            what: "set_cache_mode (no physical page behind this address)",
+                            addr: p,
+                        })
+                    }
+                }
+            }
+        }
+        let Inner {
+            cache, phys, tasks, ..
+        } = &mut *g;
+        let space = space_of(tasks, task)?;
+        for (p, pa) in targets {
+            cache.op(CacheOp::Flush, pa, page.bytes(), phys);
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.cache = Some(mode);
+            }
+        }
+        Ok(())
     }
 }
 

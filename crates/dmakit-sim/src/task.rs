@@ -113,10 +113,52 @@ pub(crate) struct AddressSpace {
     pub mappings: BTreeMap<u64, u64>,
     /// Paged-out pages: virtual page → contents (`None`: the page was all zeros).
     pub swap: BTreeMap<u64, Option<Box<[u8]>>>,
+    /// The byte ranges explicit wirings were made for: (start, length) → live wirings of
+    /// exactly that range. Page counts (`Pte::wires`) say *that* a page is wired; these say
+    /// *which bytes* a wiring was for, which matters when several small blocks share a page.
+    pub wired_ranges: BTreeMap<(u64, u64), u32>,
     pub va: RangeAllocator,
 }
 
 impl AddressSpace {
+    /// Whether a live wiring's byte range overlaps `[va, va + len)`.
+    pub fn bytes_wired(&self, va: u64, len: u64) -> bool {
+        let end = va.saturating_add(len);
+        len != 0
+            && self
+                .wired_ranges
+                .range(..(end, 0))
+                .any(|(&(s, l), _)| s.saturating_add(l) > va)
+    }
+
+    /// Forgets one wiring of `[va, va + len)` after an unwire of that range. An unwire of a
+    /// range no wiring was made for exactly (allowed: counts are per page) cannot say which
+    /// recorded range it ends, so every recorded range that now covers a page without
+    /// wirings is dropped: a recorded range always lies on wired pages, and may at worst
+    /// outlive its wiring while another wiring holds its pages (a conservative answer).
+    pub fn forget_wiring(&mut self, va: u64, len: u64, page: u64) {
+        if let Some(n) = self.wired_ranges.get_mut(&(va, len)) {
+            *n -= 1;
+            if *n == 0 {
+                self.wired_ranges.remove(&(va, len));
+            }
+            return;
+        }
+        let ptes = &self.ptes;
+        self.wired_ranges.retain(|&(s, l), _| {
+            let first = s & !(page - 1);
+            let end = s.saturating_add(l);
+            let mut p = first;
+            while p < end {
+                if ptes.get(&p).is_none_or(|pte| pte.wires == 0) {
+                    return false;
+                }
+                p = p.saturating_add(page);
+            }
+            true
+        });
+    }
+
     /// The physical limit of the allocation holding virtual page `page` (none for pages
     /// of second mappings, which are always resident).
     pub fn limit_of(&self, page: u64) -> u64 {
@@ -133,6 +175,7 @@ impl AddressSpace {
             regions: BTreeMap::new(),
             mappings: BTreeMap::new(),
             swap: BTreeMap::new(),
+            wired_ranges: BTreeMap::new(),
             // The constants are page aligned for every supported page size.
             va: RangeAllocator::new(base, VA_SPACE, page).expect("constant VA space is valid"),
         }

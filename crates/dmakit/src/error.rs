@@ -68,6 +68,8 @@ impl IoReturn {
     pub const OVERRUN: IoReturn = IoReturn(0xE000_02E8);
     /// kIOReturnAborted: operation aborted.
     pub const ABORTED: IoReturn = IoReturn(0xE000_02EB);
+    /// kIOReturnTimeout: I/O timeout.
+    pub const TIMEOUT: IoReturn = IoReturn(0xE000_02D6);
 
     /// The constant's IOKit name, or `"kIOReturn?"` for a value dmakit never produces.
     pub const fn name(self) -> &'static str {
@@ -84,6 +86,7 @@ impl IoReturn {
             0xE000_02CF => "kIOReturnNotWritable",
             0xE000_02D0 => "kIOReturnNotAligned",
             0xE000_02D5 => "kIOReturnBusy",
+            0xE000_02D6 => "kIOReturnTimeout",
             0xE000_02D8 => "kIOReturnNotReady",
             0xE000_02D9 => "kIOReturnNotAttached",
             0xE000_02DB => "kIOReturnNoSpace",
@@ -119,6 +122,8 @@ pub enum MallocFamily {
     Aligned,
     /// `io_malloc_pageable`, freed by `io_free_pageable`.
     Pageable,
+    /// `io_malloc_contiguous`, freed by `io_free_contiguous`.
+    Contiguous,
 }
 
 impl MallocFamily {
@@ -128,6 +133,7 @@ impl MallocFamily {
             MallocFamily::Malloc => "io_free",
             MallocFamily::Aligned => "io_free_aligned",
             MallocFamily::Pageable => "io_free_pageable",
+            MallocFamily::Contiguous => "io_free_contiguous",
         }
     }
 }
@@ -417,6 +423,15 @@ pub enum Error {
         /// Which one (a DMA ticket).
         id: u64,
     },
+    /// A wait that gave up before the event it waited for (a synchronous DMA command whose
+    /// completion did not arrive in time; the work itself may still finish later).
+    #[error("{what} #{id}: timed out")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// Which one (a DMA ticket).
+        id: u64,
+    },
     /// A device that is not there, or not attached the way the call needs (VFIO: no such
     /// PCI function, not bound to vfio-pci, no IOMMU group, a group that is not viable).
     #[error("{what}: {why}")]
@@ -468,6 +483,7 @@ impl Error {
             Aborted { .. } => IoReturn::ABORTED,
             Overrun { .. } => IoReturn::OVERRUN,
             Underrun { .. } => IoReturn::UNDERRUN,
+            Timeout { .. } => IoReturn::TIMEOUT,
         }
     }
 }
@@ -500,6 +516,15 @@ mod tests {
         assert_eq!(IoReturn::CANNOT_WIRE.0, 0xE00002DE);
         assert_eq!(IoReturn::NOT_PERMITTED.0, 0xE00002E2);
         assert_eq!(IoReturn(0x1234).name(), "kIOReturn?");
+        assert_eq!(IoReturn::TIMEOUT.name(), "kIOReturnTimeout");
+        assert_eq!(
+            Error::Timeout {
+                what: "synchronous DMA command",
+                id: 3
+            }
+            .io_return(),
+            IoReturn::TIMEOUT
+        );
         assert_eq!(
             Error::ZeroSize { what: "x" }.io_return(),
             IoReturn::BAD_ARGUMENT

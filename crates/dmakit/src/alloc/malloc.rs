@@ -1,5 +1,7 @@
 //! The IOMalloc family: `io_malloc`, `io_malloc_zero`, `io_malloc_aligned`,
-//! `io_malloc_pageable`, and the frees `io_free`, `io_free_aligned`, `io_free_pageable`.
+//! `io_malloc_pageable`, `io_malloc_contiguous`, the frees `io_free`, `io_free_aligned`,
+//! `io_free_pageable`, `io_free_contiguous`, and IOKit's `IOSizeToAlignment` /
+//! `IOAlignmentToSize` ([`io_size_to_alignment`], [`io_alignment_to_size`]).
 //!
 //! IOKit's `IOMalloc` hands out wired memory in the kernel map; the caller must remember the
 //! size, because `IOFree(ptr, size)` needs it back (kalloc finds the zone from the size and
@@ -7,7 +9,7 @@
 //! [`PhysicalMemory`]: an [`IoHeap`] allocates from the platform's kernel task, small blocks
 //! from power-of-two *zones* carved out of wired pages, large blocks as whole pages.
 //!
-//! What dmakit does differently, on purpose (IOKIT-SEMANTICS §11 and §17):
+//! What dmakit does differently from IOKit, on purpose:
 //!
 //! * Every free is checked, in every build: a size other than the allocation's is
 //!   [`Error::WrongSize`], a free through the wrong function is [`Error::WrongFree`], an
@@ -19,6 +21,14 @@
 //!   [`Error::BadAlignment`] (IOKit rounds 48 up to 64); sizes that overflow are
 //!   [`Error::Overflow`].
 //! * `io_free*(0, size)` is a no-op, as in IOKit.
+//! * Memory a device may still reach is never recycled. A whole-page block is refused by the
+//!   platform ([`PhysicalMemory::free_pages`] is `Busy` while a page is wired). A small block
+//!   shares its zone page with others, so the page is never freed under it; instead the heap
+//!   asks the platform whether a wiring covers any byte of *this* block
+//!   ([`PhysicalMemory::kernel_range_wired`]) and refuses with [`Error::Busy`] while a
+//!   prepared descriptor holds it. The block stays allocated; free it after `complete`.
+//!   (IOKit's `IOFree` frees it, and the next `IOMalloc` of that size may hand the device's
+//!   target to someone else.)
 //!
 //! Addresses are kernel-task [`VirtAddr`]s; the bytes are reached through the platform's
 //! [`CpuAccess`] (on the simulated machine they pass through its cache model). For Rust code
@@ -37,8 +47,8 @@
 //! ```
 
 use crate::error::MallocFamily;
-use crate::platform::{CpuAccess, PageRequest, PhysicalMemory, Task};
-use crate::{Error, Result, VirtAddr};
+use crate::platform::{CpuAccess, PageRequest, PhysicalMemory, Task, Wiring};
+use crate::{Error, PhysAddr, Result, VirtAddr};
 use alloc_crate::collections::{BTreeMap, BTreeSet};
 use alloc_crate::vec::Vec;
 
@@ -46,6 +56,9 @@ use alloc_crate::vec::Vec;
 const MIN_ELEMENT: u64 = 16;
 /// IOMallocPageable's size limit on x86_64.
 const PAGEABLE_LIMIT: u64 = 512 << 20;
+/// The highest physical address of IOMallocContiguous memory: IOKit allocates it with a
+/// 32-bit physical mask.
+const CONTIGUOUS_PHYS_LIMIT: u64 = 0xFFFF_FFFF;
 /// The largest alignment accepted (IOKit: must fit 32 bits).
 const MAX_ALIGN: u64 = 1 << 31;
 
@@ -239,7 +252,9 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         req: &PageRequest,
     ) -> Result<VirtAddr> {
         let mut s = self.state.lock();
-        let zone = if req.pageable {
+        // Zones hold wired memory without physical constraints; anything else takes pages
+        // of its own, allocated under the request.
+        let zone = if req.pageable || req.constrains_physical() {
             None
         } else {
             self.class_for(size.max(align))
@@ -299,7 +314,24 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
             });
         }
         match live.backing {
-            Backing::Zone { class } => self.zone_free(&mut s, class, addr.0),
+            Backing::Zone { class } => {
+                // The zone page stays allocated and wired whatever happens to its blocks, so
+                // the platform's page-level refusal never fires here: ask whether a wiring
+                // (a prepared descriptor, so possibly a device) reaches this block's bytes.
+                // Recycling it now would hand the device's target to the next io_malloc.
+                if self
+                    .platform
+                    .kernel_range_wired(addr, MIN_ELEMENT << class)?
+                {
+                    return Err(Error::Busy {
+                        what: "small IOMalloc-family block (zone element)",
+                        addr: addr.0,
+                        why: "bytes of it are wired by a prepared descriptor (a device may \
+                              still write them): complete the descriptor first",
+                    });
+                }
+                self.zone_free(&mut s, class, addr.0)
+            }
             Backing::Pages { len } => {
                 // A wired range (a device may still reach it) is refused and stays live.
                 self.platform.free_pages(addr, len)?;
@@ -392,6 +424,45 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
     }
 }
 
+impl<P: PhysicalMemory + CpuAccess + Wiring> IoHeap<P> {
+    /// `io_malloc_contiguous`: `size` bytes of wired, zero-filled, physically contiguous
+    /// memory below 4 GiB whose virtual and physical start are multiples of `align`; returns
+    /// both addresses. See [`io_malloc_contiguous`].
+    pub fn malloc_contiguous(&self, size: usize, align: usize) -> Result<(VirtAddr, PhysAddr)> {
+        const WHAT: &str = "io_malloc_contiguous";
+        let size = self.validate_size(size, WHAT)?;
+        let align = check_align(WHAT, align as u64, MAX_ALIGN)?;
+        let req = PageRequest {
+            align,
+            phys_limit: CONTIGUOUS_PHYS_LIMIT,
+            contiguous: true,
+            pageable: false,
+        };
+        let va = self.allocate(size, align, MallocFamily::Contiguous, &req)?;
+        let runs = crate::platform::collect_runs(&self.platform, Task::KERNEL, va, size);
+        match runs.as_deref() {
+            Ok([run]) if run.len == size && run.addr.is_aligned(align) => Ok((va, run.addr)),
+            _ => {
+                // Give the memory back; report why the platform's answer is unusable.
+                let _ = self.free(va, size as usize, MallocFamily::Contiguous);
+                Err(runs.err().unwrap_or(Error::Internal {
+                    what: "io_malloc_contiguous: the platform returned memory that is not one \
+                           aligned physical run",
+                }))
+            }
+        }
+    }
+
+    /// Allocates with `io_malloc_contiguous` and returns an owner that frees on drop (with
+    /// `io_free_contiguous`); [`IoMemory::phys_addr`] gives the physical address.
+    pub fn alloc_contiguous(&self, size: usize, align: usize) -> Result<IoMemory<'_, P>> {
+        let (addr, pa) = self.malloc_contiguous(size, align)?;
+        let mut m = IoMemory::new(self, addr, size, MallocFamily::Contiguous);
+        m.phys = Some(pa);
+        Ok(m)
+    }
+}
+
 impl<P: PhysicalMemory + CpuAccess> Drop for IoHeap<P> {
     /// Returns the zone pages and whole-page blocks to the platform. Memory still wired by
     /// someone else (a device may reach it) is refused by the platform and stays allocated.
@@ -426,6 +497,7 @@ impl MallocFamily {
             MallocFamily::Malloc => "io_malloc",
             MallocFamily::Aligned => "io_malloc_aligned",
             MallocFamily::Pageable => "io_malloc_pageable",
+            MallocFamily::Contiguous => "io_malloc_contiguous",
         }
     }
 }
@@ -497,6 +569,86 @@ pub fn io_free_pageable<P: PhysicalMemory + CpuAccess>(
     heap.free(addr, size, MallocFamily::Pageable)
 }
 
+/// IOMallocContiguous: `size` bytes of wired, zero-filled, **physically contiguous** kernel
+/// memory; returns its kernel virtual address and the physical address of its first byte.
+/// Free with [`io_free_contiguous`] and the same size.
+///
+/// * `align` is a power of two (0 and 1 mean no alignment; more than a page is fine, up to
+///   2 GiB); both the virtual and the physical start are multiples of it.
+/// * As IOKit's (which allocates it with a 32-bit physical mask), every byte lies below
+///   4 GiB, so a 32-bit DMA engine can reach it.
+/// * Whole pages are taken, however small `size` is.
+///
+/// Errors: a zero `size` is [`Error::ZeroSize`] (IOKit returns NULL); an alignment that is
+/// not a power of two is [`Error::BadAlignment`] (IOKit rounds it up); no contiguous run low
+/// enough is the platform's error (on the simulated machine
+/// [`Error::NoSuitableMemory`]). Nothing stays allocated after an error.
+///
+/// Deprecated in IOKit, in favour of an IOBufferMemoryDescriptor with a physical mask
+/// ([`BufferMemoryDescriptor`](crate::descriptor::BufferMemoryDescriptor)), which drivers
+/// should prefer.
+pub fn io_malloc_contiguous<P: PhysicalMemory + CpuAccess + Wiring>(
+    heap: &IoHeap<P>,
+    size: usize,
+    align: usize,
+) -> Result<(VirtAddr, PhysAddr)> {
+    heap.malloc_contiguous(size, align)
+}
+
+/// IOFreeContiguous: frees an [`io_malloc_contiguous`] block; `size` must be the
+/// allocation's ([`Error::WrongSize`] otherwise), an address no contiguous allocation
+/// starts at is [`Error::NotAllocated`] (or [`Error::WrongFree`] for another family's
+/// block), and memory still wired by a prepared descriptor is refused with [`Error::Busy`].
+/// Nothing is freed when the call fails. A null address is a no-op.
+pub fn io_free_contiguous<P: PhysicalMemory + CpuAccess>(
+    heap: &IoHeap<P>,
+    addr: VirtAddr,
+    size: usize,
+) -> Result<()> {
+    heap.free(addr, size, MallocFamily::Contiguous)
+}
+
+/// IOSizeToAlignment: the alignment exponent of `size`, `floor(log2(size))`, and 0 for 0
+/// and 1 (so the alignment `1 << k` is the largest power of two not above `size`).
+///
+/// ```
+/// use dmakit::alloc::io_size_to_alignment;
+/// assert_eq!(io_size_to_alignment(0), 0);
+/// assert_eq!(io_size_to_alignment(1), 0);
+/// assert_eq!(io_size_to_alignment(2), 1);
+/// assert_eq!(io_size_to_alignment(4095), 11);
+/// assert_eq!(io_size_to_alignment(4096), 12);
+/// assert_eq!(io_size_to_alignment(u64::MAX), 63);
+/// ```
+pub const fn io_size_to_alignment(size: u64) -> u32 {
+    if size < 2 {
+        0
+    } else {
+        63 - size.leading_zeros()
+    }
+}
+
+/// IOAlignmentToSize: the size `2^align` of an alignment exponent, or `None` when it does not
+/// fit in 64 bits (`align` ≥ 64; IOKit's shift would be undefined there).
+///
+/// ```
+/// use dmakit::alloc::{io_alignment_to_size, io_size_to_alignment};
+/// assert_eq!(io_alignment_to_size(0), Some(1));
+/// assert_eq!(io_alignment_to_size(12), Some(4096));
+/// assert_eq!(io_alignment_to_size(63), Some(1 << 63));
+/// assert_eq!(io_alignment_to_size(64), None);
+/// assert_eq!(io_alignment_to_size(u32::MAX), None);
+/// // The round trip gives the largest power of two not above the size.
+/// assert_eq!(io_alignment_to_size(io_size_to_alignment(6000)), Some(4096));
+/// ```
+pub const fn io_alignment_to_size(align: u32) -> Option<u64> {
+    if align >= 64 {
+        None
+    } else {
+        Some(1u64 << align)
+    }
+}
+
 /// An owned IOMalloc-family block that frees itself, with the right function and size, on
 /// drop.
 ///
@@ -507,6 +659,8 @@ pub struct IoMemory<'h, P: PhysicalMemory + CpuAccess> {
     addr: VirtAddr,
     len: usize,
     family: MallocFamily,
+    /// The physical start, for contiguous memory.
+    phys: Option<PhysAddr>,
 }
 
 impl<'h, P: PhysicalMemory + CpuAccess> IoMemory<'h, P> {
@@ -516,7 +670,15 @@ impl<'h, P: PhysicalMemory + CpuAccess> IoMemory<'h, P> {
             addr,
             len,
             family,
+            phys: None,
         }
+    }
+
+    /// The physical address of the first byte, for memory from
+    /// [`alloc_contiguous`](IoHeap::alloc_contiguous) (`None` for the other families, whose
+    /// memory need not be physically contiguous).
+    pub fn phys_addr(&self) -> Option<PhysAddr> {
+        self.phys
     }
 
     /// Kernel virtual address of the first byte.
@@ -608,6 +770,7 @@ impl<P: PhysicalMemory + CpuAccess> core::fmt::Debug for IoMemory<'_, P> {
             .field("addr", &self.addr)
             .field("len", &self.len)
             .field("family", &self.family)
+            .field("phys", &self.phys)
             .finish()
     }
 }
@@ -629,6 +792,8 @@ mod tests {
         next: spin::Mutex<u64>,
         allocs: spin::Mutex<BTreeMap<u64, u64>>,
         pinned: spin::Mutex<BTreeSet<u64>>,
+        /// Byte ranges an outside party has wired (`None`: the platform cannot tell).
+        wired_bytes: spin::Mutex<Option<Vec<(u64, u64)>>>,
         fail_alloc: spin::Mutex<bool>,
     }
 
@@ -642,6 +807,7 @@ mod tests {
                 next: spin::Mutex::new(BASE),
                 allocs: spin::Mutex::new(BTreeMap::new()),
                 pinned: spin::Mutex::new(BTreeSet::new()),
+                wired_bytes: spin::Mutex::new(Some(Vec::new())),
                 fail_alloc: spin::Mutex::new(false),
             }
         }
@@ -700,6 +866,14 @@ mod tests {
         }
         fn write_phys(&self, _: PhysAddr, _: &[u8]) -> Result<()> {
             Err(Error::Unsupported { what: "flat phys" })
+        }
+        fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+            match &*self.wired_bytes.lock() {
+                Some(v) => Ok(v.iter().any(|&(s, l)| s < va.0 + len && va.0 < s + l)),
+                None => Err(Error::Unsupported {
+                    what: "flat wiring",
+                }),
+            }
         }
     }
 
@@ -937,6 +1111,69 @@ mod tests {
         h.platform().pinned.lock().clear();
         io_free(&h, a, 8192).unwrap();
         assert!(h.leaks().is_empty());
+    }
+
+    #[test]
+    fn a_wired_zone_block_is_refused_and_its_neighbours_are_not() {
+        let h = heap();
+        let a = io_malloc(&h, 64).unwrap();
+        let b = io_malloc(&h, 64).unwrap();
+        assert_eq!(h.platform().page.trunc(a.0), h.platform().page.trunc(b.0));
+        // Someone wired the last byte of `a` only.
+        h.platform()
+            .wired_bytes
+            .lock()
+            .as_mut()
+            .unwrap()
+            .push((a.0 + 63, 1));
+        let e = io_free(&h, a, 64).unwrap_err();
+        assert!(
+            matches!(e, Error::Busy { addr, .. } if addr == a.0),
+            "{e:?}"
+        );
+        assert_eq!(e.io_return(), crate::IoReturn::BUSY);
+        assert_eq!(h.stats().live, 2, "the refused block stays allocated");
+        // The neighbour on the same page is not wired: it is freed, and not handed out as
+        // `a` was not.
+        io_free(&h, b, 64).unwrap();
+        let c = io_malloc(&h, 64).unwrap();
+        assert_ne!(c, a, "a wired block is never handed out again");
+        io_free(&h, c, 64).unwrap();
+        h.platform().wired_bytes.lock().as_mut().unwrap().clear();
+        io_free(&h, a, 64).unwrap();
+        assert_eq!(h.platform().outstanding(), 0);
+    }
+
+    #[test]
+    fn a_platform_that_cannot_tell_keeps_small_blocks() {
+        let h = heap();
+        let a = io_malloc(&h, 100).unwrap();
+        let big = io_malloc(&h, 8192).unwrap();
+        *h.platform().wired_bytes.lock() = None;
+        assert!(matches!(
+            io_free(&h, a, 100),
+            Err(Error::Unsupported { .. })
+        ));
+        assert_eq!(h.stats().live, 2);
+        // Page-backed blocks do not need the answer: the platform's free refuses for them.
+        io_free(&h, big, 8192).unwrap();
+        *h.platform().wired_bytes.lock() = Some(Vec::new());
+        io_free(&h, a, 100).unwrap();
+    }
+
+    #[test]
+    fn size_and_alignment_exponents() {
+        for n in 2..5000u64 {
+            let k = io_size_to_alignment(n);
+            let size = io_alignment_to_size(k).unwrap();
+            assert!(size <= n && n < 2 * size, "{n} -> {k}");
+        }
+        for k in 0..64 {
+            assert_eq!(io_size_to_alignment(io_alignment_to_size(k).unwrap()), k);
+        }
+        assert_eq!(io_alignment_to_size(64), None);
+        const K: u32 = io_size_to_alignment(48);
+        assert_eq!(K, 5);
     }
 
     #[test]

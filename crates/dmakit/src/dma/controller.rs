@@ -5,12 +5,20 @@
 //! [`DmaCommand::gen_segments`](super::DmaCommand::gen_segments)) and gets a ticket; the
 //! engine raises an interrupt when transfers finish. The *event source* turns those
 //! interrupts into completion callbacks delivered in order, on a work-loop thread (feature
-//! `std`) or when the driver calls [`poll`](DmaEventSource::poll).
+//! `std`) or when the driver calls [`poll`](DmaEventSource::poll). An event source without a
+//! completion action starts transfers synchronously
+//! ([`start_dma_command`](DmaEventSource::start_dma_command) waits for the completion).
+//!
+//! Controllers are found by name through a [`DmaControllerRegistry`] (IOKit's
+//! `registerDMAController` and the client's `dma-parent` lookup).
 
 use super::format::IoSegment;
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
+use alloc_crate::collections::BTreeMap;
+use alloc_crate::string::String;
 use alloc_crate::sync::Arc;
+use alloc_crate::vec::Vec;
 
 /// One transfer: copy the bytes of `source` (in order) to `dest` (in order). Both lists
 /// must describe the same number of bytes.
@@ -74,7 +82,7 @@ pub trait DmaController: CompletionSource {
     fn set_fifo_depth(&self, depth: u32) -> Result<()>;
 
     /// The nearest valid depth to `depth`, or 0 if there is none (IOKit returns an error
-    /// code as a byte count here; quirk Q14, fixed).
+    /// code converted to a byte count here; dmakit returns 0).
     fn valid_fifo_depth(&self, depth: u32) -> u32;
 }
 
@@ -84,22 +92,96 @@ pub trait InterruptSink: Send + Sync {
     fn raise(&self);
 }
 
+/// What [`DmaEventSource::start_dma_command`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a synchronous start carries the transfer's status"]
+pub enum DmaStart {
+    /// Started; the completion goes to the event source's action (an event source made
+    /// with [`DmaEventSource::new`]).
+    Queued {
+        /// The ticket the controller returned.
+        ticket: u64,
+    },
+    /// Started and finished: the controller reported this completion (an event source made
+    /// with [`DmaEventSource::synchronous`]). Its `status` says whether the transfer worked.
+    Completed(DmaCompletion),
+}
+
+/// How a synchronous [`DmaEventSource::start_dma_command`] waits between polls of the
+/// controller. IOKit sleeps on the work loop until the completion arrives, however long
+/// that takes; dmakit always bounds the wait and returns [`Error::Timeout`] when it ends.
+#[non_exhaustive]
+pub enum SyncWait<'a> {
+    /// Poll the controller at most this many times, with a spin-loop hint in between
+    /// (works without `std`; a controller that completes from its own context, or in the
+    /// start itself, needs only one).
+    Polls(u64),
+    /// Poll until this much time has passed, sleeping on the event source's interrupt
+    /// signal (an [`InterruptSink::raise`]) in between, at most a millisecond at a time.
+    #[cfg(feature = "std")]
+    Timeout(core::time::Duration),
+    /// Call this between polls (a kernel's sleep or yield, a test's step); it returns
+    /// `false` to give up.
+    With(&'a mut dyn FnMut() -> bool),
+}
+
+/// The synchronous command of an event source without an action.
+#[derive(Debug)]
+enum SyncState {
+    /// None in flight.
+    Idle,
+    /// In flight, its starter waiting.
+    InFlight(u64),
+    /// In flight, its starter gave up: the next poll that sees it discards it.
+    Abandoned(u64),
+    /// Finished, not yet collected by its starter.
+    Done(DmaCompletion),
+}
+
+struct Delivery {
+    action: Option<Box<dyn FnMut(DmaCompletion) + Send>>,
+    sync: SyncState,
+}
+
 /// IOKit's IODMAEventSource: completions of a controller (or any [`CompletionSource`]),
 /// delivered in order.
-pub struct DmaEventSource<C: CompletionSource> {
+///
+/// An event source made with [`new`](Self::new) has a completion action: starts return at
+/// once and every completion goes to the action, on [`poll`](Self::poll) or the work loop.
+/// One made with [`synchronous`](Self::synchronous) has none, and, as in IOKit,
+/// [`start_dma_command`](Self::start_dma_command) then waits for its own completion and
+/// returns it, one command at a time.
+pub struct DmaEventSource<C: CompletionSource + ?Sized> {
     controller: Arc<C>,
-    action: spin::Mutex<Box<dyn FnMut(DmaCompletion) + Send>>,
+    delivery: spin::Mutex<Delivery>,
     pending: core::sync::atomic::AtomicU64,
     #[cfg(feature = "std")]
     signal: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
 }
 
-impl<C: CompletionSource> DmaEventSource<C> {
-    /// An event source for `controller` that calls `action` for every completion.
+impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
+    /// An event source for `controller` that calls `action` for every completion (IOKit
+    /// `IODMAEventSource::dmaEventSource` with a completion action).
     pub fn new(controller: Arc<C>, action: impl FnMut(DmaCompletion) + Send + 'static) -> Self {
+        Self::build(controller, Some(Box::new(action)))
+    }
+
+    /// An event source for `controller` without a completion action (IOKit
+    /// `dmaEventSource` with a NULL completion): [`start_dma_command`](Self::start_dma_command)
+    /// is synchronous. Completions of transfers not started that way (through
+    /// [`start`](Self::start) or the controller directly) have nowhere to go and are
+    /// discarded by [`poll`](Self::poll).
+    pub fn synchronous(controller: Arc<C>) -> Self {
+        Self::build(controller, None)
+    }
+
+    fn build(controller: Arc<C>, action: Option<Box<dyn FnMut(DmaCompletion) + Send>>) -> Self {
         DmaEventSource {
             controller,
-            action: spin::Mutex::new(Box::new(action)),
+            delivery: spin::Mutex::new(Delivery {
+                action,
+                sync: SyncState::Idle,
+            }),
             pending: core::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "std")]
             signal: Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new())),
@@ -111,14 +193,46 @@ impl<C: CompletionSource> DmaEventSource<C> {
         &self.controller
     }
 
-    /// Delivers every finished transfer to the action now; returns how many.
+    /// Whether this event source has a completion action (else starts are synchronous).
+    pub fn has_action(&self) -> bool {
+        self.delivery.lock().action.is_some()
+    }
+
+    /// Whether a synchronous command is in flight (started and not yet reported finished).
+    pub fn is_busy(&self) -> bool {
+        !matches!(self.delivery.lock().sync, SyncState::Idle)
+    }
+
+    /// Delivers every finished transfer now (IOKit's `checkForWork`, all at once): to the
+    /// action, or to the synchronous starter waiting for it; returns how many the
+    /// controller reported.
     pub fn poll(&self) -> usize {
-        let mut action = self.action.lock();
+        let mut d = self.delivery.lock();
         let mut n = 0;
+        let mut finished_sync = false;
         self.controller.take_completions(&mut |c| {
             n += 1;
-            action(c)
+            match d.sync {
+                SyncState::InFlight(t) if t == c.ticket => {
+                    d.sync = SyncState::Done(c);
+                    finished_sync = true;
+                }
+                SyncState::Abandoned(t) if t == c.ticket => d.sync = SyncState::Idle,
+                _ => {
+                    if let Some(action) = d.action.as_mut() {
+                        action(c)
+                    }
+                }
+            }
         });
+        drop(d);
+        #[cfg(feature = "std")]
+        if finished_sync {
+            // Wake a synchronous starter sleeping in another thread.
+            self.signal.1.notify_all();
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = finished_sync;
         n
     }
 
@@ -126,16 +240,177 @@ impl<C: CompletionSource> DmaEventSource<C> {
     pub fn pending_interrupts(&self) -> u64 {
         self.pending.load(core::sync::atomic::Ordering::Acquire)
     }
-}
 
-impl<C: DmaController> DmaEventSource<C> {
-    /// Queues a transfer on the controller (IOKit `IODMAEventSource::startDMACommand`).
-    pub fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
-        self.controller.start(transfer)
+    /// Takes the synchronous command's completion if it has arrived.
+    fn collect_sync(&self) -> Option<DmaCompletion> {
+        let mut d = self.delivery.lock();
+        match core::mem::replace(&mut d.sync, SyncState::Idle) {
+            SyncState::Done(c) => Some(c),
+            other => {
+                d.sync = other;
+                None
+            }
+        }
+    }
+
+    /// Sleeps on the interrupt signal for at most `limit`.
+    #[cfg(feature = "std")]
+    fn sleep_on_signal(&self, limit: core::time::Duration) {
+        let (m, cv) = &*self.signal;
+        let guard = m.lock().unwrap_or_else(|p| p.into_inner());
+        // Woken by an interrupt, a finished synchronous command, or the limit; the caller
+        // polls either way. The count is the work loop's, so it is left alone.
+        let _ = cv.wait_timeout(guard, limit);
     }
 }
 
-impl<C: CompletionSource> InterruptSink for DmaEventSource<C> {
+impl<C: DmaController + ?Sized> DmaEventSource<C> {
+    /// Queues a transfer on the controller and returns its ticket; its completion goes to
+    /// the action (or, without one, is discarded).
+    pub fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64> {
+        self.controller.start(transfer)
+    }
+
+    /// IOKit `IODMAEventSource::startDMACommand`.
+    ///
+    /// With a completion action (an event source from [`new`](Self::new)) it starts the
+    /// transfer and returns [`DmaStart::Queued`] at once. Without one (from
+    /// [`synchronous`](Self::synchronous)) it is synchronous, as in IOKit: it marks the event
+    /// source busy, starts the transfer, polls the controller until it reports this
+    /// transfer finished, waiting between polls as `wait` says, and returns
+    /// [`DmaStart::Completed`] with the completion (its `status` is the transfer's).
+    ///
+    /// Errors: a synchronous command already in flight is [`Error::Busy`]; a start the
+    /// controller refuses returns its error and leaves the event source idle; a `wait`
+    /// that ends first is [`Error::Timeout`] (IOKit would sleep on): the transfer is still
+    /// in flight and the event source stays busy until a later [`poll`](Self::poll) sees it
+    /// finish (its completion is then discarded), so stop or drain the controller before
+    /// reusing its memory.
+    pub fn start_dma_command(
+        &self,
+        transfer: &DmaTransfer<'_>,
+        mut wait: SyncWait<'_>,
+    ) -> Result<DmaStart> {
+        {
+            let mut d = self.delivery.lock();
+            if !matches!(d.sync, SyncState::Idle) {
+                return Err(Error::Busy {
+                    what: "DMA event source",
+                    addr: 0,
+                    why: "a synchronous DMA command is already in flight",
+                });
+            }
+            if d.action.is_some() {
+                drop(d);
+                return self
+                    .controller
+                    .start(transfer)
+                    .map(|ticket| DmaStart::Queued { ticket });
+            }
+            // Started under the lock, so no poll can see the completion before the ticket
+            // is recorded. A failed start leaves the state idle.
+            let ticket = self.controller.start(transfer)?;
+            d.sync = SyncState::InFlight(ticket);
+        }
+        #[cfg(feature = "std")]
+        let deadline = match &wait {
+            SyncWait::Timeout(limit) => Some(std::time::Instant::now().checked_add(*limit)),
+            _ => None,
+        };
+        let mut polls: u64 = 0;
+        loop {
+            self.poll();
+            if let Some(c) = self.collect_sync() {
+                return Ok(DmaStart::Completed(c));
+            }
+            polls = polls.saturating_add(1);
+            let go_on = match &mut wait {
+                SyncWait::Polls(n) => {
+                    core::hint::spin_loop();
+                    polls < *n
+                }
+                #[cfg(feature = "std")]
+                SyncWait::Timeout(_) => {
+                    const NAP: core::time::Duration = core::time::Duration::from_millis(1);
+                    match deadline.flatten() {
+                        // A limit past the end of time: wait for ever, as IOKit does.
+                        None => {
+                            self.sleep_on_signal(NAP);
+                            true
+                        }
+                        Some(dl) => {
+                            let now = std::time::Instant::now();
+                            if now >= dl {
+                                false
+                            } else {
+                                self.sleep_on_signal((dl - now).min(NAP));
+                                true
+                            }
+                        }
+                    }
+                }
+                SyncWait::With(f) => f(),
+            };
+            if !go_on {
+                return self.give_up();
+            }
+        }
+    }
+
+    /// The synchronous starter stops waiting: its completion if it arrived after all, else
+    /// a timeout, the command left to a later poll.
+    fn give_up(&self) -> Result<DmaStart> {
+        self.poll();
+        let mut d = self.delivery.lock();
+        match core::mem::replace(&mut d.sync, SyncState::Idle) {
+            SyncState::Done(c) => Ok(DmaStart::Completed(c)),
+            SyncState::InFlight(ticket) => {
+                d.sync = SyncState::Abandoned(ticket);
+                Err(Error::Timeout {
+                    what: "synchronous DMA command (still in flight; the event source stays \
+                           busy until a poll sees it finish)",
+                    id: ticket,
+                })
+            }
+            other => {
+                d.sync = other;
+                Err(Error::Internal {
+                    what: "synchronous DMA command vanished while its starter waited",
+                })
+            }
+        }
+    }
+
+    /// IOKit `IODMAEventSource::stopDMACommand`: aborts the controller's queued transfers
+    /// (each completes with an error).
+    pub fn stop_dma_command(&self) -> Result<()> {
+        self.controller.stop()
+    }
+
+    /// IOKit `IODMAEventSource::queryDMACommand`: bytes moved so far by transfer `ticket`.
+    pub fn query_dma_command(&self, ticket: u64) -> Result<u64> {
+        self.controller.query(ticket)
+    }
+
+    /// IOKit `IODMAEventSource::getFIFODepth`: how many transfers the controller holds.
+    pub fn fifo_depth(&self) -> u32 {
+        self.controller.fifo_depth()
+    }
+
+    /// IOKit `IODMAEventSource::setFIFODepth`.
+    pub fn set_fifo_depth(&self, depth: u32) -> Result<()> {
+        self.controller.set_fifo_depth(depth)
+    }
+
+    /// IOKit `IODMAEventSource::validFIFODepth`: the nearest depth the controller accepts,
+    /// or 0 when it accepts none. (IOKit returns `kIOReturnError` converted to a byte count
+    /// when it cannot answer, a number that looks like a huge valid depth.)
+    pub fn valid_fifo_depth(&self, depth: u32) -> u32 {
+        self.controller.valid_fifo_depth(depth)
+    }
+}
+
+impl<C: CompletionSource + ?Sized> InterruptSink for DmaEventSource<C> {
     fn raise(&self) {
         self.pending
             .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
@@ -149,7 +424,7 @@ impl<C: CompletionSource> InterruptSink for DmaEventSource<C> {
 }
 
 #[cfg(feature = "std")]
-impl<C: CompletionSource + 'static> DmaEventSource<C> {
+impl<C: CompletionSource + ?Sized + 'static> DmaEventSource<C> {
     /// Runs a work loop on a new thread: every interrupt delivers the finished transfers to
     /// the action, in order, until `stop` becomes true (checked after each wake-up; raise an
     /// interrupt to wake it).
@@ -180,10 +455,160 @@ impl<C: CompletionSource + 'static> DmaEventSource<C> {
     }
 }
 
-impl<C: CompletionSource> core::fmt::Debug for DmaEventSource<C> {
+impl<C: CompletionSource + ?Sized> core::fmt::Debug for DmaEventSource<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DmaEventSource")
             .field("pending_interrupts", &self.pending_interrupts())
+            .field("synchronous", &!self.has_action())
+            .field("busy", &self.is_busy())
+            .finish()
+    }
+}
+
+/// A controller shared between its driver and its clients.
+pub type SharedController = Arc<dyn DmaController>;
+
+/// Where DMA controllers are registered by name and found by their clients: the part of
+/// IOKit's service registry that `IODMAController::registerDMAController` and
+/// `IODMAController::getController` use.
+///
+/// IOKit names a controller `"IODMAController%08X"` after its provider's `AAPL,phandle`
+/// ([`controller_name`](Self::controller_name)); a client finds its controller through its
+/// own `dma-parent` property, one phandle or a list indexed by the client's DMA index
+/// ([`find_for_client`](Self::find_for_client)). The registry is a value the caller owns
+/// (one per machine or per test), not a global.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use dmakit::dma::{DmaControllerRegistry, DmaEventSource, SharedController};
+/// # fn demo(engine: SharedController) -> dmakit::Result<()> {
+/// let registry = DmaControllerRegistry::new();
+/// let name = registry.register_dma_controller(0x4e, engine)?;
+/// assert_eq!(name, "IODMAController0000004E");
+/// // A client whose dma-parent lists two controllers uses its second channel's.
+/// # registry.register_dma_controller(0x51, registry.find(&name)?)?;
+/// let controller = registry.find_for_client(&[0x51, 0x4e], 1)?;
+/// let events = DmaEventSource::synchronous(controller);
+/// # let _ = events; Ok(()) }
+/// ```
+pub struct DmaControllerRegistry {
+    by_name: spin::Mutex<BTreeMap<String, SharedController>>,
+}
+
+impl DmaControllerRegistry {
+    /// An empty registry.
+    pub const fn new() -> Self {
+        DmaControllerRegistry {
+            by_name: spin::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The name IOKit gives the controller of provider `phandle`:
+    /// `"IODMAController"` and the phandle as eight upper-case hex digits.
+    pub fn controller_name(phandle: u32) -> String {
+        alloc_crate::format!("IODMAController{phandle:08X}")
+    }
+
+    /// Registers `controller` under `name`; a name already taken is
+    /// [`Error::BadArgument`] (and the registry is unchanged).
+    pub fn register(&self, name: &str, controller: SharedController) -> Result<()> {
+        let mut m = self.by_name.lock();
+        if m.contains_key(name) {
+            return Err(Error::BadArgument {
+                what: "a DMA controller is already registered under this name",
+                value: name.len() as u64,
+            });
+        }
+        m.insert(String::from(name), controller);
+        Ok(())
+    }
+
+    /// IOKit `IODMAController::registerDMAController`: registers `controller` under the name
+    /// made from its provider's `phandle` and returns the name. A phandle already taken is
+    /// [`Error::BadArgument`].
+    pub fn register_dma_controller(
+        &self,
+        phandle: u32,
+        controller: SharedController,
+    ) -> Result<String> {
+        let name = Self::controller_name(phandle);
+        self.register(&name, controller)
+            .map_err(|_| Error::BadArgument {
+                what: "a DMA controller is already registered for this phandle",
+                value: phandle as u64,
+            })?;
+        Ok(name)
+    }
+
+    /// Removes the controller registered under `name` and returns it.
+    pub fn unregister(&self, name: &str) -> Result<SharedController> {
+        self.by_name.lock().remove(name).ok_or(Error::NotAttached {
+            what: "DMA controller",
+            why: "no controller is registered under this name",
+        })
+    }
+
+    /// The controller registered under `name`, or [`Error::NotAttached`] (IOKit waits for
+    /// the service to appear).
+    pub fn find(&self, name: &str) -> Result<SharedController> {
+        self.by_name
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or(Error::NotAttached {
+                what: "DMA controller",
+                why: "no controller is registered under this name",
+            })
+    }
+
+    /// The controller of provider `phandle` (registered by
+    /// [`register_dma_controller`](Self::register_dma_controller)).
+    pub fn find_by_phandle(&self, phandle: u32) -> Result<SharedController> {
+        self.find(&Self::controller_name(phandle))
+    }
+
+    /// IOKit `IODMAController::getController`: the controller a client reaches through its
+    /// `dma-parent` property (`dma_parent`: the phandles it lists) and its DMA index.
+    ///
+    /// An empty list is [`Error::NotAttached`] (the client has no DMA parent); `dma_index`
+    /// past the list is [`Error::OutOfBounds`] (IOKit reads past the property there); a
+    /// phandle nothing is registered for is [`Error::NotAttached`].
+    pub fn find_for_client(
+        &self,
+        dma_parent: &[u32],
+        dma_index: usize,
+    ) -> Result<SharedController> {
+        if dma_parent.is_empty() {
+            return Err(Error::NotAttached {
+                what: "DMA client",
+                why: "it has no dma-parent",
+            });
+        }
+        let phandle = *dma_parent.get(dma_index).ok_or(Error::OutOfBounds {
+            what: "dma-parent",
+            offset: dma_index as u64,
+            len: 1,
+            limit: dma_parent.len() as u64,
+        })?;
+        self.find_by_phandle(phandle)
+    }
+
+    /// The registered names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.lock().keys().cloned().collect()
+    }
+}
+
+impl Default for DmaControllerRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for DmaControllerRegistry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaControllerRegistry")
+            .field("names", &self.names())
             .finish()
     }
 }

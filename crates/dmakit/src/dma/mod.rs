@@ -11,8 +11,9 @@
 //!   through a `BouncePool` and mapped mode through a
 //!   [`Mapper`](crate::mapper::Mapper).
 //!
-//! * [`controller`]: the `DmaController` trait and `DmaEventSource`, which delivers
-//!   completions in order.
+//! * [`controller`]: the `DmaController` trait, `DmaEventSource`, which delivers
+//!   completions in order (or waits for one, synchronously), and `DmaControllerRegistry`,
+//!   where controllers are registered and found by name.
 //!
 //! * [`quarantine`]: `Quarantine`, where a dropped command's device-owned memory waits
 //!   until the device is quiesced;
@@ -32,7 +33,8 @@ pub mod spec;
 pub use bounce::{BouncePool, BounceStats};
 pub use command::{BounceReason, DmaCommand, DmaCommandBuilder, MappingMode, Segments};
 pub use controller::{
-    CompletionSource, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
+    CompletionSource, DmaCompletion, DmaController, DmaControllerRegistry, DmaEventSource,
+    DmaStart, DmaTransfer, InterruptSink, SharedController, SyncWait,
 };
 pub use cursor::{
     BigMemoryCursor, CursorOutput, LittleMemoryCursor, MemoryCursor, NaturalMemoryCursor,

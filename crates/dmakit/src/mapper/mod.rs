@@ -13,6 +13,11 @@
 //! queue drained (one invalidation for the batch) when it fills, when the space runs out,
 //! or on [`flush`](IommuMapper::flush).
 //!
+//! [`MapperRegistry`] holds the *system* mapper (IOKit's `IOMapper::gSystem`, decided once by
+//! the platform, possibly "none") and the mappers devices name in their `iommu-parent`
+//! (`copyMapperForDevice`), and offers IOKit's page-number accessors on the system mapper:
+//! `iovm_alloc_pages`, `iovm_free_pages`, `insert_page`.
+//!
 //! ```
 //! # use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
 //! # fn demo<H: IommuHardware>(hw: H) -> dmakit::Result<()> {
@@ -24,8 +29,10 @@
 //! ```
 
 mod iommu;
+mod system;
 
 pub use iommu::{Access, IommuHardware, IommuMapper};
+pub use system::{MapperRegistry, SharedMapper};
 
 use crate::{IoAddr, PageSize, PhysAddr, Result};
 

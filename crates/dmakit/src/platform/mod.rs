@@ -133,6 +133,28 @@ pub trait PhysicalMemory: Send + Sync {
 
     /// CPU write of physical memory (through the CPU's caches, as a store would).
     fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()>;
+
+    /// Whether a wiring made through [`Wiring::wire`] in the kernel task covers any byte of
+    /// `[va, va + len)` (an empty range: `false`).
+    ///
+    /// The IOMalloc heap asks this before it gives a small block back to its zone. Several
+    /// blocks share one page, so a page's wire count cannot tell whether *this* block is
+    /// what a prepared descriptor, and so a device, may still reach: a backend answers at
+    /// byte granularity, remembering the ranges that were wired. Memory that is wired
+    /// because it was allocated wired does not count, only explicit wirings. A backend may
+    /// answer `true` when it cannot rule a wiring out (a conservative answer only delays a
+    /// free); it must never answer `false` for a range a live wiring overlaps.
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported): a backend that
+    /// cannot tell says so, and the heap then refuses to recycle small blocks rather than
+    /// risk handing a device's target to a new owner.
+    fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+        let _ = (va, len);
+        Err(crate::Error::Unsupported {
+            what: "PhysicalMemory::kernel_range_wired (this platform cannot tell whether a \
+                   byte range of kernel memory is wired)",
+        })
+    }
 }
 
 /// Wiring (pinning) of virtual memory and translation to physical runs.
@@ -369,6 +391,22 @@ pub trait VirtualMemory: Send + Sync {
     /// Removes a mapping made by [`map_pages`](Self::map_pages); `va` and `len` must be
     /// exactly its start and total length.
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()>;
+
+    /// Changes how the CPU caches the pages of `[va, va + len)` of `task` (both page
+    /// aligned), as the VM system does when it enters each page again with other
+    /// attributes. Lines the range holds are written back and dropped first. Every page must
+    /// have a physical page behind it, else [`Error::NotMapped`](crate::Error::NotMapped)
+    /// (kIOReturnVMError) and nothing changes.
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported), for platforms that
+    /// cannot change page attributes.
+    fn set_cache_mode(&self, task: Task, va: VirtAddr, len: u64, mode: CacheMode) -> Result<()> {
+        let _ = (task, va, len, mode);
+        Err(crate::Error::Unsupported {
+            what:
+                "VirtualMemory::set_cache_mode (this platform cannot change page cache attributes)",
+        })
+    }
 }
 
 /// A complete platform: every capability of the seam.
@@ -390,6 +428,9 @@ macro_rules! forward {
             fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> { (**self).free_pages(va, len) }
             fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> { (**self).read_phys(pa, buf) }
             fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> { (**self).write_phys(pa, data) }
+            fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
+                (**self).kernel_range_wired(va, len)
+            }
         }
         impl<T: Wiring + ?Sized> Wiring for $ptr {
             fn wire(&self, task: Task, va: VirtAddr, len: u64, writable: bool) -> Result<()> {
@@ -435,6 +476,9 @@ macro_rules! forward {
             }
             fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
                 (**self).unmap_pages(task, va, len)
+            }
+            fn set_cache_mode(&self, task: Task, va: VirtAddr, len: u64, mode: CacheMode) -> Result<()> {
+                (**self).set_cache_mode(task, va, len, mode)
             }
         }
         impl<T: Mmio + ?Sized> Mmio for $ptr {
