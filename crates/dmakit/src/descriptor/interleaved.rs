@@ -27,6 +27,7 @@ pub struct InterleavedMemoryDescriptor {
     length: u64,
     direction: Direction,
     prepared: AtomicU32,
+    maps: crate::map::MapRegistry,
 }
 
 impl InterleavedMemoryDescriptor {
@@ -38,6 +39,7 @@ impl InterleavedMemoryDescriptor {
             length: 0,
             direction,
             prepared: AtomicU32::new(0),
+            maps: crate::map::MapRegistry::new(),
         }
     }
 
@@ -143,6 +145,10 @@ impl InterleavedMemoryDescriptor {
 }
 
 impl MemoryDescriptor for InterleavedMemoryDescriptor {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        Some(&self.maps)
+    }
+
     fn length(&self) -> u64 {
         self.length
     }
