@@ -57,13 +57,16 @@ pub(crate) fn memfd(len: u64, huge: bool) -> Result<OwnedFd, (&'static str, Errn
 ///
 /// `[addr, addr + len)` (with `len > 0`) is a mapping made by this module and unmapped by
 /// nobody but this value's `Drop`; it is readable, and writable when `writable` is set. The
-/// memory behind it is only reached through [`Span`]s borrowed from this value (or through
-/// raw addresses the crate's *callers* obtained, which is their own `unsafe` business).
+/// `guard` bytes right before and right after it are this module's `PROT_NONE` reservation,
+/// also unmapped only by `Drop`. The memory behind it is only reached through [`Span`]s
+/// borrowed from this value (or through raw addresses the crate's *callers* obtained, which
+/// is their own `unsafe` business).
 #[derive(Debug)]
 pub(crate) struct Mapping {
     addr: usize,
     len: usize,
     writable: bool,
+    guard: usize,
 }
 
 /// Inaccessible address space reserved to carve mappings from; unmapped on drop.
@@ -176,6 +179,22 @@ impl Reservation {
             addr: start,
             len,
             writable,
+            guard: 0,
+        }
+    }
+
+    /// Keeps the whole reservation: `[start, start + len)` as a [`Mapping`] and `guard`
+    /// bytes on each side of it as inaccessible `PROT_NONE` space, which must be exactly the
+    /// rest of the reservation.
+    fn keep_guarded(self, start: usize, len: usize, writable: bool, guard: usize) -> Mapping {
+        std::mem::forget(self);
+        // INVARIANT: [start, start + len) is our mapping and the guards around it our
+        // PROT_NONE reservation, known to nobody else yet.
+        Mapping {
+            addr: start,
+            len,
+            writable,
+            guard,
         }
     }
 }
@@ -237,28 +256,41 @@ impl Mapping {
     }
 
     /// `pieces` (memory object, offset, length) mapped back to back, shared, populated, at
-    /// exactly `at` (`EEXIST` if anything is there) or anywhere. All or nothing.
+    /// exactly `at` (`EEXIST` if anything is there) or anywhere. All or nothing. With
+    /// `guard > 0` (a page multiple; anywhere only), `guard` bytes of inaccessible
+    /// `PROT_NONE` reservation are kept on each side: an access there faults, and the
+    /// kernel places nothing else there until the mapping is dropped.
     pub(crate) fn of_pieces(
         pieces: &[(&OwnedFd, u64, usize)],
         at: Option<usize>,
         writable: bool,
+        guard: usize,
     ) -> Result<Mapping, Errno> {
         let total = pieces
             .iter()
             .try_fold(0usize, |t, p| t.checked_add(p.2))
             .ok_or(Errno::NOMEM)?;
-        let r = match at {
-            Some(a) => Reservation::at(a, total)?,
-            None => Reservation::new(total)?,
+        let reserved = guard
+            .checked_mul(2)
+            .and_then(|g| g.checked_add(total))
+            .ok_or(Errno::NOMEM)?;
+        let r = match (at, guard) {
+            (Some(a), 0) => Reservation::at(a, total)?,
+            (Some(_), _) => return Err(Errno::INVAL),
+            (None, _) => Reservation::new(reserved)?,
         };
-        let mut cursor = r.addr;
+        let start = r.addr + guard;
+        let mut cursor = start;
         for &(fd, offset, len) in pieces {
             // On failure `r` drops and unmaps everything mapped so far.
             r.fill(cursor, len, fd, offset, writable, true)?;
             cursor += len;
         }
-        let addr = r.addr;
-        Ok(r.keep(addr, total, writable))
+        if guard == 0 {
+            Ok(r.keep(start, total, writable))
+        } else {
+            Ok(r.keep_guarded(start, total, writable, guard))
+        }
     }
 
     /// The first byte.
@@ -289,8 +321,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: by the invariant this is our mapping; spans borrow `self`, so none is alive.
-        unsafe { unmap_raw(self.addr, self.len) };
+        // SAFETY: by the invariant this is our mapping with our guards around it; spans
+        // borrow `self`, so none is alive.
+        unsafe { unmap_raw(self.addr - self.guard, self.len + 2 * self.guard) };
     }
 }
 

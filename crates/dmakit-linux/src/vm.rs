@@ -7,6 +7,10 @@
 //! nothing; a fixed address already in use is refused ([`Error::RangeBusy`],
 //! `MAP_FIXED_NOREPLACE`), never replaced. Read-only mappings are enforced by the MMU.
 //!
+//! A guarded mapping (IOKit's guard pages) is built inside a larger reservation whose
+//! `PROT_NONE` ends are kept as the guards: an access there faults, and the kernel places
+//! nothing else there until the mapping goes.
+//!
 //! Limits of Linux userspace: only the host's own memfd-backed allocations can be mapped
 //! (not a caller's `Vec`); hugepage-backed memory is not mapped twice; cache modes other
 //! than copy-back cannot be chosen ([`Error::Unsupported`] for each).
@@ -22,6 +26,58 @@ use rustix::io::Errno;
 
 impl VirtualMemory for Host {
     fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
+        self.map_second(pieces, req, 0)
+    }
+
+    fn map_pages_guarded(
+        &self,
+        pieces: &[MapPiece],
+        req: &MapRequest,
+        guard: u64,
+    ) -> Result<VirtAddr> {
+        self.map_second(pieces, req, guard)
+    }
+
+    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        Self::check_task(task)?;
+        let mut s = self.lock();
+        match s.maps.get(&va.0) {
+            Some(m) if m.len == len => {}
+            Some(m) => {
+                return Err(Error::WrongSize {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                    allocated: m.len,
+                    given: len,
+                })
+            }
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "unmap_pages",
+                    addr: va.0,
+                })
+            }
+        }
+        // Checked and unmapped under the ledger's lock, so no wiring can slip in between.
+        let l = ledger();
+        if let Some(p) = l.first_wired(va.0, va.0 + len) {
+            return Err(Error::Busy {
+                what: "mapping",
+                addr: p,
+                why: "a page of the mapping is still wired: unwire it first",
+            });
+        }
+        // Dropping the mapping unmaps it.
+        drop(s.maps.remove(&va.0));
+        drop(l);
+        Ok(())
+    }
+}
+
+impl Host {
+    /// A second mapping of `pieces`, with `guard` bytes of `PROT_NONE` reservation on each
+    /// side when `guard > 0`.
+    fn map_second(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<VirtAddr> {
         Self::check_task(req.task)?;
         if req.cache != CacheMode::CopyBack {
             return Err(Error::Unsupported {
@@ -29,6 +85,26 @@ impl VirtualMemory for Host {
             });
         }
         let psize = self.page().bytes();
+        if guard > 0 {
+            if let Some(at) = req.at {
+                return Err(Error::BadArgument {
+                    what: "guard pages need placement anywhere, not a fixed address",
+                    value: at.0,
+                });
+            }
+            if !guard.is_multiple_of(psize) {
+                return Err(Error::NotAligned {
+                    what: "guard size (whole pages only)",
+                    value: guard,
+                    align: psize,
+                });
+            }
+        }
+        let guard = usize::try_from(guard).map_err(|_| Error::Overflow {
+            what: "guard size",
+            start: 0,
+            len: guard,
+        })?;
         if let Some(at) = req.at {
             if !at.is_aligned(psize) {
                 return Err(Error::NotAligned {
@@ -132,7 +208,7 @@ impl VirtualMemory for Host {
             fds.push((&a.fd, off, len as usize));
         }
         let mapping =
-            Mapping::of_pieces(&fds, at, !req.read_only).map_err(|e| match (e, req.at) {
+            Mapping::of_pieces(&fds, at, !req.read_only, guard).map_err(|e| match (e, req.at) {
                 (Errno::EXIST, Some(a)) => Error::RangeBusy {
                     what: "this process's address space",
                     start: a.0,
@@ -150,40 +226,5 @@ impl VirtualMemory for Host {
             },
         );
         Ok(VirtAddr(va))
-    }
-
-    fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
-        Self::check_task(task)?;
-        let mut s = self.lock();
-        match s.maps.get(&va.0) {
-            Some(m) if m.len == len => {}
-            Some(m) => {
-                return Err(Error::WrongSize {
-                    free_fn: "unmap_pages",
-                    addr: va.0,
-                    allocated: m.len,
-                    given: len,
-                })
-            }
-            None => {
-                return Err(Error::NotAllocated {
-                    free_fn: "unmap_pages",
-                    addr: va.0,
-                })
-            }
-        }
-        // Checked and unmapped under the ledger's lock, so no wiring can slip in between.
-        let l = ledger();
-        if let Some(p) = l.first_wired(va.0, va.0 + len) {
-            return Err(Error::Busy {
-                what: "mapping",
-                addr: p,
-                why: "a page of the mapping is still wired: unwire it first",
-            });
-        }
-        // Dropping the mapping unmaps it.
-        drop(s.maps.remove(&va.0));
-        drop(l);
-        Ok(())
     }
 }

@@ -1,25 +1,27 @@
 //! MemoryMap on this host: a second real mapping of the same pages through the memfd.
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
-use dmakit::map::{MapOptions, MemoryMap};
+use dmakit::map::{MapGuard, MapOptions, MemoryMap};
 use dmakit::platform::{CacheMode, CpuAccess, Task};
 use dmakit::{Direction, Error, VirtAddr};
 use dmakit_linux::Host;
 use std::process::Command;
 use std::sync::Arc;
 
-fn setup() -> (Arc<Host>, BufferMemoryDescriptor<Arc<Host>>) {
+type Buffer = Arc<BufferMemoryDescriptor<Arc<Host>>>;
+
+fn setup() -> (Arc<Host>, Buffer) {
     let host = Arc::new(Host::new().unwrap());
     let b =
         BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(3 * 4096, Direction::InOut))
             .unwrap();
-    (host, b)
+    (host, Arc::new(b))
 }
 
 #[test]
 fn a_second_mapping_shares_the_pages() {
     let (host, b) = setup();
-    let map = MemoryMap::new(host.clone(), &b, MapOptions::new()).unwrap();
+    let map = b.map(MapOptions::new().unique()).unwrap();
     assert_ne!(map.address(), b.address(), "a different virtual address");
     host.write_virt(
         Task::KERNEL,
@@ -30,7 +32,12 @@ fn a_second_mapping_shares_the_pages() {
     let mut v = [0u8; 11];
     assert_eq!(b.read_bytes(5000, &mut v), v.len());
     assert_eq!(&v, b"via the map");
-    let sub = MemoryMap::new(host.clone(), &b, MapOptions::new().range(0x1010, 32)).unwrap();
+    let sub = MemoryMap::new(host.clone(), b.clone(), MapOptions::new().range(0x1010, 32)).unwrap();
+    assert_eq!(
+        sub.address().0,
+        map.address().0 + 0x1010,
+        "inside the unique mapping"
+    );
     assert_eq!(sub.address().0 % 4096, 0x10);
     assert_eq!(b.write_bytes(0x1010, b"offset kept"), 11);
     host.read_virt(Task::KERNEL, sub.address(), &mut v).unwrap();
@@ -50,7 +57,9 @@ fn fixed_address_mappings() {
     host.read_virt(Task::KERNEL, want, &mut v).unwrap();
     assert_eq!(&v, b"fixed");
     // An address in use is refused, never replaced.
-    let e = b.map(MapOptions::new().at(b.address())).unwrap_err();
+    let e = b
+        .map(MapOptions::new().at(b.address()).unique())
+        .unwrap_err();
     assert!(matches!(e, Error::RangeBusy { .. }), "{e}");
     let mut w = [0u8; 5];
     assert_eq!(b.read_bytes(0, &mut w), w.len());
@@ -60,22 +69,19 @@ fn fixed_address_mappings() {
 #[test]
 fn unsupported_requests_are_clear_errors() {
     let (host, b) = setup();
-    let e = MemoryMap::new(
-        host.clone(),
-        &b,
-        MapOptions::new().cache(CacheMode::Inhibit),
-    )
-    .unwrap_err();
+    let e = b
+        .map(MapOptions::new().cache(CacheMode::Inhibit))
+        .unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert!(matches!(
-        MemoryMap::new(host.clone(), &b, MapOptions::new().in_task(Task(7))),
+        b.map(MapOptions::new().in_task(Task(7))),
         Err(Error::Unsupported { .. })
     ));
     assert!(matches!(
-        MemoryMap::new(host.clone(), &b, MapOptions::new().range(4096, 0)),
-        Err(Error::ZeroSize { .. })
+        b.map(MapOptions::new().range(4096, 0)),
+        Err(Error::OutOfBounds { .. })
     ));
-    let mut map = MemoryMap::new(host.clone(), &b, MapOptions::new()).unwrap();
+    let mut map = b.map(MapOptions::new().unique()).unwrap();
     let at = map.address();
     map.unmap().unwrap();
     let mut v = [0u8; 1];
@@ -83,6 +89,59 @@ fn unsupported_requests_are_clear_errors() {
         host.read_virt(Task::KERNEL, at, &mut v),
         Err(Error::NotMapped { .. })
     ));
+}
+
+#[test]
+fn the_buffer_mapped_whole_into_this_process_is_its_own_address() {
+    let (host, b) = setup();
+    let mut own = b.map(MapOptions::new()).unwrap();
+    assert_eq!(own.address(), b.address());
+    assert!(own.options().is_static());
+    let shared = b.map(MapOptions::new()).unwrap();
+    assert!(shared.same_mapping(&own));
+    own.unmap().unwrap();
+    drop(shared);
+    assert_eq!(b.write_bytes(0, b"still mine"), 10);
+    let mut v = [0u8; 10];
+    host.read_virt(Task::KERNEL, b.address(), &mut v).unwrap();
+    assert_eq!(&v, b"still mine", "the owner's memory stays mapped");
+}
+
+#[test]
+fn guard_pages_are_prot_none_reservations() {
+    let (host, b) = setup();
+    let page = 4096u64;
+    let mut g = b.map(MapOptions::new().guard(MapGuard::Small)).unwrap();
+    let (start, end) = (g.address().0, g.address().0 + 3 * page);
+    assert_eq!(b.write_bytes(0, b"guarded"), 7);
+    let mut v = [0u8; 7];
+    host.read_virt(Task::KERNEL, g.address(), &mut v).unwrap();
+    assert_eq!(&v, b"guarded");
+    for probe in [start - 1, end] {
+        assert!(matches!(
+            host.read_virt(Task::KERNEL, VirtAddr(probe), &mut [0u8; 1]),
+            Err(Error::NotMapped { .. })
+        ));
+        // The guard is a real reservation: nothing can be mapped there.
+        let e = b
+            .map(MapOptions::new().at(VirtAddr(probe & !(page - 1))).unique())
+            .unwrap_err();
+        assert!(matches!(e, Error::RangeBusy { .. }), "{probe:#x}: {e}");
+    }
+    assert!(matches!(
+        b.map(
+            MapOptions::new()
+                .guard(MapGuard::Large)
+                .at(VirtAddr(0x3f5b_0000_0000))
+        ),
+        Err(Error::BadArgument { .. })
+    ));
+    g.unmap().unwrap();
+    assert_eq!(
+        host.usage().mappings,
+        0,
+        "the mapping and its guards are gone"
+    );
 }
 
 /// Runs this test binary's test `name` in a child with DMAKIT_CHILD set; returns its exit
@@ -101,7 +160,7 @@ fn read_only_is_enforced_by_the_mmu() {
     if std::env::var_os("DMAKIT_CHILD").is_some() {
         let (host, b) = setup();
         assert_eq!(b.write_bytes(0, b"before"), 6);
-        let map = MemoryMap::new(host.clone(), &b, MapOptions::new().read_only()).unwrap();
+        let map = b.map(MapOptions::new().read_only()).unwrap();
         // dmakit's own copy path refuses...
         assert!(matches!(
             host.write_virt(Task::KERNEL, map.address(), b"x"),

@@ -456,9 +456,26 @@ impl Inner {
 }
 
 impl Inner {
-    pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest) -> Result<u64> {
+    /// Maps `pieces` into `req.task`; with `guard` bytes (a page multiple) of reserved,
+    /// unmapped address space on each side when `guard > 0` (anywhere only).
+    pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
         let page = self.page;
         let psize = page.bytes();
+        if guard > 0 {
+            if let Some(at) = req.at {
+                return Err(Error::BadArgument {
+                    what: "guard pages need placement anywhere, not a fixed address",
+                    value: at.0,
+                });
+            }
+            if !guard.is_multiple_of(psize) {
+                return Err(Error::NotAligned {
+                    what: "guard size (whole pages only)",
+                    value: guard,
+                    align: psize,
+                });
+            }
+        }
         let mut total: u64 = 0;
         for p in pieces {
             let start = match p.src {
@@ -506,14 +523,27 @@ impl Inner {
                 pas.push(pa);
             }
         }
+        let reserved = guard
+            .checked_mul(2)
+            .and_then(|g| g.checked_add(total))
+            .ok_or(Error::Overflow {
+                what: "guarded mapping length",
+                start: 0,
+                len: total,
+            })?;
         let space = self.space(req.task)?;
         let va = match req.at {
             Some(at) => {
                 space.va.allocate_range(at.0, total)?;
                 at.0
             }
-            None => space.va.allocate(total, psize)?,
+            // The guards are reserved address space with no page-table entries: an access
+            // there is not mapped, and the allocator hands them to nobody else.
+            None => space.va.allocate(reserved, psize)? + guard,
         };
+        if guard > 0 {
+            space.guards.insert(va, guard);
+        }
         let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
         for (i, &pa) in pas.iter().enumerate() {
             space.ptes.insert(
@@ -568,9 +598,13 @@ impl Inner {
             }
         }
         space.mappings.remove(&va);
-        space.va.deallocate(va, len).map_err(|_| Error::Internal {
-            what: "sim mapping VA free",
-        })?;
+        let guard = space.guards.remove(&va).unwrap_or(0);
+        space
+            .va
+            .deallocate(va - guard, len + 2 * guard)
+            .map_err(|_| Error::Internal {
+                what: "sim mapping VA free",
+            })?;
         for pa in pas {
             if let Some(n) = self.shared.get_mut(&pa) {
                 *n -= 1;
@@ -1141,7 +1175,18 @@ impl CacheOps for Machine {
 
 impl VirtualMemory for Machine {
     fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr> {
-        self.lock().map(pieces, req).map(VirtAddr)
+        self.lock().map(pieces, req, 0).map(VirtAddr)
+    }
+
+    /// Guards are reserved virtual address space without page-table entries: a CPU access
+    /// there is [`Error::NotMapped`], a fixed mapping there is [`Error::RangeBusy`].
+    fn map_pages_guarded(
+        &self,
+        pieces: &[MapPiece],
+        req: &MapRequest,
+        guard: u64,
+    ) -> Result<VirtAddr> {
+        self.lock().map(pieces, req, guard).map(VirtAddr)
     }
 
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {

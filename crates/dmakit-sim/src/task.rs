@@ -111,6 +111,8 @@ pub(crate) struct AddressSpace {
     pub regions: BTreeMap<u64, Region>,
     /// Second mappings of other memory (`VirtualMemory::map_pages`): start → length.
     pub mappings: BTreeMap<u64, u64>,
+    /// Guarded second mappings: start → bytes of reserved, unmapped space on each side.
+    pub guards: BTreeMap<u64, u64>,
     /// Paged-out pages: virtual page → contents (`None`: the page was all zeros).
     pub swap: BTreeMap<u64, Option<Box<[u8]>>>,
     /// The byte ranges explicit wirings were made for: (start, length) → live wirings of
@@ -174,6 +176,7 @@ impl AddressSpace {
             ptes: BTreeMap::new(),
             regions: BTreeMap::new(),
             mappings: BTreeMap::new(),
+            guards: BTreeMap::new(),
             swap: BTreeMap::new(),
             wired_ranges: BTreeMap::new(),
             // The constants are page aligned for every supported page size.

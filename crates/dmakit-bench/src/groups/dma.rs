@@ -180,10 +180,7 @@ fn time_bounce(
         }
         // Touch both sides once, and check the copies move the right bytes.
         cmd.synchronize(Direction::Out)?;
-        assert_eq!(
-            md.write_bytes(0, &vec![0u8; len as usize]),
-            len as usize
-        );
+        assert_eq!(md.write_bytes(0, &vec![0u8; len as usize]), len as usize);
         cmd.synchronize(Direction::In)?;
         let mut back = vec![0u8; len as usize];
         assert_eq!(md.read_bytes(0, &mut back), back.len());

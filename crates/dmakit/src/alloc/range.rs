@@ -1211,8 +1211,8 @@ mod tests {
         assert_eq!(r.free_count(), 0x1000);
         assert_eq!(r.fragment_count(), 1);
         r.deallocate(b, 0x1000).unwrap(); // merges with the hole
-        // The rest together with space never added is refused: a size larger than the
-        // allocation.
+                                          // The rest together with space never added is refused: a size larger than the
+                                          // allocation.
         assert!(matches!(
             r.deallocate(b + 0x2000, 0x4000),
             Err(Error::NotOwned { at: 0xc000, .. })

@@ -12,6 +12,7 @@ use super::general::GeneralMemoryDescriptor;
 use super::{check_range, Holders, MemoryDescriptor, PrepOwner, Segment, Source};
 use crate::platform::{PageRequest, Platform, Task};
 use crate::{Direction, Error, PageSize, Result, VirtAddr};
+use alloc_crate::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// How to allocate a [`BufferMemoryDescriptor`].
@@ -152,9 +153,19 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         self.va
     }
 
-    /// Maps the buffer (IOKit `map` / `createMappingInTask`) on its own platform.
-    pub fn map(&self, options: crate::map::MapOptions) -> Result<crate::map::MemoryMap<P>> {
-        crate::map::MemoryMap::new(self.inner.platform().clone(), self, options)
+    /// Maps the buffer on its own platform (IOKit `map` / `createMappingInTask`), sharing a
+    /// compatible live mapping as IOKit does; see [`MemoryMap`](crate::map::MemoryMap).
+    /// Mapped whole, anywhere, into the kernel task, the mapping is the buffer's own
+    /// [`address`](Self::address) (static: nothing new is mapped). The mapping holds the
+    /// buffer alive.
+    pub fn map(
+        self: &Arc<Self>,
+        options: crate::map::MapOptions,
+    ) -> Result<crate::map::MemoryMap<P>>
+    where
+        P: 'static,
+    {
+        crate::map::MemoryMap::new(self.inner.platform().clone(), self.clone(), options)
     }
 
     /// The options it was made with.
@@ -222,6 +233,10 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
 }
 
 impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        self.inner.map_registry()
+    }
+
     fn length(&self) -> u64 {
         self.length.load(Ordering::Acquire)
     }

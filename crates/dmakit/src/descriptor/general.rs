@@ -12,6 +12,7 @@ use super::{
 };
 use crate::platform::{collect_runs, Platform, Task};
 use crate::{Direction, Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
+use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
 
 #[derive(Debug, Default)]
@@ -37,6 +38,7 @@ pub struct GeneralMemoryDescriptor<P: Platform> {
     length: u64,
     direction: Direction,
     wiring: spin::Mutex<Wiring>,
+    maps: crate::map::MapRegistry,
 }
 
 impl<P: Platform> GeneralMemoryDescriptor<P> {
@@ -69,6 +71,7 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
             length,
             direction,
             wiring: spin::Mutex::new(Wiring::default()),
+            maps: crate::map::MapRegistry::new(),
         })
     }
 
@@ -116,12 +119,17 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         &self.platform
     }
 
-    /// Maps the descriptor (IOKit `map` / `createMappingInTask`) on its own platform.
-    pub fn map(&self, options: crate::map::MapOptions) -> Result<crate::map::MemoryMap<P>>
+    /// Maps the descriptor on its own platform (IOKit `map` / `createMappingInTask`),
+    /// sharing a compatible live mapping as IOKit does; see [`MemoryMap`](crate::map::MemoryMap).
+    /// The mapping holds the descriptor alive.
+    pub fn map(
+        self: &Arc<Self>,
+        options: crate::map::MapOptions,
+    ) -> Result<crate::map::MemoryMap<P>>
     where
-        P: Clone,
+        P: Clone + 'static,
     {
-        crate::map::MemoryMap::new(self.platform.clone(), self, options)
+        crate::map::MemoryMap::new(self.platform.clone(), self.clone(), options)
     }
 
     /// Current prepare count over every owner (always 1 for physical descriptors).
@@ -207,6 +215,10 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
 }
 
 impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        Some(&self.maps)
+    }
+
     fn length(&self) -> u64 {
         self.length
     }

@@ -28,6 +28,7 @@ pub struct InterleavedMemoryDescriptor {
     length: u64,
     direction: Direction,
     prepared: spin::Mutex<Holders>,
+    maps: crate::map::MapRegistry,
 }
 
 impl InterleavedMemoryDescriptor {
@@ -39,6 +40,7 @@ impl InterleavedMemoryDescriptor {
             length: 0,
             direction,
             prepared: spin::Mutex::new(Holders::default()),
+            maps: crate::map::MapRegistry::new(),
         }
     }
 
@@ -144,6 +146,10 @@ impl InterleavedMemoryDescriptor {
 }
 
 impl MemoryDescriptor for InterleavedMemoryDescriptor {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        Some(&self.maps)
+    }
+
     fn length(&self) -> u64 {
         self.length
     }

@@ -137,6 +137,14 @@ pub trait MemoryDescriptor: Send + Sync {
     /// [`Error::OutOfBounds`].
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()>;
 
+    /// The registry of this descriptor's live mappings, through which
+    /// [`MemoryMap::new`](crate::map::MemoryMap::new) shares a compatible mapping instead
+    /// of making another (IOKit keeps a descriptor's mappings in its `_mappings` set). The
+    /// default, `None`, never shares. Every descriptor of this crate has one.
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        None
+    }
+
     /// Calls `f` with the *leaf* descriptors (the ones that copy bytes themselves) behind
     /// `[offset, offset + len)`, each with the range in its own offsets. Composite
     /// descriptors forward to their parts; the default treats `self` as a leaf. The

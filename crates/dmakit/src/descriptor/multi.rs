@@ -22,6 +22,7 @@ pub struct MultiMemoryDescriptor {
     starts: Vec<u64>,
     length: u64,
     direction: Direction,
+    maps: crate::map::MapRegistry,
 }
 
 impl MultiMemoryDescriptor {
@@ -48,6 +49,7 @@ impl MultiMemoryDescriptor {
             starts,
             length,
             direction,
+            maps: crate::map::MapRegistry::new(),
         })
     }
 
@@ -87,6 +89,10 @@ impl MultiMemoryDescriptor {
 }
 
 impl MemoryDescriptor for MultiMemoryDescriptor {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        Some(&self.maps)
+    }
+
     fn length(&self) -> u64 {
         self.length
     }

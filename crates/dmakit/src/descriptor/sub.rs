@@ -15,6 +15,7 @@ pub struct SubMemoryDescriptor {
     offset: u64,
     length: u64,
     direction: Direction,
+    maps: crate::map::MapRegistry,
 }
 
 impl SubMemoryDescriptor {
@@ -33,6 +34,7 @@ impl SubMemoryDescriptor {
                 offset,
                 length,
                 direction,
+                maps: crate::map::MapRegistry::new(),
             }),
             _ => Err(Error::OutOfBounds {
                 what: "sub-descriptor range in its parent",
@@ -55,6 +57,10 @@ impl SubMemoryDescriptor {
 }
 
 impl MemoryDescriptor for SubMemoryDescriptor {
+    fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
+        Some(&self.maps)
+    }
+
     fn length(&self) -> u64 {
         self.length
     }

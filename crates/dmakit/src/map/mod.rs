@@ -17,4 +17,4 @@ pub use io::{
     mapped_read16, mapped_read32, mapped_read64, mapped_read8, mapped_write16, mapped_write32,
     mapped_write64, mapped_write8,
 };
-pub use memory_map::{MapOptions, MemoryMap};
+pub use memory_map::{MapGuard, MapOptions, MapRegistry, MapSharing, MemoryMap};

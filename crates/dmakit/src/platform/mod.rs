@@ -12,7 +12,7 @@
 //! | [`CpuAccess`] | CPU reads and writes of a task's virtual memory | `copyin`/`copyout` |
 //! | [`CacheOps`] | clean / invalidate / flush the CPU data cache for a range | `flush_dcache`, `IOFlushProcessorCache` |
 //! | [`Mmio`] | naturally aligned, untorn loads and stores to physical I/O space | `ml_phys_read_*`, `IOMappedRead*` |
-//! | [`VirtualMemory`] | map existing pages a second time into a task, read-only or not, with a cache mode | `vm_map`, `IOMemoryMap` |
+//! | [`VirtualMemory`] | map existing pages a second time into a task, read-only or not, with a cache mode, optionally between guard pages | `vm_map`, `IOMemoryMap` |
 //!
 //! [`Platform`] is implemented for anything that has all six. All traits are implemented
 //! for `&T` and `Arc<T>` of an implementor, so a machine can be shared.
@@ -388,8 +388,10 @@ pub trait VirtualMemory: Send + Sync {
     /// byte. All or nothing: on failure nothing stays mapped.
     fn map_pages(&self, pieces: &[MapPiece], req: &MapRequest) -> Result<VirtAddr>;
 
-    /// Removes a mapping made by [`map_pages`](Self::map_pages); `va` and `len` must be
-    /// exactly its start and total length.
+    /// Removes a mapping made by [`map_pages`](Self::map_pages) or
+    /// [`map_pages_guarded`](Self::map_pages_guarded); `va` and `len` must be exactly the
+    /// address it returned and the pieces' total length. A guarded mapping's guards are
+    /// released with it.
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()>;
 
     /// Changes how the CPU caches the pages of `[va, va + len)` of `task` (both page
@@ -405,6 +407,27 @@ pub trait VirtualMemory: Send + Sync {
         Err(crate::Error::Unsupported {
             what:
                 "VirtualMemory::set_cache_mode (this platform cannot change page cache attributes)",
+        })
+    }
+
+    /// Like [`map_pages`](Self::map_pages), anywhere (`req.at` must be `None`), with `guard`
+    /// bytes (a multiple of the page size) of reserved, inaccessible address space right
+    /// before and right after the mapping: a CPU access there faults, and nothing else is
+    /// mapped there until [`unmap_pages`](Self::unmap_pages) removes the mapping (IOKit's
+    /// guarded mappings, kIOMapGuardedSmall / kIOMapGuardedLarge). Returns the address of
+    /// the first mapped byte, as `map_pages` does.
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported), for a backend that
+    /// cannot reserve address space.
+    fn map_pages_guarded(
+        &self,
+        pieces: &[MapPiece],
+        req: &MapRequest,
+        guard: u64,
+    ) -> Result<VirtAddr> {
+        let _ = (pieces, req, guard);
+        Err(crate::Error::Unsupported {
+            what: "guard pages around a mapping (this platform cannot reserve address space)",
         })
     }
 }
@@ -479,6 +502,9 @@ macro_rules! forward {
             }
             fn set_cache_mode(&self, task: Task, va: VirtAddr, len: u64, mode: CacheMode) -> Result<()> {
                 (**self).set_cache_mode(task, va, len, mode)
+            }
+            fn map_pages_guarded(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<VirtAddr> {
+                (**self).map_pages_guarded(pieces, req, guard)
             }
         }
         impl<T: Mmio + ?Sized> Mmio for $ptr {
