@@ -384,6 +384,18 @@ pub enum Error {
         /// Which one (a DMA ticket).
         id: u64,
     },
+    /// An operation that could cover only part of the range it was given (IOKit's
+    /// kIOReturnUnderrun), for example cache maintenance over memory whose physical
+    /// segments are not all known.
+    #[error("{what}: covered {done:#x} of {requested:#x} bytes")]
+    Underrun {
+        /// The operation.
+        what: &'static str,
+        /// Bytes covered.
+        done: u64,
+        /// Bytes it should have covered.
+        requested: u64,
+    },
     /// A device that is not there, or not attached the way the call needs (VFIO: no such
     /// PCI function, not bound to vfio-pci, no IOMMU group, a group that is not viable).
     #[error("{what}: {why}")]
@@ -432,6 +444,7 @@ impl Error {
             NotAttached { .. } => IoReturn::NOT_ATTACHED,
             Internal { .. } => IoReturn::INTERNAL_ERROR,
             Aborted { .. } => IoReturn::ABORTED,
+            Underrun { .. } => IoReturn::UNDERRUN,
         }
     }
 }
@@ -491,6 +504,17 @@ mod tests {
             code: IoReturn::CANNOT_WIRE,
         };
         assert_eq!(inj.io_return(), IoReturn::CANNOT_WIRE);
+        let short = Error::Underrun {
+            what: "cache flush",
+            done: 0x1000,
+            requested: 0x3000,
+        };
+        assert_eq!(short.io_return(), IoReturn::UNDERRUN);
+        assert_eq!(short.io_return().0, 0xE00002E7);
+        assert_eq!(
+            short.to_string(),
+            "cache flush: covered 0x1000 of 0x3000 bytes"
+        );
     }
 
     #[test]

@@ -5,9 +5,16 @@
 //! [`set_memory_descriptor`](InterleavedMemoryDescriptor::set_memory_descriptor) and removed
 //! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors).
 //! Neither is allowed while prepared. A failed prepare completes exactly the portions it
-//! had prepared (IOKit's rollback completes the failed one repeatedly: quirk Q7, fixed).
+//! had prepared, each once, latest first (IOKit's rollback completes the failed portion's
+//! descriptor again and again instead, leaving the earlier ones prepared).
+//!
+//! Its preparation identifier is unprepared while it is not prepared, and otherwise
+//! follows its portions' descriptors like a multi-descriptor's.
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, Segment, Source};
+use super::{
+    check_range, clamp, op_extent, op_over_parts, past_end, LazyId, MemoryDescriptor,
+    MemoryOperation, Segment, Source, PREPARATION_ID_UNPREPARED,
+};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -27,6 +34,8 @@ pub struct InterleavedMemoryDescriptor {
     length: u64,
     direction: Direction,
     prepared: AtomicU32,
+    prep: spin::Mutex<(Vec<u64>, u64)>,
+    id: LazyId,
 }
 
 impl InterleavedMemoryDescriptor {
@@ -38,6 +47,8 @@ impl InterleavedMemoryDescriptor {
             length: 0,
             direction,
             prepared: AtomicU32::new(0),
+            prep: spin::Mutex::new((Vec::new(), 0)),
+            id: LazyId::default(),
         }
     }
 
@@ -240,6 +251,34 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
             }
         }
         Ok(())
+    }
+
+    fn preparation_id(&self) -> u64 {
+        if self.prepared.load(Ordering::Acquire) == 0 {
+            return PREPARATION_ID_UNPREPARED;
+        }
+        let ids = self
+            .portions
+            .iter()
+            .map(|p| p.md.preparation_id())
+            .collect();
+        super::multi::composite_preparation_id(ids, &self.prep)
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.id.get()
+    }
+
+    /// Forwards each portion's share of the range to its descriptor; stops at the first
+    /// that falls short.
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length)?;
+        let end = offset + want;
+        let pieces = self.portions.iter().filter_map(|p| {
+            let (lo, hi) = (p.start.max(offset), (p.start + p.length).min(end));
+            (lo < hi).then(|| (p.md.as_ref(), p.offset + (lo - p.start), hi - lo))
+        });
+        op_over_parts(op, want, pieces)
     }
 }
 
