@@ -35,6 +35,18 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! ## Other operations
+//!
+//! | IOKit | here |
+//! | --- | --- |
+//! | `writeBytes(offset, NULL, length)` | [`MemoryDescriptor::fill_zero`] |
+//! | `getDMAMapLength` | [`MemoryDescriptor::dma_map_length`] |
+//! | `getPreparationID` / `getDescriptorID` | [`MemoryDescriptor::preparation_id`] / [`MemoryDescriptor::descriptor_id`] |
+//! | `performOperation` | [`MemoryDescriptor::perform_operation`] with a [`MemoryOperation`] |
+//! | `setPurgeable` | [`MemoryDescriptor::set_purgeable`] with a [`PurgeableRequest`] |
+//! | `getBytesNoCopy` | [`BufferMemoryDescriptor::bytes_no_copy`] / [`BufferMemoryDescriptor::bytes_no_copy_mut`] |
+
 mod buffer;
 mod device;
 mod general;
@@ -42,7 +54,7 @@ mod interleaved;
 mod multi;
 mod sub;
 
-pub use buffer::{BufferMemoryDescriptor, BufferOptions};
+pub use buffer::{BufferMemoryDescriptor, BufferOptions, BytesNoCopy, BytesNoCopyMut};
 pub use device::{device_memory, device_sub_range, DeviceMemory};
 pub use general::GeneralMemoryDescriptor;
 
