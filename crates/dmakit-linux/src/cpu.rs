@@ -16,7 +16,7 @@
 //! copies per byte, but right even when the two views alias).
 
 use crate::host::Host;
-use dmakit::platform::{CpuAccess, Task};
+use dmakit::platform::{CpuAccess, DirectSlice, DirectSliceMut, Task};
 use dmakit::{Error, Result, VirtAddr};
 
 /// What a lookup failure names.
@@ -29,6 +29,9 @@ impl CpuAccess for Host {
             return Ok(());
         }
         let s = self.lock();
+        if let Some(p) = s.lent_in(va.0, buf.len() as u64, true) {
+            return Err(Host::lent_busy(p));
+        }
         let span = s.cpu_span(va.0, buf.len() as u64).ok_or(Error::NotMapped {
             what: UNKNOWN,
             addr: va.0,
@@ -43,6 +46,9 @@ impl CpuAccess for Host {
             return Ok(());
         }
         let s = self.lock();
+        if let Some(p) = s.lent_in(va.0, data.len() as u64, false) {
+            return Err(Host::lent_busy(p));
+        }
         let span = s
             .cpu_span(va.0, data.len() as u64)
             .ok_or(Error::NotMapped {
@@ -70,6 +76,12 @@ impl CpuAccess for Host {
             return Ok(());
         }
         let s = self.lock();
+        if let Some(p) = s
+            .lent_in(from_va.0, len, true)
+            .or_else(|| s.lent_in(to_va.0, len, false))
+        {
+            return Err(Host::lent_busy(p));
+        }
         let unknown = |addr: u64| Error::NotMapped {
             what: UNKNOWN,
             addr,
@@ -94,5 +106,29 @@ impl CpuAccess for Host {
         src.read(&mut tmp);
         dst.write(&tmp).ok_or(read_only)?;
         Ok(())
+    }
+
+    /// Lends the allocation's own mapping: no copy (see `lend.rs` for what is refused
+    /// while it is lent, and when a lend is refused).
+    fn direct_slice<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<Box<dyn DirectSlice + 'a>> {
+        Ok(Box::new(self.lend(task, va, len, held, false)?))
+    }
+
+    /// As [`direct_slice`](Self::direct_slice), writable; loads of the range through the
+    /// host are refused too while it is lent.
+    fn direct_slice_mut<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<Box<dyn DirectSliceMut + 'a>> {
+        Ok(Box::new(self.lend(task, va, len, held, true)?))
     }
 }

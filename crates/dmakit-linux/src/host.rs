@@ -10,7 +10,7 @@
 //! | [`CpuAccess`](dmakit::platform::CpuAccess) | `cpu.rs` | copies through the registry's spans |
 //! | [`CacheOps`](dmakit::platform::CacheOps) | `cache.rs` | `clflushopt`/`clflush` + `mfence` |
 //! | [`Mmio`](dmakit::platform::Mmio) | `mmio.rs` | volatile loads and stores of exactly the width |
-//! | [`VirtualMemory`](dmakit::platform::VirtualMemory) | `vm.rs` | the memfd mapped a second time |
+//! | [`VirtualMemory`](dmakit::platform::VirtualMemory) | `vm.rs`, `purgeable.rs` | the memfd mapped a second time; volatile pages punched out of it |
 //!
 //! The host has one task, this process: [`Task::KERNEL`]. Any other task is
 //! [`Error::Unsupported`].
@@ -161,6 +161,9 @@ impl Host {
                 start,
                 len: len as u64,
             });
+        }
+        if let Some(p) = s.lent_in(start, len as u64, false) {
+            return Err(Host::lent_busy(p));
         }
         // SAFETY: the caller's contract for this function is the contract of
         // `RawRegion::new`, for exactly as long as the region stays registered.

@@ -74,6 +74,14 @@ impl Ledger {
         self.counts.range(start..end).next().map(|(&p, _)| p)
     }
 
+    /// The first page of `[start, end)` that more than `held` wirings hold.
+    pub(crate) fn first_wired_over(&self, start: u64, end: u64, held: u32) -> Option<u64> {
+        self.counts
+            .range(start..end)
+            .find(|(_, &c)| c > held)
+            .map(|(&p, _)| p)
+    }
+
     /// Records `[va, va + len)` as a wired allocation, locked for its life; `mlock`s it
     /// when `lock` (hugetlb memory, which is never swapped, needs no lock).
     pub(crate) fn lock_for_life(&mut self, va: u64, len: u64, lock: bool) -> Result<(), Errno> {

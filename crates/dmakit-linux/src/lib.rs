@@ -48,6 +48,8 @@
 //! | [`pagemap`] | reading and decoding `/proc/self/pagemap` |
 //! | `registry` | the memory a host knows, and the only way to reach it |
 //! | `cpu`, `cache`, `mmio`, `vm` | the remaining seam traits |
+//! | `lend` | lending allocations as Rust slices (`direct_slice`, IOKit's `getBytesNoCopy`) |
+//! | `purgeable` | volatile memory: per-page state, hole punching, [`Host::purge_volatile`] |
 //! | `hints` | error messages with current limits and fixes |
 //! | `inspect` | the `dmakit inspect` report |
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
@@ -67,10 +69,12 @@ mod hints;
 mod host;
 mod inspect;
 mod ledger;
+mod lend;
 mod mmio;
 pub mod nvme;
 pub mod pagemap;
 mod physical;
+mod purgeable;
 mod registry;
 mod sys;
 pub mod vfio;

@@ -83,6 +83,8 @@ impl Host {
             huge,
             fd,
             frames: Vec::new(),
+            second_maps: 0,
+            purgeable: Default::default(),
         };
         if wired && self.capabilities().pagemap_pfns {
             match self
@@ -260,6 +262,9 @@ impl PhysicalMemory for Host {
                 given: len,
             });
         }
+        if a.mapping.is_lent() {
+            return Err(Host::lent_busy(va.0));
+        }
         // The ledger stays locked from the check to the unmap, so no host can wire a page
         // in between.
         let mut l = ledger();
@@ -309,12 +314,16 @@ impl PhysicalMemory for Host {
 
     /// Writes RAM of this host's wired allocations by physical address; anything else is
     /// `NotMapped` and nothing is written.
+    /// Refused ([`Error::Busy`], nothing written) where a page is lent as a slice.
     fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
         let s = self.lock();
-        for (span, at, n) in self.phys_spans(&s, pa.0, data.len())? {
-            span.write(&data[at..at + n]).ok_or(Error::Internal {
-                what: "an allocation's mapping is read-only",
-            })?;
+        let spans = self.phys_spans(&s, pa.0, data.len())?;
+        if !spans.iter().all(|(span, _, _)| span.writable()) {
+            return Err(Host::lent_busy(pa.0));
+        }
+        for (span, at, n) in spans {
+            span.write(&data[at..at + n])
+                .ok_or(Host::lent_busy(span.addr()))?;
         }
         Ok(())
     }

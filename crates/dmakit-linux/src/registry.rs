@@ -20,6 +20,7 @@
 //! cannot be freed while a span of it is in use.
 
 use crate::sys::{Mapping, RawRegion, Span};
+use dmakit::platform::PurgeableState;
 use dmakit::{PageSize, PhysAddr};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -41,6 +42,10 @@ pub(crate) struct Allocation {
     pub(crate) fd: OwnedFd,
     /// The physical address of each page, when wired and translated (else empty).
     pub(crate) frames: Vec<PhysAddr>,
+    /// Second mappings that reach some of its pages.
+    pub(crate) second_maps: u32,
+    /// Purgeable state of the pages that are not non-volatile: page address → state.
+    pub(crate) purgeable: BTreeMap<u64, PurgeableState>,
 }
 
 /// A second mapping of allocations' pages (`VirtualMemory::map_pages`).
@@ -48,6 +53,8 @@ pub(crate) struct Allocation {
 pub(crate) struct SecondMapping {
     pub(crate) mapping: Mapping,
     pub(crate) len: u64,
+    /// The allocations (by start) whose pages it maps, each once.
+    pub(crate) sources: Vec<u64>,
 }
 
 /// Everything a host knows; lives behind the host's lock.
@@ -124,6 +131,29 @@ impl Registry {
     /// The allocation holding `[va, va + n)` within the length that was asked for.
     pub(crate) fn allocation(&self, va: u64, n: u64) -> Option<(u64, &Allocation)> {
         containing(&self.allocs, va, n, |a| a.len)
+    }
+
+    /// The allocations that share a byte with `[va, va + n)`: (start, allocation).
+    pub(crate) fn allocations_touching(
+        &self,
+        va: u64,
+        n: u64,
+    ) -> impl Iterator<Item = (u64, &Allocation)> {
+        let end = va.saturating_add(n);
+        self.allocs
+            .range(..end)
+            .rev()
+            .take_while(move |(&start, a)| start.saturating_add(a.map_len) > va)
+            .map(|(&start, a)| (start, a))
+    }
+
+    /// The first address of `[va, va + n)` lent as a slice (any lend, or only mutable ones
+    /// when `mutable_only`).
+    pub(crate) fn lent_in(&self, va: u64, n: u64, mutable_only: bool) -> Option<u64> {
+        self.allocations_touching(va, n).find_map(|(start, a)| {
+            let (any, any_mut) = a.mapping.lent(va, n);
+            (any_mut || (any && !mutable_only)).then_some(va.max(start))
+        })
     }
 
     /// The second mapping holding `[va, va + n)`.

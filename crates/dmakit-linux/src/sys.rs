@@ -11,6 +11,9 @@
 //! * [`Span`] is a borrowed, bounds-checked window of one of those two. Copies, volatile
 //!   loads and stores, and cache flushes are methods of `Span`; a `Span` cannot outlive the
 //!   mapping or region it came from, and the host only holds one while it holds its lock.
+//! * [`Lent`] is a range of a [`Mapping`] lent out as a Rust slice. While it is lent the
+//!   mapping hands out no span that could write it (nor, for a mutable lend, read it), and
+//!   it is never unmapped.
 //!
 //! Policy: every `unsafe` block carries a `// SAFETY:` comment naming the invariant it relies
 //! on and the check that established it; every `unsafe fn` has a `# Safety` section. The only
@@ -56,17 +59,77 @@ pub(crate) fn memfd(len: u64, huge: bool) -> Result<OwnedFd, (&'static str, Errn
 /// # Invariants
 ///
 /// `[addr, addr + len)` (with `len > 0`) is a mapping made by this module and unmapped by
-/// nobody but this value's `Drop`; it is readable, and writable when `writable` is set. The
-/// `guard` bytes right before and right after it are this module's `PROT_NONE` reservation,
-/// also unmapped only by `Drop`. The memory behind it is only reached through [`Span`]s
-/// borrowed from this value (or through raw addresses the crate's *callers* obtained, which
-/// is their own `unsafe` business).
+/// nobody but this value's `Drop`, which leaves it mapped for good while `lends` is not
+/// empty; it is readable, and writable when `writable` is set. The `guard` bytes right
+/// before and right after it are this module's `PROT_NONE` reservation, also unmapped only
+/// by `Drop`. The memory behind it is only reached through [`Span`]s borrowed from this
+/// value and the [`Lent`] ranges recorded in `lends` (or through raw addresses the crate's
+/// *callers* obtained, which is their own `unsafe` business). No span that can write a lent
+/// range exists, nor any span that overlaps a range lent mutably.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     addr: usize,
     len: usize,
     writable: bool,
     guard: usize,
+    /// Ranges lent out: (start, length, mutably).
+    lends: Vec<(usize, usize, bool)>,
+}
+
+/// A range of a [`Mapping`] lent out as a Rust slice (see [`Mapping::lend`]).
+///
+/// # Invariants
+///
+/// `[addr, addr + len)` lies inside the mapping that starts at `base`, whose `lends` holds
+/// this range (mutably iff `mutable`) until [`Mapping::end_lend`] takes this value back. That
+/// mapping hence stays mapped, gives out no span that could write the range (or, if
+/// `mutable`, reach it at all), and lends no overlapping range mutably (nor, if `mutable`,
+/// at all).
+#[derive(Debug)]
+pub(crate) struct Lent {
+    base: usize,
+    addr: usize,
+    len: usize,
+    mutable: bool,
+}
+
+impl Lent {
+    /// The start of the mapping it was lent from.
+    pub(crate) fn base(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// The lent bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: by the invariant the range stays mapped and readable for as long as this
+        // value lives (its mapping is not unmapped while the lend is recorded), and nothing
+        // this module hands out of that mapping writes it meanwhile: no writable span of it,
+        // no mutable lend. Other views of the same pages (a second mapping of the memfd, a
+        // registered region) are excluded by the host, which lends no memory that has one
+        // and makes none of lent memory (`lend.rs`). The slice borrows `self`, so it ends
+        // before the lend does.
+        unsafe {
+            std::slice::from_raw_parts(ptr::with_exposed_provenance::<u8>(self.addr), self.len)
+        }
+    }
+
+    /// The lent bytes, writable; `None` for a shared lend.
+    pub(crate) fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.mutable {
+            return None;
+        }
+        // SAFETY: as for `bytes`, and a mutable lend is only made of a writable mapping
+        // (`Mapping::lend`) and excludes every span overlapping the range and every other
+        // lend of it (other views of the pages are excluded by the host, as for `bytes`),
+        // so this is the only way to reach those bytes while it lives; the slice borrows
+        // `self` mutably, so there is one at a time.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(
+                ptr::with_exposed_provenance_mut::<u8>(self.addr),
+                self.len,
+            )
+        })
+    }
 }
 
 /// Inaccessible address space reserved to carve mappings from; unmapped on drop.
@@ -180,6 +243,7 @@ impl Reservation {
             len,
             writable,
             guard: 0,
+            lends: Vec::new(),
         }
     }
 
@@ -195,6 +259,7 @@ impl Reservation {
             len,
             writable,
             guard,
+            lends: Vec::new(),
         }
     }
 }
@@ -303,13 +368,89 @@ impl Mapping {
         self.writable
     }
 
-    /// `[addr, addr + len)`, if it lies inside this mapping.
+    /// `[addr, addr + len)`, if it lies inside this mapping and is not lent mutably; a
+    /// read-only span if part of it is lent.
     pub(crate) fn span(&self, addr: u64, len: u64) -> Option<Span<'_>> {
         let (addr, len) = within(self.addr, self.len, addr, len)?;
+        let mut writable = self.writable;
+        for &(a, l, mutable) in &self.lends {
+            if overlap(a, l, addr, len) {
+                if mutable {
+                    return None;
+                }
+                writable = false;
+            }
+        }
         // SAFETY: `within` proved the range lies inside this mapping, which by the type's
         // invariant stays mapped (readable; writable iff `self.writable`) until `self` is
-        // dropped, which the span's borrow of `self` prevents while it lives.
-        Some(unsafe { Span::new(addr, len, self.writable) })
+        // dropped, which the span's borrow of `self` prevents while it lives. The loop
+        // above keeps the invariant about lends: no span of a range lent mutably, and a
+        // read-only one of a range lent shared.
+        Some(unsafe { Span::new(addr, len, writable) })
+    }
+
+    /// The lends overlapping `[addr, addr + len)`: (any, any mutable).
+    pub(crate) fn lent(&self, addr: u64, len: u64) -> (bool, bool) {
+        let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else {
+            return (false, false);
+        };
+        let mut out = (false, false);
+        for &(a, l, mutable) in &self.lends {
+            if overlap(a, l, addr, len) {
+                out.0 = true;
+                out.1 |= mutable;
+            }
+        }
+        out
+    }
+
+    /// Whether anything of the mapping is lent.
+    pub(crate) fn is_lent(&self) -> bool {
+        !self.lends.is_empty()
+    }
+
+    /// Lends `[addr, addr + len)` (non-empty, inside the mapping) as a slice, mutably or
+    /// not. `None` if the range is not inside, is empty, overlaps a mutable lend, or (for
+    /// a mutable lend) overlaps any lend or the mapping is read-only.
+    ///
+    /// Taking `&mut self` proves no span of this mapping is alive; the spans made later
+    /// respect the lend (see [`span`](Self::span)).
+    pub(crate) fn lend(&mut self, addr: u64, len: u64, mutable: bool) -> Option<Lent> {
+        let (addr, len) = within(self.addr, self.len, addr, len)?;
+        if len == 0 || (mutable && !self.writable) {
+            return None;
+        }
+        let (any, any_mut) = self.lent(addr as u64, len as u64);
+        if any_mut || (mutable && any) {
+            return None;
+        }
+        self.lends.push((addr, len, mutable));
+        // INVARIANT: the range is inside this mapping and now recorded in `lends`.
+        Some(Lent {
+            base: self.addr,
+            addr,
+            len,
+            mutable,
+        })
+    }
+
+    /// Ends a lend made by [`lend`](Self::lend) of this mapping; gives it back if it is not
+    /// one of this mapping's.
+    pub(crate) fn end_lend(&mut self, lent: Lent) -> Result<(), Lent> {
+        if lent.base != self.addr {
+            return Err(lent);
+        }
+        match self
+            .lends
+            .iter()
+            .position(|&l| l == (lent.addr, lent.len, lent.mutable))
+        {
+            Some(i) => {
+                self.lends.swap_remove(i);
+                Ok(())
+            }
+            None => Err(lent),
+        }
     }
 
     /// Gives up ownership without unmapping: the memory stays mapped for the rest of the
@@ -319,10 +460,20 @@ impl Mapping {
     }
 }
 
+/// Whether `[a, a + l)` and `[b, b + m)` share a byte.
+fn overlap(a: usize, l: usize, b: usize, m: usize) -> bool {
+    a < b.saturating_add(m) && b < a.saturating_add(l)
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.is_lent() {
+            // A slice of it may still be in use (a lend whose end was never reported):
+            // keep the memory mapped for the rest of the process.
+            return;
+        }
         // SAFETY: by the invariant this is our mapping with our guards around it; spans
-        // borrow `self`, so none is alive.
+        // borrow `self`, so none is alive, and nothing of it is lent.
         unsafe { unmap_raw(self.addr - self.guard, self.len + 2 * self.guard) };
     }
 }

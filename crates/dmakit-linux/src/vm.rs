@@ -20,7 +20,10 @@ use crate::host::Host;
 use crate::ledger::ledger;
 use crate::registry::SecondMapping;
 use crate::sys::Mapping;
-use dmakit::platform::{CacheMode, MapPiece, MapRequest, MapSource, Task, VirtualMemory};
+use dmakit::platform::{
+    CacheMode, MapPiece, MapRequest, MapSource, PurgeableRequest, PurgeableState, Task,
+    VirtualMemory,
+};
 use dmakit::{Error, Result, VirtAddr};
 use rustix::io::Errno;
 
@@ -68,9 +71,26 @@ impl VirtualMemory for Host {
             });
         }
         // Dropping the mapping unmaps it.
-        drop(s.maps.remove(&va.0));
+        if let Some(m) = s.maps.remove(&va.0) {
+            for b in &m.sources {
+                if let Some(a) = s.allocs.get_mut(b) {
+                    a.second_maps = a.second_maps.saturating_sub(1);
+                }
+            }
+        }
         drop(l);
         Ok(())
+    }
+
+    /// Per page of one of the host's pageable allocations (see `purgeable.rs`).
+    fn set_purgeable(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        req: PurgeableRequest,
+    ) -> Result<PurgeableState> {
+        self.purgeable(task, va, len, req)
     }
 }
 
@@ -205,6 +225,9 @@ impl Host {
             let a = s.allocs.get(&base).ok_or(Error::Internal {
                 what: "planned allocation vanished under the lock",
             })?;
+            if a.mapping.is_lent() {
+                return Err(Host::lent_busy(base + off));
+            }
             fds.push((&a.fd, off, len as usize));
         }
         let mapping =
@@ -217,12 +240,21 @@ impl Host {
                 (e, _) => hints::os("mmap(second mapping)", e, ""),
             })?;
         drop(fds);
+        let mut sources: Vec<u64> = plan.iter().map(|p| p.0).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        for b in &sources {
+            if let Some(a) = s.allocs.get_mut(b) {
+                a.second_maps += 1;
+            }
+        }
         let va = mapping.addr();
         s.maps.insert(
             va,
             SecondMapping {
                 mapping,
                 len: total,
+                sources,
             },
         );
         Ok(VirtAddr(va))

@@ -35,6 +35,9 @@ impl Wiring for Host {
         }
         let psize = self.page().bytes();
         let mut s = self.lock();
+        if let Some(p) = s.lent_in(first, n * psize, false) {
+            return Err(Host::lent_busy(p));
+        }
         if writable
             && s.second_mapping(va.0, len)
                 .is_some_and(|m| !m.mapping.writable())

@@ -10,8 +10,9 @@ use crate::mmio::{MmioWindow, SharedDevice};
 use crate::physical::{PhysicalPool, RamRegion};
 use crate::task::{AddressSpace, PageEntry, Pte, Region, KERNEL_VA_BASE, USER_VA_BASE};
 use dmakit::platform::{
-    CacheOp, CacheOps, CpuAccess, MapPiece, MapRequest, MapSource, Mmio, PageRequest,
-    PhysicalMemory, Task, VirtualMemory, Width, Wiring,
+    CacheOp, CacheOps, CpuAccess, DirectSlice, DirectSliceMut, MapPiece, MapRequest, MapSource,
+    Mmio, PageRequest, PhysicalMemory, PurgeableRequest, PurgeableState, Task, VirtualMemory,
+    Width, Wiring,
 };
 use dmakit::{Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use std::collections::BTreeMap;
@@ -29,6 +30,26 @@ pub(crate) struct Inner {
     pub next_task: u32,
     /// Physical pages mapped a second time, and how many extra mappings each has.
     pub shared: std::collections::HashMap<u64, u32>,
+    /// Physical pages lent as slices (`CpuAccess::direct_slice`), and how.
+    pub lent: std::collections::HashMap<u64, Lend>,
+}
+
+/// How a physical page is lent.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lend {
+    /// Shared lends alive.
+    shared: u32,
+    /// A mutable lend is alive.
+    exclusive: bool,
+}
+
+/// The error for memory that is lent as a slice.
+fn lent_busy(addr: u64) -> Error {
+    Error::Busy {
+        what: "simulated memory",
+        addr,
+        why: "it is lent as a slice (direct_slice): drop the slice first",
+    }
 }
 
 /// A simulated machine. `Send + Sync`; share it by reference or `Arc`.
@@ -213,6 +234,7 @@ impl Inner {
                     always_wired: !req.pageable,
                     writable: true,
                     cache: None,
+                    purgeable: PurgeableState::NonVolatile,
                 },
             );
         }
@@ -234,6 +256,7 @@ impl Inner {
             cache,
             tasks,
             shared,
+            lent,
             ..
         } = self;
         let space = space_of(tasks, task)?;
@@ -265,6 +288,13 @@ impl Inner {
                 addr: p,
                 why: "a page is mapped a second time (unmap the MemoryMap first)",
             });
+        }
+        if let Some((&p, _)) = space
+            .ptes
+            .range(va..va + len)
+            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
+        {
+            return Err(lent_busy(p));
         }
         let ptes: Vec<u64> = space.ptes.range(va..va + len).map(|(&v, _)| v).collect();
         for v in ptes {
@@ -354,6 +384,11 @@ impl Inner {
         let mut targets = Vec::new();
         for (p, off, n) in page_chunks(page, va, len) {
             let pa = self.resident(task, p, p + off)?;
+            if let Some(l) = self.lent.get(&pa) {
+                if write || l.exclusive {
+                    return Err(lent_busy(p + off));
+                }
+            }
             let mode = self.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
             targets.push((pa + off, mode, n as usize));
         }
@@ -372,7 +407,13 @@ impl Inner {
         self.check_pages(task, va, len, writable)?;
         let mut done: Vec<u64> = Vec::new();
         for (p, off, _) in page_chunks(page, va, len) {
-            if let Err(e) = self.resident(task, p, p + off) {
+            let got =
+                self.resident(task, p, p + off)
+                    .and_then(|pa| match self.lent.contains_key(&pa) {
+                        true => Err(lent_busy(p + off)),
+                        false => Ok(pa),
+                    });
+            if let Err(e) = got {
                 let space = self.space(task)?;
                 for d in done {
                     if let Some(pte) = space.ptes.get_mut(&d) {
@@ -423,6 +464,114 @@ impl Inner {
             space.forget_wiring(va, len, page.bytes());
         }
         Ok(())
+    }
+
+    /// Refuses a CPU access by physical address to lent pages (any lend for a store, a
+    /// mutable one for a load).
+    fn check_lent_phys(&self, pa: u64, len: u64, write: bool) -> Result<()> {
+        if self.lent.is_empty() {
+            return Ok(());
+        }
+        for (p, off, _) in page_chunks(self.page, pa, len) {
+            if let Some(l) = self.lent.get(&p) {
+                if write || l.exclusive {
+                    return Err(lent_busy(p + off));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the contents of the page at `v`: its physical page goes back to the pool
+    /// (cached lines dropped unwritten), its swap copy is dropped. The next touch brings in
+    /// a zero-filled page.
+    fn discard(&mut self, task: Task, v: u64) -> Result<()> {
+        let psize = self.page.bytes();
+        let Inner {
+            phys, cache, tasks, ..
+        } = self;
+        let space = space_of(tasks, task)?;
+        if let Some(pte) = space.ptes.get_mut(&v) {
+            if let Some(pa) = pte.pa.take() {
+                cache.forget(pa, psize);
+                phys.give_back(&[pa]);
+            }
+        }
+        space.swap.remove(&v);
+        Ok(())
+    }
+
+    pub(crate) fn set_purgeable(
+        &mut self,
+        task: Task,
+        va: u64,
+        len: u64,
+        req: PurgeableRequest,
+    ) -> Result<PurgeableState> {
+        self.check_range(va, len, "purgeable range")?;
+        let page = self.page;
+        let Inner {
+            tasks,
+            shared,
+            lent,
+            ..
+        } = &mut *self;
+        let space = space_of(tasks, task)?;
+        let mut worst = PurgeableState::NonVolatile;
+        let mut pages = Vec::new();
+        for (p, off, _) in page_chunks(page, va, len) {
+            let pte = space.ptes.get(&p).ok_or(Error::NotMapped {
+                what: "simulated task",
+                addr: p + off,
+            })?;
+            let in_mapping = space
+                .mappings
+                .range(..=p)
+                .next_back()
+                .is_some_and(|(&s, &l)| p < s + l);
+            if in_mapping {
+                return Err(Error::Unsupported {
+                    what: "purgeable state through a second mapping (it belongs to the \
+                           allocation)",
+                });
+            }
+            if req.discards() {
+                let why = if pte.wired() {
+                    Some("wired memory cannot be made volatile")
+                } else if pte
+                    .pa
+                    .is_some_and(|pa| shared.get(&pa).is_some_and(|&c| c > 0))
+                {
+                    Some("memory mapped a second time cannot be made volatile")
+                } else if pte.pa.is_some_and(|pa| lent.contains_key(&pa)) {
+                    Some("memory lent as a slice cannot be made volatile")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(Error::Busy {
+                        what: "simulated memory",
+                        addr: p + off,
+                        why,
+                    });
+                }
+            }
+            worst = worst.max(pte.purgeable);
+            pages.push(p);
+        }
+        if let Some(state) = req.target() {
+            for &p in &pages {
+                if let Some(pte) = space.ptes.get_mut(&p) {
+                    pte.purgeable = state;
+                }
+            }
+            if state == PurgeableState::Empty {
+                for p in pages {
+                    self.discard(task, p)?;
+                }
+            }
+        }
+        Ok(worst)
     }
 
     pub(crate) fn runs(&mut self, task: Task, va: u64, len: u64) -> Result<Vec<PhysRange>> {
@@ -520,6 +669,9 @@ impl Inner {
                         a
                     }
                 };
+                if self.lent.contains_key(&pa) {
+                    return Err(lent_busy(pa));
+                }
                 pas.push(pa);
             }
         }
@@ -554,6 +706,7 @@ impl Inner {
                     always_wired: false,
                     writable: !req.read_only,
                     cache,
+                    purgeable: PurgeableState::NonVolatile,
                 },
             );
         }
@@ -649,7 +802,12 @@ impl Machine {
             });
         }
         let mut g = self.lock();
-        let Inner { tasks, shared, .. } = &mut *g;
+        let Inner {
+            tasks,
+            shared,
+            lent,
+            ..
+        } = &mut *g;
         let space = space_of(tasks, task)?;
         if let Some((&p, _)) = space.ptes.iter().find(|(_, p)| p.wires > 0) {
             return Err(Error::Busy {
@@ -657,6 +815,13 @@ impl Machine {
                 addr: p,
                 why: "a page is still wired",
             });
+        }
+        if let Some((&p, _)) = space
+            .ptes
+            .iter()
+            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
+        {
+            return Err(lent_busy(p));
         }
         // Its own second mappings go with it; memory of it that another task still maps a
         // second time keeps the whole task alive (checked before anything changes).
@@ -738,6 +903,7 @@ impl Machine {
             faults,
             tasks,
             shared,
+            lent,
             ..
         } = &mut *g;
         let space = space_of(tasks, task)?;
@@ -755,7 +921,7 @@ impl Machine {
             let (Some(old), false) = (pte.pa, pte.wired()) else {
                 continue;
             };
-            if shared.get(&old).is_some_and(|&n| n > 0) {
+            if shared.get(&old).is_some_and(|&n| n > 0) || lent.contains_key(&old) {
                 // Mapped a second time: the other mapping pins the page in place.
                 continue;
             }
@@ -786,6 +952,7 @@ impl Machine {
             cache,
             tasks,
             shared,
+            lent,
             ..
         } = &mut *g;
         let space = space_of(tasks, task)?;
@@ -804,7 +971,7 @@ impl Machine {
             let (Some(pa), false) = (pte.pa, pte.wired()) else {
                 continue;
             };
-            if shared.get(&pa).is_some_and(|&n| n > 0) {
+            if shared.get(&pa).is_some_and(|&n| n > 0) || lent.contains_key(&pa) {
                 continue;
             }
             cache.op(CacheOp::Flush, pa, psize, phys);
@@ -821,6 +988,37 @@ impl Machine {
         Ok(out)
     }
 
+    /// Discards every volatile page of every task, as memory pressure would (the model of
+    /// purgeable memory: the system may do this to volatile memory whenever it chooses).
+    /// Each discarded page returns to the free pool, reads as zeros from then on and
+    /// reports [`PurgeableState::Empty`] until made non-volatile. Pages that are wired,
+    /// mapped a second time or lent as a slice are kept. Returns how many pages were
+    /// discarded.
+    pub fn purge_volatile(&self) -> u64 {
+        let mut g = self.lock();
+        let mut victims = Vec::new();
+        for (&t, space) in &g.tasks {
+            for (&v, pte) in &space.ptes {
+                let pinned = pte.pa.is_some_and(|pa| {
+                    g.shared.get(&pa).is_some_and(|&c| c > 0) || g.lent.contains_key(&pa)
+                });
+                if pte.purgeable == PurgeableState::Volatile && !pte.wired() && !pinned {
+                    victims.push((t, v));
+                }
+            }
+        }
+        let mut out = 0;
+        for (t, v) in victims {
+            if g.discard(t, v).is_ok() {
+                if let Some(pte) = g.tasks.get_mut(&t).and_then(|s| s.ptes.get_mut(&v)) {
+                    pte.purgeable = PurgeableState::Empty;
+                }
+                out += 1;
+            }
+        }
+        out
+    }
+
     /// The live tasks, the kernel first.
     pub fn tasks(&self) -> Vec<Task> {
         self.lock().tasks.keys().copied().collect()
@@ -831,7 +1029,8 @@ impl Machine {
     /// displays and for tests that check where memory landed.
     pub fn page_table(&self, task: Task) -> Result<Vec<PageEntry>> {
         let mut g = self.lock();
-        let space = g.space(task)?;
+        let Inner { tasks, lent, .. } = &mut *g;
+        let space = space_of(tasks, task)?;
         let in_mapping = |v: u64| {
             space
                 .mappings
@@ -851,6 +1050,8 @@ impl Machine {
                 swapped: space.swap.contains_key(&v),
                 mapping: in_mapping(v),
                 cache: pte.cache,
+                purgeable: pte.purgeable,
+                lent: pte.pa.is_some_and(|pa| lent.contains_key(&pa)),
             })
             .collect())
     }
@@ -861,13 +1062,20 @@ impl Machine {
         let mut g = self.lock();
         g.check_range(va.0, len, "protect")?;
         let page = g.page;
-        let space = g.space(task)?;
+        let Inner { tasks, lent, .. } = &mut *g;
+        let space = space_of(tasks, task)?;
         for (p, off, _) in page_chunks(page, va.0, len) {
-            if !space.ptes.contains_key(&p) {
-                return Err(Error::NotMapped {
-                    what: "simulated task",
-                    addr: p + off,
-                });
+            match space.ptes.get(&p) {
+                None => {
+                    return Err(Error::NotMapped {
+                        what: "simulated task",
+                        addr: p + off,
+                    })
+                }
+                Some(pte) if pte.pa.is_some_and(|pa| lent.contains_key(&pa)) => {
+                    return Err(lent_busy(p + off))
+                }
+                Some(_) => {}
             }
         }
         for (p, _, _) in page_chunks(page, va.0, len) {
@@ -1069,9 +1277,19 @@ impl PhysicalMemory for Machine {
         self.lock().free(Task::KERNEL, va.0, len)
     }
 
+    /// Any task of the machine (see [`Machine::create_task`]).
+    fn allocate_pages_in(&self, task: Task, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        self.lock().allocate(task, len, req).map(VirtAddr)
+    }
+
+    fn free_pages_in(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        self.lock().free(task, va.0, len)
+    }
+
     fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
         let mut g = self.lock();
         g.phys.check_ram(pa.0, buf.len() as u64, "simulated RAM")?;
+        g.check_lent_phys(pa.0, buf.len() as u64, false)?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.read(pa.0, buf, phys, None);
         Ok(())
@@ -1080,6 +1298,7 @@ impl PhysicalMemory for Machine {
     fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
         let mut g = self.lock();
         g.phys.check_ram(pa.0, data.len() as u64, "simulated RAM")?;
+        g.check_lent_phys(pa.0, data.len() as u64, true)?;
         let Inner { cache, phys, .. } = &mut *g;
         cache.write(pa.0, data, phys, None);
         Ok(())
@@ -1130,6 +1349,167 @@ impl CpuAccess for Machine {
         g.cpu_access(task, va.0, data.len() as u64, true, |inner, pa, mode, r| {
             let Inner { cache, phys, .. } = inner;
             cache.write(pa, &data[r], phys, mode);
+        })
+    }
+
+    /// Lends a *copy* taken through the CPU cache model (simulated RAM is scattered pages
+    /// behind the machine's lock, so there is no one host slice to lend); the rules of
+    /// the seam hold all the same: stores to the pages are refused while it is lent, and so
+    /// are wiring, freeing, mapping and purging them.
+    fn direct_slice<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<Box<dyn DirectSlice + 'a>> {
+        Ok(Box::new(self.lend(task, va, len, held, false)?))
+    }
+
+    /// As [`direct_slice`](Self::direct_slice); the copy is written back (through the
+    /// cache, as CPU stores) when the lend ends.
+    fn direct_slice_mut<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<Box<dyn DirectSliceMut + 'a>> {
+        Ok(Box::new(self.lend(task, va, len, held, true)?))
+    }
+}
+
+/// A lend of simulated memory: a copy of its bytes, written back at the end of a mutable
+/// lend.
+struct SimLend<'a> {
+    machine: &'a Machine,
+    task: Task,
+    va: u64,
+    /// The physical pages lent.
+    pages: Vec<u64>,
+    data: Vec<u8>,
+    exclusive: bool,
+}
+
+impl DirectSlice for SimLend<'_> {
+    fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl DirectSliceMut for SimLend<'_> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+impl Drop for SimLend<'_> {
+    fn drop(&mut self) {
+        let mut g = self.machine.lock();
+        for pa in &self.pages {
+            if let Some(l) = g.lent.get_mut(pa) {
+                if self.exclusive {
+                    l.exclusive = false;
+                } else {
+                    l.shared = l.shared.saturating_sub(1);
+                }
+                if !l.exclusive && l.shared == 0 {
+                    g.lent.remove(pa);
+                }
+            }
+        }
+        if self.exclusive {
+            let data = &self.data;
+            // The pages stayed resident, mapped and writable while lent (freeing, paging
+            // out, moving and protecting them are refused meanwhile), so the write-back
+            // cannot fail.
+            let _ = g.cpu_access(
+                self.task,
+                self.va,
+                data.len() as u64,
+                true,
+                |inner, pa, mode, r| {
+                    let Inner { cache, phys, .. } = inner;
+                    cache.write(pa, &data[r], phys, mode);
+                },
+            );
+        }
+    }
+}
+
+impl Machine {
+    fn lend(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+        exclusive: bool,
+    ) -> Result<SimLend<'_>> {
+        let mut g = self.lock();
+        g.check_range(va.0, len, "direct slice")?;
+        let n = usize::try_from(len).map_err(|_| Error::Overflow {
+            what: "direct slice",
+            start: va.0,
+            len,
+        })?;
+        let page = g.page;
+        g.check_pages(task, va.0, len, exclusive)?;
+        // Bring every page in, then check them all, then copy: a refusal lends nothing.
+        let mut targets = Vec::new();
+        for (p, off, k) in page_chunks(page, va.0, len) {
+            let pa = g.resident(task, p, p + off)?;
+            let mode = g.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
+            targets.push((p, pa, off, k, mode));
+        }
+        for &(p, pa, off, _, _) in &targets {
+            let wired = g
+                .space(task)?
+                .ptes
+                .get(&p)
+                .is_some_and(|pte| pte.wires > held);
+            let why = if wired {
+                Some("it is wired (a device may use it): complete it first")
+            } else if g.shared.get(&pa).is_some_and(|&c| c > 0) {
+                Some("it is mapped a second time: unmap the MemoryMap first")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::Busy {
+                    what: "simulated memory (direct slice)",
+                    addr: p + off,
+                    why,
+                });
+            }
+            if let Some(l) = g.lent.get(&pa) {
+                if l.exclusive || (exclusive && l.shared > 0) {
+                    return Err(lent_busy(p + off));
+                }
+            }
+        }
+        let mut data = vec![0u8; n];
+        let mut done = 0usize;
+        let mut pages = Vec::with_capacity(targets.len());
+        for (_, pa, off, k, mode) in targets {
+            let Inner { cache, phys, .. } = &mut *g;
+            cache.read(pa + off, &mut data[done..done + k as usize], phys, mode);
+            done += k as usize;
+            let l = g.lent.entry(pa).or_default();
+            if exclusive {
+                l.exclusive = true;
+            } else {
+                l.shared += 1;
+            }
+            pages.push(pa);
+        }
+        Ok(SimLend {
+            machine: self,
+            task,
+            va: va.0,
+            pages,
+            data,
+            exclusive,
         })
     }
 }
@@ -1235,6 +1615,19 @@ impl VirtualMemory for Machine {
         }
         Ok(())
     }
+
+    /// Per page; [`Machine::purge_volatile`] is when the machine discards volatile pages.
+    /// Refused ([`Error::Busy`]) for making wired, second-mapped or lent pages volatile or
+    /// empty; second mappings have no state of their own ([`Error::Unsupported`]).
+    fn set_purgeable(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        req: PurgeableRequest,
+    ) -> Result<PurgeableState> {
+        self.lock().set_purgeable(task, va.0, len, req)
+    }
 }
 
 impl Mmio for Machine {
@@ -1291,6 +1684,7 @@ impl Inner {
             tasks,
             next_task: 0,
             shared: std::collections::HashMap::new(),
+            lent: std::collections::HashMap::new(),
         }
     }
 }

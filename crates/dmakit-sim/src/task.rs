@@ -15,9 +15,13 @@
 //! | resident | some | first CPU access, `wire`, a second mapping, or page-in |
 //! | paged out | none, contents in the task's swap store | [`Machine::page_out`](crate::Machine::page_out) |
 //!
-//! A page that is wired (counted by `Wiring::wire`) or mapped a second time never leaves
-//! the resident state; that is exactly the promise a driver relies on while a device owns
-//! the memory. [`Machine::page_table`](crate::Machine::page_table) lists a task's entries
+//! A page that is wired (counted by `Wiring::wire`), mapped a second time or lent as a
+//! slice (`CpuAccess::direct_slice`) never leaves the resident state; that is exactly the
+//! promise a driver relies on while a device owns the memory.
+//!
+//! Each page also has a *purgeable state* (`VirtualMemory::set_purgeable`): a volatile
+//! page may be discarded by [`Machine::purge_volatile`](crate::Machine::purge_volatile),
+//! after which it reads as zeros and reports `Empty` until made non-volatile again. [`Machine::page_table`](crate::Machine::page_table) lists a task's entries
 //! as [`PageEntry`] values.
 //!
 //! ```
@@ -42,6 +46,7 @@
 
 use crate::CacheMode;
 use dmakit::alloc::RangeAllocator;
+use dmakit::platform::PurgeableState;
 use dmakit::{PhysAddr, VirtAddr};
 use std::collections::BTreeMap;
 
@@ -65,6 +70,8 @@ pub(crate) struct Pte {
     pub writable: bool,
     /// The cache mode of this mapping (`None`: the physical range's mode).
     pub cache: Option<crate::CacheMode>,
+    /// The purgeable state.
+    pub purgeable: PurgeableState,
 }
 
 impl Pte {
@@ -93,6 +100,10 @@ pub struct PageEntry {
     pub mapping: bool,
     /// The mapping's cache mode, if it overrides the physical range's mode.
     pub cache: Option<CacheMode>,
+    /// The page's purgeable state.
+    pub purgeable: PurgeableState,
+    /// Whether the page is lent as a slice (`CpuAccess::direct_slice`) right now.
+    pub lent: bool,
 }
 
 /// One allocation in a task.

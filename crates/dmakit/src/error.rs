@@ -406,7 +406,7 @@ pub enum Error {
         length: u64,
     },
     /// Fewer bytes were covered than asked (IOKit kIOReturnUnderrun).
-    #[error("{what}: {done:#x} of {requested:#x} bytes done")]
+    #[error("{what}: covered {done:#x} of {requested:#x} bytes")]
     Underrun {
         /// What fell short.
         what: &'static str,
@@ -552,6 +552,17 @@ mod tests {
             code: IoReturn::CANNOT_WIRE,
         };
         assert_eq!(inj.io_return(), IoReturn::CANNOT_WIRE);
+        let short = Error::Underrun {
+            what: "cache flush",
+            done: 0x1000,
+            requested: 0x3000,
+        };
+        assert_eq!(short.io_return(), IoReturn::UNDERRUN);
+        assert_eq!(short.io_return().0, 0xE00002E7);
+        assert_eq!(
+            short.to_string(),
+            "cache flush: covered 0x1000 of 0x3000 bytes"
+        );
     }
 
     #[test]

@@ -7,13 +7,42 @@
 //! constraints (alignment, a highest physical address, contiguity) are honoured by the
 //! allocation itself. Wired buffers are prepared for their whole life, as in IOKit, so
 //! their physical segments are always available; pageable ones must be prepared.
+//!
+//! ## Borrowing the bytes
+//!
+//! [`bytes_no_copy`](BufferMemoryDescriptor::bytes_no_copy) and
+//! [`bytes_no_copy_mut`](BufferMemoryDescriptor::bytes_no_copy_mut) lend the buffer's bytes
+//! as a Rust slice, on platforms that can
+//! ([`CpuAccess::direct_slice`](crate::platform::CpuAccess::direct_slice)). A lend and a
+//! preparation for a device exclude each other: the mutable slice borrows the descriptor
+//! mutably, so nothing can prepare it while the slice lives; the shared slice is refused
+//! while the buffer is prepared, and a prepare is refused ([`Error::Busy`]) while a shared
+//! slice is out.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::Direction;
+//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! let mut buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(4096, Direction::Out))?;
+//! buf.bytes_no_copy_mut(0, 4)?.copy_from_slice(b"ping");
+//! assert_eq!(&buf.bytes_no_copy(0, 4)?[..], b"ping");
+//! let md: &dyn MemoryDescriptor = &buf;
+//! let prepared = md.prepare(Direction::Out)?; // no slice is lent now
+//! assert!(buf.bytes_no_copy(0, 4).is_err()); // and none while a device may use it
+//! prepared.complete()?;
+//! # Ok(()) }
+//! ```
 
 use super::general::GeneralMemoryDescriptor;
-use super::{check_range, Holders, MemoryDescriptor, PrepOwner, Segment, Source};
-use crate::platform::{PageRequest, Platform, Task};
+use super::{
+    check_range, op_extent, Holders, MemoryDescriptor, MemoryOperation, PrepOwner,
+    PurgeableRequest, PurgeableState, Segment, Source,
+};
+use crate::platform::{DirectSlice, DirectSliceMut, PageRequest, Platform, Task};
 use crate::{Direction, Error, PageSize, Result, VirtAddr};
+use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// How to allocate a [`BufferMemoryDescriptor`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,22 +81,44 @@ impl BufferOptions {
 ///
 /// # Invariants
 ///
-/// `inner` describes exactly the allocation `[va, va + alloc_len)` of the kernel task;
+/// `inner` describes exactly the allocation `[va, va + alloc_len)` of `task`;
 /// `length <= capacity <= alloc_len`. A wired buffer holds one preparation of `inner` from
-/// creation to drop.
+/// creation to drop. `length` changes only under `append`. `lends` counts the shared
+/// slices lent out; it is checked and changed only under its lock, and a preparation is
+/// made only under it too, so a lent slice and a preparation never coexist.
 pub struct BufferMemoryDescriptor<P: Platform + Clone> {
     inner: GeneralMemoryDescriptor<P>,
+    task: Task,
     va: VirtAddr,
     alloc_len: u64,
     capacity: u64,
     length: AtomicU64,
+    /// The direction's bits (settable, as IOKit's `setDirection`).
+    direction: AtomicU32,
+    append: spin::Mutex<()>,
+    lends: spin::Mutex<u32>,
     options: BufferOptions,
 }
 
 impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
-    /// Allocates a buffer on `platform` (IOKit `inTaskWithPhysicalMask` /
-    /// `withOptions`).
+    /// Allocates a buffer on `platform` in the kernel task (IOKit `inTaskWithPhysicalMask`
+    /// / `withOptions`).
     pub fn new(platform: P, options: BufferOptions) -> Result<Self> {
+        Self::in_task(platform, Task::KERNEL, options)
+    }
+
+    /// Allocates a buffer in `task`'s address space (IOKit `inTaskWithOptions`). A task
+    /// other than the kernel's needs a pageable buffer ([`Error::BadArgument`] otherwise,
+    /// as IOKit refuses), and a platform that can allocate there
+    /// ([`PhysicalMemory::allocate_pages_in`](crate::platform::PhysicalMemory::allocate_pages_in);
+    /// [`Error::Unsupported`] otherwise).
+    pub fn in_task(platform: P, task: Task, options: BufferOptions) -> Result<Self> {
+        if task != Task::KERNEL && !options.pageable {
+            return Err(Error::BadArgument {
+                what: "a buffer in a task other than the kernel's must be pageable (task)",
+                value: task.0 as u64,
+            });
+        }
         if options.capacity == 0 {
             return Err(Error::ZeroSize {
                 what: "buffer capacity",
@@ -98,35 +149,155 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
             contiguous: options.contiguous || options.alignment > page.bytes(),
             pageable: options.pageable,
         };
-        let va = platform.allocate_pages(alloc_len, &req)?;
+        let va = platform.allocate_pages_in(task, alloc_len, &req)?;
         let inner = match GeneralMemoryDescriptor::with_address_range(
             platform.clone(),
-            Task::KERNEL,
+            task,
             va,
             alloc_len,
             options.direction,
         ) {
             Ok(d) => d,
             Err(e) => {
-                let _ = platform.free_pages(va, alloc_len);
+                let _ = platform.free_pages_in(task, va, alloc_len);
                 return Err(e);
             }
         };
         if !options.pageable {
             if let Err(e) = inner.prepare_for(PrepOwner::BUFFER, Direction::InOut) {
                 drop(inner);
-                let _ = platform.free_pages(va, alloc_len);
+                let _ = platform.free_pages_in(task, va, alloc_len);
                 return Err(e);
             }
         }
         Ok(BufferMemoryDescriptor {
             inner,
+            task,
             va,
             alloc_len,
             capacity: options.capacity,
             length: AtomicU64::new(options.capacity),
+            direction: AtomicU32::new(options.direction.bits()),
+            append: spin::Mutex::new(()),
+            lends: spin::Mutex::new(0),
             options,
         })
+    }
+
+    /// The task whose address space holds the buffer.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// Replaces the direction (IOKit `setDirection`). Later preparations with
+    /// `Direction::None` use it; a preparation already held keeps the access it was made
+    /// with.
+    pub fn set_direction(&self, direction: Direction) {
+        self.direction.store(direction.bits(), Ordering::Release);
+    }
+
+    /// Whether a device may be using the buffer: prepared beyond the preparation a wired
+    /// buffer holds for its whole life.
+    pub fn is_prepared(&self) -> bool {
+        self.inner.wire_count() > u64::from(self.held())
+    }
+
+    /// The wirings of its memory the buffer holds itself: one for a wired buffer (its
+    /// life-long preparation), none for a pageable one.
+    fn held(&self) -> u32 {
+        u32::from(!self.options.pageable)
+    }
+
+    /// Checks `[start, start + len)` for a lend, with IOKit's rule for `getBytesNoCopy`:
+    /// `start + len` must not overflow, `start` must be below the length and the range
+    /// inside it (so nothing can be lent from a zero-length buffer).
+    fn check_lend(&self, start: u64, len: u64) -> Result<()> {
+        let length = self.length();
+        match start.checked_add(len) {
+            Some(end) if start < length && end <= length => Ok(()),
+            _ => Err(Error::OutOfBounds {
+                what: "buffer bytes lent without a copy",
+                offset: start,
+                len,
+                limit: length,
+            }),
+        }
+    }
+
+    fn busy_prepared(&self) -> Error {
+        Error::Busy {
+            what: "buffer",
+            addr: self.va.0,
+            why: "it is prepared for a device: its bytes cannot be lent until it is completed",
+        }
+    }
+
+    /// Lends `[start, start + len)` of the buffer as a shared slice, without copying where
+    /// the platform can (IOKit `getBytesNoCopy(start, length)`).
+    ///
+    /// Errors: the range as IOKit checks it ([`Error::OutOfBounds`] when `start + len`
+    /// overflows, `start` is at or past the length, or the range runs past it); the buffer
+    /// prepared for a device ([`Error::Busy`]); whatever the platform refuses
+    /// ([`CpuAccess::direct_slice`](crate::platform::CpuAccess::direct_slice):
+    /// [`Error::Unsupported`] where it cannot lend, `Busy`
+    /// while the memory is wired or mapped a second time). While the slice lives a
+    /// prepare of the buffer is [`Error::Busy`] and the platform refuses stores to it.
+    pub fn bytes_no_copy(&self, start: u64, len: u64) -> Result<BytesNoCopy<'_>> {
+        self.check_lend(start, len)?;
+        let mut lends = self.lends.lock();
+        if self.is_prepared() {
+            return Err(self.busy_prepared());
+        }
+        let lent = if len == 0 {
+            None
+        } else {
+            Some(self.inner.platform().direct_slice(
+                self.task,
+                VirtAddr(self.va.0 + start),
+                len,
+                self.held(),
+            )?)
+        };
+        *lends += 1;
+        Ok(BytesNoCopy {
+            lent,
+            lends: &self.lends,
+        })
+    }
+
+    /// Lends `[start, start + len)` of the buffer as a mutable slice (IOKit
+    /// `getBytesNoCopy`, written through). The slice borrows the descriptor mutably, so it
+    /// cannot be prepared (or used any other way) while the slice lives. Errors as
+    /// [`bytes_no_copy`](Self::bytes_no_copy).
+    ///
+    /// ```compile_fail
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// fn demo<P: dmakit::platform::Platform + Clone>(
+    ///     mut buf: BufferMemoryDescriptor<P>,
+    /// ) -> dmakit::Result<()> {
+    ///     let bytes = buf.bytes_no_copy_mut(0, 4)?;
+    ///     buf.prepare_wiring(Direction::In)?; // refused by the borrow checker
+    ///     drop(bytes);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn bytes_no_copy_mut(&mut self, start: u64, len: u64) -> Result<BytesNoCopyMut<'_>> {
+        self.check_lend(start, len)?;
+        if self.is_prepared() {
+            return Err(self.busy_prepared());
+        }
+        let lent = if len == 0 {
+            None
+        } else {
+            Some(self.inner.platform().direct_slice_mut(
+                self.task,
+                VirtAddr(self.va.0 + start),
+                len,
+                self.held(),
+            )?)
+        };
+        Ok(BytesNoCopyMut { lent })
     }
 
     /// A wired buffer holding a copy of `bytes` (IOKit `withBytes`).
@@ -148,7 +319,8 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         self.capacity
     }
 
-    /// The kernel virtual address of the buffer.
+    /// The address of the buffer in its task (the kernel's unless made with
+    /// [`in_task`](Self::in_task)).
     pub fn address(&self) -> VirtAddr {
         self.va
     }
@@ -173,9 +345,11 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         self.options
     }
 
-    /// Sets the length. A length above the capacity is [`Error::OutOfBounds`] and changes
-    /// nothing (IOKit silently ignores it; see DESIGN.md).
+    /// Sets the length (IOKit `setLength`). A length above the capacity is
+    /// [`Error::OutOfBounds`] and changes nothing (IOKit silently ignores it; see
+    /// DESIGN.md).
     pub fn set_length(&self, length: u64) -> Result<()> {
+        let _append = self.append.lock();
         if length > self.capacity {
             return Err(Error::OutOfBounds {
                 what: "buffer length beyond capacity",
@@ -188,11 +362,18 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         Ok(())
     }
 
-    /// Appends as much of `data` as fits before the capacity; returns how many bytes were
-    /// appended (IOKit returns true even when it truncates).
+    /// Appends as much of `data` as fits before the capacity at the current end and moves
+    /// the length past it (IOKit `appendBytes`); returns how many bytes were appended
+    /// (IOKit returns true even when it truncates, or appends nothing).
+    ///
+    /// Atomic: concurrent appends each get their own range, their bytes are never
+    /// interleaved, and the counts returned add up to the growth of the length. The length
+    /// moves only after the bytes are written.
     pub fn append_bytes(&self, data: &[u8]) -> usize {
+        let _append = self.append.lock();
         let len = self.length.load(Ordering::Acquire);
-        let n = ((self.capacity - len) as usize).min(data.len());
+        let room = self.capacity.saturating_sub(len);
+        let n = usize::try_from(room).map_or(data.len(), |r| r.min(data.len()));
         let done = self.inner.write_bytes(len, &data[..n]);
         self.length.store(len + done as u64, Ordering::Release);
         done
@@ -203,7 +384,7 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         self.check(offset, buf.len())?;
         self.inner
             .platform()
-            .read_virt(Task::KERNEL, VirtAddr(self.va.0 + offset), buf)
+            .read_virt(self.task, VirtAddr(self.va.0 + offset), buf)
     }
 
     /// Copies `data` to `offset` (within the length).
@@ -242,15 +423,31 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
     }
 
     fn direction(&self) -> Direction {
-        self.options.direction
+        Direction::from_bits(self.direction.load(Ordering::Acquire))
     }
 
     fn page_size(&self) -> PageSize {
         self.inner.page_size()
     }
 
+    /// [`Error::Busy`] while a slice from [`bytes_no_copy`](Self::bytes_no_copy) is lent.
     fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
-        self.inner.prepare_for(owner, dir)
+        let dir = if dir == Direction::None {
+            self.direction()
+        } else {
+            dir
+        };
+        let lends = self.lends.lock();
+        if *lends > 0 {
+            return Err(Error::Busy {
+                what: "buffer",
+                addr: self.va.0,
+                why: "its bytes are lent as a slice (bytes_no_copy): drop it first",
+            });
+        }
+        let r = self.inner.prepare_for(owner, dir);
+        drop(lends);
+        r
     }
 
     /// The preparation a wired buffer holds for its whole life has an owner of its own, so
@@ -292,6 +489,94 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
         check_range("buffer", offset, len, self.length())?;
         self.inner.sources(offset, len, f)
     }
+
+    fn preparation_id(&self) -> u64 {
+        self.inner.preparation_id()
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.inner.descriptor_id()
+    }
+
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length())?;
+        self.inner.perform_operation(op, offset, want)
+    }
+
+    /// The whole allocation changes state. A wired buffer is prepared for its whole life,
+    /// so it cannot be made volatile ([`Error::Busy`]); IOKit likewise only makes pageable
+    /// buffers purgeable.
+    fn set_purgeable(&self, req: PurgeableRequest) -> Result<PurgeableState> {
+        self.inner.set_purgeable(req)
+    }
+
+    fn pageable_buffer(&self) -> bool {
+        self.options.pageable
+    }
+}
+
+/// A shared slice of a buffer's bytes (see
+/// [`BufferMemoryDescriptor::bytes_no_copy`]); dropping it ends the lend.
+#[must_use = "dropping the slice ends the lend at once"]
+pub struct BytesNoCopy<'a> {
+    lent: Option<Box<dyn DirectSlice + 'a>>,
+    lends: &'a spin::Mutex<u32>,
+}
+
+impl core::ops::Deref for BytesNoCopy<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.lent.as_ref().map_or(&[], |l| l.bytes())
+    }
+}
+
+impl Drop for BytesNoCopy<'_> {
+    fn drop(&mut self) {
+        // The platform ends its lend first, then a preparation may happen again.
+        drop(self.lent.take());
+        let mut lends = self.lends.lock();
+        *lends = lends.saturating_sub(1);
+    }
+}
+
+impl core::fmt::Debug for BytesNoCopy<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BytesNoCopy")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A mutable slice of a buffer's bytes (see
+/// [`BufferMemoryDescriptor::bytes_no_copy_mut`]); dropping it ends the lend (a platform
+/// that lent a copy writes it back then).
+#[must_use = "dropping the slice ends the lend at once"]
+pub struct BytesNoCopyMut<'a> {
+    lent: Option<Box<dyn DirectSliceMut + 'a>>,
+}
+
+impl core::ops::Deref for BytesNoCopyMut<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.lent.as_ref().map_or(&[], |l| l.bytes())
+    }
+}
+
+impl core::ops::DerefMut for BytesNoCopyMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self.lent.as_mut() {
+            Some(l) => l.bytes_mut(),
+            None => &mut [],
+        }
+    }
+}
+
+impl core::fmt::Debug for BytesNoCopyMut<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BytesNoCopyMut")
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 impl<P: Platform + Clone> Drop for BufferMemoryDescriptor<P> {
@@ -300,13 +585,17 @@ impl<P: Platform + Clone> Drop for BufferMemoryDescriptor<P> {
         self.inner.complete_all();
         // Refused while someone else still wires the pages (a device may reach them): the
         // buffer is then leaked rather than freed under the device.
-        let _ = self.inner.platform().free_pages(self.va, self.alloc_len);
+        let _ = self
+            .inner
+            .platform()
+            .free_pages_in(self.task, self.va, self.alloc_len);
     }
 }
 
 impl<P: Platform + Clone> core::fmt::Debug for BufferMemoryDescriptor<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("BufferMemoryDescriptor")
+            .field("task", &self.task)
             .field("address", &self.va)
             .field("capacity", &self.capacity)
             .field("length", &self.length())

@@ -8,9 +8,11 @@
 //! `read_bytes`/`write_bytes` work on unprepared memory too (IOKit panics there).
 
 use super::{
-    check_range, clamp, past_end, Holders, MemoryDescriptor, PrepOwner, Removed, Segment, Source,
+    check_range, clamp, op_extent, past_end, Holders, LazyId, MemoryDescriptor, MemoryOperation,
+    PrepOwner, PurgeableRequest, PurgeableState, Removed, Segment, Source,
+    PREPARATION_ID_UNPREPARED,
 };
-use crate::platform::{collect_runs, Platform, Task};
+use crate::platform::{collect_runs, CacheOp, Platform, Task};
 use crate::{Direction, Error, PageSize, PhysAddr, PhysRange, Result, VirtAddr};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -21,6 +23,8 @@ struct Wiring {
     read_only: bool,
     /// Physical runs of each range, while wired.
     runs: Vec<Vec<PhysRange>>,
+    /// The identifier of this preparation (0 until first asked for).
+    prep_id: u64,
 }
 
 /// A descriptor of one or more address ranges.
@@ -39,6 +43,9 @@ pub struct GeneralMemoryDescriptor<P: Platform> {
     direction: Direction,
     wiring: spin::Mutex<Wiring>,
     maps: crate::map::MapRegistry,
+    /// Physical descriptors: their one preparation's identifier.
+    phys_prep: LazyId,
+    id: LazyId,
 }
 
 impl<P: Platform> GeneralMemoryDescriptor<P> {
@@ -72,6 +79,8 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
             direction,
             wiring: spin::Mutex::new(Wiring::default()),
             maps: crate::map::MapRegistry::new(),
+            phys_prep: LazyId::default(),
+            id: LazyId::default(),
         })
     }
 
@@ -176,6 +185,24 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         done
     }
 
+    /// Applies `op` to `[pa, pa + len)`. For [`MemoryOperation::Invalidate`] the lines
+    /// holding the first and last byte are written back first (a one-byte flush reaches
+    /// exactly the line holding it, whatever the line size), so bytes of those lines
+    /// outside the range survive.
+    fn cache_op(&self, op: MemoryOperation, pa: PhysAddr, len: u64) -> Result<()> {
+        match op {
+            MemoryOperation::Flush => self.platform.cache_phys(CacheOp::Flush, pa, len),
+            MemoryOperation::Store => self.platform.cache_phys(CacheOp::Clean, pa, len),
+            MemoryOperation::Discard => self.platform.cache_phys(CacheOp::Invalidate, pa, len),
+            MemoryOperation::Invalidate => {
+                self.platform.cache_phys(CacheOp::Flush, pa, 1)?;
+                self.platform
+                    .cache_phys(CacheOp::Flush, PhysAddr(pa.0 + (len - 1)), 1)?;
+                self.platform.cache_phys(CacheOp::Invalidate, pa, len)
+            }
+        }
+    }
+
     /// Wires every range of `task` and records its physical runs; on failure nothing stays
     /// wired.
     fn wire_ranges(&self, task: Task, read_only: bool) -> Result<Vec<Vec<PhysRange>>> {
@@ -258,6 +285,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
             holders,
             read_only,
             runs,
+            prep_id: 0,
         };
         Ok(())
     }
@@ -364,6 +392,95 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
             }
         }
         Ok(())
+    }
+
+    fn preparation_id(&self) -> u64 {
+        if self.task.is_none() {
+            return self.phys_prep.get();
+        }
+        let mut w = self.wiring.lock();
+        if !w.holders.is_prepared() {
+            return PREPARATION_ID_UNPREPARED;
+        }
+        if w.prep_id == 0 {
+            w.prep_id = super::next_id();
+        }
+        w.prep_id
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.id.get()
+    }
+
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length)?;
+        if self.platform.dma_coherent() {
+            return Ok(());
+        }
+        let mut done = 0u64;
+        while done < want {
+            let Ok(seg) = self.physical_segment(offset + done) else {
+                break;
+            };
+            let n = seg.len.min(want - done);
+            if self.cache_op(op, seg.addr, n).is_err() {
+                break;
+            }
+            done += n;
+        }
+        if done < want {
+            return Err(Error::Underrun {
+                what: "memory operation (a physical segment could not be reached)",
+                done,
+                requested: want,
+            });
+        }
+        Ok(())
+    }
+
+    /// Virtual memory only ([`Error::Unsupported`] for physical ranges). Making memory
+    /// volatile or empty needs every range to be whole pages ([`Error::NotAligned`]
+    /// otherwise: the platform's state is per page, and bytes outside the descriptor must
+    /// not be lost) and the descriptor not to be prepared ([`Error::Busy`]). The ranges are
+    /// changed in order; a failure leaves earlier ranges changed.
+    fn set_purgeable(&self, req: PurgeableRequest) -> Result<PurgeableState> {
+        let Some(task) = self.task else {
+            return Err(Error::Unsupported {
+                what: "purgeable state of physical memory",
+            });
+        };
+        let page = self.platform.page_size();
+        // Held throughout, so no preparation slips in between the check and the change.
+        let w = self.wiring.lock();
+        if req.discards() {
+            if w.holders.is_prepared() {
+                return Err(Error::Busy {
+                    what: "descriptor",
+                    addr: self.ranges.first().map_or(0, |r| r.0),
+                    why: "prepared (wired) memory cannot be made volatile",
+                });
+            }
+            if let Some(&(addr, len)) = self
+                .ranges
+                .iter()
+                .find(|&&(a, l)| l != 0 && (page.offset(a) != 0 || page.offset(l) != 0))
+            {
+                return Err(Error::NotAligned {
+                    what: "volatile memory must be whole pages (descriptor range)",
+                    value: if page.offset(addr) != 0 { addr } else { len },
+                    align: page.bytes(),
+                });
+            }
+        }
+        let mut worst = PurgeableState::NonVolatile;
+        for &(addr, len) in self.ranges.iter().filter(|r| r.1 != 0) {
+            let old = self
+                .platform
+                .set_purgeable(task, VirtAddr(addr), len, req)?;
+            worst = worst.max(old);
+        }
+        drop(w);
+        Ok(worst)
     }
 }
 

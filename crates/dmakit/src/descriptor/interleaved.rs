@@ -5,10 +5,15 @@
 //! [`set_memory_descriptor`](InterleavedMemoryDescriptor::set_memory_descriptor) and removed
 //! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors).
 //! Neither is allowed while prepared. A failed prepare completes exactly the portions it
-//! had prepared (IOKit's rollback completes the failed portion again and again instead).
+//! had prepared, each once, latest first (IOKit's rollback completes the failed portion's
+//! descriptor again and again instead, leaving the earlier ones prepared).
+//!
+//! Its preparation identifier is unprepared while it is not prepared, and otherwise
+//! follows its portions' descriptors like a multi-descriptor's.
 
 use super::{
-    check_range, clamp, past_end, Holders, MemoryDescriptor, PrepOwner, Removed, Segment, Source,
+    check_range, clamp, op_extent, op_over_parts, past_end, Holders, LazyId, MemoryDescriptor,
+    MemoryOperation, PrepOwner, Removed, Segment, Source, PREPARATION_ID_UNPREPARED,
 };
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
@@ -29,6 +34,8 @@ pub struct InterleavedMemoryDescriptor {
     direction: Direction,
     prepared: spin::Mutex<Holders>,
     maps: crate::map::MapRegistry,
+    prep: spin::Mutex<(Vec<u64>, u64)>,
+    id: LazyId,
 }
 
 impl InterleavedMemoryDescriptor {
@@ -41,6 +48,8 @@ impl InterleavedMemoryDescriptor {
             direction,
             prepared: spin::Mutex::new(Holders::default()),
             maps: crate::map::MapRegistry::new(),
+            prep: spin::Mutex::new((Vec::new(), 0)),
+            id: LazyId::default(),
         }
     }
 
@@ -252,6 +261,34 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
             }
         }
         Ok(())
+    }
+
+    fn preparation_id(&self) -> u64 {
+        if !self.prepared.lock().is_prepared() {
+            return PREPARATION_ID_UNPREPARED;
+        }
+        let ids = self
+            .portions
+            .iter()
+            .map(|p| p.md.preparation_id())
+            .collect();
+        super::multi::composite_preparation_id(ids, &self.prep)
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.id.get()
+    }
+
+    /// Forwards each portion's share of the range to its descriptor; stops at the first
+    /// that falls short.
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length)?;
+        let end = offset + want;
+        let pieces = self.portions.iter().filter_map(|p| {
+            let (lo, hi) = (p.start.max(offset), (p.start + p.length).min(end));
+            (lo < hi).then(|| (p.md.as_ref(), p.offset + (lo - p.start), hi - lo))
+        });
+        op_over_parts(op, want, pieces)
     }
 }
 

@@ -35,6 +35,18 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! ## Other operations
+//!
+//! | IOKit | here |
+//! | --- | --- |
+//! | `writeBytes(offset, NULL, length)` | [`MemoryDescriptor::fill_zero`] |
+//! | `getDMAMapLength` | [`MemoryDescriptor::dma_map_length`] |
+//! | `getPreparationID` / `getDescriptorID` | [`MemoryDescriptor::preparation_id`] / [`MemoryDescriptor::descriptor_id`] |
+//! | `performOperation` | [`MemoryDescriptor::perform_operation`] with a [`MemoryOperation`] |
+//! | `setPurgeable` | [`MemoryDescriptor::set_purgeable`] with a [`PurgeableRequest`] |
+//! | `getBytesNoCopy` | [`BufferMemoryDescriptor::bytes_no_copy`] / [`BufferMemoryDescriptor::bytes_no_copy_mut`] |
+
 mod buffer;
 mod device;
 mod general;
@@ -43,7 +55,7 @@ mod interleaved;
 mod multi;
 mod sub;
 
-pub use buffer::{BufferMemoryDescriptor, BufferOptions};
+pub use buffer::{BufferMemoryDescriptor, BufferOptions, BytesNoCopy, BytesNoCopyMut};
 pub use device::{device_memory, device_sub_range, DeviceMemory};
 pub use general::GeneralMemoryDescriptor;
 pub(crate) use holders::Removed;
@@ -53,7 +65,135 @@ pub use interleaved::InterleavedMemoryDescriptor;
 pub use multi::MultiMemoryDescriptor;
 pub use sub::SubMemoryDescriptor;
 
+pub use crate::platform::{PurgeableRequest, PurgeableState};
 use crate::{Direction, Error, PageSize, PhysAddr, Result};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// [`MemoryDescriptor::preparation_id`] of memory that is not prepared
+/// (kIOPreparationIDUnprepared).
+pub const PREPARATION_ID_UNPREPARED: u64 = 0;
+/// [`MemoryDescriptor::preparation_id`] of a descriptor that does not track preparations
+/// (kIOPreparationIDUnsupported).
+pub const PREPARATION_ID_UNSUPPORTED: u64 = 1;
+/// kIOPreparationIDAlwaysPrepared; no dmakit descriptor reports it, but composites pass it
+/// through from a part that does.
+pub const PREPARATION_ID_ALWAYS_PREPARED: u64 = 2;
+/// The first identifier [`MemoryDescriptor::preparation_id`] and
+/// [`MemoryDescriptor::descriptor_id`] hand out; every real identifier is at least this.
+pub const FIRST_ID: u64 = 1 << 32;
+
+/// The one counter every preparation and descriptor identifier comes from, so no two are
+/// ever equal.
+static NEXT_ID: AtomicU64 = AtomicU64::new(FIRST_ID);
+
+/// A fresh identifier (at least [`FIRST_ID`]).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An identifier assigned on first query and kept until reset.
+#[derive(Debug, Default)]
+pub(crate) struct LazyId(AtomicU64);
+
+impl LazyId {
+    /// The identifier, assigning one if there is none.
+    pub(crate) fn get(&self) -> u64 {
+        let v = self.0.load(Ordering::Acquire);
+        if v != 0 {
+            return v;
+        }
+        let new = next_id();
+        match self
+            .0
+            .compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => new,
+            Err(current) => current,
+        }
+    }
+}
+
+/// How much IO address space a mapping of a descriptor would need
+/// ([`MemoryDescriptor::dma_map_length`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaMapLength {
+    /// Bytes of whole pages.
+    pub bytes: u64,
+    /// Offset of the first byte in its page.
+    pub offset: u64,
+}
+
+/// A cache-maintenance operation over a descriptor's memory
+/// ([`MemoryDescriptor::perform_operation`]).
+///
+/// IOKit's `performOperation` takes an option word; here an operation that does not exist
+/// cannot be expressed, so IOKit's kIOReturnUnsupported for an unknown one has no
+/// counterpart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryOperation {
+    /// Write dirty lines back and drop them (IOKit kIOMemoryIncoherentIOFlush).
+    Flush,
+    /// Write dirty lines back, keep them cached (IOKit kIOMemoryIncoherentIOStore).
+    Store,
+    /// Drop the lines so the CPU sees what a device wrote. Lines the range only partly
+    /// covers are written back first, so bytes outside the range are never lost (not in
+    /// IOKit's `performOperation`).
+    Invalidate,
+    /// Drop every line touching the range without writing anything back, including the
+    /// bytes of those lines outside the range (not in IOKit's `performOperation`).
+    Discard,
+}
+
+/// How many bytes an operation over `[offset, offset + len)` of a descriptor of `length`
+/// bytes walks: `min(len, length - offset)`. An offset past the end covers nothing of a
+/// non-empty request, which is [`Error::Underrun`] (as in IOKit, whose walk then finds no
+/// segment).
+pub(crate) fn op_extent(offset: u64, len: u64, length: u64) -> Result<u64> {
+    match length.checked_sub(offset) {
+        Some(rest) => Ok(len.min(rest)),
+        None if len == 0 => Ok(0),
+        None => Err(Error::Underrun {
+            what: "memory operation past the end of the descriptor",
+            done: 0,
+            requested: len,
+        }),
+    }
+}
+
+/// Runs `op` over consecutive parts of a composite descriptor: `pieces` yields (part,
+/// offset in it, bytes). Stops at the first part that falls short and reports the bytes
+/// covered in all.
+pub(crate) fn op_over_parts<'a>(
+    op: MemoryOperation,
+    requested: u64,
+    pieces: impl Iterator<Item = (&'a dyn MemoryDescriptor, u64, u64)>,
+) -> Result<()> {
+    let mut done = 0u64;
+    for (part, offset, len) in pieces {
+        match part.perform_operation(op, offset, len) {
+            Ok(()) => done += len,
+            Err(Error::Underrun { done: d, .. }) => {
+                return Err(Error::Underrun {
+                    what: "memory operation over a composite descriptor",
+                    done: done + d,
+                    requested,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if done < requested {
+        return Err(Error::Underrun {
+            what: "memory operation over a composite descriptor",
+            done,
+            requested,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of zeros [`MemoryDescriptor::fill_zero`] writes at a time.
+const FILL_CHUNK: usize = 1024;
 
 /// A physically contiguous run of a descriptor: where byte `offset` lives and how many bytes
 /// follow it contiguously.
@@ -143,6 +283,150 @@ pub trait MemoryDescriptor: Send + Sync {
     /// default, `None`, never shares. Every descriptor of this crate has one.
     fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
         None
+    }
+
+    /// Writes `len` zero bytes at `offset` (IOKit `writeBytes` with a NULL buffer) and
+    /// returns the count written.
+    ///
+    /// All or nothing at the bounds, as IOKit's zero-fill: a range that overflows or runs
+    /// past the end writes nothing and returns 0 (unlike [`write_bytes`](Self::write_bytes),
+    /// which stops at the end). Like `write_bytes`, memory prepared read-only (for `Out`)
+    /// is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
+    /// at the first chunk that falls short.
+    fn fill_zero(&self, offset: u64, len: u64) -> u64 {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.length() => {}
+            _ => return 0,
+        }
+        let zeros = [0u8; FILL_CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(FILL_CHUNK as u64) as usize;
+            let got = self.write_bytes(offset + done, &zeros[..n]);
+            done += got as u64;
+            if got < n {
+                break;
+            }
+        }
+        done
+    }
+
+    /// The IO address space a mapping of the whole descriptor would need (IOKit
+    /// `getDMAMapLength`): over the memory behind it ([`sources`](Self::sources)), runs
+    /// that continue one another coalesced, the sum of each run's whole pages; and the
+    /// offset of the first byte in its page. A descriptor with no memory behind it (zero
+    /// length) reports its length and offset 0. A run whose last page ends past the
+    /// address space is [`Error::Overflow`].
+    fn dma_map_length(&self) -> Result<DmaMapLength> {
+        let page = self.page_size();
+        let mut run: Option<Source> = None;
+        let mut first: Option<u64> = None;
+        let mut bytes = 0u64;
+        let mut failed: Option<Error> = None;
+        let add = |r: Source, bytes: &mut u64| -> Result<()> {
+            let end = r
+                .addr
+                .checked_add(r.len)
+                .and_then(|e| page.round_up(e))
+                .ok_or(Error::Overflow {
+                    what: "DMA map length: a run's last page",
+                    start: r.addr,
+                    len: r.len,
+                })?;
+            *bytes = bytes
+                .checked_add(end - page.trunc(r.addr))
+                .ok_or(Error::Overflow {
+                    what: "DMA map length",
+                    start: *bytes,
+                    len: r.len,
+                })?;
+            Ok(())
+        };
+        self.sources(0, self.length(), &mut |s| {
+            if s.len == 0 || failed.is_some() {
+                return;
+            }
+            first.get_or_insert(page.offset(s.addr));
+            match run.as_mut() {
+                Some(r) if r.task == s.task && r.addr.checked_add(r.len) == Some(s.addr) => {
+                    r.len += s.len;
+                }
+                _ => {
+                    if let Some(done) = run.replace(s) {
+                        if let Err(e) = add(done, &mut bytes) {
+                            failed = Some(e);
+                        }
+                    }
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match (run, first) {
+            (Some(r), Some(offset)) => {
+                add(r, &mut bytes)?;
+                Ok(DmaMapLength { bytes, offset })
+            }
+            _ => Ok(DmaMapLength {
+                bytes: self.length(),
+                offset: 0,
+            }),
+        }
+    }
+
+    /// The identifier of the current preparation (IOKit `getPreparationID`):
+    /// [`PREPARATION_ID_UNPREPARED`] while not prepared; otherwise a unique value of at
+    /// least [`FIRST_ID`] that stays the same until the preparation ends, so a driver can
+    /// tell whether memory was re-prepared (and its segments may have moved) since it last
+    /// looked. The default, for descriptors that do not track it, is
+    /// [`PREPARATION_ID_UNSUPPORTED`].
+    fn preparation_id(&self) -> u64 {
+        PREPARATION_ID_UNSUPPORTED
+    }
+
+    /// A unique identifier of this descriptor (IOKit `getDescriptorID`), at least
+    /// [`FIRST_ID`], assigned on first query and never changed. The default, for
+    /// descriptors without one, is 0 (IOKit's kIODescriptorIDInvalid).
+    fn descriptor_id(&self) -> u64 {
+        0
+    }
+
+    /// Cache maintenance over `[offset, offset + len)` (IOKit `performOperation`): `op`
+    /// applied to the platform's CPU cache ([`CacheOps`](crate::platform::CacheOps)) over
+    /// each physical segment of the range, `len` clipped to the end of the descriptor.
+    ///
+    /// On a DMA-coherent platform there is nothing to do: `Ok` at once, as in IOKit. Else,
+    /// if a segment cannot be found (virtual memory that is not prepared, memory the
+    /// platform cannot maintain) the walk stops there: [`Error::Underrun`] with the bytes
+    /// covered. An offset past the end of a non-empty request is `Underrun` too. The
+    /// default, for descriptors that cannot reach a platform, is [`Error::Unsupported`].
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let _ = (op, offset, len);
+        Err(Error::Unsupported {
+            what: "memory operations on this descriptor",
+        })
+    }
+
+    /// Changes the purgeable state of the memory behind the descriptor and returns the
+    /// state it had (IOKit `setPurgeable`); the worst state of any part, with
+    /// [`PurgeableState`]'s order (Empty, then Volatile, then NonVolatile).
+    ///
+    /// Physical memory has no purgeable state: [`Error::Unsupported`]. Prepared (wired)
+    /// memory cannot be made volatile or emptied: [`Error::Busy`]. The default is
+    /// `Unsupported`.
+    fn set_purgeable(&self, req: PurgeableRequest) -> Result<PurgeableState> {
+        let _ = req;
+        Err(Error::Unsupported {
+            what: "purgeable state of this descriptor",
+        })
+    }
+
+    /// Whether this is pageable buffer memory (IOKit's kIOMemoryBufferPageable option):
+    /// a pageable [`BufferMemoryDescriptor`], or a composite of such. The parts of a
+    /// [`MultiMemoryDescriptor`] must agree on it. Default: `false`.
+    fn pageable_buffer(&self) -> bool {
+        false
     }
 
     /// Calls `f` with the *leaf* descriptors (the ones that copy bytes themselves) behind

@@ -1,13 +1,23 @@
 //! [`MultiMemoryDescriptor`]: several descriptors one after another (IOKit's
 //! IOMultiMemoryDescriptor).
 //!
-//! Each part must allow the multi-descriptor's direction ([`Error::BadArgument`] otherwise;
-//! IOKit only asserts this in debug kernels). Prepare prepares the parts in order and, if one
-//! fails, completes those already prepared; with no parts it is
-//! [`Error::Internal`] (IOKit: kIOReturnInternalError). Physical segments never coalesce
-//! across parts.
+//! Each part must allow the multi-descriptor's direction ([`Error::BadArgument`] naming the
+//! part otherwise; IOKit only asserts this in debug kernels), and all parts must agree on
+//! whether they are pageable buffer memory ([`MemoryDescriptor::pageable_buffer`];
+//! `BadArgument` naming the first part that differs from part 0, as IOKit refuses).
+//! Prepare prepares the parts in order and, if one fails, completes those already
+//! prepared; with no parts it is [`Error::Internal`] (IOKit: kIOReturnInternalError).
+//! Physical segments never coalesce across parts.
+//!
+//! The preparation identifier is unprepared (or unsupported) if any part's is; otherwise
+//! one of its own, renewed whenever a part's changes. Purgeable state changes every part
+//! and reports the worst old state.
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, PrepOwner, Segment, Source};
+use super::{
+    check_range, clamp, op_extent, op_over_parts, past_end, LazyId, MemoryDescriptor,
+    MemoryOperation, PrepOwner, PurgeableRequest, PurgeableState, Segment, Source,
+    PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
+};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
@@ -16,24 +26,55 @@ use alloc_crate::vec::Vec;
 ///
 /// # Invariants
 ///
-/// `starts[i]` is the offset of part `i`; `length` is the sum of the parts' lengths.
+/// `starts[i]` is the offset of part `i`; `length` is the sum of the parts' lengths; every
+/// part allows `direction` and has `pageable_buffer() == pageable`.
 pub struct MultiMemoryDescriptor {
     parts: Vec<Arc<dyn MemoryDescriptor>>,
     starts: Vec<u64>,
     length: u64,
     direction: Direction,
     maps: crate::map::MapRegistry,
+    pageable: bool,
+    /// (the parts' preparation identifiers last seen, this one's for them).
+    prep: spin::Mutex<(Vec<u64>, u64)>,
+    id: LazyId,
+}
+
+/// A multi- or interleaved descriptor's preparation identifier over its parts' identifiers
+/// `ids`, given the last (`seen`, own) pair.
+pub(crate) fn composite_preparation_id(ids: Vec<u64>, state: &spin::Mutex<(Vec<u64>, u64)>) -> u64 {
+    if ids.is_empty() || ids.contains(&PREPARATION_ID_UNPREPARED) {
+        return PREPARATION_ID_UNPREPARED;
+    }
+    if ids.contains(&PREPARATION_ID_UNSUPPORTED) {
+        return PREPARATION_ID_UNSUPPORTED;
+    }
+    let mut s = state.lock();
+    if s.0 != ids || s.1 == 0 {
+        *s = (ids, super::next_id());
+    }
+    s.1
 }
 
 impl MultiMemoryDescriptor {
-    /// The parts in order, seen as one descriptor for `direction`.
+    /// The parts in order, seen as one descriptor for `direction` (IOKit
+    /// `withDescriptors`). Refused with [`Error::BadArgument`] whose value is the index of
+    /// the offending part when a part's direction does not allow `direction`, or when a
+    /// part's [`pageable_buffer`](MemoryDescriptor::pageable_buffer) differs from part 0's.
     pub fn new(parts: Vec<Arc<dyn MemoryDescriptor>>, direction: Direction) -> Result<Self> {
         let mut starts = Vec::with_capacity(parts.len());
         let mut length: u64 = 0;
+        let pageable = parts.first().is_some_and(|p| p.pageable_buffer());
         for (i, p) in parts.iter().enumerate() {
             if !p.direction().covers(direction) {
                 return Err(Error::BadArgument {
                     what: "multi-descriptor part whose direction does not allow the multi's (part index)",
+                    value: i as u64,
+                });
+            }
+            if p.pageable_buffer() != pageable {
+                return Err(Error::BadArgument {
+                    what: "multi-descriptor part that is not pageable buffer memory like part 0, or is when part 0 is not (part index)",
                     value: i as u64,
                 });
             }
@@ -50,6 +91,9 @@ impl MultiMemoryDescriptor {
             length,
             direction,
             maps: crate::map::MapRegistry::new(),
+            pageable,
+            prep: spin::Mutex::new((Vec::new(), 0)),
+            id: LazyId::default(),
         })
     }
 
@@ -182,6 +226,44 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
             }
         }
         Ok(())
+    }
+
+    fn preparation_id(&self) -> u64 {
+        let ids = self.parts.iter().map(|p| p.preparation_id()).collect();
+        composite_preparation_id(ids, &self.prep)
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.id.get()
+    }
+
+    /// Forwards each part's share of the range; stops at the first part that falls short.
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length)?;
+        let end = offset + want;
+        let pieces = self
+            .parts
+            .iter()
+            .zip(&self.starts)
+            .filter_map(|(p, &start)| {
+                let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
+                (lo < hi).then(|| (p.as_ref(), lo - start, hi - lo))
+            });
+        op_over_parts(op, want, pieces)
+    }
+
+    /// Every part in order; the first failure stops there (earlier parts keep the new
+    /// state, as in IOKit).
+    fn set_purgeable(&self, req: PurgeableRequest) -> Result<PurgeableState> {
+        let mut worst = PurgeableState::NonVolatile;
+        for p in &self.parts {
+            worst = worst.max(p.set_purgeable(req)?);
+        }
+        Ok(worst)
+    }
+
+    fn pageable_buffer(&self) -> bool {
+        self.pageable
     }
 }
 

@@ -4,8 +4,14 @@
 //! Prepare and complete forward to the *whole* parent, as in IOKit; byte copies and
 //! physical segments forward with the offset shifted and lengths clipped to the window.
 //! The direction is the sub-descriptor's own, not the parent's.
+//!
+//! Its preparation identifier follows the parent's: unprepared while the parent is, and a
+//! new identifier of its own each time the parent's changes.
 
-use super::{check_range, clamp, past_end, MemoryDescriptor, PrepOwner, Segment, Source};
+use super::{
+    check_range, clamp, op_extent, past_end, LazyId, MemoryDescriptor, MemoryOperation, PrepOwner,
+    PurgeableRequest, PurgeableState, Segment, Source, FIRST_ID,
+};
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 
@@ -16,6 +22,9 @@ pub struct SubMemoryDescriptor {
     length: u64,
     direction: Direction,
     maps: crate::map::MapRegistry,
+    /// (the parent's preparation identifier last seen, this one's for it).
+    prep: spin::Mutex<(u64, u64)>,
+    id: LazyId,
 }
 
 impl SubMemoryDescriptor {
@@ -35,6 +44,8 @@ impl SubMemoryDescriptor {
                 length,
                 direction,
                 maps: crate::map::MapRegistry::new(),
+                prep: spin::Mutex::new((0, 0)),
+                id: LazyId::default(),
             }),
             _ => Err(Error::OutOfBounds {
                 what: "sub-descriptor range in its parent",
@@ -117,6 +128,42 @@ impl MemoryDescriptor for SubMemoryDescriptor {
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("sub-descriptor", offset, len, self.length)?;
         self.parent.sources(self.offset + offset, len, f)
+    }
+
+    /// The parent's special values (unprepared, unsupported) pass through; otherwise an
+    /// identifier of its own, renewed whenever the parent's changes.
+    fn preparation_id(&self) -> u64 {
+        let parent = self.parent.preparation_id();
+        if parent < FIRST_ID {
+            return parent;
+        }
+        let mut p = self.prep.lock();
+        if p.0 != parent {
+            *p = (parent, super::next_id());
+        }
+        p.1
+    }
+
+    fn descriptor_id(&self) -> u64 {
+        self.id.get()
+    }
+
+    /// Forwards the window's part of the range to the parent.
+    fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
+        let want = op_extent(offset, len, self.length)?;
+        self.parent
+            .perform_operation(op, self.offset + offset, want)
+    }
+
+    /// Forwards to the parent: the state of the parent's whole memory changes, as in
+    /// IOKit.
+    fn set_purgeable(&self, req: PurgeableRequest) -> Result<PurgeableState> {
+        self.parent.set_purgeable(req)
+    }
+
+    /// The parent's (a window of pageable buffer memory is pageable buffer memory).
+    fn pageable_buffer(&self) -> bool {
+        self.parent.pageable_buffer()
     }
 }
 

@@ -7,12 +7,12 @@
 //!
 //! | trait | capability | IOKit counterpart |
 //! | --- | --- | --- |
-//! | [`PhysicalMemory`] | allocate wired or pageable pages in the kernel task under physical constraints; CPU access to physical ranges | `kmem_alloc`, `IOMallocContiguous`, `ml_phys_read` |
+//! | [`PhysicalMemory`] | allocate wired or pageable pages in the kernel task (or, where the backend has several, another task) under physical constraints; CPU access to physical ranges | `kmem_alloc`, `IOMallocContiguous`, `ml_phys_read` |
 //! | [`Wiring`] | wire (pin) a task's virtual range, report its physical runs, unwire | `vm_map_wire`, UPLs, `pmap_find_phys` |
-//! | [`CpuAccess`] | CPU reads and writes of a task's virtual memory | `copyin`/`copyout` |
+//! | [`CpuAccess`] | CPU reads and writes of a task's virtual memory; optionally, lending it as a Rust slice | `copyin`/`copyout`, `getBytesNoCopy` |
 //! | [`CacheOps`] | clean / invalidate / flush the CPU data cache for a range | `flush_dcache`, `IOFlushProcessorCache` |
 //! | [`Mmio`] | naturally aligned, untorn loads and stores to physical I/O space | `ml_phys_read_*`, `IOMappedRead*` |
-//! | [`VirtualMemory`] | map existing pages a second time into a task, read-only or not, with a cache mode, optionally between guard pages | `vm_map`, `IOMemoryMap` |
+//! | [`VirtualMemory`] | map existing pages a second time into a task, read-only or not, with a cache mode, optionally between guard pages; optionally, purgeable (volatile) memory | `vm_map`, `IOMemoryMap` |
 //!
 //! [`Platform`] is implemented for anything that has all six. All traits are implemented
 //! for `&T` and `Arc<T>` of an implementor, so a machine can be shared.
@@ -128,6 +128,35 @@ pub trait PhysicalMemory: Send + Sync {
     /// exactly those of the allocation.
     fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()>;
 
+    /// Allocates `len` bytes (a multiple of the page size) of zero-filled memory meeting
+    /// `req` in `task` and returns its address there (what IOKit's `inTaskWithOptions`
+    /// needs from the VM system).
+    ///
+    /// The default serves [`Task::KERNEL`] with [`allocate_pages`](Self::allocate_pages)
+    /// and refuses other tasks with [`Error::Unsupported`](crate::Error::Unsupported); a
+    /// backend with several address spaces overrides it.
+    fn allocate_pages_in(&self, task: Task, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        if task == Task::KERNEL {
+            self.allocate_pages(len, req)
+        } else {
+            Err(crate::Error::Unsupported {
+                what: "allocation in a task other than the kernel's on this platform",
+            })
+        }
+    }
+
+    /// Frees memory from [`allocate_pages_in`](Self::allocate_pages_in); `va` and `len`
+    /// must be exactly those of the allocation. The default serves [`Task::KERNEL`] only.
+    fn free_pages_in(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+        if task == Task::KERNEL {
+            self.free_pages(va, len)
+        } else {
+            Err(crate::Error::Unsupported {
+                what: "allocation in a task other than the kernel's on this platform",
+            })
+        }
+    }
+
     /// CPU read of physical memory (through the CPU's caches, as a load would).
     fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()>;
 
@@ -211,6 +240,61 @@ pub trait CpuAccess: Send + Sync {
     ) -> Result<()> {
         copy_virt_staged(self, from_task, from_va, to_task, to_va, len)
     }
+
+    /// Lends `[va, va + len)` of `task` to the caller as one shared slice, for as long as
+    /// the returned value lives (what IOKit's `getBytesNoCopy` gives a kernel driver).
+    ///
+    /// While the slice is lent the backend refuses every store to the range, wiring it
+    /// ([`Error::Busy`](crate::Error::Busy)), freeing it and mapping it a second time; it
+    /// refuses to lend memory that is mapped a second time, lent mutably, or wired
+    /// ([`Wiring::wire`]) more than `held` times: `held` counts the wirings of the range
+    /// that the caller itself holds and vouches no device uses (a wired buffer's own, held
+    /// for its whole life), so any other may be a device's. Shared lends of the same memory
+    /// may overlap.
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported): only a backend
+    /// that can reach the memory from this address space (or model doing so) lends it.
+    fn direct_slice<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<alloc_crate::boxed::Box<dyn DirectSlice + 'a>> {
+        let _ = (task, va, len, held);
+        Err(crate::Error::Unsupported {
+            what: "direct access to memory on this platform",
+        })
+    }
+
+    /// Lends `[va, va + len)` of `task` as one mutable slice, with the rules of
+    /// [`direct_slice`](Self::direct_slice) except that loads are refused too while it is
+    /// lent, and that it is refused while any other lend of the memory is alive.
+    fn direct_slice_mut<'a>(
+        &'a self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        held: u32,
+    ) -> Result<alloc_crate::boxed::Box<dyn DirectSliceMut + 'a>> {
+        let _ = (task, va, len, held);
+        Err(crate::Error::Unsupported {
+            what: "direct access to memory on this platform",
+        })
+    }
+}
+
+/// Memory lent by [`CpuAccess::direct_slice`]; dropping it ends the lend.
+pub trait DirectSlice {
+    /// The lent bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// Memory lent by [`CpuAccess::direct_slice_mut`]; dropping it ends the lend (a backend
+/// that lends a copy writes it back then).
+pub trait DirectSliceMut: DirectSlice {
+    /// The lent bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
 }
 
 /// The chunk size of the default [`CpuAccess::copy_virt`].
@@ -430,6 +514,73 @@ pub trait VirtualMemory: Send + Sync {
             what: "guard pages around a mapping (this platform cannot reserve address space)",
         })
     }
+
+    /// Changes the purgeable state of every page touching `[va, va + len)` of `task` and
+    /// returns the worst state any of them had ([`PurgeableState`] orders them). What
+    /// IOKit's `setPurgeable` needs from the VM system.
+    ///
+    /// Volatile memory may be discarded by the platform whenever it chooses; after that its
+    /// pages read as zero and report [`PurgeableState::Empty`] until made non-volatile.
+    /// [`PurgeableRequest::Empty`] discards at once. Wired memory (allocated wired, or wired
+    /// through [`Wiring::wire`]) cannot be made volatile or emptied:
+    /// [`Error::Busy`](crate::Error::Busy).
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported).
+    fn set_purgeable(
+        &self,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        req: PurgeableRequest,
+    ) -> Result<PurgeableState> {
+        let _ = (task, va, len, req);
+        Err(crate::Error::Unsupported {
+            what: "purgeable memory on this platform",
+        })
+    }
+}
+
+/// The purgeable state of memory (IOKit's `kIOMemoryPurgeable*` states). Ordered from
+/// best to worst, so the worst of several is their maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum PurgeableState {
+    /// Contents are kept (kIOMemoryPurgeableNonVolatile).
+    #[default]
+    NonVolatile,
+    /// Contents may be discarded whenever the system chooses (kIOMemoryPurgeableVolatile).
+    Volatile,
+    /// Contents were discarded (kIOMemoryPurgeableEmpty).
+    Empty,
+}
+
+/// What [`VirtualMemory::set_purgeable`] (and a descriptor's `set_purgeable`) should do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PurgeableRequest {
+    /// Change nothing; only report the state (kIOMemoryPurgeableKeepCurrent).
+    KeepCurrent,
+    /// Keep the contents from now on (kIOMemoryPurgeableNonVolatile).
+    NonVolatile,
+    /// Allow the system to discard the contents (kIOMemoryPurgeableVolatile).
+    Volatile,
+    /// Discard the contents now (kIOMemoryPurgeableEmpty).
+    Empty,
+}
+
+impl PurgeableRequest {
+    /// Whether the request allows the contents to be lost (`Volatile` or `Empty`).
+    pub const fn discards(self) -> bool {
+        matches!(self, PurgeableRequest::Volatile | PurgeableRequest::Empty)
+    }
+
+    /// The state the request sets, or `None` for [`KeepCurrent`](Self::KeepCurrent).
+    pub const fn target(self) -> Option<PurgeableState> {
+        match self {
+            PurgeableRequest::KeepCurrent => None,
+            PurgeableRequest::NonVolatile => Some(PurgeableState::NonVolatile),
+            PurgeableRequest::Volatile => Some(PurgeableState::Volatile),
+            PurgeableRequest::Empty => Some(PurgeableState::Empty),
+        }
+    }
 }
 
 /// A complete platform: every capability of the seam.
@@ -449,6 +600,12 @@ macro_rules! forward {
                 (**self).allocate_pages(len, req)
             }
             fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> { (**self).free_pages(va, len) }
+            fn allocate_pages_in(&self, task: Task, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+                (**self).allocate_pages_in(task, len, req)
+            }
+            fn free_pages_in(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
+                (**self).free_pages_in(task, va, len)
+            }
             fn read_phys(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> { (**self).read_phys(pa, buf) }
             fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<()> { (**self).write_phys(pa, data) }
             fn kernel_range_wired(&self, va: VirtAddr, len: u64) -> Result<bool> {
@@ -483,6 +640,24 @@ macro_rules! forward {
             ) -> Result<()> {
                 (**self).copy_virt(from_task, from_va, to_task, to_va, len)
             }
+            fn direct_slice<'a>(
+                &'a self,
+                task: Task,
+                va: VirtAddr,
+                len: u64,
+                held: u32,
+            ) -> Result<alloc_crate::boxed::Box<dyn DirectSlice + 'a>> {
+                (**self).direct_slice(task, va, len, held)
+            }
+            fn direct_slice_mut<'a>(
+                &'a self,
+                task: Task,
+                va: VirtAddr,
+                len: u64,
+                held: u32,
+            ) -> Result<alloc_crate::boxed::Box<dyn DirectSliceMut + 'a>> {
+                (**self).direct_slice_mut(task, va, len, held)
+            }
         }
         impl<T: CacheOps + ?Sized> CacheOps for $ptr {
             fn dma_coherent(&self) -> bool { (**self).dma_coherent() }
@@ -505,6 +680,15 @@ macro_rules! forward {
             }
             fn map_pages_guarded(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<VirtAddr> {
                 (**self).map_pages_guarded(pieces, req, guard)
+            }
+            fn set_purgeable(
+                &self,
+                task: Task,
+                va: VirtAddr,
+                len: u64,
+                req: PurgeableRequest,
+            ) -> Result<PurgeableState> {
+                (**self).set_purgeable(task, va, len, req)
             }
         }
         impl<T: Mmio + ?Sized> Mmio for $ptr {
