@@ -198,11 +198,9 @@ fn constrained(m: &Machine) -> dmakit::Result<()> {
 
 fn multi_descriptor(m: &Arc<Machine>) -> dmakit::Result<()> {
     heading("A multi descriptor and its physical segments");
-    let contiguous = BufferOptions {
-        contiguous: true,
-        phys_limit: 0xFFFF_FFFF,
-        ..BufferOptions::new(12 << 10, Direction::Out)
-    };
+    let contiguous = BufferOptions::new(12 << 10, Direction::Out)
+        .contiguous(true)
+        .phys_limit(0xFFFF_FFFF);
     let parts: Vec<Arc<dyn MemoryDescriptor>> = vec![
         Arc::new(BufferMemoryDescriptor::new(m.clone(), contiguous)?),
         Arc::new(BufferMemoryDescriptor::new(

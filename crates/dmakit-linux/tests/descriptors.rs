@@ -51,10 +51,7 @@ fn pageable_buffers_need_prepare() {
     let host = Arc::new(Host::new().unwrap());
     let b = BufferMemoryDescriptor::new(
         host.clone(),
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(3 * 4096, Direction::In)
-        },
+        BufferOptions::new(3 * 4096, Direction::In).pageable(true),
     )
     .unwrap();
     assert!(matches!(b.physical_segment(0), Err(Error::NotReady { .. })));

@@ -13,14 +13,7 @@ use dmakit_linux::Host;
 use std::sync::Arc;
 
 fn pageable(host: &Arc<Host>, len: u64, dir: Direction) -> BufferMemoryDescriptor<Arc<Host>> {
-    BufferMemoryDescriptor::new(
-        host.clone(),
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(len, dir)
-        },
-    )
-    .unwrap()
+    BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(len, dir).pageable(true)).unwrap()
 }
 
 #[test]
@@ -232,10 +225,7 @@ fn volatile_pages_are_punched_out_of_the_memfd() {
 #[test]
 fn buffers_for_other_tasks_need_a_platform_that_has_them() {
     let host = Arc::new(Host::new().unwrap());
-    let opts = BufferOptions {
-        pageable: true,
-        ..BufferOptions::new(100, Direction::In)
-    };
+    let opts = BufferOptions::new(100, Direction::In).pageable(true);
     assert!(matches!(
         BufferMemoryDescriptor::in_task(host.clone(), Task(3), opts),
         Err(Error::Unsupported { .. })

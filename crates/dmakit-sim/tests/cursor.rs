@@ -173,10 +173,7 @@ fn errors() {
     ));
     let pageable = BufferMemoryDescriptor::new(
         m.clone(),
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(8192, Direction::In)
-        },
+        BufferOptions::new(8192, Direction::In).pageable(true),
     )
     .unwrap();
     assert!(matches!(

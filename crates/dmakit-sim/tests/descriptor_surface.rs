@@ -48,14 +48,8 @@ fn pageable(
     capacity: u64,
     dir: Direction,
 ) -> BufferMemoryDescriptor<Arc<Machine>> {
-    BufferMemoryDescriptor::new(
-        m.clone(),
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(capacity, dir)
-        },
-    )
-    .unwrap()
+    BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(capacity, dir).pageable(true))
+        .unwrap()
 }
 
 fn wired(m: &Arc<Machine>, capacity: u64, dir: Direction) -> BufferMemoryDescriptor<Arc<Machine>> {
@@ -913,10 +907,7 @@ fn buffers_in_another_task() {
     let b = BufferMemoryDescriptor::in_task(
         m.clone(),
         t,
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(5000, Direction::InOut)
-        },
+        BufferOptions::new(5000, Direction::InOut).pageable(true),
     )
     .unwrap();
     assert_eq!(b.task(), t);

@@ -82,18 +82,13 @@ fn buffer_bad_options() {
         Error::ZeroSize { .. }
     ));
     assert!(matches!(
-        e(BufferOptions {
-            alignment: 48,
-            ..BufferOptions::new(10, Direction::In)
-        }),
+        e(BufferOptions::new(10, Direction::In).alignment(48)),
         Error::BadAlignment { .. }
     ));
     assert!(matches!(
-        e(BufferOptions {
-            pageable: true,
-            contiguous: true,
-            ..BufferOptions::new(10, Direction::In)
-        }),
+        e(BufferOptions::new(10, Direction::In)
+            .pageable(true)
+            .contiguous(true)),
         Error::BadArgument { .. }
     ));
     assert!(matches!(
@@ -139,12 +134,10 @@ fn wired_buffer_segments_match_the_page_tables_and_coalesce() {
 #[test]
 fn constrained_buffers() {
     let m = machine(4);
-    let o = BufferOptions {
-        contiguous: true,
-        phys_limit: 0xFFFF_FFFF,
-        alignment: 0x10000,
-        ..BufferOptions::new(40_000, Direction::In)
-    };
+    let o = BufferOptions::new(40_000, Direction::In)
+        .contiguous(true)
+        .phys_limit(0xFFFF_FFFF)
+        .alignment(0x10000);
     let b = BufferMemoryDescriptor::new(m.clone(), o).unwrap();
     let segs = segments(&b);
     assert_eq!(segs.len(), 1);
@@ -154,10 +147,7 @@ fn constrained_buffers() {
     // Alignment above a page implies contiguity, as in IOKit.
     let a = BufferMemoryDescriptor::new(
         m.clone(),
-        BufferOptions {
-            alignment: 0x8000,
-            ..BufferOptions::new(0x8000, Direction::In)
-        },
+        BufferOptions::new(0x8000, Direction::In).alignment(0x8000),
     )
     .unwrap();
     assert_eq!(segments(&a).len(), 1);
@@ -168,10 +158,7 @@ fn pageable_buffer_needs_prepare_and_counts_it() {
     let m = machine(5);
     let b = BufferMemoryDescriptor::new(
         m.clone(),
-        BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(20_000, Direction::In)
-        },
+        BufferOptions::new(20_000, Direction::In).pageable(true),
     )
     .unwrap();
     assert!(matches!(b.physical_segment(0), Err(Error::NotReady { .. })));

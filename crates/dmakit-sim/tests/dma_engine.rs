@@ -522,10 +522,7 @@ fn the_device_moves_data_only_when_its_doorbell_is_written() {
         .unwrap();
     let ring = Buf::new(
         m.clone(),
-        BufferOptions {
-            contiguous: true,
-            ..BufferOptions::new(4096, Direction::InOut)
-        },
+        BufferOptions::new(4096, Direction::InOut).contiguous(true),
     )
     .unwrap();
     let data = buffer(&m, 0x2000);

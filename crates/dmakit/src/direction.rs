@@ -1,8 +1,24 @@
 //! Transfer direction, as IOKit's `IODirection`.
 //!
-//! The names are from the *memory's* point of view as IOKit uses them: `In` means data
-//! flows **into memory** (the device writes, a disk read), `Out` means data flows **out of
-//! memory** (the device reads, a disk write).
+//! dmakit has one pair of words, IOKit's, named from the *memory's* point of view: `In`
+//! means data flows **into memory** (the device writes it: a disk read, a received
+//! packet), `Out` means data flows **out of memory** (the device reads it: a disk write, a
+//! sent packet). Linux and the typed layer name the same thing from the device's point of
+//! view; the aliases below and the marker types of [`dma::owned`](crate::dma::owned) map
+//! one to the other:
+//!
+//! | IOKit (`Direction`) | Linux `dma_data_direction` | alias | typed marker |
+//! | --- | --- | --- | --- |
+//! | `In` (kIODirectionIn) | `DMA_FROM_DEVICE` | [`Direction::FROM_DEVICE`] | [`FromDevice`](crate::dma::FromDevice) |
+//! | `Out` (kIODirectionOut) | `DMA_TO_DEVICE` | [`Direction::TO_DEVICE`] | [`ToDevice`](crate::dma::ToDevice) |
+//! | `InOut` (kIODirectionInOut) | `DMA_BIDIRECTIONAL` | [`Direction::BIDIRECTIONAL`] | [`Bidirectional`](crate::dma::Bidirectional) |
+//! | `None` (kIODirectionNone) | `DMA_NONE` | | |
+//!
+//! ```
+//! use dmakit::Direction;
+//! assert_eq!(Direction::FROM_DEVICE, Direction::In);
+//! assert!(Direction::FROM_DEVICE.device_writes() && Direction::TO_DEVICE.device_reads());
+//! ```
 
 /// The direction of a transfer (kIODirectionNone / In / Out / InOut).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -19,6 +35,13 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The device writes memory: [`Direction::In`] (Linux `DMA_FROM_DEVICE`).
+    pub const FROM_DEVICE: Direction = Direction::In;
+    /// The device reads memory: [`Direction::Out`] (Linux `DMA_TO_DEVICE`).
+    pub const TO_DEVICE: Direction = Direction::Out;
+    /// Both: [`Direction::InOut`] (Linux `DMA_BIDIRECTIONAL`).
+    pub const BIDIRECTIONAL: Direction = Direction::InOut;
+
     /// IOKit's numeric value (the low two bits of the option word).
     pub const fn bits(self) -> u32 {
         match self {

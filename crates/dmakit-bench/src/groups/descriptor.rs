@@ -23,10 +23,7 @@ const PART: u64 = 1 << 20;
 pub fn multi(host: &Arc<Host>) -> dmakit::Result<MultiMemoryDescriptor> {
     let mut parts: Vec<Arc<dyn MemoryDescriptor>> = Vec::with_capacity(PARTS);
     for _ in 0..PARTS {
-        let o = BufferOptions {
-            pageable: true,
-            ..BufferOptions::new(PART, Direction::InOut)
-        };
+        let o = BufferOptions::new(PART, Direction::InOut).pageable(true);
         parts.push(Arc::new(BufferMemoryDescriptor::new(host.clone(), o)?));
     }
     MultiMemoryDescriptor::new(parts, Direction::InOut)

@@ -248,11 +248,9 @@ impl SimDmaEngine {
         };
         let ring = BufferMemoryDescriptor::new(
             machine.clone(),
-            BufferOptions {
-                contiguous: true,
-                alignment: desc::SIZE,
-                ..BufferOptions::new(RING_BYTES, Direction::InOut)
-            },
+            BufferOptions::new(RING_BYTES, Direction::InOut)
+                .contiguous(true)
+                .alignment(desc::SIZE),
         )?;
         let seg = ring.physical_segment(0)?;
         if seg.len < RING_BYTES {

@@ -44,8 +44,24 @@ use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// How to allocate a [`BufferMemoryDescriptor`].
+/// How to allocate a [`BufferMemoryDescriptor`] (IOKit's option word and the alignment and
+/// physical mask of `inTaskWithPhysicalMask`), built from [`new`](Self::new) or, with a
+/// device's limits stated once, [`for_spec`](Self::for_spec):
+///
+/// ```
+/// use dmakit::descriptor::BufferOptions;
+/// use dmakit::dma::SegmentSpec;
+/// use dmakit::Direction;
+///
+/// let spec = SegmentSpec::builder().address_bits(32).alignment(64).max_segments(1).build()?;
+/// let o = BufferOptions::for_spec(4096, Direction::In, &spec);
+/// assert_eq!((o.phys_limit, o.alignment, o.contiguous), (0xFFFF_FFFF, 64, true));
+/// let p = BufferOptions::new(8192, Direction::Out).pageable(true);
+/// assert!(p.pageable && !p.contiguous);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BufferOptions {
     /// Bytes of capacity (not zero).
     pub capacity: u64,
@@ -74,6 +90,48 @@ impl BufferOptions {
             contiguous: false,
             pageable: false,
         }
+    }
+
+    /// A wired buffer that a device with `spec` reaches without bouncing: below the
+    /// spec's highest address, aligned to its start alignment, and physically contiguous
+    /// when the spec allows one segment only. (A window's lower bound and segment-size
+    /// limits are left to the DMA command.)
+    pub fn for_spec(capacity: u64, direction: Direction, spec: &crate::dma::SegmentSpec) -> Self {
+        let mut o = Self::new(capacity, direction)
+            .phys_limit(spec.max_address())
+            .alignment(spec.alignment());
+        if spec.max_segments() == 1 {
+            o.contiguous = true;
+        }
+        o
+    }
+
+    /// The buffer's alignment (a power of two; 0 or 1 for none).
+    #[must_use]
+    pub const fn alignment(mut self, alignment: u64) -> Self {
+        self.alignment = alignment;
+        self
+    }
+
+    /// The highest physical address any byte may have (IOKit's physical mask).
+    #[must_use]
+    pub const fn phys_limit(mut self, limit: u64) -> Self {
+        self.phys_limit = limit;
+        self
+    }
+
+    /// One physically contiguous run (kIOMemoryPhysicallyContiguous).
+    #[must_use]
+    pub const fn contiguous(mut self, on: bool) -> Self {
+        self.contiguous = on;
+        self
+    }
+
+    /// Pageable rather than wired (kIOMemoryPageable).
+    #[must_use]
+    pub const fn pageable(mut self, on: bool) -> Self {
+        self.pageable = on;
+        self
     }
 }
 

@@ -12,7 +12,7 @@
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, PrepOwner};
 //! use dmakit::Direction;
 //! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
-//! let options = BufferOptions { pageable: true, ..BufferOptions::new(4096, Direction::In) };
+//! let options = BufferOptions::new(4096, Direction::In).pageable(true);
 //! let buf = BufferMemoryDescriptor::new(machine, options)?;
 //! buf.prepare_wiring(Direction::In)?;        // PrepOwner::CALLER holds one wiring
 //! assert_eq!(buf.holders().count(PrepOwner::CALLER), 1);

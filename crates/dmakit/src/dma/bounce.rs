@@ -104,12 +104,10 @@ impl<P: Platform + Clone> BouncePool<P> {
             *used += len;
             self.high_water.fetch_max(*used, Ordering::AcqRel);
         }
-        let options = BufferOptions {
-            alignment: align,
-            phys_limit: limit,
-            contiguous,
-            ..BufferOptions::new(len, Direction::InOut)
-        };
+        let options = BufferOptions::new(len, Direction::InOut)
+            .alignment(align)
+            .phys_limit(limit)
+            .contiguous(contiguous);
         match BufferMemoryDescriptor::new(self.platform.clone(), options) {
             Ok(b) => {
                 self.buffers.fetch_add(1, Ordering::AcqRel);

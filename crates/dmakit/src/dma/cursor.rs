@@ -8,7 +8,7 @@
 //! Each element is written as a `(u64 location, u64 length)` pair in the cursor's byte
 //! order (IOKit's LP64 `PhysicalSegment`).
 //!
-//! Divergences (IOKIT-SEMANTICS §8, §17 Q12): a maximum segment size of 0 means unlimited
+//! Divergences from IOKit: a maximum segment size of 0 means unlimited
 //! (IOKit emits zero-length segments); the alignment is checked (a segment whose start
 //! breaks it is [`Error::NotAligned`]; IOKit stores it and ignores it).
 //!
