@@ -306,7 +306,7 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         expect[o..o + n].copy_from_slice(&written);
         let mut now = vec![0u8; total as usize];
         assert_eq!(multi.read_bytes(0, &mut now), now.len());
-        assert!(now == expect, "complete(true) {off}+{len}");
+        assert!(now == expect, "complete() {off}+{len}");
         let st = pool.stats();
         assert_eq!((st.bounced_bytes, st.in_use), (counted, 0));
     }

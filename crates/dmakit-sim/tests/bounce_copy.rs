@@ -164,7 +164,7 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
         assert_eq!(multi.read_bytes(0, &mut now), now.len());
         assert!(now == expect, "synchronize(In) {off}+{len}");
 
-        // complete(true) copies back again; the bytes stay.
+        // complete() copies back again; the bytes stay.
         cmd.complete().unwrap();
         counted += len;
         assert_eq!(multi.read_bytes(0, &mut now), now.len());

@@ -24,7 +24,7 @@
 //! let mapper = Arc::new(VfioMapper::new(container.clone(), host.clone(), (1 << 28) - 1)?);
 //! let bar0 = Bar::map(&dev, 0, host.clone())?;
 //! dev.enable_bus_master()?;
-//! // ... DmaCommand::new(.., MappingMode::Mapped(mapper.clone()), ..) for the buffers ...
+//! // ... DmaCommand::builder(host).mapper(mapper.clone()).build() for the buffers ...
 //! mapper.check_unmapped()?;                                // nothing left for the device
 //! # Ok::<(), dmakit::Error>(())
 //! ```
