@@ -258,11 +258,13 @@ impl RangeAllocator {
     }
 
     /// Total free bytes.
+    /// IOKit: `getFreeCount`.
     pub fn free_count(&self) -> u64 {
         self.free_bytes
     }
 
     /// Number of free intervals (maximal runs of free space).
+    /// IOKit: `getFragmentCount`.
     pub fn fragment_count(&self) -> usize {
         self.fragments
     }
@@ -823,6 +825,7 @@ impl RangeAllocator {
     /// Fails with [`Error::RangeBusy`] unless the range lies inside one free interval
     /// (and with [`Error::ZeroSize`] or [`Error::Overflow`] for a size of 0 or a range past
     /// 2^64).
+    /// IOKit: `allocateRange`.
     pub fn allocate_range(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
         let last = start.checked_add(size - 1).ok_or(Error::Overflow {

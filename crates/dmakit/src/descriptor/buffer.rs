@@ -373,6 +373,7 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     }
 
     /// The capacity given at creation.
+    /// IOKit: `getCapacity`.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }

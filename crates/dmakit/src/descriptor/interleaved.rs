@@ -103,6 +103,7 @@ impl InterleavedMemoryDescriptor {
 
     /// Removes every portion and sets the direction to `dir` (unless `Direction::None`).
     /// Fails with [`Error::Busy`] while prepared.
+    /// IOKit: `clearMemoryDescriptors`.
     pub fn clear_memory_descriptors(&mut self, dir: Direction) -> Result<()> {
         if self.prepared.lock().is_prepared() {
             return Err(Error::Busy {

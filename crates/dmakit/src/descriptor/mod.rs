@@ -223,6 +223,7 @@ pub trait MemoryDescriptor: Send + Sync {
     fn length(&self) -> u64;
 
     /// The direction the memory was described for.
+    /// IOKit: `getDirection`.
     fn direction(&self) -> Direction;
 
     /// The platform page size.
@@ -270,6 +271,7 @@ pub trait MemoryDescriptor: Send + Sync {
     /// Where byte `offset` lives physically, and the length of the contiguous run from there.
     /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
     /// the end is [`Error::OutOfBounds`].
+    /// IOKit: `getPhysicalSegment`, `getPhysicalAddress`.
     fn physical_segment(&self, offset: u64) -> Result<Segment>;
 
     /// Calls `f` with the memory behind `[offset, offset + len)`, piece by piece in order

@@ -1269,6 +1269,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// multiple of `length_alignment`) is [`Error::NotAligned`]. Room for no segment is
     /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. On an error `*offset` is
     /// unchanged.
+    /// IOKit: `genIOVMSegments`, `gen32IOVMSegments`, `gen64IOVMSegments`.
     pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
         let (prep, md) = self.parts("gen_segments on an unprepared DMA command")?;
         self.check_walk_start(md, prep, *offset)?;

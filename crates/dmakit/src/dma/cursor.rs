@@ -132,6 +132,7 @@ impl<O: SegmentOrder> MemoryCursor<O> {
 
     /// Segments of `md` from `from`, at most `max_segments` of them (and as many as `out`
     /// holds) and at most `max_transfer` bytes (0: the cursor's limit), written into `out`.
+    /// IOKit: `genPhysicalSegments`.
     pub fn gen_physical_segments(
         &self,
         md: &dyn MemoryDescriptor,

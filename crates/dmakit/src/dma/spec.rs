@@ -91,6 +91,7 @@ fn pow2(what: &'static str, v: u64) -> Result<u64> {
 impl SegmentSpecBuilder {
     /// The device drives `bits` address lines: addresses up to `2^bits - 1` (IOKit
     /// `fNumAddressBits`). 0 means no limit; 1 to 11 are refused at `build`.
+    /// IOKit: `numAddressBits`.
     pub fn address_bits(mut self, bits: u32) -> Self {
         self.address_bits = Some(bits);
         self

@@ -39,19 +39,24 @@ use crate::{IoAddr, PageSize, PhysAddr, Result};
 /// IOKit's IOMapper.
 pub trait Mapper: Send + Sync {
     /// The IOMMU page size.
+    /// IOKit: `IOMapper::getPageSize`.
     fn page_size(&self) -> PageSize;
 
     /// IOMapperIOVMAlloc: `pages` pages of IO address space (not mapped yet).
+    /// IOKit: `IOMapper::iovmAlloc`.
     fn iovm_alloc(&self, pages: u64) -> Result<IoAddr>;
 
     /// IOMapperIOVMFree: unmaps and gives back `pages` pages from `iova` (exactly an
     /// allocation).
+    /// IOKit: `IOMapper::iovmFree`.
     fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()>;
 
     /// IOMapperInsertPage: maps the IO page at `iova` (inside an allocation) to the physical
     /// page at `pa`, with `access`.
+    /// IOKit: `IOMapper::iovmInsert`.
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()>;
 
     /// What `iova` maps to (physical address of that byte) and with which access.
+    /// IOKit: `IOMapper::mapAddr`, `mapToPhysicalAddress`.
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)>;
 }
