@@ -368,13 +368,26 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the page at `page` of `task` is pageable memory that holds no data: not
+    /// resident and with no contents in the swap store (never written, paged out while all
+    /// zeros, or purged). A load from it reads zeros without taking a physical page.
+    fn holds_no_data(&mut self, task: Task, page: u64) -> Result<bool> {
+        let space = self.space(task)?;
+        let absent = space.ptes.get(&page).is_some_and(|pte| pte.pa.is_none());
+        Ok(absent && !matches!(space.swap.get(&page), Some(Some(_))))
+    }
+
+    /// A CPU load (`write == false`) or store over `[va, va + len)` of `task`: `f` is called
+    /// for each piece in order with its physical address and the mapping's cache mode, or
+    /// with `None` for a load from a page that holds no data ([`Self::holds_no_data`]),
+    /// which reads as zeros. Stores always bring a page in.
     fn cpu_access(
         &mut self,
         task: Task,
         va: u64,
         len: u64,
         write: bool,
-        mut f: impl FnMut(&mut Inner, u64, Option<CacheMode>, std::ops::Range<usize>),
+        mut f: impl FnMut(&mut Inner, Option<(u64, Option<CacheMode>)>, std::ops::Range<usize>),
     ) -> Result<()> {
         self.check_range(va, len, "CPU access")?;
         // Check the whole range, then bring every page in, and only then copy: a failed
@@ -383,6 +396,12 @@ impl Inner {
         self.check_pages(task, va, len, write)?;
         let mut targets = Vec::new();
         for (p, off, n) in page_chunks(page, va, len) {
+            // Like a real VM's shared zero page: loads from memory that holds no data
+            // need no page of their own, so they cannot fail for want of one.
+            if !write && self.holds_no_data(task, p)? {
+                targets.push((None, n as usize));
+                continue;
+            }
             let pa = self.resident(task, p, p + off)?;
             if let Some(l) = self.lent.get(&pa) {
                 if write || l.exclusive {
@@ -390,11 +409,11 @@ impl Inner {
                 }
             }
             let mode = self.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
-            targets.push((pa + off, mode, n as usize));
+            targets.push((Some((pa + off, mode)), n as usize));
         }
         let mut done = 0usize;
-        for (pa, mode, n) in targets {
-            f(self, pa, mode, done..done + n);
+        for (target, n) in targets {
+            f(self, target, done..done + n);
             done += n;
         }
         Ok(())
@@ -1336,19 +1355,41 @@ impl Wiring for Machine {
 }
 
 impl CpuAccess for Machine {
+    /// A load through `task`'s page table. Pageable memory that holds no data (never
+    /// written, paged out while all zeros, or purged) reads as zeros without taking a
+    /// physical page, as a real VM serves such loads from its shared zero page: reading
+    /// untouched memory cannot fail for want of RAM under the allocation's physical limit.
+    /// Paged-out contents are paged in (and that can fail, [`Error::NoSuitableMemory`],
+    /// when no page is free under the limit; nothing is copied then).
     fn read_virt(&self, task: Task, va: VirtAddr, buf: &mut [u8]) -> Result<()> {
         let mut g = self.lock();
-        g.cpu_access(task, va.0, buf.len() as u64, false, |inner, pa, mode, r| {
-            let Inner { cache, phys, .. } = inner;
-            cache.read(pa, &mut buf[r], phys, mode);
-        })
+        g.cpu_access(
+            task,
+            va.0,
+            buf.len() as u64,
+            false,
+            |inner, target, r| match target {
+                Some((pa, mode)) => {
+                    let Inner { cache, phys, .. } = inner;
+                    cache.read(pa, &mut buf[r], phys, mode);
+                }
+                None => buf[r].fill(0),
+            },
+        )
     }
 
+    /// A store through `task`'s page table. Every page stored to is brought in first
+    /// (a fresh zero-filled page, or its paged-out contents); when one cannot be had under
+    /// the allocation's physical limit the store is refused ([`Error::NoSuitableMemory`])
+    /// before any byte is written.
     fn write_virt(&self, task: Task, va: VirtAddr, data: &[u8]) -> Result<()> {
         let mut g = self.lock();
-        g.cpu_access(task, va.0, data.len() as u64, true, |inner, pa, mode, r| {
-            let Inner { cache, phys, .. } = inner;
-            cache.write(pa, &data[r], phys, mode);
+        g.cpu_access(task, va.0, data.len() as u64, true, |inner, target, r| {
+            // Stores always have a page (cpu_access brings one in for them).
+            if let Some((pa, mode)) = target {
+                let Inner { cache, phys, .. } = inner;
+                cache.write(pa, &data[r], phys, mode);
+            }
         })
     }
 
@@ -1428,9 +1469,11 @@ impl Drop for SimLend<'_> {
                 self.va,
                 data.len() as u64,
                 true,
-                |inner, pa, mode, r| {
-                    let Inner { cache, phys, .. } = inner;
-                    cache.write(pa, &data[r], phys, mode);
+                |inner, target, r| {
+                    if let Some((pa, mode)) = target {
+                        let Inner { cache, phys, .. } = inner;
+                        cache.write(pa, &data[r], phys, mode);
+                    }
                 },
             );
         }

@@ -12,8 +12,12 @@
 //! | state | entry's physical page | how it gets there |
 //! | --- | --- | --- |
 //! | never touched | none, no swap copy (reads as zeros) | allocation |
-//! | resident | some | first CPU access, `wire`, a second mapping, or page-in |
+//! | resident | some | first CPU store, `wire`, a second mapping, a lend, or page-in |
 //! | paged out | none, contents in the task's swap store | [`Machine::page_out`](crate::Machine::page_out) |
+//!
+//! A CPU load from a page that holds no data (never touched, paged out while all zeros, or
+//! purged) reads zeros and leaves it as it is, as a real VM serves it from its shared zero
+//! page: such loads need no physical page, so they cannot fail for want of one.
 //!
 //! A page that is wired (counted by `Wiring::wire`), mapped a second time or lent as a
 //! slice (`CpuAccess::direct_slice`) never leaves the resident state; that is exactly the

@@ -6,7 +6,10 @@
 //! * pages in use, wired pages and allocations are exactly what the model says, so a failed
 //!   operation leaked nothing;
 //! * a wired page never moves, and wired contiguous memory stays contiguous;
-//! * memory holds what was written, through page-outs and migrations;
+//! * memory holds what was written, through page-outs and migrations (untouched memory
+//!   reads as zeros without needing a page; paged-out contents that find no free page
+//!   under their limit are a clean `NoSuitableMemory`, checked to be genuine, and are read
+//!   once the rest is freed);
 //! * and the same seed with the same calls gives the same page tables.
 
 use dmakit::platform::{CpuAccess, PageRequest, Task, Wiring};
@@ -310,15 +313,46 @@ impl Model {
             .iter()
             .map(|&t| m.page_table(t).unwrap())
             .collect();
-        for a in &self.allocs {
-            let mut back = vec![0u8; a.len as usize];
-            m.read_virt(a.task, a.va, &mut back).unwrap();
-            assert!(back == a.bytes, "contents of {:?} differ", a.va);
-        }
         for (t, va, len) in self.wires.drain(..) {
             m.unwire(t, va, len).unwrap();
         }
+        // Reading paged-out contents back needs a free page under the allocation's limit.
+        // When there is genuinely none (all of it held by other memory), the read is a
+        // clean NoSuitableMemory, and the allocation is read again once the others are
+        // gone. Memory that holds no data reads as zeros and never fails.
+        let mut later = Vec::new();
         for a in self.allocs.drain(..) {
+            let mut back = vec![0u8; a.len as usize];
+            match m.read_virt(a.task, a.va, &mut back) {
+                Ok(()) => {
+                    assert!(back == a.bytes, "contents of {:?} differ", a.va);
+                    m.vm_deallocate(a.task, a.va, a.len).unwrap();
+                }
+                Err(dmakit::Error::NoSuitableMemory {
+                    requested,
+                    limit,
+                    contiguous: false,
+                    ..
+                }) if requested == self.psize && limit == a.limit => {
+                    assert_eq!(
+                        free_under(m, &self.tasks, self.psize, limit),
+                        0,
+                        "a page-in of {:?} failed with pages free under its limit",
+                        a.va
+                    );
+                    later.push(a);
+                }
+                Err(e) => panic!("reading {:?} back: {e:?}", a.va),
+            }
+        }
+        // Only the allocations read later hold memory now; paged out, they hold none.
+        for &t in &self.tasks {
+            m.page_out(t).unwrap();
+        }
+        for a in later {
+            let mut back = vec![0u8; a.len as usize];
+            m.read_virt(a.task, a.va, &mut back).unwrap();
+            assert!(back == a.bytes, "contents of {:?} differ", a.va);
             m.vm_deallocate(a.task, a.va, a.len).unwrap();
         }
         for &t in &self.tasks[1..] {
@@ -340,6 +374,30 @@ impl Model {
         );
         tables
     }
+}
+
+/// Pages of RAM under `limit` that no task holds.
+fn free_under(m: &Machine, tasks: &[Task], psize: u64, limit: u64) -> u64 {
+    let under = |base: u64| {
+        base.checked_add(psize - 1)
+            .is_some_and(|last| last <= limit)
+    };
+    let ram: u64 = m
+        .layout()
+        .ram
+        .iter()
+        .map(|r| {
+            (0..r.len / psize)
+                .filter(|i| under(r.base + i * psize))
+                .count() as u64
+        })
+        .sum();
+    let held = tasks
+        .iter()
+        .flat_map(|&t| m.page_table(t).unwrap())
+        .filter(|e| e.pa.is_some_and(|pa| under(pa.0)))
+        .count() as u64;
+    ram - held
 }
 
 /// `before` with the fault-site counters of now: a failed call counts, but changes nothing
@@ -377,4 +435,64 @@ proptest! {
         let b = run(seed, frag, page, &ops);
         prop_assert_eq!(a, b);
     }
+}
+
+fn alloc(pages: u64, pageable: bool, low: bool) -> Op {
+    Op::Alloc {
+        task: 0,
+        pages,
+        pageable,
+        contiguous: false,
+        low,
+    }
+}
+
+/// Wired memory fills all RAM below 4 GiB, then a pageable allocation limited to 32-bit
+/// addresses is made and never touched: reading it back reads zeros without needing a
+/// page.
+#[test]
+fn untouched_pageable_memory_reads_as_zeros_when_no_page_is_free_under_its_limit() {
+    let mut ops: Vec<Op> = [1, 5, 5, 4, 6, 7, 7, 7, 8, 7, 1]
+        .iter()
+        .map(|&p| alloc(p, false, false))
+        .collect();
+    ops.push(alloc(7, true, true));
+    let a = run(0, 0.0, PageSize::SIZE_16K, &ops);
+    assert_eq!(a, run(0, 0.0, PageSize::SIZE_16K, &ops));
+}
+
+/// A pageable allocation under 4 GiB is written and paged out, then wired memory takes
+/// every page under 4 GiB: its contents cannot come back until some of that is freed. The
+/// read is a clean NoSuitableMemory (the model's teardown then frees the rest and reads it
+/// again), and the contents survive.
+#[test]
+fn paged_out_contents_wait_for_a_free_page_under_their_limit() {
+    let mut ops = vec![
+        alloc(1, true, true),
+        Op::Write {
+            pick: 0,
+            offset: 0,
+            len: 1,
+            byte: 1,
+        },
+        Op::PageOut(0),
+    ];
+    // 64 pages of 16 KiB under 4 GiB.
+    ops.extend((0..8).map(|_| alloc(8, false, true)));
+    let mut model = Model::new(0, 0.0, PageSize::SIZE_16K);
+    for op in &ops {
+        model.apply(op);
+        model.check();
+    }
+    let a = &model.allocs[0];
+    let mut b = [0u8; 1];
+    let r = model.m.read_virt(a.task, a.va, &mut b);
+    assert!(
+        matches!(r, Err(dmakit::Error::NoSuitableMemory { limit: LOW, .. })),
+        "{r:?}"
+    );
+    assert_eq!(free_under(&model.m, &model.tasks, model.psize, LOW), 0);
+    model.check();
+    let tables = model.finish();
+    assert_eq!(tables, run(0, 0.0, PageSize::SIZE_16K, &ops));
 }

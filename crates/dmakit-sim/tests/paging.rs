@@ -193,20 +193,116 @@ fn untouched_and_zero_pages() {
     let m = machine(0.5);
     let va = m.allocate_pages(0x3000, &PageRequest::PAGEABLE).unwrap();
     assert_eq!(m.page_out(K).unwrap(), 0, "nothing resident yet");
-    // A page touched only by reads is resident and all zeros; it pages out and back in as
-    // zeros.
+    // A load from a page that was never written reads zeros and leaves it as it was: no
+    // physical page is taken for it (a real VM's shared zero page).
     let mut b = [9u8; 16];
     m.read_virt(K, VirtAddr(va.0 + 0x1000), &mut b).unwrap();
     assert_eq!(b, [0; 16]);
+    assert_eq!(m.stats().used_pages(), 0, "a load takes no page");
+    assert_eq!(m.page_out(K).unwrap(), 0);
+    // Wiring brings a zero-filled page in; once unwired it pages out as zeros (no swap
+    // contents), and a load after that again needs no page.
+    m.wire(K, VirtAddr(va.0 + 0x1000), 0x1000, false).unwrap();
+    assert_eq!(m.stats().used_pages(), 1);
+    m.unwire(K, VirtAddr(va.0 + 0x1000), 0x1000).unwrap();
     assert_eq!(m.page_out(K).unwrap(), 1);
     assert_eq!(m.stats().dram_pages, 0, "no DRAM was ever written");
+    b = [9; 16];
     m.read_virt(K, VirtAddr(va.0 + 0x1000), &mut b).unwrap();
     assert_eq!(b, [0; 16]);
+    let s = m.stats();
+    assert_eq!((s.used_pages(), s.swapped_pages), (0, 1));
+    // A store does take a page, and a load then reads what was stored.
+    m.write_virt(K, VirtAddr(va.0 + 0x1008), b"stored").unwrap();
+    assert_eq!(m.stats().used_pages(), 1);
+    m.read_virt(K, VirtAddr(va.0 + 0x1000), &mut b).unwrap();
+    assert_eq!(&b[8..14], b"stored");
+    assert_eq!(b[..8], [0; 8]);
     assert!(matches!(
         m.page_out(Task(77)),
         Err(Error::BadArgument { .. })
     ));
     m.free_pages(va, 0x3000).unwrap();
+    assert_eq!(m.stats().used_pages(), 0);
+}
+
+/// All RAM under 4 GiB is wired memory; a pageable allocation limited to 32-bit addresses
+/// is still accepted (it takes no page yet). Loads from it read zeros; what needs a page of
+/// its own (a store, wiring, a second mapping, paged-out contents) fails cleanly with
+/// `NoSuitableMemory` and changes nothing, until memory under the limit is freed.
+#[test]
+fn pageable_memory_under_a_limit_with_no_free_page_under_it() {
+    const LOW: u64 = 0xFFFF_FFFF;
+    let m = MachineBuilder::new()
+        .seed(3)
+        .page_size(PageSize::SIZE_16K)
+        .ram(0x10_0000, 0x8_0000)
+        .ram(0x1_0000_0000, 0x10_0000)
+        .build()
+        .unwrap();
+    let low = |pageable| PageRequest {
+        align: 0,
+        phys_limit: LOW,
+        contiguous: false,
+        pageable,
+    };
+    // Fill everything under the limit, minus one page.
+    let wired = m.allocate_pages(0x7_C000, &low(false)).unwrap();
+    let va = m.allocate_pages(0x8000, &low(true)).unwrap();
+    m.write_virt(K, va, b"kept").unwrap();
+    assert_eq!(m.page_out(K).unwrap(), 1);
+    let last = m.allocate_pages(0x4000, &low(false)).unwrap();
+    let before = m.stats();
+    let mut b = [9u8; 0x8000];
+    // Page 0 has paged-out contents and no page to come back to; page 1 holds no data.
+    let r = m.read_virt(K, va, &mut b);
+    assert!(
+        matches!(r, Err(Error::NoSuitableMemory { limit: LOW, .. })),
+        "{r:?}"
+    );
+    assert_eq!(b, [9; 0x8000], "a failed load copies nothing");
+    let mut z = [9u8; 0x4000];
+    m.read_virt(K, VirtAddr(va.0 + 0x4000), &mut z).unwrap();
+    assert_eq!(z, [0; 0x4000], "untouched memory reads as zeros");
+    assert_eq!(m.stats(), masked(before.clone(), &m));
+    let store = m.write_virt(K, VirtAddr(va.0 + 0x4000), b"x");
+    assert!(matches!(
+        store,
+        Err(Error::NoSuitableMemory { limit: LOW, .. })
+    ));
+    let wire = m.wire(K, VirtAddr(va.0 + 0x4000), 0x4000, true);
+    assert!(matches!(
+        wire,
+        Err(Error::NoSuitableMemory { limit: LOW, .. })
+    ));
+    assert_eq!(
+        m.stats(),
+        masked(before, &m),
+        "the failures changed nothing"
+    );
+    // Memory under the limit is freed: the store and the page-in go through.
+    m.free_pages(last, 0x4000).unwrap();
+    m.free_pages(wired, 0x7_C000).unwrap();
+    m.write_virt(K, VirtAddr(va.0 + 0x4000), b"x").unwrap();
+    m.read_virt(K, va, &mut b).unwrap();
+    assert_eq!(&b[..4], b"kept");
+    assert_eq!(b[0x4000], b'x');
+    for (_, pa) in m.mappings(K, va, 0x8000).unwrap() {
+        assert!(pa.unwrap().0 < LOW, "paged in under the limit");
+    }
+    m.free_pages(va, 0x8000).unwrap();
+    let s = m.stats();
+    assert_eq!((s.used_pages(), s.swapped_pages), (0, 0));
+}
+
+/// `before` with the fault-site counters and cache lines of now.
+fn masked(before: dmakit_sim::SimStats, m: &Machine) -> dmakit_sim::SimStats {
+    let now = m.stats();
+    dmakit_sim::SimStats {
+        site_calls: now.site_calls,
+        cached_lines: now.cached_lines,
+        ..before
+    }
 }
 
 #[test]
