@@ -26,6 +26,7 @@
 //! | [`mapper`] | IOMMU mappers: the `Mapper` trait and `IommuMapper` with its flush queue |
 //! | [`dma`] | segment formats, `SegmentSpec`, `DmaCommand` with bounce pool and quarantine, typed ownership, the IOMemoryCursor family, controllers and event sources |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
+//! | [`device`] | the device seam: one PCI function (configuration space, BARs, interrupts, its DMA view, reset) and a bus to find it on |
 //! | [`debug`] | the dma-debug ledger (feature `dma-debug`): violations and outstanding preparations |
 //!
 //! ## Example
@@ -55,6 +56,7 @@ pub mod addr;
 pub mod alloc;
 pub mod debug;
 pub mod descriptor;
+pub mod device;
 pub mod direction;
 pub mod dma;
 pub mod error;
