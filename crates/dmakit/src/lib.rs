@@ -27,6 +27,7 @@
 //! | [`dma`] | segment formats, `SegmentSpec`, `DmaCommand` with bounce pool and quarantine, typed ownership, the IOMemoryCursor family, controllers and event sources |
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //! | [`debug`] | the dma-debug ledger (feature `dma-debug`): violations and outstanding preparations |
+//! | [`driverkit`] | DriverKit's shapes (`IOBufferMemoryDescriptor::Create`, `CreateMapping`, `IODMACommand::PrepareForDMA`, …) over the same objects, for porting a dext |
 //!
 //! ## Example
 //!
@@ -57,6 +58,7 @@ pub mod debug;
 pub mod descriptor;
 pub mod direction;
 pub mod dma;
+pub mod driverkit;
 pub mod error;
 pub mod map;
 pub mod mapper;
