@@ -28,6 +28,7 @@
 //! | [`descriptor`] | the IOMemoryDescriptor family: general, buffer, sub, multi, interleaved |
 //! | [`device`] | the device seam: one PCI function (configuration space, BARs, interrupts, its DMA view, reset) and a bus to find it on |
 //! | [`debug`] | the dma-debug ledger (feature `dma-debug`): violations and outstanding preparations |
+//! | [`driverkit`] | DriverKit's shapes (`IOBufferMemoryDescriptor::Create`, `CreateMapping`, `IODMACommand::PrepareForDMA`, …) over the same objects, for porting a dext |
 //!
 //! ## Example
 //!
@@ -59,6 +60,7 @@ pub mod descriptor;
 pub mod device;
 pub mod direction;
 pub mod dma;
+pub mod driverkit;
 pub mod error;
 pub mod map;
 pub mod mapper;

@@ -1,0 +1,410 @@
+//! DriverKit's IODMACommand: [`DkDmaCommand`] over a [`DmaCommand`].
+
+use super::DkMemoryOptions;
+use crate::descriptor::{MemoryDescriptor, PrepOwner};
+use crate::dma::{DmaCommand, IoSegment, PrepareOptions, SegmentFormat, SegmentSpec};
+use crate::mapper::Mapper;
+use crate::platform::Platform;
+use crate::{Error, Result};
+use alloc_crate::sync::Arc;
+
+/// Most segments [`DkDmaCommand::prepare_for_dma`] writes (the size of DriverKit's
+/// segment array).
+pub const MAX_SEGMENTS: usize = 32;
+
+/// Bytes [`DkDmaCommand::perform_operation`] copies at a time, through the stack.
+const CHUNK: usize = 512;
+
+/// What a device can address (DriverKit's `IODMACommandSpecification`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DkDmaSpec {
+    /// Address lines the device drives (`maxAddressBits`): 0 or 64 and above for no limit,
+    /// at most 255.
+    pub max_address_bits: u64,
+}
+
+impl DkDmaSpec {
+    /// A device with `max_address_bits` address lines.
+    pub const fn new(max_address_bits: u64) -> Self {
+        DkDmaSpec { max_address_bits }
+    }
+}
+
+/// The operation of [`DkDmaCommand::perform_operation`] (DriverKit's
+/// `kIODMACommandPerformOperationOption*` word): exactly one of read, write or zero.
+///
+/// It holds any bits; the call checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DkPerformOptions(u64);
+
+impl DkPerformOptions {
+    /// kIODMACommandPerformOperationOptionRead: copy from the DMA memory into `data`.
+    pub const READ: Self = DkPerformOptions(1);
+    /// kIODMACommandPerformOperationOptionWrite: copy from `data` into the DMA memory.
+    pub const WRITE: Self = DkPerformOptions(2);
+    /// kIODMACommandPerformOperationOptionZero: write zeros into the DMA memory.
+    pub const ZERO: Self = DkPerformOptions(4);
+
+    /// The option word `bits`, every bit kept.
+    pub const fn from_bits(bits: u64) -> Self {
+        DkPerformOptions(bits)
+    }
+
+    /// The option word.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+impl core::ops::BitOr for DkPerformOptions {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        DkPerformOptions(self.0 | rhs.0)
+    }
+}
+
+/// DriverKit's IODMACommand: a [`DmaCommand`] behind a lock of its own, driven with
+/// DriverKit's calls.
+///
+/// Every call takes `&self` and runs under the command's lock, as DriverKit's kernel side
+/// does, so one command can be shared (in an `Arc`) between the code that prepares and the
+/// code that completes. The command is mapped through the device's IOMMU when
+/// [`create`](Self::create) is given its [`Mapper`], and physical otherwise; it never
+/// bounces (it has no bounce pool), as DriverKit's header promises: memory the device
+/// cannot reach is an error at [`prepare_for_dma`](Self::prepare_for_dma).
+///
+/// A command dropped while prepared keeps the memory wired and its IO addresses mapped
+/// for good, as [`DmaCommand`] does: the device may still be using them.
+pub struct DkDmaCommand<P: Platform + Clone + 'static> {
+    cmd: spin::Mutex<DmaCommand<P>>,
+    owner: PrepOwner,
+}
+
+impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
+    /// A command for a device that addresses `spec.max_address_bits` bits, through
+    /// `mapper` (the device's IOMMU) or, without one, by physical address (DriverKit
+    /// `IODMACommand::Create(device, options, &spec, &command)`). Segments are 64-bit
+    /// ([`SegmentFormat::Host64`]), with no segment or transfer size limit and no
+    /// alignment.
+    ///
+    /// `options` other than 0 (kIODMACommandCreateNoOptions) and more than 255 address bits
+    /// are [`Error::BadArgument`]; 1 to 11 address bits are [`Error::NoMemory`], which is
+    /// how DriverKit reports the kernel refusing them. 0, or 64 and more, is no limit.
+    pub fn create(
+        platform: P,
+        mapper: Option<Arc<dyn Mapper>>,
+        options: u64,
+        spec: DkDmaSpec,
+    ) -> Result<Self> {
+        if options != 0 {
+            return Err(Error::BadArgument {
+                what: "DriverKit IODMACommand::Create: options (only 0 is defined)",
+                value: options,
+            });
+        }
+        let bits = spec.max_address_bits;
+        if bits > 255 {
+            return Err(Error::BadArgument {
+                what: "DriverKit IODMACommand::Create: maxAddressBits above 255",
+                value: bits,
+            });
+        }
+        let refused = |what| Error::NoMemory {
+            what,
+            requested: bits,
+            available: 0,
+        };
+        if (1..12).contains(&bits) {
+            return Err(refused(
+                "DriverKit IODMACommand::Create: the kernel refuses fewer than 12 address bits (value: the bits)",
+            ));
+        }
+        let segment_spec = SegmentSpec::builder()
+            .address_bits(bits.min(64) as u32)
+            .build()
+            .map_err(|_| refused("DriverKit IODMACommand::Create: the device's spec"))?;
+        let mut builder = DmaCommand::builder(platform)
+            .spec(segment_spec)
+            .format(SegmentFormat::Host64);
+        if let Some(m) = mapper {
+            builder = builder.mapper(m);
+        }
+        let cmd = builder.build()?;
+        Ok(DkDmaCommand {
+            owner: cmd.prep_owner(),
+            cmd: spin::Mutex::new(cmd),
+        })
+    }
+
+    /// The owner the command's preparations of a descriptor are held under: only the
+    /// command ([`complete_dma`](Self::complete_dma)) can end them.
+    pub fn prep_owner(&self) -> PrepOwner {
+        self.owner
+    }
+
+    /// Whether a transfer is prepared.
+    pub fn is_prepared(&self) -> bool {
+        self.cmd.lock().prepared().is_some()
+    }
+
+    /// Prepares `[offset, offset + length)` of `md` for the device and writes its segments
+    /// into `segments` (DriverKit `IODMACommand::PrepareForDMA(options, md, offset, length,
+    /// &flags, &count, segments)`); returns the flags and the segment count.
+    ///
+    /// The flags say which way the device may move data: [`DkMemoryOptions::DIRECTION_OUT`]
+    /// if `md`'s direction lets it read, with [`DkMemoryOptions::DIRECTION_IN`] if it lets
+    /// it write. A `length` of 0 means to the end of `md`.
+    ///
+    /// Under the command's lock, as DriverKit: `md` is prepared (for the command, in its
+    /// own direction); then attached to the command, which is [`Error::Busy`] while the
+    /// command is prepared (another descriptor or the same: complete it first), undoing
+    /// the preparation; then the command is prepared for the range; then its segments are
+    /// generated. A failure at any step undoes the ones before: nothing stays prepared or
+    /// attached.
+    ///
+    /// **Unlike DriverKit, the segment list is never truncated.** A transfer that needs
+    /// more segments than `segments` holds is [`Error::MessageTooLarge`], naming the first
+    /// offset in `md` the array could not describe, and nothing stays prepared (DriverKit
+    /// reports success with the segments that fit). Pass a larger array (at most
+    /// [`MAX_SEGMENTS`]), or use a [`DmaCommand`] and produce the segments in pieces.
+    ///
+    /// Errors also: `options` other than 0, or `segments` empty or longer than
+    /// [`MAX_SEGMENTS`] ([`Error::BadArgument`], before anything is prepared); and
+    /// whatever preparing `md` or the command refuses (a range outside `md`; memory the
+    /// device cannot reach without a bounce, which DriverKit never does).
+    pub fn prepare_for_dma(
+        &self,
+        options: u64,
+        md: &Arc<dyn MemoryDescriptor>,
+        offset: u64,
+        length: u64,
+        segments: &mut [IoSegment],
+    ) -> Result<(DkMemoryOptions, usize)> {
+        if options != 0 {
+            return Err(Error::BadArgument {
+                what: "DriverKit PrepareForDMA: options (only 0 is defined)",
+                value: options,
+            });
+        }
+        if segments.is_empty() || segments.len() > MAX_SEGMENTS {
+            return Err(Error::BadArgument {
+                what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
+                value: segments.len() as u64,
+            });
+        }
+        let mut cmd = self.cmd.lock();
+        let direction = md.direction();
+        md.prepare_for(self.owner, direction)?;
+        if let Some((at, _)) = cmd.prepared() {
+            let _ = md.complete_for(self.owner);
+            return Err(Error::Busy {
+                what: "DriverKit PrepareForDMA: DMA command",
+                addr: at,
+                why: "it is prepared (CompleteDMA first)",
+            });
+        }
+        if let Err(e) = cmd.set_memory_descriptor(md.clone()) {
+            let _ = md.complete_for(self.owner);
+            return Err(e);
+        }
+        let length = if length == 0 {
+            md.length().saturating_sub(offset)
+        } else {
+            length
+        };
+        if let Err(e) = cmd.prepare(PrepareOptions::range(offset, length)) {
+            let _ = cmd.clear_memory_descriptor();
+            let _ = md.complete_for(self.owner);
+            return Err(e);
+        }
+        let mut count = 0usize;
+        let mut described = 0u64;
+        let mut failed = None;
+        for seg in cmd.segments() {
+            match seg {
+                Ok(s) if count < segments.len() => {
+                    segments[count] = s;
+                    count += 1;
+                    described += s.len;
+                }
+                Ok(_) => {
+                    failed = Some(Error::MessageTooLarge {
+                        what: "DriverKit PrepareForDMA: the transfer needs more segments than \
+                               the array holds (dmakit does not truncate); the first byte of \
+                               the descriptor left out is",
+                        addr: offset.saturating_add(described),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            let _ = cmd.complete_and_clear();
+            let _ = md.complete_for(self.owner);
+            return Err(e);
+        }
+        let mut flags = DkMemoryOptions::NONE;
+        if direction.device_reads() {
+            flags = flags | DkMemoryOptions::DIRECTION_OUT;
+        }
+        if direction.device_writes() {
+            flags = flags | DkMemoryOptions::DIRECTION_IN;
+        }
+        Ok((flags, count))
+    }
+
+    /// Ends the transfer (DriverKit `IODMACommand::CompleteDMA(options)`): the command is
+    /// completed and the descriptor detached, then the descriptor's preparation for the
+    /// command ends. `options` other than 0 are [`Error::BadArgument`]; not prepared is
+    /// [`Error::NotReady`]. The first error is returned after everything is released.
+    pub fn complete_dma(&self, options: u64) -> Result<()> {
+        if options != 0 {
+            return Err(Error::BadArgument {
+                what: "DriverKit CompleteDMA: options (only 0 is defined)",
+                value: options,
+            });
+        }
+        let mut cmd = self.cmd.lock();
+        let md = match (cmd.prepared(), cmd.memory_descriptor()) {
+            (Some(_), Some(md)) => md.clone(),
+            _ => {
+                return Err(Error::NotReady {
+                    what: "DriverKit CompleteDMA on a DMA command that is not prepared",
+                    addr: 0,
+                })
+            }
+        };
+        let done = cmd.complete_and_clear();
+        let released = md.complete_for(self.owner);
+        done.and(released)
+    }
+
+    /// The prepared offset, length and descriptor (DriverKit
+    /// `IODMACommand::GetPreparation(&offset, &length, &memory)`); not prepared is
+    /// [`Error::NotReady`].
+    pub fn get_preparation(&self) -> Result<(u64, u64, Arc<dyn MemoryDescriptor>)> {
+        let cmd = self.cmd.lock();
+        let (offset, length) = cmd.prepared_offset_and_length()?;
+        let md = cmd.memory_descriptor().cloned().ok_or(Error::Internal {
+            what: "prepared DMA command without a descriptor",
+        })?;
+        Ok((offset, length, md))
+    }
+
+    /// Copies between the memory the device reaches and `data`, or zeroes it (DriverKit
+    /// `IODMACommand::PerformOperation(options, dmaOffset, length, dataOffset, data)`).
+    /// `dma_offset` is relative to the prepared offset.
+    ///
+    /// * [`DkPerformOptions::READ`]: `length` bytes from `dma_offset` of the DMA memory
+    ///   into `data` at `data_offset`;
+    /// * [`DkPerformOptions::WRITE`]: `length` bytes of `data` from `data_offset` into the
+    ///   DMA memory at `dma_offset`;
+    /// * [`DkPerformOptions::ZERO`]: `length` zeros into the DMA memory at `dma_offset`
+    ///   (`data` is not read).
+    ///
+    /// Checked in DriverKit's order, all [`Error::BadArgument`] but one: `options` not
+    /// exactly one of the three; not prepared ([`Error::NotReady`]); `length` above the
+    /// attached descriptor's length; for read and write, no `data` or `length` above its
+    /// length. A copy that falls short (past the end of the preparation or of `data`, or
+    /// memory prepared read-only) is [`Error::Underrun`] with the bytes done; the bytes
+    /// before the shortfall are copied.
+    pub fn perform_operation(
+        &self,
+        options: DkPerformOptions,
+        dma_offset: u64,
+        length: u64,
+        data_offset: u64,
+        data: Option<&dyn MemoryDescriptor>,
+    ) -> Result<()> {
+        let op = options.bits();
+        if !matches!(op, 1 | 2 | 4) {
+            return Err(Error::BadArgument {
+                what: "DriverKit PerformOperation: options must be exactly one of read (1), write (2) or zero (4)",
+                value: op,
+            });
+        }
+        let cmd = self.cmd.lock();
+        let attached = match (cmd.prepared(), cmd.memory_descriptor()) {
+            (Some(_), Some(md)) => md.length(),
+            _ => {
+                return Err(Error::NotReady {
+                    what: "DriverKit PerformOperation on a DMA command that is not prepared",
+                    addr: 0,
+                })
+            }
+        };
+        if length > attached {
+            return Err(Error::BadArgument {
+                what: "DriverKit PerformOperation: length above the attached descriptor's length",
+                value: length,
+            });
+        }
+        let short = |done: u64| Error::Underrun {
+            what: "DriverKit PerformOperation: a copy fell short",
+            done,
+            requested: length,
+        };
+        let mut tmp = [0u8; CHUNK];
+        let mut done = 0u64;
+        if op == 4 {
+            while done < length {
+                let n = (length - done).min(CHUNK as u64) as usize;
+                let put = match dma_offset.checked_add(done) {
+                    Some(at) => cmd.write_bytes(at, &tmp[..n]),
+                    None => 0,
+                };
+                done += put as u64;
+                if put < n {
+                    return Err(short(done));
+                }
+            }
+            return Ok(());
+        }
+        let data = data.ok_or(Error::BadArgument {
+            what: "DriverKit PerformOperation: read and write need a data descriptor",
+            value: op,
+        })?;
+        if length > data.length() {
+            return Err(Error::BadArgument {
+                what: "DriverKit PerformOperation: length above the data descriptor's length",
+                value: length,
+            });
+        }
+        while done < length {
+            let n = (length - done).min(CHUNK as u64) as usize;
+            let (Some(dma_at), Some(data_at)) =
+                (dma_offset.checked_add(done), data_offset.checked_add(done))
+            else {
+                return Err(short(done));
+            };
+            let (got, put) = if op == 2 {
+                let got = data.read_bytes(data_at, &mut tmp[..n]);
+                (got, cmd.write_bytes(dma_at, &tmp[..got]))
+            } else {
+                let got = cmd.read_bytes(dma_at, &mut tmp[..n]);
+                (got, data.write_bytes(data_at, &tmp[..got]))
+            };
+            done += put as u64;
+            if got < n || put < got {
+                return Err(short(done));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<P: Platform + Clone + 'static> core::fmt::Debug for DkDmaCommand<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut d = f.debug_struct("DkDmaCommand");
+        match self.cmd.try_lock() {
+            Some(cmd) => d.field("command", &*cmd),
+            None => d.field("command", &"<locked>"),
+        };
+        d.finish()
+    }
+}
