@@ -16,12 +16,12 @@
 //!   action(DmaCompletion) ◄── DmaEventSource work loop ◄── raise() ◄┘
 //! ```
 
-use super::command::{Command, NVM_READ};
 use super::dma::DmaBuffer;
 use super::queue::{check_status, QueuePair};
 use super::{NamespaceIdentity, PRP_PAGE};
 use dmakit::dma::{CompletionSource, DmaCompletion};
 use dmakit::{Error, Result};
+use dmakit_nvme::command::{Command, NVM_READ};
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -45,31 +45,29 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
-mod command;
 mod dma;
 mod events;
-mod prp;
 mod queue;
 mod queued;
 mod signal;
 
-pub use command::{Command, Completion};
 pub use dma::DmaBuffer;
+pub use dmakit_nvme::command::{Command, Completion};
+pub use dmakit_nvme::prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use events::EventQueue;
-pub use prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use queue::{check_status, Outstanding, QueuePair};
 pub use queued::QueuedStats;
 pub use signal::CompletionSignal;
 
 use crate::host::Host;
 use crate::vfio::{Bar, VfioDevice};
-use command::{ADMIN_CREATE_CQ, ADMIN_CREATE_SQ, ADMIN_IDENTIFY, NVM_READ, NVM_WRITE};
 use dmakit::descriptor::MemoryDescriptor;
 use dmakit::dma::PrepareOptions;
 use dmakit::dma::{DmaCommand, SegmentFormat};
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, PhysAddr, Result};
+use dmakit_nvme::command::{ADMIN_CREATE_CQ, ADMIN_CREATE_SQ, ADMIN_IDENTIFY, NVM_READ, NVM_WRITE};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 

@@ -13,13 +13,13 @@
 //! completion for an identifier that is not outstanding, or for another submission queue, is
 //! an error, not a result.
 
-use super::command::{Command, Completion};
 use super::dma::DmaBuffer;
 use super::signal::CompletionSignal;
 use crate::host::Host;
 use dmakit::map::mapped_write32;
 use dmakit::mapper::Mapper;
 use dmakit::{Direction, Error, PhysAddr, Result};
+use dmakit_nvme::command::{Command, Completion};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

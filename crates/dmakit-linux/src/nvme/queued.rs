@@ -8,11 +8,11 @@
 //! there (each checked: an identifier this run submitted, success status), rings the CQ
 //! doorbell once, hands each finished buffer to the caller, and refills.
 
-use super::command::{Command, NVM_READ};
 use super::dma::DmaBuffer;
 use super::queue::{check_status, QueuePair};
 use super::{NamespaceIdentity, NvmeController, PRP_PAGE};
 use dmakit::{Error, Result};
+use dmakit_nvme::command::{Command, NVM_READ};
 use std::time::{Duration, Instant};
 
 /// What one [`NvmeController::read_queued`] run did.

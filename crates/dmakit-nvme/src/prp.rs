@@ -9,6 +9,7 @@
 //! [`DmaCommand`](dmakit::dma::DmaCommand) generates under it *are* the PRP entries;
 //! [`prp_entries`] checks that they are and lays them out.
 
+use alloc::vec::Vec;
 use dmakit::dma::{IoSegment, SegmentSpec};
 use dmakit::{Error, Result};
 
@@ -63,6 +64,7 @@ pub fn prp_entries(segs: &[IoSegment]) -> Result<(u64, Option<Vec<u64>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
     use dmakit::IoAddr;
 
     fn seg(a: u64, l: u64) -> IoSegment {
