@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | [`command`] | submission and completion queue entries, encoded as the controller reads them |
 //! | [`prp`] | the NVMe `SegmentSpec` and PRP entries from a `DmaCommand`'s segments |
+//! | [`identify`] | Identify Controller and Identify Namespace, decoded |
 //!
 //! ```
 //! use dmakit::dma::IoSegment;
@@ -33,4 +34,5 @@
 extern crate alloc;
 
 pub mod command;
+pub mod identify;
 pub mod prp;

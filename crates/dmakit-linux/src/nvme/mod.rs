@@ -53,6 +53,7 @@ mod signal;
 
 pub use dma::DmaBuffer;
 pub use dmakit_nvme::command::{Command, Completion};
+pub use dmakit_nvme::identify::{ControllerIdentity, NamespaceIdentity};
 pub use dmakit_nvme::prp::{nvme_spec, prp_entries, PRP_PAGE};
 pub use events::EventQueue;
 pub use queue::{check_status, Outstanding, QueuePair};
@@ -85,34 +86,6 @@ const CC_IOCQES_16: u32 = 4 << 20;
 const CSTS_RDY: u32 = 1;
 const CSTS_CFS: u32 = 2;
 const ADMIN_ENTRIES: u16 = 32;
-
-/// What Identify Controller (CNS 1) says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControllerIdentity {
-    /// PCI vendor ID.
-    pub vendor: u16,
-    /// Serial number (trailing spaces trimmed).
-    pub serial: String,
-    /// Model number (trimmed).
-    pub model: String,
-    /// Firmware revision (trimmed).
-    pub firmware: String,
-    /// Maximum data transfer size, as a power of two of the minimum page size (0: none).
-    pub mdts: u8,
-    /// Number of namespaces.
-    pub namespaces: u32,
-}
-
-/// What Identify Namespace (CNS 0) says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NamespaceIdentity {
-    /// The namespace identifier.
-    pub nsid: u32,
-    /// Size in logical blocks.
-    pub blocks: u64,
-    /// Bytes per logical block.
-    pub block_size: u32,
-}
 
 /// An NVMe controller behind VFIO.
 pub struct NvmeController {
@@ -314,40 +287,12 @@ impl NvmeController {
 
     /// Identify Controller, read into a dmakit buffer by the controller.
     pub fn identify_controller(&self) -> Result<ControllerIdentity> {
-        let b = self.identify(1, 0)?;
-        let text = |r: std::ops::Range<usize>| {
-            String::from_utf8_lossy(&b[r])
-                .trim_end_matches([' ', '\0'])
-                .to_string()
-        };
-        Ok(ControllerIdentity {
-            vendor: u16::from_le_bytes([b[0], b[1]]),
-            serial: text(4..24),
-            model: text(24..64),
-            firmware: text(64..72),
-            mdts: b[77],
-            namespaces: u32::from_le_bytes(b[516..520].try_into().expect("4 bytes")),
-        })
+        ControllerIdentity::parse(&self.identify(1, 0)?)
     }
 
     /// Identify Namespace `nsid`.
     pub fn identify_namespace(&self, nsid: u32) -> Result<NamespaceIdentity> {
-        let b = self.identify(0, nsid)?;
-        let blocks = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-        let flbas = (b[26] & 0xf) as usize;
-        let lbaf = u32::from_le_bytes(b[128 + 4 * flbas..132 + 4 * flbas].try_into().expect("4"));
-        let lbads = (lbaf >> 16) & 0xff;
-        if !(9..=16).contains(&lbads) {
-            return Err(Error::BadArgument {
-                what: "NVMe namespace: LBA data size outside 512 B - 64 KiB",
-                value: lbads as u64,
-            });
-        }
-        Ok(NamespaceIdentity {
-            nsid,
-            blocks,
-            block_size: 1 << lbads,
-        })
+        NamespaceIdentity::parse(nsid, &self.identify(0, nsid)?)
     }
 
     fn identify(&self, cns: u32, nsid: u32) -> Result<Vec<u8>> {
