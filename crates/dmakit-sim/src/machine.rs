@@ -1151,6 +1151,13 @@ impl Machine {
         Ok(())
     }
 
+    /// Whether a device access of `len` bytes at `pa` reaches RAM, without moving data.
+    pub(crate) fn device_check(&self, pa: PhysAddr, len: u64) -> Result<()> {
+        self.lock()
+            .phys
+            .check_ram(pa.0, len, "simulated RAM (device access)")
+    }
+
     /// Sets how the CPU caches `[pa, pa + len)` of RAM (the range is flushed first).
     pub fn set_cache_mode(&self, pa: PhysAddr, len: u64, mode: CacheMode) -> Result<()> {
         if len == 0 {
