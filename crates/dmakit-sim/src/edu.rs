@@ -258,12 +258,10 @@ impl PciDeviceModel for EduModel {
         let v32 = value as u32;
         match offset {
             LIVENESS => self.liveness = !v32,
-            FACTORIAL => {
-                if self.status & STATUS_COMPUTING == 0 {
-                    self.factorial = (1..=v32).fold(1u32, |acc, i| acc.wrapping_mul(i));
-                    if self.status & STATUS_IRQ_FACTORIAL != 0 {
-                        self.raise(ctx, IRQ_FACTORIAL);
-                    }
+            FACTORIAL if self.status & STATUS_COMPUTING == 0 => {
+                self.factorial = (1..=v32).fold(1u32, |acc, i| acc.wrapping_mul(i));
+                if self.status & STATUS_IRQ_FACTORIAL != 0 {
+                    self.raise(ctx, IRQ_FACTORIAL);
                 }
             }
             STATUS => {
@@ -274,11 +272,9 @@ impl PciDeviceModel for EduModel {
             DMA_SRC => self.dma_src = value,
             DMA_DST => self.dma_dst = value,
             DMA_COUNT => self.dma_count = value,
-            DMA_CMD => {
-                if value & CMD_START != 0 {
-                    self.dma_cmd = value;
-                    self.run_dma(ctx);
-                }
+            DMA_CMD if value & CMD_START != 0 => {
+                self.dma_cmd = value;
+                self.run_dma(ctx);
             }
             _ => {}
         }

@@ -66,7 +66,7 @@ mod free;
 pub mod iommu;
 mod machine;
 pub mod mmio;
-// pub mod nvme;
+pub mod nvme;
 pub mod pci;
 pub mod physical;
 pub mod task;

@@ -55,8 +55,8 @@ impl BusCore {
         loop {
             r.next = r.next.wrapping_add(1);
             let d = r.next;
-            if !r.sinks.contains_key(&d) {
-                r.sinks.insert(d, sink);
+            if let std::collections::hash_map::Entry::Vacant(e) = r.sinks.entry(d) {
+                e.insert(sink);
                 return d;
             }
         }
@@ -355,7 +355,12 @@ impl SimPciBus {
         }
         let path = DmaPath::new(&self.machine, config.dma.unwrap_or(self.dma))?;
         let desc = model.config();
-        let f = Arc::new(SimPciFunction::new(address, self.core.clone(), path, model)?);
+        let f = Arc::new(SimPciFunction::new(
+            address,
+            self.core.clone(),
+            path,
+            model,
+        )?);
         // Place the BARs, as firmware does at enumeration.
         let mut next = self.next_bar.lock().unwrap_or_else(|p| p.into_inner());
         let end = self.aperture.0 + self.aperture.1;

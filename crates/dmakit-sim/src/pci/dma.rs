@@ -121,7 +121,10 @@ impl DmaPath {
     }
 
     fn within_limit(max_address: u64, addr: u64, len: u64) -> bool {
-        len == 0 || addr.checked_add(len - 1).is_some_and(|end| end <= max_address)
+        len == 0
+            || addr
+                .checked_add(len - 1)
+                .is_some_and(|end| end <= max_address)
     }
 
     /// Runs `f` on the path, classifying its failure.

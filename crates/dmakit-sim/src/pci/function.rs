@@ -391,11 +391,8 @@ impl SimPciFunction {
             Self::lost(g, v, "MSI-X is disabled");
             return None;
         }
-        let masked = cap.function_mask
-            || g
-                .msix
-                .as_ref()
-                .is_none_or(|t| t.entries[v as usize].masked);
+        let masked =
+            cap.function_mask || g.msix.as_ref().is_none_or(|t| t.entries[v as usize].masked);
         if masked {
             if let Some(t) = g.msix.as_mut() {
                 t.set_pending(v as usize, true);
@@ -556,7 +553,8 @@ impl PciFunction for SimPciFunction {
     fn bar(&self, index: u8) -> Result<BarInfo> {
         let g = self.lock();
         let (base, spec) = g.config.bar(index as usize).ok_or(Error::BadArgument {
-            what: "BAR number (not a memory BAR of this function, or the upper half of a 64-bit one)",
+            what:
+                "BAR number (not a memory BAR of this function, or the upper half of a 64-bit one)",
             value: index as u64,
         })?;
         Ok(BarInfo {

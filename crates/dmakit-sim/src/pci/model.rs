@@ -200,8 +200,7 @@ pub trait PciDeviceModel: Any + Send {
 
     /// A load of `width` bytes at `offset` in BAR `bar` (never inside the MSI-X table or
     /// array, which the bus handles). Returns the value, zero-extended.
-    fn bar_read(&mut self, ctx: &mut DeviceContext<'_>, bar: u8, offset: u64, width: Width)
-        -> u64;
+    fn bar_read(&mut self, ctx: &mut DeviceContext<'_>, bar: u8, offset: u64, width: Width) -> u64;
 
     /// A store of the low `width` bytes of `value` at `offset` in BAR `bar`.
     fn bar_write(

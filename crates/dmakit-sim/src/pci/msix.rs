@@ -53,7 +53,9 @@ impl MsixTable {
     }
 
     pub fn is_pending(&self, v: usize) -> bool {
-        self.pending.get(v / 64).is_some_and(|w| w >> (v % 64) & 1 != 0)
+        self.pending
+            .get(v / 64)
+            .is_some_and(|w| w >> (v % 64) & 1 != 0)
     }
 
     pub fn set_pending(&mut self, v: usize, on: bool) {
@@ -127,7 +129,11 @@ impl MsixTable {
 
     /// A load in the pending-bit array.
     pub fn read_pba(&self, offset: u64, width: Width) -> u64 {
-        let word = self.pending.get((offset / 8) as usize).copied().unwrap_or(0);
+        let word = self
+            .pending
+            .get((offset / 8) as usize)
+            .copied()
+            .unwrap_or(0);
         match width {
             Width::W64 => word,
             Width::W32 => (word >> ((offset % 8) * 8)) & 0xFFFF_FFFF,
