@@ -10,7 +10,8 @@
 //! 3. **the path**: through the function's own IOMMU domain (a [`SimIommu`], whose page
 //!    table the function's [`IommuMapper`] fills; a missing or read-only translation is an
 //!    [`IommuFault`](crate::IommuFault) in its log and [`DmaFault::Iommu`] here), or
-//!    straight to physical addresses up to the function's DMA limit;
+//!    straight to physical addresses up to the function's DMA limit (an address past it is
+//!    [`DmaFault::BeyondLimit`]: the function cannot drive it);
 //! 4. **DRAM**, bypassing the CPU caches as every device access of the machine does
 //!    ([`Machine::device_read`]): on a non-coherent machine the CPU must clean before a
 //!    device reads and invalidate after it writes. An address with no RAM behind it is a
@@ -74,9 +75,11 @@ pub enum DmaFault {
     BusMasterDisabled,
     /// The IOMMU refused it (no translation, or no permission): see its fault log.
     Iommu,
-    /// No memory answered: no RAM at the address, or an address past the function's DMA
-    /// limit.
+    /// No memory answered: no RAM at the address (the status register's
+    /// received-master-abort bit is set).
     MasterAbort,
+    /// Past the function's DMA limit in bypass: it cannot drive that address.
+    BeyondLimit,
     /// Failed on purpose ([`PciFaultSite::Dma`]); `nth` is the call number at that site.
     Injected {
         /// The call number at the site.
@@ -151,7 +154,7 @@ impl DmaPath {
                 max_address,
             } => {
                 if !Self::within_limit(*max_address, addr, len) {
-                    return Err(DmaFault::MasterAbort);
+                    return Err(DmaFault::BeyondLimit);
                 }
                 phys_op(machine).map_err(|_| DmaFault::MasterAbort)
             }
