@@ -69,7 +69,7 @@ impl PciDeviceModel for Probe {
         DeviceConfig::new(PciId {
             vendor: 0xD3A0,
             device: 0x0001,
-            class: 0x0880_00,
+            class: 0x08_80_00,
         })
         .bar(0, BarSpec::mem32(0x1000))
         .bar(2, BarSpec::mem64(0x4000))

@@ -5,8 +5,8 @@
 //!
 //! 1. **bus mastering**: with the command register's bus-master bit clear the access never
 //!    leaves the function: it fails with [`DmaFault::BusMasterDisabled`], is recorded
-//!    ([`PciEvent::Dma`](super::PciEvent::Dma)) and touches no memory;
-//! 2. **fault injection** at [`PciFaultSite::Dma`](super::PciFaultSite::Dma);
+//!    ([`PciEvent::Dma`]) and touches no memory;
+//! 2. **fault injection** at [`PciFaultSite::Dma`];
 //! 3. **the path**: through the function's own IOMMU domain (a [`SimIommu`], whose page
 //!    table the function's [`IommuMapper`] fills; a missing or read-only translation is an
 //!    [`IommuFault`](crate::IommuFault) in its log and [`DmaFault::Iommu`] here), or
