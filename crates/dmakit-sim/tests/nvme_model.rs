@@ -1203,3 +1203,46 @@ fn function_reset_stops_the_controller_and_keeps_the_data() {
     let (e, _) = h.identify(&mut adm, admin::CNS_CONTROLLER, 0);
     assert!(e.status.is_success());
 }
+
+#[test]
+fn hostile_queue_addresses_fault_instead_of_panicking() {
+    let h = Host::new(21, SimNvme::builder());
+    let mut adm = h.bring_up();
+    // A completion queue whose entries run off the top of the address space.
+    let top = u64::MAX - 0xFFF;
+    assert!(h
+        .cmd(&mut adm, create_cq(1, 256, top, 0))
+        .status
+        .is_success());
+    assert!(h
+        .cmd(&mut adm, create_sq(1, 8, h.alloc(PAGE, true).dev(0), 1))
+        .status
+        .is_success());
+    // An SQ at the top too: fetching its entry faults, which only CFS can report.
+    assert!(h
+        .cmd(&mut adm, create_cq(2, 8, h.alloc(PAGE, true).dev(0), 0))
+        .status
+        .is_success());
+    assert!(h
+        .cmd(&mut adm, create_sq(2, 256, top, 2))
+        .status
+        .is_success());
+    h.w32(regs::doorbell(2, false, 0), 255);
+    assert_ne!(h.csts() & regs::CSTS_CFS, 0);
+    assert!(h.nvme.fatal_reason().unwrap().contains("fetched"));
+    // After a reset, a command whose completion cannot be written is fatal too.
+    h.w32(regs::CC, 0);
+    let mut adm = h.bring_up();
+    assert!(h
+        .cmd(&mut adm, create_cq(1, 256, top, 0))
+        .status
+        .is_success());
+    let mut q = h.queue(1, 8, 8);
+    assert!(h
+        .cmd(&mut adm, create_sq(1, 8, q.sq.dev(0), 1))
+        .status
+        .is_success());
+    h.submit(&mut q, io(nvm::FLUSH, 0, 1, 0, 0));
+    assert_ne!(h.csts() & regs::CSTS_CFS, 0);
+    assert!(h.nvme.fatal_reason().unwrap().contains("completion"));
+}

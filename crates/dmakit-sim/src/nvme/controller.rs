@@ -334,7 +334,8 @@ impl NvmeModel {
             if sq.head == sq.tail || self.cfs {
                 return;
             }
-            let addr = sq.base + sq.head as u64 * SQE_BYTES;
+            // Addresses wrap as on the bus; one past the top faults in the DMA path.
+            let addr = sq.base.wrapping_add(sq.head as u64 * SQE_BYTES);
             let mut raw = [0u8; SQE_BYTES as usize];
             if ctx.dma_read(addr, &mut raw).is_err() {
                 self.fatal("a submission queue entry could not be fetched");
@@ -473,7 +474,7 @@ impl NvmeModel {
                 return;
             };
             e.phase = cq.phase;
-            let addr = cq.base + cq.tail as u64 * CQE_BYTES;
+            let addr = cq.base.wrapping_add(cq.tail as u64 * CQE_BYTES);
             if ctx.dma_write(addr, &e.to_bytes()).is_err() {
                 self.fatal("a completion queue entry could not be written");
                 return;
