@@ -23,8 +23,7 @@ use dmakit_sim::nvme::{
 };
 use dmakit_sim::pci::{DmaMode, FunctionConfig, PciFaultSite, SimPciBus};
 use dmakit_sim::{FaultKind, Machine, MachineBuilder};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 type M = Arc<Machine>;
@@ -96,7 +95,7 @@ struct Host {
     dstrd: u8,
     mapper: Option<Arc<dyn Mapper>>,
     irqs: Vec<Arc<Counter>>,
-    cid: Cell<u16>,
+    cid: AtomicU16,
 }
 
 impl Host {
@@ -136,7 +135,7 @@ impl Host {
             dstrd: ((cap >> 32) & 0xF) as u8,
             mapper,
             irqs,
-            cid: Cell::new(0),
+            cid: AtomicU16::new(0),
         }
     }
 
@@ -218,8 +217,7 @@ impl Host {
     }
 
     fn next_cid(&self) -> u16 {
-        self.cid.set(self.cid.get().wrapping_add(1));
-        self.cid.get()
+        self.cid.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 
     fn submit(&self, q: &mut Queue, mut sqe: SubmissionEntry) -> u16 {
@@ -1245,4 +1243,63 @@ fn hostile_queue_addresses_fault_instead_of_panicking() {
     h.submit(&mut q, io(nvm::FLUSH, 0, 1, 0, 0));
     assert_ne!(h.csts() & regs::CSTS_CFS, 0);
     assert!(h.nvme.fatal_reason().unwrap().contains("completion"));
+}
+
+#[test]
+fn two_threads_on_two_queue_pairs_complete_byte_exact() {
+    let h = Host::new(22, SimNvme::builder().lba_size(4096).io_queues(2));
+    let mut adm = h.bring_up();
+    let pairs = [
+        h.pair(&mut adm, 1, 16, Some(1)),
+        h.pair(&mut adm, 2, 16, Some(2)),
+    ];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // A bystander looking at the machine while devices do DMA.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                assert!(h.m.layout().mmio.iter().any(|w| w.2 == "pci"));
+                let _ = h.f.config_read(0, dmakit::platform::Width::W32).unwrap();
+            }
+        });
+        let workers: Vec<_> = pairs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut q)| {
+                let h = &h;
+                s.spawn(move || {
+                    let data = h.alloc(4 * PAGE, false);
+                    let back = h.alloc(4 * PAGE, false);
+                    let list = h.alloc(PAGE, false);
+                    for k in 0..40u64 {
+                        let slba = 1000 * i as u64 + 4 * k;
+                        let bytes = pattern(3 * PAGE as usize, (k as u8) ^ (i as u8 * 0x55));
+                        data.write(0, &bytes);
+                        let e = h.rw(&mut q, nvm::WRITE, slba, 3, &data, 0, &list, 0);
+                        assert!(e.status.is_success(), "{e:?}");
+                        let e = h.rw(&mut q, nvm::READ, slba, 3, &back, 0, &list, 0);
+                        assert!(e.status.is_success(), "{e:?}");
+                        assert_eq!(back.read(0, bytes.len()), bytes);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    for i in 0..2u64 {
+        let k = 39u64;
+        let bytes = pattern(3 * PAGE as usize, (k as u8) ^ (i as u8 * 0x55));
+        assert_eq!(
+            h.nvme
+                .namespace_bytes(1, (1000 * i + 4 * k) * 4096, bytes.len())
+                .unwrap(),
+            bytes
+        );
+    }
+    assert_eq!(h.nvme.stats().blocks_written, 2 * 40 * 3);
+    assert!(h.irqs[1].0.load(Ordering::SeqCst) >= 80);
+    assert!(h.irqs[2].0.load(Ordering::SeqCst) >= 80);
 }
