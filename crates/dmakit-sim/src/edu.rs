@@ -287,6 +287,7 @@ impl PciDeviceModel for EduModel {
 
 /// The description of an `edu` device.
 #[derive(Clone, Copy, Debug)]
+#[must_use = "a builder does nothing until attached"]
 pub struct SimEduBuilder {
     dma_mask: u64,
     function: FunctionConfig,

@@ -57,6 +57,7 @@ fn fault_code(f: DmaFault) -> u64 {
         DmaFault::MasterAbort => 3,
         DmaFault::Injected { .. } => 4,
         DmaFault::BeyondLimit => 5,
+        _ => 6,
     }
 }
 

@@ -156,6 +156,7 @@ pub mod regs {
 
 /// How commands that come due together are ordered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reorder {
     /// In the order they were fetched.
     #[default]
@@ -170,6 +171,7 @@ pub enum Reorder {
 /// An injected command error: the `nth` next command with this opcode on the admin queue
 /// (`admin`) or on any I/O queue completes with `status` and moves no data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CommandFault {
     /// Admin queue (true) or I/O queues.
     pub admin: bool,
@@ -246,6 +248,7 @@ pub struct NvmeStats {
 
 /// The knobs of a controller (see [`SimNvmeBuilder`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NvmeConfig {
     /// Seed of every random choice.
     pub seed: u64,
@@ -279,6 +282,7 @@ pub struct NvmeConfig {
 /// 16 MiB, MDTS 7 (512 KiB), 1024-entry queues, 8 I/O queues, no delays, in order,
 /// DSTRD 0, zero-filled.
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until attached"]
 pub struct SimNvmeBuilder {
     cfg: NvmeConfig,
     blocks_set: bool,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 /// What blocks hold before anything writes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Prefill {
     /// Zeros.
     #[default]

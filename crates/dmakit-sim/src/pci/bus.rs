@@ -162,6 +162,7 @@ impl FunctionConfig {
 
 /// The description of a [`SimPciBus`].
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until built"]
 pub struct SimPciBusBuilder {
     machine: Arc<Machine>,
     aperture: (u64, u64),

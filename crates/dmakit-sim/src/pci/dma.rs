@@ -32,6 +32,7 @@ pub type DomainMapper = IommuMapper<Arc<SimIommu>>;
 
 /// How a function's DMA reaches memory, chosen when it is added to the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DmaMode {
     /// Through an IOMMU domain of the function's own, whose mapper hands out IO addresses
     /// in `[base, base + len)` (page aligned).
@@ -70,6 +71,7 @@ impl Default for DmaMode {
 
 /// Why a DMA step of a device failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DmaFault {
     /// Bus mastering is off: the access never left the function.
     BusMasterDisabled,

@@ -52,6 +52,7 @@ pub struct PciFunctionStats {
 
 /// Something a function recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PciEvent {
     /// A DMA step failed and moved nothing (or, for a write that faulted part-way, not
     /// everything).
