@@ -146,6 +146,20 @@ impl SimIommu {
         })
     }
 
+    /// Whether a device access of `len` bytes at `iova` would succeed (translation,
+    /// permission, RAM), without moving data. A refusal is logged as the access would be.
+    pub(crate) fn device_check(&self, iova: IoAddr, len: u64, write: bool) -> Result<()> {
+        let len = usize::try_from(len).map_err(|_| Error::Overflow {
+            what: "IOMMU device access",
+            start: iova.0,
+            len,
+        })?;
+        self.each_page(iova, len, |a, _, n| {
+            let pa = self.translate(a, write)?;
+            self.machine.device_check(PhysAddr(pa), n as u64)
+        })
+    }
+
     /// A device write of `data` at IO address `iova`.
     pub fn device_write(&self, iova: IoAddr, data: &[u8]) -> Result<()> {
         self.each_page(iova, data.len(), |a, at, n| {

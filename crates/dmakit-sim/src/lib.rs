@@ -19,7 +19,10 @@
 //!   faults ([`iommu`]);
 //! * **a DMA engine** programmed as real ones are: a descriptor ring in RAM and MMIO
 //!   registers with a doorbell; it moves data as a device does, through DRAM or the IOMMU,
-//!   writes completion status back into the ring and raises an interrupt ([`dma_engine`]).
+//!   writes completion status back into the ring and raises an interrupt ([`dma_engine`]);
+//! * **a PCI bus** for drivers written against the core's device seam: configuration
+//!   space, BARs, MSI-X, bus mastering and an IOMMU domain per function ([`pci`]), with an
+//!   NVMe controller ([`nvme`]) and QEMU's `edu` ([`edu`]) to plug in.
 //!
 //! The same seed and the same calls give the same physical addresses; another seed gives
 //! another layout. For displays, [`Machine::layout`] lists RAM, holes and MMIO windows, and
@@ -36,6 +39,9 @@
 //! | [`fault`] | fault injection sites |
 //! | [`iommu`] | an IOMMU with a stale-keeping IOTLB |
 //! | [`dma_engine`] | a memory-to-memory DMA engine: registers, descriptor ring, driver |
+//! | [`pci`] | a PCI bus: configuration space, BARs, MSI-X, per-function IOMMU domains |
+//! | [`nvme`] | an NVMe controller behind a PCI function, with hostile knobs |
+//! | [`edu`] | QEMU's `edu` teaching device behind a PCI function |
 //!
 //! ```
 //! use dmakit::platform::{PageRequest, PhysicalMemory, Wiring, Task, collect_runs};
@@ -54,11 +60,14 @@
 mod builder;
 pub mod cache;
 pub mod dma_engine;
+pub mod edu;
 pub mod fault;
 mod free;
 pub mod iommu;
 mod machine;
 pub mod mmio;
+pub mod nvme;
+pub mod pci;
 pub mod physical;
 pub mod task;
 
@@ -69,4 +78,5 @@ pub use fault::FaultSite;
 pub use iommu::{FaultKind, IommuFault, SimIommu};
 pub use machine::{Layout, Machine, SimStats};
 pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};
+pub use pci::{SimPciBus, SimPciFunction};
 pub use task::PageEntry;

@@ -1151,6 +1151,13 @@ impl Machine {
         Ok(())
     }
 
+    /// Whether a device access of `len` bytes at `pa` reaches RAM, without moving data.
+    pub(crate) fn device_check(&self, pa: PhysAddr, len: u64) -> Result<()> {
+        self.lock()
+            .phys
+            .check_ram(pa.0, len, "simulated RAM (device access)")
+    }
+
     /// Sets how the CPU caches `[pa, pa + len)` of RAM (the range is flushed first).
     pub fn set_cache_mode(&self, pa: PhysAddr, len: u64, mode: CacheMode) -> Result<()> {
         if len == 0 {
@@ -1211,22 +1218,29 @@ impl Machine {
 
     /// The physical layout.
     pub fn layout(&self) -> Layout {
+        // Device names first, without the machine's lock: a device model may be inside an
+        // access that is waiting for that lock (a DMA), holding its own.
+        let windows: Vec<MmioWindow> = self
+            .windows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mmio = windows
+            .iter()
+            .map(|w| {
+                let name = w
+                    .device
+                    .lock()
+                    .map(|d| d.name().to_string())
+                    .unwrap_or_else(|_| "poisoned".into());
+                (w.base, w.len, name)
+            })
+            .collect();
         let g = self.lock();
-        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
         Layout {
             page_size: g.page,
             ram: g.phys.regions().to_vec(),
-            mmio: windows
-                .iter()
-                .map(|w| {
-                    let name = w
-                        .device
-                        .lock()
-                        .map(|d| d.name().to_string())
-                        .unwrap_or_else(|_| "poisoned".into());
-                    (w.base, w.len, name)
-                })
-                .collect(),
+            mmio,
             coherent: g.cache.coherent(),
             seed: self.seed,
             fragmentation: self.fragmentation,
