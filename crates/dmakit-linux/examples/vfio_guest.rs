@@ -16,19 +16,19 @@
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
+use dmakit::device::{DmaView, InterruptKind, PciBus, PciFunction, PciMatch};
 use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
     InterruptSink, IoSegment, SegmentFormat, SegmentSpec,
 };
+use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::{Access, Mapper};
+use dmakit::platform::Width;
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
 use dmakit_linux::edu::{EduDma, EDU_BUFFER};
 use dmakit_linux::nvme::{nvme_spec, CompletionSignal, DmaBuffer, EventQueue, NvmeController};
-use dmakit::device::{DmaView, InterruptKind, PciBus, PciFunction, PciMatch};
-use dmakit::map::{mapped_read32, mapped_write32};
-use dmakit::platform::Width;
 use dmakit_linux::vfio::{
     Bar, Container, IrqKind, Msi, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper,
 };
@@ -1409,9 +1409,10 @@ fn seam_bus_enumerates(nonviable: Option<PciAddress>) -> TestResult {
         .find(&PciMatch::ids(0x1234, 0x11e8))
         .map_err(e2s("find edu"))?;
     check(nvme.id().class == 0x01_08_02, || format!("{:?}", nvme.id()))?;
-    check(edu.id().vendor == 0x1234 && edu.id().device == 0x11e8, || {
-        format!("{:?}", edu.id())
-    })?;
+    check(
+        edu.id().vendor == 0x1234 && edu.id().device == 0x11e8,
+        || format!("{:?}", edu.id()),
+    )?;
     let edus = bus.matching(&PciMatch::ids(0x1234, 0x11e8)).len();
     let skipped: Vec<String> = bus
         .skipped()
@@ -1425,10 +1426,14 @@ fn seam_bus_enumerates(nonviable: Option<PciAddress>) -> TestResult {
             .find(|(a, _)| *a == n)
             .map(|(_, e)| e.to_string())
             .ok_or_else(|| format!("{n} (non-viable group) was not skipped: {skipped:?}"))?;
-        check(why.contains("not viable"), || format!("{n} skipped for {why}"))?;
+        check(why.contains("not viable"), || {
+            format!("{n} skipped for {why}")
+        })?;
     }
     // Nothing matches: the error names the functions that could not be opened, if any.
-    let none = bus.find(&PciMatch::ids(0xdead, 0xbeef)).map(|f| f.address());
+    let none = bus
+        .find(&PciMatch::ids(0xdead, 0xbeef))
+        .map(|f| f.address());
     let says = if bus.skipped().is_empty() {
         "bind it to vfio-pci"
     } else {
@@ -1455,8 +1460,13 @@ fn seam_nvme_registers() -> TestResult {
     let id = f.id();
     let ids = f.config_read(0, Width::W32).map_err(e2s("config 0"))?;
     let vendor = f.config_read(0, Width::W16).map_err(e2s("config vendor"))?;
-    let class = f.config_read(0x08, Width::W32).map_err(e2s("config class"))? >> 8;
-    let progif = f.config_read(0x09, Width::W8).map_err(e2s("config prog-if"))?;
+    let class = f
+        .config_read(0x08, Width::W32)
+        .map_err(e2s("config class"))?
+        >> 8;
+    let progif = f
+        .config_read(0x09, Width::W8)
+        .map_err(e2s("config prog-if"))?;
     check(
         ids == u32::from(id.vendor) | u32::from(id.device) << 16
             && vendor == u32::from(id.vendor)
@@ -1567,9 +1577,10 @@ fn seam_nvme_two_vectors() -> TestResult {
     let cap = u64::from(r32(0)?) | u64::from(r32(4)?) << 32;
     let stride = 4u64 << ((cap >> 32) & 0xf);
     let ready = |want: bool| -> Result<(), String> {
-        check(wait_until(|| r32(0x1c).is_ok_and(|s| (s & 1 == 1) == want)), || {
-            format!("CSTS.RDY did not become {want}")
-        })
+        check(
+            wait_until(|| r32(0x1c).is_ok_and(|s| (s & 1 == 1) == want)),
+            || format!("CSTS.RDY did not become {want}"),
+        )
     };
     let (a, b) = (
         Arc::new(CountingSink::default()),
@@ -1630,10 +1641,10 @@ fn seam_nvme_two_vectors() -> TestResult {
             )
         })?;
         let mut cqe = [0u8; 16];
-        let seen = wait_until(|| {
-            q.cq.read(slot * 16, &mut cqe).is_ok() && cqe[14] & 1 == 1
-        });
-        check(seen, || format!("queue {}: no completion in slot {slot}", q.qid))?;
+        let seen = wait_until(|| q.cq.read(slot * 16, &mut cqe).is_ok() && cqe[14] & 1 == 1);
+        check(seen, || {
+            format!("queue {}: no completion in slot {slot}", q.qid)
+        })?;
         w32(db + stride, u32::from(q.tail))?;
         Ok(u16::from_le_bytes([cqe[14], cqe[15]]) >> 1)
     };
@@ -1705,9 +1716,10 @@ fn seam_nvme_two_vectors() -> TestResult {
             "the flush's interrupt never arrived at VFIO".into()
         })?;
         std::thread::sleep(Duration::from_millis(50));
-        check(b.get() == 1 && a.get() == 3 && !vf.interrupt_routed(1), || {
-            format!("after detaching: sinks {} / {}", a.get(), b.get())
-        })?;
+        check(
+            b.get() == 1 && a.get() == 3 && !vf.interrupt_routed(1),
+            || format!("after detaching: sinks {} / {}", a.get(), b.get()),
+        )?;
         Ok(format!(
             "{live} MSI-X vectors live; identify, create CQ, create SQ completed on vector 0 \
              (its sink raised {na} times), a read of LBA {lba}+8 byte-exact on vector 1 (its \
@@ -1732,7 +1744,9 @@ fn seam_nvme_two_vectors() -> TestResult {
                 )
             },
         )?;
-        Ok(format!("reset: CC {cc:#x}, CSTS {csts:#x}, command {cmd:#x}, 0 vectors live"))
+        Ok(format!(
+            "reset: CC {cc:#x}, CSTS {csts:#x}, command {cmd:#x}, 0 vectors live"
+        ))
     })();
     let _ = f.set_bus_master(false);
     for d in [admin.sq, admin.cq, io.sq, io.cq, data, ident] {
@@ -1744,7 +1758,9 @@ fn seam_nvme_two_vectors() -> TestResult {
         .ok_or("no mapper")?
         .check_unmapped()
         .map_err(e2s("teardown"))?;
-    Ok(format!("{detail}; {reset}; kernel confirms 0 mappings left"))
+    Ok(format!(
+        "{detail}; {reset}; kernel confirms 0 mappings left"
+    ))
 }
 
 /// edu through the seam: IDs, BAR0's identification and liveness registers, its one MSI
@@ -1775,11 +1791,14 @@ fn seam_edu_msi() -> TestResult {
         format!("id {id:#x}, liveness {live:#x}")
     })?;
     let irqs = f.interrupts();
-    check(irqs.kind == Some(InterruptKind::Msi) && irqs.vectors >= 1, || {
-        format!("interrupts {irqs:?}")
-    })?;
+    check(
+        irqs.kind == Some(InterruptKind::Msi) && irqs.vectors >= 1,
+        || format!("interrupts {irqs:?}"),
+    )?;
     let sink = Arc::new(CountingSink::default());
     f.enable_interrupt(0, sink.clone()).map_err(e2s("enable"))?;
+    // An MSI is a memory write by the function: bus mastering must be on.
+    f.set_bus_master(true).map_err(e2s("bus master"))?;
     w32(RAISE, 0x40)?;
     let got = sink.wait(1);
     let status = r32(STATUS)?;
@@ -1798,6 +1817,7 @@ fn seam_edu_msi() -> TestResult {
     check(sink.get() == 1, || {
         format!("a detached sink was raised: {}", sink.get())
     })?;
+    f.set_bus_master(false).map_err(e2s("bus master off"))?;
     Ok(format!(
         "{} ({:?} x {}): id {id:#x}, liveness inverts; raise register -> sink (status {status:#x}); \
          detached: counted ({before} -> {}), not delivered",
@@ -1852,11 +1872,14 @@ fn seam_edu_reset() -> TestResult {
         })?;
         f.enable_interrupt(0, sink.clone())
             .map_err(e2s("enable after reset"))?;
+        f.set_bus_master(true)
+            .map_err(e2s("bus master after reset"))?;
         w32(0x60, 1)?;
         let got = sink.wait(1);
         let status = r32(0x24)?;
         w32(0x64, status)?;
         check(got == 1, || format!("after reset: sink raised {got} times"))?;
+        f.set_bus_master(false).map_err(e2s("bus master off"))?;
         done.push(format!(
             "{}: id {id:#x}, liveness inverts, command {cmd:#x}, MSI delivered again",
             f.address()

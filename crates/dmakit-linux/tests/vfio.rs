@@ -3,8 +3,8 @@
 //! capability chain decoded from bytes (including malformed chains), and opening VFIO on a
 //! host without it. The same paths against real devices run in the guest (`guest/run`).
 
-use dmakit::{Error, IoReturn};
 use dmakit::device::{PciBus, PciMatch};
+use dmakit::{Error, IoReturn};
 use dmakit_linux::vfio::{Container, IommuInfo, PciAddress, PciFunction, VfioBus, VfioDevice};
 use dmakit_linux::Host;
 use std::os::unix::fs::symlink;

@@ -46,7 +46,7 @@ use super::vectors::Dispatcher;
 use crate::hints::{intern, os};
 use crate::host::Host;
 use dmakit::device::{
-    BarInfo, DmaView, InterruptKind, Interrupts, PciFunction, PciId, PciAddress as SeamAddress,
+    BarInfo, DmaView, InterruptKind, Interrupts, PciAddress as SeamAddress, PciFunction, PciId,
 };
 use dmakit::dma::InterruptSink;
 use dmakit::platform::Width;
@@ -122,10 +122,8 @@ impl VfioFunction {
                 .map(|i| (i.count, i.flags))
                 .map_err(|e| os("VFIO_DEVICE_GET_IRQ_INFO", e, ""))
         };
-        let interrupts = choose_interrupts(
-            irq(VFIO_PCI_MSIX_IRQ_INDEX)?,
-            irq(VFIO_PCI_MSI_IRQ_INDEX)?,
-        );
+        let interrupts =
+            choose_interrupts(irq(VFIO_PCI_MSIX_IRQ_INDEX)?, irq(VFIO_PCI_MSI_IRQ_INDEX)?);
         Ok(VfioFunction {
             address: device.address().into(),
             device,
@@ -256,7 +254,7 @@ fn config_access(offset: u16, width: Width, size: u64) -> Result<usize> {
             })
         }
     };
-    if offset % n != 0 {
+    if !offset.is_multiple_of(n) {
         return Err(Error::NotAligned {
             what: "PCI configuration access (naturally aligned)",
             value: offset.into(),
@@ -369,6 +367,10 @@ impl PciFunction for VfioFunction {
 
     /// IOKit `registerInterrupt` + `enableInterrupt`. The first call enables every vector
     /// (see the module's documentation); later calls attach `sink` to a live vector.
+    ///
+    /// MSI and MSI-X messages are memory writes by the function: they arrive only while
+    /// bus mastering is on ([`set_bus_master`](PciFunction::set_bus_master)), which this
+    /// call does not change.
     fn enable_interrupt(&self, vector: u32, sink: Arc<dyn InterruptSink>) -> Result<()> {
         let Some(kind) = self.interrupts.kind else {
             return Err(Error::Unsupported {
@@ -379,7 +381,10 @@ impl PciFunction for VfioFunction {
         if vector >= n {
             return Err(Error::BadArgument {
                 what: intern(
-                    format!("interrupt vector: {} offers {n} ({kind:?}, 0..{n})", self.name()),
+                    format!(
+                        "interrupt vector: {} offers {n} ({kind:?}, 0..{n})",
+                        self.name()
+                    ),
                     "interrupt vector: above the function's vectors",
                 ),
                 value: vector.into(),
@@ -483,7 +488,10 @@ mod tests {
     #[test]
     fn msix_is_preferred_then_msi_then_polling() {
         let i = choose_interrupts((65, EV), (1, EV));
-        assert_eq!((i.kind, i.vectors), (Some(InterruptKind::MsiX), MAX_VECTORS));
+        assert_eq!(
+            (i.kind, i.vectors),
+            (Some(InterruptKind::MsiX), MAX_VECTORS)
+        );
         let i = choose_interrupts((4, EV), (1, EV));
         assert_eq!((i.kind, i.vectors), (Some(InterruptKind::MsiX), 4));
         let i = choose_interrupts((0, 0), (1, EV));
@@ -514,7 +522,11 @@ mod tests {
         ));
         assert!(matches!(
             config_access(2, Width::W32, 256),
-            Err(Error::NotAligned { value: 2, align: 4, .. })
+            Err(Error::NotAligned {
+                value: 2,
+                align: 4,
+                ..
+            })
         ));
         assert!(matches!(
             config_access(1, Width::W16, 256),

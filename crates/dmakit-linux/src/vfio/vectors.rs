@@ -99,11 +99,7 @@ impl Dispatcher {
 
     /// Routes `vector` to `sink`, or stops delivering it (`None`). When this returns, the
     /// sink it replaced is not running and will not be called again.
-    pub(crate) fn set_sink(
-        &self,
-        vector: u32,
-        sink: Option<Arc<dyn InterruptSink>>,
-    ) -> Result<()> {
+    pub(crate) fn set_sink(&self, vector: u32, sink: Option<Arc<dyn InterruptSink>>) -> Result<()> {
         let n = self.vectors();
         let mut sinks = self.shared.sinks();
         let slot = sinks
@@ -262,7 +258,11 @@ mod tests {
         assert_eq!(b.wait(1), 1);
         assert_eq!(a.get(), 0, "vector 3 raised vector 0's sink");
         signal(&d, 0, 5);
-        assert_eq!(a.wait(1), 1, "one wake-up, however many interrupts it counted");
+        assert_eq!(
+            a.wait(1),
+            1,
+            "one wake-up, however many interrupts it counted"
+        );
         assert_eq!(wait_count(&d, 0, 5), 5);
         assert_eq!(d.count(3), 1);
         // A vector without a sink is counted, and nobody is called.
@@ -314,7 +314,10 @@ mod tests {
         assert_eq!(Arc::strong_count(&a), 2);
         let t = Instant::now();
         drop(d);
-        assert!(t.elapsed() < Duration::from_secs(2), "drop did not wake the thread");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "drop did not wake the thread"
+        );
         assert_eq!(Arc::strong_count(&a), 1, "the sink outlived the dispatcher");
     }
 }
