@@ -370,7 +370,8 @@ impl PciFunction for VfioFunction {
     ///
     /// MSI and MSI-X messages are memory writes by the function: they arrive only while
     /// bus mastering is on ([`set_bus_master`](PciFunction::set_bus_master)), which this
-    /// call does not change.
+    /// call does not change. The sink runs on the function's interrupt thread and must only
+    /// signal: calling back into this function from it can deadlock.
     fn enable_interrupt(&self, vector: u32, sink: Arc<dyn InterruptSink>) -> Result<()> {
         let Some(kind) = self.interrupts.kind else {
             return Err(Error::Unsupported {

@@ -300,7 +300,12 @@ mod tests {
         let a: Arc<dyn InterruptSink> = Arc::new(Counter::default());
         let e = d.set_sink(2, Some(a)).unwrap_err();
         assert!(matches!(e, Error::BadArgument { value: 2, .. }), "{e}");
-        assert!(e.to_string().contains("2 vector(s) are enabled"), "{e}");
+        // The count is in the text unless the process's table of such texts is full.
+        let t = e.to_string();
+        assert!(
+            t.contains("2 vector(s) are enabled") || t.contains("above the vectors enabled"),
+            "{e}"
+        );
         assert!(d.set_sink(u32::MAX, None).is_err());
         assert_eq!(d.count(u32::MAX), 0);
         assert!(!d.has_sink(u32::MAX));
