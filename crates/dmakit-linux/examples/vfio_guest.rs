@@ -16,17 +16,22 @@
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
+use dmakit::device::{DmaView, InterruptKind, PciBus, PciFunction, PciMatch};
 use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
     InterruptSink, IoSegment, SegmentFormat, SegmentSpec,
 };
+use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::{Access, Mapper};
+use dmakit::platform::Width;
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
 use dmakit_linux::edu::{EduDma, EDU_BUFFER};
 use dmakit_linux::nvme::{nvme_spec, CompletionSignal, DmaBuffer, EventQueue, NvmeController};
-use dmakit_linux::vfio::{Bar, Container, IrqKind, Msi, PciAddress, VfioDevice, VfioMapper};
+use dmakit_linux::vfio::{
+    Bar, Container, IrqKind, Msi, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper,
+};
 use dmakit_linux::Host;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1319,6 +1324,573 @@ fn nvme_randread(addr: PciAddress, b: Bench, depth: usize) -> TestResult {
     ))
 }
 
+// ---- the device seam: VfioBus and VfioFunction ---------------------------------------------
+
+/// An interrupt sink that counts its raises and lets a test wait for them.
+#[derive(Default)]
+struct CountingSink {
+    n: Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+impl InterruptSink for CountingSink {
+    fn raise(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+}
+
+impl CountingSink {
+    fn get(&self) -> u64 {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to 10 s for at least `n` raises; returns the count.
+    fn wait(&self, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut g = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        while *g < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *g
+    }
+}
+
+/// Waits up to 10 s until `f` is true.
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Every function bound to vfio-pci, in one container, through the seam.
+fn seam_bus() -> Result<(Arc<Host>, VfioBus), String> {
+    let host = Arc::new(Host::new().map_err(e2s("host"))?);
+    let bus = VfioBus::open(host.clone()).map_err(e2s("VfioBus::open"))?;
+    Ok((host, bus))
+}
+
+/// The concrete function behind `f` (for its interrupt counters).
+fn vfio_of(bus: &VfioBus, f: &Arc<dyn PciFunction>) -> Result<Arc<VfioFunction>, String> {
+    bus.vfio_functions()
+        .iter()
+        .find(|v| v.address() == f.address())
+        .cloned()
+        .ok_or_else(|| format!("{} is not among the bus's functions", f.address()))
+}
+
+/// The bus takes every function bound to vfio-pci in address order, skips the one whose
+/// group is not viable (saying so) and finds functions by class and by IDs.
+fn seam_bus_enumerates(nonviable: Option<PciAddress>) -> TestResult {
+    let (_host, bus) = seam_bus()?;
+    let fs = bus.functions();
+    let addrs: Vec<String> = fs.iter().map(|f| f.address().to_string()).collect();
+    check(
+        fs.windows(2).all(|w| w[0].address() < w[1].address()),
+        || format!("not in address order: {addrs:?}"),
+    )?;
+    let nvme = bus
+        .find(&PciMatch::class(0x01_08_02))
+        .map_err(e2s("find NVMe"))?;
+    let edu = bus
+        .find(&PciMatch::ids(0x1234, 0x11e8))
+        .map_err(e2s("find edu"))?;
+    check(nvme.id().class == 0x01_08_02, || format!("{:?}", nvme.id()))?;
+    check(
+        edu.id().vendor == 0x1234 && edu.id().device == 0x11e8,
+        || format!("{:?}", edu.id()),
+    )?;
+    let edus = bus.matching(&PciMatch::ids(0x1234, 0x11e8)).len();
+    let skipped: Vec<String> = bus
+        .skipped()
+        .iter()
+        .map(|(a, e)| format!("{a}: {e}"))
+        .collect();
+    if let Some(n) = nonviable {
+        let why = bus
+            .skipped()
+            .iter()
+            .find(|(a, _)| *a == n)
+            .map(|(_, e)| e.to_string())
+            .ok_or_else(|| format!("{n} (non-viable group) was not skipped: {skipped:?}"))?;
+        check(why.contains("not viable"), || {
+            format!("{n} skipped for {why}")
+        })?;
+    }
+    // Nothing matches: the error names the functions that could not be opened, if any.
+    let none = bus
+        .find(&PciMatch::ids(0xdead, 0xbeef))
+        .map(|f| f.address());
+    let says = if bus.skipped().is_empty() {
+        "bind it to vfio-pci"
+    } else {
+        "not opened"
+    };
+    check(
+        matches!(&none, Err(Error::NotAttached { why, .. }) if why.contains(says)),
+        || format!("find of nothing: {none:?}"),
+    )?;
+    Ok(format!(
+        "functions {addrs:?}; NVMe at {}, {edus} edu (first {}); skipped {skipped:?}",
+        nvme.address(),
+        edu.address()
+    ))
+}
+
+/// NVMe through the seam: configuration-space IDs, CAP and VS through BAR0, MSI-X offered,
+/// DMA through the container's mapper, bus mastering on and off.
+fn seam_nvme_registers() -> TestResult {
+    let (host, bus) = seam_bus()?;
+    let f = bus
+        .find(&PciMatch::class(0x01_08_02))
+        .map_err(e2s("find NVMe"))?;
+    let id = f.id();
+    let ids = f.config_read(0, Width::W32).map_err(e2s("config 0"))?;
+    let vendor = f.config_read(0, Width::W16).map_err(e2s("config vendor"))?;
+    let class = f
+        .config_read(0x08, Width::W32)
+        .map_err(e2s("config class"))?
+        >> 8;
+    let progif = f
+        .config_read(0x09, Width::W8)
+        .map_err(e2s("config prog-if"))?;
+    check(
+        ids == u32::from(id.vendor) | u32::from(id.device) << 16
+            && vendor == u32::from(id.vendor)
+            && class == id.class
+            && progif == 0x02
+            && (id.vendor, id.device) == (0x1b36, 0x0010),
+        || format!("config {ids:#x} / {vendor:#x} / {class:#x} / {progif:#x} vs {id:?}"),
+    )?;
+    let bar = f.bar(0).map_err(e2s("BAR0"))?;
+    let again = f.bar(0).map_err(e2s("BAR0 again"))?;
+    check(bar == again, || format!("{bar:?} then {again:?}"))?;
+    let r32 = |off: u64| -> Result<u32, String> {
+        mapped_read32(&*host, bar.reg(off, Width::W32).map_err(e2s("reg"))?)
+            .map_err(e2s("mapped_read32"))
+    };
+    let cap = u64::from(r32(0)?) | u64::from(r32(4)?) << 32;
+    let vs = r32(0x08)?;
+    check(vs >> 16 >= 1 && (cap >> 37) & 1 == 1, || {
+        format!("VS {vs:#x}, CAP {cap:#x}")
+    })?;
+    let irqs = f.interrupts();
+    check(
+        irqs.kind == Some(InterruptKind::MsiX) && irqs.vectors >= 2,
+        || format!("interrupts {irqs:?}"),
+    )?;
+    check(matches!(f.dma(), DmaView::Mapped(_)), || {
+        format!("DMA view {:?}", f.dma())
+    })?;
+    let cmd = |f: &Arc<dyn PciFunction>| f.config_read(0x04, Width::W16).map_err(e2s("command"));
+    f.set_bus_master(true).map_err(e2s("bus master on"))?;
+    let on = cmd(&f)?;
+    f.set_bus_master(false).map_err(e2s("bus master off"))?;
+    let off = cmd(&f)?;
+    check(on & 4 != 0 && off & 4 == 0 && off & 2 != 0, || {
+        format!("command {on:#x} with bus mastering on, {off:#x} off")
+    })?;
+    // Checked arguments.
+    check(matches!(f.bar(6), Err(Error::BadArgument { .. })), || {
+        "BAR 6 accepted".into()
+    })?;
+    check(
+        matches!(f.config_read(2, Width::W32), Err(Error::NotAligned { .. })),
+        || "misaligned config read accepted".into(),
+    )?;
+    check(
+        matches!(
+            f.config_write(0x10, Width::W32, 0),
+            Err(Error::NotPermitted { .. })
+        ),
+        || "a write to BAR0's register accepted".into(),
+    )?;
+    check(
+        f.enable_interrupt(irqs.vectors, Arc::new(CountingSink::default()))
+            .is_err(),
+        || "a vector past the count accepted".into(),
+    )?;
+    Ok(format!(
+        "{:04x}:{:04x} class {:06x}; BAR0 at {:#x} ({:#x} bytes): CAP {cap:#x}, VS {}.{}; \
+         {:?} x {}; DMA {:?}; command {on:#x} / {off:#x}",
+        id.vendor,
+        id.device,
+        id.class,
+        bar.base.0,
+        bar.len,
+        vs >> 16,
+        (vs >> 8) & 0xff,
+        irqs.kind,
+        irqs.vectors,
+        f.dma()
+    ))
+}
+
+/// One NVMe queue in memory the controller reaches, and its doorbells.
+struct SeamQueue {
+    sq: DmaBuffer,
+    cq: DmaBuffer,
+    tail: u16,
+    qid: u16,
+}
+
+const SEAM_ENTRIES: u16 = 16;
+
+/// MSI-X vectors 0 and 1 of the NVMe controller delivered to two sinks: admin completions
+/// on vector 0, I/O completions on vector 1 (an I/O completion queue created with IV = 1),
+/// with a small driver written against the seam alone; then vector 1 detached (counted, not
+/// delivered), and a function-level reset that leaves the controller disabled.
+fn seam_nvme_two_vectors() -> TestResult {
+    let (host, bus) = seam_bus()?;
+    let f = bus
+        .find(&PciMatch::class(0x01_08_02))
+        .map_err(e2s("find NVMe"))?;
+    let vf = vfio_of(&bus, &f)?;
+    let DmaView::Mapped(mapper) = f.dma() else {
+        return Err("no mapper".into());
+    };
+    let bar = f.bar(0).map_err(e2s("BAR0"))?;
+    let reg = |off: u64| bar.reg(off, Width::W32).map_err(e2s("register"));
+    let r32 = |off: u64| -> Result<u32, String> {
+        mapped_read32(&*host, reg(off)?).map_err(e2s("mapped_read32"))
+    };
+    let w32 = |off: u64, v: u32| -> Result<(), String> {
+        mapped_write32(&*host, reg(off)?, v).map_err(e2s("mapped_write32"))
+    };
+    let w64 = |off: u64, v: u64| -> Result<(), String> {
+        w32(off, v as u32)?;
+        w32(off + 4, (v >> 32) as u32)
+    };
+    let cap = u64::from(r32(0)?) | u64::from(r32(4)?) << 32;
+    let stride = 4u64 << ((cap >> 32) & 0xf);
+    let ready = |want: bool| -> Result<(), String> {
+        check(
+            wait_until(|| r32(0x1c).is_ok_and(|s| (s & 1 == 1) == want)),
+            || format!("CSTS.RDY did not become {want}"),
+        )
+    };
+    let (a, b) = (
+        Arc::new(CountingSink::default()),
+        Arc::new(CountingSink::default()),
+    );
+    f.set_bus_master(true).map_err(e2s("bus master"))?;
+    f.enable_interrupt(0, a.clone()).map_err(e2s("vector 0"))?;
+    f.enable_interrupt(1, b.clone()).map_err(e2s("vector 1"))?;
+    let live = vf.enabled_vectors();
+    // Disable, give it an admin queue, enable (64-byte SQ entries, 16-byte CQ entries).
+    let cc = r32(0x14)?;
+    if cc & 1 != 0 {
+        w32(0x14, cc & !1)?;
+    }
+    ready(false)?;
+    let page = 4096;
+    let buf = |dir| DmaBuffer::new(&host, &mapper, page, dir).map_err(e2s("DMA buffer"));
+    let mut admin = SeamQueue {
+        sq: buf(Direction::Out)?,
+        cq: buf(Direction::In)?,
+        tail: 0,
+        qid: 0,
+    };
+    let mut io = SeamQueue {
+        sq: buf(Direction::Out)?,
+        cq: buf(Direction::In)?,
+        tail: 0,
+        qid: 1,
+    };
+    let data = buf(Direction::In)?;
+    let ident = buf(Direction::In)?;
+    let n = u32::from(SEAM_ENTRIES - 1);
+    w32(0x24, n << 16 | n)?;
+    w64(0x28, admin.sq.iova())?;
+    w64(0x30, admin.cq.iova())?;
+    w32(0x14, 1 | 6 << 16 | 4 << 20)?;
+    ready(true)?;
+    // Submits `sqe` on `q`, waits for `sink` to reach `want` raises, then takes the
+    // completion (phase 1: first pass) and returns its status.
+    let submit = |q: &mut SeamQueue,
+                  sqe: [u32; 16],
+                  sink: &CountingSink,
+                  want: u64|
+     -> Result<u16, String> {
+        let slot = u64::from(q.tail);
+        let bytes: Vec<u8> = sqe.iter().flat_map(|d| d.to_le_bytes()).collect();
+        q.sq.write(slot * 64, &bytes).map_err(e2s("write SQE"))?;
+        q.tail += 1;
+        let db = 0x1000 + 2 * u64::from(q.qid) * stride;
+        w32(db, u32::from(q.tail))?;
+        let got = sink.wait(want);
+        check(got >= want, || {
+            format!(
+                "queue {}: sink raised {got} times, {want} expected (vector counts {} / {})",
+                q.qid,
+                vf.interrupt_count(0),
+                vf.interrupt_count(1)
+            )
+        })?;
+        let mut cqe = [0u8; 16];
+        let seen = wait_until(|| q.cq.read(slot * 16, &mut cqe).is_ok() && cqe[14] & 1 == 1);
+        check(seen, || {
+            format!("queue {}: no completion in slot {slot}", q.qid)
+        })?;
+        w32(db + stride, u32::from(q.tail))?;
+        Ok(u16::from_le_bytes([cqe[14], cqe[15]]) >> 1)
+    };
+    let lo = |v: u64| v as u32;
+    let hi = |v: u64| (v >> 32) as u32;
+    let sqe = |opc: u32, cid: u32, nsid: u32, prp1: u64, cdw: [u32; 3]| {
+        let mut e = [0u32; 16];
+        e[0] = opc | cid << 16;
+        e[1] = nsid;
+        e[6] = lo(prp1);
+        e[7] = hi(prp1);
+        e[10..13].copy_from_slice(&cdw);
+        e
+    };
+    let qsize = u32::from(SEAM_ENTRIES - 1) << 16;
+    let outcome = (|| -> Result<String, String> {
+        // Identify Controller: the data's vendor ID is the PCI one.
+        let st = submit(&mut admin, sqe(0x06, 1, 0, ident.iova(), [1, 0, 0]), &a, 1)?;
+        let mut vid = [0u8; 2];
+        ident.read(0, &mut vid).map_err(e2s("identify data"))?;
+        check(st == 0 && u16::from_le_bytes(vid) == f.id().vendor, || {
+            format!("identify status {st:#x}, vendor {vid:x?}")
+        })?;
+        // Create I/O CQ 1 on vector 1 (IEN | PC), then I/O SQ 1 on it.
+        let st = submit(
+            &mut admin,
+            sqe(0x05, 2, 0, io.cq.iova(), [qsize | 1, 1 << 16 | 3, 0]),
+            &a,
+            2,
+        )?;
+        check(st == 0, || format!("create I/O CQ: status {st:#x}"))?;
+        let st = submit(
+            &mut admin,
+            sqe(0x01, 3, 0, io.sq.iova(), [qsize | 1, 1 << 16 | 1, 0]),
+            &a,
+            3,
+        )?;
+        check(st == 0, || format!("create I/O SQ: status {st:#x}"))?;
+        // Read 8 blocks at LBA 640 on the I/O queue: vector 1, not vector 0.
+        let lba = 640u64;
+        let st = submit(
+            &mut io,
+            sqe(0x02, 1, 1, data.iova(), [lo(lba), hi(lba), 7]),
+            &b,
+            1,
+        )?;
+        check(st == 0, || format!("read: status {st:#x}"))?;
+        let mut block = vec![0u8; 4096];
+        data.read(0, &mut block).map_err(e2s("read back"))?;
+        for j in 0..8u64 {
+            let at = j as usize * 512;
+            check_block(&block[at..at + 512], lba + j)?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (na, nb) = (a.get(), b.get());
+        check(na == 3 && nb == 1, || {
+            format!("sinks raised {na} (vector 0) and {nb} (vector 1) times, 3 and 1 expected")
+        })?;
+        // Vector 1 detached: the next I/O completion is counted by VFIO, not delivered.
+        f.disable_interrupt(1).map_err(e2s("disable vector 1"))?;
+        let before = vf.interrupt_count(1);
+        let slot = u64::from(io.tail);
+        let e = sqe(0x00, 2, 1, 0, [0, 0, 0]); // Flush
+        let bytes: Vec<u8> = e.iter().flat_map(|d| d.to_le_bytes()).collect();
+        io.sq.write(slot * 64, &bytes).map_err(e2s("write SQE"))?;
+        io.tail += 1;
+        w32(0x1000 + 2 * stride, u32::from(io.tail))?;
+        check(wait_until(|| vf.interrupt_count(1) > before), || {
+            "the flush's interrupt never arrived at VFIO".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+        check(
+            b.get() == 1 && a.get() == 3 && !vf.interrupt_routed(1),
+            || format!("after detaching: sinks {} / {}", a.get(), b.get()),
+        )?;
+        Ok(format!(
+            "{live} MSI-X vectors live; identify, create CQ, create SQ completed on vector 0 \
+             (its sink raised {na} times), a read of LBA {lba}+8 byte-exact on vector 1 (its \
+             sink raised {nb} time); vector 1 detached: a flush's interrupt counted ({} -> {}) \
+             and not delivered",
+            before,
+            vf.interrupt_count(1)
+        ))
+    })();
+    // A function-level reset: vectors off, bus mastering off, the controller disabled.
+    let reset = (|| -> Result<String, String> {
+        f.reset().map_err(e2s("reset"))?;
+        let cc = r32(0x14)?;
+        let csts = r32(0x1c)?;
+        let cmd = f.config_read(0x04, Width::W16).map_err(e2s("command"))?;
+        check(
+            cc & 1 == 0 && csts & 1 == 0 && cmd & 4 == 0 && vf.enabled_vectors() == 0,
+            || {
+                format!(
+                    "after reset: CC {cc:#x}, CSTS {csts:#x}, command {cmd:#x}, {} vectors",
+                    vf.enabled_vectors()
+                )
+            },
+        )?;
+        Ok(format!(
+            "reset: CC {cc:#x}, CSTS {csts:#x}, command {cmd:#x}, 0 vectors live"
+        ))
+    })();
+    let _ = f.set_bus_master(false);
+    for d in [admin.sq, admin.cq, io.sq, io.cq, data, ident] {
+        d.release().map_err(e2s("release"))?;
+    }
+    let detail = outcome?;
+    let reset = reset?;
+    bus.mapper()
+        .ok_or("no mapper")?
+        .check_unmapped()
+        .map_err(e2s("teardown"))?;
+    Ok(format!(
+        "{detail}; {reset}; kernel confirms 0 mappings left"
+    ))
+}
+
+/// edu through the seam: IDs, BAR0's identification and liveness registers, its one MSI
+/// vector delivered to a sink (the device's interrupt-raise register), then detached.
+fn seam_edu_msi() -> TestResult {
+    const RAISE: u64 = 0x60;
+    const STATUS: u64 = 0x24;
+    const ACK: u64 = 0x64;
+    let (host, bus) = seam_bus()?;
+    let f = bus
+        .find(&PciMatch::ids(0x1234, 0x11e8))
+        .map_err(e2s("find edu"))?;
+    let vf = vfio_of(&bus, &f)?;
+    let ids = f.config_read(0, Width::W32).map_err(e2s("config"))?;
+    check(ids == 0x11e8_1234, || format!("config IDs {ids:#x}"))?;
+    let bar = f.bar(0).map_err(e2s("BAR0"))?;
+    let reg = |off: u64| bar.reg(off, Width::W32).map_err(e2s("register"));
+    let r32 = |off: u64| -> Result<u32, String> {
+        mapped_read32(&*host, reg(off)?).map_err(e2s("mapped_read32"))
+    };
+    let w32 = |off: u64, v: u32| -> Result<(), String> {
+        mapped_write32(&*host, reg(off)?, v).map_err(e2s("mapped_write32"))
+    };
+    let id = r32(0)?;
+    w32(4, 0x1234_5678)?;
+    let live = r32(4)?;
+    check(id & 0xff == 0xed && live == !0x1234_5678, || {
+        format!("id {id:#x}, liveness {live:#x}")
+    })?;
+    let irqs = f.interrupts();
+    check(
+        irqs.kind == Some(InterruptKind::Msi) && irqs.vectors >= 1,
+        || format!("interrupts {irqs:?}"),
+    )?;
+    let sink = Arc::new(CountingSink::default());
+    f.enable_interrupt(0, sink.clone()).map_err(e2s("enable"))?;
+    // An MSI is a memory write by the function: bus mastering must be on.
+    f.set_bus_master(true).map_err(e2s("bus master"))?;
+    w32(RAISE, 0x40)?;
+    let got = sink.wait(1);
+    let status = r32(STATUS)?;
+    w32(ACK, status)?;
+    check(got == 1 && status & 0x40 != 0, || {
+        format!("raised {got} times, status {status:#x}")
+    })?;
+    f.disable_interrupt(0).map_err(e2s("disable"))?;
+    let before = vf.interrupt_count(0);
+    w32(RAISE, 0x40)?;
+    check(wait_until(|| vf.interrupt_count(0) > before), || {
+        "the second interrupt never arrived at VFIO".into()
+    })?;
+    w32(ACK, 0x40)?;
+    std::thread::sleep(Duration::from_millis(20));
+    check(sink.get() == 1, || {
+        format!("a detached sink was raised: {}", sink.get())
+    })?;
+    f.set_bus_master(false).map_err(e2s("bus master off"))?;
+    Ok(format!(
+        "{} ({:?} x {}): id {id:#x}, liveness inverts; raise register -> sink (status {status:#x}); \
+         detached: counted ({before} -> {}), not delivered",
+        f.address(),
+        irqs.kind,
+        irqs.vectors,
+        vf.interrupt_count(0)
+    ))
+}
+
+/// Resets every edu: those VFIO cannot reset say so (Unsupported), and each one it can
+/// comes back with its BAR still mapped (identification and liveness work), bus mastering
+/// off, no vector live, and its MSI deliverable again once re-enabled.
+fn seam_edu_reset() -> TestResult {
+    let (host, bus) = seam_bus()?;
+    let mut done = Vec::new();
+    let mut refused = Vec::new();
+    for f in bus.matching(&PciMatch::ids(0x1234, 0x11e8)) {
+        let vf = vfio_of(&bus, &f)?;
+        let bar = f.bar(0).map_err(e2s("BAR0"))?;
+        let reg = |off: u64| bar.reg(off, Width::W32).map_err(e2s("register"));
+        let r32 = |off: u64| -> Result<u32, String> {
+            mapped_read32(&*host, reg(off)?).map_err(e2s("mapped_read32"))
+        };
+        let w32 = |off: u64, v: u32| -> Result<(), String> {
+            mapped_write32(&*host, reg(off)?, v).map_err(e2s("mapped_write32"))
+        };
+        let sink = Arc::new(CountingSink::default());
+        f.enable_interrupt(0, sink.clone()).map_err(e2s("enable"))?;
+        f.set_bus_master(true).map_err(e2s("bus master"))?;
+        match f.reset() {
+            Err(e @ Error::Unsupported { .. }) => {
+                check(vf.enabled_vectors() == 1, || {
+                    "a refused reset disabled the vectors".into()
+                })?;
+                refused.push(format!("{}: {e}", f.address()));
+                continue;
+            }
+            Err(e) => return Err(format!("reset of {}: {e}", f.address())),
+            Ok(()) => {}
+        }
+        let id = r32(0)?;
+        w32(4, 0x0f0f_a5a5)?;
+        let live = r32(4)?;
+        let cmd = f.config_read(0x04, Width::W16).map_err(e2s("command"))?;
+        check(
+            id & 0xff == 0xed && live == !0x0f0f_a5a5 && cmd & 4 == 0,
+            || format!("after reset: id {id:#x}, liveness {live:#x}, command {cmd:#x}"),
+        )?;
+        check(vf.enabled_vectors() == 0 && !vf.interrupt_routed(0), || {
+            "vectors still live after the reset".into()
+        })?;
+        f.enable_interrupt(0, sink.clone())
+            .map_err(e2s("enable after reset"))?;
+        f.set_bus_master(true)
+            .map_err(e2s("bus master after reset"))?;
+        w32(0x60, 1)?;
+        let got = sink.wait(1);
+        let status = r32(0x24)?;
+        w32(0x64, status)?;
+        check(got == 1, || format!("after reset: sink raised {got} times"))?;
+        f.set_bus_master(false).map_err(e2s("bus master off"))?;
+        done.push(format!(
+            "{}: id {id:#x}, liveness inverts, command {cmd:#x}, MSI delivered again",
+            f.address()
+        ));
+    }
+    check(!done.is_empty(), || {
+        format!("no edu could be reset: {refused:?}")
+    })?;
+    Ok(format!("reset {done:?}; refused {refused:?}"))
+}
+
 fn main() {
     let cfg = match parse_args() {
         Ok(c) => c,
@@ -1382,6 +1954,20 @@ fn main() {
                 Box::new(move || edu_wide_iovas_miss_on_a_narrow_device(a)),
             ));
         }
+    }
+    if cfg.nvme.is_some() && !cfg.edu.is_empty() {
+        let nonviable = cfg.nonviable;
+        tests.push((
+            "seam_bus_enumerates".into(),
+            Box::new(move || seam_bus_enumerates(nonviable)),
+        ));
+        tests.push(("seam_nvme_registers".into(), Box::new(seam_nvme_registers)));
+        tests.push((
+            "seam_nvme_two_msix_vectors".into(),
+            Box::new(seam_nvme_two_vectors),
+        ));
+        tests.push(("seam_edu_msi".into(), Box::new(seam_edu_msi)));
+        tests.push(("seam_edu_reset".into(), Box::new(seam_edu_reset)));
     }
     if let Some(n) = cfg.nvme {
         tests.push((

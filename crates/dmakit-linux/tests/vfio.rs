@@ -3,8 +3,10 @@
 //! capability chain decoded from bytes (including malformed chains), and opening VFIO on a
 //! host without it. The same paths against real devices run in the guest (`guest/run`).
 
+use dmakit::device::{PciBus, PciMatch};
 use dmakit::{Error, IoReturn};
-use dmakit_linux::vfio::{Container, IommuInfo, PciAddress, PciFunction, VfioDevice};
+use dmakit_linux::vfio::{Container, IommuInfo, PciAddress, PciFunction, VfioBus, VfioDevice};
+use dmakit_linux::Host;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,6 +140,91 @@ fn opening_vfio_where_there_is_none_says_which_modules_to_load() {
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert!(e.to_string().contains("modprobe vfio-pci"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---- the bus: which functions it takes ----------------------------------------------------
+
+#[test]
+fn the_bus_takes_the_functions_bound_to_vfio_pci_in_address_order() {
+    let root = scratch("bus-scan");
+    // Made out of order, with other drivers, no driver, and entries that are not functions.
+    fake_function(&root, "0000:01:01.0", Some("vfio-pci"), Some(9));
+    fake_function(&root, "0000:00:06.0", Some("vfio-pci"), Some(4));
+    fake_function(&root, "0000:00:03.0", Some("nvme"), Some(2));
+    fake_function(&root, "0000:00:04.0", Some("vfio-pci"), Some(3));
+    fake_function(&root, "0000:00:1f.2", None, Some(5));
+    fake_function(&root, "0000:00:1f.3", Some("vfio-pci-not"), Some(6));
+    std::fs::create_dir_all(root.join("not-a-function")).unwrap();
+    std::fs::write(root.join("0000:00:1f.7"), "a file, not a directory").unwrap();
+    let got: Vec<String> = VfioBus::scan(&root)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(got, ["0000:00:04.0", "0000:00:06.0", "0000:01:01.0"]);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn scanning_a_missing_sysfs_directory_is_an_error_naming_it() {
+    let root = scratch("bus-missing").join("nothing-here");
+    let e = VfioBus::scan(&root).unwrap_err();
+    assert!(matches!(e, Error::Os { .. }), "{e}");
+    assert!(e.to_string().contains("nothing-here"), "{e}");
+}
+
+#[test]
+fn a_bus_with_nothing_bound_is_empty_and_find_says_how_to_bind() {
+    let root = scratch("bus-empty");
+    let dev = scratch("bus-empty-dev");
+    fake_function(&root, "0000:00:04.0", Some("nvme"), Some(2));
+    let host = Arc::new(Host::new().unwrap());
+    // Nothing to open, so no container is needed (this dev dir has no VFIO).
+    let bus = VfioBus::builder(host)
+        .sysfs_root(&root)
+        .dev_dir(&dev)
+        .open()
+        .unwrap();
+    assert!(bus.functions().is_empty() && bus.skipped().is_empty());
+    assert!(bus.mapper().is_none());
+    let e = match bus.find(&PciMatch::class(0x01_08_02)) {
+        Err(e) => e,
+        Ok(f) => panic!("found {}", f.address()),
+    };
+    assert_eq!(e.io_return(), IoReturn::NOT_ATTACHED);
+    assert!(e.to_string().contains("bind it to vfio-pci"), "{e}");
+    std::fs::remove_dir_all(root).unwrap();
+    std::fs::remove_dir_all(dev).unwrap();
+}
+
+#[test]
+fn a_bus_with_functions_but_no_vfio_says_which_modules_to_load() {
+    let root = scratch("bus-novfio");
+    let dev = scratch("bus-novfio-dev");
+    fake_function(&root, "0000:00:05.0", Some("vfio-pci"), Some(3));
+    let host = Arc::new(Host::new().unwrap());
+    for explicit in [false, true] {
+        let mut b = VfioBus::builder(host.clone())
+            .sysfs_root(&root)
+            .dev_dir(&dev);
+        if explicit {
+            b = b.addresses([PciAddress::parse("0000:00:05.0").unwrap()]);
+        }
+        let e = b.open().unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("modprobe vfio-pci"), "{e}");
+    }
+    std::fs::remove_dir_all(root).unwrap();
+    std::fs::remove_dir_all(dev).unwrap();
+}
+
+#[test]
+fn vfio_addresses_are_the_seams_addresses() {
+    let a = PciAddress::parse("0001:3a:1f.7").unwrap();
+    let s: dmakit::device::PciAddress = a.into();
+    assert_eq!((s.segment, s.bus, s.device, s.function), (1, 0x3a, 0x1f, 7));
+    assert_eq!(s.to_string(), a.to_string());
+    assert_eq!(PciAddress::from(s), a);
 }
 
 /// The real container when this host has VFIO; otherwise prints why the parts that need it

@@ -173,6 +173,42 @@ impl VfioDevice {
         self.config_write(PCI_COMMAND, &want.to_le_bytes())
     }
 
+    /// Turns bus mastering on (with memory decoding, as
+    /// [`enable_bus_master`](Self::enable_bus_master)) or off (memory decoding stays on, so
+    /// the BARs remain reachable).
+    pub fn set_bus_master(&self, on: bool) -> Result<()> {
+        if on {
+            return self.enable_bus_master();
+        }
+        let cmd = self.config_read16(PCI_COMMAND)?;
+        self.config_write(PCI_COMMAND, &(cmd & !PCI_COMMAND_MASTER).to_le_bytes())
+    }
+
+    /// Whether bus mastering is on (the command register's bit 2).
+    pub fn bus_master(&self) -> Result<bool> {
+        Ok(self.config_read16(PCI_COMMAND)? & PCI_COMMAND_MASTER != 0)
+    }
+
+    /// Turns on memory decoding if it is off (a BAR access with decoding off would fault).
+    pub(crate) fn enable_memory(&self) -> Result<()> {
+        let cmd = self.config_read16(PCI_COMMAND)?;
+        if cmd & PCI_COMMAND_MEMORY == 0 {
+            self.config_write(PCI_COMMAND, &(cmd | PCI_COMMAND_MEMORY).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Whether VFIO offers a reset for it (`VFIO_DEVICE_FLAGS_RESET`: a function-level,
+    /// power-management or bus reset that affects no other device).
+    pub fn can_reset(&self) -> bool {
+        self.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
+    /// The size of its configuration space (256 bytes, or 4 KiB for PCI Express).
+    pub fn config_size(&self) -> u64 {
+        self.config.size
+    }
+
     /// Resets the function, if it supports a reset.
     pub fn reset(&self) -> Result<()> {
         if self.flags & VFIO_DEVICE_FLAGS_RESET == 0 {

@@ -33,7 +33,7 @@ pub enum IrqKind {
 }
 
 impl IrqKind {
-    fn index(self) -> u32 {
+    pub(crate) fn index(self) -> u32 {
         match self {
             IrqKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
             IrqKind::MsiX => VFIO_PCI_MSIX_IRQ_INDEX,

@@ -84,6 +84,11 @@ impl VfioMapper {
         &self.info
     }
 
+    /// The container whose IO address space it is.
+    pub fn container(&self) -> &Arc<Container> {
+        &self.container
+    }
+
     /// The highest IOVA this mapper hands out.
     pub fn address_limit(&self) -> u64 {
         self.limit

@@ -13,6 +13,12 @@
 //! | a BAR region, `mmap`ed | [`Bar`] → [`DeviceMemory`](dmakit::descriptor::DeviceMemory) | IODeviceMemory + `IOMappedRead32` |
 //! | `VFIO_DEVICE_SET_IRQS` with an eventfd | [`Msi`] → [`InterruptSink`](dmakit::dma::InterruptSink) | IOInterruptEventSource |
 //! | sysfs `/sys/bus/pci/devices/<addr>` | [`PciFunction`] | the registry entry |
+//! | all of the above for one function | [`VfioFunction`] (a [`dmakit::device::PciFunction`]) | `IOPCIDevice` |
+//! | the functions bound to `vfio-pci` | [`VfioBus`] (a [`dmakit::device::PciBus`]) | matching in the registry |
+//!
+//! Drivers written against the core's device seam ([`dmakit::device`]) use
+//! [`VfioBus`] and [`VfioFunction`]; the pieces below them stay available for drivers that
+//! want VFIO itself.
 //!
 //! ```no_run
 //! use dmakit_linux::{Host, vfio::{Bar, Container, PciAddress, VfioDevice, VfioMapper}};
@@ -38,18 +44,23 @@
 //! All `unsafe` (the ioctls, the BAR `mmap`s and their MMIO registration) is in `sys.rs`.
 
 mod bar;
+mod bus;
 mod container;
 mod device;
+mod function;
 mod group;
 mod info;
 mod irq;
 mod mapper;
 mod pci;
 mod sys;
+mod vectors;
 
 pub use bar::Bar;
+pub use bus::{VfioBus, VfioBusBuilder};
 pub use container::{Container, DEV_VFIO};
 pub use device::{RegionInfo, VfioDevice};
+pub use function::{VfioFunction, MAX_VECTORS};
 pub use info::IommuInfo;
 pub use irq::{IrqKind, Msi};
 pub use mapper::VfioMapper;

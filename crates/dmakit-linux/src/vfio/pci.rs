@@ -67,6 +67,29 @@ impl fmt::Display for PciAddress {
     }
 }
 
+impl From<PciAddress> for dmakit::device::PciAddress {
+    /// The same address in the device seam's terms (the domain is its segment).
+    fn from(a: PciAddress) -> Self {
+        dmakit::device::PciAddress {
+            segment: a.domain,
+            bus: a.bus,
+            device: a.device,
+            function: a.function,
+        }
+    }
+}
+
+impl From<dmakit::device::PciAddress> for PciAddress {
+    fn from(a: dmakit::device::PciAddress) -> Self {
+        PciAddress {
+            domain: a.segment,
+            bus: a.bus,
+            device: a.device,
+            function: a.function,
+        }
+    }
+}
+
 /// One PCI function's sysfs directory.
 #[derive(Clone, Debug)]
 pub struct PciFunction {
