@@ -206,7 +206,9 @@ pub trait PciFunction: Send + Sync {
 
     /// Routes `vector` to `sink` (IOKit `registerInterrupt` + `enableInterrupt`): from now
     /// on the platform calls `sink.raise()` when the function signals it. The sink must
-    /// only signal (it may run on an interrupt thread or in the device model's context).
+    /// only signal (it may run on an interrupt thread or in the device model's context) and
+    /// must not call back into the function. MSI and MSI-X messages are memory writes by
+    /// the device, so nothing arrives until [`set_bus_master`](Self::set_bus_master)`(true)`.
     fn enable_interrupt(&self, vector: u32, sink: Arc<dyn InterruptSink>) -> Result<()>;
 
     /// Stops delivering `vector`.
