@@ -83,9 +83,15 @@ impl FaultSite {
             FaultSite::Map => IoReturn::NO_SPACE,
         }
     }
+}
 
-    fn index(self) -> usize {
-        self as usize
+impl Site for FaultSite {
+    fn name(self) -> &'static str {
+        FaultSite::name(self)
+    }
+
+    fn code(self) -> IoReturn {
+        FaultSite::code(self)
     }
 }
 
@@ -95,22 +101,44 @@ impl fmt::Display for FaultSite {
     }
 }
 
-/// Which calls fail, and how many calls each site has seen.
-#[derive(Clone, Debug, Default)]
-pub struct FaultPlan {
-    fail: BTreeMap<FaultSite, BTreeSet<u64>>,
-    calls: [u64; FaultSite::ALL.len()],
+/// A kind of place where failures can be planned: the machine's [`FaultSite`]s, the PCI
+/// bus's [`PciFaultSite`](crate::pci::PciFaultSite)s.
+pub trait Site: Copy + Ord + fmt::Debug {
+    /// The site's name, as carried by [`Error::Injected`].
+    fn name(self) -> &'static str;
+    /// The IOKit code the genuine failure at this site would have.
+    fn code(self) -> IoReturn;
 }
 
-impl FaultPlan {
-    /// Makes call number `nth` (1-based, counted from the machine's start) at `site` fail.
-    pub fn fail(&mut self, site: FaultSite, nth: u64) {
+/// Which calls fail, and how many calls each site has seen.
+#[derive(Clone, Debug)]
+pub struct Plan<S: Site> {
+    fail: BTreeMap<S, BTreeSet<u64>>,
+    calls: BTreeMap<S, u64>,
+}
+
+/// The machine's plan.
+pub type FaultPlan = Plan<FaultSite>;
+
+impl<S: Site> Default for Plan<S> {
+    fn default() -> Self {
+        Plan {
+            fail: BTreeMap::new(),
+            calls: BTreeMap::new(),
+        }
+    }
+}
+
+impl<S: Site> Plan<S> {
+    /// Makes call number `nth` (1-based, counted from the machine's or bus's start) at
+    /// `site` fail.
+    pub fn fail(&mut self, site: S, nth: u64) {
         self.fail.entry(site).or_default().insert(nth);
     }
 
     /// Makes the next call at `site` fail.
-    pub fn fail_next(&mut self, site: FaultSite) {
-        let n = self.calls[site.index()] + 1;
+    pub fn fail_next(&mut self, site: S) {
+        let n = self.calls(site).saturating_add(1);
         self.fail(site, n);
     }
 
@@ -120,15 +148,15 @@ impl FaultPlan {
     }
 
     /// Calls seen so far at `site`.
-    pub fn calls(&self, site: FaultSite) -> u64 {
-        self.calls[site.index()]
+    pub fn calls(&self, site: S) -> u64 {
+        self.calls.get(&site).copied().unwrap_or(0)
     }
 
     /// Counts one call at `site`; the planned error if this one must fail.
-    pub(crate) fn hit(&mut self, site: FaultSite) -> Result<(), Error> {
-        let i = site.index();
-        self.calls[i] += 1;
-        let nth = self.calls[i];
+    pub(crate) fn hit(&mut self, site: S) -> Result<(), Error> {
+        let count = self.calls.entry(site).or_insert(0);
+        *count = count.saturating_add(1);
+        let nth = *count;
         if self.fail.get_mut(&site).is_some_and(|s| s.remove(&nth)) {
             return Err(Error::Injected {
                 site: site.name(),

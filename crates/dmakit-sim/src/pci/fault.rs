@@ -7,7 +7,7 @@
 //!
 //! | site | one call is | what the failure does |
 //! | --- | --- | --- |
-//! | [`PciFaultSite::Config`] | one [`config_read`](dmakit::device::PciFunction::config_read), [`config_write`](dmakit::device::PciFunction::config_write) or [`set_bus_master`](dmakit::device::PciFunction::set_bus_master) | the call returns [`Error::Injected`] with `kIOReturnNotResponding`, and changes nothing |
+//! | [`PciFaultSite::Config`] | one [`config_read`](dmakit::device::PciFunction::config_read), [`config_write`](dmakit::device::PciFunction::config_write) or [`set_bus_master`](dmakit::device::PciFunction::set_bus_master) | the call returns [`Error::Injected`](dmakit::Error::Injected) with `kIOReturnNotResponding`, and changes nothing |
 //! | [`PciFaultSite::Bar`] | one load or store that a BAR decodes | the device never sees it: a load reads all ones, a store is dropped (a completion timeout) |
 //! | [`PciFaultSite::Dma`] | one device read or write of memory (a queue entry, a PRP list, a data run, a completion) | the device sees a failed transfer and reports it as its hardware does; nothing is moved |
 //! | [`PciFaultSite::Interrupt`] | one MSI-X message or INTx assertion sent | it is lost |
@@ -15,8 +15,8 @@
 //! Every injected failure is also recorded in the function's event log
 //! ([`SimPciFunction::events`](super::SimPciFunction::events)).
 
-use dmakit::{Error, IoReturn};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::fault::{Plan, Site};
+use dmakit::IoReturn;
 use std::fmt;
 
 /// kIOReturnNotResponding: what a configuration access to a device that does not answer
@@ -45,7 +45,7 @@ impl PciFaultSite {
         PciFaultSite::Interrupt,
     ];
 
-    /// The site's name, as carried by [`Error::Injected`].
+    /// The site's name, as carried by [`Error::Injected`](dmakit::Error::Injected).
     pub const fn name(self) -> &'static str {
         match self {
             PciFaultSite::Config => "PCI configuration access",
@@ -63,9 +63,15 @@ impl PciFaultSite {
             PciFaultSite::Interrupt => IoReturn::TIMEOUT,
         }
     }
+}
 
-    fn index(self) -> usize {
-        self as usize
+impl Site for PciFaultSite {
+    fn name(self) -> &'static str {
+        PciFaultSite::name(self)
+    }
+
+    fn code(self) -> IoReturn {
+        PciFaultSite::code(self)
     }
 }
 
@@ -75,54 +81,14 @@ impl fmt::Display for PciFaultSite {
     }
 }
 
-/// Which calls fail, and how many calls each site has seen.
-#[derive(Clone, Debug, Default)]
-pub struct PciFaultPlan {
-    fail: BTreeMap<PciFaultSite, BTreeSet<u64>>,
-    calls: [u64; PciFaultSite::ALL.len()],
-}
-
-impl PciFaultPlan {
-    /// Makes call number `nth` (1-based, counted from the bus's start) at `site` fail.
-    pub fn fail(&mut self, site: PciFaultSite, nth: u64) {
-        self.fail.entry(site).or_default().insert(nth);
-    }
-
-    /// Makes the next call at `site` fail.
-    pub fn fail_next(&mut self, site: PciFaultSite) {
-        let n = self.calls[site.index()].saturating_add(1);
-        self.fail(site, n);
-    }
-
-    /// Forgets every planned failure that has not happened yet.
-    pub fn clear(&mut self) {
-        self.fail.clear();
-    }
-
-    /// Calls seen so far at `site`.
-    pub fn calls(&self, site: PciFaultSite) -> u64 {
-        self.calls[site.index()]
-    }
-
-    /// Counts one call at `site`; the planned error if this one must fail.
-    pub(crate) fn hit(&mut self, site: PciFaultSite) -> Result<(), Error> {
-        let i = site.index();
-        self.calls[i] = self.calls[i].saturating_add(1);
-        let nth = self.calls[i];
-        if self.fail.get_mut(&site).is_some_and(|s| s.remove(&nth)) {
-            return Err(Error::Injected {
-                site: site.name(),
-                nth,
-                code: site.code(),
-            });
-        }
-        Ok(())
-    }
-}
+/// Which calls fail on the bus, and how many calls each site has seen: the machine's
+/// [`Plan`] over [`PciFaultSite`]s.
+pub type PciFaultPlan = Plan<PciFaultSite>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dmakit::Error;
 
     #[test]
     fn nth_call_fails_once_per_site() {
