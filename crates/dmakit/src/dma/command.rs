@@ -230,21 +230,26 @@ struct Owner<P: Platform + Clone> {
 }
 
 impl<P: Platform + Clone> Owner<P> {
-    fn release(&self, md: &dyn MemoryDescriptor, prep: Preparation<P>) {
-        if prep.route.bounces() {
-            if let Some(pool) = &self.pool {
-                pool.give_back(prep.route.pool_bytes(prep.length));
-            }
-        }
-        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) =
-            (&prep.route, &self.mode)
-        {
-            // The mapper invalidates before the IO addresses can be handed out again.
-            let _ = m.iovm_free(*iova, *pages);
-        }
+    fn release(&self, md: &dyn MemoryDescriptor, mut prep: Preparation<P>) {
+        self.release_route(&mut prep);
         drop(prep);
         let _ = md.complete_for(PrepOwner::command(self.id));
         crate::debug::completed(self.id);
+    }
+
+    /// Gives back a preparation's bounce memory and IO addresses, keeping its wiring; the
+    /// preparation is left direct.
+    fn release_route(&self, prep: &mut Preparation<P>) {
+        let route = core::mem::replace(&mut prep.route, Route::Direct);
+        if route.bounces() {
+            if let Some(pool) = &self.pool {
+                pool.give_back(route.pool_bytes(prep.length));
+            }
+        }
+        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) = (&route, &self.mode) {
+            // The mapper invalidates before the IO addresses can be handed out again.
+            let _ = m.iovm_free(*iova, *pages);
+        }
     }
 }
 
@@ -541,10 +546,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Runs a CPU copy of the prepared memory that the caller has synchronized for (the
     /// typed layer's sync methods): the dma-debug ledger does not count it as misuse.
     pub(crate) fn cpu_copy<R>(&self, f: impl FnOnce() -> R) -> R {
-        crate::debug::syncing(self.owner.id, true);
-        let r = f();
-        crate::debug::syncing(self.owner.id, false);
-        r
+        let _sync = SyncWindow::new(self.owner.id);
+        f()
     }
 
     /// The first constraint `seg` breaks, if any (`first`/`last`: its place in the transfer).
@@ -857,10 +860,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                         None => return Ok(()),
                         Some(r) => {
                             prep.reason = Some(r);
-                            let direct = core::mem::replace(&mut prep.route, Route::Direct);
-                            if let Route::Mapped { iova, pages, .. } = direct {
-                                let _ = mapper.iovm_free(iova, pages);
-                            }
+                            self.owner.release_route(prep);
                         }
                     }
                 } else {
@@ -1176,8 +1176,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         length: u64,
         to_bounce: bool,
     ) -> Result<()> {
+        let _sync = SyncWindow::new(self.owner.id);
         if let Route::PerPage { buffer, pieces, .. } = &prep.route {
-            crate::debug::syncing(self.owner.id, true);
             let copier = BounceCopy {
                 platform: &self.platform,
                 md,
@@ -1195,7 +1195,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 }
                 copied += b - a;
             }
-            crate::debug::syncing(self.owner.id, false);
             if let (Ok(()), Some(pool)) = (&result, &self.owner.pool) {
                 pool.count_copy(copied);
             }
@@ -1204,7 +1203,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let Some(b) = prep.route.bounce() else {
             return Ok(());
         };
-        crate::debug::syncing(self.owner.id, true);
         let result = BounceCopy {
             platform: &self.platform,
             md,
@@ -1212,7 +1210,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             to_bounce,
         }
         .run(prep.offset + from, b.data_off + from, length);
-        crate::debug::syncing(self.owner.id, false);
         if let (Ok(()), Some(pool)) = (&result, &self.owner.pool) {
             pool.count_copy(length);
         }
@@ -1482,11 +1479,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     addr: 0,
                 })
             }
-            Some(p) => (
-                p.count,
-                matches!(p.route, Route::Bounced(_))
-                    || (matches!(p.route, Route::Mapped { .. }) && p.route.bounce().is_some()),
-            ),
+            // A whole-transfer bounce buffer: bypassed or mapped.
+            Some(p) => (p.count, p.route.bounce().is_some()),
         };
         if whole {
             return Ok(());
@@ -1527,30 +1521,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         match r {
             Ok(()) => {
-                self.release_route(&mut prep);
+                self.owner.release_route(&mut prep);
                 self.prep = Some(fresh);
                 Ok(())
             }
             Err(e) => {
-                self.release_route(&mut fresh);
+                self.owner.release_route(&mut fresh);
                 self.prep = Some(prep);
                 Err(e)
             }
-        }
-    }
-
-    /// Gives back a preparation's bounce memory and IO addresses, keeping its wiring.
-    fn release_route(&self, prep: &mut Preparation<P>) {
-        let route = core::mem::replace(&mut prep.route, Route::Direct);
-        if route.bounces() {
-            if let Some(pool) = &self.owner.pool {
-                pool.give_back(route.pool_bytes(prep.length));
-            }
-        }
-        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) =
-            (&route, &self.owner.mode)
-        {
-            let _ = m.iovm_free(*iova, *pages);
         }
     }
 
