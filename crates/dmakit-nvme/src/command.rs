@@ -1,12 +1,18 @@
 //! NVMe submission and completion queue entries (NVM Express Base Specification 2.0,
 //! §4.2 and §4.6), encoded and decoded as the little-endian bytes the controller reads.
 
+/// Admin opcode: Delete I/O Submission Queue.
+pub const ADMIN_DELETE_SQ: u8 = 0x00;
+/// Admin opcode: Delete I/O Completion Queue.
+pub const ADMIN_DELETE_CQ: u8 = 0x04;
 /// Admin opcode: Create I/O Submission Queue.
 pub const ADMIN_CREATE_SQ: u8 = 0x01;
 /// Admin opcode: Create I/O Completion Queue.
 pub const ADMIN_CREATE_CQ: u8 = 0x05;
 /// Admin opcode: Identify.
 pub const ADMIN_IDENTIFY: u8 = 0x06;
+/// NVM opcode: Flush.
+pub const NVM_FLUSH: u8 = 0x00;
 /// NVM opcode: Write.
 pub const NVM_WRITE: u8 = 0x01;
 /// NVM opcode: Read.

@@ -34,5 +34,23 @@
 extern crate alloc;
 
 pub mod command;
+mod controller;
+mod dma;
+mod error;
 pub mod identify;
+mod io;
+mod options;
 pub mod prp;
+mod queue;
+mod regs;
+pub mod suite;
+mod timer;
+
+pub use controller::{ControllerStats, Nvme, Recovery, NVME_CLASS};
+pub use dma::DmaBuffer;
+pub use error::{NvmeError, Op, Result};
+pub use identify::{ControllerIdentity, NamespaceIdentity};
+pub use io::{Done, IoQueue, QueueStats, Transfer};
+pub use options::{NvmeOptions, QueueOptions};
+pub use queue::Outstanding;
+pub use timer::{PollTimer, Timer};

@@ -61,6 +61,48 @@ pub fn prp_entries(segs: &[IoSegment]) -> Result<(u64, Option<Vec<u64>>)> {
     Ok((first.addr.0, (!rest.is_empty()).then_some(rest)))
 }
 
+/// Entries in one PRP list page.
+pub const PRP_LIST_ENTRIES: usize = (PRP_PAGE / 8) as usize;
+
+/// How many PRP list pages `entries` entries after PRP1 need: none for one (it is PRP2
+/// itself); otherwise every page but the last gives its final slot to the address of the
+/// next page.
+pub const fn list_pages(entries: usize) -> usize {
+    if entries <= 1 {
+        0
+    } else {
+        (entries - 1).div_ceil(PRP_LIST_ENTRIES - 1)
+    }
+}
+
+/// The contents of the PRP list pages at device addresses `pages` (as many as
+/// [`list_pages`] says) holding `entries`, chained: each page's bytes, little endian.
+pub fn list_contents(entries: &[u64], pages: &[u64]) -> Result<Vec<Vec<u8>>> {
+    if pages.len() != list_pages(entries.len()) || pages.is_empty() {
+        return Err(Error::BadArgument {
+            what: "NVMe PRP list pages: not as many as the entries need",
+            value: pages.len() as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(pages.len());
+    let mut rest = entries;
+    for (i, _) in pages.iter().enumerate() {
+        let last = i + 1 == pages.len();
+        let take = if last {
+            rest.len()
+        } else {
+            PRP_LIST_ENTRIES - 1
+        };
+        let mut bytes: Vec<u8> = rest[..take].iter().flat_map(|e| e.to_le_bytes()).collect();
+        if !last {
+            bytes.extend_from_slice(&pages[i + 1].to_le_bytes());
+        }
+        rest = &rest[take..];
+        out.push(bytes);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +146,26 @@ mod tests {
             prp_entries(&[seg(0x1800, 0x1000)]).is_err(),
             "crosses a page"
         );
+    }
+
+    #[test]
+    fn list_pages_chain_when_one_page_is_not_enough() {
+        assert_eq!(list_pages(0), 0);
+        assert_eq!(list_pages(1), 0);
+        assert_eq!(list_pages(2), 1);
+        assert_eq!(list_pages(512), 1);
+        assert_eq!(list_pages(513), 2);
+        assert_eq!(list_pages(1023), 2);
+        assert_eq!(list_pages(1024), 3);
+        let entries: Vec<u64> = (0..600u64).map(|i| 0x10_0000 + i * PRP_PAGE).collect();
+        let pages = list_contents(&entries, &[0xa000, 0xb000]).unwrap();
+        assert_eq!(pages[0].len(), 4096);
+        assert_eq!(&pages[0][4088..], &0xb000u64.to_le_bytes());
+        assert_eq!(&pages[0][4080..4088], &entries[510].to_le_bytes());
+        assert_eq!(&pages[1][..8], &entries[511].to_le_bytes());
+        assert_eq!(pages[1].len(), (600 - 511) * 8);
+        assert!(list_contents(&entries, &[0xa000]).is_err());
+        assert!(list_contents(&entries[..1], &[]).is_err());
     }
 
     #[test]

@@ -70,6 +70,12 @@ impl IoReturn {
     pub const ABORTED: IoReturn = IoReturn(0xE000_02EB);
     /// kIOReturnTimeout: I/O timeout.
     pub const TIMEOUT: IoReturn = IoReturn(0xE000_02D6);
+    /// kIOReturnIOError: general I/O error (a device reported a failed command).
+    pub const IO_ERROR: IoReturn = IoReturn(0xE000_02CA);
+    /// kIOReturnNotResponding: the device is not responding.
+    pub const NOT_RESPONDING: IoReturn = IoReturn(0xE000_02ED);
+    /// kIOReturnDeviceError: the device is not working properly.
+    pub const DEVICE_ERROR: IoReturn = IoReturn(0xE000_02EF);
 
     /// The constant's IOKit name, or `"kIOReturn?"` for a value dmakit never produces.
     pub const fn name(self) -> &'static str {
@@ -96,6 +102,9 @@ impl IoReturn {
             0xE000_02E7 => "kIOReturnUnderrun",
             0xE000_02E8 => "kIOReturnOverrun",
             0xE000_02EB => "kIOReturnAborted",
+            0xE000_02CA => "kIOReturnIOError",
+            0xE000_02ED => "kIOReturnNotResponding",
+            0xE000_02EF => "kIOReturnDeviceError",
             _ => "kIOReturn?",
         }
     }

@@ -140,6 +140,10 @@ impl NvmeModel {
         });
     }
 
+    pub(crate) fn set_completion_delay(&mut self, ticks: u32) {
+        self.cfg.completion_delay = ticks;
+    }
+
     /// Sets CSTS.CFS: the controller stops until the host resets it (CC.EN 1 → 0).
     pub(crate) fn fatal(&mut self, why: &'static str) {
         if !self.cfs {

@@ -481,6 +481,12 @@ impl SimNvme {
         self.with(|m, _| m.fatal("raised on demand (SimNvme::raise_fatal)"));
     }
 
+    /// Changes the completion delay for commands fetched from now on (ticks; a large
+    /// value makes commands that never complete in a test's time).
+    pub fn set_completion_delay(&self, ticks: u32) {
+        self.with(|m, _| m.set_completion_delay(ticks));
+    }
+
     /// Plans a command error.
     pub fn inject(&self, fault: CommandFault) {
         self.with(|m, _| m.arm(fault));

@@ -293,6 +293,18 @@ pub struct DmaCommand<P: Platform + Clone + 'static> {
 type Emit<'a> = dyn FnMut(IoSegment, bool) -> Result<bool> + 'a;
 
 impl<P: Platform + Clone + 'static> DmaCommand<P> {
+    /// Whether the command cleans and invalidates CPU caches around the device's accesses:
+    /// always in [`MappingMode::NonCoherent`], and through an IOMMU whenever the platform
+    /// says device accesses do not snoop the caches (`dma_coherent` false), as on many
+    /// arm64 systems.
+    pub fn maintains_caches(&self) -> bool {
+        match self.owner.mode {
+            MappingMode::NonCoherent => true,
+            MappingMode::Mapped(_) => !self.platform.dma_coherent(),
+            MappingMode::Bypassed | MappingMode::IterateOnly => false,
+        }
+    }
+
     /// A builder for a command on `platform` (IOKit `IODMACommand::withSpecification`):
     /// no constraints, [`SegmentFormat::Host64`], [`MappingMode::Bypassed`], no bounce pool
     /// and no quarantine until set.
@@ -800,7 +812,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         force: bool,
     ) -> Result<()> {
         self.route(md, prep, options.synchronizes(), force)?;
-        if options.flushes_cache() && matches!(self.owner.mode, MappingMode::NonCoherent) {
+        if options.flushes_cache() && self.maintains_caches() {
             let op = if prep.dir.device_writes() {
                 CacheOp::Flush
             } else {
@@ -1228,15 +1240,22 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         length: u64,
         op: CacheOp,
     ) -> Result<()> {
-        if let Route::Bounced(b) = &prep.route {
+        if let Some(b) = prep.route.bounce() {
             return self
                 .platform
                 .cache_phys(op, PhysAddr(b.base.0 + b.data_off + from), length);
         }
-        // Direct or per-page: the device's runs are physical addresses.
+        // Direct or per-page: the device's runs are physical addresses. Mapped: the IO
+        // addresses lead to the descriptor's own physical runs.
+        let mapped = matches!(prep.route, Route::Mapped { .. });
         let mut x = from;
         while x < from + length {
-            let (addr, run) = self.raw_run(md, prep, x)?;
+            let (addr, run) = if mapped {
+                let seg = md.physical_segment(prep.offset + x)?;
+                (seg.addr.0, seg.len)
+            } else {
+                self.raw_run(md, prep, x)?
+            };
             let len = run.min(from + length - x);
             self.platform.cache_phys(op, PhysAddr(addr), len)?;
             x += len;
@@ -1448,7 +1467,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 value: dir.bits() as u64,
             });
         }
-        let non_coherent = matches!(self.owner.mode, MappingMode::NonCoherent);
+        let non_coherent = self.maintains_caches();
         if dir == Direction::Out {
             self.copy_range(md, prep, offset, length, true)?;
             if non_coherent {
@@ -1632,7 +1651,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         })?;
         let mut result = Ok(());
         if prep.dir.device_writes() {
-            if options.invalidates_cache() && matches!(self.owner.mode, MappingMode::NonCoherent) {
+            if options.invalidates_cache() && self.maintains_caches() {
                 result = self.cache(md.as_ref(), &prep, CacheOp::Invalidate);
             }
             if result.is_ok() && options.synchronizes() {
