@@ -13,14 +13,12 @@
 //! kernel's driver and fio on the same region with the same counts. The devices are
 //! QEMU's, the IOMMU is QEMU's emulated VT-d and VFIO is the guest kernel's: they judge.
 
-use dmakit::descriptor::{
-    BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
-};
+use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 use dmakit::device::{DmaView, InterruptKind, PciBus, PciFunction, PciMatch};
 use dmakit::dma::PrepareOptions;
 use dmakit::dma::{
-    BouncePool, DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer,
-    InterruptSink, IoSegment, SegmentFormat, SegmentSpec,
+    DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
+    IoSegment, SegmentFormat, SegmentSpec,
 };
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::{Access, Mapper};
@@ -28,11 +26,13 @@ use dmakit::platform::Width;
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
 use dmakit_linux::edu::{EduDma, EDU_BUFFER};
-use dmakit_linux::nvme::{nvme_spec, CompletionSignal, DmaBuffer, EventQueue, NvmeController};
 use dmakit_linux::vfio::{
-    Bar, Container, IrqKind, Msi, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper,
+    Bar, Container, Msi, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper,
 };
 use dmakit_linux::Host;
+use dmakit_linux::MonotonicTimer;
+use dmakit_nvme::suite::{self, TestMachine};
+use dmakit_nvme::{DmaBuffer, IoQueue, NamespaceIdentity, QueueOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,16 +62,41 @@ struct Bench {
 }
 
 struct Config {
-    nvme: Option<PciAddress>,
+    nvme: Vec<NvmeTarget>,
     bench: Option<Bench>,
     edu: Vec<(PciAddress, u32)>,
     unbound: Option<PciAddress>,
     nonviable: Option<PciAddress>,
 }
 
+/// An NVMe controller to test (`--nvme LABEL,ADDRESS,SERIAL`, or `--nvme ADDRESS` for the
+/// default one with serial `dmakit0`).
+#[derive(Clone, Debug)]
+struct NvmeTarget {
+    label: String,
+    addr: PciAddress,
+    serial: String,
+}
+
+impl NvmeTarget {
+    fn parse(v: &str) -> Result<NvmeTarget, String> {
+        let parts: Vec<&str> = v.split(',').collect();
+        let (label, addr, serial) = match parts[..] {
+            [a] => ("default", a, "dmakit0"),
+            [l, a, s] => (l, a, s),
+            _ => return Err("--nvme LABEL,ADDRESS,SERIAL".into()),
+        };
+        Ok(NvmeTarget {
+            label: label.into(),
+            addr: PciAddress::parse(addr).map_err(|e| e.to_string())?,
+            serial: serial.into(),
+        })
+    }
+}
+
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
-        nvme: None,
+        nvme: Vec::new(),
         bench: None,
         edu: Vec::new(),
         unbound: None,
@@ -93,7 +118,7 @@ fn parse_args() -> Result<Config, String> {
                 let a = PciAddress::parse(&v).map_err(|e| e.to_string())?;
                 std::process::exit(memlock_child(a));
             }
-            "--nvme" => c.nvme = Some(PciAddress::parse(&v).map_err(|e| e.to_string())?),
+            "--nvme" => c.nvme.push(NvmeTarget::parse(&v)?),
             "--bench" => {
                 let usage = "--bench OFFSET_MIB:SIZE_MIB:IOS:WARMUP";
                 let n: Vec<u64> = v
@@ -700,485 +725,6 @@ fn dmar_faults() -> usize {
         .unwrap_or(0)
 }
 
-/// What every NVMe test starts from: the function opened through VFIO, a mapper over its
-/// container, BAR0 mapped, the controller enabled and namespace 1 identified. Bind every
-/// field (an unused one with a leading underscore): a field left out would be dropped at
-/// once, closing the device under the test.
-struct NvmeRig {
-    host: Arc<Host>,
-    d: VfioDevice,
-    vfio: Arc<VfioMapper>,
-    mapper: Arc<dyn Mapper>,
-    nvme: NvmeController,
-    ns: dmakit_linux::nvme::NamespaceIdentity,
-}
-
-fn nvme_rig(addr: PciAddress) -> Result<NvmeRig, String> {
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (c, d) = open(addr)?;
-    let vfio = Arc::new(VfioMapper::new(c, host.clone(), u64::MAX).map_err(e2s("mapper"))?);
-    let mapper: Arc<dyn Mapper> = vfio.clone();
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let nvme = NvmeController::new(&d, bar, host.clone(), mapper.clone()).map_err(e2s("enable"))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
-    Ok(NvmeRig {
-        host,
-        d,
-        vfio,
-        mapper,
-        nvme,
-        ns,
-    })
-}
-
-/// Identify, then reads of known disk content and a write read back, on the NVMe
-/// controller through dmakit alone.
-fn nvme_identify_read_write(addr: PciAddress) -> TestResult {
-    let NvmeRig {
-        host,
-        d: _d,
-        vfio,
-        mapper,
-        nvme,
-        ns: _ns,
-    } = nvme_rig(addr)?;
-    let id = nvme
-        .identify_controller()
-        .map_err(e2s("identify controller"))?;
-    check(id.serial == "dmakit0", || format!("serial {:?}", id.serial))?;
-    let ns = nvme
-        .identify_namespace(1)
-        .map_err(e2s("identify namespace"))?;
-    check(ns.block_size == 512 && ns.blocks == 32 * 2048, || {
-        format!("{ns:?}")
-    })?;
-    let mut qp = nvme
-        .create_io_queue_pair(1, 16)
-        .map_err(e2s("I/O queue pair"))?;
-    // 16 blocks (two pages: PRP1 + PRP2) of the image guest/run wrote.
-    let buf = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
-    nvme.read(&mut qp, 1, 100, 16, &buf).map_err(e2s("read"))?;
-    for i in 0..16u64 {
-        let mut block = [0u8; 512];
-        buf.read(i * 512, &mut block).map_err(e2s("cpu read"))?;
-        let n = 100 + i;
-        let head = format!("dmakit LBA {n}\n");
-        check(block.starts_with(head.as_bytes()), || {
-            format!(
-                "block {n} starts {:?}",
-                String::from_utf8_lossy(&block[..20])
-            )
-        })?;
-        check(block[head.len()..].iter().all(|&b| b == n as u8), || {
-            format!("block {n} body differs")
-        })?;
-    }
-    // Write two pages at LBA 2000 and read them back into another buffer.
-    let data: Vec<u8> = (0..8192u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let out = DmaBuffer::new(&host, &mapper, 8192, Direction::Out).map_err(e2s("buffer"))?;
-    out.write(0, &data).map_err(e2s("cpu write"))?;
-    nvme.write(&mut qp, 1, 2000, 16, &out)
-        .map_err(e2s("write"))?;
-    let back = DmaBuffer::new(&host, &mapper, 8192, Direction::In).map_err(e2s("buffer"))?;
-    nvme.read(&mut qp, 1, 2000, 16, &back)
-        .map_err(e2s("read back"))?;
-    let mut got = vec![0u8; 8192];
-    back.read(0, &mut got).map_err(e2s("cpu read"))?;
-    check(got == data, || "written data did not read back".into())?;
-    let version = nvme.version().map_err(e2s("version"))?;
-    for b in [buf, out, back] {
-        b.release().map_err(e2s("release"))?;
-    }
-    qp.release().map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    check(vfio.mapped_pages() == 0, || {
-        format!("{} pages mapped", vfio.mapped_pages())
-    })?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    Ok(format!(
-        "NVMe {}.{}: serial {:?} model {:?} fw {:?}, ns1 {} x {} B; LBA 100-115 read byte-exact \
-         (PRP1+PRP2), 8 KiB written at LBA 2000 and read back; kernel confirms 0 mappings left",
-        version >> 16,
-        (version >> 8) & 0xff,
-        id.serial,
-        id.model,
-        id.firmware,
-        ns.blocks,
-        ns.block_size
-    ))
-}
-
-/// A descriptor of `parts` wired buffers of `part_len` bytes each, one after another.
-fn scattered(
-    host: &Arc<Host>,
-    parts: usize,
-    part_len: u64,
-    dir: Direction,
-) -> Result<Arc<MultiMemoryDescriptor>, String> {
-    let v = (0..parts)
-        .map(|_| {
-            BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(part_len, dir))
-                .map(|b| Arc::new(b) as Arc<dyn MemoryDescriptor>)
-                .map_err(e2s("part"))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(Arc::new(
-        MultiMemoryDescriptor::new(v, dir).map_err(e2s("multi descriptor"))?,
-    ))
-}
-
-/// 1 MiB written in 128 KiB commands to random LBAs from a scattered MultiMemoryDescriptor
-/// (first segment at page offset 0x200), then read back into another one (page offset
-/// 0x400, different part sizes): PRP lists from DmaCommand segments, byte-exact. Writes stay
-/// below byte `limit` of the disk (the benchmarks read known content above it).
-fn nvme_scattered_prp_lists(addr: PciAddress, limit: u64) -> TestResult {
-    const CHUNK: u64 = 128 << 10;
-    const TOTAL: u64 = 1 << 20;
-    let NvmeRig {
-        host,
-        d: _d,
-        vfio,
-        mapper: _mapper,
-        nvme,
-        ns,
-    } = nvme_rig(addr)?;
-    let mut qp = nvme
-        .create_io_queue_pair(1, 8)
-        .map_err(e2s("I/O queue pair"))?;
-    let src = scattered(&host, 17, 64 << 10, Direction::Out)?; // 1088 KiB in 17 parts
-    let dst = scattered(&host, 5, 212 << 10, Direction::In)?; // 1060 KiB in 5 parts
-    let data: Vec<u8> = (0..TOTAL as u32)
-        .map(|i| (i.wrapping_mul(0x9e37_79b9) >> 24) as u8)
-        .collect();
-    check(src.write_bytes(512, &data) == TOTAL as usize, || {
-        "short copy in".into()
-    })?;
-    // Eight distinct 128 KiB slots below `limit`, in a scrambled order.
-    let slots = (ns.blocks * ns.block_size as u64).min(limit) / CHUNK;
-    let lbas: Vec<u64> = (0..TOTAL / CHUNK)
-        .map(|k| (k * 37 + 11) % slots * (CHUNK / ns.block_size as u64))
-        .collect();
-    let mut entries = 0;
-    for (k, &lba) in lbas.iter().enumerate() {
-        entries += nvme
-            .transfer(
-                &mut qp,
-                &ns,
-                true,
-                lba,
-                src.clone(),
-                512 + k as u64 * CHUNK,
-                CHUNK,
-            )
-            .map_err(e2s("write"))?;
-    }
-    for (k, &lba) in lbas.iter().enumerate() {
-        nvme.transfer(
-            &mut qp,
-            &ns,
-            false,
-            lba,
-            dst.clone(),
-            1024 + k as u64 * CHUNK,
-            CHUNK,
-        )
-        .map_err(e2s("read"))?;
-    }
-    let mut back = vec![0u8; TOTAL as usize];
-    check(dst.read_bytes(1024, &mut back) == TOTAL as usize, || {
-        "short copy out".into()
-    })?;
-    check(back == data, || {
-        let first = back
-            .iter()
-            .zip(&data)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        format!("data differs from byte {first:#x}")
-    })?;
-    let max_kib = nvme.max_transfer() >> 10;
-    qp.release().map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    check(vfio.mapped_pages() == 0, || {
-        format!("{} pages mapped", vfio.mapped_pages())
-    })?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    Ok(format!(
-        "1 MiB in {} commands to LBAs {lbas:?} from 17 scattered parts (offset 0x200) and back \
-         into 5 (offset 0x400), byte-exact; {entries} PRP entries written, max transfer {} KiB; \
-         kernel confirms 0 mappings left",
-        lbas.len(),
-        max_kib
-    ))
-}
-
-/// One write and one read forced through a BouncePool: a bypassed DmaCommand's physical
-/// segments (the bounce buffer's) reach the controller through an identity IOMMU mapping.
-fn nvme_forced_bounce(addr: PciAddress) -> TestResult {
-    const LEN: u64 = 64 << 10;
-    let NvmeRig {
-        host,
-        d: _d,
-        vfio,
-        mapper: _mapper,
-        nvme,
-        ns,
-    } = nvme_rig(addr)?;
-    let mut qp = nvme
-        .create_io_queue_pair(1, 8)
-        .map_err(e2s("I/O queue pair"))?;
-    let pool = Arc::new(BouncePool::new(host.clone(), "nvme bounce pool", 4 << 20));
-    pool.set_force_bounce(true);
-    let data: Vec<u8> = (0..LEN as u32).map(|i| (i ^ (i >> 9)) as u8).collect();
-    let src = Arc::new(
-        BufferMemoryDescriptor::with_bytes(host.clone(), &data, Direction::Out)
-            .map_err(e2s("source"))?,
-    );
-    let dst = Arc::new(
-        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(LEN, Direction::In))
-            .map_err(e2s("destination"))?,
-    );
-    let spec = nvme_spec(nvme.max_transfer()).map_err(e2s("spec"))?;
-    let lba = 9000;
-    let mut bounced_at = Vec::new();
-    for (write, md) in [
-        (true, src.clone() as Arc<dyn MemoryDescriptor>),
-        (false, dst.clone()),
-    ] {
-        let mut cmd = DmaCommand::builder(host.clone())
-            .spec(spec)
-            .bounce_pool(pool.clone())
-            .build()
-            .map_err(e2s("command"))?;
-        cmd.set_memory_descriptor(md)
-            .map_err(e2s("set descriptor"))?;
-        cmd.prepare(PrepareOptions::range(0, LEN))
-            .map_err(e2s("prepare"))?;
-        check(cmd.is_bounced(), || "the forced pool did not bounce".into())?;
-        let s = segments(&cmd)?;
-        let base = dmakit::PhysAddr(s[0].addr.0);
-        bounced_at.push(base.0);
-        let (iova, pages) = vfio
-            .map_identity(base, LEN, Access::READ_WRITE)
-            .map_err(e2s("identity map of the bounce buffer"))?;
-        let r = nvme.transfer_command(&mut qp, &cmd, &ns, write, lba, LEN);
-        vfio.iovm_free(iova, pages).map_err(e2s("unmap"))?;
-        cmd.complete().map_err(e2s("complete"))?;
-        r.map_err(e2s(if write { "write" } else { "read" }))?;
-    }
-    let mut back = vec![0u8; LEN as usize];
-    assert_eq!(dst.read_bytes(0, &mut back), back.len());
-    check(back == data, || "bounced data did not round-trip".into())?;
-    let stats = pool.stats();
-    check(
-        stats.buffers == 2 && stats.bounced_bytes == 2 * LEN && stats.in_use == 0,
-        || format!("{stats:?}"),
-    )?;
-    qp.release().map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    Ok(format!(
-        "64 KiB written and read back at LBA {lba} through bounce buffers at physical {:#x} \
-         and {:#x} (identity-mapped), byte-exact; pool {stats:?}; kernel confirms 0 mappings left",
-        bounced_at[0], bounced_at[1]
-    ))
-}
-
-/// Reads completed by MSI-X: the completion queue interrupts, VFIO's eventfd wakes the
-/// Msi thread, which raises the queue's CompletionSignal (an InterruptSink), and the waiting
-/// queue pair sleeps instead of spinning.
-fn nvme_interrupt_completion(addr: PciAddress) -> TestResult {
-    let NvmeRig {
-        host,
-        d,
-        vfio,
-        mapper: _mapper,
-        nvme,
-        ns,
-    } = nvme_rig(addr)?;
-    let signal = Arc::new(CompletionSignal::new());
-    let sink: Arc<dyn InterruptSink> = signal.clone();
-    let msi = Msi::to_sink(&d, IrqKind::MsiX, || true, sink).map_err(e2s("MSI-X"))?;
-    let mut qp = nvme
-        .create_io_queue_pair_with_interrupt(1, 8, 0, signal.clone())
-        .map_err(e2s("I/O queue pair with interrupts"))?;
-    let buf = Arc::new(
-        BufferMemoryDescriptor::new(host.clone(), BufferOptions::new(64 << 10, Direction::In))
-            .map_err(e2s("buffer"))?,
-    );
-    for k in 0..16u64 {
-        nvme.transfer(
-            &mut qp,
-            &ns,
-            false,
-            300 + 8 * k,
-            buf.clone(),
-            k * 4096,
-            4096,
-        )
-        .map_err(e2s("read"))?;
-    }
-    for k in 0..16u64 {
-        let mut head = [0u8; 16];
-        assert_eq!(buf.read_bytes(k * 4096, &mut head), head.len());
-        let want = format!("dmakit LBA {}\n", 300 + 8 * k);
-        check(head.starts_with(want.as_bytes()), || {
-            format!(
-                "block {} reads {:?}",
-                300 + 8 * k,
-                String::from_utf8_lossy(&head)
-            )
-        })?;
-    }
-    let woken = qp.completions_after_interrupt();
-    qp.release().map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    let irqs = msi.count();
-    drop(msi);
-    check(irqs >= 1 && woken >= 1, || {
-        format!("{irqs} MSI-X interrupts, {woken} completions found after one")
-    })?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    Ok(format!(
-        "16 reads of 4 KiB byte-exact; {irqs} MSI-X interrupts (eventfd counts) woke the Msi \
-         thread, which raised the CompletionSignal {} times; {woken} of 16 completions were \
-         found by a waiter the interrupt woke; kernel confirms 0 mappings left",
-        signal.raised()
-    ))
-}
-
-/// An interrupt sink that forwards to one connected later.
-#[derive(Default)]
-struct Relay(Mutex<Option<Arc<dyn InterruptSink>>>);
-
-impl Relay {
-    fn connect(&self, to: Arc<dyn InterruptSink>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
-    }
-}
-
-impl InterruptSink for Relay {
-    fn raise(&self) {
-        let to = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(to) = to {
-            to.raise();
-        }
-    }
-}
-
-/// Reads completed through a DmaEventSource: the completion queue's MSI-X vector raises the
-/// event source (the Msi thread calls its InterruptSink), whose work loop takes the
-/// completions from the queue pair (an EventQueue, a CompletionSource) and hands them to the
-/// driver's action in order.
-fn nvme_event_source_completion(addr: PciAddress) -> TestResult {
-    const READS: u64 = 24;
-    let NvmeRig {
-        host,
-        d,
-        vfio,
-        mapper,
-        nvme,
-        ns,
-    } = nvme_rig(addr)?;
-    // MSI-X is enabled before the completion queue that uses it is created (as in
-    // nvme_interrupt_completion); the event source, which needs the queue, is connected to
-    // the vector through a relay once it exists.
-    let relay = Arc::new(Relay::default());
-    let sink: Arc<dyn InterruptSink> = relay.clone();
-    let msi = Msi::to_sink(&d, IrqKind::MsiX, || true, sink).map_err(e2s("MSI-X"))?;
-    let qp = nvme
-        .create_io_queue_pair_for_events(1, 32, 0)
-        .map_err(e2s("I/O queue pair with interrupts"))?;
-    let queue = Arc::new(EventQueue::new(qp).map_err(e2s("event queue"))?);
-    let (tx, rx) = std::sync::mpsc::channel::<DmaCompletion>();
-    let tx = Mutex::new(tx);
-    let es = Arc::new(DmaEventSource::new(queue.clone(), move |c| {
-        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(c);
-    }));
-    relay.connect(es.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let work_loop = es.spawn_work_loop(stop.clone());
-    let bufs = (0..READS)
-        .map(|_| DmaBuffer::new(&host, &mapper, 4096, Direction::In))
-        .collect::<dmakit::Result<Vec<_>>>()
-        .map_err(e2s("buffers"))?;
-    let mut cids = Vec::new();
-    for (k, b) in bufs.iter().enumerate() {
-        cids.push(
-            queue
-                .submit_read(&ns, 400 + 8 * k as u64, b)
-                .map_err(e2s("submit"))?,
-        );
-    }
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while got.len() < READS as usize {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(c) => got.push(c),
-            Err(_) => break,
-        }
-    }
-    stop.store(true, Ordering::Release);
-    es.raise();
-    let _ = work_loop.join();
-    let irqs = msi.count();
-    drop(msi);
-    let outcome = (|| {
-        check(got.len() == READS as usize, || {
-            format!(
-                "{} of {READS} completions delivered ({irqs} MSI-X interrupts)",
-                got.len()
-            )
-        })?;
-        for c in &got {
-            check(c.status.is_ok() && c.bytes == 4096, || {
-                format!("completion {c:?}")
-            })?;
-        }
-        let mut seen: Vec<u64> = got.iter().map(|c| c.ticket).collect();
-        seen.sort_unstable();
-        let mut want: Vec<u64> = cids.iter().map(|&c| c as u64).collect();
-        want.sort_unstable();
-        check(seen == want, || {
-            format!("tickets {seen:?}, submitted {want:?}")
-        })?;
-        for (k, b) in bufs.iter().enumerate() {
-            let mut block = vec![0u8; 4096];
-            b.read(0, &mut block).map_err(e2s("read back"))?;
-            for j in 0..8 {
-                let n = 400 + 8 * k as u64 + j;
-                check_block(&block[j as usize * 512..(j as usize + 1) * 512], n)?;
-            }
-        }
-        check(irqs >= 1, || "no MSI-X interrupt arrived".to_string())
-    })();
-    for b in bufs {
-        b.release().map_err(e2s("release buffer"))?;
-    }
-    drop(relay);
-    drop(es);
-    let queue =
-        Arc::try_unwrap(queue).map_err(|_| "the event queue is still shared".to_string())?;
-    queue
-        .into_inner()
-        .release()
-        .map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    outcome?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    Ok(format!(
-        "{READS} reads of 4 KiB submitted at once; {irqs} MSI-X interrupts raised the \
-         DmaEventSource, whose work loop delivered {} completions (tickets = command ids, \
-         4096 bytes, status ok), every block byte-exact; kernel confirms 0 mappings left",
-        got.len()
-    ))
-}
-
 /// The disk image's content of block `n` (guest/mkdisk.pl): `dmakit LBA <n>\n`, then the
 /// byte `n & 0xff` to the end of the block.
 fn check_block(block: &[u8], n: u64) -> Result<(), String> {
@@ -1215,113 +761,239 @@ fn shuffled(blocks: u64, count: usize) -> Vec<u64> {
     out
 }
 
-/// 4 KiB random reads at queue depth `depth` on one I/O queue pair, each command with its
-/// own pre-mapped buffer (a BufferMemoryDescriptor whose mapped DmaCommand is prepared once
-/// and reused): `warmup` untimed reads, every one checked byte-exact, then `ios` timed ones
-/// from the start of the same sequence
-/// (every 64th checked byte-exact: the check is inside the timing), every completion's
-/// status and command identifier checked. Prints a `bench` line with the wall time per read.
-fn nvme_randread(addr: PciAddress, b: Bench, depth: usize) -> TestResult {
+/// 4 KiB random reads at queue depth `depth` on one I/O queue pair of the portable driver,
+/// each command with its own pre-mapped buffer (a `DmaBuffer`, mapped once and reused):
+/// `warmup` untimed reads, every one checked byte-exact, then `ios` timed ones from the
+/// start of the same sequence (every 64th checked byte-exact: the check is inside the
+/// timing), every completion's status and command identifier checked. Prints a `bench`
+/// line with the wall time per read.
+fn nvme_randread(n: &NvmeTarget, b: Bench, depth: usize) -> TestResult {
     const IO: u64 = 4096;
-    let NvmeRig {
-        host,
-        d: _d,
-        vfio,
-        mapper,
-        nvme,
-        ns,
-    } = nvme_rig(addr)?;
+    let m = GuestNvme::open(n)?;
+    let r = suite::rig(&m)?;
+    let (nvme, ns, mut q) = (r.nvme, r.ns, r.q);
     let bs = ns.block_size as u64;
     check(
         b.offset.is_multiple_of(IO)
             && b.size.is_multiple_of(IO)
-            && (b.offset + b.size) / bs <= ns.blocks,
+            && (b.offset + b.size) / bs <= ns.blocks
+            && depth < q.entries() as usize,
         || {
             format!(
-                "bench region {:#x}+{:#x} does not fit {ns:?}",
+                "bench region {:#x}+{:#x} or depth {depth} does not fit {ns:?}",
                 b.offset, b.size
             )
         },
     )?;
-    let mut qp = nvme
-        .create_io_queue_pair(1, 64)
-        .map_err(e2s("I/O queue pair"))?;
+    let view = nvme.dma_view();
+    let host = m.host.clone();
     let buffers = (0..depth)
-        .map(|_| DmaBuffer::new(&host, &mapper, IO, Direction::In).map_err(e2s("buffer")))
+        .map(|_| DmaBuffer::new(&host, &view, IO).map_err(e2s("buffer")))
         .collect::<Result<Vec<_>, _>>()?;
     let first = b.offset / bs;
     let per = IO / bs;
-    // The warm-up reads the start of the same sequence the timed run then reads whole (as
-    // fio's warm-up job does with the same seed).
-    let timed: Vec<u64> = shuffled(b.size / IO, b.ios)
-        .into_iter()
-        .map(|k| first + k * per)
-        .collect();
-    let warm: Vec<u64> = shuffled(b.size / IO, b.warmup)
-        .into_iter()
-        .map(|k| first + k * per)
-        .collect();
-    let mut block = vec![0u8; IO as usize];
+    let lbas = |count| -> Vec<u64> {
+        shuffled(b.size / IO, count)
+            .into_iter()
+            .map(|k| first + k * per)
+            .collect()
+    };
+    let (warm, timed) = (lbas(b.warmup), lbas(b.ios));
     let mut verified = 0u64;
-    let mut verify = |lba: u64, buf: &DmaBuffer| -> dmakit::Result<()> {
-        buf.read(0, &mut block)?;
+    let mut verify = |lba: u64, buf: &DmaBuffer<Arc<Host>>| -> Result<(), String> {
+        let mut block = vec![0u8; IO as usize];
+        buf.read(0, &mut block).map_err(e2s("read back"))?;
         for k in 0..per {
             let at = (k * bs) as usize;
-            check_block(&block[at..at + bs as usize], lba + k).map_err(|_| Error::BadArgument {
-                what: "NVMe random read: the block does not hold its known content (LBA)",
-                value: lba + k,
-            })?;
+            check_block(&block[at..at + bs as usize], lba + k)?;
         }
         verified += 1;
         Ok(())
     };
-    let ws = nvme
-        .read_queued(&mut qp, &ns, &warm, &buffers, |i, buf| verify(warm[i], buf))
-        .map_err(e2s("warm-up reads"))?;
-    let stats = nvme
-        .read_queued(&mut qp, &ns, &timed, &buffers, |i, buf| {
-            if i % 64 == 0 {
-                verify(timed[i], buf)
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(e2s("timed reads"))?;
-    check(stats.commands == timed.len() as u64, || {
-        format!("{} of {} reads completed", stats.commands, timed.len())
+    let w = queued(&mut q, &ns, &warm, &buffers, &mut |i, buf| {
+        verify(warm[i], buf)
     })?;
-    check(stats.max_outstanding == depth.min(timed.len()), || {
-        format!(
-            "at most {} outstanding, wanted {depth}",
-            stats.max_outstanding
-        )
+    let t0 = Instant::now();
+    let stats = queued(&mut q, &ns, &timed, &buffers, &mut |i, buf| {
+        if i % 64 == 0 {
+            verify(timed[i], buf)
+        } else {
+            Ok(())
+        }
     })?;
-    for buf in buffers {
-        buf.release().map_err(e2s("release"))?;
-    }
-    qp.release().map_err(e2s("release queue pair"))?;
-    nvme.shutdown().map_err(e2s("shutdown"))?;
-    vfio.check_unmapped().map_err(e2s("teardown"))?;
-    let ns_per_op = stats.elapsed.as_nanos() as f64 / stats.commands as f64;
+    let elapsed = t0.elapsed();
+    check(
+        stats.0 == timed.len() && stats.1 == depth.min(timed.len()),
+        || {
+            format!(
+                "{} of {} reads, at most {} outstanding",
+                stats.0,
+                timed.len(),
+                stats.1
+            )
+        },
+    )?;
+    drop(buffers);
+    drop(q);
+    drop(nvme);
+    m.leftovers()?;
+    let ns_per_op = elapsed.as_nanos() as f64 / stats.0 as f64;
     println!(
         "bench nvme/randread_4k_qd{depth} dmakit_ns_per_op={ns_per_op:.1} ios={} depth={depth} \
          offset={} size={} warmup={}",
-        stats.commands, b.offset, b.size, ws.commands
+        stats.0, b.offset, b.size, w.0
     );
     Ok(format!(
         "{} timed 4 KiB reads at random 4 KiB-aligned LBAs of {}..{} after {} warm-up ones, up \
-         to {} outstanding on one queue pair ({} SQ and {} CQ doorbell writes), each completion's \
-         status and command id checked, {verified} reads byte-exact against the image; \
-         {:.1} us per read; kernel confirms 0 mappings left",
-        stats.commands,
+         to {} outstanding on one queue pair, each completion's status and command id checked, \
+         {verified} reads byte-exact against the image; {:.1} us per read; 0 mappings left",
+        stats.0,
         first,
         first + b.size / bs,
-        ws.commands,
-        stats.max_outstanding,
-        stats.sq_doorbells,
-        stats.cq_doorbells,
+        w.0,
+        stats.1,
         ns_per_op / 1000.0
     ))
+}
+
+/// A pre-mapped buffer of the guest's NVMe tests.
+type GuestBuffer = DmaBuffer<Arc<Host>>;
+
+/// Reads `lbas[i]` (one buffer's worth each) with up to `buffers.len()` outstanding: fills
+/// every free buffer, rings once, takes the completions there are, hands each finished
+/// buffer to `done`, refills. Returns (reads completed, most outstanding at once).
+fn queued(
+    q: &mut IoQueue<Arc<Host>>,
+    ns: &NamespaceIdentity,
+    lbas: &[u64],
+    buffers: &[DmaBuffer<Arc<Host>>],
+    done: &mut dyn FnMut(usize, &GuestBuffer) -> Result<(), String>,
+) -> Result<(usize, usize), String> {
+    let mut free: Vec<usize> = (0..buffers.len()).rev().collect();
+    let mut owner = std::collections::HashMap::new();
+    let (mut next, mut completed, mut most) = (0usize, 0usize, 0usize);
+    while completed < lbas.len() {
+        while next < lbas.len() {
+            let Some(b) = free.pop() else { break };
+            let len = buffers[b].len();
+            let cid = q
+                .submit_read(ns, lbas[next], &buffers[b], 0, len)
+                .map_err(e2s("submit"))?;
+            owner.insert(cid, (b, next));
+            next += 1;
+        }
+        most = most.max(q.outstanding());
+        q.ring().map_err(e2s("doorbell"))?;
+        let mut finished = Vec::new();
+        q.wait_completions(true, |d| finished.push(d))
+            .map_err(e2s("completions"))?;
+        for d in finished {
+            d.result.map_err(e2s("read"))?;
+            let (b, i) = owner
+                .remove(&d.cid)
+                .ok_or("a completion nobody waited for")?;
+            done(i, &buffers[b])?;
+            free.push(b);
+            completed += 1;
+        }
+    }
+    Ok((completed, most))
+}
+
+/// One NVMe controller of the guest, through the device seam, for the portable test suite.
+struct GuestNvme {
+    host: Arc<Host>,
+    f: Arc<VfioFunction>,
+    serial: String,
+}
+
+impl GuestNvme {
+    fn open(n: &NvmeTarget) -> Result<GuestNvme, String> {
+        let host = Arc::new(Host::new().map_err(e2s("host"))?);
+        let f =
+            Arc::new(VfioFunction::open(host.clone(), n.addr).map_err(e2s("open the controller"))?);
+        Ok(GuestNvme {
+            host,
+            f,
+            serial: n.serial.clone(),
+        })
+    }
+
+    /// Every IO mapping given back (the kernel's VFIO confirms it).
+    fn leftovers(&self) -> Result<(), String> {
+        self.f.mapper().check_unmapped().map_err(e2s("teardown"))
+    }
+}
+
+impl TestMachine<Arc<Host>> for GuestNvme {
+    fn platform(&self) -> Arc<Host> {
+        self.host.clone()
+    }
+    fn function(&self) -> Arc<dyn PciFunction> {
+        self.f.clone()
+    }
+    fn timer(&self) -> Arc<dyn dmakit_nvme::Timer> {
+        Arc::new(MonotonicTimer::new())
+    }
+    fn serial(&self) -> Option<String> {
+        Some(self.serial.clone())
+    }
+    fn resources(&self) -> Vec<(&'static str, u64)> {
+        let mp = self.f.mapper();
+        vec![
+            ("IO page mappings", mp.mapped_pages() as u64),
+            ("IO allocations", mp.allocations() as u64),
+            (
+                "outstanding preparations",
+                dmakit::debug::outstanding(0).len() as u64,
+            ),
+        ]
+    }
+    fn stored(&self, _nsid: u32, _offset: u64, _len: usize) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Two threads, each with its own queue pair, writing and reading back at once.
+fn nvme_two_threads(n: &NvmeTarget) -> TestResult {
+    let m = GuestNvme::open(n)?;
+    let nvme = dmakit_nvme::Nvme::new(m.host.clone(), m.function(), m.timer(), m.options())
+        .map_err(e2s("bring-up"))?;
+    let ns = nvme.namespace(1).map_err(e2s("namespace"))?;
+    let base = suite::scratch(&ns) + 4096;
+    let results: Vec<Result<(u16, u64), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (nvme, host) = (nvme.clone(), m.host.clone());
+                s.spawn(move || {
+                    let mut q = nvme.io_queue(QueueOptions::new(16)).map_err(e2s("queue"))?;
+                    suite::worker(&host, &mut q, &ns, base + t * 2048, 64, 16, t + 1)?;
+                    Ok((q.id(), q.stats().commands))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    check(done[0].0 != done[1].0, || {
+        format!("one queue pair for both: {done:?}")
+    })?;
+    drop(nvme);
+    m.leftovers()?;
+    Ok(format!(
+        "queue pairs {} and {} in two threads, {} and {} commands, 16 write+read rounds each byte-exact",
+        done[0].0, done[1].0, done[0].1, done[1].1
+    ))
+}
+
+/// One test of the portable suite on controller `n`.
+fn nvme_suite(n: &NvmeTarget, test: suite::TestFn<Arc<Host>>) -> TestResult {
+    let m = GuestNvme::open(n)?;
+    suite::run(&m, test)?;
+    m.leftovers()?;
+    Ok(format!("{} ({}), nothing left mapped", n.addr, n.label))
 }
 
 // ---- the device seam: VfioBus and VfioFunction ---------------------------------------------
@@ -1541,8 +1213,8 @@ fn seam_nvme_registers() -> TestResult {
 
 /// One NVMe queue in memory the controller reaches, and its doorbells.
 struct SeamQueue {
-    sq: DmaBuffer,
-    cq: DmaBuffer,
+    sq: DmaBuffer<Arc<Host>>,
+    cq: DmaBuffer<Arc<Host>>,
     tail: u16,
     qid: u16,
 }
@@ -1597,7 +1269,8 @@ fn seam_nvme_two_vectors() -> TestResult {
     }
     ready(false)?;
     let page = 4096;
-    let buf = |dir| DmaBuffer::new(&host, &mapper, page, dir).map_err(e2s("DMA buffer"));
+    let view = DmaView::Mapped(mapper.clone());
+    let buf = |_dir: Direction| DmaBuffer::new(&host, &view, page).map_err(e2s("DMA buffer"));
     let mut admin = SeamQueue {
         sq: buf(Direction::Out)?,
         cq: buf(Direction::In)?,
@@ -1614,8 +1287,8 @@ fn seam_nvme_two_vectors() -> TestResult {
     let ident = buf(Direction::In)?;
     let n = u32::from(SEAM_ENTRIES - 1);
     w32(0x24, n << 16 | n)?;
-    w64(0x28, admin.sq.iova())?;
-    w64(0x30, admin.cq.iova())?;
+    w64(0x28, admin.sq.device_addr())?;
+    w64(0x30, admin.cq.device_addr())?;
     w32(0x14, 1 | 6 << 16 | 4 << 20)?;
     ready(true)?;
     // Submits `sqe` on `q`, waits for `sink` to reach `want` raises, then takes the
@@ -1662,7 +1335,12 @@ fn seam_nvme_two_vectors() -> TestResult {
     let qsize = u32::from(SEAM_ENTRIES - 1) << 16;
     let outcome = (|| -> Result<String, String> {
         // Identify Controller: the data's vendor ID is the PCI one.
-        let st = submit(&mut admin, sqe(0x06, 1, 0, ident.iova(), [1, 0, 0]), &a, 1)?;
+        let st = submit(
+            &mut admin,
+            sqe(0x06, 1, 0, ident.device_addr(), [1, 0, 0]),
+            &a,
+            1,
+        )?;
         let mut vid = [0u8; 2];
         ident.read(0, &mut vid).map_err(e2s("identify data"))?;
         check(st == 0 && u16::from_le_bytes(vid) == f.id().vendor, || {
@@ -1671,14 +1349,14 @@ fn seam_nvme_two_vectors() -> TestResult {
         // Create I/O CQ 1 on vector 1 (IEN | PC), then I/O SQ 1 on it.
         let st = submit(
             &mut admin,
-            sqe(0x05, 2, 0, io.cq.iova(), [qsize | 1, 1 << 16 | 3, 0]),
+            sqe(0x05, 2, 0, io.cq.device_addr(), [qsize | 1, 1 << 16 | 3, 0]),
             &a,
             2,
         )?;
         check(st == 0, || format!("create I/O CQ: status {st:#x}"))?;
         let st = submit(
             &mut admin,
-            sqe(0x01, 3, 0, io.sq.iova(), [qsize | 1, 1 << 16 | 1, 0]),
+            sqe(0x01, 3, 0, io.sq.device_addr(), [qsize | 1, 1 << 16 | 1, 0]),
             &a,
             3,
         )?;
@@ -1687,7 +1365,7 @@ fn seam_nvme_two_vectors() -> TestResult {
         let lba = 640u64;
         let st = submit(
             &mut io,
-            sqe(0x02, 1, 1, data.iova(), [lo(lba), hi(lba), 7]),
+            sqe(0x02, 1, 1, data.device_addr(), [lo(lba), hi(lba), 7]),
             &b,
             1,
         )?;
@@ -1749,9 +1427,8 @@ fn seam_nvme_two_vectors() -> TestResult {
         ))
     })();
     let _ = f.set_bus_master(false);
-    for d in [admin.sq, admin.cq, io.sq, io.cq, data, ident] {
-        d.release().map_err(e2s("release"))?;
-    }
+    // Dropping a buffer ends its preparation (the controller is disabled and reset).
+    drop([admin.sq, admin.cq, io.sq, io.cq, data, ident]);
     let detail = outcome?;
     let reset = reset?;
     bus.mapper()
@@ -1955,7 +1632,7 @@ fn main() {
             ));
         }
     }
-    if cfg.nvme.is_some() && !cfg.edu.is_empty() {
+    if !cfg.nvme.is_empty() && !cfg.edu.is_empty() {
         let nonviable = cfg.nonviable;
         tests.push((
             "seam_bus_enumerates".into(),
@@ -1969,33 +1646,34 @@ fn main() {
         tests.push(("seam_edu_msi".into(), Box::new(seam_edu_msi)));
         tests.push(("seam_edu_reset".into(), Box::new(seam_edu_reset)));
     }
-    if let Some(n) = cfg.nvme {
-        tests.push((
-            "nvme_identify_read_write".into(),
-            Box::new(move || nvme_identify_read_write(n)),
-        ));
-        tests.push((
-            "nvme_interrupt_completion".into(),
-            Box::new(move || nvme_interrupt_completion(n)),
-        ));
-        tests.push((
-            "nvme_event_source_completion".into(),
-            Box::new(move || nvme_event_source_completion(n)),
-        ));
-        tests.push((
-            "nvme_forced_bounce".into(),
-            Box::new(move || nvme_forced_bounce(n)),
-        ));
-        tests.push((
-            "nvme_1mib_scattered_prp_lists".into(),
-            Box::new(move || nvme_scattered_prp_lists(n, cfg.bench.map_or(u64::MAX, |b| b.offset))),
-        ));
-        if let Some(b) = cfg.bench {
-            for depth in [1, 32] {
-                tests.push((
-                    format!("nvme_randread_4k_qd{depth}"),
-                    Box::new(move || nvme_randread(n, b, depth)),
-                ));
+    for n in &cfg.nvme {
+        // The default controller's tests keep their plain names; the others say which.
+        let suffix = if n.label == "default" {
+            String::new()
+        } else {
+            format!("@{}", n.label)
+        };
+        for (name, t) in suite::tests::<Arc<Host>>() {
+            let n = n.clone();
+            tests.push((
+                format!("{name}{suffix}"),
+                Box::new(move || nvme_suite(&n, t)),
+            ));
+        }
+        if n.label == "default" {
+            let n2 = n.clone();
+            tests.push((
+                "nvme_two_threads_two_queue_pairs".into(),
+                Box::new(move || nvme_two_threads(&n2)),
+            ));
+            if let Some(b) = cfg.bench {
+                for depth in [1, 32] {
+                    let n = n.clone();
+                    tests.push((
+                        format!("nvme_randread_4k_qd{depth}"),
+                        Box::new(move || nvme_randread(&n, b, depth)),
+                    ));
+                }
             }
         }
     }

@@ -55,7 +55,7 @@
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
 //! | [`vfio`] | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper |
 //! | [`edu`] | QEMU's edu device as a [`DmaController`](dmakit::dma::DmaController) over VFIO |
-//! | [`nvme`] | a userspace NVMe driver on dmakit: admin queue, Identify, I/O queue pairs (polled or MSI-X, many commands outstanding on one), PRP lists |
+//! | `timer` | [`MonotonicTimer`]: the clock portable drivers (`dmakit-nvme`) time their commands with |
 //!
 //! All `unsafe` code is in `sys` (and `vfio/sys` for the ioctls and BAR mappings), apart from the two registration functions of [`Host`],
 //! which are `unsafe fn`s turning the caller's promise into a region.
@@ -71,12 +71,12 @@ mod inspect;
 mod ledger;
 mod lend;
 mod mmio;
-pub mod nvme;
 pub mod pagemap;
 mod physical;
 mod purgeable;
 mod registry;
 mod sys;
+mod timer;
 pub mod vfio;
 mod vm;
 mod wiring;
@@ -84,3 +84,4 @@ mod wiring;
 pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit};
 pub use host::{Host, Usage, HUGEPAGE};
 pub use inspect::{inspect, Inspection};
+pub use timer::MonotonicTimer;

@@ -40,6 +40,8 @@ use dmakit::Error;
 
 /// The PCI class code of an NVMe controller (mass storage, non-volatile memory, NVMe).
 pub const NVME_CLASS: u32 = 0x01_08_02;
+/// Looks at a completion queue between two reads of the controller status.
+pub(crate) const CSTS_EVERY: u32 = 32;
 /// Set Features / Get Features opcode and the Number of Queues feature.
 const ADMIN_SET_FEATURES: u8 = 0x09;
 const FEATURE_NUM_QUEUES: u32 = 0x07;
@@ -459,6 +461,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
     ) -> Result<Completion> {
         let d = Deadline::new(&*self.timer, self.options.command_timeout_ns);
         let qid = ring.qid;
+        let mut polls = 0u32;
         loop {
             if let Some(c) = ring.reap()? {
                 ring.ring_cq(&self.platform)?;
@@ -478,7 +481,14 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 }
                 return Ok(c);
             }
-            self.check_alive(op, qid, cid, generation)?;
+            polls = polls.wrapping_add(1);
+            self.check_alive(
+                op,
+                qid,
+                cid,
+                generation,
+                polls % CSTS_EVERY == 0 || d.passed(),
+            )?;
             if d.passed() {
                 self.needs_reset.store(true, Ordering::Release);
                 return Err(NvmeError::Timeout {
@@ -492,11 +502,23 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
         }
     }
 
-    /// Between looks at a completion queue: a fatal status, a register read of all ones
-    /// (the device is gone) or a reset since the command was submitted fail the command.
-    pub(crate) fn check_alive(&self, op: Op, qid: u16, cid: u16, generation: u64) -> Result<()> {
+    /// Between looks at a completion queue: a reset since the command was submitted or (when
+    /// `read_csts`: a register read costs far more than a look at memory, so the wait loops
+    /// do it every [`CSTS_EVERY`] looks and before giving up) a fatal status fail the
+    /// command.
+    pub(crate) fn check_alive(
+        &self,
+        op: Op,
+        qid: u16,
+        cid: u16,
+        generation: u64,
+        read_csts: bool,
+    ) -> Result<()> {
         if self.generation.load(Ordering::Acquire) != generation {
             return Err(NvmeError::Reset { op, qid, cid });
+        }
+        if !read_csts {
+            return Ok(());
         }
         let csts = self.regs.read32(&self.platform, regs::CSTS)?;
         if csts & regs::CSTS_CFS != 0 {

@@ -612,6 +612,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
     fn collect(&mut self, wait: bool, f: &mut dyn FnMut(Done)) -> Result<usize> {
         let shared = self.shared.clone();
         let d = Deadline::new(&*shared.timer, shared.options.command_timeout_ns);
+        let mut polls = 0u32;
         loop {
             let n = self.reap_all(f)?;
             if n > 0 || !wait || self.inflight.is_empty() {
@@ -621,7 +622,9 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
                 Some((cid, inf)) => (inf.op, *cid),
                 None => return Ok(0),
             };
-            let failed = match self.shared.check_alive(op, self.qid, cid, self.generation) {
+            polls = polls.wrapping_add(1);
+            let look = polls % crate::controller::CSTS_EVERY == 0 || d.passed();
+            let failed = match shared.check_alive(op, self.qid, cid, self.generation, look) {
                 Err(e) => Some(e),
                 Ok(()) if d.passed() => {
                     self.shared.needs_reset.store(true, Ordering::Release);
