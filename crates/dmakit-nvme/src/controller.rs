@@ -487,7 +487,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 qid,
                 cid,
                 generation,
-                polls % CSTS_EVERY == 0 || d.passed(),
+                polls.is_multiple_of(CSTS_EVERY) || d.passed(),
             )?;
             if d.passed() {
                 self.needs_reset.store(true, Ordering::Release);

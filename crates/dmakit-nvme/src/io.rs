@@ -623,7 +623,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
                 None => return Ok(0),
             };
             polls = polls.wrapping_add(1);
-            let look = polls % crate::controller::CSTS_EVERY == 0 || d.passed();
+            let look = polls.is_multiple_of(crate::controller::CSTS_EVERY) || d.passed();
             let failed = match shared.check_alive(op, self.qid, cid, self.generation, look) {
                 Err(e) => Some(e),
                 Ok(()) if d.passed() => {
