@@ -24,6 +24,8 @@ pub struct DmaBuffer<P: Platform + Clone + 'static> {
     cmd: DmaCommand<P>,
     addr: u64,
     len: u64,
+    /// Whether CPU accesses need cache maintenance (never bounced: checked at creation).
+    sync: bool,
 }
 
 impl<P: Platform + Clone + Send + Sync + 'static> DmaBuffer<P> {
@@ -57,6 +59,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> DmaBuffer<P> {
             cmd,
             addr: 0,
             len,
+            sync: true,
         };
         b.locate()
     }
@@ -71,6 +74,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> DmaBuffer<P> {
         match first {
             Some(s) if !more && s.len == self.len && !self.cmd.is_bounced() => {
                 self.addr = s.addr.0;
+                self.sync = self.cmd.maintains_caches();
                 Ok(self)
             }
             _ => Err(Error::Internal {
@@ -102,14 +106,19 @@ impl<P: Platform + Clone + Send + Sync + 'static> DmaBuffer<P> {
     /// Writes `data` at `offset` and makes it visible to the device.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.buf.write(offset, data)?;
+        if !self.sync {
+            return Ok(());
+        }
         self.cmd
             .synchronize_range(Direction::Out, offset, data.len() as u64)
     }
 
     /// Reads what the device wrote at `offset` into `out`.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
-        self.cmd
-            .synchronize_range(Direction::In, offset, out.len() as u64)?;
+        if self.sync {
+            self.cmd
+                .synchronize_range(Direction::In, offset, out.len() as u64)?;
+        }
         self.buf.read(offset, out)
     }
 

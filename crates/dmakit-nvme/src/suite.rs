@@ -86,6 +86,14 @@ pub fn tests<P: Platform + Clone + Send + Sync + 'static>() -> Vec<(&'static str
         ("nvme_flush", flush),
         ("nvme_queued_reads", queued_reads),
         ("nvme_reset_fails_outstanding", reset_fails_outstanding),
+        (
+            "nvme_failed_command_gives_back_everything",
+            failed_command_gives_back,
+        ),
+        (
+            "nvme_interrupts_reach_the_queue",
+            interrupts_reach_the_queue,
+        ),
     ]
 }
 
@@ -527,6 +535,77 @@ pub fn reset_fails_outstanding<P: Platform + Clone + Send + Sync + 'static>(
     r.q.read(&r.ns, lba, &md, 0, 4096)
         .map_err(e2s("read after reset"))?;
     check(r.q.stats().recreated == 1, || format!("{:?}", r.q.stats()))
+}
+
+/// A command the controller fails after its PRP list pages were written (a namespace that
+/// does not exist) names itself, and its list pages and mappings are given back (the run's
+/// resource check): the queue keeps working.
+pub fn failed_command_gives_back<P: Platform + Clone + Send + Sync + 'static>(
+    m: &dyn TestMachine<P>,
+) -> Outcome {
+    let mut r = rig(m)?;
+    let len = (4 * 4096u64)
+        .min(r.nvme.max_transfer())
+        .max(r.ns.block_size as u64);
+    let md = buffer(&r.platform, len + 512)?;
+    let ghost = NamespaceIdentity {
+        nsid: 0x7fff_0001,
+        ..r.ns
+    };
+    let e = r.q.read(&ghost, 0, &md, 512, len);
+    match &e {
+        Err(err @ NvmeError::Status { op, qid, .. }) => {
+            check(op.nsid == ghost.nsid && *qid == r.q.id(), || {
+                err.to_string()
+            })?;
+            check(err.io_return() == dmakit::IoReturn::IO_ERROR, || {
+                err.to_string()
+            })?;
+        }
+        other => return Err(format!("a read of a missing namespace: {other:?}")),
+    }
+    check(r.q.stats().failed == 1, || format!("{:?}", r.q.stats()))?;
+    r.q.read(&r.ns, scratch(&r.ns), &md, 512, len)
+        .map_err(e2s("the next read"))?;
+    Ok(())
+}
+
+/// A queue pair created with an interrupt vector: completions raise it, and the sink given
+/// with it too. (Skipped where the function has fewer than two vectors.)
+pub fn interrupts_reach_the_queue<P: Platform + Clone + Send + Sync + 'static>(
+    m: &dyn TestMachine<P>,
+) -> Outcome {
+    struct Count(core::sync::atomic::AtomicU64);
+    impl dmakit::dma::InterruptSink for Count {
+        fn raise(&self) {
+            self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if m.function().interrupts().vectors < 2 {
+        return Ok(());
+    }
+    let nvme =
+        Nvme::new(m.platform(), m.function(), m.timer(), m.options()).map_err(e2s("bring-up"))?;
+    let ns = nvme.namespace(1).map_err(e2s("namespace"))?;
+    let sink = Arc::new(Count(core::sync::atomic::AtomicU64::new(0)));
+    let mut q = nvme
+        .io_queue(QueueOptions::new(8).interrupt(1).sink(sink.clone()))
+        .map_err(e2s("queue with a vector"))?;
+    let md = buffer(&m.platform(), 4096)?;
+    for i in 0..4 {
+        q.read(&ns, i * 8, &md, 0, 4096).map_err(e2s("read"))?;
+    }
+    // The last interrupt may still be on its way when the poll saw the completion.
+    let t = m.timer();
+    let start = t.now_ns();
+    while q.stats().interrupts < 3 && t.now_ns() - start < 2_000_000_000 {
+        t.pause();
+    }
+    let seen = q.stats().interrupts;
+    let sunk = sink.0.load(core::sync::atomic::Ordering::Relaxed);
+    check(seen >= 3 && sunk == seen, || {
+        format!("{seen} interrupts counted, {sunk} reached the sink, for 4 reads")
+    })
 }
 
 /// For a second thread: writes and reads back `rounds` transfers of `blocks` blocks at
