@@ -6,7 +6,8 @@
 //! physically constrained allocation, the cache model, mapped I/O to a device model, and
 //! what fault injection and misuse produce, and DMA: a 32-bit device bounced below 4 GiB, a
 //! scattered buffer mapped through the IOMMU into one IO segment, and the DMA engine copying
-//! between two descriptors.
+//! between two descriptors. Then the portable NVMe driver on a simulated controller
+//! (`crate::demo_nvme`), and a teardown that checks everything was given back.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use dmakit::alloc::{
@@ -34,14 +35,14 @@ use std::sync::{Arc, Mutex};
 
 const MMIO_BASE: u64 = 0xFEB0_0000;
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header.iter().map(Cell::new));
     t
 }
 
-fn right(t: &mut Table, cols: &[usize]) {
+pub(crate) fn right(t: &mut Table, cols: &[usize]) {
     for &c in cols {
         if let Some(col) = t.column_mut(c) {
             col.set_cell_alignment(CellAlignment::Right);
@@ -92,6 +93,8 @@ pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
     cache_and_mmio(&m).map_err(|e| e.to_string())?;
     dma(&m, seed).map_err(|e| e.to_string())?;
     faults_and_misuse(&m).map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout();
+    let nvme = crate::demo_nvme::run(&m, seed, &mut stdout)?;
 
     let s = m.stats();
     heading("Teardown");
@@ -99,6 +102,7 @@ pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
         "allocations live: {}, wired pages: {}, free pages: {} of {}",
         s.allocations, s.wired_pages, s.free_pages, s.ram_pages
     );
+    nvme.check(&m, &mut stdout)?;
     if s.allocations != 0 || s.free_pages != s.ram_pages {
         return Err("the demo leaked memory on the simulated machine".into());
     }

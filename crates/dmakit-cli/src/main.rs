@@ -1,13 +1,15 @@
 //! `dmakit`: the command-line face of dmakit.
 //!
 //! * `dmakit demo`: the main job, a scenario on the simulated machine that shows what was
-//!   allocated and where it landed physically;
+//!   allocated and where it landed physically, and the portable NVMe driver on a simulated
+//!   controller;
 //! * `dmakit inspect --size N [--hugepage]`: allocates on this Linux host and prints the
 //!   physical runs (root needed for physical addresses; otherwise the error says why);
 //! * `dmakit bench [--quick]`: the side-by-side benchmarks, as a table and as
 //!   `target/dmakit-bench.json`.
 
 mod demo;
+mod demo_nvme;
 mod size;
 
 use clap::{Parser, Subcommand};
