@@ -905,6 +905,8 @@ struct GuestNvme {
     host: Arc<Host>,
     f: Arc<VfioFunction>,
     serial: String,
+    /// The controller states no MDTS (the guest's `lba4k` one).
+    no_mdts: bool,
 }
 
 impl GuestNvme {
@@ -916,6 +918,7 @@ impl GuestNvme {
             host,
             f,
             serial: n.serial.clone(),
+            no_mdts: n.label == "lba4k",
         })
     }
 
@@ -937,6 +940,16 @@ impl TestMachine<Arc<Host>> for GuestNvme {
     }
     fn serial(&self) -> Option<String> {
         Some(self.serial.clone())
+    }
+    fn options(&self) -> dmakit_nvme::NvmeOptions {
+        // Without an MDTS the driver's own limit applies: 3 MiB commands need chained PRP
+        // lists (768 entries after the first) and stay under QEMU's 1024 pieces per command.
+        let o = dmakit_nvme::NvmeOptions::new();
+        if self.no_mdts {
+            o.max_transfer(3 << 20).bounce_bytes(3 << 20)
+        } else {
+            o
+        }
     }
     fn resources(&self) -> Vec<(&'static str, u64)> {
         let mp = self.f.mapper();

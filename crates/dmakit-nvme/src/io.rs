@@ -287,7 +287,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
             md.length(),
         )?;
         let bs = ns.block_size as u64;
-        let chunk = (self.shared.max_transfer() / bs).max(1) * bs;
+        let chunk = max_blocks(self.shared.max_transfer(), bs) * bs;
         let mut report = Transfer::default();
         let mut done = 0;
         while done < len {
@@ -559,9 +559,11 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         check_range(ns, lba, len)?;
         // The buffer must hold every block the command moves.
         dmakit::descriptor::check_range("NVMe transfer in the buffer", offset, len, buf.len())?;
-        if len > self.shared.max_transfer() {
+        let bs = ns.block_size as u64;
+        if len > self.shared.max_transfer() || len / bs > max_blocks(self.shared.max_transfer(), bs)
+        {
             return Err(Error::BadArgument {
-                what: "NVMe command on a pre-mapped buffer: longer than max_transfer (split it, or use read/write)",
+                what: "NVMe command on a pre-mapped buffer: longer than max_transfer or 65536 blocks (split it, or use read/write)",
                 value: len,
             }
             .into());
@@ -811,6 +813,12 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for IoQueue<P
     }
 }
 
+/// The most blocks of `bs` bytes one command carries: the transfer limit, and the 16-bit
+/// block count of a Read or Write (65536 blocks); at least one.
+fn max_blocks(max_transfer: u64, bs: u64) -> u64 {
+    (max_transfer / bs).clamp(1, 1 << 16)
+}
+
 /// Whole blocks, inside the namespace.
 fn check_range(ns: &NamespaceIdentity, lba: u64, len: u64) -> Result<()> {
     let bs = ns.block_size as u64;
@@ -888,4 +896,31 @@ fn gone() -> NvmeError {
         addr: 0,
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_command_carries_at_most_65536_blocks() {
+        assert_eq!(max_blocks(4 << 20, 512), 8192);
+        assert_eq!(max_blocks(u64::MAX, 512), 65536);
+        assert_eq!(max_blocks(4096, 8192), 1);
+    }
+
+    #[test]
+    fn contiguous_runs_are_cut_at_pages() {
+        let s = contiguous_segments(0x1_0e00, 0x1400);
+        let got: Vec<(u64, u64)> = s.iter().map(|x| (x.addr.0, x.len)).collect();
+        assert_eq!(
+            got,
+            [(0x1_0e00, 0x200), (0x1_1000, 0x1000), (0x1_2000, 0x200)]
+        );
+        let (prp1, rest) = prp_entries(&s).unwrap();
+        assert_eq!(
+            (prp1, rest),
+            (0x1_0e00, Some(alloc::vec![0x1_1000, 0x1_2000]))
+        );
+    }
 }

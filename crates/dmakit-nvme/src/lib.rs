@@ -3,32 +3,50 @@
 //! `no_std` + `alloc`, depending on the dmakit core alone: what the driver needs from a
 //! machine comes through dmakit's platform seam (memory, register accesses) and device seam
 //! ([`dmakit::device::PciFunction`]: configuration space, BAR0, interrupt vectors, the DMA
-//! view). This crate is being moved here from `dmakit-linux` piece by piece; today it holds
-//! the parts that do not touch a machine at all:
+//! view), and the time from a [`Timer`] the machine supplies. The same driver runs on the
+//! simulated machine (`dmakit-sim`), in a Linux process over VFIO (`dmakit-linux`) and in a
+//! kernel of your own.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::device::{PciBus, PciMatch};
+//! use dmakit::Direction;
+//! use dmakit_nvme::{Nvme, NvmeOptions, PollTimer, QueueOptions, NVME_CLASS};
+//! use std::sync::Arc;
+//!
+//! fn first_blocks<P>(platform: P, bus: &dyn PciBus) -> dmakit_nvme::Result<Vec<u8>>
+//! where
+//!     P: dmakit::platform::Platform + Clone + Send + Sync + 'static,
+//! {
+//!     let function = bus.find(&PciMatch::class(NVME_CLASS))?;
+//!     let nvme = Nvme::new(platform.clone(), function, Arc::new(PollTimer::default()), NvmeOptions::new())?;
+//!     let ns = nvme.namespace(1)?; // 512- or 4096-byte blocks, from Identify Namespace
+//!     let mut q = nvme.io_queue(QueueOptions::new(64))?; // one per thread
+//!     let buf: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(
+//!         platform,
+//!         BufferOptions::new(8192, Direction::InOut),
+//!     )?);
+//!     // Any descriptor; PRP lists, splitting and bouncing are the driver's business.
+//!     let done = q.read(&ns, 0, &buf, 0, 8192)?;
+//!     assert!(done.commands >= 1);
+//!     let mut out = vec![0; 8192];
+//!     buf.read_bytes(0, &mut out);
+//!     Ok(out)
+//! }
+//! ```
 //!
 //! | module | what |
 //! | --- | --- |
+//! | `controller` | [`Nvme`]: bring-up, Identify, queue identifiers, recovery ([`Nvme::recover`]) |
+//! | `io` | [`IoQueue`]: reads and writes of any descriptor, Flush, queued commands on pre-mapped buffers |
+//! | `dma` | [`DmaBuffer`]: memory the controller reaches at one run of device addresses |
+//! | `queue` | the submission/completion rings, phase tags, [`Outstanding`] command identifiers |
+//! | `error` | [`NvmeError`]: failures that name the command ([`Op`]) |
+//! | `timer` | [`Timer`], [`PollTimer`] |
 //! | [`command`] | submission and completion queue entries, encoded as the controller reads them |
-//! | [`prp`] | the NVMe `SegmentSpec` and PRP entries from a `DmaCommand`'s segments |
+//! | [`prp`] | the NVMe `SegmentSpec` and PRP entries and list pages |
 //! | [`identify`] | Identify Controller and Identify Namespace, decoded |
-//!
-//! ```
-//! use dmakit::dma::IoSegment;
-//! use dmakit::IoAddr;
-//! use dmakit_nvme::command::{Command, NVM_READ};
-//! use dmakit_nvme::prp::prp_entries;
-//!
-//! // Two pages, the first entered mid-page: PRP1 is the first address, PRP2 the second page.
-//! let segs = [
-//!     IoSegment { addr: IoAddr(0x1_0200), len: 0xe00 },
-//!     IoSegment { addr: IoAddr(0x8_0000), len: 0x200 },
-//! ];
-//! let (prp1, rest) = prp_entries(&segs)?;
-//! assert_eq!((prp1, rest), (0x1_0200, Some(vec![0x8_0000])));
-//! let read = Command::new(NVM_READ, 1).with_prps(prp1, 0x8_0000).with_cdw(12, 1 - 1);
-//! assert_eq!(read.to_bytes()[0], NVM_READ);
-//! # Ok::<(), dmakit::Error>(())
-//! ```
+//! | [`suite`] | the driver's tests, written once over the seams |
 #![no_std]
 
 extern crate alloc;

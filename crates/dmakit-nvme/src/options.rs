@@ -30,15 +30,21 @@ pub struct NvmeOptions {
 }
 
 impl NvmeOptions {
-    /// The defaults: 32 admin slots, 16 I/O queue pairs, 5 s per command, 4 MiB per
-    /// command, 4 MiB of bounce memory per queue.
+    /// The defaults: 32 admin slots, 16 I/O queue pairs, 5 s per command, 2 MiB per
+    /// command, 2 MiB of bounce memory per queue.
+    ///
+    /// 2 MiB because controllers have limits `MDTS` does not state: QEMU's emulated
+    /// controller fails a command whose data maps to more than 1024 pieces (its block layer's
+    /// vector limit), which a 4 MiB command starting mid-page does; Linux's own driver keeps
+    /// commands far smaller. PRP lists chain into more pages from 2 MiB + 4 KiB on (more than
+    /// 512 entries after the first); raise the limit where the controller takes it.
     pub const fn new() -> Self {
         NvmeOptions {
             admin_entries: 32,
             io_queues: 16,
             command_timeout_ns: 5_000_000_000,
-            max_transfer: 4 << 20,
-            bounce_bytes: 4 << 20,
+            max_transfer: 2 << 20,
+            bounce_bytes: 2 << 20,
         }
     }
 

@@ -288,10 +288,13 @@ pub fn scattered_write_read<P: Platform + Clone + Send + Sync + 'static>(
     let mut r = rig(m)?;
     let mt = r.nvme.max_transfer();
     // A piece that starts mid-page (PRP1's offset), then whole pages.
-    let total = mt.clamp(16384, 3 << 20);
-    let first = 4096 - 512;
+    // Pieces join without a copy where they meet at the machine's page boundaries (an IOMMU
+    // maps whole pages), so the first piece ends where a machine page ends.
+    let page = r.platform.page_size().bytes();
+    let total = mt.clamp(4 * page, 3 << 20);
+    let first = page - 512;
     let rest = total - first;
-    let middle = rest / 2 / 4096 * 4096;
+    let middle = rest / 2 / page * page;
     let parts = [(first, 512), (middle, 0), (rest - middle, 0)];
     let src = scattered(&r.platform, &parts)?;
     let dst = scattered(&r.platform, &[(total / 3, 0), (total - total / 3, 0)])?;
@@ -368,6 +371,10 @@ pub fn max_transfer_from_mid_page<P: Platform + Clone + Send + Sync + 'static>(
     let w = r.q.write(&r.ns, lba, &src, 512, mt).map_err(e2s("write"))?;
     check(w.commands == 1, || format!("{w:?}"))?;
     check(w.prp_entries as u64 == mt / 4096 + 1, || format!("{w:?}"))?;
+    let lists = crate::prp::list_pages((mt / 4096) as usize);
+    check(w.list_pages == lists, || {
+        format!("{w:?}: expected {lists} PRP list pages")
+    })?;
     let rd = r.q.read(&r.ns, lba, &dst, 2048, mt).map_err(e2s("read"))?;
     check(rd.commands == 1, || format!("{rd:?}"))?;
     let mut got = vec![0u8; mt as usize];

@@ -32,14 +32,11 @@ impl Sim {
     }
 
     fn on(seed: u64, b: SimNvmeBuilder, dma: DmaMode, coherent: bool) -> Sim {
-        let m: M = Arc::new(
-            MachineBuilder::new()
-                .seed(seed)
-                .fragmentation(0.8)
-                .coherent(coherent)
-                .build()
-                .unwrap(),
-        );
+        Self::with(MachineBuilder::new().coherent(coherent), seed, b, dma)
+    }
+
+    fn with(machine: MachineBuilder, seed: u64, b: SimNvmeBuilder, dma: DmaMode) -> Sim {
+        let m: M = Arc::new(machine.seed(seed).fragmentation(0.8).build().unwrap());
         let bus = SimPciBus::new(m.clone()).unwrap();
         let nvme = b
             .seed(seed)
@@ -144,7 +141,9 @@ fn the_suite_passes_without_an_mdts_and_chains_prp_lists() {
     let b = SimNvme::builder().mdts(0).blocks(blocks(512));
     let sim = Sim::new(4, b, DmaMode::DEFAULT_IOMMU);
     run_suite(&sim, "MDTS 0");
-    // 4 MiB in one command from mid-page: 1025 entries after PRP1 need three list pages.
+    // 4 MiB in one command from mid-page: 1024 entries after PRP1 need three list pages.
+    let mut sim = sim;
+    sim.options = sim.options.max_transfer(4 << 20).bounce_bytes(4 << 20);
     let nvme = sim.driver();
     assert_eq!(nvme.max_transfer(), 4 << 20);
     let ns = nvme.namespace(1).unwrap();
@@ -179,6 +178,16 @@ fn the_suite_passes_bypassing_the_iommu_below_a_28_bit_limit() {
 fn the_suite_passes_on_a_coherent_machine() {
     let b = SimNvme::builder().lba_size(4096).blocks(blocks(4096));
     run_suite(&Sim::on(7, b, DmaMode::DEFAULT_IOMMU, true), "coherent");
+}
+
+#[test]
+fn the_suite_passes_on_a_machine_with_16_kib_pages() {
+    let b = SimNvme::builder().blocks(blocks(512));
+    let machine = MachineBuilder::new().page_size(dmakit::PageSize::new(16384).unwrap());
+    run_suite(
+        &Sim::with(machine, 15, b, DmaMode::DEFAULT_IOMMU),
+        "16 KiB pages",
+    );
 }
 
 #[test]
