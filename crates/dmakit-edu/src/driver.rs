@@ -329,7 +329,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
             DmaView::Bypass { .. } => MappingMode::NonCoherent,
         };
         DmaCommand::builder(self.platform.clone())
-            .spec(self.spec.clone())
+            .spec(self.spec)
             .mode(mode)
             .bounce_pool(self.pool.clone())
             .build()

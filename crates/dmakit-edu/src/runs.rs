@@ -168,9 +168,17 @@ mod tests {
         assert!(runs.iter().all(|r| r.to_ram && r.len <= EDU_MAX_RUN));
         assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 3100);
         // A RAM run that ends exactly at the limit is fine.
-        let r = split(&[seg(0xfff_f000, 0x1000)], &[seg(EDU_BUFFER.0, 0x1000 - 1)], 0);
+        let r = split(
+            &[seg(0xfff_f000, 0x1000)],
+            &[seg(EDU_BUFFER.0, 0x1000 - 1)],
+            0,
+        );
         assert!(r.is_err(), "lengths differ");
-        let r = split(&[seg(0xfff_f001, 0xfff)], &[seg(EDU_BUFFER.0, 0xfff)], 0xfff_ffff);
+        let r = split(
+            &[seg(0xfff_f001, 0xfff)],
+            &[seg(EDU_BUFFER.0, 0xfff)],
+            0xfff_ffff,
+        );
         assert_eq!(r.unwrap().len(), 2);
     }
 
@@ -208,13 +216,19 @@ mod tests {
             assert!(split(&window, &[bad], u64::MAX).is_err(), "{bad:?}");
         }
         // Lengths whose sum overflows.
-        let big = [seg(0x10_0000, u64::MAX / 2 + 1), seg(0x10_0000, u64::MAX / 2 + 1)];
+        let big = [
+            seg(0x10_0000, u64::MAX / 2 + 1),
+            seg(0x10_0000, u64::MAX / 2 + 1),
+        ];
         assert!(matches!(
             split(&big, &window, u64::MAX),
             Err(Error::Overflow { .. })
         ));
         // A RAM piece whose last byte would be past the end of the address space.
         let top = [seg(u64::MAX - 15, 16)];
-        assert!(split(&top, &window, u64::MAX).is_ok(), "ends at the last address");
+        assert!(
+            split(&top, &window, u64::MAX).is_ok(),
+            "ends at the last address"
+        );
     }
 }

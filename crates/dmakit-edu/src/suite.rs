@@ -58,8 +58,8 @@ use dmakit::descriptor::{device_memory as device_memory_descriptor, BufferMemory
 use dmakit::descriptor::{BufferOptions, MemoryDescriptor};
 use dmakit::device::{DmaView, PciFunction};
 use dmakit::dma::{
-    DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaStart, DmaTransfer,
-    InterruptSink, IoSegment, PrepareOptions, SyncWait,
+    DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaStart, DmaTransfer, InterruptSink,
+    IoSegment, PrepareOptions, SyncWait,
 };
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::platform::{Platform, Width};
@@ -254,11 +254,7 @@ impl<'r, 'a, P: Platform + Clone + Send + Sync + 'static> Session<'r, 'a, P> {
     }
 
     /// A prepared command for `md`, completed (after a quiesce) if dropped prepared.
-    fn prepare(
-        &self,
-        md: Arc<dyn MemoryDescriptor>,
-        len: u64,
-    ) -> Result<Prepared<'_, P>, String> {
+    fn prepare(&self, md: Arc<dyn MemoryDescriptor>, len: u64) -> Result<Prepared<'_, P>, String> {
         prepare(&self.edu, md, len, self)
     }
 }
@@ -545,9 +541,7 @@ pub fn spec_refuses_wide_iovas<P: Platform + Clone + Send + Sync + 'static>(
     rig: &Rig<'_, P>,
 ) -> Outcome {
     match transfer(rig) {
-        Err(e) if e.starts_with("prepare") && e.contains("outside the device's window") => {
-            Ok(e)
-        }
+        Err(e) if e.starts_with("prepare") && e.contains("outside the device's window") => Ok(e),
         Err(e) => Err(format!("wrong error: {e}")),
         Ok(r) => Err(format!(
             "prepared IO address {:#x} for a device limited to {:#x}",
@@ -815,7 +809,9 @@ pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
             other => return Err(format!("{what}: {other:?}")),
         }
     }
-    check(s.edu.outstanding() == 0, || "a refused transfer was queued".into())?;
+    check(s.edu.outstanding() == 0, || {
+        "a refused transfer was queued".into()
+    })?;
     let q = s.edu.query(1);
     check(matches!(q, Err(Error::BadArgument { .. })), || {
         format!("query of a ticket never given: {q:?}")
@@ -839,7 +835,9 @@ pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
         dest: &win,
     };
     let t1 = s.events.start(&t).map_err(e2s("start"))?;
-    check(t1 == 1, || format!("first ticket {t1}: a refused start took one"))?;
+    check(t1 == 1, || {
+        format!("first ticket {t1}: a refused start took one")
+    })?;
     let full = s.events.start(&t);
     check(matches!(full, Err(Error::NoResources { .. })), || {
         format!("second start with a queue of 1: {full:?}")

@@ -54,7 +54,6 @@
 //! | `inspect` | the `dmakit inspect` report |
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
 //! | [`vfio`] | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper |
-//! | [`edu`] | QEMU's edu device as a [`DmaController`](dmakit::dma::DmaController) over VFIO |
 //! | [`nvme`] | a userspace NVMe driver on dmakit: admin queue, Identify, I/O queue pairs (polled or MSI-X, many commands outstanding on one), PRP lists |
 //!
 //! All `unsafe` code is in `sys` (and `vfio/sys` for the ioctls and BAR mappings), apart from the two registration functions of [`Host`],
@@ -64,7 +63,6 @@
 mod cache;
 mod caps;
 mod cpu;
-pub mod edu;
 mod hints;
 mod host;
 mod inspect;
