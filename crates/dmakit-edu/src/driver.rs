@@ -456,15 +456,16 @@ impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
         Ok(true)
     }
 
-    /// The engine ended the run in flight; `counted`: its bytes moved.
-    fn finish_run(&self, s: &mut State, counted: bool) {
+    /// The engine is done with the run in flight: `finished` (its bytes moved), or
+    /// dropped (never signalled: it stays in its job, which can then only end aborted).
+    fn finish_run(&self, s: &mut State, finished: bool) {
         s.busy = false;
-        if let Some(job) = s.queue.front_mut() {
-            if let Some(run) = job.runs.pop_front() {
-                if counted {
+        if finished {
+            if let Some(run) = s.queue.front_mut().and_then(|job| job.runs.pop_front()) {
+                if let Some(job) = s.queue.front_mut() {
                     job.done = job.done.saturating_add(run.len);
-                    s.runs_done = s.runs_done.saturating_add(1);
                 }
+                s.runs_done = s.runs_done.saturating_add(1);
             }
         }
         Self::retire(s);

@@ -6,12 +6,19 @@
 //! machine refused, and fault injection at every bus and machine site, each followed by a
 //! check that nothing is left: no memory, wiring or IO mapping, the bounce pool empty.
 
+use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
 use dmakit::device::{PciBus, PciFunction, PciMatch};
+use dmakit::dma::{
+    CompletionSource, DmaCommand, DmaCompletion, DmaController, DmaTransfer, IoSegment,
+    PrepareOptions,
+};
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::platform::Width;
-use dmakit::PhysAddr;
+use dmakit::{Direction, Error, IoAddr, PhysAddr};
 use dmakit_edu::suite::{self, ResetOutcome, Rig};
-use dmakit_edu::{regs, Delivery, EduOptions, EDU_DEVICE, EDU_VENDOR};
+use dmakit_edu::{
+    regs, Delivery, Edu, EduOptions, EDU_BUFFER, EDU_DEVICE, EDU_VENDOR, QUERY_HISTORY,
+};
 use dmakit_sim::edu::SimEdu;
 use dmakit_sim::pci::{DmaMode, FunctionConfig, PciEvent, PciFaultSite, SimPciBus};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder, SimStats};
@@ -240,9 +247,8 @@ fn the_driver_refuses_what_is_not_an_edu() {
     );
     let e = suite::probe(&rig).unwrap_err();
     assert!(e.contains("1234:11e8"), "{e}");
-    // An engine still running a transfer of an earlier driver: it says so. (The simulated
-    // engine finishes inside the store, so a lost identification read stands in for a
-    // device that does not answer.)
+    // A device that does not answer (the identification read lost): a clear error, and
+    // the next probe works.
     s.bus.inject_next(PciFaultSite::Bar);
     let e = suite::probe(&s.rig(EduOptions::new())).unwrap_err();
     assert!(e.contains("identification"), "{e}");
@@ -357,4 +363,110 @@ fn faults_on_the_machine_leave_nothing_behind() {
             assert!(failed > 0, "{site:?}: {calls} calls, none failed");
         }
     }
+}
+
+/// A driver without an event source, and one prepared 64-byte command to start.
+fn bare(s: &Sim) -> (Edu<M>, DmaCommand<M>, Vec<IoSegment>) {
+    let edu = Edu::new(s.m.clone(), s.f.clone(), EduOptions::new().dma_bits(64)).unwrap();
+    let src = Arc::new(
+        BufferMemoryDescriptor::with_bytes(s.m.clone(), &[0x5a; 64], Direction::Out).unwrap(),
+    );
+    let mut cmd = edu.command().unwrap();
+    cmd.set_memory_descriptor(src as Arc<dyn MemoryDescriptor>)
+        .unwrap();
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    let segs = cmd.segments().collect::<dmakit::Result<Vec<_>>>().unwrap();
+    (edu, cmd, segs)
+}
+
+fn taken(edu: &Edu<M>) -> Vec<DmaCompletion> {
+    let mut v = Vec::new();
+    edu.take_completions(&mut |c| v.push(c));
+    v
+}
+
+const WINDOW_64: [IoSegment; 1] = [IoSegment {
+    addr: IoAddr(EDU_BUFFER.0),
+    len: 64,
+}];
+
+#[test]
+fn service_can_be_called_directly_and_a_silent_device_is_an_error() {
+    let s = Sim::new(coherent(12), u64::MAX, None);
+    let (edu, mut cmd, segs) = bare(&s);
+    let t = DmaTransfer {
+        source: &segs,
+        dest: &WINDOW_64,
+    };
+    assert!(!edu.service().unwrap(), "idle: nothing to do");
+    let ticket = edu.start(&t).unwrap();
+    assert_eq!(edu.outstanding(), 1);
+    // The status read is lost (all ones): a clear error, nothing changed.
+    s.bus.inject_next(PciFaultSite::Bar);
+    assert!(matches!(edu.service(), Err(Error::NotAttached { .. })));
+    assert_eq!(edu.outstanding(), 1);
+    assert!(edu.service().unwrap(), "the run is finished now");
+    assert_eq!(edu.query(ticket).unwrap(), 64);
+    let done = taken(&edu);
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].ticket, done[0].bytes), (ticket, 64));
+    assert_eq!(s.edu.buffer()[..64], [0x5a; 64]);
+    cmd.complete().unwrap();
+    drop((cmd, edu));
+    s.assert_clean("direct service");
+}
+
+#[test]
+fn stop_ends_a_run_the_engine_never_started() {
+    let s = Sim::new(coherent(13), u64::MAX, None);
+    let (edu, mut cmd, segs) = bare(&s);
+    let t = DmaTransfer {
+        source: &segs,
+        dest: &WINDOW_64,
+    };
+    // Source, destination and count, then the command store: lost.
+    s.bus
+        .inject(PciFaultSite::Bar, s.bus.calls(PciFaultSite::Bar) + 4);
+    let ticket = edu.start(&t).unwrap();
+    assert_eq!(s.edu.transfers(), 0, "the engine never saw the start");
+    assert!(!edu.service().unwrap(), "nothing signalled");
+    assert!(taken(&edu).is_empty());
+    edu.stop().unwrap();
+    let done = taken(&edu);
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].ticket, done[0].bytes), (ticket, 0));
+    assert!(matches!(done[0].status, Err(Error::Aborted { id, .. }) if id == ticket));
+    // The controller goes on.
+    let again = edu.start(&t).unwrap();
+    edu.service().unwrap();
+    let done = taken(&edu);
+    assert_eq!((done[0].ticket, done[0].bytes), (again, 64));
+    assert!(done[0].status.is_ok());
+    cmd.complete().unwrap();
+    drop((cmd, edu));
+    s.assert_clean("lost start");
+}
+
+#[test]
+fn query_remembers_a_bounded_number_of_finished_tickets() {
+    let s = Sim::new(coherent(14), u64::MAX, None);
+    let (edu, mut cmd, segs) = bare(&s);
+    let t = DmaTransfer {
+        source: &segs,
+        dest: &WINDOW_64,
+    };
+    let n = QUERY_HISTORY as u64 + 10;
+    for i in 1..=n {
+        assert_eq!(edu.start(&t).unwrap(), i);
+        edu.service().unwrap();
+        assert_eq!(taken(&edu).len(), 1);
+    }
+    assert_eq!(edu.query(n).unwrap(), 64);
+    assert_eq!(edu.query(n - QUERY_HISTORY as u64 + 1).unwrap(), 64);
+    assert!(matches!(
+        edu.query(n - QUERY_HISTORY as u64),
+        Err(Error::BadArgument { .. })
+    ));
+    assert!(edu.query(n + 1).is_err(), "not given yet");
+    cmd.complete().unwrap();
 }
