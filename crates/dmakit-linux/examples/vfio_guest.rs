@@ -13,27 +13,20 @@
 //! kernel's driver and fio on the same region with the same counts. The devices are
 //! QEMU's, the IOMMU is QEMU's emulated VT-d and VFIO is the guest kernel's: they judge.
 
-use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 use dmakit::device::{DmaView, InterruptKind, PciBus, PciFunction, PciMatch};
-use dmakit::dma::PrepareOptions;
-use dmakit::dma::{
-    DmaCommand, DmaCompletion, DmaController, DmaEventSource, DmaTransfer, InterruptSink,
-    IoSegment, SegmentFormat, SegmentSpec,
-};
+use dmakit::dma::InterruptSink;
 use dmakit::map::{mapped_read32, mapped_write32};
 use dmakit::mapper::{Access, Mapper};
 use dmakit::platform::Width;
 use dmakit::platform::{collect_runs, PageRequest, PhysicalMemory, Task};
 use dmakit::{Direction, Error, IoAddr};
-use dmakit_linux::edu::{EduDma, EDU_BUFFER};
-use dmakit_linux::vfio::{
-    Bar, Container, Msi, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper,
-};
+use dmakit_edu::suite::{self as edu_tests, ResetOutcome, Rig};
+use dmakit_edu::EduOptions;
+use dmakit_linux::vfio::{Container, PciAddress, VfioBus, VfioDevice, VfioFunction, VfioMapper};
 use dmakit_linux::Host;
 use dmakit_linux::MonotonicTimer;
 use dmakit_nvme::suite::{self, TestMachine};
 use dmakit_nvme::{DmaBuffer, IoQueue, NamespaceIdentity, QueueOptions};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -327,388 +320,173 @@ fn teardown_check_finds_leftovers(addr: PciAddress) -> TestResult {
     Ok(format!("found: {found}; then clean"))
 }
 
-/// BAR0 as IODeviceMemory: its physical segment is the BAR's bus address and
-/// mapped_read32 there reads the edu identification register.
-fn device_memory(addr: PciAddress) -> TestResult {
-    let host = Arc::new(Host::new().map_err(e2s("host"))?);
-    let (_c, d) = open(addr)?;
-    let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-    let md = bar.device_memory().map_err(e2s("device memory"))?;
-    let seg = md.physical_segment(0).map_err(e2s("physical segment"))?;
-    let (pa, len) = (seg.addr, seg.len);
-    check(pa == bar.bus_address() && len == bar.len(), || {
-        format!("segment {pa:?}+{len:#x} is not the BAR")
-    })?;
-    let id = dmakit::map::mapped_read32(&*host, pa).map_err(e2s("mapped_read32"))?;
-    check(id == 0x0100_00ed, || format!("id register {id:#x}"))?;
-    dmakit::map::mapped_write32(&*host, dmakit::PhysAddr(pa.0 + 4), 0xa5a5_0f0f)
-        .map_err(e2s("write liveness"))?;
-    let live = dmakit::map::mapped_read32(&*host, dmakit::PhysAddr(pa.0 + 4))
-        .map_err(e2s("read liveness"))?;
-    check(live == !0xa5a5_0f0f, || format!("liveness read {live:#x}"))?;
-    Ok(format!(
-        "BAR0 at bus {:#x} ({:#x} bytes, mapped at {:#x}): id {id:#x}, liveness inverts",
-        pa.0,
-        len,
-        bar.cpu_address()
-    ))
+// ---- edu: the portable driver's suite (dmakit-edu) over VfioBus / VfioFunction ----------
+
+/// 20 s of 1 ms pauses: how long an edu test waits for one event (TCG is slow, and the
+/// edu engine takes 100 ms a run).
+const EDU_PATIENCE: u64 = 20_000;
+
+fn pause_1ms() {
+    std::thread::sleep(Duration::from_millis(1));
 }
 
-fn segments(cmd: &DmaCommand<Arc<Host>>) -> Result<Vec<IoSegment>, String> {
-    let mut out = vec![0u8; 64 * 16];
-    let mut off = 0;
-    let n = cmd
-        .gen_segments(&mut off, &mut out)
-        .map_err(e2s("gen_segments"))?;
-    (0..n)
-        .map(|i| {
-            SegmentFormat::Host64
-                .read(&out, i)
-                .map_err(e2s("read segment"))
-        })
-        .collect()
-}
-
-/// What one RAM → edu → RAM round trip did.
-struct EduRun {
-    data: Vec<u8>,
-    back: Vec<u8>,
-    src_iova: u64,
-    dst_iova: u64,
-    limit: u64,
-    irqs: u64,
-}
-
-/// An edu device opened through VFIO with its controller, mapper, event source (collecting
-/// completions), MSI and work loop.
-struct EduRig {
-    host: Arc<Host>,
-    edu: Arc<EduDma>,
-    mapper: Arc<VfioMapper>,
-    es: Arc<DmaEventSource<EduDma>>,
-    got: Arc<Mutex<Vec<DmaCompletion>>>,
-    msi: Option<Msi>,
-    stop: Arc<AtomicBool>,
-    work_loop: Option<std::thread::JoinHandle<()>>,
-    _device: VfioDevice,
-}
-
-impl EduRig {
-    /// The driver is told the device drives `driver_bits` address bits; the mapper hands
-    /// out IOVAs up to `mapper_limit`.
-    fn new(addr: PciAddress, driver_bits: u32, mapper_limit: u64) -> Result<EduRig, String> {
-        let host = Arc::new(Host::new().map_err(e2s("host"))?);
-        let (c, d) = open(addr)?;
-        let bar = Bar::map(&d, 0, host.clone()).map_err(e2s("map BAR0"))?;
-        let edu = Arc::new(EduDma::new(&d, bar, host.clone(), driver_bits).map_err(e2s("edu"))?);
-        let mapper = Arc::new(
-            VfioMapper::new(c.clone(), host.clone(), mapper_limit).map_err(e2s("mapper"))?,
-        );
-        let got: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
-        let g = got.clone();
-        let es = Arc::new(DmaEventSource::new(edu.clone(), move |c| {
-            g.lock().unwrap().push(c)
-        }));
-        let sink: Arc<dyn InterruptSink> = es.clone();
-        edu.connect(&sink);
-        drop(sink);
-        let msi = edu.enable_msi(&d).map_err(e2s("MSI"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let work_loop = es.spawn_work_loop(stop.clone());
-        Ok(EduRig {
-            host,
-            edu,
-            mapper,
-            es,
-            got,
-            msi: Some(msi),
-            stop,
-            work_loop: Some(work_loop),
-            _device: d,
-        })
-    }
-
-    /// A prepared, mapped command for `len` bytes of `md` under `spec`.
-    fn command(
-        &self,
-        md: Arc<dyn MemoryDescriptor>,
-        spec: SegmentSpec,
-        len: u64,
-    ) -> Result<DmaCommand<Arc<Host>>, String> {
-        let mut c = DmaCommand::builder(self.host.clone())
-            .spec(spec)
-            .mapper(self.mapper.clone())
-            .build()
-            .map_err(e2s("command"))?;
-        c.set_memory_descriptor(md).map_err(e2s("set descriptor"))?;
-        c.prepare(PrepareOptions::range(0, len))
-            .map_err(e2s("prepare"))?;
-        Ok(c)
-    }
-
-    /// Waits up to 20 s until `n` completions have been delivered; returns them.
-    fn wait(&self, n: usize) -> Result<Vec<DmaCompletion>, String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.got.lock().unwrap().len() < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let done = self.got.lock().unwrap().clone();
-        check(done.len() == n, || {
-            format!(
-                "{} of {n} completions in 20 s ({} interrupts)",
-                done.len(),
-                self.irqs()
-            )
-        })?;
-        Ok(done)
-    }
-
-    fn irqs(&self) -> u64 {
-        self.msi.as_ref().map_or(0, |m| m.count())
-    }
-
-    /// Stops the work loop and the MSI; checks with the kernel that nothing stayed mapped.
-    fn finish(mut self) -> Result<u64, String> {
-        self.stop.store(true, Ordering::Release);
-        InterruptSink::raise(&*self.es); // wakes the work loop to see `stop`
-        if let Some(w) = self.work_loop.take() {
-            w.join().map_err(|_| "work loop panicked".to_string())?;
-        }
-        let irqs = self.irqs();
-        drop(self.msi.take());
-        check(
-            self.mapper.mapped_pages() == 0 && self.mapper.allocations() == 0,
-            || format!("{} pages still mapped", self.mapper.mapped_pages()),
-        )?;
-        self.mapper.check_unmapped().map_err(e2s("teardown"))?;
-        Ok(irqs)
-    }
-}
-
-/// RAM → edu → RAM through the IOMMU, completed by MSI through a DmaEventSource, then the
-/// teardown checked with the kernel. The driver is told the device drives `driver_bits`
-/// address bits, the mapper hands out IOVAs up to `mapper_limit`, and the DMA commands'
-/// spec allows `spec_bits` (normally all three agree with the device's dma_mask).
-fn edu_run(
-    addr: PciAddress,
-    driver_bits: u32,
-    mapper_limit: u64,
-    spec_bits: u32,
-) -> Result<EduRun, String> {
-    const LEN: u64 = 3000; // two engine runs (2048 + 952)
-    let rig = EduRig::new(addr, driver_bits, mapper_limit)?;
-    let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8 ^ 0x5a).collect();
-    let src = Arc::new(
-        BufferMemoryDescriptor::with_bytes(rig.host.clone(), &data, Direction::Out)
-            .map_err(e2s("source buffer"))?,
-    );
-    let dst = Arc::new(
-        BufferMemoryDescriptor::new(rig.host.clone(), BufferOptions::new(LEN, Direction::In))
-            .map_err(e2s("destination buffer"))?,
-    );
-    let spec = SegmentSpec::builder()
-        .address_bits(spec_bits)
-        .build()
-        .map_err(e2s("spec"))?;
-    let prepared = rig
-        .command(src.clone(), spec, LEN)
-        .and_then(|cs| Ok((cs, rig.command(dst.clone(), spec, LEN)?)));
-    let (mut cs, mut cd) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            // A failed prepare must leave nothing mapped.
-            rig.finish().map_err(|t| format!("{e}; and then: {t}"))?;
-            return Err(e);
-        }
-    };
-    let (s, t) = (segments(&cs)?, segments(&cd)?);
-    let window = [IoSegment {
-        addr: IoAddr(EDU_BUFFER.0),
-        len: LEN,
-    }];
-    let t1 = rig
-        .es
-        .start(&DmaTransfer {
-            source: &s,
-            dest: &window,
-        })
-        .map_err(e2s("start RAM -> edu"))?;
-    let t2 = rig
-        .es
-        .start(&DmaTransfer {
-            source: &window,
-            dest: &t,
-        })
-        .map_err(e2s("start edu -> RAM"))?;
-    let done = rig.wait(2)?;
-    check(
-        done[0].ticket == t1 && done[1].ticket == t2 && done.iter().all(|c| c.status.is_ok()),
-        || format!("completions out of order or failed: {done:?}"),
-    )?;
-    check(done.iter().all(|c| c.bytes == LEN), || format!("{done:?}"))?;
-    check(rig.edu.query(t2) == Ok(LEN), || {
-        format!("query: {:?}", rig.edu.query(t2))
-    })?;
-    cd.complete().map_err(e2s("complete dst"))?;
-    cs.complete().map_err(e2s("complete src"))?;
-    let mut back = vec![0u8; LEN as usize];
-    assert_eq!(dst.read_bytes(0, &mut back), back.len());
-    drop((cs, cd));
-    let limit = rig.edu.address_limit().min(mapper_limit);
-    let irqs = rig.finish()?;
-    Ok(EduRun {
-        data,
-        back,
-        src_iova: s[0].addr.0,
-        dst_iova: t[0].addr.0,
-        limit,
-        irqs,
-    })
-}
-
-/// `stop` with one engine run in flight and two transfers queued: the in-flight transfer
-/// ends after its run, the queued ones never start, all three complete (with errors) in
-/// ticket order, `query` says how far each got, and the controller works again afterwards.
-fn edu_stop(addr: PciAddress, bits: u32) -> TestResult {
-    const LEN: u64 = 3000;
-    let rig = EduRig::new(
-        addr,
-        bits,
-        if bits == 64 {
-            u64::MAX
-        } else {
-            (1 << bits) - 1
-        },
-    )?;
-    let src = Arc::new(
-        BufferMemoryDescriptor::with_bytes(rig.host.clone(), &[0x3c; LEN as usize], Direction::Out)
-            .map_err(e2s("source buffer"))?,
-    );
-    let spec = SegmentSpec::builder()
-        .address_bits(bits)
-        .build()
-        .map_err(e2s("spec"))?;
-    let mut cs = rig.command(src.clone(), spec, LEN)?;
-    let s = segments(&cs)?;
-    let window = [IoSegment {
-        addr: IoAddr(EDU_BUFFER.0),
-        len: LEN,
-    }];
-    let to_device = DmaTransfer {
-        source: &s,
-        dest: &window,
-    };
-    let tickets = (0..3)
-        .map(|_| rig.es.start(&to_device).map_err(e2s("start")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    rig.edu.stop().map_err(e2s("stop"))?;
-    let done = rig.wait(3)?;
-    check(
-        done.iter().map(|c| c.ticket).eq(tickets.iter().copied()),
-        || format!("not in ticket order: {done:?}"),
-    )?;
-    // The first was in flight: it ends after its first run (or, if the engine was quicker
-    // than the stop, complete); the others never ran.
-    let first = &done[0];
-    check(
-        (first.status.is_err() && first.bytes == 2048)
-            || (first.status.is_ok() && first.bytes == LEN),
-        || format!("in-flight transfer: {first:?}"),
-    )?;
-    check(
-        done[1..]
-            .iter()
-            .all(|c| c.bytes == 0 && matches!(c.status, Err(Error::Busy { .. }))),
-        || format!("queued transfers: {:?}", &done[1..]),
-    )?;
-    for c in &done {
-        check(rig.edu.query(c.ticket) == Ok(c.bytes), || {
-            format!("query({}) = {:?}", c.ticket, rig.edu.query(c.ticket))
-        })?;
-    }
-    let again = rig.es.start(&to_device).map_err(e2s("start after stop"))?;
-    let after = rig.wait(4)?;
-    check(
-        after[3].ticket == again && after[3].status.is_ok() && after[3].bytes == LEN,
-        || format!("after stop: {:?}", after[3]),
-    )?;
-    cs.complete().map_err(e2s("complete"))?;
-    drop(cs);
-    rig.finish()?;
-    Ok(format!(
-        "in flight: {} bytes, {:?}; queued: {:?}; a transfer after stop completes; kernel \
-         confirms 0 mappings left",
-        first.bytes,
-        first.status.as_ref().map_err(|e| e.to_string()),
-        done[1..].iter().map(|c| c.bytes).collect::<Vec<_>>()
-    ))
-}
-
-/// The round trip with driver, mapper and spec all honouring the device's dma_mask.
-fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
-    let limit = if bits == 64 {
+/// The highest address `bits` address lines reach.
+fn bits_limit(bits: u32) -> u64 {
+    if bits >= 64 {
         u64::MAX
     } else {
         (1 << bits) - 1
-    };
-    let r = edu_run(addr, bits, limit, bits)?;
-    check(r.src_iova.max(r.dst_iova) + 3000 - 1 <= limit, || {
-        format!(
-            "IOVA {:#x} above the {bits}-bit limit",
-            r.src_iova.max(r.dst_iova)
-        )
-    })?;
-    check(r.back == r.data, || {
-        let first = r
-            .back
-            .iter()
-            .zip(&r.data)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        format!("data differs from byte {first}")
-    })?;
-    Ok(format!(
-        "{} bytes RAM -> edu -> RAM byte-exact; IOVAs src {:#x} dst {:#x} (limit {:#x}); \
-         {} MSIs, 2 completions in order via DmaEventSource; kernel confirms 0 mappings left",
-        r.data.len(),
-        r.src_iova,
-        r.dst_iova,
-        r.limit,
-        r.irqs
-    ))
+    }
 }
 
-/// A 28-bit device's DMA command with a mapper that ignores the limit: the SegmentSpec's
-/// address limit refuses the mapper's IOVAs at prepare, and nothing stays mapped.
-fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
-    match edu_run(addr, bits, u64::MAX, bits) {
-        Err(e) if e.contains("outside the device's window") => Ok(e),
-        Err(e) => Err(format!("wrong error: {e}")),
-        Ok(r) => Err(format!(
-            "prepared with IOVA {:#x} for a {bits}-bit device",
-            r.src_iova
-        )),
+/// The edu at `addr` alone in a container of its own, through the device seam, its
+/// mapper handing out IO addresses up to `mapper_limit`.
+struct EduSeam {
+    host: Arc<Host>,
+    _bus: VfioBus,
+    vf: Arc<VfioFunction>,
+}
+
+impl EduSeam {
+    fn open(addr: PciAddress, mapper_limit: u64) -> Result<EduSeam, String> {
+        let host = Arc::new(Host::new().map_err(e2s("host"))?);
+        let bus = VfioBus::builder(host.clone())
+            .addresses([addr])
+            .address_limit(mapper_limit)
+            .open()
+            .map_err(e2s("VfioBus"))?;
+        let vf = bus
+            .vfio_functions()
+            .first()
+            .cloned()
+            .ok_or_else(|| format!("{addr} did not open"))?;
+        Ok(EduSeam {
+            host,
+            _bus: bus,
+            vf,
+        })
     }
+
+    fn rig(&self, options: EduOptions) -> Rig<'static, Arc<Host>> {
+        Rig::new(
+            self.host.clone(),
+            self.vf.clone() as Arc<dyn PciFunction>,
+            options,
+            &pause_1ms,
+            EDU_PATIENCE,
+        )
+    }
+
+    /// The kernel's word that nothing the test mapped is left.
+    fn teardown(&self) -> Result<(), String> {
+        let m = self.vf.mapper();
+        check(m.mapped_pages() == 0 && m.allocations() == 0, || {
+            format!("{} pages still mapped", m.mapped_pages())
+        })?;
+        m.check_unmapped().map_err(e2s("teardown"))
+    }
+}
+
+/// Runs a suite test on the edu at `addr` (mapper limit, driver options), then checks
+/// with the kernel that it left no mapping, whether it passed or not.
+fn edu_suite<T>(
+    addr: PciAddress,
+    mapper_limit: u64,
+    options: EduOptions,
+    test: impl FnOnce(&Rig<'static, Arc<Host>>) -> Result<T, String>,
+) -> Result<T, String> {
+    let seam = EduSeam::open(addr, mapper_limit)?;
+    let result = test(&seam.rig(options));
+    match (result, seam.teardown()) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(t)) => Err(t),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(t)) => Err(format!("{e}; and then: {t}")),
+    }
+}
+
+/// BAR0 as IODeviceMemory: its physical segment is the BAR's bus address and
+/// mapped_read32 there reads the edu identification register.
+fn device_memory(addr: PciAddress) -> TestResult {
+    edu_suite(addr, u64::MAX, EduOptions::new(), edu_tests::device_memory)
+}
+
+/// RAM → edu → RAM with driver, mapper and spec all honouring the device's dma_mask:
+/// through the IOMMU, completed by MSI through a DmaEventSource, then the teardown
+/// checked with the kernel.
+fn edu_round_trip(addr: PciAddress, bits: u32) -> TestResult {
+    let limit = bits_limit(bits);
+    let r = edu_suite(
+        addr,
+        limit,
+        EduOptions::new().dma_bits(bits),
+        edu_tests::round_trip,
+    )?;
+    check(r.interrupts >= r.runs, || {
+        format!("fewer MSIs than runs: {r}")
+    })?;
+    Ok(format!("{r}; kernel confirms 0 mappings left"))
+}
+
+/// `stop` with one engine run in flight and two transfers queued: the in-flight transfer
+/// ends after its run, the queued ones never start, all three complete (aborted) in
+/// ticket order, `query` says how far each got, and the controller works again.
+fn edu_stop(addr: PciAddress, bits: u32) -> TestResult {
+    edu_suite(
+        addr,
+        bits_limit(bits),
+        EduOptions::new().dma_bits(bits),
+        edu_tests::stop_in_order,
+    )
+    .map(|d| format!("{d}; kernel confirms 0 mappings left"))
+}
+
+/// No interrupts: a synchronous event source polls the driver between 1 ms pauses.
+fn edu_synchronous_polling(addr: PciAddress, bits: u32) -> TestResult {
+    edu_suite(
+        addr,
+        bits_limit(bits),
+        EduOptions::new().dma_bits(bits),
+        edu_tests::synchronous_polling,
+    )
+    .map(|d| format!("{d}; kernel confirms 0 mappings left"))
+}
+
+/// Transfers and settings the device cannot take are clear errors, nothing queued.
+fn edu_refuses_bad_transfers(addr: PciAddress, bits: u32) -> TestResult {
+    edu_suite(
+        addr,
+        bits_limit(bits),
+        EduOptions::new().dma_bits(bits),
+        edu_tests::refuses_bad_transfers,
+    )
+}
+
+/// A 28-bit device's DMA commands with a mapper that ignores the limit: the commands'
+/// SegmentSpec refuses the mapper's IOVAs at prepare, and nothing stays mapped.
+fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
+    edu_suite(
+        addr,
+        u64::MAX,
+        EduOptions::new().dma_bits(bits),
+        edu_tests::spec_refuses_wide_iovas,
+    )
 }
 
 /// Why the limit matters, shown by the device itself: a driver that claims 64 bits for the
 /// 28-bit edu, with IOVAs above 2^28. QEMU clamps the addresses to 28 bits, the IOMMU
 /// blocks the clamped ones (DMAR faults in the guest's log), and the data never arrives.
-fn edu_wide_iovas_miss_on_a_narrow_device(addr: PciAddress) -> TestResult {
+fn edu_wide_iovas_miss_on_a_narrow_device(addr: PciAddress, bits: u32) -> TestResult {
     let faults_before = dmar_faults();
-    let r = edu_run(addr, 64, u64::MAX, 64)?;
-    check(r.src_iova > 0x0fff_ffff, || {
-        format!("the mapper placed IOVA {:#x} below 2^28 anyway", r.src_iova)
+    let r = edu_suite(addr, u64::MAX, EduOptions::new().dma_bits(64), |rig| {
+        edu_tests::wide_iovas_miss(rig, bits)
     })?;
-    check(r.back != r.data, || {
-        "the data arrived through clamped addresses?".into()
-    })?;
-    let faults = dmar_faults() - faults_before;
-    check(faults > 0, || "no DMAR fault logged".into())?;
+    let faults = dmar_faults().saturating_sub(faults_before);
+    check(faults > 0, || format!("no DMAR fault logged: {r}"))?;
     Ok(format!(
         "IOVAs src {:#x} dst {:#x} clamped by the device: data not delivered, {faults} new \
          DMAR fault lines (expected)",
-        r.src_iova, r.dst_iova
+        r.first.0, r.first.1
     ))
 }
 
@@ -1453,127 +1231,55 @@ fn seam_nvme_two_vectors() -> TestResult {
     ))
 }
 
-/// edu through the seam: IDs, BAR0's identification and liveness registers, its one MSI
-/// vector delivered to a sink (the device's interrupt-raise register), then detached.
+/// edu through the seam: IDs, its one MSI vector delivered to a sink (the device's
+/// interrupt-raise register), then detached: VFIO still counts it, the sink hears nothing.
 fn seam_edu_msi() -> TestResult {
-    const RAISE: u64 = 0x60;
-    const STATUS: u64 = 0x24;
-    const ACK: u64 = 0x64;
     let (host, bus) = seam_bus()?;
     let f = bus
         .find(&PciMatch::ids(0x1234, 0x11e8))
         .map_err(e2s("find edu"))?;
     let vf = vfio_of(&bus, &f)?;
-    let ids = f.config_read(0, Width::W32).map_err(e2s("config"))?;
-    check(ids == 0x11e8_1234, || format!("config IDs {ids:#x}"))?;
-    let bar = f.bar(0).map_err(e2s("BAR0"))?;
-    let reg = |off: u64| bar.reg(off, Width::W32).map_err(e2s("register"));
-    let r32 = |off: u64| -> Result<u32, String> {
-        mapped_read32(&*host, reg(off)?).map_err(e2s("mapped_read32"))
-    };
-    let w32 = |off: u64, v: u32| -> Result<(), String> {
-        mapped_write32(&*host, reg(off)?, v).map_err(e2s("mapped_write32"))
-    };
-    let id = r32(0)?;
-    w32(4, 0x1234_5678)?;
-    let live = r32(4)?;
-    check(id & 0xff == 0xed && live == !0x1234_5678, || {
-        format!("id {id:#x}, liveness {live:#x}")
+    check(f.interrupts().kind == Some(InterruptKind::Msi), || {
+        format!("interrupts {:?}", f.interrupts())
     })?;
-    let irqs = f.interrupts();
-    check(
-        irqs.kind == Some(InterruptKind::Msi) && irqs.vectors >= 1,
-        || format!("interrupts {irqs:?}"),
-    )?;
-    let sink = Arc::new(CountingSink::default());
-    f.enable_interrupt(0, sink.clone()).map_err(e2s("enable"))?;
-    // An MSI is a memory write by the function: bus mastering must be on.
-    f.set_bus_master(true).map_err(e2s("bus master"))?;
-    w32(RAISE, 0x40)?;
-    let got = sink.wait(1);
-    let status = r32(STATUS)?;
-    w32(ACK, status)?;
-    check(got == 1 && status & 0x40 != 0, || {
-        format!("raised {got} times, status {status:#x}")
+    let rig = Rig::new(host, f, EduOptions::new(), &pause_1ms, EDU_PATIENCE);
+    let detail = edu_tests::interrupt_delivery(&rig)?;
+    check(wait_until(|| vf.interrupt_count(0) >= 2), || {
+        "the second (detached) interrupt never arrived at VFIO".into()
     })?;
-    f.disable_interrupt(0).map_err(e2s("disable"))?;
-    let before = vf.interrupt_count(0);
-    w32(RAISE, 0x40)?;
-    check(wait_until(|| vf.interrupt_count(0) > before), || {
-        "the second interrupt never arrived at VFIO".into()
-    })?;
-    w32(ACK, 0x40)?;
-    std::thread::sleep(Duration::from_millis(20));
-    check(sink.get() == 1, || {
-        format!("a detached sink was raised: {}", sink.get())
-    })?;
-    f.set_bus_master(false).map_err(e2s("bus master off"))?;
-    Ok(format!(
-        "{} ({:?} x {}): id {id:#x}, liveness inverts; raise register -> sink (status {status:#x}); \
-         detached: counted ({before} -> {}), not delivered",
-        f.address(),
-        irqs.kind,
-        irqs.vectors,
-        vf.interrupt_count(0)
-    ))
+    Ok(format!("{detail}; VFIO counted {}", vf.interrupt_count(0)))
 }
 
-/// Resets every edu: those VFIO cannot reset say so (Unsupported), and each one it can
-/// comes back with its BAR still mapped (identification and liveness work), bus mastering
-/// off, no vector live, and its MSI deliverable again once re-enabled.
+/// Resets every edu: those VFIO cannot reset say so (Unsupported) and keep their vectors,
+/// and each one it can comes back with its BAR still mapped (identification and liveness
+/// work), bus mastering off, no vector live, and its MSI deliverable again once re-enabled.
 fn seam_edu_reset() -> TestResult {
     let (host, bus) = seam_bus()?;
     let mut done = Vec::new();
     let mut refused = Vec::new();
     for f in bus.matching(&PciMatch::ids(0x1234, 0x11e8)) {
         let vf = vfio_of(&bus, &f)?;
-        let bar = f.bar(0).map_err(e2s("BAR0"))?;
-        let reg = |off: u64| bar.reg(off, Width::W32).map_err(e2s("register"));
-        let r32 = |off: u64| -> Result<u32, String> {
-            mapped_read32(&*host, reg(off)?).map_err(e2s("mapped_read32"))
+        let routes_dropped = || {
+            check(vf.enabled_vectors() == 0 && !vf.interrupt_routed(0), || {
+                "vectors still live after the reset".into()
+            })
         };
-        let w32 = |off: u64, v: u32| -> Result<(), String> {
-            mapped_write32(&*host, reg(off)?, v).map_err(e2s("mapped_write32"))
-        };
-        let sink = Arc::new(CountingSink::default());
-        f.enable_interrupt(0, sink.clone()).map_err(e2s("enable"))?;
-        f.set_bus_master(true).map_err(e2s("bus master"))?;
-        match f.reset() {
-            Err(e @ Error::Unsupported { .. }) => {
+        let rig = Rig::new(
+            host.clone(),
+            f.clone(),
+            EduOptions::new(),
+            &pause_1ms,
+            EDU_PATIENCE,
+        );
+        match edu_tests::reset(&rig, &routes_dropped)? {
+            ResetOutcome::Refused(e) => {
                 check(vf.enabled_vectors() == 1, || {
                     "a refused reset disabled the vectors".into()
                 })?;
                 refused.push(format!("{}: {e}", f.address()));
-                continue;
             }
-            Err(e) => return Err(format!("reset of {}: {e}", f.address())),
-            Ok(()) => {}
+            ResetOutcome::Reset(detail) => done.push(detail),
         }
-        let id = r32(0)?;
-        w32(4, 0x0f0f_a5a5)?;
-        let live = r32(4)?;
-        let cmd = f.config_read(0x04, Width::W16).map_err(e2s("command"))?;
-        check(
-            id & 0xff == 0xed && live == !0x0f0f_a5a5 && cmd & 4 == 0,
-            || format!("after reset: id {id:#x}, liveness {live:#x}, command {cmd:#x}"),
-        )?;
-        check(vf.enabled_vectors() == 0 && !vf.interrupt_routed(0), || {
-            "vectors still live after the reset".into()
-        })?;
-        f.enable_interrupt(0, sink.clone())
-            .map_err(e2s("enable after reset"))?;
-        f.set_bus_master(true)
-            .map_err(e2s("bus master after reset"))?;
-        w32(0x60, 1)?;
-        let got = sink.wait(1);
-        let status = r32(0x24)?;
-        w32(0x64, status)?;
-        check(got == 1, || format!("after reset: sink raised {got} times"))?;
-        f.set_bus_master(false).map_err(e2s("bus master off"))?;
-        done.push(format!(
-            "{}: id {id:#x}, liveness inverts, command {cmd:#x}, MSI delivered again",
-            f.address()
-        ));
     }
     check(!done.is_empty(), || {
         format!("no edu could be reset: {refused:?}")
@@ -1634,6 +1340,14 @@ fn main() {
                 Box::new(move || edu_stop(a, bits)),
             ));
         }
+        tests.push((
+            format!("edu_{bits}bit_synchronous_polling"),
+            Box::new(move || edu_synchronous_polling(a, bits)),
+        ));
+        tests.push((
+            format!("edu_{bits}bit_refuses_bad_transfers"),
+            Box::new(move || edu_refuses_bad_transfers(a, bits)),
+        ));
         if bits < 64 {
             tests.push((
                 format!("edu_{bits}bit_spec_refuses_wide_iovas"),
@@ -1641,7 +1355,7 @@ fn main() {
             ));
             tests.push((
                 format!("edu_{bits}bit_device_misses_wide_iovas"),
-                Box::new(move || edu_wide_iovas_miss_on_a_narrow_device(a)),
+                Box::new(move || edu_wide_iovas_miss_on_a_narrow_device(a, bits)),
             ));
         }
     }

@@ -54,8 +54,7 @@
 //! | `inspect` | the `dmakit inspect` report |
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
 //! | [`vfio`] | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper |
-//! | [`edu`] | QEMU's edu device as a [`DmaController`](dmakit::dma::DmaController) over VFIO |
-//! | `timer` | [`MonotonicTimer`]: the clock portable drivers (`dmakit-nvme`) time their commands with |
+//! | `timer` | [`MonotonicTimer`]: the clock portable drivers (`dmakit-nvme`, `dmakit-edu`) time their commands with |
 //!
 //! All `unsafe` code is in `sys` (and `vfio/sys` for the ioctls and BAR mappings), apart from the two registration functions of [`Host`],
 //! which are `unsafe fn`s turning the caller's promise into a region.
@@ -64,7 +63,6 @@
 mod cache;
 mod caps;
 mod cpu;
-pub mod edu;
 mod hints;
 mod host;
 mod inspect;
