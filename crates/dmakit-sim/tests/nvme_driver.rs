@@ -5,100 +5,17 @@
 //! transfer, and a property test of random transfers over random descriptors and knobs,
 //! byte-exact against the model's store with nothing left behind.
 
-use dmakit::device::{PciBus, PciFunction, PciMatch};
+use dmakit::device::PciBus;
 use dmakit_nvme::suite::{self, TestMachine};
-use dmakit_nvme::{Nvme, NvmeError, NvmeOptions, PollTimer, QueueOptions, Timer};
-use dmakit_sim::nvme::{CommandFault, Reorder, SimNvme, SimNvmeBuilder, NVME_CLASS};
-use dmakit_sim::pci::{DmaMode, FunctionConfig, PciFaultSite, SimPciBus};
-use dmakit_sim::{FaultSite, Machine, MachineBuilder};
+use dmakit_nvme::{Nvme, NvmeError, NvmeOptions, PollTimer, QueueOptions};
+use dmakit_sim::nvme::{CommandFault, Reorder, SimNvme};
+use dmakit_sim::pci::{DmaMode, SimPciBus};
+use dmakit_sim::MachineBuilder;
 use proptest::prelude::*;
 use std::sync::Arc;
 
-type M = Arc<Machine>;
-
-/// One simulated machine with one NVMe controller.
-struct Sim {
-    m: M,
-    bus: SimPciBus,
-    nvme: SimNvme,
-    f: Arc<dyn PciFunction>,
-    timer: Arc<PollTimer>,
-    options: NvmeOptions,
-}
-
-impl Sim {
-    fn new(seed: u64, b: SimNvmeBuilder, dma: DmaMode) -> Sim {
-        Self::on(seed, b, dma, false)
-    }
-
-    fn on(seed: u64, b: SimNvmeBuilder, dma: DmaMode, coherent: bool) -> Sim {
-        Self::with(MachineBuilder::new().coherent(coherent), seed, b, dma)
-    }
-
-    fn with(machine: MachineBuilder, seed: u64, b: SimNvmeBuilder, dma: DmaMode) -> Sim {
-        let m: M = Arc::new(machine.seed(seed).fragmentation(0.8).build().unwrap());
-        let bus = SimPciBus::new(m.clone()).unwrap();
-        let nvme = b
-            .seed(seed)
-            .function(FunctionConfig::new().dma(dma))
-            .attach(&bus)
-            .unwrap();
-        let f = bus.find(&PciMatch::class(NVME_CLASS)).unwrap();
-        Sim {
-            m,
-            bus,
-            nvme,
-            f,
-            timer: Arc::new(PollTimer::new(1_000)),
-            options: NvmeOptions::new().command_timeout_ms(50),
-        }
-    }
-
-    fn driver(&self) -> Nvme<M> {
-        Nvme::new(
-            self.m.clone(),
-            self.f.clone(),
-            self.timer.clone(),
-            self.options,
-        )
-        .unwrap()
-    }
-}
-
-impl TestMachine<M> for Sim {
-    fn platform(&self) -> M {
-        self.m.clone()
-    }
-    fn function(&self) -> Arc<dyn PciFunction> {
-        self.f.clone()
-    }
-    fn timer(&self) -> Arc<dyn Timer> {
-        self.timer.clone()
-    }
-    fn options(&self) -> NvmeOptions {
-        self.options
-    }
-    fn serial(&self) -> Option<String> {
-        Some("dmakit0".into())
-    }
-    fn resources(&self) -> Vec<(&'static str, u64)> {
-        let s = self.m.stats();
-        let mut v = vec![
-            ("pages in use", s.used_pages()),
-            ("wired pages", s.wired_pages),
-            ("allocations", s.allocations),
-        ];
-        if let Some(mp) = self.nvme.function().mapper() {
-            let (live, entries) = mp.usage();
-            v.push(("IO allocations", live as u64));
-            v.push(("IO page mappings", entries as u64));
-        }
-        v
-    }
-    fn stored(&self, nsid: u32, offset: u64, len: usize) -> Option<Vec<u8>> {
-        self.nvme.namespace_bytes(nsid, offset, len).ok()
-    }
-}
+mod nvme_common;
+use nvme_common::{blocks, Sim, M};
 
 fn run_suite(sim: &Sim, what: &str) {
     let mut failed = Vec::new();
@@ -108,10 +25,6 @@ fn run_suite(sim: &Sim, what: &str) {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-}
-
-fn blocks(lba: u32) -> u64 {
-    (64u64 << 20) / lba as u64
 }
 
 #[test]
@@ -335,111 +248,6 @@ fn a_command_error_names_the_command_and_loses_nothing() {
         q.read(&ns, 40, &md, 0, 4096).unwrap();
     }
     assert_eq!(before, sim.resources());
-}
-
-/// Runs one scattered and bounced write + read with a fault injected at `nth` call of
-/// `site`, then checks that every resource is back.
-fn transfer_with_fault(seed: u64, inject: &dyn Fn(&Sim), sim_dma: DmaMode) -> (bool, String) {
-    let sim = Sim::new(seed, SimNvme::builder().blocks(blocks(512)), sim_dma);
-    let before = sim.resources();
-    let outcome = {
-        let nvme = sim.driver();
-        let ns = nvme.namespace(1).unwrap();
-        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
-        let src = suite::scattered(&sim.m, &[(5000, 12), (3192, 0), (8192, 0)]).unwrap();
-        let dst = suite::scattered(&sim.m, &[(8192, 0), (8192, 0)]).unwrap();
-        let data = suite::pattern(seed, 16384);
-        assert_eq!(src.write_bytes(0, &data), data.len());
-        inject(&sim);
-        let r = q
-            .write(&ns, 100, &src, 0, 16384)
-            .and_then(|_| q.read(&ns, 100, &dst, 0, 16384));
-        sim.m.clear_faults();
-        sim.bus.clear_faults();
-        let desc = match &r {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.to_string(),
-        };
-        if r.is_ok() {
-            let mut got = vec![0u8; 16384];
-            assert_eq!(dst.read_bytes(0, &mut got), got.len());
-            assert_eq!(
-                got, data,
-                "a transfer that succeeded under faults moved wrong bytes"
-            );
-        }
-        // A later recovery gives back what a failed command held.
-        let _ = nvme.recover(false);
-        drop(q);
-        (r.is_ok(), desc)
-    };
-    let after = sim.resources();
-    assert_eq!(before, after, "leak after fault ({})", outcome.1);
-    outcome
-}
-
-#[test]
-fn a_fault_at_every_allocation_mapping_and_doorbell_step_leaves_nothing_behind() {
-    for dma in [
-        DmaMode::DEFAULT_IOMMU,
-        DmaMode::Bypass {
-            max_address: 0x0FFF_FFFF,
-        },
-    ] {
-        // How many calls each site sees in a clean run, after bring-up.
-        let calls = |site: &dyn Fn(&Sim) -> u64| {
-            let sim = Sim::new(20, SimNvme::builder().blocks(blocks(512)), dma);
-            let nvme = sim.driver();
-            let ns = nvme.namespace(1).unwrap();
-            let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
-            let src = suite::scattered(&sim.m, &[(5000, 12), (3192, 0), (8192, 0)]).unwrap();
-            let dst = suite::scattered(&sim.m, &[(8192, 0), (8192, 0)]).unwrap();
-            let start = site(&sim);
-            q.write(&ns, 100, &src, 0, 16384).unwrap();
-            q.read(&ns, 100, &dst, 0, 16384).unwrap();
-            site(&sim) - start
-        };
-        let machine_sites = [
-            FaultSite::PhysAlloc,
-            FaultSite::Pin,
-            FaultSite::Translate,
-            FaultSite::Map,
-        ];
-        let mut failures = 0;
-        for site in machine_sites {
-            let n = calls(&|s: &Sim| s.m.stats().calls(site));
-            for nth in 1..=n {
-                let (ok, _) = transfer_with_fault(
-                    20,
-                    &|s: &Sim| {
-                        let base = s.m.stats().calls(site);
-                        s.m.inject(site, base + nth);
-                    },
-                    dma,
-                );
-                failures += !ok as u32;
-            }
-        }
-        // Doorbells and every other register access, and the device's own DMA.
-        for site in [PciFaultSite::Bar, PciFaultSite::Dma] {
-            let n = calls(&|s: &Sim| s.bus.calls(site));
-            for nth in 1..=n {
-                let (ok, _) = transfer_with_fault(
-                    20,
-                    &|s: &Sim| {
-                        let base = s.bus.calls(site);
-                        s.bus.inject(site, base + nth);
-                    },
-                    dma,
-                );
-                failures += !ok as u32;
-            }
-        }
-        assert!(
-            failures > 0,
-            "no injected fault made a transfer fail ({dma:?})"
-        );
-    }
 }
 
 #[test]

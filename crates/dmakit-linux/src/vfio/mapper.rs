@@ -63,7 +63,10 @@ impl VfioMapper {
     pub fn new(container: Arc<Container>, host: Arc<Host>, address_limit: u64) -> Result<Self> {
         let info = container.info()?;
         let page = PageSize::new(info.min_page_size().max(host.page().bytes()))?;
-        let space = seed_space(&info, address_limit, page)?;
+        let windows = std::fs::read_to_string("/proc/iomem")
+            .map(|t| pci_windows(&t))
+            .unwrap_or_default();
+        let space = seed_space(&info, &windows, address_limit, page)?;
         container.take_mapper()?;
         Ok(VfioMapper {
             container,
@@ -306,9 +309,63 @@ impl VfioMapper {
 
 /// The IO address space of `info`'s valid ranges at or below `limit`, in whole pages,
 /// without page 0 (so no device is ever handed IOVA 0).
-fn seed_space(info: &IommuInfo, limit: u64, page: PageSize) -> Result<RangeAllocator> {
+/// The host bridges' memory windows (`[first, last]`), the top-level `PCI Bus` entries of
+/// `/proc/iomem` (all zeros without root: then none). A device's DMA to an address inside
+/// one may be routed to another device's BAR (peer to peer) before the IOMMU sees it, so
+/// IOVAs stay out of them, as Linux's own DMA API keeps its IOVAs out of them; QEMU's NVMe
+/// fails a transfer that names an address in its own BAR.
+pub(crate) fn pci_windows(iomem: &str) -> Vec<(u64, u64)> {
+    iomem
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| {
+            let (range, name) = l.split_once(" : ")?;
+            if !name.starts_with("PCI Bus") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a.trim(), 16).ok()?,
+                u64::from_str_radix(b.trim(), 16).ok()?,
+            );
+            (b > a).then_some((a, b))
+        })
+        .collect()
+}
+
+/// `ranges` (inclusive `[first, last]`) without the parts `holes` cover.
+pub(crate) fn without(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = ranges.to_vec();
+    for &(h0, h1) in holes {
+        out = out
+            .into_iter()
+            .flat_map(|(a, b)| {
+                let mut keep = Vec::new();
+                if h1 < a || h0 > b {
+                    keep.push((a, b));
+                } else {
+                    if h0 > a {
+                        keep.push((a, h0 - 1));
+                    }
+                    if h1 < b {
+                        keep.push((h1 + 1, b));
+                    }
+                }
+                keep
+            })
+            .collect();
+    }
+    out
+}
+
+fn seed_space(
+    info: &IommuInfo,
+    windows: &[(u64, u64)],
+    limit: u64,
+    page: PageSize,
+) -> Result<RangeAllocator> {
     let mut space = RangeAllocator::empty(page.bytes())?;
-    for &(start, last) in &info.iova_ranges {
+    for (start, last) in without(&info.iova_ranges, windows) {
         let start = page.round_up(start.max(page.bytes())).unwrap_or(u64::MAX);
         let last = last.min(limit).min(u64::MAX - page.bytes());
         let last = page.trunc(last.wrapping_add(1)).wrapping_sub(1);
@@ -476,25 +533,58 @@ mod tests {
     }
 
     #[test]
+    fn iovas_stay_out_of_the_host_bridges_windows() {
+        let iomem = "00000000-00000fff : Reserved\n\
+                     00001000-0009fbff : System RAM\n\
+                     c0000000-febfffff : PCI Bus 0000:00\n\
+                     \x20 fea10000-fea13fff : 0000:00:04.0\n\
+                     fec00000-fec003ff : IOAPIC 0\n\
+                     800000000-fffffffff : PCI Bus 0000:00\n\
+                     00000000-00000000 : PCI Bus 0000:01\n";
+        let w = pci_windows(iomem);
+        assert_eq!(
+            w,
+            vec![(0xc000_0000, 0xfebf_ffff), (0x8_0000_0000, 0xf_ffff_ffff)]
+        );
+        let page = PageSize::new(0x1000).unwrap();
+        let s = seed_space(&vtd(), &w, u64::MAX, page).unwrap();
+        let frags: Vec<(u64, u64)> = s.fragments().collect();
+        assert_eq!(
+            frags,
+            vec![
+                (0x1000, 0xbfff_ffff),
+                (0xfec0_0000, 0xfedf_ffff),
+                (0xfef0_0000, 0x7_ffff_ffff),
+                (0x10_0000_0000, 0x7f_ffff_ffff)
+            ]
+        );
+        assert_eq!(without(&[(0, 10)], &[(0, 10)]), vec![]);
+        assert_eq!(
+            without(&[(0, 10)], &[(3, 4), (8, 20)]),
+            vec![(0, 2), (5, 7)]
+        );
+    }
+
+    #[test]
     fn the_space_is_the_valid_ranges_without_page_0_cut_at_the_limit() {
         let page = PageSize::new(0x1000).unwrap();
-        let s = seed_space(&vtd(), u64::MAX, page).unwrap();
+        let s = seed_space(&vtd(), &[], u64::MAX, page).unwrap();
         // (start, inclusive end), as RangeAllocator::fragments reports them.
         let frags: Vec<(u64, u64)> = s.fragments().collect();
         assert_eq!(
             frags,
             vec![(0x1000, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)]
         );
-        let s = seed_space(&vtd(), 0x0fff_ffff, page).unwrap();
+        let s = seed_space(&vtd(), &[], 0x0fff_ffff, page).unwrap();
         assert_eq!(
             s.fragments().collect::<Vec<_>>(),
             vec![(0x1000, 0x0fff_ffff)]
         );
         // A limit that is not one below a page boundary is rounded down to whole pages.
-        let s = seed_space(&vtd(), 0x1_2345, page).unwrap();
+        let s = seed_space(&vtd(), &[], 0x1_2345, page).unwrap();
         assert_eq!(s.fragments().collect::<Vec<_>>(), vec![(0x1000, 0x1_1fff)]);
         assert!(matches!(
-            seed_space(&vtd(), 0xfff, page),
+            seed_space(&vtd(), &[], 0xfff, page),
             Err(Error::NoSpace { .. })
         ));
     }
@@ -503,7 +593,7 @@ mod tests {
     fn allocations_stay_in_the_ranges_and_below_the_limit() {
         let page = PageSize::new(0x1000).unwrap();
         for limit in [u64::MAX, 0xffff_ffff, 0x0fff_ffff] {
-            let mut s = seed_space(&vtd(), limit, page).unwrap();
+            let mut s = seed_space(&vtd(), &[], limit, page).unwrap();
             for n in 1..200u64 {
                 let len = (n % 17 + 1) * 0x1000;
                 let a = s.allocate(len, 0x1000).unwrap();
