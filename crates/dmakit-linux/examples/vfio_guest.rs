@@ -345,6 +345,8 @@ struct EduSeam {
     host: Arc<Host>,
     _bus: VfioBus,
     vf: Arc<VfioFunction>,
+    /// IO space kept from the mapper, so its addresses land above it.
+    low: Option<(IoAddr, u64)>,
 }
 
 impl EduSeam {
@@ -364,7 +366,22 @@ impl EduSeam {
             host,
             _bus: bus,
             vf,
+            low: None,
         })
+    }
+
+    /// As `open` with no address limit, the IO space below 2^28 reserved: the mapper's
+    /// addresses are then out of a 28-bit device's reach, wherever the allocator would
+    /// otherwise have put them.
+    fn open_wide(addr: PciAddress) -> Result<EduSeam, String> {
+        let mut seam = Self::open(addr, u64::MAX)?;
+        let pages = (0x1000_0000 - 0x1000) / 0x1000;
+        seam.vf
+            .mapper()
+            .reserve(IoAddr(0x1000), pages)
+            .map_err(e2s("reserving the IO space below 2^28"))?;
+        seam.low = Some((IoAddr(0x1000), pages));
+        Ok(seam)
     }
 
     fn rig(&self, options: EduOptions) -> Rig<'static, Arc<Host>> {
@@ -380,6 +397,10 @@ impl EduSeam {
     /// The kernel's word that nothing the test mapped is left.
     fn teardown(&self) -> Result<(), String> {
         let m = self.vf.mapper();
+        if let Some((iova, pages)) = self.low {
+            m.iovm_free(iova, pages)
+                .map_err(e2s("freeing the reservation"))?;
+        }
         check(m.mapped_pages() == 0 && m.allocations() == 0, || {
             format!("{} pages still mapped", m.mapped_pages())
         })?;
@@ -395,7 +416,15 @@ fn edu_suite<T>(
     options: EduOptions,
     test: impl FnOnce(&Rig<'static, Arc<Host>>) -> Result<T, String>,
 ) -> Result<T, String> {
-    let seam = EduSeam::open(addr, mapper_limit)?;
+    edu_suite_on(EduSeam::open(addr, mapper_limit)?, options, test)
+}
+
+/// Runs an edu suite function on `seam`, then its teardown check.
+fn edu_suite_on<T>(
+    seam: EduSeam,
+    options: EduOptions,
+    test: impl FnOnce(&Rig<'static, Arc<Host>>) -> Result<T, String>,
+) -> Result<T, String> {
     let result = test(&seam.rig(options));
     match (result, seam.teardown()) {
         (Ok(r), Ok(())) => Ok(r),
@@ -465,9 +494,8 @@ fn edu_refuses_bad_transfers(addr: PciAddress, bits: u32) -> TestResult {
 /// A 28-bit device's DMA commands with a mapper that ignores the limit: the commands'
 /// SegmentSpec refuses the mapper's IOVAs at prepare, and nothing stays mapped.
 fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
-    edu_suite(
-        addr,
-        u64::MAX,
+    edu_suite_on(
+        EduSeam::open_wide(addr)?,
         EduOptions::new().dma_bits(bits),
         edu_tests::spec_refuses_wide_iovas,
     )
@@ -478,9 +506,11 @@ fn edu_spec_refuses_wide_iovas(addr: PciAddress, bits: u32) -> TestResult {
 /// blocks the clamped ones (DMAR faults in the guest's log), and the data never arrives.
 fn edu_wide_iovas_miss_on_a_narrow_device(addr: PciAddress, bits: u32) -> TestResult {
     let faults_before = dmar_faults();
-    let r = edu_suite(addr, u64::MAX, EduOptions::new().dma_bits(64), |rig| {
-        edu_tests::wide_iovas_miss(rig, bits)
-    })?;
+    let r = edu_suite_on(
+        EduSeam::open_wide(addr)?,
+        EduOptions::new().dma_bits(64),
+        |rig| edu_tests::wide_iovas_miss(rig, bits),
+    )?;
     let faults = dmar_faults().saturating_sub(faults_before);
     check(faults > 0, || format!("no DMAR fault logged: {r}"))?;
     Ok(format!(
