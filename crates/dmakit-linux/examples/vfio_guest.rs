@@ -346,7 +346,7 @@ struct EduSeam {
     _bus: VfioBus,
     vf: Arc<VfioFunction>,
     /// IO space kept from the mapper, so its addresses land above it.
-    low: Option<(IoAddr, u64)>,
+    low: Vec<(IoAddr, u64)>,
 }
 
 impl EduSeam {
@@ -366,7 +366,7 @@ impl EduSeam {
             host,
             _bus: bus,
             vf,
-            low: None,
+            low: Vec::new(),
         })
     }
 
@@ -375,12 +375,17 @@ impl EduSeam {
     /// otherwise have put them.
     fn open_wide(addr: PciAddress) -> Result<EduSeam, String> {
         let mut seam = Self::open(addr, u64::MAX)?;
-        let pages = (0x1000_0000 - 0x1000) / 0x1000;
-        seam.vf
-            .mapper()
-            .reserve(IoAddr(0x1000), pages)
-            .map_err(e2s("reserving the IO space below 2^28"))?;
-        seam.low = Some((IoAddr(0x1000), pages));
+        let m = seam.vf.mapper().clone();
+        for (at, len) in m.free_ranges() {
+            let end = (at.0 + len).min(0x1000_0000);
+            if at.0 >= end {
+                continue;
+            }
+            let pages = (end - at.0) / 0x1000;
+            m.reserve(at, pages)
+                .map_err(e2s("reserving the IO space below 2^28"))?;
+            seam.low.push((at, pages));
+        }
         Ok(seam)
     }
 
@@ -397,7 +402,7 @@ impl EduSeam {
     /// The kernel's word that nothing the test mapped is left.
     fn teardown(&self) -> Result<(), String> {
         let m = self.vf.mapper();
-        if let Some((iova, pages)) = self.low {
+        for &(iova, pages) in &self.low {
             m.iovm_free(iova, pages)
                 .map_err(e2s("freeing the reservation"))?;
         }

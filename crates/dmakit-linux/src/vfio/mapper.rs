@@ -102,6 +102,15 @@ impl VfioMapper {
         self.lock().space.free_count()
     }
 
+    /// The free IO address ranges, `(first, bytes)`, in address order.
+    pub fn free_ranges(&self) -> Vec<(IoAddr, u64)> {
+        self.lock()
+            .space
+            .fragments()
+            .map(|(a, last)| (IoAddr(a), last - a + 1))
+            .collect()
+    }
+
     /// Pages mapped in the kernel through this mapper now.
     pub fn mapped_pages(&self) -> usize {
         self.lock().mapped.len()
