@@ -306,6 +306,53 @@ fn fill(md: &Arc<dyn MemoryDescriptor>, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes `data` from a descriptor of `parts` at `lba`, checks the controller's store,
+/// reads it back into one of `dst_parts`, compares, and prints the two transfers' table.
+#[allow(clippy::too_many_arguments)]
+fn round_trip(
+    r: &Rig<'_>,
+    q: &mut IoQueue<M>,
+    lba: u64,
+    parts: &[(u64, u64)],
+    dst_parts: &[(u64, u64)],
+    data: &[u8],
+    what: &str,
+    out: &mut dyn Write,
+) -> Result<(Transfer, Transfer), String> {
+    let total = data.len() as u64;
+    let src = suite::scattered(r.m, parts).map_err(ctx("source descriptor"))?;
+    let dst = suite::scattered(r.m, dst_parts).map_err(ctx("destination descriptor"))?;
+    fill(&src, data)?;
+    let w = q
+        .write(&r.ns, lba, &src, 0, total)
+        .map_err(|e| format!("NVMe demo, {what} write: {e}"))?;
+    r.stored(lba, data)?;
+    let rd = q
+        .read(&r.ns, lba, &dst, 0, total)
+        .map_err(|e| format!("NVMe demo, {what} read: {e}"))?;
+    suite::same(
+        &format!("NVMe demo, {what} read back"),
+        &contents(&dst)?,
+        data,
+    )?;
+    let mut t = table(&TRANSFER_HEADER);
+    t.add_row(transfer_row(
+        &format!("write from {}", pieces_text(parts)),
+        total,
+        &w,
+        "the controller's store matches",
+    ));
+    t.add_row(transfer_row(
+        &format!("read into {}", pieces_text(dst_parts)),
+        total,
+        &rd,
+        "byte-exact",
+    ));
+    right(&mut t, &[1, 2, 3, 4, 5]);
+    writeln!(out, "{t}").map_err(io_err)?;
+    Ok((w, rd))
+}
+
 /// Pieces that meet at page boundaries: written and read back with PRP entries and a PRP
 /// list straight from the IOMMU's segments, nothing bounced. Returns the data written (at
 /// [`SCATTERED_LBA`]).
@@ -327,37 +374,21 @@ fn scattered(
     let head = page - 512;
     let middle = 32 << 10;
     let parts = [(head, 512), (middle, 0), (total - head - middle, 0)];
-    let src = suite::scattered(r.m, &parts).map_err(ctx("source descriptor"))?;
     let dst_parts = [(total / 3, 0), (total - total / 3, 0)];
-    let dst = suite::scattered(r.m, &dst_parts).map_err(ctx("destination descriptor"))?;
     let data = suite::pattern(seed, total as usize);
-    fill(&src, &data)?;
     let mappings_before = r.mappings();
     let bounce_before = q.bounce_stats();
-    let w = q
-        .write(&r.ns, SCATTERED_LBA, &src, 0, total)
-        .map_err(ctx("scattered write"))?;
-    r.stored(SCATTERED_LBA, &data)?;
-    let rd = q
-        .read(&r.ns, SCATTERED_LBA, &dst, 0, total)
-        .map_err(ctx("scattered read"))?;
-    suite::same("NVMe demo, scattered read back", &contents(&dst)?, &data)?;
+    let (w, rd) = round_trip(
+        r,
+        q,
+        SCATTERED_LBA,
+        &parts,
+        &dst_parts,
+        &data,
+        "scattered",
+        out,
+    )?;
     let bounce = q.bounce_stats();
-    let mut t = table(&TRANSFER_HEADER);
-    t.add_row(transfer_row(
-        &format!("write from {}", pieces_text(&parts)),
-        total,
-        &w,
-        "the controller's store matches",
-    ));
-    t.add_row(transfer_row(
-        &format!("read into {}", pieces_text(&dst_parts)),
-        total,
-        &rd,
-        "byte-exact",
-    ));
-    right(&mut t, &[1, 2, 3, 4, 5]);
-    writeln!(out, "{t}").map_err(io_err)?;
     writeln!(
         out,
         "at LBA {SCATTERED_LBA}; the first source piece starts 512 bytes into a {} KiB page and \
@@ -401,36 +432,11 @@ fn bounced(r: &Rig<'_>, q: &mut IoQueue<M>, seed: u64, out: &mut dyn Write) -> R
     )?;
     let total = BOUNCED_BYTES;
     let parts = [(1000, 24), (total - 1000 - 300, 100), (300, 7)];
-    let src = suite::scattered(r.m, &parts).map_err(ctx("source descriptor"))?;
     let dst_parts = [(total - 999, 3), (999, 1)];
-    let dst = suite::scattered(r.m, &dst_parts).map_err(ctx("destination descriptor"))?;
     let data = suite::pattern(seed.wrapping_add(1), total as usize);
-    fill(&src, &data)?;
     let before = q.bounce_stats();
-    let w = q
-        .write(&r.ns, BOUNCED_LBA, &src, 0, total)
-        .map_err(ctx("bounced write"))?;
-    r.stored(BOUNCED_LBA, &data)?;
-    let rd = q
-        .read(&r.ns, BOUNCED_LBA, &dst, 0, total)
-        .map_err(ctx("bounced read"))?;
-    suite::same("NVMe demo, bounced read back", &contents(&dst)?, &data)?;
+    let (w, rd) = round_trip(r, q, BOUNCED_LBA, &parts, &dst_parts, &data, "bounced", out)?;
     let after = q.bounce_stats();
-    let mut t = table(&TRANSFER_HEADER);
-    t.add_row(transfer_row(
-        &format!("write from {}", pieces_text(&parts)),
-        total,
-        &w,
-        "the controller's store matches",
-    ));
-    t.add_row(transfer_row(
-        &format!("read into {}", pieces_text(&dst_parts)),
-        total,
-        &rd,
-        "byte-exact",
-    ));
-    right(&mut t, &[1, 2, 3, 4, 5]);
-    writeln!(out, "{t}").map_err(io_err)?;
     writeln!(
         out,
         "at LBA {BOUNCED_LBA}; the pieces start {} bytes into their buffers and end mid-page",

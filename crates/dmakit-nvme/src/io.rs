@@ -419,6 +419,12 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
             },
         )?;
         self.ring()?;
+        self.wait_for(cid)
+    }
+
+    /// Waits until command `cid` finishes (it fails by itself on a timeout, a fatal status
+    /// or a reset) and returns its result.
+    fn wait_for(&mut self, cid: u16) -> Result<()> {
         let mut result = None;
         while result.is_none() {
             self.collect(true, &mut |d| {
@@ -426,6 +432,12 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
                     result = Some(d.result)
                 }
             })?;
+            if result.is_none() && !self.inflight.contains_key(&cid) {
+                return Err(Error::Internal {
+                    what: "NVMe command left the queue without a completion",
+                }
+                .into());
+            }
         }
         result.unwrap_or(Ok(()))
     }
@@ -536,15 +548,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         }
         let cid = self.submit_buffer(write, ns, lba, buf, offset, len)?;
         self.ring()?;
-        let mut result = None;
-        while result.is_none() {
-            self.collect(true, &mut |d| {
-                if d.cid == cid {
-                    result = Some(d.result)
-                }
-            })?;
-        }
-        result.unwrap_or(Ok(()))
+        self.wait_for(cid)
     }
 
     fn submit_buffer(
