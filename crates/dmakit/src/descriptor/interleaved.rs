@@ -39,10 +39,11 @@ pub struct InterleavedMemoryDescriptor {
 }
 
 impl InterleavedMemoryDescriptor {
-    /// An empty descriptor able to hold `capacity` portions (IOKit `withCapacity`).
+    /// An empty descriptor able to hold `capacity` portions (IOKit `withCapacity`). The
+    /// room is taken as portions are added, so any capacity (`usize::MAX` too) is fine.
     pub fn with_capacity(capacity: usize, direction: Direction) -> Self {
         InterleavedMemoryDescriptor {
-            portions: Vec::with_capacity(capacity),
+            portions: Vec::with_capacity(capacity.min(16)),
             capacity,
             length: 0,
             direction,

@@ -139,7 +139,13 @@ enum SyncState {
 }
 
 struct Delivery {
+    /// The completion action; out of its slot (`delivering`) while a poll runs it.
     action: Option<Box<dyn FnMut(DmaCompletion) + Send>>,
+    /// Whether a poll holds the action and delivers `queue` (outside the lock, so the
+    /// action may poll, start or stop again, as IOKit's recursive gate allows).
+    delivering: bool,
+    /// Completions taken and not yet delivered, in order.
+    queue: alloc_crate::collections::VecDeque<DmaCompletion>,
     sync: SyncState,
 }
 
@@ -180,6 +186,8 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
             controller,
             delivery: spin::Mutex::new(Delivery {
                 action,
+                delivering: false,
+                queue: alloc_crate::collections::VecDeque::new(),
                 sync: SyncState::Idle,
             }),
             pending: core::sync::atomic::AtomicU64::new(0),
@@ -195,7 +203,8 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
 
     /// Whether this event source has a completion action (else starts are synchronous).
     pub fn has_action(&self) -> bool {
-        self.delivery.lock().action.is_some()
+        let d = self.delivery.lock();
+        d.action.is_some() || d.delivering
     }
 
     /// Whether a synchronous command is in flight (started and not yet reported finished).
@@ -206,6 +215,11 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
     /// Delivers every finished transfer now (IOKit's `checkForWork`, all at once): to the
     /// action, or to the synchronous starter waiting for it; returns how many the
     /// controller reported.
+    ///
+    /// The action runs without the event source's lock held, so it may call `poll`,
+    /// `start` or `stop` again (IOKit's work-loop gate is recursive): a nested poll takes
+    /// the new completions and leaves them to the delivery already running, which hands
+    /// them to the action in order.
     pub fn poll(&self) -> usize {
         let mut d = self.delivery.lock();
         let mut n = 0;
@@ -218,13 +232,26 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
                     finished_sync = true;
                 }
                 SyncState::Abandoned(t) if t == c.ticket => d.sync = SyncState::Idle,
-                _ => {
-                    if let Some(action) = d.action.as_mut() {
-                        action(c)
-                    }
-                }
+                // Without an action (and none running) a completion has nowhere to go.
+                _ if d.action.is_none() && !d.delivering => {}
+                _ => d.queue.push_back(c),
             }
         });
+        if !d.delivering {
+            if let Some(mut action) = d.action.take() {
+                d.delivering = true;
+                while let Some(c) = d.queue.pop_front() {
+                    drop(d);
+                    action(c);
+                    d = self.delivery.lock();
+                }
+                d.delivering = false;
+                // An action set while this one ran takes its place.
+                if d.action.is_none() {
+                    d.action = Some(action);
+                }
+            }
+        }
         drop(d);
         #[cfg(feature = "std")]
         if finished_sync {
@@ -300,7 +327,7 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
                     why: "a synchronous DMA command is already in flight",
                 });
             }
-            if d.action.is_some() {
+            if d.action.is_some() || d.delivering {
                 drop(d);
                 return self
                     .controller

@@ -234,6 +234,20 @@ impl SegmentSpecBuilder {
             // A segment can never be longer than the boundary it may not cross.
             s.max_segment_size = s.boundary;
         }
+        // Some address in the window must be able to start a segment (and one of the
+        // length alignment must fit after it): else no memory could ever satisfy the spec,
+        // and every prepare would fail later with a confusing lack of space. Address 0
+        // does not count: no mapper hands it out and no platform lends that page.
+        let first = s.min_address.max(1).checked_next_multiple_of(s.alignment);
+        let fits = first.is_some_and(|a| {
+            a <= s.max_address && s.max_address - a >= s.length_alignment.saturating_sub(1)
+        });
+        if !fits {
+            return Err(Error::BadArgument {
+                what: "SegmentSpec cannot be met: no address in the window has the start alignment (with room for one length alignment)",
+                value: s.alignment,
+            });
+        }
         Ok(s)
     }
 }
