@@ -1,7 +1,10 @@
 //! Regression tests for inputs that once made a public API panic, hang or abort: each
 //! names the reproducer and checks the answer it now gets.
 
-use dmakit::descriptor::InterleavedMemoryDescriptor;
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, InterleavedMemoryDescriptor, MemoryDescriptor,
+    MultiMemoryDescriptor, SubMemoryDescriptor,
+};
 use dmakit::dma::{CompletionSource, DmaCompletion, DmaEventSource};
 use dmakit::Direction;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,4 +92,88 @@ fn a_spec_no_memory_can_meet_is_refused_when_built() {
         .length_alignment(0x200)
         .build()
         .is_err());
+}
+
+fn machine() -> Arc<dmakit_sim::Machine> {
+    Arc::new(dmakit_sim::MachineBuilder::new().build().unwrap())
+}
+
+fn buffer(
+    m: &Arc<dmakit_sim::Machine>,
+    len: u64,
+) -> Arc<BufferMemoryDescriptor<Arc<dmakit_sim::Machine>>> {
+    Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(len, Direction::InOut)).unwrap(),
+    )
+}
+
+/// CPU copies of a sub-descriptor at offsets near 2^64 used to overflow adding the
+/// sub-range's offset; they copy nothing, and a segment there is an error.
+#[test]
+fn a_sub_descriptor_copies_nothing_past_its_end() {
+    let m = machine();
+    let s = SubMemoryDescriptor::new(buffer(&m, 8192), 4096, 4096, Direction::InOut).unwrap();
+    let mut b = [0u8; 16];
+    for off in [4096u64, u64::MAX - 3, u64::MAX] {
+        assert_eq!(s.read_bytes(off, &mut b), 0);
+        assert_eq!(s.write_bytes(off, &b), 0);
+        assert!(s.physical_segment(off).is_err());
+    }
+    assert_eq!(s.read_bytes(4095, &mut b), 1);
+}
+
+/// An IOMMU window that ends at the top of the 64-bit space used to overflow when a range
+/// there was freed; it maps, frees and flushes like any other.
+#[test]
+fn an_iommu_window_may_end_at_the_top_of_the_address_space() {
+    use dmakit::mapper::{Access, IommuMapper, Mapper};
+    let m = machine();
+    let iommu = Arc::new(dmakit_sim::SimIommu::new(m.clone()));
+    let mp = IommuMapper::new(iommu, 0xFFFF_FFFF_FFFF_0000, 0x10000).unwrap();
+    let b = buffer(&m, 4096);
+    let pa = b.physical_segment(0).unwrap().addr;
+    let mut got = Vec::new();
+    for _ in 0..16 {
+        let a = mp.iovm_alloc(1).unwrap();
+        mp.iovm_insert_page(a, pa, Access::READ_WRITE).unwrap();
+        got.push(a);
+    }
+    assert!(got.contains(&dmakit::IoAddr(0xFFFF_FFFF_FFFF_F000)));
+    for a in got {
+        mp.iovm_free(a, 1).unwrap();
+    }
+    mp.flush().unwrap();
+    assert_eq!(mp.usage(), (0, 0));
+}
+
+/// A multi-descriptor whose buffer part was shortened with `set_length` used to index past
+/// its parts; the layout stays, the part's missing bytes are a hole: copies stop there, a
+/// segment there is an error naming it, a prepare over it is refused.
+#[test]
+fn a_multi_descriptor_with_a_shortened_part_stops_at_the_hole() {
+    let m = machine();
+    let p1 = buffer(&m, 8192);
+    let multi =
+        MultiMemoryDescriptor::new(vec![p1.clone(), buffer(&m, 4096)], Direction::InOut).unwrap();
+    p1.set_length(100).unwrap();
+    let mut b = [0u8; 64];
+    assert_eq!(multi.read_bytes(0, &mut b), 64);
+    assert_eq!(multi.read_bytes(90, &mut b), 10, "a copy stops at the hole");
+    assert_eq!(multi.read_bytes(100, &mut b), 0);
+    assert_eq!(multi.write_bytes(5000, &b), 0);
+    let e = multi.physical_segment(100).unwrap_err();
+    assert!(e.to_string().contains("shorter now"), "{e}");
+    assert_eq!(multi.physical_segment(8192).unwrap().len, 4096);
+    assert_eq!(
+        multi.read_bytes(8192, &mut b),
+        64,
+        "the next part is where it was"
+    );
+    let mut cmd = dmakit::dma::DmaCommand::builder(m.clone()).build().unwrap();
+    cmd.set_memory_descriptor(Arc::new(multi)).unwrap();
+    let e = cmd.prepare(dmakit::dma::PrepareOptions::new()).unwrap_err();
+    assert!(
+        e.to_string().contains("shorter now"),
+        "a DMA over the hole is refused: {e}"
+    );
 }

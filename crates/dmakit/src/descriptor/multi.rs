@@ -102,13 +102,28 @@ impl MultiMemoryDescriptor {
         &self.parts
     }
 
-    /// The part holding `offset` (< length) and the offset inside it.
-    fn locate(&self, offset: u64) -> (usize, u64) {
-        let mut i = self.starts.partition_point(|&s| s <= offset) - 1;
-        while offset - self.starts[i] >= self.parts[i].length() {
-            i += 1;
-        }
-        (i, offset - self.starts[i])
+    /// Where part `i` sits in the multi now: from its start to where its bytes end (its
+    /// length may have changed since the multi was made, as a buffer's `set_length` does;
+    /// the layout does not move: a part that shrank leaves a hole, one that grew is seen
+    /// only up to the next part).
+    fn span(&self, i: usize) -> (u64, u64) {
+        let start = self.starts[i];
+        let next = self.starts.get(i + 1).copied().unwrap_or(self.length);
+        (
+            start,
+            start.saturating_add(self.parts[i].length()).min(next),
+        )
+    }
+
+    /// The part holding `offset` and the offset inside it; `None` past the end or in the
+    /// hole a part left by shrinking.
+    fn locate(&self, offset: u64) -> Option<(usize, u64)> {
+        let i = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .checked_sub(1)?;
+        let (start, end) = self.span(i);
+        (offset < end).then_some((i, offset - start))
     }
 
     fn each(
@@ -119,9 +134,14 @@ impl MultiMemoryDescriptor {
     ) -> usize {
         let mut done = 0;
         while done < n {
-            let (i, inner) = self.locate(offset + done as u64);
+            let at = offset + done as u64;
+            let Some((i, inner)) = self.locate(at) else {
+                break;
+            };
             let part = &self.parts[i];
-            let k = ((part.length() - inner) as usize).min(n - done);
+            let k = usize::try_from(self.span(i).1 - at)
+                .unwrap_or(usize::MAX)
+                .min(n - done);
             let got = step(part.as_ref(), inner, done, k);
             done += got;
             if got < k {
@@ -202,14 +222,26 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         if offset >= self.length {
             return Err(past_end("multi-descriptor", offset, self.length));
         }
-        let (i, inner) = self.locate(offset);
-        self.parts[i].physical_segment(inner)
+        let (i, inner) = self.locate(offset).ok_or(Error::OutOfBounds {
+            what: "multi-descriptor part (shorter now than when the multi was made)",
+            offset,
+            len: 1,
+            limit: self.length,
+        })?;
+        let seg = self.parts[i].physical_segment(inner)?;
+        // Never past this part's place in the multi.
+        let room = self.span(i).1 - offset;
+        Ok(Segment {
+            len: seg.len.min(room),
+            ..seg
+        })
     }
 
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
         let end = offset.saturating_add(len).min(self.length);
-        for (p, &start) in self.parts.iter().zip(&self.starts) {
-            let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
+        for (i, p) in self.parts.iter().enumerate() {
+            let (start, stop) = self.span(i);
+            let (lo, hi) = (start.max(offset), stop.min(end));
             if lo < hi {
                 p.leaves(lo - start, hi - lo, f);
             }
@@ -219,11 +251,22 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> Result<()> {
         check_range("multi-descriptor", offset, len, self.length)?;
         let end = offset + len;
-        for (p, &start) in self.parts.iter().zip(&self.starts) {
-            let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
+        let mut covered = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            let (start, stop) = self.span(i);
+            let (lo, hi) = (start.max(offset), stop.min(end));
             if lo < hi {
                 p.sources(lo - start, hi - lo, f)?;
+                covered += hi - lo;
             }
+        }
+        if covered < len {
+            return Err(Error::OutOfBounds {
+                what: "multi-descriptor range (a part is shorter now than when the multi was made)",
+                offset,
+                len,
+                limit: offset + covered,
+            });
         }
         Ok(())
     }
@@ -241,14 +284,11 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
     fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
         let want = op_extent(offset, len, self.length)?;
         let end = offset + want;
-        let pieces = self
-            .parts
-            .iter()
-            .zip(&self.starts)
-            .filter_map(|(p, &start)| {
-                let (lo, hi) = (start.max(offset), (start + p.length()).min(end));
-                (lo < hi).then(|| (p.as_ref(), lo - start, hi - lo))
-            });
+        let pieces = self.parts.iter().enumerate().filter_map(|(i, p)| {
+            let (start, stop) = self.span(i);
+            let (lo, hi) = (start.max(offset), stop.min(end));
+            (lo < hi).then(|| (p.as_ref(), lo - start, hi - lo))
+        });
         op_over_parts(op, want, pieces)
     }
 

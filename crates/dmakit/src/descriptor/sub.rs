@@ -99,11 +99,17 @@ impl MemoryDescriptor for SubMemoryDescriptor {
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
         let n = clamp(offset, buf.len(), self.length);
+        if n == 0 {
+            return 0;
+        }
         self.parent.read_bytes(self.offset + offset, &mut buf[..n])
     }
 
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
         let n = clamp(offset, data.len(), self.length);
+        if n == 0 {
+            return 0;
+        }
         self.parent.write_bytes(self.offset + offset, &data[..n])
     }
 

@@ -232,9 +232,10 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
             }
         }
         let len = pages * self.page();
+        // Inclusive end: a window may end at the top of the 64-bit space.
         let mapped: Vec<u64> = s
             .entries
-            .range(iova.0..iova.0 + len)
+            .range(iova.0..=iova.0 + (len - 1))
             .map(|(&k, _)| k)
             .collect();
         for k in mapped {
@@ -267,7 +268,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
             .live
             .range(..=iova.0)
             .next_back()
-            .is_some_and(|(&a, &p)| iova.0 < a + p * page);
+            .is_some_and(|(&a, &p)| iova.0 - a < p * page);
         if !inside {
             // IOKit panics on IOMapperInsertPage(0, …) and writes anywhere otherwise.
             return Err(Error::BadArgument {
