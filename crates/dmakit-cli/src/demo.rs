@@ -67,7 +67,7 @@ fn err_text(e: &Error) -> String {
 }
 
 fn heading(s: &str) {
-    println!("\n== {s}");
+    crate::out::say!("\n== {s}");
 }
 
 /// Runs the scenario.
@@ -82,9 +82,9 @@ pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?,
     );
-    println!("dmakit demo: a simulated machine (seed {seed})");
+    crate::out::say!("dmakit demo: a simulated machine (seed {seed})");
     heading("The machine");
-    print!("{}", m.layout());
+    crate::out::say_part!("{}", m.layout());
 
     io_malloc_family(&m).map_err(|e| e.to_string())?;
     constrained(&m).map_err(|e| e.to_string())?;
@@ -93,14 +93,17 @@ pub fn run(seed: u64, page_size: u64) -> Result<(), String> {
     cache_and_mmio(&m).map_err(|e| e.to_string())?;
     dma(&m, seed).map_err(|e| e.to_string())?;
     faults_and_misuse(&m).map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout();
+    let mut stdout = crate::out::Out;
     let nvme = crate::demo_nvme::run(&m, seed, &mut stdout)?;
 
     let s = m.stats();
     heading("Teardown");
-    println!(
+    crate::out::say!(
         "allocations live: {}, wired pages: {}, free pages: {} of {}",
-        s.allocations, s.wired_pages, s.free_pages, s.ram_pages
+        s.allocations,
+        s.wired_pages,
+        s.free_pages,
+        s.ram_pages
     );
     nvme.check(&m, &mut stdout)?;
     if s.allocations != 0 || s.free_pages != s.ram_pages {
@@ -160,13 +163,13 @@ fn io_malloc_family(m: &Machine) -> dmakit::Result<()> {
         "wired: pages present, translation stable".to_string(),
     ]);
     right(&mut t, &[1]);
-    println!("{t}");
+    crate::out::say!("{t}");
     m.unwire(k, pg, 12 << 10)?;
     io_free(&heap, small, 100)?;
     io_free(&heap, buf, 64 << 10)?;
     io_free_aligned(&heap, al, 5000)?;
     io_free_pageable(&heap, pg, 12 << 10)?;
-    println!("all freed with their sizes; heap: {:?}", heap.stats());
+    crate::out::say!("all freed with their sizes; heap: {:?}", heap.stats());
     Ok(())
 }
 
@@ -196,7 +199,7 @@ fn constrained(m: &Machine) -> dmakit::Result<()> {
         ]);
         m.free_pages(va, 32 << 10)?;
     }
-    println!("{t}");
+    crate::out::say!("{t}");
     Ok(())
 }
 
@@ -238,10 +241,10 @@ fn multi_descriptor(m: &Arc<Machine>) -> dmakit::Result<()> {
         off += s.len;
     }
     right(&mut t, &[0, 2]);
-    println!("{t}");
+    crate::out::say!("{t}");
     let mut tail = [0u8; 20];
     assert_eq!(md.read_bytes(md.length() - 20, &mut tail), tail.len());
-    println!(
+    crate::out::say!(
         "{} bytes in 3 parts; the last 20 read through the multi descriptor: {:?}",
         md.length(),
         String::from_utf8_lossy(&tail)
@@ -283,12 +286,12 @@ fn io_space() -> dmakit::Result<()> {
             "accepted (bug)".to_string(),
         ]),
     };
-    println!("{t}");
+    crate::out::say!("{t}");
     let frags: Vec<String> = iova
         .fragments()
         .map(|(s, e)| format!("[{s:#x}, {e:#x}]"))
         .collect();
-    println!(
+    crate::out::say!(
         "free: {:#x} bytes in {} fragments: {}",
         iova.free_count(),
         iova.fragment_count(),
@@ -318,7 +321,7 @@ fn cache_and_mmio(m: &Machine) -> dmakit::Result<()> {
         format!("{:#x}", pa.0),
         format!("{:?}", String::from_utf8_lossy(&seen)),
     ]);
-    println!("{t}");
+    crate::out::say!("{t}");
     m.free_pages(va, m.page_size().bytes())?;
     let id = m.mmio_read(dmakit::PhysAddr(MMIO_BASE), Width::W32)?;
     m.mmio_write(
@@ -327,7 +330,7 @@ fn cache_and_mmio(m: &Machine) -> dmakit::Result<()> {
         0xC0FF_EE00_1234_5678,
     )?;
     let back = m.mmio_read(dmakit::PhysAddr(MMIO_BASE + 8), Width::W64)?;
-    println!(
+    crate::out::say!(
         "MMIO at {MMIO_BASE:#x}: device id {id:#010x}; wrote and read back {back:#018x} at +8"
     );
     Ok(())
@@ -397,9 +400,9 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         ]);
     }
     right(&mut t, &[2]);
-    println!("{t}");
+    crate::out::say!("{t}");
     let st = pool.stats();
-    println!(
+    crate::out::say!(
         "bounced: {}; the device read {} bytes, {}; pool: {} bytes copied, high-water {} bytes",
         cmd.is_bounced(),
         seen.len(),
@@ -449,7 +452,7 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
     let mut cs = mapped(src.clone())?;
     let mut cd = mapped(dst.clone())?;
     let (ss, ds) = (io_segments(&cs)?, io_segments(&cd)?);
-    println!(
+    crate::out::say!(
         "source: {runs} physical runs -> {} IO segment at {:#x} (+{:#x}); destination: {} IO segment at {:#x}",
         ss.len(),
         ss[0].addr.0,
@@ -491,9 +494,9 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         }
         .to_string(),
     ]);
-    println!("{t}");
+    crate::out::say!("{t}");
     let reg = |offset| mapped_read32(&**m, dmakit::PhysAddr(engine.registers().0 + offset));
-    println!(
+    crate::out::say!(
         "engine: registers at {:#x}, descriptor ring at IO {:#x} (physical {:#x}); HEAD {}, TAIL {}, COMPLETED {}",
         engine.registers().0,
         engine.ring_address().0,
@@ -502,7 +505,7 @@ fn dma(m: &Arc<Machine>, seed: u64) -> dmakit::Result<()> {
         reg(regs::TAIL)?,
         reg(regs::COMPLETED)?
     );
-    println!(
+    crate::out::say!(
         "IOMMU: {} faults, {} IOTLB invalidations; IO space in use after complete: {:?}",
         iommu.faults().len(),
         iommu.invalidations(),
@@ -550,6 +553,6 @@ fn faults_and_misuse(m: &Machine) -> dmakit::Result<()> {
         err_text(&e),
         "nothing wired".to_string(),
     ]);
-    println!("{t}");
+    crate::out::say!("{t}");
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 mod demo;
 mod demo_nvme;
+mod out;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -65,9 +66,11 @@ fn main() -> ExitCode {
         Command::Inspect { size, hugepage } => inspect(size, hugepage),
         Command::Bench { quick, json } => bench(quick, &json),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (out::finish(), result) {
+        // The reader went away (`dmakit demo | head`): nothing more to say.
+        (Ok(false), _) => ExitCode::SUCCESS,
+        (Ok(true), Ok(())) => ExitCode::SUCCESS,
+        (Ok(true), Err(e)) | (Err(e), _) => {
             eprintln!("dmakit: {e}");
             ExitCode::FAILURE
         }
@@ -77,18 +80,18 @@ fn main() -> ExitCode {
 fn inspect(size: u64, hugepage: bool) -> Result<(), String> {
     let report =
         dmakit_linux::inspect(size, hugepage).map_err(|e| format!("{e} [{}]", e.io_return()))?;
-    println!("{report}");
+    out::say!("{report}");
     Ok(())
 }
 
 fn bench(quick: bool, json: &std::path::Path) -> Result<(), String> {
     let rows = dmakit_bench::run(&dmakit_bench::Options { quick });
-    println!("{}", dmakit_bench::render_table(&rows));
+    out::say!("{}", dmakit_bench::render_table(&rows));
     if let Some(dir) = json.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     dmakit_bench::write_json(&rows, json)
         .map_err(|e| format!("writing {}: {e}", json.display()))?;
-    println!("wrote {} rows to {}", rows.len(), json.display());
+    out::say!("wrote {} rows to {}", rows.len(), json.display());
     Ok(())
 }

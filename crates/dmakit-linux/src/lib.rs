@@ -48,6 +48,7 @@
 //! | [`pagemap`] | reading and decoding `/proc/self/pagemap` |
 //! | `registry` | the memory a host knows, and the only way to reach it |
 //! | `cpu`, `cache`, `mmio`, `vm` | the remaining seam traits |
+//! | `limits` | wiring refused up front when the kernel's available memory or `RLIMIT_MEMLOCK` cannot hold it |
 //! | `lend` | lending allocations as Rust slices (`direct_slice`, IOKit's `getBytesNoCopy`) |
 //! | `purgeable` | volatile memory: per-page state, hole punching, [`Host::purge_volatile`] |
 //! | `hints` | error messages with current limits and fixes |
@@ -68,6 +69,7 @@ mod host;
 mod inspect;
 mod ledger;
 mod lend;
+mod limits;
 mod mmio;
 pub mod pagemap;
 mod physical;

@@ -202,6 +202,11 @@ impl PhysicalMemory for Host {
         } else {
             LIMIT_ATTEMPTS
         };
+        if !req.pageable && !huge {
+            // Before MAP_POPULATE makes it resident: a request larger than the machine
+            // would end with the OOM killer instead of an error.
+            crate::limits::check_wire(map_len, crate::limits::locked_now())?;
+        }
         let mut s = self.lock();
         let mut rejected = Vec::new();
         let mut outcome = Err(Error::Internal {
