@@ -66,6 +66,7 @@ pub mod map;
 pub mod mapper;
 pub mod page;
 pub mod platform;
+pub mod sync;
 
 pub use addr::{IoAddr, PhysAddr, PhysRange, VirtAddr};
 pub use direction::Direction;

@@ -127,7 +127,7 @@ pub struct Leak {
 /// this heap and is counted in `zone_pages`.
 pub struct IoHeap<P: PhysicalMemory + CpuAccess> {
     platform: P,
-    state: spin::Mutex<State>,
+    state: crate::sync::Mutex<State>,
 }
 
 impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
@@ -139,7 +139,7 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         zones.resize_with(classes, Zone::default);
         IoHeap {
             platform,
-            state: spin::Mutex::new(State {
+            state: crate::sync::Mutex::new(State {
                 zones,
                 ..State::default()
             }),
@@ -788,13 +788,13 @@ mod tests {
     /// a free list; `wired` marks pages an outside party holds.
     struct Flat {
         page: PageSize,
-        mem: spin::Mutex<Vec<u8>>,
-        next: spin::Mutex<u64>,
-        allocs: spin::Mutex<BTreeMap<u64, u64>>,
-        pinned: spin::Mutex<BTreeSet<u64>>,
+        mem: crate::sync::Mutex<Vec<u8>>,
+        next: crate::sync::Mutex<u64>,
+        allocs: crate::sync::Mutex<BTreeMap<u64, u64>>,
+        pinned: crate::sync::Mutex<BTreeSet<u64>>,
         /// Byte ranges an outside party has wired (`None`: the platform cannot tell).
-        wired_bytes: spin::Mutex<Option<Vec<(u64, u64)>>>,
-        fail_alloc: spin::Mutex<bool>,
+        wired_bytes: crate::sync::Mutex<Option<Vec<(u64, u64)>>>,
+        fail_alloc: crate::sync::Mutex<bool>,
     }
 
     const BASE: u64 = 0x10_0000;
@@ -803,12 +803,12 @@ mod tests {
         fn new(page: PageSize) -> Self {
             Flat {
                 page,
-                mem: spin::Mutex::new(vec![0xAA; 16 << 20]),
-                next: spin::Mutex::new(BASE),
-                allocs: spin::Mutex::new(BTreeMap::new()),
-                pinned: spin::Mutex::new(BTreeSet::new()),
-                wired_bytes: spin::Mutex::new(Some(Vec::new())),
-                fail_alloc: spin::Mutex::new(false),
+                mem: crate::sync::Mutex::new(vec![0xAA; 16 << 20]),
+                next: crate::sync::Mutex::new(BASE),
+                allocs: crate::sync::Mutex::new(BTreeMap::new()),
+                pinned: crate::sync::Mutex::new(BTreeSet::new()),
+                wired_bytes: crate::sync::Mutex::new(Some(Vec::new())),
+                fail_alloc: crate::sync::Mutex::new(false),
             }
         }
         fn outstanding(&self) -> usize {

@@ -915,14 +915,14 @@ impl RangeAllocator {
 /// IOKit's locking allocators all share one global mutex; each of these has its own.
 #[derive(Debug)]
 pub struct LockedRangeAllocator {
-    inner: spin::Mutex<RangeAllocator>,
+    inner: crate::sync::Mutex<RangeAllocator>,
 }
 
 impl LockedRangeAllocator {
     /// Wraps an allocator.
     pub fn new(inner: RangeAllocator) -> Self {
         LockedRangeAllocator {
-            inner: spin::Mutex::new(inner),
+            inner: crate::sync::Mutex::new(inner),
         }
     }
 

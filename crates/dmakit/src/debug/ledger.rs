@@ -57,7 +57,7 @@ struct State {
     violations: Vec<Violation>,
 }
 
-static STATE: spin::Mutex<State> = spin::Mutex::new(State {
+static STATE: crate::sync::Mutex<State> = crate::sync::Mutex::new(State {
     live: Vec::new(),
     violations: Vec::new(),
 });

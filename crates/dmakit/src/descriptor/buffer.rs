@@ -153,8 +153,8 @@ pub struct BufferMemoryDescriptor<P: Platform + Clone> {
     length: AtomicU64,
     /// The direction's bits (settable, as IOKit's `setDirection`).
     direction: AtomicU32,
-    append: spin::Mutex<()>,
-    lends: spin::Mutex<u32>,
+    append: crate::sync::Mutex<()>,
+    lends: crate::sync::Mutex<u32>,
     options: BufferOptions,
 }
 
@@ -236,8 +236,8 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
             capacity: options.capacity,
             length: AtomicU64::new(options.capacity),
             direction: AtomicU32::new(options.direction.bits()),
-            append: spin::Mutex::new(()),
-            lends: spin::Mutex::new(0),
+            append: crate::sync::Mutex::new(()),
+            lends: crate::sync::Mutex::new(0),
             options,
         })
     }
@@ -579,7 +579,7 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
 #[must_use = "dropping the slice ends the lend at once"]
 pub struct BytesNoCopy<'a> {
     lent: Option<Box<dyn DirectSlice + 'a>>,
-    lends: &'a spin::Mutex<u32>,
+    lends: &'a crate::sync::Mutex<u32>,
 }
 
 impl core::ops::Deref for BytesNoCopy<'_> {

@@ -41,7 +41,7 @@ pub struct GeneralMemoryDescriptor<P: Platform> {
     starts: Vec<u64>,
     length: u64,
     direction: Direction,
-    wiring: spin::Mutex<Wiring>,
+    wiring: crate::sync::Mutex<Wiring>,
     maps: crate::map::MapRegistry,
     /// Physical descriptors: their one preparation's identifier.
     phys_prep: LazyId,
@@ -77,7 +77,7 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
             starts,
             length,
             direction,
-            wiring: spin::Mutex::new(Wiring::default()),
+            wiring: crate::sync::Mutex::new(Wiring::default()),
             maps: crate::map::MapRegistry::new(),
             phys_prep: LazyId::default(),
             id: LazyId::default(),

@@ -32,9 +32,9 @@ pub struct InterleavedMemoryDescriptor {
     capacity: usize,
     length: u64,
     direction: Direction,
-    prepared: spin::Mutex<Holders>,
+    prepared: crate::sync::Mutex<Holders>,
     maps: crate::map::MapRegistry,
-    prep: spin::Mutex<(Vec<u64>, u64)>,
+    prep: crate::sync::Mutex<(Vec<u64>, u64)>,
     id: LazyId,
 }
 
@@ -47,9 +47,9 @@ impl InterleavedMemoryDescriptor {
             capacity,
             length: 0,
             direction,
-            prepared: spin::Mutex::new(Holders::default()),
+            prepared: crate::sync::Mutex::new(Holders::default()),
             maps: crate::map::MapRegistry::new(),
-            prep: spin::Mutex::new((Vec::new(), 0)),
+            prep: crate::sync::Mutex::new((Vec::new(), 0)),
             id: LazyId::default(),
         }
     }

@@ -36,13 +36,16 @@ pub struct MultiMemoryDescriptor {
     maps: crate::map::MapRegistry,
     pageable: bool,
     /// (the parts' preparation identifiers last seen, this one's for them).
-    prep: spin::Mutex<(Vec<u64>, u64)>,
+    prep: crate::sync::Mutex<(Vec<u64>, u64)>,
     id: LazyId,
 }
 
 /// A multi- or interleaved descriptor's preparation identifier over its parts' identifiers
 /// `ids`, given the last (`seen`, own) pair.
-pub(crate) fn composite_preparation_id(ids: Vec<u64>, state: &spin::Mutex<(Vec<u64>, u64)>) -> u64 {
+pub(crate) fn composite_preparation_id(
+    ids: Vec<u64>,
+    state: &crate::sync::Mutex<(Vec<u64>, u64)>,
+) -> u64 {
     if ids.is_empty() || ids.contains(&PREPARATION_ID_UNPREPARED) {
         return PREPARATION_ID_UNPREPARED;
     }
@@ -92,7 +95,7 @@ impl MultiMemoryDescriptor {
             direction,
             maps: crate::map::MapRegistry::new(),
             pageable,
-            prep: spin::Mutex::new((Vec::new(), 0)),
+            prep: crate::sync::Mutex::new((Vec::new(), 0)),
             id: LazyId::default(),
         })
     }

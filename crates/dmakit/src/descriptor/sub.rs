@@ -23,7 +23,7 @@ pub struct SubMemoryDescriptor {
     direction: Direction,
     maps: crate::map::MapRegistry,
     /// (the parent's preparation identifier last seen, this one's for it).
-    prep: spin::Mutex<(u64, u64)>,
+    prep: crate::sync::Mutex<(u64, u64)>,
     id: LazyId,
 }
 
@@ -44,7 +44,7 @@ impl SubMemoryDescriptor {
                 length,
                 direction,
                 maps: crate::map::MapRegistry::new(),
-                prep: spin::Mutex::new((0, 0)),
+                prep: crate::sync::Mutex::new((0, 0)),
                 id: LazyId::default(),
             }),
             _ => Err(Error::OutOfBounds {

@@ -159,7 +159,7 @@ struct Delivery {
 /// returns it, one command at a time.
 pub struct DmaEventSource<C: CompletionSource + ?Sized> {
     controller: Arc<C>,
-    delivery: spin::Mutex<Delivery>,
+    delivery: crate::sync::Mutex<Delivery>,
     pending: core::sync::atomic::AtomicU64,
     #[cfg(feature = "std")]
     signal: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
@@ -184,7 +184,7 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
     fn build(controller: Arc<C>, action: Option<Box<dyn FnMut(DmaCompletion) + Send>>) -> Self {
         DmaEventSource {
             controller,
-            delivery: spin::Mutex::new(Delivery {
+            delivery: crate::sync::Mutex::new(Delivery {
                 action,
                 delivering: false,
                 queue: alloc_crate::collections::VecDeque::new(),
@@ -519,14 +519,14 @@ pub type SharedController = Arc<dyn DmaController>;
 /// # let _ = events; Ok(()) }
 /// ```
 pub struct DmaControllerRegistry {
-    by_name: spin::Mutex<BTreeMap<String, SharedController>>,
+    by_name: crate::sync::Mutex<BTreeMap<String, SharedController>>,
 }
 
 impl DmaControllerRegistry {
     /// An empty registry.
     pub const fn new() -> Self {
         DmaControllerRegistry {
-            by_name: spin::Mutex::new(BTreeMap::new()),
+            by_name: crate::sync::Mutex::new(BTreeMap::new()),
         }
     }
 

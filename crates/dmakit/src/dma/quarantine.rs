@@ -50,7 +50,7 @@ pub(crate) trait Held: Send {
 pub struct Quarantine {
     id: u64,
     name: &'static str,
-    held: spin::Mutex<Vec<Box<dyn Held>>>,
+    held: crate::sync::Mutex<Vec<Box<dyn Held>>>,
     live: AtomicU64,
 }
 
@@ -60,7 +60,7 @@ impl Quarantine {
         Arc::new(Quarantine {
             id: crate::debug::next_id(),
             name,
-            held: spin::Mutex::new(Vec::new()),
+            held: crate::sync::Mutex::new(Vec::new()),
             live: AtomicU64::new(0),
         })
     }

@@ -77,7 +77,7 @@ impl core::ops::BitOr for DkPerformOptions {
 /// A command dropped while prepared keeps the memory wired and its IO addresses mapped
 /// for good, as [`DmaCommand`] does: the device may still be using them.
 pub struct DkDmaCommand<P: Platform + Clone + 'static> {
-    cmd: spin::Mutex<DmaCommand<P>>,
+    cmd: crate::sync::Mutex<DmaCommand<P>>,
     owner: PrepOwner,
 }
 
@@ -133,7 +133,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
         let cmd = builder.build()?;
         Ok(DkDmaCommand {
             owner: cmd.prep_owner(),
-            cmd: spin::Mutex::new(cmd),
+            cmd: crate::sync::Mutex::new(cmd),
         })
     }
 

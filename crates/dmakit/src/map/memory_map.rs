@@ -325,7 +325,7 @@ impl MapOptions {
 /// with its last handle whether or not it is registered.
 #[derive(Default)]
 pub struct MapRegistry {
-    maps: spin::Mutex<Vec<Weak<dyn Entry>>>,
+    maps: crate::sync::Mutex<Vec<Weak<dyn Entry>>>,
 }
 
 /// A registered mapping of any platform type.
@@ -349,7 +349,7 @@ impl MapRegistry {
     /// An empty registry.
     pub const fn new() -> Self {
         MapRegistry {
-            maps: spin::Mutex::new(Vec::new()),
+            maps: crate::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -404,7 +404,7 @@ struct MapInner<P: VirtualMemory> {
     /// Options as made: the range resolved, the cache mode effective, the static flag.
     options: MapOptions,
     kind: Kind<P>,
-    state: spin::Mutex<State>,
+    state: crate::sync::Mutex<State>,
 }
 
 impl<P: VirtualMemory> MapInner<P> {
@@ -633,7 +633,7 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
                     ..options
                 },
                 kind: Kind::Sub { parent: root },
-                state: spin::Mutex::new(State { handles: 1 }),
+                state: crate::sync::Mutex::new(State { handles: 1 }),
             });
             let entry: Arc<dyn Entry> = inner.clone();
             maps.push(Arc::downgrade(&entry));
@@ -688,7 +688,7 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
                     ..resolved
                 },
                 kind: Kind::Static,
-                state: spin::Mutex::new(State { handles: 1 }),
+                state: crate::sync::Mutex::new(State { handles: 1 }),
             });
         }
         let n = sources.len();
@@ -763,7 +763,7 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             address: VirtAddr(base.0 + first_off),
             options: resolved,
             kind: Kind::Own { base, len },
-            state: spin::Mutex::new(State { handles: 1 }),
+            state: crate::sync::Mutex::new(State { handles: 1 }),
         })
     }
 }

@@ -96,7 +96,7 @@ pub struct IommuMapper<H: IommuHardware> {
     base: u64,
     size: u64,
     lazy: bool,
-    state: spin::Mutex<State>,
+    state: crate::sync::Mutex<State>,
 }
 
 impl<H: IommuHardware> IommuMapper<H> {
@@ -133,7 +133,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             base,
             size,
             lazy,
-            state: spin::Mutex::new(State {
+            state: crate::sync::Mutex::new(State {
                 space,
                 live: BTreeMap::new(),
                 entries: BTreeMap::new(),

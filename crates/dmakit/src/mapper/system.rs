@@ -50,18 +50,18 @@ enum Decision {
 ///
 /// All methods take `&self`; the registry is `Send + Sync` and can be shared.
 pub struct MapperRegistry {
-    system: spin::Mutex<Decision>,
+    system: crate::sync::Mutex<Decision>,
     /// Mapper ID (IOKit's `IOMapperID` property, a phandle on device-tree platforms) →
     /// mapper.
-    devices: spin::Mutex<BTreeMap<u32, SharedMapper>>,
+    devices: crate::sync::Mutex<BTreeMap<u32, SharedMapper>>,
 }
 
 impl MapperRegistry {
     /// A registry whose system mapper is not decided yet and that holds no device mapper.
     pub const fn new() -> Self {
         MapperRegistry {
-            system: spin::Mutex::new(Decision::Undecided),
-            devices: spin::Mutex::new(BTreeMap::new()),
+            system: crate::sync::Mutex::new(Decision::Undecided),
+            devices: crate::sync::Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -749,12 +749,12 @@ mod tests {
 
     /// Two tasks of flat memory from address 0x1000; only `read_virt`/`write_virt`, so
     /// `copy_virt` is the default.
-    struct TwoTasks(spin::Mutex<[alloc_crate::vec::Vec<u8>; 2]>);
+    struct TwoTasks(crate::sync::Mutex<[alloc_crate::vec::Vec<u8>; 2]>);
 
     impl TwoTasks {
         fn new(len: usize) -> Self {
             let fill = |salt: u8| (0..len).map(|i| (i as u8).wrapping_mul(7) ^ salt).collect();
-            TwoTasks(spin::Mutex::new([fill(0), fill(0x5A)]))
+            TwoTasks(crate::sync::Mutex::new([fill(0), fill(0x5A)]))
         }
         fn range(&self, task: Task, va: VirtAddr, n: usize) -> Result<(usize, usize)> {
             let at = (va.0 as usize).wrapping_sub(0x1000);

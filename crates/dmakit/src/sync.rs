@@ -1,0 +1,108 @@
+//! [`Mutex`]: the lock dmakit's shared types use, fitted to the platform.
+//!
+//! With the `std` feature it blocks (the standard library's mutex: a waiter sleeps instead
+//! of burning the CPU the holder needs, which on a machine with fewer cores than threads is
+//! the difference between progress and collapse); without it, it spins (a kernel without a
+//! scheduler has nothing to sleep on). Poisoning is ignored: a panic elsewhere does not make
+//! dmakit's bookkeeping unusable, and no dmakit lock is held across user code.
+//!
+//! ```
+//! use dmakit::sync::Mutex;
+//!
+//! let m = Mutex::new(1);
+//! *m.lock() += 1;
+//! assert_eq!(*m.lock(), 2);
+//! assert_eq!(m.into_inner(), 2);
+//! ```
+
+/// A mutual-exclusion lock (blocking with `std`, spinning without).
+#[derive(Default)]
+pub struct Mutex<T: ?Sized> {
+    #[cfg(feature = "std")]
+    inner: std::sync::Mutex<T>,
+    #[cfg(not(feature = "std"))]
+    inner: spin::Mutex<T>,
+}
+
+/// The guard [`Mutex::lock`] returns.
+#[cfg(feature = "std")]
+pub type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
+/// The guard [`Mutex::lock`] returns.
+#[cfg(not(feature = "std"))]
+pub type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    /// A lock around `value`.
+    pub const fn new(value: T) -> Self {
+        Mutex {
+            #[cfg(feature = "std")]
+            inner: std::sync::Mutex::new(value),
+            #[cfg(not(feature = "std"))]
+            inner: spin::Mutex::new(value),
+        }
+    }
+
+    /// The value, the lock gone.
+    pub fn into_inner(self) -> T {
+        #[cfg(feature = "std")]
+        return self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        #[cfg(not(feature = "std"))]
+        return self.inner.into_inner();
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    /// Waits for the lock.
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(feature = "std")]
+        return self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(not(feature = "std"))]
+        return self.inner.lock();
+    }
+
+    /// The lock if it is free now.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        #[cfg(feature = "std")]
+        return match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        #[cfg(not(feature = "std"))]
+        return self.inner.try_lock();
+    }
+
+    /// The value, through exclusive access (no locking).
+    pub fn get_mut(&mut self) -> &mut T {
+        #[cfg(feature = "std")]
+        return self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        #[cfg(not(feature = "std"))]
+        return self.inner.get_mut();
+    }
+}
+
+impl<T: ?Sized + core::fmt::Debug> core::fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.try_lock() {
+            Some(g) => f.debug_tuple("Mutex").field(&&*g).finish(),
+            None => f.write_str("Mutex(<locked>)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_and_tries() {
+        let m = Mutex::new(alloc_crate::vec![1, 2]);
+        {
+            let g = m.lock();
+            assert!(m.try_lock().is_none(), "held");
+            assert_eq!(g.len(), 2);
+        }
+        assert!(m.try_lock().is_some());
+        assert!(alloc_crate::format!("{m:?}").contains("[1, 2]"));
+    }
+}
