@@ -127,7 +127,10 @@ impl<P: Platform + 'static> VtdDomain<P> {
                     read: e & entry::R != 0,
                     write: e & entry::W != 0,
                 };
-                return Ok(Some((PhysAddr((e & entry::ADDR) | (iova.0 & 0xFFF)), access)));
+                return Ok(Some((
+                    PhysAddr((e & entry::ADDR) | (iova.0 & 0xFFF)),
+                    access,
+                )));
             }
             table = PhysAddr(e & entry::ADDR);
         }
@@ -143,11 +146,14 @@ impl<P: Platform + 'static> VtdDomain<P> {
     /// invalidated first.
     pub fn mapper(self: &Arc<Self>, window: MapperOptions) -> Result<Arc<VtdMapper<P>>> {
         let page = TABLE;
-        let end = window.base.checked_add(window.size).ok_or(Error::Overflow {
-            what: "VT-d mapper window",
-            start: window.base,
-            len: window.size,
-        })?;
+        let end = window
+            .base
+            .checked_add(window.size)
+            .ok_or(Error::Overflow {
+                what: "VT-d mapper window",
+                start: window.base,
+                len: window.size,
+            })?;
         if window.size == 0 {
             return Err(Error::ZeroSize {
                 what: "VT-d mapper window",
@@ -155,7 +161,8 @@ impl<P: Platform + 'static> VtdDomain<P> {
         }
         if window.base < page {
             return Err(Error::BadArgument {
-                what: "VT-d mapper window starting at IO address 0 (it must start at 4 KiB or above)",
+                what:
+                    "VT-d mapper window starting at IO address 0 (it must start at 4 KiB or above)",
                 value: window.base,
             });
         }

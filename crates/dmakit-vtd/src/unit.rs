@@ -271,7 +271,8 @@ impl<P: Platform + 'static> Unit<P> {
         if version == u32::MAX || capability == u64::MAX || version == 0 {
             return Err(Error::NotAttached {
                 what: "VT-d remapping unit",
-                why: "nothing answers at the register base (take it from the ACPI DMAR table's DRHD)",
+                why:
+                    "nothing answers at the register base (take it from the ACPI DMAR table's DRHD)",
             });
         }
         let sagaw = cap::sagaw(capability);
@@ -478,9 +479,7 @@ impl<P: Platform + 'static> Unit<P> {
         let value = if on { states | bit } else { states & !bit };
         self.w32(regs::GCMD, value)?;
         let want_set = on && bit != gcmd::WBF;
-        self.wait(what, || {
-            Ok((self.r32(regs::GSTS)? & bit != 0) == want_set)
-        })
+        self.wait(what, || Ok((self.r32(regs::GSTS)? & bit != 0) == want_set))
     }
 
     // ---- invalidation ---------------------------------------------------------------
@@ -611,7 +610,9 @@ impl<P: Platform + 'static> Unit<P> {
                 0,
             ),
             Request::IotlbGlobal => (qi::IOTLB | (1 << 4) | drain, 0),
-            Request::IotlbDomain { did } => (qi::IOTLB | (2 << 4) | drain | ((did as u64) << 16), 0),
+            Request::IotlbDomain { did } => {
+                (qi::IOTLB | (2 << 4) | drain | ((did as u64) << 16), 0)
+            }
             Request::IotlbPages { did, addr, am } => (
                 qi::IOTLB | (3 << 4) | drain | ((did as u64) << 16),
                 addr | am as u64,
@@ -925,24 +926,23 @@ impl<P: Platform + 'static> Drop for Unit<P> {
                 .command(gcmd::TE, false, "VT-d translation disable (GSTS.TES)")
                 .is_ok();
         }
-        if off && queue.is_some() && status & gcmd::QIE != 0 {
-            if self
+        let queue_on = off && queue.is_some() && status & gcmd::QIE != 0;
+        if queue_on
+            && self
                 .command(
                     gcmd::QIE,
                     false,
                     "VT-d queued invalidation disable (GSTS.QIES)",
                 )
                 .is_err()
-            {
-                // The unit may still fetch descriptors: keep the queue's pages.
-                if let Some(q) = queue.take() {
-                    let _ = (q.ring, q.status);
-                    self.leak(2);
-                }
-            }
+            && queue.take().is_some()
+        {
+            // The unit may still fetch descriptors: keep the queue's pages.
+            self.leak(2);
         }
         let t = self.tables.get_mut();
-        let mut pages: alloc::vec::Vec<Table> = core::mem::take(&mut t.context).into_values().collect();
+        let mut pages: alloc::vec::Vec<Table> =
+            core::mem::take(&mut t.context).into_values().collect();
         pages.extend(t.root.take());
         if let Some(q) = queue {
             pages.push(q.ring);

@@ -115,7 +115,10 @@ fn bring_up_installs_a_root_table_invalidates_and_enables_in_order() {
         }]
     );
     drop(vtd);
-    assert!(!u.lock().unwrap().translating(), "teardown turns translation off");
+    assert!(
+        !u.lock().unwrap().translating(),
+        "teardown turns translation off"
+    );
     assert_eq!(m.stats().used_pages(), before, "and frees the root table");
     no_errors(&u);
 }
@@ -141,7 +144,10 @@ fn refuses_what_it_cannot_drive() {
         ..Config::qemu()
     });
     let e = Vtd::new(m.clone(), PhysAddr(BASE), opts()).unwrap_err();
-    assert!(matches!(e, Error::Unsupported { what } if what.contains("SAGAW")), "{e}");
+    assert!(
+        matches!(e, Error::Unsupported { what } if what.contains("SAGAW")),
+        "{e}"
+    );
     // Four levels on a 39-bit unit.
     let (m, _u) = rig(Config::qemu());
     let e = Vtd::new(m.clone(), PhysAddr(BASE), opts().levels(4)).unwrap_err();
@@ -153,9 +159,16 @@ fn refuses_what_it_cannot_drive() {
         qi: false,
         ..Config::qemu()
     });
-    let e = Vtd::new(m.clone(), PhysAddr(BASE), opts().invalidation(Invalidation::Queued))
-        .unwrap_err();
-    assert!(matches!(e, Error::Unsupported { what } if what.contains("ECAP.QI")), "{e}");
+    let e = Vtd::new(
+        m.clone(),
+        PhysAddr(BASE),
+        opts().invalidation(Invalidation::Queued),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported { what } if what.contains("ECAP.QI")),
+        "{e}"
+    );
     // A misaligned base, and a base where nothing is.
     let e = Vtd::new(m.clone(), PhysAddr(BASE + 4), opts()).unwrap_err();
     assert!(matches!(e, Error::BadArgument { .. }), "{e}");
@@ -171,7 +184,11 @@ fn refuses_what_it_cannot_drive() {
     let e = Vtd::new(m16.clone(), PhysAddr(BASE), opts()).unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     for m in [&m, &m16] {
-        assert_eq!(m.stats().kernel_allocations, 0, "nothing allocated on refusal");
+        assert_eq!(
+            m.stats().kernel_allocations,
+            0,
+            "nothing allocated on refusal"
+        );
     }
 }
 
@@ -190,7 +207,10 @@ fn a_unit_that_never_answers_times_out_and_nothing_leaks() {
         }),
     )
     .unwrap_err();
-    assert!(matches!(e, Error::Timeout { what, .. } if what.contains("RTPS")), "{e}");
+    assert!(
+        matches!(e, Error::Timeout { what, .. } if what.contains("RTPS")),
+        "{e}"
+    );
     assert!(pauses.load(std::sync::atomic::Ordering::Relaxed) >= 999);
     assert_eq!(m.stats().used_pages(), before);
 }
@@ -205,8 +225,18 @@ fn mapped_pages_translate_with_their_permissions_and_faults_decode() {
     let ev = events(&u);
     let n = ev.len();
     // A new root entry: global context invalidation, then the domain's IOTLB.
-    assert!(matches!(ev[n - 2], Event::Context { granularity: 1, .. }), "{ev:?}");
-    assert!(matches!(ev[n - 1], Event::Iotlb { granularity: 2, did: 1, .. }));
+    assert!(
+        matches!(ev[n - 2], Event::Context { granularity: 1, .. }),
+        "{ev:?}"
+    );
+    assert!(matches!(
+        ev[n - 1],
+        Event::Iotlb {
+            granularity: 2,
+            did: 1,
+            ..
+        }
+    ));
     let mapper = dom.mapper(window()).unwrap();
     let (_a, pa_r) = page(&m, 0xAA);
     let (_b, pa_w) = page(&m, 0xBB);
@@ -225,7 +255,8 @@ fn mapped_pages_translate_with_their_permissions_and_faults_decode() {
     let mut v = [0u8; 16];
     unit.device_read(NVME, iova.0 + 100, &mut v).unwrap();
     assert_eq!(v, [0xAA; 16]);
-    unit.device_write(NVME, iova.0 + 4096 + 8, b"through VT-d").unwrap();
+    unit.device_write(NVME, iova.0 + 4096 + 8, b"through VT-d")
+        .unwrap();
     // Denied: writing the read-only page, reading the write-only one.
     assert_eq!(unit.device_write(NVME, iova.0, b"x"), Err(5));
     drop(unit);
@@ -253,7 +284,13 @@ fn mapped_pages_translate_with_their_permissions_and_faults_decode() {
     // Another function on the same bus has no context entry.
     assert_eq!(unit.translate(0x0028, iova.0, false), Err(2));
     drop(unit);
-    let reasons: Vec<FaultReason> = vtd.faults().unwrap().faults.iter().map(|f| f.reason).collect();
+    let reasons: Vec<FaultReason> = vtd
+        .faults()
+        .unwrap()
+        .faults
+        .iter()
+        .map(|f| f.reason)
+        .collect();
     // One record (QEMU's): the first fault is kept until collected.
     assert_eq!(reasons, [FaultReason::ReadDenied]);
     no_errors(&u);
@@ -270,7 +307,11 @@ fn a_strict_mapper_invalidates_before_iovm_free_returns() {
     mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
     let mut v = [0u8; 4];
     u.lock().unwrap().device_read(NVME, iova.0, &mut v).unwrap();
-    assert_eq!(u.lock().unwrap().iotlb_entries(), 1, "the translation is cached");
+    assert_eq!(
+        u.lock().unwrap().iotlb_entries(),
+        1,
+        "the translation is cached"
+    );
     let mark = events(&u).len();
     mapper.iovm_free(iova, 1).unwrap();
     let ev = events(&u)[mark..].to_vec();
@@ -318,7 +359,11 @@ fn a_lazy_mapper_never_hands_out_an_address_before_its_invalidation() {
         mapper.iovm_insert_page(iova, *pa, Access::READ).unwrap();
         let mut v = [0u8; 1];
         u.lock().unwrap().device_read(NVME, iova.0, &mut v).unwrap();
-        assert_eq!(v[0], (round % pages.len()) as u8, "the device reads the new page");
+        assert_eq!(
+            v[0],
+            (round % pages.len()) as u8,
+            "the device reads the new page"
+        );
         mapper.iovm_free(iova, 1).unwrap();
         freed_at.insert(iova.0, events(&u).len());
         if mapper.pending() > 0 {
@@ -530,7 +575,11 @@ fn domains_are_separate_and_exclusive() {
     let ev = events(&u);
     assert!(matches!(
         ev[ev.len() - 2],
-        Event::Context { granularity: 3, sid: 0x28, .. }
+        Event::Context {
+            granularity: 3,
+            sid: 0x28,
+            ..
+        }
     ));
     assert_ne!(a.domain_id(), b.domain_id());
     let ma = a.mapper(window()).unwrap();
@@ -564,7 +613,10 @@ fn windows_are_checked_and_a_new_mapper_starts_empty() {
         (MapperOptions::new(0x1000, 0), "empty"),
         (MapperOptions::new(0x1800, 0x1000), "misaligned"),
         (MapperOptions::new(0x7F_FFFF_0000, 0x2_0000), "past 2^39"),
-        (MapperOptions::new(0xFE00_0000, 0x100_0000), "the interrupt range"),
+        (
+            MapperOptions::new(0xFE00_0000, 0x100_0000),
+            "the interrupt range",
+        ),
         (MapperOptions::new(u64::MAX - 0xFFF, 0x2000), "overflow"),
     ] {
         assert!(dom.mapper(w).is_err(), "{what}");
@@ -633,10 +685,17 @@ fn fault_records_overflow_and_collapse_like_qemu() {
     // The next faults start at record 3 and wrap: still oldest first.
     let mut unit = u.lock().unwrap();
     for k in 0..3u64 {
-        unit.translate(0x0200 + k as u16, 0x1000, false).unwrap_err();
+        unit.translate(0x0200 + k as u16, 0x1000, false)
+            .unwrap_err();
     }
     drop(unit);
-    let ids: Vec<u16> = vtd.faults().unwrap().faults.iter().map(|f| f.source_id).collect();
+    let ids: Vec<u16> = vtd
+        .faults()
+        .unwrap()
+        .faults
+        .iter()
+        .map(|f| f.source_id)
+        .collect();
     assert_eq!(ids, [0x0200, 0x0201, 0x0202]);
     no_errors(&u);
 }
@@ -707,11 +766,20 @@ fn write_buffer_flushing_where_the_unit_asks_for_it() {
     let iova = mapper.iovm_alloc(1).unwrap();
     let mark = events(&u).len();
     mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
-    assert_eq!(events(&u)[mark..], [Event::Gcmd(1 << 31 | 1 << 27), Event::WriteBuffer]);
+    assert_eq!(
+        events(&u)[mark..],
+        [Event::Gcmd(1 << 31 | 1 << 27), Event::WriteBuffer]
+    );
     let mark = events(&u).len();
     mapper.iovm_free(iova, 1).unwrap();
     let ev = events(&u)[mark..].to_vec();
-    assert!(matches!(ev[..], [Event::Gcmd(_), Event::WriteBuffer, Event::Iotlb { .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev[..],
+            [Event::Gcmd(_), Event::WriteBuffer, Event::Iotlb { .. }]
+        ),
+        "{ev:?}"
+    );
     assert!(vtd.stats().write_buffer_flushes >= 2);
     no_errors(&u);
 }
@@ -737,7 +805,10 @@ fn four_level_tables_reach_above_512_gib() {
     assert!(iova.0 >= 1 << 40);
     mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
     let mut v = [0u8; 1];
-    u.lock().unwrap().device_read(0x0100, iova.0, &mut v).unwrap();
+    u.lock()
+        .unwrap()
+        .device_read(0x0100, iova.0, &mut v)
+        .unwrap();
     assert_eq!(v, [0x48]);
     assert_eq!(dom.table_pages(), 4);
     no_errors(&u);
@@ -774,7 +845,11 @@ fn allocation_failures_leave_nothing_behind() {
     mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
     mapper.iovm_free(iova, 1).unwrap();
     drop((mapper, dom, _a));
-    assert_eq!(m.stats().used_pages(), base + 1, "the context table of bus 5 stays");
+    assert_eq!(
+        m.stats().used_pages(),
+        base + 1,
+        "the context table of bus 5 stays"
+    );
     no_errors(&u);
 }
 
@@ -785,7 +860,8 @@ fn dma_commands_through_the_vtd_mapper() {
     let dom = vtd.domain(0, 0x20).unwrap();
     let mapper: Arc<dyn Mapper> = dom.mapper(window()).unwrap();
     let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let buf = Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
+    let buf =
+        Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
     let mut cmd = DmaCommand::builder(m.clone())
         .format(SegmentFormat::Little64)
         .mapper(mapper.clone())
@@ -814,7 +890,9 @@ fn dma_commands_through_the_vtd_mapper() {
         .device_read(NVME, segs[0].addr.0, &mut seen[..4])
         .is_err());
     let faults = vtd.faults().unwrap().faults;
-    assert!(faults.iter().all(|f| f.source_id == NVME && f.reason.is_page_fault()));
+    assert!(faults
+        .iter()
+        .all(|f| f.source_id == NVME && f.reason.is_page_fault()));
     no_errors(&u);
 }
 

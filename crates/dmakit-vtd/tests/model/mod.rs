@@ -179,7 +179,9 @@ const IRO: u64 = 0xF0;
 impl FakeVtd {
     /// A unit on `machine` (registered by [`attach`]).
     pub fn new(machine: &Arc<Machine>, cfg: Config) -> Self {
-        let sagaw = cfg.sagaw.unwrap_or(if cfg.aw_bits >= 48 { 0b110 } else { 0b010 });
+        let sagaw = cfg
+            .sagaw
+            .unwrap_or(if cfg.aw_bits >= 48 { 0b110 } else { 0b010 });
         let cap = cfg.nd as u64
             | (cfg.rwbf as u64) << 4
             | (cfg.caching_mode as u64) << 7
@@ -224,7 +226,9 @@ impl FakeVtd {
     }
 
     fn machine(&self) -> Arc<Machine> {
-        self.machine.upgrade().expect("the machine outlives its units")
+        self.machine
+            .upgrade()
+            .expect("the machine outlives its units")
     }
 
     /// Whether translation is on.
@@ -332,7 +336,9 @@ impl FakeVtd {
                     _ => self.err(format!("fault record write at {o:#x} with {w:?} ({v:#x})")),
                 }
             }
-            (o, w) => self.err(format!("unexpected register write at {o:#x} with {w:?} ({v:#x})")),
+            (o, w) => self.err(format!(
+                "unexpected register write at {o:#x} with {w:?} ({v:#x})"
+            )),
         }
     }
 
@@ -416,7 +422,11 @@ impl FakeVtd {
             return;
         }
         let g = ((v >> 61) & 3) as u8;
-        let (did, sid, fm) = ((v & 0xFFFF) as u16, ((v >> 16) & 0xFFFF) as u16, (v >> 32) & 3);
+        let (did, sid, fm) = (
+            (v & 0xFFFF) as u16,
+            ((v >> 16) & 0xFFFF) as u16,
+            (v >> 32) & 3,
+        );
         if fm != 0 {
             self.err("function mask in a context invalidation".into());
         }
@@ -472,7 +482,15 @@ impl FakeVtd {
         self.iotlb_reg = (v & !(1 << 63) & !(3 << 57)) | (actual as u64) << 57;
     }
 
-    fn iotlb_invalidate(&mut self, g: u8, did: u16, addr: u64, am: u32, drain: u64, queued: bool) -> u8 {
+    fn iotlb_invalidate(
+        &mut self,
+        g: u8,
+        did: u16,
+        addr: u64,
+        am: u32,
+        drain: u64,
+        queued: bool,
+    ) -> u8 {
         if drain != 0 && !self.cfg.drain {
             self.err("draining asked of a unit without it".into());
         }
@@ -506,11 +524,15 @@ impl FakeVtd {
                 }
                 let size = 1u64 << (12 + am);
                 if addr & (size - 1) != 0 {
-                    self.err(format!("page invalidation at {addr:#x} not aligned to its mask {am}"));
+                    self.err(format!(
+                        "page invalidation at {addr:#x} not aligned to its mask {am}"
+                    ));
                 }
                 let inside = |page: u64| page >= addr && page < addr + size;
-                self.iotlb.retain(|(_, page), t| t.did != did || !inside(*page));
-                self.negative.retain(|(_, page), d| *d != did || !inside(*page));
+                self.iotlb
+                    .retain(|(_, page), t| t.did != did || !inside(*page));
+                self.negative
+                    .retain(|(_, page), d| *d != did || !inside(*page));
             }
             _ => {
                 self.err(format!("IOTLB invalidation granularity {g}"));
@@ -529,8 +551,7 @@ impl FakeVtd {
         while self.iqh != self.iqt {
             let head = self.iqh >> 4;
             let mut b = [0u8; 16];
-            if m
-                .read_phys(PhysAddr(self.iq_base + head * 16), &mut b)
+            if m.read_phys(PhysAddr(self.iq_base + head * 16), &mut b)
                 .is_err()
             {
                 self.queue_error("descriptor unreadable".into());
@@ -556,8 +577,14 @@ impl FakeVtd {
                     } else {
                         let g = ((lo >> 4) & 3) as u8;
                         let drain = ((lo >> 6) & 1) | ((lo >> 7) & 1) << 1;
-                        self.iotlb_invalidate(g, (lo >> 16) as u16, hi & !0xFFF, (hi & 0x3F) as u32, drain, true)
-                            != 0
+                        self.iotlb_invalidate(
+                            g,
+                            (lo >> 16) as u16,
+                            hi & !0xFFF,
+                            (hi & 0x3F) as u32,
+                            drain,
+                            true,
+                        ) != 0
                     }
                 }
                 5 => {
@@ -590,7 +617,12 @@ impl FakeVtd {
         if self.fsts & 1 != 0 {
             return;
         }
-        if self.cfg.collapse && self.frcd.iter().any(|r| r.1 >> 63 != 0 && r.1 as u16 == sid) {
+        if self.cfg.collapse
+            && self
+                .frcd
+                .iter()
+                .any(|r| r.1 >> 63 != 0 && r.1 as u16 == sid)
+        {
             return;
         }
         let i = self.next_frcd;
