@@ -910,3 +910,53 @@ fn options_and_helpers() {
     assert_eq!(o.poll_limit, 1);
     assert!(format!("{o:?}").contains("poll_limit"));
 }
+
+#[test]
+fn tables_stay_allocated_when_the_unit_stops_confirming() {
+    let (m, u) = rig(Config::qemu());
+    let vtd = Vtd::new(m.clone(), PhysAddr(BASE), opts()).unwrap();
+    let dom = vtd.domain(0, 0x20).unwrap();
+    let mapper = dom.mapper(window()).unwrap();
+    let (_a, pa) = page(&m, 1);
+    let iova = mapper.iovm_alloc(1).unwrap();
+    mapper.iovm_insert_page(iova, pa, Access::READ).unwrap();
+    let tables = dom.table_pages() as u64;
+    u.lock().unwrap().stuck = true;
+    // An unmap whose invalidation never completes fails by name, without hanging.
+    let e = mapper.iovm_free(iova, 1).unwrap_err();
+    assert!(
+        matches!(e, Error::Timeout { what, .. } if what.contains("IOTLB")),
+        "{e}"
+    );
+    let used = m.stats().used_pages();
+    drop((mapper, dom));
+    // The unit never confirmed the detach: it may still walk the tables, so they stay.
+    assert_eq!(vtd.stats().leaked_pages, tables);
+    assert_eq!(m.stats().used_pages(), used);
+    u.lock().unwrap().stuck = false;
+    // The domain id is not handed out again either.
+    let next = vtd.domain(0, 0x20).unwrap();
+    assert_eq!(next.domain_id(), 2);
+}
+
+#[test]
+fn a_queue_error_fails_the_request_and_stops_the_queue() {
+    let (m, u) = rig(Config::qemu());
+    let vtd = Vtd::new(
+        m.clone(),
+        PhysAddr(BASE),
+        opts().invalidation(Invalidation::Queued),
+    )
+    .unwrap();
+    let dom = vtd.domain(0, 0x20).unwrap();
+    u.lock().unwrap().refuse_queue = true;
+    let e = dom.invalidate(IoAddr(0x10_0000), 0x1000).unwrap_err();
+    assert!(
+        matches!(e, Error::NotAttached { why, .. } if why.contains("IQE")),
+        "{e}"
+    );
+    u.lock().unwrap().refuse_queue = false;
+    // Nothing more is submitted to a queue that failed.
+    let e = dom.invalidate(IoAddr(0x10_0000), 0x1000).unwrap_err();
+    assert!(matches!(e, Error::NotAttached { .. }), "{e}");
+}

@@ -153,6 +153,8 @@ pub struct FakeVtd {
     iq_size: u64,
     /// Commands are accepted but never complete (status bits never move).
     pub stuck: bool,
+    /// The next queued descriptor is refused (FSTS.IQE), as for a malformed one.
+    pub refuse_queue: bool,
     iotlb: HashMap<(u16, u64), Tlb>,
     negative: HashMap<(u16, u64), u16>,
     context: HashMap<u16, Result<(u64, u64), u8>>,
@@ -216,6 +218,7 @@ impl FakeVtd {
             iq_base: 0,
             iq_size: 0,
             stuck: false,
+            refuse_queue: false,
             iotlb: HashMap::new(),
             negative: HashMap::new(),
             context: HashMap::new(),
@@ -545,6 +548,10 @@ impl FakeVtd {
     fn iqt_write(&mut self, v: u64) {
         self.iqt = v;
         if self.gsts & QIE == 0 || self.fsts & 0x10 != 0 || self.stuck {
+            return;
+        }
+        if self.refuse_queue && self.iqh != self.iqt {
+            self.fsts |= 0x10;
             return;
         }
         let m = self.machine();
