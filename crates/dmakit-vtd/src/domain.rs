@@ -141,6 +141,9 @@ impl<P: Platform + 'static> VtdDomain<P> {
     /// `window` (see [`MapperOptions`] for what a window must be). Use it as the function's
     /// `Arc<dyn Mapper>` (`DmaView::Mapped`, `DmaCommand::builder(..).mapper(..)`).
     ///
+    /// IOKit: the per-device `IOMapper` that `IOMapper::copyMapperForDevice` finds through
+    /// the device's `iommu-parent` (on Intel Macs, AppleVTD's space for the device).
+    ///
     /// A domain has one mapper at a time ([`Error::Busy`] while one is alive). A new mapper
     /// starts from an empty table: pages a dropped mapper left mapped are unmapped and
     /// invalidated first.

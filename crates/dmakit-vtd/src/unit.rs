@@ -155,6 +155,9 @@ pub struct VtdStats {
 /// [`VtdDomain::mapper`] a dmakit [`Mapper`](dmakit::mapper::Mapper) over it. Dropping the
 /// `Vtd` and every domain turns translation off again and frees every table.
 ///
+/// IOKit: the `IOMapper` subclass for Intel VT-d (AppleVTD), which makes the system
+/// mapper and the per-device spaces on Intel Macs.
+///
 /// `Vtd` is a handle: clones share the unit.
 pub struct Vtd<P: Platform + 'static> {
     pub(crate) unit: Arc<Unit<P>>,
