@@ -383,6 +383,12 @@ impl BareMetal {
             .store(true, core::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Changes how the pages of later requests that need not be contiguous are picked
+    /// (tests run a driver once on packed and once on scattered memory).
+    pub fn set_placement(&self, placement: Placement) {
+        self.inner.lock().frames.set_placement(placement);
+    }
+
     /// The physical address of the top-level page table.
     pub fn root_table(&self) -> u64 {
         self.inner.lock().tables.root()
