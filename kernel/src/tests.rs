@@ -17,7 +17,7 @@ use dmakit::platform::{
 };
 use dmakit_baremetal::pci::{EcamBus, FunctionInfo};
 use dmakit_baremetal::{BareMetal, Placement, TscClock};
-use dmakit_edu::suite::{self as edu_suite, ResetOutcome, Rig};
+use dmakit_edu::suite::{self as edu_suite, Rig};
 use dmakit_edu::{EduOptions, EDU_DEVICE, EDU_VENDOR};
 use dmakit_nvme::suite::{self, TestMachine};
 use dmakit_nvme::{Timer, NVME_CLASS};
@@ -223,6 +223,33 @@ fn allocator_limits(k: &Kernel) -> Result<String, String> {
     ))
 }
 
+/// A function-level reset of the NVMe controller: the configuration header comes back
+/// (BAR0 where the firmware put it, the controller answering there), bus mastering is off,
+/// and the driver brings the controller up again.
+fn nvme_flr(k: &Kernel, m: &NvmeMachine) -> Result<String, String> {
+    use dmakit::platform::Width;
+    let f = &m.function;
+    let bar = f.bar(0).map_err(|e| format!("BAR0: {e}"))?;
+    f.set_bus_master(true).map_err(|e| e.to_string())?;
+    let before = dmakit::map::mapped_read32(&k.platform, bar.base).map_err(|e| e.to_string())?;
+    f.reset().map_err(|e| format!("reset: {e}"))?;
+    let cmd = f.config_read(0x04, Width::W16).map_err(|e| e.to_string())?;
+    let bar_after = f.config_read(0x10, Width::W32).map_err(|e| e.to_string())?;
+    let after = dmakit::map::mapped_read32(&k.platform, bar.base).map_err(|e| e.to_string())?;
+    if cmd & 0x4 != 0 || cmd & 0x2 == 0 || u64::from(bar_after & !0xf) != bar.base.0 & 0xffff_ffff || after != before {
+        return Err(format!(
+            "after FLR: command {cmd:#x}, BAR0 register {bar_after:#x} (was {:#x}), CAP {after:#x} (was {before:#x})",
+            bar.base.0
+        ));
+    }
+    suite::run(m, suite::identify)?;
+    Ok(format!(
+        "{}: header restored (BAR0 {:#x}, memory decoding on, bus mastering off), CAP {after:#x}, Identify after it",
+        f.address(),
+        bar.base.0
+    ))
+}
+
 fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
     let Ok(function) = k.bus.find(&PciMatch::class(NVME_CLASS)) else {
         tests.push(("nvme_present".into(), Box::new(|| Err("no NVMe controller on the bus".into()))));
@@ -243,6 +270,11 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
             }),
         ));
     }
+    let m = machine.clone();
+    tests.push((
+        "baremetal_nvme_function_level_reset".into(),
+        Box::new(move || nvme_flr(k, &m)),
+    ));
     // The same data path on memory where no two pages of an allocation are adjacent.
     for (name, t) in [
         ("scattered_write_read", suite::scattered_write_read as suite::TestFn<Arc<BareMetal>>),
@@ -323,11 +355,17 @@ fn edu_tests<'k>(k: &'k Kernel, pause: &'k dyn Fn(), tests: &mut Vec<Test<'k>>) 
                 }),
             );
         }
+        let f2 = f.clone();
         add(
-            format!("edu_{bits}bit_reset"),
-            Box::new(|r| match edu_suite::reset(r, &|| Ok(()))? {
-                ResetOutcome::Reset(d) => Ok(d),
-                ResetOutcome::Refused(why) => Ok(format!("refused as expected (no FLR): {why}")),
+            format!("edu_{bits}bit_reset_refused_without_flr"),
+            Box::new(move |_| {
+                let has_flr = f2.info().caps.flr;
+                match f2.reset() {
+                    Err(dmakit::Error::Unsupported { what }) if !has_flr => {
+                        Ok(format!("no function-level reset: Unsupported ({what})"))
+                    }
+                    other => Err(format!("reset of an edu (FLR advertised: {has_flr}): {other:?}")),
+                }
             }),
         );
     }
