@@ -1082,3 +1082,219 @@ impl VirtualMemory for BareMetal {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::LARGE;
+    use std::vec;
+
+    /// A fake machine in host memory: "physical" RAM `[0x20_0000, 0x60_0000)` (the
+    /// allocator owns `[0x30_0000, 0x60_0000)`), device memory `[0x60_0000, 0x60_2000)`,
+    /// all reached through a direct map onto a host buffer.
+    struct Fake {
+        _buf: Vec<u8>,
+        p: BareMetal,
+    }
+
+    const RAM: u64 = 0x20_0000;
+    const USABLE: u64 = 0x30_0000;
+    const END: u64 = 0x60_0000;
+
+    fn fake(placement: Placement) -> Fake {
+        let buf = vec![0xa5u8; (END - RAM + 0x2000 + LARGE) as usize];
+        let host = (buf.as_ptr() as u64).next_multiple_of(LARGE);
+        let config = BareMetalConfig::new(host - RAM)
+            .ram(RAM, USABLE - RAM)
+            .usable(USABLE, END - USABLE)
+            .placement(placement);
+        // SAFETY: the ranges lie in `buf` (rounded up to 2 MiB, with a 2 MiB margin), which
+        // the fake keeps alive as long as the platform, and nothing else uses it.
+        let p = unsafe { BareMetal::new(config) }.unwrap();
+        // SAFETY: two pages after RAM, still inside `buf`: a pretend device.
+        unsafe { p.add_device_memory(END, 0x2000) }.unwrap();
+        Fake { _buf: buf, p }
+    }
+
+    fn runs(p: &BareMetal, va: VirtAddr, len: u64) -> Result<Vec<PhysRange>> {
+        dmakit::platform::collect_runs(p, Task::KERNEL, va, len)
+    }
+
+    #[test]
+    fn allocations_are_zeroed_placed_and_balanced() {
+        let f = fake(Placement::Packed);
+        let p = &f.p;
+        let base = p.usage();
+        let va = p.allocate_pages(3 * PAGE, &PageRequest::WIRED).unwrap();
+        // The top pages hold the page tables built so far; the allocation comes right below.
+        let tables = base.table_frames * PAGE;
+        assert_eq!(va.0, p.phys_offset() + END - tables - 3 * PAGE, "from the top, direct map");
+        let mut b = vec![1u8; 3 * PAGE as usize];
+        p.read_virt(Task::KERNEL, va, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0), "zero-filled");
+        let req = PageRequest {
+            align: 0x10_000,
+            phys_limit: USABLE + 0x7_ffff,
+            contiguous: true,
+            pageable: false,
+        };
+        let low = p.allocate_pages(2 * PAGE, &req).unwrap();
+        let r = runs(p, low, 2 * PAGE).unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(r[0].addr.0 % 0x10_000 == 0 && r[0].addr.0 + 2 * PAGE - 1 <= req.phys_limit);
+        assert!(matches!(
+            p.allocate_pages(PAGE, &PageRequest { phys_limit: RAM, ..PageRequest::WIRED }),
+            Err(Error::NoSuitableMemory { .. })
+        ));
+        assert!(matches!(p.free_pages(va, PAGE), Err(Error::WrongSize { .. })));
+        assert!(matches!(p.free_pages(VirtAddr(va.0 + PAGE), PAGE), Err(Error::NotAllocated { .. })));
+        p.free_pages(va, 3 * PAGE).unwrap();
+        p.free_pages(low, 2 * PAGE).unwrap();
+        assert_eq!(p.usage(), base);
+    }
+
+    #[test]
+    fn scattered_memory_is_mapped_in_the_area_and_reads_back() {
+        let f = fake(Placement::Scattered);
+        let p = &f.p;
+        let base = p.usage();
+        let len = 5 * PAGE;
+        let va = p.allocate_pages(len, &PageRequest::WIRED).unwrap();
+        assert!(va.0 >= DEFAULT_AREA.0, "scattered pages get one virtual range in the area");
+        let r = runs(p, va, len).unwrap();
+        assert_eq!(r.len(), 5, "no two pages adjacent: {r:?}");
+        for i in 0..5 {
+            let t = p.translate(VirtAddr(va.0 + i * PAGE + 7)).unwrap();
+            assert_eq!(t.pa, r[i as usize].addr.0 + 7);
+        }
+        let data: Vec<u8> = (0..len as usize - 100).map(|i| (i % 253) as u8).collect();
+        p.write_virt(Task::KERNEL, VirtAddr(va.0 + 50), &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        p.read_virt(Task::KERNEL, VirtAddr(va.0 + 50), &mut back).unwrap();
+        assert_eq!(back, data);
+        let mut one = [0u8; 10];
+        p.read_phys(PhysAddr(r[1].addr.0), &mut one).unwrap();
+        assert_eq!(&one[..], &data[PAGE as usize - 50..][..10]);
+        p.cache_virt(CacheOp::Flush, Task::KERNEL, va, len).unwrap();
+        p.free_pages(va, len).unwrap();
+        assert!(p.translate(va).is_none(), "unmapped when freed");
+        assert!(matches!(p.read_virt(Task::KERNEL, va, &mut one), Err(Error::NotMapped { .. })));
+        assert_eq!(p.usage().allocations, base.allocations);
+        assert_eq!(p.usage().free_bytes, base.free_bytes - (p.usage().table_frames - base.table_frames) * PAGE);
+    }
+
+    #[test]
+    fn wiring_is_counted_and_guards_frees() {
+        let f = fake(Placement::Packed);
+        let p = &f.p;
+        let va = p.allocate_pages(2 * PAGE, &PageRequest::WIRED).unwrap();
+        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true).unwrap();
+        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true).unwrap();
+        assert!(p.kernel_range_wired(VirtAddr(va.0 + 105), 1).unwrap());
+        assert!(!p.kernel_range_wired(VirtAddr(va.0 + 110), 100).unwrap());
+        assert!(matches!(p.free_pages(va, 2 * PAGE), Err(Error::Busy { .. })));
+        p.unwire(Task::KERNEL, VirtAddr(va.0 + 100), 10).unwrap();
+        p.unwire(Task::KERNEL, VirtAddr(va.0 + 100), 10).unwrap();
+        assert!(matches!(p.unwire(Task::KERNEL, va, 10), Err(Error::BadArgument { .. })));
+        assert_eq!(p.usage().wirings, 0);
+        // Pageable memory is resident but not wired: its translation waits for a wiring.
+        let pg = p.allocate_pages(PAGE, &PageRequest::PAGEABLE).unwrap();
+        assert!(matches!(runs(p, pg, PAGE), Err(Error::NotReady { .. })));
+        p.wire(Task::KERNEL, pg, PAGE, false).unwrap();
+        assert_eq!(runs(p, pg, PAGE).unwrap().len(), 1);
+        p.unwire(Task::KERNEL, pg, PAGE).unwrap();
+        p.free_pages(pg, PAGE).unwrap();
+        p.free_pages(va, 2 * PAGE).unwrap();
+        assert!(matches!(p.wire(Task(1), va, 1, false), Err(Error::Unsupported { .. })));
+        assert!(matches!(p.wire(Task::KERNEL, VirtAddr(u64::MAX - 2), 10, false), Err(Error::Overflow { .. })));
+        assert!(matches!(p.wire(Task::KERNEL, VirtAddr(p.phys_offset() + 0x1000), 1, false), Err(Error::NotMapped { .. })));
+        assert_eq!(p.usage().wired_pages, 0);
+    }
+
+    #[test]
+    fn second_mappings_guards_and_cache_modes() {
+        let f = fake(Placement::Packed);
+        let p = &f.p;
+        let va = p.allocate_pages(2 * PAGE, &PageRequest::WIRED).unwrap();
+        p.write_virt(Task::KERNEL, va, b"hello").unwrap();
+        let req = MapRequest {
+            task: Task::KERNEL,
+            at: None,
+            read_only: true,
+            cache: CacheMode::WriteCombine,
+        };
+        let pieces = [
+            MapPiece { src: MapSource::Virtual(Task::KERNEL, va), len: 2 * PAGE },
+            MapPiece { src: MapSource::Physical(PhysAddr(END)), len: PAGE },
+        ];
+        let m = p.map_pages_guarded(&pieces, &req, PAGE).unwrap();
+        let t = p.translate(m).unwrap();
+        assert_eq!(t.attrs, Attrs { writable: false, cache: CacheMode::WriteCombine });
+        assert!(p.translate(VirtAddr(m.0 - PAGE)).is_none() && p.translate(VirtAddr(m.0 + 3 * PAGE)).is_none());
+        let mut b = [0u8; 5];
+        p.read_virt(Task::KERNEL, m, &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        assert!(matches!(p.write_virt(Task::KERNEL, m, b"x"), Err(Error::NotWritable { .. })));
+        assert!(matches!(p.free_pages(va, 2 * PAGE), Err(Error::Busy { .. })));
+        // The next mapping does not land in the guard.
+        let one = [MapPiece { src: MapSource::Physical(PhysAddr(END + PAGE)), len: PAGE }];
+        let n = p.map_pages(&one, &MapRequest { read_only: false, cache: CacheMode::Inhibit, ..req }).unwrap();
+        assert!(n.0 >= m.0 + 4 * PAGE || n.0 + PAGE <= m.0 - PAGE);
+        p.set_cache_mode(Task::KERNEL, n, PAGE, CacheMode::WriteThrough).unwrap();
+        assert_eq!(p.translate(n).unwrap().attrs.cache, CacheMode::WriteThrough);
+        assert!(matches!(p.unmap_pages(Task::KERNEL, m, PAGE), Err(Error::WrongSize { .. })));
+        p.unmap_pages(Task::KERNEL, m, 3 * PAGE).unwrap();
+        p.unmap_pages(Task::KERNEL, n, PAGE).unwrap();
+        assert!(matches!(p.unmap_pages(Task::KERNEL, n, PAGE), Err(Error::NotAllocated { .. })));
+        // Bad pieces.
+        let bad = [MapPiece { src: MapSource::Physical(PhysAddr(0x10_0000)), len: PAGE }];
+        assert!(matches!(p.map_pages(&bad, &req), Err(Error::NotMapped { .. })));
+        let odd = [MapPiece { src: MapSource::Virtual(Task::KERNEL, va), len: 100 }];
+        assert!(matches!(p.map_pages(&odd, &req), Err(Error::NotAligned { .. })));
+        assert!(matches!(p.map_pages(&[], &req), Err(Error::ZeroSize { .. })));
+        let fixed = MapRequest { at: Some(VirtAddr(0x1000)), ..req };
+        assert!(matches!(p.map_pages(&pieces[..1], &fixed), Err(Error::BadArgument { .. })));
+        assert_eq!(p.usage().mappings, 0);
+        p.free_pages(va, 2 * PAGE).unwrap();
+    }
+
+    #[test]
+    fn mmio_reaches_ram_and_registered_devices_only() {
+        let f = fake(Placement::Packed);
+        let p = &f.p;
+        p.mmio_write(PhysAddr(END + 8), Width::W64, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(p.mmio_read(PhysAddr(END + 8), Width::W32).unwrap(), 0x5566_7788);
+        assert_eq!(p.mmio_read(PhysAddr(END + 14), Width::W16).unwrap(), 0x1122);
+        assert!(matches!(p.mmio_read(PhysAddr(END + 2), Width::W32), Err(Error::NotAligned { .. })));
+        assert!(matches!(p.mmio_write(PhysAddr(END), Width::W8, 0x100), Err(Error::BadArgument { .. })));
+        assert!(matches!(p.mmio_read(PhysAddr(END + 0x2000), Width::W8), Err(Error::NotMapped { .. })));
+        assert!(matches!(p.mmio_read(PhysAddr(u64::MAX - 3), Width::W32), Err(Error::NotMapped { .. } | Error::Overflow { .. })));
+        p.mmio_write(PhysAddr(RAM), Width::W32, 7).unwrap();
+        assert_eq!(p.mmio_read(PhysAddr(RAM), Width::W32).unwrap(), 7);
+        // SAFETY: the call is refused before anything is mapped (the range is RAM).
+        assert!(matches!(unsafe { p.add_device_memory(RAM, PAGE) }, Err(Error::BadArgument { .. })));
+        // SAFETY: already registered: nothing changes.
+        unsafe { p.add_device_memory(END + 16, 8) }.unwrap();
+        let t = p.translate(VirtAddr(p.phys_offset() + END)).unwrap();
+        assert_eq!(t.attrs.cache, CacheMode::Inhibit);
+        let r = p.translate(VirtAddr(p.phys_offset() + RAM)).unwrap();
+        assert!(r.large && r.attrs == Attrs::RAM);
+        assert!(p.dma_coherent());
+        p.cache_phys(CacheOp::Clean, PhysAddr(RAM + 3), 200).unwrap();
+        assert!(matches!(p.cache_phys(CacheOp::Clean, PhysAddr(0x1000), 1), Err(Error::NotMapped { .. })));
+    }
+
+    #[test]
+    fn configurations_are_checked() {
+        // SAFETY: every configuration here is refused before any memory is touched.
+        unsafe {
+            assert!(matches!(BareMetal::new(BareMetalConfig::new(0x1000)), Err(Error::NotAligned { .. })));
+            assert!(matches!(BareMetal::new(BareMetalConfig::new(0).area(0x1000, 0x1000)), Err(Error::NotAligned { .. })));
+            assert!(matches!(BareMetal::new(BareMetalConfig::new(0).area(u64::MAX & !0x1f_ffff, 1 << 30)), Err(Error::Overflow { .. })));
+            assert!(matches!(
+                BareMetal::new(BareMetalConfig::new(0).ram(0x20_0000, 0x1000).area(0, 1 << 30)),
+                Err(Error::BadArgument { .. })
+            ));
+        }
+    }
+}

@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn conversions_do_not_overflow() {
-        assert_eq!(ticks_to_hz(150_000_000, 59_659, 1_193_182), 3_000_010_057);
+        assert_eq!(ticks_to_hz(150_000_000, 59_659, 1_193_182), 3_000_005_028);
         assert_eq!(ticks_to_ns(3_000_000_000, 3_000_000_000), 1_000_000_000);
         assert_eq!(ticks_to_ns(u64::MAX, 1), u64::MAX);
         assert_eq!(ticks_to_hz(u64::MAX, 0, u64::MAX), u64::MAX);
