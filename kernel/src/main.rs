@@ -15,9 +15,9 @@ mod tests;
 use alloc::sync::Arc;
 use dmakit_baremetal::pci::{EcamBus, FunctionInfo};
 use dmakit_baremetal::{BareMetal, BareMetalConfig, TscClock};
+use uefi::boot::MemoryType;
 use uefi::mem::memory_map::MemoryMap;
 use uefi::table::cfg::ConfigTableEntry;
-use uefi::boot::MemoryType;
 
 /// COM1 as a `fmt::Write`.
 pub struct Serial;
@@ -127,7 +127,10 @@ fn main() -> uefi::Status {
     );
     // SAFETY: ring 0, nothing else uses the PIT.
     let clock = unsafe { TscClock::calibrate_with_pit() };
-    println!("baremetal: TSC {} MHz (against the PIT)", clock.hz() / 1_000_000);
+    println!(
+        "baremetal: TSC {} MHz (against the PIT)",
+        clock.hz() / 1_000_000
+    );
     let mmio: Arc<dyn dmakit::platform::Mmio> = platform.clone();
     let bus = match EcamBus::builder(mmio, regions[0])
         .dma(|f: &FunctionInfo| tests::dma_view(f))

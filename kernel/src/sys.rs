@@ -9,7 +9,9 @@ use core::arch::asm;
 /// Ring 0, and the port is one of the devices this kernel owns (COM1, isa-debug-exit).
 unsafe fn outb(port: u16, v: u8) {
     // SAFETY: the caller guarantees ring 0 and ownership of the port.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Reads a byte from an I/O port.
@@ -20,7 +22,9 @@ unsafe fn outb(port: u16, v: u8) {
 unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: the caller guarantees ring 0 and ownership of the port.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 

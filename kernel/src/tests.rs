@@ -113,6 +113,9 @@ impl TestMachine<Arc<BareMetal>> for NvmeMachine {
     }
 }
 
+/// One edu suite function on a rig.
+type EduTest<'k> = Box<dyn Fn(&Rig<'k, Arc<BareMetal>>) -> Result<String, String> + 'k>;
+
 type Test<'k> = (String, Box<dyn Fn() -> Result<String, String> + 'k>);
 
 /// Runs `f`, then checks that the platform's books are as before.
@@ -121,7 +124,9 @@ fn checked(k: &Kernel, f: impl FnOnce() -> Result<String, String>) -> Result<Str
     let r = f()?;
     let after = resources(&k.platform);
     if before != after {
-        return Err(format!("resources not given back: before {before:?}, after {after:?}"));
+        return Err(format!(
+            "resources not given back: before {before:?}, after {after:?}"
+        ));
     }
     Ok(r)
 }
@@ -163,7 +168,9 @@ fn second_mapping(k: &Kernel) -> Result<String, String> {
     };
     let result = (|| {
         let m = p.map_pages(&[piece], &req).map_err(e("map"))?;
-        let t = p.translate(m).ok_or("the mapping is not in the page tables")?;
+        let t = p
+            .translate(m)
+            .ok_or("the mapping is not in the page tables")?;
         let mut got = vec![0u8; 8192];
         crate::sys::read_mapped(m.0, &mut got);
         let refused = p.write_virt(Task::KERNEL, m, &[1]).is_err();
@@ -236,7 +243,11 @@ fn nvme_flr(k: &Kernel, m: &NvmeMachine) -> Result<String, String> {
     let cmd = f.config_read(0x04, Width::W16).map_err(|e| e.to_string())?;
     let bar_after = f.config_read(0x10, Width::W32).map_err(|e| e.to_string())?;
     let after = dmakit::map::mapped_read32(&k.platform, bar.base).map_err(|e| e.to_string())?;
-    if cmd & 0x4 != 0 || cmd & 0x2 == 0 || u64::from(bar_after & !0xf) != bar.base.0 & 0xffff_ffff || after != before {
+    if cmd & 0x4 != 0
+        || cmd & 0x2 == 0
+        || u64::from(bar_after & !0xf) != bar.base.0 & 0xffff_ffff
+        || after != before
+    {
         return Err(format!(
             "after FLR: command {cmd:#x}, BAR0 register {bar_after:#x} (was {:#x}), CAP {after:#x} (was {before:#x})",
             bar.base.0
@@ -252,7 +263,10 @@ fn nvme_flr(k: &Kernel, m: &NvmeMachine) -> Result<String, String> {
 
 fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
     let Ok(function) = k.bus.find(&PciMatch::class(NVME_CLASS)) else {
-        tests.push(("nvme_present".into(), Box::new(|| Err("no NVMe controller on the bus".into()))));
+        tests.push((
+            "nvme_present".into(),
+            Box::new(|| Err("no NVMe controller on the bus".into())),
+        ));
         return;
     };
     let machine = Arc::new(NvmeMachine {
@@ -266,7 +280,10 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
             name.into(),
             Box::new(move || {
                 suite::run(&*m, t)?;
-                Ok(format!("{} (bypass), resources given back", m.function.address()))
+                Ok(format!(
+                    "{} (bypass), resources given back",
+                    m.function.address()
+                ))
             }),
         ));
     }
@@ -277,9 +294,15 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
     ));
     // The same data path on memory where no two pages of an allocation are adjacent.
     for (name, t) in [
-        ("scattered_write_read", suite::scattered_write_read as suite::TestFn<Arc<BareMetal>>),
+        (
+            "scattered_write_read",
+            suite::scattered_write_read as suite::TestFn<Arc<BareMetal>>,
+        ),
         ("bounced_odd_pieces", suite::bounced_odd_pieces),
-        ("split_beyond_max_transfer", suite::split_beyond_max_transfer),
+        (
+            "split_beyond_max_transfer",
+            suite::split_beyond_max_transfer,
+        ),
     ] {
         let m = machine.clone();
         tests.push((
@@ -295,7 +318,10 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
                 })();
                 k.platform.set_placement(Placement::Packed);
                 r?;
-                Ok("every page of every allocation its own physical run; resources given back".into())
+                Ok(
+                    "every page of every allocation its own physical run; resources given back"
+                        .into(),
+                )
             }),
         ));
     }
@@ -310,33 +336,48 @@ fn edu_tests<'k>(k: &'k Kernel, pause: &'k dyn Fn(), tests: &mut Vec<Test<'k>>) 
         .cloned()
         .collect();
     if edus.is_empty() {
-        tests.push(("edu_present".into(), Box::new(|| Err("no edu on the bus".into()))));
+        tests.push((
+            "edu_present".into(),
+            Box::new(|| Err("no edu on the bus".into())),
+        ));
     }
     for f in edus {
         let bits = edu_bits(f.info());
         let function: Arc<dyn PciFunction> = f.clone();
-        let rig = Arc::new(Rig::new(
+        let rig = alloc::rc::Rc::new(Rig::new(
             k.platform.clone(),
             function,
             EduOptions::new().dma_bits(bits),
             pause,
             20_000,
         ));
-        let mut add = |name: String, t: Box<dyn Fn(&Rig<'k, Arc<BareMetal>>) -> Result<String, String> + 'k>| {
+        let mut add = |name: String, t: EduTest<'k>| {
             let rig = rig.clone();
             tests.push((name, Box::new(move || checked(k, || t(&rig)))));
         };
         add(format!("edu_{bits}bit_probe"), Box::new(edu_suite::probe));
-        add(format!("edu_{bits}bit_bar_as_device_memory"), Box::new(edu_suite::device_memory));
+        add(
+            format!("edu_{bits}bit_bar_as_device_memory"),
+            Box::new(edu_suite::device_memory),
+        );
         add(
             format!("edu_dma_round_trip_{bits}bit"),
             Box::new(|r| edu_suite::round_trip(r).map(|x| x.to_string())),
         );
         if bits == 64 {
-            add("edu_stop_in_order".into(), Box::new(edu_suite::stop_in_order));
+            add(
+                "edu_stop_in_order".into(),
+                Box::new(edu_suite::stop_in_order),
+            );
         }
-        add(format!("edu_{bits}bit_synchronous_polling"), Box::new(edu_suite::synchronous_polling));
-        add(format!("edu_{bits}bit_refuses_bad_transfers"), Box::new(edu_suite::refuses_bad_transfers));
+        add(
+            format!("edu_{bits}bit_synchronous_polling"),
+            Box::new(edu_suite::synchronous_polling),
+        );
+        add(
+            format!("edu_{bits}bit_refuses_bad_transfers"),
+            Box::new(edu_suite::refuses_bad_transfers),
+        );
         if bits < 64 {
             // Buffers come from the top of a 1 GiB machine, above the edu's 2^28: the
             // commands must bounce them below it.
@@ -364,7 +405,9 @@ fn edu_tests<'k>(k: &'k Kernel, pause: &'k dyn Fn(), tests: &mut Vec<Test<'k>>) 
                     Err(dmakit::Error::Unsupported { what }) if !has_flr => {
                         Ok(format!("no function-level reset: Unsupported ({what})"))
                     }
-                    other => Err(format!("reset of an edu (FLR advertised: {has_flr}): {other:?}")),
+                    other => Err(format!(
+                        "reset of an edu (FLR advertised: {has_flr}): {other:?}"
+                    )),
                 }
             }),
         );
@@ -387,13 +430,26 @@ pub fn run_all(k: &Kernel) -> (u32, u32) {
             }
             let list: Vec<String> = fs
                 .iter()
-                .map(|f| format!("{} {:04x}:{:04x}", f.address(), f.id().vendor, f.id().device))
+                .map(|f| {
+                    format!(
+                        "{} {:04x}:{:04x}",
+                        f.address(),
+                        f.id().vendor,
+                        f.id().device
+                    )
+                })
                 .collect();
             Ok(format!("{} functions: {}", fs.len(), list.join(", ")))
         }),
     ));
-    tests.push(("baremetal_allocator_limits".into(), Box::new(|| checked(k, || allocator_limits(k)))));
-    tests.push(("baremetal_second_mapping_through_the_mmu".into(), Box::new(|| checked(k, || second_mapping(k)))));
+    tests.push((
+        "baremetal_allocator_limits".into(),
+        Box::new(|| checked(k, || allocator_limits(k))),
+    ));
+    tests.push((
+        "baremetal_second_mapping_through_the_mmu".into(),
+        Box::new(|| checked(k, || second_mapping(k))),
+    ));
     nvme_tests(k, &mut tests);
     edu_tests(k, &pause, &mut tests);
     let (mut passed, mut failed) = (0, 0);
@@ -402,7 +458,10 @@ pub fn run_all(k: &Kernel) -> (u32, u32) {
         match t() {
             Ok(d) => {
                 passed += 1;
-                println!("ok {name} ({} ms): {d}", (k.clock.now_ns() - start) / 1_000_000);
+                println!(
+                    "ok {name} ({} ms): {d}",
+                    (k.clock.now_ns() - start) / 1_000_000
+                );
             }
             Err(why) => {
                 failed += 1;

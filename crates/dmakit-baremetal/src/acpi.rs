@@ -118,9 +118,15 @@ mod tests {
     fn memory(tables: &[(u64, Vec<u8>)]) -> impl Fn(u64, &mut [u8]) -> Result<()> {
         let m: BTreeMap<u64, Vec<u8>> = tables.iter().cloned().collect();
         move |pa, buf| {
-            let (base, t) = m.range(..=pa).next_back().ok_or(Error::NotMapped { what: "fake", addr: pa })?;
+            let (base, t) = m.range(..=pa).next_back().ok_or(Error::NotMapped {
+                what: "fake",
+                addr: pa,
+            })?;
             let off = (pa - base) as usize;
-            let src = t.get(off..off + buf.len()).ok_or(Error::NotMapped { what: "fake", addr: pa })?;
+            let src = t.get(off..off + buf.len()).ok_or(Error::NotMapped {
+                what: "fake",
+                addr: pa,
+            })?;
             buf.copy_from_slice(src);
             Ok(())
         }
@@ -129,7 +135,10 @@ mod tests {
     #[test]
     fn mcfg_through_the_xsdt() {
         let mut mcfg_body = vec![0u8; 8];
-        for (base, seg, s, e) in [(0xb000_0000u64, 0u16, 0u8, 0xffu8), (0x8_0000_0000, 1, 0, 0x3f)] {
+        for (base, seg, s, e) in [
+            (0xb000_0000u64, 0u16, 0u8, 0xffu8),
+            (0x8_0000_0000, 1, 0, 0x3f),
+        ] {
             mcfg_body.extend_from_slice(&base.to_le_bytes());
             mcfg_body.extend_from_slice(&seg.to_le_bytes());
             mcfg_body.extend_from_slice(&[s, e, 0, 0, 0, 0]);
@@ -144,20 +153,44 @@ mod tests {
         rsdp[..8].copy_from_slice(b"RSD PTR ");
         rsdp[15] = 2;
         rsdp[24..32].copy_from_slice(&0x2000u64.to_le_bytes());
-        let read = memory(&[(0x1000, rsdp.clone()), (0x2000, xsdt), (0x3000, facp), (0x4000, mcfg.clone())]);
+        let read = memory(&[
+            (0x1000, rsdp.clone()),
+            (0x2000, xsdt),
+            (0x3000, facp),
+            (0x4000, mcfg.clone()),
+        ]);
         let r = ecam_regions(&read, 0x1000).unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!((r[0].base, r[0].end_bus, r[0].len()), (0xb000_0000, 0xff, 256 << 20));
-        assert_eq!((r[1].base, r[1].segment, r[1].end_bus), (0x8_0000_0000, 1, 0x3f));
+        assert_eq!(
+            (r[0].base, r[0].end_bus, r[0].len()),
+            (0xb000_0000, 0xff, 256 << 20)
+        );
+        assert_eq!(
+            (r[1].base, r[1].segment, r[1].end_bus),
+            (0x8_0000_0000, 1, 0x3f)
+        );
 
         // A corrupt checksum, a bad signature, and no MCFG at all are errors.
         let mut broken = mcfg;
         broken[40] ^= 1;
-        let read = memory(&[(0x1000, rsdp.clone()), (0x2000, header(b"XSDT", &0x4000u64.to_le_bytes())), (0x4000, broken)]);
-        assert!(matches!(ecam_regions(&read, 0x1000), Err(Error::BadArgument { .. })));
+        let read = memory(&[
+            (0x1000, rsdp.clone()),
+            (0x2000, header(b"XSDT", &0x4000u64.to_le_bytes())),
+            (0x4000, broken),
+        ]);
+        assert!(matches!(
+            ecam_regions(&read, 0x1000),
+            Err(Error::BadArgument { .. })
+        ));
         let read = memory(&[(0x1000, vec![0u8; 36])]);
-        assert!(matches!(ecam_regions(&read, 0x1000), Err(Error::BadArgument { .. })));
-        let read = memory(&[(0x1000, rsdp), (0x2000, header(b"XSDT", &[])), ]);
-        assert!(matches!(ecam_regions(&read, 0x1000), Err(Error::NotAttached { .. })));
+        assert!(matches!(
+            ecam_regions(&read, 0x1000),
+            Err(Error::BadArgument { .. })
+        ));
+        let read = memory(&[(0x1000, rsdp), (0x2000, header(b"XSDT", &[]))]);
+        assert!(matches!(
+            ecam_regions(&read, 0x1000),
+            Err(Error::NotAttached { .. })
+        ));
     }
 }

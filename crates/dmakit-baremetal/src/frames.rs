@@ -229,7 +229,11 @@ mod tests {
     fn machine() -> FrameAllocator {
         let mut f = FrameAllocator::new(PageSize::SIZE_4K);
         assert_eq!(f.add(0x1000, 0x9_f000).unwrap(), 0x9_f000);
-        assert_eq!(f.add(0x10_0800, 0x3ff_0000).unwrap(), 0x3fe_f000, "partial pages left out");
+        assert_eq!(
+            f.add(0x10_0800, 0x3ff_0000).unwrap(),
+            0x3fe_f000,
+            "partial pages left out"
+        );
         assert_eq!(f.add(0x1_0000_0000, 0x100_0000).unwrap(), 0x100_0000);
         f
     }
@@ -253,11 +257,14 @@ mod tests {
             let mut live = Vec::new();
             let mut seed = 0x1234_5678u64;
             for i in 0..400u64 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let n = 1 + (seed >> 33) % 40;
                 let contiguous = i % 3 == 0;
                 let align = [0, 0x4000, 0x20_0000][(seed >> 20) as usize % 3];
-                let limit = [u64::MAX, 0xffff_ffff, 0xfff_ffff, 0x9_ffff][(seed >> 40) as usize % 4];
+                let limit =
+                    [u64::MAX, 0xffff_ffff, 0xfff_ffff, 0x9_ffff][(seed >> 40) as usize % 4];
                 match f.take(n * P, contiguous, align, limit) {
                     Ok(runs) => {
                         let got = pages(&runs);
@@ -278,7 +285,10 @@ mod tests {
                     Err(Error::NoSuitableMemory { .. } | Error::NoMemory { .. }) => {
                         // Refused: then the model has no way either (for the page count).
                         let fit = model.iter().filter(|&&p| p + P - 1 <= limit).count() as u64;
-                        assert!(contiguous || fit < n, "refused {n} pages with {fit} free below {limit:#x}");
+                        assert!(
+                            contiguous || fit < n,
+                            "refused {n} pages with {fit} free below {limit:#x}"
+                        );
                     }
                     Err(e) => panic!("{e:?}"),
                 }
@@ -305,15 +315,33 @@ mod tests {
     fn refusals_name_the_constraint_and_take_nothing() {
         let mut f = machine();
         let before = f.free_bytes();
-        assert!(matches!(f.take(0, false, 0, u64::MAX), Err(Error::ZeroSize { .. })));
-        assert!(matches!(f.take(100, false, 0, u64::MAX), Err(Error::NotAligned { .. })));
-        assert!(matches!(f.take(P, false, 3, u64::MAX), Err(Error::BadAlignment { .. })));
-        assert!(matches!(f.take(1 << 40, false, 0, u64::MAX), Err(Error::NoMemory { .. })));
+        assert!(matches!(
+            f.take(0, false, 0, u64::MAX),
+            Err(Error::ZeroSize { .. })
+        ));
+        assert!(matches!(
+            f.take(100, false, 0, u64::MAX),
+            Err(Error::NotAligned { .. })
+        ));
+        assert!(matches!(
+            f.take(P, false, 3, u64::MAX),
+            Err(Error::BadAlignment { .. })
+        ));
+        assert!(matches!(
+            f.take(1 << 40, false, 0, u64::MAX),
+            Err(Error::NoMemory { .. })
+        ));
         assert!(matches!(
             f.take(0x100_0000, true, 0, 0xfffff),
-            Err(Error::NoSuitableMemory { contiguous: true, .. })
+            Err(Error::NoSuitableMemory {
+                contiguous: true,
+                ..
+            })
         ));
-        assert!(matches!(f.take(u64::MAX & !0xfff, false, 0, 0), Err(Error::NoSuitableMemory { .. })));
+        assert!(matches!(
+            f.take(!0xfff, false, 0, 0),
+            Err(Error::NoSuitableMemory { .. })
+        ));
         assert_eq!(f.free_bytes(), before);
         let r = f.take(P, false, 0, u64::MAX).unwrap();
         f.give_back(&r).unwrap();
@@ -322,8 +350,14 @@ mod tests {
             f.give_back(&[PhysRange::new(PhysAddr(0xa_0000), P)]),
             Err(Error::NotOwned { .. })
         ));
-        assert!(matches!(f.add(0x2000, 0x1000), Err(Error::RangeBusy { .. })));
-        assert!(matches!(f.add(u64::MAX - 5, 10), Err(Error::Overflow { .. })));
+        assert!(matches!(
+            f.add(0x2000, 0x1000),
+            Err(Error::RangeBusy { .. })
+        ));
+        assert!(matches!(
+            f.add(u64::MAX - 5, 10),
+            Err(Error::Overflow { .. })
+        ));
         assert_eq!(f.free_bytes(), before);
     }
 }

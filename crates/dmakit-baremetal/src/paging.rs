@@ -108,9 +108,14 @@ fn index(va: u64, level: u32) -> u64 {
 
 fn check_span(va: u64, pa: u64, len: u64) -> Result<()> {
     if len == 0 {
-        return Err(Error::ZeroSize { what: "page mapping" });
+        return Err(Error::ZeroSize {
+            what: "page mapping",
+        });
     }
-    for (what, a) in [("mapping virtual address", va), ("mapping physical address", pa)] {
+    for (what, a) in [
+        ("mapping virtual address", va),
+        ("mapping physical address", pa),
+    ] {
         if a % PAGE != 0 {
             return Err(Error::NotAligned {
                 what,
@@ -119,7 +124,7 @@ fn check_span(va: u64, pa: u64, len: u64) -> Result<()> {
             });
         }
     }
-    if len % PAGE != 0 {
+    if !len.is_multiple_of(PAGE) {
         return Err(Error::NotAligned {
             what: "mapping length",
             value: len,
@@ -272,9 +277,9 @@ impl PageTables {
             let level = if step == LARGE { 1 } else { 0 };
             // A 2 MiB slot that already holds a page table (from an earlier small mapping
             // nearby) takes 4 KiB pages instead.
-            let got = self.entry(mem, v, level, true).and_then(|e| match e {
-                Some(at) if level == 1 && mem.read(at) & PRESENT != 0 => Ok(None),
-                other => Ok(other),
+            let got = self.entry(mem, v, level, true).map(|e| match e {
+                Some(at) if level == 1 && mem.read(at) & PRESENT != 0 => None,
+                other => other,
             });
             match got {
                 Ok(Some(at)) => {
@@ -361,7 +366,7 @@ impl PageTables {
                 what: "page tables: a checked page vanished",
             })?;
             if t.large {
-                if v % LARGE == 0 && len - done >= LARGE {
+                if v.is_multiple_of(LARGE) && len - done >= LARGE {
                     let at = self.entry(mem, v, 1, false)?.ok_or(Error::Internal {
                         what: "page tables: missing directory entry",
                     })?;
@@ -447,14 +452,16 @@ mod tests {
     fn large_and_small_pages_translate() {
         let mut m = Fake::default();
         let mut t = PageTables::new(&mut m).unwrap();
-        t.map(&mut m, 0, 0, 0x40_0000 + 0x3000, Attrs::RAM, true).unwrap();
+        t.map(&mut m, 0, 0, 0x40_0000 + 0x3000, Attrs::RAM, true)
+            .unwrap();
         let a = t.translate(&m, 0x20_1234).unwrap();
         assert_eq!((a.pa, a.large, a.attrs), (0x20_1234, true, Attrs::RAM));
         let b = t.translate(&m, 0x40_2fff).unwrap();
         assert_eq!((b.pa, b.large), (0x40_2fff, false));
         assert_eq!(t.translate(&m, 0x40_3000), None);
         let hi = 0xffff_c000_0000_0000u64;
-        t.map(&mut m, hi, 0x1234_5000, PAGE, Attrs::DEVICE, true).unwrap();
+        t.map(&mut m, hi, 0x1234_5000, PAGE, Attrs::DEVICE, true)
+            .unwrap();
         let d = t.translate(&m, hi + 8).unwrap();
         assert_eq!((d.pa, d.attrs.cache), (0x1234_5008, CacheMode::Inhibit));
         assert!(matches!(
@@ -465,17 +472,29 @@ mod tests {
             t.map(&mut m, 0x0000_8000_0000_0000, 0, PAGE, Attrs::RAM, false),
             Err(Error::BadArgument { .. })
         ));
-        assert!(matches!(t.map(&mut m, 0x123, 0, PAGE, Attrs::RAM, false), Err(Error::NotAligned { .. })));
-        assert!(matches!(t.map(&mut m, u64::MAX & !0xfff, 0, 2 * PAGE, Attrs::RAM, false), Err(Error::Overflow { .. })));
+        assert!(matches!(
+            t.map(&mut m, 0x123, 0, PAGE, Attrs::RAM, false),
+            Err(Error::NotAligned { .. })
+        ));
+        assert!(matches!(
+            t.map(&mut m, !0xfff, 0, 2 * PAGE, Attrs::RAM, false),
+            Err(Error::Overflow { .. })
+        ));
     }
 
     #[test]
     fn cache_changes_split_large_pages() {
         let mut m = Fake::default();
         let mut t = PageTables::new(&mut m).unwrap();
-        t.map(&mut m, 0x20_0000, 0x20_0000, LARGE, Attrs::RAM, true).unwrap();
+        t.map(&mut m, 0x20_0000, 0x20_0000, LARGE, Attrs::RAM, true)
+            .unwrap();
         let before = t.table_frames();
-        for mode in [CacheMode::WriteCombine, CacheMode::WriteThrough, CacheMode::Inhibit, CacheMode::CopyBack] {
+        for mode in [
+            CacheMode::WriteCombine,
+            CacheMode::WriteThrough,
+            CacheMode::Inhibit,
+            CacheMode::CopyBack,
+        ] {
             t.set_cache(&mut m, 0x20_5000, PAGE, mode).unwrap();
             let x = t.translate(&m, 0x20_5000).unwrap();
             assert_eq!((x.pa, x.large, x.attrs.cache), (0x20_5000, false, mode));
@@ -485,11 +504,19 @@ mod tests {
         assert_eq!(t.table_frames(), before + 1, "one split");
         t.unmap(&mut m, 0x20_5000, PAGE).unwrap();
         assert_eq!(t.translate(&m, 0x20_5000), None);
-        assert!(matches!(t.unmap(&mut m, 0x20_4000, 2 * PAGE), Err(Error::NotMapped { .. })));
-        assert!(t.translate(&m, 0x20_4000).is_some(), "a failed unmap changes nothing");
+        assert!(matches!(
+            t.unmap(&mut m, 0x20_4000, 2 * PAGE),
+            Err(Error::NotMapped { .. })
+        ));
+        assert!(
+            t.translate(&m, 0x20_4000).is_some(),
+            "a failed unmap changes nothing"
+        );
         // A whole large page changes in place.
-        t.map(&mut m, 0x60_0000, 0x60_0000, LARGE, Attrs::RAM, true).unwrap();
-        t.set_cache(&mut m, 0x60_0000, LARGE, CacheMode::WriteCombine).unwrap();
+        t.map(&mut m, 0x60_0000, 0x60_0000, LARGE, Attrs::RAM, true)
+            .unwrap();
+        t.set_cache(&mut m, 0x60_0000, LARGE, CacheMode::WriteCombine)
+            .unwrap();
         let z = t.translate(&m, 0x7f_ffff).unwrap();
         assert!(z.large && z.attrs.cache == CacheMode::WriteCombine);
     }

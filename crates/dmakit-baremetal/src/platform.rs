@@ -237,7 +237,7 @@ impl BareMetal {
                 align: crate::paging::LARGE,
             });
         }
-        if config.phys_offset % crate::paging::LARGE != 0 {
+        if !config.phys_offset.is_multiple_of(crate::paging::LARGE) {
             return Err(Error::NotAligned {
                 what: "direct map offset",
                 value: config.phys_offset,
@@ -265,14 +265,11 @@ impl BareMetal {
             frames.add(r.addr.0, r.len)?;
         }
         for (s, e) in ram.iter() {
-            let end_va = config
-                .phys_offset
-                .checked_add(e)
-                .ok_or(Error::Overflow {
-                    what: "direct map",
-                    start: s,
-                    len: e - s,
-                })?;
+            let end_va = config.phys_offset.checked_add(e).ok_or(Error::Overflow {
+                what: "direct map",
+                start: s,
+                len: e - s,
+            })?;
             if config.phys_offset.saturating_add(s) < area_end && area_start < end_va {
                 return Err(Error::BadArgument {
                     what: "the mapping area overlaps the direct map",
@@ -345,14 +342,21 @@ impl BareMetal {
                 });
             }
             let mut run_end = at + PAGE;
-            while run_end < e && !self.direct.is_device(run_end, PAGE) && !self.direct.is_ram(run_end, PAGE) {
+            while run_end < e
+                && !self.direct.is_device(run_end, PAGE)
+                && !self.direct.is_ram(run_end, PAGE)
+            {
                 run_end += PAGE;
             }
-            let va = self.direct.offset().checked_add(at).ok_or(Error::Overflow {
-                what: "device memory in the direct map",
-                start: at,
-                len: run_end - at,
-            })?;
+            let va = self
+                .direct
+                .offset()
+                .checked_add(at)
+                .ok_or(Error::Overflow {
+                    what: "device memory in the direct map",
+                    start: at,
+                    len: run_end - at,
+                })?;
             let mut tm = Tables {
                 frames,
                 direct: &self.direct,
@@ -539,7 +543,7 @@ impl BareMetal {
                     value: at.0,
                 });
             }
-            if guard % PAGE != 0 {
+            if !guard.is_multiple_of(PAGE) {
                 return Err(Error::NotAligned {
                     what: "guard size (whole pages only)",
                     value: guard,
@@ -1128,7 +1132,11 @@ mod tests {
         let va = p.allocate_pages(3 * PAGE, &PageRequest::WIRED).unwrap();
         // The top pages hold the page tables built so far; the allocation comes right below.
         let tables = base.table_frames * PAGE;
-        assert_eq!(va.0, p.phys_offset() + END - tables - 3 * PAGE, "from the top, direct map");
+        assert_eq!(
+            va.0,
+            p.phys_offset() + END - tables - 3 * PAGE,
+            "from the top, direct map"
+        );
         let mut b = vec![1u8; 3 * PAGE as usize];
         p.read_virt(Task::KERNEL, va, &mut b).unwrap();
         assert!(b.iter().all(|&x| x == 0), "zero-filled");
@@ -1141,13 +1149,27 @@ mod tests {
         let low = p.allocate_pages(2 * PAGE, &req).unwrap();
         let r = runs(p, low, 2 * PAGE).unwrap();
         assert_eq!(r.len(), 1);
-        assert!(r[0].addr.0 % 0x10_000 == 0 && r[0].addr.0 + 2 * PAGE - 1 <= req.phys_limit);
+        assert!(
+            r[0].addr.0.is_multiple_of(0x10_000) && r[0].addr.0 + 2 * PAGE - 1 <= req.phys_limit
+        );
         assert!(matches!(
-            p.allocate_pages(PAGE, &PageRequest { phys_limit: RAM, ..PageRequest::WIRED }),
+            p.allocate_pages(
+                PAGE,
+                &PageRequest {
+                    phys_limit: RAM,
+                    ..PageRequest::WIRED
+                }
+            ),
             Err(Error::NoSuitableMemory { .. })
         ));
-        assert!(matches!(p.free_pages(va, PAGE), Err(Error::WrongSize { .. })));
-        assert!(matches!(p.free_pages(VirtAddr(va.0 + PAGE), PAGE), Err(Error::NotAllocated { .. })));
+        assert!(matches!(
+            p.free_pages(va, PAGE),
+            Err(Error::WrongSize { .. })
+        ));
+        assert!(matches!(
+            p.free_pages(VirtAddr(va.0 + PAGE), PAGE),
+            Err(Error::NotAllocated { .. })
+        ));
         p.free_pages(va, 3 * PAGE).unwrap();
         p.free_pages(low, 2 * PAGE).unwrap();
         assert_eq!(p.usage(), base);
@@ -1160,7 +1182,10 @@ mod tests {
         let base = p.usage();
         let len = 5 * PAGE;
         let va = p.allocate_pages(len, &PageRequest::WIRED).unwrap();
-        assert!(va.0 >= DEFAULT_AREA.0, "scattered pages get one virtual range in the area");
+        assert!(
+            va.0 >= DEFAULT_AREA.0,
+            "scattered pages get one virtual range in the area"
+        );
         let r = runs(p, va, len).unwrap();
         assert_eq!(r.len(), 5, "no two pages adjacent: {r:?}");
         for i in 0..5 {
@@ -1168,9 +1193,11 @@ mod tests {
             assert_eq!(t.pa, r[i as usize].addr.0 + 7);
         }
         let data: Vec<u8> = (0..len as usize - 100).map(|i| (i % 253) as u8).collect();
-        p.write_virt(Task::KERNEL, VirtAddr(va.0 + 50), &data).unwrap();
+        p.write_virt(Task::KERNEL, VirtAddr(va.0 + 50), &data)
+            .unwrap();
         let mut back = vec![0u8; data.len()];
-        p.read_virt(Task::KERNEL, VirtAddr(va.0 + 50), &mut back).unwrap();
+        p.read_virt(Task::KERNEL, VirtAddr(va.0 + 50), &mut back)
+            .unwrap();
         assert_eq!(back, data);
         let mut one = [0u8; 10];
         p.read_phys(PhysAddr(r[1].addr.0), &mut one).unwrap();
@@ -1178,9 +1205,15 @@ mod tests {
         p.cache_virt(CacheOp::Flush, Task::KERNEL, va, len).unwrap();
         p.free_pages(va, len).unwrap();
         assert!(p.translate(va).is_none(), "unmapped when freed");
-        assert!(matches!(p.read_virt(Task::KERNEL, va, &mut one), Err(Error::NotMapped { .. })));
+        assert!(matches!(
+            p.read_virt(Task::KERNEL, va, &mut one),
+            Err(Error::NotMapped { .. })
+        ));
         assert_eq!(p.usage().allocations, base.allocations);
-        assert_eq!(p.usage().free_bytes, base.free_bytes - (p.usage().table_frames - base.table_frames) * PAGE);
+        assert_eq!(
+            p.usage().free_bytes,
+            base.free_bytes - (p.usage().table_frames - base.table_frames) * PAGE
+        );
     }
 
     #[test]
@@ -1188,14 +1221,22 @@ mod tests {
         let f = fake(Placement::Packed);
         let p = &f.p;
         let va = p.allocate_pages(2 * PAGE, &PageRequest::WIRED).unwrap();
-        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true).unwrap();
-        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true).unwrap();
+        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true)
+            .unwrap();
+        p.wire(Task::KERNEL, VirtAddr(va.0 + 100), 10, true)
+            .unwrap();
         assert!(p.kernel_range_wired(VirtAddr(va.0 + 105), 1).unwrap());
         assert!(!p.kernel_range_wired(VirtAddr(va.0 + 110), 100).unwrap());
-        assert!(matches!(p.free_pages(va, 2 * PAGE), Err(Error::Busy { .. })));
+        assert!(matches!(
+            p.free_pages(va, 2 * PAGE),
+            Err(Error::Busy { .. })
+        ));
         p.unwire(Task::KERNEL, VirtAddr(va.0 + 100), 10).unwrap();
         p.unwire(Task::KERNEL, VirtAddr(va.0 + 100), 10).unwrap();
-        assert!(matches!(p.unwire(Task::KERNEL, va, 10), Err(Error::BadArgument { .. })));
+        assert!(matches!(
+            p.unwire(Task::KERNEL, va, 10),
+            Err(Error::BadArgument { .. })
+        ));
         assert_eq!(p.usage().wirings, 0);
         // Pageable memory is resident but not wired: its translation waits for a wiring.
         let pg = p.allocate_pages(PAGE, &PageRequest::PAGEABLE).unwrap();
@@ -1205,9 +1246,18 @@ mod tests {
         p.unwire(Task::KERNEL, pg, PAGE).unwrap();
         p.free_pages(pg, PAGE).unwrap();
         p.free_pages(va, 2 * PAGE).unwrap();
-        assert!(matches!(p.wire(Task(1), va, 1, false), Err(Error::Unsupported { .. })));
-        assert!(matches!(p.wire(Task::KERNEL, VirtAddr(u64::MAX - 2), 10, false), Err(Error::Overflow { .. })));
-        assert!(matches!(p.wire(Task::KERNEL, VirtAddr(p.phys_offset() + 0x1000), 1, false), Err(Error::NotMapped { .. })));
+        assert!(matches!(
+            p.wire(Task(1), va, 1, false),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            p.wire(Task::KERNEL, VirtAddr(u64::MAX - 2), 10, false),
+            Err(Error::Overflow { .. })
+        ));
+        assert!(matches!(
+            p.wire(Task::KERNEL, VirtAddr(p.phys_offset() + 0x1000), 1, false),
+            Err(Error::NotMapped { .. })
+        ));
         assert_eq!(p.usage().wired_pages, 0);
     }
 
@@ -1224,36 +1274,97 @@ mod tests {
             cache: CacheMode::WriteCombine,
         };
         let pieces = [
-            MapPiece { src: MapSource::Virtual(Task::KERNEL, va), len: 2 * PAGE },
-            MapPiece { src: MapSource::Physical(PhysAddr(END)), len: PAGE },
+            MapPiece {
+                src: MapSource::Virtual(Task::KERNEL, va),
+                len: 2 * PAGE,
+            },
+            MapPiece {
+                src: MapSource::Physical(PhysAddr(END)),
+                len: PAGE,
+            },
         ];
         let m = p.map_pages_guarded(&pieces, &req, PAGE).unwrap();
         let t = p.translate(m).unwrap();
-        assert_eq!(t.attrs, Attrs { writable: false, cache: CacheMode::WriteCombine });
-        assert!(p.translate(VirtAddr(m.0 - PAGE)).is_none() && p.translate(VirtAddr(m.0 + 3 * PAGE)).is_none());
+        assert_eq!(
+            t.attrs,
+            Attrs {
+                writable: false,
+                cache: CacheMode::WriteCombine
+            }
+        );
+        assert!(
+            p.translate(VirtAddr(m.0 - PAGE)).is_none()
+                && p.translate(VirtAddr(m.0 + 3 * PAGE)).is_none()
+        );
         let mut b = [0u8; 5];
         p.read_virt(Task::KERNEL, m, &mut b).unwrap();
         assert_eq!(&b, b"hello");
-        assert!(matches!(p.write_virt(Task::KERNEL, m, b"x"), Err(Error::NotWritable { .. })));
-        assert!(matches!(p.free_pages(va, 2 * PAGE), Err(Error::Busy { .. })));
+        assert!(matches!(
+            p.write_virt(Task::KERNEL, m, b"x"),
+            Err(Error::NotWritable { .. })
+        ));
+        assert!(matches!(
+            p.free_pages(va, 2 * PAGE),
+            Err(Error::Busy { .. })
+        ));
         // The next mapping does not land in the guard.
-        let one = [MapPiece { src: MapSource::Physical(PhysAddr(END + PAGE)), len: PAGE }];
-        let n = p.map_pages(&one, &MapRequest { read_only: false, cache: CacheMode::Inhibit, ..req }).unwrap();
+        let one = [MapPiece {
+            src: MapSource::Physical(PhysAddr(END + PAGE)),
+            len: PAGE,
+        }];
+        let n = p
+            .map_pages(
+                &one,
+                &MapRequest {
+                    read_only: false,
+                    cache: CacheMode::Inhibit,
+                    ..req
+                },
+            )
+            .unwrap();
         assert!(n.0 >= m.0 + 4 * PAGE || n.0 + PAGE <= m.0 - PAGE);
-        p.set_cache_mode(Task::KERNEL, n, PAGE, CacheMode::WriteThrough).unwrap();
+        p.set_cache_mode(Task::KERNEL, n, PAGE, CacheMode::WriteThrough)
+            .unwrap();
         assert_eq!(p.translate(n).unwrap().attrs.cache, CacheMode::WriteThrough);
-        assert!(matches!(p.unmap_pages(Task::KERNEL, m, PAGE), Err(Error::WrongSize { .. })));
+        assert!(matches!(
+            p.unmap_pages(Task::KERNEL, m, PAGE),
+            Err(Error::WrongSize { .. })
+        ));
         p.unmap_pages(Task::KERNEL, m, 3 * PAGE).unwrap();
         p.unmap_pages(Task::KERNEL, n, PAGE).unwrap();
-        assert!(matches!(p.unmap_pages(Task::KERNEL, n, PAGE), Err(Error::NotAllocated { .. })));
+        assert!(matches!(
+            p.unmap_pages(Task::KERNEL, n, PAGE),
+            Err(Error::NotAllocated { .. })
+        ));
         // Bad pieces.
-        let bad = [MapPiece { src: MapSource::Physical(PhysAddr(0x10_0000)), len: PAGE }];
-        assert!(matches!(p.map_pages(&bad, &req), Err(Error::NotMapped { .. })));
-        let odd = [MapPiece { src: MapSource::Virtual(Task::KERNEL, va), len: 100 }];
-        assert!(matches!(p.map_pages(&odd, &req), Err(Error::NotAligned { .. })));
-        assert!(matches!(p.map_pages(&[], &req), Err(Error::ZeroSize { .. })));
-        let fixed = MapRequest { at: Some(VirtAddr(0x1000)), ..req };
-        assert!(matches!(p.map_pages(&pieces[..1], &fixed), Err(Error::BadArgument { .. })));
+        let bad = [MapPiece {
+            src: MapSource::Physical(PhysAddr(0x10_0000)),
+            len: PAGE,
+        }];
+        assert!(matches!(
+            p.map_pages(&bad, &req),
+            Err(Error::NotMapped { .. })
+        ));
+        let odd = [MapPiece {
+            src: MapSource::Virtual(Task::KERNEL, va),
+            len: 100,
+        }];
+        assert!(matches!(
+            p.map_pages(&odd, &req),
+            Err(Error::NotAligned { .. })
+        ));
+        assert!(matches!(
+            p.map_pages(&[], &req),
+            Err(Error::ZeroSize { .. })
+        ));
+        let fixed = MapRequest {
+            at: Some(VirtAddr(0x1000)),
+            ..req
+        };
+        assert!(matches!(
+            p.map_pages(&pieces[..1], &fixed),
+            Err(Error::BadArgument { .. })
+        ));
         assert_eq!(p.usage().mappings, 0);
         p.free_pages(va, 2 * PAGE).unwrap();
     }
@@ -1262,17 +1373,34 @@ mod tests {
     fn mmio_reaches_ram_and_registered_devices_only() {
         let f = fake(Placement::Packed);
         let p = &f.p;
-        p.mmio_write(PhysAddr(END + 8), Width::W64, 0x1122_3344_5566_7788).unwrap();
-        assert_eq!(p.mmio_read(PhysAddr(END + 8), Width::W32).unwrap(), 0x5566_7788);
+        p.mmio_write(PhysAddr(END + 8), Width::W64, 0x1122_3344_5566_7788)
+            .unwrap();
+        assert_eq!(
+            p.mmio_read(PhysAddr(END + 8), Width::W32).unwrap(),
+            0x5566_7788
+        );
         assert_eq!(p.mmio_read(PhysAddr(END + 14), Width::W16).unwrap(), 0x1122);
-        assert!(matches!(p.mmio_read(PhysAddr(END + 2), Width::W32), Err(Error::NotAligned { .. })));
-        assert!(matches!(p.mmio_write(PhysAddr(END), Width::W8, 0x100), Err(Error::BadArgument { .. })));
-        assert!(matches!(p.mmio_read(PhysAddr(END + 0x2000), Width::W8), Err(Error::NotMapped { .. })));
-        assert!(matches!(p.mmio_read(PhysAddr(u64::MAX - 3), Width::W32), Err(Error::NotMapped { .. } | Error::Overflow { .. })));
+        assert!(matches!(
+            p.mmio_read(PhysAddr(END + 2), Width::W32),
+            Err(Error::NotAligned { .. })
+        ));
+        assert!(matches!(
+            p.mmio_write(PhysAddr(END), Width::W8, 0x100),
+            Err(Error::BadArgument { .. })
+        ));
+        assert!(matches!(
+            p.mmio_read(PhysAddr(END + 0x2000), Width::W8),
+            Err(Error::NotMapped { .. })
+        ));
+        assert!(matches!(
+            p.mmio_read(PhysAddr(u64::MAX - 3), Width::W32),
+            Err(Error::NotMapped { .. } | Error::Overflow { .. })
+        ));
         p.mmio_write(PhysAddr(RAM), Width::W32, 7).unwrap();
         assert_eq!(p.mmio_read(PhysAddr(RAM), Width::W32).unwrap(), 7);
         // SAFETY: the call is refused before anything is mapped (the range is RAM).
-        assert!(matches!(unsafe { p.add_device_memory(RAM, PAGE) }, Err(Error::BadArgument { .. })));
+        let overlapping = unsafe { p.add_device_memory(RAM, PAGE) };
+        assert!(matches!(overlapping, Err(Error::BadArgument { .. })));
         // SAFETY: already registered: nothing changes.
         unsafe { p.add_device_memory(END + 16, 8) }.unwrap();
         let t = p.translate(VirtAddr(p.phys_offset() + END)).unwrap();
@@ -1280,19 +1408,36 @@ mod tests {
         let r = p.translate(VirtAddr(p.phys_offset() + RAM)).unwrap();
         assert!(r.large && r.attrs == Attrs::RAM);
         assert!(p.dma_coherent());
-        p.cache_phys(CacheOp::Clean, PhysAddr(RAM + 3), 200).unwrap();
-        assert!(matches!(p.cache_phys(CacheOp::Clean, PhysAddr(0x1000), 1), Err(Error::NotMapped { .. })));
+        p.cache_phys(CacheOp::Clean, PhysAddr(RAM + 3), 200)
+            .unwrap();
+        assert!(matches!(
+            p.cache_phys(CacheOp::Clean, PhysAddr(0x1000), 1),
+            Err(Error::NotMapped { .. })
+        ));
     }
 
     #[test]
     fn configurations_are_checked() {
         // SAFETY: every configuration here is refused before any memory is touched.
         unsafe {
-            assert!(matches!(BareMetal::new(BareMetalConfig::new(0x1000)), Err(Error::NotAligned { .. })));
-            assert!(matches!(BareMetal::new(BareMetalConfig::new(0).area(0x1000, 0x1000)), Err(Error::NotAligned { .. })));
-            assert!(matches!(BareMetal::new(BareMetalConfig::new(0).area(u64::MAX & !0x1f_ffff, 1 << 30)), Err(Error::Overflow { .. })));
             assert!(matches!(
-                BareMetal::new(BareMetalConfig::new(0).ram(0x20_0000, 0x1000).area(0, 1 << 30)),
+                BareMetal::new(BareMetalConfig::new(0x1000)),
+                Err(Error::NotAligned { .. })
+            ));
+            assert!(matches!(
+                BareMetal::new(BareMetalConfig::new(0).area(0x1000, 0x1000)),
+                Err(Error::NotAligned { .. })
+            ));
+            assert!(matches!(
+                BareMetal::new(BareMetalConfig::new(0).area(!0x1f_ffff, 1 << 30)),
+                Err(Error::Overflow { .. })
+            ));
+            assert!(matches!(
+                BareMetal::new(
+                    BareMetalConfig::new(0)
+                        .ram(0x20_0000, 0x1000)
+                        .area(0, 1 << 30)
+                ),
                 Err(Error::BadArgument { .. })
             ));
         }

@@ -162,7 +162,10 @@ mod tests {
         assert!(!r.insert(0x1000, 0x3000), "overlap refused");
         assert!(!r.insert(0x5000, 0x5000), "empty refused");
         assert!(r.remove(0x5000, 0x6000));
-        assert_eq!(r.iter().collect::<Vec<_>>(), [(0x2000, 0x5000), (0x6000, 0x9000)]);
+        assert_eq!(
+            r.iter().collect::<Vec<_>>(),
+            [(0x2000, 0x5000), (0x6000, 0x9000)]
+        );
         assert!(!r.remove(0x4000, 0x7000), "not wholly in the set");
         assert_eq!(r.bytes(), 6 * P);
         assert!(r.contains_range(0x6000, 0x9000) && !r.contains_range(0x4000, 0x7000));
@@ -174,9 +177,16 @@ mod tests {
         r.insert(0x10_0000, 0x20_0000);
         r.insert(0x1000_0000, 0x1010_0000);
         assert_eq!(r.take_highest(0x2000, 0, u64::MAX), Some(0x100f_e000));
-        assert_eq!(r.take_highest(0x1000, 0x10_0000, u64::MAX), Some(0x1000_0000));
+        assert_eq!(
+            r.take_highest(0x1000, 0x10_0000, u64::MAX),
+            Some(0x1000_0000)
+        );
         assert_eq!(r.take_highest(0x1000, 0, 0xfff_ffff), Some(0x1f_f000));
-        assert_eq!(r.take_highest(0x1000, 0, 0x10_0ffe), None, "the first page ends above");
+        assert_eq!(
+            r.take_highest(0x1000, 0, 0x10_0ffe),
+            None,
+            "the first page ends above"
+        );
         assert_eq!(r.take_highest(0x1000, 0, 0x10_0fff), Some(0x10_0000));
         assert_eq!(r.take_lowest(0x1000, 0x4000), Some(0x10_4000));
         assert_eq!(r.bytes_below(0x10_2fff), 0x2000);

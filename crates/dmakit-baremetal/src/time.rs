@@ -31,7 +31,7 @@ impl TscClock {
     pub unsafe fn calibrate_with_pit() -> TscClock {
         const PIT_HZ: u64 = 1_193_182;
         const COUNT: u16 = 59_659; // 50 ms
-        // SAFETY: the caller's guarantees are those of `pit_tsc_ticks`.
+                                   // SAFETY: the caller's guarantees are those of `pit_tsc_ticks`.
         let ticks = unsafe { crate::sys::pit_tsc_ticks(COUNT) };
         Self::with_frequency(ticks_to_hz(ticks, u64::from(COUNT), PIT_HZ))
     }
@@ -57,7 +57,8 @@ impl TscClock {
 
 /// The TSC rate from `ticks` counted while a `ref_hz` reference counted `ref_count`.
 fn ticks_to_hz(ticks: u64, ref_count: u64, ref_hz: u64) -> u64 {
-    (u128::from(ticks) * u128::from(ref_hz) / u128::from(ref_count.max(1))).min(u128::from(u64::MAX)) as u64
+    (u128::from(ticks) * u128::from(ref_hz) / u128::from(ref_count.max(1)))
+        .min(u128::from(u64::MAX)) as u64
 }
 
 fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {

@@ -36,7 +36,12 @@ impl EcamRegion {
     /// The physical address of `offset` in the configuration space of `bus:device.function`,
     /// or `None` outside the window or the 4 KiB space.
     pub fn address(&self, bus: u8, device: u8, function: u8, offset: u16) -> Option<u64> {
-        if bus < self.start_bus || bus > self.end_bus || device > 31 || function > 7 || offset > 0xfff {
+        if bus < self.start_bus
+            || bus > self.end_bus
+            || device > 31
+            || function > 7
+            || offset > 0xfff
+        {
             return None;
         }
         let rel = (u64::from(bus - self.start_bus) << 20)
@@ -63,7 +68,12 @@ impl Config {
                 value: 8,
             });
         }
-        dmakit::descriptor::check_range("configuration space", u64::from(offset), width.bytes(), 0x1000)?;
+        dmakit::descriptor::check_range(
+            "configuration space",
+            u64::from(offset),
+            width.bytes(),
+            0x1000,
+        )?;
         width.check_aligned(PhysAddr(u64::from(offset)), "configuration space offset")?;
         let a = self.address;
         self.region
@@ -204,7 +214,11 @@ pub(crate) fn size_bars(cfg: &Config, count: u8) -> Result<Vec<Bar>> {
                 let m = lo & !0xf;
                 (
                     u64::from(orig & !0xf),
-                    if m == 0 { 0 } else { 0xffff_ffff_0000_0000 | u64::from(m) },
+                    if m == 0 {
+                        0
+                    } else {
+                        0xffff_ffff_0000_0000 | u64::from(m)
+                    },
                 )
             };
             if mask != 0 {

@@ -38,7 +38,10 @@ pub struct EcamBusBuilder {
 
 impl EcamBusBuilder {
     /// Each function's DMA view (default: [`DmaView::Bypass`] up to `u64::MAX`).
-    pub fn dma(mut self, policy: impl Fn(&FunctionInfo) -> DmaView + Send + Sync + 'static) -> Self {
+    pub fn dma(
+        mut self,
+        policy: impl Fn(&FunctionInfo) -> DmaView + Send + Sync + 'static,
+    ) -> Self {
         self.dma = Arc::new(policy);
         self
     }
@@ -193,7 +196,9 @@ impl EcamFunction {
         let caps = self.info.caps;
         if let Some(p) = caps.pcie.filter(|_| {
             // The PCIe capability's own FLR bit (Device Capabilities bit 28).
-            self.cfg.r32(caps.pcie.unwrap_or(0) + 4).is_ok_and(|v| v & (1 << 28) != 0)
+            self.cfg
+                .r32(caps.pcie.unwrap_or(0) + 4)
+                .is_ok_and(|v| v & (1 << 28) != 0)
         }) {
             for _ in 0..100 {
                 if self.cfg.r16(p + 0x0a)? & (1 << 5) == 0 {
@@ -276,12 +281,9 @@ impl PciFunction for EcamFunction {
         if index > 5 {
             return Err(bad("BAR index above 5"));
         }
-        let b = self
-            .info
-            .bars
-            .iter()
-            .find(|b| b.index == index)
-            .ok_or(bad("BAR not implemented (or the upper half of a 64-bit BAR)"))?;
+        let b = self.info.bars.iter().find(|b| b.index == index).ok_or(bad(
+            "BAR not implemented (or the upper half of a 64-bit BAR)",
+        ))?;
         if b.io {
             return Err(bad("an I/O-port BAR, not memory"));
         }
@@ -324,7 +326,11 @@ impl PciFunction for EcamFunction {
 
     fn set_bus_master(&self, on: bool) -> Result<()> {
         let cmd = self.cfg.r16(COMMAND)?;
-        let new = if on { cmd | BUS_MASTER } else { cmd & !BUS_MASTER };
+        let new = if on {
+            cmd | BUS_MASTER
+        } else {
+            cmd & !BUS_MASTER
+        };
         if new != cmd {
             self.cfg.w16(COMMAND, new)?;
         }
@@ -363,7 +369,11 @@ mod tests {
     fn decode(pa: u64) -> ((u8, u8, u8), usize) {
         let rel = pa - BASE;
         (
-            ((rel >> 20) as u8, ((rel >> 15) & 31) as u8, ((rel >> 12) & 7) as u8),
+            (
+                (rel >> 20) as u8,
+                ((rel >> 15) & 31) as u8,
+                ((rel >> 12) & 7) as u8,
+            ),
             (rel & 0xfff) as usize,
         )
     }
@@ -394,7 +404,11 @@ mod tests {
             if (0x10..0x28).contains(&off) && width == Width::W32 {
                 let i = (off - 0x10) / 4;
                 let old = u32::from_le_bytes(func.bytes[off..off + 4].try_into().unwrap());
-                let flags = if func.masks[i] == 0xffff_ffff { 0 } else { old & 0xf };
+                let flags = if func.masks[i] == 0xffff_ffff {
+                    0
+                } else {
+                    old & 0xf
+                };
                 value = u64::from((value as u32 & func.masks[i]) | flags);
             }
             for i in 0..width.bytes() as usize {
@@ -406,7 +420,11 @@ mod tests {
                 func.bytes[0x48 + 1] &= 0x7f;
                 for i in 0..6 {
                     let at = 0x10 + 4 * i;
-                    let flags = if func.masks[i] == 0xffff_ffff { 0 } else { func.bytes[at] & 0xf };
+                    let flags = if func.masks[i] == 0xffff_ffff {
+                        0
+                    } else {
+                        func.bytes[at] & 0xf
+                    };
                     func.bytes[at..at + 4].copy_from_slice(&[flags, 0, 0, 0]);
                 }
                 func.bytes[4] = 0;
@@ -482,14 +500,29 @@ mod tests {
     fn ecam_addresses() {
         let r = region();
         assert_eq!(r.len(), 4 << 20);
-        assert_eq!(r.address(1, 2, 3, 0x104), Some(BASE + (1 << 20) + (2 << 15) + (3 << 12) + 0x104));
+        assert_eq!(
+            r.address(1, 2, 3, 0x104),
+            Some(BASE + (1 << 20) + (2 << 15) + (3 << 12) + 0x104)
+        );
         assert_eq!(r.address(4, 0, 0, 0), None);
         assert_eq!(r.address(0, 32, 0, 0), None);
         assert_eq!(r.address(0, 0, 8, 0), None);
         assert_eq!(r.address(0, 0, 0, 0x1000), None);
-        let high = EcamRegion { start_bus: 0x80, end_bus: 0x80, ..r };
+        let high = EcamRegion {
+            start_bus: 0x80,
+            end_bus: 0x80,
+            ..r
+        };
         assert_eq!(high.address(0x80, 0, 0, 0), Some(BASE));
-        assert!(!high.is_empty() && EcamRegion { start_bus: 2, end_bus: 1, ..r }.is_empty());
+        assert!(
+            !high.is_empty()
+                && EcamRegion {
+                    start_bus: 2,
+                    end_bus: 1,
+                    ..r
+                }
+                .is_empty()
+        );
     }
 
     #[test]
@@ -497,16 +530,39 @@ mod tests {
         let fake = machine();
         let bus = EcamBus::builder(fake.clone(), region()).scan().unwrap();
         let found: Vec<PciAddress> = bus.functions().iter().map(|f| f.address()).collect();
-        assert_eq!(found, [addr(0, 0, 0), addr(0, 1, 0), addr(0, 2, 0), addr(0, 2, 3), addr(1, 0, 0)]);
+        assert_eq!(
+            found,
+            [
+                addr(0, 0, 0),
+                addr(0, 1, 0),
+                addr(0, 2, 0),
+                addr(0, 2, 3),
+                addr(1, 0, 0)
+            ]
+        );
         let nvme = bus.find(&PciMatch::class(0x01_08_02)).unwrap();
         assert_eq!(nvme.address(), addr(1, 0, 0));
         assert_eq!(nvme.id().vendor, 0x1b36);
         let b0 = nvme.bar(0).unwrap();
-        assert_eq!((b0.base.0, b0.len, b0.prefetchable), (0x1_fe00_0000, 0x4000, false));
+        assert_eq!(
+            (b0.base.0, b0.len, b0.prefetchable),
+            (0x1_fe00_0000, 0x4000, false)
+        );
         let b2 = nvme.bar(2).unwrap();
-        assert_eq!((b2.base.0, b2.len, b2.prefetchable), (0xfd00_0000, 0x1000, true));
-        for (i, what) in [(1u8, "upper half"), (3, "unimplemented"), (4, "I/O"), (6, "index")] {
-            assert!(matches!(nvme.bar(i), Err(Error::BadArgument { .. })), "BAR{i}: {what}");
+        assert_eq!(
+            (b2.base.0, b2.len, b2.prefetchable),
+            (0xfd00_0000, 0x1000, true)
+        );
+        for (i, what) in [
+            (1u8, "upper half"),
+            (3, "unimplemented"),
+            (4, "I/O"),
+            (6, "index"),
+        ] {
+            assert!(
+                matches!(nvme.bar(i), Err(Error::BadArgument { .. })),
+                "BAR{i}: {what}"
+            );
         }
         let e = &bus.ecam_functions()[4];
         assert!(e.info().caps.flr && e.info().caps.pcie == Some(0x40));
@@ -515,11 +571,17 @@ mod tests {
         // Sizing put every BAR and the command register back.
         let g = fake.0.lock();
         let nv = &g[&(1, 0, 0)];
-        assert_eq!(&nv.bytes[0x10..0x1c], &[4, 0, 0, 0xfe, 1, 0, 0, 0, 8, 0, 0, 0xfd]);
+        assert_eq!(
+            &nv.bytes[0x10..0x1c],
+            &[4, 0, 0, 0xfe, 1, 0, 0, 0, 8, 0, 0, 0xfd]
+        );
         assert_eq!(nv.bytes[4], 0x06);
         drop(g);
         // A bridge's secondary bus outside the window is not followed.
-        let short = EcamRegion { end_bus: 0, ..region() };
+        let short = EcamRegion {
+            end_bus: 0,
+            ..region()
+        };
         let bus = EcamBus::builder(fake, short).scan().unwrap();
         assert_eq!(bus.functions().len(), 4);
     }
@@ -530,12 +592,32 @@ mod tests {
         let f = bus.find(&PciMatch::class(0x01_08_02)).unwrap();
         assert_eq!(f.config_read(0, Width::W32).unwrap(), 0x0010_1b36);
         assert_eq!(f.config_read(2, Width::W16).unwrap(), 0x0010);
-        assert!(matches!(f.config_read(0xffe, Width::W32), Err(Error::OutOfBounds { .. })));
-        assert!(matches!(f.config_read(0x1000, Width::W8), Err(Error::OutOfBounds { .. })));
-        assert!(matches!(f.config_read(2, Width::W32), Err(Error::NotAligned { .. })));
-        assert!(matches!(f.config_read(0, Width::W64), Err(Error::BadArgument { .. })));
-        for (off, w) in [(0x10, Width::W32), (0x24, Width::W32), (0x26, Width::W16), (0x30, Width::W8)] {
-            assert!(matches!(f.config_write(off, w, 0), Err(Error::NotPermitted { .. })), "{off:#x}");
+        assert!(matches!(
+            f.config_read(0xffe, Width::W32),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            f.config_read(0x1000, Width::W8),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            f.config_read(2, Width::W32),
+            Err(Error::NotAligned { .. })
+        ));
+        assert!(matches!(
+            f.config_read(0, Width::W64),
+            Err(Error::BadArgument { .. })
+        ));
+        for (off, w) in [
+            (0x10, Width::W32),
+            (0x24, Width::W32),
+            (0x26, Width::W16),
+            (0x30, Width::W8),
+        ] {
+            assert!(
+                matches!(f.config_write(off, w, 0), Err(Error::NotPermitted { .. })),
+                "{off:#x}"
+            );
         }
         f.config_write(0x0c, Width::W8, 0x10).unwrap();
         assert_eq!(f.config_read(0x0c, Width::W8).unwrap(), 0x10);
@@ -543,7 +625,13 @@ mod tests {
         assert_eq!(f.config_read(4, Width::W16).unwrap() & 0x4, 0x4);
         f.set_bus_master(false).unwrap();
         assert_eq!(f.config_read(4, Width::W16).unwrap(), 0x2);
-        assert_eq!(f.interrupts(), Interrupts { kind: None, vectors: 0 });
+        assert_eq!(
+            f.interrupts(),
+            Interrupts {
+                kind: None,
+                vectors: 0
+            }
+        );
         assert!(f.disable_interrupt(0).is_err());
     }
 
@@ -557,25 +645,47 @@ mod tests {
                 w.fetch_add(us, core::sync::atomic::Ordering::Relaxed);
             })
             .dma(|info| DmaView::Bypass {
-                max_address: if info.address.bus == 1 { 0xffff_ffff } else { u64::MAX },
+                max_address: if info.address.bus == 1 {
+                    0xffff_ffff
+                } else {
+                    u64::MAX
+                },
             })
             .scan()
             .unwrap();
         let f = bus.find(&PciMatch::class(0x01_08_02)).unwrap();
-        assert!(matches!(f.dma(), DmaView::Bypass { max_address: 0xffff_ffff }));
+        assert!(matches!(
+            f.dma(),
+            DmaView::Bypass {
+                max_address: 0xffff_ffff
+            }
+        ));
         f.set_bus_master(true).unwrap();
         f.reset().unwrap();
         let g = fake.0.lock();
         let nv = &g[&(1, 0, 0)];
         assert_eq!(nv.resets, 1);
-        assert_eq!(&nv.bytes[0x10..0x18], &[4, 0, 0, 0xfe, 1, 0, 0, 0], "BAR0 restored");
-        assert_eq!(nv.bytes[4], 0x06 & !0x4 | 0x2, "decoding back, bus mastering off");
+        assert_eq!(
+            &nv.bytes[0x10..0x18],
+            &[4, 0, 0, 0xfe, 1, 0, 0, 0],
+            "BAR0 restored"
+        );
+        assert_eq!(
+            nv.bytes[4],
+            0x06 & !0x4 | 0x2,
+            "decoding back, bus mastering off"
+        );
         drop(g);
         assert!(waited.load(core::sync::atomic::Ordering::Relaxed) >= 100_000);
         // No FLR: Unsupported. No delay: Unsupported.
         let other = bus.find(&PciMatch::ids(0x1234, 0x11e8)).unwrap();
         assert!(matches!(other.reset(), Err(Error::Unsupported { .. })));
-        assert!(matches!(bus.find(&PciMatch::ids(0x1234, 0x11e8)).unwrap().dma(), DmaView::Bypass { max_address: u64::MAX }));
+        assert!(matches!(
+            bus.find(&PciMatch::ids(0x1234, 0x11e8)).unwrap().dma(),
+            DmaView::Bypass {
+                max_address: u64::MAX
+            }
+        ));
         let bus = EcamBus::builder(fake, region()).scan().unwrap();
         let f = bus.find(&PciMatch::class(0x01_08_02)).unwrap();
         assert!(matches!(f.reset(), Err(Error::Unsupported { .. })));

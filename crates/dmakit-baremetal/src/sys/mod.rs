@@ -174,7 +174,9 @@ pub(crate) unsafe fn wbinvd() {
 /// port belongs to a device the caller owns).
 pub(crate) unsafe fn outb(port: u16, value: u8) {
     // SAFETY: privilege and ownership of the port are the caller's guarantee.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Reads I/O port `port`.
@@ -185,7 +187,9 @@ pub(crate) unsafe fn outb(port: u16, value: u8) {
 pub(crate) unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: privilege and ownership of the port are the caller's guarantee.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
