@@ -385,16 +385,6 @@ fn edu_tests<'k>(k: &'k Kernel, pause: &'k dyn Fn(), tests: &mut Vec<Test<'k>>) 
                 format!("edu_{bits}bit_bounce_below_limit"),
                 Box::new(|r| edu_suite::bounce_below_limit(r).map(|x| x.to_string())),
             );
-            let kk = k;
-            add(
-                format!("edu_{bits}bit_bounce_below_limit@scattered_pages"),
-                Box::new(move |r| {
-                    kk.platform.set_placement(Placement::Scattered);
-                    let x = edu_suite::bounce_below_limit(r);
-                    kk.platform.set_placement(Placement::Packed);
-                    x.map(|x| x.to_string())
-                }),
-            );
         }
         let f2 = f.clone();
         add(
