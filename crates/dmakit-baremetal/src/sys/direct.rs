@@ -153,7 +153,7 @@ impl DirectMap {
         }
         let va = self.check(pa, len, "cache flush (direct map)")?;
         let mut at = va & !(self.line - 1);
-        let end = va + len;
+        let end = va.saturating_add(len);
         while at < end {
             // SAFETY: the line lies within pages `check` found reachable (the range rounded
             // down to a line never leaves its first page).
