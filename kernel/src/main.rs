@@ -1,6 +1,8 @@
 //! dmakit's bare-metal test kernel: a UEFI application that takes the machine over
 //! (ExitBootServices), builds dmakit-baremetal's platform (its own page tables, loaded into
-//! CR3), finds NVMe and edu through ECAM, and runs the portable drivers' suites, printing
+//! CR3), brings up the VT-d IOMMU if the ACPI tables describe one (every NVMe and edu
+//! function then gets a domain of its own and a dmakit mapper; without one they bypass),
+//! finds NVMe and edu through ECAM, and runs the portable drivers' suites, printing
 //! `ok NAME: ...` / `FAILED NAME: ...` on COM1 and `baremetal: N passed, M failed`, then
 //! leaving QEMU through isa-debug-exit (exit status 1 when everything passed, 3 when
 //! something failed, 5 on a panic).
@@ -47,6 +49,26 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 fn fail(what: &str, e: impl core::fmt::Display) -> ! {
     println!("baremetal: setup failed: {what}: {e}");
     sys::qemu_exit(2)
+}
+
+/// Brings up the VT-d unit at `unit.base` (its registers mapped as device memory first).
+fn vtd(
+    platform: &Arc<BareMetal>,
+    clock: TscClock,
+    host_address_width: u8,
+    unit: dmakit_baremetal::acpi::RemappingUnit,
+) -> tests::Iommu {
+    // SAFETY: the DMAR table says this page holds the remapping unit's registers.
+    if let Err(e) = unsafe { platform.add_device_memory(unit.base, 0x1000) } {
+        fail("VT-d registers", e);
+    }
+    let options = dmakit_vtd::VtdOptions::new()
+        .host_address_width(host_address_width)
+        .pause(move || clock.spin_ns(1_000));
+    match dmakit_vtd::Vtd::new(platform.clone(), dmakit::PhysAddr(unit.base), options) {
+        Ok(v) => v,
+        Err(e) => fail("VT-d bring-up", e),
+    }
 }
 
 #[uefi::entry]
@@ -131,9 +153,22 @@ fn main() -> uefi::Status {
         "baremetal: TSC {} MHz (against the PIT)",
         clock.hz() / 1_000_000
     );
+    let vtd = match dmakit_baremetal::acpi::dmar(&read, rsdp) {
+        Ok(Some(d)) => d
+            .units
+            .first()
+            .map(|u| vtd(&platform, clock, d.host_address_width, *u)),
+        Ok(None) => None,
+        Err(e) => fail("ACPI DMAR", e),
+    };
+    match &vtd {
+        Some(v) => println!("baremetal: VT-d IOMMU on: {:?}", v.info()),
+        None => println!("baremetal: no IOMMU described (no ACPI DMAR): every function bypasses"),
+    }
     let mmio: Arc<dyn dmakit::platform::Mmio> = platform.clone();
+    let unit = vtd.clone();
     let bus = match EcamBus::builder(mmio, regions[0])
-        .dma(|f: &FunctionInfo| tests::dma_view(f))
+        .dma(move |f: &FunctionInfo| tests::dma_view(f, unit.as_ref()))
         .delay_us(move |us| clock.spin_ns(us.saturating_mul(1000)))
         .scan()
     {
@@ -152,6 +187,7 @@ fn main() -> uefi::Status {
         platform,
         bus,
         clock,
+        vtd,
     });
     println!("baremetal: {passed} passed, {failed} failed");
     sys::qemu_exit(if failed == 0 { 0 } else { 1 })

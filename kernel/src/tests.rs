@@ -22,6 +22,9 @@ use dmakit_edu::{EduOptions, EDU_DEVICE, EDU_VENDOR};
 use dmakit_nvme::suite::{self, TestMachine};
 use dmakit_nvme::{Timer, NVME_CLASS};
 
+/// The VT-d unit, on the kernel's platform.
+pub type Iommu = dmakit_vtd::Vtd<Arc<BareMetal>>;
+
 /// What the tests run on.
 pub struct Kernel {
     /// The platform seam.
@@ -30,6 +33,8 @@ pub struct Kernel {
     pub bus: EcamBus,
     /// The calibrated TSC.
     pub clock: TscClock,
+    /// The IOMMU, when the machine has one.
+    pub vtd: Option<Iommu>,
 }
 
 /// The edu's address bits by PCI address: baremetal/run gives the edu at 00:06.0
@@ -50,15 +55,45 @@ fn limit(bits: u32) -> u64 {
     }
 }
 
-/// Each function's DMA view: no IOMMU, so bypass, up to what the device can address.
-pub fn dma_view(f: &FunctionInfo) -> DmaView {
-    let bits = if f.id.vendor == EDU_VENDOR && f.id.device == EDU_DEVICE {
-        edu_bits(f)
-    } else {
-        64
+/// The first IO address a domain's mapper hands out, and the end of its window: below the
+/// interrupt range (0xFEE0_0000, which DMA cannot reach as memory) and below what the
+/// device can address.
+const IOVA_BASE: u64 = 0x10_0000;
+const IOVA_END: u64 = 0xFEE0_0000;
+
+/// Each function's DMA view. With the IOMMU, an NVMe or edu function gets a domain of its
+/// own and a mapper whose window stays below what the device can address; every other
+/// function (and any whose domain cannot be made) is left blocked by the IOMMU. Without
+/// one: bypass, up to what the device can address (bounce buffers below it).
+pub fn dma_view(f: &FunctionInfo, vtd: Option<&Iommu>) -> DmaView {
+    let edu = f.id.vendor == EDU_VENDOR && f.id.device == EDU_DEVICE;
+    let bits = if edu { edu_bits(f) } else { 64 };
+    let max_address = limit(bits);
+    let Some(vtd) = vtd else {
+        return DmaView::Bypass { max_address };
     };
-    DmaView::Bypass {
-        max_address: limit(bits),
+    if !(edu || f.id.class == NVME_CLASS) {
+        return DmaView::Bypass { max_address };
+    }
+    let end = IOVA_END.min(max_address.saturating_add(1));
+    let window = dmakit_vtd::MapperOptions::new(IOVA_BASE, end - IOVA_BASE);
+    let made = dmakit_vtd::devfn(f.address.device, f.address.function)
+        .and_then(|devfn| vtd.domain(f.address.bus, devfn))
+        .and_then(|d| d.mapper(window));
+    match made {
+        Ok(m) => DmaView::Mapped(m),
+        Err(e) => {
+            println!("baremetal: no VT-d domain for {}: {e}", f.address);
+            DmaView::Bypass { max_address }
+        }
+    }
+}
+
+/// How a function's DMA reaches memory, for reports.
+fn view_text(f: &dyn PciFunction) -> &'static str {
+    match f.dma() {
+        DmaView::Mapped(_) => "through its VT-d domain",
+        DmaView::Bypass { .. } => "bypass",
     }
 }
 
@@ -75,19 +110,31 @@ impl Timer for TscTimer {
 }
 
 /// What a test could leak, from the platform's own books.
-fn resources(p: &BareMetal) -> Vec<(&'static str, u64)> {
+fn resources(p: &BareMetal, vtd: Option<&Iommu>) -> Vec<(&'static str, u64)> {
     let u = p.usage();
+    // A VT-d domain's paging tables grow with what was mapped and stay until the domain
+    // goes (freeing them sooner needs a paging-structure invalidation first): they are the
+    // IOMMU's, counted apart. A table page kept because an invalidation failed is a leak.
+    let (tables, leaked) = vtd.map_or((0, 0), |v| {
+        let s = v.stats();
+        (s.table_pages, s.leaked_pages)
+    });
     vec![
-        ("allocations", u.allocations),
-        ("allocated bytes", u.allocated_bytes),
+        ("allocations", u.allocations.saturating_sub(tables)),
+        (
+            "allocated bytes",
+            u.allocated_bytes.saturating_sub(tables * 4096),
+        ),
         ("mappings", u.mappings),
         ("wirings", u.wirings),
         ("wired pages", u.wired_pages),
+        ("IOMMU table pages kept after a failed invalidation", leaked),
     ]
 }
 
 struct NvmeMachine {
     platform: Arc<BareMetal>,
+    vtd: Option<Iommu>,
     function: Arc<dyn PciFunction>,
     timer: Arc<dyn Timer>,
 }
@@ -106,7 +153,7 @@ impl TestMachine<Arc<BareMetal>> for NvmeMachine {
         Some("dmakit0".into())
     }
     fn resources(&self) -> Vec<(&'static str, u64)> {
-        resources(&self.platform)
+        resources(&self.platform, self.vtd.as_ref())
     }
     fn stored(&self, _nsid: u32, _offset: u64, _len: usize) -> Option<Vec<u8>> {
         None
@@ -120,9 +167,9 @@ type Test<'k> = (String, Box<dyn Fn() -> Result<String, String> + 'k>);
 
 /// Runs `f`, then checks that the platform's books are as before.
 fn checked(k: &Kernel, f: impl FnOnce() -> Result<String, String>) -> Result<String, String> {
-    let before = resources(&k.platform);
+    let before = resources(&k.platform, k.vtd.as_ref());
     let r = f()?;
-    let after = resources(&k.platform);
+    let after = resources(&k.platform, k.vtd.as_ref());
     if before != after {
         return Err(format!(
             "resources not given back: before {before:?}, after {after:?}"
@@ -271,6 +318,7 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
     };
     let machine = Arc::new(NvmeMachine {
         platform: k.platform.clone(),
+        vtd: k.vtd.clone(),
         function,
         timer: Arc::new(TscTimer(k.clock)),
     });
@@ -281,8 +329,9 @@ fn nvme_tests<'k>(k: &'k Kernel, tests: &mut Vec<Test<'k>>) {
             Box::new(move || {
                 suite::run(&*m, t)?;
                 Ok(format!(
-                    "{} (bypass), resources given back",
-                    m.function.address()
+                    "{} ({}), resources given back",
+                    m.function.address(),
+                    view_text(&*m.function)
                 ))
             }),
         ));
@@ -378,7 +427,7 @@ fn edu_tests<'k>(k: &'k Kernel, pause: &'k dyn Fn(), tests: &mut Vec<Test<'k>>) 
             format!("edu_{bits}bit_refuses_bad_transfers"),
             Box::new(edu_suite::refuses_bad_transfers),
         );
-        if bits < 64 {
+        if bits < 64 && k.vtd.is_none() {
             // Buffers come from the top of a 1 GiB machine, above the edu's 2^28: the
             // commands must bounce them below it.
             add(
@@ -442,8 +491,17 @@ pub fn run_all(k: &Kernel) -> (u32, u32) {
     ));
     nvme_tests(k, &mut tests);
     edu_tests(k, &pause, &mut tests);
+    if let Some(vtd) = &k.vtd {
+        tests.push((
+            "vtd_unmapped_iova_faults_and_writes_nothing".into(),
+            Box::new(move || checked(k, || unmapped_iova_faults(k, vtd))),
+        ));
+    }
+    // The same names in both boots, told apart by the IOMMU.
+    let suffix = if k.vtd.is_some() { "@vtd" } else { "" };
     let (mut passed, mut failed) = (0, 0);
     for (name, t) in tests {
+        let name = format!("{name}{suffix}");
         let start = k.clock.now_ns();
         match t() {
             Ok(d) => {
@@ -460,4 +518,77 @@ pub fn run_all(k: &Kernel) -> (u32, u32) {
         }
     }
     (passed, failed)
+}
+
+/// An edu DMA to an IO address that was mapped and then unmapped: the VT-d unit blocks it,
+/// the fault is reported through dmakit (source, address, write), and the page the address
+/// once led to is untouched.
+fn unmapped_iova_faults(k: &Kernel, vtd: &Iommu) -> Result<String, String> {
+    use dmakit::map::{mapped_read32, mapped_write32, mapped_write64};
+    use dmakit::mapper::Access;
+    use dmakit_edu::regs;
+    let e = |w: &'static str| move |e: dmakit::Error| format!("{w}: {e}");
+    let f = k
+        .bus
+        .find(&PciMatch::ids(EDU_VENDOR, EDU_DEVICE))
+        .map_err(e("edu"))?;
+    let DmaView::Mapped(mapper) = f.dma() else {
+        return Err("the edu has no VT-d domain".into());
+    };
+    let p = &k.platform;
+    let va = p
+        .allocate_pages(4096, &PageRequest::WIRED)
+        .map_err(e("page"))?;
+    let result = (|| {
+        use dmakit::platform::CpuAccess;
+        p.write_virt(Task::KERNEL, va, &[0xAA; 4096])
+            .map_err(e("fill"))?;
+        let mut pa = None;
+        p.physical_runs(Task::KERNEL, va, 4096, &mut |r| pa = Some(r.addr))
+            .map_err(e("translate"))?;
+        let pa = pa.ok_or("no physical page")?;
+        let iova = mapper.iovm_alloc(1).map_err(e("iovm_alloc"))?;
+        mapper
+            .iovm_insert_page(iova, pa, Access::READ_WRITE)
+            .map_err(e("insert"))?;
+        mapper.iovm_free(iova, 1).map_err(e("iovm_free"))?;
+        let _ = vtd.faults().map_err(e("faults"))?; // start from a clean log
+        let bar = f.bar(0).map_err(e("BAR0"))?;
+        let reg = |off: u64| dmakit::PhysAddr(bar.base.0 + off);
+        f.set_bus_master(true).map_err(e("bus master"))?;
+        mapped_write64(p, reg(regs::DMA_SRC), 0x40000).map_err(e("src"))?;
+        mapped_write64(p, reg(regs::DMA_DST), iova.0).map_err(e("dst"))?;
+        mapped_write64(p, reg(regs::DMA_COUNT), 64).map_err(e("count"))?;
+        mapped_write32(p, reg(regs::DMA_CMD), regs::CMD_START | regs::CMD_TO_RAM)
+            .map_err(e("start"))?;
+        let mut spins = 0;
+        while mapped_read32(p, reg(regs::DMA_CMD)).map_err(e("cmd"))? & regs::CMD_START != 0 {
+            k.clock.spin_ns(10_000);
+            spins += 1;
+            if spins > 100_000 {
+                return Err("the edu's DMA never finished".into());
+            }
+        }
+        let _ = f.set_bus_master(false);
+        let log = vtd.faults().map_err(e("faults"))?;
+        let mut back = [0u8; 4096];
+        p.read_virt(Task::KERNEL, va, &mut back)
+            .map_err(e("read back"))?;
+        let hit = log.faults.iter().find(|x| x.iova.0 == iova.0 & !0xfff);
+        let untouched = back.iter().all(|&b| b == 0xAA);
+        match hit {
+            Some(x) if x.write && untouched => Ok(format!(
+                "edu {} wrote 64 bytes to unmapped IOVA {:#x}: VT-d fault {x:?}; the page it once mapped ({:#x}) unchanged",
+                f.address(),
+                iova.0,
+                pa.0
+            )),
+            _ => Err(format!(
+                "faults {:?}; page untouched {untouched}",
+                log.faults
+            )),
+        }
+    })();
+    p.free_pages(va, 4096).map_err(e("free"))?;
+    result
 }

@@ -1,5 +1,6 @@
-//! Finding the ECAM windows: ACPI's MCFG table, reached from the RSDP (which UEFI hands
-//! over in its configuration table) through the XSDT or RSDT.
+//! Finding the ECAM windows (ACPI's MCFG table) and the IOMMU's remapping units (the DMAR
+//! table), reached from the RSDP (which UEFI hands over in its configuration table)
+//! through the XSDT or RSDT.
 //!
 //! The tables are read through a caller's function (a platform's `read_phys`), so nothing
 //! here touches memory and every length is checked: a corrupt table is an error, not a
@@ -43,11 +44,13 @@ fn table(read: &dyn Fn(u64, &mut [u8]) -> Result<()>, pa: u64) -> Result<Vec<u8>
     Ok(t)
 }
 
-/// The ECAM windows the MCFG table lists, given the RSDP's physical address.
-pub fn ecam_regions(
+/// The table with signature `sig` (its whole bytes, checksum checked), or `None` if the
+/// root table lists none, given the RSDP's physical address.
+pub fn find_table(
     read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
     rsdp: u64,
-) -> Result<Vec<EcamRegion>> {
+    sig: &[u8; 4],
+) -> Result<Option<Vec<u8>>> {
     let mut r = [0u8; 36];
     read(rsdp, &mut r[..20])?;
     if &r[..8] != b"RSD PTR " {
@@ -69,30 +72,89 @@ pub fn ecam_regions(
         } else {
             u64::from(u32_at(&sdt, at))
         };
-        let mut sig = [0u8; 4];
-        read(pa, &mut sig)?;
-        if &sig != b"MCFG" {
-            continue;
+        let mut found = [0u8; 4];
+        read(pa, &mut found)?;
+        if &found == sig {
+            return table(read, pa).map(Some);
         }
-        let mcfg = table(read, pa)?;
-        let mut out = Vec::new();
-        let mut at = HEADER + 8;
-        while at + 16 <= mcfg.len() {
-            let e = &mcfg[at..at + 16];
-            out.push(EcamRegion {
-                base: u64_at(e, 0),
-                segment: u16::from_le_bytes([e[8], e[9]]),
-                start_bus: e[10],
-                end_bus: e[11],
-            });
-            at += 16;
-        }
-        return Ok(out);
     }
-    Err(Error::NotAttached {
+    Ok(None)
+}
+
+/// The ECAM windows the MCFG table lists, given the RSDP's physical address.
+pub fn ecam_regions(
+    read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
+    rsdp: u64,
+) -> Result<Vec<EcamRegion>> {
+    let mcfg = find_table(read, rsdp, b"MCFG")?.ok_or(Error::NotAttached {
         what: "ECAM",
         why: "the ACPI tables have no MCFG (no PCI Express configuration window)",
-    })
+    })?;
+    let mut out = Vec::new();
+    let mut at = HEADER + 8;
+    while at + 16 <= mcfg.len() {
+        let e = &mcfg[at..at + 16];
+        out.push(EcamRegion {
+            base: u64_at(e, 0),
+            segment: u16::from_le_bytes([e[8], e[9]]),
+            start_bus: e[10],
+            end_bus: e[11],
+        });
+        at += 16;
+    }
+    Ok(out)
+}
+
+/// One DMA remapping hardware unit (a DRHD entry of the DMAR table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemappingUnit {
+    /// PCI segment it serves.
+    pub segment: u16,
+    /// Physical address of its registers.
+    pub base: u64,
+    /// It serves every device of the segment not claimed by another unit (`INCLUDE_PCI_ALL`).
+    pub include_all: bool,
+}
+
+/// What the DMAR table says: the host address width and the remapping units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dmar {
+    /// Bits of physical address the platform's DMA can use (the table's width field + 1).
+    pub host_address_width: u8,
+    /// Its DRHD units, in table order.
+    pub units: Vec<RemappingUnit>,
+}
+
+/// The DMAR table (Intel VT-d), or `None` on a machine without one (no IOMMU, or one the
+/// firmware does not describe).
+pub fn dmar(read: &dyn Fn(u64, &mut [u8]) -> Result<()>, rsdp: u64) -> Result<Option<Dmar>> {
+    let Some(t) = find_table(read, rsdp, b"DMAR")? else {
+        return Ok(None);
+    };
+    if t.len() < HEADER + 12 {
+        return Err(bad("ACPI DMAR table length", t.len() as u64));
+    }
+    let mut units = Vec::new();
+    let mut at = HEADER + 12;
+    while at + 4 <= t.len() {
+        let kind = u16::from_le_bytes([t[at], t[at + 1]]);
+        let len = u16::from_le_bytes([t[at + 2], t[at + 3]]) as usize;
+        if len < 4 || at + len > t.len() {
+            return Err(bad("ACPI DMAR structure length", len as u64));
+        }
+        if kind == 0 && len >= 16 {
+            units.push(RemappingUnit {
+                include_all: t[at + 4] & 1 != 0,
+                segment: u16::from_le_bytes([t[at + 6], t[at + 7]]),
+                base: u64_at(&t, at + 8),
+            });
+        }
+        at += len;
+    }
+    Ok(Some(Dmar {
+        host_address_width: t[HEADER].saturating_add(1),
+        units,
+    }))
 }
 
 #[cfg(test)]
@@ -192,5 +254,50 @@ mod tests {
             ecam_regions(&read, 0x1000),
             Err(Error::NotAttached { .. })
         ));
+    }
+
+    #[test]
+    fn dmar_units_and_width() {
+        // Width field 38 (a 39-bit platform), flags, 10 reserved bytes, then one DRHD for
+        // every device of segment 0 at 0xfed90000 and an RMRR (type 1) to skip.
+        let mut body = vec![38u8, 1];
+        body.extend_from_slice(&[0u8; 10]);
+        let mut drhd = vec![0u8, 0, 16, 0, 1, 0, 0, 0];
+        drhd.extend_from_slice(&0xfed9_0000u64.to_le_bytes());
+        body.extend_from_slice(&drhd);
+        body.extend_from_slice(&[1, 0, 8, 0, 0, 0, 0, 0]);
+        let dmar_t = header(b"DMAR", &body);
+        let xsdt = header(b"XSDT", &0x3000u64.to_le_bytes());
+        let mut rsdp = vec![0u8; 36];
+        rsdp[..8].copy_from_slice(b"RSD PTR ");
+        rsdp[15] = 2;
+        rsdp[24..32].copy_from_slice(&0x2000u64.to_le_bytes());
+        let read = memory(&[(0x1000, rsdp.clone()), (0x2000, xsdt), (0x3000, dmar_t)]);
+        let d = dmar(&read, 0x1000).unwrap().unwrap();
+        assert_eq!(d.host_address_width, 39);
+        assert_eq!(
+            d.units,
+            vec![RemappingUnit {
+                segment: 0,
+                base: 0xfed9_0000,
+                include_all: true
+            }]
+        );
+        // No DMAR: none, not an error. A structure running past the table: an error.
+        let read = memory(&[
+            (0x1000, rsdp.clone()),
+            (0x2000, header(b"XSDT", &0x3000u64.to_le_bytes())),
+            (0x3000, header(b"FACP", &[0u8; 4])),
+        ]);
+        assert_eq!(dmar(&read, 0x1000).unwrap(), None);
+        let mut bad_body = vec![38u8, 1];
+        bad_body.extend_from_slice(&[0u8; 10]);
+        bad_body.extend_from_slice(&[0, 0, 200, 0]);
+        let read = memory(&[
+            (0x1000, rsdp),
+            (0x2000, header(b"XSDT", &0x3000u64.to_le_bytes())),
+            (0x3000, header(b"DMAR", &bad_body)),
+        ]);
+        assert!(dmar(&read, 0x1000).is_err());
     }
 }
