@@ -776,25 +776,18 @@ impl PhysicalMemory for BareMetal {
 
     fn free_pages(&self, va: VirtAddr, len: u64) -> Result<()> {
         let mut inner = self.inner.lock();
-        let a = inner.allocs.get(&va.0).ok_or(Error::NotAllocated {
-            free_fn: "free_pages",
-            addr: va.0,
+        let found = inner.allocs.get(&va.0).map(|a| a.len);
+        same_size("free_pages", va.0, found, len)?;
+        unwired(
+            &inner,
+            va.0,
+            len,
+            "kernel memory",
+            "a page is still wired (a device may reach it)",
+        )?;
+        let a = inner.allocs.get(&va.0).ok_or(Error::Internal {
+            what: "allocation vanished under the lock",
         })?;
-        if a.len != len {
-            return Err(Error::WrongSize {
-                free_fn: "free_pages",
-                addr: va.0,
-                allocated: a.len,
-                given: len,
-            });
-        }
-        if let Some((&p, _)) = inner.wires.range(va.0..va.0 + len).next() {
-            return Err(Error::Busy {
-                what: "kernel memory",
-                addr: p,
-                why: "a page is still wired (a device may reach it)",
-            });
-        }
         for r in &a.runs {
             if let Some((&p, _)) = inner.shared.range(r.addr.0..r.addr.0 + r.len).next() {
                 return Err(Error::Busy {
@@ -1010,25 +1003,15 @@ impl VirtualMemory for BareMetal {
     fn unmap_pages(&self, task: Task, va: VirtAddr, len: u64) -> Result<()> {
         only_kernel(task)?;
         let mut inner = self.inner.lock();
-        let m = inner.maps.get(&va.0).ok_or(Error::NotAllocated {
-            free_fn: "unmap_pages",
-            addr: va.0,
-        })?;
-        if m.len != len {
-            return Err(Error::WrongSize {
-                free_fn: "unmap_pages",
-                addr: va.0,
-                allocated: m.len,
-                given: len,
-            });
-        }
-        if let Some((&p, _)) = inner.wires.range(va.0..va.0 + len).next() {
-            return Err(Error::Busy {
-                what: "kernel mapping",
-                addr: p,
-                why: "a page of the mapping is still wired",
-            });
-        }
+        let found = inner.maps.get(&va.0).map(|m| m.len);
+        same_size("unmap_pages", va.0, found, len)?;
+        unwired(
+            &inner,
+            va.0,
+            len,
+            "kernel mapping",
+            "a page of the mapping is still wired",
+        )?;
         let m = inner.maps.remove(&va.0).ok_or(Error::Internal {
             what: "mapping vanished under the lock",
         })?;
@@ -1084,6 +1067,29 @@ impl VirtualMemory for BareMetal {
         tables.set_cache(&mut tm, va.0, len, mode)?;
         self.flush_tlb();
         Ok(())
+    }
+}
+
+/// `found` (the length of what was made at `addr`) must exist and be `len`: else the error
+/// `free_fn` owes its caller.
+fn same_size(free_fn: &'static str, addr: u64, found: Option<u64>, len: u64) -> Result<()> {
+    match found {
+        None => Err(Error::NotAllocated { free_fn, addr }),
+        Some(allocated) if allocated != len => Err(Error::WrongSize {
+            free_fn,
+            addr,
+            allocated,
+            given: len,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// No page of `[va, va + len)` may be wired.
+fn unwired(inner: &Inner, va: u64, len: u64, what: &'static str, why: &'static str) -> Result<()> {
+    match inner.wires.range(va..va.saturating_add(len)).next() {
+        Some((&addr, _)) => Err(Error::Busy { what, addr, why }),
+        None => Ok(()),
     }
 }
 
