@@ -163,8 +163,8 @@ pub struct Edu<P: Platform + Clone + Send + Sync + 'static> {
     spec: SegmentSpec,
     options: EduOptions,
     pool: Arc<BouncePool<P>>,
-    state: spin::Mutex<State>,
-    connection: spin::Mutex<Connection>,
+    state: dmakit::sync::Mutex<State>,
+    connection: dmakit::sync::Mutex<Connection>,
 }
 
 impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
@@ -252,7 +252,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
             limit,
             spec,
             options,
-            state: spin::Mutex::new(State {
+            state: dmakit::sync::Mutex::new(State {
                 queue: VecDeque::new(),
                 busy: false,
                 finished: VecDeque::new(),
@@ -263,7 +263,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
                 service_errors: 0,
                 last_error: None,
             }),
-            connection: spin::Mutex::new(Connection::default()),
+            connection: dmakit::sync::Mutex::new(Connection::default()),
         })
     }
 

@@ -186,7 +186,7 @@ struct Session<'r, 'a, P: Platform + Clone + Send + Sync + 'static> {
     rig: &'r Rig<'a, P>,
     edu: Arc<Edu<P>>,
     events: Arc<Events<P>>,
-    got: Arc<spin::Mutex<Vec<DmaCompletion>>>,
+    got: Arc<dmakit::sync::Mutex<Vec<DmaCompletion>>>,
     delivery: Delivery,
     /// Interrupt signals seen by the last wait.
     seen: Cell<u64>,
@@ -198,7 +198,7 @@ impl<'r, 'a, P: Platform + Clone + Send + Sync + 'static> Session<'r, 'a, P> {
             Edu::new(rig.platform.clone(), rig.function.clone(), rig.options)
                 .map_err(e2s("edu driver"))?,
         );
-        let got: Arc<spin::Mutex<Vec<DmaCompletion>>> = Arc::default();
+        let got: Arc<dmakit::sync::Mutex<Vec<DmaCompletion>>> = Arc::default();
         let g = got.clone();
         let events = Arc::new(DmaEventSource::new(edu.clone(), move |c| g.lock().push(c)));
         let sink: Arc<dyn InterruptSink> = events.clone();

@@ -51,8 +51,8 @@ pub struct VtdDomain<P: Platform + 'static> {
     sid: u16,
     did: u16,
     top: Table,
-    state: spin::Mutex<State>,
-    mapper: spin::Mutex<Weak<VtdMapper<P>>>,
+    state: dmakit::sync::Mutex<State>,
+    mapper: dmakit::sync::Mutex<Weak<VtdMapper<P>>>,
 }
 
 impl<P: Platform + 'static> VtdDomain<P> {
@@ -65,11 +65,11 @@ impl<P: Platform + 'static> VtdDomain<P> {
                 sid,
                 did,
                 top,
-                state: spin::Mutex::new(State {
+                state: dmakit::sync::Mutex::new(State {
                     tables: Vec::new(),
                     mapped: 0,
                 }),
-                mapper: spin::Mutex::new(Weak::new()),
+                mapper: dmakit::sync::Mutex::new(Weak::new()),
             }),
             Err((e, may_free)) => {
                 if may_free {

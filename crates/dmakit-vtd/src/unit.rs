@@ -90,8 +90,8 @@ pub(crate) struct Unit<P: Platform + 'static> {
     iotlb_reg: u64,
     frcd_reg: u64,
     records: u32,
-    hw: spin::Mutex<Hw>,
-    tables: spin::Mutex<Tables>,
+    hw: dmakit::sync::Mutex<Hw>,
+    tables: dmakit::sync::Mutex<Tables>,
     counters: Counters,
 }
 
@@ -349,11 +349,11 @@ impl<P: Platform + 'static> Unit<P> {
             iotlb_reg,
             frcd_reg,
             records,
-            hw: spin::Mutex::new(Hw {
+            hw: dmakit::sync::Mutex::new(Hw {
                 queue: None,
                 broken: false,
             }),
-            tables: spin::Mutex::new(Tables {
+            tables: dmakit::sync::Mutex::new(Tables {
                 root: None,
                 context: BTreeMap::new(),
                 dids: BTreeSet::new(),
