@@ -766,13 +766,12 @@ impl TestMachine<Arc<Host>> for GuestNvme {
     }
     fn resources(&self) -> Vec<(&'static str, u64)> {
         let mp = self.f.mapper();
+        let u = self.host.usage();
         vec![
             ("IO page mappings", mp.mapped_pages() as u64),
             ("IO allocations", mp.allocations() as u64),
-            (
-                "outstanding preparations",
-                dmakit::debug::outstanding(0).len() as u64,
-            ),
+            ("host allocations", u.allocations as u64),
+            ("host wired pages", u.wired_pages as u64),
         ]
     }
     fn stored(&self, _nsid: u32, _offset: u64, _len: usize) -> Option<Vec<u8>> {
