@@ -2,8 +2,10 @@
 # guest/compare.pl CONSOLE_LOG JSON_OUT: the dmakit driver's random reads against the kernel's
 # nvme driver with fio, from one guest boot's console. Reads the test binary's lines
 #   bench nvme/randread_4k_qd1 dmakit_ns_per_op=... ios=N ...
-# and fio's JSON report (lines prefixed "fio-json: "), whose jobs randread_4k_qd{1,32}
-# (libaio, interrupts) and polled_randread_4k_qd{1,32} (io_uring --hipri) are the kernel's side; writes the rows in dmakit-bench's format
+# and fio's JSON report (lines prefixed "fio-json: "), whose jobs randread_4k_qd{1,32}[_2q]
+# (libaio, interrupts) and polled_randread_4k_qd{1,32}[_2q] (io_uring --hipri) are the
+# kernel's side (_2q: two jobs against dmakit's two queue pairs); writes the rows in
+# dmakit-bench's format
 # ({name, peer, ns_per_op, peer_ns_per_op, ratio}, ratio = dmakit / kernel, wall time per
 # read for the same count) to JSON_OUT and prints them as dmakit-bench prints its table.
 # Exits 1, saying why, when a side is missing, fio reported an error or the counts differ.
@@ -44,14 +46,16 @@ if (!defined $fio_text) {
         }
     }
 }
-# fio job => peer; the jobs named warmup are untimed.
+# fio job => peer; the jobs named warmup are untimed. Each depth also runs on two queue
+# pairs in two threads (dmakit) against two fio jobs (the kernel): names ending in _2q.
 my @peers = (['', 'kernel nvme + fio (libaio, O_DIRECT, interrupts)'],
              ['polled_', 'kernel nvme + fio (io_uring --hipri, O_DIRECT, polled)']);
 my @rows;
-for my $p (@peers) { for my $qd (1, 32) {
+for my $p (@peers) { for my $qd ('1', '32', '1_2q', '32_2q') {
     my ($prefix, $peer) = @$p;
     my $name = "nvme/randread_4k_qd$qd";
     my ($d, $k) = ($dmakit{$name}, $kernel{"${prefix}randread_4k_qd$qd"});
+    $peer =~ s/fio \(/fio, 2 jobs (/ if $qd =~ /_2q$/;
     if (!$d) { push @why, "no dmakit result for $name (its test failed or did not run)"; next }
     if (!$k) { push @why, "no kernel result for $name from fio job ${prefix}randread_4k_qd$qd"; next }
     if ($d->{ios} != $k->{ios}) {
@@ -62,6 +66,20 @@ for my $p (@peers) { for my $qd (1, 32) {
     push @rows, { name => $name, peer => $peer, ns_per_op => $d->{ns} + 0,
                   peer_ns_per_op => $k->{ns} + 0, ratio => $d->{ns} / $k->{ns} };
 } }
+# How each driver scales from one queue pair (one fio job) to two: wall time per read on
+# two over wall time per read on one (below 1: the second queue pair helps).
+for my $qd (1, 32) {
+    my ($one, $two) = ($dmakit{"nvme/randread_4k_qd$qd"}, $dmakit{"nvme/randread_4k_qd${qd}_2q"});
+    next unless $one && $two;
+    push @rows, { name => "nvme/randread_4k_qd$qd/2_queues", peer => 'dmakit, 1 queue pair',
+                  ns_per_op => $two->{ns} + 0, peer_ns_per_op => $one->{ns} + 0,
+                  ratio => $two->{ns} / $one->{ns} };
+    my ($k1, $k2) = ($kernel{"randread_4k_qd$qd"}, $kernel{"randread_4k_qd${qd}_2q"});
+    next unless $k1 && $k2 && $k1->{ns} > 0;
+    push @rows, { name => "nvme/randread_4k_qd$qd/2_jobs_kernel", peer => 'kernel nvme + fio (libaio), 1 job',
+                  ns_per_op => $k2->{ns} + 0, peer_ns_per_op => $k1->{ns} + 0,
+                  ratio => $k2->{ns} / $k1->{ns} };
+}
 @rows = sort { $a->{name} cmp $b->{name} } @rows;
 if (@rows) {
     my $nw = 4; my $pw = 4;

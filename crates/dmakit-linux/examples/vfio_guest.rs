@@ -574,23 +574,111 @@ fn shuffled(blocks: u64, count: usize) -> Vec<u64> {
     out
 }
 
-/// 4 KiB random reads at queue depth `depth` on one I/O queue pair of the portable driver,
-/// each command with its own pre-mapped buffer (a `DmaBuffer`, mapped once and reused):
-/// `warmup` untimed reads, every one checked byte-exact, then `ios` timed ones from the
-/// start of the same sequence (every 64th checked byte-exact: the check is inside the
-/// timing), every completion's status and command identifier checked. Prints a `bench`
-/// line with the wall time per read.
-fn nvme_randread(n: &NvmeTarget, b: Bench, depth: usize) -> TestResult {
+/// One queue pair's part of a random-read run: its LBAs (4 KiB each), untimed then timed.
+struct Share {
+    warm: Vec<u64>,
+    timed: Vec<u64>,
+}
+
+/// What one queue pair did: reads completed, most outstanding at once, reads checked
+/// byte-exact, and the time its timed reads took.
+struct ShareDone {
+    completed: usize,
+    most: usize,
+    verified: u64,
+    elapsed: Duration,
+}
+
+/// The random reads of `share` on `q` with up to `depth` outstanding, each command with its
+/// own pre-mapped buffer (a `DmaBuffer`, mapped once and reused): the warm-up reads, every one
+/// checked byte-exact, then (after `start`, when several queue pairs begin together) the
+/// timed ones, every 64th checked byte-exact inside the timing; every completion's status
+/// and command identifier checked.
+fn read_share(
+    nvme: &dmakit_nvme::Nvme<Arc<Host>>,
+    q: &mut IoQueue<Arc<Host>>,
+    ns: &NamespaceIdentity,
+    depth: usize,
+    share: &Share,
+    start: Option<(&std::sync::Barrier, &mut bool)>,
+) -> Result<ShareDone, String> {
     const IO: u64 = 4096;
-    let m = GuestNvme::open(n)?;
-    let r = suite::rig(&m)?;
-    let (nvme, ns, mut q) = (r.nvme, r.ns, r.q);
+    let (view, host) = (nvme.dma_view(), nvme.platform().clone());
+    let buffers = (0..depth)
+        .map(|_| DmaBuffer::new(&host, &view, IO).map_err(e2s("buffer")))
+        .collect::<Result<Vec<_>, _>>()?;
     let bs = ns.block_size as u64;
+    let mut verified = 0u64;
+    let mut verify = |lba: u64, buf: &DmaBuffer<Arc<Host>>| -> Result<(), String> {
+        let mut block = vec![0u8; IO as usize];
+        buf.read(0, &mut block).map_err(e2s("read back"))?;
+        for k in 0..IO / bs {
+            let at = (k * bs) as usize;
+            check_block(&block[at..at + bs as usize], lba + k)?;
+        }
+        verified += 1;
+        Ok(())
+    };
+    queued(q, ns, &share.warm, &buffers, &mut |i, buf| {
+        verify(share.warm[i], buf)
+    })?;
+    if let Some((b, waited)) = start {
+        b.wait();
+        *waited = true;
+    }
+    let t0 = Instant::now();
+    let (completed, most) = queued(q, ns, &share.timed, &buffers, &mut |i, buf| {
+        if i % 64 == 0 {
+            verify(share.timed[i], buf)
+        } else {
+            Ok(())
+        }
+    })?;
+    let elapsed = t0.elapsed();
     check(
-        b.offset.is_multiple_of(IO)
-            && b.size.is_multiple_of(IO)
+        completed == share.timed.len() && most == depth.min(share.timed.len()),
+        || {
+            format!(
+                "{completed} of {} reads, at most {most} outstanding",
+                share.timed.len()
+            )
+        },
+    )?;
+    Ok(ShareDone {
+        completed,
+        most,
+        verified,
+        elapsed,
+    })
+}
+
+/// The benchmark region's 4 KiB reads: `count` random 4 KiB-aligned LBAs, dealt to `parts`
+/// queue pairs in turn (so one queue pair or two read the same sequence).
+fn dealt(n: &NamespaceIdentity, b: Bench, count: usize, parts: usize) -> Vec<Vec<u64>> {
+    let bs = n.block_size as u64;
+    let (first, per) = (b.offset / bs, 4096 / bs);
+    let mut out = vec![Vec::new(); parts];
+    for (i, k) in shuffled(b.size / 4096, count).into_iter().enumerate() {
+        out[i % parts].push(first + k * per);
+    }
+    out
+}
+
+/// 4 KiB random reads at queue depth `depth` per queue pair on `queues` I/O queue pairs of the
+/// portable driver, one thread each, started together (see [`read_share`]). Prints a `bench`
+/// line with the wall time per read over all of them.
+fn nvme_randread(n: &NvmeTarget, b: Bench, depth: usize, queues: usize) -> TestResult {
+    let m = GuestNvme::open(n)?;
+    let nvme = dmakit_nvme::Nvme::new(m.host.clone(), m.function(), m.timer(), m.options())
+        .map_err(e2s("bring-up"))?;
+    let ns = nvme.namespace(1).map_err(e2s("namespace"))?;
+    let bs = ns.block_size as u64;
+    let mqes = (nvme.capabilities() & 0xffff) as usize + 1;
+    check(
+        b.offset.is_multiple_of(4096)
+            && b.size.is_multiple_of(4096)
             && (b.offset + b.size) / bs <= ns.blocks
-            && depth < q.entries() as usize,
+            && depth < mqes.min(64),
         || {
             format!(
                 "bench region {:#x}+{:#x} or depth {depth} does not fit {ns:?}",
@@ -598,74 +686,71 @@ fn nvme_randread(n: &NvmeTarget, b: Bench, depth: usize) -> TestResult {
             )
         },
     )?;
-    let view = nvme.dma_view();
-    let host = m.host.clone();
-    let buffers = (0..depth)
-        .map(|_| DmaBuffer::new(&host, &view, IO).map_err(e2s("buffer")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let first = b.offset / bs;
-    let per = IO / bs;
-    let lbas = |count| -> Vec<u64> {
-        shuffled(b.size / IO, count)
+    let shares: Vec<Share> = dealt(&ns, b, b.warmup, queues)
+        .into_iter()
+        .zip(dealt(&ns, b, b.ios, queues))
+        .map(|(warm, timed)| Share { warm, timed })
+        .collect();
+    let start = std::sync::Barrier::new(queues + 1);
+    let (done, elapsed) = std::thread::scope(|s| {
+        let hs: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let (nvme, ns, start) = (&nvme, &ns, &start);
+                s.spawn(move || {
+                    let mut waited = false;
+                    let r = nvme
+                        .io_queue(QueueOptions::new(64.min(mqes as u16)))
+                        .map_err(e2s("I/O queue"))
+                        .and_then(|mut q| {
+                            read_share(nvme, &mut q, ns, depth, share, Some((start, &mut waited)))
+                        });
+                    if !waited {
+                        start.wait(); // a failed reader never leaves the others waiting
+                    }
+                    r
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let done: Result<Vec<ShareDone>, String> = hs
             .into_iter()
-            .map(|k| first + k * per)
-            .collect()
-    };
-    let (warm, timed) = (lbas(b.warmup), lbas(b.ios));
-    let mut verified = 0u64;
-    let mut verify = |lba: u64, buf: &DmaBuffer<Arc<Host>>| -> Result<(), String> {
-        let mut block = vec![0u8; IO as usize];
-        buf.read(0, &mut block).map_err(e2s("read back"))?;
-        for k in 0..per {
-            let at = (k * bs) as usize;
-            check_block(&block[at..at + bs as usize], lba + k)?;
-        }
-        verified += 1;
-        Ok(())
-    };
-    let w = queued(&mut q, &ns, &warm, &buffers, &mut |i, buf| {
-        verify(warm[i], buf)
-    })?;
-    let t0 = Instant::now();
-    let stats = queued(&mut q, &ns, &timed, &buffers, &mut |i, buf| {
-        if i % 64 == 0 {
-            verify(timed[i], buf)
-        } else {
-            Ok(())
-        }
-    })?;
-    let elapsed = t0.elapsed();
-    check(
-        stats.0 == timed.len() && stats.1 == depth.min(timed.len()),
-        || {
-            format!(
-                "{} of {} reads, at most {} outstanding",
-                stats.0,
-                timed.len(),
-                stats.1
-            )
-        },
-    )?;
-    drop(buffers);
-    drop(q);
+            .map(|h| h.join().unwrap_or_else(|_| Err("reader panicked".into())))
+            .collect();
+        (done, t0.elapsed())
+    });
+    let done = done?;
     drop(nvme);
     m.leftovers()?;
-    let ns_per_op = elapsed.as_nanos() as f64 / stats.0 as f64;
+    let completed: usize = done.iter().map(|d| d.completed).sum();
+    let verified: u64 = done.iter().map(|d| d.verified).sum();
+    let ns_per_op = elapsed.as_nanos() as f64 / completed as f64;
+    let (name, what) = if queues == 1 {
+        (format!("randread_4k_qd{depth}"), "one queue pair".to_string())
+    } else {
+        (
+            format!("randread_4k_qd{depth}_{queues}q"),
+            format!("{queues} queue pairs in {queues} threads"),
+        )
+    };
     println!(
-        "bench nvme/randread_4k_qd{depth} dmakit_ns_per_op={ns_per_op:.1} ios={} depth={depth} \
-         offset={} size={} warmup={}",
-        stats.0, b.offset, b.size, w.0
+        "bench nvme/{name} dmakit_ns_per_op={ns_per_op:.1} ios={completed} depth={depth} \
+         queues={queues} offset={} size={} warmup={}",
+        b.offset, b.size, b.warmup
     );
+    let slowest = done.iter().map(|d| d.elapsed).max().unwrap_or_default();
     Ok(format!(
-        "{} timed 4 KiB reads at random 4 KiB-aligned LBAs of {}..{} after {} warm-up ones, up \
-         to {} outstanding on one queue pair, each completion's status and command id checked, \
-         {verified} reads byte-exact against the image; {:.1} us per read; 0 mappings left",
-        stats.0,
-        first,
-        first + b.size / bs,
-        w.0,
-        stats.1,
-        ns_per_op / 1000.0
+        "{completed} timed 4 KiB reads at random 4 KiB-aligned LBAs of {}+{} blocks after {} \
+         warm-up ones, up to {} outstanding per queue on {what}, each completion's status and \
+         command id checked, {verified} reads byte-exact against the image; {:.1} us per read \
+         (slowest queue pair {:.1} ms); 0 mappings left",
+        b.offset / bs,
+        b.size / bs,
+        b.warmup,
+        done.iter().map(|d| d.most).max().unwrap_or(0),
+        ns_per_op / 1000.0,
+        slowest.as_secs_f64() * 1000.0
     ))
 }
 
@@ -1428,11 +1513,16 @@ fn main() {
                 Box::new(move || nvme_two_threads(&n2)),
             ));
             if let Some(b) = cfg.bench {
-                for depth in [1, 32] {
+                for (depth, queues) in [(1, 1), (32, 1), (1, 2), (32, 2)] {
                     let n = n.clone();
+                    let q = if queues == 1 {
+                        String::new()
+                    } else {
+                        format!("_{queues}q")
+                    };
                     tests.push((
-                        format!("nvme_randread_4k_qd{depth}"),
-                        Box::new(move || nvme_randread(&n, b, depth)),
+                        format!("nvme_randread_4k_qd{depth}{q}"),
+                        Box::new(move || nvme_randread(&n, b, depth, queues)),
                     ));
                 }
             }
