@@ -727,7 +727,10 @@ fn nvme_randread(n: &NvmeTarget, b: Bench, depth: usize, queues: usize) -> TestR
     let verified: u64 = done.iter().map(|d| d.verified).sum();
     let ns_per_op = elapsed.as_nanos() as f64 / completed as f64;
     let (name, what) = if queues == 1 {
-        (format!("randread_4k_qd{depth}"), "one queue pair".to_string())
+        (
+            format!("randread_4k_qd{depth}"),
+            "one queue pair".to_string(),
+        )
     } else {
         (
             format!("randread_4k_qd{depth}_{queues}q"),
