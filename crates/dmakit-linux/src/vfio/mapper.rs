@@ -11,6 +11,13 @@
 //!   does, finds the virtual page of the host's wired allocation behind it (the host's
 //!   reverse map, which needs physical addresses: root) and maps that with
 //!   `VFIO_IOMMU_MAP_DMA`; the kernel pins the page and charges it to `RLIMIT_MEMLOCK`;
+//! * [`iovm_insert_run`](Mapper::iovm_insert_run) maps a physically contiguous run with one
+//!   `VFIO_IOMMU_MAP_DMA` per piece that is contiguous in this process too: a 2 MiB huge page
+//!   is one mapping, not 512. The container allows a limited number of mappings (the
+//!   `vfio_iommu_type1` module's `dma_entry_limit`, 65535 by default: 256 MiB page by page),
+//!   so a large buffer on huge pages maps where page by page it cannot. A `DmaCommand`
+//!   inserts each physical segment as one run. Replacing a page inside a run unmaps the run
+//!   and maps its other pages again (the kernel does not split a mapping);
 //! * [`iovm_free`](Mapper::iovm_free) unmaps with `VFIO_IOMMU_UNMAP_DMA`, which also
 //!   invalidates the IOTLB before returning, so a freed IOVA can be reused at once;
 //! * [`reserve`](VfioMapper::reserve) takes a fixed IOVA range, refused with a clear error
@@ -52,8 +59,38 @@ struct State {
     space: RangeAllocator,
     /// IOVA → pages of each live allocation (or reservation).
     allocs: BTreeMap<u64, u64>,
-    /// IO page → (physical page, access) of each page mapped in the kernel.
-    mapped: BTreeMap<u64, (PhysAddr, Access)>,
+    /// First IO page → run of each mapping made in the kernel (one `VFIO_IOMMU_MAP_DMA`).
+    mapped: BTreeMap<u64, Run>,
+    /// Pages in `mapped`, summed.
+    mapped_pages: u64,
+}
+
+/// One kernel mapping: `pages` IO pages onto as many physically (and, in this process,
+/// virtually) contiguous pages from `pa`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    pa: PhysAddr,
+    pages: u64,
+    access: Access,
+}
+
+impl State {
+    /// The run holding IO page `iova`, with its first IO page.
+    fn run_at(&self, iova: u64, page: u64) -> Option<(u64, Run)> {
+        self.mapped
+            .range(..=iova)
+            .next_back()
+            .filter(|(&a, r)| (iova - a) / page < r.pages)
+            .map(|(&a, &r)| (a, r))
+    }
+
+    /// The runs with a page in `[start, end)` (whole runs, in address order).
+    fn runs_in(&self, start: u64, end: u64, page: u64) -> Vec<(u64, Run)> {
+        let mut out: Vec<(u64, Run)> = self.run_at(start, page).into_iter().collect();
+        out.extend(self.mapped.range(start..end).map(|(&a, &r)| (a, r)));
+        out.dedup_by_key(|(a, _)| *a);
+        out
+    }
 }
 
 impl VfioMapper {
@@ -78,6 +115,7 @@ impl VfioMapper {
                 space,
                 allocs: BTreeMap::new(),
                 mapped: BTreeMap::new(),
+                mapped_pages: 0,
             }),
         })
     }
@@ -113,6 +151,12 @@ impl VfioMapper {
 
     /// Pages mapped in the kernel through this mapper now.
     pub fn mapped_pages(&self) -> usize {
+        self.lock().mapped_pages as usize
+    }
+
+    /// Mappings made in the kernel through this mapper now (each a run of contiguous
+    /// pages, one of the container's `dma_entry_limit` mappings).
+    pub fn mappings(&self) -> usize {
         self.lock().mapped.len()
     }
 
@@ -158,12 +202,9 @@ impl VfioMapper {
             len,
         })?;
         self.reserve(IoAddr(first), pages)?;
-        for i in 0..pages {
-            let a = first + i * self.page.bytes();
-            if let Err(e) = self.iovm_insert_page(IoAddr(a), PhysAddr(a), access) {
-                let _ = self.iovm_free(IoAddr(first), pages);
-                return Err(e);
-            }
+        if let Err(e) = self.iovm_insert_run(IoAddr(first), PhysAddr(first), pages, access) {
+            let _ = self.iovm_free(IoAddr(first), pages);
+            return Err(e);
         }
         Ok((IoAddr(first), pages))
     }
@@ -173,11 +214,11 @@ impl VfioMapper {
     /// to reach. `Busy` (with the byte count) if the kernel still had mappings, or if this
     /// mapper still holds some.
     pub fn check_unmapped(&self) -> Result<()> {
-        let held = self.lock().mapped.len();
+        let held = self.lock().mapped_pages;
         if held != 0 {
             return Err(Error::Busy {
                 what: "VFIO mapper",
-                addr: held as u64,
+                addr: held,
                 why: "pages are still mapped through it (free its allocations first)",
             });
         }
@@ -248,9 +289,8 @@ impl VfioMapper {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The error for a failed `VFIO_IOMMU_MAP_DMA` of one page.
-    fn map_error(&self, iova: u64, va: u64, e: Errno) -> Error {
-        let len = self.page.bytes();
+    /// The error for a failed `VFIO_IOMMU_MAP_DMA` of `len` bytes.
+    fn map_error(&self, iova: u64, va: u64, len: u64, e: Errno) -> Error {
         match e {
             Errno::NOMEM | Errno::AGAIN
                 if MemlockLimit::probe().soft.is_some() && !caps::has_ipc_lock() =>
@@ -279,8 +319,9 @@ impl VfioMapper {
         }
     }
 
-    /// Maps the IO page `iova` to this process's virtual page `va` (no bookkeeping).
-    pub(crate) fn map_raw(&self, iova: u64, va: u64, access: Access) -> Result<()> {
+    /// Maps the `len` bytes of IO space from `iova` to this process's memory from `va` (no
+    /// bookkeeping).
+    pub(crate) fn map_raw(&self, iova: u64, va: u64, len: u64, access: Access) -> Result<()> {
         let mut flags = 0;
         if access.read {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -288,15 +329,104 @@ impl VfioMapper {
         if access.write {
             flags |= VFIO_DMA_MAP_FLAG_WRITE;
         }
-        sys::map_dma(self.container.fd(), va, iova, self.page.bytes(), flags)
-            .map_err(|e| self.map_error(iova, va, e))
+        sys::map_dma(self.container.fd(), va, iova, len, flags)
+            .map_err(|e| self.map_error(iova, va, len, e))
     }
 
     /// `VFIO_IOMMU_MAP_DMA` of one page at an IOVA of the caller's choosing, with no check
     /// of our own (tests use it to show that the kernel refuses what `reserve` refuses).
     pub fn map_unchecked(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
         let va = self.virt_of(pa)?;
-        self.map_raw(iova.0, va, access)
+        self.map_raw(iova.0, va, self.page.bytes(), access)
+    }
+
+    /// The pieces of the physical run `[pa, pa + pages)` that are contiguous in this
+    /// process's memory too: `(page index in the run, virtual address, pages)` each, one
+    /// kernel mapping apiece (a huge page is one piece).
+    fn pieces(&self, pa: PhysAddr, pages: u64) -> Result<Vec<(u64, u64, u64)>> {
+        let p = self.page.bytes();
+        let mut out: Vec<(u64, u64, u64)> = Vec::new();
+        for i in 0..pages {
+            let va = self.virt_of(PhysAddr(pa.0 + i * p))?;
+            match out.last_mut() {
+                Some((_, v, n)) if *v + *n * p == va => *n += 1,
+                _ => out.push((i, va, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unmaps the kernel mappings of `runs` (whole runs) and forgets them.
+    fn unmap_runs(&self, s: &mut State, runs: &[(u64, Run)]) -> Result<()> {
+        let p = self.page.bytes();
+        for &(a, r) in runs {
+            sys::unmap_dma(self.container.fd(), a, r.pages * p, 0)
+                .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
+            s.mapped.remove(&a);
+            s.mapped_pages -= r.pages;
+        }
+        Ok(())
+    }
+
+    /// Maps `[pa, pa + pages)` at `iova` (unmapped now) and records it, piece by piece; on
+    /// an error the pieces mapped by this call are unmapped again.
+    fn map_run(
+        &self,
+        s: &mut State,
+        iova: u64,
+        pa: PhysAddr,
+        pages: u64,
+        access: Access,
+    ) -> Result<()> {
+        let p = self.page.bytes();
+        let pieces = self.pieces(pa, pages)?;
+        let mut done: Vec<(u64, Run)> = Vec::new();
+        for (i, va, n) in pieces {
+            let (io, run) = (
+                iova + i * p,
+                Run {
+                    pa: PhysAddr(pa.0 + i * p),
+                    pages: n,
+                    access,
+                },
+            );
+            if let Err(e) = self.map_raw(io, va, n * p, access) {
+                let _ = self.unmap_runs(s, &done);
+                return Err(e);
+            }
+            s.mapped.insert(io, run);
+            s.mapped_pages += n;
+            done.push((io, run));
+        }
+        Ok(())
+    }
+
+    /// Takes `[start, end)` out of the kernel mappings: the runs touching it are unmapped
+    /// whole (the kernel does not split a mapping) and their parts outside it mapped again.
+    fn clear(&self, s: &mut State, start: u64, end: u64) -> Result<()> {
+        let p = self.page.bytes();
+        let runs = s.runs_in(start, end, p);
+        if runs.is_empty() {
+            return Ok(());
+        }
+        self.unmap_runs(s, &runs)?;
+        for (a, r) in runs {
+            let last = a + r.pages * p;
+            if a < start {
+                self.map_run(s, a, r.pa, (start - a) / p, r.access)?;
+            }
+            if last > end {
+                let skip = (end - a) / p;
+                self.map_run(
+                    s,
+                    end,
+                    PhysAddr(r.pa.0 + skip * p),
+                    r.pages - skip,
+                    r.access,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The virtual address behind physical address `pa` (a page of a wired allocation).
@@ -443,14 +573,15 @@ impl Mapper for VfioMapper {
         }
         let len = pages * self.page.bytes();
         let end = iova.0 + len;
-        let any_mapped = s.mapped.range(iova.0..end).next().is_some();
-        if any_mapped {
-            // Unmapping also flushes the IOTLB before the call returns.
+        let runs: Vec<(u64, Run)> = s.mapped.range(iova.0..end).map(|(&a, &r)| (a, r)).collect();
+        if !runs.is_empty() {
+            // One call for the allocation (every run lies inside it); unmapping also flushes
+            // the IOTLB before the call returns.
             sys::unmap_dma(self.container.fd(), iova.0, len, 0)
                 .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
-            let keys: Vec<u64> = s.mapped.range(iova.0..end).map(|(&k, _)| k).collect();
-            for k in keys {
-                s.mapped.remove(&k);
+            for (a, r) in runs {
+                s.mapped.remove(&a);
+                s.mapped_pages -= r.pages;
             }
         }
         s.allocs.remove(&iova.0);
@@ -458,6 +589,21 @@ impl Mapper for VfioMapper {
     }
 
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
+        self.iovm_insert_run(iova, pa, 1, access)
+    }
+
+    /// One `VFIO_IOMMU_MAP_DMA` per piece of the run that is contiguous in this process's
+    /// memory too (a 2 MiB huge page: one mapping). Pages already mapped are replaced, as
+    /// IOKit's insert overwrites: their kernel mappings are unmapped whole and the parts
+    /// outside the run mapped again.
+    fn iovm_insert_run(
+        &self,
+        iova: IoAddr,
+        pa: PhysAddr,
+        pages: u64,
+        access: Access,
+    ) -> Result<()> {
+        let p = self.page.bytes();
         if self.page.offset(iova.0) != 0 || self.page.offset(pa.0) != 0 {
             return Err(Error::NotAligned {
                 what: "VFIO insert_page (IO and physical addresses must be page aligned)",
@@ -466,44 +612,47 @@ impl Mapper for VfioMapper {
                 } else {
                     pa.0
                 },
-                align: self.page.bytes(),
+                align: p,
             });
         }
+        if pages == 0 {
+            return Ok(());
+        }
+        let len = pages
+            .checked_mul(p)
+            .filter(|&len| pa.0.checked_add(len - 1).is_some())
+            .ok_or(Error::Overflow {
+                what: "VFIO insert_run (the run passes the top of the address space)",
+                start: pa.0,
+                len: pages,
+            })?;
         let mut s = self.lock();
         let inside = s
             .allocs
             .range(..=iova.0)
             .next_back()
-            .is_some_and(|(&a, &n)| iova.0 < a + n * self.page.bytes());
+            .is_some_and(|(&a, &n)| iova.0 - a < n * p && n * p - (iova.0 - a) >= len);
         if !inside {
             return Err(Error::NotAllocated {
-                free_fn: "VfioMapper::iovm_insert_page (IOVA not inside an allocation)",
+                free_fn: "VfioMapper::iovm_insert_page (IOVA not inside an allocation, or the \
+                          run passes its end)",
                 addr: iova.0,
             });
         }
-        if s.mapped.contains_key(&iova.0) {
-            // Replace: unmap the old page first (IOKit's insert overwrites).
-            sys::unmap_dma(self.container.fd(), iova.0, self.page.bytes(), 0)
-                .map_err(|e| os("VFIO_IOMMU_UNMAP_DMA", e, ""))?;
-            s.mapped.remove(&iova.0);
-        }
-        let va = self.virt_of(pa)?;
-        self.map_raw(iova.0, va, access)?;
-        s.mapped.insert(iova.0, (pa, access));
-        Ok(())
+        self.clear(&mut s, iova.0, iova.0 + len)?;
+        self.map_run(&mut s, iova.0, pa, pages, access)
     }
 
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)> {
+        let p = self.page.bytes();
         let s = self.lock();
-        let (pa, access) =
-            s.mapped
-                .get(&self.page.trunc(iova.0))
-                .copied()
-                .ok_or(Error::NotMapped {
-                    what: SPACE,
-                    addr: iova.0,
-                })?;
-        Ok((PhysAddr(pa.0 + self.page.offset(iova.0)), access))
+        let (a, r) = s
+            .run_at(self.page.trunc(iova.0), p)
+            .ok_or(Error::NotMapped {
+                what: SPACE,
+                addr: iova.0,
+            })?;
+        Ok((PhysAddr(r.pa.0 + (iova.0 - a)), r.access))
     }
 }
 

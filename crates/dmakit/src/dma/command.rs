@@ -1133,15 +1133,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             while x < length {
                 let seg = md.physical_segment(offset + x)?;
                 let len = seg.len.min(length - x);
-                let first = page.trunc(seg.addr.0);
-                for i in 0..page.pages_spanned(seg.addr.0, len).unwrap_or(0) {
-                    mapper.iovm_insert_page(
-                        IoAddr(iova.0 + done * page.bytes()),
-                        PhysAddr(first + i * page.bytes()),
-                        access,
-                    )?;
-                    done += 1;
-                }
+                let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+                mapper.iovm_insert_run(
+                    IoAddr(iova.0 + done * page.bytes()),
+                    PhysAddr(page.trunc(seg.addr.0)),
+                    n,
+                    access,
+                )?;
+                done += n;
                 x += len;
             }
             let start = iova.0 + first_off;

@@ -251,6 +251,18 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
     }
 
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
+        self.iovm_insert_run(iova, pa, 1, access)
+    }
+
+    /// The run under one lock: checked whole (alignment, inside one allocation) before any
+    /// page-table entry is written.
+    fn iovm_insert_run(
+        &self,
+        iova: IoAddr,
+        pa: PhysAddr,
+        pages: u64,
+        access: Access,
+    ) -> Result<()> {
         let page = self.page();
         if !iova.0.is_multiple_of(page) || !pa.0.is_multiple_of(page) {
             return Err(Error::NotAligned {
@@ -263,23 +275,38 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
                 align: page,
             });
         }
+        if pages == 0 {
+            return Ok(());
+        }
+        let span = pages
+            .checked_mul(page)
+            .filter(|&len| pa.0.checked_add(len - 1).is_some())
+            .ok_or(Error::Overflow {
+                what: "iovm_insert_run (the run passes the top of the address space)",
+                start: pa.0,
+                len: pages,
+            })?;
         let mut s = self.state.lock();
         let inside = s
             .live
             .range(..=iova.0)
             .next_back()
-            .is_some_and(|(&a, &p)| iova.0 - a < p * page);
+            .is_some_and(|(&a, &p)| iova.0 - a < p * page && (p * page - (iova.0 - a)) >= span);
         if !inside {
             // IOKit panics on IOMapperInsertPage(0, …) and writes anywhere otherwise.
             return Err(Error::BadArgument {
-                what: "iovm_insert_page outside any iovm_alloc allocation",
+                what: "iovm_insert_page outside any iovm_alloc allocation (or a run past its end)",
                 value: iova.0,
             });
         }
-        self.hw.set_entry(iova, Some((pa, access)))?;
-        if s.entries.insert(iova.0, (pa.0, access)).is_some() {
-            // Replacing a live entry: the IOTLB may hold the old one.
-            self.hw.invalidate(iova, page)?;
+        for i in 0..pages {
+            let (io, phys) = (iova.0 + i * page, pa.0 + i * page);
+            self.hw
+                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
+            if s.entries.insert(io, (phys, access)).is_some() {
+                // Replacing a live entry: the IOTLB may hold the old one.
+                self.hw.invalidate(IoAddr(io), page)?;
+            }
         }
         Ok(())
     }
@@ -308,5 +335,75 @@ impl<H: IommuHardware> core::fmt::Debug for IommuMapper<H> {
             .field("mapped_pages", &mapped)
             .field("pending", &self.pending())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::Mutex;
+
+    /// Page-table entries and invalidations, recorded.
+    #[derive(Default)]
+    struct Table {
+        entries: Mutex<BTreeMap<u64, (u64, Access)>>,
+        invalidations: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl IommuHardware for Table {
+        fn page_size(&self) -> PageSize {
+            PageSize::new(4096).unwrap()
+        }
+        fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
+            let mut e = self.entries.lock();
+            match entry {
+                Some((pa, a)) => e.insert(iova.0, (pa.0, a)),
+                None => e.remove(&iova.0),
+            };
+            Ok(())
+        }
+        fn invalidate(&self, iova: IoAddr, len: u64) -> Result<()> {
+            self.invalidations.lock().push((iova.0, len));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_run_maps_each_page_once_and_stays_inside_its_allocation() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x10_0000).unwrap();
+        let iova = m.iovm_alloc(4).unwrap();
+        m.iovm_insert_run(iova, PhysAddr(0x8000_0000), 3, Access::READ)
+            .unwrap();
+        assert_eq!(m.usage(), (1, 3));
+        let (pa, a) = m.translate(IoAddr(iova.0 + 0x2abc)).unwrap();
+        assert_eq!((pa, a), (PhysAddr(0x8000_2abc), Access::READ));
+        // Past the allocation's end: refused before any entry is written.
+        let e = m
+            .iovm_insert_run(
+                IoAddr(iova.0 + 0x2000),
+                PhysAddr(0x9000_0000),
+                3,
+                Access::READ,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::BadArgument { value, .. } if value == iova.0 + 0x2000));
+        assert_eq!(m.hardware().entries.lock().len(), 3);
+        // Near the top of the physical space: an overflow error, nothing written.
+        let e = m
+            .iovm_insert_run(iova, PhysAddr(u64::MAX - 0xfff), 2, Access::READ)
+            .unwrap_err();
+        assert!(matches!(e, Error::Overflow { .. }), "{e}");
+        m.iovm_insert_run(iova, PhysAddr(0), 0, Access::READ)
+            .unwrap();
+        // Replacing a mapped page invalidates it; freeing unmaps all.
+        m.iovm_insert_page(iova, PhysAddr(0x7000_0000), Access::WRITE)
+            .unwrap();
+        assert_eq!(
+            m.hardware().invalidations.lock().as_slice(),
+            [(iova.0, 0x1000)]
+        );
+        m.iovm_free(iova, 4).unwrap();
+        assert_eq!(m.usage(), (0, 0));
+        assert!(m.hardware().entries.lock().is_empty());
     }
 }

@@ -56,6 +56,41 @@ pub trait Mapper: Send + Sync {
     /// IOKit: `IOMapper::iovmInsert`.
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()>;
 
+    /// Maps the `pages` IO pages from `iova` (all inside one allocation) to the physically
+    /// contiguous pages from `pa`, all with `access`: what `pages` calls of
+    /// [`iovm_insert_page`](Self::iovm_insert_page) do, which is the default. A mapper
+    /// overrides it to do the run in one step: one lock, one hardware mapping where the
+    /// hardware maps ranges (VFIO maps a run that is also contiguous in the process's memory
+    /// with one `VFIO_IOMMU_MAP_DMA`, so a 2 MiB huge page costs one of the container's
+    /// limited mappings, not 512). On an error some pages of the run may be mapped; freeing
+    /// the allocation unmaps them. `pages` 0 maps nothing.
+    /// IOKit: `IOMapper::iovmInsert` with a page list.
+    fn iovm_insert_run(
+        &self,
+        iova: IoAddr,
+        pa: PhysAddr,
+        pages: u64,
+        access: Access,
+    ) -> Result<()> {
+        let page = self.page_size().bytes();
+        for i in 0..pages {
+            let off = i.checked_mul(page).ok_or(crate::Error::Overflow {
+                what: "iovm_insert_run",
+                start: iova.0,
+                len: pages,
+            })?;
+            let (Some(io), Some(phys)) = (iova.0.checked_add(off), pa.0.checked_add(off)) else {
+                return Err(crate::Error::Overflow {
+                    what: "iovm_insert_run (the run passes the top of the address space)",
+                    start: iova.0.max(pa.0),
+                    len: pages,
+                });
+            };
+            self.iovm_insert_page(IoAddr(io), PhysAddr(phys), access)?;
+        }
+        Ok(())
+    }
+
     /// What `iova` maps to (physical address of that byte) and with which access.
     /// IOKit: `IOMapper::mapAddr`, `mapToPhysicalAddress`.
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)>;
