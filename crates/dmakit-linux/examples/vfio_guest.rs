@@ -369,6 +369,30 @@ fn vfio_maps_1gib(addr: PciAddress) -> TestResult {
     result
 }
 
+/// With transparent huge pages allowed for memory objects (the guest's init says `advise`),
+/// an 8 MiB wired buffer lands in 2 MiB physical runs: the host places it 2 MiB-aligned and
+/// advises huge pages before wiring faults it in.
+fn large_buffers_on_huge_pages() -> TestResult {
+    let host = Host::new().map_err(e2s("host"))?;
+    let mode = host.capabilities().shmem_huge_pages;
+    check(mode.available(), || {
+        format!("the guest allows shmem huge pages, the host read {mode:?}")
+    })?;
+    let i = dmakit_linux::inspect(8 << 20, false).map_err(e2s("inspect 8 MiB"))?;
+    check(i.in_large_runs() >= 6 << 20, || {
+        format!(
+            "only {} KiB of 8 MiB in runs of 2 MiB or more: {:x?}",
+            i.in_large_runs() / 1024,
+            i.runs
+        )
+    })?;
+    Ok(format!(
+        "{mode:?}: 8 MiB in {} physical runs, {} KiB in runs of 2 MiB or more",
+        i.runs.len(),
+        i.in_large_runs() / 1024
+    ))
+}
+
 /// The teardown check is real: a mapping made behind the mapper's back is found by the
 /// kernel (and removed), and then the check passes.
 fn teardown_check_finds_leftovers(addr: PciAddress) -> TestResult {
@@ -1492,6 +1516,10 @@ fn main() {
     };
     let mut tests: Vec<(String, Box<dyn FnOnce() -> TestResult>)> = Vec::new();
     tests.push(("vfio_missing_device".into(), Box::new(missing_device)));
+    tests.push((
+        "host_large_buffers_on_huge_pages".into(),
+        Box::new(large_buffers_on_huge_pages),
+    ));
     if let Some(u) = cfg.unbound {
         tests.push((
             "vfio_unbound_device".into(),

@@ -13,6 +13,7 @@
 //! | pagemap PFNs | a locked probe page translated through `/proc/self/pagemap` |
 //! | `RLIMIT_MEMLOCK` | `getrlimit` |
 //! | 2 MiB hugepages | `/sys/kernel/mm/hugepages/hugepages-2048kB/{nr,free}_hugepages` |
+//! | huge pages for memory objects | `/sys/kernel/mm/transparent_hugepage/shmem_enabled` (and the 2 MiB size's own setting where the kernel has one) |
 //! | `clflushopt` | CPUID leaf 7 |
 
 use std::fmt;
@@ -23,6 +24,58 @@ const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_ADMIN: u32 = 21;
 
 const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+const SHMEM_THP_2M: &str = "/sys/kernel/mm/transparent_hugepage/hugepages-2048kB/shmem_enabled";
+
+/// Whether the kernel backs memory objects (`memfd`, shmem) with transparent 2 MiB pages:
+/// the setting selected in `shmem_enabled`. Wired buffers of 2 MiB and more are placed
+/// where it can (2 MiB-aligned, `MADV_HUGEPAGE`), so they come in 2 MiB physical runs:
+/// fewer segments, and one IOMMU mapping per 2 MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ShmemHugePages {
+    /// Never (the usual default), or the file is absent.
+    #[default]
+    Never,
+    /// For mappings advised with `MADV_HUGEPAGE` (what dmakit does).
+    Advise,
+    /// Whenever a 2 MiB-aligned range fits (`always`, `within_size`, `force`).
+    Always,
+}
+
+impl ShmemHugePages {
+    /// The selected (bracketed) word of a `shmem_enabled` file, `inherit` meaning `parent`.
+    pub(crate) fn parse(text: &str, parent: ShmemHugePages) -> ShmemHugePages {
+        let chosen = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+            .unwrap_or("never");
+        match chosen {
+            "advise" => ShmemHugePages::Advise,
+            "always" | "within_size" | "force" => ShmemHugePages::Always,
+            "inherit" => parent,
+            _ => ShmemHugePages::Never,
+        }
+    }
+
+    /// The setting now: the 2 MiB size's own file where the kernel has per-size settings,
+    /// else the global one.
+    pub fn probe() -> ShmemHugePages {
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        let global = read(SHMEM_THP).map_or(ShmemHugePages::Never, |t| {
+            Self::parse(&t, ShmemHugePages::Never)
+        });
+        match read(SHMEM_THP_2M) {
+            Some(t) => Self::parse(&t, global),
+            None => global,
+        }
+    }
+
+    /// Whether large buffers get 2 MiB pages.
+    pub fn available(self) -> bool {
+        self != ShmemHugePages::Never
+    }
+}
 
 /// How the host turns memory into addresses a device can use.
 ///
@@ -143,6 +196,8 @@ pub struct Capabilities {
     pub memlock: MemlockLimit,
     /// The 2 MiB hugepage pool when probed.
     pub hugepages_2m: HugepagePool,
+    /// Whether memory objects may be backed by transparent 2 MiB pages.
+    pub shmem_huge_pages: ShmemHugePages,
     /// The CPU has `clflushopt` (cache maintenance uses it instead of `clflush`).
     pub clflushopt: bool,
     /// How device-visible addresses are produced.
@@ -161,6 +216,7 @@ impl Capabilities {
             pagemap_pfns,
             memlock: MemlockLimit::probe(),
             hugepages_2m: HugepagePool::probe(),
+            shmem_huge_pages: ShmemHugePages::probe(),
             clflushopt: crate::sys::has_clflushopt(),
             address_mode: if pagemap_pfns {
                 AddressMode::Physical
@@ -208,6 +264,21 @@ impl fmt::Display for Capabilities {
             "2 MiB hugepages    {} free of {} reserved",
             self.hugepages_2m.free, self.hugepages_2m.total
         )?;
+        writeln!(
+            f,
+            "large buffers      {}",
+            match self.shmem_huge_pages {
+                ShmemHugePages::Never => {
+                    "4 KiB pages (transparent huge pages for memory objects are off: \
+                     `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` \
+                     allows 2 MiB pages)"
+                }
+                ShmemHugePages::Advise | ShmemHugePages::Always => {
+                    "2 MiB transparent huge pages where the kernel has them free (2 MiB and up, \
+                     2 MiB-aligned)"
+                }
+            }
+        )?;
         write!(
             f,
             "cache flush        {}",
@@ -225,6 +296,22 @@ impl fmt::Display for Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shmem_settings_read_the_selected_word() {
+        use ShmemHugePages::*;
+        let parse = |t: &str| ShmemHugePages::parse(t, Advise);
+        assert_eq!(parse("always within_size advise [never] deny force"), Never);
+        assert_eq!(
+            parse("always within_size [advise] never deny force"),
+            Advise
+        );
+        assert_eq!(parse("[within_size] advise never"), Always);
+        assert_eq!(parse("always [inherit] within_size advise never"), Advise);
+        assert_eq!(parse("garbage"), Never);
+        assert_eq!(parse("[deny]"), Never);
+        assert!(!Never.available() && Advise.available() && Always.available());
+    }
 
     #[test]
     fn limits_format_in_kib() {

@@ -68,7 +68,30 @@ impl fmt::Display for Inspection {
         if self.runs.len() > MAX_ROWS {
             writeln!(f, "  ... {} more runs", self.runs.len() - MAX_ROWS)?;
         }
+        if !self.hugepage && self.size >= HUGEPAGE {
+            writeln!(
+                f,
+                "{} KiB of it in physical runs of 2 MiB or more (large buffers: {})",
+                self.in_large_runs() / 1024,
+                if self.caps.shmem_huge_pages.available() {
+                    "on transparent 2 MiB pages where the kernel had them"
+                } else {
+                    "on 4 KiB pages, transparent huge pages for memory objects are off"
+                }
+            )?;
+        }
         Ok(())
+    }
+}
+
+impl Inspection {
+    /// Bytes in physical runs of at least 2 MiB (huge pages, or luck).
+    pub fn in_large_runs(&self) -> u64 {
+        self.runs
+            .iter()
+            .filter(|r| r.len >= HUGEPAGE)
+            .map(|r| r.len)
+            .sum()
     }
 }
 

@@ -81,7 +81,7 @@ pub mod vfio;
 mod vm;
 mod wiring;
 
-pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit};
+pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit, ShmemHugePages};
 pub use host::{Host, Usage, HUGEPAGE};
 pub use inspect::{inspect, Inspection};
 pub use timer::MonotonicTimer;

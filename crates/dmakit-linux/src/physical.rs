@@ -60,13 +60,25 @@ impl Host {
                 },
             )
         })?;
-        let mapping = Mapping::of_memfd(&fd, map_len as usize, align as usize, wired).map_err(
+        // A large buffer on transparent 2 MiB pages where the kernel allows it: placed
+        // 2 MiB-aligned and advised before any page is faulted in (wiring faults them).
+        let thp = !huge && map_len >= HUGEPAGE && self.capabilities().shmem_huge_pages.available();
+        let (align, populate) = if thp {
+            (align.max(HUGEPAGE), false)
+        } else {
+            (align, wired)
+        };
+        let mapping = Mapping::of_memfd(&fd, map_len as usize, align as usize, populate).map_err(
             |e| match e {
                 Errno::NOMEM if huge => hints::no_hugepages(len),
                 e => hints::os("mmap(memfd)", e, ""),
             },
         )?;
         let va = mapping.addr();
+        if thp {
+            // Advice only: without it the buffer works on 4 KiB pages.
+            let _ = sys::advise_huge(va, map_len);
+        }
         if wired {
             // Hugetlb pages are never swapped, and mlock skips them; they are still
             // recorded as locked for life so wirings on them are counted alike.

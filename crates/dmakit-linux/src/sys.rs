@@ -746,6 +746,23 @@ pub(crate) fn mlock(addr: u64, len: u64) -> Result<(), Errno> {
     unsafe { rustix::mm::mlock(ptr::with_exposed_provenance_mut(addr), len) }
 }
 
+/// `madvise(addr, len, MADV_HUGEPAGE)`: asks for transparent huge pages where the range's
+/// 2 MiB-aligned parts are faulted in from now on.
+pub(crate) fn advise_huge(addr: u64, len: u64) -> Result<(), Errno> {
+    let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else {
+        return Err(Errno::NOMEM);
+    };
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel backs future faults of the range;
+    // it never changes or discards contents, and the kernel checks the range.
+    unsafe {
+        rustix::mm::madvise(
+            ptr::with_exposed_provenance_mut(addr),
+            len,
+            rustix::mm::Advice::LinuxHugepage,
+        )
+    }
+}
+
 /// `munlock(addr, len)`; failures (an unmapped range) are ignored: there is then nothing to
 /// unlock.
 pub(crate) fn munlock(addr: u64, len: u64) {
