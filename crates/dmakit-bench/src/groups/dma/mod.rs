@@ -5,7 +5,7 @@
 //! free 2 MiB hugepages, because a bounce buffer (and the peer's matching destination) is
 //! physically contiguous and the Linux host makes contiguous memory from hugepages.
 //! Without them the rows are skipped with the reason printed. Run as root, the group
-//! reserves the three hugepages it needs when they are not free and restores
+//! reserves the hugepages it needs when they are not free and restores
 //! `nr_hugepages` afterwards.
 //!
 //! * `dma/gen_segments_per_pass`: a prepared command (64-bit device, no limits, `Host64`
@@ -22,7 +22,9 @@
 //!   instead of going through a [`SegmentFormat`]. A chunk is 4 passes.
 //! * `dma/bounce_copy_*` ([`bounce`]): `synchronize` of a force-bounced command against
 //!   `memcpy` between the same kinds of memory.
-//! * `dma/a_a`: the 1 MiB memcpy peer against a second copy of itself on its own buffers.
+//! * `dma/a_a`: the 1 MiB memcpy peer against itself on the same buffers. (Two different
+//!   buffer pairs can differ by 10–15 % at 1 MiB by where their pages landed physically:
+//!   the 1 MiB rows carry that placement difference as well as dmakit's own cost.)
 
 pub mod bounce;
 
