@@ -1,6 +1,11 @@
 //! Prints the range-allocator group: `cargo run --release -p dmakit-bench --example range [quick]`.
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
-    let rows = dmakit_bench::groups::range::run(&dmakit_bench::Options { quick });
+    let opts = dmakit_bench::Options {
+        quick: std::env::args().any(|a| a == "quick"),
+        quiet: false,
+    };
+    let mut p =
+        dmakit_bench::progress::Progress::new(dmakit_bench::groups::range::planned(&opts), false);
+    let rows = dmakit_bench::groups::range::run(&opts, &mut p);
     print!("{}", dmakit_bench::render_table(&rows));
 }

@@ -6,7 +6,7 @@
 //! * `dmakit inspect --size N [--hugepage]`: allocates on this Linux host and prints the
 //!   physical runs (root needed for physical addresses; otherwise the error says why);
 //! * `dmakit bench [--quick]`: the side-by-side benchmarks, as a table and as
-//!   `target/dmakit-bench.json`.
+//!   `$CARGO_TARGET_DIR/dmakit-bench.json` (else `target/dmakit-bench.json`).
 
 mod demo;
 mod demo_nvme;
@@ -53,9 +53,10 @@ enum Command {
         /// Fewer operations: finishes in seconds.
         #[arg(long)]
         quick: bool,
-        /// Where to write the JSON rows.
-        #[arg(long, default_value = "target/dmakit-bench.json")]
-        json: PathBuf,
+        /// Where to write the JSON report (default: `$CARGO_TARGET_DIR/dmakit-bench.json`,
+        /// else `target/dmakit-bench.json`).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -64,7 +65,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { seed, page_size } => demo::run(seed, page_size),
         Command::Inspect { size, hugepage } => inspect(size, hugepage),
-        Command::Bench { quick, json } => bench(quick, &json),
+        Command::Bench { quick, json } => {
+            bench(quick, &json.unwrap_or_else(dmakit_bench::default_json_path))
+        }
     };
     match (out::finish(), result) {
         // The reader went away (`dmakit demo | head`): nothing more to say.
@@ -85,13 +88,24 @@ fn inspect(size: u64, hugepage: bool) -> Result<(), String> {
 }
 
 fn bench(quick: bool, json: &std::path::Path) -> Result<(), String> {
-    let rows = dmakit_bench::run(&dmakit_bench::Options { quick });
-    out::say!("{}", dmakit_bench::render_table(&rows));
-    if let Some(dir) = json.parent() {
+    let report = dmakit_bench::run(&dmakit_bench::Options {
+        quick,
+        quiet: false,
+    });
+    out::say!("{}", dmakit_bench::render_table(&report.rows));
+    let controls: Vec<_> = report.rows.iter().filter(|r| r.is_control()).collect();
+    let held = controls.iter().filter(|r| r.control_holds()).count();
+    out::say!(
+        "A/A controls within 0.95–1.05: {held} of {}; load average {} at start, {} at end",
+        controls.len(),
+        report.meta.load_start,
+        report.meta.load_end
+    );
+    if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    dmakit_bench::write_json(&rows, json)
+    dmakit_bench::write_json(&report, json)
         .map_err(|e| format!("writing {}: {e}", json.display()))?;
-    out::say!("wrote {} rows to {}", rows.len(), json.display());
+    out::say!("wrote {} rows to {}", report.rows.len(), json.display());
     Ok(())
 }

@@ -1,0 +1,219 @@
+//! `range/*`: [`RangeAllocator`](dmakit::alloc::RangeAllocator) against the
+//! `offset-allocator` crate and the `xalloc` crate's TLSF at 1k, 10k, 100k and 1M live
+//! ranges, and against two O(n) allocators (the `range-alloc` crate and XNU's sorted-list
+//! first fit) at 1k and 10k.
+//!
+//! ## Workloads
+//!
+//! Two workloads ([`workload::Kind`]), generated once from a fixed seed and replayed
+//! identically, step for step, by every contender. Each starts (untimed) with its live
+//! ranges allocated, one per slot; a step frees what one slot holds and allocates a new
+//! size into it, so the live count stays put and an operation is one free or one
+//! allocation (two per step):
+//!
+//! * `mixed_4k_1m`: sizes uniform in 4 KiB–1 MiB, random slot freed;
+//! * `iova_churn`: page-multiple sizes, mostly one or two pages, the slot freed one of the
+//!   eight oldest (FIFO-ish), the churn of an IOMMU's IO virtual address space.
+//!
+//! The space is three times the expected live pages, so no contender runs out (a failed
+//! allocation would be counted and reported, and the tests check there are none).
+//!
+//! ## Contenders
+//!
+//! * `dmakit`: `RangeAllocator` in bytes, default alignment 4 KiB, through IOKit's
+//!   interface: `allocate(size, 0)`, `deallocate(start, size)`.
+//! * `offset-allocator`: a TLSF-style allocator of `u32` page units, nodes preallocated.
+//! * `xalloc tlsf`: `xalloc::SysTlsf<u64>` in page units, nodes from the system allocator.
+//! * `range-alloc`: best fit over a sorted `Vec` of free ranges (O(n) a call).
+//! * `xnu-style first fit`: XNU's IORangeAllocator algorithm, a sorted `Vec` of free
+//!   intervals scanned linearly. The O(n) two run at 1k and 10k live ranges only: at 1M a
+//!   single row would take many minutes.
+//!
+//! ## Fairness
+//!
+//! * **Same work, same state.** Every contender replays the same steps from the same
+//!   prefilled live set, on its own instance; dmakit's instance and the peer's run chunk
+//!   by chunk, interleaved (see [`harness`](crate::harness)): a chunk of 4,096 steps
+//!   (1,024 when quick) of one, then the same chunk of the other, order alternating.
+//!   The state evolves with every repetition on both sides alike (a step frees and
+//!   reallocates a slot, so replaying a chunk again is valid work).
+//! * **Units and handles.** offset-allocator and xalloc work in page units (every size
+//!   is a whole number of pages, so page alignment is implicit) and free by the handle
+//!   their allocate returned, with no lookup; dmakit, range-alloc and the XNU-style list
+//!   free by `(start, size)` as IOKit callers do, so dmakit's free first finds the block
+//!   by its start in a hash table. offset-allocator also has no fixed-range allocation,
+//!   no alignment argument, no double-free detection, no `u64` space and a node count
+//!   fixed at construction. These asymmetries favour the TLSF peers.
+//! * **A/A.** `range/a_a` is offset-allocator against a second offset-allocator on the
+//!   same work (mixed sizes, 10k live).
+
+pub mod contenders;
+pub mod workload;
+
+use crate::harness::{compare, Paired, Plan, Side};
+use crate::progress::Progress;
+use crate::{measure, Options, Row, CONTROL_PEER};
+use contenders::{Contender, Dmakit, Live, NaiveFirstFit, OffsetAllocator, RangeAlloc, XallocTlsf};
+use workload::{Kind, Workload};
+
+/// Live-range counts and their names.
+pub const SIZES: [(usize, &str); 4] = [
+    (1_000, "1k"),
+    (10_000, "10k"),
+    (100_000, "100k"),
+    (1_000_000, "1M"),
+];
+/// Chunks per pass.
+const CHUNKS: usize = 16;
+/// Steps per chunk for the O(n) peers.
+const SLOW_STEPS: usize = 128;
+
+fn steps_per_chunk(opts: &Options) -> usize {
+    if opts.quick {
+        1024
+    } else {
+        4096
+    }
+}
+
+/// Rows the group plans.
+pub fn planned(_opts: &Options) -> usize {
+    2 * (SIZES.len() * 2 + 2 * 2) + 1
+}
+
+/// Times `a` against `b` over `steps` cut into [`CHUNKS`] chunks.
+pub fn compare_live<A: Contender, B: Contender>(
+    plan: &Plan,
+    steps: &[(u32, u32)],
+    a: &mut Live<A>,
+    b: &mut Live<B>,
+) -> Paired {
+    let per = (steps.len() / CHUNKS).max(1);
+    let chunk = |c: usize| &steps[(c * per).min(steps.len())..((c + 1) * per).min(steps.len())];
+    let ops = 2.0 * (per * CHUNKS).min(steps.len()) as f64;
+    compare(
+        plan,
+        CHUNKS,
+        Side::new(ops, |c| a.run(chunk(c))),
+        Side::new(ops, |c| b.run(chunk(c))),
+    )
+}
+
+fn rows_for(w: &Workload, label: &str, plan: &Plan, p: &mut Progress, a_a: bool) -> Vec<Row> {
+    let name = format!("range/{}/{label}", w.kind.name());
+    let mut ours = Live::<Dmakit>::new(w.space_units, &w.prefill);
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    {
+        let mut peer = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
+        rows.push(measure(p, &name, OffsetAllocator::NAME, || {
+            compare_live(plan, &w.steps, &mut ours, &mut peer)
+        }));
+        if a_a {
+            let mut again = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
+            rows.push(measure(p, "range/a_a", CONTROL_PEER, || {
+                compare_live(plan, &w.steps, &mut peer, &mut again)
+            }));
+            failed.push((OffsetAllocator::NAME, again.failed));
+        }
+        failed.push((OffsetAllocator::NAME, peer.failed));
+    }
+    {
+        let mut peer = Live::<XallocTlsf>::new(w.space_units, &w.prefill);
+        rows.push(measure(p, &name, XallocTlsf::NAME, || {
+            compare_live(plan, &w.steps, &mut ours, &mut peer)
+        }));
+        failed.push((XallocTlsf::NAME, peer.failed));
+    }
+    if w.live() <= 10_000 {
+        let slow = &w.steps[..(SLOW_STEPS * CHUNKS).min(w.steps.len())];
+        let mut peer = Live::<RangeAlloc>::new(w.space_units, &w.prefill);
+        rows.push(measure(p, &name, RangeAlloc::NAME, || {
+            compare_live(plan, slow, &mut ours, &mut peer)
+        }));
+        failed.push((RangeAlloc::NAME, peer.failed));
+        let mut peer = Live::<NaiveFirstFit>::new(w.space_units, &w.prefill);
+        rows.push(measure(p, &name, NaiveFirstFit::NAME, || {
+            compare_live(plan, slow, &mut ours, &mut peer)
+        }));
+        failed.push((NaiveFirstFit::NAME, peer.failed));
+    }
+    failed.push((Dmakit::NAME, ours.failed));
+    for (who, n) in failed.into_iter().filter(|f| f.1 > 0) {
+        eprintln!("{name}: {who} failed {n} allocations (its rows did less work)");
+    }
+    rows
+}
+
+/// Runs the group.
+pub fn run(opts: &Options, p: &mut Progress) -> Vec<Row> {
+    let plan = Plan::for_options(opts);
+    let steps = steps_per_chunk(opts) * CHUNKS;
+    let mut rows = Vec::new();
+    for kind in [Kind::Mixed, Kind::Churn] {
+        for (live, label) in SIZES {
+            let w = Workload::new(kind, live, steps, 0xD3A);
+            let a_a = kind == Kind::Mixed && live == 10_000;
+            rows.extend(rows_for(&w, label, &plan, p, a_a));
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<C: Contender>(w: &Workload) {
+        let mut l = Live::<C>::new(w.space_units, &w.prefill);
+        l.run(&w.steps);
+        l.run(&w.steps);
+        assert_eq!(l.failed, 0, "{} failed on {:?}", C::NAME, w.kind);
+    }
+
+    #[test]
+    fn no_contender_fails_on_either_workload() {
+        for kind in [Kind::Mixed, Kind::Churn] {
+            let w = Workload::new(kind, 10_000, 20_000, 7);
+            check::<Dmakit>(&w);
+            check::<OffsetAllocator>(&w);
+            check::<XallocTlsf>(&w);
+            check::<RangeAlloc>(&w);
+            check::<NaiveFirstFit>(&w);
+        }
+    }
+
+    #[test]
+    fn churn_frees_the_oldest_and_mixed_frees_anywhere() {
+        let churn = Workload::new(Kind::Churn, 1000, 3000, 1);
+        for (i, &(slot, units)) in churn.steps.iter().enumerate() {
+            let back = (slot as usize + 1000 - i % 1000) % 1000;
+            assert!(back < 8, "step {i} frees slot {slot}");
+            assert!([1, 2, 4, 16].contains(&units));
+        }
+        let mixed = Workload::new(Kind::Mixed, 1000, 3000, 1);
+        let far = mixed
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| (s.0 as usize + 1000 - i % 1000) % 1000 >= 8)
+            .count();
+        assert!(far > 2000, "{far}");
+        assert!(mixed.steps.iter().all(|s| (1..=256).contains(&s.1)));
+    }
+
+    #[test]
+    fn the_naive_list_allocates_first_fit_and_merges() {
+        use contenders::{BASE, UNIT};
+        use std::num::NonZeroU64;
+        let mut n = NaiveFirstFit::new(8, 0);
+        let a = n.alloc(2).unwrap();
+        let b = n.alloc(2).unwrap();
+        assert_eq!((a.get(), b.get()), (BASE, BASE + 2 * UNIT));
+        n.free(a, 2);
+        assert_eq!(n.alloc(1).unwrap().get(), BASE, "lowest fit first");
+        n.free(NonZeroU64::new(BASE).unwrap(), 1);
+        n.free(b, 2);
+        assert_eq!(n.free, [(BASE, BASE + 8 * UNIT)]);
+    }
+}

@@ -1,0 +1,124 @@
+//! `sim_dma/*`: a DMA command's whole round trip on the simulated machine, mapped through
+//! an IOMMU against bypassed.
+//!
+//! * `sim_dma/iommu_mapped_4k_round_trip`: `prepare` of 4 KiB, one `gen_segments` (one
+//!   16-byte `Host64` segment) and `complete` of a [`DmaCommand`] with an [`IommuMapper`]
+//!   (strict: `complete` invalidates the IOTLB at once) over the simulator's [`SimIommu`],
+//!   on a wired 4 KiB buffer of a coherent simulated machine. Peer ("bypassed round
+//!   trip"): the same three calls on a command with no mapper, over a second wired 4 KiB
+//!   buffer of the same machine, so the ratio is the price of the IO address allocation,
+//!   the page-table entry and the invalidation. An operation is one round trip; a chunk
+//!   is 256.
+//! * `sim_dma/a_a`: the bypassed round trip against a second bypassed command.
+
+use crate::harness::{compare, Plan, Side};
+use crate::progress::Progress;
+use crate::{measure, Options, Row, CONTROL_PEER};
+use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+use dmakit::dma::{DmaCommand, PrepareOptions, SegmentSpec};
+use dmakit::mapper::IommuMapper;
+use dmakit::{Direction, Result};
+use dmakit_sim::{Machine, MachineBuilder, SimIommu};
+use std::sync::Arc;
+
+const CHUNKS: usize = 8;
+const PER_CHUNK: usize = 256;
+const LEN: u64 = 4096;
+
+type M = Arc<Machine>;
+
+/// A prepared-and-completed-once command over a fresh wired 4 KiB buffer of `m`, mapped
+/// through a fresh IOMMU when `mapped`.
+pub fn command(m: &M, mapped: bool) -> Result<DmaCommand<M>> {
+    let b = BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(LEN, Direction::InOut))?;
+    let mut builder = DmaCommand::builder(m.clone()).spec(SegmentSpec::builder().build()?);
+    if mapped {
+        let iommu = Arc::new(SimIommu::new(m.clone()));
+        builder = builder.mapper(Arc::new(IommuMapper::new(iommu, 1 << 32, 1 << 30)?));
+    }
+    let mut cmd = builder.build()?;
+    cmd.set_memory_descriptor(Arc::new(b))?;
+    round_trips(&mut cmd, 1)?;
+    Ok(cmd)
+}
+
+/// `n` round trips: prepare, one gen_segments, complete; the segments generated.
+pub fn round_trips(cmd: &mut DmaCommand<M>, n: usize) -> Result<usize> {
+    let mut out = [0u8; 16];
+    let mut segs = 0;
+    for _ in 0..n {
+        cmd.prepare(PrepareOptions::range(0, LEN))?;
+        let mut off = 0;
+        segs += cmd.gen_segments(&mut off, &mut out)?;
+        cmd.complete()?;
+    }
+    Ok(segs)
+}
+
+/// Rows the group plans.
+pub fn planned(_opts: &Options) -> usize {
+    2
+}
+
+/// Runs the group.
+pub fn run(opts: &Options, p: &mut Progress) -> Vec<Row> {
+    let plan = Plan::for_options(opts);
+    let made = MachineBuilder::new()
+        .seed(1)
+        .coherent(true)
+        .build()
+        .map(Arc::new)
+        .and_then(|m| Ok((command(&m, true)?, command(&m, false)?, command(&m, false)?)));
+    let (mut mapped, mut bypassed, mut again) = match made {
+        Ok(c) => c,
+        Err(e) => {
+            p.skip(planned(opts), &format!("sim_dma bench: {e}"));
+            return Vec::new();
+        }
+    };
+    let ops = (CHUNKS * PER_CHUNK) as f64;
+    let mut rows = vec![measure(
+        p,
+        "sim_dma/iommu_mapped_4k_round_trip",
+        "bypassed round trip",
+        || {
+            compare(
+                &plan,
+                CHUNKS,
+                Side::new(ops, |_| round_trips(&mut mapped, PER_CHUNK).ok()),
+                Side::new(ops, |_| round_trips(&mut bypassed, PER_CHUNK).ok()),
+            )
+        },
+    )];
+    rows.push(measure(p, "sim_dma/a_a", CONTROL_PEER, || {
+        compare(
+            &plan,
+            CHUNKS,
+            Side::new(ops, |_| round_trips(&mut bypassed, PER_CHUNK).ok()),
+            Side::new(ops, |_| round_trips(&mut again, PER_CHUNK).ok()),
+        )
+    }));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_round_trips_give_one_segment_and_release_everything() {
+        let m = Arc::new(
+            MachineBuilder::new()
+                .seed(2)
+                .coherent(true)
+                .build()
+                .unwrap(),
+        );
+        let mut mapped = command(&m, true).unwrap();
+        let mut bypassed = command(&m, false).unwrap();
+        assert_eq!(round_trips(&mut mapped, 5).unwrap(), 5);
+        assert_eq!(round_trips(&mut bypassed, 5).unwrap(), 5);
+        assert!(mapped.prepared_offset_and_length().is_err());
+        assert!(bypassed.prepared_offset_and_length().is_err());
+    }
+}
