@@ -467,6 +467,12 @@ pub fn leaf_id<T: ?Sized>(md: &T) -> usize {
 impl dyn MemoryDescriptor + '_ {
     /// Wires the memory and returns a guard that balances it on
     /// [`complete`](Prepared::complete) or drop.
+    ///
+    /// Preparations nest, and only the first wires: a driver that sends the same pageable
+    /// buffer to its device again and again holds one long-lived preparation (IOKit's
+    /// pattern) so each `DmaCommand` prepare and complete in between only counts, instead
+    /// of wiring and unwiring the pages every time (on the Linux host 34 ns instead of about
+    /// 1.5 µs per round trip for 4 KiB, the bench's `prepare/*` rows).
     pub fn prepare(&self, dir: Direction) -> Result<Prepared<'_>> {
         self.prepare_wiring(dir)?;
         Ok(Prepared {
