@@ -22,7 +22,7 @@ use dmakit::mapper::{Access, IommuMapper, Mapper, MapperRegistry};
 use dmakit::platform::Task;
 use dmakit::{Direction, Error, IoAddr, VirtAddr};
 use dmakit_nvme::suite;
-use dmakit_nvme::{Nvme, QueueOptions};
+use dmakit_nvme::{Nvme, PollTimer, QueueOptions};
 use dmakit_sim::fault::Site as _;
 use dmakit_sim::nvme::SimNvme;
 use dmakit_sim::pci::{DmaMode, PciFaultSite};
@@ -94,7 +94,9 @@ impl World {
     }
 
     fn nvme(seed: u64, dma: DmaMode) -> World {
-        let sim = Sim::new(seed, SimNvme::builder().blocks(blocks(512)), dma);
+        let mut sim = Sim::new(seed, SimNvme::builder().blocks(blocks(512)), dma);
+        // A lost doorbell or enable waits out its timeout: 1 ms per poll keeps that short.
+        sim.timer = Arc::new(PollTimer::new(1_000_000));
         Self::around(sim.m.clone(), Some(sim))
     }
 
@@ -177,8 +179,14 @@ impl World {
             let hw = mp.hardware();
             r.push((format!("{name}: IO allocations"), live as u64));
             r.push((format!("{name}: mapper entries"), entries as u64));
-            r.push((format!("{name}: IO ranges awaiting invalidation"), mp.pending() as u64));
-            r.push((format!("{name}: IOMMU page-table entries"), hw.table_entries() as u64));
+            r.push((
+                format!("{name}: IO ranges awaiting invalidation"),
+                mp.pending() as u64,
+            ));
+            r.push((
+                format!("{name}: IOMMU page-table entries"),
+                hw.table_entries() as u64,
+            ));
             r.push((format!("{name}: IOTLB entries"), hw.iotlb_entries() as u64));
         }
         r
@@ -257,7 +265,11 @@ fn general(w: &World, dir: Direction) -> dmakit::Result<(Arc<dyn MemoryDescripto
 }
 
 /// Runs `f` over a general descriptor and gives the task back afterwards.
-fn with_general(w: &World, dir: Direction, f: impl FnOnce(Arc<dyn MemoryDescriptor>) -> Outcome) -> Outcome {
+fn with_general(
+    w: &World,
+    dir: Direction,
+    f: impl FnOnce(Arc<dyn MemoryDescriptor>) -> Outcome,
+) -> Outcome {
     let (md, t) = general(w, dir).map_err(text)?;
     let r = f(md);
     w.m.destroy_task(t).map_err(text)?;
@@ -331,7 +343,8 @@ fn op_interleaved(w: &World) -> Outcome {
     with_general(w, Direction::InOut, |md| {
         let b = buffer(w, 0x3000, Direction::InOut).map_err(text)?;
         let mut il = InterleavedMemoryDescriptor::with_capacity(4, Direction::InOut);
-        il.set_memory_descriptor(md.clone(), 0x800, 0x2000).map_err(text)?;
+        il.set_memory_descriptor(md.clone(), 0x800, 0x2000)
+            .map_err(text)?;
         il.set_memory_descriptor(b, 0, 0x3000).map_err(text)?;
         il.set_memory_descriptor(md, 0x4000, 0x1000).map_err(text)?;
         il.prepare_wiring(Direction::InOut).map_err(text)?;
@@ -356,7 +369,12 @@ fn op_memory_map(w: &World) -> Outcome {
 
 fn op_cmd_direct(w: &World) -> Outcome {
     with_general(w, Direction::InOut, |md| {
-        drive(w, command(w, any_spec(), MappingMode::Bypassed), md, transfer)
+        drive(
+            w,
+            command(w, any_spec(), MappingMode::Bypassed),
+            md,
+            transfer,
+        )
     })
 }
 
@@ -390,7 +408,12 @@ fn op_cmd_force_double_buffer(w: &World) -> Outcome {
 
 fn op_cmd_non_coherent(w: &World) -> Outcome {
     with_general(w, Direction::InOut, |md| {
-        drive(w, command(w, spec32(), MappingMode::NonCoherent), md, transfer)
+        drive(
+            w,
+            command(w, spec32(), MappingMode::NonCoherent),
+            md,
+            transfer,
+        )
     })
 }
 
@@ -537,13 +560,8 @@ fn op_event_source(w: &World) -> Outcome {
 
 fn op_nvme(w: &World) -> Outcome {
     let sim = w.nvme.as_ref().unwrap();
-    let nvme = Nvme::new(
-        sim.m.clone(),
-        sim.f.clone(),
-        sim.timer.clone(),
-        sim.options,
-    )
-    .map_err(text)?;
+    let nvme =
+        Nvme::new(sim.m.clone(), sim.f.clone(), sim.timer.clone(), sim.options).map_err(text)?;
     let ns = nvme.namespace(1).map_err(text)?;
     let mut q = nvme.io_queue(QueueOptions::new(8)).map_err(text)?;
     let src = suite::scattered(&sim.m, &[(5000, 12), (3192, 0), (8192, 0)]).map_err(text)?;
@@ -588,27 +606,60 @@ fn ops() -> Vec<Op> {
         run,
     };
     vec![
-        op("buffer descriptor: new, prepare, complete", op_buffer as fn(&World) -> Outcome),
+        op(
+            "buffer descriptor: new, prepare, complete",
+            op_buffer as fn(&World) -> Outcome,
+        ),
         op("pageable buffer: prepare, translate, complete", op_pageable),
         op("general descriptor: prepare, complete", op_general),
         op("sub descriptor: prepare, complete", op_sub),
         op("multi descriptor: prepare, complete", op_multi),
         op("interleaved descriptor: prepare, complete", op_interleaved),
         op("memory map into a task: map, unmap", op_memory_map),
-        op("DmaCommand bypass direct: prepare, synchronize, complete", op_cmd_direct),
-        op("DmaCommand bypass per-page bounce (32-bit)", op_cmd_per_page),
-        op("DmaCommand bypass double buffer (32-bit, 1 segment)", op_cmd_double_buffer),
-        op("DmaCommand bypass force_double_buffer", op_cmd_force_double_buffer),
+        op(
+            "DmaCommand bypass direct: prepare, synchronize, complete",
+            op_cmd_direct,
+        ),
+        op(
+            "DmaCommand bypass per-page bounce (32-bit)",
+            op_cmd_per_page,
+        ),
+        op(
+            "DmaCommand bypass double buffer (32-bit, 1 segment)",
+            op_cmd_double_buffer,
+        ),
+        op(
+            "DmaCommand bypass force_double_buffer",
+            op_cmd_force_double_buffer,
+        ),
         op("DmaCommand non-coherent (32-bit)", op_cmd_non_coherent),
         op("DmaCommand IOMMU-mapped", op_cmd_mapped),
-        op("DmaCommand IOMMU-mapped, odd runs bounced", op_cmd_mapped_joins),
-        op("DmaCommand IOMMU-mapped, pool forces bounce", op_cmd_mapped_forced),
-        op("DmaCommand IOMMU-mapped force_double_buffer", op_cmd_mapped_force_double_buffer),
-        op("DmaCommand dropped prepared, quarantine quiesced", op_cmd_dropped_quarantined),
+        op(
+            "DmaCommand IOMMU-mapped, odd runs bounced",
+            op_cmd_mapped_joins,
+        ),
+        op(
+            "DmaCommand IOMMU-mapped, pool forces bounce",
+            op_cmd_mapped_forced,
+        ),
+        op(
+            "DmaCommand IOMMU-mapped force_double_buffer",
+            op_cmd_mapped_force_double_buffer,
+        ),
+        op(
+            "DmaCommand dropped prepared, quarantine quiesced",
+            op_cmd_dropped_quarantined,
+        ),
         op("IommuMapper (strict): alloc, insert, free", op_mapper),
-        op("IommuMapper (lazy): alloc, insert, free, flush", op_lazy_mapper),
+        op(
+            "IommuMapper (lazy): alloc, insert, free, flush",
+            op_lazy_mapper,
+        ),
         op("system mapper: alloc, insert, free pages", op_system_mapper),
-        op("DmaEventSource + DMA engine: synchronous transfer", op_event_source),
+        op(
+            "DmaEventSource + DMA engine: synchronous transfer",
+            op_event_source,
+        ),
         Op {
             name: "NVMe write + read, IOMMU",
             world: nvme_iommu,

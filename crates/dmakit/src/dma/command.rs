@@ -825,7 +825,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
             if let Err((_, prep)) = self.owner.release(md.as_ref(), prep) {
                 // Still mapped: the device could reach it; never free it.
-                let held = prep.route.held_bytes(length, self.platform.page_size().bytes());
+                let held = prep
+                    .route
+                    .held_bytes(length, self.platform.page_size().bytes());
                 self.owner.keep(md.clone(), prep, held);
             }
             return Err(e);
