@@ -31,11 +31,11 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A preparation waiting for its device to be quiesced.
 pub(crate) trait Held: Send {
