@@ -237,9 +237,9 @@ impl<P: Platform + Clone> Owner<P> {
         &self,
         md: &dyn MemoryDescriptor,
         mut prep: Preparation<P>,
-    ) -> core::result::Result<(), (Error, Preparation<P>)> {
+    ) -> core::result::Result<(), Box<(Error, Preparation<P>)>> {
         if let Err(e) = self.release_route(&mut prep) {
-            return Err((e, prep));
+            return Err(Box::new((e, prep)));
         }
         drop(prep);
         let _ = md.complete_for(PrepOwner::command(self.id));
@@ -312,7 +312,8 @@ impl<P: Platform + Clone + 'static> Held for Dropped<P> {
             prep,
             held,
         } = *self;
-        owner.release(md.as_ref(), prep).map_err(|(e, prep)| {
+        owner.release(md.as_ref(), prep).map_err(|failed| {
+            let (e, prep) = *failed;
             let kept: Box<dyn Held> = Box::new(Dropped {
                 owner,
                 md,
@@ -823,7 +824,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             count: 1,
         };
         if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
-            if let Err((_, prep)) = self.owner.release(md.as_ref(), prep) {
+            if let Err(failed) = self.owner.release(md.as_ref(), prep) {
+                let (_, prep) = *failed;
                 // Still mapped: the device could reach it; never free it.
                 let held = prep
                     .route
@@ -1722,7 +1724,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 result = self.copy(md.as_ref(), &prep, false);
             }
         }
-        if let Err((e, prep)) = self.owner.release(md.as_ref(), prep) {
+        if let Err(failed) = self.owner.release(md.as_ref(), prep) {
+            let (e, prep) = *failed;
             // The IO addresses are still mapped, so the device may still reach the memory:
             // the command stays prepared and owns all of it; complete again later.
             self.prep = Some(prep);
