@@ -290,7 +290,8 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for Nvme<P> {
 
 /// Refuses controllers this driver cannot drive.
 fn check_cap(cap: u64) -> Result<()> {
-    if cap == u64::MAX {
+    // A load the device never answered reads all ones; CAP may be read as two halves.
+    if cap as u32 == u32::MAX || (cap >> 32) as u32 == u32::MAX {
         return Err(Error::NotAttached {
             what: "NVMe controller",
             why: "its registers read all ones: the device is gone or its BAR is not decoded",

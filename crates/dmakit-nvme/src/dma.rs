@@ -144,11 +144,23 @@ pub(crate) fn bypass_mode<P: Platform>(platform: &P) -> MappingMode {
     }
 }
 
+/// Ends `cmd`'s preparation. A complete whose unmap the IOMMU refused leaves the command
+/// prepared (the device may still reach the memory), so it is tried once more; a command
+/// that still cannot complete is dropped prepared, which keeps its memory for good.
+pub(crate) fn complete_command<P: Platform + Clone + 'static>(
+    cmd: &mut DmaCommand<P>,
+) -> Result<()> {
+    match cmd.complete() {
+        Err(_) if cmd.prepared().is_some() => cmd.complete(),
+        r => r,
+    }
+}
+
 impl<P: Platform + Clone + 'static> Drop for DmaBuffer<P> {
     fn drop(&mut self) {
         // Ends the preparation: unmaps the IO addresses and unwires. An error here has no
         // caller to go to; the dma-debug ledger records an unbalanced preparation.
-        let _ = self.cmd.complete();
+        let _ = complete_command(&mut self.cmd);
     }
 }
 

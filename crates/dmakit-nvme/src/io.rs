@@ -109,7 +109,7 @@ impl<P: Platform + Clone + 'static> Drop for Inflight<P> {
         // Held until a reset and now let go: the controller no longer reaches the memory,
         // so the preparation ends (a DMA command does not end it by itself).
         if let Some(mut c) = self.cmd.take() {
-            let _ = c.complete();
+            let _ = crate::dma::complete_command(&mut c);
         }
     }
 }
@@ -747,7 +747,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
     fn give_back(&mut self, mut inf: Inflight<P>) -> dmakit::Result<()> {
         self.lists.append(&mut inf.lists);
         match inf.cmd.take() {
-            Some(mut c) => c.complete(),
+            Some(mut c) => crate::dma::complete_command(&mut c),
             None => Ok(()),
         }
     }
@@ -866,7 +866,7 @@ fn finish<P: Platform + Clone + 'static>(
     mut cmd: DmaCommand<P>,
     e: impl Into<NvmeError>,
 ) -> NvmeError {
-    let _ = cmd.complete();
+    let _ = crate::dma::complete_command(&mut cmd);
     e.into()
 }
 

@@ -7,10 +7,15 @@
 //! use-after-free: after a page-table entry is changed, the device keeps using the old
 //! translation until [`invalidate`](dmakit::mapper::IommuHardware::invalidate). An access
 //! with no translation, or without permission, is logged as an [`IommuFault`] and fails.
+//!
+//! Its two driver-facing steps can be made to fail, as the machine's sites can
+//! ([`crate::fault`]): [`IommuFaultSite::Entry`] (one page-table entry set or cleared) and
+//! [`IommuFaultSite::Invalidate`] (one IOTLB invalidation). A failed step changes nothing.
 
+use crate::fault::{Plan, Site};
 use crate::Machine;
 use dmakit::mapper::{Access, IommuHardware};
-use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
+use dmakit::{Error, IoAddr, IoReturn, PageSize, PhysAddr, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -36,8 +41,43 @@ pub struct IommuFault {
     pub kind: FaultKind,
 }
 
+/// A driver-facing step of the IOMMU that can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IommuFaultSite {
+    /// One page-table entry set or cleared
+    /// ([`set_entry`](dmakit::mapper::IommuHardware::set_entry)).
+    Entry,
+    /// One IOTLB invalidation ([`invalidate`](dmakit::mapper::IommuHardware::invalidate)).
+    Invalidate,
+}
+
+impl IommuFaultSite {
+    /// Every site.
+    pub const ALL: [IommuFaultSite; 2] = [IommuFaultSite::Entry, IommuFaultSite::Invalidate];
+}
+
+impl Site for IommuFaultSite {
+    fn name(self) -> &'static str {
+        match self {
+            IommuFaultSite::Entry => "IOMMU page-table entry",
+            IommuFaultSite::Invalidate => "IOTLB invalidation",
+        }
+    }
+
+    fn code(self) -> IoReturn {
+        IoReturn::VM_ERROR
+    }
+}
+
+impl std::fmt::Display for IommuFaultSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Site::name(*self))
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    plan: Plan<IommuFaultSite>,
     table: HashMap<u64, (u64, Access)>,
     iotlb: HashMap<u64, (u64, Access)>,
     faults: Vec<IommuFault>,
@@ -80,6 +120,26 @@ impl SimIommu {
     /// IOTLB invalidations so far.
     pub fn invalidations(&self) -> u64 {
         self.lock().invalidations
+    }
+
+    /// Makes call number `nth` (1-based, from the IOMMU's creation) at `site` fail.
+    pub fn inject(&self, site: IommuFaultSite, nth: u64) {
+        self.lock().plan.fail(site, nth);
+    }
+
+    /// Calls seen so far at `site`.
+    pub fn calls(&self, site: IommuFaultSite) -> u64 {
+        self.lock().plan.calls(site)
+    }
+
+    /// Forgets planned failures that have not happened.
+    pub fn clear_faults(&self) {
+        self.lock().plan.clear();
+    }
+
+    /// Entries in the page table (for leak checks).
+    pub fn table_entries(&self) -> usize {
+        self.lock().table.len()
     }
 
     /// Entries currently cached in the IOTLB.
@@ -177,6 +237,7 @@ impl IommuHardware for SimIommu {
     fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
         let key = self.page.trunc(iova.0);
         let mut s = self.lock();
+        s.plan.hit(IommuFaultSite::Entry)?;
         match entry {
             Some((pa, acc)) => {
                 s.table.insert(key, (self.page.trunc(pa.0), acc));
@@ -190,6 +251,7 @@ impl IommuHardware for SimIommu {
 
     fn invalidate(&self, iova: IoAddr, len: u64) -> Result<()> {
         let mut s = self.lock();
+        s.plan.hit(IommuFaultSite::Invalidate)?;
         let start = self.page.trunc(iova.0);
         let end = iova.0.saturating_add(len);
         s.iotlb.retain(|&k, _| k < start || k >= end);

@@ -75,7 +75,7 @@ pub use builder::{MachineBuilder, DEFAULT_RAM};
 pub use cache::CacheMode;
 pub use dma_engine::{DmaEngineDevice, EngineConfig, SimDmaEngine};
 pub use fault::FaultSite;
-pub use iommu::{FaultKind, IommuFault, SimIommu};
+pub use iommu::{FaultKind, IommuFault, IommuFaultSite, SimIommu};
 pub use machine::{Layout, Machine, SimStats};
 pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};
 pub use pci::{SimPciBus, SimPciFunction};

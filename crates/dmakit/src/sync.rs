@@ -18,19 +18,48 @@
 /// A mutual-exclusion lock (blocking with `std`, spinning without).
 #[derive(Default)]
 pub struct Mutex<T: ?Sized> {
-    #[cfg(feature = "std")]
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+    #[cfg(all(feature = "std", not(loom)))]
     inner: std::sync::Mutex<T>,
-    #[cfg(not(feature = "std"))]
+    #[cfg(all(not(feature = "std"), not(loom)))]
     inner: spin::Mutex<T>,
 }
 
 /// The guard [`Mutex::lock`] returns.
-#[cfg(feature = "std")]
+#[cfg(loom)]
+pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+/// The guard [`Mutex::lock`] returns.
+#[cfg(all(feature = "std", not(loom)))]
 pub type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 /// The guard [`Mutex::lock`] returns.
-#[cfg(not(feature = "std"))]
+#[cfg(all(not(feature = "std"), not(loom)))]
 pub type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
 
+/// The atomics dmakit's shared types count with (loom's when built with `--cfg loom`, so
+/// its model checker sees every access).
+pub(crate) mod atomic {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+}
+
+/// Defines `$name` as a `const fn`, or as a plain `fn` under `--cfg loom` (loom's
+/// primitives cannot be made in a constant).
+macro_rules! const_unless_loom {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        #[cfg(not(loom))]
+        $vis const fn $name($($a: $t),*) -> $r $body
+        $(#[$m])*
+        #[cfg(loom)]
+        $vis fn $name($($a: $t),*) -> $r $body
+    };
+}
+pub(crate) use const_unless_loom;
+
+#[cfg(not(loom))]
 impl<T> Mutex<T> {
     /// A lock around `value`.
     pub const fn new(value: T) -> Self {
@@ -41,12 +70,24 @@ impl<T> Mutex<T> {
             inner: spin::Mutex::new(value),
         }
     }
+}
 
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    /// A lock around `value` (loom's, for the model checker).
+    pub fn new(value: T) -> Self {
+        Mutex {
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+}
+
+impl<T> Mutex<T> {
     /// The value, the lock gone.
     pub fn into_inner(self) -> T {
-        #[cfg(feature = "std")]
+        #[cfg(any(feature = "std", loom))]
         return self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
-        #[cfg(not(feature = "std"))]
+        #[cfg(not(any(feature = "std", loom)))]
         return self.inner.into_inner();
     }
 }
@@ -54,29 +95,29 @@ impl<T> Mutex<T> {
 impl<T: ?Sized> Mutex<T> {
     /// Waits for the lock.
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        #[cfg(feature = "std")]
+        #[cfg(any(feature = "std", loom))]
         return self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        #[cfg(not(feature = "std"))]
+        #[cfg(not(any(feature = "std", loom)))]
         return self.inner.lock();
     }
 
     /// The lock if it is free now.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        #[cfg(feature = "std")]
+        #[cfg(any(feature = "std", loom))]
         return match self.inner.try_lock() {
             Ok(g) => Some(g),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        #[cfg(not(feature = "std"))]
+        #[cfg(not(any(feature = "std", loom)))]
         return self.inner.try_lock();
     }
 
     /// The value, through exclusive access (no locking).
     pub fn get_mut(&mut self) -> &mut T {
-        #[cfg(feature = "std")]
+        #[cfg(any(feature = "std", loom))]
         return self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        #[cfg(not(feature = "std"))]
+        #[cfg(not(any(feature = "std", loom)))]
         return self.inner.get_mut();
     }
 }

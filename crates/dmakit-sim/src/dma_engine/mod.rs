@@ -196,8 +196,11 @@ struct RingMapping {
 impl Drop for RingMapping {
     fn drop(&mut self) {
         // Nothing to report to: the engine is reset before this runs, so no device access
-        // can be in flight; a failure would only leave IO space allocated.
-        let _ = self.mapper.iovm_free(self.iova, self.pages);
+        // can be in flight. A refused unmap leaves the allocation live; it is tried once
+        // more, so a passing IOMMU failure does not leave the freed ring mapped.
+        if self.mapper.iovm_free(self.iova, self.pages).is_err() {
+            let _ = self.mapper.iovm_free(self.iova, self.pages);
+        }
     }
 }
 

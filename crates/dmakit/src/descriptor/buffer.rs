@@ -449,13 +449,21 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// Copies `data` to `offset` (within the length).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
-        if self.write_bytes(offset, data) != data.len() {
+        let done = self.write_bytes(offset, data);
+        if done == data.len() {
+            return Ok(());
+        }
+        if self.inner.prepared_read_only() {
             return Err(Error::NotWritable {
                 what: "buffer prepared read-only",
                 addr: self.va.0 + offset,
             });
         }
-        Ok(())
+        // The platform's own reason (a page that could not be brought in, …).
+        let at = VirtAddr(self.va.0 + offset + done as u64);
+        self.inner
+            .platform()
+            .write_virt(self.task, at, &data[done..])
     }
 
     fn check(&self, offset: u64, n: usize) -> Result<()> {

@@ -141,6 +141,11 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
         crate::map::MemoryMap::new(self.platform.clone(), self.clone(), options)
     }
 
+    /// Whether the memory is prepared read-only (for `Out`), so CPU writes are refused.
+    pub(crate) fn prepared_read_only(&self) -> bool {
+        self.task.is_some() && self.wiring.lock().read_only
+    }
+
     /// Current prepare count over every owner (always 1 for physical descriptors).
     pub fn wire_count(&self) -> u64 {
         if self.task.is_none() {

@@ -9,8 +9,8 @@
 
 use crate::descriptor::{BufferMemoryDescriptor, BufferOptions};
 use crate::platform::Platform;
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::{Direction, Error, Result};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of a [`BouncePool`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

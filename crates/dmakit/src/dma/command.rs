@@ -230,25 +230,68 @@ struct Owner<P: Platform + Clone> {
 }
 
 impl<P: Platform + Clone> Owner<P> {
-    fn release(&self, md: &dyn MemoryDescriptor, mut prep: Preparation<P>) {
-        self.release_route(&mut prep);
+    /// Gives back everything `prep` holds. When its IO addresses cannot be unmapped the
+    /// device may still reach its memory: nothing is given back and `prep` is returned
+    /// with the error, still holding all of it.
+    fn release(
+        &self,
+        md: &dyn MemoryDescriptor,
+        mut prep: Preparation<P>,
+    ) -> core::result::Result<(), Box<(Error, Preparation<P>)>> {
+        if let Err(e) = self.release_route(&mut prep) {
+            return Err(Box::new((e, prep)));
+        }
         drop(prep);
         let _ = md.complete_for(PrepOwner::command(self.id));
         crate::debug::completed(self.id);
+        Ok(())
     }
 
-    /// Gives back a preparation's bounce memory and IO addresses, keeping its wiring; the
-    /// preparation is left direct.
-    fn release_route(&self, prep: &mut Preparation<P>) {
+    /// Gives back a preparation's IO addresses and bounce memory, keeping its wiring; the
+    /// preparation is left direct. If the mapper cannot unmap, the route stays as it was
+    /// (bounce memory included) and the mapper's error is returned.
+    fn release_route(&self, prep: &mut Preparation<P>) -> Result<()> {
+        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) =
+            (&prep.route, &self.mode)
+        {
+            // The mapper invalidates before the IO addresses can be handed out again.
+            m.iovm_free(*iova, *pages)?;
+        }
         let route = core::mem::replace(&mut prep.route, Route::Direct);
         if route.bounces() {
             if let Some(pool) = &self.pool {
                 pool.give_back(route.pool_bytes(prep.length));
             }
         }
-        if let (Route::Mapped { iova, pages, .. }, MappingMode::Mapped(m)) = (&route, &self.mode) {
-            // The mapper invalidates before the IO addresses can be handed out again.
-            let _ = m.iovm_free(*iova, *pages);
+        Ok(())
+    }
+
+    /// Keeps a preparation that could not be released (its IO addresses are still mapped)
+    /// for good: in the quarantine when there is one, else leaked, never freed under the
+    /// device.
+    fn keep(&self, md: Arc<dyn MemoryDescriptor>, prep: Preparation<P>, held: u64)
+    where
+        P: 'static,
+    {
+        match &self.quarantine {
+            Some(q) => {
+                q.prepared();
+                q.hold(Box::new(Dropped {
+                    owner: Owner {
+                        pool: self.pool.clone(),
+                        mode: self.mode.clone(),
+                        quarantine: None,
+                        id: self.id,
+                    },
+                    md,
+                    prep,
+                    held,
+                }));
+            }
+            None => {
+                core::mem::forget(prep);
+                core::mem::forget(md);
+            }
         }
     }
 }
@@ -262,11 +305,23 @@ struct Dropped<P: Platform + Clone + 'static> {
 }
 
 impl<P: Platform + Clone + 'static> Held for Dropped<P> {
-    fn release(self: Box<Self>) {
+    fn release(self: Box<Self>) -> core::result::Result<(), (Error, Box<dyn Held>)> {
         let Dropped {
-            owner, md, prep, ..
+            owner,
+            md,
+            prep,
+            held,
         } = *self;
-        owner.release(md.as_ref(), prep);
+        owner.release(md.as_ref(), prep).map_err(|failed| {
+            let (e, prep) = *failed;
+            let kept: Box<dyn Held> = Box::new(Dropped {
+                owner,
+                md,
+                prep,
+                held,
+            });
+            (e, kept)
+        })
     }
 
     fn held_bytes(&self) -> u64 {
@@ -769,7 +824,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             count: 1,
         };
         if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
-            self.owner.release(md.as_ref(), prep);
+            if let Err(failed) = self.owner.release(md.as_ref(), prep) {
+                let (_, prep) = *failed;
+                // Still mapped: the device could reach it; never free it.
+                let held = prep
+                    .route
+                    .held_bytes(length, self.platform.page_size().bytes());
+                self.owner.keep(md.clone(), prep, held);
+            }
             return Err(e);
         }
         self.record_prepared(md.as_ref(), &prep);
@@ -872,7 +934,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                         None => return Ok(()),
                         Some(r) => {
                             prep.reason = Some(r);
-                            self.owner.release_route(prep);
+                            self.owner.release_route(prep)?;
                         }
                     }
                 } else {
@@ -1537,14 +1599,18 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 }
                 Ok(())
             });
+        let r = r.and_then(|()| self.owner.release_route(&mut prep));
         match r {
             Ok(()) => {
-                self.owner.release_route(&mut prep);
                 self.prep = Some(fresh);
                 Ok(())
             }
             Err(e) => {
-                self.owner.release_route(&mut fresh);
+                if self.owner.release_route(&mut fresh).is_err() {
+                    // The new route is still mapped too: its bounce memory and IO
+                    // addresses are kept for good (the wiring stays with `prep`).
+                    core::mem::forget(fresh);
+                }
                 self.prep = Some(prep);
                 Err(e)
             }
@@ -1657,7 +1723,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 result = self.copy(md.as_ref(), &prep, false);
             }
         }
-        self.owner.release(md.as_ref(), prep);
+        if let Err(failed) = self.owner.release(md.as_ref(), prep) {
+            let (e, prep) = *failed;
+            // The IO addresses are still mapped, so the device may still reach the memory:
+            // the command stays prepared and owns all of it; complete again later.
+            self.prep = Some(prep);
+            return Err(e);
+        }
         if let Some(q) = &self.owner.quarantine {
             q.completed();
         }

@@ -160,7 +160,7 @@ struct Delivery {
 pub struct DmaEventSource<C: CompletionSource + ?Sized> {
     controller: Arc<C>,
     delivery: crate::sync::Mutex<Delivery>,
-    pending: core::sync::atomic::AtomicU64,
+    pending: crate::sync::atomic::AtomicU64,
     #[cfg(feature = "std")]
     signal: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
 }
@@ -190,7 +190,7 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
                 queue: alloc_crate::collections::VecDeque::new(),
                 sync: SyncState::Idle,
             }),
-            pending: core::sync::atomic::AtomicU64::new(0),
+            pending: crate::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "std")]
             signal: Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new())),
         }
@@ -265,7 +265,7 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
 
     /// Interrupts seen and not yet handled.
     pub fn pending_interrupts(&self) -> u64 {
-        self.pending.load(core::sync::atomic::Ordering::Acquire)
+        self.pending.load(crate::sync::atomic::Ordering::Acquire)
     }
 
     /// Takes the synchronous command's completion if it has arrived.
@@ -440,7 +440,7 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
 impl<C: CompletionSource + ?Sized> InterruptSink for DmaEventSource<C> {
     fn raise(&self) {
         self.pending
-            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+            .fetch_add(1, crate::sync::atomic::Ordering::AcqRel);
         #[cfg(feature = "std")]
         {
             let (m, cv) = &*self.signal;
@@ -472,7 +472,7 @@ impl<C: CompletionSource + ?Sized + 'static> DmaEventSource<C> {
                 }
                 *seen = 0;
             }
-            me.pending.store(0, core::sync::atomic::Ordering::Release);
+            me.pending.store(0, crate::sync::atomic::Ordering::Release);
             me.poll();
             if stop.load(core::sync::atomic::Ordering::Acquire) {
                 me.poll();
@@ -523,10 +523,12 @@ pub struct DmaControllerRegistry {
 }
 
 impl DmaControllerRegistry {
-    /// An empty registry.
-    pub const fn new() -> Self {
-        DmaControllerRegistry {
-            by_name: crate::sync::Mutex::new(BTreeMap::new()),
+    crate::sync::const_unless_loom! {
+        /// An empty registry.
+        pub fn new() -> Self {
+            DmaControllerRegistry {
+                by_name: crate::sync::Mutex::new(BTreeMap::new()),
+            }
         }
     }
 

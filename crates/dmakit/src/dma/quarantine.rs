@@ -31,16 +31,18 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::sync::Arc;
 use alloc_crate::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A preparation waiting for its device to be quiesced.
 pub(crate) trait Held: Send {
-    /// Gives back what the preparation holds (the device can no longer reach it).
-    fn release(self: Box<Self>);
+    /// Gives back what the preparation holds (the device can no longer reach it); when
+    /// that fails (its IO addresses could not be unmapped) it comes back, still holding
+    /// everything.
+    fn release(self: Box<Self>) -> core::result::Result<(), (Error, Box<dyn Held>)>;
     /// Bytes of bounce memory or IO space it holds.
     fn held_bytes(&self) -> u64;
 }
@@ -98,14 +100,27 @@ impl Quarantine {
     ///
     /// Calling this while the device still runs defeats the quarantine: what is released
     /// may be reused while the device writes to it.
+    ///
+    /// A preparation whose IO addresses cannot be unmapped stays here, holding everything
+    /// (the IOMMU may still let the device reach it); the first such error is returned
+    /// after the others are released, and a later call tries again.
     pub fn quiesced(&self) -> Result<usize> {
         let held: Vec<Box<dyn Held>> = core::mem::take(&mut *self.held.lock());
-        let n = held.len();
+        let mut n = 0;
+        let mut first = None;
         for h in held {
-            h.release();
-            self.live.fetch_sub(1, Ordering::AcqRel);
+            match h.release() {
+                Ok(()) => {
+                    n += 1;
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                }
+                Err((e, kept)) => {
+                    first.get_or_insert(e);
+                    self.hold(kept);
+                }
+            }
         }
-        Ok(n)
+        first.map_or(Ok(n), Err)
     }
 
     /// Device teardown: releases what waits here (as [`quiesced`](Self::quiesced)), then

@@ -346,10 +346,12 @@ impl<P: VirtualMemory + 'static> Entry for MapInner<P> {
 }
 
 impl MapRegistry {
-    /// An empty registry.
-    pub const fn new() -> Self {
-        MapRegistry {
-            maps: crate::sync::Mutex::new(Vec::new()),
+    crate::sync::const_unless_loom! {
+        /// An empty registry.
+        pub fn new() -> Self {
+            MapRegistry {
+                maps: crate::sync::Mutex::new(Vec::new()),
+            }
         }
     }
 

@@ -245,7 +245,14 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         s.live.remove(&iova.0);
         s.pending.push((iova.0, len));
         if !self.lazy || s.pending.len() >= FLUSH_BATCH {
-            self.drain(&mut s)?;
+            if let Err(e) = self.drain(&mut s) {
+                // Not invalidated: the device may still reach the pages through the IOTLB.
+                // The allocation stays live (unmapped), so the caller keeps the memory
+                // behind it and can free it again once the IOMMU answers.
+                s.pending.retain(|&(start, _)| start != iova.0);
+                s.live.insert(iova.0, pages);
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -47,7 +47,8 @@ pub trait Mapper: Send + Sync {
     fn iovm_alloc(&self, pages: u64) -> Result<IoAddr>;
 
     /// IOMapperIOVMFree: unmaps and gives back `pages` pages from `iova` (exactly an
-    /// allocation).
+    /// allocation). A failure leaves the allocation live (perhaps partly unmapped): the
+    /// device may still reach its pages, so the caller keeps them and frees again later.
     /// IOKit: `IOMapper::iovmFree`.
     fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()>;
 

@@ -57,11 +57,14 @@ pub struct MapperRegistry {
 }
 
 impl MapperRegistry {
-    /// A registry whose system mapper is not decided yet and that holds no device mapper.
-    pub const fn new() -> Self {
-        MapperRegistry {
-            system: crate::sync::Mutex::new(Decision::Undecided),
-            devices: crate::sync::Mutex::new(BTreeMap::new()),
+    crate::sync::const_unless_loom! {
+        /// A registry whose system mapper is not decided yet and that holds no device
+        /// mapper.
+        pub fn new() -> Self {
+            MapperRegistry {
+                system: crate::sync::Mutex::new(Decision::Undecided),
+                devices: crate::sync::Mutex::new(BTreeMap::new()),
+            }
         }
     }
 
