@@ -9,7 +9,7 @@ use dmakit::dma::{
 };
 use dmakit::map::{mapped_read16, mapped_read32, mapped_write32};
 use dmakit::mapper::IommuMapper;
-use dmakit::{Direction, Error, IoAddr, PhysAddr};
+use dmakit::{Direction, Error, IoAddr, IoReturn, PhysAddr};
 use dmakit_sim::dma_engine::{desc, regs, DmaEngineDevice, ENGINE_MMIO_BASE};
 use dmakit_sim::{FaultKind, IommuFault, Machine, MachineBuilder, SimDmaEngine, SimIommu};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,7 +118,13 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
     let last = got.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.ticket, e);
     assert!(
-        matches!(last.status, Err(Error::NotMapped { .. })),
+        matches!(
+            last.status,
+            Err(Error::DmaFault {
+                via_iommu: true,
+                ..
+            })
+        ),
         "{last:?}"
     );
     assert!(!iommu.faults().is_empty());
@@ -939,11 +945,24 @@ fn a_wrong_io_address_faults_in_the_iommu_and_in_the_status_register() {
     assert_eq!(c.ticket, t);
     assert_eq!(c.bytes, 0x1000);
     match c.status {
-        Err(Error::NotMapped { what, addr }) => {
+        Err(
+            e @ Error::DmaFault {
+                addr,
+                write: true,
+                via_iommu: true,
+                unit,
+                ..
+            },
+        ) => {
             assert_eq!(addr, bad);
+            assert_eq!(unit, engine.registers().0, "names the engine");
+            assert_eq!(e.io_return(), IoReturn::DMA_ERROR);
+            let text = e.to_string();
             assert!(
-                what.contains("destination") && what.contains("IOMMU"),
-                "{what}"
+                text.contains("write to")
+                    && text.contains("IOMMU")
+                    && text.contains(&format!("{bad:#x}")),
+                "{text}"
             );
         }
         other => panic!("{other:?}"),
@@ -1007,7 +1026,7 @@ fn an_address_outside_ram_is_a_bus_error_without_an_iommu() {
     let c = take(&engine).pop().unwrap();
     assert_eq!((c.ticket, c.bytes), (t, 0));
     assert!(
-        matches!(c.status, Err(Error::NotMapped { addr, what }) if addr == hole && what.contains("no RAM")),
+        matches!(c.status, Err(Error::DmaFault { addr, write: false, via_iommu: false, .. }) if addr == hole),
         "{c:?}"
     );
 }

@@ -384,7 +384,7 @@ fn a_dma_engine_transfer_outside_its_mapping_fails_naming_the_address() {
     let done = got.iter().find(|x| x.ticket == ticket).unwrap();
     let e = done.status.clone().unwrap_err();
     assert!(
-        matches!(e, Error::NotMapped { addr, .. } if addr == bad),
+        matches!(e, Error::DmaFault { addr, via_iommu: true, .. } if addr == bad),
         "{e}"
     );
     assert!(

@@ -76,6 +76,8 @@ impl IoReturn {
     pub const NOT_RESPONDING: IoReturn = IoReturn(0xE000_02ED);
     /// kIOReturnDeviceError: the device is not working properly.
     pub const DEVICE_ERROR: IoReturn = IoReturn(0xE000_02EF);
+    /// kIOReturnDMAError
+    pub const DMA_ERROR: IoReturn = IoReturn(0xE000_02EE);
 
     /// The constant's IOKit name, or `"kIOReturn?"` for a value dmakit never produces.
     pub const fn name(self) -> &'static str {
@@ -105,6 +107,7 @@ impl IoReturn {
             0xE000_02CA => "kIOReturnIOError",
             0xE000_02ED => "kIOReturnNotResponding",
             0xE000_02EF => "kIOReturnDeviceError",
+            0xE000_02EE => "kIOReturnDMAError",
             _ => "kIOReturn?",
         }
     }
@@ -324,6 +327,26 @@ pub enum Error {
         /// The address.
         addr: u64,
     },
+    /// A device's DMA was refused: the IOMMU faulted it, or the bus found no memory there.
+    /// Names the device (its kind and an address that tells it apart, such as its register
+    /// window or PCI address as a number) and the address it used.
+    #[error(
+        "{device} {unit:#x}: DMA {} {addr:#x} refused {}",
+        if *write { "write to" } else { "read from" },
+        if *via_iommu { "by the IOMMU (see its fault log)" } else { "by the bus (no memory there)" }
+    )]
+    DmaFault {
+        /// What kind of device.
+        device: &'static str,
+        /// Which one.
+        unit: u64,
+        /// The device-visible address it used.
+        addr: u64,
+        /// A write (else a read).
+        write: bool,
+        /// The IOMMU refused it (else the bus).
+        via_iommu: bool,
+    },
     /// Pages could not be wired.
     #[error("cannot wire [{addr:#x}, +{len:#x}): {why}")]
     CannotWire {
@@ -478,6 +501,7 @@ impl Error {
             NoSpace { .. } | RangeBusy { .. } => IoReturn::NO_SPACE,
             NotReady { .. } => IoReturn::NOT_READY,
             NotMapped { .. } => IoReturn::VM_ERROR,
+            DmaFault { .. } => IoReturn::DMA_ERROR,
             CannotWire { .. } => IoReturn::CANNOT_WIRE,
             Busy { .. } => IoReturn::BUSY,
             NotPermitted { .. } => IoReturn::NOT_PERMITTED,

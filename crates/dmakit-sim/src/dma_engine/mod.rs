@@ -451,7 +451,7 @@ impl SimDmaEngine {
             }
             bytes += wb.bytes as u64;
             if error.is_none() {
-                error = status_error(wb, p.ticket, index);
+                error = status_error(wb, p.ticket, index, self.regs);
             }
         }
         (bytes, error)
@@ -465,26 +465,20 @@ impl SimDmaEngine {
     }
 }
 
-/// The error a descriptor's write-back reports, if any.
-fn status_error(wb: WriteBack, ticket: u64, index: u32) -> Option<Error> {
-    let iommu = wb.status & desc::VIA_IOMMU != 0;
+/// The error a descriptor's write-back reports, if any; a data fault names the engine by
+/// its register window.
+fn status_error(wb: WriteBack, ticket: u64, index: u32, unit: PhysAddr) -> Option<Error> {
+    let via_iommu = wb.status & desc::VIA_IOMMU != 0;
+    let fault = |write| Error::DmaFault {
+        device: "simulated DMA engine",
+        unit: unit.0,
+        addr: wb.fault,
+        write,
+        via_iommu,
+    };
     match wb.status & desc::CODE_MASK {
-        desc::SRC_FAULT => Some(Error::NotMapped {
-            what: if iommu {
-                "DMA engine: the source read faulted in the IOMMU (see its fault log)"
-            } else {
-                "DMA engine: the source read hit no RAM (bus error)"
-            },
-            addr: wb.fault,
-        }),
-        desc::DST_FAULT => Some(Error::NotMapped {
-            what: if iommu {
-                "DMA engine: the destination write faulted in the IOMMU (see its fault log)"
-            } else {
-                "DMA engine: the destination write hit no RAM (bus error)"
-            },
-            addr: wb.fault,
-        }),
+        desc::SRC_FAULT => Some(fault(false)),
+        desc::DST_FAULT => Some(fault(true)),
         desc::ABORTED => Some(Error::Aborted {
             what: "DMA transfer (stop() aborted it before the engine reached it)",
             id: ticket,
