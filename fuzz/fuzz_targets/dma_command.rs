@@ -223,20 +223,23 @@ impl Rig {
     }
 }
 
-/// Whether a prepare that succeeded before succeeded again. The one refusal allowed: the
-/// mapper placed the IO addresses outside a device window narrower than the mapper's own
-/// (the mapper does not place by the device's window, so where the range lands depends on
-/// what was freed before).
+/// Whether a prepare that succeeded before succeeded again. The refusals allowed are
+/// placement ones (`NoSuitableMemory`): the mapper placed the IO addresses outside a device
+/// window narrower than the mapper's own, or the bounce buffer landed below the window's
+/// minimum address (neither the mapper nor the bounce pool places by the device's window,
+/// so where a range lands depends on what was freed before).
 fn placement_refusal(input: &Input, r: dmakit::Result<()>) -> bool {
-    match (r, &input.mode) {
-        (Ok(()), _) => true,
-        (Err(dmakit::Error::NoSuitableMemory { .. }), Mode::Mapped(base, size))
-            if input.spec.min_address() > *base
-                || input.spec.max_address() < base.wrapping_add(size - 1) =>
-        {
-            false
+    let narrower = match input.mode {
+        Mode::Mapped(base, size) => {
+            input.spec.min_address() > base
+                || input.spec.max_address() < base.wrapping_add(size - 1)
         }
-        (Err(e), _) => panic!("a prepare that succeeded before failed: {e}"),
+        _ => input.spec.min_address() > 0,
+    };
+    match r {
+        Ok(()) => true,
+        Err(dmakit::Error::NoSuitableMemory { .. }) if narrower => false,
+        Err(e) => panic!("a prepare that succeeded before failed: {e}"),
     }
 }
 
