@@ -72,3 +72,40 @@ fn the_engine_moves_segments_that_end_at_the_top_of_the_address_space() {
     assert_eq!(dst.read_bytes(0, &mut got), 4096);
     assert_eq!(got[..], data[data.len() - 4096..]);
 }
+
+/// Checking a segment that ends at 2^64 against an internal alignment or a boundary
+/// overflowed (`addr + len`) instead of treating the end as 2^64.
+#[test]
+fn segments_ending_at_the_top_of_the_address_space_are_checked_without_overflow() {
+    use dmakit::dma::SegmentSpec;
+    let m: M = Arc::new(MachineBuilder::new().seed(5).build().unwrap());
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let window = 0x10_0000u64;
+    let mapper = Arc::new(IommuMapper::new(iommu, 0u64.wrapping_sub(window), window).unwrap());
+    let spec = SegmentSpec::builder()
+        .max_segment_size(1024)
+        .internal_alignment(512)
+        .boundary(0x4_0000)
+        .build()
+        .unwrap();
+    let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+    let md: Arc<dyn MemoryDescriptor> =
+        Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::InOut).unwrap());
+    let mut c = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .mode(MappingMode::Mapped(mapper.clone()))
+        .build()
+        .unwrap();
+    c.set_memory_descriptor(md).unwrap();
+    c.prepare(PrepareOptions::new()).unwrap();
+    let segs: Vec<IoSegment> = c.segments().collect::<Result<_, _>>().unwrap();
+    let last = *segs.last().unwrap();
+    assert_eq!(
+        last.addr.0 + (last.len - 1),
+        u64::MAX,
+        "the transfer ends at 2^64"
+    );
+    assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), 8192);
+    assert!(segs.iter().all(|s| s.len <= 1024));
+    c.complete().unwrap();
+}
