@@ -183,11 +183,14 @@ impl SimIommu {
         len: usize,
         mut f: impl FnMut(u64, usize, usize) -> Result<()>,
     ) -> Result<()> {
-        iova.0.checked_add(len as u64).ok_or(Error::Overflow {
-            what: "IOMMU device access",
-            start: iova.0,
-            len: len as u64,
-        })?;
+        // The last byte must exist; the end may be 2^64 itself.
+        iova.0
+            .checked_add((len as u64).saturating_sub(1))
+            .ok_or(Error::Overflow {
+                what: "IOMMU device access",
+                start: iova.0,
+                len: len as u64,
+            })?;
         let mut done = 0usize;
         while done < len {
             let a = iova.0 + done as u64;

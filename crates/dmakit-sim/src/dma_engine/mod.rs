@@ -555,8 +555,9 @@ fn cut(t: &DmaTransfer<'_>) -> Result<Vec<(u64, u64, u32)>> {
             };
             let sa = s.addr.0.checked_add(so).ok_or(overflow(s.addr.0))?;
             let da = d.addr.0.checked_add(doff).ok_or(overflow(d.addr.0))?;
-            sa.checked_add(n).ok_or(overflow(sa))?;
-            da.checked_add(n).ok_or(overflow(da))?;
+            // The last byte must exist; the end may be 2^64 itself.
+            sa.checked_add(n - 1).ok_or(overflow(sa))?;
+            da.checked_add(n - 1).ok_or(overflow(da))?;
             out.push((sa, da, n as u32));
         }
         so += n;

@@ -77,9 +77,12 @@ impl ClassMap {
         }
     }
 
-    /// The lowest non-empty class `≥ c`.
+    /// The lowest non-empty class `≥ c` (`None` for `c` past the last class).
     #[inline]
     pub fn first_at_or_above(&self, c: usize) -> Option<usize> {
+        if c >= CLASSES {
+            return None;
+        }
         let fl = c / SL_COUNT;
         let sl = c % SL_COUNT;
         let here = self.second[fl] & (0xFFu8 << sl);

@@ -633,9 +633,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         if !first && !a.is_multiple_of(s.internal_alignment()) {
             return Some(Constraint::InternalAlignment);
         }
+        // An end of 2^64 (an IO window at the top) wraps to 0, a multiple of every alignment.
         if !last
             && (!len.is_multiple_of(s.length_alignment())
-                || !(a + len).is_multiple_of(s.internal_alignment()))
+                || !a.wrapping_add(len).is_multiple_of(s.internal_alignment()))
         {
             return Some(if len.is_multiple_of(s.length_alignment()) {
                 Constraint::InternalAlignment
@@ -643,7 +644,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 Constraint::LengthAlignment
             });
         }
-        if s.boundary() != 0 && a / s.boundary() != (a + len - 1) / s.boundary() {
+        if s.boundary() != 0 && a / s.boundary() != (a + (len - 1)) / s.boundary() {
             return Some(Constraint::Boundary);
         }
         None

@@ -79,7 +79,7 @@ impl SegmentFormat {
         let size = self.element_size();
         index
             .checked_mul(size)
-            .filter(|&a| a + size <= len)
+            .filter(|&a| a.checked_add(size).is_some_and(|end| end <= len))
             .ok_or(Error::OutOfBounds {
                 what,
                 offset: (index as u64).saturating_mul(size as u64),
