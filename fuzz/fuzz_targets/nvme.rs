@@ -26,24 +26,22 @@ use std::sync::Arc;
 /// Blocks of the namespace the operations touch (the model covers them).
 const SPAN_BLOCKS: u64 = 96;
 
+/// One read or write: queue, first block, block count, odd bytes over, buffer shape and
+/// offset in the buffer.
+#[derive(Debug)]
+struct Io {
+    q: u8,
+    lba: u16,
+    blocks: u8,
+    odd: u16,
+    shape: Shape,
+    off: u16,
+}
+
 #[derive(Debug)]
 enum Op {
-    Write {
-        q: u8,
-        lba: u16,
-        blocks: u8,
-        odd: u16,
-        shape: Shape,
-        off: u16,
-    },
-    Read {
-        q: u8,
-        lba: u16,
-        blocks: u8,
-        odd: u16,
-        shape: Shape,
-        off: u16,
-    },
+    Write(Io),
+    Read(Io),
     Flush(u8),
     /// The next I/O command with this opcode fails with a status.
     CommandError(u8, u8),
@@ -83,25 +81,25 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     Ok(match u.int_in_range(0u8..=14)? {
         0..=4 => {
             let (q, lba, blocks, odd, shape, off) = io(u)?;
-            Op::Write {
+            Op::Write(Io {
                 q,
                 lba,
                 blocks,
                 odd,
                 shape,
                 off,
-            }
+            })
         }
         5..=9 => {
             let (q, lba, blocks, odd, shape, off) = io(u)?;
-            Op::Read {
+            Op::Read(Io {
                 q,
                 lba,
                 blocks,
                 odd,
                 shape,
                 off,
-            }
+            })
         }
         10 => Op::Flush(u.arbitrary()?),
         11 => Op::CommandError(u.arbitrary()?, u.arbitrary()?),
@@ -240,7 +238,15 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn io(&mut self, write: bool, q: u8, lba: u16, blocks: u8, odd: u16, shape: &Shape, off: u16) {
+    fn io(&mut self, write: bool, io: &Io) {
+        let Io {
+            q,
+            lba,
+            blocks,
+            odd,
+            ref shape,
+            off,
+        } = *io;
         let bs = self.sim.nvme.lba_size();
         let lba = lba as u64 % SPAN_BLOCKS;
         let len = (blocks as u64 * bs).min((SPAN_BLOCKS - lba) * bs) + odd as u64 % 3;
@@ -250,7 +256,7 @@ impl Run<'_> {
         let md: Arc<dyn MemoryDescriptor> = built.md;
         let off = (off as u64).min(md.length().saturating_sub(len.min(md.length())));
         let fits = off + len <= md.length();
-        let valid = len > 0 && len % bs == 0 && fits && len <= self.nvme.max_transfer();
+        let valid = len > 0 && len.is_multiple_of(bs) && fits && len <= self.nvme.max_transfer();
         let qi = q as usize % self.queues.len().max(1);
         let Some(queue) = self.queues.get_mut(qi) else {
             return;
@@ -330,22 +336,8 @@ fn run(i: &Input) {
         };
         for op in &i.ops {
             match op {
-                Op::Write {
-                    q,
-                    lba,
-                    blocks,
-                    odd,
-                    shape,
-                    off,
-                } => r.io(true, *q, *lba, *blocks, *odd, shape, *off),
-                Op::Read {
-                    q,
-                    lba,
-                    blocks,
-                    odd,
-                    shape,
-                    off,
-                } => r.io(false, *q, *lba, *blocks, *odd, shape, *off),
+                Op::Write(io) => r.io(true, io),
+                Op::Read(io) => r.io(false, io),
                 Op::Flush(q) => {
                     let n = r.queues.len().max(1);
                     if let Some(queue) = r.queues.get_mut(*q as usize % n) {
