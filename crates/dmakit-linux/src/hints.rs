@@ -137,6 +137,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "getrlimit: a system call Miri does not emulate")]
     fn memlock_message_names_the_limit_and_the_fix() {
         let why = memlock_why();
         assert!(why.contains("RLIMIT_MEMLOCK"), "{why}");
@@ -144,6 +145,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /sys/kernel/mm/hugepages, which Miri isolates")]
     fn hugepage_message_says_how_to_reserve() {
         let e = no_hugepages(crate::HUGEPAGE);
         assert!(e.to_string().contains("nr_hugepages"), "{e}");

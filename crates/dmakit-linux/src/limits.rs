@@ -70,6 +70,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc/meminfo, which Miri isolates")]
     fn more_than_the_machine_is_refused_at_once() {
         let e = check_wire(u64::MAX / 2, 0).unwrap_err();
         assert!(

@@ -170,6 +170,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc/self/pagemap, which Miri isolates")]
     fn own_pages_translate_or_are_refused_clearly() {
         let page = PageSize::new(crate::sys::page_size()).unwrap();
         let pm = Pagemap::open(page).unwrap();

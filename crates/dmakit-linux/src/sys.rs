@@ -792,3 +792,6 @@ pub(crate) fn is_mapped(addr: u64, len: u64) -> bool {
     }
     .is_ok()
 }
+
+#[cfg(test)]
+mod tests;

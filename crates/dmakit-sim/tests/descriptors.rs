@@ -531,7 +531,7 @@ fn build(m: &Arc<Machine>, s: &Shape) -> (Arc<dyn MemoryDescriptor>, Vec<u8>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 1_000 }, ..ProptestConfig::default() })]
 
     #[test]
     fn composed_descriptors_match_the_oracle(

@@ -131,6 +131,10 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: a work-loop thread polls while 1,000 transfers queue"
+)]
 fn a_thousand_queued_transfers_complete_in_order_with_verified_data() {
     let m: M = Arc::new(
         MachineBuilder::new()

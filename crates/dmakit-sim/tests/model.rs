@@ -421,7 +421,7 @@ fn run(seed: u64, frag: f64, page: PageSize, ops: &[Op]) -> Vec<Vec<PageEntry>> 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 64 }, ..ProptestConfig::default() })]
 
     #[test]
     fn random_workloads_keep_every_invariant_and_replay_exactly(

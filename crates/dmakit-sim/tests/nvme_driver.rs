@@ -28,6 +28,10 @@ fn run_suite(sim: &Sim, what: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_on_the_default_controller_through_the_iommu() {
     let sim = Sim::new(
         1,
@@ -38,6 +42,10 @@ fn the_suite_passes_on_the_default_controller_through_the_iommu() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_with_4096_byte_blocks() {
     let b = SimNvme::builder().lba_size(4096).blocks(blocks(4096));
     run_suite(&Sim::new(2, b, DmaMode::DEFAULT_IOMMU), "4K LBA");
@@ -50,6 +58,10 @@ fn the_suite_passes_with_the_smallest_mdts() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_without_an_mdts_and_chains_prp_lists() {
     let b = SimNvme::builder().mdts(0).blocks(blocks(512));
     let sim = Sim::new(4, b, DmaMode::DEFAULT_IOMMU);
@@ -67,6 +79,10 @@ fn the_suite_passes_without_an_mdts_and_chains_prp_lists() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_with_delays_reordering_a_wide_doorbell_stride_and_few_slots() {
     let b = SimNvme::builder()
         .blocks(blocks(512))
@@ -79,6 +95,10 @@ fn the_suite_passes_with_delays_reordering_a_wide_doorbell_stride_and_few_slots(
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_bypassing_the_iommu_below_a_28_bit_limit() {
     let b = SimNvme::builder().blocks(blocks(512));
     let dma = DmaMode::Bypass {
@@ -88,12 +108,20 @@ fn the_suite_passes_bypassing_the_iommu_below_a_28_bit_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_on_a_coherent_machine() {
     let b = SimNvme::builder().lba_size(4096).blocks(blocks(4096));
     run_suite(&Sim::on(7, b, DmaMode::DEFAULT_IOMMU, true), "coherent");
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite, minutes interpreted; its variants run natively"
+)]
 fn the_suite_passes_on_a_machine_with_16_kib_pages() {
     let b = SimNvme::builder().blocks(blocks(512));
     let machine = MachineBuilder::new().page_size(dmakit::PageSize::new(16384).unwrap());
@@ -334,7 +362,7 @@ fn pieces() -> impl Strategy<Value = Vec<(u64, u64)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 24 }, .. ProptestConfig::default() })]
     #[test]
     fn random_transfers_over_random_descriptors_and_knobs_are_byte_exact(
         seed in 0u64..1_000_000,

@@ -585,6 +585,10 @@ fn writes_read_back_byte_exact_with_prp_lists_under_both_lba_sizes() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: 600 pages (2.4 MB) written, read back and compared"
+)]
 fn a_maximal_transfer_chains_prp_list_pages() {
     // 600 pages: 599 PRP list entries, more than one list page holds.
     let h = Host::new(5, SimNvme::builder().lba_size(4096).mdts(0));

@@ -90,6 +90,10 @@ fn a_limit_below_most_ram_counts_only_what_fits() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: its machine has 272 MiB of fragmented RAM to search"
+)]
 fn requests_too_large_or_too_aligned_are_errors() {
     let m = MachineBuilder::new()
         .seed(52)

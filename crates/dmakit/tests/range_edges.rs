@@ -246,7 +246,7 @@ fn the_locked_allocator_serves_threads() {
             let r = r.clone();
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
-                for i in 0..500u64 {
+                for i in 0..if cfg!(miri) { 60 } else { 500u64 } {
                     let size = 0x1000 * (1 + (i + t) % 8);
                     mine.push((r.allocate(size, 0).unwrap(), size));
                     if i % 3 == 0 {

@@ -188,6 +188,22 @@ pub(crate) fn set_irq_eventfds(
     index: u32,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), Errno> {
+    let raw_fds: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut buf = irq_set_arg(index, &raw_fds);
+    let raw = Raw {
+        opcode: DEVICE_SET_IRQS,
+        arg: buf.as_mut_ptr().cast(),
+    };
+    // SAFETY: the kernel reads `argsz` bytes, all inside `buf` (`irq_set_arg`), which lives
+    // for the call; the eventfds stay open for the call (borrowed).
+    unsafe { rustix::ioctl::ioctl(device, raw) }.map(drop)
+}
+
+/// The argument of `VFIO_DEVICE_SET_IRQS` for eventfds `fds` on vectors `0..fds.len()` of
+/// `index`: a `vfio_irq_set` header with the descriptors right after it (where its `data`
+/// starts), in 8-aligned words; its `argsz` is the header and the descriptors, at most the
+/// buffer.
+fn irq_set_arg(index: u32, fds: &[i32]) -> Vec<u64> {
     let head = std::mem::size_of::<vfio_irq_set>();
     let total = head + 4 * fds.len();
     // u64 words, so the header is aligned for `vfio_irq_set` (alignment 4).
@@ -206,21 +222,14 @@ pub(crate) fn set_irq_eventfds(
     };
     let base = buf.as_mut_ptr().cast::<u8>();
     // SAFETY: `buf` holds at least `total` bytes and is 8-aligned; the header goes at offset
-    // 0 and the `fds.len()` 4-byte descriptors right after it (where `data` starts), all
-    // inside the buffer.
+    // 0 and the `fds.len()` 4-byte descriptors right after it, all inside the buffer.
     unsafe {
         ptr::write(base.cast::<vfio_irq_set>(), set);
-        for (i, fd) in fds.iter().enumerate() {
-            ptr::write_unaligned(base.add(head + 4 * i).cast::<i32>(), fd.as_raw_fd());
+        for (i, &fd) in fds.iter().enumerate() {
+            ptr::write_unaligned(base.add(head + 4 * i).cast::<i32>(), fd);
         }
     }
-    let raw = Raw {
-        opcode: DEVICE_SET_IRQS,
-        arg: base.cast(),
-    };
-    // SAFETY: the kernel reads `argsz` = `total` bytes, all inside `buf`, which lives for the
-    // call; the eventfds stay open for the call (borrowed).
-    unsafe { rustix::ioctl::ioctl(device, raw) }.map(drop)
+    buf
 }
 
 /// `VFIO_DEVICE_RESET`.
@@ -394,3 +403,6 @@ impl std::fmt::Debug for RegisteredMmio {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -247,6 +247,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the dispatcher thread blocks in ppoll, which Miri does not emulate"
+    )]
     fn each_vector_reaches_its_own_sink() {
         let d = Dispatcher::start(4).unwrap();
         assert_eq!(d.vectors(), 4);
@@ -272,6 +276,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the dispatcher thread blocks in ppoll, which Miri does not emulate"
+    )]
     fn a_removed_sink_is_never_called_again() {
         let d = Dispatcher::start(2).unwrap();
         let a = Arc::new(Counter::default());
@@ -291,6 +299,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the dispatcher thread blocks in ppoll, which Miri does not emulate"
+    )]
     fn vectors_outside_the_set_are_refused() {
         assert!(matches!(
             Dispatcher::start(0),
@@ -312,6 +324,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the dispatcher thread blocks in ppoll, which Miri does not emulate"
+    )]
     fn drop_stops_the_thread_and_releases_the_sinks() {
         let d = Dispatcher::start(3).unwrap();
         let a = Arc::new(Counter::default());
