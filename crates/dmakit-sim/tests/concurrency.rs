@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 type M = Arc<Machine>;
 
-const THREADS: u64 = 6;
+/// Under Miri (which checks every interleaving it runs for data races) fewer threads and
+/// rounds: it interprets every instruction.
+const THREADS: u64 = if cfg!(miri) { 3 } else { 6 };
 /// Each type gets this long (and at most `ROUNDS` rounds per thread).
 const BUDGET: Duration = Duration::from_millis(600);
-const ROUNDS: u64 = 4_000;
+const ROUNDS: u64 = if cfg!(miri) { 20 } else { 4_000 };
 
 /// Runs `f(thread, rng)` on `THREADS` threads until the budget or the round limit; returns
 /// the rounds done.
