@@ -117,6 +117,9 @@ const USED: u32 = u32::MAX - 1;
 const HEAD: u32 = 0;
 /// One node in `SAMPLE` becomes an anchor (a power of two).
 const SAMPLE: u64 = 32;
+/// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
+/// neighbouring buckets (see [`RangeAllocator::bucket`]).
+const RUN_BITS: u32 = 6;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
 
@@ -173,6 +176,8 @@ pub struct RangeAllocator {
     buckets: Vec<u32>,
     /// `buckets.len() == 1 << bits`.
     bits: u32,
+    /// log2 of the default alignment.
+    shift: u32,
     allocated: usize,
     /// About one node in [`SAMPLE`], by start: where searches by address begin.
     anchors: SortedIndex,
@@ -217,6 +222,7 @@ impl RangeAllocator {
             spare: Vec::new(),
             buckets: alloc_crate::vec![NIL; 1 << bits],
             bits,
+            shift: a.trailing_zeros(),
             allocated: 0,
             anchors: SortedIndex::new(),
             anchor_bits: alloc_crate::vec![0],
@@ -315,11 +321,19 @@ impl RangeAllocator {
 
     // --- the hash of allocated blocks by start ----------------------------------------
 
-    /// The bucket of `key`: the top bits of its Fibonacci hash (a multiply by 2^64 / φ),
-    /// which spreads page-aligned and other regularly spaced keys evenly.
+    /// The bucket of `key`. Keys are counted in units of the default alignment; a run of
+    /// `2^RUN_BITS` units goes to as many consecutive buckets, from a base given by the
+    /// top bits of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close
+    /// in address thus share cache lines of the bucket array (IOVA churn hands out and
+    /// takes back neighbouring ranges, and then touches a few lines instead of one per
+    /// call), while regularly spaced keys still spread evenly: the base is not aligned, so
+    /// keys a whole run apart land on unrelated buckets.
     #[inline]
     fn bucket(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+        let unit = key >> self.shift;
+        let base = (unit >> RUN_BITS).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
+        (base as usize).wrapping_add((unit & ((1 << RUN_BITS) - 1)) as usize)
+            & (self.buckets.len() - 1)
     }
 
     /// The allocated block starting at `key`, and where the link to it is: the bucket's
