@@ -48,7 +48,8 @@
 //!   start (chained; the chain link lives in the node, in the field a free block uses for
 //!   its size-class list). This turns IOKit's free, `deallocate(start, size)`, into one
 //!   lookup, which is what lets a free by address keep up with allocators whose free takes
-//!   a handle.
+//!   a handle. Neighbouring starts hash to neighbouring buckets, so that churn over one
+//!   region of the space stays in a few cache lines of the table.
 //! * **"Which block contains address `x`?"** A random one node in 32 is also an *anchor*,
 //!   kept in an ordered index by start ([`SortedIndex`]). A
 //!   search finds the last anchor at or before `x` and walks the address list from there
@@ -1141,6 +1142,35 @@ mod tests {
                 }
                 r.check();
             }
+        }
+    }
+
+    /// The longest hash chain.
+    fn longest_chain(r: &RangeAllocator) -> usize {
+        let mut longest = 0;
+        for &first in &r.buckets {
+            let (mut n, mut len) = (first, 0);
+            while n != NIL {
+                len += 1;
+                n = r.nodes[n as usize].a;
+            }
+            longest = longest.max(len);
+        }
+        longest
+    }
+
+    #[test]
+    fn the_hash_spreads_dense_and_regularly_spaced_starts() {
+        let page = 0x1000;
+        for stride in [1u64, 2, 16, 64, 128, 1 << 20] {
+            let mut r = RangeAllocator::empty(page).unwrap();
+            r.deallocate(0, u64::MAX - page + 1).unwrap();
+            for i in 0..4096 {
+                r.allocate_range(i * stride * page, page).unwrap();
+            }
+            r.check();
+            let longest = longest_chain(&r);
+            assert!(longest <= 8, "stride {stride}: a chain of {longest}");
         }
     }
 
