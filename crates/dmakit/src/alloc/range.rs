@@ -48,7 +48,8 @@
 //!   start (chained; the chain link lives in the node, in the field a free block uses for
 //!   its size-class list). This turns IOKit's free, `deallocate(start, size)`, into one
 //!   lookup, which is what lets a free by address keep up with allocators whose free takes
-//!   a handle.
+//!   a handle. Neighbouring starts hash to neighbouring buckets, so that churn over one
+//!   region of the space stays in a few cache lines of the table.
 //! * **"Which block contains address `x`?"** A random one node in 32 is also an *anchor*,
 //!   kept in an ordered index by start ([`SortedIndex`]). A
 //!   search finds the last anchor at or before `x` and walks the address list from there
@@ -117,6 +118,9 @@ const USED: u32 = u32::MAX - 1;
 const HEAD: u32 = 0;
 /// One node in `SAMPLE` becomes an anchor (a power of two).
 const SAMPLE: u64 = 32;
+/// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
+/// neighbouring buckets (see [`RangeAllocator::bucket`]).
+const RUN_BITS: u32 = 6;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
 
@@ -173,6 +177,8 @@ pub struct RangeAllocator {
     buckets: Vec<u32>,
     /// `buckets.len() == 1 << bits`.
     bits: u32,
+    /// log2 of the default alignment.
+    shift: u32,
     allocated: usize,
     /// About one node in [`SAMPLE`], by start: where searches by address begin.
     anchors: SortedIndex,
@@ -217,6 +223,7 @@ impl RangeAllocator {
             spare: Vec::new(),
             buckets: alloc_crate::vec![NIL; 1 << bits],
             bits,
+            shift: a.trailing_zeros(),
             allocated: 0,
             anchors: SortedIndex::new(),
             anchor_bits: alloc_crate::vec![0],
@@ -315,11 +322,19 @@ impl RangeAllocator {
 
     // --- the hash of allocated blocks by start ----------------------------------------
 
-    /// The bucket of `key`: the top bits of its Fibonacci hash (a multiply by 2^64 / φ),
-    /// which spreads page-aligned and other regularly spaced keys evenly.
+    /// The bucket of `key`. Keys are counted in units of the default alignment; a run of
+    /// `2^RUN_BITS` units goes to as many consecutive buckets, from a base given by the
+    /// top bits of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close
+    /// in address thus share cache lines of the bucket array (IOVA churn hands out and
+    /// takes back neighbouring ranges, and then touches a few lines instead of one per
+    /// call), while regularly spaced keys still spread evenly: the base is not aligned, so
+    /// keys a whole run apart land on unrelated buckets.
     #[inline]
     fn bucket(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+        let unit = key >> self.shift;
+        let base = (unit >> RUN_BITS).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
+        (base as usize).wrapping_add((unit & ((1 << RUN_BITS) - 1)) as usize)
+            & (self.buckets.len() - 1)
     }
 
     /// The allocated block starting at `key`, and where the link to it is: the bucket's
@@ -1129,6 +1144,35 @@ mod tests {
                 }
                 r.check();
             }
+        }
+    }
+
+    /// The longest hash chain.
+    fn longest_chain(r: &RangeAllocator) -> usize {
+        let mut longest = 0;
+        for &first in &r.buckets {
+            let (mut n, mut len) = (first, 0);
+            while n != NIL {
+                len += 1;
+                n = r.nodes[n as usize].a;
+            }
+            longest = longest.max(len);
+        }
+        longest
+    }
+
+    #[test]
+    fn the_hash_spreads_dense_and_regularly_spaced_starts() {
+        let page = 0x1000;
+        for stride in [1u64, 2, 16, 64, 128, 1 << 20] {
+            let mut r = RangeAllocator::empty(page).unwrap();
+            r.deallocate(0, u64::MAX - page + 1).unwrap();
+            for i in 0..4096 {
+                r.allocate_range(i * stride * page, page).unwrap();
+            }
+            r.check();
+            let longest = longest_chain(&r);
+            assert!(longest <= 8, "stride {stride}: a chain of {longest}");
         }
     }
 
