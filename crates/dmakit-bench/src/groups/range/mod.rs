@@ -81,7 +81,7 @@ pub fn planned(_opts: &Options) -> usize {
     2 * (SIZES.len() * 2 + 2 * 2) + 1
 }
 
-/// Times `a` against `b` over `steps` cut into [`CHUNKS`] chunks.
+/// Times `a` against `b` over `steps` cut into 16 chunks.
 pub fn compare_live<A: Contender, B: Contender>(
     plan: &Plan,
     steps: &[(u32, u32)],
