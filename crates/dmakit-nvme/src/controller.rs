@@ -442,6 +442,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
     }
 
     fn execute_locked(&self, admin: &mut Ring<P>, op: Op, cmd: Command) -> Result<Completion> {
+        let op = op.on(self.function.address());
         let generation = self.generation.load(Ordering::Acquire);
         let cid = admin.push(cmd)?;
         admin.ring(&self.platform)?;

@@ -16,9 +16,15 @@
 //!      status type 0x2 code 0x80 (media and data integrity error)"
 //! );
 //! assert_eq!(e.io_return(), IoReturn::IO_ERROR);
+//!
+//! // The driver names the controller too.
+//! let at = dmakit::device::PciAddress { segment: 0, bus: 0, device: 4, function: 0 };
+//! let e = NvmeError::Reset { op: Op::read(1, 0, 1).on(at), qid: 1, cid: 3 };
+//! assert!(e.to_string().starts_with("NVMe Read of 1 blocks at LBA 0 (namespace 1) on 0000:00:04.0,"));
 //! ```
 
 use core::fmt;
+use dmakit::device::PciAddress;
 use dmakit::IoReturn;
 
 /// One NVMe operation, as errors and reports name it.
@@ -34,6 +40,9 @@ pub struct Op {
     pub lba: u64,
     /// The number of logical blocks (reads and writes; 0 otherwise).
     pub blocks: u32,
+    /// The controller it went to (set by the driver when it submits), so a log with
+    /// several controllers says which one.
+    pub device: Option<PciAddress>,
 }
 
 impl Op {
@@ -55,6 +64,7 @@ impl Op {
             nsid,
             lba,
             blocks,
+            device: None,
         }
     }
 
@@ -66,6 +76,15 @@ impl Op {
             nsid,
             lba: 0,
             blocks: 0,
+            device: None,
+        }
+    }
+
+    /// The same operation, sent to the controller at `device`.
+    pub const fn on(self, device: PciAddress) -> Op {
+        Op {
+            device: Some(device),
+            ..self
         }
     }
 
@@ -95,11 +114,13 @@ impl fmt::Display for Op {
                 f,
                 " of {} blocks at LBA {} (namespace {})",
                 self.blocks, self.lba, self.nsid
-            )
+            )?;
         } else if !self.admin || self.nsid != 0 {
-            write!(f, " (namespace {})", self.nsid)
-        } else {
-            Ok(())
+            write!(f, " (namespace {})", self.nsid)?;
+        }
+        match self.device {
+            Some(d) => write!(f, " on {d}"),
+            None => Ok(()),
         }
     }
 }

@@ -443,7 +443,9 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
     }
 
     /// Puts a command in the submission queue (not yet rung) with what it holds.
-    fn issue(&mut self, op: Op, cmd: Command, inflight: Inflight<P>) -> Result<u16> {
+    fn issue(&mut self, op: Op, cmd: Command, mut inflight: Inflight<P>) -> Result<u16> {
+        // Errors about this command name the controller too.
+        inflight.op = op.on(self.shared.function.address());
         if let Err(e) = self.ready() {
             let _ = self.give_back(inflight);
             return Err(e);
@@ -454,7 +456,6 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         };
         match ring.push(cmd) {
             Ok(cid) => {
-                let _ = op;
                 self.inflight.insert(cid, inflight);
                 Ok(cid)
             }

@@ -565,6 +565,11 @@ pub fn failed_command_gives_back<P: Platform + Clone + Send + Sync + 'static>(
             check(op.nsid == ghost.nsid && *qid == r.q.id(), || {
                 err.to_string()
             })?;
+            let at = m.function().address();
+            check(
+                op.device == Some(at) && err.to_string().contains(&at.to_string()),
+                || alloc::format!("does not name the controller {at}: {err}"),
+            )?;
             check(err.io_return() == dmakit::IoReturn::IO_ERROR, || {
                 err.to_string()
             })?;
