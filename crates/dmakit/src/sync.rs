@@ -131,6 +131,48 @@ impl<T: ?Sized + core::fmt::Debug> core::fmt::Debug for Mutex<T> {
     }
 }
 
+/// A small number that stays the same for a thread (most of the time), for picking the
+/// shard of a sharded structure that the thread should try first: threads that run at once
+/// then mostly work on different shards and never wait for each other.
+///
+/// With `std`, each thread takes the next number when it first asks (so the first threads
+/// all differ); without it there is no thread-local storage, and the number is a hash of
+/// the current stack address (threads run on different stacks); under loom it is 0, so
+/// that every execution is the same. Any value is correct: it only decides where to look
+/// first.
+pub(crate) fn thread_slot() -> usize {
+    #[cfg(loom)]
+    return 0;
+    #[cfg(all(feature = "std", not(loom)))]
+    {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        std::thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+        SLOT.with(|s| *s)
+    }
+    #[cfg(all(not(feature = "std"), not(loom)))]
+    {
+        let probe = 0u8;
+        let at = core::hint::black_box(core::ptr::addr_of!(probe)) as usize as u64;
+        // 16 KiB apart counts as another stack; the top bits of a Fibonacci hash.
+        ((at >> 14).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
+    }
+}
+
+/// `T` alone on its cache lines (128 bytes: two 64-byte lines, as adjacent-line
+/// prefetchers fetch pairs), so that threads working on neighbouring values do not
+/// steal each other's lines.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
