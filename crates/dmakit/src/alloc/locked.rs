@@ -29,7 +29,7 @@
 use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};
 use super::RangeAllocator;
-use crate::sync::{thread_slot, Mutex, MutexGuard, Padded};
+use crate::sync::{thread_slot, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
@@ -65,13 +65,13 @@ pub struct LockedRangeAllocator {
     inner: Mutex<RangeAllocator>,
     /// The default alignment: the unit of the cached sizes.
     unit: u64,
-    shards: Box<[Padded<Mutex<Front>>]>,
+    shards: Box<[Padded<ShardLock<Front>>]>,
     depot: Mutex<Depot<CLASSES>>,
 }
 
 /// Every lock, the caches given back: the allocator as it is.
 struct All<'a> {
-    fronts: Vec<MutexGuard<'a, Front>>,
+    fronts: Vec<ShardGuard<'a, Front>>,
     inner: MutexGuard<'a, RangeAllocator>,
 }
 
@@ -81,7 +81,7 @@ impl LockedRangeAllocator {
         let unit = inner.default_alignment();
         let shards = (0..SHARDS)
             .map(|_| {
-                Padded(Mutex::new(Front {
+                Padded(ShardLock::new(Front {
                     mags: Magazines::new(),
                     lent: table(),
                 }))
@@ -108,7 +108,7 @@ impl LockedRangeAllocator {
     }
 
     /// This thread's shard, or the next free one.
-    fn front(&self) -> MutexGuard<'_, Front> {
+    fn front(&self) -> ShardGuard<'_, Front> {
         let home = thread_slot() % SHARDS;
         (0..SHARDS)
             .find_map(|i| self.shards[(home + i) % SHARDS].try_lock())

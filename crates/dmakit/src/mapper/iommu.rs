@@ -1,11 +1,11 @@
 //! [`IommuMapper`]: a [`Mapper`](super::Mapper) over IOMMU hardware, with a flush queue so
 //! freed IO addresses are never reused before the IOTLB forgets them.
 
-use super::iova_shard::{class_of, Freed, Large, Live, Shard, SHARDS, UNCACHED};
+use super::iova_shard::{align_of, class_of, Freed, Large, Live, Shard, SHARDS, UNCACHED};
 use super::Mapper;
 use crate::alloc::magazine::Depot;
 use crate::alloc::RangeAllocator;
-use crate::sync::{thread_slot, Mutex, MutexGuard, Padded};
+use crate::sync::{thread_slot, Mutex, Padded, ShardGuard, ShardLock};
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
@@ -79,10 +79,9 @@ forward_hw!(&T, alloc_crate::sync::Arc<T>);
 ///
 /// Threads that map and unmap at once do not wait for each other: each works on its own
 /// shard of the bookkeeping, with its own cache of freed (and invalidated) IO ranges per
-/// size; only cache misses reach the shared IO space allocator. The
-/// [`iova_shard`](super::iova_shard) module tells how. Allocations of up to 32 pages take
-/// a power of two pages of IO space, aligned to that size (as in Linux), unless space is
-/// short.
+/// size; only cache misses reach the shared IO space allocator. The `iova_shard` module
+/// tells how. Allocations of up to 32 pages are aligned to their size rounded up to a
+/// power of two, unless space is short.
 ///
 /// # Invariants
 ///
@@ -94,7 +93,7 @@ pub struct IommuMapper<H: IommuHardware> {
     base: u64,
     size: u64,
     lazy: bool,
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Box<[Padded<ShardLock<Shard>>]>,
     depot: Mutex<Depot<{ super::iova_shard::CLASSES }>>,
     large: Mutex<Large>,
     space: Mutex<RangeAllocator>,
@@ -135,7 +134,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             size,
             lazy,
             shards: (0..SHARDS)
-                .map(|_| Padded(Mutex::new(Shard::new())))
+                .map(|_| Padded(ShardLock::new(Shard::new())))
                 .collect(),
             depot: Mutex::new(Depot::new()),
             large: Mutex::new(Large::default()),
@@ -230,11 +229,17 @@ impl<H: IommuHardware> IommuMapper<H> {
 
     /// Bytes of a class.
     fn bytes(&self, class: usize) -> u64 {
-        self.page() << class
+        (class as u64 + 1) * self.page()
+    }
+
+    /// A new range of class `class` from the shared space, at its alignment.
+    fn take(&self, class: usize) -> Result<u64> {
+        let align = align_of(class) * self.page();
+        self.space.lock().allocate(self.bytes(class), align)
     }
 
     /// This thread's shard, or the next free one.
-    fn shard(&self) -> MutexGuard<'_, Shard> {
+    fn shard(&self) -> ShardGuard<'_, Shard> {
         let home = thread_slot() % SHARDS;
         (0..SHARDS)
             .find_map(|i| self.shards[(home + i) % SHARDS].try_lock())
@@ -254,11 +259,7 @@ impl<H: IommuHardware> IommuMapper<H> {
     /// after reclaiming, aligned again, else at the exact size (uncached).
     fn alloc_scarce(&self, pages: u64, class: usize) -> Result<IoAddr> {
         self.reclaim()?;
-        let got = self
-            .space
-            .lock()
-            .allocate(self.bytes(class), self.bytes(class));
-        match got {
+        match self.take(class) {
             Ok(x) => {
                 self.shard().live.insert(x, Live { pages, class });
                 Ok(IoAddr(x))
@@ -288,9 +289,11 @@ impl<H: IommuHardware> IommuMapper<H> {
     fn free_small(&self, s: &mut Shard, iova: u64, live: Live) -> Result<()> {
         let page = self.page();
         for k in (0..live.pages).map(|i| iova + i * page) {
-            if s.entries.contains_key(&k) {
-                self.hw.set_entry(IoAddr(k), None)?;
-                s.entries.remove(&k);
+            if let Some(e) = s.entries.remove(&k) {
+                if let Err(err) = self.hw.set_entry(IoAddr(k), None) {
+                    s.entries.insert(k, e);
+                    return Err(err);
+                }
             }
         }
         s.live.remove(&iova);
@@ -451,8 +454,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         let x = match s.mags.pop(class, &self.depot) {
             Some(x) => x,
             None => {
-                let bytes = self.bytes(class);
-                let got = self.space.lock().allocate(bytes, bytes);
+                let got = self.take(class);
                 match got {
                     Ok(x) => x,
                     Err(Error::NoSpace { .. }) => {

@@ -1,8 +1,9 @@
 //! The bookkeeping of an [`IommuMapper`](super::IommuMapper), split so that threads do not
 //! share it.
 //!
-//! Allocations of 1 to 32 pages are rounded up to a power of two pages and placed at a
-//! multiple of that size, like Linux's IOVA caches do; each is recorded in the *shard* of
+//! Allocations of 1 to 32 pages are placed at a multiple of their size rounded up to a
+//! power of two (so the allocation holding an IO address is found by rounding the address
+//! down, at six alignments); each is recorded in the *shard* of
 //! the thread that allocated it ([`Shard`]), with the page-table entries of its pages, and
 //! when freed (and invalidated) its range goes into that shard's
 //! [magazines](crate::alloc::magazine) for the next allocation of its size. A thread works
@@ -16,8 +17,10 @@ use crate::alloc::table::{table, Table};
 use crate::mapper::Access;
 use alloc_crate::collections::BTreeMap;
 
-/// Cached classes: 2^0 to 2^5 pages.
-pub(super) const CLASSES: usize = 6;
+/// Cached classes: 1 to 32 pages, exact.
+pub(super) const CLASSES: usize = 32;
+/// Alignments an allocation of a class may have: 2^0 to 2^5 pages.
+const ALIGNMENTS: usize = 6;
 /// The pending "class" of a range that goes back to the shared allocator as it is.
 pub(super) const UNCACHED: usize = usize::MAX;
 /// Freed ranges wait this many to a shard until one invalidation round covers them.
@@ -28,11 +31,16 @@ pub(super) const SHARDS: usize = 8;
 #[cfg(loom)]
 pub(super) const SHARDS: usize = 2;
 
-/// The class of an allocation of `pages` pages (2^class pages hold it), if cached.
+/// The class of an allocation of `pages` pages (`pages - 1`), if cached.
 pub(super) fn class_of(pages: u64) -> Option<usize> {
-    (1..=1 << (CLASSES - 1))
+    (1..=CLASSES as u64)
         .contains(&pages)
-        .then(|| pages.next_power_of_two().trailing_zeros() as usize)
+        .then(|| pages as usize - 1)
+}
+
+/// The alignment, in pages, of allocations of class `class`.
+pub(super) fn align_of(class: usize) -> u64 {
+    (class as u64 + 1).next_power_of_two()
 }
 
 /// A live allocation of a shard: its pages as asked, and its class.
@@ -96,8 +104,8 @@ impl Pending {
 
 /// One thread-affine shard of a mapper.
 ///
-/// Invariants: every key of `live` is the start of a naturally aligned range of its
-/// class's size, allocated in the shared space and handed out; every IO page in `entries`
+/// Invariants: every key of `live` is the start of a range of its class's size, aligned to
+/// [`align_of`] its class, allocated in the shared space and handed out; every IO page in `entries`
 /// lies in the first `pages` pages of one of them; ranges in `mags` and `pending` are
 /// allocated in the shared space, unmapped and not handed out; those in `mags` are
 /// invalidated.
@@ -123,8 +131,8 @@ impl Shard {
 
     /// The allocation holding IO address `iova`, if this shard has it: (start, record).
     pub(super) fn containing(&self, iova: u64, page: u64) -> Option<(u64, Live)> {
-        (0..CLASSES).find_map(|c| {
-            let start = iova & !((page << c) - 1);
+        (0..ALIGNMENTS).find_map(|k| {
+            let start = iova & !((page << k) - 1);
             let l = *self.live.get(&start)?;
             (iova - start < l.pages * page).then_some((start, l))
         })
@@ -143,13 +151,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_are_the_powers_of_two_up_to_32_pages() {
+    fn classes_are_exact_up_to_32_pages_and_aligned_to_powers_of_two() {
         let got: alloc_crate::vec::Vec<_> = (0..=33).map(class_of).collect();
-        assert_eq!(
-            got[..6],
-            [None, Some(0), Some(1), Some(2), Some(2), Some(3)]
-        );
-        assert_eq!((got[32], got[33]), (Some(5), None));
+        assert_eq!(got[..4], [None, Some(0), Some(1), Some(2)]);
+        assert_eq!((got[32], got[33]), (Some(31), None));
+        let aligns: alloc_crate::vec::Vec<_> = (0..5).map(align_of).collect();
+        assert_eq!(aligns, [1, 2, 4, 4, 8]);
+        assert_eq!(align_of(31), 32);
         let mut p = Pending::new();
         for i in 0..FLUSH_BATCH as u64 {
             assert!(p.push((i, 1, 0)));
