@@ -188,6 +188,7 @@ impl MachineBuilder {
             windows: RwLock::new(Vec::<MmioWindow>::new()),
             seed: self.seed,
             fragmentation: self.fragmentation,
+            coherent: self.coherent,
         };
         for (base, len, dev) in self.mmio {
             machine.add_mmio(dmakit::PhysAddr(base), len, dev)?;

@@ -17,7 +17,31 @@ use crate::Machine;
 use dmakit::mapper::{Access, IommuHardware};
 use dmakit::{Error, IoAddr, IoReturn, PageSize, PhysAddr, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// IO page → (physical page, access). Keys are page numbers the simulator chose, not
+/// input to defend against: a multiply hash is enough, and several times cheaper than
+/// the standard library's SipHash on the mapping path.
+type Pages = HashMap<u64, (u64, Access), BuildHasherDefault<PageHash>>;
+
+/// A multiply (by 2^64 / φ) hash of a `u64`, folded so that the low bits vary.
+#[derive(Default)]
+struct PageHash(u64);
+
+impl Hasher for PageHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
 
 /// Why a device access faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +102,8 @@ impl std::fmt::Display for IommuFaultSite {
 #[derive(Debug, Default)]
 struct State {
     plan: Plan<IommuFaultSite>,
-    table: HashMap<u64, (u64, Access)>,
-    iotlb: HashMap<u64, (u64, Access)>,
+    table: Pages,
+    iotlb: Pages,
     faults: Vec<IommuFault>,
     invalidations: u64,
 }
@@ -89,7 +113,10 @@ struct State {
 pub struct SimIommu {
     machine: Arc<Machine>,
     page: PageSize,
-    state: Mutex<State>,
+    /// A spin lock (yielding when it must wait): every driver-side call takes it once and
+    /// holds it for a few table operations, and releasing it is a plain store, where a
+    /// blocking mutex pays a second atomic operation on each of the mapping path's calls.
+    state: spin::Mutex<State>,
 }
 
 impl SimIommu {
@@ -99,12 +126,17 @@ impl SimIommu {
         SimIommu {
             machine,
             page,
-            state: Mutex::new(State::default()),
+            state: spin::Mutex::new(State::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> spin::MutexGuard<'_, State> {
+        loop {
+            if let Some(g) = self.state.try_lock() {
+                return g;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Faults logged so far, oldest first.
@@ -257,7 +289,15 @@ impl IommuHardware for SimIommu {
         s.plan.hit(IommuFaultSite::Invalidate)?;
         let start = self.page.trunc(iova.0);
         let end = iova.0.saturating_add(len);
-        s.iotlb.retain(|&k, _| k < start || k >= end);
+        // Page by page when the range is smaller than the IOTLB, else one sweep.
+        let pages = (end - start).div_ceil(self.page.bytes());
+        if pages <= s.iotlb.len() as u64 {
+            for k in (0..pages).map(|i| start + i * self.page.bytes()) {
+                s.iotlb.remove(&k);
+            }
+        } else if !s.iotlb.is_empty() {
+            s.iotlb.retain(|&k, _| k < start || k >= end);
+        }
         s.invalidations += 1;
         Ok(())
     }

@@ -58,6 +58,9 @@ pub struct Machine {
     pub(crate) windows: RwLock<Vec<MmioWindow>>,
     pub(crate) seed: u64,
     pub(crate) fragmentation: f64,
+    /// Whether device accesses snoop the CPU caches (fixed when built; read without the
+    /// lock on every mapped DMA round trip).
+    pub(crate) coherent: bool,
 }
 
 /// Counters that let a test prove nothing leaked.
@@ -1573,7 +1576,7 @@ impl Machine {
 
 impl CacheOps for Machine {
     fn dma_coherent(&self) -> bool {
-        self.lock().cache.coherent()
+        self.coherent
     }
 
     fn cache_virt(&self, op: CacheOp, task: Task, va: VirtAddr, len: u64) -> Result<()> {

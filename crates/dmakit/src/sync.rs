@@ -131,6 +131,115 @@ impl<T: ?Sized + core::fmt::Debug> core::fmt::Debug for Mutex<T> {
     }
 }
 
+/// A lock for data that is rarely contended, such as the shard a thread mostly works on
+/// alone: taking it is one compare-and-swap and releasing it one store (the blocking
+/// [`Mutex`] releases with an atomic swap, to wake sleepers). A waiter spins a little, then
+/// (with `std`) yields its CPU between attempts. Under loom it is loom's mutex.
+#[derive(Debug)]
+pub(crate) struct ShardLock<T> {
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+    #[cfg(not(loom))]
+    inner: spin::Mutex<T>,
+}
+
+/// The guard of a [`ShardLock`].
+#[cfg(loom)]
+pub(crate) type ShardGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+/// The guard of a [`ShardLock`].
+#[cfg(not(loom))]
+pub(crate) type ShardGuard<'a, T> = spin::MutexGuard<'a, T>;
+
+impl<T> ShardLock<T> {
+    /// A lock around `value`.
+    pub(crate) fn new(value: T) -> Self {
+        ShardLock {
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+            #[cfg(not(loom))]
+            inner: spin::Mutex::new(value),
+        }
+    }
+
+    /// The lock if it is free now.
+    pub(crate) fn try_lock(&self) -> Option<ShardGuard<'_, T>> {
+        #[cfg(loom)]
+        return self.inner.try_lock().ok();
+        #[cfg(not(loom))]
+        return self.inner.try_lock();
+    }
+
+    /// Waits for the lock.
+    pub(crate) fn lock(&self) -> ShardGuard<'_, T> {
+        #[cfg(loom)]
+        return self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(not(loom))]
+        {
+            let mut spins = 0u32;
+            loop {
+                if let Some(g) = self.inner.try_lock() {
+                    return g;
+                }
+                spins = spins.saturating_add(1);
+                #[cfg(feature = "std")]
+                if spins > 64 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// A small number that stays the same for a thread (most of the time), for picking the
+/// shard of a sharded structure that the thread should try first: threads that run at once
+/// then mostly work on different shards and never wait for each other.
+///
+/// With `std`, each thread takes the next number when it first asks (so the first threads
+/// all differ); without it there is no thread-local storage, and the number is a hash of
+/// the current stack address (threads run on different stacks); under loom it is 0, so
+/// that every execution is the same. Any value is correct: it only decides where to look
+/// first.
+pub(crate) fn thread_slot() -> usize {
+    #[cfg(loom)]
+    return 0;
+    #[cfg(all(feature = "std", not(loom)))]
+    {
+        use core::cell::Cell;
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        std::thread_local!(static SLOT: Cell<usize> = const { Cell::new(usize::MAX) });
+        SLOT.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % (usize::MAX / 2));
+            }
+            s.get()
+        })
+    }
+    #[cfg(all(not(feature = "std"), not(loom)))]
+    {
+        let probe = 0u8;
+        let at = core::hint::black_box(core::ptr::addr_of!(probe)) as usize as u64;
+        // 16 KiB apart counts as another stack; the top bits of a Fibonacci hash.
+        ((at >> 14).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
+    }
+}
+
+/// `T` alone on its cache lines (128 bytes: two 64-byte lines, as adjacent-line
+/// prefetchers fetch pairs), so that threads working on neighbouring values do not
+/// steal each other's lines.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,9 @@
 //! the default, as in IOKit); [`allocate_range`](RangeAllocator::allocate_range) takes a
 //! given range only if it lies inside one free interval; freeing is also how space is added,
 //! and any range that is not free may be freed (a whole allocation, part of one, several at
-//! once, or space never seen before, but not a mix of allocated and never-seen space); free space and fragment counts are exact; with
-//! [`LockedRangeAllocator`] every call takes a lock (IOKit's `kLocking`).
+//! once, or space never seen before, but not a mix of allocated and never-seen space); free space and fragment counts are exact;
+//! [`LockedRangeAllocator`](super::LockedRangeAllocator) shares one between threads (IOKit's
+//! `kLocking`).
 //!
 //! ```
 //! use dmakit::alloc::RangeAllocator;
@@ -352,6 +353,15 @@ impl RangeAllocator {
             n = node.a;
         }
         None
+    }
+
+    /// Whether `[start, start + size)` is exactly one allocated block.
+    pub(crate) fn is_allocation(&self, start: u64, size: u64) -> bool {
+        let last = size.checked_sub(1).and_then(|s| start.checked_add(s));
+        last.is_some_and(|l| {
+            self.find(start)
+                .is_some_and(|(a, _)| self.nodes[a as usize].last == l)
+        })
     }
 
     /// Takes allocated node `n` out of its chain, given where the link to it is (as
@@ -921,54 +931,6 @@ impl RangeAllocator {
             });
         }
         self.deallocate(start, size)
-    }
-}
-
-/// A [`RangeAllocator`] behind a lock (IOKit's `kLocking` option): every method takes
-/// `&self` and may be shared between threads.
-///
-/// IOKit's locking allocators all share one global mutex; each of these has its own.
-#[derive(Debug)]
-pub struct LockedRangeAllocator {
-    inner: crate::sync::Mutex<RangeAllocator>,
-}
-
-impl LockedRangeAllocator {
-    /// Wraps an allocator.
-    pub fn new(inner: RangeAllocator) -> Self {
-        LockedRangeAllocator {
-            inner: crate::sync::Mutex::new(inner),
-        }
-    }
-
-    /// See [`RangeAllocator::allocate`].
-    pub fn allocate(&self, size: u64, alignment: u64) -> Result<u64> {
-        self.inner.lock().allocate(size, alignment)
-    }
-
-    /// See [`RangeAllocator::allocate_range`].
-    pub fn allocate_range(&self, start: u64, size: u64) -> Result<()> {
-        self.inner.lock().allocate_range(start, size)
-    }
-
-    /// See [`RangeAllocator::deallocate`].
-    pub fn deallocate(&self, start: u64, size: u64) -> Result<()> {
-        self.inner.lock().deallocate(start, size)
-    }
-
-    /// See [`RangeAllocator::free_count`].
-    pub fn free_count(&self) -> u64 {
-        self.inner.lock().free_count()
-    }
-
-    /// See [`RangeAllocator::fragment_count`].
-    pub fn fragment_count(&self) -> usize {
-        self.inner.lock().fragment_count()
-    }
-
-    /// Runs `f` with the allocator locked.
-    pub fn with<R>(&self, f: impl FnOnce(&mut RangeAllocator) -> R) -> R {
-        f(&mut self.inner.lock())
     }
 }
 

@@ -1,10 +1,13 @@
 //! [`IommuMapper`]: a [`Mapper`](super::Mapper) over IOMMU hardware, with a flush queue so
 //! freed IO addresses are never reused before the IOTLB forgets them.
 
+use super::iova_shard::{align_of, class_of, Freed, Large, Live, Shard, SHARDS, UNCACHED};
 use super::Mapper;
+use crate::alloc::magazine::Depot;
 use crate::alloc::RangeAllocator;
+use crate::sync::{thread_slot, Mutex, Padded, ShardGuard, ShardLock};
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
-use alloc_crate::collections::BTreeMap;
+use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
 
 /// Read and write permission of an IO page (IOKit's kIODMAMapReadAccess /
@@ -72,31 +75,28 @@ macro_rules! forward_hw {
 
 forward_hw!(&T, alloc_crate::sync::Arc<T>);
 
-/// Freed ranges wait here until one invalidation covers them all.
-const FLUSH_BATCH: usize = 16;
-
-struct State {
-    space: RangeAllocator,
-    /// Live allocations: start → pages.
-    live: BTreeMap<u64, u64>,
-    /// Mapped pages: IO page → (physical page, access).
-    entries: BTreeMap<u64, (u64, Access)>,
-    /// Freed, unmapped, not yet invalidated: (start, bytes).
-    pending: Vec<(u64, u64)>,
-}
-
 /// A mapper over IOMMU hardware `H`.
+///
+/// Threads that map and unmap at once do not wait for each other: each works on its own
+/// shard of the bookkeeping, with its own cache of freed (and invalidated) IO ranges per
+/// size; only cache misses reach the shared IO space allocator. The `iova_shard` module
+/// tells how. Allocations of up to 32 pages are aligned to their size rounded up to a
+/// power of two, unless space is short.
 ///
 /// # Invariants
 ///
-/// Every IO page in `entries` lies inside a live allocation; every range in `pending` is
-/// unmapped in the hardware page table and absent from `space` until invalidated.
+/// Every IO page with an entry lies inside a live allocation; every freed range is
+/// unmapped in the hardware page table, and handed out again only after an invalidation
+/// that covers it (cached ranges were invalidated; pending ones wait for it).
 pub struct IommuMapper<H: IommuHardware> {
     hw: H,
     base: u64,
     size: u64,
     lazy: bool,
-    state: crate::sync::Mutex<State>,
+    shards: Box<[Padded<ShardLock<Shard>>]>,
+    depot: Mutex<Depot<{ super::iova_shard::CLASSES }>>,
+    large: Mutex<Large>,
+    space: Mutex<RangeAllocator>,
 }
 
 impl<H: IommuHardware> IommuMapper<H> {
@@ -108,10 +108,10 @@ impl<H: IommuHardware> IommuMapper<H> {
     }
 
     /// A *lazy* mapper: `iovm_free` unmaps but batches the IOTLB invalidation (up to
-    /// 16 ranges, or until the space runs out, or [`flush`](Self::flush)). Until then the
-    /// device may still reach the freed pages through stale IOTLB entries, as in Linux's
-    /// lazy IOMMU mode; the IO addresses themselves are never handed out again before the
-    /// invalidation.
+    /// 16 ranges per thread shard, or until the space runs out, or
+    /// [`flush`](Self::flush)). Until then the device may still reach the freed pages
+    /// through stale IOTLB entries, as in Linux's lazy IOMMU mode; the IO addresses
+    /// themselves are never handed out again before the invalidation.
     pub fn new_lazy(hw: H, base: u64, size: u64) -> Result<Self> {
         Self::build(hw, base, size, true)
     }
@@ -133,12 +133,12 @@ impl<H: IommuHardware> IommuMapper<H> {
             base,
             size,
             lazy,
-            state: crate::sync::Mutex::new(State {
-                space,
-                live: BTreeMap::new(),
-                entries: BTreeMap::new(),
-                pending: Vec::new(),
-            }),
+            shards: (0..SHARDS)
+                .map(|_| Padded(ShardLock::new(Shard::new())))
+                .collect(),
+            depot: Mutex::new(Depot::new()),
+            large: Mutex::new(Large::default()),
+            space: Mutex::new(space),
         })
     }
 
@@ -154,33 +154,282 @@ impl<H: IommuHardware> IommuMapper<H> {
 
     /// Freed ranges still waiting for an invalidation.
     pub fn pending(&self) -> usize {
-        self.state.lock().pending.len()
+        self.shards.iter().map(|s| s.lock().pending.len()).sum()
     }
 
     /// Live IO allocations and mapped pages (for leak checks).
     pub fn usage(&self) -> (usize, usize) {
-        let s = self.state.lock();
-        (s.live.len(), s.entries.len())
+        let l = self.large.lock();
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock();
+                (s.live.len(), s.entries.len())
+            })
+            .fold((l.live.len(), l.entries.len()), |a, b| {
+                (a.0 + b.0, a.1 + b.1)
+            })
     }
 
     /// Invalidates the IOTLB for every freed range and makes them allocatable again.
     pub fn flush(&self) -> Result<()> {
-        let mut s = self.state.lock();
-        self.drain(&mut s)
+        self.shards
+            .iter()
+            .try_for_each(|s| self.drain(&mut s.lock()))
     }
 
-    fn drain(&self, s: &mut State) -> Result<()> {
-        for &(start, len) in &s.pending {
+    /// Invalidates the ranges `s` holds pending and caches them (a failed invalidation
+    /// leaves them all pending).
+    fn drain(&self, s: &mut Shard) -> Result<()> {
+        for &(start, len, _) in s.pending.items() {
             self.hw.invalidate(IoAddr(start), len)?;
         }
-        for (start, len) in core::mem::take(&mut s.pending) {
-            s.space.deallocate(start, len)?;
+        let (items, n) = s.pending.take();
+        for &f in &items[..n] {
+            self.release(s, f);
         }
+        Ok(())
+    }
+
+    /// Makes invalidated range `f` allocatable: into `s`'s cache, or the shared space.
+    fn release(&self, s: &mut Shard, (start, len, class): Freed) {
+        if class == UNCACHED {
+            // Allocated whole, so this cannot fail.
+            let _ = self.space.lock().deallocate(start, len);
+        } else if let Some(spill) = s.mags.push(class, start, &self.depot) {
+            let mut space = self.space.lock();
+            for &x in spill.items() {
+                let _ = space.deallocate(x, self.bytes(class));
+            }
+        }
+    }
+
+    /// Out of space: invalidates every pending range and gives every cache back to the
+    /// shared space.
+    fn reclaim(&self) -> Result<()> {
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            self.drain(&mut s)?;
+            let mut space = self.space.lock();
+            s.mags.drain(|c, x| {
+                let _ = space.deallocate(x, self.bytes(c));
+            });
+        }
+        let mut depot = self.depot.lock();
+        let mut space = self.space.lock();
+        depot.drain(|c, x| {
+            let _ = space.deallocate(x, self.bytes(c));
+        });
         Ok(())
     }
 
     fn page(&self) -> u64 {
         self.hw.page_size().bytes()
+    }
+
+    /// Bytes of a class.
+    fn bytes(&self, class: usize) -> u64 {
+        (class as u64 + 1) * self.page()
+    }
+
+    /// A new range of class `class` from the shared space, at its alignment.
+    fn take(&self, class: usize) -> Result<u64> {
+        let align = align_of(class) * self.page();
+        self.space.lock().allocate(self.bytes(class), align)
+    }
+
+    /// This thread's shard, or the next free one.
+    fn shard(&self) -> ShardGuard<'_, Shard> {
+        let home = thread_slot() % SHARDS;
+        (0..SHARDS)
+            .find_map(|i| self.shards[(home + i) % SHARDS].try_lock())
+            .unwrap_or_else(|| self.shards[home].lock())
+    }
+
+    /// `f` on this thread's shard, then on each shard in turn, until it answers.
+    fn in_shards<R>(&self, mut f: impl FnMut(&mut Shard) -> Option<R>) -> Option<R> {
+        let mine = {
+            let mut s = self.shard();
+            f(&mut s)
+        };
+        mine.or_else(|| self.shards.iter().find_map(|s| f(&mut s.lock())))
+    }
+
+    /// An allocation of class `class` when the space has none at that size and alignment:
+    /// after reclaiming, aligned again, else at the exact size (uncached).
+    fn alloc_scarce(&self, pages: u64, class: usize) -> Result<IoAddr> {
+        self.reclaim()?;
+        match self.take(class) {
+            Ok(x) => {
+                self.shard().live.insert(x, Live { pages, class });
+                Ok(IoAddr(x))
+            }
+            Err(Error::NoSpace { .. }) => self.alloc_large(pages),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An uncached allocation of exactly `pages` pages.
+    fn alloc_large(&self, pages: u64) -> Result<IoAddr> {
+        let len = pages * self.page();
+        let got = self.space.lock().allocate(len, 0);
+        let x = match got {
+            Err(Error::NoSpace { .. }) => {
+                self.reclaim()?;
+                self.space.lock().allocate(len, 0)?
+            }
+            got => got?,
+        };
+        self.large.lock().live.insert(x, pages);
+        Ok(IoAddr(x))
+    }
+
+    /// Frees allocation `(iova, live)` of shard `s`: unmaps its pages, then invalidates
+    /// (strict) or queues it (lazy).
+    fn free_small(&self, s: &mut Shard, iova: u64, live: Live) -> Result<()> {
+        let page = self.page();
+        for k in (0..live.pages).map(|i| iova + i * page) {
+            if let Some(e) = s.entries.remove(&k) {
+                if let Err(err) = self.hw.set_entry(IoAddr(k), None) {
+                    s.entries.insert(k, e);
+                    return Err(err);
+                }
+            }
+        }
+        s.live.remove(&iova);
+        if let Err(e) = self.retire(s, (iova, live.pages * page, live.class)) {
+            // Not invalidated: the device may still reach the pages through the IOTLB.
+            // The allocation stays live (unmapped), so the caller keeps the memory
+            // behind it and can free it again once the IOMMU answers.
+            s.live.insert(iova, live);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Frees an uncached allocation (a [`Large`] one).
+    fn free_large(&self, iova: u64, pages: u64) -> Result<()> {
+        let mut l = self.large.lock();
+        match l.live.get(&iova) {
+            Some(&p) if p == pages => {}
+            Some(&p) => return Err(wrong_size(iova, p, pages)),
+            None => {
+                return Err(Error::NotAllocated {
+                    free_fn: "iovm_free",
+                    addr: iova,
+                })
+            }
+        }
+        let len = pages * self.page();
+        // Inclusive end: a window may end at the top of the 64-bit space.
+        let mapped: Vec<u64> = l
+            .entries
+            .range(iova..=iova + (len - 1))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in mapped {
+            self.hw.set_entry(IoAddr(k), None)?;
+            l.entries.remove(&k);
+        }
+        l.live.remove(&iova);
+        drop(l);
+        let mut s = self.shard();
+        if let Err(e) = self.retire(&mut s, (iova, len, UNCACHED)) {
+            self.large.lock().live.insert(iova, pages);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unmapped range `f`: strict, invalidated and released at once; lazy, queued in `s`
+    /// (and the queue drained when full). On error `f` is neither queued nor released.
+    fn retire(&self, s: &mut Shard, f: Freed) -> Result<()> {
+        if !self.lazy {
+            self.hw.invalidate(IoAddr(f.0), f.1)?;
+            self.release(s, f);
+            return Ok(());
+        }
+        if !s.pending.push(f) {
+            // Full after an earlier failed round: try that round again first.
+            self.drain(s)?;
+            s.pending.push(f);
+        }
+        if s.pending.len() >= super::iova_shard::FLUSH_BATCH {
+            if let Err(e) = self.drain(s) {
+                s.pending.forget(f.0);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the entries of a run inside allocation `start` of shard `s`.
+    fn insert_small(
+        &self,
+        s: &mut Shard,
+        iova: u64,
+        pa: u64,
+        pages: u64,
+        access: Access,
+    ) -> Result<()> {
+        let page = self.page();
+        for i in 0..pages {
+            let (io, phys) = (iova + i * page, pa + i * page);
+            self.hw
+                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
+            if s.entries.insert(io, (phys, access)).is_some() {
+                // Replacing a live entry: the IOTLB may hold the old one.
+                self.hw.invalidate(IoAddr(io), page)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A run in an uncached allocation.
+    fn insert_large(
+        &self,
+        iova: u64,
+        pa: u64,
+        pages: u64,
+        span: u64,
+        access: Access,
+    ) -> Result<()> {
+        let page = self.page();
+        let mut l = self.large.lock();
+        let inside = l
+            .live
+            .range(..=iova)
+            .next_back()
+            .is_some_and(|(&a, &p)| iova - a < p * page && (p * page - (iova - a)) >= span);
+        if !inside {
+            return Err(outside(iova));
+        }
+        for i in 0..pages {
+            let (io, phys) = (iova + i * page, pa + i * page);
+            self.hw
+                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
+            if l.entries.insert(io, (phys, access)).is_some() {
+                self.hw.invalidate(IoAddr(io), page)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wrong_size(addr: u64, allocated: u64, given: u64) -> Error {
+    Error::WrongSize {
+        free_fn: "iovm_free",
+        addr,
+        allocated,
+        given,
+    }
+}
+
+fn outside(iova: u64) -> Error {
+    // IOKit panics on IOMapperInsertPage(0, …) and writes anywhere otherwise.
+    Error::BadArgument {
+        what: "iovm_insert_page outside any iovm_alloc allocation (or a run past its end)",
+        value: iova,
     }
 }
 
@@ -193,68 +442,43 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         if pages == 0 {
             return Err(Error::ZeroSize { what: "iovm_alloc" });
         }
-        let len = pages.checked_mul(self.page()).ok_or(Error::Overflow {
+        pages.checked_mul(self.page()).ok_or(Error::Overflow {
             what: "iovm_alloc",
             start: 0,
             len: pages,
         })?;
-        let mut s = self.state.lock();
-        let a = match s.space.allocate(len, 0) {
-            Ok(a) => a,
-            Err(Error::NoSpace { .. }) if !s.pending.is_empty() => {
-                // Out of space with freed ranges waiting: invalidate them now and retry.
-                self.drain(&mut s)?;
-                s.space.allocate(len, 0)?
-            }
-            Err(e) => return Err(e),
+        let Some(class) = class_of(pages) else {
+            return self.alloc_large(pages);
         };
-        s.live.insert(a, pages);
-        Ok(IoAddr(a))
+        let mut s = self.shard();
+        let x = match s.mags.pop(class, &self.depot) {
+            Some(x) => x,
+            None => {
+                let got = self.take(class);
+                match got {
+                    Ok(x) => x,
+                    Err(Error::NoSpace { .. }) => {
+                        drop(s);
+                        return self.alloc_scarce(pages, class);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        s.live.insert(x, Live { pages, class });
+        Ok(IoAddr(x))
     }
 
     fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()> {
-        let mut s = self.state.lock();
-        match s.live.get(&iova.0) {
-            Some(&p) if p == pages => {}
-            Some(&p) => {
-                return Err(Error::WrongSize {
-                    free_fn: "iovm_free",
-                    addr: iova.0,
-                    allocated: p,
-                    given: pages,
-                })
-            }
-            None => {
-                return Err(Error::NotAllocated {
-                    free_fn: "iovm_free",
-                    addr: iova.0,
-                })
-            }
-        }
-        let len = pages * self.page();
-        // Inclusive end: a window may end at the top of the 64-bit space.
-        let mapped: Vec<u64> = s
-            .entries
-            .range(iova.0..=iova.0 + (len - 1))
-            .map(|(&k, _)| k)
-            .collect();
-        for k in mapped {
-            self.hw.set_entry(IoAddr(k), None)?;
-            s.entries.remove(&k);
-        }
-        s.live.remove(&iova.0);
-        s.pending.push((iova.0, len));
-        if !self.lazy || s.pending.len() >= FLUSH_BATCH {
-            if let Err(e) = self.drain(&mut s) {
-                // Not invalidated: the device may still reach the pages through the IOTLB.
-                // The allocation stays live (unmapped), so the caller keeps the memory
-                // behind it and can free it again once the IOMMU answers.
-                s.pending.retain(|&(start, _)| start != iova.0);
-                s.live.insert(iova.0, pages);
-                return Err(e);
-            }
-        }
-        Ok(())
+        let freed = self.in_shards(|s| {
+            let live = *s.live.get(&iova.0)?;
+            Some(if live.pages == pages {
+                self.free_small(s, iova.0, live)
+            } else {
+                Err(wrong_size(iova.0, live.pages, pages))
+            })
+        });
+        freed.unwrap_or_else(|| self.free_large(iova.0, pages))
     }
 
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()> {
@@ -293,38 +517,24 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
                 start: pa.0,
                 len: pages,
             })?;
-        let mut s = self.state.lock();
-        let inside = s
-            .live
-            .range(..=iova.0)
-            .next_back()
-            .is_some_and(|(&a, &p)| iova.0 - a < p * page && (p * page - (iova.0 - a)) >= span);
-        if !inside {
-            // IOKit panics on IOMapperInsertPage(0, …) and writes anywhere otherwise.
-            return Err(Error::BadArgument {
-                what: "iovm_insert_page outside any iovm_alloc allocation (or a run past its end)",
-                value: iova.0,
-            });
-        }
-        for i in 0..pages {
-            let (io, phys) = (iova.0 + i * page, pa.0 + i * page);
-            self.hw
-                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
-            if s.entries.insert(io, (phys, access)).is_some() {
-                // Replacing a live entry: the IOTLB may hold the old one.
-                self.hw.invalidate(IoAddr(io), page)?;
-            }
-        }
-        Ok(())
+        let done = self.in_shards(|s| {
+            let (start, l) = s.containing(iova.0, page)?;
+            Some(if l.pages * page - (iova.0 - start) >= span {
+                self.insert_small(s, iova.0, pa.0, pages, access)
+            } else {
+                Err(outside(iova.0))
+            })
+        });
+        done.unwrap_or_else(|| self.insert_large(iova.0, pa.0, pages, span, access))
     }
 
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)> {
-        let page = self.page();
-        let s = self.state.lock();
-        let key = iova.0 & !(page - 1);
-        s.entries
-            .get(&key)
-            .map(|&(pa, acc)| (PhysAddr(pa + (iova.0 - key)), acc))
+        let key = iova.0 & !(self.page() - 1);
+        let found = self
+            .in_shards(|s| s.entries.get(&key).copied())
+            .or_else(|| self.large.lock().entries.get(&key).copied());
+        found
+            .map(|(pa, acc)| (PhysAddr(pa + (iova.0 - key)), acc))
             .ok_or(Error::NotMapped {
                 what: "IO address space",
                 addr: iova.0,
@@ -349,6 +559,7 @@ impl<H: IommuHardware> core::fmt::Debug for IommuMapper<H> {
 mod tests {
     use super::*;
     use crate::sync::Mutex;
+    use alloc_crate::collections::BTreeMap;
 
     /// Page-table entries and invalidations, recorded.
     #[derive(Default)]

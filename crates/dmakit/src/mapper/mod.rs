@@ -29,6 +29,7 @@
 //! ```
 
 mod iommu;
+mod iova_shard;
 mod system;
 
 pub use iommu::{Access, IommuHardware, IommuMapper};
