@@ -134,7 +134,7 @@ impl LockedRangeAllocator {
     /// Remembers `[x, x + size)`, just allocated as one block, as lent by `front` when its
     /// free may be cached.
     fn lend(&self, front: &mut Front, x: u64, size: u64) {
-        if let Some(c) = self.class(size).filter(|_| x % self.unit == 0) {
+        if let Some(c) = self.class(size).filter(|_| x.is_multiple_of(self.unit)) {
             front.lent.insert(x, c);
         }
     }
@@ -206,7 +206,7 @@ impl LockedRangeAllocator {
     /// this thread's cache; anything else is the slow path (see the
     /// [module documentation](crate::alloc::locked)).
     pub fn deallocate(&self, start: u64, size: u64) -> Result<()> {
-        let class = self.class(size).filter(|_| start % self.unit == 0);
+        let class = self.class(size).filter(|_| start.is_multiple_of(self.unit));
         if let Some(c) = class {
             let mine = {
                 let mut front = self.front();
