@@ -10,6 +10,7 @@
 //! lists are allocated when it is made: nothing here allocates after that.
 
 use crate::sync::Mutex;
+use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
 
 /// Ranges per magazine.
@@ -79,19 +80,20 @@ impl<const C: usize> Depot<C> {
     }
 }
 
-/// One shard's magazines: a loaded and a previous one per class.
+/// One shard's magazines: a loaded and a previous one per class (on the heap: a few
+/// kilobytes, too many for a kernel stack to carry around).
 #[derive(Debug)]
 pub(crate) struct Magazines<const C: usize> {
-    loaded: [Magazine; C],
-    prev: [Magazine; C],
+    loaded: Box<[Magazine]>,
+    prev: Box<[Magazine]>,
 }
 
 impl<const C: usize> Magazines<C> {
     /// Empty magazines.
     pub(crate) fn new() -> Self {
         Magazines {
-            loaded: [Magazine::EMPTY; C],
-            prev: [Magazine::EMPTY; C],
+            loaded: alloc_crate::vec![Magazine::EMPTY; C].into_boxed_slice(),
+            prev: alloc_crate::vec![Magazine::EMPTY; C].into_boxed_slice(),
         }
     }
 

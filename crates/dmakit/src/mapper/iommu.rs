@@ -240,19 +240,30 @@ impl<H: IommuHardware> IommuMapper<H> {
 
     /// This thread's shard, or the next free one.
     fn shard(&self) -> ShardGuard<'_, Shard> {
-        let home = thread_slot() % SHARDS;
-        (0..SHARDS)
-            .find_map(|i| self.shards[(home + i) % SHARDS].try_lock())
-            .unwrap_or_else(|| self.shards[home].lock())
+        self.shard_at().1
     }
 
-    /// `f` on this thread's shard, then on each shard in turn, until it answers.
+    /// This thread's shard, or the next free one, and its index.
+    #[cfg_attr(loom, allow(clippy::modulo_one))]
+    fn shard_at(&self) -> (usize, ShardGuard<'_, Shard>) {
+        let home = thread_slot() % SHARDS;
+        (0..SHARDS)
+            .map(|i| (home + i) % SHARDS)
+            .find_map(|i| Some((i, self.shards[i].try_lock()?)))
+            .unwrap_or_else(|| (home, self.shards[home].lock()))
+    }
+
+    /// `f` on this thread's shard, then on each other shard in turn, until it answers.
     fn in_shards<R>(&self, mut f: impl FnMut(&mut Shard) -> Option<R>) -> Option<R> {
-        let mine = {
-            let mut s = self.shard();
-            f(&mut s)
+        let (mine, first) = {
+            let (i, mut s) = self.shard_at();
+            (i, f(&mut s))
         };
-        mine.or_else(|| self.shards.iter().find_map(|s| f(&mut s.lock())))
+        first.or_else(|| {
+            (0..SHARDS)
+                .filter(|&i| i != mine)
+                .find_map(|i| f(&mut self.shards[i].lock()))
+        })
     }
 
     /// An allocation of class `class` when the space has none at that size and alignment:
