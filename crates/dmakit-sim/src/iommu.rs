@@ -17,31 +17,13 @@ use crate::Machine;
 use dmakit::mapper::{Access, IommuHardware};
 use dmakit::{Error, IoAddr, IoReturn, PageSize, PhysAddr, Result};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 /// IO page → (physical page, access). Keys are page numbers the simulator chose, not
 /// input to defend against: a multiply hash is enough, and several times cheaper than
 /// the standard library's SipHash on the mapping path.
-type Pages = HashMap<u64, (u64, Access), BuildHasherDefault<PageHash>>;
-
-/// A multiply (by 2^64 / φ) hash of a `u64`, folded so that the low bits vary.
-#[derive(Default)]
-struct PageHash(u64);
-
-impl Hasher for PageHash {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-}
+type Pages = HashMap<u64, (u64, Access), BuildHasherDefault<dmakit::alloc::AddrHash>>;
 
 /// Why a device access faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

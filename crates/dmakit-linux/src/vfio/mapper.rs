@@ -604,28 +604,16 @@ impl Mapper for VfioMapper {
         access: Access,
     ) -> Result<()> {
         let p = self.page.bytes();
-        if self.page.offset(iova.0) != 0 || self.page.offset(pa.0) != 0 {
-            return Err(Error::NotAligned {
-                what: "VFIO insert_page (IO and physical addresses must be page aligned)",
-                value: if self.page.offset(iova.0) != 0 {
-                    iova.0
-                } else {
-                    pa.0
-                },
-                align: p,
-            });
-        }
-        if pages == 0 {
+        let len = dmakit::mapper::check_run(
+            "VFIO insert_page (IO and physical addresses must be page aligned)",
+            p,
+            iova,
+            pa,
+            pages,
+        )?;
+        if len == 0 {
             return Ok(());
         }
-        let len = pages
-            .checked_mul(p)
-            .filter(|&len| pa.0.checked_add(len - 1).is_some())
-            .ok_or(Error::Overflow {
-                what: "VFIO insert_run (the run passes the top of the address space)",
-                start: pa.0,
-                len: pages,
-            })?;
         let mut s = self.lock();
         let inside = s
             .allocs

@@ -24,3 +24,4 @@ pub use malloc::{
     io_size_to_alignment, IoHeap, IoMemory,
 };
 pub use range::RangeAllocator;
+pub use table::AddrHash;

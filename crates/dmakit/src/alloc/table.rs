@@ -8,9 +8,21 @@ use core::hash::{BuildHasherDefault, Hasher};
 pub(crate) type Table<V> = hashbrown::HashMap<u64, V, BuildHasherDefault<AddrHash>>;
 
 /// A hash for addresses: a multiply by 2^64 / φ, folded so that the low bits (the bucket)
-/// depend on every bit of the key, page-aligned keys included.
+/// depend on every bit of the key, page-aligned keys included. Much cheaper than the
+/// standard library's SipHash for maps keyed by addresses, which need no protection from
+/// chosen keys:
+///
+/// ```
+/// use core::hash::BuildHasherDefault;
+/// use dmakit::alloc::AddrHash;
+/// use std::collections::HashMap;
+///
+/// let mut pages: HashMap<u64, u64, BuildHasherDefault<AddrHash>> = HashMap::default();
+/// pages.insert(0x1000, 0x8_0000);
+/// assert_eq!(pages[&0x1000], 0x8_0000);
+/// ```
 #[derive(Default, Clone, Copy, Debug)]
-pub(crate) struct AddrHash(u64);
+pub struct AddrHash(u64);
 
 impl Hasher for AddrHash {
     fn write(&mut self, bytes: &[u8]) {

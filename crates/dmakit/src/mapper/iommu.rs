@@ -506,28 +506,16 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         access: Access,
     ) -> Result<()> {
         let page = self.page();
-        if !iova.0.is_multiple_of(page) || !pa.0.is_multiple_of(page) {
-            return Err(Error::NotAligned {
-                what: "iovm_insert_page (IO and physical addresses must be page aligned)",
-                value: if iova.0.is_multiple_of(page) {
-                    pa.0
-                } else {
-                    iova.0
-                },
-                align: page,
-            });
-        }
-        if pages == 0 {
+        let span = super::check_run(
+            "iovm_insert_page (IO and physical addresses must be page aligned)",
+            page,
+            iova,
+            pa,
+            pages,
+        )?;
+        if span == 0 {
             return Ok(());
         }
-        let span = pages
-            .checked_mul(page)
-            .filter(|&len| pa.0.checked_add(len - 1).is_some())
-            .ok_or(Error::Overflow {
-                what: "iovm_insert_run (the run passes the top of the address space)",
-                start: pa.0,
-                len: pages,
-            })?;
         let done = self.in_shards(|s| {
             let (start, l) = s.containing(iova.0, page)?;
             Some(if l.pages * page - (iova.0 - start) >= span {

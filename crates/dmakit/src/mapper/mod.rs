@@ -37,6 +37,40 @@ pub use system::{MapperRegistry, SharedMapper};
 
 use crate::{IoAddr, PageSize, PhysAddr, Result};
 
+/// The checks every [`Mapper::iovm_insert_run`] makes before it maps anything: `iova` and
+/// `pa` aligned to `page` (`NotAligned`, naming `what`), and the run not passing the top of
+/// the address space (`Overflow`). Returns the run's length in bytes (0 for no pages).
+pub fn check_run(
+    what: &'static str,
+    page: u64,
+    iova: IoAddr,
+    pa: PhysAddr,
+    pages: u64,
+) -> Result<u64> {
+    if !iova.0.is_multiple_of(page) || !pa.0.is_multiple_of(page) {
+        return Err(crate::Error::NotAligned {
+            what,
+            value: if iova.0.is_multiple_of(page) {
+                pa.0
+            } else {
+                iova.0
+            },
+            align: page,
+        });
+    }
+    if pages == 0 {
+        return Ok(0);
+    }
+    pages
+        .checked_mul(page)
+        .filter(|&len| pa.0.checked_add(len - 1).is_some() && iova.0.checked_add(len - 1).is_some())
+        .ok_or(crate::Error::Overflow {
+            what: "iovm_insert_run (the run passes the top of the address space)",
+            start: pa.0,
+            len: pages,
+        })
+}
+
 /// IOKit's IOMapper.
 pub trait Mapper: Send + Sync {
     /// The IOMMU page size.
