@@ -223,27 +223,18 @@ impl Rig {
     }
 }
 
-/// Whether a prepare that succeeded before succeeded again. The refusals allowed are
-/// placement ones (`NoSuitableMemory`, and a bounce buffer across a boundary, below): the mapper placed the IO addresses outside a device
-/// window narrower than the mapper's own, or the bounce buffer landed below the window's
-/// minimum address (neither the mapper nor the bounce pool places by the device's window,
-/// so where a range lands depends on what was freed before).
+/// Whether a prepare that succeeded before succeeded again. One refusal is allowed: a
+/// bounce buffer that landed below the window's minimum address when the device goes
+/// without an IOMMU (platforms place physical memory under a ceiling, never above a floor,
+/// so where a bounce buffer lands depends on what was freed before; the refusal is
+/// `NoSuitableMemory` and holds nothing). IO addresses and bounce buffers are placed by
+/// the window's ceiling, alignment and boundary, so nothing else may fail.
 fn placement_refusal(input: &Input, r: dmakit::Result<()>) -> bool {
-    let narrower = match input.mode {
-        Mode::Mapped(base, size) => {
-            input.spec.min_address() > base
-                || input.spec.max_address() < base.wrapping_add(size - 1)
-        }
-        _ => input.spec.min_address() > 0,
-    };
+    let floor = !matches!(input.mode, Mode::Mapped(..)) && input.spec.min_address() > 0;
     match r {
         Ok(()) => true,
-        Err(dmakit::Error::NoSuitableMemory { .. }) if narrower => false,
-        // A known limitation, open: the bounce pool does not place a buffer by the spec's
-        // boundary, so a re-prepare's bounce buffer may straddle a boundary the first one did
-        // not, and with `max_segments` 1 that is refused (`NoSpace`, naming max_segments).
-        Err(dmakit::Error::NoSpace { what, .. })
-            if what.contains("max_segments") && input.spec.max_segments() == 1 =>
+        Err(dmakit::Error::NoSuitableMemory { what, .. })
+            if floor && what.contains("below the device's window") =>
         {
             false
         }

@@ -177,7 +177,7 @@ fn a_mapper_above_the_limit_is_refused_at_prepare_and_a_wider_driver_misses() {
         }),
     );
     let why = suite::spec_refuses_wide_iovas(&s.rig(EduOptions::new())).unwrap();
-    assert!(why.contains("outside the device's window"), "{why}");
+    assert!(why.contains("the device's window"), "{why}");
     assert_eq!(s.edu.transfers(), 0, "nothing started");
     s.assert_clean("refused prepare");
     // Told 64 bits, the driver hands the device addresses above 4 GiB; it clamps them to

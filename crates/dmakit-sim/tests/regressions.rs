@@ -177,3 +177,115 @@ fn a_multi_descriptor_with_a_shortened_part_stops_at_the_hole() {
         "a DMA over the hole is refused: {e}"
     );
 }
+
+type SimCommand = dmakit::dma::DmaCommand<Arc<dmakit_sim::Machine>>;
+
+/// A command for `spec` with a bounce pool that bounces everything (when `force`).
+fn command(
+    m: &Arc<dmakit_sim::Machine>,
+    spec: dmakit::dma::SegmentSpec,
+    mapper: Option<Arc<dyn dmakit::mapper::Mapper>>,
+    force: bool,
+) -> SimCommand {
+    use dmakit::dma::{BouncePool, DmaCommand, SegmentFormat};
+    let pool = Arc::new(BouncePool::new(m.clone(), "test bounce", 16 << 20));
+    pool.set_force_bounce(force);
+    let b = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .format(SegmentFormat::Little64)
+        .bounce_pool(pool);
+    match mapper {
+        Some(mp) => b.mapper(mp),
+        None => b,
+    }
+    .build()
+    .unwrap()
+}
+
+fn segments(cmd: &SimCommand) -> Vec<dmakit::dma::IoSegment> {
+    cmd.segments().collect::<dmakit::Result<Vec<_>>>().unwrap()
+}
+
+/// Bounce buffers used to be placed at page alignment only, so one could straddle the
+/// spec's boundary and a device allowing one segment refused a transfer (`NoSpace`) that
+/// the previous bounce buffer had carried. They are now placed inside one boundary line.
+#[test]
+fn bounce_buffers_do_not_straddle_the_boundary() {
+    use dmakit::dma::{PrepareOptions, SegmentSpec};
+    let m = machine();
+    let spec = SegmentSpec::builder()
+        .boundary(0x1_0000)
+        .max_segments(1)
+        .build()
+        .unwrap();
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let mut cmd = command(&m, spec, None, true);
+        cmd.set_memory_descriptor(buffer(&m, 40 << 10)).unwrap();
+        cmd.prepare(PrepareOptions::range(0, 40 << 10))
+            .unwrap_or_else(|e| panic!("transfer {i}: {e}"));
+        let segs = segments(&cmd);
+        assert_eq!(segs.len(), 1, "transfer {i}: {segs:?}");
+        let (a, last) = (segs[0].addr.0, segs[0].addr.0 + (segs[0].len - 1));
+        assert_eq!(a >> 16, last >> 16, "transfer {i} crosses 64 KiB: {segs:?}");
+        held.push(cmd);
+    }
+    for mut c in held {
+        c.complete().unwrap();
+    }
+}
+
+/// The IOMMU path used to take IO addresses anywhere in the mapper's window and refuse
+/// them when they were outside the device's (`NoSuitableMemory`), even with room inside
+/// it. IO addresses are now placed inside the device's window, above its floor and below
+/// its ceiling, until that part of the window is full.
+#[test]
+fn io_addresses_are_placed_inside_the_devices_window() {
+    use dmakit::dma::{PrepareOptions, SegmentSpec};
+    use dmakit::mapper::{IommuMapper, Mapper};
+    let m = machine();
+    let iommu = Arc::new(dmakit_sim::SimIommu::new(m.clone()));
+    // 256 MiB of IO space from 1 MiB below 4 GiB.
+    let mp = Arc::new(IommuMapper::new(iommu, 0xFFF0_0000, 0x1000_0000).unwrap());
+    let as_dyn: Arc<dyn Mapper> = mp.clone();
+    let above = SegmentSpec::builder()
+        .window(0x1_0000_0000, u64::MAX)
+        .build()
+        .unwrap();
+    let mut cmd = command(&m, above, Some(as_dyn.clone()), false);
+    cmd.set_memory_descriptor(buffer(&m, 8192)).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 8192)).unwrap();
+    let segs = segments(&cmd);
+    assert!(segs.iter().all(|s| s.addr.0 >= 0x1_0000_0000), "{segs:?}");
+    cmd.complete().unwrap();
+
+    let low = SegmentSpec::builder().address_bits(32).build().unwrap();
+    let b = buffer(&m, 4096);
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut cmd = command(&m, low, Some(as_dyn.clone()), false);
+        cmd.set_memory_descriptor(b.clone()).unwrap();
+        match cmd.prepare(PrepareOptions::range(0, 4096)) {
+            Ok(()) => {
+                let s = segments(&cmd);
+                assert!(s[0].addr.0 + 4095 <= 0xFFFF_FFFF, "{s:?}");
+                held.push(cmd);
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            held.len() <= 256,
+            "more pages than the window has below 4 GiB"
+        );
+    };
+    assert_eq!(held.len(), 256, "every page below 4 GiB used: {refused}");
+    assert!(
+        matches!(refused, dmakit::Error::NoSuitableMemory { limit, .. } if limit >= 0xFFFF_FFFF),
+        "{refused}"
+    );
+    for mut c in held {
+        c.complete().unwrap();
+    }
+    mp.flush().unwrap();
+    assert_eq!(mp.usage(), (0, 0));
+}

@@ -34,7 +34,7 @@ use crate::caps::{self, MemlockLimit};
 use crate::hints::{intern, memlock_why, os};
 use crate::host::Host;
 use dmakit::alloc::RangeAllocator;
-use dmakit::mapper::{Access, Mapper};
+use dmakit::mapper::{allocate_placed, Access, IovaPlacement, Mapper};
 use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
 use rustix::io::Errno;
 use std::collections::BTreeMap;
@@ -548,6 +548,15 @@ impl Mapper for VfioMapper {
                 },
                 e => e,
             })?;
+        s.allocs.insert(iova, pages);
+        Ok(IoAddr(iova))
+    }
+
+    /// The lowest free range of the container's valid IOVA ranges that the device can use.
+    fn iovm_alloc_placed(&self, pages: u64, place: &IovaPlacement) -> Result<IoAddr> {
+        let len = self.bytes(pages)?;
+        let mut s = self.lock();
+        let iova = allocate_placed(&mut s.space, len, place)?;
         s.allocs.insert(iova, pages);
         Ok(IoAddr(iova))
     }

@@ -125,6 +125,18 @@ impl<P: Platform + Clone> BouncePool<P> {
     }
 }
 
+/// The alignment that keeps a contiguous bounce buffer of `span` bytes from crossing a
+/// multiple of `boundary` (a power of two, 0 for none) when it fits inside one, or starts
+/// it on a multiple when it does not (the fewest segments). 0 when the boundary is below
+/// `page`: page-aligned memory can do nothing about it.
+pub(crate) fn boundary_alignment(boundary: u64, page: u64, span: u64) -> u64 {
+    match boundary {
+        b if b < page => 0,
+        b if span <= b => span.next_power_of_two(),
+        b => b,
+    }
+}
+
 impl<P: Platform + Clone> core::fmt::Debug for BouncePool<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("BouncePool")

@@ -79,13 +79,13 @@
 //! # Ok(()) }
 //! ```
 
-use super::bounce::BouncePool;
+use super::bounce::{boundary_alignment, BouncePool};
 use super::format::{IoSegment, SegmentFormat};
 use super::options::{CompleteOptions, Constraint, PrepareOptions};
 use super::quarantine::{Held, Quarantine};
 use super::spec::SegmentSpec;
 use crate::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, PrepOwner};
-use crate::mapper::{Access, Mapper};
+use crate::mapper::{Access, IovaPlacement, Mapper};
 use crate::platform::{CacheOp, Platform, Task, COPY_CHUNK};
 use crate::{Direction, Error, IoAddr, PhysAddr, Result, VirtAddr};
 use alloc_crate::boxed::Box;
@@ -1130,10 +1130,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             k if k.is_multiple_of(start_align) => k,
             _ => 0,
         };
+        let page = self.platform.page_size().bytes();
         let align = start_align
             .max(s.internal_alignment())
             .max(keep_mask + 1)
-            .max(self.platform.page_size().bytes());
+            .max(page)
+            .max(boundary_alignment(s.boundary(), page, data_off + length));
         let buffer = pool.take(data_off + length, limit, align, true)?;
         match buffer.physical_segment(0) {
             Ok(seg) => Ok(Bounce {
@@ -1189,7 +1191,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             pages += page.pages_spanned(seg.addr.0, len).unwrap_or(0);
             x += len;
         }
-        let iova = mapper.iovm_alloc(pages)?;
+        let place = self.iova_placement(page.bytes(), first_off, length, pages);
+        let iova = mapper.iovm_alloc_placed(pages, &place)?;
         let mut done = 0u64;
         let mut x = 0;
         let result = (|| {
@@ -1228,6 +1231,33 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             first_off,
             bounce: None,
         }))
+    }
+
+    /// Where the device can use `pages` IO pages holding `length` bytes from `first_off`
+    /// into the first: the spec's window (widened by the pages' slack before and after the
+    /// data), its start alignment when above a page, and its boundary: the whole range
+    /// inside one boundary line when it fits in one, else starting on a line (fewest
+    /// segments).
+    fn iova_placement(&self, page: u64, first_off: u64, length: u64, pages: u64) -> IovaPlacement {
+        let s = &self.spec;
+        let span = pages.saturating_mul(page);
+        let tail = span.saturating_sub(first_off.saturating_add(length));
+        let mut place = IovaPlacement::ANY.window(
+            s.min_address().saturating_sub(first_off),
+            s.max_address().saturating_add(tail),
+        );
+        if s.alignment() > page {
+            place = place.alignment(s.alignment());
+        }
+        let b = s.boundary();
+        if b >= page {
+            if span <= b {
+                place = place.boundary(b);
+            } else {
+                place = place.alignment(place.align.max(b));
+            }
+        }
+        place
     }
 
     /// Copies between the descriptor and the bounce buffer: `to_bounce` for a device read.

@@ -2,6 +2,7 @@
 //! freed IO addresses are never reused before the IOTLB forgets them.
 
 use super::iova_shard::{align_of, class_of, Freed, Large, Live, Shard, SHARDS, UNCACHED};
+use super::placement::{allocate_placed, IovaPlacement};
 use super::Mapper;
 use crate::alloc::magazine::Depot;
 use crate::alloc::RangeAllocator;
@@ -295,6 +296,25 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(IoAddr(x))
     }
 
+    /// An uncached allocation of `pages` pages (`len` bytes) where `place` allows.
+    fn alloc_placed(&self, pages: u64, len: u64, place: &IovaPlacement) -> Result<IoAddr> {
+        if len == 0 {
+            return Err(Error::ZeroSize {
+                what: "iovm_alloc_placed",
+            });
+        }
+        let got = allocate_placed(&mut self.space.lock(), len, place);
+        let x = match got {
+            Err(Error::NoSuitableMemory { .. }) => {
+                self.reclaim()?;
+                allocate_placed(&mut self.space.lock(), len, place)?
+            }
+            got => got?,
+        };
+        self.large.lock().live.insert(x, pages);
+        Ok(IoAddr(x))
+    }
+
     /// Frees allocation `(iova, live)` of shard `s`: unmaps its pages, then invalidates
     /// (strict) or queues it (lazy).
     fn free_small(&self, s: &mut Shard, iova: u64, live: Live) -> Result<()> {
@@ -478,6 +498,29 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         };
         s.live.insert(x, Live { pages, class });
         Ok(IoAddr(x))
+    }
+
+    /// The fast path when every range of this size from the window fits `place` (the
+    /// window inside the device's, the size class aligned enough); otherwise the lowest
+    /// free range that fits, found by a walk of the free intervals under the space's lock.
+    /// Give a device a mapper whose window it reaches whole to keep the fast path.
+    fn iovm_alloc_placed(&self, pages: u64, place: &IovaPlacement) -> Result<IoAddr> {
+        let len = pages.checked_mul(self.page()).ok_or(Error::Overflow {
+            what: "iovm_alloc_placed",
+            start: 0,
+            len: pages,
+        })?;
+        let natural = class_of(pages).map_or(self.page(), |c| align_of(c) * self.page());
+        let last = self.base + (self.size - 1);
+        if place.always_fits(self.base, last, len, natural) {
+            let iova = self.iovm_alloc(pages)?;
+            if place.fits(iova.0, len) {
+                return Ok(iova);
+            }
+            // An exact-size range taken when space was short: place it instead.
+            self.iovm_free(iova, pages)?;
+        }
+        self.alloc_placed(pages, len, place)
     }
 
     fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()> {

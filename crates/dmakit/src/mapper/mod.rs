@@ -30,9 +30,11 @@
 
 mod iommu;
 mod iova_shard;
+mod placement;
 mod system;
 
 pub use iommu::{Access, IommuHardware, IommuMapper};
+pub use placement::{allocate_placed, IovaPlacement};
 pub use system::{MapperRegistry, SharedMapper};
 
 use crate::{IoAddr, PageSize, PhysAddr, Result};
@@ -80,6 +82,32 @@ pub trait Mapper: Send + Sync {
     /// IOMapperIOVMAlloc: `pages` pages of IO address space (not mapped yet).
     /// IOKit: `IOMapper::iovmAlloc`.
     fn iovm_alloc(&self, pages: u64) -> Result<IoAddr>;
+
+    /// `pages` pages of IO address space where a device with `place` can use them: inside
+    /// its window, at its alignment, not crossing its boundary. The default takes
+    /// [`iovm_alloc`](Self::iovm_alloc)'s range and gives it back with `NoSuitableMemory`
+    /// when it does not fit; a mapper that can choose (as [`IommuMapper`] does) overrides
+    /// it. Freed with [`iovm_free`](Self::iovm_free) like any allocation.
+    /// IOKit: `IOMapper::iovmMapMemory` with an `IODMAMapSpecification`.
+    fn iovm_alloc_placed(&self, pages: u64, place: &IovaPlacement) -> Result<IoAddr> {
+        let len = pages
+            .checked_mul(self.page_size().bytes())
+            .ok_or(crate::Error::Overflow {
+                what: "iovm_alloc_placed",
+                start: 0,
+                len: pages,
+            })?;
+        let iova = self.iovm_alloc(pages)?;
+        if place.fits(iova.0, len) {
+            return Ok(iova);
+        }
+        self.iovm_free(iova, pages)?;
+        Err(place.refusal(
+            "IO address space (this mapper cannot choose where its ranges go, and the one it \
+             gave is outside the device's window, alignment or boundary)",
+            len,
+        ))
+    }
 
     /// IOMapperIOVMFree: unmaps and gives back `pages` pages from `iova` (exactly an
     /// allocation). A failure leaves the allocation live (perhaps partly unmapped): the
