@@ -223,25 +223,6 @@ impl Rig {
     }
 }
 
-/// Whether a prepare that succeeded before succeeded again. One refusal is allowed: a
-/// bounce buffer that landed below the window's minimum address when the device goes
-/// without an IOMMU (platforms place physical memory under a ceiling, never above a floor,
-/// so where a bounce buffer lands depends on what was freed before; the refusal is
-/// `NoSuitableMemory` and holds nothing). IO addresses and bounce buffers are placed by
-/// the window's ceiling, alignment and boundary, so nothing else may fail.
-fn placement_refusal(input: &Input, r: dmakit::Result<()>) -> bool {
-    let floor = !matches!(input.mode, Mode::Mapped(..)) && input.spec.min_address() > 0;
-    match r {
-        Ok(()) => true,
-        Err(dmakit::Error::NoSuitableMemory { what, .. })
-            if floor && what.contains("below the device's window") =>
-        {
-            false
-        }
-        Err(e) => panic!("a prepare that succeeded before failed: {e}"),
-    }
-}
-
 fn run(input: &Input) {
     let Some(rig) = Rig::new(input) else {
         return;
@@ -312,9 +293,7 @@ fn run(input: &Input) {
                 rig.pool.set_force_bounce(input.force_bounce);
                 let again = cmd.prepare(PrepareOptions::range(offset, length));
                 rig.pool.set_force_bounce(false);
-                if !placement_refusal(input, again) {
-                    return;
-                }
+                again.unwrap_or_else(|e| panic!("a prepare that succeeded before failed: {e}"));
                 scmd.prepare(PrepareOptions::range(0, length))
                     .expect("scratch");
                 let segs = all_segments(&cmd);
@@ -334,9 +313,7 @@ fn run(input: &Input) {
             );
             if input.drop_prepared {
                 let again = cmd.prepare(PrepareOptions::range(offset, length));
-                if !placement_refusal(input, again) {
-                    return;
-                }
+                again.unwrap_or_else(|e| panic!("a prepare that succeeded before failed: {e}"));
                 drop(cmd);
                 assert_eq!(rig.quarantine.held(), 1, "the dropped preparation waits");
                 assert_eq!(rig.quarantine.quiesced(), Ok(1));

@@ -248,6 +248,7 @@ fn allocator_limits(k: &Kernel) -> Result<String, String> {
     let req = PageRequest {
         align: 1 << 16,
         phys_limit: 0xfff_ffff,
+        phys_min: 0,
         contiguous: true,
         pageable: false,
     };

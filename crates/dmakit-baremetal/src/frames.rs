@@ -115,6 +115,7 @@ impl FrameAllocator {
         let req = dmakit::platform::PageRequest {
             align,
             phys_limit: limit,
+            phys_min: 0,
             contiguous,
             pageable: false,
         };
@@ -191,6 +192,30 @@ impl FrameAllocator {
             return Err(unsuitable);
         }
         Ok(runs)
+    }
+
+    /// [`take`](Self::take) with a floor as well: every byte at or above `floor`. Memory
+    /// is taken from the top down, so when what was taken reaches below the floor nothing
+    /// higher was free: it is given back and the request refused (`NoSuitableMemory`).
+    pub fn take_above(
+        &mut self,
+        len: u64,
+        contiguous: bool,
+        align: u64,
+        (floor, limit): (u64, u64),
+    ) -> Result<Vec<PhysRange>> {
+        let runs = self.take(len, contiguous, align, limit)?;
+        if runs.iter().all(|r| r.addr.0 >= floor) {
+            return Ok(runs);
+        }
+        self.give_back(&runs)?;
+        Err(Error::NoSuitableMemory {
+            what: "physical memory (none free at or above the floor)",
+            requested: len,
+            align,
+            limit,
+            contiguous,
+        })
     }
 
     /// Gives runs from [`take`](Self::take) back. A run that is not wholly allocated

@@ -703,9 +703,12 @@ impl PhysicalMemory for BareMetal {
         let align = req.validate(len, self.page)?;
         let mut inner = self.inner.lock();
         let phys_align = if req.contiguous { align } else { PAGE };
-        let runs = inner
-            .frames
-            .take(len, req.contiguous, phys_align, req.phys_limit)?;
+        let runs = inner.frames.take_above(
+            len,
+            req.contiguous,
+            phys_align,
+            (req.phys_min, req.phys_limit),
+        )?;
         let give_back = |inner: &mut Inner, e: Error| {
             let _ = inner.frames.give_back(&runs);
             Err(e)
@@ -1149,6 +1152,7 @@ mod tests {
         let req = PageRequest {
             align: 0x10_000,
             phys_limit: USABLE + 0x7_ffff,
+            phys_min: 0,
             contiguous: true,
             pageable: false,
         };

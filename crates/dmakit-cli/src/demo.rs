@@ -183,6 +183,7 @@ fn constrained(m: &Machine) -> dmakit::Result<()> {
             PageRequest {
                 align: 32 << 10,
                 phys_limit: 0xFFFF_FFFF,
+                phys_min: 0,
                 contiguous: true,
                 pageable: false,
             },

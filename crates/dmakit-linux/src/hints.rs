@@ -107,8 +107,8 @@ one 2 MiB hugepage, so at most 2 MiB with at most 2 MiB alignment (split the buf
 VFIO IOVA mode where an IOMMU makes scattered pages contiguous)";
 
 /// A physical limit the kernel's placement did not meet.
-pub(crate) const ABOVE_LIMIT: &str = "Linux host: the kernel placed pages above the physical \
-limit (userspace cannot choose where its pages land; let a DMA command bounce, or use VFIO \
+pub(crate) const ABOVE_LIMIT: &str = "Linux host: the kernel placed pages outside the physical \
+window: above its limit or below its floor (userspace cannot choose where its pages land; let a DMA command bounce, or use VFIO \
 IOVA mode)";
 
 /// An `Error::Os` for a failed call.

@@ -121,13 +121,11 @@ impl Host {
         drop(a);
     }
 
-    /// Whether the frames of `a` meet `req` (limit, contiguity and physical alignment).
+    /// Whether the frames of `a` meet `req` (floor and limit, contiguity and physical
+    /// alignment).
     fn meets(&self, a: &Allocation, req: &PageRequest, align: u64) -> bool {
         let psize = self.page().bytes();
-        let below = a.frames.iter().all(|f| {
-            f.0.checked_add(psize - 1)
-                .is_some_and(|e| e <= req.phys_limit)
-        });
+        let below = a.frames.iter().all(|f| req.admits(f.0, psize));
         let contiguous = !req.contiguous
             || a.frames.is_empty()
             || (a.frames[0].0.is_multiple_of(align)
@@ -202,18 +200,15 @@ impl PhysicalMemory for Host {
                 len,
             });
         }
-        if req.phys_limit != u64::MAX {
-            // A limit can only be checked with frame numbers. (Contiguity needs none: a
+        let bounded = req.phys_limit != u64::MAX || req.phys_min != 0;
+        if bounded {
+            // A limit or floor can only be checked with frame numbers. (Contiguity needs none: a
             // hugepage is one physical run by construction, verified when frames are known.)
             self.pagemap()?;
         }
         let map_len = if huge { HUGEPAGE } else { len };
         let map_align = if huge { HUGEPAGE } else { align };
-        let attempts = if req.phys_limit == u64::MAX {
-            1
-        } else {
-            LIMIT_ATTEMPTS
-        };
+        let attempts = if !bounded { 1 } else { LIMIT_ATTEMPTS };
         if !req.pageable && !huge {
             // Before MAP_POPULATE makes it resident: a request larger than the machine
             // would end with the OOM killer instead of an error.

@@ -197,6 +197,13 @@ impl Inner {
     pub(crate) fn allocate(&mut self, task: Task, len: u64, req: &PageRequest) -> Result<u64> {
         let psize = self.page.bytes();
         let align = req.validate(len, self.page)?;
+        if req.pageable && req.phys_min != 0 {
+            return Err(Error::BadArgument {
+                what: "pageable memory cannot have a physical floor (its pages are placed \
+                       when first touched)",
+                value: req.phys_min,
+            });
+        }
         let Inner {
             phys,
             faults,
@@ -218,7 +225,13 @@ impl Inner {
         let pages = if req.pageable {
             vec![None; n as usize]
         } else {
-            match phys.take(n, req.contiguous, align, req.phys_limit, faults) {
+            match phys.take(
+                n,
+                req.contiguous,
+                align,
+                (req.phys_min, req.phys_limit),
+                faults,
+            ) {
                 Ok(p) => p.into_iter().map(Some).collect(),
                 Err(e) => {
                     space.va.deallocate(va, len).map_err(|_| Error::Internal {
@@ -343,7 +356,7 @@ impl Inner {
                 what: "sim page-table entry vanished",
             });
         };
-        let pa = phys.take(1, false, 0, limit, faults)?[0];
+        let pa = phys.take(1, false, 0, (0, limit), faults)?[0];
         if let Some(Some(contents)) = space.swap.remove(&page) {
             phys.dram_write(pa, &contents);
         }
@@ -947,7 +960,7 @@ impl Machine {
                 // Mapped a second time: the other mapping pins the page in place.
                 continue;
             }
-            let new = phys.take(1, false, 0, limit, faults)?[0];
+            let new = phys.take(1, false, 0, (0, limit), faults)?[0];
             cache.op(CacheOp::Flush, old, psize, phys);
             let mut buf = vec![0u8; psize as usize];
             phys.dram_read(old, &mut buf);

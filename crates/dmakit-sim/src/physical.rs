@@ -112,7 +112,7 @@ impl PhysicalPool {
         }
     }
 
-    /// Takes `n` pages, each at or below `limit` (inclusive, for the page's last byte).
+    /// Takes `n` pages, each inside `[floor, limit]` (inclusive, for the page's last byte).
     /// Contiguous requests get one run whose start is aligned to `align`. Each page taken
     /// is one call at [`FaultSite::PhysAlloc`]. On failure every page taken by this call is
     /// back in the pool.
@@ -125,7 +125,7 @@ impl PhysicalPool {
         n: u64,
         contiguous: bool,
         align: u64,
-        limit: u64,
+        (floor, limit): (u64, u64),
         faults: &mut FaultPlan,
     ) -> Result<Vec<u64>> {
         let psize = self.page.bytes();
@@ -137,13 +137,18 @@ impl PhysicalPool {
             limit,
             contiguous,
         };
-        let available = if limit == u64::MAX {
-            self.free.len()
-        } else {
-            self.free.len_below(limit)
+        // A floor inside a page admits the pages after it.
+        let Some(floor) = floor.checked_next_multiple_of(psize) else {
+            return Err(unsuitable);
         };
+        let below = |l: u64| match l {
+            u64::MAX => self.free.len(),
+            l => self.free.len_below(l),
+        };
+        let under_floor = floor.checked_sub(1).map_or(0, below);
+        let available = below(limit).saturating_sub(under_floor);
         if n > available {
-            return Err(if contiguous || limit != u64::MAX {
+            return Err(if contiguous || limit != u64::MAX || floor != 0 {
                 unsuitable
             } else {
                 Error::NoMemory {
@@ -155,7 +160,7 @@ impl PhysicalPool {
         }
         let mut taken = Vec::with_capacity(n as usize);
         if contiguous {
-            let start = self.find_run(n, align, limit).ok_or(unsuitable)?;
+            let start = self.find_run(n, align, (floor, limit)).ok_or(unsuitable)?;
             for i in 0..n {
                 if let Err(e) = faults.hit(FaultSite::PhysAlloc) {
                     self.give_back(&taken);
@@ -173,7 +178,7 @@ impl PhysicalPool {
                 self.give_back(&taken);
                 return Err(e);
             }
-            let Some(pa) = self.pick(prev, limit) else {
+            let Some(pa) = self.pick(prev, (floor, limit)) else {
                 // The count above makes this unreachable; fail cleanly all the same.
                 self.give_back(&taken);
                 return Err(unsuitable);
@@ -186,9 +191,10 @@ impl PhysicalPool {
     }
 
     /// The next page of a scattered allocation.
-    fn pick(&mut self, prev: Option<u64>, limit: u64) -> Option<u64> {
+    fn pick(&mut self, prev: Option<u64>, (floor, limit): (u64, u64)) -> Option<u64> {
         let psize = self.page.bytes();
-        let fits = |pa: u64| pa.checked_add(psize - 1).is_some_and(|last| last <= limit);
+        let fits =
+            |pa: u64| pa >= floor && pa.checked_add(psize - 1).is_some_and(|last| last <= limit);
         let jump = self.fragmentation > 0.0 && self.rng.gen_bool(self.fragmentation.min(1.0));
         if let Some(next) = prev.and_then(|p| p.checked_add(psize)) {
             if !jump && self.free.contains(next) && fits(next) {
@@ -212,12 +218,12 @@ impl PhysicalPool {
                 return Some(pa);
             }
         }
-        self.free.first().filter(|&pa| fits(pa))
+        self.free.first_at_or_after(floor).filter(|&pa| fits(pa))
     }
 
     /// The lowest (at fragmentation 0) or a random one of the lowest [`RUN_CANDIDATES`]
     /// aligned starts of `n` free pages ending at or below `limit`.
-    fn find_run(&mut self, n: u64, align: u64, limit: u64) -> Option<u64> {
+    fn find_run(&mut self, n: u64, align: u64, (floor, limit): (u64, u64)) -> Option<u64> {
         let psize = self.page.bytes();
         let align = align.max(psize);
         let bytes = n.checked_mul(psize)?;
@@ -226,7 +232,11 @@ impl PhysicalPool {
             if s > limit {
                 break;
             }
-            let Some(mut a) = s.checked_add(align - 1).map(|a| a & !(align - 1)) else {
+            let Some(mut a) = s
+                .max(floor)
+                .checked_add(align - 1)
+                .map(|a| a & !(align - 1))
+            else {
                 break;
             };
             while let Some(end) = a.checked_add(bytes).filter(|&end| end <= e) {
@@ -322,22 +332,55 @@ mod tests {
     fn unfragmented_pages_ascend() {
         let mut p = pool(0.0, 1);
         let pages = p
-            .take(4, false, 0, u64::MAX, &mut FaultPlan::default())
+            .take(4, false, 0, (0, u64::MAX), &mut FaultPlan::default())
             .unwrap();
         assert_eq!(pages, vec![0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000]);
+    }
+
+    #[test]
+    fn pages_honour_a_floor() {
+        for frag in [0.0, 0.9] {
+            let mut p = pool(frag, 3);
+            let floor = 0x10_3800; // inside a page: the pages after it
+            let bounds = (floor, u64::MAX);
+            let scattered = p
+                .take(8, false, 0, bounds, &mut FaultPlan::default())
+                .unwrap();
+            assert!(
+                scattered.iter().all(|&pa| pa >= 0x10_4000),
+                "{scattered:x?}"
+            );
+            let run = p
+                .take(4, true, 0x4000, bounds, &mut FaultPlan::default())
+                .unwrap();
+            assert!(
+                run[0] >= 0x10_4000 && run[0].is_multiple_of(0x4000),
+                "{run:x?}"
+            );
+            let e = p
+                .take(
+                    1,
+                    false,
+                    0,
+                    (u64::MAX - 0xFFF, u64::MAX),
+                    &mut FaultPlan::default(),
+                )
+                .unwrap_err();
+            assert!(matches!(e, Error::NoSuitableMemory { .. }), "{e}");
+        }
     }
 
     #[test]
     fn contiguous_runs_respect_alignment_and_limit() {
         let mut p = pool(0.9, 7);
         let pages = p
-            .take(4, true, 0x4000, 0xFFFF_FFFF, &mut FaultPlan::default())
+            .take(4, true, 0x4000, (0, 0xFFFF_FFFF), &mut FaultPlan::default())
             .unwrap();
         assert_eq!(pages[0] % 0x4000, 0);
         assert!(pages.windows(2).all(|w| w[1] == w[0] + 0x1000));
         assert!(pages[3] + 0xfff <= 0xFFFF_FFFF);
         let e = p
-            .take(1000, true, 0, 0xFFFF_FFFF, &mut FaultPlan::default())
+            .take(1000, true, 0, (0, 0xFFFF_FFFF), &mut FaultPlan::default())
             .unwrap_err();
         assert!(matches!(
             e,
@@ -354,10 +397,10 @@ mod tests {
         let before = p.free_pages();
         let mut f = FaultPlan::default();
         f.fail(FaultSite::PhysAlloc, 3);
-        assert!(p.take(5, false, 0, u64::MAX, &mut f).is_err());
+        assert!(p.take(5, false, 0, (0, u64::MAX), &mut f).is_err());
         assert_eq!(p.free_pages(), before);
         f.fail(FaultSite::PhysAlloc, 6);
-        assert!(p.take(5, true, 0, u64::MAX, &mut f).is_err());
+        assert!(p.take(5, true, 0, (0, u64::MAX), &mut f).is_err());
         assert_eq!(p.free_pages(), before);
     }
 
@@ -365,7 +408,7 @@ mod tests {
     fn dram_crosses_pages() {
         let mut p = pool(0.0, 0);
         let pages = p
-            .take(2, true, 0, u64::MAX, &mut FaultPlan::default())
+            .take(2, true, 0, (0, u64::MAX), &mut FaultPlan::default())
             .unwrap();
         assert_eq!(pages, [0x10_0000, 0x10_1000]);
         let data: Vec<u8> = (0..100).collect();

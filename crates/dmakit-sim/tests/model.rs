@@ -152,6 +152,7 @@ impl Model {
                 let req = PageRequest {
                     align: 0,
                     phys_limit: limit,
+                    phys_min: 0,
                     contiguous: contiguous && !pageable,
                     pageable,
                 };

@@ -243,6 +243,7 @@ fn pageable_memory_under_a_limit_with_no_free_page_under_it() {
     let low = |pageable| PageRequest {
         align: 0,
         phys_limit: LOW,
+        phys_min: 0,
         contiguous: false,
         pageable,
     };

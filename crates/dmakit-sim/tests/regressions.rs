@@ -289,3 +289,57 @@ fn io_addresses_are_placed_inside_the_devices_window() {
     mp.flush().unwrap();
     assert_eq!(mp.usage(), (0, 0));
 }
+
+/// Bounce buffers used to be placed under the window's ceiling only, so with a floor a
+/// re-prepare could land below it and be refused where the first had not. They are now
+/// placed inside the window.
+#[test]
+fn bounce_buffers_land_inside_a_window_with_a_floor() {
+    use dmakit::dma::{PrepareOptions, SegmentSpec};
+    let m = machine();
+    let floor = 0x800_0000;
+    let spec = SegmentSpec::builder()
+        .window(floor, 0xFFFF_FFFF)
+        .build()
+        .unwrap();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let mut cmd = command(&m, spec, None, true);
+        cmd.set_memory_descriptor(buffer(&m, 12 << 10)).unwrap();
+        cmd.prepare(PrepareOptions::range(0, 12 << 10))
+            .unwrap_or_else(|e| panic!("transfer {i}: {e}"));
+        assert!(cmd.is_bounced());
+        let segs = segments(&cmd);
+        assert!(
+            segs.iter().all(|s| s.addr.0 >= floor),
+            "transfer {i}: {segs:?}"
+        );
+        held.push(cmd);
+    }
+    for mut c in held {
+        c.complete().unwrap();
+    }
+}
+
+/// A device window whose floor is not page aligned used to give the IOMMU path an IO
+/// address off a page boundary (found by the DmaCommand fuzz target: "IO and physical
+/// addresses must be page aligned"). IO ranges start on a page, above the floor.
+#[test]
+fn a_window_floor_inside_a_page_gives_page_aligned_io_addresses() {
+    use dmakit::dma::{PrepareOptions, SegmentSpec};
+    use dmakit::mapper::{IommuMapper, Mapper};
+    let m = machine();
+    let iommu = Arc::new(dmakit_sim::SimIommu::new(m.clone()));
+    let mp: Arc<dyn Mapper> = Arc::new(IommuMapper::new(iommu, 0x100_0000, 0x1000_0000).unwrap());
+    let floor = 0x100_0AA4;
+    let spec = SegmentSpec::builder()
+        .window(floor, u64::MAX)
+        .build()
+        .unwrap();
+    let mut cmd = command(&m, spec, Some(mp), false);
+    cmd.set_memory_descriptor(buffer(&m, 8192)).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 8192)).unwrap();
+    let segs = segments(&cmd);
+    assert!(segs.iter().all(|s| s.addr.0 >= floor), "{segs:?}");
+    cmd.complete().unwrap();
+}

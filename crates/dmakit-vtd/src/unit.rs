@@ -730,6 +730,7 @@ impl<P: Platform + 'static> Unit<P> {
         let req = PageRequest {
             align: TABLE,
             phys_limit: self.phys_limit(),
+            phys_min: 0,
             contiguous: true,
             pageable: false,
         };

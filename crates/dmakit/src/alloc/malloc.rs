@@ -435,6 +435,7 @@ impl<P: PhysicalMemory + CpuAccess + Wiring> IoHeap<P> {
         let req = PageRequest {
             align,
             phys_limit: CONTIGUOUS_PHYS_LIMIT,
+            phys_min: 0,
             contiguous: true,
             pageable: false,
         };

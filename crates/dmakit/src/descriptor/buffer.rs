@@ -73,6 +73,9 @@ pub struct BufferOptions {
     /// Highest physical address any byte may have (`u64::MAX`: none); IOKit's physical mask
     /// `0xFFFF_FFFF` is a limit of `0xFFFF_FFFF`.
     pub phys_limit: u64,
+    /// Lowest physical address any byte may have (0: none); dmakit's addition for devices
+    /// whose window does not start at 0.
+    pub phys_min: u64,
     /// One physically contiguous run (kIOMemoryPhysicallyContiguous).
     pub contiguous: bool,
     /// Pageable rather than wired (kIOMemoryPageable).
@@ -87,6 +90,7 @@ impl BufferOptions {
             direction,
             alignment: 0,
             phys_limit: u64::MAX,
+            phys_min: 0,
             contiguous: false,
             pageable: false,
         }
@@ -117,6 +121,13 @@ impl BufferOptions {
     #[must_use]
     pub const fn phys_limit(mut self, limit: u64) -> Self {
         self.phys_limit = limit;
+        self
+    }
+
+    /// The lowest physical address any byte may have (a device window's floor).
+    #[must_use]
+    pub const fn phys_min(mut self, floor: u64) -> Self {
+        self.phys_min = floor;
         self
     }
 
@@ -203,6 +214,7 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         let req = PageRequest {
             align: options.alignment,
             phys_limit: options.phys_limit,
+            phys_min: options.phys_min,
             // An alignment above a page implies contiguity (IOKit).
             contiguous: options.contiguous || options.alignment > page.bytes(),
             pageable: options.pageable,

@@ -81,13 +81,13 @@ impl<P: Platform + Clone> BouncePool<P> {
         self.bounced.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// A buffer of `len` bytes, every byte at or below `limit`, aligned to `align`, and
+    /// A buffer of `len` bytes, every byte in `[floor, limit]`, aligned to `align`, and
     /// physically contiguous when `contiguous` (a whole-transfer bounce) or page by page
     /// (per-page bouncing).
     pub(crate) fn take(
         &self,
         len: u64,
-        limit: u64,
+        (floor, limit): (u64, u64),
         align: u64,
         contiguous: bool,
     ) -> Result<BufferMemoryDescriptor<P>> {
@@ -107,6 +107,7 @@ impl<P: Platform + Clone> BouncePool<P> {
         let options = BufferOptions::new(len, Direction::InOut)
             .alignment(align)
             .phys_limit(limit)
+            .phys_min(floor)
             .contiguous(contiguous);
         match BufferMemoryDescriptor::new(self.platform.clone(), options) {
             Ok(b) => {

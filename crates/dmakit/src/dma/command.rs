@@ -949,7 +949,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 prep.reason = forced;
             }
             // Copy into a bounce buffer anywhere in memory and map that.
-            let bounce = self.take_bounce(md, prep.offset, prep.length, u64::MAX)?;
+            let bounce = self.take_bounce(md, prep.offset, prep.length, (0, u64::MAX))?;
             let mapped = self.map(
                 mapper.as_ref(),
                 &bounce.buffer,
@@ -998,17 +998,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             }
             return Ok(());
         }
-        let bounce = self.take_bounce(md, prep.offset, prep.length, self.spec.max_address())?;
-        if bounce.base.0 < self.spec.min_address() {
-            self.give_back(prep.length, &bounce);
-            return Err(Error::NoSuitableMemory {
-                what: "bounce buffer below the device's window",
-                requested: prep.length,
-                align: 0,
-                limit: bounce.base.0,
-                contiguous: true,
-            });
-        }
+        let bounce = self.take_bounce(md, prep.offset, prep.length, self.window())?;
         prep.route = Route::Bounced(bounce);
         self.finish_bounce(md, prep, sync)
     }
@@ -1048,7 +1038,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Ok(false);
         }
         let bytes = pieces.len() as u64 * page.bytes();
-        let Ok(buffer) = pool.take(bytes, self.spec.max_address(), page.bytes(), false) else {
+        let Ok(buffer) = pool.take(bytes, self.window(), page.bytes(), false) else {
             return Ok(false);
         };
         for p in &mut pieces {
@@ -1109,14 +1099,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok(())
     }
 
-    /// A bounce buffer for `length` bytes at or below `limit`, keeping the low address bits
+    /// A bounce buffer for `length` bytes inside `window` (physical, inclusive), keeping the low address bits
     /// the device interprets (e.g. NVMe's page offset) when that breaks no alignment.
     fn take_bounce(
         &self,
         md: &dyn MemoryDescriptor,
         offset: u64,
         length: u64,
-        limit: u64,
+        window: (u64, u64),
     ) -> Result<Bounce<P>> {
         let pool = self.owner.pool.as_ref().ok_or(Error::NoResources {
             what: "bounce pool (the transfer needs double buffering and the command has none)",
@@ -1136,7 +1126,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             .max(keep_mask + 1)
             .max(page)
             .max(boundary_alignment(s.boundary(), page, data_off + length));
-        let buffer = pool.take(data_off + length, limit, align, true)?;
+        let buffer = pool.take(data_off + length, window, align, true)?;
         match buffer.physical_segment(0) {
             Ok(seg) => Ok(Bounce {
                 buffer,
@@ -1231,6 +1221,11 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             first_off,
             bounce: None,
         }))
+    }
+
+    /// The spec's window of addresses, inclusive.
+    fn window(&self) -> (u64, u64) {
+        (self.spec.min_address(), self.spec.max_address())
     }
 
     /// Where the device can use `pages` IO pages holding `length` bytes from `first_off`

@@ -135,7 +135,8 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 }
 
 /// Allocates `len` bytes of `space` where `place` allows, at the lowest such address (a
-/// walk over the free intervals: for the ranges a mapper's fast path cannot place).
+/// walk over the free intervals: for the ranges a mapper's fast path cannot place). The
+/// start is a multiple of the allocator's default alignment too (a mapper's page).
 ///
 /// Errors: `NoSuitableMemory` naming the placement's limit when no free interval has room
 /// in the window at the alignment without crossing the boundary; the allocator's own
@@ -146,6 +147,7 @@ pub fn allocate_placed(space: &mut RangeAllocator, len: u64, place: &IovaPlaceme
             what: "allocate_placed",
         });
     }
+    let place = place.alignment(place.align.max(space.default_alignment()));
     let found = space
         .fragments()
         .find_map(|(start, last)| place.lowest_in(start, last, len));
@@ -224,6 +226,14 @@ mod tests {
             space.deallocate(a, 0x3000).unwrap();
         }
         assert_eq!(space.free_count(), 0x2000_0000);
+    }
+
+    #[test]
+    fn an_unaligned_window_still_gives_page_aligned_ranges() {
+        let mut space = RangeAllocator::new(0x10_0000, 0x10_0000, 0x1000).unwrap();
+        let place = IovaPlacement::ANY.window(0x10_0AA4, u64::MAX);
+        let a = allocate_placed(&mut space, 0x2000, &place).unwrap();
+        assert_eq!(a, 0x10_1000);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct PageRequest {
     /// The highest physical address any byte may have (`u64::MAX`: no limit). IOKit's
     /// physical mask: `0xFFFF_FFFF` for a device with 32 address bits.
     pub phys_limit: u64,
+    /// The lowest physical address any byte may have (0: no floor), for a device whose
+    /// window does not start at 0. IOKit has no such bound (its masks only cap).
+    pub phys_min: u64,
     /// One physically contiguous run.
     pub contiguous: bool,
     /// Pageable rather than wired: pages may be absent or move until wired.
@@ -66,6 +69,7 @@ impl PageRequest {
     pub const WIRED: PageRequest = PageRequest {
         align: 0,
         phys_limit: u64::MAX,
+        phys_min: 0,
         contiguous: false,
         pageable: false,
     };
@@ -74,13 +78,24 @@ impl PageRequest {
     pub const PAGEABLE: PageRequest = PageRequest {
         align: 0,
         phys_limit: u64::MAX,
+        phys_min: 0,
         contiguous: false,
         pageable: true,
     };
 
     /// Whether this request restricts where physical pages may land.
     pub const fn constrains_physical(&self) -> bool {
-        self.contiguous || self.phys_limit != u64::MAX
+        self.contiguous || self.phys_limit != u64::MAX || self.phys_min != 0
+    }
+
+    /// Whether the page or run `[pa, pa + len)` (len ≥ 1) lies inside the request's
+    /// physical bounds.
+    pub fn admits(&self, pa: u64, len: u64) -> bool {
+        pa >= self.phys_min
+            && len
+                .checked_sub(1)
+                .and_then(|l| pa.checked_add(l))
+                .is_some_and(|last| last <= self.phys_limit)
     }
 
     /// Checks an [`allocate_pages`](PhysicalMemory::allocate_pages) request of `len` bytes
@@ -103,6 +118,13 @@ impl PageRequest {
             return Err(crate::Error::BadAlignment {
                 what: "page allocation",
                 align: self.align,
+            });
+        }
+        if self.phys_min > self.phys_limit {
+            return Err(crate::Error::BadArgument {
+                what:
+                    "page allocation: the physical floor (phys_min) is above the limit (phys_limit)",
+                value: self.phys_min,
             });
         }
         Ok(self.align.max(page.bytes()))
