@@ -86,3 +86,8 @@ pub use task::PageEntry;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust code blocks of the porting guide (`docs/PORTING.md`), run as doc tests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/PORTING.md")]
+pub struct PortingDoctests;
