@@ -80,3 +80,14 @@ pub use machine::{Layout, Machine, SimStats};
 pub use mmio::{MmioDevice, ScratchDevice, SharedDevice};
 pub use pci::{SimPciBus, SimPciFunction};
 pub use task::PageEntry;
+
+/// The Rust code blocks of the workspace's README, compiled and run as doc tests
+/// (`cargo test --doc -p dmakit-sim`) so the quickstart there cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
+/// The Rust code blocks of the porting guide (`docs/PORTING.md`), run as doc tests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/PORTING.md")]
+pub struct PortingDoctests;
