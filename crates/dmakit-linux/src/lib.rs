@@ -54,12 +54,19 @@
 //! | `hints` | error messages with current limits and fixes |
 //! | `inspect` | the `dmakit inspect` report |
 //! | `sys` | the unsafe floor: mappings, spans, copies, volatile accesses, flushes |
-//! | [`vfio`] | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper |
-//! | `timer` | [`MonotonicTimer`]: the clock portable drivers (`dmakit-nvme`, `dmakit-edu`) time their commands with |
+//! | `vfio` | real PCI devices through VFIO: container, groups, devices, BARs, MSI, the IOMMU mapper (feature `vfio`) |
+//! | `timer` | `MonotonicTimer`: the clock portable drivers (`dmakit-nvme`, `dmakit-edu`) time their commands with (feature `nvme`) |
 //!
 //! All `unsafe` code is in `sys` (and `vfio/sys` for the ioctls and BAR mappings), apart from the two registration functions of [`Host`],
 //! which are `unsafe fn`s turning the caller's promise into a region.
+//!
+//! ## Features
+//!
+//! * `vfio` (default): the `vfio` module; adds the `vfio-bindings` dependency.
+//! * `nvme` (default): `MonotonicTimer`, which implements `dmakit_nvme::Timer`; adds the
+//!   `dmakit-nvme` dependency.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 mod caps;
@@ -76,7 +83,10 @@ mod physical;
 mod purgeable;
 mod registry;
 mod sys;
+#[cfg(feature = "nvme")]
 mod timer;
+#[cfg(feature = "vfio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vfio")))]
 pub mod vfio;
 mod vm;
 mod wiring;
@@ -84,4 +94,6 @@ mod wiring;
 pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit, ShmemHugePages};
 pub use host::{Host, Usage, HUGEPAGE};
 pub use inspect::{inspect, Inspection};
+#[cfg(feature = "nvme")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nvme")))]
 pub use timer::MonotonicTimer;

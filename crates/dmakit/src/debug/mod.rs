@@ -34,6 +34,7 @@ mod ledger;
 #[cfg(feature = "dma-debug")]
 pub(crate) use ledger::{completed, cpu_access, dropped, prepared, record, syncing};
 #[cfg(feature = "dma-debug")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dma-debug")))]
 pub use ledger::{outstanding, violations, violations_of, Outstanding, Violation};
 
 #[cfg(not(feature = "dma-debug"))]

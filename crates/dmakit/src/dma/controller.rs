@@ -119,6 +119,7 @@ pub enum SyncWait<'a> {
     /// Poll until this much time has passed, sleeping on the event source's interrupt
     /// signal (an [`InterruptSink::raise`]) in between, at most a millisecond at a time.
     #[cfg(feature = "std")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
     Timeout(core::time::Duration),
     /// Call this between polls (a kernel's sleep or yield, a test's step); it returns
     /// `false` to give up.
@@ -451,6 +452,7 @@ impl<C: CompletionSource + ?Sized> InterruptSink for DmaEventSource<C> {
 }
 
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 impl<C: CompletionSource + ?Sized + 'static> DmaEventSource<C> {
     /// Runs a work loop on a new thread: every interrupt delivers the finished transfers to
     /// the action, in order, until `stop` becomes true (checked after each wake-up; raise an
