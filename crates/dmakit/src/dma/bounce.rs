@@ -26,6 +26,35 @@ pub struct BounceStats {
 }
 
 /// A bounded source of bounce buffers.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions};
+/// use dmakit::{Direction, Error};
+/// use std::sync::Arc;
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // At most one page of bounce memory in use at once.
+/// let pool = Arc::new(BouncePool::new(machine.clone(), "tiny pool", 0x1000));
+/// pool.set_force_bounce(true);
+/// let mut cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool.clone()).build()?;
+/// let small: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), &[0; 0x800], Direction::Out)?);
+/// cmd.set_memory_descriptor(small)?;
+/// cmd.prepare(PrepareOptions::new())?;
+/// assert_eq!(pool.stats().in_use, 0x800);
+/// cmd.complete()?;
+/// let s = pool.stats();
+/// assert_eq!((s.buffers, s.bounced_bytes, s.in_use, s.high_water), (1, 0x800, 0, 0x800));
+///
+/// let big: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, &[0; 0x2000], Direction::Out)?);
+/// cmd.clear_memory_descriptor()?;
+/// cmd.set_memory_descriptor(big)?;
+/// let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+/// assert!(matches!(e, Error::NoMemory { what: "tiny pool", .. }), "{e}");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct BouncePool<P: Platform + Clone> {
     platform: P,
     name: &'static str,
