@@ -730,17 +730,25 @@ pub type SharedController = Arc<dyn DmaController>;
 /// (one per machine or per test), not a global.
 ///
 /// ```
-/// # use std::sync::Arc;
-/// # use dmakit::dma::{DmaControllerRegistry, DmaEventSource, SharedController};
-/// # fn demo(engine: SharedController) -> dmakit::Result<()> {
+/// use dmakit::dma::{DmaControllerRegistry, DmaEventSource, SharedController};
+/// use dmakit::Error;
+/// use dmakit_sim::SimDmaEngine;
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
 /// let registry = DmaControllerRegistry::new();
-/// let name = registry.register_dma_controller(0x4e, engine)?;
+/// let engine: SharedController = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+/// let name = registry.register_dma_controller(0x4e, engine.clone())?;
 /// assert_eq!(name, "IODMAController0000004E");
+/// let other: SharedController = Arc::new(SimDmaEngine::new(machine, None)?);
+/// registry.register_dma_controller(0x51, other)?;
 /// // A client whose dma-parent lists two controllers uses its second channel's.
-/// # registry.register_dma_controller(0x51, registry.find(&name)?)?;
 /// let controller = registry.find_for_client(&[0x51, 0x4e], 1)?;
+/// assert!(Arc::ptr_eq(&controller, &engine));
+/// assert!(matches!(registry.find_for_client(&[0x51], 3), Err(Error::OutOfBounds { .. })));
 /// let events = DmaEventSource::synchronous(controller);
-/// # let _ = events; Ok(()) }
+/// assert!(!events.has_action());
+/// # Ok::<(), dmakit::Error>(())
 /// ```
 pub struct DmaControllerRegistry {
     by_name: crate::sync::Mutex<BTreeMap<String, SharedController>>,
