@@ -91,6 +91,36 @@ struct State {
 }
 
 /// An IOMMU in front of a simulated machine's DRAM.
+///
+/// Drive it through an [`IommuMapper`](dmakit::mapper::IommuMapper), as a driver does; its
+/// own [`set_entry`](dmakit::mapper::IommuHardware::set_entry) and
+/// [`invalidate`](dmakit::mapper::IommuHardware::invalidate) show the hardware's hazard:
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::mapper::{Access, IommuHardware};
+/// use dmakit::{Direction, IoAddr};
+/// use dmakit_sim::{FaultKind, MachineBuilder, SimIommu};
+/// use std::sync::Arc;
+///
+/// let m = Arc::new(MachineBuilder::new().coherent(true).build()?);
+/// let iommu = SimIommu::new(m.clone());
+/// let old = BufferMemoryDescriptor::with_bytes(m.clone(), b"old page", Direction::Out)?;
+/// let new = BufferMemoryDescriptor::with_bytes(m.clone(), b"new page", Direction::Out)?;
+/// let iova = IoAddr(0x1_0000_0000);
+/// iommu.set_entry(iova, Some((old.physical_segment(0)?.addr, Access::READ)))?;
+/// let mut seen = [0u8; 8];
+/// iommu.device_read(iova, &mut seen)?; // the IOTLB now caches the translation
+/// iommu.set_entry(iova, Some((new.physical_segment(0)?.addr, Access::READ)))?;
+/// iommu.device_read(iova, &mut seen)?;
+/// assert_eq!(&seen, b"old page", "stale until invalidated");
+/// iommu.invalidate(iova, 0x1000)?;
+/// iommu.device_read(iova, &mut seen)?;
+/// assert_eq!(&seen, b"new page");
+/// assert!(iommu.device_read(IoAddr(0x2_0000_0000), &mut seen).is_err());
+/// assert_eq!(iommu.faults().last().map(|f| f.kind), Some(FaultKind::NotPresent));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct SimIommu {
     machine: Arc<Machine>,
