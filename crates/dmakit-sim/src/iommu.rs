@@ -11,6 +11,31 @@
 //! Its two driver-facing steps can be made to fail, as the machine's sites can
 //! ([`crate::fault`]): [`IommuFaultSite::Entry`] (one page-table entry set or cleared) and
 //! [`IommuFaultSite::Invalidate`] (one IOTLB invalidation). A failed step changes nothing.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::dma::{DmaCommand, PrepareOptions};
+//! use dmakit::mapper::IommuMapper;
+//! use dmakit::Direction;
+//! use dmakit_sim::{IommuFaultSite, MachineBuilder, SimIommu};
+//! use std::sync::Arc;
+//!
+//! let m = Arc::new(MachineBuilder::new().build()?);
+//! let iommu = Arc::new(SimIommu::new(m.clone()));
+//! let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 30)?);
+//! let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x2000, Direction::In))?);
+//! let mut cmd = DmaCommand::builder(m.clone()).mapper(mapper.clone()).build()?;
+//! cmd.set_memory_descriptor(md)?;
+//! // The second page-table entry fails: the prepare fails and leaves nothing mapped.
+//! iommu.inject(IommuFaultSite::Entry, iommu.calls(IommuFaultSite::Entry) + 2);
+//! assert!(cmd.prepare(PrepareOptions::new()).is_err());
+//! assert_eq!((iommu.table_entries(), mapper.usage()), (0, (0, 0)));
+//! cmd.prepare(PrepareOptions::new())?; // the fault was one call only
+//! assert_eq!(iommu.table_entries(), 2);
+//! cmd.complete()?;
+//! assert_eq!(iommu.table_entries(), 0);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::fault::{Plan, Site};
 use crate::Machine;
