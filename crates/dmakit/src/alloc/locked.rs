@@ -25,6 +25,17 @@
 //! * Frees other than of one whole allocation, and allocations with an alignment above the
 //!   default, go to the shared allocator under every shard's lock: the slow path.
 //! * Placement: a cached range is reused as it is, wherever it lies.
+//!
+//! ```
+//! use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+//!
+//! let slots = LockedRangeAllocator::new(RangeAllocator::new(0, 1024, 1)?);
+//! let a = slots.allocate(8, 0)?;
+//! slots.deallocate(a, 8)?;          // into this thread's cache
+//! assert_eq!(slots.allocate(8, 0)?, a, "the cached range comes back first");
+//! assert_eq!(slots.free_count(), 1016);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};

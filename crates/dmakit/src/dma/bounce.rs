@@ -6,6 +6,18 @@
 //! in use at once, and an exhausted pool is an error that names the pool and the sizes.
 //! It counts bounced bytes and the high-water mark, and can force every transfer through a
 //! bounce (to test that path on machines that would never need it).
+//!
+//! ```
+//! use dmakit::dma::BouncePool;
+//! use std::sync::Arc;
+//! # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//!
+//! // One pool per device (or per driver), shared by its commands.
+//! let pool = Arc::new(BouncePool::new(machine, "nic0 bounce", 4 << 20));
+//! assert_eq!((pool.name(), pool.force_bounce()), ("nic0 bounce", false));
+//! assert_eq!(pool.stats().in_use, 0);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::descriptor::{BufferMemoryDescriptor, BufferOptions};
 use crate::platform::Platform;
