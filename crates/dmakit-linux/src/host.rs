@@ -42,7 +42,12 @@ pub const HUGEPAGE: u64 = 2 << 20;
 /// let len = 4 * host.page_size().bytes();
 /// let va = host.allocate_pages(len, &PageRequest::WIRED)?; // mlocked memfd pages
 /// host.write_virt(Task::KERNEL, va, b"for the device")?;
+/// let mut back = [0u8; 14];
+/// host.read_virt(Task::KERNEL, va, &mut back)?;
+/// assert_eq!(&back, b"for the device");
+/// assert_eq!(host.usage().allocations, 1);
 /// host.free_pages(va, len)?;
+/// assert!(host.usage().is_idle(), "nothing allocated, wired or mapped");
 /// # Ok::<(), dmakit::Error>(())
 /// ```
 ///

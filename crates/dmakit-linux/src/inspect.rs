@@ -101,6 +101,25 @@ impl Inspection {
 /// Without physical addresses (no `CAP_SYS_ADMIN`) the error is
 /// [`Error::NotPermitted`] saying so; with no free hugepage, [`Error::NoMemory`] saying how
 /// to reserve one.
+///
+/// ```
+/// use dmakit::Error;
+///
+/// match dmakit_linux::inspect(64 << 10, false) {
+///     Ok(report) => {
+///         // Root: 64 KiB of wired memory, coalesced into physical runs.
+///         assert_eq!(report.size, 64 << 10);
+///         assert_eq!(report.runs.iter().map(|r| r.len).sum::<u64>(), 64 << 10);
+///         println!("{report}");
+///     }
+///     Err(e @ Error::NotPermitted { .. }) => {
+///         assert!(e.to_string().contains("CAP_SYS_ADMIN"), "{e}"); // it says what is missing
+///     }
+///     Err(e) => return Err(e),
+/// }
+/// assert!(matches!(dmakit_linux::inspect(0, false), Err(Error::ZeroSize { .. })));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub fn inspect(size: u64, hugepage: bool) -> Result<Inspection> {
     if size == 0 {
         return Err(Error::ZeroSize { what: "inspect" });

@@ -67,6 +67,39 @@ pub struct ControllerStats {
 }
 
 /// An NVMe controller. Cheap to clone (the clones share it); [`IoQueue`]s keep it alive.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::device::{PciBus, PciMatch};
+/// use dmakit::Direction;
+/// use dmakit_nvme::{Nvme, NvmeOptions, PollTimer, QueueOptions, NVME_CLASS};
+/// use dmakit_sim::{nvme::SimNvme, pci::SimPciBus, MachineBuilder};
+/// use std::sync::Arc;
+///
+/// let machine = Arc::new(MachineBuilder::new().build()?);
+/// let bus = SimPciBus::new(machine.clone())?;
+/// let sim = SimNvme::builder().lba_size(4096).attach(&bus)?;
+/// let function = bus.find(&PciMatch::class(NVME_CLASS))?;
+/// let nvme = Nvme::new(machine.clone(), function, Arc::new(PollTimer::default()), NvmeOptions::new())?;
+/// let ns = nvme.namespace(1)?;
+/// assert_eq!((ns.block_size, ns.blocks), (4096, sim.blocks()));
+/// assert!(nvme.identity().namespaces >= 1);
+///
+/// let mut q = nvme.io_queue(QueueOptions::new(32))?;
+/// let data: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), &[0xA5; 8192], Direction::Out)?);
+/// q.write(&ns, 10, &data, 0, 8192)?; // blocks 10 and 11
+/// q.flush(&ns)?;
+/// assert_eq!(sim.block(1, 11)?, vec![0xA5; 4096], "on the simulated disk");
+/// let back: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, &[0; 4096], Direction::In)?);
+/// q.read(&ns, 11, &back, 0, 4096)?;
+/// let mut b = [0u8; 4096];
+/// assert_eq!(back.read_bytes(0, &mut b), 4096);
+/// assert_eq!(b, [0xA5; 4096]);
+/// assert_eq!(q.stats().commands, 3);
+/// # Ok::<(), dmakit_nvme::NvmeError>(())
+/// ```
 pub struct Nvme<P: Platform + Clone + Send + Sync + 'static> {
     pub(crate) shared: Arc<Shared<P>>,
 }

@@ -30,9 +30,21 @@
 //!     let done = q.read(&ns, 0, &buf, 0, 8192)?;
 //!     assert!(done.commands >= 1);
 //!     let mut out = vec![0; 8192];
-//!     buf.read_bytes(0, &mut out);
+//!     assert_eq!(buf.read_bytes(0, &mut out), 8192);
 //!     Ok(out)
 //! }
+//!
+//! // On the simulator: a machine, a PCI bus, an NVMe controller whose disk image starts
+//! // every 512-byte sector with `dmakit LBA <n>`.
+//! use dmakit_sim::nvme::{Prefill, SimNvme};
+//! use dmakit_sim::{pci::SimPciBus, MachineBuilder};
+//! let machine = Arc::new(MachineBuilder::new().build()?);
+//! let bus = SimPciBus::new(machine.clone())?;
+//! SimNvme::builder().prefill(Prefill::GuestImage).attach(&bus)?;
+//! let blocks = first_blocks(machine, &bus)?;
+//! assert!(blocks.starts_with(b"dmakit LBA 0\n"));
+//! assert!(blocks[512..].starts_with(b"dmakit LBA 1\n"));
+//! # Ok::<(), dmakit_nvme::NvmeError>(())
 //! ```
 //!
 //! | module | what |

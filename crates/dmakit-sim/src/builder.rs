@@ -37,6 +37,26 @@ use std::fmt;
 use std::sync::{Mutex, RwLock};
 
 /// Describes a simulated machine; [`build`](Self::build) makes it.
+///
+/// ```
+/// use dmakit::platform::{PageRequest, PhysicalMemory};
+/// use dmakit_sim::MachineBuilder;
+///
+/// // The same seed gives the same physical layout; another seed, another one.
+/// let place = |seed| -> dmakit::Result<dmakit::PhysAddr> {
+///     let m = MachineBuilder::new().seed(seed).build()?;
+///     let va = m.allocate_pages(0x1000, &PageRequest::WIRED)?;
+///     Ok(dmakit::platform::collect_runs(&m, dmakit::platform::Task::KERNEL, va, 0x1000)?[0].addr)
+/// };
+/// assert_eq!(place(7)?, place(7)?);
+/// assert_ne!(place(7)?, place(8)?);
+/// // Descriptions are checked.
+/// assert!(MachineBuilder::new().ram(0x1000, 0x800).build().is_err(), "not page aligned");
+/// assert!(MachineBuilder::new().fragmentation(1.5).build().is_err());
+/// let layout = MachineBuilder::new().coherent(true).build()?.layout();
+/// assert!(layout.coherent && layout.ram.len() == dmakit_sim::DEFAULT_RAM.len());
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct MachineBuilder {
     seed: u64,

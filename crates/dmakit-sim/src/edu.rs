@@ -30,6 +30,43 @@
 //! goes through the function's path (IOMMU domain or bypass) with bus mastering honoured;
 //! as in QEMU, a failed DMA still completes the command (and raises its interrupt), with
 //! the data unmoved.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+//! use dmakit::device::{DmaView, PciBus, PciMatch};
+//! use dmakit::dma::{DmaCommand, PrepareOptions};
+//! use dmakit::map::{mapped_read32, mapped_write32, mapped_write64};
+//! use dmakit::{Direction, PhysAddr};
+//! use dmakit_sim::edu::{regs, SimEdu, EDU_BUFFER, EDU_DEVICE, EDU_VENDOR};
+//! use dmakit_sim::{pci::SimPciBus, MachineBuilder};
+//! use std::sync::Arc;
+//!
+//! let m = Arc::new(MachineBuilder::new().build()?);
+//! let bus = SimPciBus::new(m.clone())?;
+//! let edu = SimEdu::builder().attach(&bus)?; // 28-bit DMA, behind its own IOMMU domain
+//! let f = bus.find(&PciMatch::ids(EDU_VENDOR, EDU_DEVICE))?;
+//! let reg = |off| PhysAddr(f.bar(0).map_or(0, |b| b.base.0) + off);
+//! mapped_write32(&*m, reg(regs::FACTORIAL), 5)?;
+//! assert_eq!(mapped_read32(&*m, reg(regs::FACTORIAL))?, 120);
+//!
+//! // Copy 16 bytes of RAM into the device's buffer.
+//! f.set_bus_master(true)?;
+//! let DmaView::Mapped(mapper) = f.dma() else { unreachable!("an IOMMU domain") };
+//! let md: Arc<dyn MemoryDescriptor> =
+//!     Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), b"sixteen bytes!!!", Direction::Out)?);
+//! let mut cmd = DmaCommand::builder(m.clone()).mapper(mapper).build()?;
+//! cmd.set_memory_descriptor(md)?;
+//! cmd.prepare(PrepareOptions::new())?;
+//! let src = cmd.segments().next().expect("one segment")?.addr.0;
+//! mapped_write64(&*m, reg(regs::DMA_SRC), src)?;
+//! mapped_write64(&*m, reg(regs::DMA_DST), EDU_BUFFER.0)?;
+//! mapped_write64(&*m, reg(regs::DMA_COUNT), 16)?;
+//! mapped_write64(&*m, reg(regs::DMA_CMD), regs::CMD_START)?; // RAM -> device, done at once
+//! cmd.complete()?;
+//! assert_eq!(&edu.buffer()[..16], b"sixteen bytes!!!");
+//! assert_eq!(edu.transfers(), 1);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::pci::{
     BarSpec, DeviceConfig, DeviceContext, DmaMode, FunctionConfig, PciDeviceModel, SimPciBus,

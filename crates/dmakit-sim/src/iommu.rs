@@ -11,6 +11,31 @@
 //! Its two driver-facing steps can be made to fail, as the machine's sites can
 //! ([`crate::fault`]): [`IommuFaultSite::Entry`] (one page-table entry set or cleared) and
 //! [`IommuFaultSite::Invalidate`] (one IOTLB invalidation). A failed step changes nothing.
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::dma::{DmaCommand, PrepareOptions};
+//! use dmakit::mapper::IommuMapper;
+//! use dmakit::Direction;
+//! use dmakit_sim::{IommuFaultSite, MachineBuilder, SimIommu};
+//! use std::sync::Arc;
+//!
+//! let m = Arc::new(MachineBuilder::new().build()?);
+//! let iommu = Arc::new(SimIommu::new(m.clone()));
+//! let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 30)?);
+//! let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x2000, Direction::In))?);
+//! let mut cmd = DmaCommand::builder(m.clone()).mapper(mapper.clone()).build()?;
+//! cmd.set_memory_descriptor(md)?;
+//! // The second page-table entry fails: the prepare fails and leaves nothing mapped.
+//! iommu.inject(IommuFaultSite::Entry, iommu.calls(IommuFaultSite::Entry) + 2);
+//! assert!(cmd.prepare(PrepareOptions::new()).is_err());
+//! assert_eq!((iommu.table_entries(), mapper.usage()), (0, (0, 0)));
+//! cmd.prepare(PrepareOptions::new())?; // the fault was one call only
+//! assert_eq!(iommu.table_entries(), 2);
+//! cmd.complete()?;
+//! assert_eq!(iommu.table_entries(), 0);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::fault::{Plan, Site};
 use crate::Machine;
@@ -91,6 +116,36 @@ struct State {
 }
 
 /// An IOMMU in front of a simulated machine's DRAM.
+///
+/// Drive it through an [`IommuMapper`](dmakit::mapper::IommuMapper), as a driver does; its
+/// own [`set_entry`](dmakit::mapper::IommuHardware::set_entry) and
+/// [`invalidate`](dmakit::mapper::IommuHardware::invalidate) show the hardware's hazard:
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::mapper::{Access, IommuHardware};
+/// use dmakit::{Direction, IoAddr};
+/// use dmakit_sim::{FaultKind, MachineBuilder, SimIommu};
+/// use std::sync::Arc;
+///
+/// let m = Arc::new(MachineBuilder::new().coherent(true).build()?);
+/// let iommu = SimIommu::new(m.clone());
+/// let old = BufferMemoryDescriptor::with_bytes(m.clone(), b"old page", Direction::Out)?;
+/// let new = BufferMemoryDescriptor::with_bytes(m.clone(), b"new page", Direction::Out)?;
+/// let iova = IoAddr(0x1_0000_0000);
+/// iommu.set_entry(iova, Some((old.physical_segment(0)?.addr, Access::READ)))?;
+/// let mut seen = [0u8; 8];
+/// iommu.device_read(iova, &mut seen)?; // the IOTLB now caches the translation
+/// iommu.set_entry(iova, Some((new.physical_segment(0)?.addr, Access::READ)))?;
+/// iommu.device_read(iova, &mut seen)?;
+/// assert_eq!(&seen, b"old page", "stale until invalidated");
+/// iommu.invalidate(iova, 0x1000)?;
+/// iommu.device_read(iova, &mut seen)?;
+/// assert_eq!(&seen, b"new page");
+/// assert!(iommu.device_read(IoAddr(0x2_0000_0000), &mut seen).is_err());
+/// assert_eq!(iommu.faults().last().map(|f| f.kind), Some(FaultKind::NotPresent));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct SimIommu {
     machine: Arc<Machine>,

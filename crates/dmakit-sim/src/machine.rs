@@ -53,6 +53,36 @@ fn lent_busy(addr: u64) -> Error {
 }
 
 /// A simulated machine. `Send + Sync`; share it by reference or `Arc`.
+///
+/// It is a [`Platform`](dmakit::platform::Platform): pass it (or an `Arc` of it) wherever
+/// dmakit wants one. Its own methods are what a test needs beyond the seam: device-side
+/// access to DRAM, tasks, paging, fault injection and counters that prove nothing leaked.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+/// use dmakit::{Direction, PhysAddr};
+/// use dmakit_sim::{FaultSite, MachineBuilder};
+/// use std::sync::Arc;
+///
+/// let m = Arc::new(MachineBuilder::new().seed(1).coherent(true).build()?);
+/// let before = m.stats();
+/// {
+///     let buf = BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x3000, Direction::In))?;
+///     let pa = buf.physical_segment(0)?.addr;
+///     m.device_write(pa, b"written by a device")?; // DMA into DRAM
+///     let mut back = [0u8; 19];
+///     buf.read(0, &mut back)?;
+///     assert_eq!(&back, b"written by a device");
+///     assert_eq!(m.stats().kernel_allocations, before.kernel_allocations + 1);
+/// }
+/// assert_eq!(m.stats().used_pages(), before.used_pages(), "the buffer gave its pages back");
+/// // The next pin fails, and the failure is clean.
+/// m.inject_next(FaultSite::Pin);
+/// assert!(BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x1000, Direction::In)).is_err());
+/// assert_eq!(m.stats().used_pages(), before.used_pages());
+/// assert!(m.device_read(PhysAddr(0x7000_0000), &mut [0u8; 4]).is_err(), "a hole in the RAM map");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct Machine {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) windows: RwLock<Vec<MmioWindow>>,

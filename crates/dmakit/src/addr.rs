@@ -9,6 +9,22 @@
 //!
 //! Each is a distinct `u64` newtype so the compiler keeps them apart. Arithmetic is checked:
 //! the helpers return `None` on overflow instead of wrapping.
+//!
+//! ```
+//! use dmakit::{IoAddr, PhysAddr, PhysRange};
+//!
+//! let pa = PhysAddr(0x1_2345_6789);
+//! assert_eq!(pa.align_down(0x1000), PhysAddr(0x1_2345_6000));
+//! assert_eq!(pa.align_up(0x1000), Some(PhysAddr(0x1_2345_7000)));
+//! assert_eq!(PhysAddr(u64::MAX).checked_add(1), None, "no wrapping");
+//! let run = PhysRange::new(PhysAddr(0x1000), 0x2000);
+//! assert!(run.contains(PhysAddr(0x2fff)) && !run.contains(PhysAddr(0x3000)));
+//! assert!(run.abuts(&PhysRange::new(PhysAddr(0x3000), 0x1000)));
+//! // What a device is given is an IoAddr; it equals the physical address only without an
+//! // IOMMU, and the types make the conversion explicit.
+//! let for_device = IoAddr(pa.get());
+//! assert_eq!(for_device.get(), pa.get());
+//! ```
 
 use core::fmt;
 

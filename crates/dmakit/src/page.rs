@@ -3,6 +3,19 @@
 //! IOKit on x86_64 uses 4 KiB pages; on Apple silicon the kernel and the DART IOMMUs use
 //! 16 KiB. dmakit never assumes either: every backend reports its [`PageSize`] and all page
 //! arithmetic goes through it.
+//!
+//! ```
+//! use dmakit::PageSize;
+//!
+//! let page = PageSize::SIZE_16K;
+//! assert_eq!((page.bytes(), page.shift()), (16384, 14));
+//! assert_eq!(page.offset(0x4_5678), 0x1678);
+//! assert_eq!(page.trunc(0x4_5678), 0x4_4000);
+//! assert_eq!(page.round_up(0x4_5678), Some(0x4_8000));
+//! // 100 bytes that start 10 bytes before a page boundary touch two pages.
+//! assert_eq!(page.pages_spanned(0x4000 - 10, 100), Some(2));
+//! assert!(PageSize::new(12288).is_err(), "not a power of two");
+//! ```
 
 use crate::{Error, Result};
 

@@ -205,6 +205,53 @@ impl Drop for RingMapping {
 }
 
 /// The driver of a [`DmaEngineDevice`]: IOKit's IODMAController for the simulated engine.
+///
+/// Scatter-gather between two buffers through an IOMMU: the source's and destination's
+/// segments come from [`DmaCommand`](dmakit::dma::DmaCommand)s in mapped mode, the
+/// engine's own ring is mapped by the engine.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+/// use dmakit::dma::{DmaCommand, DmaEventSource, DmaStart, DmaTransfer, IoSegment};
+/// use dmakit::dma::{PrepareOptions, SegmentSpec, SyncWait};
+/// use dmakit::mapper::IommuMapper;
+/// use dmakit::Direction;
+/// use dmakit_sim::{MachineBuilder, SimDmaEngine, SimIommu};
+/// use std::sync::Arc;
+///
+/// let m = Arc::new(MachineBuilder::new().seed(3).fragmentation(1.0).build()?);
+/// let iommu = Arc::new(SimIommu::new(m.clone()));
+/// let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x4000_0000, 0x1000_0000)?);
+/// let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu))?);
+///
+/// let data: Vec<u8> = (0..0x3000u32).map(|i| i as u8).collect();
+/// let src: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out)?);
+/// let dst = Arc::new(BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x3000, Direction::In))?);
+/// let segments = |md: Arc<dyn MemoryDescriptor>| -> dmakit::Result<(DmaCommand<_>, Vec<IoSegment>)> {
+///     // Pieces of at most 4 KiB, so the transfer is a chain of descriptors.
+///     let spec = SegmentSpec::builder().max_segment_size(0x1000).build()?;
+///     let mut cmd = DmaCommand::builder(m.clone()).spec(spec).mapper(mapper.clone()).build()?;
+///     cmd.set_memory_descriptor(md)?;
+///     cmd.prepare(PrepareOptions::new())?; // also cleans the CPU cache for the device
+///     let segs = cmd.segments().collect::<dmakit::Result<Vec<_>>>()?;
+///     Ok((cmd, segs))
+/// };
+/// let (mut from, source) = segments(src)?;
+/// let (mut to, dest) = segments(dst.clone())?;
+/// assert_eq!((source.len(), dest.len()), (3, 3));
+///
+/// let events = DmaEventSource::synchronous(engine);
+/// let DmaStart::Completed(done) = events.start_dma_command(&DmaTransfer { source: &source, dest: &dest }, SyncWait::Polls(10))? else {
+///     unreachable!("synchronous");
+/// };
+/// assert_eq!((done.bytes, done.status), (0x3000, Ok(())));
+/// to.complete()?; // invalidates, so the CPU sees what the engine wrote
+/// from.complete()?;
+/// let mut back = vec![0u8; 0x3000];
+/// dst.read(0, &mut back)?;
+/// assert_eq!(back, data);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct SimDmaEngine {
     machine: Arc<Machine>,
     iommu: Option<Arc<SimIommu>>,

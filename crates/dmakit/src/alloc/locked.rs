@@ -25,6 +25,17 @@
 //! * Frees other than of one whole allocation, and allocations with an alignment above the
 //!   default, go to the shared allocator under every shard's lock: the slow path.
 //! * Placement: a cached range is reused as it is, wherever it lies.
+//!
+//! ```
+//! use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+//!
+//! let slots = LockedRangeAllocator::new(RangeAllocator::new(0, 1024, 1)?);
+//! let a = slots.allocate(8, 0)?;
+//! slots.deallocate(a, 8)?;          // into this thread's cache
+//! assert_eq!(slots.allocate(8, 0)?, a, "the cached range comes back first");
+//! assert_eq!(slots.free_count(), 1016);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};
@@ -53,6 +64,31 @@ struct Front {
 
 /// A [`RangeAllocator`] shared between threads: every method takes `&self`. The
 /// [module documentation](crate::alloc::locked) tells how the per-thread caches work.
+///
+/// ```
+/// use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+/// use std::sync::Arc;
+///
+/// let iova = Arc::new(LockedRangeAllocator::new(RangeAllocator::new(0x1_0000_0000, 1 << 30, 0x1000)?));
+/// let threads: Vec<_> = (0..4)
+///     .map(|_| {
+///         let iova = iova.clone();
+///         std::thread::spawn(move || -> dmakit::Result<()> {
+///             for _ in 0..100 {
+///                 let a = iova.allocate(0x2000, 0)?; // from this thread's cache when it can
+///                 iova.deallocate(a, 0x2000)?;
+///             }
+///             Ok(())
+///         })
+///     })
+///     .collect();
+/// for t in threads {
+///     t.join().expect("no panic")?;
+/// }
+/// assert_eq!(iova.free_count(), 1 << 30); // exact: the caches are given back first
+/// assert_eq!(iova.fragment_count(), 1);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 ///
 /// # Invariants
 ///
@@ -254,6 +290,17 @@ impl LockedRangeAllocator {
     /// Runs `f` with the allocator locked and the caches given back. Whatever `f` does
     /// with it, ranges handed out before stay valid to free (a lent range `f` freed or cut
     /// is no longer cached when freed again).
+    ///
+    /// ```
+    /// use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+    ///
+    /// let shared = LockedRangeAllocator::new(RangeAllocator::new(0, 0x10000, 0x1000)?);
+    /// let a = shared.allocate(0x1000, 0)?;
+    /// shared.deallocate(a, 0x1000)?; // cached in this thread's shard
+    /// let free: Vec<(u64, u64)> = shared.with(|r| r.fragments().collect());
+    /// assert_eq!(free, [(0, 0xFFFF)], "the whole space, the cached range included");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn with<R>(&self, f: impl FnOnce(&mut RangeAllocator) -> R) -> R {
         let mut all = self.all();
         let r = f(&mut all.inner);

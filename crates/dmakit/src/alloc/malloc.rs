@@ -35,15 +35,20 @@
 //! the owning [`IoMemory`] frees itself with the right function and size on drop.
 //!
 //! ```
-//! # use dmakit::alloc::{IoHeap, io_malloc, io_free};
-//! # fn demo<P: dmakit::platform::PhysicalMemory + dmakit::platform::CpuAccess>(platform: P) -> dmakit::Result<()> {
+//! use dmakit::alloc::{io_free, io_malloc, IoHeap};
+//! use dmakit::Error;
+//! # let platform = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //! let heap = IoHeap::new(platform);
 //! let p = io_malloc(&heap, 100)?;          // wired, from the 128-byte zone
+//! assert!(matches!(io_free(&heap, p, 64), Err(Error::WrongSize { .. }))); // nothing freed
 //! io_free(&heap, p, 100)?;                  // the size must match
 //!
 //! let buf = heap.alloc_zeroed(8192)?;       // owning: freed on drop
 //! buf.write(0, b"hello")?;
-//! # Ok(()) }
+//! assert_eq!(&buf.to_vec()?[..6], b"hello\0");
+//! drop(buf);
+//! assert_eq!(heap.stats().live, 0);
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::error::MallocFamily;
@@ -119,6 +124,24 @@ pub struct Leak {
 }
 
 /// The kernel heap of one platform: the state behind the IOMalloc family.
+///
+/// ```
+/// use dmakit::alloc::IoHeap;
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let heap = IoHeap::new(machine);
+/// let small = heap.malloc(24)?;           // a 32-byte zone element in a wired page
+/// let aligned = heap.malloc_aligned(256, 256)?;
+/// assert_eq!(aligned.0 % 256, 0);
+/// let s = heap.stats();
+/// assert_eq!((s.live, s.live_bytes), (2, 24 + 256));
+/// assert_eq!(heap.leaks().len(), 2, "what would leak if the heap went now");
+/// dmakit::alloc::io_free(&heap, small, 24)?;
+/// dmakit::alloc::io_free_aligned(&heap, aligned, 256)?;
+/// assert!(heap.leaks().is_empty());
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 ///
 /// # Invariants
 ///
@@ -588,6 +611,18 @@ pub fn io_free_pageable<P: PhysicalMemory + CpuAccess>(
 /// Deprecated in IOKit, in favour of an IOBufferMemoryDescriptor with a physical mask
 /// ([`BufferMemoryDescriptor`](crate::descriptor::BufferMemoryDescriptor)), which drivers
 /// should prefer.
+///
+/// ```
+/// use dmakit::alloc::{io_free_contiguous, io_malloc_contiguous, IoHeap};
+/// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let heap = IoHeap::new(machine);
+/// let (va, pa) = io_malloc_contiguous(&heap, 0x3000, 0x4000)?;
+/// assert!(pa.0 % 0x4000 == 0 && va.0 % 0x4000 == 0);
+/// assert!(pa.0 + 0x3000 <= 1 << 32, "below 4 GiB, for a 32-bit engine");
+/// io_free_contiguous(&heap, va, 0x3000)?;
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub fn io_malloc_contiguous<P: PhysicalMemory + CpuAccess + Wiring>(
     heap: &IoHeap<P>,
     size: usize,

@@ -8,6 +8,21 @@
 //!   coalescing.
 //! * [`locked`]: [`LockedRangeAllocator`], a range allocator shared between threads, with
 //!   per-thread caches of free ranges in front of it.
+//!
+//! ```
+//! use dmakit::alloc::{IoHeap, LockedRangeAllocator, RangeAllocator};
+//! # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//!
+//! // Memory: the IOMalloc family over a platform.
+//! let heap = IoHeap::new(machine);
+//! let block = heap.alloc(64)?; // freed on drop, with the right size
+//! assert_eq!(block.len(), 64);
+//! // Numbers: IO addresses, shared by every queue of a device.
+//! let iova = LockedRangeAllocator::new(RangeAllocator::new(0x10_0000, 0x1000_0000, 0x1000)?);
+//! let a = iova.allocate(0x3000, 0)?;
+//! iova.deallocate(a, 0x3000)?;
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 pub mod locked;
 pub(crate) mod magazine;

@@ -8,6 +8,20 @@
 //! empty, which moves the top vector (`n / CHUNK` keys): rare and small. `std`'s `BTreeMap`
 //! has nodes of eleven keys and pointer-chases through several levels for the same query,
 //! which measured twice as slow here.
+//!
+//! ```
+//! use dmakit::alloc::ordered::SortedIndex;
+//!
+//! let mut starts = SortedIndex::new();
+//! for (k, v) in [(0x1000, 1), (0x8000, 2), (0x4000, 3)] {
+//!     starts.insert(k, v);
+//! }
+//! // The last key at or before 0x5000: the block that may contain it.
+//! let p = starts.pred(0x5000).expect("a key below");
+//! assert_eq!(starts.at(p), (0x4000, 3));
+//! assert_eq!(starts.remove(0x4000), Some(3));
+//! assert_eq!(starts.iter().collect::<Vec<_>>(), [(0x1000, 1), (0x8000, 2)]);
+//! ```
 
 use alloc_crate::vec::Vec;
 

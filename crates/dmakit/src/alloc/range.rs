@@ -158,6 +158,26 @@ impl Node {
 /// An allocator of ranges of a `u64` space: IOKit's IORangeAllocator. The
 /// [module documentation](crate::alloc::range) tells how it works and where it differs from
 /// IOKit.
+///
+/// It owns numbers, not memory: here, the slots of a device's 256-entry descriptor ring,
+/// handed out to requests of several descriptors each.
+///
+/// ```
+/// use dmakit::alloc::RangeAllocator;
+/// use dmakit::Error;
+///
+/// let mut slots = RangeAllocator::new(0, 256, 1)?;
+/// let a = slots.allocate(16, 0)?;
+/// let b = slots.allocate(3, 4)?; // 4-aligned, as the device fetches 4 at a time
+/// assert_eq!(b % 4, 0);
+/// assert_eq!(slots.free_count(), 256 - 16 - 3);
+/// assert!(matches!(slots.allocate(300, 0), Err(Error::NoSpace { .. })));
+/// slots.deallocate(a, 16)?;
+/// assert!(matches!(slots.deallocate(a, 16), Err(Error::DoubleFree { .. })));
+/// slots.deallocate(b, 3)?;
+/// assert_eq!((slots.free_count(), slots.fragment_count()), (256, 1));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
     // Invariants (the tests' `check` verifies them all):
@@ -208,6 +228,20 @@ fn check_align(what: &'static str, align: u64) -> Result<u64> {
 impl RangeAllocator {
     /// An allocator with nothing free yet; add space with [`deallocate`](Self::deallocate).
     /// `default_alignment` 0 means 1.
+    ///
+    /// ```
+    /// use dmakit::alloc::RangeAllocator;
+    ///
+    /// // PCI memory windows found one by one while walking the bridges.
+    /// let mut bars = RangeAllocator::empty(0x1000)?;
+    /// assert!(bars.allocate(0x1000, 0).is_err(), "nothing to hand out yet");
+    /// bars.deallocate(0xC000_0000, 0x10_0000)?;  // adds space, as IOKit does
+    /// bars.add_range(0xE000_0000, 0x10_0000)?;   // the same, refusing any overlap
+    /// assert_eq!((bars.free_count(), bars.fragment_count()), (0x20_0000, 2));
+    /// let fragments: Vec<(u64, u64)> = bars.fragments().collect();
+    /// assert_eq!(fragments, [(0xC000_0000, 0xC00F_FFFF), (0xE000_0000, 0xE00F_FFFF)]);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn empty(default_alignment: u64) -> Result<Self> {
         let a = check_align("range allocator default alignment", default_alignment)?;
         let head = Node {
@@ -247,6 +281,15 @@ impl RangeAllocator {
     /// IOKit's `withRange(endOfRange, defaultAlignment)`: the space `[0, end_of_range]`
     /// (inclusive), or an empty allocator when `end_of_range` is 0. As in IOKit the
     /// size `end_of_range + 1` is rounded up to the default alignment.
+    ///
+    /// ```
+    /// use dmakit::alloc::RangeAllocator;
+    ///
+    /// let r = RangeAllocator::with_end_of_range(0xFFFF, 0x100)?; // [0, 0xFFFF]
+    /// assert_eq!((r.free_count(), r.default_alignment()), (0x1_0000, 0x100));
+    /// assert_eq!(RangeAllocator::with_end_of_range(0, 1)?.free_count(), 0);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn with_end_of_range(end_of_range: u64, default_alignment: u64) -> Result<Self> {
         let mut r = Self::empty(default_alignment)?;
         if end_of_range != 0 {
@@ -780,6 +823,21 @@ impl RangeAllocator {
     /// Errors: [`Error::ZeroSize`], [`Error::BadAlignment`], [`Error::Overflow`] (the
     /// rounded size does not fit in 64 bits), [`Error::NoSpace`] (no free range fits: the
     /// search is exact).
+    ///
+    /// ```
+    /// use dmakit::alloc::RangeAllocator;
+    /// use dmakit::Error;
+    ///
+    /// let mut iova = RangeAllocator::new(0x1_0000_0000, 1 << 30, 0x1000)?;
+    /// let a = iova.allocate(100, 0)?;            // rounded up to one 4 KiB unit
+    /// let b = iova.allocate(0x1000, 0)?;
+    /// assert!(a + 0x1000 <= b || b + 0x1000 <= a);
+    /// let big = iova.allocate(0x20_0000, 0x20_0000)?; // 2 MiB aligned, for a huge page
+    /// assert_eq!(big % 0x20_0000, 0);
+    /// assert!(matches!(iova.allocate(0, 0), Err(Error::ZeroSize { .. })));
+    /// assert!(matches!(iova.allocate(0x1000, 3), Err(Error::BadAlignment { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     #[inline]
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
         let size = self.round_size(size)?;
@@ -851,6 +909,17 @@ impl RangeAllocator {
     /// (and with [`Error::ZeroSize`] or [`Error::Overflow`] for a size of 0 or a range past
     /// 2^64).
     /// IOKit: `allocateRange`.
+    ///
+    /// ```
+    /// use dmakit::alloc::RangeAllocator;
+    /// use dmakit::Error;
+    ///
+    /// let mut iova = RangeAllocator::new(0, 0x10_0000, 0x1000)?;
+    /// iova.allocate_range(0, 0x1000)?; // never hand out IO address 0
+    /// assert!(matches!(iova.allocate_range(0, 0x1000), Err(Error::RangeBusy { .. })));
+    /// assert!((0..64).all(|_| iova.allocate(0x1000, 0).is_ok_and(|a| a != 0)));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn allocate_range(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;
         let last = start.checked_add(size - 1).ok_or(Error::Overflow {
@@ -883,6 +952,21 @@ impl RangeAllocator {
     /// (a size larger than the allocation, say) is [`Error::NotOwned`] and changes nothing:
     /// IOKit would silently add space it never owned. Other errors: [`Error::ZeroSize`],
     /// and [`Error::Overflow`] for a range past 2^64 or a free count past 2^64 − 1.
+    ///
+    /// ```
+    /// use dmakit::alloc::RangeAllocator;
+    /// use dmakit::Error;
+    ///
+    /// let mut r = RangeAllocator::new(0, 0x10000, 0x1000)?;
+    /// let a = r.allocate(0x4000, 0)?;
+    /// // A size larger than the allocation would free space the caller never had.
+    /// assert!(matches!(r.deallocate(a, 0x5000), Err(Error::NotOwned { .. })));
+    /// r.deallocate(a + 0x1000, 0x1000)?; // part of an allocation is fine
+    /// r.deallocate(a, 0x1000)?;
+    /// r.deallocate(a + 0x2000, 0x2000)?;
+    /// assert_eq!(r.fragment_count(), 1, "merged with its neighbours");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     #[inline]
     pub fn deallocate(&mut self, start: u64, size: u64) -> Result<()> {
         let size = self.round_size(size)?;

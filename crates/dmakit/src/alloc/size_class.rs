@@ -7,6 +7,19 @@
 //! minimum; every block in a *higher* class is at least one class width longer. Searching
 //! from [`ceil_class`] therefore finds a block that surely fits in O(1) with two bitmap
 //! lookups; only the class of [`floor_class`] can hold blocks that may or may not fit.
+//!
+//! ```
+//! use dmakit::alloc::size_class::{ceil_class, class_min, floor_class, ClassMap};
+//!
+//! // 16 and 17 share a class (two units wide between 16 and 32): a block of 17 surely
+//! // fits only from the next class up.
+//! assert_eq!(floor_class(16), floor_class(17));
+//! assert_eq!(ceil_class(17), Some(floor_class(17) + 1));
+//! assert!(class_min(ceil_class(17).unwrap()) >= 17);
+//! let mut free = ClassMap::default();
+//! free.set(floor_class(64));
+//! assert_eq!(free.first_at_or_above(ceil_class(40).unwrap()), Some(floor_class(64)));
+//! ```
 
 /// Bits of second-level index.
 pub const SL_BITS: u32 = 3;

@@ -22,7 +22,8 @@
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 //! use dmakit::Direction;
-//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! // A simulated machine; any `Platform` that can lend its memory does.
+//! let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //! let mut buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(4096, Direction::Out))?;
 //! buf.bytes_no_copy_mut(0, 4)?.copy_from_slice(b"ping");
 //! assert_eq!(&buf.bytes_no_copy(0, 4)?[..], b"ping");
@@ -30,7 +31,8 @@
 //! let prepared = md.prepare(Direction::Out)?; // no slice is lent now
 //! assert!(buf.bytes_no_copy(0, 4).is_err()); // and none while a device may use it
 //! prepared.complete()?;
-//! # Ok(()) }
+//! assert_eq!(&buf.bytes_no_copy(0, 4)?[..], b"ping");
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use super::general::GeneralMemoryDescriptor;
@@ -148,6 +150,25 @@ impl BufferOptions {
 
 /// A buffer the descriptor owns.
 ///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+/// use dmakit::Direction;
+/// let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // A receive buffer: 1500 bytes of capacity; the length says how much is filled.
+/// let rx = BufferMemoryDescriptor::new(machine, BufferOptions::new(1500, Direction::In))?;
+/// assert_eq!((rx.capacity(), rx.length()), (1500, 1500));
+/// rx.set_length(0)?;
+/// assert_eq!(rx.append_bytes(b"frame"), 5);
+/// assert_eq!(rx.length(), 5);
+/// let mut frame = [0u8; 5];
+/// rx.read(0, &mut frame)?;
+/// assert_eq!(&frame, b"frame");
+/// // Wired for its whole life: its physical pages are always known.
+/// assert!(rx.physical_segment(0)?.len >= 5);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
+///
 /// # Invariants
 ///
 /// `inner` describes exactly the allocation `[va, va + alloc_len)` of `task`;
@@ -172,6 +193,27 @@ pub struct BufferMemoryDescriptor<P: Platform + Clone> {
 impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// Allocates a buffer on `platform` in the kernel task (IOKit `inTaskWithPhysicalMask`
     /// / `withOptions`).
+    ///
+    /// The options' physical constraints are met by the allocation itself:
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// // RAM above 4 GiB too, every page anywhere.
+    /// let machine = std::sync::Arc::new(
+    ///     dmakit_sim::MachineBuilder::new().seed(1).fragmentation(1.0).build()?,
+    /// );
+    ///
+    /// // One physically contiguous run below 4 GiB, for a simple 32-bit device.
+    /// let options = BufferOptions::new(0x4000, Direction::In)
+    ///     .contiguous(true)
+    ///     .phys_limit(0xFFFF_FFFF);
+    /// let buf = BufferMemoryDescriptor::new(machine, options)?;
+    /// let run = buf.physical_segment(0)?;
+    /// assert_eq!(run.len, 0x4000);
+    /// assert!(run.addr.0 + run.len <= 1 << 32);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn new(platform: P, options: BufferOptions) -> Result<Self> {
         Self::in_task(platform, Task::KERNEL, options)
     }
@@ -181,6 +223,20 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// as IOKit refuses), and a platform that can allocate there
     /// ([`PhysicalMemory::allocate_pages_in`](crate::platform::PhysicalMemory::allocate_pages_in);
     /// [`Error::Unsupported`] otherwise).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+    /// use dmakit::{Direction, Error};
+    /// let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let task = machine.create_task(); // a user process
+    /// let wired = BufferOptions::new(0x1000, Direction::Out);
+    /// let refused = BufferMemoryDescriptor::in_task(machine.clone(), task, wired);
+    /// assert!(matches!(refused, Err(Error::BadArgument { .. })));
+    /// let buf = BufferMemoryDescriptor::in_task(machine.clone(), task, wired.pageable(true))?;
+    /// assert_eq!(buf.task(), task);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn in_task(platform: P, task: Task, options: BufferOptions) -> Result<Self> {
         if task != Task::KERNEL && !options.pageable {
             return Err(Error::BadArgument {
@@ -371,6 +427,19 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     }
 
     /// A wired buffer holding a copy of `bytes` (IOKit `withBytes`).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let cmd = BufferMemoryDescriptor::with_bytes(machine, b"\x02READ", Direction::Out)?;
+    /// assert_eq!((cmd.length(), cmd.capacity()), (5, 5));
+    /// let mut back = [0u8; 5];
+    /// cmd.read(0, &mut back)?;
+    /// assert_eq!(&back, b"\x02READ");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn with_bytes(platform: P, bytes: &[u8], direction: Direction) -> Result<Self> {
         let b = Self::new(platform, BufferOptions::new(bytes.len() as u64, direction))?;
         b.set_length(0)?;
@@ -419,6 +488,19 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// Sets the length (IOKit `setLength`). A length above the capacity is
     /// [`Error::OutOfBounds`] and changes nothing (IOKit silently ignores it; see
     /// DESIGN.md).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::{Direction, Error};
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(4096, Direction::In))?;
+    /// buf.set_length(512)?;
+    /// assert_eq!(buf.length(), 512); // what a device is told to fill
+    /// assert!(matches!(buf.set_length(4097), Err(Error::OutOfBounds { .. })));
+    /// assert_eq!(buf.length(), 512, "unchanged");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn set_length(&self, length: u64) -> Result<()> {
         let _append = self.append.lock();
         if length > self.capacity {
@@ -440,6 +522,22 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// Atomic: concurrent appends each get their own range, their bytes are never
     /// interleaved, and the counts returned add up to the growth of the length. The length
     /// moves only after the bytes are written.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let log = BufferMemoryDescriptor::new(machine, BufferOptions::new(8, Direction::Out))?;
+    /// log.set_length(0)?;
+    /// assert_eq!(log.append_bytes(b"abc"), 3);
+    /// assert_eq!(log.append_bytes(b"defghij"), 5); // only 5 fit
+    /// assert_eq!(log.append_bytes(b"k"), 0);
+    /// let mut all = [0u8; 8];
+    /// assert_eq!(log.read_bytes(0, &mut all), 8);
+    /// assert_eq!(&all, b"abcdefgh");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn append_bytes(&self, data: &[u8]) -> usize {
         let _append = self.append.lock();
         let len = self.length.load(Ordering::Acquire);
@@ -450,7 +548,21 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
         done
     }
 
-    /// Copies `buf.len()` bytes from `offset` (within the length) into `buf`.
+    /// Copies `buf.len()` bytes from `offset` (within the length) into `buf`: all of them
+    /// or an error, where [`read_bytes`](MemoryDescriptor::read_bytes) stops at the end.
+    ///
+    /// ```
+    /// use dmakit::descriptor::BufferMemoryDescriptor;
+    /// use dmakit::{Direction, Error};
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let buf = BufferMemoryDescriptor::with_bytes(machine, b"0123", Direction::Out)?;
+    /// let mut two = [0u8; 2];
+    /// buf.read(2, &mut two)?;
+    /// assert_eq!(&two, b"23");
+    /// assert!(matches!(buf.read(3, &mut two), Err(Error::OutOfBounds { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len())?;
         self.inner

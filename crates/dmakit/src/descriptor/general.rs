@@ -29,6 +29,28 @@ struct Wiring {
 
 /// A descriptor of one or more address ranges.
 ///
+/// A driver describes memory it did not allocate itself (a user buffer, a page cache page)
+/// with one, and prepares it before a device gets its physical addresses:
+///
+/// ```
+/// use dmakit::descriptor::{GeneralMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::{Direction, Error};
+/// let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // 8 KiB of a user process's pageable memory.
+/// let task = machine.create_task();
+/// let va = machine.vm_allocate(task, 0x2000, true)?;
+/// let md = GeneralMemoryDescriptor::with_address_range(machine.clone(), task, va, 0x2000, Direction::In)?;
+/// assert_eq!(md.write_bytes(0, b"no wiring needed to copy"), 24);
+/// assert!(matches!(md.physical_segment(0), Err(Error::NotReady { .. })));
+/// md.prepare_wiring(Direction::In)?; // wires every page
+/// assert_eq!(md.wire_count(), 1);
+/// assert!(md.physical_segment(0x1000)?.len >= 1);
+/// md.complete()?; // the last complete unwires
+/// assert_eq!(md.wire_count(), 0);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
+///
 /// # Invariants
 ///
 /// `starts[i]` is the descriptor offset of `ranges[i]`; `length` is the sum of the range
@@ -97,6 +119,24 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
     }
 
     /// A descriptor of several ranges of `task`, in order (IOKit `withAddressRanges`).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{GeneralMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::platform::{CpuAccess, Task};
+    /// use dmakit::{Direction, VirtAddr};
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let va = machine.vm_allocate(Task::KERNEL, 0x2000, false)?;
+    /// machine.write_virt(Task::KERNEL, va, b"head")?;
+    /// machine.write_virt(Task::KERNEL, VirtAddr(va.0 + 0x1000), b"tail")?;
+    /// // The two 4-byte pieces, one after the other.
+    /// let ranges = [(va, 4), (VirtAddr(va.0 + 0x1000), 4)];
+    /// let md = GeneralMemoryDescriptor::with_ranges(machine.clone(), Task::KERNEL, &ranges, Direction::Out)?;
+    /// let mut both = [0u8; 8];
+    /// assert_eq!(md.read_bytes(0, &mut both), 8);
+    /// assert_eq!(&both, b"headtail");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn with_ranges(
         platform: P,
         task: Task,
@@ -109,6 +149,25 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
 
     /// A descriptor of physical ranges (IOKit `withPhysicalAddress` / physical
     /// `withAddressRanges`): always prepared.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor};
+    /// use dmakit::descriptor::MemoryDescriptor;
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let options = BufferOptions::new(0x1000, Direction::InOut).contiguous(true);
+    /// let buf = BufferMemoryDescriptor::new(machine.clone(), options)?;
+    /// assert_eq!(buf.write_bytes(0, b"by physical address"), 19);
+    /// let pa = buf.physical_segment(0)?.addr;
+    /// let phys = GeneralMemoryDescriptor::with_physical_ranges(machine.clone(), &[(pa, 0x1000)], Direction::Out)?;
+    /// assert_eq!(phys.task(), None);
+    /// assert_eq!(phys.physical_segment(0)?.addr, pa); // no prepare needed
+    /// let mut back = [0u8; 19];
+    /// assert_eq!(phys.read_bytes(0, &mut back), 19);
+    /// assert_eq!(&back, b"by physical address");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn with_physical_ranges(
         platform: P,
         ranges: &[(PhysAddr, u64)],

@@ -11,13 +11,14 @@
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, PrepOwner};
 //! use dmakit::Direction;
-//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //! let options = BufferOptions::new(4096, Direction::In).pageable(true);
 //! let buf = BufferMemoryDescriptor::new(machine, options)?;
 //! buf.prepare_wiring(Direction::In)?;        // PrepOwner::CALLER holds one wiring
 //! assert_eq!(buf.holders().count(PrepOwner::CALLER), 1);
 //! buf.complete()?;                           // and ends it
-//! # Ok(()) }
+//! assert!(!buf.holders().is_prepared());
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::{Error, Result};

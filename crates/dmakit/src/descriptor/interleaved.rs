@@ -27,6 +27,32 @@ struct Portion {
 }
 
 /// Portions of other descriptors, concatenated.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, InterleavedMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::{Direction, Error};
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let a: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), b"AAAAaaaa", Direction::Out)?);
+/// let b: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), b"BBBBbbbb", Direction::Out)?);
+/// // Two portions of each, interleaved: A's first half, B's first half, A's second, ...
+/// let mut md = InterleavedMemoryDescriptor::with_capacity(4, Direction::Out);
+/// md.set_memory_descriptor(a.clone(), 0, 4)?;
+/// md.set_memory_descriptor(b.clone(), 0, 4)?;
+/// md.set_memory_descriptor(a.clone(), 4, 4)?;
+/// md.set_memory_descriptor(b.clone(), 4, 4)?;
+/// let mut all = [0u8; 16];
+/// assert_eq!(md.read_bytes(0, &mut all), 16);
+/// assert_eq!(&all, b"AAAABBBBaaaabbbb");
+/// // Full: a fifth portion does not fit.
+/// assert!(matches!(md.set_memory_descriptor(a, 0, 1), Err(Error::NoResources { .. })));
+/// md.clear_memory_descriptors(Direction::None)?;
+/// assert_eq!((md.portion_count(), md.length()), (0, 0));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct InterleavedMemoryDescriptor {
     portions: Vec<Portion>,
     capacity: usize,

@@ -24,15 +24,21 @@
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 //! use dmakit::Direction;
-//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! use std::sync::Arc;
+//!
+//! // A simulated machine; any `Platform` does (dmakit-linux's `Host`, your kernel's).
+//! let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //! let buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(8192, Direction::Out))?;
 //! assert_eq!(buf.write_bytes(4090, b"crosses a page"), 14);
 //! let md: &dyn MemoryDescriptor = &buf;
 //! let prepared = md.prepare(Direction::Out)?;
 //! let seg = md.physical_segment(4096)?;          // where byte 4096 lives
-//! assert!(seg.len >= 1);
+//! assert!(seg.len >= 1 && seg.len <= 4096);      // up to the end of its physical run
+//! let mut back = [0u8; 14];
+//! assert_eq!(md.read_bytes(4090, &mut back), 14);
+//! assert_eq!(&back, b"crosses a page");
 //! prepared.complete()?;
-//! # Ok(()) }
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 //!
@@ -218,6 +224,38 @@ pub struct Source {
 }
 
 /// IOKit's IOMemoryDescriptor.
+///
+/// Every kind of descriptor (buffer, general, sub, multi, interleaved) is used through
+/// this trait, so code that moves bytes or hands memory to a device takes
+/// `&dyn MemoryDescriptor` (or `Arc<dyn MemoryDescriptor>`, as a
+/// [`DmaCommand`](crate::dma::DmaCommand) does) and works on all of them:
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor};
+/// use dmakit::Direction;
+/// use std::sync::Arc;
+///
+/// /// Sums every byte, copying through the descriptor.
+/// fn byte_sum(md: &dyn MemoryDescriptor) -> u64 {
+///     let mut sum = 0u64;
+///     let mut chunk = [0u8; 256];
+///     let mut at = 0;
+///     while at < md.length() {
+///         let n = md.read_bytes(at, &mut chunk);
+///         sum += chunk[..n].iter().map(|&b| b as u64).sum::<u64>();
+///         at += n as u64;
+///     }
+///     sum
+/// }
+///
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+/// let buf: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, &[1u8; 1000], Direction::Out)?);
+/// let window = SubMemoryDescriptor::new(buf.clone(), 100, 50, Direction::Out)?;
+/// assert_eq!(byte_sum(&*buf), 1000);
+/// assert_eq!(byte_sum(&window), 50);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub trait MemoryDescriptor: Send + Sync {
     /// Total length in bytes.
     fn length(&self) -> u64;
@@ -259,12 +297,39 @@ pub trait MemoryDescriptor: Send + Sync {
 
     /// Copies up to `buf.len()` bytes from `offset`, stopping at the end of the descriptor;
     /// returns the count copied (0 for an offset at or past the end). IOKit `readBytes`.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let md = BufferMemoryDescriptor::with_bytes(machine, b"0123456789", Direction::Out)?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(md.read_bytes(6, &mut buf), 4); // stops at the end
+    /// assert_eq!(&buf[..4], b"6789");
+    /// assert_eq!(md.read_bytes(10, &mut buf), 0); // at the end: nothing
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     #[must_use = "the count says how many bytes were copied"]
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize;
 
     /// Copies up to `data.len()` bytes to `offset`, stopping at the end of the descriptor;
     /// returns the count copied (0 for an offset at or past the end, or while the memory is
     /// prepared read-only). IOKit `writeBytes`.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(16, Direction::In))?;
+    /// assert_eq!(md.write_bytes(0, b"status: ok"), 10);
+    /// assert_eq!(md.write_bytes(12, b"overlong"), 4); // 4 bytes fit before the end
+    /// let mut back = [0u8; 16];
+    /// assert_eq!(md.read_bytes(0, &mut back), 16);
+    /// assert_eq!(&back, b"status: ok\0\0over");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     #[must_use = "the count says how many bytes were copied (0 while prepared read-only)"]
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize;
 
@@ -272,6 +337,29 @@ pub trait MemoryDescriptor: Send + Sync {
     /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
     /// the end is [`Error::OutOfBounds`].
     /// IOKit: `getPhysicalSegment`, `getPhysicalAddress`.
+    ///
+    /// Walking a descriptor's physical runs:
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::{Direction, Error};
+    /// // Every page of a buffer anywhere in RAM.
+    /// let machine = std::sync::Arc::new(
+    ///     dmakit_sim::MachineBuilder::new().seed(2).fragmentation(1.0).build()?,
+    /// );
+    /// let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(0x4000, Direction::Out))?;
+    /// let mut runs = Vec::new();
+    /// let mut at = 0;
+    /// while at < md.length() {
+    ///     let seg = md.physical_segment(at)?;
+    ///     runs.push(seg);
+    ///     at += seg.len;
+    /// }
+    /// assert!(runs.len() > 1, "scattered");
+    /// assert_eq!(runs.iter().map(|s| s.len).sum::<u64>(), 0x4000);
+    /// assert!(matches!(md.physical_segment(0x4000), Err(Error::OutOfBounds { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn physical_segment(&self, offset: u64) -> Result<Segment>;
 
     /// Calls `f` with the memory behind `[offset, offset + len)`, piece by piece in order
@@ -295,6 +383,20 @@ pub trait MemoryDescriptor: Send + Sync {
     /// which stops at the end). Like `write_bytes`, memory prepared read-only (for `Out`)
     /// is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
     /// at the first chunk that falls short.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let md = BufferMemoryDescriptor::with_bytes(machine, &[0xFF; 8], Direction::InOut)?;
+    /// assert_eq!(md.fill_zero(2, 4), 4);
+    /// assert_eq!(md.fill_zero(6, 4), 0, "past the end: nothing written");
+    /// let mut back = [0u8; 8];
+    /// assert_eq!(md.read_bytes(0, &mut back), 8);
+    /// assert_eq!(back, [0xFF, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn fill_zero(&self, offset: u64, len: u64) -> u64 {
         match offset.checked_add(len) {
             Some(end) if end <= self.length() => {}
@@ -319,6 +421,20 @@ pub trait MemoryDescriptor: Send + Sync {
     /// offset of the first byte in its page. A descriptor with no memory behind it (zero
     /// length) reports its length and offset 0. A run whose last page ends past the
     /// address space is [`Error::Overflow`].
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, DmaMapLength};
+    /// use dmakit::descriptor::{MemoryDescriptor, SubMemoryDescriptor};
+    /// use dmakit::Direction;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let buf = Arc::new(BufferMemoryDescriptor::new(machine, BufferOptions::new(0x3000, Direction::Out))?);
+    /// // 0x1000 bytes from 0x800: half of one page, half of the next.
+    /// let window = SubMemoryDescriptor::new(buf, 0x800, 0x1000, Direction::Out)?;
+    /// assert_eq!(window.dma_map_length()?, DmaMapLength { bytes: 0x2000, offset: 0x800 });
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn dma_map_length(&self) -> Result<DmaMapLength> {
         let page = self.page_size();
         let mut run: Option<Source> = None;
@@ -383,6 +499,25 @@ pub trait MemoryDescriptor: Send + Sync {
     /// tell whether memory was re-prepared (and its segments may have moved) since it last
     /// looked. The default, for descriptors that do not track it, is
     /// [`PREPARATION_ID_UNSUPPORTED`].
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::descriptor::{FIRST_ID, PREPARATION_ID_UNPREPARED};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let options = BufferOptions::new(0x1000, Direction::In).pageable(true);
+    /// let md = BufferMemoryDescriptor::new(machine, options)?;
+    /// assert_eq!(md.preparation_id(), PREPARATION_ID_UNPREPARED);
+    /// md.prepare_wiring(Direction::In)?;
+    /// let first = md.preparation_id();
+    /// assert!(first >= FIRST_ID);
+    /// md.complete()?;
+    /// md.prepare_wiring(Direction::In)?;
+    /// assert_ne!(md.preparation_id(), first, "prepared again: the pages may have moved");
+    /// md.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn preparation_id(&self) -> u64 {
         PREPARATION_ID_UNSUPPORTED
     }
@@ -473,6 +608,24 @@ impl dyn MemoryDescriptor + '_ {
     /// pattern) so each `DmaCommand` prepare and complete in between only counts, instead
     /// of wiring and unwiring the pages every time (on the Linux host 34 ns instead of about
     /// 1.5 µs per round trip for 4 KiB, the bench's `prepare/*` rows).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::{Direction, Error};
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// // Pageable memory has no physical pages until it is wired.
+    /// let options = BufferOptions::new(0x2000, Direction::In).pageable(true);
+    /// let buf = BufferMemoryDescriptor::new(machine, options)?;
+    /// let md: &dyn MemoryDescriptor = &buf;
+    /// assert!(matches!(md.physical_segment(0), Err(Error::NotReady { .. })));
+    /// {
+    ///     let _wired = md.prepare(Direction::In)?;
+    ///     assert!(md.physical_segment(0).is_ok());
+    /// } // dropping the guard completes
+    /// assert!(!buf.is_prepared());
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn prepare(&self, dir: Direction) -> Result<Prepared<'_>> {
         self.prepare_wiring(dir)?;
         Ok(Prepared {

@@ -24,6 +24,29 @@ use alloc_crate::vec::Vec;
 
 /// Descriptors concatenated.
 ///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, MultiMemoryDescriptor};
+/// use dmakit::{Direction, Error};
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // A header and a payload from different places, sent as one.
+/// let header: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), b"HDR:", Direction::Out)?);
+/// let payload: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), b"data", Direction::Out)?);
+/// let packet = MultiMemoryDescriptor::new(vec![header.clone(), payload], Direction::Out)?;
+/// assert_eq!((packet.length(), packet.parts().len()), (8, 2));
+/// let mut all = [0u8; 8];
+/// assert_eq!(packet.read_bytes(0, &mut all), 8);
+/// assert_eq!(&all, b"HDR:data");
+/// // Each part must allow the direction: a part only a device may read cannot be
+/// // written by one.
+/// let refused = MultiMemoryDescriptor::new(vec![header], Direction::In);
+/// assert!(matches!(refused, Err(Error::BadArgument { value: 0, .. })));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
+///
 /// # Invariants
 ///
 /// `starts[i]` is the offset of part `i`; `length` is the sum of the parts' lengths; every

@@ -16,6 +16,32 @@ use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
 
 /// A window of a parent descriptor.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor};
+/// use dmakit::{Direction, Error};
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // One buffer for a whole request; the device gets only its payload.
+/// let request: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::with_bytes(
+///     machine,
+///     b"HEADERpayload",
+///     Direction::Out,
+/// )?);
+/// let payload = SubMemoryDescriptor::new(request.clone(), 6, 7, Direction::Out)?;
+/// assert_eq!((payload.offset(), payload.length()), (6, 7));
+/// let mut bytes = [0u8; 7];
+/// assert_eq!(payload.read_bytes(0, &mut bytes), 7);
+/// assert_eq!(&bytes, b"payload");
+/// // Physical addresses are the parent's, shifted.
+/// let p = payload.physical_segment(0)?.addr;
+/// assert_eq!(p.0, request.physical_segment(6)?.addr.0);
+/// // A window must lie inside its parent.
+/// let outside = SubMemoryDescriptor::new(request, 6, 8, Direction::Out);
+/// assert!(matches!(outside, Err(Error::OutOfBounds { .. })));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct SubMemoryDescriptor {
     parent: Arc<dyn MemoryDescriptor>,
     offset: u64,

@@ -22,19 +22,30 @@
 //!
 //! ```
 //! use dmakit::device::{DmaView, PciBus, PciMatch};
+//! use dmakit::dma::{DmaCommand, SegmentSpec};
 //! use dmakit::map::mapped_read32;
 //! use dmakit::PhysAddr;
-//! # fn demo<P: dmakit::platform::Platform>(platform: &P, bus: &dyn PciBus) -> dmakit::Result<()> {
+//! use std::sync::Arc;
+//! # use dmakit_sim::{nvme::SimNvme, pci::SimPciBus, MachineBuilder};
+//! # let platform = Arc::new(MachineBuilder::new().build()?);
+//! # let bus = SimPciBus::new(platform.clone())?;
+//! # SimNvme::builder().attach(&bus)?;
+//! // `platform` and `bus`: the simulator's here; dmakit-linux's VfioBus, or your kernel's.
 //! // The first NVMe controller (class 01:08:02) on the bus.
 //! let nvme = bus.find(&PciMatch::class(0x01_08_02))?;
 //! let bar0 = nvme.bar(0)?;
-//! let cap_lo = mapped_read32(platform, PhysAddr(bar0.base.0))?;
+//! let cap_lo = mapped_read32(&*platform, PhysAddr(bar0.base.0))?;
+//! assert_ne!(cap_lo & 0xFFFF, 0, "CAP.MQES: the controller's queue size limit");
 //! nvme.set_bus_master(true)?;
-//! match nvme.dma() {
-//!     DmaView::Mapped(mapper) => { /* DmaCommand::builder(..).mapper(mapper) */ let _ = mapper; }
-//!     DmaView::Bypass { max_address } => { /* a SegmentSpec window up to max_address */ let _ = max_address; }
-//! }
-//! # let _ = cap_lo; Ok(()) }
+//! let cmd = match nvme.dma() {
+//!     DmaView::Mapped(mapper) => DmaCommand::builder(platform.clone()).mapper(mapper).build()?,
+//!     DmaView::Bypass { max_address } => {
+//!         let spec = SegmentSpec::builder().window(0, max_address).build()?;
+//!         DmaCommand::builder(platform.clone()).spec(spec).build()?
+//!     }
+//! };
+//! # let _ = cmd;
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 mod pci;

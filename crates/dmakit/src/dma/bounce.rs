@@ -6,6 +6,18 @@
 //! in use at once, and an exhausted pool is an error that names the pool and the sizes.
 //! It counts bounced bytes and the high-water mark, and can force every transfer through a
 //! bounce (to test that path on machines that would never need it).
+//!
+//! ```
+//! use dmakit::dma::BouncePool;
+//! use std::sync::Arc;
+//! # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//!
+//! // One pool per device (or per driver), shared by its commands.
+//! let pool = Arc::new(BouncePool::new(machine, "nic0 bounce", 4 << 20));
+//! assert_eq!((pool.name(), pool.force_bounce()), ("nic0 bounce", false));
+//! assert_eq!(pool.stats().in_use, 0);
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use crate::descriptor::{BufferMemoryDescriptor, BufferOptions};
 use crate::platform::Platform;
@@ -26,6 +38,35 @@ pub struct BounceStats {
 }
 
 /// A bounded source of bounce buffers.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions};
+/// use dmakit::{Direction, Error};
+/// use std::sync::Arc;
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// // At most one page of bounce memory in use at once.
+/// let pool = Arc::new(BouncePool::new(machine.clone(), "tiny pool", 0x1000));
+/// pool.set_force_bounce(true);
+/// let mut cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool.clone()).build()?;
+/// let small: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), &[0; 0x800], Direction::Out)?);
+/// cmd.set_memory_descriptor(small)?;
+/// cmd.prepare(PrepareOptions::new())?;
+/// assert_eq!(pool.stats().in_use, 0x800);
+/// cmd.complete()?;
+/// let s = pool.stats();
+/// assert_eq!((s.buffers, s.bounced_bytes, s.in_use, s.high_water), (1, 0x800, 0, 0x800));
+///
+/// let big: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, &[0; 0x2000], Direction::Out)?);
+/// cmd.clear_memory_descriptor()?;
+/// cmd.set_memory_descriptor(big)?;
+/// let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+/// assert!(matches!(e, Error::NoMemory { what: "tiny pool", .. }), "{e}");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct BouncePool<P: Platform + Clone> {
     platform: P,
     name: &'static str,

@@ -57,7 +57,8 @@
 //! use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions, SegmentFormat, SegmentSpec};
 //! use dmakit::Direction;
 //! use std::sync::Arc;
-//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(machine: P) -> dmakit::Result<()> {
+//! // A simulated machine with RAM above 4 GiB; any `Platform` does.
+//! let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //! let spec = SegmentSpec::builder().address_bits(32).max_segment_size(0x1000).build()?;
 //! let buf = Arc::new(BufferMemoryDescriptor::new(
 //!     machine.clone(),
@@ -71,12 +72,15 @@
 //!     .build()?;
 //! cmd.set_memory_descriptor(buf)?;
 //! cmd.prepare(PrepareOptions::new())?;
+//! let mut bytes = 0;
 //! for seg in cmd.segments() {
 //!     let seg = seg?;
 //!     assert!(seg.addr.0 + seg.len <= 1 << 32 && seg.len <= 0x1000);
+//!     bytes += seg.len;
 //! }
+//! assert_eq!(bytes, 0x3000);
 //! cmd.complete()?;
-//! # Ok(()) }
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use super::bounce::{boundary_alignment, BouncePool};
@@ -331,6 +335,49 @@ impl<P: Platform + Clone + 'static> Held for Dropped<P> {
 
 /// IOKit's IODMACommand.
 ///
+/// One command per device (or per outstanding transfer): built once with the device's
+/// constraints, then for each transfer attach memory, prepare, hand the segments to the
+/// device, complete.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::dma::{DmaCommand, PrepareOptions, SegmentFormat, SegmentSpec};
+/// use dmakit::{Direction, PhysAddr};
+/// use std::sync::Arc;
+/// // Coherent, so what the CPU wrote is what the device reads (see `synchronize`).
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+///
+/// // Once per device: its constraints and the segment layout it reads.
+/// let spec = SegmentSpec::builder().max_segment_size(0x1000).build()?;
+/// let mut cmd = DmaCommand::builder(machine.clone())
+///     .spec(spec)
+///     .format(SegmentFormat::Little64)
+///     .build()?;
+///
+/// // Per transfer.
+/// let data: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::with_bytes(
+///     machine.clone(),
+///     &[0xAB; 0x2800],
+///     Direction::Out,
+/// )?);
+/// cmd.set_memory_descriptor(data)?;
+/// cmd.prepare(PrepareOptions::new())?;
+/// let mut list = [0u8; 16 * 8]; // the device's scatter list: 8 elements of 16 bytes
+/// let mut offset = 0;
+/// let n = cmd.gen_segments(&mut offset, &mut list)?;
+/// assert_eq!(offset, 0x2800, "the whole transfer in one call");
+/// for i in 0..n {
+///     // What the device does with each element: read the bytes there.
+///     let seg = SegmentFormat::Little64.read(&list, i)?;
+///     let mut got = vec![0u8; seg.len as usize];
+///     machine.device_read(PhysAddr(seg.addr.0), &mut got)?;
+///     assert!(seg.len <= 0x1000 && got.iter().all(|&b| b == 0xAB));
+/// }
+/// cmd.complete()?;
+/// cmd.clear_memory_descriptor()?; // ready for the next transfer
+/// # Ok::<(), dmakit::Error>(())
+/// ```
+///
 /// # Drop order
 ///
 /// Dropping a prepared command does not free what the device may still reach: the
@@ -363,6 +410,25 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// A builder for a command on `platform` (IOKit `IODMACommand::withSpecification`):
     /// no constraints, [`SegmentFormat::Host64`], [`MappingMode::Bypassed`], no bounce pool
     /// and no quarantine until set.
+    ///
+    /// ```
+    /// use dmakit::dma::{DmaCommand, MappingMode, SegmentFormat, SegmentSpec};
+    /// use dmakit::Error;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// // A 32-bit format limits a spec with no address limit to 32 bits...
+    /// let cmd = DmaCommand::builder(machine.clone())
+    ///     .format(SegmentFormat::Big32)
+    ///     .mode(MappingMode::NonCoherent)
+    ///     .build()?;
+    /// assert_eq!(cmd.spec().max_address(), 0xFFFF_FFFF);
+    /// assert!(cmd.maintains_caches());
+    /// // ...and refuses one that reaches above 4 GiB.
+    /// let wide = SegmentSpec::builder().address_bits(40).build()?;
+    /// let refused = DmaCommand::builder(machine).spec(wide).format(SegmentFormat::Big32).build();
+    /// assert!(matches!(refused, Err(Error::BadArgument { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn builder(platform: P) -> DmaCommandBuilder<P> {
         DmaCommandBuilder {
             platform,
@@ -499,6 +565,26 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Attaches a descriptor and prepares all of it (IOKit `setMemoryDescriptor(md)`, whose
     /// `autoPrepare` defaults to true). The descriptor already attached and prepared is `Ok`
     /// and prepares nothing twice; a failed prepare leaves nothing attached.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::DmaCommand;
+    /// use dmakit::Direction;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(
+    ///     machine.clone(),
+    ///     BufferOptions::new(0x1000, Direction::In),
+    /// )?);
+    /// let mut cmd = DmaCommand::builder(machine).build()?;
+    /// cmd.set_memory_descriptor_and_prepare(md.clone())?;
+    /// cmd.set_memory_descriptor_and_prepare(md)?; // the same: nothing prepared twice
+    /// assert_eq!((cmd.prepared(), cmd.prepare_count()), (Some((0, 0x1000)), 1));
+    /// cmd.complete_and_clear()?; // IOKit's clearMemoryDescriptor()
+    /// assert!(cmd.memory_descriptor().is_none() && cmd.prepared().is_none());
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn set_memory_descriptor_and_prepare(
         &mut self,
         md: Arc<dyn MemoryDescriptor>,
@@ -587,6 +673,32 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// Why the current preparation bounces (`None` if it does not, or is not prepared).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor};
+    /// use dmakit::dma::{BouncePool, Constraint, DmaCommand, PrepareOptions, SegmentSpec};
+    /// use dmakit::Direction;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// // A device that needs its buffer to start on a 64-byte boundary...
+    /// let spec = SegmentSpec::builder().alignment(64).build()?;
+    /// let pool = Arc::new(BouncePool::new(machine.clone(), "example", 1 << 16));
+    /// let mut cmd = DmaCommand::builder(machine.clone()).spec(spec).bounce_pool(pool).build()?;
+    /// // ...given one that starts 3 bytes into a page.
+    /// let page: Arc<dyn MemoryDescriptor> =
+    ///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, &[7; 4096], Direction::Out)?);
+    /// let odd = Arc::new(SubMemoryDescriptor::new(page, 3, 100, Direction::Out)?);
+    /// cmd.set_memory_descriptor(odd)?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// let why = cmd.bounce_reason().expect("it bounced");
+    /// assert_eq!(why.constraint, Constraint::Alignment);
+    /// assert_eq!(why.addr % 4096, 3, "the address that broke it");
+    /// let seg = cmd.segments().next().expect("a segment")?;
+    /// assert_eq!(seg.addr.0 % 64, 0, "the device gets an aligned copy");
+    /// cmd.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn bounce_reason(&self) -> Option<BounceReason> {
         self.prep.as_ref().and_then(|p| p.reason)
     }
@@ -794,6 +906,34 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// is [`Error::NotReady`]; an empty range, or one past the descriptor's end, is an
     /// error; a length above `max_transfer_size` is [`Error::NoSpace`] and one that is not a
     /// multiple of `length_alignment` is [`Error::NotAligned`].
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{DmaCommand, PrepareOptions};
+    /// use dmakit::{Direction, Error};
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(
+    ///     machine.clone(),
+    ///     BufferOptions::new(0x4000, Direction::In),
+    /// )?);
+    /// let mut cmd = DmaCommand::builder(machine).build()?;
+    /// assert!(matches!(cmd.prepare(PrepareOptions::new()), Err(Error::NotReady { .. })));
+    /// cmd.set_memory_descriptor(md)?;
+    /// let second_page = PrepareOptions::range(0x1000, 0x1000);
+    /// cmd.prepare(second_page)?;
+    /// cmd.prepare(second_page)?; // nested: counted
+    /// assert_eq!((cmd.prepared(), cmd.prepare_count()), (Some((0x1000, 0x1000)), 2));
+    /// // Another range while prepared is refused, and not counted.
+    /// assert!(matches!(cmd.prepare(PrepareOptions::new()), Err(Error::NotReady { .. })));
+    /// // Past the end is an error, never a walk off the descriptor.
+    /// cmd.complete()?;
+    /// cmd.complete()?;
+    /// assert!(cmd.prepare(PrepareOptions::range(0x3000, 0x2000)).is_err());
+    /// assert_eq!(cmd.prepare_count(), 0);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn prepare(&mut self, options: PrepareOptions) -> Result<()> {
         let md = self.md.clone().ok_or(Error::NotReady {
             what: "prepare of a DMA command without a memory descriptor",
@@ -1373,6 +1513,38 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. On an error `*offset` is
     /// unchanged.
     /// IOKit: `genIOVMSegments`, `gen32IOVMSegments`, `gen64IOVMSegments`.
+    ///
+    /// A list with room for two segments at a time, filled in pieces:
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{DmaCommand, PrepareOptions, SegmentFormat, SegmentSpec};
+    /// use dmakit::{Direction, Error};
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let spec = SegmentSpec::builder().max_segment_size(0x1000).build()?;
+    /// let mut cmd = DmaCommand::builder(machine.clone())
+    ///     .spec(spec)
+    ///     .format(SegmentFormat::Little64)
+    ///     .build()?;
+    /// let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(
+    ///     machine,
+    ///     BufferOptions::new(0x5000, Direction::In),
+    /// )?);
+    /// cmd.set_memory_descriptor(md)?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// let mut list = [0u8; 2 * 16]; // two Little64 elements
+    /// let (mut offset, mut calls, mut segments) = (0, 0, 0);
+    /// while offset < 0x5000 {
+    ///     segments += cmd.gen_segments(&mut offset, &mut list)?; // at most two per call
+    ///     calls += 1;
+    /// }
+    /// assert_eq!((segments, calls), (5, 3));
+    /// assert!(matches!(cmd.gen_segments(&mut offset, &mut list), Err(Error::Overrun { .. })));
+    /// cmd.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
         let (prep, md) = self.parts("gen_segments on an unprepared DMA command")?;
         self.check_walk_start(md, prep, *offset)?;
@@ -1403,6 +1575,31 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// The segments of the preparation, decoded, from its first byte (IOKit
     /// `genIOVMSegments` in a loop). Each item is one segment or the error that stopped the
     /// walk; not prepared yields one [`Error::NotReady`]. Allocates nothing.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{DmaCommand, IoSegment, PrepareOptions, SegmentSpec};
+    /// use dmakit::Direction;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// // Segments never cross a 64 KiB boundary.
+    /// let spec = SegmentSpec::builder().boundary(0x1_0000).build()?;
+    /// let mut cmd = DmaCommand::builder(machine.clone()).spec(spec).build()?;
+    /// let md: Arc<dyn MemoryDescriptor> = Arc::new(BufferMemoryDescriptor::new(
+    ///     machine,
+    ///     BufferOptions::new(0x2_0000, Direction::Out).contiguous(true),
+    /// )?);
+    /// cmd.set_memory_descriptor(md)?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// let segs: Vec<IoSegment> = cmd.segments().collect::<dmakit::Result<_>>()?;
+    /// assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), 0x2_0000);
+    /// for s in &segs {
+    ///     assert_eq!(s.addr.0 >> 16, (s.addr.0 + s.len - 1) >> 16, "{s:?} crosses 64 KiB");
+    /// }
+    /// cmd.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn segments(&self) -> Segments<'_, P> {
         self.segments_from(0)
     }
@@ -1495,6 +1692,50 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// both ways would overwrite what the device wrote with the old bytes). A direction the
     /// transfer was not prepared for is [`Error::BadArgument`] too (recorded by the dma-debug
     /// ledger; IOKit copies anyway). Not prepared is [`Error::NotReady`].
+    ///
+    /// Through a bounce buffer, the device sees the CPU's changes only after
+    /// `synchronize(Out)`, and the CPU sees the device's only after `synchronize(In)` (or
+    /// `complete`):
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions};
+    /// use dmakit::{Direction, Error, PhysAddr};
+    /// use std::sync::Arc;
+    /// let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+    ///
+    /// let pool = Arc::new(BouncePool::new(machine.clone(), "example", 1 << 16));
+    /// pool.set_force_bounce(true); // every transfer through a bounce buffer
+    /// let mut cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool).build()?;
+    /// let buf = Arc::new(BufferMemoryDescriptor::new(
+    ///     machine.clone(),
+    ///     BufferOptions::new(16, Direction::InOut),
+    /// )?);
+    /// assert_eq!(buf.write_bytes(0, b"request v1"), 10);
+    /// cmd.set_memory_descriptor(buf.clone())?;
+    /// cmd.prepare(PrepareOptions::new())?; // copies into the bounce buffer
+    /// let at = PhysAddr(cmd.segments().next().expect("a segment")?.addr.0);
+    /// let device_sees = |n| -> dmakit::Result<Vec<u8>> {
+    ///     let mut v = vec![0u8; n];
+    ///     machine.device_read(at, &mut v)?;
+    ///     Ok(v)
+    /// };
+    ///
+    /// assert_eq!(buf.write_bytes(9, b"2"), 1);
+    /// assert_eq!(device_sees(10)?, b"request v1", "the device reads the copy");
+    /// cmd.synchronize(Direction::Out)?;
+    /// assert_eq!(device_sees(10)?, b"request v2");
+    ///
+    /// machine.device_write(at, b"reply")?; // the device writes the copy
+    /// cmd.synchronize(Direction::In)?;
+    /// let mut back = [0u8; 5];
+    /// assert_eq!(buf.read_bytes(0, &mut back), 5);
+    /// assert_eq!(&back, b"reply");
+    /// // One direction at a time.
+    /// assert!(matches!(cmd.synchronize(Direction::InOut), Err(Error::BadArgument { .. })));
+    /// cmd.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn synchronize(&self, dir: Direction) -> Result<()> {
         let length = self.prep.as_ref().map_or(0, |p| p.length);
         self.synchronize_range(dir, 0, length)
@@ -1577,6 +1818,29 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// [`Error::MessageTooLarge`] (it never bounces); nested prepares outstanding are
     /// [`Error::Busy`] (IOKit does nothing then). Unlike IOKit, the bounce also happens when
     /// nothing else would need a walk.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+    /// use dmakit::dma::{BouncePool, Constraint, DmaCommand, PrepareOptions};
+    /// use dmakit::Direction;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let pool = Arc::new(BouncePool::new(machine.clone(), "example", 1 << 16));
+    /// let mut cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool).build()?;
+    /// let md: Arc<dyn MemoryDescriptor> =
+    ///     Arc::new(BufferMemoryDescriptor::with_bytes(machine, b"private", Direction::Out)?);
+    /// cmd.set_memory_descriptor(md)?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// assert!(!cmd.is_bounced());
+    /// cmd.force_double_buffer()?; // the device now reads a private copy
+    /// assert_eq!(cmd.bounce_reason().map(|r| r.constraint), Some(Constraint::ForcedByCaller));
+    /// let mut copy = [0u8; 7];
+    /// assert_eq!(cmd.read_bytes(0, &mut copy), 7); // what the device reaches
+    /// assert_eq!(&copy, b"private");
+    /// cmd.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn force_double_buffer(&mut self) -> Result<()> {
         let (count, whole) = match &self.prep {
             None => {
@@ -1702,6 +1966,28 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// Ends one prepare (IOKit `complete()` with its defaults: invalidate caches and copy
     /// back). See [`complete_with`](Self::complete_with).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{DmaCommand, MappingMode, PrepareOptions};
+    /// use dmakit::{Direction, Error, PhysAddr};
+    /// use std::sync::Arc;
+    /// // Not coherent: the CPU would read stale cache lines without the invalidate.
+    /// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let buf = Arc::new(BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(8, Direction::In))?);
+    /// let mut cmd = DmaCommand::builder(machine.clone()).mode(MappingMode::NonCoherent).build()?;
+    /// cmd.set_memory_descriptor(buf.clone())?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// let at = PhysAddr(cmd.segments().next().expect("a segment")?.addr.0);
+    /// machine.device_write(at, b"received")?;
+    /// cmd.complete()?; // invalidates the CPU cache over the buffer
+    /// let mut back = [0u8; 8];
+    /// assert_eq!(buf.read_bytes(0, &mut back), 8);
+    /// assert_eq!(&back, b"received");
+    /// assert!(matches!(cmd.complete(), Err(Error::NotReady { .. })), "one complete per prepare");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn complete(&mut self) -> Result<()> {
         self.complete_with(CompleteOptions::new())
     }
@@ -1712,6 +1998,30 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// command's caches are invalidated; then the bounce buffer, IO addresses and the
     /// command's wiring of the descriptor are released. Not prepared is
     /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::{BouncePool, CompleteOptions, DmaCommand, PrepareOptions};
+    /// use dmakit::{Direction, PhysAddr};
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+    ///
+    /// let pool = Arc::new(BouncePool::new(machine.clone(), "example", 1 << 16));
+    /// pool.set_force_bounce(true);
+    /// let mut cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool.clone()).build()?;
+    /// let buf = Arc::new(BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(8, Direction::In))?);
+    /// cmd.set_memory_descriptor(buf.clone())?;
+    /// cmd.prepare(PrepareOptions::new())?;
+    /// let at = PhysAddr(cmd.segments().next().expect("a segment")?.addr.0);
+    /// machine.device_write(at, b"aborted!")?;
+    /// // The transfer failed: do not copy what the device left behind.
+    /// cmd.complete_with(CompleteOptions::new().synchronize(false))?;
+    /// let mut back = [0xFFu8; 8];
+    /// assert_eq!(buf.read_bytes(0, &mut back), 8);
+    /// assert_eq!(back, [0; 8], "the buffer never saw the device's bytes");
+    /// assert_eq!(pool.stats().in_use, 0, "the bounce buffer went back");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn complete_with(&mut self, options: CompleteOptions) -> Result<()> {
         let Some(p) = &mut self.prep else {
             crate::debug::record(

@@ -11,6 +11,35 @@
 //!
 //! Controllers are found by name through a [`DmaControllerRegistry`] (IOKit's
 //! `registerDMAController` and the client's `dma-parent` lookup).
+//!
+//! ```
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+//! use dmakit::dma::{DmaEventSource, DmaStart, DmaTransfer, IoSegment, SyncWait};
+//! use dmakit::{Direction, IoAddr};
+//! use dmakit_sim::SimDmaEngine;
+//! use std::sync::Arc;
+//!
+//! // The simulator's memory-to-memory engine, a `DmaController`.
+//! let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+//! let engine = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+//! let buf = BufferMemoryDescriptor::new(machine, BufferOptions::new(0x2000, Direction::InOut))?;
+//! buf.write(0, b"moved by DMA")?;
+//! let at = |off| -> dmakit::Result<[IoSegment; 1]> {
+//!     Ok([IoSegment { addr: IoAddr(buf.physical_segment(off)?.addr.0), len: 12 }])
+//! };
+//!
+//! // Without a completion action, a start waits for its own completion.
+//! let events = DmaEventSource::synchronous(engine);
+//! let copy = DmaTransfer { source: &at(0)?, dest: &at(0x1000)? };
+//! let DmaStart::Completed(done) = events.start_dma_command(&copy, SyncWait::Polls(10))? else {
+//!     panic!("a synchronous event source returns the completion");
+//! };
+//! assert_eq!((done.bytes, done.status), (12, Ok(())));
+//! let mut back = [0u8; 12];
+//! buf.read(0x1000, &mut back)?;
+//! assert_eq!(&back, b"moved by DMA");
+//! # Ok::<(), dmakit::Error>(())
+//! ```
 
 use super::format::IoSegment;
 use crate::{Error, Result};
@@ -59,12 +88,111 @@ pub struct DmaCompletion {
 /// Something that finishes work and reports it as [`DmaCompletion`]s: a DMA controller, or
 /// any device queue a driver wants completions of through a [`DmaEventSource`] (an NVMe
 /// completion queue, a NIC's receive ring).
+///
+/// ```
+/// use dmakit::dma::{CompletionSource, DmaCompletion, DmaEventSource, InterruptSink};
+/// use std::sync::{Arc, Mutex};
+///
+/// /// A device's completion queue, as its interrupt handler would fill it.
+/// #[derive(Default)]
+/// struct RxRing(Mutex<Vec<DmaCompletion>>);
+///
+/// impl CompletionSource for RxRing {
+///     fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion)) {
+///         let done: Vec<DmaCompletion> = self.0.lock().unwrap().drain(..).collect();
+///         done.into_iter().for_each(sink); // oldest first
+///     }
+/// }
+///
+/// let ring = Arc::new(RxRing::default());
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let s = seen.clone();
+/// let events = DmaEventSource::new(ring.clone(), move |c| s.lock().unwrap().push(c.ticket));
+/// for ticket in 1..=3 {
+///     ring.0.lock().unwrap().push(DmaCompletion { ticket, bytes: 1500, status: Ok(()) });
+/// }
+/// events.raise(); // the device's interrupt
+/// assert_eq!(events.poll(), 3);
+/// assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+/// assert_eq!(events.poll(), 0, "each completion is delivered once");
+/// ```
 pub trait CompletionSource: Send + Sync {
     /// Hands every finished, not yet reported piece of work to `sink`, oldest first.
     fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion));
 }
 
 /// IOKit's IODMAController.
+///
+/// A controller of your own: this one "moves" data with the simulator's device accesses
+/// and finishes each transfer at once.
+///
+/// ```
+/// use dmakit::dma::{CompletionSource, DmaCompletion, DmaController, DmaTransfer, IoSegment};
+/// use dmakit::{IoAddr, PhysAddr};
+/// use dmakit_sim::Machine;
+/// use std::sync::{Arc, Mutex};
+///
+/// struct CopyEngine {
+///     machine: Arc<Machine>,
+///     done: Mutex<Vec<DmaCompletion>>,
+///     tickets: Mutex<u64>,
+/// }
+///
+/// impl CompletionSource for CopyEngine {
+///     fn take_completions(&self, sink: &mut dyn FnMut(DmaCompletion)) {
+///         let done: Vec<DmaCompletion> = self.done.lock().unwrap().drain(..).collect();
+///         done.into_iter().for_each(sink);
+///     }
+/// }
+///
+/// impl DmaController for CopyEngine {
+///     fn start(&self, t: &DmaTransfer<'_>) -> dmakit::Result<u64> {
+///         let bytes = t.bytes()?; // both sides describe the same, non-zero, count
+///         let mut data = Vec::new();
+///         for s in t.source {
+///             let mut piece = vec![0u8; s.len as usize];
+///             self.machine.device_read(PhysAddr(s.addr.0), &mut piece)?;
+///             data.extend(piece);
+///         }
+///         let mut at = 0;
+///         for d in t.dest {
+///             self.machine.device_write(PhysAddr(d.addr.0), &data[at..at + d.len as usize])?;
+///             at += d.len as usize;
+///         }
+///         let mut ticket = self.tickets.lock().unwrap();
+///         *ticket += 1;
+///         self.done.lock().unwrap().push(DmaCompletion { ticket: *ticket, bytes, status: Ok(()) });
+///         Ok(*ticket)
+///     }
+///     fn stop(&self) -> dmakit::Result<()> { Ok(()) } // nothing is ever queued
+///     fn query(&self, _ticket: u64) -> dmakit::Result<u64> { Ok(0) }
+///     fn fifo_depth(&self) -> u32 { 1 }
+///     fn set_fifo_depth(&self, depth: u32) -> dmakit::Result<()> {
+///         if depth == 1 { Ok(()) } else {
+///             Err(dmakit::Error::BadArgument { what: "fifo depth (only 1)", value: depth as u64 })
+///         }
+///     }
+///     fn valid_fifo_depth(&self, _depth: u32) -> u32 { 1 }
+/// }
+///
+/// # use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// # use dmakit::Direction;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+/// let engine = CopyEngine { machine: machine.clone(), done: Mutex::default(), tickets: Mutex::default() };
+/// let src = BufferMemoryDescriptor::with_bytes(machine.clone(), b"abcd", Direction::Out)?;
+/// let dst = BufferMemoryDescriptor::with_bytes(machine, b"....", Direction::In)?;
+/// let seg = |md: &dyn MemoryDescriptor| -> dmakit::Result<[IoSegment; 1]> {
+///     Ok([IoSegment { addr: IoAddr(md.physical_segment(0)?.addr.0), len: 4 }])
+/// };
+/// let ticket = engine.start(&DmaTransfer { source: &seg(&src)?, dest: &seg(&dst)? })?;
+/// let mut done = Vec::new();
+/// engine.take_completions(&mut |c| done.push(c));
+/// assert_eq!((done[0].ticket, done[0].bytes), (ticket, 4));
+/// let mut back = [0u8; 4];
+/// dst.read(0, &mut back)?;
+/// assert_eq!(&back, b"abcd");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub trait DmaController: CompletionSource {
     /// Queues a transfer (IOKit `startDMACommand`); returns its ticket.
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64>;
@@ -158,6 +286,38 @@ struct Delivery {
 /// One made with [`synchronous`](Self::synchronous) has none, and, as in IOKit,
 /// [`start_dma_command`](Self::start_dma_command) then waits for its own completion and
 /// returns it, one command at a time.
+///
+/// ```
+/// use dmakit::dma::{DmaCompletion, DmaEventSource};
+/// use dmakit_sim::SimDmaEngine;
+/// use std::sync::{Arc, Mutex};
+/// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+/// # use dmakit::dma::{DmaTransfer, IoSegment};
+/// # use dmakit::{Direction, IoAddr};
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+/// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::InOut))?;
+/// # buf.write(0, b"copied by the engine")?;
+/// # let at = |off: u64| -> dmakit::Result<[IoSegment; 1]> {
+/// #     Ok([IoSegment { addr: IoAddr(buf.physical_segment(off)?.addr.0), len: 20 }])
+/// # };
+/// # let (source, dest) = (at(0)?, at(0x1000)?);
+///
+/// let engine = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+/// let finished: Arc<Mutex<Vec<DmaCompletion>>> = Arc::default();
+/// let f = finished.clone();
+/// let events = Arc::new(DmaEventSource::new(engine.clone(), move |c| f.lock().unwrap().push(c)));
+/// engine.connect(events.clone()); // the engine's interrupt goes to the event source
+///
+/// let ticket = events.start(&DmaTransfer { source: &source, dest: &dest })?;
+/// assert_eq!(events.pending_interrupts(), 1, "the engine raised its interrupt");
+/// assert_eq!(events.poll(), 1); // the work-loop step: deliver to the action
+/// let done = finished.lock().unwrap()[0].clone();
+/// assert_eq!((done.ticket, done.bytes, done.status), (ticket, 20, Ok(())));
+/// let mut back = [0u8; 20];
+/// buf.read(0x1000, &mut back)?;
+/// assert_eq!(&back, b"copied by the engine");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct DmaEventSource<C: CompletionSource + ?Sized> {
     controller: Arc<C>,
     delivery: crate::sync::Mutex<Delivery>,
@@ -314,6 +474,35 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
     /// in flight and the event source stays busy until a later [`poll`](Self::poll) sees it
     /// finish (its completion is then discarded), so stop or drain the controller before
     /// reusing its memory.
+    ///
+    /// ```
+    /// use dmakit::dma::{DmaEventSource, DmaStart, SyncWait};
+    /// use dmakit_sim::SimDmaEngine;
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::dma::{DmaTransfer, IoSegment};
+    /// # use dmakit::{Direction, IoAddr};
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::InOut))?;
+    /// # buf.write(0, b"copied by the engine")?;
+    /// # let at = |off: u64| -> dmakit::Result<[IoSegment; 1]> {
+    /// #     Ok([IoSegment { addr: IoAddr(buf.physical_segment(off)?.addr.0), len: 20 }])
+    /// # };
+    /// # let (source, dest) = (at(0)?, at(0x1000)?);
+    ///
+    /// let engine = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+    /// let events = Arc::new(DmaEventSource::synchronous(engine.clone()));
+    /// engine.connect(events.clone());
+    /// let copy = DmaTransfer { source: &source, dest: &dest };
+    /// let wait = SyncWait::Timeout(Duration::from_secs(5));
+    /// match events.start_dma_command(&copy, wait)? {
+    ///     DmaStart::Completed(c) => assert_eq!((c.bytes, c.status), (20, Ok(()))),
+    ///     DmaStart::Queued { .. } => unreachable!("no action: the start is synchronous"),
+    /// }
+    /// assert!(!events.is_busy());
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn start_dma_command(
         &self,
         transfer: &DmaTransfer<'_>,
@@ -457,6 +646,41 @@ impl<C: CompletionSource + ?Sized + 'static> DmaEventSource<C> {
     /// Runs a work loop on a new thread: every interrupt delivers the finished transfers to
     /// the action, in order, until `stop` becomes true (checked after each wake-up; raise an
     /// interrupt to wake it).
+    ///
+    /// ```
+    /// use dmakit::dma::{DmaEventSource, InterruptSink};
+    /// use dmakit_sim::SimDmaEngine;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::{mpsc, Arc};
+    /// use std::time::Duration;
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::dma::{DmaTransfer, IoSegment};
+    /// # use dmakit::{Direction, IoAddr};
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::InOut))?;
+    /// # buf.write(0, b"copied by the engine")?;
+    /// # let at = |off: u64| -> dmakit::Result<[IoSegment; 1]> {
+    /// #     Ok([IoSegment { addr: IoAddr(buf.physical_segment(off)?.addr.0), len: 20 }])
+    /// # };
+    /// # let (source, dest) = (at(0)?, at(0x1000)?);
+    ///
+    /// let engine = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+    /// let (tx, rx) = mpsc::channel();
+    /// let events = Arc::new(DmaEventSource::new(engine.clone(), move |c| {
+    ///     let _ = tx.send(c); // runs on the work-loop thread
+    /// }));
+    /// engine.connect(events.clone());
+    /// let stop = Arc::new(AtomicBool::new(false));
+    /// let work_loop = events.spawn_work_loop(stop.clone());
+    ///
+    /// let ticket = events.start(&DmaTransfer { source: &source, dest: &dest })?;
+    /// let done = rx.recv_timeout(Duration::from_secs(10)).expect("delivered by the work loop");
+    /// assert_eq!((done.ticket, done.bytes), (ticket, 20));
+    /// stop.store(true, Ordering::Release);
+    /// events.raise(); // wake it to see the stop
+    /// work_loop.join().expect("the work loop ends");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn spawn_work_loop(
         self: &Arc<Self>,
         stop: Arc<core::sync::atomic::AtomicBool>,
@@ -508,17 +732,25 @@ pub type SharedController = Arc<dyn DmaController>;
 /// (one per machine or per test), not a global.
 ///
 /// ```
-/// # use std::sync::Arc;
-/// # use dmakit::dma::{DmaControllerRegistry, DmaEventSource, SharedController};
-/// # fn demo(engine: SharedController) -> dmakit::Result<()> {
+/// use dmakit::dma::{DmaControllerRegistry, DmaEventSource, SharedController};
+/// use dmakit::Error;
+/// use dmakit_sim::SimDmaEngine;
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
 /// let registry = DmaControllerRegistry::new();
-/// let name = registry.register_dma_controller(0x4e, engine)?;
+/// let engine: SharedController = Arc::new(SimDmaEngine::new(machine.clone(), None)?);
+/// let name = registry.register_dma_controller(0x4e, engine.clone())?;
 /// assert_eq!(name, "IODMAController0000004E");
+/// let other: SharedController = Arc::new(SimDmaEngine::new(machine, None)?);
+/// registry.register_dma_controller(0x51, other)?;
 /// // A client whose dma-parent lists two controllers uses its second channel's.
-/// # registry.register_dma_controller(0x51, registry.find(&name)?)?;
 /// let controller = registry.find_for_client(&[0x51, 0x4e], 1)?;
+/// assert!(Arc::ptr_eq(&controller, &engine));
+/// assert!(matches!(registry.find_for_client(&[0x51], 3), Err(Error::OutOfBounds { .. })));
 /// let events = DmaEventSource::synchronous(controller);
-/// # let _ = events; Ok(()) }
+/// assert!(!events.has_action());
+/// # Ok::<(), dmakit::Error>(())
 /// ```
 pub struct DmaControllerRegistry {
     by_name: crate::sync::Mutex<BTreeMap<String, SharedController>>,

@@ -13,13 +13,19 @@
 //! breaks it is [`Error::NotAligned`]; IOKit stores it and ignores it).
 //!
 //! ```
-//! use dmakit::dma::{BigMemoryCursor, PhysicalSegment};
-//! # fn demo(md: &dyn dmakit::descriptor::MemoryDescriptor) -> dmakit::Result<()> {
+//! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+//! use dmakit::dma::BigMemoryCursor;
+//! use dmakit::Direction;
+//! # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//! let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(0x3000, Direction::Out))?;
 //! let cursor = BigMemoryCursor::new(4096, 0, 1)?;   // ≤ 4 KiB segments
 //! let mut list = [0u8; 16 * 8];                      // room for 8 big-endian elements
-//! let out = cursor.gen_physical_segments(md, 0, &mut list, 8, 0)?;
-//! println!("{} segments, {} bytes", out.count, out.bytes);
-//! # Ok(()) }
+//! let out = cursor.gen_physical_segments(&md, 0, &mut list, 8, 0)?;
+//! assert_eq!(out.bytes, 0x3000);
+//! assert!((1..=3).contains(&out.count));
+//! let first_len = u64::from_be_bytes(list[8..16].try_into().unwrap());
+//! assert!(first_len <= 4096);
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::descriptor::MemoryDescriptor;
@@ -92,6 +98,35 @@ pub struct CursorOutput {
 }
 
 /// IOMemoryCursor, writing elements in byte order `O`.
+///
+/// A cursor walks *physical* segments of memory that is already prepared (a wired buffer,
+/// or after `prepare`); it does not bounce or map. For a device with address or alignment
+/// limits, use a [`DmaCommand`](super::DmaCommand).
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+/// use dmakit::dma::{NaturalMemoryCursor, PhysicalSegment};
+/// use dmakit::Direction;
+/// // Every page of a buffer anywhere: physically adjacent pages are rare.
+/// let machine = std::sync::Arc::new(
+///     dmakit_sim::MachineBuilder::new().seed(5).fragmentation(1.0).build()?,
+/// );
+/// let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(0x8000, Direction::In))?;
+///
+/// // A controller that takes 4 segments per command: walk in commands of 4.
+/// let cursor = NaturalMemoryCursor::new(0, 0, 1)?;
+/// let mut segs = [PhysicalSegment::default(); 4];
+/// let (mut position, mut commands) = (0, 0);
+/// while position < 0x8000 {
+///     let out = cursor.segments(&md, position, &mut segs, 0)?;
+///     assert!(out.count >= 1 && out.count <= 4);
+///     assert_eq!(segs[..out.count].iter().map(|s| s.length).sum::<u64>(), out.bytes);
+///     position += out.bytes;
+///     commands += 1;
+/// }
+/// assert!(commands >= 2, "eight scattered pages need more than one command");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryCursor<O: SegmentOrder> {
     max_segment_size: u64,
@@ -113,6 +148,14 @@ pub const ELEMENT: usize = 16;
 impl<O: SegmentOrder> MemoryCursor<O> {
     /// A cursor (IOKit `withSpecification`): `max_segment_size` and `max_transfer_size` 0
     /// mean unlimited; `alignment` is a power of two (0 means 1).
+    ///
+    /// ```
+    /// use dmakit::dma::LittleMemoryCursor;
+    /// use dmakit::Error;
+    ///
+    /// assert!(LittleMemoryCursor::new(0x1000, 0x10_0000, 512).is_ok());
+    /// assert!(matches!(LittleMemoryCursor::new(0x1000, 0, 3), Err(Error::BadAlignment { .. })));
+    /// ```
     pub fn new(max_segment_size: u64, max_transfer_size: u64, alignment: u64) -> Result<Self> {
         let alignment = alignment.max(1);
         if !alignment.is_power_of_two() {
@@ -133,6 +176,24 @@ impl<O: SegmentOrder> MemoryCursor<O> {
     /// Segments of `md` from `from`, at most `max_segments` of them (and as many as `out`
     /// holds) and at most `max_transfer` bytes (0: the cursor's limit), written into `out`.
     /// IOKit: `genPhysicalSegments`.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// use dmakit::dma::LittleMemoryCursor;
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let options = BufferOptions::new(0x3000, Direction::Out).contiguous(true);
+    /// let md = BufferMemoryDescriptor::new(machine, options)?;
+    /// let cursor = LittleMemoryCursor::new(0x1000, 0, 1)?;
+    /// let mut list = [0u8; 16 * 4];
+    /// // At most 0x1800 bytes this time: one whole page and half of the next.
+    /// let out = cursor.gen_physical_segments(&md, 0, &mut list, 4, 0x1800)?;
+    /// assert_eq!((out.count, out.bytes), (2, 0x1800));
+    /// let second = u64::from_le_bytes(list[16..24].try_into().unwrap());
+    /// assert_eq!(second, md.physical_segment(0)?.addr.0 + 0x1000);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn gen_physical_segments(
         &self,
         md: &dyn MemoryDescriptor,

@@ -31,6 +31,21 @@ pub struct IoSegment {
 }
 
 /// Byte order and width of an output segment list.
+///
+/// ```
+/// use dmakit::dma::{IoSegment, SegmentFormat};
+/// use dmakit::IoAddr;
+///
+/// let seg = IoSegment { addr: IoAddr(0x8000_1000), len: 0x200 };
+/// let mut list = [0u8; 16];
+/// SegmentFormat::Little64.write(&mut list, 0, seg)?;
+/// assert_eq!(list[..8], 0x8000_1000u64.to_le_bytes());
+/// assert_eq!(list[8..], 0x200u64.to_le_bytes());
+/// assert_eq!(SegmentFormat::Little64.read(&list, 0)?, seg);
+/// assert_eq!((SegmentFormat::Little32.element_size(), SegmentFormat::Big64.element_size()), (8, 16));
+/// assert_eq!(SegmentFormat::Host32.max_address(), 0xFFFF_FFFF);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SegmentFormat {
     /// OutputHost32: native-endian `u32` pairs.
@@ -91,6 +106,22 @@ impl SegmentFormat {
     /// Writes `seg` as element `index` of `out`. A buffer too small is
     /// [`Error::OutOfBounds`]; a value that does not fit a 32-bit format is
     /// [`Error::BadArgument`].
+    ///
+    /// ```
+    /// use dmakit::dma::{IoSegment, SegmentFormat};
+    /// use dmakit::{Error, IoAddr};
+    ///
+    /// let mut list = [0u8; 8]; // one 32-bit element
+    /// let high = IoSegment { addr: IoAddr(1 << 32), len: 0x1000 };
+    /// // IOKit would write 0 (the address truncated); dmakit refuses and writes nothing.
+    /// assert!(matches!(SegmentFormat::Little32.write(&mut list, 0, high), Err(Error::BadArgument { .. })));
+    /// assert_eq!(list, [0; 8]);
+    /// let low = IoSegment { addr: IoAddr(0x1000), len: 0x1000 };
+    /// assert!(matches!(SegmentFormat::Little32.write(&mut list, 1, low), Err(Error::OutOfBounds { .. })));
+    /// SegmentFormat::Little32.write(&mut list, 0, low)?;
+    /// assert_eq!(list, [0x00, 0x10, 0, 0, 0x00, 0x10, 0, 0]);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn write(self, out: &mut [u8], index: usize, seg: IoSegment) -> Result<()> {
         let size = self.element_size();
         let at = self.slot(out.len(), index, "segment output buffer")?;
@@ -124,6 +155,17 @@ impl SegmentFormat {
     }
 
     /// Reads element `index` of `out` back (for tests and for devices modelled in Rust).
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentFormat;
+    ///
+    /// // Two big-endian 32-bit elements, as a device reads them.
+    /// let list = [0, 0, 0x10, 0, 0, 0, 2, 0, 0, 0, 0x20, 0, 0, 0, 1, 0];
+    /// let second = SegmentFormat::Big32.read(&list, 1)?;
+    /// assert_eq!((second.addr.0, second.len), (0x2000, 0x100));
+    /// assert!(SegmentFormat::Big32.read(&list, 2).is_err(), "no third element");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn read(self, out: &[u8], index: usize) -> Result<IoSegment> {
         let size = self.element_size();
         let at = self.slot(out.len(), index, "segment list")?;

@@ -120,6 +120,31 @@ impl<T> From<Box<Failed<T>>> for Error {
 pub type Transition<T, U> = core::result::Result<T, Box<Failed<U>>>;
 
 /// Memory the CPU owns, with the command that will hand it to the device.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+/// use dmakit::dma::{CpuOwned, DmaCommand, MappingMode, ToDevice};
+/// use dmakit::{Direction, PhysAddr};
+/// use std::sync::Arc;
+/// // Not coherent: the transitions do the cache maintenance.
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(64, Direction::Out))?;
+/// let cmd = DmaCommand::builder(machine.clone()).mode(MappingMode::NonCoherent).build()?;
+/// let cpu: CpuOwned<_, ToDevice, _> = CpuOwned::new(buf, cmd)?;
+/// assert_eq!(cpu.write_bytes(0, b"doorbell payload"), 16);
+///
+/// let device = cpu.prepare()?; // the device owns it now (cache cleaned)
+/// let seg = device.segments().next().expect("a segment")?;
+/// let mut seen = [0u8; 16];
+/// machine.device_read(PhysAddr(seg.addr.0), &mut seen)?; // the device's DMA
+/// assert_eq!(&seen, b"doorbell payload");
+///
+/// let cpu = device.complete()?; // and the CPU again
+/// let (buf, _cmd) = cpu.into_parts()?;
+/// assert_eq!(buf.capacity(), 64);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct CpuOwned<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'static> {
     md: Arc<M>,
     cmd: DmaCommand<P>,
@@ -127,6 +152,31 @@ pub struct CpuOwned<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDes
 }
 
 /// Memory a device owns: only its segments and the sync methods reach it.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+/// use dmakit::dma::{CpuOwned, DeviceOwned, DmaCommand, FromDevice, MappingMode};
+/// use dmakit::{Direction, PhysAddr};
+/// use std::sync::Arc;
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(64, Direction::In))?;
+/// let cmd = DmaCommand::builder(machine.clone()).mode(MappingMode::NonCoherent).build()?;
+/// let cpu: CpuOwned<_, FromDevice, _> = CpuOwned::new(buf, cmd)?;
+/// let device: DeviceOwned<_, FromDevice, _> = cpu.prepare()?;
+/// assert_eq!(device.prepared(), (0, 64));
+/// let seg = device.segments().next().expect("a segment")?;
+/// machine.device_write(PhysAddr(seg.addr.0), b"rx: 4 bytes")?; // the device's DMA
+/// // Peek while the device still owns it (invalidate, then copy).
+/// let mut head = [0u8; 2];
+/// assert_eq!(device.sync_for_cpu(0, &mut head)?, 2);
+/// assert_eq!(&head, b"rx");
+/// let cpu = device.complete()?;
+/// let mut all = [0u8; 11];
+/// assert_eq!(cpu.read_bytes(0, &mut all), 11);
+/// assert_eq!(&all, b"rx: 4 bytes");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 ///
 /// # Drop order
 ///
@@ -148,6 +198,20 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
     /// Takes `md` and an unprepared `cmd` for transfers in direction `D`. The descriptor
     /// must allow `D` ([`Error::BadArgument`] otherwise); a prepared command is
     /// [`Error::Busy`].
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+    /// use dmakit::dma::{CpuOwned, DmaCommand, FromDevice};
+    /// use dmakit::{Direction, Error};
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// // Memory described for the device to read cannot be handed over for it to write.
+    /// let out = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(64, Direction::Out))?;
+    /// let cmd = DmaCommand::builder(machine.clone()).build()?;
+    /// let refused = CpuOwned::<_, FromDevice, _>::new(out, cmd);
+    /// assert!(matches!(refused, Err(Error::BadArgument { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn new(md: M, mut cmd: DmaCommand<P>) -> Result<Self> {
         if !md.direction().covers(D::DIRECTION) {
             return Err(Error::BadArgument {
@@ -185,7 +249,28 @@ impl<P: Platform + Clone + 'static, D: DmaDirection, M: MemoryDescriptor + 'stat
         self.prepare_range(0, len)
     }
 
-    /// Hands `[offset, offset + length)` to the device.
+    /// Hands `[offset, offset + length)` to the device. On an error the value comes back
+    /// in [`Failed::value`], still CPU-owned.
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+    /// use dmakit::dma::{CpuOwned, DmaCommand, ToDevice};
+    /// use dmakit::Direction;
+    /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out))?;
+    /// let cpu: CpuOwned<_, ToDevice, _> = CpuOwned::new(buf, DmaCommand::builder(machine).build()?)?;
+    /// assert_eq!(cpu.write_bytes(0, b"kept"), 4);
+    /// let failed = cpu.prepare_range(0x1000, 0x2000).unwrap_err(); // past the end
+    /// let cpu = failed.value; // nothing lost
+    /// let mut back = [0u8; 4];
+    /// assert_eq!(cpu.read_bytes(0, &mut back), 4);
+    /// assert_eq!(&back, b"kept");
+    /// let device = cpu.prepare_range(0, 0x1000)?;
+    /// assert_eq!(device.prepared(), (0, 0x1000));
+    /// device.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn prepare_range(
         mut self,
         offset: u64,
@@ -295,6 +380,27 @@ impl<P: Platform + Clone + 'static, D: DeviceReads, M: MemoryDescriptor + 'stati
 {
     /// Writes `data` at `offset` (relative to the preparation) for the device to read, then
     /// synchronizes the range for the device (bounce copy, cache clean).
+    ///
+    /// ```
+    /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
+    /// use dmakit::dma::{BouncePool, CpuOwned, DmaCommand, ToDevice};
+    /// use dmakit::{Direction, PhysAddr};
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+    ///
+    /// let pool = Arc::new(BouncePool::new(machine.clone(), "example", 1 << 16));
+    /// pool.set_force_bounce(true); // the device reads a copy
+    /// let cmd = DmaCommand::builder(machine.clone()).bounce_pool(pool).build()?;
+    /// let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(16, Direction::Out))?;
+    /// let device = CpuOwned::<_, ToDevice, _>::new(buf, cmd)?.prepare()?;
+    /// assert_eq!(device.sync_for_device(0, b"late update")?, 11); // written and copied
+    /// let seg = device.segments().next().expect("a segment")?;
+    /// let mut seen = [0u8; 11];
+    /// machine.device_read(PhysAddr(seg.addr.0), &mut seen)?;
+    /// assert_eq!(&seen, b"late update");
+    /// device.complete()?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn sync_for_device(&self, offset: u64, data: &[u8]) -> Result<usize> {
         let at = self.span(offset, data.len())?;
         let n = self.cmd.cpu_copy(|| self.md.write_bytes(at, data));

@@ -49,6 +49,34 @@ pub(crate) trait Held: Send {
 
 /// A device's quarantine: preparations of its dropped commands wait here until the device is
 /// quiesced.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions, Quarantine};
+/// use dmakit::Direction;
+/// use std::sync::Arc;
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let disk = Quarantine::new("disk0");
+/// let pool = Arc::new(BouncePool::new(machine.clone(), "disk0 bounce", 1 << 16));
+/// pool.set_force_bounce(true);
+/// let md: Arc<dyn MemoryDescriptor> =
+///     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), &[1; 512], Direction::Out)?);
+/// let mut cmd = DmaCommand::builder(machine)
+///     .bounce_pool(pool.clone())
+///     .quarantine(disk.clone())
+///     .build()?;
+/// cmd.set_memory_descriptor(md)?;
+/// cmd.prepare(PrepareOptions::new())?;
+/// drop(cmd); // an error path forgot to complete: the device may still read the bounce buffer
+/// assert_eq!((disk.held(), disk.live()), (1, 1));
+/// assert!(pool.stats().in_use > 0, "the bounce buffer is kept");
+/// // ... reset the device or turn its bus mastering off, then:
+/// assert_eq!(disk.quiesced()?, 1);
+/// assert_eq!((disk.held(), disk.live(), pool.stats().in_use), (0, 0, 0));
+/// disk.teardown()?;
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct Quarantine {
     id: u64,
     name: &'static str,

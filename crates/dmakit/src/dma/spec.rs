@@ -37,6 +37,25 @@
 use crate::{Error, Result};
 
 /// Validated DMA constraints.
+///
+/// An NVMe controller's, for example: 64-bit addresses, PRP entries that each describe
+/// at most one page and start on a page boundary after the first, dword-aligned data:
+///
+/// ```
+/// use dmakit::dma::SegmentSpec;
+///
+/// let nvme = SegmentSpec::builder()
+///     .alignment(4)                 // the first PRP entry: dword aligned
+///     .internal_alignment(0x1000)   // every later entry starts on a page
+///     .max_segment_size(0x1000)
+///     .max_transfer_size(128 << 10) // MDTS
+///     .offset_bits(12)              // the first entry's page offset is kept when bouncing
+///     .build()?;
+/// assert_eq!((nvme.alignment(), nvme.internal_alignment()), (4, 0x1000));
+/// assert!(!nvme.has_address_limit());
+/// assert!(nvme.reaches(0x1_2345_6000, 0x1000));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentSpec {
     min_address: u64,
@@ -55,6 +74,25 @@ pub struct SegmentSpec {
 }
 
 /// Builds a [`SegmentSpec`]; unset fields have no limit.
+///
+/// [`build`](Self::build) checks every field and the combination, and names what is wrong:
+///
+/// ```
+/// use dmakit::dma::SegmentSpec;
+/// use dmakit::Error;
+///
+/// let e = SegmentSpec::builder().alignment(48).build().unwrap_err();
+/// assert!(e.to_string().contains("SegmentSpec.alignment"), "{e}");
+/// assert!(matches!(SegmentSpec::builder().address_bits(8).build(), Err(Error::BadArgument { .. })));
+/// assert!(matches!(SegmentSpec::builder().max_segments(0).build(), Err(Error::ZeroSize { .. })));
+/// // A window no segment start can be aligned in.
+/// let unmeetable = SegmentSpec::builder().window(0x1001, 0x1fff).alignment(0x1000).build();
+/// assert!(unmeetable.is_err());
+/// // 0 means "none" where IOKit says so.
+/// let s = SegmentSpec::builder().address_bits(0).alignment(0).boundary(0).build()?;
+/// assert_eq!((s.max_address(), s.alignment(), s.boundary()), (u64::MAX, 1, 0));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentSpecBuilder {
     spec: SegmentSpec,
@@ -92,6 +130,16 @@ impl SegmentSpecBuilder {
     /// The device drives `bits` address lines: addresses up to `2^bits - 1` (IOKit
     /// `fNumAddressBits`). 0 means no limit; 1 to 11 are refused at `build`.
     /// IOKit: `numAddressBits`.
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentSpec;
+    ///
+    /// let s = SegmentSpec::builder().address_bits(32).build()?;
+    /// assert_eq!(s.max_address(), 0xFFFF_FFFF);
+    /// assert!(s.reaches(0xFFFF_F000, 0x1000));
+    /// assert!(!s.reaches(0xFFFF_F000, 0x1001), "one byte past 4 GiB");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn address_bits(mut self, bits: u32) -> Self {
         self.address_bits = Some(bits);
         self
@@ -144,6 +192,15 @@ impl SegmentSpecBuilder {
     }
 
     /// No segment crosses a multiple of `b` (a power of two; 0 for none).
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentSpec;
+    ///
+    /// // A segment can never be longer than the boundary it may not cross.
+    /// let s = SegmentSpec::builder().boundary(0x1_0000).build()?;
+    /// assert_eq!((s.boundary(), s.max_segment_size()), (0x1_0000, 0x1_0000));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn boundary(mut self, b: u64) -> Self {
         self.spec.boundary = b;
         self
@@ -333,6 +390,18 @@ impl SegmentSpec {
 
     /// The constraints of both (a bus's and a device's): the narrower window, the smaller
     /// sizes, the larger alignments, the smaller boundary. Disjoint windows are an error.
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentSpec;
+    ///
+    /// let bus = SegmentSpec::builder().window(0, 0xFF_FFFF_FFFF).boundary(1 << 32).build()?;
+    /// let device = SegmentSpec::builder().address_bits(32).alignment(512).build()?;
+    /// let both = device.intersect(&bus)?;
+    /// assert_eq!((both.max_address(), both.alignment(), both.boundary()), (0xFFFF_FFFF, 512, 1 << 32));
+    /// let high = SegmentSpec::builder().window(1 << 33, u64::MAX).build()?;
+    /// assert!(device.intersect(&high).is_err(), "no address both reach");
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn intersect(&self, other: &SegmentSpec) -> Result<SegmentSpec> {
         let boundary = match (self.boundary, other.boundary) {
             (0, b) | (b, 0) => b,

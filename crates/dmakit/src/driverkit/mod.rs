@@ -21,10 +21,10 @@
 //! };
 //! use dmakit::mapper::Mapper;
 //! use std::sync::Arc;
-//! # fn demo<P: dmakit::platform::Platform + Clone + 'static>(
-//! #     machine: P,
-//! #     device_mapper: Arc<dyn Mapper>,
-//! # ) -> dmakit::Result<()> {
+//! # use dmakit::mapper::IommuMapper;
+//! # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//! # let device_mapper: Arc<dyn Mapper> = Arc::new(IommuMapper::new(
+//! #     Arc::new(dmakit_sim::SimIommu::new(machine.clone())), 0x10_0000, 1 << 30)?);
 //! let buf = DkBufferMemoryDescriptor::create(
 //!     machine.clone(),
 //!     DkMemoryOptions::DIRECTION_OUT_IN,
@@ -45,7 +45,11 @@
 //! dma.perform_operation(DkPerformOptions::READ, 16, 64, 0, Some(&*status))?;
 //! dma.perform_operation(DkPerformOptions::ZERO, 16, 64, 0, None)?;
 //! dma.complete_dma(0)?;
-//! # Ok(()) }
+//! let mut head = [0xFFu8; 16];
+//! assert_eq!(buf.read_bytes(0, &mut head), 16);
+//! assert_eq!(&head[..13], b"command block");
+//! assert_eq!(head[13..], [0, 0, 0], "the rest of the first 16 bytes untouched (zeroed at creation)");
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 //!
 //! ## A dext's code and its port
@@ -87,12 +91,13 @@
 //! use dmakit::driverkit::{DkBufferMemoryDescriptor, DkDmaCommand, DkDmaSpec, DkMemoryOptions};
 //! use dmakit::mapper::Mapper;
 //! use std::sync::Arc;
-//! # fn program_descriptor(_i: usize, _address: u64, _length: u64) {}
-//! # fn port<P: dmakit::platform::Platform + Clone + 'static>(
-//! #     machine: P,
-//! #     pci_device_mapper: Arc<dyn Mapper>,
-//! #     request: &[u8],
-//! # ) -> dmakit::Result<()> {
+//! # use dmakit::mapper::IommuMapper;
+//! # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//! # let pci_device_mapper: Arc<dyn Mapper> = Arc::new(IommuMapper::new(
+//! #     Arc::new(dmakit_sim::SimIommu::new(machine.clone())), 0x10_0000, 1 << 30)?);
+//! # let request = b"READ LBA 0";
+//! # let mut programmed = Vec::new();
+//! # let mut program_descriptor = |i: usize, address: u64, length: u64| programmed.push((i, address, length));
 //! let buf =
 //!     DkBufferMemoryDescriptor::create(machine.clone(), DkMemoryOptions::DIRECTION_OUT_IN, 16384, 0)?;
 //! DkBufferMemoryDescriptor::set_length(&buf, 4096)?;
@@ -110,7 +115,8 @@
 //! }
 //! // ... the device runs; its completion interrupt arrives ...
 //! dma.complete_dma(0)?;
-//! # Ok(()) }
+//! # assert_eq!(programmed.iter().map(|p| p.2).sum::<u64>(), 4096);
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 //!
 //! ## The calls

@@ -9,11 +9,22 @@
 //! command, which does this at the right moments.
 //!
 //! ```
-//! # use dmakit::map::flush_processor_cache;
-//! # use dmakit::platform::{CacheOps, Task};
-//! # fn demo<P: CacheOps>(p: &P, va: dmakit::VirtAddr) -> dmakit::Result<()> {
-//! flush_processor_cache(p, Task::KERNEL, va, 4096)?;
-//! # Ok(()) }
+//! use dmakit::map::flush_processor_cache;
+//! use dmakit::platform::{collect_runs, CpuAccess, PageRequest, PhysicalMemory, Task};
+//! // Not coherent: devices read DRAM, not the CPU's cache.
+//! let machine = dmakit_sim::MachineBuilder::new().build()?;
+//!
+//! let va = machine.allocate_pages(4096, &PageRequest::WIRED)?;
+//! let pa = collect_runs(&machine, Task::KERNEL, va, 4096)?[0].addr;
+//! machine.write_virt(Task::KERNEL, va, b"descriptor")?;
+//! let mut dram = [0u8; 10];
+//! machine.device_read(pa, &mut dram)?;
+//! assert_eq!(dram, [0; 10], "still in the CPU cache");
+//! flush_processor_cache(&machine, Task::KERNEL, va, 4096)?;
+//! machine.device_read(pa, &mut dram)?;
+//! assert_eq!(&dram, b"descriptor", "what a device reads now");
+//! # machine.free_pages(va, 4096)?;
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::platform::{CacheMode, CacheOp, CacheOps, PhysicalMemory, Task, VirtualMemory};
@@ -58,12 +69,22 @@ pub fn flush_processor_cache<P: CacheOps + ?Sized>(
 /// the cache mode it needs ([`MapOptions`](super::MapOptions)) instead.
 ///
 /// ```
-/// # use dmakit::map::set_processor_cache_mode;
-/// # use dmakit::platform::{CacheMode, PhysicalMemory, Task, VirtualMemory};
-/// # fn demo<P: PhysicalMemory + VirtualMemory>(p: &P, va: dmakit::VirtAddr) -> dmakit::Result<()> {
+/// use dmakit::map::set_processor_cache_mode;
+/// use dmakit::platform::{collect_runs, CacheMode, CpuAccess, PageRequest, PhysicalMemory, Task};
+/// use dmakit::{Error, VirtAddr};
+/// let machine = dmakit_sim::MachineBuilder::new().build()?;
+///
 /// // A page of descriptors the device polls: no cache between the CPU and the device.
-/// set_processor_cache_mode(p, Task::KERNEL, va, 4096, CacheMode::Inhibit)?;
-/// # Ok(()) }
+/// let va = machine.allocate_pages(4096, &PageRequest::WIRED)?;
+/// set_processor_cache_mode(&machine, Task::KERNEL, va, 4096, CacheMode::Inhibit)?;
+/// machine.write_virt(Task::KERNEL, va, b"ready")?;
+/// let pa = collect_runs(&machine, Task::KERNEL, va, 4096)?[0].addr;
+/// let mut dram = [0u8; 5];
+/// machine.device_read(pa, &mut dram)?;
+/// assert_eq!(&dram, b"ready", "no flush needed");
+/// let half = set_processor_cache_mode(&machine, Task::KERNEL, VirtAddr(va.0 + 8), 4096, CacheMode::Inhibit);
+/// assert!(matches!(half, Err(Error::Unsupported { .. })), "not page aligned");
+/// # Ok::<(), dmakit::Error>(())
 /// ```
 pub fn set_processor_cache_mode<P: PhysicalMemory + VirtualMemory + ?Sized>(
     platform: &P,

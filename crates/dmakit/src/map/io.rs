@@ -9,11 +9,22 @@
 //! [`Error::NotMapped`](crate::Error::NotMapped): errors, not machine checks.
 //!
 //! ```
-//! # use dmakit::map::{mapped_read32, mapped_write32};
-//! # fn demo<P: dmakit::platform::Mmio>(p: &P, bar: dmakit::PhysAddr) -> dmakit::Result<()> {
-//! mapped_write32(p, bar, 0x1)?;           // ring a doorbell
-//! let status = mapped_read32(p, bar)?;    // read a status register
-//! # let _ = status; Ok(()) }
+//! use dmakit::map::{mapped_read16, mapped_read32, mapped_write32};
+//! use dmakit::{Error, PhysAddr};
+//! use dmakit_sim::{MachineBuilder, ScratchDevice};
+//! use std::sync::{Arc, Mutex};
+//!
+//! // A register block at 0xFE00_0000 (a simulated device that reads back what it was told).
+//! let regs = Arc::new(Mutex::new(ScratchDevice::new(0xC0DE, 0x40)));
+//! let p = MachineBuilder::new().mmio(0xFE00_0000, 0x1000, regs.clone()).build()?;
+//! let bar = PhysAddr(0xFE00_0000);
+//! assert_eq!(mapped_read32(&p, bar)?, 0xC0DE);          // an ID register
+//! let doorbell = PhysAddr(bar.0 + 0x10);
+//! mapped_write32(&p, doorbell, 0x1)?;                   // ring a doorbell
+//! assert_eq!(mapped_read32(&p, doorbell)?, 0x1);
+//! assert_eq!(regs.lock().unwrap().log().len(), 3, "one device access per call");
+//! assert!(matches!(mapped_read16(&p, PhysAddr(bar.0 + 1)), Err(Error::NotAligned { .. })));
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::platform::{Mmio, Width};

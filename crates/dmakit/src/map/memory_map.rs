@@ -50,13 +50,23 @@
 //! every piece but the last must end on one ([`Error::NotAligned`] otherwise).
 //!
 //! ```
-//! # use dmakit::map::{MapOptions, MemoryMap};
-//! # use dmakit::descriptor::MemoryDescriptor;
-//! # use std::sync::Arc;
-//! # fn demo<P: dmakit::platform::Platform + 'static>(p: P, md: Arc<dyn MemoryDescriptor>) -> dmakit::Result<()> {
-//! let view = MemoryMap::new(p, md, MapOptions::new().read_only())?;
-//! println!("mapped {} bytes at {}", view.length(), view.address());
-//! # Ok(()) }
+//! use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+//! use dmakit::map::{MapOptions, MemoryMap};
+//! use dmakit::platform::CpuAccess;
+//! use dmakit::Direction;
+//! use std::sync::Arc;
+//! let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//!
+//! let md: Arc<dyn MemoryDescriptor> =
+//!     Arc::new(BufferMemoryDescriptor::with_bytes(machine.clone(), b"shared page", Direction::InOut)?);
+//! let task = machine.create_task(); // a user process
+//! let view = MemoryMap::new(machine.clone(), md.clone(), MapOptions::new().in_task(task).read_only())?;
+//! assert_eq!(view.length(), md.length());
+//! let mut seen = [0u8; 11];
+//! machine.read_virt(task, view.address(), &mut seen)?;
+//! assert_eq!(&seen, b"shared page");
+//! assert!(machine.write_virt(task, view.address(), b"x").is_err(), "read-only");
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 use crate::descriptor::{check_range, MemoryDescriptor, Segment, Source};

@@ -45,6 +45,49 @@ impl Access {
 }
 
 /// What an IOMMU's hardware must do for [`IommuMapper`].
+///
+/// A kernel implements it over its IOMMU's page tables and invalidation queue; this one
+/// is a table in memory that counts invalidations:
+///
+/// ```
+/// use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
+/// use dmakit::{IoAddr, PageSize, PhysAddr};
+/// use std::collections::BTreeMap;
+/// use std::sync::Mutex;
+///
+/// #[derive(Default)]
+/// struct Table {
+///     entries: Mutex<BTreeMap<u64, (PhysAddr, Access)>>,
+///     invalidations: Mutex<u64>,
+/// }
+///
+/// impl IommuHardware for Table {
+///     fn page_size(&self) -> PageSize {
+///         PageSize::SIZE_4K
+///     }
+///     fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> dmakit::Result<()> {
+///         let mut t = self.entries.lock().unwrap();
+///         match entry {
+///             Some(e) => t.insert(iova.0, e),
+///             None => t.remove(&iova.0),
+///         };
+///         Ok(())
+///     }
+///     fn invalidate(&self, _iova: IoAddr, _len: u64) -> dmakit::Result<()> {
+///         *self.invalidations.lock().unwrap() += 1; // the IOTLB flush goes here
+///         Ok(())
+///     }
+/// }
+///
+/// let mapper = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000)?;
+/// let iova = mapper.iovm_alloc(1)?;
+/// mapper.iovm_insert_page(iova, PhysAddr(0x7_000), Access::READ_WRITE)?;
+/// assert_eq!(mapper.hardware().entries.lock().unwrap().len(), 1);
+/// mapper.iovm_free(iova, 1)?; // strict: entry cleared, IOTLB invalidated before it returns
+/// assert!(mapper.hardware().entries.lock().unwrap().is_empty());
+/// assert_eq!(*mapper.hardware().invalidations.lock().unwrap(), 1);
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub trait IommuHardware: Send + Sync {
     /// The IOMMU page size.
     fn page_size(&self) -> PageSize;
@@ -77,6 +120,30 @@ macro_rules! forward_hw {
 forward_hw!(&T, alloc_crate::sync::Arc<T>);
 
 /// A mapper over IOMMU hardware `H`.
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+/// use dmakit::mapper::{Access, IommuMapper, Mapper};
+/// use dmakit::Direction;
+/// use dmakit_sim::{FaultKind, SimIommu};
+/// use std::sync::Arc;
+/// // Coherent: mapper calls alone do no cache maintenance (a `DmaCommand` does).
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().coherent(true).build()?);
+///
+/// let iommu = Arc::new(SimIommu::new(machine.clone()));
+/// let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 30)?;
+/// let page = BufferMemoryDescriptor::with_bytes(machine, b"only this page", Direction::Out)?;
+/// let iova = mapper.iovm_alloc(1)?;
+/// mapper.iovm_insert_page(iova, page.physical_segment(0)?.addr, Access::READ)?;
+/// let mut seen = [0u8; 14];
+/// iommu.device_read(iova, &mut seen)?;
+/// assert_eq!(&seen, b"only this page");
+/// assert!(iommu.device_write(iova, b"x").is_err(), "read-only for the device");
+/// assert_eq!(iommu.faults()[0].kind, FaultKind::WriteDenied);
+/// mapper.iovm_free(iova, 1)?;
+/// assert_eq!(mapper.usage(), (0, 0));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 ///
 /// Threads that map and unmap at once do not wait for each other: each works on its own
 /// shard of the bookkeeping, with its own cache of freed (and invalidated) IO ranges per
@@ -113,6 +180,26 @@ impl<H: IommuHardware> IommuMapper<H> {
     /// [`flush`](Self::flush)). Until then the device may still reach the freed pages
     /// through stale IOTLB entries, as in Linux's lazy IOMMU mode; the IO addresses
     /// themselves are never handed out again before the invalidation.
+    ///
+    /// ```
+    /// use dmakit::mapper::{IommuMapper, Mapper};
+    /// use dmakit_sim::SimIommu;
+    /// use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    ///
+    /// let iommu = Arc::new(SimIommu::new(machine));
+    /// let mapper = IommuMapper::new_lazy(iommu.clone(), 0x1_0000_0000, 1 << 30)?;
+    /// let before = iommu.invalidations();
+    /// for _ in 0..4 {
+    ///     let iova = mapper.iovm_alloc(1)?;
+    ///     mapper.iovm_free(iova, 1)?; // unmapped; the invalidation waits
+    /// }
+    /// assert_eq!((iommu.invalidations(), mapper.pending()), (before, 4));
+    /// mapper.flush()?; // one batch of invalidations
+    /// assert_eq!(mapper.pending(), 0);
+    /// assert!(iommu.invalidations() > before);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     pub fn new_lazy(hw: H, base: u64, size: u64) -> Result<Self> {
         Self::build(hw, base, size, true)
     }

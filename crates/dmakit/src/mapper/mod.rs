@@ -19,13 +19,25 @@
 //! `iovm_alloc_pages`, `iovm_free_pages`, `insert_page`.
 //!
 //! ```
-//! # use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
-//! # fn demo<H: IommuHardware>(hw: H) -> dmakit::Result<()> {
-//! let mapper = IommuMapper::new(hw, 0x1_0000_0000, 0x1000_0000)?; // 256 MiB of IOVA at 4 GiB
+//! use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+//! use dmakit::mapper::{Access, IommuMapper, Mapper};
+//! use dmakit::Direction;
+//! use dmakit_sim::{MachineBuilder, SimIommu};
+//! use std::sync::Arc;
+//!
+//! // Coherent: mapper calls alone do no cache maintenance (a `DmaCommand` does).
+//! let machine = Arc::new(MachineBuilder::new().coherent(true).build()?);
+//! let iommu = Arc::new(SimIommu::new(machine.clone())); // the hardware
+//! let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 0x1000_0000)?; // 256 MiB of IOVA at 4 GiB
+//! let page = BufferMemoryDescriptor::with_bytes(machine, b"seen through the IOMMU", Direction::Out)?;
 //! let iova = mapper.iovm_alloc(2)?;
-//! mapper.iovm_insert_page(iova, dmakit::PhysAddr(0x8_0000), Access::READ_WRITE)?;
+//! mapper.iovm_insert_page(iova, page.physical_segment(0)?.addr, Access::READ)?;
+//! let mut seen = [0u8; 22];
+//! iommu.device_read(iova, &mut seen)?; // what the device gets at that IO address
+//! assert_eq!(&seen, b"seen through the IOMMU");
 //! mapper.iovm_free(iova, 2)?;
-//! # Ok(()) }
+//! assert!(iommu.device_read(iova, &mut seen).is_err(), "unmapped and invalidated");
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 
 mod iommu;
@@ -74,6 +86,44 @@ pub fn check_run(
 }
 
 /// IOKit's IOMapper.
+///
+/// Code that maps memory for a device takes `&dyn Mapper` (a [`DmaCommand`] in mapped mode
+/// does), so the same code runs over the simulated IOMMU, VFIO or VT-d:
+///
+/// [`DmaCommand`]: crate::dma::DmaCommand
+///
+/// ```
+/// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+/// use dmakit::mapper::{Access, IommuMapper, Mapper};
+/// use dmakit::{Direction, IoAddr};
+/// use std::sync::Arc;
+///
+/// /// Maps every page of `md` (page-aligned, whole pages) at consecutive IO addresses.
+/// fn map_all(mapper: &dyn Mapper, md: &dyn MemoryDescriptor) -> dmakit::Result<IoAddr> {
+///     let page = mapper.page_size().bytes();
+///     let iova = mapper.iovm_alloc(md.length() / page)?;
+///     let mut off = 0;
+///     while off < md.length() {
+///         let run = md.physical_segment(off)?; // pages of one physical run at once
+///         mapper.iovm_insert_run(IoAddr(iova.0 + off), run.addr, run.len / page, Access::READ)?;
+///         off += run.len;
+///     }
+///     Ok(iova)
+/// }
+///
+/// let machine = Arc::new(dmakit_sim::MachineBuilder::new().fragmentation(1.0).build()?);
+/// let mapper = IommuMapper::new(Arc::new(dmakit_sim::SimIommu::new(machine.clone())), 0x1_0000_0000, 1 << 30)?;
+/// let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(0x4000, Direction::Out))?;
+/// let iova = map_all(&mapper, &md)?;
+/// for off in (0..0x4000).step_by(0x1000) {
+///     let (pa, access) = mapper.translate(IoAddr(iova.0 + off + 8))?;
+///     assert_eq!(pa.0, md.physical_segment(off)?.addr.0 + 8);
+///     assert_eq!(access, Access::READ);
+/// }
+/// mapper.iovm_free(iova, 4)?;
+/// assert_eq!(mapper.usage(), (0, 0));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub trait Mapper: Send + Sync {
     /// The IOMMU page size.
     /// IOKit: `IOMapper::getPageSize`.
@@ -81,6 +131,28 @@ pub trait Mapper: Send + Sync {
 
     /// IOMapperIOVMAlloc: `pages` pages of IO address space (not mapped yet).
     /// IOKit: `IOMapper::iovmAlloc`.
+    ///
+    /// ```
+    /// # use dmakit::mapper::Mapper;
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// let a = mapper.iovm_alloc(4)?;
+    /// let b = mapper.iovm_alloc(4)?;
+    /// assert!(a.0 + 4 * 0x1000 <= b.0 || b.0 + 4 * 0x1000 <= a.0, "never overlapping");
+    /// let (base, size) = mapper.window();
+    /// assert!(a.0 >= base.0 && a.0 + 0x4000 <= base.0 + size);
+    /// assert!(mapper.iovm_alloc(0).is_err());
+    /// assert!(mapper.iovm_alloc(1 << 20).is_err(), "more than the 256 MiB window");
+    /// # mapper.iovm_free(a, 4)?; mapper.iovm_free(b, 4)?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn iovm_alloc(&self, pages: u64) -> Result<IoAddr>;
 
     /// `pages` pages of IO address space where a device with `place` can use them: inside
@@ -113,11 +185,56 @@ pub trait Mapper: Send + Sync {
     /// allocation). A failure leaves the allocation live (perhaps partly unmapped): the
     /// device may still reach its pages, so the caller keeps them and frees again later.
     /// IOKit: `IOMapper::iovmFree`.
+    ///
+    /// ```
+    /// # use dmakit::mapper::{Access, Mapper};
+    /// # use dmakit::Error;
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// let iova = mapper.iovm_alloc(2)?;
+    /// mapper.iovm_insert_page(iova, pa, Access::READ_WRITE)?;
+    /// assert!(mapper.iovm_free(iova, 1).is_err(), "not the allocation's size: nothing freed");
+    /// assert!(mapper.translate(iova).is_ok());
+    /// mapper.iovm_free(iova, 2)?;
+    /// assert!(matches!(mapper.translate(iova), Err(Error::NotMapped { .. })));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn iovm_free(&self, iova: IoAddr, pages: u64) -> Result<()>;
 
     /// IOMapperInsertPage: maps the IO page at `iova` (inside an allocation) to the physical
     /// page at `pa`, with `access`.
     /// IOKit: `IOMapper::iovmInsert`.
+    ///
+    /// ```
+    /// # use dmakit::mapper::{Access, Mapper};
+    /// # use dmakit::{Error, IoAddr, PhysAddr};
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// let iova = mapper.iovm_alloc(1)?;
+    /// mapper.iovm_insert_page(iova, pa, Access::WRITE)?; // the device may only write it
+    /// assert_eq!(mapper.translate(iova)?, (pa, Access::WRITE));
+    /// // Outside any allocation, or not page aligned: refused, nothing mapped.
+    /// let past = IoAddr(iova.0 + 0x1000);
+    /// assert!(matches!(mapper.iovm_insert_page(past, pa, Access::READ), Err(Error::BadArgument { .. })));
+    /// let odd = PhysAddr(pa.0 + 8);
+    /// assert!(matches!(mapper.iovm_insert_page(iova, odd, Access::READ), Err(Error::NotAligned { .. })));
+    /// # mapper.iovm_free(iova, 1)?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn iovm_insert_page(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<()>;
 
     /// Maps the `pages` IO pages from `iova` (all inside one allocation) to the physically
@@ -129,6 +246,27 @@ pub trait Mapper: Send + Sync {
     /// limited mappings, not 512). On an error some pages of the run may be mapped; freeing
     /// the allocation unmaps them. `pages` 0 maps nothing.
     /// IOKit: `IOMapper::iovmInsert` with a page list.
+    ///
+    /// ```
+    /// # use dmakit::mapper::{Access, Mapper};
+    /// # use dmakit::IoAddr;
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// // `buf` is one physical run of two pages at `pa`.
+    /// let iova = mapper.iovm_alloc(2)?;
+    /// mapper.iovm_insert_run(iova, pa, 2, Access::READ)?;
+    /// assert_eq!(mapper.translate(IoAddr(iova.0 + 0x1004))?.0 .0, pa.0 + 0x1004);
+    /// assert_eq!(mapper.usage(), (1, 2), "one allocation, two pages mapped");
+    /// # mapper.iovm_free(iova, 2)?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn iovm_insert_run(
         &self,
         iova: IoAddr,
@@ -157,5 +295,26 @@ pub trait Mapper: Send + Sync {
 
     /// What `iova` maps to (physical address of that byte) and with which access.
     /// IOKit: `IOMapper::mapAddr`, `mapToPhysicalAddress`.
+    ///
+    /// ```
+    /// # use dmakit::mapper::{Access, Mapper};
+    /// # use dmakit::{Error, IoAddr};
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// let iova = mapper.iovm_alloc(2)?;
+    /// mapper.iovm_insert_page(iova, pa, Access::READ)?;
+    /// assert_eq!(mapper.translate(IoAddr(iova.0 + 0x123))?.0 .0, pa.0 + 0x123);
+    /// let second = IoAddr(iova.0 + 0x1000); // allocated, never inserted
+    /// assert!(matches!(mapper.translate(second), Err(Error::NotMapped { .. })));
+    /// # mapper.iovm_free(iova, 2)?;
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)>;
 }

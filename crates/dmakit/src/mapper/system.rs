@@ -15,15 +15,20 @@
 //!
 //! ```
 //! # use std::sync::Arc;
-//! # use dmakit::mapper::{Mapper, MapperRegistry};
-//! # fn demo(iommu: Arc<dyn Mapper>, phys_page: u32) -> dmakit::Result<()> {
+//! # use dmakit::mapper::{IommuMapper, Mapper, MapperRegistry};
+//! # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+//! # let iommu: Arc<dyn Mapper> =
+//! #     Arc::new(IommuMapper::new(Arc::new(dmakit_sim::SimIommu::new(machine)), 0x10_0000, 1 << 28)?);
+//! # let phys_page = 0x1234;
 //! let mappers = MapperRegistry::new();
-//! mappers.set_system_mapper(Some(iommu))?;
+//! mappers.set_system_mapper(Some(iommu.clone()))?;
 //! let base = mappers.iovm_alloc_pages(4)?;           // IOMapperIOVMAlloc
 //! let io_page = mappers.insert_page(base, 2, phys_page)?; // IOMapperInsertPage
 //! assert_eq!(io_page, base + 2);
+//! let (pa, _) = iommu.translate(dmakit::IoAddr((io_page as u64) << 12))?;
+//! assert_eq!(pa.0, (phys_page as u64) << 12);
 //! mappers.iovm_free_pages(base, 4)?;                  // IOMapperIOVMFree
-//! # Ok(()) }
+//! # Ok::<(), dmakit::Error>(())
 //! ```
 //!
 //! Without a system mapper the device sees CPU physical addresses: `insert_page` returns the
@@ -49,6 +54,27 @@ enum Decision {
 /// IOKit finds through `IOMapper::gSystem` and the service registry.
 ///
 /// All methods take `&self`; the registry is `Send + Sync` and can be shared.
+///
+/// ```
+/// use dmakit::mapper::{IommuMapper, Mapper, MapperRegistry, SharedMapper};
+/// use dmakit::Error;
+/// use std::sync::Arc;
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+///
+/// let mappers = MapperRegistry::new();
+/// assert!(matches!(mappers.system_mapper(), Err(Error::NotReady { .. })), "undecided");
+/// mappers.set_system_mapper(None)?; // this platform has no system IOMMU
+/// assert!(mappers.system_mapper()?.is_none());
+/// assert_eq!(mappers.insert_page(1, 0, 0x42)?, 0x42, "devices see physical pages");
+/// // A device behind its own IOMMU, registered under its IOMapperID.
+/// let dart: SharedMapper =
+///     Arc::new(IommuMapper::new(Arc::new(dmakit_sim::SimIommu::new(machine)), 0x10_0000, 1 << 24)?);
+/// mappers.register_mapper(7, dart.clone())?;
+/// let found = mappers.copy_mapper_for_device(&[7], 0)?.expect("iommu-parent 7");
+/// assert!(Arc::ptr_eq(&found, &dart));
+/// assert!(mappers.copy_mapper_for_device(&[], 0)?.is_none(), "no iommu-parent");
+/// # Ok::<(), dmakit::Error>(())
+/// ```
 pub struct MapperRegistry {
     system: crate::sync::Mutex<Decision>,
     /// Mapper ID (IOKit's `IOMapperID` property, a phandle on device-tree platforms) →

@@ -17,6 +17,30 @@
 //! [`Platform`] is implemented for anything that has all six. All traits are implemented
 //! for `&T` and `Arc<T>` of an implementor, so a machine can be shared.
 //!
+//! Code written against the seam runs on every backend; here, on the simulator:
+//!
+//! ```
+//! use dmakit::platform::{collect_runs, CpuAccess, PageRequest, PhysicalMemory, Platform, Task};
+//!
+//! /// Allocates a wired, zero-filled buffer, fills it and says where it landed.
+//! fn stage<P: Platform>(p: &P, data: &[u8]) -> dmakit::Result<(dmakit::VirtAddr, usize)> {
+//!     let len = p.page_size().round_up(data.len() as u64).unwrap_or(u64::MAX);
+//!     let va = p.allocate_pages(len, &PageRequest::WIRED)?;
+//!     p.write_virt(Task::KERNEL, va, data)?;
+//!     let runs = collect_runs(p, Task::KERNEL, va, len)?; // wired: its runs never change
+//!     Ok((va, runs.len()))
+//! }
+//!
+//! let machine = dmakit_sim::MachineBuilder::new().build()?;
+//! let (va, runs) = stage(&machine, &[0x5A; 10_000])?;
+//! assert!(runs >= 1);
+//! let mut back = [0u8; 4];
+//! machine.read_virt(Task::KERNEL, va, &mut back)?;
+//! assert_eq!(back, [0x5A; 4]);
+//! machine.free_pages(va, 0x3000)?;
+//! # Ok::<(), dmakit::Error>(())
+//! ```
+//!
 //! ## Contracts every backend keeps
 //!
 //! * Memory from [`PhysicalMemory::allocate_pages`] is zero-filled, page aligned, and (unless
