@@ -117,12 +117,12 @@ memory is free, let a DMA command bounce, or use VFIO IOVA mode)";
 pub(crate) fn hugepages_above_limit(tried: usize, lowest: u64, len: u64, limit: u64) -> Error {
     let pool = HugepagePool::probe();
     let text = format!(
-        "Linux host: {tried} free 2 MiB hugepage(s) tried ({} free of {} reserved now), all \
-         above the physical limit {limit:#x} (the lowest at {lowest:#x}): the pool is not \
-         short, its pages are too high, so reserving more may not help (the kernel chooses \
-         where hugepages are: reserve them at boot with hugepages=N while low memory is free, \
-         let a DMA command bounce, or use VFIO IOVA mode)",
-        pool.free, pool.total
+        "Linux host: {tried} of the {} reserved 2 MiB hugepages tried, all above the \
+         physical limit {limit:#x} (the lowest at {lowest:#x}): the pool is not short, its \
+         pages are too high, so reserving more may not help (the kernel chooses where \
+         hugepages are: reserve them at boot with hugepages=N while low memory is free, let a \
+         DMA command bounce, or use VFIO IOVA mode)",
+        pool.total
     );
     Error::NoSuitableMemory {
         what: intern(text, HUGEPAGES_TOO_HIGH),
