@@ -94,10 +94,11 @@ fn fail(f: &Failure) -> ExitCode {
 
 /// `--help` and `--version` (status 0, on standard output), or a usage error (status 2).
 fn usage(e: &clap::Error) -> ExitCode {
-    let _ = e.print();
-    if e.use_stderr() {
-        Status::Usage.into()
-    } else {
-        ExitCode::SUCCESS
+    match e.print() {
+        Err(w) if w.kind() != std::io::ErrorKind::BrokenPipe => {
+            fail(&Failure::failed(format!("writing the output: {w}")))
+        }
+        _ if e.use_stderr() => Status::Usage.into(),
+        _ => ExitCode::SUCCESS,
     }
 }
