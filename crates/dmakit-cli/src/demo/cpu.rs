@@ -20,7 +20,10 @@ pub fn cache_and_mmio(m: &Machine, out: &mut dyn Write, rec: &mut Record) -> dma
     let va = m.allocate_pages(page, &PageRequest::WIRED)?;
     let runs = collect_runs(m, k, va, page)?;
     rec.place("one wired page for the cache step", &runs);
-    let pa = runs[0].addr;
+    let pa = runs.first().ok_or(dmakit::Error::Internal {
+        what: "demo: a wired page has no physical run",
+    })?;
+    let pa = pa.addr;
     let mut t = table(&["step", "device reads at physical", "bytes"]);
     m.write_virt(k, va, b"new data")?;
     let mut seen = [0u8; 8];

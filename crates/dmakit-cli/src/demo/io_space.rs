@@ -62,7 +62,7 @@ pub fn carve(out: &mut dyn Write, rec: &mut Record) -> dmakit::Result<()> {
         .iter()
         .map(|&(s, e)| Run {
             start: s,
-            len: e - s + 1,
+            len: (e - s).saturating_add(1),
         })
         .collect();
     rec.io.push(Space::io_with_free(

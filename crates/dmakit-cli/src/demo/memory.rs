@@ -112,7 +112,12 @@ pub fn constrained(m: &Machine, out: &mut dyn Write, rec: &mut Record) -> dmakit
     ] {
         let va = m.allocate_pages(32 << 10, &req)?;
         let runs = collect_runs(m, Task::KERNEL, va, 32 << 10)?;
-        rec.place(format!("allocate_pages: {label}"), &runs);
+        let short = if req.contiguous {
+            "allocate_pages: 32 KiB contiguous below 4 GiB"
+        } else {
+            "allocate_pages: 32 KiB anywhere"
+        };
+        rec.place(short, &runs);
         let top = runs.iter().map(|r| r.addr.0 + r.len - 1).max().unwrap_or(0);
         t.add_row(vec![
             label.to_string(),
@@ -167,8 +172,9 @@ pub fn multi_descriptor(
     let multi = MultiMemoryDescriptor::new(parts.clone(), Direction::Out)?;
     let md: &dyn MemoryDescriptor = &multi;
     let prepared = md.prepare(Direction::Out)?;
-    for (part, name) in parts.iter().zip(names) {
-        let label = format!("multi descriptor part: {name} ({} bytes)", part.length());
+    for (i, (part, name)) in parts.iter().zip(names).enumerate() {
+        let size = crate::size::human(part.length());
+        let label = format!("multi descriptor part {}: {name}, {size}", i + 1);
         rec.place(label, &segments(part.as_ref())?);
     }
     let mut t = table(&["offset", "physical address", "bytes", "part"]);

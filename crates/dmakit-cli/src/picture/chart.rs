@@ -34,9 +34,14 @@ pub fn document(report: &Report) -> Document {
     );
     let bottom = TOP + ROW * report.rows.len() as f64;
     let height = bottom + 40.0;
+    let mut stripes = Group::new().set("class", "stripes");
     let mut rows = Group::new().set("class", "rows");
     for (i, r) in report.rows.iter().enumerate() {
-        rows = rows.add(row(r, &scale, TOP + ROW * i as f64));
+        let y = TOP + ROW * i as f64;
+        if i % 2 == 0 {
+            stripes = stripes.add(stripe(y));
+        }
+        rows = rows.add(row(r, &scale, y));
     }
     Document::new()
         .set("width", WIDTH)
@@ -45,8 +50,38 @@ pub fn document(report: &Report) -> Document {
         .set("font-family", FONT)
         .add(background(height))
         .add(heading(report))
+        .add(stripes)
         .add(grid(&scale, TOP - 6.0, bottom))
         .add(rows)
+        .add(caption(&scale, bottom + 20.0))
+}
+
+/// A light band behind every other row, for following a row across.
+fn stripe(y: f64) -> svg::node::element::Rectangle {
+    svg::node::element::Rectangle::new()
+        .set("class", "stripe")
+        .set("x", MARGIN)
+        .set("y", round(y))
+        .set("width", WIDTH - 2.0 * MARGIN)
+        .set("height", ROW)
+        .set("fill", "#f5f7fa")
+}
+
+/// What the axis means, under it.
+fn caption(scale: &LogScale, y: f64) -> Group {
+    let one = scale.x(1.0).unwrap_or(AXIS_LEFT);
+    Group::new()
+        .set("class", "caption")
+        .set("fill", "#444444")
+        .add(style::text("← dmakit faster", one - 8.0, y, 11.0, "end"))
+        .add(style::text("dmakit slower →", one + 8.0, y, 11.0, "start"))
+        .add(style::text(
+            "ratio of ns/op, logarithmic",
+            AXIS_RIGHT,
+            y,
+            11.0,
+            "end",
+        ))
 }
 
 fn background(height: f64) -> svg::node::element::Rectangle {
@@ -169,4 +204,80 @@ fn row(r: &Row, scale: &LogScale, y: f64) -> Group {
         10.0,
         "start",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmakit_bench::harness::Paired;
+    use dmakit_bench::meta::Meta;
+
+    fn row(name: &str, peer: &str, ratio: f64, p10: f64, p90: f64) -> Row {
+        Row::new(
+            name,
+            peer,
+            &Paired {
+                ns_per_op: ratio * 10.0,
+                peer_ns_per_op: 10.0,
+                ratio,
+                ratio_p10: p10,
+                ratio_p90: p90,
+            },
+        )
+    }
+
+    #[test]
+    fn one_row_per_comparison_with_its_spread_and_median() {
+        let report = Report {
+            meta: Meta::start(true, 5, 3),
+            rows: vec![
+                row("range/x", "offset-allocator", 0.5, 0.4, 0.7),
+                row("range/a_a", dmakit_bench::CONTROL_PEER, 1.01, 0.97, 1.04),
+                row("dma/y", "memcpy", 3.0, 2.5, 4.0),
+                row("dma/broken", "memcpy", f64::NAN, 0.0, f64::INFINITY),
+            ],
+        };
+        let text = crate::picture::to_string(&document(&report));
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let rows: Vec<_> = doc
+            .descendants()
+            .filter(|n| {
+                n.attribute("class")
+                    .is_some_and(|c| c.split_whitespace().any(|w| w == "row"))
+            })
+            .collect();
+        assert_eq!(rows.len(), 4);
+        let names: Vec<_> = rows
+            .iter()
+            .map(|r| r.attribute("data-name").unwrap())
+            .collect();
+        assert_eq!(names, ["range/x", "range/a_a", "dma/y", "dma/broken"]);
+        assert_eq!(rows[1].attribute("class"), Some("row control"));
+        let count = |r: &roxmltree::Node<'_, '_>, class: &str| {
+            r.descendants()
+                .filter(|n| n.attribute("class") == Some(class))
+                .count()
+        };
+        for r in &rows[..3] {
+            assert_eq!((count(r, "spread"), count(r, "ratio")), (1, 1));
+        }
+        assert_eq!(
+            (count(&rows[3], "spread"), count(&rows[3], "ratio")),
+            (0, 0)
+        );
+        let cx = |r: &roxmltree::Node<'_, '_>| -> f64 {
+            let c = r.descendants().find(|n| n.has_tag_name("circle")).unwrap();
+            c.attribute("cx").unwrap().parse().unwrap()
+        };
+        assert!(cx(&rows[0]) < cx(&rows[1]) && cx(&rows[1]) < cx(&rows[2]));
+        let fills: Vec<_> = rows[..3]
+            .iter()
+            .map(|r| {
+                let c = r.descendants().find(|n| n.has_tag_name("circle")).unwrap();
+                c.attribute("fill").unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(fills, [FASTER, CONTROL, SLOWER]);
+        assert!(text.contains("no valid ratio"));
+    }
 }
