@@ -53,11 +53,15 @@ impl OutputFile {
         let Some(mut f) = self.file.take() else {
             return Ok(());
         };
-        let r = f
-            .set_len(0)
-            .and_then(|()| f.rewind())
-            .and_then(|()| f.write_all(text.as_bytes()))
-            .and_then(|()| f.sync_data());
+        // Only a regular file is emptied first (a device such as /dev/null has no length).
+        let regular = f.metadata().is_ok_and(|m| m.is_file());
+        let r = if regular {
+            f.set_len(0).and_then(|()| f.rewind())
+        } else {
+            Ok(())
+        }
+        .and_then(|()| f.write_all(text.as_bytes()))
+        .and_then(|()| f.flush());
         r.map_err(|e| Failure::failed(format!("writing {}: {e}", self.path.display())))
     }
 }

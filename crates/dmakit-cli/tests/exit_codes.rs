@@ -179,6 +179,7 @@ fn an_output_that_cannot_be_written_is_status_1() {
         r#""$0" demo >/dev/full"#,
         r#""$0" --help >/dev/full"#,
         r#""$0" demo --json >/dev/full"#,
+        r#""$0" demo --svg /dev/full >/dev/null"#,
     ] {
         let (code, err) = shell(cmd);
         assert_eq!(code, 1, "{cmd}: {err}");

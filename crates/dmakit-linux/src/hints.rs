@@ -178,4 +178,29 @@ mod tests {
         assert!(e.to_string().contains("nr_hugepages"), "{e}");
         assert_eq!(e.io_return(), dmakit::IoReturn::NO_MEMORY);
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads /sys/kernel/mm/hugepages, which Miri isolates")]
+    fn hugepages_above_the_limit_are_not_a_reason_to_reserve_more() {
+        let e = hugepages_above_limit(2, 0x2_d680_0000, crate::HUGEPAGE, 0x1F_FFFF);
+        assert!(
+            matches!(
+                e,
+                Error::NoSuitableMemory {
+                    limit: 0x1F_FFFF,
+                    contiguous: true,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        // The numbers, unless the interned table is full (another test fills it).
+        assert!(
+            text.contains("too high") && text.contains("may not help"),
+            "{text}"
+        );
+        assert!(!text.contains("reserve more"), "{text}");
+        assert_eq!(e.io_return(), dmakit::IoReturn::NO_MEMORY);
+    }
 }
