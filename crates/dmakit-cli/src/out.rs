@@ -55,7 +55,7 @@ pub fn write(w: &mut dyn Write, args: std::fmt::Arguments<'_>) {
     let _ = w.write_all(args.to_string().as_bytes());
 }
 
-/// `writeln!` through [`write`].
+/// `writeln!` through [`write()`].
 macro_rules! say {
     ($w:expr, $($t:tt)*) => {
         $crate::out::write($w, format_args!("{}\n", format_args!($($t)*)))
@@ -63,7 +63,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-/// `write!` through [`write`].
+/// `write!` through [`write()`].
 macro_rules! say_part {
     ($w:expr, $($t:tt)*) => {
         $crate::out::write($w, format_args!($($t)*))
