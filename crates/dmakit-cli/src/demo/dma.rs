@@ -72,6 +72,45 @@ fn high_buffer(seed: u64, data: &[u8]) -> dmakit::Result<(Arc<Machine>, Buffer)>
     Ok((hm, buf))
 }
 
+/// A command for a 32-bit device with at most 4 KiB per segment, bouncing through `pool`.
+fn command32(
+    hm: &Arc<Machine>,
+    pool: &Arc<BouncePool<Arc<Machine>>>,
+) -> dmakit::Result<DmaCommand<Arc<Machine>>> {
+    let spec32 = SegmentSpec::builder()
+        .address_bits(32)
+        .max_segment_size(0x1000)
+        .build()?;
+    DmaCommand::builder(hm.clone())
+        .spec(spec32)
+        .format(SegmentFormat::Little32)
+        .bounce_pool(pool.clone())
+        .build()
+}
+
+/// What the device reads at each of the command's segments: the bytes, and the segments.
+fn device_reads(
+    hm: &Machine,
+    cmd: &DmaCommand<Arc<Machine>>,
+) -> dmakit::Result<(Vec<u8>, Vec<Run>)> {
+    let mut raw = [0u8; 8 * 8];
+    let mut off = 0;
+    let n = cmd.gen_segments(&mut off, &mut raw)?;
+    let mut seen = Vec::new();
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let s = SegmentFormat::Little32.read(&raw, i)?;
+        let mut chunk = vec![0u8; s.len as usize];
+        hm.device_read(PhysAddr(s.addr.0), &mut chunk)?;
+        seen.extend(chunk);
+        runs.push(Run {
+            start: s.addr.0,
+            len: s.len,
+        });
+    }
+    Ok((seen, runs))
+}
+
 /// A 32-bit device reads a buffer above 4 GiB: the command bounces it below.
 pub fn bounced(seed: u64, out: &mut dyn Write, rec: &mut Record) -> dmakit::Result<()> {
     heading(
@@ -81,40 +120,20 @@ pub fn bounced(seed: u64, out: &mut dyn Write, rec: &mut Record) -> dmakit::Resu
     let data: Vec<u8> = (0..BOUNCED as u32).map(|i| (i % 251) as u8).collect();
     let (hm, buf) = high_buffer(seed, &data)?;
     let pool = Arc::new(BouncePool::new(hm.clone(), "demo bounce pool", 1 << 20));
-    let spec32 = SegmentSpec::builder()
-        .address_bits(32)
-        .max_segment_size(0x1000)
-        .build()?;
-    let mut cmd = DmaCommand::builder(hm.clone())
-        .spec(spec32)
-        .format(SegmentFormat::Little32)
-        .bounce_pool(pool.clone())
-        .build()?;
+    let mut cmd = command32(&hm, &pool)?;
     cmd.set_memory_descriptor(buf.clone())?;
     cmd.prepare(PrepareOptions::range(0, BOUNCED as u64))?;
-    let mut out_segs = [0u8; 8 * 8];
-    let mut off = 0;
-    let n = cmd.gen_segments(&mut off, &mut out_segs)?;
+    let (seen, device_runs) = device_reads(&hm, &cmd)?;
     let mut t = table(&["", "address", "bytes"]);
     t.add_row([
         "buffer (CPU physical)".to_string(),
         format!("{:#x}", buf.physical_segment(0)?.addr.0),
         BOUNCED.to_string(),
     ]);
-    let mut seen = Vec::new();
-    let mut device_runs = Vec::new();
-    for i in 0..n {
-        let s = SegmentFormat::Little32.read(&out_segs, i)?;
-        let mut chunk = vec![0u8; s.len as usize];
-        hm.device_read(PhysAddr(s.addr.0), &mut chunk)?;
-        seen.extend(chunk);
-        device_runs.push(Run {
-            start: s.addr.0,
-            len: s.len,
-        });
+    for (i, s) in device_runs.iter().enumerate() {
         t.add_row([
             format!("device segment {i} (Little32)"),
-            format!("{:#x}", s.addr.0),
+            format!("{:#x}", s.start),
             s.len.to_string(),
         ]);
     }
@@ -135,23 +154,7 @@ pub fn bounced(seed: u64, out: &mut dyn Write, rec: &mut Record) -> dmakit::Resu
     rec.dma.device_read_bytes = seen.len() as u64;
     rec.dma.device_read_correct = correct;
     rec.dma.bounce_pool_copied = st.bounced_bytes;
-    let lanes = vec![
-        Lane::new(
-            Use::Allocation,
-            format!("the buffer: {BOUNCED} bytes above 4 GiB"),
-            runs_of(&segments(buf.as_ref())?),
-        ),
-        Lane::new(
-            Use::Bounce,
-            format!("bounce buffer: the 32-bit device read {n} segments"),
-            device_runs,
-        ),
-    ];
-    rec.bounce_machine = Some(Space::physical(
-        "A second machine for the bounced transfer (its RAM below 4 GiB kept busy while the buffer was allocated)",
-        regions(&hm.layout()),
-        lanes,
-    ));
+    rec.bounce_machine = Some(bounce_space(&hm, buf.as_ref(), device_runs)?);
     cmd.complete()?;
     if !correct {
         return Err(Error::Internal {
@@ -159,6 +162,34 @@ pub fn bounced(seed: u64, out: &mut dyn Write, rec: &mut Record) -> dmakit::Resu
         });
     }
     Ok(())
+}
+
+/// The bounced transfer's machine, with the buffer and where the device read it.
+fn bounce_space(
+    hm: &Machine,
+    buf: &dyn MemoryDescriptor,
+    device: Vec<Run>,
+) -> dmakit::Result<Space> {
+    let lanes = vec![
+        Lane::new(
+            Use::Allocation,
+            format!("the buffer: {BOUNCED} bytes above 4 GiB"),
+            runs_of(&segments(buf)?),
+        ),
+        Lane::new(
+            Use::Bounce,
+            format!(
+                "bounce buffer: the 32-bit device read {} segments",
+                device.len()
+            ),
+            device,
+        ),
+    ];
+    Ok(Space::physical(
+        "A second machine for the bounced transfer (its RAM below 4 GiB kept busy while the buffer was allocated)",
+        regions(&hm.layout()),
+        lanes,
+    ))
 }
 
 /// A command mapping `md` through `mapper`, prepared.
@@ -229,15 +260,7 @@ pub fn mapped_copy(m: &Arc<Machine>, out: &mut dyn Write, rec: &mut Record) -> d
     );
     rec.dma.source_runs = src_runs.len() as u64;
     rec.dma.source_io_segments = ss.len() as u64;
-    rec.io.push(Space::io(
-        "The IOMMU window of the copy (IommuMapper): the two mappings while prepared, and what is free",
-        WINDOW.0,
-        WINDOW.1,
-        vec![
-            Lane::new(Use::Mapping, "source mapping: 48 KiB in one IO segment", io_runs(&ss)),
-            Lane::new(Use::Mapping, "destination mapping: 48 KiB", io_runs(&ds)),
-        ],
-    ));
+    rec.io.push(window_space(&ss, &ds));
     let copy = Copy {
         iommu: &iommu,
         source: &ss,
@@ -247,12 +270,7 @@ pub fn mapped_copy(m: &Arc<Machine>, out: &mut dyn Write, rec: &mut Record) -> d
     let done = engine_copy(m, &copy, rec)?;
     cd.complete()?;
     cs.complete()?;
-    let mut back = vec![0u8; COPIED as usize];
-    if dst.read_bytes(0, &mut back) != back.len() {
-        return Err(Error::Internal {
-            what: "demo: the destination could not be read back",
-        });
-    }
+    let back = read_back(dst.as_ref())?;
     let same = if back == src_bytes {
         "matches the source"
     } else {
@@ -269,12 +287,36 @@ pub fn mapped_copy(m: &Arc<Machine>, out: &mut dyn Write, rec: &mut Record) -> d
     rec.dma.iommu_faults = iommu.faults().len() as u64;
     rec.dma.iotlb_invalidations = iommu.invalidations();
     rec.dma.engine_copy_correct = back == src_bytes;
-    if back != src_bytes {
+    if !rec.dma.engine_copy_correct {
         return Err(Error::Internal {
             what: "demo: the engine's copy differs",
         });
     }
     Ok(())
+}
+
+/// The bytes of `dst`.
+fn read_back(dst: &dyn MemoryDescriptor) -> dmakit::Result<Vec<u8>> {
+    let mut back = vec![0u8; COPIED as usize];
+    if dst.read_bytes(0, &mut back) != back.len() {
+        return Err(Error::Internal {
+            what: "demo: the destination could not be read back",
+        });
+    }
+    Ok(back)
+}
+
+/// The IOMMU window with the copy's two mappings.
+fn window_space(source: &[IoSegment], dest: &[IoSegment]) -> Space {
+    Space::io(
+        "The IOMMU window of the copy (IommuMapper): the two mappings while prepared, and what is free",
+        WINDOW.0,
+        WINDOW.1,
+        vec![
+            Lane::new(Use::Mapping, "source mapping: 48 KiB in one IO segment", io_runs(source)),
+            Lane::new(Use::Mapping, "destination mapping: 48 KiB", io_runs(dest)),
+        ],
+    )
 }
 
 /// What the engine copies.
