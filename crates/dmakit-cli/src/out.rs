@@ -2,7 +2,11 @@
 //! demo | head -1`) or the disk is full (`> /dev/full`). [`Out`] records the first failure
 //! instead, writes nothing after it, and [`finish`] tells `main` how to end: quietly for a
 //! closed pipe, with an error naming the cause otherwise.
+//!
+//! Text goes through [`say!`] onto any writer (the commands write to [`Out`], or to
+//! [`std::io::sink`] when `--json` replaces their text); [`json`] prints a document.
 
+use serde::Serialize;
 use std::io::{self, ErrorKind, Write};
 use std::sync::Mutex;
 
@@ -45,23 +49,34 @@ impl Write for Out {
     }
 }
 
-/// `println!` onto [`Out`]: a failure is recorded for [`finish`], never a panic.
+/// Writes `args` to `w` in one write: a failure is left to the writer ([`Out`] records
+/// it for [`finish`], a sink never fails). Never a panic.
+pub fn write(w: &mut dyn Write, args: std::fmt::Arguments<'_>) {
+    let _ = w.write_all(args.to_string().as_bytes());
+}
+
+/// `writeln!` through [`write()`].
 macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!($crate::out::Out, $($t)*);
-    }};
+    ($w:expr, $($t:tt)*) => {
+        $crate::out::write($w, format_args!("{}\n", format_args!($($t)*)))
+    };
 }
 pub(crate) use say;
 
-/// `print!` onto [`Out`].
+/// `write!` through [`write()`].
 macro_rules! say_part {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!($crate::out::Out, $($t)*);
-    }};
+    ($w:expr, $($t:tt)*) => {
+        $crate::out::write($w, format_args!($($t)*))
+    };
 }
 pub(crate) use say_part;
+
+/// Prints `value` as pretty JSON on standard output.
+pub fn json<T: Serialize>(value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| format!("JSON output: {e}"))?;
+    say!(&mut Out, "{text}");
+    Ok(())
+}
 
 /// How the output ended: `Ok(true)` if it is whole, `Ok(false)` if the reader went away
 /// (end quietly), `Err` for any other failure (a full disk).

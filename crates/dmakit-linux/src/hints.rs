@@ -106,6 +106,33 @@ pub(crate) const CONTIGUOUS_TOO_BIG: &str = "Linux host: physically contiguous m
 one 2 MiB hugepage, so at most 2 MiB with at most 2 MiB alignment (split the buffer, or use \
 VFIO IOVA mode where an IOMMU makes scattered pages contiguous)";
 
+/// Hugepages above a physical limit, when their numbers cannot be shown.
+const HUGEPAGES_TOO_HIGH: &str = "Linux host: the free 2 MiB hugepages lie above the \
+physical limit: the pool is not short, its pages are too high, so reserving more may not help \
+(the kernel chooses where hugepages are: reserve them at boot with hugepages=N while low \
+memory is free, let a DMA command bounce, or use VFIO IOVA mode)";
+
+/// The error when every hugepage tried (`tried` of them, the lowest at physical `lowest`)
+/// lay above `limit`: the pool has pages, but none the device can reach.
+pub(crate) fn hugepages_above_limit(tried: usize, lowest: u64, len: u64, limit: u64) -> Error {
+    let pool = HugepagePool::probe();
+    let text = format!(
+        "Linux host: {tried} of the {} reserved 2 MiB hugepages tried, all above the \
+         physical limit {limit:#x} (the lowest at {lowest:#x}): the pool is not short, its \
+         pages are too high, so reserving more may not help (the kernel chooses where \
+         hugepages are: reserve them at boot with hugepages=N while low memory is free, let a \
+         DMA command bounce, or use VFIO IOVA mode)",
+        pool.total
+    );
+    Error::NoSuitableMemory {
+        what: intern(text, HUGEPAGES_TOO_HIGH),
+        requested: len,
+        align: crate::HUGEPAGE,
+        limit,
+        contiguous: true,
+    }
+}
+
 /// A physical limit the kernel's placement did not meet.
 pub(crate) const ABOVE_LIMIT: &str = "Linux host: the kernel placed pages outside the physical \
 window: above its limit or below its floor (userspace cannot choose where its pages land; let a DMA command bounce, or use VFIO \
@@ -149,6 +176,31 @@ mod tests {
     fn hugepage_message_says_how_to_reserve() {
         let e = no_hugepages(crate::HUGEPAGE);
         assert!(e.to_string().contains("nr_hugepages"), "{e}");
+        assert_eq!(e.io_return(), dmakit::IoReturn::NO_MEMORY);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads /sys/kernel/mm/hugepages, which Miri isolates")]
+    fn hugepages_above_the_limit_are_not_a_reason_to_reserve_more() {
+        let e = hugepages_above_limit(2, 0x2_d680_0000, crate::HUGEPAGE, 0x1F_FFFF);
+        assert!(
+            matches!(
+                e,
+                Error::NoSuitableMemory {
+                    limit: 0x1F_FFFF,
+                    contiguous: true,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        // The numbers, unless the interned table is full (another test fills it).
+        assert!(
+            text.contains("too high") && text.contains("may not help"),
+            "{text}"
+        );
+        assert!(!text.contains("reserve more"), "{text}");
         assert_eq!(e.io_return(), dmakit::IoReturn::NO_MEMORY);
     }
 }

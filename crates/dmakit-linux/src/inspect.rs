@@ -24,6 +24,8 @@ pub struct Inspection {
     pub size: u64,
     /// Whether the memory was one 2 MiB hugepage (physically contiguous).
     pub hugepage: bool,
+    /// The highest physical address the memory was allowed to reach (`u64::MAX`: any).
+    pub phys_limit: u64,
     /// The virtual address it had.
     pub va: VirtAddr,
     /// Its physical runs, in order, adjacent frames coalesced.
@@ -46,6 +48,9 @@ impl fmt::Display for Inspection {
             self.runs.len(),
             if self.runs.len() == 1 { "" } else { "s" }
         )?;
+        if self.phys_limit != u64::MAX {
+            writeln!(f, "all of it at or below physical {:#x}", self.phys_limit)?;
+        }
         writeln!(
             f,
             "{:>5}  {:>18}  {:>18}  {:>10}",
@@ -121,6 +126,16 @@ impl Inspection {
 /// # Ok::<(), dmakit::Error>(())
 /// ```
 pub fn inspect(size: u64, hugepage: bool) -> Result<Inspection> {
+    inspect_below(size, hugepage, u64::MAX)
+}
+
+/// [`inspect`] for memory at or below physical address `phys_limit` (a device's addressing
+/// limit, as [`PageRequest::phys_limit`]).
+///
+/// The host cannot choose where the kernel places pages: when it placed them above the
+/// limit the error is [`Error::NoSuitableMemory`] saying so (for hugepages: that the pool's
+/// pages are too high, not too few).
+pub fn inspect_below(size: u64, hugepage: bool, phys_limit: u64) -> Result<Inspection> {
     if size == 0 {
         return Err(Error::ZeroSize { what: "inspect" });
     }
@@ -140,6 +155,7 @@ pub fn inspect(size: u64, hugepage: bool) -> Result<Inspection> {
     })?;
     let req = PageRequest {
         contiguous: hugepage,
+        phys_limit,
         ..PageRequest::WIRED
     };
     let va = host.allocate_pages(size, &req)?;
@@ -149,6 +165,7 @@ pub fn inspect(size: u64, hugepage: bool) -> Result<Inspection> {
         caps: host.capabilities().clone(),
         size,
         hugepage,
+        phys_limit,
         va,
         runs: runs?,
     })

@@ -48,7 +48,7 @@
 //! | [`pagemap`] | reading and decoding `/proc/self/pagemap` |
 //! | `registry` | the memory a host knows, and the only way to reach it |
 //! | `cpu`, `cache`, `mmio`, `vm` | the remaining seam traits |
-//! | `limits` | wiring refused up front when the kernel's available memory or `RLIMIT_MEMLOCK` cannot hold it |
+//! | `limits` | [`WireLimits`]; wiring refused up front when the kernel's available memory or `RLIMIT_MEMLOCK` cannot hold it |
 //! | `lend` | lending allocations as Rust slices (`direct_slice`, IOKit's `getBytesNoCopy`) |
 //! | `purgeable` | volatile memory: per-page state, hole punching, [`Host::purge_volatile`] |
 //! | `hints` | error messages with current limits and fixes |
@@ -93,7 +93,8 @@ mod wiring;
 
 pub use caps::{AddressMode, Capabilities, HugepagePool, MemlockLimit, ShmemHugePages};
 pub use host::{Host, Usage, HUGEPAGE};
-pub use inspect::{inspect, Inspection};
+pub use inspect::{inspect, inspect_below, Inspection};
+pub use limits::WireLimits;
 #[cfg(feature = "nvme")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nvme")))]
 pub use timer::MonotonicTimer;

@@ -3,9 +3,39 @@
 //! before `MAP_POPULATE` makes the pages resident (which, for a request larger than the
 //! machine, ends with the kernel's OOM killer rather than an error).
 
-use crate::caps::{self, MemlockLimit};
+use crate::caps::{self, HugepagePool, MemlockLimit};
 use crate::hints;
 use dmakit::{Error, Result};
+
+/// What this host lets this process wire now: the numbers a caller needs to refuse a
+/// request before trying it (and to say why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WireLimits {
+    /// `MemAvailable` of `/proc/meminfo` in bytes (`None` if it cannot be read).
+    pub mem_available: Option<u64>,
+    /// `RLIMIT_MEMLOCK` of this process.
+    pub memlock: MemlockLimit,
+    /// This process has `CAP_IPC_LOCK`: the lock limit does not apply to it.
+    pub ipc_lock: bool,
+    /// Bytes this process has locked already (`VmLck` of `/proc/self/status`).
+    pub locked: u64,
+    /// The 2 MiB hugepage pool.
+    pub hugepages: HugepagePool,
+}
+
+impl WireLimits {
+    /// The limits now.
+    pub fn probe() -> WireLimits {
+        WireLimits {
+            mem_available: mem_available(),
+            memlock: MemlockLimit::probe(),
+            ipc_lock: caps::has_ipc_lock(),
+            locked: locked_now(),
+            hugepages: HugepagePool::probe(),
+        }
+    }
+}
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes (`None` if it cannot be read).
 pub(crate) fn mem_available() -> Option<u64> {

@@ -251,6 +251,22 @@ impl PhysicalMemory for Host {
                 }
             }
         }
+        if huge && req.phys_limit != u64::MAX && !rejected.is_empty() {
+            // Hugepages were had, only too high: saying "reserve more" would mislead.
+            let lowest = rejected.iter().filter_map(|a| a.frames.first()).min();
+            let short = matches!(
+                outcome,
+                Err(Error::NoMemory { .. } | Error::NoSuitableMemory { .. })
+            );
+            if let (true, Some(lowest)) = (short, lowest) {
+                outcome = Err(hints::hugepages_above_limit(
+                    rejected.len(),
+                    lowest.0,
+                    len,
+                    req.phys_limit,
+                ));
+            }
+        }
         for a in rejected {
             self.discard(a);
         }

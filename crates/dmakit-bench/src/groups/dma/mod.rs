@@ -118,7 +118,9 @@ fn gen_segments_row(host: &H, plan: &Plan, p: &mut Progress) -> Result<Row> {
     let segs = gen_all(&cmd, &mut out)?;
     let runs = physical_segment_walk(md.as_ref(), len, &mut raw);
     if segs != runs {
-        eprintln!("dma/gen_segments: {runs} runs coalesced into {segs} segments");
+        crate::progress::note(format_args!(
+            "dma/gen_segments: {runs} runs coalesced into {segs} segments"
+        ));
     }
     let passes = (PASSES * CHUNKS) as f64;
     let row = measure(

@@ -140,7 +140,9 @@ fn rows_for(w: &Workload, label: &str, plan: &Plan, p: &mut Progress, a_a: bool)
     }
     failed.push((Dmakit::NAME, ours.failed));
     for (who, n) in failed.into_iter().filter(|f| f.1 > 0) {
-        eprintln!("{name}: {who} failed {n} allocations (its rows did less work)");
+        crate::progress::note(format_args!(
+            "{name}: {who} failed {n} allocations (its rows did less work)"
+        ));
     }
     rows
 }

@@ -7,12 +7,13 @@
 //! controller's store); a transfer whose pieces do not (it goes through the queue's bounce
 //! pool); a fatal controller status with reads in flight, each failing with an error naming
 //! it, and the reset the next command does. The demo's teardown then checks, with
-//! [`Residue::check`], that the driver gave back every page, wiring and IO mapping.
+//! [`Residue::check`], that the driver gave back every page, wiring and IO mapping, and
+//! returns the counts for the demo's JSON report.
 //!
 //! Output goes to a writer and every write is checked: a closed stdout is an error here,
 //! not a panic.
 
-use crate::demo::{right, table};
+use super::{right, table};
 use dmakit::descriptor::MemoryDescriptor;
 use dmakit::device::{PciBus, PciFunction, PciMatch};
 use dmakit::dma::BounceStats;
@@ -83,12 +84,12 @@ pub struct Residue {
 
 impl Residue {
     /// Prints what the machine and the NVMe function's IOMMU domain hold now against the
-    /// start of the NVMe part; an error if anything was not given back.
-    pub fn check(&self, m: &Machine, out: &mut dyn Write) -> Result<(), String> {
+    /// start of the NVMe part, and returns the counts; an error if anything was not given
+    /// back.
+    pub fn check(&self, m: &Machine, out: &mut dyn Write) -> Result<Vec<Count>, String> {
         let now = usage(m);
         let (live, entries) = self.mapper.usage();
-        let mut t = table(&["NVMe part", "at its start", "now"]);
-        for (what, a, b) in [
+        let counts = [
             ("pages in use", self.start.pages_in_use, now.pages_in_use),
             ("wired pages", self.start.wired_pages, now.wired_pages),
             ("allocations", self.start.allocations, now.allocations),
@@ -98,8 +99,19 @@ impl Residue {
                 0,
                 entries as u64,
             ),
-        ] {
-            t.add_row(vec![what.to_string(), a.to_string(), b.to_string()]);
+        ]
+        .map(|(what, at_start, now)| Count {
+            what,
+            at_start,
+            now,
+        });
+        let mut t = table(&["NVMe part", "at its start", "now"]);
+        for c in &counts {
+            t.add_row(vec![
+                c.what.to_string(),
+                c.at_start.to_string(),
+                c.now.to_string(),
+            ]);
         }
         right(&mut t, &[1, 2]);
         writeln!(out, "{t}").map_err(io_err)?;
@@ -109,8 +121,19 @@ impl Residue {
                 self.start
             ));
         }
-        Ok(())
+        Ok(counts.to_vec())
     }
+}
+
+/// One count of the NVMe part's leak check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Count {
+    /// What is counted.
+    pub what: &'static str,
+    /// At the NVMe part's start.
+    pub at_start: u64,
+    /// After it.
+    pub now: u64,
 }
 
 /// Runs the NVMe steps on `m`; `seed` seeds the controller.
