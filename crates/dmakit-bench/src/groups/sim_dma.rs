@@ -3,12 +3,14 @@
 //!
 //! * `sim_dma/iommu_mapped_4k_round_trip`: `prepare` of 4 KiB, one `gen_segments` (one
 //!   16-byte `Host64` segment) and `complete` of a [`DmaCommand`] with an [`IommuMapper`]
-//!   (strict: `complete` invalidates the IOTLB at once) over the simulator's [`SimIommu`],
-//!   on a wired 4 KiB buffer of a coherent simulated machine. Peer ("bypassed round
-//!   trip"): the same three calls on a command with no mapper, over a second wired 4 KiB
-//!   buffer of the same machine, so the ratio is the price of the IO address allocation,
-//!   the page-table entry and the invalidation. An operation is one round trip; a chunk
-//!   is 256.
+//!   (strict: `complete` invalidates at once) over a no-op IOMMU (hardware whose page-table
+//!   writes and invalidations do nothing), on a wired 4 KiB buffer of a coherent simulated
+//!   machine. Peer ("bypassed round trip"): the same three calls on a command with no
+//!   mapper, over a second wired 4 KiB buffer of the same machine, so the ratio is dmakit's
+//!   own price of mapping: the IO address allocation, the mapper's books of the entry and
+//!   the route. An operation is one round trip; a chunk is 256.
+//! * `sim_dma/sim_iommu_mapped_4k_round_trip`: the same over the simulator's [`SimIommu`]
+//!   model (its page table and IOTLB), for what a modelled IOMMU adds.
 //! * `sim_dma/a_a`: the bypassed round trip against a second bypassed command.
 
 use crate::harness::{compare, Plan, Side};
@@ -16,8 +18,8 @@ use crate::progress::Progress;
 use crate::{measure, Options, Row, CONTROL_PEER};
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};
 use dmakit::dma::{DmaCommand, PrepareOptions, SegmentSpec};
-use dmakit::mapper::IommuMapper;
-use dmakit::{Direction, Result};
+use dmakit::mapper::{Access, IommuHardware, IommuMapper};
+use dmakit::{Direction, IoAddr, PageSize, PhysAddr, Result};
 use dmakit_sim::{Machine, MachineBuilder, SimIommu};
 use std::sync::Arc;
 
@@ -27,14 +29,46 @@ const LEN: u64 = 4096;
 
 type M = Arc<Machine>;
 
-/// A prepared-and-completed-once command over a fresh wired 4 KiB buffer of `m`, mapped
-/// through a fresh IOMMU when `mapped`.
-pub fn command(m: &M, mapped: bool) -> Result<DmaCommand<M>> {
+/// IOMMU hardware that does nothing: the mapper's own costs alone.
+struct NoopIommu;
+
+impl IommuHardware for NoopIommu {
+    fn page_size(&self) -> PageSize {
+        PageSize::SIZE_4K
+    }
+    fn set_entry(&self, _: IoAddr, _: Option<(PhysAddr, Access)>) -> Result<()> {
+        Ok(())
+    }
+    fn invalidate(&self, _: IoAddr, _: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How a command reaches memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// No mapper.
+    Bypassed,
+    /// An [`IommuMapper`] over hardware that does nothing.
+    NoopIommu,
+    /// An [`IommuMapper`] over the simulator's IOMMU model.
+    SimIommu,
+}
+
+/// A prepared-and-completed-once command over a fresh wired 4 KiB buffer of `m`, by
+/// `route`.
+pub fn command(m: &M, route: Route) -> Result<DmaCommand<M>> {
     let b = BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(LEN, Direction::InOut))?;
     let mut builder = DmaCommand::builder(m.clone()).spec(SegmentSpec::builder().build()?);
-    if mapped {
-        let iommu = Arc::new(SimIommu::new(m.clone()));
-        builder = builder.mapper(Arc::new(IommuMapper::new(iommu, 1 << 32, 1 << 30)?));
+    match route {
+        Route::Bypassed => {}
+        Route::NoopIommu => {
+            builder = builder.mapper(Arc::new(IommuMapper::new(NoopIommu, 1 << 32, 1 << 30)?));
+        }
+        Route::SimIommu => {
+            let iommu = Arc::new(SimIommu::new(m.clone()));
+            builder = builder.mapper(Arc::new(IommuMapper::new(iommu, 1 << 32, 1 << 30)?));
+        }
     }
     let mut cmd = builder.build()?;
     cmd.set_memory_descriptor(Arc::new(b))?;
@@ -57,7 +91,7 @@ pub fn round_trips(cmd: &mut DmaCommand<M>, n: usize) -> Result<usize> {
 
 /// Rows the group plans.
 pub fn planned(_opts: &Options) -> usize {
-    2
+    3
 }
 
 /// Runs the group.
@@ -68,8 +102,15 @@ pub fn run(opts: &Options, p: &mut Progress) -> Vec<Row> {
         .coherent(true)
         .build()
         .map(Arc::new)
-        .and_then(|m| Ok((command(&m, true)?, command(&m, false)?, command(&m, false)?)));
-    let (mut mapped, mut bypassed, mut again) = match made {
+        .and_then(|m| {
+            Ok((
+                command(&m, Route::NoopIommu)?,
+                command(&m, Route::SimIommu)?,
+                command(&m, Route::Bypassed)?,
+                command(&m, Route::Bypassed)?,
+            ))
+        });
+    let (mut mapped, mut modelled, mut bypassed, mut again) = match made {
         Ok(c) => c,
         Err(e) => {
             p.skip(planned(opts), &format!("sim_dma bench: {e}"));
@@ -90,6 +131,19 @@ pub fn run(opts: &Options, p: &mut Progress) -> Vec<Row> {
             )
         },
     )];
+    rows.push(measure(
+        p,
+        "sim_dma/sim_iommu_mapped_4k_round_trip",
+        "bypassed round trip",
+        || {
+            compare(
+                &plan,
+                CHUNKS,
+                Side::new(ops, |_| round_trips(&mut modelled, PER_CHUNK).ok()),
+                Side::new(ops, |_| round_trips(&mut bypassed, PER_CHUNK).ok()),
+            )
+        },
+    ));
     rows.push(measure(p, "sim_dma/a_a", CONTROL_PEER, || {
         compare(
             &plan,
@@ -114,9 +168,11 @@ mod tests {
                 .build()
                 .unwrap(),
         );
-        let mut mapped = command(&m, true).unwrap();
-        let mut bypassed = command(&m, false).unwrap();
+        let mut mapped = command(&m, Route::NoopIommu).unwrap();
+        let mut modelled = command(&m, Route::SimIommu).unwrap();
+        let mut bypassed = command(&m, Route::Bypassed).unwrap();
         assert_eq!(round_trips(&mut mapped, 5).unwrap(), 5);
+        assert_eq!(round_trips(&mut modelled, 5).unwrap(), 5);
         assert_eq!(round_trips(&mut bypassed, 5).unwrap(), 5);
         assert!(mapped.prepared_offset_and_length().is_err());
         assert!(bypassed.prepared_offset_and_length().is_err());
