@@ -76,6 +76,27 @@ impl CpuAccess for Host {
             return Ok(());
         }
         let s = self.lock();
+        // The common case, both ranges inside allocations: one lookup each.
+        if let (Some((fs, fa)), Some((ts, ta))) =
+            (s.allocation(from_va.0, len), s.allocation(to_va.0, len))
+        {
+            if fa.mapping.lent(from_va.0, len).1 {
+                return Err(Host::lent_busy(from_va.0.max(fs)));
+            }
+            if ta.mapping.lent(to_va.0, len).0 {
+                return Err(Host::lent_busy(to_va.0.max(ts)));
+            }
+            let spans = fa.mapping.span(from_va.0, len).zip(ta.mapping.span(to_va.0, len));
+            let (src, dst) = spans.ok_or(Error::NotMapped {
+                what: UNKNOWN,
+                addr: from_va.0,
+            })?;
+            src.copy_to(&dst).ok_or(Error::NotWritable {
+                what: "read-only mapping (copy_virt destination)",
+                addr: to_va.0,
+            })?;
+            return Ok(());
+        }
         if let Some(p) = s
             .lent_in(from_va.0, len, true)
             .or_else(|| s.lent_in(to_va.0, len, false))
