@@ -86,7 +86,10 @@ impl CpuAccess for Host {
             if ta.mapping.lent(to_va.0, len).0 {
                 return Err(Host::lent_busy(to_va.0.max(ts)));
             }
-            let spans = fa.mapping.span(from_va.0, len).zip(ta.mapping.span(to_va.0, len));
+            let spans = fa
+                .mapping
+                .span(from_va.0, len)
+                .zip(ta.mapping.span(to_va.0, len));
             let (src, dst) = spans.ok_or(Error::NotMapped {
                 what: UNKNOWN,
                 addr: from_va.0,
