@@ -343,3 +343,45 @@ fn a_window_floor_inside_a_page_gives_page_aligned_io_addresses() {
     assert!(segs.iter().all(|s| s.addr.0 >= floor), "{segs:?}");
     cmd.complete().unwrap();
 }
+
+/// When no IO range at the memory's own page offset fits the device's window, a mapped
+/// command used to fail (`NoSuitableMemory`) even though a bounce buffer, whose data starts
+/// at another offset in its page, fits (found by the DmaCommand fuzz target). It bounces.
+#[test]
+fn a_mapping_that_cannot_be_placed_goes_through_a_bounce_buffer() {
+    use dmakit::dma::{PrepareOptions, SegmentSpec};
+    use dmakit::mapper::{IommuMapper, Mapper};
+    let m = machine();
+    let iommu = Arc::new(dmakit_sim::SimIommu::new(m.clone()));
+    let mp: Arc<dyn Mapper> = Arc::new(IommuMapper::new(iommu, 0x5000, 0x100_0000).unwrap());
+    // Only the IO page at 0x5000 is in the window, and only its first 0x556 bytes.
+    let spec = SegmentSpec::builder()
+        .window(0x27B9, 0x5555)
+        .build()
+        .unwrap();
+    let sub = SubMemoryDescriptor::new(buffer(&m, 4096), 0x800, 0x400, Direction::InOut).unwrap();
+    let mut cmd = command(&m, spec, Some(mp.clone()), false);
+    cmd.set_memory_descriptor(Arc::new(sub)).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 0x400)).unwrap();
+    assert!(
+        cmd.is_bounced(),
+        "the data at offset 0x800 of its page cannot be mapped there"
+    );
+    let segs = segments(&cmd);
+    assert!(
+        segs.iter()
+            .all(|s| s.addr.0 >= 0x27B9 && s.addr.0 + s.len - 1 <= 0x5555),
+        "{segs:?}"
+    );
+    cmd.complete().unwrap();
+    // Without a bounce pool the placement refusal is the answer.
+    let mut bare = dmakit::dma::DmaCommand::builder(m.clone())
+        .spec(spec)
+        .mapper(mp)
+        .build()
+        .unwrap();
+    let sub = SubMemoryDescriptor::new(buffer(&m, 4096), 0x800, 0x400, Direction::InOut).unwrap();
+    bare.set_memory_descriptor(Arc::new(sub)).unwrap();
+    let e = bare.prepare(PrepareOptions::range(0, 0x400)).unwrap_err();
+    assert!(matches!(e, dmakit::Error::NoSuitableMemory { .. }), "{e}");
+}

@@ -1067,23 +1067,34 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         if let MappingMode::Mapped(mapper) = &self.owner.mode {
             let mapper = mapper.clone();
             if forced.is_none() {
-                if let Some(route) =
-                    self.map(mapper.as_ref(), md, prep.offset, prep.length, prep.dir)?
-                {
-                    prep.route = route;
-                    match self.preflight(md, prep)? {
-                        None => return Ok(()),
-                        Some(r) => {
-                            prep.reason = Some(r);
-                            self.owner.release_route(prep)?;
-                        }
-                    }
-                } else {
-                    prep.reason = Some(BounceReason {
-                        constraint: Constraint::MapperPageJoins,
+                let why = |constraint| -> Result<Option<BounceReason>> {
+                    Ok(Some(BounceReason {
+                        constraint,
                         addr: md.physical_segment(prep.offset)?.addr.0,
                         len: prep.length,
-                    });
+                    }))
+                };
+                match self.map(mapper.as_ref(), md, prep.offset, prep.length, prep.dir) {
+                    Ok(Some(route)) => {
+                        prep.route = route;
+                        match self.preflight(md, prep)? {
+                            None => return Ok(()),
+                            Some(r) => {
+                                prep.reason = Some(r);
+                                self.owner.release_route(prep)?;
+                            }
+                        }
+                    }
+                    Ok(None) => prep.reason = why(Constraint::MapperPageJoins)?,
+                    // No IO range at this page offset fits the device's window: a bounce
+                    // buffer, whose data starts elsewhere in its page, may.
+                    Err(e @ Error::NoSuitableMemory { .. }) if self.owner.pool.is_none() => {
+                        return Err(e)
+                    }
+                    Err(Error::NoSuitableMemory { .. }) => {
+                        prep.reason = why(Constraint::AddressWindow)?;
+                    }
+                    Err(e) => return Err(e),
                 }
             } else {
                 prep.reason = forced;
