@@ -43,7 +43,7 @@ const PFN_MASK: u64 = (1 << 55) - 1;
 /// What to do when pagemap hides frame numbers.
 pub const NO_PFN_HINT: &str =
     "reading physical frame numbers from /proc/self/pagemap needs CAP_SYS_ADMIN: \
-run as root (with CAP_SYS_ADMIN), or use IOVA mode through VFIO";
+run as root (with CAP_SYS_ADMIN); wired buffers, DMA commands and the VFIO mapper all need them";
 
 /// Decodes the pagemap `entry` of the page holding `va` into that page's physical address.
 ///

@@ -71,8 +71,8 @@ fn the_engine_copies_between_two_descriptors_through_the_iommu() {
     let mut cs = command(&m, src.clone(), MappingMode::Mapped(mapper.clone()));
     let mut cd = command(&m, dst.clone(), MappingMode::Mapped(mapper.clone()));
     // Non-coherent machine: the IOMMU path reads DRAM, so the CPU's bytes must be cleaned
-    // first. A mapped command does not clean; do it with the platform (as a driver would
-    // use a non-coherent command).
+    // first. The mapped commands clean at prepare; the flush here is what a driver that
+    // filled the buffer through another mapping would add.
     dmakit::map::flush_processor_cache(&*m, dmakit::platform::Task::KERNEL, src.address(), 40_000)
         .unwrap();
     cs.prepare(PrepareOptions::range(0, 40_000)).unwrap();

@@ -1260,7 +1260,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         window: (u64, u64),
     ) -> Result<Bounce<P>> {
         let pool = self.owner.pool.as_ref().ok_or(Error::NoResources {
-            what: "bounce pool (the transfer needs double buffering and the command has none)",
+            what: "bounce pool (the transfer needs bounce memory, per page or whole, and the command has no bounce pool)",
             limit: 0,
         })?;
         let s = &self.spec;
