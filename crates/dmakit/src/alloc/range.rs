@@ -117,8 +117,8 @@ const USED: u32 = u32::MAX - 1;
 /// Node 0 is the sentinel of the address list: it counts as allocated (so nothing merges
 /// with it), is in no hash chain, and both the first and the last block link to it.
 const HEAD: u32 = 0;
-/// One node in `SAMPLE` becomes an anchor (a power of two).
-const SAMPLE: u64 = 32;
+/// log2 of the share of blocks that are anchors: one in 32.
+const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
 /// neighbouring buckets (see [`RangeAllocator::bucket`]).
 const RUN_BITS: u32 = 6;
@@ -128,6 +128,7 @@ const MAX_NODES: usize = USED as usize - 2;
 /// One block `[start, last]`: 32 bytes, two to a cache line, holding everything the common
 /// paths touch (so that a block costs one cache miss, not two).
 #[derive(Clone, Copy, Debug)]
+#[repr(align(32))]
 struct Node {
     start: u64,
     last: u64,
@@ -163,7 +164,7 @@ pub struct RangeAllocator {
     // Invariants (the tests' `check` verifies them all):
     // * Every block is a node of `nodes` (slot 0 is HEAD; recycled slots are listed in
     //   `spare`) on the address list, in address order. Blocks are disjoint.
-    // * `anchors` holds exactly the nodes whose bit is set in `anchor_bits`, by start.
+    // * `anchors` holds exactly the blocks whose start `is_anchor` picks, by start.
     // * Allocated blocks cover exactly the space handed out (by `allocate`/`allocate_range`
     //   and not given back); each sits in the hash chain of its start's bucket.
     // * Free blocks are never adjacent to each other; each is in exactly the list of its
@@ -181,15 +182,11 @@ pub struct RangeAllocator {
     /// log2 of the default alignment.
     shift: u32,
     allocated: usize,
-    /// About one node in [`SAMPLE`], by start: where searches by address begin.
+    /// About one block in 2^[`SAMPLE_BITS`], by start: where searches by address begin.
     anchors: SortedIndex,
-    /// One bit per node: is it in `anchors`.
-    anchor_bits: Vec<u64>,
     /// Per size class: the first free block of its list.
     heads: [u32; CLASSES],
     classes: ClassMap,
-    /// xorshift64 state for anchor sampling.
-    rng: u64,
     default_mask: u64,
     free_bytes: u64,
     fragments: usize,
@@ -227,10 +224,8 @@ impl RangeAllocator {
             shift: a.trailing_zeros(),
             allocated: 0,
             anchors: SortedIndex::new(),
-            anchor_bits: alloc_crate::vec![0],
             heads: [NIL; CLASSES],
             classes: ClassMap::default(),
-            rng: 0x2545_F491_4F6C_DD1D,
             default_mask: a - 1,
             free_bytes: 0,
             fragments: 0,
@@ -437,41 +432,35 @@ impl RangeAllocator {
             }
             None => {
                 self.nodes.push(node);
-                let n = self.nodes.len() - 1;
-                if n.is_multiple_of(64) {
-                    self.anchor_bits.push(0);
-                }
-                n as u32
+                (self.nodes.len() - 1) as u32
             }
         }
     }
 
-    /// Puts node `a` right after node `p` in address order; one time in [`SAMPLE`] it also
-    /// becomes an anchor.
+    /// Puts node `a` right after node `p` in address order (and among the anchors, if it
+    /// is one).
     #[inline]
     fn link_after(&mut self, p: u32, a: u32) {
         let n = self.nodes[p as usize].next;
-        {
-            let node = &mut self.nodes[a as usize];
-            node.prev = p;
-            node.next = n;
-        }
+        let node = &mut self.nodes[a as usize];
+        node.prev = p;
+        node.next = n;
+        let start = node.start;
         self.nodes[p as usize].next = a;
         self.nodes[n as usize].prev = a;
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        if x.is_multiple_of(SAMPLE) {
-            self.anchor_bits[a as usize / 64] |= 1 << (a % 64);
-            self.anchors.insert(self.nodes[a as usize].start, a);
+        if self.is_anchor(start) {
+            self.anchors.insert(start, a);
         }
     }
 
+    /// Whether the block starting at `start` is an anchor: one start in 2^[`SAMPLE_BITS`],
+    /// picked by the top bits of a multiplicative hash of its number of default-alignment
+    /// units. The choice depends on the start alone (no state, no bit to keep per node),
+    /// and regularly spaced starts still get their share: a multiply by an odd constant
+    /// spreads an arithmetic progression evenly over the top bits.
     #[inline]
-    fn is_anchor(&self, n: u32) -> bool {
-        self.anchor_bits[n as usize / 64] & 1 << (n % 64) != 0
+    fn is_anchor(&self, start: u64) -> bool {
+        (start >> self.shift).wrapping_mul(0xD1B5_4A32_D192_ED03) >> (64 - SAMPLE_BITS) == 0
     }
 
     /// Takes node `a` (out of the hash or its size class already) off the address list and
@@ -483,8 +472,7 @@ impl RangeAllocator {
         } = self.nodes[a as usize];
         self.nodes[prev as usize].next = next;
         self.nodes[next as usize].prev = prev;
-        if self.is_anchor(a) {
-            self.anchor_bits[a as usize / 64] &= !(1 << (a % 64));
+        if self.is_anchor(start) {
             self.anchors.remove(start);
         }
         self.spare.push(a);
@@ -494,15 +482,16 @@ impl RangeAllocator {
     /// place in address order must stay right.
     fn set_start(&mut self, n: u32, start: u64) {
         let old = core::mem::replace(&mut self.nodes[n as usize].start, start);
-        if self.is_anchor(n) {
-            if let Some(p) = self.anchors.pred(old) {
-                self.anchors.rekey(p, start);
-            }
+        if self.is_anchor(old) {
+            self.anchors.remove(old);
+        }
+        if self.is_anchor(start) {
+            self.anchors.insert(start, n);
         }
     }
 
     /// The block with the greatest start `≤ x`, or [`HEAD`] if there is none: the last
-    /// anchor at or before `x`, then a walk along the address list (expected [`SAMPLE`]
+    /// anchor at or before `x`, then a walk along the address list (expected 2^[`SAMPLE_BITS`]
     /// steps).
     fn pred(&self, x: u64) -> u32 {
         let mut cur = self.anchors.pred(x).map_or(HEAD, |p| self.anchors.at(p).1);
@@ -1037,14 +1026,17 @@ mod tests {
                 }
             }
             assert_eq!(chained, allocated, "allocated blocks missing from the hash");
-            // Anchors: exactly the flagged nodes, by their current start.
-            let anchors: Vec<(u64, u32)> = self.anchors.iter().collect();
-            for &(k, m) in &anchors {
-                assert!(on_list[m as usize] && self.is_anchor(m), "anchor {m}");
-                assert_eq!(self.nodes[m as usize].start, k, "anchor key of node {m}");
+            // Anchors: exactly the blocks picked by their start.
+            let mut want = Vec::new();
+            let mut n = self.nodes[HEAD as usize].next;
+            while n != HEAD {
+                let start = self.nodes[n as usize].start;
+                if self.is_anchor(start) {
+                    want.push((start, n));
+                }
+                n = self.nodes[n as usize].next;
             }
-            let flagged = (1..n_nodes as u32).filter(|&m| self.is_anchor(m)).count();
-            assert_eq!(flagged, anchors.len(), "anchor bits");
+            assert!(self.anchors.iter().eq(want), "anchors");
         }
     }
 
