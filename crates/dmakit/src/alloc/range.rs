@@ -125,6 +125,13 @@ const RUN_BITS: u32 = 6;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
 
+/// Where the link to a node of a hash chain is: in its bucket, or in the node before it.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    Bucket(usize),
+    After(u32),
+}
+
 /// One block `[start, last]`: 32 bytes, two to a cache line, holding everything the common
 /// paths touch (so that a block costs one cache miss, not two).
 #[derive(Clone, Copy, Debug)]
@@ -333,18 +340,18 @@ impl RangeAllocator {
             & (self.buckets.len() - 1)
     }
 
-    /// The allocated block starting at `key`, and where the link to it is: the bucket's
-    /// head ([`NIL`]) or the previous node of the chain.
+    /// The allocated block starting at `key`, and where the link to it is.
     #[inline]
-    fn find(&self, key: u64) -> Option<(u32, u32)> {
-        let mut link = NIL;
-        let mut n = self.buckets[self.bucket(key)];
+    fn find(&self, key: u64) -> Option<(u32, Link)> {
+        let b = self.bucket(key);
+        let mut link = Link::Bucket(b);
+        let mut n = self.buckets[b];
         while n != NIL {
             let node = &self.nodes[n as usize];
             if node.start == key {
                 return Some((n, link));
             }
-            link = n;
+            link = Link::After(n);
             n = node.a;
         }
         None
@@ -362,14 +369,12 @@ impl RangeAllocator {
     /// Takes allocated node `n` out of its chain, given where the link to it is (as
     /// [`find`](Self::find) returns it).
     #[inline]
-    fn unchain(&mut self, n: u32, link: u32) {
+    fn unchain(&mut self, n: u32, link: Link) {
         self.allocated -= 1;
         let next = self.nodes[n as usize].a;
-        if link == NIL {
-            let b = self.bucket(self.nodes[n as usize].start);
-            self.buckets[b] = next;
-        } else {
-            self.nodes[link as usize].a = next;
+        match link {
+            Link::Bucket(b) => self.buckets[b] = next,
+            Link::After(p) => self.nodes[p as usize].a = next,
         }
     }
 
@@ -511,6 +516,12 @@ impl RangeAllocator {
     #[inline]
     fn bin_link(&mut self, n: u32) {
         let c = self.nodes[n as usize].class();
+        self.bin_link_to(n, c);
+    }
+
+    /// Links free node `n` at the head of the list of class `c`, its class.
+    #[inline]
+    fn bin_link_to(&mut self, n: u32, c: usize) {
         let head = self.heads[c];
         let node = &mut self.nodes[n as usize];
         node.a = NIL;
@@ -545,11 +556,13 @@ impl RangeAllocator {
     /// Gives free node `n` the new last byte `last`, moving it to another class if needed.
     #[inline]
     fn set_last(&mut self, n: u32, last: u64) {
-        let old = self.nodes[n as usize].class();
-        self.nodes[n as usize].last = last;
-        if self.nodes[n as usize].class() != old {
+        let node = &mut self.nodes[n as usize];
+        let old = node.class();
+        node.last = last;
+        let new = node.class();
+        if new != old {
             self.bin_unlink(n, old);
-            self.bin_link(n);
+            self.bin_link_to(n, new);
         }
     }
 
