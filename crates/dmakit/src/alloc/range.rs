@@ -186,6 +186,8 @@ pub struct RangeAllocator {
     buckets: Vec<u32>,
     /// `buckets.len() == 1 << bits`.
     bits: u32,
+    /// The number of allocated blocks past which the buckets double: [`grow_at`]`(bits)`.
+    grow_at: usize,
     /// log2 of the default alignment.
     shift: u32,
     allocated: usize,
@@ -197,6 +199,24 @@ pub struct RangeAllocator {
     default_mask: u64,
     free_bytes: u64,
     fragments: usize,
+}
+
+/// Buckets of a table that stays in cache: up to this many, four per allocated block (chains
+/// of one node, nearly always); past it, one per allocated block.
+const CACHED_BUCKETS: usize = 1 << 16;
+
+/// How many allocated blocks a table of `2^bits` buckets holds before it doubles. While the
+/// table is small enough to stay in cache, a lookup costs its chain walk, so there are four
+/// buckets per block and a lookup nearly always meets its block first. Past that, every
+/// lookup misses the cache on its bucket anyway, and a table four times smaller misses less
+/// (in the cache and in the TLB) than the longer chains cost: one bucket per block.
+fn grow_at(bits: u32) -> usize {
+    let buckets = 1usize << bits;
+    if buckets <= CACHED_BUCKETS {
+        buckets / 4
+    } else {
+        buckets
+    }
 }
 
 fn check_align(what: &'static str, align: u64) -> Result<u64> {
@@ -228,6 +248,7 @@ impl RangeAllocator {
             spare: Vec::new(),
             buckets: alloc_crate::vec![NIL; 1 << bits],
             bits,
+            grow_at: grow_at(bits),
             shift: a.trailing_zeros(),
             allocated: 0,
             anchors: SortedIndex::new(),
@@ -382,7 +403,7 @@ impl RangeAllocator {
     #[inline]
     fn hash_insert(&mut self, n: u32) {
         self.allocated += 1;
-        if self.allocated * 4 > self.buckets.len() {
+        if self.allocated > self.grow_at {
             self.grow_buckets();
         }
         let b = self.bucket(self.nodes[n as usize].start);
@@ -404,6 +425,7 @@ impl RangeAllocator {
     #[cold]
     fn grow_buckets(&mut self) {
         self.bits += 1;
+        self.grow_at = grow_at(self.bits);
         let old = core::mem::replace(&mut self.buckets, alloc_crate::vec![NIL; 1 << self.bits]);
         for mut n in old {
             while n != NIL {
