@@ -578,8 +578,14 @@ impl RangeAllocator {
     /// Gives free node `n` the new last byte `last`, moving it to another class if needed.
     #[inline]
     fn set_last(&mut self, n: u32, last: u64) {
+        let old = self.nodes[n as usize].class();
+        self.reclass(n, old, last);
+    }
+
+    /// [`set_last`](Self::set_last) for a node whose class `old` is known.
+    #[inline]
+    fn reclass(&mut self, n: u32, old: usize, last: u64) {
         let node = &mut self.nodes[n as usize];
-        let old = node.class();
         node.last = last;
         let new = node.class();
         if new != old {
@@ -593,12 +599,11 @@ impl RangeAllocator {
     /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block.
     /// Needs room for two new nodes.
     #[inline]
-    fn carve(&mut self, f: u32, data: u64, end: u64) {
+    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64) {
         let Node { start, last, .. } = self.nodes[f as usize];
         self.free_bytes -= end - data + 1;
         if data == start {
             // `f` itself becomes the allocation.
-            let c = self.nodes[f as usize].class();
             self.bin_unlink(f, c);
             self.nodes[f as usize].last = end;
             self.hash_insert(f);
@@ -619,7 +624,7 @@ impl RangeAllocator {
                 self.bin_link(t);
                 self.fragments += 1;
             }
-            self.set_last(f, data - 1);
+            self.reclass(f, c, data - 1);
         }
     }
 
@@ -829,7 +834,7 @@ impl RangeAllocator {
         {
             let n = self.heads[c];
             if let Some(data) = self.place(n, size, mask) {
-                self.carve(n, data, data + (size - 1));
+                self.carve(n, c, data, data + (size - 1));
                 return Ok(data);
             }
         }
@@ -851,7 +856,7 @@ impl RangeAllocator {
             let mut n = self.heads[class];
             while n != NIL {
                 if let Some(data) = self.place(n, size, mask) {
-                    self.carve(n, data, data + (size - 1));
+                    self.carve(n, class, data, data + (size - 1));
                     return Ok(data);
                 }
                 if class >= sure {
@@ -886,7 +891,7 @@ impl RangeAllocator {
         let n = self.pred(start);
         let node = &self.nodes[n as usize];
         if n != HEAD && !node.used() && last <= node.last {
-            self.carve(n, start, last);
+            self.carve(n, node.class(), start, last);
             Ok(())
         } else {
             Err(Error::RangeBusy {
