@@ -121,7 +121,7 @@ const HEAD: u32 = 0;
 const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
 /// neighbouring buckets (see [`RangeAllocator::bucket`]).
-const RUN_BITS: u32 = 6;
+const RUN_BITS: u32 = 8;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
 
