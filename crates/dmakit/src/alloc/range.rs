@@ -126,7 +126,8 @@ const HEAD: u32 = 0;
 /// log2 of the share of blocks that are anchors: one in 32.
 const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
-/// neighbouring buckets (see [`RangeAllocator::bucket`]).
+/// neighbouring buckets, in a table of more than 2^RUN_BITS buckets (see
+/// [`RangeAllocator::bucket`]).
 const RUN_BITS: u32 = 8;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
@@ -192,6 +193,8 @@ pub struct RangeAllocator {
     buckets: Vec<u32>,
     /// `buckets.len() == 1 << bits`.
     bits: u32,
+    /// log2 of the run of units that go to consecutive buckets: `min(RUN_BITS, bits - 1)`.
+    run: u32,
     /// The number of allocated blocks past which the buckets double: [`grow_at`]`(bits)`.
     grow_at: usize,
     /// log2 of the default alignment.
@@ -254,6 +257,7 @@ impl RangeAllocator {
             spare: Vec::new(),
             buckets: alloc_crate::vec![NIL; 1 << bits],
             bits,
+            run: RUN_BITS.min(bits - 1),
             grow_at: grow_at(bits),
             shift: a.trailing_zeros(),
             allocated: 0,
@@ -353,17 +357,18 @@ impl RangeAllocator {
     // --- the hash of allocated blocks by start ----------------------------------------
 
     /// The bucket of `key`. Keys are counted in units of the default alignment; a run of
-    /// `2^RUN_BITS` units goes to as many consecutive buckets, from a base given by the
-    /// top bits of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close
-    /// in address thus share cache lines of the bucket array (IOVA churn hands out and
-    /// takes back neighbouring ranges, and then touches a few lines instead of one per
-    /// call), while regularly spaced keys still spread evenly: the base is not aligned, so
-    /// keys a whole run apart land on unrelated buckets.
+    /// `2^run` units goes to as many consecutive buckets, from a base given by the top bits
+    /// of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close in address
+    /// thus share cache lines of the bucket array (IOVA churn hands out and takes back
+    /// neighbouring ranges, and then touches a few lines instead of one per call), while
+    /// regularly spaced keys still spread evenly: the base is not aligned, so keys a whole
+    /// run apart land on unrelated buckets, and a run covers at most half the table, so the
+    /// keys of one run never share a bucket.
     #[inline]
     fn bucket(&self, key: u64) -> usize {
         let unit = key >> self.shift;
-        let base = (unit >> RUN_BITS).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
-        (base as usize).wrapping_add((unit & ((1 << RUN_BITS) - 1)) as usize)
+        let base = (unit >> self.run).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
+        (base as usize).wrapping_add((unit & ((1 << self.run) - 1)) as usize)
             & (self.buckets.len() - 1)
     }
 
@@ -431,6 +436,7 @@ impl RangeAllocator {
     #[cold]
     fn grow_buckets(&mut self) {
         self.bits += 1;
+        self.run = RUN_BITS.min(self.bits - 1);
         self.grow_at = grow_at(self.bits);
         let old = core::mem::replace(&mut self.buckets, alloc_crate::vec![NIL; 1 << self.bits]);
         for mut n in old {
@@ -1169,6 +1175,26 @@ mod tests {
             assert!(
                 (blocks / 64..=blocks / 16).contains(&anchors),
                 "stride {stride}: {anchors} anchors among {blocks} blocks"
+            );
+        }
+    }
+
+    #[test]
+    fn starts_spaced_by_a_power_of_two_spread_in_a_small_table() {
+        // A run never covers more than half the table, so that the starts of one run
+        // never share a bucket, however few buckets there are.
+        let page = 0x1000;
+        for (count, stride) in [(16u64, 4u64), (64, 64), (200, 16), (1000, 1024)] {
+            let mut r = RangeAllocator::empty(page).unwrap();
+            r.deallocate(0, u64::MAX - page + 1).unwrap();
+            for i in 0..count {
+                r.allocate_range(i * stride * page, page).unwrap();
+            }
+            r.check();
+            let longest = longest_chain(&r);
+            assert!(
+                longest <= 8,
+                "{count} starts {stride} pages apart: a chain of {longest}"
             );
         }
     }
