@@ -51,10 +51,11 @@
 //!   its size-class list). This turns IOKit's free, `deallocate(start, size)`, into one
 //!   lookup: a bucket (4 bytes) and the node. Neighbouring starts hash to neighbouring
 //!   buckets, so that churn over one region of the space stays in a few cache lines of the
-//!   table. The table has two buckets per allocation while it is small enough to stay in
-//!   cache (chains of one node, nearly always), and one per allocation past 2^16 buckets:
-//!   there every lookup misses the cache on its bucket anyway, and a table half the size
-//!   misses less often, in the cache and in the TLB, than its longer chains cost.
+//!   table. The table has four buckets per allocation while it is small enough to stay in
+//!   the caches closest to the core (chains of one node, nearly always), two up to 1 MiB,
+//!   and one past that: there every lookup misses the cache on its bucket anyway, and a
+//!   smaller table misses less often, in the cache and in the TLB, than its longer chains
+//!   cost.
 //! * **"Which block contains address `x`?"** One block in 32, picked by a hash of its start,
 //!   is also an *anchor*, kept in an ordered index by start ([`SortedIndex`]). A search
 //!   finds the last anchor at or before `x` and walks the address list from there (32 steps
@@ -126,8 +127,7 @@ const HEAD: u32 = 0;
 /// log2 of the share of blocks that are anchors: one in 32.
 const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
-/// neighbouring buckets, in a table of more than 2^RUN_BITS buckets (see
-/// [`RangeAllocator::bucket`]).
+/// neighbouring buckets (see [`RangeAllocator::bucket`]).
 const RUN_BITS: u32 = 8;
 /// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
 const MAX_NODES: usize = USED as usize - 2;
@@ -193,8 +193,6 @@ pub struct RangeAllocator {
     buckets: Vec<u32>,
     /// `buckets.len() == 1 << bits`.
     bits: u32,
-    /// log2 of the run of units that go to consecutive buckets: `min(RUN_BITS, bits - 1)`.
-    run: u32,
     /// The number of allocated blocks past which the buckets double: [`grow_at`]`(bits)`.
     grow_at: usize,
     /// log2 of the default alignment.
@@ -210,18 +208,24 @@ pub struct RangeAllocator {
     fragments: usize,
 }
 
-/// Buckets of a table that stays in cache: up to this many, four per allocated block (chains
-/// of one node, nearly always); past it, one per allocated block.
-const CACHED_BUCKETS: usize = 1 << 16;
+/// A table of up to this many buckets stays in the caches closest to the core: four
+/// buckets per allocated block (chains of one node, nearly always).
+const NEAR_BUCKETS: usize = 1 << 16;
+/// Up to this many, two per allocated block; past it, one.
+const CACHED_BUCKETS: usize = 1 << 18;
 
 /// How many allocated blocks a table of `2^bits` buckets holds before it doubles. While the
-/// table is small enough to stay in cache, a lookup costs its chain walk, so there are four
-/// buckets per block and a lookup nearly always meets its block first. Past that, every
-/// lookup misses the cache on its bucket anyway, and a table four times smaller misses less
-/// (in the cache and in the TLB) than the longer chains cost: one bucket per block.
+/// table is small, a lookup costs its chain walk, so there are four buckets per block and a
+/// lookup nearly always meets its block first (frees in allocation order, as in IOVA churn,
+/// look for the oldest block of a chain, which sits at its end). A larger table misses the
+/// cache on its bucket more and more, and past a few hundred KiB every lookup does: then a
+/// table two, then four times smaller misses less (in the cache and in the TLB) than its
+/// longer chains cost.
 fn grow_at(bits: u32) -> usize {
     let buckets = 1usize << bits;
-    if buckets <= CACHED_BUCKETS {
+    if buckets <= NEAR_BUCKETS {
+        buckets / 4
+    } else if buckets <= CACHED_BUCKETS {
         buckets / 2
     } else {
         buckets
@@ -257,7 +261,6 @@ impl RangeAllocator {
             spare: Vec::new(),
             buckets: alloc_crate::vec![NIL; 1 << bits],
             bits,
-            run: RUN_BITS.min(bits - 1),
             grow_at: grow_at(bits),
             shift: a.trailing_zeros(),
             allocated: 0,
@@ -357,18 +360,20 @@ impl RangeAllocator {
     // --- the hash of allocated blocks by start ----------------------------------------
 
     /// The bucket of `key`. Keys are counted in units of the default alignment; a run of
-    /// `2^run` units goes to as many consecutive buckets, from a base given by the top bits
-    /// of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close in address
-    /// thus share cache lines of the bucket array (IOVA churn hands out and takes back
-    /// neighbouring ranges, and then touches a few lines instead of one per call), while
-    /// regularly spaced keys still spread evenly: the base is not aligned, so keys a whole
-    /// run apart land on unrelated buckets, and a run covers at most half the table, so the
-    /// keys of one run never share a bucket.
+    /// `2^RUN_BITS` units goes to as many consecutive buckets, from a base given by the top
+    /// bits of the run number's Fibonacci hash (a multiply by 2^64 / φ). Blocks close in
+    /// address thus share cache lines of the bucket array (IOVA churn hands out and takes
+    /// back neighbouring ranges, and then touches a few lines instead of one per call),
+    /// while regularly spaced keys still spread evenly: the base is not aligned, so keys a
+    /// whole run apart land on unrelated buckets. The keys of one run share a bucket only in
+    /// a table of fewer than `2^RUN_BITS` buckets, which holds so few allocations (32 at
+    /// most) that such chains stay short: eight nodes at most, all of them the allocations
+    /// of a table of 32 buckets.
     #[inline]
     fn bucket(&self, key: u64) -> usize {
         let unit = key >> self.shift;
-        let base = (unit >> self.run).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
-        (base as usize).wrapping_add((unit & ((1 << self.run) - 1)) as usize)
+        let base = (unit >> RUN_BITS).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits);
+        (base as usize).wrapping_add((unit & ((1 << RUN_BITS) - 1)) as usize)
             & (self.buckets.len() - 1)
     }
 
@@ -436,7 +441,6 @@ impl RangeAllocator {
     #[cold]
     fn grow_buckets(&mut self) {
         self.bits += 1;
-        self.run = RUN_BITS.min(self.bits - 1);
         self.grow_at = grow_at(self.bits);
         let old = core::mem::replace(&mut self.buckets, alloc_crate::vec![NIL; 1 << self.bits]);
         for mut n in old {
@@ -666,24 +670,33 @@ impl RangeAllocator {
             next: n,
             ..
         } = self.nodes[a as usize];
-        // The successor first, then the predecessor: two decisions, each on its own, rather
-        // than one among four cases (cheaper to predict).
-        let mut last = l;
-        if self.free_after(n, l) {
-            // [s, l] swallows its successor.
-            let c = self.nodes[n as usize].class();
-            self.bin_unlink(n, c);
-            last = self.nodes[n as usize].last;
-            self.drop_node(n);
-            self.fragments -= 1;
-        }
-        if self.free_before(p, s) {
-            self.drop_node(a);
-            self.set_last(p, last);
-        } else {
-            self.nodes[a as usize].last = last;
-            self.bin_link(a);
-            self.fragments += 1;
+        match (self.free_before(p, s), self.free_after(n, l)) {
+            (false, false) => {
+                self.bin_link(a);
+                self.fragments += 1;
+            }
+            (true, false) => {
+                self.drop_node(a);
+                self.set_last(p, l);
+            }
+            (false, true) => {
+                // `a` swallows its successor.
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                let nl = self.nodes[n as usize].last;
+                self.drop_node(n);
+                self.nodes[a as usize].last = nl;
+                self.bin_link(a);
+            }
+            (true, true) => {
+                let c = self.nodes[n as usize].class();
+                self.bin_unlink(n, c);
+                let nl = self.nodes[n as usize].last;
+                self.drop_node(a);
+                self.drop_node(n);
+                self.fragments -= 1;
+                self.set_last(p, nl);
+            }
         }
     }
 
@@ -1181,10 +1194,18 @@ mod tests {
 
     #[test]
     fn starts_spaced_by_a_power_of_two_spread_in_a_small_table() {
-        // A run never covers more than half the table, so that the starts of one run
-        // never share a bucket, however few buckets there are.
+        // Starts of one run share a bucket only in a table smaller than a run, which holds
+        // few allocations: chains stay short however few buckets there are.
         let page = 0x1000;
-        for (count, stride) in [(16u64, 4u64), (64, 64), (200, 16), (1000, 1024)] {
+        for (count, stride) in [
+            (4u64, 64u64),
+            (8, 32),
+            (16, 4),
+            (16, 16),
+            (64, 64),
+            (200, 16),
+            (1000, 1024),
+        ] {
             let mut r = RangeAllocator::empty(page).unwrap();
             r.deallocate(0, u64::MAX - page + 1).unwrap();
             for i in 0..count {
@@ -1200,10 +1221,10 @@ mod tests {
     }
 
     #[test]
-    fn the_table_stays_exact_when_it_passes_the_cached_size() {
-        // Two buckets per allocation up to CACHED_BUCKETS, then one: 40,000 allocations
-        // cross the change (Miri, slower, stays below it).
-        let n = if cfg!(miri) { 500 } else { 40_000u64 };
+    fn the_table_stays_exact_as_it_thins_out() {
+        // Four buckets per allocation up to NEAR_BUCKETS, two up to CACHED_BUCKETS, then
+        // one: 140,000 allocations pass both changes (Miri, slower, stays below them).
+        let n = if cfg!(miri) { 500 } else { 140_000u64 };
         let mut r = RangeAllocator::new(0, 4 * n * 0x1000, 0x1000).unwrap();
         let starts: Vec<u64> = (0..n).map(|_| r.allocate(0x1000, 0).unwrap()).collect();
         if !cfg!(miri) {
