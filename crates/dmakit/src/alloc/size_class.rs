@@ -1,12 +1,14 @@
 //! Size classes for segregated-fit allocation (the scheme of TLSF and of the
 //! `offset-allocator` crate).
 //!
-//! A length `n ≥ 1` falls in class `(fl, sl)`: `fl = floor(log2 n)` and `sl` the next
-//! [`SL_BITS`] bits below the leading one, so each power-of-two range is cut into
-//! [`SL_COUNT`] classes of equal width. Every block in a class is at least the class's
-//! minimum; every block in a *higher* class is at least one class width longer. Searching
-//! from [`ceil_class`] therefore finds a block that surely fits in O(1) with two bitmap
-//! lookups; only the class of [`floor_class`] can hold blocks that may or may not fit.
+//! Lengths below [`SL_COUNT`] have a class each (class `n`). A longer length `n` with
+//! `fl = floor(log2 n)` falls in class `(fl - SL_BITS + 1) · SL_COUNT + sl`, `sl` the next
+//! [`SL_BITS`] bits below the leading one: each power-of-two range is cut into [`SL_COUNT`]
+//! classes of equal width, numbered like the exponent and mantissa of a small float. Every
+//! block in a class is at least the class's minimum; every block in a *higher* class is
+//! longer than every length of a lower one. Searching from [`ceil_class`] therefore finds a
+//! block that surely fits in O(1) with two bitmap lookups; only the class of
+//! [`floor_class`] can hold blocks that may or may not fit.
 //!
 //! ```
 //! use dmakit::alloc::size_class::{ceil_class, class_min, floor_class, ClassMap};
@@ -25,49 +27,48 @@
 pub const SL_BITS: u32 = 3;
 /// Classes per power of two.
 pub const SL_COUNT: usize = 1 << SL_BITS;
-/// Number of classes.
-pub const CLASSES: usize = 64 * SL_COUNT;
+/// Number of classes: one group of [`SL_COUNT`] for the lengths below it, and one for each
+/// power of two from 2^SL_BITS to 2^63.
+pub const CLASSES: usize = (64 - SL_BITS as usize + 1) * SL_COUNT;
+
+/// Groups of [`SL_COUNT`] classes (at most 64: one bit each in the first level).
+const GROUPS: usize = CLASSES / SL_COUNT;
 
 /// The class whose range holds `n` (`n ≥ 1`).
 #[inline]
 pub fn floor_class(n: u64) -> usize {
     debug_assert!(n > 0);
+    if n < SL_COUNT as u64 {
+        return n as usize;
+    }
     let fl = 63 - n.leading_zeros();
-    let sl = if fl >= SL_BITS {
-        (n >> (fl - SL_BITS)) as usize & (SL_COUNT - 1)
-    } else {
-        (n << (SL_BITS - fl)) as usize & (SL_COUNT - 1)
-    };
-    fl as usize * SL_COUNT + sl
+    let sl = (n >> (fl - SL_BITS)) as usize & (SL_COUNT - 1);
+    ((fl - SL_BITS + 1) as usize) << SL_BITS | sl
 }
 
-/// The lowest class all of whose blocks are at least `n` long, or `None` past the top.
+/// The lowest class all of whose blocks are at least `n` long, or `None` past the top:
+/// the class after that of `n - 1` (every length in a higher class is longer than `n - 1`).
 #[inline]
 pub fn ceil_class(n: u64) -> Option<usize> {
-    let fl = 63 - n.max(1).leading_zeros();
-    let rounded = if fl >= SL_BITS {
-        n.checked_add((1u64 << (fl - SL_BITS)) - 1)?
-    } else {
-        n
-    };
-    let c = floor_class(rounded);
-    // `rounded` may still sit inside class c without being its minimum only when fl < SL_BITS
-    // (classes narrower than one); there every class holds one length exactly.
-    Some(c)
+    if n <= 1 {
+        return Some(n as usize);
+    }
+    let c = floor_class(n - 1) + 1;
+    (c < CLASSES).then_some(c)
 }
 
 /// Two-level bitmap of non-empty classes.
 #[derive(Clone, Debug)]
 pub struct ClassMap {
     top: u64,
-    second: [u8; 64],
+    second: [u8; GROUPS],
 }
 
 impl Default for ClassMap {
     fn default() -> Self {
         ClassMap {
             top: 0,
-            second: [0; 64],
+            second: [0; GROUPS],
         }
     }
 }
@@ -102,7 +103,7 @@ impl ClassMap {
         if here != 0 {
             return Some(fl * SL_COUNT + here.trailing_zeros() as usize);
         }
-        let above = if fl >= 63 {
+        let above = if fl + 1 >= GROUPS {
             0
         } else {
             self.top & (!0u64 << (fl + 1))
@@ -117,14 +118,11 @@ impl ClassMap {
 
 /// The smallest length in class `c`.
 pub fn class_min(c: usize) -> u64 {
-    let fl = (c / SL_COUNT) as u32;
-    let sl = (c % SL_COUNT) as u64;
-    if fl >= SL_BITS {
-        ((SL_COUNT as u64) | sl) << (fl - SL_BITS)
-    } else {
-        // Classes below 2^SL_BITS hold one length each, when that length maps here.
-        ((SL_COUNT as u64) | sl) >> (SL_BITS - fl)
+    if c < SL_COUNT {
+        return c as u64;
     }
+    let group = (c >> SL_BITS) as u32;
+    ((SL_COUNT | (c & (SL_COUNT - 1))) as u64) << (group - 1)
 }
 
 #[cfg(test)]
@@ -150,6 +148,16 @@ mod tests {
                 class_min(up)
             );
             assert!(up <= floor_class(n) + 1);
+            if up > 0 {
+                assert!(class_min(up - 1) < n, "ceil class of {n} is not the lowest");
+            }
+        }
+        for c in 1..CLASSES {
+            assert_eq!(
+                floor_class(class_min(c)),
+                c,
+                "class {c} starts at its minimum"
+            );
         }
         assert_eq!(floor_class(u64::MAX), CLASSES - 1);
         assert_eq!(ceil_class(u64::MAX), None);
