@@ -118,6 +118,10 @@ fn a_dropped_command_without_a_quarantine_leaks_rather_than_frees() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "forgets a prepared command by design, which Miri reports as a leak"
+)]
 fn teardown_reports_what_a_forgotten_preparation_holds() {
     let m = machine();
     let dev = Quarantine::new("disk0");
@@ -379,6 +383,10 @@ fn typed_ownership_round_trips_through_a_bounce_in_both_directions() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "drops a device-owned buffer without a quarantine, which leaks it by design (Miri reports the leak)"
+)]
 fn typed_ownership_refuses_a_direction_the_descriptor_does_not_allow_and_keeps_failures() {
     let m = machine();
     let md =
