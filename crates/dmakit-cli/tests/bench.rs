@@ -1,7 +1,6 @@
 //! `dmakit bench --quick --json --out PATH --svg FILE` end to end: the JSON on standard
 //! output is the report written to `--out`, and the chart has one row per report row.
-//! It runs the quick benchmarks (about 40 s in a debug build, 12 s in release), so it is
-//! ignored by default: `cargo test -p dmakit-cli --test bench -- --ignored`.
+//! It runs the quick benchmarks (about 40 s in a debug build, 12 s in release).
 
 mod common;
 
@@ -9,7 +8,6 @@ use common::*;
 use serde_json::Value;
 
 #[test]
-#[ignore = "runs the quick benchmarks: about 40 s in a debug build"]
 fn bench_json_out_and_chart_agree() {
     let out = temp("bench.json");
     let svg = temp("bench.svg");
