@@ -76,7 +76,8 @@ impl CpuAccess for Host {
             return Ok(());
         }
         let s = self.lock();
-        // The common case, both ranges inside allocations: one lookup each.
+        // The common case, both ranges inside allocations: one lookup each. Two allocations are
+        // distinct memory objects, or one and the same (a memmove), so one copy is right.
         if let (Some((fs, fa)), Some((ts, ta))) =
             (s.allocation(from_va.0, len), s.allocation(to_va.0, len))
         {
@@ -119,13 +120,8 @@ impl CpuAccess for Host {
         if !dst.writable() {
             return Err(read_only);
         }
-        // `cpu_span` prefers allocations, so when both ranges lie in allocations both spans
-        // are of allocations: distinct memory objects, or one and the same (memmove).
-        if s.allocation(from_va.0, len).is_some() && s.allocation(to_va.0, len).is_some() {
-            src.copy_to(&dst).ok_or(read_only)?;
-            return Ok(());
-        }
-        // The span exists, so `len` fits in the address space.
+        // Not both in allocations (those were copied above), so the ranges may alias
+        // through a second mapping: through a temporary. The span exists, so `len` fits in the address space.
         let mut tmp = vec![0u8; usize::try_from(len).map_err(|_| unknown(from_va.0))?];
         src.read(&mut tmp);
         dst.write(&tmp).ok_or(read_only)?;
