@@ -1317,15 +1317,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         // Count pages, checking that runs meet at page boundaries (so the IO range is one).
         // The first run is kept: when it holds the whole range, it is all there is to map.
         let first = md.physical_segment(offset)?;
+        let run_at = |x: u64| match x {
+            0 => Ok(first),
+            x => md.physical_segment(offset + x),
+        };
         let mut pages = 0;
         let mut x = 0;
         let mut first_off = 0;
         while x < length {
-            let seg = if x == 0 {
-                first
-            } else {
-                md.physical_segment(offset + x)?
-            };
+            let seg = run_at(x)?;
             let len = seg.len.min(length - x);
             if x == 0 {
                 first_off = page.offset(seg.addr.0);
@@ -1344,11 +1344,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let mut x = 0;
         let result = (|| {
             while x < length {
-                let seg = if x == 0 {
-                    first
-                } else {
-                    md.physical_segment(offset + x)?
-                };
+                let seg = run_at(x)?;
                 let len = seg.len.min(length - x);
                 let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
                 mapper.iovm_insert_run(
