@@ -226,18 +226,11 @@ impl<P: Platform + Clone + Send + Sync + 'static> Nvme<P> {
     }
 
     /// Identify Namespace `nsid`: its size and logical block size (512 or 4096 bytes, or
-    /// any power of two the controller reports).
+    /// any power of two the controller reports). An inactive namespace and a format with
+    /// metadata per block are refused (see [`NamespaceIdentity::parse`]).
     pub fn namespace(&self, nsid: u32) -> Result<NamespaceIdentity> {
         let data = self.shared.identify(0, nsid)?;
-        let ns = NamespaceIdentity::parse(nsid, &data)?;
-        if ns.blocks == 0 || ns.block_size < 512 || !ns.block_size.is_power_of_two() {
-            return Err(Error::Unsupported {
-                what:
-                    "NVMe namespace: inactive (no blocks) or an LBA format this driver cannot use",
-            }
-            .into());
-        }
-        Ok(ns)
+        Ok(NamespaceIdentity::parse(nsid, &data)?)
     }
 
     /// The most bytes one command carries (from `MDTS` and [`NvmeOptions::max_transfer`]);

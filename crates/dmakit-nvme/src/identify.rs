@@ -79,14 +79,33 @@ impl ControllerIdentity {
 }
 
 impl NamespaceIdentity {
-    /// Decodes Identify Namespace data of namespace `nsid` (4096 bytes). The formatted LBA
-    /// size must be 512 B to 64 KiB ([`Error::BadArgument`] otherwise).
+    /// Decodes Identify Namespace data of namespace `nsid` (4096 bytes).
+    ///
+    /// Refused: an inactive namespace (a size of 0 blocks: controllers return all zeros for
+    /// a namespace identifier that is valid but not attached) with [`Error::NotAttached`];
+    /// a format that carries metadata with each block (the LBA format's `MS` field above
+    /// 0) with [`Error::Unsupported`], since this driver moves data only and a controller
+    /// would otherwise transfer metadata into (or out of) memory the driver never gave
+    /// it; a formatted LBA size outside 512 B to 64 KiB with [`Error::BadArgument`].
     pub fn parse(nsid: u32, bytes: &[u8]) -> Result<Self> {
         let b = whole(bytes)?;
         let mut n = [0u8; 8];
         n.copy_from_slice(&b[0..8]);
+        if u64::from_le_bytes(n) == 0 {
+            return Err(Error::NotAttached {
+                what: "NVMe namespace",
+                why: "inactive: Identify Namespace reports a size of 0 blocks",
+            });
+        }
         let flbas = (b[26] & 0xf) as usize;
-        let lbads = (u32_at(b, 128 + 4 * flbas) >> 16) & 0xff;
+        let lbaf = u32_at(b, 128 + 4 * flbas);
+        if lbaf & 0xffff != 0 {
+            return Err(Error::Unsupported {
+                what: "NVMe namespace formatted with metadata per block (LBA format MS > 0): \
+                       this driver transfers data only",
+            });
+        }
+        let lbads = (lbaf >> 16) & 0xff;
         if !(9..=16).contains(&lbads) {
             return Err(Error::BadArgument {
                 what: "NVMe namespace: LBA data size outside 512 B - 64 KiB",
@@ -138,5 +157,17 @@ mod tests {
         p[26] = 0xf; // format 15: the last LBAF slot, inside the page
         p[188..192].copy_from_slice(&(16u32 << 16).to_le_bytes());
         assert_eq!(NamespaceIdentity::parse(3, &p).unwrap().block_size, 65536);
+        p[188..192].copy_from_slice(&(12u32 << 16 | 8).to_le_bytes());
+        let e = NamespaceIdentity::parse(3, &p).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported { what } if what.contains("metadata")),
+            "a format with 8 bytes of metadata per block: {e}"
+        );
+        p[0..8].copy_from_slice(&0u64.to_le_bytes());
+        let e = NamespaceIdentity::parse(3, &p).unwrap_err();
+        assert!(
+            matches!(e, Error::NotAttached { why, .. } if why.contains("inactive")),
+            "an all-zero size is an inactive namespace: {e}"
+        );
     }
 }
