@@ -52,12 +52,13 @@ struct Model {
 }
 
 impl Model {
+    /// Where a copy of `n` bytes at `off` lands and how many it copies: all of them when
+    /// they lie within the length, else none (IOKit's all-or-nothing rule).
     fn span(&self, off: u64, n: usize) -> (usize, usize) {
-        if off >= self.length as u64 {
-            return (self.length, 0);
+        match off.checked_add(n as u64) {
+            Some(end) if end <= self.length as u64 => (off as usize, n),
+            _ => (0, 0),
         }
-        let off = off as usize;
-        (off, n.min(self.length - off))
     }
 }
 
@@ -108,6 +109,7 @@ fn run(input: &Input) {
                     let (o, k) = model.span(off as u64, buf.len());
                     assert_eq!(md.read_bytes(off as u64, &mut buf), k, "read count");
                     assert_eq!(buf[..k], model.bytes[o..o + k], "read bytes");
+                    assert!(buf[k..].iter().all(|&x| x == 0xEE), "copied past the count");
                 }
                 Op::ReadFar(off) => {
                     let mut buf = [0u8; 8];

@@ -64,7 +64,18 @@ fn buffer_capacity_length_and_append() {
     assert_eq!(&back[..6000], &pattern(6000, 1)[..]);
     assert_eq!(&back[6000..], &pattern(6000, 2)[..4000]);
     b.set_length(100).unwrap();
-    assert_eq!(b.read_bytes(50, &mut back), 50, "clamped at the length");
+    assert_eq!(
+        b.read_bytes(50, &mut back[..50]),
+        50,
+        "up to the length, not the capacity"
+    );
+    back[..60].fill(0xEE);
+    assert_eq!(
+        b.read_bytes(50, &mut back[..60]),
+        0,
+        "past the length: all or nothing"
+    );
+    assert!(back[..60].iter().all(|&x| x == 0xEE), "nothing copied");
     assert_eq!(b.read_bytes(100, &mut back), 0);
     assert_eq!(b.read_bytes(u64::MAX, &mut back), 0);
     assert!(matches!(
@@ -353,8 +364,18 @@ fn sub_descriptors_forward_and_check_bounds() {
     let s = SubMemoryDescriptor::new(parent.clone(), 4000, 1000, Direction::In).unwrap();
     assert_eq!(s.direction(), Direction::In, "the sub's own direction");
     let mut b = vec![0u8; 2000];
-    assert_eq!(s.read_bytes(0, &mut b), 1000);
+    assert_eq!(s.read_bytes(0, &mut b), 0, "past the sub's end: nothing");
+    assert!(b.iter().all(|&x| x == 0), "nothing copied");
+    assert_eq!(s.read_bytes(0, &mut b[..1000]), 1000);
     assert_eq!(&b[..1000], &pattern(9000, 3)[4000..5000]);
+    assert_eq!(
+        s.write_bytes(999, &[1, 2]),
+        0,
+        "a write past the sub's end writes nothing, not even into the parent"
+    );
+    let mut p = [0u8; 2];
+    assert_eq!(parent.read_bytes(4999, &mut p), 2);
+    assert_eq!(&p, &pattern(9000, 3)[4999..5001]);
     let seg = s.physical_segment(999).unwrap();
     assert_eq!(seg.len, 1);
     assert_eq!(seg.addr, parent.physical_segment(4999).unwrap().addr);
@@ -555,20 +576,27 @@ proptest! {
         prop_assert_eq!(md.length(), oracle.len() as u64);
         for (o, n) in reads {
             let off = o as u64 % (oracle.len() as u64 + 2);
-            let mut buf = vec![0u8; n];
+            // Half the reads fit; all or nothing is the rule either way.
+            let n = if o % 2 == 0 { n.min(oracle.len().saturating_sub(off as usize)) } else { n };
+            let mut buf = vec![0xA5u8; n];
             let got = md.read_bytes(off, &mut buf);
-            let want = if off as usize >= oracle.len() { 0 } else { n.min(oracle.len() - off as usize) };
-            prop_assert_eq!(got, want);
-            if got > 0 {
-                prop_assert_eq!(&buf[..got], &oracle[off as usize..off as usize + got]);
+            let fits = off as usize + n <= oracle.len();
+            prop_assert_eq!(got, if fits { n } else { 0 });
+            if fits {
+                prop_assert_eq!(&buf[..], &oracle[off as usize..off as usize + n]);
+            } else {
+                prop_assert!(buf.iter().all(|&x| x == 0xA5), "nothing copied");
             }
         }
         let (o, data) = write;
         let off = o as u64 % (oracle.len() as u64 + 1);
-        let got = md.write_bytes(off, &data);
-        let want = data.len().min(oracle.len() - off as usize);
-        prop_assert_eq!(got, want);
-        oracle[off as usize..off as usize + got].copy_from_slice(&data[..got]);
+        let data = if o % 2 == 0 { &data[..data.len().min(oracle.len() - off as usize)] } else { &data[..] };
+        let got = md.write_bytes(off, data);
+        let fits = off as usize + data.len() <= oracle.len();
+        prop_assert_eq!(got, if fits { data.len() } else { 0 });
+        if fits {
+            oracle[off as usize..off as usize + got].copy_from_slice(data);
+        }
         let mut all = vec![0u8; oracle.len()];
         prop_assert_eq!(md.read_bytes(0, &mut all), oracle.len());
         prop_assert_eq!(&all, &oracle);

@@ -648,12 +648,12 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = super::clamp(offset, buf.len(), self.length());
+        let n = super::whole_or_nothing(offset, buf.len(), self.length());
         self.inner.read_bytes(offset, &mut buf[..n])
     }
 
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        let n = super::clamp(offset, data.len(), self.length());
+        let n = super::whole_or_nothing(offset, data.len(), self.length());
         self.inner.write_bytes(offset, &data[..n])
     }
 

@@ -8,8 +8,8 @@
 //! `read_bytes`/`write_bytes` work on unprepared memory too (IOKit panics there).
 
 use super::{
-    check_range, clamp, op_extent, past_end, Holders, LazyId, MemoryDescriptor, MemoryOperation,
-    PrepOwner, PurgeableRequest, PurgeableState, Removed, Segment, Source,
+    check_range, op_extent, past_end, whole_or_nothing, Holders, LazyId, MemoryDescriptor,
+    MemoryOperation, PrepOwner, PurgeableRequest, PurgeableState, Removed, Segment, Source,
     PREPARATION_ID_UNPREPARED,
 };
 use crate::platform::{collect_runs, CacheOp, Platform, Task};
@@ -370,7 +370,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = clamp(offset, buf.len(), self.length);
+        let n = whole_or_nothing(offset, buf.len(), self.length);
         crate::debug::cpu_access(super::leaf_id(self), offset, n as u64, false);
         self.copy(offset, n, |addr, at, k| match self.task {
             Some(t) => self
@@ -386,7 +386,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
         if self.task.is_some() && self.wiring.lock().read_only {
             return 0;
         }
-        let n = clamp(offset, data.len(), self.length);
+        let n = whole_or_nothing(offset, data.len(), self.length);
         crate::debug::cpu_access(super::leaf_id(self), offset, n as u64, true);
         self.copy(offset, n, |addr, at, k| match self.task {
             Some(t) => self

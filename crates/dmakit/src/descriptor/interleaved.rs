@@ -12,8 +12,9 @@
 //! follows its portions' descriptors like a multi-descriptor's.
 
 use super::{
-    check_range, clamp, op_extent, op_over_parts, past_end, Holders, LazyId, MemoryDescriptor,
-    MemoryOperation, PrepOwner, Removed, Segment, Source, PREPARATION_ID_UNPREPARED,
+    check_range, op_extent, op_over_parts, past_end, whole_or_nothing, Holders, LazyId,
+    MemoryDescriptor, MemoryOperation, PrepOwner, Removed, Segment, Source,
+    PREPARATION_ID_UNPREPARED,
 };
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
@@ -243,14 +244,14 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = clamp(offset, buf.len(), self.length);
+        let n = whole_or_nothing(offset, buf.len(), self.length);
         self.each(offset, n, |p, at_md, at, k| {
             p.md.read_bytes(at_md, &mut buf[at..at + k])
         })
     }
 
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        let n = clamp(offset, data.len(), self.length);
+        let n = whole_or_nothing(offset, data.len(), self.length);
         self.each(offset, n, |p, at_md, at, k| {
             p.md.write_bytes(at_md, &data[at..at + k])
         })

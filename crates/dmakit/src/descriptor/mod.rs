@@ -241,7 +241,10 @@ pub struct Source {
 ///     let mut chunk = [0u8; 256];
 ///     let mut at = 0;
 ///     while at < md.length() {
-///         let n = md.read_bytes(at, &mut chunk);
+///         // All or nothing: ask only for what is left.
+///         let want = chunk.len().min((md.length() - at) as usize);
+///         let n = md.read_bytes(at, &mut chunk[..want]);
+///         assert_eq!(n, want, "the memory failed partway");
 ///         sum += chunk[..n].iter().map(|&b| b as u64).sum::<u64>();
 ///         at += n as u64;
 ///     }
@@ -295,8 +298,10 @@ pub trait MemoryDescriptor: Send + Sync {
         self.complete_for(PrepOwner::CALLER)
     }
 
-    /// Copies up to `buf.len()` bytes from `offset`, stopping at the end of the descriptor;
-    /// returns the count copied (0 for an offset at or past the end). IOKit `readBytes`.
+    /// Copies `buf.len()` bytes from `offset` into `buf`; returns the count copied:
+    /// `buf.len()`, or 0 with nothing copied when `[offset, offset + buf.len())` does not lie
+    /// within the descriptor (all or nothing, as IOKit `readBytes` does; a short count
+    /// means the memory failed partway). Direction is not checked.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
@@ -304,18 +309,21 @@ pub trait MemoryDescriptor: Send + Sync {
     /// # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
     ///
     /// let md = BufferMemoryDescriptor::with_bytes(machine, b"0123456789", Direction::Out)?;
-    /// let mut buf = [0u8; 8];
-    /// assert_eq!(md.read_bytes(6, &mut buf), 4); // stops at the end
-    /// assert_eq!(&buf[..4], b"6789");
-    /// assert_eq!(md.read_bytes(10, &mut buf), 0); // at the end: nothing
+    /// let mut buf = [0u8; 4];
+    /// assert_eq!(md.read_bytes(6, &mut buf), 4); // the last four bytes
+    /// assert_eq!(&buf, b"6789");
+    /// let mut long = [0xAAu8; 8];
+    /// assert_eq!(md.read_bytes(6, &mut long), 0); // would run past the end: nothing
+    /// assert_eq!(long, [0xAA; 8]);
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     #[must_use = "the count says how many bytes were copied"]
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize;
 
-    /// Copies up to `data.len()` bytes to `offset`, stopping at the end of the descriptor;
-    /// returns the count copied (0 for an offset at or past the end, or while the memory is
-    /// prepared read-only). IOKit `writeBytes`.
+    /// Copies `data` to `offset`; returns the count copied: `data.len()`, or 0 with nothing
+    /// written when `[offset, offset + data.len())` does not lie within the descriptor (all
+    /// or nothing, as IOKit `writeBytes` does) or while the memory is prepared read-only.
+    /// A short count means the memory failed partway.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -324,7 +332,8 @@ pub trait MemoryDescriptor: Send + Sync {
     ///
     /// let md = BufferMemoryDescriptor::new(machine, BufferOptions::new(16, Direction::In))?;
     /// assert_eq!(md.write_bytes(0, b"status: ok"), 10);
-    /// assert_eq!(md.write_bytes(12, b"overlong"), 4); // 4 bytes fit before the end
+    /// assert_eq!(md.write_bytes(12, b"overlong"), 0); // would run past the end: nothing
+    /// assert_eq!(md.write_bytes(12, b"over"), 4);
     /// let mut back = [0u8; 16];
     /// assert_eq!(md.read_bytes(0, &mut back), 16);
     /// assert_eq!(&back, b"status: ok\0\0over");
@@ -673,7 +682,17 @@ impl core::fmt::Debug for Prepared<'_> {
     }
 }
 
-/// `[offset, offset + len)` clamped to a descriptor of `length` bytes: the count to copy.
+/// The count a descriptor's `read_bytes`/`write_bytes` copies: all of `len` when
+/// `[offset, offset + len)` lies within `length`, else nothing (IOKit's rule).
+pub(crate) fn whole_or_nothing(offset: u64, len: usize, length: u64) -> usize {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= length => len,
+        _ => 0,
+    }
+}
+
+/// `[offset, offset + len)` clamped to a preparation of `length` bytes: the count a DMA
+/// command's copy takes (IOKit's `IODMACommand` copies clamp at the end).
 pub(crate) fn clamp(offset: u64, len: usize, length: u64) -> usize {
     if offset >= length {
         0

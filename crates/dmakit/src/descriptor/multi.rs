@@ -14,7 +14,7 @@
 //! and reports the worst old state.
 
 use super::{
-    check_range, clamp, op_extent, op_over_parts, past_end, LazyId, MemoryDescriptor,
+    check_range, op_extent, op_over_parts, past_end, whole_or_nothing, LazyId, MemoryDescriptor,
     MemoryOperation, PrepOwner, PurgeableRequest, PurgeableState, Segment, Source,
     PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
 };
@@ -231,14 +231,14 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = clamp(offset, buf.len(), self.length);
+        let n = whole_or_nothing(offset, buf.len(), self.length);
         self.each(offset, n, |p, inner, at, k| {
             p.read_bytes(inner, &mut buf[at..at + k])
         })
     }
 
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        let n = clamp(offset, data.len(), self.length);
+        let n = whole_or_nothing(offset, data.len(), self.length);
         self.each(offset, n, |p, inner, at, k| {
             p.write_bytes(inner, &data[at..at + k])
         })

@@ -9,8 +9,8 @@
 //! new identifier of its own each time the parent's changes.
 
 use super::{
-    check_range, clamp, op_extent, past_end, LazyId, MemoryDescriptor, MemoryOperation, PrepOwner,
-    PurgeableRequest, PurgeableState, Segment, Source, FIRST_ID,
+    check_range, op_extent, past_end, whole_or_nothing, LazyId, MemoryDescriptor, MemoryOperation,
+    PrepOwner, PurgeableRequest, PurgeableState, Segment, Source, FIRST_ID,
 };
 use crate::{Direction, Error, PageSize, Result};
 use alloc_crate::sync::Arc;
@@ -124,7 +124,7 @@ impl MemoryDescriptor for SubMemoryDescriptor {
     }
 
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = clamp(offset, buf.len(), self.length);
+        let n = whole_or_nothing(offset, buf.len(), self.length);
         if n == 0 {
             return 0;
         }
@@ -132,7 +132,7 @@ impl MemoryDescriptor for SubMemoryDescriptor {
     }
 
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        let n = clamp(offset, data.len(), self.length);
+        let n = whole_or_nothing(offset, data.len(), self.length);
         if n == 0 {
             return 0;
         }
