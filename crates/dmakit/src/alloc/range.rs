@@ -116,6 +116,9 @@ use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
 use alloc_crate::vec::Vec;
 
+mod handle;
+pub use handle::RangeHandle;
+
 const WHAT: &str = "range allocator";
 /// "No node" in every link.
 const NIL: u32 = u32::MAX;
@@ -472,6 +475,23 @@ impl RangeAllocator {
         self.buckets[b] = n;
     }
 
+    /// Takes allocated node `n` out of the chain of bucket `b`, the bucket of its start,
+    /// looking for the node itself (no key compared). False if it is not there.
+    #[inline]
+    fn unchain_from(&mut self, b: usize, n: u32) -> bool {
+        let mut link = Link::Bucket(b);
+        let mut m = self.buckets[b];
+        while m != NIL {
+            if m == n {
+                self.unchain(n, link);
+                return true;
+            }
+            link = Link::After(m);
+            m = self.nodes[m as usize].a;
+        }
+        false
+    }
+
     /// Takes allocated node `n` out of the chain of its start.
     #[inline]
     fn hash_remove(&mut self, n: u32) {
@@ -550,12 +570,14 @@ impl RangeAllocator {
     }
 
     /// Takes node `a` (out of the hash or its size class already) off the address list and
-    /// the anchors, and recycles it.
+    /// the anchors, and recycles it (marked free).
     #[inline]
     fn drop_node(&mut self, a: u32) {
         let Node {
             start, prev, next, ..
         } = self.nodes[a as usize];
+        // A spare node is not allocated, so that a stale handle to it is refused.
+        self.nodes[a as usize].b = NIL;
         self.nodes[prev as usize].next = next;
         self.nodes[next as usize].prev = prev;
         if self.is_anchor(start) {
@@ -655,10 +677,10 @@ impl RangeAllocator {
 
     // --- carving and freeing ----------------------------------------------------------
 
-    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block.
-    /// Needs room for two new nodes.
+    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block,
+    /// and returns that block's node. Needs room for two new nodes.
     #[inline]
-    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64) {
+    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64) -> u32 {
         let Node { start, last, .. } = self.nodes[f as usize];
         self.free_bytes -= end - data + 1;
         if data == start {
@@ -673,6 +695,7 @@ impl RangeAllocator {
             } else {
                 self.fragments -= 1;
             }
+            f
         } else {
             let a = self.new_node(data, end);
             self.link_after(f, a);
@@ -684,6 +707,7 @@ impl RangeAllocator {
                 self.fragments += 1;
             }
             self.reclass(f, c, data - 1);
+            a
         }
     }
 
@@ -885,6 +909,12 @@ impl RangeAllocator {
     /// ```
     #[inline]
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
+        self.allocate_node(size, alignment).map(|(start, _)| start)
+    }
+
+    /// [`allocate`](Self::allocate), returning also the allocated block's node.
+    #[inline]
+    fn allocate_node(&mut self, size: u64, alignment: u64) -> Result<(u64, u32)> {
         let size = self.round_size(size)?;
         let mask = if alignment == 0 {
             self.default_mask
@@ -908,8 +938,7 @@ impl RangeAllocator {
         {
             let n = self.heads[c];
             if let Some(data) = self.place(n, size, mask) {
-                self.carve(n, c, data, data + (size - 1));
-                return Ok(data);
+                return Ok((data, self.carve(n, c, data, data + (size - 1))));
             }
         }
         self.allocate_tight(size, mask)
@@ -919,7 +948,7 @@ impl RangeAllocator {
     /// that may hold a fit (from the size's own class up to the first class whose blocks
     /// are all at least `size + mask` long) is tried, then the first block of that class.
     #[inline(never)]
-    fn allocate_tight(&mut self, size: u64, mask: u64) -> Result<u64> {
+    fn allocate_tight(&mut self, size: u64, mask: u64) -> Result<(u64, u32)> {
         let lo = floor_class(size);
         let sure = size
             .checked_add(mask)
@@ -930,8 +959,7 @@ impl RangeAllocator {
             let mut n = self.heads[class];
             while n != NIL {
                 if let Some(data) = self.place(n, size, mask) {
-                    self.carve(n, class, data, data + (size - 1));
-                    return Ok(data);
+                    return Ok((data, self.carve(n, class, data, data + (size - 1))));
                 }
                 if class >= sure {
                     // Cannot happen: every block of a sure class fits.
@@ -1070,7 +1098,7 @@ mod tests {
 
     impl RangeAllocator {
         /// Checks every invariant of the structure; panics on the first violation.
-        fn check(&self) {
+        pub(super) fn check(&self) {
             let n_nodes = self.nodes.len();
             let mut on_list = vec![false; n_nodes];
             // The address list: consistent links, ascending disjoint blocks, no two free
@@ -1119,6 +1147,10 @@ mod tests {
             let mut spare = vec![false; n_nodes];
             for &s in &self.spare {
                 assert!(!on_list[s as usize] && !spare[s as usize], "spare node {s}");
+                assert!(
+                    !self.nodes[s as usize].used(),
+                    "spare node {s} marked allocated"
+                );
                 spare[s as usize] = true;
             }
             assert_eq!(
@@ -1181,10 +1213,10 @@ mod tests {
     }
 
     /// A small deterministic generator, so the test needs no dependency.
-    struct Lcg(u64);
+    pub(super) struct Lcg(pub(super) u64);
 
     impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
+        pub(super) fn below(&mut self, n: u64) -> u64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
