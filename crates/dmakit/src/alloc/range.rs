@@ -122,8 +122,11 @@ pub use handle::RangeHandle;
 const WHAT: &str = "range allocator";
 /// "No node" in every link.
 const NIL: u32 = u32::MAX;
-/// `Node::b` of an allocated block (and of [`HEAD`]).
+/// `Node::b` of an allocated block in the hash (and of [`HEAD`]).
 const USED: u32 = u32::MAX - 1;
+/// `Node::b` of an allocated block that is not in the hash: one made by
+/// [`allocate_handle`](RangeAllocator::allocate_handle), freed by its handle.
+const BARE: u32 = u32::MAX - 2;
 /// Node 0 is the sentinel of the address list: it counts as allocated (so nothing merges
 /// with it), is in no hash chain, and both the first and the last block link to it.
 const HEAD: u32 = 0;
@@ -132,8 +135,8 @@ const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
 /// neighbouring buckets (see [`RangeAllocator::bucket`]).
 const RUN_BITS: u32 = 8;
-/// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
-const MAX_NODES: usize = USED as usize - 2;
+/// Node numbers are `u32` with three values reserved; a call needs at most two new nodes.
+const MAX_NODES: usize = BARE as usize - 2;
 
 /// Where the link to a node of a hash chain is: in its bucket, or in the node before it.
 #[derive(Clone, Copy, Debug)]
@@ -152,16 +155,25 @@ struct Node {
     /// Address neighbours, through [`HEAD`] at both ends.
     prev: u32,
     next: u32,
-    /// Allocated: the next node in the same hash bucket. Free: the previous node of its
-    /// size-class list.
+    /// Allocated: the next node in the same hash bucket ([`NIL`] when not in the hash).
+    /// Free: the previous node of its size-class list.
     a: u32,
-    /// Allocated: [`USED`]. Free: the next node of its size-class list.
+    /// Allocated: [`USED`] (in the hash) or [`BARE`] (not). Free: the next node of its
+    /// size-class list.
     b: u32,
 }
 
 impl Node {
+    /// Allocated (or [`HEAD`]).
     #[inline]
     fn used(&self) -> bool {
+        // Two neighbouring values: one compare once compiled.
+        matches!(self.b, USED | BARE)
+    }
+
+    /// Allocated and in the hash.
+    #[inline]
+    fn hashed(&self) -> bool {
         self.b == USED
     }
 
@@ -202,12 +214,14 @@ pub struct RangeAllocator {
     // * Every block is a node of `nodes` (slot 0 is HEAD; recycled slots are listed in
     //   `spare`) on the address list, in address order. Blocks are disjoint.
     // * `anchors` holds exactly the blocks whose start `is_anchor` picks, by start.
-    // * Allocated blocks cover exactly the space handed out (by `allocate`/`allocate_range`
-    //   and not given back); each sits in the hash chain of its start's bucket.
+    // * Allocated blocks cover exactly the space handed out (by `allocate`,
+    //   `allocate_handle` and `allocate_range`, and not given back); each sits in the hash
+    //   chain of its start's bucket, except those marked BARE (made by `allocate_handle`),
+    //   which are in no chain.
     // * Free blocks are never adjacent to each other; each is in exactly the list of its
     //   `floor_class(len)`, and `classes` marks exactly the non-empty lists.
-    // * `allocated`, `free_bytes` and `fragments` count allocated blocks, free bytes and
-    //   free blocks.
+    // * `allocated`, `free_bytes` and `fragments` count the blocks in the hash, free bytes
+    //   and free blocks.
     nodes: Vec<Node>,
     spare: Vec<u32>,
     /// Hash buckets (first allocated node of each chain), at least four times as many as
@@ -220,6 +234,7 @@ pub struct RangeAllocator {
     grow_at: usize,
     /// log2 of the default alignment.
     shift: u32,
+    /// Allocated blocks in the hash.
     allocated: usize,
     /// About one block in 2^[`SAMPLE_BITS`], by start: where searches by address begin.
     anchors: SortedIndex,
@@ -440,13 +455,18 @@ impl RangeAllocator {
         None
     }
 
-    /// Whether `[start, start + size)` is exactly one allocated block.
+    /// Whether `[start, start + size)` is exactly one allocated block: one lookup, or a
+    /// search by address for a block not in the hash.
     pub(crate) fn is_allocation(&self, start: u64, size: u64) -> bool {
-        let last = size.checked_sub(1).and_then(|s| start.checked_add(s));
-        last.is_some_and(|l| {
-            self.find(start)
-                .is_some_and(|(a, _)| self.nodes[a as usize].last == l)
-        })
+        let Some(l) = size.checked_sub(1).and_then(|s| start.checked_add(s)) else {
+            return false;
+        };
+        let n = match self.find(start) {
+            Some((n, _)) => n,
+            None => self.pred(start),
+        };
+        let node = &self.nodes[n as usize];
+        n != HEAD && node.used() && node.start == start && node.last == l
     }
 
     /// Takes allocated node `n` out of its chain, given where the link to it is (as
@@ -492,11 +512,26 @@ impl RangeAllocator {
         false
     }
 
-    /// Takes allocated node `n` out of the chain of its start.
+    /// Takes allocated node `n` out of the chain of its start, if it is in the hash.
     #[inline]
     fn hash_remove(&mut self, n: u32) {
+        if !self.nodes[n as usize].hashed() {
+            return;
+        }
         if let Some((_, link)) = self.find(self.nodes[n as usize].start) {
             self.unchain(n, link);
+        }
+    }
+
+    /// Marks node `n` allocated: in the hash when `hashed`, else [`BARE`].
+    #[inline]
+    fn mark_allocated(&mut self, n: u32, hashed: bool) {
+        if hashed {
+            self.hash_insert(n);
+        } else {
+            let node = &mut self.nodes[n as usize];
+            node.a = NIL;
+            node.b = BARE;
         }
     }
 
@@ -678,16 +713,17 @@ impl RangeAllocator {
     // --- carving and freeing ----------------------------------------------------------
 
     /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block,
-    /// and returns that block's node. Needs room for two new nodes.
+    /// in the hash when `hashed`, and returns that block's node. Needs room for two new
+    /// nodes.
     #[inline]
-    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64) -> u32 {
+    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64, hashed: bool) -> u32 {
         let Node { start, last, .. } = self.nodes[f as usize];
         self.free_bytes -= end - data + 1;
         if data == start {
             // `f` itself becomes the allocation.
             self.bin_unlink(f, c);
             self.nodes[f as usize].last = end;
-            self.hash_insert(f);
+            self.mark_allocated(f, hashed);
             if end < last {
                 let t = self.new_node(end + 1, last);
                 self.link_after(f, t);
@@ -699,7 +735,7 @@ impl RangeAllocator {
         } else {
             let a = self.new_node(data, end);
             self.link_after(f, a);
-            self.hash_insert(a);
+            self.mark_allocated(a, hashed);
             if end < last {
                 let t = self.new_node(end + 1, last);
                 self.link_after(a, t);
@@ -727,7 +763,8 @@ impl RangeAllocator {
         !node.used() && node.start == l + 1
     }
 
-    /// Frees allocated block `a` (already out of the hash), merging with free neighbours.
+    /// Frees allocated block `a` (out of the hash, if it was in), merging with free
+    /// neighbours.
     #[inline]
     fn release(&mut self, a: u32) {
         let Node {
@@ -909,12 +946,14 @@ impl RangeAllocator {
     /// ```
     #[inline]
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
-        self.allocate_node(size, alignment).map(|(start, _)| start)
+        self.allocate_node(size, alignment, true)
+            .map(|(start, _)| start)
     }
 
-    /// [`allocate`](Self::allocate), returning also the allocated block's node.
+    /// [`allocate`](Self::allocate), returning also the allocated block's node, which goes
+    /// in the hash when `hashed`.
     #[inline]
-    fn allocate_node(&mut self, size: u64, alignment: u64) -> Result<(u64, u32)> {
+    fn allocate_node(&mut self, size: u64, alignment: u64, hashed: bool) -> Result<(u64, u32)> {
         let size = self.round_size(size)?;
         let mask = if alignment == 0 {
             self.default_mask
@@ -938,17 +977,17 @@ impl RangeAllocator {
         {
             let n = self.heads[c];
             if let Some(data) = self.place(n, size, mask) {
-                return Ok((data, self.carve(n, c, data, data + (size - 1))));
+                return Ok((data, self.carve(n, c, data, data + (size - 1), hashed)));
             }
         }
-        self.allocate_tight(size, mask)
+        self.allocate_tight(size, mask, hashed)
     }
 
     /// The slow path of [`allocate`](Self::allocate), exact: every block of the classes
     /// that may hold a fit (from the size's own class up to the first class whose blocks
     /// are all at least `size + mask` long) is tried, then the first block of that class.
     #[inline(never)]
-    fn allocate_tight(&mut self, size: u64, mask: u64) -> Result<(u64, u32)> {
+    fn allocate_tight(&mut self, size: u64, mask: u64, hashed: bool) -> Result<(u64, u32)> {
         let lo = floor_class(size);
         let sure = size
             .checked_add(mask)
@@ -959,7 +998,7 @@ impl RangeAllocator {
             let mut n = self.heads[class];
             while n != NIL {
                 if let Some(data) = self.place(n, size, mask) {
-                    return Ok((data, self.carve(n, class, data, data + (size - 1))));
+                    return Ok((data, self.carve(n, class, data, data + (size - 1), hashed)));
                 }
                 if class >= sure {
                     // Cannot happen: every block of a sure class fits.
@@ -1004,7 +1043,7 @@ impl RangeAllocator {
         let n = self.pred(start);
         let node = &self.nodes[n as usize];
         if n != HEAD && !node.used() && last <= node.last {
-            self.carve(n, node.class(), start, last);
+            self.carve(n, node.class(), start, last, true);
             Ok(())
         } else {
             Err(Error::RangeBusy {
@@ -1124,13 +1163,17 @@ mod tests {
                         node.last
                     );
                 }
-                if node.used() {
+                if node.hashed() {
                     allocated += 1;
                     assert_eq!(
                         self.find(node.start).map(|(m, _)| m),
                         Some(n),
                         "allocated node {n} not found by its start"
                     );
+                } else if node.used() {
+                    assert_eq!(node.a, NIL, "bare node {n} links a chain");
+                    assert!(self.find(node.start).is_none(), "bare node {n} in the hash");
+                    assert!(self.is_allocation(node.start, node.last - node.start + 1));
                 } else {
                     fragments += 1;
                     free += node.last - node.start + 1;
@@ -1191,7 +1234,7 @@ mod tests {
                 let mut m = first;
                 while m != NIL {
                     let node = self.nodes[m as usize];
-                    assert!(on_list[m as usize] && node.used(), "hash holds node {m}");
+                    assert!(on_list[m as usize] && node.hashed(), "hash holds node {m}");
                     assert_eq!(self.bucket(node.start), b, "node {m} in the wrong bucket");
                     chained += 1;
                     m = node.a;

@@ -86,7 +86,7 @@ impl RangeAllocator {
     /// ```
     #[inline]
     pub fn allocate_handle(&mut self, size: u64, alignment: u64) -> Result<RangeHandle> {
-        let (start, node) = self.allocate_node(size, alignment)?;
+        let (start, node) = self.allocate_node(size, alignment, false)?;
         Ok(RangeHandle {
             start,
             size: self.nodes[node as usize].last - start + 1,
@@ -124,8 +124,6 @@ impl RangeAllocator {
     /// ```
     #[inline]
     pub fn deallocate_handle(&mut self, h: RangeHandle) -> Result<()> {
-        // The bucket depends on the handle alone, so its load and the node's overlap.
-        let b = self.bucket(h.start);
         if !self.holds(h) {
             return Err(Error::StaleHandle {
                 what: WHAT,
@@ -138,7 +136,10 @@ impl RangeAllocator {
             start: h.start,
             len: h.size,
         })?;
-        if !self.unchain_from(b, h.node) {
+        // A block of a handle is in no hash chain, unless its node has been recycled for an
+        // allocation of the same range made another way.
+        if self.nodes[h.node as usize].hashed() && !self.unchain_from(self.bucket(h.start), h.node)
+        {
             return Err(Error::Internal {
                 what: "range allocator: an allocated block is missing from its hash chain",
             });
