@@ -55,7 +55,9 @@
 //!   the caches closest to the core (chains of one node, nearly always), two up to 1 MiB,
 //!   and one past that: there every lookup misses the cache on its bucket anyway, and a
 //!   smaller table misses less often, in the cache and in the TLB, than its longer chains
-//!   cost.
+//!   cost. Allocations made by [`allocate_handle`](RangeAllocator::allocate_handle) stay
+//!   out of the table: their [`RangeHandle`] carries the node, so neither their allocation
+//!   nor their free by handle touches a bucket (see [`deallocate_handle`](RangeAllocator::deallocate_handle)).
 //! * **"Which block contains address `x`?"** One block in 32, picked by a hash of its start,
 //!   is also an *anchor*, kept in an ordered index by start ([`SortedIndex`]). A search
 //!   finds the last anchor at or before `x` and walks the address list from there (32 steps
@@ -72,8 +74,10 @@
 //! |---|---|
 //! | `allocate` | O(1): bit scans, one node, one hash insert (and, for one block in 32, an anchor: O(log n)) |
 //! | `allocate`, only a tight fit left | + a scan of the classes that may hold one (see below) |
+//! | `allocate_handle` | as `allocate`, without the hash insert |
+//! | `deallocate_handle` | O(1): the node, checked, merges through the links |
 //! | `deallocate` of a whole allocation | O(1) expected: one lookup, merges through the links |
-//! | `deallocate` of anything else | O(log n) expected search, + O(1) per allocation it cuts |
+//! | `deallocate` of anything else (a handle's allocation too) | O(log n) expected search, + O(1) per allocation it cuts |
 //! | `allocate_range` | O(log n) expected search |
 //! | `free_count`, `fragment_count` | O(1), kept exact |
 //!
@@ -89,11 +93,20 @@
 //! `dmakit bench` times it against the `offset-allocator` crate (TLSF-like, frees by
 //! handle), `xalloc`'s TLSF, the `range-alloc` crate and an XNU-style sorted array on mixed
 //! sizes and on IOVA churn; the `dmakit-bench` crate describes the workloads and what makes
-//! the comparison fair or not. The one cost the TLSF peers do not have is the lookup of a
-//! free by address: a bucket, and the node after it.
+//! the comparison fair or not. A free by address costs one lookup the TLSF peers do not
+//! have (a bucket, and the node after it), so the bench compares like with like: dmakit
+//! freeing by handle against the peers that free by handle, and dmakit freeing by address
+//! against `offset-allocator` with a hash map from address to its handle, and against the
+//! allocators that free by address.
 //!
 //! ## Divergences from IOKit
 //!
+//! * **Handles are a dmakit addition.** IOKit frees only by address, `deallocate(start,
+//!   size)`, which dmakit keeps with its semantics. For hot paths,
+//!   [`allocate_handle`](RangeAllocator::allocate_handle) returns a [`RangeHandle`] that
+//!   [`deallocate_handle`](RangeAllocator::deallocate_handle) frees without a lookup; the
+//!   range may still be freed by address (by a search), and a range from `allocate` has no
+//!   handle.
 //! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
 //!   dmakit returns the top of a block of the smallest size class that surely fits. First
 //!   fit needs a search by address on every allocation (O(log n) at best, with a tree
@@ -1058,8 +1071,10 @@ impl RangeAllocator {
     /// merging with free neighbours (IOKit `deallocate`). A range overlapping free space is
     /// [`Error::DoubleFree`] and changes nothing.
     ///
-    /// The range may be a whole allocation (the fast, O(1) case), part of one, several, or
-    /// wholly space that was never in the allocator (IOKit adds space this way; see also
+    /// The range may be a whole allocation (the fast, O(1) case, except for an allocation
+    /// from [`allocate_handle`](Self::allocate_handle), which is found by a search and whose
+    /// handle is then stale), part of one, several, or wholly space that was never in the
+    /// allocator (IOKit adds space this way; see also
     /// [`add_range`](Self::add_range)). A range that is part allocated and part never owned
     /// (a size larger than the allocation, say) is [`Error::NotOwned`] and changes nothing:
     /// IOKit would silently add space it never owned. Other errors: [`Error::ZeroSize`],

@@ -3,14 +3,19 @@
 //!
 //! IOKit's IORangeAllocator frees only by address, `deallocate(start, size)`, and so does
 //! [`RangeAllocator::deallocate`]: it finds the allocated block by its start in a hash
-//! table, one bucket and then the node. A [`RangeHandle`] carries the number of the block's
-//! node besides its range, so [`deallocate_handle`](RangeAllocator::deallocate_handle)
-//! reads the node directly and checks it: it must still be allocated, with exactly the
-//! handle's start and size. The block must still leave the hash table (frees by address,
-//! `allocate_range` and partial frees rely on finding every allocation there), but its
-//! bucket is computed from the handle's start, so that the bucket and the node are read
-//! at the same time rather than one after the other, and the chain is searched for the
-//! node itself, with no key to compare.
+//! table, one bucket and then the node, a cache miss each once the table and the nodes
+//! outgrow the caches. A [`RangeHandle`] carries the number of the block's node besides its
+//! range, so [`deallocate_handle`](RangeAllocator::deallocate_handle) reads the node
+//! directly and checks it: it must still be allocated, with exactly the handle's start and
+//! size (two compares on the line the free reads anyway).
+//!
+//! A block allocated for a handle is not put in the hash table at all (its node is marked
+//! allocated, [`BARE`](super::BARE)), so that neither its allocation nor its free touches a
+//! bucket. Nothing else needs the table: `allocate_range`, `add_range` and frees that are not
+//! one whole allocation find blocks by address through the anchors and the address list,
+//! and so does a free by address of a handle's block, which misses in the table and takes
+//! that O(log n) path instead of the O(1) one. A block cut by such a free goes back to the
+//! common rules: whatever part of it stays allocated in another node is in the hash.
 //!
 //! Both ways of freeing mix freely:
 //!
@@ -251,6 +256,17 @@ mod tests {
         assert_eq!(again, h, "same start, size and node");
         r.deallocate_handle(h).unwrap();
         stale(r.deallocate_handle(again), again);
+        assert_eq!((r.free_count(), r.fragment_count()), (0x1_0000, 1));
+        r.check();
+        // Recycled by `allocate`, which puts the block in the hash: the handle takes it out.
+        assert_eq!(r.allocate(0x1000, 0).unwrap(), h.start());
+        assert!(r.is_allocation(h.start(), 0x1000));
+        r.check();
+        r.deallocate_handle(h).unwrap();
+        assert!(matches!(
+            r.deallocate(h.start(), 0x1000),
+            Err(Error::DoubleFree { .. })
+        ));
         assert_eq!((r.free_count(), r.fragment_count()), (0x1_0000, 1));
         r.check();
     }
