@@ -1,6 +1,6 @@
 //! `range/*`: [`RangeAllocator`](dmakit::alloc::RangeAllocator) against the
-//! `offset-allocator` crate and the `xalloc` crate's TLSF at 1k, 10k, 100k and 1M live
-//! ranges, and against two O(n) allocators (the `range-alloc` crate and XNU's sorted-list
+//! `offset-allocator` crate (freeing by handle, and by address through a hash map) and the
+//! `xalloc` crate's TLSF at 1k, 10k, 100k and 1M live ranges, and against two O(n) allocators (the `range-alloc` crate and XNU's sorted-list
 //! first fit) at 1k and 10k.
 //!
 //! ## Workloads
@@ -20,14 +20,33 @@
 //!
 //! ## Contenders
 //!
-//! * `dmakit`: `RangeAllocator` in bytes, default alignment 4 KiB, through IOKit's
-//!   interface: `allocate(size, 0)`, `deallocate(start, size)`.
-//! * `offset-allocator`: a TLSF-style allocator of `u32` page units, nodes preallocated.
-//! * `xalloc tlsf`: `xalloc::SysTlsf<u64>` in page units, nodes from the system allocator.
+//! Every comparison is like for like in how a range is freed: by the handle its allocation
+//! returned (no lookup), or by `(start, size)` as IOKit callers free (a lookup by address).
+//!
+//! By handle, against `dmakit` through `allocate_handle(size, 0)` and
+//! `deallocate_handle(handle)` (`RangeAllocator` in bytes, default alignment 4 KiB):
+//!
+//! * `offset-allocator`: a TLSF-style allocator of `u32` page units, nodes preallocated,
+//!   freed by its `Allocation`. The main row.
+//! * `xalloc tlsf`: `xalloc::SysTlsf<u64>` in page units, nodes from the system allocator,
+//!   freed by its region handle.
+//!
+//! By address, against `dmakit` through `allocate(size, 0)` and `deallocate(start, size)`:
+//!
+//! * `offset-allocator + address map`: offset-allocator as a caller that frees by address
+//!   must use it, with a map from each allocation's offset to its `Allocation`, filled on
+//!   allocation and emptied on free. The map is `hashbrown`'s table with its default
+//!   hasher (foldhash), sized for the live count up front: the fastest general-purpose
+//!   map at hand (std's `HashMap` is the same table with SipHash, slower on integer keys),
+//!   so that the peer pays as little as a careful user would.
 //! * `range-alloc`: best fit over a sorted `Vec` of free ranges (O(n) a call).
 //! * `xnu-style first fit`: XNU's IORangeAllocator algorithm, a sorted `Vec` of free
 //!   intervals scanned linearly. The O(n) two run at 1k and 10k live ranges only: at 1M a
 //!   single row would take many minutes.
+//!
+//! Each row's name is `range/<workload>/<live ranges>` and its peer names the contender;
+//! the dmakit side is the handle or address interface as above, on its own instance (one
+//! for the handle rows, one for the address rows, each carried from row to row).
 //!
 //! ## Fairness
 //!
@@ -37,13 +56,12 @@
 //!   (1,024 when quick) of one, then the same chunk of the other, order alternating.
 //!   The state evolves with every repetition on both sides alike (a step frees and
 //!   reallocates a slot, so replaying a chunk again is valid work).
-//! * **Units and handles.** offset-allocator and xalloc work in page units (every size
-//!   is a whole number of pages, so page alignment is implicit) and free by the handle
-//!   their allocate returned, with no lookup; dmakit, range-alloc and the XNU-style list
-//!   free by `(start, size)` as IOKit callers do, so dmakit's free first finds the block
-//!   by its start in a hash table. offset-allocator also has no fixed-range allocation,
-//!   no alignment argument, no double-free detection, no `u64` space and a node count
-//!   fixed at construction. These asymmetries favour the TLSF peers.
+//! * **Units.** offset-allocator and xalloc work in page units (every size is a whole
+//!   number of pages, so page alignment is implicit); dmakit, range-alloc and the
+//!   XNU-style list work in bytes. offset-allocator also has no fixed-range allocation, no
+//!   alignment argument, no double-free or stale-handle detection (dmakit checks every
+//!   handle it is given), no `u64` space and a node count fixed at construction. These
+//!   asymmetries favour the TLSF peers.
 //! * **A/A.** `range/a_a` is offset-allocator against a second offset-allocator on the
 //!   same work (mixed sizes, 10k live).
 
