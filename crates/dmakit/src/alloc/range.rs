@@ -536,8 +536,9 @@ impl RangeAllocator {
         }
     }
 
-    /// Marks node `n` allocated: in the hash when `hashed`, else [`BARE`].
-    #[inline]
+    /// Marks node `n` allocated: in the hash when `hashed`, else [`BARE`]. Always inlined,
+    /// so that `allocate_handle` compiles to its two stores.
+    #[inline(always)]
     fn mark_allocated(&mut self, n: u32, hashed: bool) {
         if hashed {
             self.hash_insert(n);
