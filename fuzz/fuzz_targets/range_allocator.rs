@@ -1,12 +1,15 @@
 //! `RangeAllocator` against an interval model: after every call the free fragments, the
 //! free count and the fragment count are exactly the model's; every refusal is the
 //! documented error with the model's numbers; every allocation is aligned and was free.
+//! Handles: a live handle frees exactly as a free by address of its range would; a stale one
+//! (its range freed, whole or in part, since) is `StaleHandle` and changes nothing, unless
+//! it frees a range that is wholly allocated (its node holds that range again).
 //! Numbers are biased towards 2^64, where the space can be owned whole (with at least one
 //! number allocated, since a free count of 2^64 does not fit).
 #![no_main]
 
 use arbitrary::Arbitrary;
-use dmakit::alloc::RangeAllocator;
+use dmakit::alloc::{RangeAllocator, RangeHandle};
 use dmakit::Error;
 use dmakit_fuzz::intervals::{Space, State};
 use dmakit_fuzz::num::{Align, Num};
@@ -31,6 +34,9 @@ enum Op {
     FreePart(u16, Num, Num),
     /// A range inside a free fragment (picked by index).
     TakePart(u16, Num, Num),
+    AllocateHandle(Num, Align),
+    /// `deallocate_handle` of a handle made so far (picked by index), live or stale.
+    FreeHandle(u16),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -245,13 +251,83 @@ fn pick_in(len_minus_one: u64, a: Num, b: Num) -> (u64, u64) {
     (off, size)
 }
 
+/// The handles made so far, each with whether it is still live: none of its range freed
+/// since it was made.
+#[derive(Default)]
+struct Handles(Vec<(RangeHandle, bool)>);
+
+impl Handles {
+    /// `[start, start + size)` (as rounded by the model) was freed: handles over it are
+    /// stale.
+    fn freed(&mut self, m: &Model, start: u64, size: u64) {
+        let (Ok(size), true) = (m.round(size), size != 0) else {
+            return;
+        };
+        let last = start.saturating_add(size - 1);
+        for (h, live) in &mut self.0 {
+            if h.start() <= last && start <= h.start() + (h.size() - 1) {
+                *live = false;
+            }
+        }
+    }
+
+    /// Frees handle `i` and checks the answer against the model.
+    fn free(&mut self, r: &mut RangeAllocator, m: &mut Model, i: u16) {
+        let Some(&(h, live)) = self.0.get(i as usize % self.0.len().max(1)) else {
+            return;
+        };
+        let (start, size) = (h.start(), h.size());
+        let got = r.deallocate_handle(h);
+        if live {
+            assert_eq!(got, m.deallocate(start, size), "a live handle");
+        } else {
+            match &got {
+                Ok(()) => {
+                    let last = start + (size - 1);
+                    let pieces = m.space.overlaps(start, last);
+                    assert!(
+                        pieces.iter().all(|p| p.2 == State::Allocated)
+                            && m.space.first_unowned(start, last).is_none(),
+                        "a stale handle freed [{start:#x}, +{size:#x}), not all allocated"
+                    );
+                    assert_eq!(m.deallocate(start, size), Ok(()));
+                }
+                Err(Error::Overflow { .. }) => {
+                    assert_eq!(got, m.deallocate(start, size));
+                }
+                Err(e) => assert_eq!(
+                    *e,
+                    Error::StaleHandle {
+                        what: WHAT,
+                        start,
+                        len: size
+                    }
+                ),
+            }
+        }
+        if got.is_ok() {
+            self.freed(m, start, size);
+        }
+    }
+}
+
 fn run(input: &Input) {
     let Some((mut r, mut m)) = begin(&input.start) else {
         return;
     };
     check(&r, &m);
+    let mut handles = Handles::default();
     for op in input.ops.iter().take(64) {
         match *op {
+            Op::AllocateHandle(size, align) => {
+                let got = r.allocate_handle(size.0, align.0);
+                if let Ok(h) = got {
+                    assert_eq!(Ok(h.size()), m.round(size.0), "handle size");
+                    handles.0.push((h, true));
+                }
+                m.allocate(size.0, align.0, got.map(|h| h.start()));
+            }
+            Op::FreeHandle(i) => handles.free(&mut r, &mut m, i),
             Op::Allocate(size, align) => {
                 let got = r.allocate(size.0, align.0);
                 m.allocate(size.0, align.0, got);
@@ -259,13 +335,23 @@ fn run(input: &Input) {
             Op::AllocateRange(s, n) => {
                 assert_eq!(r.allocate_range(s.0, n.0), m.allocate_range(s.0, n.0))
             }
-            Op::Deallocate(s, n) => assert_eq!(r.deallocate(s.0, n.0), m.deallocate(s.0, n.0)),
+            Op::Deallocate(s, n) => {
+                let got = r.deallocate(s.0, n.0);
+                assert_eq!(got, m.deallocate(s.0, n.0));
+                if got.is_ok() {
+                    handles.freed(&m, s.0, n.0);
+                }
+            }
             Op::AddRange(s, n) => assert_eq!(r.add_range(s.0, n.0), m.add_range(s.0, n.0)),
             Op::FreePart(i, a, b) => {
                 let used = m.space.allocated();
                 if let Some(&(s, l)) = used.get(i as usize % used.len().max(1)) {
                     let (off, size) = pick_in(l - s, a, b);
-                    assert_eq!(r.deallocate(s + off, size), m.deallocate(s + off, size));
+                    let got = r.deallocate(s + off, size);
+                    assert_eq!(got, m.deallocate(s + off, size));
+                    if got.is_ok() {
+                        handles.freed(&m, s + off, size);
+                    }
                 }
             }
             Op::TakePart(i, a, b) => {

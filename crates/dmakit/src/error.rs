@@ -269,6 +269,17 @@ pub enum Error {
         /// Its length.
         len: u64,
     },
+    /// A free by handle whose allocation is no longer live under that handle: freed already
+    /// (by handle or by address), cut by a partial free, or made by another allocator.
+    #[error("{what}: stale handle of [{start:#x}, +{len:#x}): no live allocation holds it (freed already, cut by a free, or from another allocator)")]
+    StaleHandle {
+        /// Which allocator.
+        what: &'static str,
+        /// Start of the handle's range.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
     /// A free that covers an allocation and also space the allocator never owned.
     #[error("{what}: [{start:#x}, +{len:#x}) is not all allocated: {at:#x} was never in the allocator (a size larger than the allocation?)")]
     NotOwned {
@@ -492,6 +503,7 @@ impl Error {
             | OutOfBounds { .. }
             | BadArgument { .. }
             | DoubleFree { .. }
+            | StaleHandle { .. }
             | NotOwned { .. }
             | NotAllocated { .. }
             | WrongSize { .. }

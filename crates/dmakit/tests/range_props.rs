@@ -1,10 +1,11 @@
 //! Property tests of `RangeAllocator` against a reference model: one `bool` per byte of a
 //! small space, `true` where the byte is free.
 //!
-//! Each case is a random sequence of `allocate` (with alignments below, at and above the
-//! default), `allocate_range`, and `deallocate` of live allocations, of random ranges (which
-//! may cut allocations, span several, or add space that was never free), and of ranges that
-//! are already free. After every step the allocator must agree with the model:
+//! Each case is a random sequence of `allocate` and `allocate_handle` (with alignments
+//! below, at and above the default), `allocate_range`, and `deallocate` of live allocations
+//! (by handle or by address), of random ranges (which may cut allocations, span several,
+//! or add space that was never free), and of ranges that are already free, and frees by
+//! handles gone stale. After every step the allocator must agree with the model:
 //!
 //! * an allocation lies on bytes the model has free (so never on another allocation, never
 //!   outside the space) and keeps its alignment; `NoSpace` only when the model has no
@@ -12,6 +13,9 @@
 //! * `allocate_range` succeeds exactly when the model has the whole range free;
 //! * `deallocate` fails with `DoubleFree` exactly when the range overlaps free bytes, and
 //!   otherwise with `NotOwned` exactly when it mixes allocated bytes with bytes never added;
+//! * `deallocate_handle` of a live handle succeeds; of a stale one (freed, by handle or by
+//!   address, or cut) it fails with `StaleHandle` naming its range, unless its node holds
+//!   exactly its range again (then it frees that range, which must be all allocated);
 //! * a failed call changes nothing;
 //! * `free_count` is the model's number of free bytes, `fragment_count` its number of
 //!   maximal free runs, and `fragments()` lists exactly those runs;
@@ -22,7 +26,7 @@
 //! Four properties of 2,500 cases and one of 2,000 make 12,000 random sequences (2 cases
 //! each under Miri, which interprets every step).
 
-use dmakit::alloc::RangeAllocator;
+use dmakit::alloc::{RangeAllocator, RangeHandle};
 use dmakit::Error;
 use proptest::prelude::*;
 
@@ -33,12 +37,20 @@ enum Step {
     Alloc {
         size: u64,
         align_shift: Option<u32>,
+        /// Through `allocate_handle`.
+        handle: bool,
     },
     AllocRange {
         at: u64,
         size: u64,
     },
     FreeLive {
+        pick: usize,
+        /// By handle, when the allocation has one.
+        by_handle: bool,
+    },
+    /// `deallocate_handle` of a handle gone stale.
+    FreeStale {
         pick: usize,
     },
     FreeRandom {
@@ -49,11 +61,13 @@ enum Step {
 
 fn step(space: u64) -> impl Strategy<Value = Step> {
     prop_oneof![
-        5 => (1..=48u64, prop::option::weighted(0.6, 0..7u32))
-            .prop_map(|(size, align_shift)| Step::Alloc { size, align_shift }),
+        5 => (1..=48u64, prop::option::weighted(0.6, 0..7u32), any::<bool>())
+            .prop_map(|(size, align_shift, handle)| Step::Alloc { size, align_shift, handle }),
         2 => (0..space, 1..=24u64).prop_map(|(at, size)| Step::AllocRange { at, size }),
-        5 => any::<usize>().prop_map(|pick| Step::FreeLive { pick }),
+        5 => (any::<usize>(), prop::bool::weighted(0.7))
+            .prop_map(|(pick, by_handle)| Step::FreeLive { pick, by_handle }),
         2 => (0..space, 1..=24u64).prop_map(|(at, size)| Step::FreeRandom { at, size }),
+        1 => any::<usize>().prop_map(|pick| Step::FreeStale { pick }),
     ]
 }
 
@@ -177,25 +191,38 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
         }
     }
     check(&r, &m)?;
-    let mut live: Vec<(u64, u64)> = Vec::new();
+    // Whole allocations, with their handle if they have one; handles no longer live.
+    let mut live: Vec<(u64, u64, Option<RangeHandle>)> = Vec::new();
+    let mut stale: Vec<RangeHandle> = Vec::new();
     for st in steps {
         let before: Vec<_> = r.fragments().collect();
         let failed = match st {
-            Step::Alloc { size, align_shift } => {
+            Step::Alloc {
+                size,
+                align_shift,
+                handle,
+            } => {
                 let len = round(size, g);
                 let (align_arg, align) = match align_shift {
                     None => (0, g),
                     Some(s) => (1 << s, 1 << s),
                 };
-                match r.allocate(size, align_arg) {
-                    Ok(a) => {
+                let got = if handle {
+                    r.allocate_handle(size, align_arg)
+                        .map(|h| (h.start(), Some(h)))
+                } else {
+                    r.allocate(size, align_arg).map(|a| (a, None))
+                };
+                match got {
+                    Ok((a, h)) => {
+                        prop_assert!(h.is_none_or(|h| h.size() == len), "handle size");
                         prop_assert_eq!(a % align, 0, "alignment {:#x} of {:#x}", align, a);
                         prop_assert!(
                             m.all_free(a, len),
                             "allocation [{a:#x}, +{len:#x}) not free"
                         );
                         m.set(a, len, false);
-                        live.push((a, len));
+                        live.push((a, len, h));
                         false
                     }
                     Err(Error::NoSpace { .. }) => {
@@ -219,7 +246,7 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
                             "allocate_range({start:#x}, {len:#x}) over non-free bytes"
                         );
                         m.set(start, len, false);
-                        live.push((start, len));
+                        live.push((start, len, None));
                         false
                     }
                     Err(Error::RangeBusy { .. }) => {
@@ -236,15 +263,47 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
                     Err(e) => return Err(TestCaseError::fail(format!("allocate_range: {e}"))),
                 }
             }
-            Step::FreeLive { pick } => {
+            Step::FreeLive { pick, by_handle } => {
                 if live.is_empty() {
                     continue;
                 }
-                let (a, len) = live.swap_remove(pick % live.len());
-                r.deallocate(a, len)
-                    .map_err(|e| TestCaseError::fail(format!("freeing a live allocation: {e}")))?;
+                let (a, len, h) = live.swap_remove(pick % live.len());
+                match h {
+                    Some(h) if by_handle => r.deallocate_handle(h),
+                    _ => r.deallocate(a, len),
+                }
+                .map_err(|e| TestCaseError::fail(format!("freeing a live allocation: {e}")))?;
+                stale.extend(h);
                 m.set(a, len, true);
                 false
+            }
+            Step::FreeStale { pick } => {
+                if stale.is_empty() {
+                    continue;
+                }
+                let h = stale[pick % stale.len()];
+                let (a, len) = (h.start(), h.size());
+                match r.deallocate_handle(h) {
+                    Ok(()) => {
+                        // Its node holds its range again: that range was allocated.
+                        prop_assert!(
+                            !m.any_free(a, len) && m.owned_in(a, len) == len,
+                            "a stale handle freed [{a:#x}, +{len:#x}), not all allocated"
+                        );
+                        m.set(a, len, true);
+                        live.retain(|&(b, l, _)| b + (l - 1) < a || b > a + (len - 1));
+                        false
+                    }
+                    Err(Error::StaleHandle { start, len: l, .. }) => {
+                        prop_assert_eq!((start, l), (a, len));
+                        prop_assert!(
+                            !live.iter().any(|&(_, _, lh)| lh == Some(h)),
+                            "a live handle refused"
+                        );
+                        true
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("stale handle: {e}"))),
+                }
             }
             Step::FreeRandom { at, size } => {
                 let at = pos(at);
@@ -267,7 +326,13 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
                         m.set(start, len, true);
                         // Live allocations it touched are no longer whole; forget them (the
                         // model keeps what is left of them allocated).
-                        live.retain(|&(a, l)| a + (l - 1) < start || a > start + (len - 1));
+                        live.retain(|&(a, l, h)| {
+                            let keep = a + (l - 1) < start || a > start + (len - 1);
+                            if !keep {
+                                stale.extend(h);
+                            }
+                            keep
+                        });
                         false
                     }
                     Err(Error::DoubleFree { .. }) => {
@@ -292,9 +357,12 @@ fn run(steps: Vec<Step>, setup: Setup) -> Result<(), TestCaseError> {
         check(&r, &m)?;
     }
     // Give everything back: the live allocations whole, then whatever else is not free.
-    for (a, len) in live {
-        r.deallocate(a, len)
-            .map_err(|e| TestCaseError::fail(format!("final free: {e}")))?;
+    for (a, len, h) in live {
+        match h {
+            Some(h) if a % 2 == 0 => r.deallocate_handle(h),
+            _ => r.deallocate(a, len),
+        }
+        .map_err(|e| TestCaseError::fail(format!("final free: {e}")))?;
         m.set(a, len, true);
     }
     check(&r, &m)?;

@@ -55,7 +55,9 @@
 //!   the caches closest to the core (chains of one node, nearly always), two up to 1 MiB,
 //!   and one past that: there every lookup misses the cache on its bucket anyway, and a
 //!   smaller table misses less often, in the cache and in the TLB, than its longer chains
-//!   cost.
+//!   cost. Allocations made by [`allocate_handle`](RangeAllocator::allocate_handle) stay
+//!   out of the table: their [`RangeHandle`] carries the node, so neither their allocation
+//!   nor their free by handle touches a bucket (see [`deallocate_handle`](RangeAllocator::deallocate_handle)).
 //! * **"Which block contains address `x`?"** One block in 32, picked by a hash of its start,
 //!   is also an *anchor*, kept in an ordered index by start ([`SortedIndex`]). A search
 //!   finds the last anchor at or before `x` and walks the address list from there (32 steps
@@ -72,8 +74,10 @@
 //! |---|---|
 //! | `allocate` | O(1): bit scans, one node, one hash insert (and, for one block in 32, an anchor: O(log n)) |
 //! | `allocate`, only a tight fit left | + a scan of the classes that may hold one (see below) |
+//! | `allocate_handle` | as `allocate`, without the hash insert |
+//! | `deallocate_handle` | O(1): the node, checked, merges through the links |
 //! | `deallocate` of a whole allocation | O(1) expected: one lookup, merges through the links |
-//! | `deallocate` of anything else | O(log n) expected search, + O(1) per allocation it cuts |
+//! | `deallocate` of anything else (a handle's allocation too) | O(log n) expected search, + O(1) per allocation it cuts |
 //! | `allocate_range` | O(log n) expected search |
 //! | `free_count`, `fragment_count` | O(1), kept exact |
 //!
@@ -89,11 +93,20 @@
 //! `dmakit bench` times it against the `offset-allocator` crate (TLSF-like, frees by
 //! handle), `xalloc`'s TLSF, the `range-alloc` crate and an XNU-style sorted array on mixed
 //! sizes and on IOVA churn; the `dmakit-bench` crate describes the workloads and what makes
-//! the comparison fair or not. The one cost the TLSF peers do not have is the lookup of a
-//! free by address: a bucket, and the node after it.
+//! the comparison fair or not. A free by address costs one lookup the TLSF peers do not
+//! have (a bucket, and the node after it), so the bench compares like with like: dmakit
+//! freeing by handle against the peers that free by handle, and dmakit freeing by address
+//! against `offset-allocator` with a hash map from address to its handle, and against the
+//! allocators that free by address.
 //!
 //! ## Divergences from IOKit
 //!
+//! * **Handles are a dmakit addition.** IOKit frees only by address, `deallocate(start,
+//!   size)`, which dmakit keeps with its semantics. For hot paths,
+//!   [`allocate_handle`](RangeAllocator::allocate_handle) returns a [`RangeHandle`] that
+//!   [`deallocate_handle`](RangeAllocator::deallocate_handle) frees without a lookup; the
+//!   range may still be freed by address (by a search), and a range from `allocate` has no
+//!   handle.
 //! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
 //!   dmakit returns the top of a block of the smallest size class that surely fits. First
 //!   fit needs a search by address on every allocation (O(log n) at best, with a tree
@@ -116,11 +129,17 @@ use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
 use crate::{Error, Result};
 use alloc_crate::vec::Vec;
 
+mod handle;
+pub use handle::RangeHandle;
+
 const WHAT: &str = "range allocator";
 /// "No node" in every link.
 const NIL: u32 = u32::MAX;
-/// `Node::b` of an allocated block (and of [`HEAD`]).
+/// `Node::b` of an allocated block in the hash (and of [`HEAD`]).
 const USED: u32 = u32::MAX - 1;
+/// `Node::b` of an allocated block that is not in the hash: one made by
+/// [`allocate_handle`](RangeAllocator::allocate_handle), freed by its handle.
+const BARE: u32 = u32::MAX - 2;
 /// Node 0 is the sentinel of the address list: it counts as allocated (so nothing merges
 /// with it), is in no hash chain, and both the first and the last block link to it.
 const HEAD: u32 = 0;
@@ -129,8 +148,8 @@ const SAMPLE_BITS: u32 = 5;
 /// Starts that differ only in their low `RUN_BITS` bits above the default alignment go to
 /// neighbouring buckets (see [`RangeAllocator::bucket`]).
 const RUN_BITS: u32 = 8;
-/// Node numbers are `u32` with two values reserved; a call needs at most two new nodes.
-const MAX_NODES: usize = USED as usize - 2;
+/// Node numbers are `u32` with three values reserved; a call needs at most two new nodes.
+const MAX_NODES: usize = BARE as usize - 2;
 
 /// Where the link to a node of a hash chain is: in its bucket, or in the node before it.
 #[derive(Clone, Copy, Debug)]
@@ -149,16 +168,25 @@ struct Node {
     /// Address neighbours, through [`HEAD`] at both ends.
     prev: u32,
     next: u32,
-    /// Allocated: the next node in the same hash bucket. Free: the previous node of its
-    /// size-class list.
+    /// Allocated: the next node in the same hash bucket ([`NIL`] when not in the hash).
+    /// Free: the previous node of its size-class list.
     a: u32,
-    /// Allocated: [`USED`]. Free: the next node of its size-class list.
+    /// Allocated: [`USED`] (in the hash) or [`BARE`] (not). Free: the next node of its
+    /// size-class list.
     b: u32,
 }
 
 impl Node {
+    /// Allocated (or [`HEAD`]).
     #[inline]
     fn used(&self) -> bool {
+        // Two neighbouring values: one compare once compiled.
+        matches!(self.b, USED | BARE)
+    }
+
+    /// Allocated and in the hash.
+    #[inline]
+    fn hashed(&self) -> bool {
         self.b == USED
     }
 
@@ -199,12 +227,14 @@ pub struct RangeAllocator {
     // * Every block is a node of `nodes` (slot 0 is HEAD; recycled slots are listed in
     //   `spare`) on the address list, in address order. Blocks are disjoint.
     // * `anchors` holds exactly the blocks whose start `is_anchor` picks, by start.
-    // * Allocated blocks cover exactly the space handed out (by `allocate`/`allocate_range`
-    //   and not given back); each sits in the hash chain of its start's bucket.
+    // * Allocated blocks cover exactly the space handed out (by `allocate`,
+    //   `allocate_handle` and `allocate_range`, and not given back); each sits in the hash
+    //   chain of its start's bucket, except those marked BARE (made by `allocate_handle`),
+    //   which are in no chain.
     // * Free blocks are never adjacent to each other; each is in exactly the list of its
     //   `floor_class(len)`, and `classes` marks exactly the non-empty lists.
-    // * `allocated`, `free_bytes` and `fragments` count allocated blocks, free bytes and
-    //   free blocks.
+    // * `allocated`, `free_bytes` and `fragments` count the blocks in the hash, free bytes
+    //   and free blocks.
     nodes: Vec<Node>,
     spare: Vec<u32>,
     /// Hash buckets (first allocated node of each chain), at least four times as many as
@@ -217,6 +247,7 @@ pub struct RangeAllocator {
     grow_at: usize,
     /// log2 of the default alignment.
     shift: u32,
+    /// Allocated blocks in the hash.
     allocated: usize,
     /// About one block in 2^[`SAMPLE_BITS`], by start: where searches by address begin.
     anchors: SortedIndex,
@@ -437,13 +468,18 @@ impl RangeAllocator {
         None
     }
 
-    /// Whether `[start, start + size)` is exactly one allocated block.
+    /// Whether `[start, start + size)` is exactly one allocated block: one lookup, or a
+    /// search by address for a block not in the hash.
     pub(crate) fn is_allocation(&self, start: u64, size: u64) -> bool {
-        let last = size.checked_sub(1).and_then(|s| start.checked_add(s));
-        last.is_some_and(|l| {
-            self.find(start)
-                .is_some_and(|(a, _)| self.nodes[a as usize].last == l)
-        })
+        let Some(l) = size.checked_sub(1).and_then(|s| start.checked_add(s)) else {
+            return false;
+        };
+        let n = match self.find(start) {
+            Some((n, _)) => n,
+            None => self.pred(start),
+        };
+        let node = &self.nodes[n as usize];
+        n != HEAD && node.used() && node.start == start && node.last == l
     }
 
     /// Takes allocated node `n` out of its chain, given where the link to it is (as
@@ -472,11 +508,44 @@ impl RangeAllocator {
         self.buckets[b] = n;
     }
 
-    /// Takes allocated node `n` out of the chain of its start.
+    /// Takes allocated node `n` out of the chain of bucket `b`, the bucket of its start,
+    /// looking for the node itself (no key compared). False if it is not there.
+    #[inline]
+    fn unchain_from(&mut self, b: usize, n: u32) -> bool {
+        let mut link = Link::Bucket(b);
+        let mut m = self.buckets[b];
+        while m != NIL {
+            if m == n {
+                self.unchain(n, link);
+                return true;
+            }
+            link = Link::After(m);
+            m = self.nodes[m as usize].a;
+        }
+        false
+    }
+
+    /// Takes allocated node `n` out of the chain of its start, if it is in the hash.
     #[inline]
     fn hash_remove(&mut self, n: u32) {
+        if !self.nodes[n as usize].hashed() {
+            return;
+        }
         if let Some((_, link)) = self.find(self.nodes[n as usize].start) {
             self.unchain(n, link);
+        }
+    }
+
+    /// Marks node `n` allocated: in the hash when `hashed`, else [`BARE`]. Always inlined,
+    /// so that `allocate_handle` compiles to its two stores.
+    #[inline(always)]
+    fn mark_allocated(&mut self, n: u32, hashed: bool) {
+        if hashed {
+            self.hash_insert(n);
+        } else {
+            let node = &mut self.nodes[n as usize];
+            node.a = NIL;
+            node.b = BARE;
         }
     }
 
@@ -550,12 +619,14 @@ impl RangeAllocator {
     }
 
     /// Takes node `a` (out of the hash or its size class already) off the address list and
-    /// the anchors, and recycles it.
+    /// the anchors, and recycles it (marked free).
     #[inline]
     fn drop_node(&mut self, a: u32) {
         let Node {
             start, prev, next, ..
         } = self.nodes[a as usize];
+        // A spare node is not allocated, so that a stale handle to it is refused.
+        self.nodes[a as usize].b = NIL;
         self.nodes[prev as usize].next = next;
         self.nodes[next as usize].prev = prev;
         if self.is_anchor(start) {
@@ -655,17 +726,18 @@ impl RangeAllocator {
 
     // --- carving and freeing ----------------------------------------------------------
 
-    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block.
-    /// Needs room for two new nodes.
+    /// Takes `[data, end]` out of free node `f` (which contains it) as an allocated block,
+    /// in the hash when `hashed`, and returns that block's node. Needs room for two new
+    /// nodes.
     #[inline]
-    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64) {
+    fn carve(&mut self, f: u32, c: usize, data: u64, end: u64, hashed: bool) -> u32 {
         let Node { start, last, .. } = self.nodes[f as usize];
         self.free_bytes -= end - data + 1;
         if data == start {
             // `f` itself becomes the allocation.
             self.bin_unlink(f, c);
             self.nodes[f as usize].last = end;
-            self.hash_insert(f);
+            self.mark_allocated(f, hashed);
             if end < last {
                 let t = self.new_node(end + 1, last);
                 self.link_after(f, t);
@@ -673,10 +745,11 @@ impl RangeAllocator {
             } else {
                 self.fragments -= 1;
             }
+            f
         } else {
             let a = self.new_node(data, end);
             self.link_after(f, a);
-            self.hash_insert(a);
+            self.mark_allocated(a, hashed);
             if end < last {
                 let t = self.new_node(end + 1, last);
                 self.link_after(a, t);
@@ -684,6 +757,7 @@ impl RangeAllocator {
                 self.fragments += 1;
             }
             self.reclass(f, c, data - 1);
+            a
         }
     }
 
@@ -703,7 +777,8 @@ impl RangeAllocator {
         !node.used() && node.start == l + 1
     }
 
-    /// Frees allocated block `a` (already out of the hash), merging with free neighbours.
+    /// Frees allocated block `a` (out of the hash, if it was in), merging with free
+    /// neighbours.
     #[inline]
     fn release(&mut self, a: u32) {
         let Node {
@@ -885,6 +960,14 @@ impl RangeAllocator {
     /// ```
     #[inline]
     pub fn allocate(&mut self, size: u64, alignment: u64) -> Result<u64> {
+        self.allocate_node(size, alignment, true)
+            .map(|(start, _)| start)
+    }
+
+    /// [`allocate`](Self::allocate), returning also the allocated block's node, which goes
+    /// in the hash when `hashed`.
+    #[inline]
+    fn allocate_node(&mut self, size: u64, alignment: u64, hashed: bool) -> Result<(u64, u32)> {
         let size = self.round_size(size)?;
         let mask = if alignment == 0 {
             self.default_mask
@@ -908,18 +991,17 @@ impl RangeAllocator {
         {
             let n = self.heads[c];
             if let Some(data) = self.place(n, size, mask) {
-                self.carve(n, c, data, data + (size - 1));
-                return Ok(data);
+                return Ok((data, self.carve(n, c, data, data + (size - 1), hashed)));
             }
         }
-        self.allocate_tight(size, mask)
+        self.allocate_tight(size, mask, hashed)
     }
 
     /// The slow path of [`allocate`](Self::allocate), exact: every block of the classes
     /// that may hold a fit (from the size's own class up to the first class whose blocks
     /// are all at least `size + mask` long) is tried, then the first block of that class.
     #[inline(never)]
-    fn allocate_tight(&mut self, size: u64, mask: u64) -> Result<u64> {
+    fn allocate_tight(&mut self, size: u64, mask: u64, hashed: bool) -> Result<(u64, u32)> {
         let lo = floor_class(size);
         let sure = size
             .checked_add(mask)
@@ -930,8 +1012,7 @@ impl RangeAllocator {
             let mut n = self.heads[class];
             while n != NIL {
                 if let Some(data) = self.place(n, size, mask) {
-                    self.carve(n, class, data, data + (size - 1));
-                    return Ok(data);
+                    return Ok((data, self.carve(n, class, data, data + (size - 1), hashed)));
                 }
                 if class >= sure {
                     // Cannot happen: every block of a sure class fits.
@@ -976,7 +1057,7 @@ impl RangeAllocator {
         let n = self.pred(start);
         let node = &self.nodes[n as usize];
         if n != HEAD && !node.used() && last <= node.last {
-            self.carve(n, node.class(), start, last);
+            self.carve(n, node.class(), start, last, true);
             Ok(())
         } else {
             Err(Error::RangeBusy {
@@ -991,8 +1072,10 @@ impl RangeAllocator {
     /// merging with free neighbours (IOKit `deallocate`). A range overlapping free space is
     /// [`Error::DoubleFree`] and changes nothing.
     ///
-    /// The range may be a whole allocation (the fast, O(1) case), part of one, several, or
-    /// wholly space that was never in the allocator (IOKit adds space this way; see also
+    /// The range may be a whole allocation (the fast, O(1) case, except for an allocation
+    /// from [`allocate_handle`](Self::allocate_handle), which is found by a search and whose
+    /// handle is then stale), part of one, several, or wholly space that was never in the
+    /// allocator (IOKit adds space this way; see also
     /// [`add_range`](Self::add_range)). A range that is part allocated and part never owned
     /// (a size larger than the allocation, say) is [`Error::NotOwned`] and changes nothing:
     /// IOKit would silently add space it never owned. Other errors: [`Error::ZeroSize`],
@@ -1070,7 +1153,7 @@ mod tests {
 
     impl RangeAllocator {
         /// Checks every invariant of the structure; panics on the first violation.
-        fn check(&self) {
+        pub(super) fn check(&self) {
             let n_nodes = self.nodes.len();
             let mut on_list = vec![false; n_nodes];
             // The address list: consistent links, ascending disjoint blocks, no two free
@@ -1096,13 +1179,17 @@ mod tests {
                         node.last
                     );
                 }
-                if node.used() {
+                if node.hashed() {
                     allocated += 1;
                     assert_eq!(
                         self.find(node.start).map(|(m, _)| m),
                         Some(n),
                         "allocated node {n} not found by its start"
                     );
+                } else if node.used() {
+                    assert_eq!(node.a, NIL, "bare node {n} links a chain");
+                    assert!(self.find(node.start).is_none(), "bare node {n} in the hash");
+                    assert!(self.is_allocation(node.start, node.last - node.start + 1));
                 } else {
                     fragments += 1;
                     free += node.last - node.start + 1;
@@ -1119,6 +1206,10 @@ mod tests {
             let mut spare = vec![false; n_nodes];
             for &s in &self.spare {
                 assert!(!on_list[s as usize] && !spare[s as usize], "spare node {s}");
+                assert!(
+                    !self.nodes[s as usize].used(),
+                    "spare node {s} marked allocated"
+                );
                 spare[s as usize] = true;
             }
             assert_eq!(
@@ -1159,7 +1250,7 @@ mod tests {
                 let mut m = first;
                 while m != NIL {
                     let node = self.nodes[m as usize];
-                    assert!(on_list[m as usize] && node.used(), "hash holds node {m}");
+                    assert!(on_list[m as usize] && node.hashed(), "hash holds node {m}");
                     assert_eq!(self.bucket(node.start), b, "node {m} in the wrong bucket");
                     chained += 1;
                     m = node.a;
@@ -1181,10 +1272,10 @@ mod tests {
     }
 
     /// A small deterministic generator, so the test needs no dependency.
-    struct Lcg(u64);
+    pub(super) struct Lcg(pub(super) u64);
 
     impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
+        pub(super) fn below(&mut self, n: u64) -> u64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)

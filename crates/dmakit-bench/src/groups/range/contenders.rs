@@ -22,18 +22,22 @@ pub trait Contender {
     fn free(&mut self, h: Self::Handle, units: u32);
 }
 
+/// dmakit's `RangeAllocator` over the bench's space: bytes from [`BASE`], default
+/// alignment one page.
+fn dmakit_space(units: u32) -> dmakit::alloc::RangeAllocator {
+    dmakit::alloc::RangeAllocator::new(BASE, units as u64 * UNIT, UNIT)
+        .expect("a page-aligned, non-empty space")
+}
+
 /// dmakit's `RangeAllocator`, in bytes, default alignment 4 KiB, through IOKit's interface:
-/// `allocate(size, 0)`, `deallocate(start, size)`.
+/// `allocate(size, 0)`, `deallocate(start, size)`: the free finds the block by address.
 pub struct Dmakit(dmakit::alloc::RangeAllocator);
 
 impl Contender for Dmakit {
     type Handle = NonZeroU64;
     const NAME: &'static str = "dmakit";
     fn new(units: u32, _max_live: usize) -> Self {
-        Dmakit(
-            dmakit::alloc::RangeAllocator::new(BASE, units as u64 * UNIT, UNIT)
-                .expect("a page-aligned, non-empty space"),
-        )
+        Dmakit(dmakit_space(units))
     }
     fn alloc(&mut self, units: u32) -> Option<NonZeroU64> {
         self.0
@@ -44,6 +48,27 @@ impl Contender for Dmakit {
     fn free(&mut self, start: NonZeroU64, units: u32) {
         self.0
             .deallocate(start.get(), units as u64 * UNIT)
+            .expect("the bench frees only what it allocated");
+    }
+}
+
+/// dmakit's `RangeAllocator` as [`Dmakit`], through its handle interface:
+/// `allocate_handle(size, 0)`, `deallocate_handle(handle)`: the free reads the block's node
+/// from the handle (and checks it) instead of looking it up by address.
+pub struct DmakitHandle(dmakit::alloc::RangeAllocator);
+
+impl Contender for DmakitHandle {
+    type Handle = dmakit::alloc::RangeHandle;
+    const NAME: &'static str = "dmakit by handle";
+    fn new(units: u32, _max_live: usize) -> Self {
+        DmakitHandle(dmakit_space(units))
+    }
+    fn alloc(&mut self, units: u32) -> Option<dmakit::alloc::RangeHandle> {
+        self.0.allocate_handle(units as u64 * UNIT, 0).ok()
+    }
+    fn free(&mut self, h: dmakit::alloc::RangeHandle, _units: u32) {
+        self.0
+            .deallocate_handle(h)
             .expect("the bench frees only what it allocated");
     }
 }
@@ -64,6 +89,37 @@ impl Contender for OffsetAllocator {
     }
     fn free(&mut self, h: offset_allocator::Allocation, _units: u32) {
         self.0.free(h);
+    }
+}
+
+/// [`OffsetAllocator`] freed by address, as an IOKit-style caller must use it: a map from
+/// each allocation's offset to its `Allocation` (hashbrown's table with its default hasher,
+/// foldhash, sized for the live count up front), filled on allocation and emptied on free.
+pub struct OffsetAllocatorByAddress {
+    a: OffsetAllocator,
+    by_offset: hashbrown::HashMap<u32, offset_allocator::Allocation>,
+}
+
+impl Contender for OffsetAllocatorByAddress {
+    type Handle = u32;
+    const NAME: &'static str = "offset-allocator + address map";
+    fn new(units: u32, max_live: usize) -> Self {
+        OffsetAllocatorByAddress {
+            a: OffsetAllocator::new(units, max_live),
+            by_offset: hashbrown::HashMap::with_capacity(max_live),
+        }
+    }
+    fn alloc(&mut self, units: u32) -> Option<u32> {
+        let a = self.a.alloc(units)?;
+        self.by_offset.insert(a.offset, a);
+        Some(a.offset)
+    }
+    fn free(&mut self, offset: u32, units: u32) {
+        let a = self
+            .by_offset
+            .remove(&offset)
+            .expect("the bench frees only what it allocated");
+        self.a.free(a, units);
     }
 }
 

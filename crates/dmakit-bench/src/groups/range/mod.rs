@@ -1,6 +1,6 @@
 //! `range/*`: [`RangeAllocator`](dmakit::alloc::RangeAllocator) against the
-//! `offset-allocator` crate and the `xalloc` crate's TLSF at 1k, 10k, 100k and 1M live
-//! ranges, and against two O(n) allocators (the `range-alloc` crate and XNU's sorted-list
+//! `offset-allocator` crate (freeing by handle, and by address through a hash map) and the
+//! `xalloc` crate's TLSF at 1k, 10k, 100k and 1M live ranges, and against two O(n) allocators (the `range-alloc` crate and XNU's sorted-list
 //! first fit) at 1k and 10k.
 //!
 //! ## Workloads
@@ -20,14 +20,33 @@
 //!
 //! ## Contenders
 //!
-//! * `dmakit`: `RangeAllocator` in bytes, default alignment 4 KiB, through IOKit's
-//!   interface: `allocate(size, 0)`, `deallocate(start, size)`.
-//! * `offset-allocator`: a TLSF-style allocator of `u32` page units, nodes preallocated.
-//! * `xalloc tlsf`: `xalloc::SysTlsf<u64>` in page units, nodes from the system allocator.
+//! Every comparison is like for like in how a range is freed: by the handle its allocation
+//! returned (no lookup), or by `(start, size)` as IOKit callers free (a lookup by address).
+//!
+//! By handle, against `dmakit` through `allocate_handle(size, 0)` and
+//! `deallocate_handle(handle)` (`RangeAllocator` in bytes, default alignment 4 KiB):
+//!
+//! * `offset-allocator`: a TLSF-style allocator of `u32` page units, nodes preallocated,
+//!   freed by its `Allocation`. The main row.
+//! * `xalloc tlsf`: `xalloc::SysTlsf<u64>` in page units, nodes from the system allocator,
+//!   freed by its region handle.
+//!
+//! By address, against `dmakit` through `allocate(size, 0)` and `deallocate(start, size)`:
+//!
+//! * `offset-allocator + address map`: offset-allocator as a caller that frees by address
+//!   must use it, with a map from each allocation's offset to its `Allocation`, filled on
+//!   allocation and emptied on free. The map is `hashbrown`'s table with its default
+//!   hasher (foldhash), sized for the live count up front: the fastest general-purpose
+//!   map at hand (std's `HashMap` is the same table with SipHash, slower on integer keys),
+//!   so that the peer pays as little as a careful user would.
 //! * `range-alloc`: best fit over a sorted `Vec` of free ranges (O(n) a call).
 //! * `xnu-style first fit`: XNU's IORangeAllocator algorithm, a sorted `Vec` of free
 //!   intervals scanned linearly. The O(n) two run at 1k and 10k live ranges only: at 1M a
 //!   single row would take many minutes.
+//!
+//! Each row's name is `range/<workload>/<live ranges>` and its peer names the contender;
+//! the dmakit side is the handle or address interface as above, on its own instance (one
+//! for the handle rows, one for the address rows, each carried from row to row).
 //!
 //! ## Fairness
 //!
@@ -37,13 +56,12 @@
 //!   (1,024 when quick) of one, then the same chunk of the other, order alternating.
 //!   The state evolves with every repetition on both sides alike (a step frees and
 //!   reallocates a slot, so replaying a chunk again is valid work).
-//! * **Units and handles.** offset-allocator and xalloc work in page units (every size
-//!   is a whole number of pages, so page alignment is implicit) and free by the handle
-//!   their allocate returned, with no lookup; dmakit, range-alloc and the XNU-style list
-//!   free by `(start, size)` as IOKit callers do, so dmakit's free first finds the block
-//!   by its start in a hash table. offset-allocator also has no fixed-range allocation,
-//!   no alignment argument, no double-free detection, no `u64` space and a node count
-//!   fixed at construction. These asymmetries favour the TLSF peers.
+//! * **Units.** offset-allocator and xalloc work in page units (every size is a whole
+//!   number of pages, so page alignment is implicit); dmakit, range-alloc and the
+//!   XNU-style list work in bytes. offset-allocator also has no fixed-range allocation, no
+//!   alignment argument, no double-free or stale-handle detection (dmakit checks every
+//!   handle it is given), no `u64` space and a node count fixed at construction. These
+//!   asymmetries favour the TLSF peers.
 //! * **A/A.** `range/a_a` is offset-allocator against a second offset-allocator on the
 //!   same work (mixed sizes, 10k live).
 
@@ -53,7 +71,10 @@ pub mod workload;
 use crate::harness::{compare, Paired, Plan, Side};
 use crate::progress::Progress;
 use crate::{measure, Options, Row, CONTROL_PEER};
-use contenders::{Contender, Dmakit, Live, NaiveFirstFit, OffsetAllocator, RangeAlloc, XallocTlsf};
+use contenders::{
+    Contender, Dmakit, DmakitHandle, Live, NaiveFirstFit, OffsetAllocator,
+    OffsetAllocatorByAddress, RangeAlloc, XallocTlsf,
+};
 use workload::{Kind, Workload};
 
 /// Live-range counts and their names.
@@ -78,7 +99,9 @@ fn steps_per_chunk(opts: &Options) -> usize {
 
 /// Rows the group plans.
 pub fn planned(_opts: &Options) -> usize {
-    2 * (SIZES.len() * 2 + 2 * 2) + 1
+    // Per workload: three rows at every size (offset-allocator by handle and with an
+    // address map, xalloc), two more at the two smallest (the O(n) peers); one A/A row.
+    2 * (SIZES.len() * 3 + 2 * 2) + 1
 }
 
 /// Times `a` against `b` over `steps` cut into 16 chunks.
@@ -99,49 +122,84 @@ pub fn compare_live<A: Contender, B: Contender>(
     )
 }
 
-fn rows_for(w: &Workload, label: &str, plan: &Plan, p: &mut Progress, a_a: bool) -> Vec<Row> {
-    let name = format!("range/{}/{label}", w.kind.name());
-    let mut ours = Live::<Dmakit>::new(w.space_units, &w.prefill);
+/// One row: `ours` against a fresh `P` on `steps`; notes how many allocations `P` failed.
+fn row<A: Contender, P: Contender>(
+    ctx: &mut Ctx<'_>,
+    steps: &[(u32, u32)],
+    ours: &mut Live<A>,
+) -> Row {
+    let mut peer = Live::<P>::new(ctx.w.space_units, &ctx.w.prefill);
+    let r = measure(ctx.p, &ctx.name, P::NAME, || {
+        compare_live(ctx.plan, steps, ours, &mut peer)
+    });
+    ctx.failed.push((P::NAME, peer.failed));
+    r
+}
+
+/// What the rows of one workload share.
+struct Ctx<'a> {
+    w: &'a Workload,
+    name: String,
+    plan: &'a Plan,
+    p: &'a mut Progress,
+    /// Allocations each contender failed.
+    failed: Vec<(&'static str, u64)>,
+}
+
+/// The rows where both sides free by handle: dmakit's `deallocate_handle` against
+/// offset-allocator (and the A/A control, when asked) and xalloc's TLSF.
+fn handle_rows(ctx: &mut Ctx<'_>, a_a: bool) -> Vec<Row> {
+    let w = ctx.w;
+    let mut ours = Live::<DmakitHandle>::new(w.space_units, &w.prefill);
     let mut rows = Vec::new();
-    let mut failed = Vec::new();
-    {
-        let mut peer = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
-        rows.push(measure(p, &name, OffsetAllocator::NAME, || {
-            compare_live(plan, &w.steps, &mut ours, &mut peer)
+    let mut peer = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
+    rows.push(measure(ctx.p, &ctx.name, OffsetAllocator::NAME, || {
+        compare_live(ctx.plan, &w.steps, &mut ours, &mut peer)
+    }));
+    ctx.failed.push((OffsetAllocator::NAME, peer.failed));
+    if a_a {
+        let mut again = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
+        rows.push(measure(ctx.p, "range/a_a", CONTROL_PEER, || {
+            compare_live(ctx.plan, &w.steps, &mut peer, &mut again)
         }));
-        if a_a {
-            let mut again = Live::<OffsetAllocator>::new(w.space_units, &w.prefill);
-            rows.push(measure(p, "range/a_a", CONTROL_PEER, || {
-                compare_live(plan, &w.steps, &mut peer, &mut again)
-            }));
-            failed.push((OffsetAllocator::NAME, again.failed));
-        }
-        failed.push((OffsetAllocator::NAME, peer.failed));
+        ctx.failed.push((OffsetAllocator::NAME, again.failed));
     }
-    {
-        let mut peer = Live::<XallocTlsf>::new(w.space_units, &w.prefill);
-        rows.push(measure(p, &name, XallocTlsf::NAME, || {
-            compare_live(plan, &w.steps, &mut ours, &mut peer)
-        }));
-        failed.push((XallocTlsf::NAME, peer.failed));
-    }
+    drop(peer);
+    rows.push(row::<_, XallocTlsf>(ctx, &w.steps, &mut ours));
+    ctx.failed.push((DmakitHandle::NAME, ours.failed));
+    rows
+}
+
+/// The rows where both sides free by `(start, size)`: dmakit's `deallocate` against
+/// offset-allocator with an address map, and (at 10k live ranges or fewer) the O(n)
+/// range-alloc and XNU-style list.
+fn address_rows(ctx: &mut Ctx<'_>) -> Vec<Row> {
+    let w = ctx.w;
+    let mut ours = Live::<Dmakit>::new(w.space_units, &w.prefill);
+    let mut rows = vec![row::<_, OffsetAllocatorByAddress>(ctx, &w.steps, &mut ours)];
     if w.live() <= 10_000 {
         let slow = &w.steps[..(SLOW_STEPS * CHUNKS).min(w.steps.len())];
-        let mut peer = Live::<RangeAlloc>::new(w.space_units, &w.prefill);
-        rows.push(measure(p, &name, RangeAlloc::NAME, || {
-            compare_live(plan, slow, &mut ours, &mut peer)
-        }));
-        failed.push((RangeAlloc::NAME, peer.failed));
-        let mut peer = Live::<NaiveFirstFit>::new(w.space_units, &w.prefill);
-        rows.push(measure(p, &name, NaiveFirstFit::NAME, || {
-            compare_live(plan, slow, &mut ours, &mut peer)
-        }));
-        failed.push((NaiveFirstFit::NAME, peer.failed));
+        rows.push(row::<_, RangeAlloc>(ctx, slow, &mut ours));
+        rows.push(row::<_, NaiveFirstFit>(ctx, slow, &mut ours));
     }
-    failed.push((Dmakit::NAME, ours.failed));
-    for (who, n) in failed.into_iter().filter(|f| f.1 > 0) {
+    ctx.failed.push((Dmakit::NAME, ours.failed));
+    rows
+}
+
+fn rows_for(w: &Workload, label: &str, plan: &Plan, p: &mut Progress, a_a: bool) -> Vec<Row> {
+    let mut ctx = Ctx {
+        w,
+        name: format!("range/{}/{label}", w.kind.name()),
+        plan,
+        p,
+        failed: Vec::new(),
+    };
+    let mut rows = handle_rows(&mut ctx, a_a);
+    rows.extend(address_rows(&mut ctx));
+    for (who, n) in ctx.failed.into_iter().filter(|f| f.1 > 0) {
         crate::progress::note(format_args!(
-            "{name}: {who} failed {n} allocations (its rows did less work)"
+            "{}: {who} failed {n} allocations (its rows did less work)",
+            ctx.name
         ));
     }
     rows
@@ -178,7 +236,9 @@ mod tests {
         for kind in [Kind::Mixed, Kind::Churn] {
             let w = Workload::new(kind, 10_000, 20_000, 7);
             check::<Dmakit>(&w);
+            check::<DmakitHandle>(&w);
             check::<OffsetAllocator>(&w);
+            check::<OffsetAllocatorByAddress>(&w);
             check::<XallocTlsf>(&w);
             check::<RangeAlloc>(&w);
             check::<NaiveFirstFit>(&w);
