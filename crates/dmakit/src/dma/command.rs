@@ -2219,8 +2219,9 @@ impl<P: Platform + Clone + 'static> core::fmt::Debug for DmaCommandBuilder<P> {
 /// One bounce copy between a descriptor range and a bounce buffer (`to_bounce`: descriptor
 /// → buffer, for a device read).
 ///
-/// It walks the descriptor's and the buffer's [`sources`](MemoryDescriptor::sources) side by
-/// side: two task ranges are one [`copy_virt`](crate::platform::CpuAccess::copy_virt), one
+/// It walks the descriptor's [`sources`](MemoryDescriptor::sources): a task range is one
+/// [`copy_virt`](crate::platform::CpuAccess::copy_virt) against the bounce buffer, which is
+/// one range of its task (its [`address`](BufferMemoryDescriptor::address) on), so one
 /// copy per byte where the platform can. A physical piece, or a descriptor whose sources
 /// cannot be listed, goes through `read_bytes`/`write_bytes` and a stack buffer (two copies
 /// per byte). Task addresses are taken to be of the command's platform, as its physical
@@ -2242,7 +2243,7 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
                 return;
             }
             let r = match s.task {
-                Some(task) => self.piece(task, s.addr, md_off + x, buf_off + x, s.len),
+                Some(task) => self.piece(task, s.addr, buf_off + x, s.len),
                 None => self.staged(md_off + x, buf_off + x, s.len),
             };
             failed = r.err();
@@ -2251,25 +2252,17 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
         self.finish(listed, failed, md_off, buf_off, len, x)
     }
 
-    /// The descriptor's task piece `[va, va + len)` of `task` (at descriptor offset
-    /// `md_off`) against the buffer's pieces from `buf_off`.
-    fn piece(&self, task: Task, va: u64, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
-        let mut failed: Option<Error> = None;
-        let mut y = 0u64;
-        let listed = self.buffer.sources(buf_off, len, &mut |b| {
-            if failed.is_some() {
-                return;
-            }
-            let (here, there) = (VirtAddr(va + y), VirtAddr(b.addr));
-            let r = match b.task {
-                Some(bt) if self.to_bounce => self.platform.copy_virt(task, here, bt, there, b.len),
-                Some(bt) => self.platform.copy_virt(bt, there, task, here, b.len),
-                None => self.staged(md_off + y, buf_off + y, b.len),
-            };
-            failed = r.err();
-            y += b.len;
-        });
-        self.finish(listed, failed, md_off, buf_off, len, y)
+    /// The descriptor's task piece `[va, va + len)` of `task` against `[buf_off, buf_off +
+    /// len)` of the buffer: one copy, as a buffer is one range of its task.
+    fn piece(&self, task: Task, va: u64, buf_off: u64, len: u64) -> Result<()> {
+        crate::descriptor::check_range("bounce buffer", buf_off, len, self.buffer.length())?;
+        let (here, bt) = (VirtAddr(va), self.buffer.task());
+        let there = VirtAddr(self.buffer.address().0 + buf_off);
+        if self.to_bounce {
+            self.platform.copy_virt(task, here, bt, there, len)
+        } else {
+            self.platform.copy_virt(bt, there, task, here, len)
+        }
     }
 
     /// After a walk that covered `done` of `len` bytes: the walk's error, or the rest (all
