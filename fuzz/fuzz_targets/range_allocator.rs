@@ -9,7 +9,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use dmakit::alloc::{RangeAllocator, RangeHandle};
+use dmakit::alloc::{Placement, RangeAllocator, RangeHandle};
 use dmakit::Error;
 use dmakit_fuzz::intervals::{Space, State};
 use dmakit_fuzz::num::{Align, Num};
@@ -37,6 +37,8 @@ enum Op {
     AllocateHandle(Num, Align),
     /// `deallocate_handle` of a handle made so far (picked by index), live or stale.
     FreeHandle(u16),
+    /// Later allocations by good fit (`true`) or IOKit's first fit (`false`, the default).
+    GoodFit(bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -48,6 +50,8 @@ struct Input {
 struct Model {
     space: Space,
     mask: u64,
+    /// First fit: every allocation must be IOKit's, the lowest aligned place that fits.
+    first_fit: bool,
 }
 
 impl Model {
@@ -161,6 +165,13 @@ impl Model {
                     self.space.inside_free(at, last),
                     "allocation [{at:#x}, {last:#x}] was not free"
                 );
+                if self.first_fit {
+                    let lowest = self.space.free().into_iter().find_map(|(s, l)| {
+                        let data = s.checked_add(mask)? & !mask;
+                        (data.checked_add(size - 1)? <= l).then_some(data)
+                    });
+                    assert_eq!(Some(at), lowest, "first fit is the lowest aligned place");
+                }
                 self.space.set(at, last, Some(State::Allocated));
             }
             (Ok((size, mask)), Err(e)) => {
@@ -211,6 +222,7 @@ fn begin(start: &Start) -> Option<(RangeAllocator, Model)> {
     let mut m = Model {
         space: Space::default(),
         mask: default - 1,
+        first_fit: true,
     };
     let r = match *start {
         Start::Empty(_) => RangeAllocator::empty(align),
@@ -328,6 +340,16 @@ fn run(input: &Input) {
                 m.allocate(size.0, align.0, got.map(|h| h.start()));
             }
             Op::FreeHandle(i) => handles.free(&mut r, &mut m, i),
+            Op::GoodFit(good) => {
+                let p = if good {
+                    Placement::GoodFit
+                } else {
+                    Placement::FirstFit
+                };
+                r.set_placement(p);
+                assert_eq!(r.placement(), p);
+                m.first_fit = !good;
+            }
             Op::Allocate(size, align) => {
                 let got = r.allocate(size.0, align.0);
                 m.allocate(size.0, align.0, got);

@@ -49,7 +49,7 @@
 //! ```
 
 use crate::CacheMode;
-use dmakit::alloc::RangeAllocator;
+use dmakit::alloc::{Placement, RangeAllocator};
 use dmakit::platform::PurgeableState;
 use dmakit::{PhysAddr, VirtAddr};
 use std::collections::BTreeMap;
@@ -195,7 +195,9 @@ impl AddressSpace {
             swap: BTreeMap::new(),
             wired_ranges: BTreeMap::new(),
             // The constants are page aligned for every supported page size.
-            va: RangeAllocator::new(base, VA_SPACE, page).expect("constant VA space is valid"),
+            va: RangeAllocator::new(base, VA_SPACE, page)
+                .expect("constant VA space is valid")
+                .with_placement(Placement::GoodFit),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! alignments up to 2^63, IOKit's rounding of sizes to the default alignment (and of
 //! `withRange`), zero sizes, overflow, errors that change nothing, and the locked variant.
 
-use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
 use dmakit::{Error, IoReturn};
 
 fn frags(r: &RangeAllocator) -> Vec<(u64, u64)> {
@@ -172,7 +172,10 @@ fn zero_sizes_are_refused() {
 
 #[test]
 fn failures_change_nothing_and_map_to_iokit_codes() {
-    let mut r = RangeAllocator::new(0x1000, 0x4000, 0x1000).unwrap();
+    // Good fit places the allocation at the top, with free space below it.
+    let mut r = RangeAllocator::new(0x1000, 0x4000, 0x1000)
+        .unwrap()
+        .with_placement(Placement::GoodFit);
     let a = r.allocate(0x1000, 0).unwrap();
     let before = frags(&r);
     let free = r.free_count();

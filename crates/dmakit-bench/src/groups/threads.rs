@@ -146,7 +146,9 @@ impl Shared for LockedAllocFree {
 }
 
 fn locked() -> LockedRangeAllocator {
-    let r = RangeAllocator::new(1 << 32, 1 << 36, PAGE).expect("an aligned space");
+    let r = RangeAllocator::new(1 << 32, 1 << 36, PAGE)
+        .expect("an aligned space")
+        .with_placement(dmakit::alloc::Placement::GoodFit);
     let l = LockedRangeAllocator::new(r);
     for i in 0..BACKGROUND as u64 {
         let _ = l.allocate(PAGE * (1 + i % 16), 0);

@@ -33,7 +33,7 @@ use super::sys;
 use crate::caps::{self, MemlockLimit};
 use crate::hints::{intern, memlock_why, os};
 use crate::host::Host;
-use dmakit::alloc::RangeAllocator;
+use dmakit::alloc::{Placement, RangeAllocator};
 use dmakit::mapper::{allocate_placed, Access, IovaPlacement, Mapper};
 use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
 use rustix::io::Errno;
@@ -503,7 +503,7 @@ fn seed_space(
     limit: u64,
     page: PageSize,
 ) -> Result<RangeAllocator> {
-    let mut space = RangeAllocator::empty(page.bytes())?;
+    let mut space = RangeAllocator::empty(page.bytes())?.with_placement(Placement::GoodFit);
     for (start, last) in without(&info.iova_ranges, windows) {
         let start = page.round_up(start.max(page.bytes())).unwrap_or(u64::MAX);
         let last = last.min(limit).min(u64::MAX - page.bytes());

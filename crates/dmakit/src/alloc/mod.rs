@@ -38,5 +38,5 @@ pub use malloc::{
     io_malloc, io_malloc_aligned, io_malloc_contiguous, io_malloc_pageable, io_malloc_zero,
     io_size_to_alignment, IoHeap, IoMemory,
 };
-pub use range::{RangeAllocator, RangeHandle};
+pub use range::{Placement, RangeAllocator, RangeHandle};
 pub use table::AddrHash;

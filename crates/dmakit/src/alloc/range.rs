@@ -66,14 +66,16 @@
 //!   every block, measured, spent about a sixth of the allocator's time on upkeep). Picking
 //!   by the start needs no per-node flag: a block is an anchor while its start is.
 //!
-//! An allocation is carved from the **top** of the chosen free block, which keeps its node
-//! and start; the allocated range becomes a new node linked right after it (or the block
-//! itself, when it is used up whole).
+//! With good fit, an allocation is carved from the **top** of the chosen free block, which
+//! keeps its node and start; the allocated range becomes a new node linked right after it
+//! (or the block itself, when it is used up whole). With first fit (IOKit's, the default) it
+//! is carved from the lowest aligned place of the lowest free block that holds it.
 //!
 //! | operation | cost |
 //! |---|---|
-//! | `allocate` | O(1): bit scans, one node, one hash insert (and, for one block in 32, an anchor: O(log n)) |
-//! | `allocate`, only a tight fit left | + a scan of the classes that may hold one (see below) |
+//! | `allocate`, first fit (the default) | O(free blocks of the classes that may hold it), + the carve below |
+//! | `allocate`, good fit | O(1): bit scans, one node, one hash insert (and, for one block in 32, an anchor: O(log n)) |
+//! | `allocate`, good fit, only a tight fit left | + a scan of the classes that may hold one (see below) |
 //! | `allocate_handle` | as `allocate`, without the hash insert |
 //! | `deallocate_handle` | O(1): the node, checked, merges through the links |
 //! | `deallocate` of a whole allocation | O(1) expected: one lookup, merges through the links |
@@ -81,7 +83,7 @@
 //! | `allocate_range` | O(log n) expected search |
 //! | `free_count`, `fragment_count` | O(1), kept exact |
 //!
-//! The fast path of `allocate` looks only at classes whose blocks all fit. When none has a
+//! The fast path of a good-fit `allocate` looks only at classes whose blocks all fit. When none has a
 //! block, the request may still fit a block of a lower class (between 16 and 32 pages the
 //! classes are two pages wide, so 17 pages surely fit only from class 18–20, yet a free
 //! block of exactly 17 pages sits in class 16–18) or, for an alignment above the default, a
@@ -107,12 +109,14 @@
 //!   [`deallocate_handle`](RangeAllocator::deallocate_handle) frees without a lookup; the
 //!   range may still be freed by address (by a search), and a range from `allocate` has no
 //!   handle.
-//! * **Placement is good fit, not first fit.** IOKit returns the lowest address that fits;
-//!   dmakit returns the top of a block of the smallest size class that surely fits. First
-//!   fit needs a search by address on every allocation (O(log n) at best, with a tree
-//!   augmented by free lengths; O(n) in XNU); segregated fit finds a block in O(1), which is
-//!   what a fast allocator needs. Callers that need a particular address use
-//!   `allocate_range`; every power-of-two alignment up to 2^63 is honoured.
+//! * **Placement: IOKit's first fit, or good fit when asked.** By default
+//!   ([`Placement::FirstFit`]) `allocate` returns the lowest address that fits, as IOKit
+//!   does, by scanning the free blocks of the size classes that may hold the request (O(those
+//!   blocks); IOKit scans every free interval). [`Placement::GoodFit`]
+//!   ([`with_placement`](RangeAllocator::with_placement)) returns the top of a block of the
+//!   smallest size class that surely fits, in O(1): dmakit's IOMMU mappers use it, and
+//!   `dmakit bench` measures it. Every power-of-two alignment up to 2^63 is honoured by both;
+//!   callers that need a particular address use `allocate_range`.
 //! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
 //!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
 //!   alignment is [`Error::BadAlignment`]; a range past 2^64 is [`Error::Overflow`]. A free
@@ -130,7 +134,9 @@ use crate::{Error, Result};
 use alloc_crate::vec::Vec;
 
 mod handle;
+mod placement;
 pub use handle::RangeHandle;
+pub use placement::Placement;
 
 const WHAT: &str = "range allocator";
 /// "No node" in every link.
@@ -257,6 +263,7 @@ pub struct RangeAllocator {
     default_mask: u64,
     free_bytes: u64,
     fragments: usize,
+    placement: Placement,
 }
 
 /// A table of up to this many buckets stays in the caches closest to the core: four
@@ -335,6 +342,7 @@ impl RangeAllocator {
             default_mask: a - 1,
             free_bytes: 0,
             fragments: 0,
+            placement: Placement::FirstFit,
         })
     }
 
@@ -975,6 +983,9 @@ impl RangeAllocator {
             check_align("range allocator alignment", alignment)? - 1
         };
         self.room(size)?;
+        if self.placement == Placement::FirstFit {
+            return self.allocate_first_fit(size, mask, hashed);
+        }
         // Any block of at least `size + mask` bytes holds an aligned placement. When the
         // request is no more aligned than the default, a block of `size` bytes does too,
         // as long as its start is a multiple of the default alignment (always so unless
@@ -1085,8 +1096,8 @@ impl RangeAllocator {
     /// use dmakit::alloc::RangeAllocator;
     /// use dmakit::Error;
     ///
-    /// let mut r = RangeAllocator::new(0, 0x10000, 0x1000)?;
-    /// let a = r.allocate(0x4000, 0)?;
+    /// let mut r = RangeAllocator::new(0, 0x4000, 0x1000)?;
+    /// let a = r.allocate(0x4000, 0)?; // the whole space
     /// // A size larger than the allocation would free space the caller never had.
     /// assert!(matches!(r.deallocate(a, 0x5000), Err(Error::NotOwned { .. })));
     /// r.deallocate(a + 0x1000, 0x1000)?; // part of an allocation is fine
@@ -1434,8 +1445,10 @@ mod tests {
     }
 
     #[test]
-    fn placement_is_the_top_of_the_smallest_sure_block() {
-        let mut r = RangeAllocator::empty(0x100).unwrap();
+    fn good_fit_placement_is_the_top_of_the_smallest_sure_block() {
+        let mut r = RangeAllocator::empty(0x100)
+            .unwrap()
+            .with_placement(Placement::GoodFit);
         r.deallocate(0x1_0000, 0x1_0000).unwrap(); // big
         r.deallocate(0x4_0000, 0x800).unwrap(); // small
         assert_eq!(

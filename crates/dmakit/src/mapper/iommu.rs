@@ -5,7 +5,7 @@ use super::iova_shard::{align_of, class_of, Freed, Large, Live, Shard, SHARDS, U
 use super::placement::{allocate_placed, IovaPlacement};
 use super::Mapper;
 use crate::alloc::magazine::Depot;
-use crate::alloc::RangeAllocator;
+use crate::alloc::{Placement, RangeAllocator};
 use crate::sync::{thread_slot, Mutex, Padded, ShardGuard, ShardLock};
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
 use alloc_crate::boxed::Box;
@@ -215,7 +215,9 @@ impl<H: IommuHardware> IommuMapper<H> {
                 });
             }
         }
-        let space = RangeAllocator::new(base, size, page)?;
+        // Constant-time placement: IO addresses are a hot path and no caller relies on
+        // IOKit's lowest-first order.
+        let space = RangeAllocator::new(base, size, page)?.with_placement(Placement::GoodFit);
         Ok(IommuMapper {
             hw,
             base,

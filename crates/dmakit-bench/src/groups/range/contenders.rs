@@ -23,9 +23,11 @@ pub trait Contender {
 }
 
 /// dmakit's `RangeAllocator` over the bench's space: bytes from [`BASE`], default
-/// alignment one page.
+/// alignment one page, constant-time placement (`Placement::GoodFit`; IOKit's first fit,
+/// the default, searches the free ranges on every allocation).
 fn dmakit_space(units: u32) -> dmakit::alloc::RangeAllocator {
     dmakit::alloc::RangeAllocator::new(BASE, units as u64 * UNIT, UNIT)
+        .map(|r| r.with_placement(dmakit::alloc::Placement::GoodFit))
         .expect("a page-aligned, non-empty space")
 }
 

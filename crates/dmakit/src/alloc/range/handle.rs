@@ -170,6 +170,7 @@ impl RangeAllocator {
 mod tests {
     use super::super::tests::Lcg;
     use super::*;
+    use crate::alloc::Placement;
     use alloc_crate::vec::Vec;
 
     fn stale(e: Result<()>, h: RangeHandle) {
@@ -249,7 +250,9 @@ mod tests {
 
     #[test]
     fn a_recycled_node_with_the_same_range_is_the_same_allocation() {
-        let mut r = RangeAllocator::new(0, 0x1_0000, 0x1000).unwrap();
+        let mut r = RangeAllocator::new(0, 0x1_0000, 0x1000)
+            .unwrap()
+            .with_placement(Placement::GoodFit);
         let h = r.allocate_handle(0x1000, 0).unwrap();
         r.deallocate(h.start(), h.size()).unwrap();
         let again = r.allocate_handle(0x1000, 0).unwrap();
@@ -317,7 +320,9 @@ mod tests {
     fn a_handle_free_past_the_free_count_overflows_and_changes_nothing() {
         // The whole 2^64 space owned, one byte of it allocated: freeing it would make the
         // free count 2^64.
-        let mut r = RangeAllocator::empty(1).unwrap();
+        let mut r = RangeAllocator::empty(1)
+            .unwrap()
+            .with_placement(Placement::GoodFit);
         r.deallocate(0, u64::MAX).unwrap();
         let h = r.allocate_handle(1, 0).unwrap();
         assert_eq!(h.start(), u64::MAX - 1);
