@@ -3,7 +3,7 @@
 //! completion lost or doubled), and the totals balance at the end (free space, IO space,
 //! bounce bytes, quarantined preparations, the machine's pages and wirings).
 
-use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 use dmakit::dma::{
     BouncePool, DmaCommand, DmaCompletion, DmaEventSource, DmaTransfer, IoSegment, MappingMode,
@@ -85,7 +85,18 @@ fn machine(seed: u64) -> M {
 
 #[test]
 fn locked_range_allocator_never_hands_out_a_range_twice() {
-    let a = LockedRangeAllocator::new(RangeAllocator::new(0x10_0000, 0x100_0000, 0x10).unwrap());
+    // Good fit uses the per-thread caches; first fit goes to the shared allocator.
+    for placement in [Placement::GoodFit, Placement::FirstFit] {
+        locked_range_allocator_under_threads(placement);
+    }
+}
+
+fn locked_range_allocator_under_threads(placement: Placement) {
+    let a = LockedRangeAllocator::new(
+        RangeAllocator::new(0x10_0000, 0x100_0000, 0x10)
+            .unwrap()
+            .with_placement(placement),
+    );
     let total = a.free_count();
     let live = Ranges::default();
     let rounds = hammer(|_, rng| {
@@ -105,7 +116,7 @@ fn locked_range_allocator_never_hands_out_a_range_twice() {
     });
     assert!(rounds > 0);
     assert_eq!(a.free_count(), total, "every range came back");
-    println!("LockedRangeAllocator: {rounds} rounds on {THREADS} threads");
+    println!("LockedRangeAllocator ({placement:?}): {rounds} rounds on {THREADS} threads");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! and counts with loom's primitives, so the model checker sees every access.
 #![cfg(loom)]
 
-use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
 use dmakit::dma::{
     CompletionSource, DmaCompletion, DmaController, DmaEventSource, DmaStart, DmaTransfer,
     IoSegment, SyncWait,
@@ -19,8 +19,11 @@ use std::sync::Arc;
 #[test]
 fn two_threads_never_get_overlapping_ranges_and_the_total_balances() {
     loom::model(|| {
+        // Good fit: the per-thread caches are in play.
         let a = Arc::new(LockedRangeAllocator::new(
-            RangeAllocator::new(0x1000, 0x4000, 0x1000).unwrap(),
+            RangeAllocator::new(0x1000, 0x4000, 0x1000)
+                .unwrap()
+                .with_placement(Placement::GoodFit),
         ));
         let total = a.free_count();
         let hs: Vec<_> = (0..2)

@@ -3,7 +3,7 @@
 //! (strict and lazy), space held by the caches is found again when the space runs out,
 //! and the locked allocator's answers stay exact.
 
-use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
 use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
 use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
 use std::collections::BTreeSet;
@@ -212,7 +212,11 @@ fn an_allocation_freed_by_another_thread_goes_back_whole() {
 #[test]
 fn the_locked_allocator_stays_exact_with_ranges_in_its_caches() {
     let total = 64 * PAGE;
-    let l = LockedRangeAllocator::new(RangeAllocator::new(BASE, total, PAGE).unwrap());
+    let l = LockedRangeAllocator::new(
+        RangeAllocator::new(BASE, total, PAGE)
+            .unwrap()
+            .with_placement(Placement::GoodFit),
+    );
     let all: Vec<u64> = (0..64).map(|_| l.allocate(PAGE, 0).unwrap()).collect();
     assert_eq!(l.free_count(), 0);
     for &a in &all[..10] {

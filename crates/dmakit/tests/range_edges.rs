@@ -241,7 +241,9 @@ fn a_thousand_live_allocations_come_back_to_one_fragment() {
 #[test]
 fn the_locked_allocator_serves_threads() {
     let r = std::sync::Arc::new(LockedRangeAllocator::new(
-        RangeAllocator::new(0, 1 << 30, 0x1000).unwrap(),
+        RangeAllocator::new(0, 1 << 30, 0x1000)
+            .unwrap()
+            .with_placement(Placement::GoodFit),
     ));
     r.allocate_range(0, 0x1000).unwrap(); // a reservation no thread may get
     let handles: Vec<_> = (0..4)
@@ -324,4 +326,34 @@ fn a_free_larger_than_the_allocation_is_refused_and_changes_nothing() {
         r.add_range(0x8000, 0x1000).unwrap_err(),
         dmakit::Error::RangeBusy { .. }
     ));
+}
+
+#[test]
+fn the_locked_allocator_places_by_first_fit_as_iokit_and_caches_only_for_good_fit() {
+    let l = LockedRangeAllocator::new(RangeAllocator::new(0, 0x10_0000, 0x1000).unwrap());
+    let a = l.allocate(0x1000, 0).unwrap();
+    let b = l.allocate(0x1000, 0).unwrap();
+    assert_eq!((a, b), (0, 0x1000), "lowest first, as IOKit");
+    l.deallocate(b, 0x1000).unwrap();
+    l.deallocate(a, 0x1000).unwrap();
+    assert_eq!(
+        l.allocate(0x2000, 0).unwrap(),
+        0,
+        "nothing cached: the space merged"
+    );
+    l.deallocate(0, 0x2000).unwrap();
+    // Switched to good fit: a freed page is cached and comes back first.
+    l.with(|r| r.set_placement(Placement::GoodFit));
+    let c = l.allocate(0x1000, 0).unwrap();
+    l.deallocate(c, 0x1000).unwrap();
+    assert_eq!(
+        l.allocate(0x1000, 0).unwrap(),
+        c,
+        "from this thread's cache"
+    );
+    // Back to first fit: the caches are given back, placement is IOKit's again.
+    l.with(|r| r.set_placement(Placement::FirstFit));
+    l.deallocate(c, 0x1000).unwrap();
+    assert_eq!(l.free_count(), 0x10_0000);
+    assert_eq!(l.allocate(0x1000, 0).unwrap(), 0);
 }

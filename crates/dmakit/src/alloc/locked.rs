@@ -24,12 +24,17 @@
 //!   it fails.
 //! * Frees other than of one whole allocation, and allocations with an alignment above the
 //!   default, go to the shared allocator under every shard's lock: the slow path.
-//! * Placement: a cached range is reused as it is, wherever it lies.
+//! * Placement: a cached range is reused as it is, wherever it lies. So the caches are
+//!   used only when the allocator places by [`Placement::GoodFit`] (set it with
+//!   [`RangeAllocator::with_placement`] before sharing it). With IOKit's first fit, the
+//!   default, every call goes to the shared allocator under its one lock and placement is
+//!   exactly IOKit's.
 //!
 //! ```
-//! use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+//! use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
 //!
-//! let slots = LockedRangeAllocator::new(RangeAllocator::new(0, 1024, 1)?);
+//! let space = RangeAllocator::new(0, 1024, 1)?.with_placement(Placement::GoodFit);
+//! let slots = LockedRangeAllocator::new(space);
 //! let a = slots.allocate(8, 0)?;
 //! slots.deallocate(a, 8)?;          // into this thread's cache
 //! assert_eq!(slots.allocate(8, 0)?, a, "the cached range comes back first");
@@ -39,7 +44,8 @@
 
 use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};
-use super::RangeAllocator;
+use super::{Placement, RangeAllocator};
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{thread_slot, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
@@ -103,6 +109,8 @@ pub struct LockedRangeAllocator {
     unit: u64,
     shards: Box<[Padded<ShardLock<Front>>]>,
     depot: Mutex<Depot<CLASSES>>,
+    /// Whether the caches are used: only while the allocator places by good fit.
+    caching: AtomicBool,
 }
 
 /// Every lock, the caches given back: the allocator as it is.
@@ -115,6 +123,7 @@ impl LockedRangeAllocator {
     /// Shares an allocator (its existing allocations may be freed as usual).
     pub fn new(inner: RangeAllocator) -> Self {
         let unit = inner.default_alignment();
+        let caching = AtomicBool::new(inner.placement() == Placement::GoodFit);
         let shards = (0..SHARDS)
             .map(|_| {
                 Padded(ShardLock::new(Front {
@@ -128,7 +137,13 @@ impl LockedRangeAllocator {
             unit,
             shards,
             depot: Mutex::new(Depot::new()),
+            caching,
         }
+    }
+
+    /// Whether frees of small whole allocations are cached (good-fit placement).
+    fn caching(&self) -> bool {
+        self.caching.load(Ordering::Relaxed)
     }
 
     /// The cache class of a size, if it has one.
@@ -170,6 +185,9 @@ impl LockedRangeAllocator {
     /// Remembers `[x, x + size)`, just allocated as one block, as lent by `front` when its
     /// free may be cached.
     fn lend(&self, front: &mut Front, x: u64, size: u64) {
+        if !self.caching() {
+            return;
+        }
         if let Some(c) = self.class(size).filter(|_| x.is_multiple_of(self.unit)) {
             front.lent.insert(x, c);
         }
@@ -194,6 +212,9 @@ impl LockedRangeAllocator {
     /// See [`RangeAllocator::allocate`]. Sizes of 1 to 16 units of the default alignment,
     /// at the default alignment or less, come from this thread's cache when it has one.
     pub fn allocate(&self, size: u64, alignment: u64) -> Result<u64> {
+        if !self.caching() {
+            return self.inner.lock().allocate(size, alignment);
+        }
         let cached = self
             .class(size)
             .filter(|_| alignment == 0 || (alignment.is_power_of_two() && alignment <= self.unit));
@@ -242,6 +263,10 @@ impl LockedRangeAllocator {
     /// this thread's cache; anything else is the slow path (see the
     /// [module documentation](crate::alloc::locked)).
     pub fn deallocate(&self, start: u64, size: u64) -> Result<()> {
+        if !self.caching() {
+            // Nothing is cached or lent (`with` forgets both when caching stops).
+            return self.inner.lock().deallocate(start, size);
+        }
         let class = self.class(size).filter(|_| start.is_multiple_of(self.unit));
         if let Some(c) = class {
             let mine = {
@@ -289,12 +314,14 @@ impl LockedRangeAllocator {
 
     /// Runs `f` with the allocator locked and the caches given back. Whatever `f` does
     /// with it, ranges handed out before stay valid to free (a lent range `f` freed or cut
-    /// is no longer cached when freed again).
+    /// is no longer cached when freed again). If `f` changes the placement, caching follows
+    /// it (on for good fit, off otherwise).
     ///
     /// ```
-    /// use dmakit::alloc::{LockedRangeAllocator, RangeAllocator};
+    /// use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
     ///
-    /// let shared = LockedRangeAllocator::new(RangeAllocator::new(0, 0x10000, 0x1000)?);
+    /// let space = RangeAllocator::new(0, 0x10000, 0x1000)?.with_placement(Placement::GoodFit);
+    /// let shared = LockedRangeAllocator::new(space);
     /// let a = shared.allocate(0x1000, 0)?;
     /// shared.deallocate(a, 0x1000)?; // cached in this thread's shard
     /// let free: Vec<(u64, u64)> = shared.with(|r| r.fragments().collect());
@@ -305,11 +332,18 @@ impl LockedRangeAllocator {
         let mut all = self.all();
         let r = f(&mut all.inner);
         let All { mut fronts, inner } = all;
+        let caching = inner.placement() == Placement::GoodFit;
         for front in fronts.iter_mut() {
-            front
-                .lent
-                .retain(|&s, &mut c| inner.is_allocation(s, self.bytes(c)));
+            if caching {
+                front
+                    .lent
+                    .retain(|&s, &mut c| inner.is_allocation(s, self.bytes(c)));
+            } else {
+                front.lent.clear();
+            }
         }
+        // Every lock is still held: no call sees the caches half switched.
+        self.caching.store(caching, Ordering::Relaxed);
         r
     }
 }

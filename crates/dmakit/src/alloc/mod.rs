@@ -7,10 +7,10 @@
 //!   addresses, BAR space, descriptor slots) with alignment, fixed-range allocation and
 //!   coalescing.
 //! * [`locked`]: [`LockedRangeAllocator`], a range allocator shared between threads, with
-//!   per-thread caches of free ranges in front of it.
+//!   per-thread caches of free ranges in front of it (with good-fit placement).
 //!
 //! ```
-//! use dmakit::alloc::{IoHeap, LockedRangeAllocator, RangeAllocator};
+//! use dmakit::alloc::{IoHeap, LockedRangeAllocator, Placement, RangeAllocator};
 //! # let machine = std::sync::Arc::new(dmakit_sim::MachineBuilder::new().build()?);
 //!
 //! // Memory: the IOMalloc family over a platform.
@@ -18,7 +18,8 @@
 //! let block = heap.alloc(64)?; // freed on drop, with the right size
 //! assert_eq!(block.len(), 64);
 //! // Numbers: IO addresses, shared by every queue of a device.
-//! let iova = LockedRangeAllocator::new(RangeAllocator::new(0x10_0000, 0x1000_0000, 0x1000)?);
+//! let space = RangeAllocator::new(0x10_0000, 0x1000_0000, 0x1000)?;
+//! let iova = LockedRangeAllocator::new(space.with_placement(Placement::GoodFit));
 //! let a = iova.allocate(0x3000, 0)?;
 //! iova.deallocate(a, 0x3000)?;
 //! # Ok::<(), dmakit::Error>(())
