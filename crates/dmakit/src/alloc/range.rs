@@ -1282,6 +1282,16 @@ mod tests {
         }
     }
 
+    /// The six orders of three things.
+    pub(super) const EVERY_ORDER: [[u64; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+
     /// A small deterministic generator, so the test needs no dependency.
     pub(super) struct Lcg(pub(super) u64);
 
@@ -1486,14 +1496,7 @@ mod tests {
 
     #[test]
     fn frees_merge_on_both_sides_in_every_order() {
-        for order in [
-            [0, 1, 2],
-            [0, 2, 1],
-            [1, 0, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-        ] {
+        for order in EVERY_ORDER {
             let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
             for k in 0..3 {
                 r.allocate_range(k * 0x1000, 0x1000).unwrap();

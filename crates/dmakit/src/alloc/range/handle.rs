@@ -168,7 +168,7 @@ impl RangeAllocator {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Lcg;
+    use super::super::tests::{Lcg, EVERY_ORDER};
     use super::*;
     use crate::alloc::Placement;
     use alloc_crate::vec::Vec;
@@ -186,20 +186,13 @@ mod tests {
 
     #[test]
     fn a_handle_free_merges_on_both_sides_in_every_order() {
-        for order in [
-            [0, 1, 2],
-            [0, 2, 1],
-            [1, 0, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-        ] {
+        for order in EVERY_ORDER {
             let mut r = RangeAllocator::new(0, 0x3000, 0x1000).unwrap();
             let hs: Vec<RangeHandle> = (0..3)
                 .map(|_| r.allocate_handle(0x1000, 0).unwrap())
                 .collect();
             for k in order {
-                r.deallocate_handle(hs[k]).unwrap();
+                r.deallocate_handle(hs[k as usize]).unwrap();
                 r.check();
             }
             assert_eq!(r.fragments().collect::<Vec<_>>(), [(0, 0x2fff)]);
