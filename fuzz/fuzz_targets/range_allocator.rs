@@ -337,7 +337,17 @@ fn run(input: &Input) {
                     assert_eq!(Ok(h.size()), m.round(size.0), "handle size");
                     handles.0.push((h, true));
                 }
-                m.allocate(size.0, align.0, got.map(|h| h.start()));
+                // Past a handle's 4 GiB, with a valid alignment: refused, nothing changes.
+                let too_big = m.round(size.0).is_ok_and(|s| s > RangeHandle::MAX_SIZE)
+                    && (align.0 == 0 || align.0.is_power_of_two());
+                if too_big {
+                    assert!(
+                        matches!(got, Err(Error::BadArgument { value, .. }) if value > RangeHandle::MAX_SIZE),
+                        "a handle above 4 GiB: {got:?}"
+                    );
+                } else {
+                    m.allocate(size.0, align.0, got.map(|h| h.start()));
+                }
             }
             Op::FreeHandle(i) => handles.free(&mut r, &mut m, i),
             Op::GoodFit(good) => {

@@ -982,6 +982,12 @@ impl RangeAllocator {
         } else {
             check_align("range allocator alignment", alignment)? - 1
         };
+        if !hashed && size > RangeHandle::MAX_SIZE {
+            return Err(Error::BadArgument {
+                what: "range allocator: a handle's range is at most 4 GiB (allocate has no such limit)",
+                value: size,
+            });
+        }
         self.room(size)?;
         if self.placement == Placement::FirstFit {
             return self.allocate_first_fit(size, mask, hashed);

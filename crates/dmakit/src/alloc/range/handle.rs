@@ -33,19 +33,31 @@
 
 use super::{RangeAllocator, HEAD, WHAT};
 use crate::{Error, Result};
+use core::num::NonZeroU32;
 
 /// An allocation made by [`RangeAllocator::allocate_handle`]: its range, and the block of
 /// the allocator that holds it, for [`RangeAllocator::deallocate_handle`]. Small and
 /// `Copy`; keeping it does not keep the range allocated.
+///
+/// A handle is 16 bytes, and `Option<RangeHandle>` too: a driver keeps one per request in
+/// flight, so its size is the size of that table. To fit, it holds its range's size in 32
+/// bits, and a handle's range is at most [`MAX_SIZE`](Self::MAX_SIZE), 4 GiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use = "the range stays allocated until it is freed, by this handle or by address"]
 pub struct RangeHandle {
     start: u64,
-    size: u64,
-    node: u32,
+    /// Never [`HEAD`]: an allocated block.
+    node: NonZeroU32,
+    /// The size minus one.
+    last: u32,
 }
 
 impl RangeHandle {
+    /// The largest range a handle holds: 4 GiB. [`allocate_handle`](RangeAllocator::allocate_handle)
+    /// refuses larger sizes with [`Error::BadArgument`]; [`allocate`](RangeAllocator::allocate)
+    /// has no such limit.
+    pub const MAX_SIZE: u64 = 1 << 32;
+
     /// The first address of the range.
     #[inline]
     pub fn start(&self) -> u64 {
@@ -55,7 +67,12 @@ impl RangeHandle {
     /// The size of the range: the size asked for, rounded up to the default alignment.
     #[inline]
     pub fn size(&self) -> u64 {
-        self.size
+        u64::from(self.last) + 1
+    }
+
+    #[inline]
+    fn node(&self) -> u32 {
+        self.node.get()
     }
 }
 
@@ -92,11 +109,15 @@ impl RangeAllocator {
     #[inline]
     pub fn allocate_handle(&mut self, size: u64, alignment: u64) -> Result<RangeHandle> {
         let (start, node) = self.allocate_node(size, alignment, false)?;
-        Ok(RangeHandle {
-            start,
-            size: self.nodes[node as usize].last - start + 1,
-            node,
-        })
+        // An allocated block is never HEAD, and `allocate_node` keeps a handle's block at
+        // most `MAX_SIZE` bytes: neither conversion fails.
+        let len = self.nodes[node as usize].last - start;
+        match (NonZeroU32::new(node), u32::try_from(len)) {
+            (Some(node), Ok(last)) => Ok(RangeHandle { start, node, last }),
+            _ => Err(Error::Internal {
+                what: "range allocator: a handle's block is the list head or above 4 GiB",
+            }),
+        }
     }
 
     /// Frees the range of `h`, merging with free neighbours, as
@@ -133,23 +154,26 @@ impl RangeAllocator {
             return Err(Error::StaleHandle {
                 what: WHAT,
                 start: h.start,
-                len: h.size,
+                len: h.size(),
             });
         }
-        let free = self.free_bytes.checked_add(h.size).ok_or(Error::Overflow {
-            what: "range allocator free count",
-            start: h.start,
-            len: h.size,
-        })?;
+        let free = self
+            .free_bytes
+            .checked_add(h.size())
+            .ok_or(Error::Overflow {
+                what: "range allocator free count",
+                start: h.start,
+                len: h.size(),
+            })?;
         // A block of a handle is in no hash chain, unless its node has been recycled for an
         // allocation of the same range made another way.
-        if self.nodes[h.node as usize].hashed() && !self.unchain_from(self.bucket(h.start), h.node)
-        {
+        let node = h.node();
+        if self.nodes[node as usize].hashed() && !self.unchain_from(self.bucket(h.start), node) {
             return Err(Error::Internal {
                 what: "range allocator: an allocated block is missing from its hash chain",
             });
         }
-        self.release(h.node);
+        self.release(node);
         self.free_bytes = free;
         Ok(())
     }
@@ -157,11 +181,10 @@ impl RangeAllocator {
     /// Whether the node of `h` is an allocated block of exactly `h`'s range.
     #[inline]
     fn holds(&self, h: RangeHandle) -> bool {
-        h.node != HEAD
-            && self.nodes.get(h.node as usize).is_some_and(|n| {
-                // An allocated block is never empty, so `last - start` cannot wrap; a
-                // handle's size is never 0.
-                n.used() && n.start == h.start && n.last - n.start == h.size.wrapping_sub(1)
+        h.node() != HEAD
+            && self.nodes.get(h.node() as usize).is_some_and(|n| {
+                // An allocated block is never empty, so `last - start` cannot wrap.
+                n.used() && n.start == h.start && n.last - n.start == u64::from(h.last)
             })
     }
 }
@@ -179,7 +202,7 @@ mod tests {
             Err(Error::StaleHandle {
                 what: WHAT,
                 start: h.start,
-                len: h.size
+                len: h.size()
             })
         );
     }
@@ -307,6 +330,37 @@ mod tests {
         }
         assert_eq!(big.fragment_count(), 1);
         big.check();
+    }
+
+    #[test]
+    fn a_handle_and_an_optional_handle_are_16_bytes() {
+        assert_eq!(core::mem::size_of::<RangeHandle>(), 16);
+        assert_eq!(core::mem::size_of::<Option<RangeHandle>>(), 16);
+    }
+
+    #[test]
+    fn a_handle_holds_up_to_4_gib_and_a_larger_request_changes_nothing() {
+        let mut r = RangeAllocator::new(0, 1 << 40, 0x1000).unwrap();
+        let h = r.allocate_handle(RangeHandle::MAX_SIZE, 0).unwrap();
+        assert_eq!(h.size(), 1 << 32);
+        // Rounded up to the default alignment past the limit: refused before anything moves.
+        for size in [RangeHandle::MAX_SIZE + 1, 1 << 33, u64::MAX - 0x2000] {
+            assert_eq!(
+                r.allocate_handle(size, 0),
+                Err(Error::BadArgument {
+                    what: "range allocator: a handle's range is at most 4 GiB (allocate has no such limit)",
+                    value: (size + 0xfff) & !0xfff,
+                })
+            );
+        }
+        assert_eq!(r.free_count(), (1 << 40) - (1 << 32));
+        r.check();
+        // `allocate` has no such limit.
+        let big = r.allocate(1 << 33, 0).unwrap();
+        r.deallocate(big, 1 << 33).unwrap();
+        r.deallocate_handle(h).unwrap();
+        assert_eq!((r.free_count(), r.fragment_count()), (1 << 40, 1));
+        r.check();
     }
 
     #[test]
