@@ -79,8 +79,10 @@ impl RangeHandle {
 impl RangeAllocator {
     /// [`allocate`](Self::allocate), returning a handle that
     /// [`deallocate_handle`](Self::deallocate_handle) frees without a lookup. The same
-    /// placement, the same errors. Not in IOKit, whose IORangeAllocator frees by address
-    /// only; the range may still be freed by address.
+    /// placement and the same errors, and one more: a size that rounds up past
+    /// [`RangeHandle::MAX_SIZE`] (4 GiB) is [`Error::BadArgument`] and changes nothing. Not in
+    /// IOKit, whose IORangeAllocator frees by address only; the range may still be freed by
+    /// address.
     ///
     /// ```
     /// use dmakit::alloc::RangeAllocator;
