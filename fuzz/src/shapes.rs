@@ -148,7 +148,11 @@ pub fn build(m: &M, s: &Shape) -> Option<Built> {
                 o = o.phys_limit(0xFFFF_FFFF);
             }
             let b = Arc::new(BufferMemoryDescriptor::new(m.clone(), o).ok()?);
-            assert_eq!(b.write_bytes(0, &bytes), bytes.len(), "fill a new buffer");
+            // A pageable buffer gets its pages on first touch: an injected page allocation
+            // fault may refuse the fill (all or nothing), and then there is no shape.
+            if b.write_bytes(0, &bytes) != bytes.len() {
+                return None;
+            }
             Some(Built {
                 md: b.clone(),
                 bytes,
