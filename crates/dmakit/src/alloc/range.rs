@@ -516,23 +516,6 @@ impl RangeAllocator {
         self.buckets[b] = n;
     }
 
-    /// Takes allocated node `n` out of the chain of bucket `b`, the bucket of its start,
-    /// looking for the node itself (no key compared). False if it is not there.
-    #[inline]
-    fn unchain_from(&mut self, b: usize, n: u32) -> bool {
-        let mut link = Link::Bucket(b);
-        let mut m = self.buckets[b];
-        while m != NIL {
-            if m == n {
-                self.unchain(n, link);
-                return true;
-            }
-            link = Link::After(m);
-            m = self.nodes[m as usize].a;
-        }
-        false
-    }
-
     /// Takes allocated node `n` out of the chain of its start, if it is in the hash.
     #[inline]
     fn hash_remove(&mut self, n: u32) {
@@ -1120,13 +1103,7 @@ impl RangeAllocator {
             start,
             len: size,
         })?;
-        if self.free_bytes.checked_add(size).is_none() {
-            return Err(Error::Overflow {
-                what: "range allocator free count",
-                start,
-                len: size,
-            });
-        }
+        self.free_count_after(start, size)?;
         match self.find(start) {
             Some((a, link)) if self.nodes[a as usize].last == last => {
                 self.unchain(a, link);
@@ -1139,6 +1116,17 @@ impl RangeAllocator {
         }
         self.free_bytes += size;
         Ok(())
+    }
+
+    /// The free count once `size` more bytes (at `start`) are freed: [`Error::Overflow`]
+    /// when it would pass 2^64 − 1.
+    #[inline]
+    fn free_count_after(&self, start: u64, size: u64) -> Result<u64> {
+        self.free_bytes.checked_add(size).ok_or(Error::Overflow {
+            what: "range allocator free count",
+            start,
+            len: size,
+        })
     }
 
     /// Adds `[start, start + size)` (size rounded up to the default alignment) as free

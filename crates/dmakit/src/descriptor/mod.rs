@@ -407,9 +407,8 @@ pub trait MemoryDescriptor: Send + Sync {
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     fn fill_zero(&self, offset: u64, len: u64) -> u64 {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.length() => {}
-            _ => return 0,
+        if !within(offset, len, self.length()) {
+            return 0;
         }
         let zeros = [0u8; FILL_CHUNK];
         let mut done = 0u64;
@@ -685,10 +684,16 @@ impl core::fmt::Debug for Prepared<'_> {
 /// The count a descriptor's `read_bytes`/`write_bytes` copies: all of `len` when
 /// `[offset, offset + len)` lies within `length`, else nothing (IOKit's rule).
 pub(crate) fn whole_or_nothing(offset: u64, len: usize, length: u64) -> usize {
-    match offset.checked_add(len as u64) {
-        Some(end) if end <= length => len,
-        _ => 0,
+    if within(offset, len as u64, length) {
+        len
+    } else {
+        0
     }
+}
+
+/// Whether `[offset, offset + len)` lies within `[0, length)` (without overflowing).
+fn within(offset: u64, len: u64, length: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= length)
 }
 
 /// `[offset, offset + len)` clamped to a preparation of `length` bytes: the count a DMA
@@ -704,14 +709,15 @@ pub(crate) fn clamp(offset: u64, len: usize, length: u64) -> usize {
 /// Checks that `[offset, offset + len)` lies within `length` ([`Error::OutOfBounds`]
 /// naming `what` otherwise).
 pub fn check_range(what: &'static str, offset: u64, len: u64, length: u64) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= length => Ok(()),
-        _ => Err(Error::OutOfBounds {
+    if within(offset, len, length) {
+        Ok(())
+    } else {
+        Err(Error::OutOfBounds {
             what,
             offset,
             len,
             limit: length,
-        }),
+        })
     }
 }
 

@@ -159,21 +159,19 @@ impl RangeAllocator {
                 len: h.size(),
             });
         }
-        let free = self
-            .free_bytes
-            .checked_add(h.size())
-            .ok_or(Error::Overflow {
-                what: "range allocator free count",
-                start: h.start,
-                len: h.size(),
-            })?;
+        let free = self.free_count_after(h.start, h.size())?;
         // A block of a handle is in no hash chain, unless its node has been recycled for an
-        // allocation of the same range made another way.
+        // allocation of the same range made another way; then the chain of its start holds it.
         let node = h.node();
-        if self.nodes[node as usize].hashed() && !self.unchain_from(self.bucket(h.start), node) {
-            return Err(Error::Internal {
-                what: "range allocator: an allocated block is missing from its hash chain",
-            });
+        if self.nodes[node as usize].hashed() {
+            match self.find(h.start) {
+                Some((m, link)) if m == node => self.unchain(node, link),
+                _ => {
+                    return Err(Error::Internal {
+                        what: "range allocator: an allocated block is missing from its hash chain",
+                    })
+                }
+            }
         }
         self.release(node);
         self.free_bytes = free;
