@@ -1022,12 +1022,17 @@ impl RangeAllocator {
             }
             c = self.classes.first_at_or_above(class + 1);
         }
-        Err(Error::NoSpace {
+        Err(self.no_space(size, mask))
+    }
+
+    /// No free block holds `size` bytes aligned to `mask + 1`.
+    fn no_space(&self, size: u64, mask: u64) -> Error {
+        Error::NoSpace {
             what: WHAT,
             requested: size,
             align: mask + 1,
             free: self.free_bytes,
-        })
+        }
     }
 
     /// Allocates exactly `[start, start + size)` (size rounded up to the default alignment).

@@ -1,9 +1,9 @@
 //! How [`RangeAllocator::allocate`] picks among the free ranges that fit: IOKit's first fit
 //! (the default) or dmakit's constant-time good fit.
 
-use super::{RangeAllocator, NIL, WHAT};
+use super::{RangeAllocator, NIL};
 use crate::alloc::size_class::floor_class;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Which free range [`RangeAllocator::allocate`] (and
 /// [`allocate_handle`](RangeAllocator::allocate_handle)) takes.
@@ -87,12 +87,7 @@ impl RangeAllocator {
             c = self.classes.first_at_or_above(class + 1);
         }
         let Some((data, n, class)) = best else {
-            return Err(Error::NoSpace {
-                what: WHAT,
-                requested: size,
-                align: mask + 1,
-                free: self.free_bytes,
-            });
+            return Err(self.no_space(size, mask));
         };
         Ok((data, self.carve(n, class, data, data + (size - 1), hashed)))
     }
@@ -102,6 +97,7 @@ impl RangeAllocator {
 mod tests {
     use super::super::tests::Lcg;
     use super::*;
+    use crate::Error;
     use alloc_crate::vec::Vec;
 
     /// IOKit's algorithm, written plainly: a sorted list of free intervals `[start, last]`,
