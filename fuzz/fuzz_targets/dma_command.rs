@@ -19,7 +19,7 @@ use dmakit::dma::{
     PrepareOptions, Quarantine, SegmentFormat, SegmentSpec,
 };
 use dmakit::mapper::IommuMapper;
-use dmakit::Direction;
+use dmakit::{Direction, Error};
 use dmakit_fuzz::num::{small_pow2, Num};
 use dmakit_fuzz::segments::{all_segments, check_segments, pieces};
 use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, pattern, Shape, M};
@@ -276,10 +276,18 @@ fn run(input: &Input) {
             if input.format.is_32() {
                 assert!(segs.iter().all(|s| s.addr.0 <= u32::MAX as u64));
             }
-            scmd.prepare(PrepareOptions::range(0, length))
-                .expect("scratch");
-            let copied = rig.copy(&segs, &all_segments(&scmd));
-            scmd.complete().expect("complete scratch");
+            // Both commands share the IO window: beside the command's mapping (placed by
+            // the spec's alignment and boundary) the scratch may not fit even when the free
+            // total is enough. That is the allocator's right answer, not a finding.
+            let copied = match scmd.prepare(PrepareOptions::range(0, length)) {
+                Ok(()) => {
+                    let copied = rig.copy(&segs, &all_segments(&scmd));
+                    scmd.complete().expect("complete scratch");
+                    copied
+                }
+                Err(Error::NoSpace { .. }) if rig.mapper.is_some() => false,
+                Err(e) => panic!("scratch: {e}"),
+            };
             cmd.complete().expect("complete");
             if copied {
                 let mut got = vec![0u8; length as usize];
