@@ -16,6 +16,8 @@ use dmakit_fuzz::num::{Align, Num};
 use libfuzzer_sys::fuzz_target;
 
 const WHAT: &str = "range allocator";
+const WHAT_SPLIT: &str =
+    "range allocator (enough bytes free in total, but no single free block holds the request at its alignment)";
 
 #[derive(Arbitrary, Debug)]
 enum Start {
@@ -176,10 +178,11 @@ impl Model {
             }
             (Ok((size, mask)), Err(e)) => {
                 let free = self.space.free_count() as u64;
+                let what = if free >= size { WHAT_SPLIT } else { WHAT };
                 assert_eq!(
                     e,
                     Error::NoSpace {
-                        what: WHAT,
+                        what,
                         requested: size,
                         align: mask + 1,
                         free

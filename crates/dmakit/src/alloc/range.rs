@@ -139,6 +139,10 @@ pub use handle::RangeHandle;
 pub use placement::Placement;
 
 const WHAT: &str = "range allocator";
+/// `what` of a [`NoSpace`](Error::NoSpace) when the free total would hold the request but
+/// no free block does (the free space is split, or no block has room at the alignment).
+const WHAT_SPLIT: &str =
+    "range allocator (enough bytes free in total, but no single free block holds the request at its alignment)";
 /// "No node" in every link.
 const NIL: u32 = u32::MAX;
 /// `Node::b` of an allocated block in the hash (and of [`HEAD`]).
@@ -933,7 +937,8 @@ impl RangeAllocator {
     ///
     /// Errors: [`Error::ZeroSize`], [`Error::BadAlignment`], [`Error::Overflow`] (the
     /// rounded size does not fit in 64 bits), [`Error::NoSpace`] (no free range fits: the
-    /// search is exact).
+    /// search is exact; its `free` is the free total, and its `what` says when that total
+    /// would have held the request but no single free block does).
     ///
     /// ```
     /// use dmakit::alloc::RangeAllocator;
@@ -1025,10 +1030,15 @@ impl RangeAllocator {
         Err(self.no_space(size, mask))
     }
 
-    /// No free block holds `size` bytes aligned to `mask + 1`.
+    /// No free block holds `size` bytes aligned to `mask + 1`; the error says whether the
+    /// free total would have been enough.
     fn no_space(&self, size: u64, mask: u64) -> Error {
         Error::NoSpace {
-            what: WHAT,
+            what: if self.free_bytes >= size {
+                WHAT_SPLIT
+            } else {
+                WHAT
+            },
             requested: size,
             align: mask + 1,
             free: self.free_bytes,
@@ -1471,6 +1481,31 @@ mod tests {
             "only the big one holds it"
         );
         r.check();
+    }
+
+    #[test]
+    fn no_space_says_when_the_free_total_would_have_been_enough() {
+        for placement in [Placement::FirstFit, Placement::GoodFit] {
+            // 256 KiB at 0x103000; 128 KiB aligned to 64 KiB splits the rest in two.
+            let mut r = RangeAllocator::new(0x10_3000, 0x4_0000, 0x1000)
+                .unwrap()
+                .with_placement(placement);
+            r.allocate(0x2_0000, 0x1_0000).unwrap();
+            assert_eq!(r.fragment_count(), 2, "{placement:?}");
+            let split = Error::NoSpace {
+                what: WHAT_SPLIT,
+                requested: 0x2_0000,
+                align: 0x1000,
+                free: 0x2_0000,
+            };
+            assert_eq!(r.allocate(0x2_0000, 0), Err(split), "{placement:?}");
+            let short = r.allocate(0x2_1000, 0).unwrap_err();
+            assert!(
+                matches!(short, Error::NoSpace { what: WHAT, .. }),
+                "{short:?}"
+            );
+            assert_eq!(r.free_count(), 0x2_0000, "nothing changed");
+        }
     }
 
     #[test]
