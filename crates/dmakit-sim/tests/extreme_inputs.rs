@@ -1089,6 +1089,7 @@ fn iommu_mappers_with_huge_counts_and_addresses() {
                     || format!("iovm_alloc_placed({pages:#x}, {place:?})"),
                     || {
                         if let Ok(iova) = mapper.iovm_alloc_placed(pages, &place) {
+                            assert!(place.fits(iova.0, pages * PAGE), "placed at {iova:?}");
                             mapper.iovm_free(iova, pages).unwrap();
                         }
                     },
@@ -1778,4 +1779,451 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(snap(&m), before);
     }
+}
+
+/// Runs `f` on its own thread and fails if it neither returns nor panics within a
+/// minute (a lock taken twice), or if it panics.
+fn within_a_minute(what: &str, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = catch_unwind(AssertUnwindSafe(f));
+        let _ = tx.send(r.is_ok());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(true) => {}
+        Ok(false) => panic!("{what}: panicked"),
+        Err(_) => panic!("{what}: did not return within a minute (a lock taken twice?)"),
+    }
+}
+
+/// Calls back into a descriptor from inside its own callbacks: every call either works
+/// or is refused, none deadlocks or panics, and nothing is left prepared or mapped.
+#[test]
+fn descriptor_callbacks_may_call_back_in() {
+    let m = machine(912);
+    let before = snap(&m);
+    let mm = m.clone();
+    within_a_minute("descriptor reentrancy", move || {
+        let buf: Arc<dyn MemoryDescriptor> = Arc::new(
+            BufferMemoryDescriptor::new(mm.clone(), BufferOptions::new(3 * PAGE, Direction::InOut))
+                .unwrap(),
+        );
+        let pageable: Arc<dyn MemoryDescriptor> = Arc::new(
+            BufferMemoryDescriptor::new(
+                mm.clone(),
+                BufferOptions::new(2 * PAGE, Direction::InOut).pageable(true),
+            )
+            .unwrap(),
+        );
+        let sub: Arc<dyn MemoryDescriptor> =
+            Arc::new(SubMemoryDescriptor::new(buf.clone(), 7, PAGE, Direction::InOut).unwrap());
+        let multi: Arc<dyn MemoryDescriptor> = Arc::new(
+            MultiMemoryDescriptor::new(
+                vec![sub.clone(), buf.clone(), sub.clone()],
+                Direction::InOut,
+            )
+            .unwrap(),
+        );
+        for md in [&buf, &pageable, &sub, &multi] {
+            let inner = md.clone();
+            let mut calls = 0;
+            md.sources(0, md.length(), &mut |_| {
+                calls += 1;
+                let mut b = [0u8; 8];
+                assert_eq!(inner.read_bytes(0, &mut b), 8);
+                assert_eq!(inner.write_bytes(1, &b), 8);
+                let _ = inner.physical_segment(0);
+                let prepared = (&*inner as &dyn MemoryDescriptor).prepare(Direction::InOut);
+                if let Ok(p) = prepared {
+                    p.complete().unwrap();
+                }
+                let _ = inner.perform_operation(MemoryOperation::Store, 0, 64);
+                let _ = inner.set_purgeable(PurgeableRequest::KeepCurrent);
+                let _ = MemoryMap::new(mm.clone(), inner.clone(), MapOptions::new().unique());
+                inner.sources(0, 1, &mut |_| {}).unwrap();
+            })
+            .unwrap();
+            assert!(calls > 0);
+            md.leaves(0, md.length(), &mut |_| {
+                assert_eq!(inner.fill_zero(0, 16), 16);
+                inner.leaves(0, 1, &mut |_| {});
+            });
+        }
+        // A DMA command prepared on a descriptor, copying into and out of that same
+        // descriptor (DriverKit's PerformOperation with the prepared memory as data).
+        let cmd = dmakit::driverkit::DkDmaCommand::create(
+            mm.clone(),
+            None,
+            0,
+            dmakit::driverkit::DkDmaSpec::new(64),
+        )
+        .unwrap();
+        let mut segs = [IoSegment::default(); 8];
+        cmd.prepare_for_dma(0, &buf, 0, 2 * PAGE, &mut segs)
+            .unwrap();
+        for op in [1u64, 2, 4] {
+            let r = cmd.perform_operation(
+                dmakit::driverkit::DkPerformOptions::from_bits(op),
+                0,
+                PAGE,
+                PAGE,
+                Some(&*buf),
+            );
+            assert!(r.is_ok(), "op {op}: {r:?}");
+        }
+        cmd.complete_dma(0).unwrap();
+    });
+    assert_no_leak(&m, &before, "descriptor reentrancy");
+}
+
+/// A completion action that starts the next transfer and polls its own event source.
+#[test]
+fn completion_actions_may_call_back_into_their_event_source() {
+    use dmakit::dma::{DmaCompletion, DmaEventSource, DmaTransfer};
+    use dmakit::IoAddr;
+    use dmakit_sim::SimDmaEngine;
+    use std::sync::{Mutex, OnceLock, Weak};
+    let m: M = Arc::new(
+        MachineBuilder::new()
+            .seed(913)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let mm = m.clone();
+    within_a_minute("completion action reentrancy", move || {
+        let buf =
+            BufferMemoryDescriptor::new(mm.clone(), BufferOptions::new(2 * PAGE, Direction::InOut))
+                .unwrap();
+        let pa = buf.physical_segment(0).unwrap().addr.0;
+        let src = [IoSegment {
+            addr: IoAddr(pa),
+            len: 64,
+        }];
+        let dst = [IoSegment {
+            addr: IoAddr(pa + PAGE),
+            len: 64,
+        }];
+        let engine = Arc::new(SimDmaEngine::new(mm.clone(), None).unwrap());
+        type Es = DmaEventSource<SimDmaEngine>;
+        let me: Arc<OnceLock<Weak<Es>>> = Arc::new(OnceLock::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (me2, seen2) = (me.clone(), seen.clone());
+        let es = Arc::new(DmaEventSource::new(
+            engine.clone(),
+            move |c: DmaCompletion| {
+                seen2.lock().unwrap().push(c.ticket);
+                let es = me2.get().and_then(Weak::upgrade).expect("the event source");
+                // Reenter: poll (nothing more to deliver from inside a delivery), query, and
+                // chain one more transfer from the first completion.
+                let _ = es.poll();
+                let _ = es.query_dma_command(c.ticket);
+                let _ = es.is_busy();
+                if seen2.lock().unwrap().len() == 1 {
+                    es.start(&DmaTransfer {
+                        source: &src,
+                        dest: &dst,
+                    })
+                    .unwrap();
+                }
+            },
+        ));
+        me.set(Arc::downgrade(&es)).unwrap();
+        engine.connect(es.clone());
+        es.start(&DmaTransfer {
+            source: &src,
+            dest: &dst,
+        })
+        .unwrap();
+        for _ in 0..100 {
+            es.poll();
+            if seen.lock().unwrap().len() >= 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "both completions were delivered"
+        );
+    });
+}
+
+/// The typed-ownership wrapper with prepare ranges and sync offsets at the extremes: a
+/// refused transition hands the memory back whole, and syncs outside the preparation are
+/// errors.
+#[test]
+fn typed_ownership_at_the_extremes() {
+    use dmakit::dma::{Bidirectional, CpuOwned};
+    let m = machine(914);
+    let before = snap(&m);
+    let mut h = Hunt::default();
+    {
+        let b = BufferMemoryDescriptor::new(
+            m.clone(),
+            BufferOptions::new(2 * PAGE + 5, Direction::InOut),
+        )
+        .unwrap();
+        let len = b.length();
+        let cmd = DmaCommand::builder(m.clone())
+            .mode(MappingMode::NonCoherent)
+            .build()
+            .unwrap();
+        let mut cpu: Option<CpuOwned<M, Bidirectional, _>> = Some(CpuOwned::new(b, cmd).unwrap());
+        for off in [
+            0,
+            1,
+            PAGE - 1,
+            len - 1,
+            len,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            for n in [0, 1, len - off.min(len), len, u64::MAX] {
+                let c = cpu.take().expect("the CPU owns the memory");
+                let label = || format!("prepare_range({off:#x}, {n:#x})");
+                let r = h.probe(label, || c.prepare_range(off, n));
+                let Some(r) = r else {
+                    return h.finish("typed ownership");
+                };
+                match r {
+                    Ok(dev) => {
+                        assert!(
+                            n > 0 && off.checked_add(n).is_some_and(|e| e <= len),
+                            "{}",
+                            label()
+                        );
+                        for &o in &EXTREMES {
+                            for size in [0usize, 1, 8] {
+                                let mut buf = vec![0u8; size];
+                                h.probe(
+                                    || format!("{}: sync_for_cpu({o:#x}, {size})", label()),
+                                    || {
+                                        let r = dev.sync_for_cpu(o, &mut buf);
+                                        if r.is_ok() {
+                                            assert!(o
+                                                .checked_add(size as u64)
+                                                .is_some_and(|e| e <= n));
+                                        }
+                                    },
+                                );
+                                h.probe(
+                                    || format!("{}: sync_for_device({o:#x}, {size})", label()),
+                                    || {
+                                        let _ = dev.sync_for_device(o, &buf);
+                                    },
+                                );
+                            }
+                        }
+                        cpu = Some(dev.complete().map_err(|f| f.error).unwrap());
+                    }
+                    Err(failed) => cpu = Some(failed.value),
+                }
+            }
+        }
+        let (b, _cmd) = cpu.take().unwrap().into_parts().unwrap();
+        assert_eq!(b.length(), len);
+    }
+    h.finish("typed ownership");
+    assert_no_leak(&m, &before, "typed ownership");
+}
+
+/// The simulated machine's own calls at the extremes (the platform seam every test
+/// above stands on).
+#[test]
+fn the_simulated_machine_at_the_extremes() {
+    use dmakit::platform::{CacheMode, PageRequest, PhysicalMemory};
+    use dmakit_sim::{CacheMode as SimCacheMode, ScratchDevice};
+    let m = machine(915);
+    let before = snap(&m);
+    let mut h = Hunt::default();
+    let task = m.create_task();
+    for &a in &EXTREMES {
+        for &n in &FEW {
+            for t in [Task::KERNEL, task] {
+                h.probe(
+                    || format!("vm_allocate({t:?}, {n:#x})"),
+                    || {
+                        if let Ok(va) = m.vm_allocate(t, n, a & 1 == 1) {
+                            m.vm_deallocate(t, va, n).unwrap();
+                        }
+                    },
+                );
+                h.probe(
+                    || format!("vm_deallocate({t:?}, {a:#x}, {n:#x})"),
+                    || {
+                        assert!(m.vm_deallocate(t, VirtAddr(a), n).is_err());
+                    },
+                );
+                h.probe(
+                    || format!("protect({t:?}, {a:#x}, {n:#x})"),
+                    || {
+                        let _ = m.protect(t, VirtAddr(a), n, false);
+                    },
+                );
+                h.probe(
+                    || format!("mappings({t:?}, {a:#x}, {n:#x})"),
+                    || {
+                        let _ = m.mappings(t, VirtAddr(a), n.min(1 << 20));
+                    },
+                );
+                h.probe(
+                    || format!("set_cache_mode(kernel, {a:#x}, {n:#x})"),
+                    || {
+                        let _ = dmakit::platform::VirtualMemory::set_cache_mode(
+                            &*m,
+                            t,
+                            VirtAddr(a),
+                            n,
+                            CacheMode::Inhibit,
+                        );
+                    },
+                );
+            }
+            let mut buf = [0u8; 8];
+            h.probe(
+                || format!("device_read({a:#x})"),
+                || {
+                    let _ = m.device_read(PhysAddr(a), &mut buf);
+                    let _ = m.device_write(PhysAddr(a), &buf);
+                },
+            );
+            h.probe(
+                || format!("Machine::set_cache_mode({a:#x}, {n:#x})"),
+                || {
+                    let _ = m.set_cache_mode(PhysAddr(a), n, SimCacheMode::WriteThrough);
+                    let _ = m.cache_mode(PhysAddr(a));
+                },
+            );
+            h.probe(
+                || format!("allocate_pages({n:#x}, align {a:#x})"),
+                || {
+                    let req = PageRequest {
+                        contiguous: true,
+                        align: a,
+                        ..PageRequest::WIRED
+                    };
+                    if let Ok(va) = m.allocate_pages(n, &req) {
+                        m.free_pages(va, n).unwrap();
+                    }
+                },
+            );
+            h.probe(
+                || format!("free_pages({a:#x}, {n:#x})"),
+                || {
+                    assert!(m.free_pages(VirtAddr(a), n).is_err());
+                },
+            );
+        }
+    }
+    // Devices added at the top of the address space, or overlapping RAM.
+    for &a in &[0u64, 0x10_0000, 1 << 33, u64::MAX - PAGE + 1, u64::MAX] {
+        for &n in &FEW {
+            let dev = Arc::new(std::sync::Mutex::new(ScratchDevice::new(7, 64)));
+            h.probe(
+                || format!("add_mmio({a:#x}, {n:#x})"),
+                || {
+                    let _ = m.add_mmio(PhysAddr(a), n, dev);
+                },
+            );
+        }
+    }
+    m.destroy_task(task).unwrap();
+    h.probe(
+        || "destroy_task twice".into(),
+        || assert!(m.destroy_task(task).is_err()),
+    );
+    h.probe(
+        || "destroy the kernel task".into(),
+        || assert!(m.destroy_task(Task::KERNEL).is_err()),
+    );
+    h.finish("simulated machine");
+    assert_no_leak(&m, &before, "simulated machine");
+}
+
+/// The free helper functions a platform or mapper implementation calls.
+#[test]
+fn public_helpers_at_the_extremes() {
+    use dmakit::alloc::{io_alignment_to_size, io_size_to_alignment, RangeAllocator};
+    use dmakit::mapper::{allocate_placed, check_run, IovaPlacement};
+    use dmakit::IoAddr;
+    let mut h = Hunt::default();
+    for &page in &EXTREMES {
+        for &a in &FEW {
+            for &n in &FEW {
+                let r = h.probe(
+                    || format!("check_run(page {page:#x}, {a:#x}, {a:#x}, {n:#x})"),
+                    || check_run("extreme run", page, IoAddr(a), PhysAddr(a), n),
+                );
+                if let Some(Ok(len)) = r {
+                    assert!(
+                        page.is_power_of_two(),
+                        "check_run accepted a page of {page:#x}"
+                    );
+                    assert_eq!(Some(len), n.checked_mul(page));
+                }
+            }
+        }
+    }
+    assert!(matches!(
+        check_run("zero page", 0, IoAddr(0), PhysAddr(0), 1),
+        Err(Error::BadAlignment { align: 0, .. })
+    ));
+    for &min in &FEW {
+        for &max in &FEW {
+            for &align in &[0u64, 1, 3, PAGE, 1 << 63, u64::MAX] {
+                for &boundary in &[0u64, 1, 3, PAGE, 1 << 63, u64::MAX] {
+                    let p = IovaPlacement::ANY
+                        .window(min, max)
+                        .alignment(align)
+                        .boundary(boundary);
+                    for &x in &FEW {
+                        for &len in &FEW {
+                            h.probe(
+                                || format!("{p:?}: fits/lowest_in/always_fits({x:#x}, {len:#x})"),
+                                || {
+                                    let _ = p.fits(x, len);
+                                    let _ = p.lowest_in(x, u64::MAX, len);
+                                    let _ = p.always_fits(x, max, len, align);
+                                    let _ = p.refusal("extreme placement", len);
+                                },
+                            );
+                            h.probe(
+                                || format!("allocate_placed({len:#x}, {p:?})"),
+                                || {
+                                    let mut space = RangeAllocator::new(0, 1 << 20, PAGE).unwrap();
+                                    match allocate_placed(&mut space, len, &p) {
+                                        Ok(at) => {
+                                            assert!(p.fits(at, len), "placed at {at:#x}");
+                                            space.deallocate(at, len).unwrap();
+                                        }
+                                        Err(Error::BadAlignment { .. }) => {
+                                            let pow2 = |v: u64| v <= 1 || v.is_power_of_two();
+                                            assert!(
+                                                !pow2(align) || (boundary != 0 && !pow2(boundary))
+                                            );
+                                        }
+                                        Err(_) => {}
+                                    }
+                                    assert_eq!(space.free_count(), 1 << 20);
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for &v in &EXTREMES {
+        h.probe(
+            || format!("io_size_to_alignment({v:#x})"),
+            || io_size_to_alignment(v),
+        );
+        h.probe(
+            || format!("io_alignment_to_size({})", v as u32),
+            || io_alignment_to_size(v as u32),
+        );
+    }
+    h.finish("public helpers");
 }
