@@ -2227,3 +2227,99 @@ fn public_helpers_at_the_extremes() {
     }
     h.finish("public helpers");
 }
+
+/// Changing a command's spec to every extreme one, prepared or not, and preparing with
+/// it in one step; mapping into a task that no longer exists.
+#[test]
+fn specs_swapped_on_live_commands_and_maps_into_dead_tasks() {
+    let m = machine(916);
+    let before = snap(&m);
+    let mut h = Hunt::default();
+    {
+        let b: Arc<dyn MemoryDescriptor> = Arc::new(
+            BufferMemoryDescriptor::new(
+                m.clone(),
+                BufferOptions::new(3 * PAGE + 1, Direction::InOut),
+            )
+            .unwrap(),
+        );
+        let pool = Arc::new(BouncePool::new(m.clone(), "swap pool", 1 << 20));
+        let mut cmd = DmaCommand::builder(m.clone())
+            .bounce_pool(pool.clone())
+            .build()
+            .unwrap();
+        cmd.set_memory_descriptor(b.clone()).unwrap();
+        for (name, spec) in spec_variants()
+            .into_iter()
+            .filter_map(|(n, r)| r.ok().map(|s| (n, s)))
+        {
+            h.probe(
+                || format!("set_spec({name}) unprepared"),
+                || {
+                    let _ = cmd.set_spec(spec);
+                },
+            );
+            cmd.prepare(PrepareOptions::range(0, 1)).unwrap_or(());
+            h.probe(
+                || format!("set_spec({name}) prepared"),
+                || {
+                    if cmd.prepared().is_some() {
+                        assert!(
+                            cmd.set_spec(spec).is_err(),
+                            "a spec changed under a preparation"
+                        );
+                    }
+                },
+            );
+            let _ = cmd.complete();
+            for opts in [
+                PrepareOptions::new(),
+                PrepareOptions::range(1, u64::MAX),
+                PrepareOptions::range(PAGE, PAGE),
+            ] {
+                h.probe(
+                    || format!("prepare_with_spec({name}, {opts:?})"),
+                    || {
+                        if cmd.prepare_with_spec(spec, opts).is_ok() {
+                            let _ = cmd.clone_command().map(|c| c.spec().max_segment_size());
+                            cmd.complete().unwrap();
+                        }
+                    },
+                );
+            }
+            cmd.set_spec(SegmentSpec::default()).unwrap();
+        }
+        cmd.clear_memory_descriptor().unwrap();
+        assert_eq!(pool.stats().in_use, 0);
+        let task = m.create_task();
+        m.destroy_task(task).unwrap();
+        for opts in [
+            MapOptions::new().in_task(task),
+            MapOptions::new().in_task(task).range(1, 1),
+        ] {
+            h.probe(
+                || format!("MemoryMap::new({opts:?}) into a destroyed task"),
+                || {
+                    assert!(MemoryMap::new(m.clone(), b.clone(), opts).is_err());
+                },
+            );
+        }
+        h.probe(
+            || "GeneralMemoryDescriptor in a destroyed task".into(),
+            || {
+                assert!(GeneralMemoryDescriptor::with_ranges(
+                    m.clone(),
+                    task,
+                    &[(VirtAddr(PAGE), 1), (VirtAddr(u64::MAX), 1)],
+                    Direction::In
+                )
+                .and_then(|d| (&d as &dyn MemoryDescriptor)
+                    .prepare(Direction::In)
+                    .map(|p| p.complete()))
+                .is_err());
+            },
+        );
+    }
+    h.finish("spec swaps and dead tasks");
+    assert_no_leak(&m, &before, "spec swaps and dead tasks");
+}
