@@ -586,7 +586,9 @@ fn map_ring(
     Ok(mapping)
 }
 
-/// Cuts a transfer into descriptors `(src, dst, len)` wherever a segment ends.
+/// Cuts a transfer into descriptors `(src, dst, len)` wherever a segment ends. A transfer
+/// needing more descriptors than the largest ring holds is refused as soon as that is
+/// known, so a huge one costs no more than a ring's worth of descriptors.
 fn cut(t: &DmaTransfer<'_>) -> Result<Vec<(u64, u64, u32)>> {
     let mut out = Vec::new();
     let (mut si, mut so) = (0usize, 0u64);
@@ -605,6 +607,12 @@ fn cut(t: &DmaTransfer<'_>) -> Result<Vec<(u64, u64, u32)>> {
             // The last byte must exist; the end may be 2^64 itself.
             sa.checked_add(n - 1).ok_or(overflow(sa))?;
             da.checked_add(n - 1).ok_or(overflow(da))?;
+            if out.len() == regs::MAX_RING_SIZE as usize {
+                return Err(Error::BadArgument {
+                    what: "DMA transfer needs more descriptors (value) than the ring's FIFO depth",
+                    value: out.len() as u64 + 1,
+                });
+            }
             out.push((sa, da, n as u32));
         }
         so += n;

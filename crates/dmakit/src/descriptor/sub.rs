@@ -183,6 +183,10 @@ impl MemoryDescriptor for SubMemoryDescriptor {
     /// Forwards the window's part of the range to the parent.
     fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
         let want = op_extent(offset, len, self.length)?;
+        if want == 0 {
+            // Nothing to do; an offset past the end must not be moved into the parent.
+            return Ok(());
+        }
         self.parent
             .perform_operation(op, self.offset + offset, want)
     }

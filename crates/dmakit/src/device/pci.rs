@@ -126,7 +126,12 @@ impl BarInfo {
                 align: n,
             });
         }
-        Ok(PhysAddr(self.base.0 + offset))
+        crate::addr::checked_end(
+            self.base.0,
+            offset,
+            "BAR register (the BAR's base plus the offset passes the top of the address space)",
+        )
+        .map(PhysAddr)
     }
 }
 

@@ -1164,34 +1164,43 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Ok(false);
         };
         let page = self.platform.page_size();
-        let mut pieces = Vec::new();
-        let mut x = 0;
-        while x < prep.length {
-            let seg = md.physical_segment(prep.offset + x)?;
-            let len = seg.len.min(prep.length - x);
-            let mut a = seg.addr.0;
-            while a < seg.addr.0 + len {
-                let n = (page.trunc(a) + page.bytes()).min(seg.addr.0 + len) - a;
-                if !self.spec.reaches(a, n) {
-                    let slot = pieces.len() as u64;
-                    pieces.push(PagePiece {
-                        x: x + (a - seg.addr.0),
-                        len: n,
-                        buf_off: slot * page.bytes() + page.offset(a),
-                        addr: 0,
-                    });
-                }
-                a += n;
-            }
-            x += len;
-        }
-        if pieces.is_empty() {
+        // Count the bounce pages first, run by run, so a huge descriptor out of reach
+        // costs neither a page-by-page walk nor a list longer than the pool can back.
+        let mut count = 0u64;
+        self.out_of_reach_runs(md, prep, &mut |_, a, len| {
+            count = count.saturating_add(page.pages_spanned(a, len).unwrap_or(u64::MAX));
+        })?;
+        if count == 0 {
             return Ok(false);
         }
-        let bytes = pieces.len() as u64 * page.bytes();
+        let Some(bytes) = count.checked_mul(page.bytes()) else {
+            return Ok(false);
+        };
         let Ok(buffer) = pool.take(bytes, self.window(), page.bytes(), false) else {
             return Ok(false);
         };
+        let mut pieces = Vec::new();
+        let walked = self.out_of_reach_runs(md, prep, &mut |x, a, len| {
+            // One piece per page of the run.
+            let mut done = 0;
+            while done < len {
+                let at = a + done;
+                let n = (page.bytes() - page.offset(at)).min(len - done);
+                let slot = pieces.len() as u64;
+                pieces.push(PagePiece {
+                    x: x + done,
+                    len: n,
+                    buf_off: slot * page.bytes() + page.offset(at),
+                    addr: 0,
+                });
+                done += n;
+            }
+        });
+        if let Err(e) = walked {
+            drop(buffer);
+            pool.give_back(bytes);
+            return Err(e);
+        }
         for p in &mut pieces {
             match buffer.physical_segment(p.buf_off) {
                 Ok(s) if self.spec.reaches(s.addr.0, p.len) => p.addr = s.addr.0,
@@ -1219,6 +1228,47 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Calls `f(prepared offset, physical address, length)` for each run of `prep`'s
+    /// memory whose pages the spec's address window does not reach (a page that reaches
+    /// past either end of the window counts whole), in order, a physical segment at a
+    /// time: at most two runs per segment, below and above the window, found without
+    /// walking the pages.
+    fn out_of_reach_runs(
+        &self,
+        md: &dyn MemoryDescriptor,
+        prep: &Preparation<P>,
+        f: &mut dyn FnMut(u64, u64, u64),
+    ) -> Result<()> {
+        let page = self.platform.page_size();
+        let (lo, hi) = (
+            self.spec.min_address() as u128,
+            self.spec.max_address() as u128,
+        );
+        let mask = page.mask() as u128;
+        let mut x = 0;
+        while x < prep.length {
+            let seg = md.physical_segment(prep.offset + x)?;
+            let len = seg.len.min(prep.length - x);
+            let start = seg.addr.0 as u128;
+            // Exclusive end; u128 keeps a segment ending at the top of the space exact.
+            let end = start + len as u128;
+            // Below: the pages that start under the window's first byte.
+            let low = (start < lo).then(|| ((lo + mask) & !mask).min(end));
+            // Above: the pages that end past the window's last byte.
+            let high = (end > hi + 1).then(|| ((hi + 1) & !mask).max(start));
+            let runs = match (low, high) {
+                (Some(l), Some(h)) if l >= h => [Some((start, end)), None],
+                (l, h) => [l.map(|l| (start, l)), h.map(|h| (h, end))],
+            };
+            for (a, b) in runs.into_iter().flatten() {
+                // Both ends lie within the segment, so each fits a u64.
+                f(x + (a - start) as u64, a as u64, (b - a) as u64);
+            }
+            x += len;
+        }
+        Ok(())
     }
 
     /// Checks a bounced route against the spec and fills it for a device that reads.
@@ -1956,6 +2006,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return 0;
         };
         let n = crate::descriptor::clamp(offset, len, prep.length);
+        if n == 0 {
+            // Nothing to copy; an offset past the end must not be added to anything.
+            return 0;
+        }
         let _sync = SyncWindow::new(self.owner.id);
         if let Some(b) = prep.route.bounce() {
             return step(&b.buffer, b.data_off + offset, 0, n);

@@ -60,10 +60,19 @@ pub struct DmaTransfer<'a> {
 }
 
 impl DmaTransfer<'_> {
-    /// Bytes described by `source`, if `dest` describes the same number (else an error).
+    /// Bytes described by `source`, if `dest` describes the same number (else an error;
+    /// lengths that add up past 2^64 bytes are [`Error::Overflow`]).
     pub fn bytes(&self) -> Result<u64> {
-        let s: u64 = self.source.iter().map(|s| s.len).sum();
-        let d: u64 = self.dest.iter().map(|s| s.len).sum();
+        let total = |list: &[IoSegment]| {
+            list.iter().try_fold(0u64, |sum, seg| {
+                sum.checked_add(seg.len).ok_or(Error::Overflow {
+                    what: "DMA transfer: the segment lengths add up past 2^64 bytes",
+                    start: sum,
+                    len: seg.len,
+                })
+            })
+        };
+        let (s, d) = (total(self.source)?, total(self.dest)?);
         if s != d || s == 0 {
             return Err(Error::BadArgument {
                 what: "DMA transfer: source and destination must describe the same, non-zero, number of bytes",

@@ -594,6 +594,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
     /// free range that fits, found by a walk of the free intervals under the space's lock.
     /// Give a device a mapper whose window it reaches whole to keep the fast path.
     fn iovm_alloc_placed(&self, pages: u64, place: &IovaPlacement) -> Result<IoAddr> {
+        place.check()?;
         let len = pages.checked_mul(self.page()).ok_or(Error::Overflow {
             what: "iovm_alloc_placed",
             start: 0,

@@ -53,7 +53,8 @@ use crate::{IoAddr, PageSize, PhysAddr, Result};
 
 /// The checks every [`Mapper::iovm_insert_run`] makes before it maps anything: `iova` and
 /// `pa` aligned to `page` (`NotAligned`, naming `what`), and the run not passing the top of
-/// the address space (`Overflow`). Returns the run's length in bytes (0 for no pages).
+/// the address space (`Overflow`). Returns the run's length in bytes (0 for no pages). A
+/// `page` that is not a power of two is `BadAlignment`.
 pub fn check_run(
     what: &'static str,
     page: u64,
@@ -61,6 +62,9 @@ pub fn check_run(
     pa: PhysAddr,
     pages: u64,
 ) -> Result<u64> {
+    if !page.is_power_of_two() {
+        return Err(crate::Error::BadAlignment { what, align: page });
+    }
     if !iova.0.is_multiple_of(page) || !pa.0.is_multiple_of(page) {
         return Err(crate::Error::NotAligned {
             what,

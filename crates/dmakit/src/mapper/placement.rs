@@ -120,6 +120,26 @@ impl IovaPlacement {
     }
 }
 
+impl IovaPlacement {
+    /// `align` and `boundary` are powers of two (or 0/1 and 0 for none), which the
+    /// search's mask arithmetic needs: [`Error::BadAlignment`] otherwise.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.align > 1 && !self.align.is_power_of_two() {
+            return Err(Error::BadAlignment {
+                what: "IovaPlacement alignment (a power of two; 0 or 1 for none)",
+                align: self.align,
+            });
+        }
+        if self.boundary != 0 && !self.boundary.is_power_of_two() {
+            return Err(Error::BadAlignment {
+                what: "IovaPlacement boundary (a power of two; 0 for none)",
+                align: self.boundary,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for IovaPlacement {
     fn default() -> Self {
         Self::ANY
@@ -140,13 +160,15 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 ///
 /// Errors: `NoSuitableMemory` naming the placement's limit when no free interval has room
 /// in the window at the alignment without crossing the boundary; the allocator's own
-/// errors (zero size, overflow).
+/// errors (zero size, overflow); `BadAlignment` for an alignment or boundary that is not a
+/// power of two.
 pub fn allocate_placed(space: &mut RangeAllocator, len: u64, place: &IovaPlacement) -> Result<u64> {
     if len == 0 {
         return Err(Error::ZeroSize {
             what: "allocate_placed",
         });
     }
+    place.check()?;
     let place = place.alignment(place.align.max(space.default_alignment()));
     let found = space
         .fragments()
