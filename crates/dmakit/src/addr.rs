@@ -57,24 +57,49 @@ macro_rules! address_type {
                 self.0.checked_sub(base.0)
             }
 
-            /// Whether the address is a multiple of `align` (a power of two).
+            /// Whether the address is a multiple of `align` (usually a power of two; any
+            /// value works, and no address is a multiple of 0).
             #[inline]
             pub const fn is_aligned(self, align: u64) -> bool {
-                align != 0 && self.0 & (align - 1) == 0
+                if align.is_power_of_two() {
+                    self.0 & (align - 1) == 0
+                } else {
+                    align != 0 && self.0 % align == 0
+                }
             }
 
-            /// Rounds down to a multiple of `align` (a power of two).
+            /// Rounds down to a multiple of `align` (usually a power of two; any value
+            /// works, and 0 leaves the address as it is).
             #[inline]
             pub const fn align_down(self, align: u64) -> Self {
-                Self(self.0 & !(align - 1))
+                if align.is_power_of_two() {
+                    Self(self.0 & !(align - 1))
+                } else if align == 0 {
+                    self
+                } else {
+                    Self(self.0 - self.0 % align)
+                }
             }
 
-            /// Rounds up to a multiple of `align` (a power of two), or `None` on overflow.
+            /// Rounds up to a multiple of `align` (usually a power of two; any value
+            /// works, and 0 leaves the address as it is), or `None` past 2^64.
             #[inline]
             pub const fn align_up(self, align: u64) -> Option<Self> {
-                match self.0.checked_add(align - 1) {
-                    Some(v) => Some(Self(v & !(align - 1))),
-                    None => None,
+                if align.is_power_of_two() {
+                    return match self.0.checked_add(align - 1) {
+                        Some(v) => Some(Self(v & !(align - 1))),
+                        None => None,
+                    };
+                }
+                if align == 0 {
+                    return Some(self);
+                }
+                match self.0 % align {
+                    0 => Some(self),
+                    r => match self.0.checked_add(align - r) {
+                        Some(v) => Some(Self(v)),
+                        None => None,
+                    },
                 }
             }
         }
@@ -182,6 +207,24 @@ mod tests {
         assert_eq!(PhysAddr(u64::MAX).checked_add(1), None);
         assert_eq!(PhysAddr(5).offset_from(PhysAddr(7)), None);
         assert_eq!(PhysAddr(7).offset_from(PhysAddr(5)), Some(2));
+    }
+
+    #[test]
+    fn alignments_of_zero_or_not_a_power_of_two_are_exact_and_never_panic() {
+        let a = IoAddr(1000);
+        assert_eq!(a.align_down(0), a);
+        assert_eq!(a.align_up(0), Some(a));
+        assert_eq!(a.align_down(3), IoAddr(999));
+        assert_eq!(a.align_up(3), Some(IoAddr(1002)));
+        assert_eq!(a.align_up(1000), Some(a));
+        assert!(a.is_aligned(125) && !a.is_aligned(3));
+        assert_eq!(IoAddr(u64::MAX).align_down(u64::MAX), IoAddr(u64::MAX));
+        assert_eq!(
+            IoAddr(u64::MAX - 1).align_up(u64::MAX),
+            Some(IoAddr(u64::MAX))
+        );
+        assert_eq!(IoAddr(u64::MAX).align_up(10), None, "past 2^64");
+        assert_eq!(VirtAddr(7).align_up(1), Some(VirtAddr(7)));
     }
 
     #[test]

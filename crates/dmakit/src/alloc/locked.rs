@@ -317,6 +317,10 @@ impl LockedRangeAllocator {
     /// is no longer cached when freed again). If `f` changes the placement, caching follows
     /// it (on for good fit, off otherwise).
     ///
+    /// `f` runs with every lock of this allocator held, like code holding a
+    /// `std::sync::Mutex` guard: it must use the `&mut RangeAllocator` it is given; a call
+    /// to this `LockedRangeAllocator` from inside `f` waits forever.
+    ///
     /// ```
     /// use dmakit::alloc::{LockedRangeAllocator, Placement, RangeAllocator};
     ///

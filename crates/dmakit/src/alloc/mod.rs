@@ -28,9 +28,9 @@
 pub mod locked;
 pub(crate) mod magazine;
 pub mod malloc;
-pub mod ordered;
+pub(crate) mod ordered;
 pub mod range;
-pub mod size_class;
+pub(crate) mod size_class;
 pub(crate) mod table;
 
 pub use locked::LockedRangeAllocator;

@@ -9,19 +9,7 @@
 //! has nodes of eleven keys and pointer-chases through several levels for the same query,
 //! which measured twice as slow here.
 //!
-//! ```
-//! use dmakit::alloc::ordered::SortedIndex;
-//!
-//! let mut starts = SortedIndex::new();
-//! for (k, v) in [(0x1000, 1), (0x8000, 2), (0x4000, 3)] {
-//!     starts.insert(k, v);
-//! }
-//! // The last key at or before 0x5000: the block that may contain it.
-//! let p = starts.pred(0x5000).expect("a key below");
-//! assert_eq!(starts.at(p), (0x4000, 3));
-//! assert_eq!(starts.remove(0x4000), Some(3));
-//! assert_eq!(starts.iter().collect::<Vec<_>>(), [(0x1000, 1), (0x8000, 2)]);
-//! ```
+//! Internal to the crate; the unit test `module_example` shows its use.
 
 use alloc_crate::vec::Vec;
 
@@ -60,13 +48,9 @@ impl SortedIndex {
     }
 
     /// Number of entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The position of the largest key `≤ x`.
@@ -77,6 +61,7 @@ impl SortedIndex {
     }
 
     /// The entry before `p`.
+    #[cfg(test)]
     pub fn prev(&self, p: Pos) -> Option<Pos> {
         if p.at > 0 {
             Some(Pos {
@@ -101,6 +86,7 @@ impl SortedIndex {
     }
 
     /// The value of key `k`.
+    #[cfg(test)]
     pub fn get(&self, k: u64) -> Option<u32> {
         let p = self.pred(k)?;
         let (key, v) = self.at(p);
@@ -179,6 +165,7 @@ impl SortedIndex {
 
     /// Changes the key at `p` to `k`, which must keep the order (lie strictly between the
     /// neighbours' keys).
+    #[cfg(test)]
     pub fn rekey(&mut self, p: Pos, k: u64) {
         self.chunks[p.chunk].keys[p.at] = k;
         if p.at == 0 {
@@ -187,6 +174,7 @@ impl SortedIndex {
     }
 
     /// All entries in key order.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.chunks
             .iter()
@@ -198,6 +186,22 @@ impl SortedIndex {
 mod tests {
     use super::*;
     use alloc_crate::collections::btree_map::{BTreeMap, Entry};
+
+    #[test]
+    fn module_example() {
+        let mut starts = SortedIndex::new();
+        for (k, v) in [(0x1000, 1), (0x8000, 2), (0x4000, 3)] {
+            starts.insert(k, v);
+        }
+        // The last key at or before 0x5000: the block that may contain it.
+        let p = starts.pred(0x5000).expect("a key below");
+        assert_eq!(starts.at(p), (0x4000, 3));
+        assert_eq!(starts.remove(0x4000), Some(3));
+        assert_eq!(
+            starts.iter().collect::<Vec<_>>(),
+            [(0x1000, 1), (0x8000, 2)]
+        );
+    }
 
     #[test]
     fn matches_a_btreemap() {

@@ -10,18 +10,7 @@
 //! block that surely fits in O(1) with two bitmap lookups; only the class of
 //! [`floor_class`] can hold blocks that may or may not fit.
 //!
-//! ```
-//! use dmakit::alloc::size_class::{ceil_class, class_min, floor_class, ClassMap};
-//!
-//! // 16 and 17 share a class (two units wide between 16 and 32): a block of 17 surely
-//! // fits only from the next class up.
-//! assert_eq!(floor_class(16), floor_class(17));
-//! assert_eq!(ceil_class(17), Some(floor_class(17) + 1));
-//! assert!(class_min(ceil_class(17).unwrap()) >= 17);
-//! let mut free = ClassMap::default();
-//! free.set(floor_class(64));
-//! assert_eq!(free.first_at_or_above(ceil_class(40).unwrap()), Some(floor_class(64)));
-//! ```
+//! Internal to the crate; the unit test `module_example` shows its use.
 
 /// Bits of second-level index.
 pub const SL_BITS: u32 = 3;
@@ -117,6 +106,7 @@ impl ClassMap {
 }
 
 /// The smallest length in class `c`.
+#[cfg(test)]
 pub fn class_min(c: usize) -> u64 {
     if c < SL_COUNT {
         return c as u64;
@@ -128,6 +118,21 @@ pub fn class_min(c: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_example() {
+        // 16 and 17 share a class (two units wide between 16 and 32): a block of 17 surely
+        // fits only from the next class up.
+        assert_eq!(floor_class(16), floor_class(17));
+        assert_eq!(ceil_class(17), Some(floor_class(17) + 1));
+        assert!(class_min(ceil_class(17).unwrap()) >= 17);
+        let mut free = ClassMap::default();
+        free.set(floor_class(64));
+        assert_eq!(
+            free.first_at_or_above(ceil_class(40).unwrap()),
+            Some(floor_class(64))
+        );
+    }
 
     #[test]
     fn classes_are_monotonic_and_ceil_is_a_guarantee() {
