@@ -446,3 +446,66 @@ fn bounce_on_a_non_coherent_machine_in_both_directions() {
         "complete invalidated the bounce lines before copying back"
     );
 }
+
+/// A transfer that needs more segments than `max_segments` even at `max_segment_size` each
+/// is refused without walking its segments (a 2^62-byte device range in 4 KiB pieces
+/// would be 2^50 of them), in every mode, and holds nothing afterwards.
+#[test]
+fn more_segments_than_the_spec_allows_is_refused_without_a_walk() {
+    use dmakit::descriptor::device_memory;
+    let m: M = Arc::new(MachineBuilder::new().seed(77).build().unwrap());
+    let huge: Arc<dyn MemoryDescriptor> =
+        Arc::new(device_memory(m.clone(), PhysAddr(1 << 40), 1 << 62).unwrap());
+    let spec = SegmentSpec::builder()
+        .max_segment_size(0x1000)
+        .build()
+        .unwrap();
+    let pool = Arc::new(BouncePool::new(m.clone(), "pool", 1 << 20));
+    let started = std::time::Instant::now();
+    for mode in [MappingMode::Bypassed, MappingMode::IterateOnly] {
+        let mut cmd = DmaCommand::builder(m.clone())
+            .spec(spec)
+            .mode(mode.clone())
+            .bounce_pool(pool.clone())
+            .build()
+            .unwrap();
+        cmd.set_memory_descriptor(huge.clone()).unwrap();
+        let r = cmd.prepare(PrepareOptions::new());
+        match mode {
+            MappingMode::IterateOnly => {
+                assert!(matches!(r, Err(Error::MessageTooLarge { .. })), "{r:?}")
+            }
+            _ => assert!(matches!(r, Err(Error::NoMemory { .. })), "{r:?}"),
+        }
+        assert_eq!(cmd.prepare_count(), 0);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // Small enough to bounce: the contiguous copy still needs 16 segments of 512 bytes.
+    let (m, buf) = high_buffer(0x2000, Direction::Out);
+    let pool = Arc::new(BouncePool::new(m.clone(), "pool", 1 << 20));
+    let spec = SegmentSpec::builder()
+        .max_segment_size(512)
+        .max_segments(8)
+        .build()
+        .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .bounce_pool(pool.clone())
+        .build()
+        .unwrap();
+    cmd.set_memory_descriptor(buf).unwrap();
+    let r = cmd.prepare(PrepareOptions::new());
+    assert!(
+        matches!(
+            r,
+            Err(Error::NoSpace {
+                requested: 0x2000,
+                free: 8,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(pool.stats().in_use, 0, "the bounce buffer was given back");
+}

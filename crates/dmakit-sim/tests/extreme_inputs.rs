@@ -802,13 +802,15 @@ fn dma_commands_with_extreme_specs_and_ranges() {
                         },
                     );
                     let Some(Ok(mut cmd)) = r else { continue };
-                    // A spec that cuts the 2^62-byte range into billions of segments makes
-                    // prepare walk them all (up to max_segments): slow, not wrong.
+                    // A spec that cuts the 2^62-byte range into billions of segments, but
+                    // not more than max_segments, makes prepare walk them all: slow, not
+                    // wrong. More than max_segments is refused without a walk.
                     let piece = match spec.boundary() {
                         0 => spec.max_segment_size(),
                         b => b.min(spec.max_segment_size()),
                     };
-                    let mds: &[&Arc<dyn MemoryDescriptor>] = if piece >= 1 << 52 {
+                    let refused = (1u64 << 62).div_ceil(piece) > u64::from(spec.max_segments());
+                    let mds: &[&Arc<dyn MemoryDescriptor>] = if piece >= 1 << 52 || refused {
                         &[&b, &huge]
                     } else {
                         &[&b]

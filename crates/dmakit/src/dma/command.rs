@@ -863,9 +863,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         md: &dyn MemoryDescriptor,
         prep: &Preparation<P>,
     ) -> Result<Option<BounceReason>> {
+        let max = self.spec.max_segments() as u64;
+        if prep.length.div_ceil(self.spec.max_segment_size()) > max {
+            return self.too_many_segments(md, prep);
+        }
         let mut bad = None;
         let mut count = 0u64;
-        let max = self.spec.max_segments() as u64;
         let walked = self.walk(md, prep, 0, &mut |seg, last| {
             count += 1;
             let broken = self.violates(seg, count == 1, last).or(if count > max {
@@ -892,6 +895,32 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             })),
             Err(e) => Err(e),
         }
+    }
+
+    /// The preflight answer for a transfer that needs more segments than `max_segments`
+    /// even if every segment were `max_segment_size` long: no route can meet the spec, and
+    /// the walk would have counted up to `max_segments` (2^32 by default) segments to say
+    /// so. The reason names the first segment, as the walk does when its first segment
+    /// breaks the spec.
+    fn too_many_segments(
+        &self,
+        md: &dyn MemoryDescriptor,
+        prep: &Preparation<P>,
+    ) -> Result<Option<BounceReason>> {
+        let (mut addr, mut len) = (0, 0);
+        self.walk(md, prep, 0, &mut |seg, _| {
+            (addr, len) = (seg.addr.0, seg.len);
+            Ok(false)
+        })
+        .or_else(|e| match e {
+            Error::NotAligned { .. } => Ok(()),
+            e => Err(e),
+        })?;
+        Ok(Some(BounceReason {
+            constraint: Constraint::MaxSegments,
+            addr,
+            len,
+        }))
     }
 
     /// Prepares a range of the descriptor for DMA (IOKit `prepare`): wires it under the
