@@ -43,8 +43,8 @@
 //!   doubly linked list in address order (space never added is simply not in it). A block
 //!   that is freed finds the neighbours it may merge with through its two links.
 //! * **"Which free block fits?"** Free blocks sit in lists by size class, eight classes per
-//!   power of two (the scheme of TLSF and of the `offset-allocator` crate; see
-//!   [`size_class`](super::size_class)), with a two-level bitmap of the non-empty classes.
+//!   power of two (the scheme of TLSF and of the `offset-allocator` crate), with a
+//!   two-level bitmap of the non-empty classes.
 //!   The lowest non-empty class whose every block is long enough is two bit scans away.
 //! * **"Which allocation starts here?"** Allocated blocks sit in a hash table keyed by their
 //!   start (chained; the chain link lives in the node, in the field a free block uses for
@@ -59,7 +59,7 @@
 //!   out of the table: their [`RangeHandle`] carries the node, so neither their allocation
 //!   nor their free by handle touches a bucket (see [`deallocate_handle`](RangeAllocator::deallocate_handle)).
 //! * **"Which block contains address `x`?"** One block in 32, picked by a hash of its start,
-//!   is also an *anchor*, kept in an ordered index by start ([`SortedIndex`]). A search
+//!   is also an *anchor*, kept in an ordered index by start (a B-tree of height two). A search
 //!   finds the last anchor at or before `x` and walks the address list from there (32 steps
 //!   expected). Only `allocate_range` and frees that are not one whole allocation search;
 //!   sampling keeps the index small and its upkeep off the common paths (a skip list over
