@@ -143,6 +143,17 @@ fn assert_no_leak(m: &M, before: &Snapshot, what: &str) {
     assert_eq!(&snap(m), before, "{what}: something outlived its owner");
 }
 
+/// Runs `body` on a fresh machine (from `seed`) with a fresh hunt; afterwards no probe may
+/// have panicked and the machine must hold what it held before.
+fn sweep(seed: u64, what: &str, body: impl FnOnce(&M, &mut Hunt)) {
+    let m = machine(seed);
+    let before = snap(&m);
+    let mut h = Hunt::default();
+    body(&m, &mut h);
+    h.finish(what);
+    assert_no_leak(&m, &before, what);
+}
+
 /// Every offset/length probe a descriptor offers, at the extremes.
 fn probe_descriptor(h: &mut Hunt, name: &str, md: &dyn MemoryDescriptor) {
     let len = md.length();
@@ -321,16 +332,13 @@ fn buffer_options_at_the_extremes_are_errors_or_buffers() {
 
 #[test]
 fn buffer_accessors_at_the_extremes() {
-    let m = machine(901);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(901, "buffer accessors", |m, h| {
         let mut b = BufferMemoryDescriptor::new(
             m.clone(),
             BufferOptions::new(3 * PAGE + 5, Direction::InOut),
         )
         .unwrap();
-        probe_descriptor(&mut h, "buffer", &b);
+        probe_descriptor(h, "buffer", &b);
         for &a in &EXTREMES {
             for &n in &FEW {
                 h.probe(
@@ -406,19 +414,14 @@ fn buffer_accessors_at_the_extremes() {
                 }
             }
         }
-    }
-    h.finish("buffer accessors");
-    assert_no_leak(&m, &before, "buffer accessors");
+    });
 }
 
 /// Descriptors of physical ranges cost nothing, so their lengths can be as large as a
 /// `u64` allows: the composites built on them must add lengths without overflowing.
 #[test]
 fn composites_of_huge_descriptors_do_not_overflow() {
-    let m = machine(902);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(902, "composites", |m, h| {
         // Physical-range constructors with lengths that overflow the address space.
         for &a in &EXTREMES {
             for &n in &FEW {
@@ -466,8 +469,8 @@ fn composites_of_huge_descriptors_do_not_overflow() {
             Arc::new(device_memory(m.clone(), PhysAddr(0), 1 << 63).unwrap());
         let top: Arc<dyn MemoryDescriptor> =
             Arc::new(device_memory(m.clone(), PhysAddr(PAGE), u64::MAX - PAGE).unwrap());
-        probe_descriptor(&mut h, "half", &*half);
-        probe_descriptor(&mut h, "top", &*top);
+        probe_descriptor(h, "half", &*half);
+        probe_descriptor(h, "top", &*top);
         for parts in [
             vec![half.clone(), half.clone()],
             vec![half.clone(), half.clone(), half.clone()],
@@ -511,7 +514,7 @@ fn composites_of_huge_descriptors_do_not_overflow() {
         let multi =
             MultiMemoryDescriptor::new(vec![half.clone(), edge.clone()], Direction::None).unwrap();
         assert_eq!(multi.length(), u64::MAX);
-        probe_descriptor(&mut h, "multi(2^63, 2^63-1)", &multi);
+        probe_descriptor(h, "multi(2^63, 2^63-1)", &multi);
         let multi: Arc<dyn MemoryDescriptor> = Arc::new(multi);
         // Sub-ranges of the huge ones.
         for parent in [&half, &top, &multi] {
@@ -533,7 +536,7 @@ fn composites_of_huge_descriptors_do_not_overflow() {
                             "sub ({off:#x}, {n:#x}) of {:#x} accepted",
                             parent.length()
                         );
-                        probe_descriptor(&mut h, "sub", &s);
+                        probe_descriptor(h, "sub", &s);
                     }
                     h.probe(
                         || format!("device_sub_range({off:#x}, {n:#x})"),
@@ -567,7 +570,7 @@ fn composites_of_huge_descriptors_do_not_overflow() {
                 );
             }
         }
-        probe_descriptor(&mut h, "interleaved", &il);
+        probe_descriptor(h, "interleaved", &il);
         h.probe(
             || "interleaved with capacity usize::MAX".into(),
             || {
@@ -575,17 +578,12 @@ fn composites_of_huge_descriptors_do_not_overflow() {
                 assert_eq!(il.length(), 0);
             },
         );
-    }
-    h.finish("composites");
-    assert_no_leak(&m, &before, "composites");
+    });
 }
 
 #[test]
 fn memory_maps_with_ranges_past_the_end() {
-    let m = machine(903);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(903, "memory maps", |m, h| {
         let b: Arc<dyn MemoryDescriptor> = Arc::new(
             BufferMemoryDescriptor::new(
                 m.clone(),
@@ -659,9 +657,7 @@ fn memory_maps_with_ranges_past_the_end() {
                 }
             }
         }
-    }
-    h.finish("memory maps");
-    assert_no_leak(&m, &before, "memory maps");
+    });
 }
 
 /// Every setter of the segment spec builder with every extreme, alone.
@@ -765,10 +761,7 @@ fn segment_specs_at_the_extremes() {
 
 #[test]
 fn dma_commands_with_extreme_specs_and_ranges() {
-    let m = machine(904);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(904, "DMA commands", |m, h| {
         let b: Arc<dyn MemoryDescriptor> = Arc::new(
             BufferMemoryDescriptor::new(
                 m.clone(),
@@ -846,7 +839,7 @@ fn dma_commands_with_extreme_specs_and_ranges() {
                         if let Some(Ok(())) = r {
                             if fmt == SegmentFormat::Host32 && matches!(mode, MappingMode::Bypassed)
                             {
-                                probe_prepared(&mut h, name, &cmd);
+                                probe_prepared(h, name, &cmd);
                             }
                             h.probe(
                                 || format!("{name}: force_double_buffer"),
@@ -866,9 +859,7 @@ fn dma_commands_with_extreme_specs_and_ranges() {
             0,
             "bounce pages outlived their commands"
         );
-    }
-    h.finish("DMA commands");
-    assert_no_leak(&m, &before, "DMA commands");
+    });
 }
 
 fn probe_prepared(h: &mut Hunt, name: &str, cmd: &DmaCommand<M>) {
@@ -1243,10 +1234,7 @@ fn range_allocators_at_the_extremes() {
 
 #[test]
 fn bounce_pools_of_no_capacity_or_all_of_it() {
-    let m = machine(907);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(907, "bounce pools", |m, h| {
         let low = SegmentSpec::builder().address_bits(32).build().unwrap();
         let high: Arc<dyn MemoryDescriptor> = Arc::new(
             BufferMemoryDescriptor::new(
@@ -1288,7 +1276,7 @@ fn bounce_pools_of_no_capacity_or_all_of_it() {
                                 label(),
                                 cmd.is_bounced()
                             );
-                            probe_prepared(&mut h, "bounced", &cmd);
+                            probe_prepared(h, "bounced", &cmd);
                             cmd.complete().unwrap();
                         }
                     }
@@ -1302,18 +1290,13 @@ fn bounce_pools_of_no_capacity_or_all_of_it() {
             }
             assert_eq!(pool.stats().in_use, 0, "pool {cap:#x}: bounce pages leaked");
         }
-    }
-    h.finish("bounce pools");
-    assert_no_leak(&m, &before, "bounce pools");
+    });
 }
 
 #[test]
 fn io_malloc_family_at_the_extremes() {
     use dmakit::alloc::{io_free, io_free_aligned, io_free_contiguous, io_free_pageable, IoHeap};
-    let m = machine(908);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(908, "IOMalloc family", |m, h| {
         let heap = IoHeap::new(m.clone());
         let sizes: Vec<usize> = EXTREMES.iter().map(|&v| v as usize).collect();
         let aligns = [
@@ -1380,9 +1363,7 @@ fn io_malloc_family_at_the_extremes() {
             }
         }
         assert_eq!(heap.stats().live_bytes, 0, "heap: {:?}", heap.leaks());
-    }
-    h.finish("IOMalloc family");
-    assert_no_leak(&m, &before, "IOMalloc family");
+    });
 }
 
 #[test]
@@ -1637,10 +1618,7 @@ fn dma_controllers_and_their_registry_at_the_extremes() {
 #[test]
 fn driverkit_dma_commands_at_the_extremes() {
     use dmakit::driverkit::{DkDmaCommand, DkDmaSpec, DkPerformOptions};
-    let m = machine(911);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(911, "DriverKit DMA commands", |m, h| {
         let b: Arc<dyn MemoryDescriptor> = Arc::new(
             BufferMemoryDescriptor::new(
                 m.clone(),
@@ -1710,9 +1688,7 @@ fn driverkit_dma_commands_at_the_extremes() {
                 );
             }
         }
-    }
-    h.finish("DriverKit DMA commands");
-    assert_no_leak(&m, &before, "DriverKit DMA commands");
+    });
 }
 
 #[test]
@@ -1960,10 +1936,7 @@ fn completion_actions_may_call_back_into_their_event_source() {
 #[test]
 fn typed_ownership_at_the_extremes() {
     use dmakit::dma::{Bidirectional, CpuOwned};
-    let m = machine(914);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(914, "typed ownership", |m, h| {
         let b = BufferMemoryDescriptor::new(
             m.clone(),
             BufferOptions::new(2 * PAGE + 5, Direction::InOut),
@@ -1990,7 +1963,7 @@ fn typed_ownership_at_the_extremes() {
                 let label = || format!("prepare_range({off:#x}, {n:#x})");
                 let r = h.probe(label, || c.prepare_range(off, n));
                 let Some(r) = r else {
-                    return h.finish("typed ownership");
+                    return;
                 };
                 match r {
                     Ok(dev) => {
@@ -2029,9 +2002,7 @@ fn typed_ownership_at_the_extremes() {
         }
         let (b, _cmd) = cpu.take().unwrap().into_parts().unwrap();
         assert_eq!(b.length(), len);
-    }
-    h.finish("typed ownership");
-    assert_no_leak(&m, &before, "typed ownership");
+    });
 }
 
 /// The simulated machine's own calls at the extremes (the platform seam every test
@@ -2237,10 +2208,7 @@ fn public_helpers_at_the_extremes() {
 /// it in one step; mapping into a task that no longer exists.
 #[test]
 fn specs_swapped_on_live_commands_and_maps_into_dead_tasks() {
-    let m = machine(916);
-    let before = snap(&m);
-    let mut h = Hunt::default();
-    {
+    sweep(916, "spec swaps and dead tasks", |m, h| {
         let b: Arc<dyn MemoryDescriptor> = Arc::new(
             BufferMemoryDescriptor::new(
                 m.clone(),
@@ -2324,7 +2292,5 @@ fn specs_swapped_on_live_commands_and_maps_into_dead_tasks() {
                 .is_err());
             },
         );
-    }
-    h.finish("spec swaps and dead tasks");
-    assert_no_leak(&m, &before, "spec swaps and dead tasks");
+    });
 }
