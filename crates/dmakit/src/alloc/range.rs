@@ -294,7 +294,9 @@ fn grow_at(bits: u32) -> usize {
     }
 }
 
-fn check_align(what: &'static str, align: u64) -> Result<u64> {
+/// An alignment that is 0 (none: read as 1) or a power of two, else [`Error::BadAlignment`]
+/// naming `what`.
+pub(crate) fn check_align(what: &'static str, align: u64) -> Result<u64> {
     if align == 0 {
         return Ok(1);
     }

@@ -1225,36 +1225,25 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 done += n;
             }
         });
-        if let Err(e) = walked {
-            drop(buffer);
-            pool.give_back(bytes);
-            return Err(e);
-        }
-        for p in &mut pieces {
-            match buffer.physical_segment(p.buf_off) {
-                Ok(s) if self.spec.reaches(s.addr.0, p.len) => p.addr = s.addr.0,
-                _ => {
-                    drop(buffer);
-                    pool.give_back(bytes);
-                    return Ok(false);
-                }
-            }
-        }
+        // Every bounce page must be in reach itself (its address recorded on the way).
+        let reached = walked.is_ok()
+            && pieces
+                .iter_mut()
+                .all(|p| match buffer.physical_segment(p.buf_off) {
+                    Ok(s) if self.spec.reaches(s.addr.0, p.len) => {
+                        p.addr = s.addr.0;
+                        true
+                    }
+                    _ => false,
+                });
         prep.route = Route::PerPage {
             buffer,
             bytes,
             pieces,
         };
-        if self.preflight(md, prep)?.is_some() {
-            let Route::PerPage { buffer, .. } = core::mem::replace(&mut prep.route, Route::Direct)
-            else {
-                return Err(Error::Internal {
-                    what: "per-page route vanished",
-                });
-            };
-            drop(buffer);
-            pool.give_back(bytes);
-            return Ok(false);
+        if walked.is_err() || !reached || self.preflight(md, prep)?.is_some() {
+            self.owner.release_route(prep)?;
+            return walked.map(|()| false);
         }
         Ok(true)
     }

@@ -19,6 +19,7 @@
 //! # Ok::<(), dmakit::Error>(())
 //! ```
 
+use crate::alloc::range::check_align;
 use crate::alloc::RangeAllocator;
 use crate::{Error, Result};
 
@@ -118,24 +119,18 @@ impl IovaPlacement {
             contiguous: true,
         }
     }
-}
 
-impl IovaPlacement {
-    /// `align` and `boundary` are powers of two (or 0/1 and 0 for none), which the
-    /// search's mask arithmetic needs: [`Error::BadAlignment`] otherwise.
+    /// `align` and `boundary` are powers of two (or 0 for none; an `align` of 1 is none
+    /// too), which the search's mask arithmetic needs: [`Error::BadAlignment`] otherwise.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.align > 1 && !self.align.is_power_of_two() {
-            return Err(Error::BadAlignment {
-                what: "IovaPlacement alignment (a power of two; 0 or 1 for none)",
-                align: self.align,
-            });
-        }
-        if self.boundary != 0 && !self.boundary.is_power_of_two() {
-            return Err(Error::BadAlignment {
-                what: "IovaPlacement boundary (a power of two; 0 for none)",
-                align: self.boundary,
-            });
-        }
+        check_align(
+            "IovaPlacement alignment (a power of two; 0 or 1 for none)",
+            self.align,
+        )?;
+        check_align(
+            "IovaPlacement boundary (a power of two; 0 for none)",
+            self.boundary,
+        )?;
         Ok(())
     }
 }
