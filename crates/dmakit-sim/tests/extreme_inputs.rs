@@ -154,6 +154,11 @@ fn sweep(seed: u64, what: &str, body: impl FnOnce(&M, &mut Hunt)) {
     assert_no_leak(&m, &before, what);
 }
 
+/// A wired buffer of `len` bytes for both directions.
+fn buffer(m: &M, len: u64) -> BufferMemoryDescriptor<M> {
+    BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(len, Direction::InOut)).unwrap()
+}
+
 /// Every offset/length probe a descriptor offers, at the extremes.
 fn probe_descriptor(h: &mut Hunt, name: &str, md: &dyn MemoryDescriptor) {
     let len = md.length();
@@ -333,11 +338,7 @@ fn buffer_options_at_the_extremes_are_errors_or_buffers() {
 #[test]
 fn buffer_accessors_at_the_extremes() {
     sweep(901, "buffer accessors", |m, h| {
-        let mut b = BufferMemoryDescriptor::new(
-            m.clone(),
-            BufferOptions::new(3 * PAGE + 5, Direction::InOut),
-        )
-        .unwrap();
+        let mut b = buffer(m, 3 * PAGE + 5);
         probe_descriptor(h, "buffer", &b);
         for &a in &EXTREMES {
             for &n in &FEW {
@@ -584,13 +585,7 @@ fn composites_of_huge_descriptors_do_not_overflow() {
 #[test]
 fn memory_maps_with_ranges_past_the_end() {
     sweep(903, "memory maps", |m, h| {
-        let b: Arc<dyn MemoryDescriptor> = Arc::new(
-            BufferMemoryDescriptor::new(
-                m.clone(),
-                BufferOptions::new(5 * PAGE + 7, Direction::InOut),
-            )
-            .unwrap(),
-        );
+        let b: Arc<dyn MemoryDescriptor> = Arc::new(buffer(m, 5 * PAGE + 7));
         let len = b.length();
         let offs: Vec<u64> = EXTREMES
             .iter()
@@ -762,13 +757,7 @@ fn segment_specs_at_the_extremes() {
 #[test]
 fn dma_commands_with_extreme_specs_and_ranges() {
     sweep(904, "DMA commands", |m, h| {
-        let b: Arc<dyn MemoryDescriptor> = Arc::new(
-            BufferMemoryDescriptor::new(
-                m.clone(),
-                BufferOptions::new(3 * PAGE + 9, Direction::InOut),
-            )
-            .unwrap(),
-        );
+        let b: Arc<dyn MemoryDescriptor> = Arc::new(buffer(m, 3 * PAGE + 9));
         let huge: Arc<dyn MemoryDescriptor> =
             Arc::new(device_memory(m.clone(), PhysAddr(1 << 40), 1 << 62).unwrap());
         let specs: Vec<(String, SegmentSpec)> = spec_variants()
@@ -909,11 +898,7 @@ fn probe_prepared(h: &mut Hunt, name: &str, cmd: &DmaCommand<M>) {
 fn memory_cursors_and_segment_formats_at_the_extremes() {
     let m = machine(905);
     let mut h = Hunt::default();
-    let b = BufferMemoryDescriptor::new(
-        m.clone(),
-        BufferOptions::new(4 * PAGE + 3, Direction::InOut),
-    )
-    .unwrap();
+    let b = buffer(&m, 4 * PAGE + 3);
     let huge = device_memory(m.clone(), PhysAddr(PAGE), u64::MAX - PAGE).unwrap();
     for &seg in &FEW {
         for &xfer in &FEW {
@@ -1018,8 +1003,7 @@ fn iommu_mappers_with_huge_counts_and_addresses() {
     }
     let mapper = Arc::new(IommuMapper::new(iommu.clone(), 1 << 32, 1 << 30).unwrap());
     let pa = {
-        let b = BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(PAGE, Direction::InOut))
-            .unwrap();
+        let b = buffer(&m, PAGE);
         b.physical_segment(0).unwrap().addr
     };
     let usage = mapper.usage();
@@ -1619,16 +1603,8 @@ fn dma_controllers_and_their_registry_at_the_extremes() {
 fn driverkit_dma_commands_at_the_extremes() {
     use dmakit::driverkit::{DkDmaCommand, DkDmaSpec, DkPerformOptions};
     sweep(911, "DriverKit DMA commands", |m, h| {
-        let b: Arc<dyn MemoryDescriptor> = Arc::new(
-            BufferMemoryDescriptor::new(
-                m.clone(),
-                BufferOptions::new(2 * PAGE + 3, Direction::InOut),
-            )
-            .unwrap(),
-        );
-        let data =
-            BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(PAGE, Direction::InOut))
-                .unwrap();
+        let b: Arc<dyn MemoryDescriptor> = Arc::new(buffer(m, 2 * PAGE + 3));
+        let data = buffer(m, PAGE);
         for bits in [0u64, 1, 11, 12, 32, 63, 64, 65, 255, 256, 1 << 32, u64::MAX] {
             for options in [0u64, 1, u64::MAX] {
                 let r = h.probe(
@@ -1738,7 +1714,7 @@ proptest::proptest! {
         let before = snap(&m);
         {
             let b: Arc<dyn MemoryDescriptor> = Arc::new(
-                BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x4321, Direction::InOut)).unwrap(),
+                buffer(&m, 0x4321),
             );
             let inside = off.checked_add(len).is_some_and(|e| e <= 0x4321);
             let fits = len > 0 && inside;
@@ -1937,11 +1913,7 @@ fn completion_actions_may_call_back_into_their_event_source() {
 fn typed_ownership_at_the_extremes() {
     use dmakit::dma::{Bidirectional, CpuOwned};
     sweep(914, "typed ownership", |m, h| {
-        let b = BufferMemoryDescriptor::new(
-            m.clone(),
-            BufferOptions::new(2 * PAGE + 5, Direction::InOut),
-        )
-        .unwrap();
+        let b = buffer(m, 2 * PAGE + 5);
         let len = b.length();
         let cmd = DmaCommand::builder(m.clone())
             .mode(MappingMode::NonCoherent)
@@ -2209,13 +2181,7 @@ fn public_helpers_at_the_extremes() {
 #[test]
 fn specs_swapped_on_live_commands_and_maps_into_dead_tasks() {
     sweep(916, "spec swaps and dead tasks", |m, h| {
-        let b: Arc<dyn MemoryDescriptor> = Arc::new(
-            BufferMemoryDescriptor::new(
-                m.clone(),
-                BufferOptions::new(3 * PAGE + 1, Direction::InOut),
-            )
-            .unwrap(),
-        );
+        let b: Arc<dyn MemoryDescriptor> = Arc::new(buffer(m, 3 * PAGE + 1));
         let pool = Arc::new(BouncePool::new(m.clone(), "swap pool", 1 << 20));
         let mut cmd = DmaCommand::builder(m.clone())
             .bounce_pool(pool.clone())
