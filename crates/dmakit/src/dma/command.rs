@@ -864,7 +864,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         prep: &Preparation<P>,
     ) -> Result<Option<BounceReason>> {
         let max = self.spec.max_segments() as u64;
-        if prep.length.div_ceil(self.spec.max_segment_size()) > max {
+        // More than `max` segments of `max_segment_size` bytes, without a division on
+        // every prepare (a product past 2^64 cannot be below a length).
+        if self.spec.max_segment_size().saturating_mul(max) < prep.length {
             return self.too_many_segments(md, prep);
         }
         let mut bad = None;
