@@ -362,7 +362,7 @@ impl<H: IommuHardware> IommuMapper<H> {
         self.reclaim()?;
         match self.take(class) {
             Ok(x) => {
-                self.shard().live.insert(x, Live { pages, class });
+                self.shard().live.insert(x, Live::new(pages, class));
                 Ok(IoAddr(x))
             }
             Err(Error::NoSpace { .. }) => self.alloc_large(pages),
@@ -381,7 +381,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             }
             got => got?,
         };
-        self.large.lock().live.insert(x, pages);
+        self.large.lock().live.insert(x, Live::new(pages, UNCACHED));
         Ok(IoAddr(x))
     }
 
@@ -400,7 +400,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             }
             got => got?,
         };
-        self.large.lock().live.insert(x, pages);
+        self.large.lock().live.insert(x, Live::new(pages, UNCACHED));
         Ok(IoAddr(x))
     }
 
@@ -412,6 +412,14 @@ impl<H: IommuHardware> IommuMapper<H> {
             if let Some(e) = s.entries.remove(&k) {
                 if let Err(err) = self.hw.set_entry(IoAddr(k), None) {
                     s.entries.insert(k, e);
+                    // The pages unmapped so far were not invalidated.
+                    s.live.insert(
+                        iova,
+                        Live {
+                            stale: true,
+                            ..live
+                        },
+                    );
                     return Err(err);
                 }
             }
@@ -421,7 +429,13 @@ impl<H: IommuHardware> IommuMapper<H> {
             // Not invalidated: the device may still reach the pages through the IOTLB.
             // The allocation stays live (unmapped), so the caller keeps the memory
             // behind it and can free it again once the IOMMU answers.
-            s.live.insert(iova, live);
+            s.live.insert(
+                iova,
+                Live {
+                    stale: true,
+                    ..live
+                },
+            );
             return Err(e);
         }
         Ok(())
@@ -430,16 +444,16 @@ impl<H: IommuHardware> IommuMapper<H> {
     /// Frees an uncached allocation (a [`Large`] one).
     fn free_large(&self, iova: u64, pages: u64) -> Result<()> {
         let mut l = self.large.lock();
-        match l.live.get(&iova) {
-            Some(&p) if p == pages => {}
-            Some(&p) => return Err(wrong_size(iova, p, pages)),
+        let live = match l.live.get(&iova) {
+            Some(&live) if live.pages == pages => live,
+            Some(live) => return Err(wrong_size(iova, live.pages, pages)),
             None => {
                 return Err(Error::NotAllocated {
                     free_fn: "iovm_free",
                     addr: iova,
                 })
             }
-        }
+        };
         let len = pages * self.page();
         // Inclusive end: a window may end at the top of the 64-bit space.
         let mapped: Vec<u64> = l
@@ -447,15 +461,23 @@ impl<H: IommuHardware> IommuMapper<H> {
             .range(iova..=iova + (len - 1))
             .map(|(&k, _)| k)
             .collect();
+        let stale = Live {
+            stale: true,
+            ..live
+        };
         for k in mapped {
-            self.hw.set_entry(IoAddr(k), None)?;
+            if let Err(e) = self.hw.set_entry(IoAddr(k), None) {
+                // The pages unmapped so far were not invalidated.
+                l.live.insert(iova, stale);
+                return Err(e);
+            }
             l.entries.remove(&k);
         }
         l.live.remove(&iova);
         drop(l);
         let mut s = self.shard();
         if let Err(e) = self.retire(&mut s, (iova, len, UNCACHED)) {
-            self.large.lock().live.insert(iova, pages);
+            self.large.lock().live.insert(iova, stale);
             return Err(e);
         }
         Ok(())
@@ -483,56 +505,77 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(())
     }
 
-    /// Writes the entries of a run inside allocation `start` of shard `s`.
+    /// Writes the entries of a run inside allocation `start` of shard `s`; a failure
+    /// marks the allocation stale.
     fn insert_small(
         &self,
         s: &mut Shard,
+        start: u64,
         iova: u64,
-        pa: u64,
-        pages: u64,
-        access: Access,
+        run: (u64, u64, Access),
     ) -> Result<()> {
-        let page = self.page();
-        for i in 0..pages {
-            let (io, phys) = (iova + i * page, pa + i * page);
-            self.hw
-                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
-            if s.entries.insert(io, (phys, access)).is_some() {
-                // Replacing a live entry: the IOTLB may hold the old one.
-                self.hw.invalidate(IoAddr(io), page)?;
+        let stale = s.live.get(&start).is_some_and(|l| l.stale);
+        let entries = &mut s.entries;
+        let written = self.write_run(iova, run, stale, |io, e| entries.insert(io, e).is_some());
+        if written.is_err() {
+            if let Some(l) = s.live.get_mut(&start) {
+                l.stale = true;
             }
         }
-        Ok(())
+        written
+    }
+
+    /// Writes the page-table entries of the run `(pa, pages, access)` from `iova`,
+    /// recording each with `record` (true when it replaced an entry). When it replaced one,
+    /// or the allocation is `stale`, the IOTLB may hold an older translation of a page it
+    /// wrote: it invalidates the pages written (also after a failed write). An error
+    /// leaves the caller to mark the allocation stale.
+    fn write_run(
+        &self,
+        iova: u64,
+        (pa, pages, access): (u64, u64, Access),
+        stale: bool,
+        mut record: impl FnMut(u64, (u64, Access)) -> bool,
+    ) -> Result<()> {
+        let page = self.page();
+        let (mut older, mut written, mut result) = (stale, 0, Ok(()));
+        for i in 0..pages {
+            let (io, phys) = (iova + i * page, pa + i * page);
+            if let Err(e) = self
+                .hw
+                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))
+            {
+                result = Err(e);
+                break;
+            }
+            older |= record(io, (phys, access));
+            written += 1;
+        }
+        if older && written > 0 {
+            result = result.and(self.hw.invalidate(IoAddr(iova), written * page));
+        }
+        result
     }
 
     /// A run in an uncached allocation.
-    fn insert_large(
-        &self,
-        iova: u64,
-        pa: u64,
-        pages: u64,
-        span: u64,
-        access: Access,
-    ) -> Result<()> {
+    fn insert_large(&self, iova: u64, span: u64, run: (u64, u64, Access)) -> Result<()> {
         let page = self.page();
         let mut l = self.large.lock();
-        let inside = l
-            .live
-            .range(..=iova)
-            .next_back()
-            .is_some_and(|(&a, &p)| iova - a < p * page && (p * page - (iova - a)) >= span);
-        if !inside {
+        let holder = l.live.range(..=iova).next_back().and_then(|(&a, live)| {
+            let len = live.pages * page;
+            (iova - a < len && len - (iova - a) >= span).then_some((a, live.stale))
+        });
+        let Some((start, stale)) = holder else {
             return Err(outside(iova));
-        }
-        for i in 0..pages {
-            let (io, phys) = (iova + i * page, pa + i * page);
-            self.hw
-                .set_entry(IoAddr(io), Some((PhysAddr(phys), access)))?;
-            if l.entries.insert(io, (phys, access)).is_some() {
-                self.hw.invalidate(IoAddr(io), page)?;
+        };
+        let entries = &mut l.entries;
+        let written = self.write_run(iova, run, stale, |io, e| entries.insert(io, e).is_some());
+        if written.is_err() {
+            if let Some(live) = l.live.get_mut(&start) {
+                live.stale = true;
             }
         }
-        Ok(())
+        written
     }
 }
 
@@ -585,7 +628,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
                 }
             }
         };
-        s.live.insert(x, Live { pages, class });
+        s.live.insert(x, Live::new(pages, class));
         Ok(IoAddr(x))
     }
 
@@ -652,12 +695,12 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         let done = self.in_shards(|s| {
             let (start, l) = s.containing(iova.0, page)?;
             Some(if l.pages * page - (iova.0 - start) >= span {
-                self.insert_small(s, iova.0, pa.0, pages, access)
+                self.insert_small(s, start, iova.0, (pa.0, pages, access))
             } else {
                 Err(outside(iova.0))
             })
         });
-        done.unwrap_or_else(|| self.insert_large(iova.0, pa.0, pages, span, access))
+        done.unwrap_or_else(|| self.insert_large(iova.0, span, (pa.0, pages, access)))
     }
 
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)> {
@@ -693,11 +736,13 @@ mod tests {
     use crate::sync::Mutex;
     use alloc_crate::collections::BTreeMap;
 
-    /// Page-table entries and invalidations, recorded.
+    /// Page-table entries and invalidations, recorded; with `clears_before_failure` at
+    /// `Some(n)`, `n` more entry clears succeed and the next one fails.
     #[derive(Default)]
     struct Table {
         entries: Mutex<BTreeMap<u64, (u64, Access)>>,
         invalidations: Mutex<Vec<(u64, u64)>>,
+        clears_before_failure: Mutex<Option<u32>>,
     }
 
     impl IommuHardware for Table {
@@ -705,6 +750,19 @@ mod tests {
             PageSize::new(4096).unwrap()
         }
         fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
+            if entry.is_none() {
+                let mut left = self.clears_before_failure.lock();
+                match *left {
+                    Some(0) => {
+                        *left = None;
+                        return Err(Error::Internal {
+                            what: "test page table: clear refused",
+                        });
+                    }
+                    Some(n) => *left = Some(n - 1),
+                    None => {}
+                }
+            }
             let mut e = self.entries.lock();
             match entry {
                 Some((pa, a)) => e.insert(iova.0, (pa.0, a)),
@@ -755,5 +813,34 @@ mod tests {
         m.iovm_free(iova, 4).unwrap();
         assert_eq!(m.usage(), (0, 0));
         assert!(m.hardware().entries.lock().is_empty());
+    }
+
+    /// A free that fails after unmapping some pages (not invalidated) leaves the allocation
+    /// live; mapping one of those pages again must invalidate it, or the device could go
+    /// on using the old translation from its IOTLB.
+    #[test]
+    fn an_insert_after_a_failed_free_invalidates_what_it_maps() {
+        // 3 pages: an allocation the shards cache; 40: one they do not.
+        for pages in [3, 40] {
+            let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+            let hw = m.hardware();
+            let iova = m.iovm_alloc(pages).unwrap();
+            m.iovm_insert_run(iova, PhysAddr(0x8000_0000), 2, Access::READ)
+                .unwrap();
+            *hw.clears_before_failure.lock() = Some(1);
+            let e = m.iovm_free(iova, pages).unwrap_err();
+            assert!(matches!(e, Error::Internal { .. }), "{e}");
+            // The first page is unmapped (the IOTLB may still hold it), the second is
+            // mapped, the allocation live.
+            assert_eq!(m.usage(), (1, 1));
+            assert!(matches!(m.translate(iova), Err(Error::NotMapped { .. })));
+            hw.invalidations.lock().clear();
+            m.iovm_insert_page(iova, PhysAddr(0x9000_0000), Access::WRITE)
+                .unwrap();
+            assert_eq!(hw.invalidations.lock().as_slice(), [(iova.0, 0x1000)]);
+            m.iovm_free(iova, pages).unwrap();
+            assert_eq!(m.usage(), (0, 0));
+            assert!(hw.entries.lock().is_empty());
+        }
     }
 }

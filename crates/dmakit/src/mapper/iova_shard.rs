@@ -45,11 +45,27 @@ pub(super) fn align_of(class: usize) -> u64 {
     (class as u64 + 1).next_power_of_two()
 }
 
-/// A live allocation of a shard: its pages as asked, and its class.
+/// A live allocation: its pages as asked, its class ([`UNCACHED`] in [`Large`]), and
+/// whether the IOTLB may still hold translations of its pages that the page table no
+/// longer has: a free or an entry replacement failed before its invalidation. Every later
+/// insert into a stale allocation invalidates what it wrote, so the device never keeps
+/// an old translation of a page the driver has mapped again; a successful free
+/// invalidates all of it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Live {
     pub(super) pages: u64,
     pub(super) class: usize,
+    pub(super) stale: bool,
+}
+
+impl Live {
+    pub(super) fn new(pages: u64, class: usize) -> Self {
+        Live {
+            pages,
+            class,
+            stale: false,
+        }
+    }
 }
 
 /// A freed range waiting for its invalidation: start, bytes to invalidate, class (or
@@ -141,10 +157,11 @@ impl Shard {
     }
 }
 
-/// Allocations the shards do not cache: start → pages, and the entries of their pages.
+/// Allocations the shards do not cache (class [`UNCACHED`]), by start, and the entries of
+/// their pages.
 #[derive(Debug, Default)]
 pub(super) struct Large {
-    pub(super) live: BTreeMap<u64, u64>,
+    pub(super) live: BTreeMap<u64, Live>,
     pub(super) entries: BTreeMap<u64, (u64, Access)>,
 }
 
