@@ -1,0 +1,312 @@
+//! `MemoryMap`s of every descriptor shape, in the kernel and two other tasks, against the
+//! descriptor's bytes: every live mapping reads exactly the bytes of its range, stores
+//! through a writable one reach the descriptor and every other mapping of those bytes, a
+//! read-only one refuses stores and changes nothing, guard pages fault, a fixed address is
+//! honoured, a unique mapping shares with nobody, a mapping's physical segments are the
+//! descriptor's. Handles are cloned, unmapped and dropped in any order; at the end the
+//! machine holds no allocation, mapping or wiring.
+#![no_main]
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+use dmakit::descriptor::MemoryDescriptor;
+use dmakit::map::{MapGuard, MapOptions, MemoryMap};
+use dmakit::platform::{CacheMode, CpuAccess, Task};
+use dmakit::{Error, VirtAddr};
+use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, window, Shape, M};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Map {
+    task: u8,
+    read_only: bool,
+    whole: bool,
+    offset: u16,
+    len: u16,
+    guard: u8,
+    sharing: u8,
+    cache: u8,
+    /// A fixed address: one seen before in the task (by index), moved by whole pages.
+    fixed: Option<(u8, i8)>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Map(Map),
+    Clone(u8),
+    Unmap(u8),
+    Drop(u8),
+    Read(u8, u16, u16),
+    Write(u8, u16, u16, u8),
+    WriteDescriptor(u16, u16, u8),
+    Guard(u8),
+    Segment(u8, u16),
+}
+
+#[derive(Debug)]
+struct Input {
+    seed: u8,
+    shape: Shape,
+    ops: Vec<Op>,
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(Input {
+            seed: u.arbitrary()?,
+            shape: Shape::draw(u, 2)?,
+            ops: u.arbitrary()?,
+        })
+    }
+}
+
+struct Run {
+    m: M,
+    md: std::sync::Arc<dyn MemoryDescriptor>,
+    bytes: Vec<u8>,
+    tasks: [Task; 3],
+    maps: Vec<MemoryMap<M>>,
+    /// Addresses mappings had, per task.
+    seen: [Vec<u64>; 3],
+    page: u64,
+}
+
+impl Run {
+    fn pick(&self, i: u8) -> Option<usize> {
+        (!self.maps.is_empty()).then(|| usize::from(i) % self.maps.len())
+    }
+
+    fn attached(&self, i: u8) -> Option<usize> {
+        self.pick(i).filter(|&i| self.maps[i].is_mapped())
+    }
+
+    fn options(&self, o: &Map) -> (MapOptions, usize) {
+        let t = usize::from(o.task % 3);
+        let mut opts = MapOptions::new().in_task(self.tasks[t]);
+        if !o.whole {
+            let (off, len) = window(self.bytes.len(), o.offset, o.len);
+            opts = opts.range(off as u64, len as u64);
+        }
+        if o.read_only {
+            opts = opts.read_only();
+        }
+        opts = opts
+            .guard([MapGuard::None, MapGuard::Small, MapGuard::Large][usize::from(o.guard % 3)]);
+        opts = match o.sharing % 3 {
+            0 => opts,
+            1 => opts.unique(),
+            _ => opts.reference(),
+        };
+        if let Some(c) =
+            [None, Some(CacheMode::CopyBack), Some(CacheMode::Inhibit)][usize::from(o.cache % 3)]
+        {
+            opts = opts.cache(c);
+        }
+        if let Some((i, delta)) = o.fixed {
+            let seen = &self.seen[t];
+            if !seen.is_empty() {
+                let a = seen[usize::from(i) % seen.len()];
+                let at = a.wrapping_add_signed(i64::from(delta % 4) * self.page as i64);
+                opts = opts.at(VirtAddr(at));
+            }
+        }
+        (opts, t)
+    }
+
+    fn map(&mut self, o: &Map) {
+        let (opts, t) = self.options(o);
+        match MemoryMap::new(self.m.clone(), self.md.clone(), opts) {
+            Ok(map) => {
+                let len = if opts.length() == 0 {
+                    self.bytes.len() as u64
+                } else {
+                    opts.length()
+                };
+                assert_eq!(
+                    (map.offset(), map.length(), map.task()),
+                    (opts.offset(), len, opts.task())
+                );
+                assert_eq!(map.options().is_read_only(), opts.is_read_only());
+                if let Some(at) = opts.fixed_address() {
+                    assert_eq!(map.address(), at, "a fixed mapping elsewhere");
+                }
+                if opts.sharing_mode() == dmakit::map::MapSharing::Unique {
+                    assert!(
+                        !self.maps.iter().any(|h| h.same_mapping(&map)),
+                        "a unique mapping is shared"
+                    );
+                }
+                self.seen[t].push(map.address().0);
+                self.maps.push(map);
+                self.check_read(self.maps.len() - 1, 0, u16::MAX);
+            }
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    Error::NotMapped { .. }
+                        | Error::RangeBusy { .. }
+                        | Error::NotAligned { .. }
+                        | Error::BadArgument { .. }
+                        | Error::NoSpace { .. }
+                        | Error::NoMemory { .. }
+                        | Error::Injected { .. }
+                ),
+                "map {opts:?}: {e:?}"
+            ),
+        }
+    }
+
+    /// Reads `[off, off + n)` of mapping `i` (reduced to fit) through its task.
+    fn check_read(&self, i: usize, off: u16, n: u16) {
+        let map = &self.maps[i];
+        let (off, n) = window(map.length() as usize, off, n);
+        let mut got = vec![0u8; n];
+        self.m
+            .read_virt(map.task(), VirtAddr(map.address().0 + off as u64), &mut got)
+            .expect("a live mapping reads");
+        let at = map.offset() as usize + off;
+        assert_eq!(
+            got,
+            self.bytes[at..at + n],
+            "mapping {:#x} at +{off:#x}",
+            map.address().0
+        );
+    }
+
+    fn write(&mut self, i: usize, off: u16, n: u16, byte: u8) {
+        let map = &self.maps[i];
+        let (off, n) = window(map.length() as usize, off, n);
+        let r = self.m.write_virt(
+            map.task(),
+            VirtAddr(map.address().0 + off as u64),
+            &vec![byte; n],
+        );
+        let at = map.offset() as usize + off;
+        if map.options().is_read_only() {
+            assert!(
+                r.is_err(),
+                "a store through a read-only mapping was accepted"
+            );
+        } else {
+            r.expect("a store through a writable mapping");
+            self.bytes[at..at + n].fill(byte);
+        }
+        // The descriptor sees exactly the model.
+        let mut back = vec![0u8; n];
+        assert_eq!(self.md.read_bytes(at as u64, &mut back), n);
+        assert_eq!(
+            back,
+            self.bytes[at..at + n],
+            "the descriptor after a store through a mapping"
+        );
+    }
+
+    fn op(&mut self, op: &Op) {
+        match *op {
+            Op::Map(ref o) => self.map(o),
+            Op::Clone(i) => {
+                if let Some(i) = self.pick(i) {
+                    let c = self.maps[i].clone();
+                    assert_eq!(c.is_mapped(), self.maps[i].is_mapped());
+                    self.maps.push(c);
+                }
+            }
+            Op::Unmap(i) => {
+                if let Some(i) = self.pick(i) {
+                    self.maps[i]
+                        .unmap()
+                        .expect("unmap of a mapping with nothing wired");
+                    assert!(!self.maps[i].is_mapped());
+                    assert_eq!(self.maps[i].address(), VirtAddr(0));
+                }
+            }
+            Op::Drop(i) => {
+                if let Some(i) = self.pick(i) {
+                    self.maps.swap_remove(i);
+                }
+            }
+            Op::Read(i, off, n) => {
+                if let Some(i) = self.attached(i) {
+                    self.check_read(i, off, n);
+                }
+            }
+            Op::Write(i, off, n, byte) => {
+                if let Some(i) = self.attached(i) {
+                    self.write(i, off, n, byte);
+                }
+            }
+            Op::WriteDescriptor(off, n, byte) => {
+                let (off, n) = window(self.bytes.len(), off, n);
+                if self.md.write_bytes(off as u64, &vec![byte; n]) == n {
+                    self.bytes[off..off + n].fill(byte);
+                }
+            }
+            Op::Guard(i) => {
+                if let Some(i) = self.attached(i) {
+                    let map = &self.maps[i];
+                    if map.options().guard_mode() != MapGuard::None {
+                        let first = map.address().0 & !(self.page - 1);
+                        let end = (map.address().0 + map.length()).next_multiple_of(self.page);
+                        let mut b = [0u8];
+                        assert!(
+                            self.m
+                                .read_virt(map.task(), VirtAddr(first.wrapping_sub(1)), &mut b)
+                                .is_err(),
+                            "the guard below reads"
+                        );
+                        assert!(
+                            self.m.read_virt(map.task(), VirtAddr(end), &mut b).is_err(),
+                            "the guard above reads"
+                        );
+                    }
+                }
+            }
+            Op::Segment(i, off) => {
+                if let Some(i) = self.attached(i) {
+                    let map = &self.maps[i];
+                    let off = u64::from(off) % map.length();
+                    match (
+                        map.physical_segment(off),
+                        self.md.physical_segment(map.offset() + off),
+                    ) {
+                        (Ok(a), Ok(b)) => {
+                            assert_eq!(a.addr, b.addr);
+                            assert_eq!(a.len, b.len.min(map.length() - off));
+                        }
+                        (Err(_), Err(_)) => {}
+                        (a, b) => panic!("mapping segment {a:?}, descriptor {b:?}"),
+                    }
+                }
+            }
+        }
+        // Every live mapping still shows the bytes.
+        for i in 0..self.maps.len() {
+            if self.maps[i].is_mapped() {
+                self.check_read(i, 0, u16::MAX);
+            }
+        }
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let m = machine(u64::from(input.seed), true);
+    if let Some(built) = build(&m, &input.shape) {
+        if !built.bytes.is_empty() {
+            let page = m.page().bytes();
+            let tasks = [Task::KERNEL, m.create_task(), m.create_task()];
+            let mut run = Run {
+                m: m.clone(),
+                md: built.md.clone(),
+                bytes: built.bytes.clone(),
+                tasks,
+                maps: Vec::new(),
+                seen: [Vec::new(), Vec::new(), Vec::new()],
+                page,
+            };
+            drop(built);
+            for op in input.ops.iter().take(100) {
+                run.op(op);
+            }
+        }
+    }
+    assert_nothing_left(&m);
+});
