@@ -1,7 +1,8 @@
 //! [`SubMemoryDescriptor`]: a window `(offset, length)` of another descriptor (IOKit's
 //! IOSubMemoryDescriptor).
 //!
-//! Prepare and complete forward to the *whole* parent, as in IOKit; byte copies and
+//! Prepare and complete forward to the *whole* parent, as in IOKit (with the direction as
+//! given, so `Direction::None` wires for the parent's direction); byte copies and
 //! physical segments forward with the offset shifted and lengths clipped to the window.
 //! The direction is the sub-descriptor's own, not the parent's.
 //!
@@ -110,12 +111,10 @@ impl MemoryDescriptor for SubMemoryDescriptor {
         self.parent.page_size()
     }
 
+    /// Prepares the whole parent for `dir` as given: `Direction::None` is the *parent's*
+    /// direction, not this window's (IOKit's sub-descriptor hands the direction to its
+    /// parent unchanged).
     fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
-        let dir = if dir == Direction::None {
-            self.direction
-        } else {
-            dir
-        };
         self.parent.prepare_for(owner, dir)
     }
 
