@@ -1,15 +1,31 @@
 //! Behaviours of the memory side (descriptors, mappings) checked against IOKit's: each test
 //! states what XNU's IOKit does and asserts that dmakit does the same.
 
-use dmakit::descriptor::{GeneralMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor};
+use dmakit::descriptor::{
+    BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
+    SubMemoryDescriptor,
+};
+use dmakit::map::{MapOptions, MemoryMap};
+use dmakit::platform::CpuAccess;
 use dmakit::{Direction, Error};
-use dmakit_sim::{Machine, MachineBuilder};
+use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
 
 const PAGE: u64 = 4096;
 
 fn machine() -> Arc<Machine> {
     Arc::new(MachineBuilder::new().seed(0x10_4D17).build().unwrap())
+}
+
+fn buffer(m: &Arc<Machine>, n: u64) -> Arc<BufferMemoryDescriptor<Arc<Machine>>> {
+    Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(n, Direction::InOut)).unwrap(),
+    )
+}
+
+/// `map_pages` calls the machine has seen.
+fn map_calls(m: &Machine) -> u64 {
+    m.stats().calls(FaultSite::Map)
 }
 
 /// IOSubMemoryDescriptor::prepare(forDirection) hands `forDirection` to its parent as it
@@ -45,4 +61,73 @@ fn sub_prepare_without_direction_uses_the_parents_direction() {
         Err(Error::NotWritable { .. })
     ));
     window.complete().unwrap();
+}
+
+/// IOSubMemoryDescriptor::makeMapping maps through the parent at `_start + offset`: the
+/// mapping is the parent's (its getMemoryDescriptor is the parent, its offset is in the
+/// parent), and a live compatible mapping of the parent is shared.
+#[test]
+fn a_sub_descriptor_maps_through_its_parent() {
+    let m = machine();
+    let t = m.create_task();
+    let b = buffer(&m, 3 * PAGE);
+    let parent: Arc<dyn MemoryDescriptor> = b.clone();
+    let window: Arc<dyn MemoryDescriptor> =
+        Arc::new(SubMemoryDescriptor::new(parent.clone(), PAGE, PAGE, Direction::InOut).unwrap());
+
+    // Nothing mapped yet: a new mapping of the parent's range.
+    let alone = MemoryMap::new(m.clone(), window.clone(), MapOptions::new().in_task(t)).unwrap();
+    assert!(
+        Arc::ptr_eq(alone.descriptor(), &parent),
+        "the parent backs it"
+    );
+    assert_eq!((alone.offset(), alone.length()), (PAGE, PAGE));
+    assert_eq!(b.write_bytes(PAGE, b"window"), 6);
+    let mut v = [0u8; 6];
+    m.read_virt(t, alone.address(), &mut v).unwrap();
+    assert_eq!(&v, b"window");
+    drop(alone);
+
+    // The parent mapped whole: the window's mapping lies inside it, nothing new is mapped.
+    let whole = b.map(MapOptions::new().in_task(t)).unwrap();
+    let calls = map_calls(&m);
+    let inside = MemoryMap::new(m.clone(), window.clone(), MapOptions::new().in_task(t)).unwrap();
+    assert_eq!(inside.address().0, whole.address().0 + PAGE);
+    assert_eq!(map_calls(&m), calls, "shared the parent's mapping");
+    assert!(Arc::ptr_eq(inside.descriptor(), &parent));
+
+    // A sub-range of the window is a sub-range of the parent.
+    let part = MemoryMap::new(
+        m.clone(),
+        window.clone(),
+        MapOptions::new().in_task(t).range(0x10, 0x20),
+    )
+    .unwrap();
+    assert_eq!((part.offset(), part.length()), (PAGE + 0x10, 0x20));
+    assert_eq!(part.address().0, whole.address().0 + PAGE + 0x10);
+    assert_eq!(part.physical_segment(0).unwrap(), {
+        let s = b.physical_segment(PAGE + 0x10).unwrap();
+        dmakit::descriptor::Segment {
+            addr: s.addr,
+            len: s.len.min(0x20),
+        }
+    });
+
+    // The window's own bounds still apply: length 0 means the window's whole length.
+    assert!(matches!(
+        MemoryMap::new(
+            m.clone(),
+            window.clone(),
+            MapOptions::new().in_task(t).range(1, 0)
+        ),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        MemoryMap::new(
+            m.clone(),
+            window,
+            MapOptions::new().in_task(t).range(0, PAGE + 1)
+        ),
+        Err(Error::OutOfBounds { .. })
+    ));
 }

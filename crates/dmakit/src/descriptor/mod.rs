@@ -384,6 +384,17 @@ pub trait MemoryDescriptor: Send + Sync {
         None
     }
 
+    /// The descriptor whose mappings this one's are, and this one's offset in it. A
+    /// [`SubMemoryDescriptor`] maps through its parent, as IOKit's does: its mapping is a
+    /// mapping of the parent's range (made or shared through the parent's
+    /// [`map_registry`](Self::map_registry)), whose
+    /// [`descriptor`](crate::map::MemoryMap::descriptor) is the parent and whose
+    /// [`offset`](crate::map::MemoryMap::offset) is in the parent. The default, `None`,
+    /// maps the descriptor itself.
+    fn map_through(&self) -> Option<(alloc_crate::sync::Arc<dyn MemoryDescriptor>, u64)> {
+        None
+    }
+
     /// Writes `len` zero bytes at `offset` (IOKit `writeBytes` with a NULL buffer) and
     /// returns the count written.
     ///

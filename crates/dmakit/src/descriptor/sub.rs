@@ -48,7 +48,6 @@ pub struct SubMemoryDescriptor {
     offset: u64,
     length: u64,
     direction: Direction,
-    maps: crate::map::MapRegistry,
     /// (the parent's preparation identifier last seen, this one's for it).
     prep: crate::sync::Mutex<(u64, u64)>,
     id: LazyId,
@@ -70,7 +69,6 @@ impl SubMemoryDescriptor {
                 offset,
                 length,
                 direction,
-                maps: crate::map::MapRegistry::new(),
                 prep: crate::sync::Mutex::new((0, 0)),
                 id: LazyId::default(),
             }),
@@ -95,8 +93,16 @@ impl SubMemoryDescriptor {
 }
 
 impl MemoryDescriptor for SubMemoryDescriptor {
+    /// The parent's: the window's mappings are the parent's (see
+    /// [`map_through`](MemoryDescriptor::map_through)).
     fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
-        Some(&self.maps)
+        self.parent.map_registry()
+    }
+
+    /// The parent, at this window's offset: the window is mapped as that range of the
+    /// parent (IOKit's sub-descriptor maps through its parent).
+    fn map_through(&self) -> Option<(Arc<dyn MemoryDescriptor>, u64)> {
+        Some((self.parent.clone(), self.offset))
     }
 
     fn length(&self) -> u64 {

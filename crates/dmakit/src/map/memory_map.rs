@@ -30,6 +30,11 @@
 //! never sees its address vanish because another holder unmapped. (IOKit's `unmap` on a
 //! shared IOMemoryMap tears it down for every holder at once.)
 //!
+//! A [`SubMemoryDescriptor`](crate::descriptor::SubMemoryDescriptor) is mapped through its
+//! parent, as in IOKit: the request becomes one for the window's range of the parent, so it
+//! shares the parent's compatible mappings, and the mapping reports the parent as its
+//! descriptor and an offset in the parent.
+//!
 //! ## Memory mapped into its own task
 //!
 //! A descriptor of one virtual range mapped, whole, anywhere, into the task that owns that
@@ -551,13 +556,30 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
                 });
             }
         }
+        // A sub-descriptor is mapped as its range of its parent (IOKit maps it through the
+        // parent): the parent's registry, the parent's offsets.
+        let mut md = md;
+        let mut offset = options.offset;
+        while let Some((parent, start)) = md.map_through() {
+            offset = offset.checked_add(start).ok_or(Error::Overflow {
+                what: "mapping range in the parent of a sub-descriptor",
+                start: offset,
+                len: start,
+            })?;
+            md = parent;
+        }
+        let options = MapOptions {
+            offset,
+            length,
+            ..options
+        };
         let req = Request {
             task: options.task,
             at: options.at,
             read_only: options.read_only,
             cache: options.cache,
             guard: options.guard,
-            offset: options.offset,
+            offset,
             length,
         };
         let md_for_registry = md.clone();
@@ -801,7 +823,8 @@ impl<P: VirtualMemory> MemoryMap<P> {
         self.inner.options.length
     }
 
-    /// Offset of the first mapped byte in the descriptor.
+    /// Offset of the first mapped byte in the [`descriptor`](Self::descriptor) (for a
+    /// sub-descriptor's mapping, in its parent).
     pub fn offset(&self) -> u64 {
         self.inner.options.offset
     }
@@ -820,7 +843,9 @@ impl<P: VirtualMemory> MemoryMap<P> {
     }
 
     /// The descriptor whose memory is mapped; the mapping holds it alive (IOKit
-    /// `getMemoryDescriptor`).
+    /// `getMemoryDescriptor`). For a mapping of a
+    /// [`SubMemoryDescriptor`](crate::descriptor::SubMemoryDescriptor) this is its parent,
+    /// as in IOKit (see [`MemoryDescriptor::map_through`]).
     pub fn descriptor(&self) -> &Arc<dyn MemoryDescriptor> {
         &self.inner.md
     }
