@@ -7,7 +7,7 @@ use dmakit::descriptor::{
 };
 use dmakit::map::{MapOptions, MemoryMap};
 use dmakit::platform::CpuAccess;
-use dmakit::{Direction, Error};
+use dmakit::{Direction, Error, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
 
@@ -130,4 +130,44 @@ fn a_sub_descriptor_maps_through_its_parent() {
         ),
         Err(Error::OutOfBounds { .. })
     ));
+}
+
+/// IOGeneralMemoryDescriptor::doMap returns a single-range descriptor's own address, with
+/// kIOMapStatic, for a mapping anywhere into the task that owns the range starting at
+/// offset 0, whatever its length (`length <= range length`): a prefix too.
+#[test]
+fn a_prefix_mapped_into_its_own_task_is_its_own_address() {
+    let m = machine();
+    let b = buffer(&m, 2 * PAGE);
+    let calls = map_calls(&m);
+    let head = b.map(MapOptions::new().range(0, PAGE)).unwrap();
+    assert_eq!(head.address(), b.address());
+    assert!(head.options().is_static());
+    assert_eq!(head.length(), PAGE);
+    assert_eq!(map_calls(&m), calls, "nothing was mapped");
+
+    // A sub-descriptor at offset 0 maps through its parent: the same rule.
+    let parent: Arc<dyn MemoryDescriptor> = b.clone();
+    let first = Arc::new(SubMemoryDescriptor::new(parent, 0, 0x800, Direction::InOut).unwrap());
+    let own = MemoryMap::new(m.clone(), first, MapOptions::new()).unwrap();
+    assert_eq!(own.address(), b.address());
+    assert!(own.options().is_static());
+
+    // Two ranges are not one address, even for a prefix inside the first range.
+    let task = m.create_task();
+    let va = m.vm_allocate(task, 2 * PAGE, false).unwrap();
+    let two = Arc::new(
+        GeneralMemoryDescriptor::with_ranges(
+            m.clone(),
+            task,
+            &[(va, PAGE), (VirtAddr(va.0 + PAGE), PAGE)],
+            Direction::InOut,
+        )
+        .unwrap(),
+    );
+    let prefix = two
+        .map(MapOptions::new().in_task(task).range(0, 0x100))
+        .unwrap();
+    assert!(!prefix.options().is_static());
+    assert_ne!(prefix.address(), va);
 }

@@ -467,9 +467,9 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
 
     /// Maps the buffer on its own platform (IOKit `map` / `createMappingInTask`), sharing a
     /// compatible live mapping as IOKit does; see [`MemoryMap`](crate::map::MemoryMap).
-    /// Mapped whole, anywhere, into the kernel task, the mapping is the buffer's own
-    /// [`address`](Self::address) (static: nothing new is mapped). The mapping holds the
-    /// buffer alive.
+    /// Mapped from its first byte (whole or a prefix), anywhere, into the task that holds
+    /// it, the mapping is the buffer's own [`address`](Self::address) (static: nothing new
+    /// is mapped). The mapping holds the buffer alive.
     pub fn map(
         self: &Arc<Self>,
         options: crate::map::MapOptions,

@@ -37,9 +37,10 @@
 //!
 //! ## Memory mapped into its own task
 //!
-//! A descriptor of one virtual range mapped, whole, anywhere, into the task that owns that
-//! range is already mapped there: the mapping is the descriptor's own address, no page-table
-//! entry is made, and [`MapOptions::is_static`] is true (IOKit's kIOMapStatic). Unmapping it
+//! A descriptor of one virtual range mapped from its first byte (whole, or any length of
+//! it), anywhere, into the task that owns that range is already mapped there: the mapping is
+//! the descriptor's own address, no page-table entry is made, and
+//! [`MapOptions::is_static`] is true (IOKit's kIOMapStatic). Unmapping it
 //! leaves the owner's memory alone. Unlike IOKit, a read-only request or an explicit cache
 //! mode other than copy-back gets a real mapping instead, so its protection and caching
 //! hold.
@@ -476,6 +477,18 @@ impl<P: VirtualMemory> Drop for MapInner<P> {
     }
 }
 
+/// Whether the memory behind all of `md` is one piece (IOKit: a descriptor of one range).
+fn one_source(md: &dyn MemoryDescriptor) -> bool {
+    let mut pieces = 0usize;
+    md.sources(0, md.length(), &mut |s| {
+        if s.len > 0 {
+            pieces += 1;
+        }
+    })
+    .is_ok()
+        && pieces == 1
+}
+
 /// A request after validation.
 struct Request {
     task: Task,
@@ -709,9 +722,9 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             && options.sharing != MapSharing::Unique
             && req.guard == MapGuard::None
             && req.offset == 0
-            && req.length == md.length()
             && !req.read_only
-            && options.effective_cache() == CacheMode::CopyBack;
+            && options.effective_cache() == CacheMode::CopyBack
+            && (req.length == md.length() || one_source(md.as_ref()));
         if let (true, Some(address)) = (is_static, own) {
             return Ok(MapInner {
                 platform,
