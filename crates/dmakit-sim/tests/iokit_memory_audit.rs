@@ -2,12 +2,12 @@
 //! states what XNU's IOKit does and asserts that dmakit does the same.
 
 use dmakit::descriptor::{
-    BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
-    SubMemoryDescriptor,
+    device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor,
+    MemoryDescriptor, SubMemoryDescriptor,
 };
 use dmakit::map::{MapOptions, MemoryMap};
 use dmakit::platform::CpuAccess;
-use dmakit::{Direction, Error, VirtAddr};
+use dmakit::{Direction, Error, PhysAddr, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
 
@@ -170,4 +170,19 @@ fn a_prefix_mapped_into_its_own_task_is_its_own_address() {
         .unwrap();
     assert!(!prefix.options().is_static());
     assert_ne!(prefix.address(), va);
+}
+
+/// IODeviceMemory::withRange(start, 0) is a physical descriptor of no bytes (IOKit accepts
+/// zero-length ranges), like any physical descriptor of an empty range.
+#[test]
+fn device_memory_of_zero_length_is_an_empty_descriptor() {
+    let m = machine();
+    let d = device_memory(m.clone(), PhysAddr(0xF000_0000), 0).unwrap();
+    assert_eq!(d.length(), 0);
+    assert_eq!(d.direction(), Direction::None);
+    assert!(matches!(
+        d.physical_segment(0),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert_eq!(d.read_bytes(0, &mut []), 0);
 }
