@@ -3,7 +3,7 @@
 
 use dmakit::descriptor::{
     device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor,
-    MemoryDescriptor, SubMemoryDescriptor,
+    InterleavedMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor, PREPARATION_ID_UNPREPARED,
 };
 use dmakit::map::{MapOptions, MemoryMap};
 use dmakit::platform::CpuAccess;
@@ -185,4 +185,48 @@ fn device_memory_of_zero_length_is_an_empty_descriptor() {
         Err(Error::OutOfBounds { .. })
     ));
     assert_eq!(d.read_bytes(0, &mut []), 0);
+}
+
+/// IOInterleavedMemoryDescriptor::clearMemoryDescriptors completes the portions of a
+/// prepared descriptor, then drops them: clearing is allowed while prepared, and unwires.
+#[test]
+fn clearing_a_prepared_interleaved_descriptor_completes_its_portions() {
+    let m = machine();
+    let task = m.create_task();
+    let va = m.vm_allocate(task, 2 * PAGE, true).unwrap();
+    let g = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(
+            m.clone(),
+            task,
+            va,
+            2 * PAGE,
+            Direction::InOut,
+        )
+        .unwrap(),
+    );
+    let part: Arc<dyn MemoryDescriptor> = g.clone();
+    let mut il = InterleavedMemoryDescriptor::with_capacity(2, Direction::Out);
+    il.set_memory_descriptor(part.clone(), PAGE, PAGE).unwrap();
+    il.set_memory_descriptor(part.clone(), 0, PAGE).unwrap();
+    g.prepare_wiring(Direction::None).unwrap(); // the caller's own, on the portion itself
+    il.prepare_wiring(Direction::None).unwrap();
+    il.prepare_wiring(Direction::None).unwrap();
+    assert_eq!(g.wire_count(), 5);
+    il.clear_memory_descriptors(Direction::In).unwrap();
+    assert_eq!(
+        g.wire_count(),
+        1,
+        "the interleaved descriptor's four ended, the direct one kept"
+    );
+    assert_eq!(
+        (il.portion_count(), il.length(), il.direction()),
+        (0, 0, Direction::In)
+    );
+    assert_eq!(il.preparation_id(), PREPARATION_ID_UNPREPARED);
+    // No longer prepared: portions may be added again, and it completes silently.
+    il.set_memory_descriptor(part, 0, 16).unwrap();
+    il.complete().unwrap();
+    assert_eq!(g.wire_count(), 1);
+    g.complete().unwrap();
+    assert_eq!(g.wire_count(), 0);
 }
