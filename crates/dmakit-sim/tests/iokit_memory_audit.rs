@@ -3,11 +3,12 @@
 
 use dmakit::descriptor::{
     device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor,
-    InterleavedMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor, PREPARATION_ID_UNPREPARED,
+    InterleavedMemoryDescriptor, MemoryDescriptor, MultiMemoryDescriptor, PrepOwner, Segment,
+    Source, SubMemoryDescriptor, FIRST_ID, PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
 };
 use dmakit::map::{MapOptions, MemoryMap};
 use dmakit::platform::CpuAccess;
-use dmakit::{Direction, Error, PhysAddr, VirtAddr};
+use dmakit::{Direction, Error, PageSize, PhysAddr, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
 
@@ -229,4 +230,71 @@ fn clearing_a_prepared_interleaved_descriptor_completes_its_portions() {
     assert_eq!(g.wire_count(), 1);
     g.complete().unwrap();
     assert_eq!(g.wire_count(), 0);
+}
+
+/// A descriptor of the user's own that keeps every default (so it does not track
+/// preparations).
+struct Plain(Arc<dyn MemoryDescriptor>);
+
+impl MemoryDescriptor for Plain {
+    fn length(&self) -> u64 {
+        self.0.length()
+    }
+    fn direction(&self) -> Direction {
+        self.0.direction()
+    }
+    fn page_size(&self) -> PageSize {
+        self.0.page_size()
+    }
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> dmakit::Result<()> {
+        self.0.prepare_for(owner, dir)
+    }
+    fn complete_for(&self, owner: PrepOwner) -> dmakit::Result<()> {
+        self.0.complete_for(owner)
+    }
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.0.read_bytes(offset, buf)
+    }
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
+        self.0.write_bytes(offset, data)
+    }
+    fn physical_segment(&self, offset: u64) -> dmakit::Result<Segment> {
+        self.0.physical_segment(offset)
+    }
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> dmakit::Result<()> {
+        self.0.sources(offset, len, f)
+    }
+}
+
+/// IOMultiMemoryDescriptor::getPreparationID looks at its parts in order and returns the
+/// first part's kIOPreparationIDUnsupported or kIOPreparationIDUnprepared; with no such
+/// part (no parts at all included) it has an identifier of its own.
+#[test]
+fn multi_preparation_id_is_decided_by_the_first_special_part() {
+    let m = machine();
+    let task = m.create_task();
+    let va = m.vm_allocate(task, PAGE, true).unwrap();
+    let pageable: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(m.clone(), task, va, PAGE, Direction::InOut)
+            .unwrap(),
+    );
+    assert_eq!(pageable.preparation_id(), PREPARATION_ID_UNPREPARED);
+    let plain: Arc<dyn MemoryDescriptor> = Arc::new(Plain(pageable.clone()));
+    assert_eq!(plain.preparation_id(), PREPARATION_ID_UNSUPPORTED);
+
+    let unsupported_first =
+        MultiMemoryDescriptor::new(vec![plain.clone(), pageable.clone()], Direction::InOut)
+            .unwrap();
+    assert_eq!(
+        unsupported_first.preparation_id(),
+        PREPARATION_ID_UNSUPPORTED
+    );
+    let unprepared_first =
+        MultiMemoryDescriptor::new(vec![pageable.clone(), plain], Direction::InOut).unwrap();
+    assert_eq!(unprepared_first.preparation_id(), PREPARATION_ID_UNPREPARED);
+
+    let empty = MultiMemoryDescriptor::new(vec![], Direction::InOut).unwrap();
+    let id = empty.preparation_id();
+    assert!(id >= FIRST_ID, "{id:#x}");
+    assert_eq!(empty.preparation_id(), id, "kept");
 }

@@ -9,8 +9,11 @@
 //! prepared; with no parts it is [`Error::Internal`] (IOKit: kIOReturnInternalError).
 //! Physical segments never coalesce across parts.
 //!
-//! The preparation identifier is unprepared (or unsupported) if any part's is; otherwise
-//! one of its own, renewed whenever a part's changes. Purgeable state changes every part
+//! The preparation identifier is unprepared (or unsupported) if a part's is, the first
+//! such part in order deciding, as in IOKit; otherwise (with no parts too) one of its own,
+//! renewed whenever a part's changes (IOKit keeps the first one it hands out for good, so
+//! a driver could not tell that the parts were prepared again and their pages may have
+//! moved). Purgeable state changes every part
 //! and reports the worst old state.
 
 use super::{
@@ -64,16 +67,18 @@ pub struct MultiMemoryDescriptor {
 }
 
 /// A multi- or interleaved descriptor's preparation identifier over its parts' identifiers
-/// `ids`, given the last (`seen`, own) pair.
+/// `ids`, given the last (`seen`, own) pair: the first part in order that is unprepared or
+/// does not track preparations decides (as IOKit's multi-descriptor looks at its parts);
+/// otherwise, no parts included, an identifier of its own.
 pub(crate) fn composite_preparation_id(
     ids: Vec<u64>,
     state: &crate::sync::Mutex<(Vec<u64>, u64)>,
 ) -> u64 {
-    if ids.is_empty() || ids.contains(&PREPARATION_ID_UNPREPARED) {
-        return PREPARATION_ID_UNPREPARED;
-    }
-    if ids.contains(&PREPARATION_ID_UNSUPPORTED) {
-        return PREPARATION_ID_UNSUPPORTED;
+    if let Some(&special) = ids
+        .iter()
+        .find(|&&id| id == PREPARATION_ID_UNPREPARED || id == PREPARATION_ID_UNSUPPORTED)
+    {
+        return special;
     }
     let mut s = state.lock();
     if s.0 != ids || s.1 == 0 {
