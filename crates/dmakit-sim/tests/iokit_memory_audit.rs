@@ -298,3 +298,27 @@ fn multi_preparation_id_is_decided_by_the_first_special_part() {
     assert!(id >= FIRST_ID, "{id:#x}");
     assert_eq!(empty.preparation_id(), id, "kept");
 }
+
+/// IOBufferMemoryDescriptor::appendBytes copies at most `capacity - length` bytes and
+/// always succeeds. dmakit returns the count, and (deliberately, unlike IOKit's kernel
+/// buffers) appends nothing while the buffer is prepared read-only.
+#[test]
+fn append_bytes_stops_at_the_capacity_and_respects_a_read_only_preparation() {
+    let m = machine();
+    let b = BufferMemoryDescriptor::new(
+        m.clone(),
+        BufferOptions::new(8, Direction::Out).pageable(true),
+    )
+    .unwrap();
+    b.set_length(6).unwrap();
+    b.prepare_wiring(Direction::Out).unwrap();
+    assert_eq!(b.append_bytes(b"xy"), 0, "prepared read-only");
+    assert_eq!(b.length(), 6);
+    b.complete().unwrap();
+    assert_eq!(b.append_bytes(b"xyz"), 2, "two bytes of room");
+    assert_eq!((b.length(), b.capacity()), (8, 8));
+    assert_eq!(b.append_bytes(b"z"), 0);
+    let mut tail = [0u8; 2];
+    assert_eq!(b.read_bytes(6, &mut tail), 2);
+    assert_eq!(&tail, b"xy");
+}

@@ -519,6 +519,12 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// the length past it (IOKit `appendBytes`); returns how many bytes were appended
     /// (IOKit returns true even when it truncates, or appends nothing).
     ///
+    /// The bytes are written as [`write_bytes`](MemoryDescriptor::write_bytes) writes them,
+    /// so while the buffer is prepared read-only (a pageable buffer prepared for `Out`,
+    /// which a device may be reading) nothing is appended: 0, the length unchanged. (IOKit
+    /// copies into a kernel buffer regardless, and grows another task's buffer by the
+    /// count even when its `writeBytes` refused.)
+    ///
     /// Atomic: concurrent appends each get their own range, their bytes are never
     /// interleaved, and the counts returned add up to the growth of the length. The length
     /// moves only after the bytes are written.

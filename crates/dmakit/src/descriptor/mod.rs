@@ -398,10 +398,10 @@ pub trait MemoryDescriptor: Send + Sync {
     /// Writes `len` zero bytes at `offset` (IOKit `writeBytes` with a NULL buffer) and
     /// returns the count written.
     ///
-    /// All or nothing at the bounds, as IOKit's zero-fill: a range that overflows or runs
-    /// past the end writes nothing and returns 0 (unlike [`write_bytes`](Self::write_bytes),
-    /// which stops at the end). Like `write_bytes`, memory prepared read-only (for `Out`)
-    /// is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
+    /// All or nothing at the bounds, as IOKit's zero-fill (and like
+    /// [`write_bytes`](Self::write_bytes)): a range that overflows or runs past the end
+    /// writes nothing and returns 0. Like `write_bytes`, memory prepared read-only (for
+    /// `Out`) is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
     /// at the first chunk that falls short.
     ///
     /// ```
