@@ -322,3 +322,36 @@ fn append_bytes_stops_at_the_capacity_and_respects_a_read_only_preparation() {
     assert_eq!(b.read_bytes(6, &mut tail), 2);
     assert_eq!(&tail, b"xy");
 }
+
+/// IOBufferMemoryDescriptor::initWithPhysicalMask fails for a capacity of 0 and for a task
+/// other than the kernel's without kIOMemoryPageable. dmakit also refuses physical
+/// constraints on pageable memory (IOKit ignores them there).
+#[test]
+fn buffer_creation_refusals() {
+    let m = machine();
+    let zero = BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0, Direction::In));
+    assert!(matches!(zero, Err(Error::ZeroSize { .. })));
+    let task = m.create_task();
+    let wired = BufferOptions::new(PAGE, Direction::In);
+    assert!(matches!(
+        BufferMemoryDescriptor::in_task(m.clone(), task, wired),
+        Err(Error::BadArgument { .. })
+    ));
+    for constrained in [
+        wired.pageable(true).contiguous(true),
+        wired.pageable(true).phys_limit(0xFFFF_FFFF),
+    ] {
+        assert!(matches!(
+            BufferMemoryDescriptor::new(m.clone(), constrained),
+            Err(Error::BadArgument { .. })
+        ));
+    }
+    // The capacity is kept as given; the length starts there.
+    let odd =
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(1500, Direction::In)).unwrap();
+    assert_eq!((odd.capacity(), odd.length()), (1500, 1500));
+    assert!(matches!(
+        odd.bytes_no_copy(1500, 0),
+        Err(Error::OutOfBounds { .. })
+    ));
+}

@@ -214,6 +214,13 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// assert!(run.addr.0 + run.len <= 1 << 32);
     /// # Ok::<(), dmakit::Error>(())
     /// ```
+    ///
+    /// Errors: a capacity of 0 ([`Error::ZeroSize`]; IOKit fails too); an alignment that is
+    /// not a power of two ([`Error::BadAlignment`]); a pageable buffer that asks to be
+    /// contiguous or below a physical limit ([`Error::BadArgument`]: IOKit ignores those
+    /// for pageable memory, whose pages are only chosen when it is prepared, so the buffer
+    /// would silently not have them); a capacity whose page-rounded size overflows
+    /// ([`Error::Overflow`]); and whatever the platform refuses.
     pub fn new(platform: P, options: BufferOptions) -> Result<Self> {
         Self::in_task(platform, Task::KERNEL, options)
     }
