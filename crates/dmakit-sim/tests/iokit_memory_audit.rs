@@ -355,3 +355,46 @@ fn buffer_creation_refusals() {
         Err(Error::OutOfBounds { .. })
     ));
 }
+
+/// IOGeneralMemoryDescriptor::getPhysicalSegment of physical ranges runs to the end of the
+/// range holding the offset and on through every following range that starts exactly where
+/// the run ends (an empty range at that address does not break it; one elsewhere does).
+#[test]
+fn physical_segments_coalesce_adjacent_ranges() {
+    let m = machine();
+    let base = 0x10_0000u64;
+    let d = GeneralMemoryDescriptor::with_physical_ranges(
+        m.clone(),
+        &[
+            (PhysAddr(base), 0x100),
+            (PhysAddr(base + 0x100), 0),
+            (PhysAddr(base + 0x100), 0x100),
+            (PhysAddr(base + 0x900), 0),
+            (PhysAddr(base + 0x200), 0x100),
+            (PhysAddr(base + 0x800), 0x10),
+        ],
+        Direction::Out,
+    )
+    .unwrap();
+    assert_eq!(d.length(), 0x310);
+    let s = d.physical_segment(0x10).unwrap();
+    assert_eq!(
+        (s.addr, s.len),
+        (PhysAddr(base + 0x10), 0x1F0),
+        "stops at the stray empty range"
+    );
+    let s = d.physical_segment(0x200).unwrap();
+    assert_eq!((s.addr, s.len), (PhysAddr(base + 0x200), 0x100));
+    let s = d.physical_segment(0x30F).unwrap();
+    assert_eq!((s.addr, s.len), (PhysAddr(base + 0x80F), 1));
+    assert!(matches!(
+        d.physical_segment(0x310),
+        Err(Error::OutOfBounds { .. })
+    ));
+    // Always prepared: one wiring, and prepare/complete change nothing.
+    assert_eq!(d.wire_count(), 1);
+    d.prepare_wiring(Direction::In).unwrap();
+    d.complete().unwrap();
+    d.complete().unwrap();
+    assert_eq!(d.wire_count(), 1);
+}

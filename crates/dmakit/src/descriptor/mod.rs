@@ -343,8 +343,10 @@ pub trait MemoryDescriptor: Send + Sync {
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize;
 
     /// Where byte `offset` lives physically, and the length of the contiguous run from there.
-    /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
-    /// the end is [`Error::OutOfBounds`].
+    /// Virtual memory must be prepared ([`Error::NotReady`] otherwise; IOKit panics); an
+    /// offset at or past the end is [`Error::OutOfBounds`] (IOKit returns address 0 and
+    /// length 0). Physical address 0 is an address like any other here (IOKit's 0 means
+    /// "no segment", so it cannot walk memory at physical address 0).
     /// IOKit: `getPhysicalSegment`, `getPhysicalAddress`.
     ///
     /// Walking a descriptor's physical runs:
