@@ -92,6 +92,12 @@ impl MultiMemoryDescriptor {
     /// `withDescriptors`). Refused with [`Error::BadArgument`] whose value is the index of
     /// the offending part when a part's direction does not allow `direction`, or when a
     /// part's [`pageable_buffer`](MemoryDescriptor::pageable_buffer) differs from part 0's.
+    ///
+    /// The length is the sum of the parts' lengths now, as in IOKit, and so is the layout:
+    /// a part whose length changes later (a buffer's `set_length`) keeps its place, seen up
+    /// to the next part's start, and a part that shrank leaves a hole that copies and
+    /// segments do not cross. (IOKit's segment walk uses the parts' current lengths, so
+    /// there the later parts shift instead.)
     pub fn new(parts: Vec<Arc<dyn MemoryDescriptor>>, direction: Direction) -> Result<Self> {
         let mut starts = Vec::with_capacity(parts.len());
         let mut length: u64 = 0;
