@@ -7,7 +7,7 @@ use dmakit::descriptor::{
     Source, SubMemoryDescriptor, FIRST_ID, PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
 };
 use dmakit::map::{MapOptions, MemoryMap};
-use dmakit::platform::CpuAccess;
+use dmakit::platform::{CpuAccess, Task};
 use dmakit::{Direction, Error, PageSize, PhysAddr, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
@@ -397,4 +397,45 @@ fn physical_segments_coalesce_adjacent_ranges() {
     d.complete().unwrap();
     d.complete().unwrap();
     assert_eq!(d.wire_count(), 1);
+}
+
+/// IOKit's own memory-descriptor self-test maps descriptors of several ranges that follow
+/// one another in virtual memory but meet inside pages (7634 and 9870 bytes long), whole
+/// and in pieces, with guard pages, and checks every word. Ranges that continue one another
+/// are one piece of memory to map.
+#[test]
+fn ranges_that_continue_one_another_map_as_one_piece() {
+    let m = machine();
+    let len = 8 * PAGE;
+    let base = m.vm_allocate(Task::KERNEL, len, false).unwrap();
+    let words: Vec<u8> = (0..len / 4)
+        .flat_map(|i| (i as u32).to_le_bytes())
+        .collect();
+    m.write_virt(Task::KERNEL, base, &words).unwrap();
+    let start = base.0 + 0x40c;
+    let ranges = [
+        (VirtAddr(start), 7634),
+        (VirtAddr(start + 7634), 9870),
+        (VirtAddr(start + 7634 + 9870), 0x1000),
+    ];
+    let md = Arc::new(
+        GeneralMemoryDescriptor::with_ranges(m.clone(), Task::KERNEL, &ranges, Direction::InOut)
+            .unwrap(),
+    );
+    let total = md.length();
+    for (offset, size) in [(0, 0), (0xF00, 0x3000), (7000, 4000), (4, total - 8)] {
+        let map = md
+            .map(
+                MapOptions::new()
+                    .range(offset, size)
+                    .guard(dmakit::map::MapGuard::Small),
+            )
+            .unwrap();
+        let n = if size == 0 { total } else { size };
+        assert_eq!(map.length(), n);
+        let mut seen = vec![0u8; n as usize];
+        m.read_virt(Task::KERNEL, map.address(), &mut seen).unwrap();
+        let at = (0x40c + offset) as usize;
+        assert_eq!(seen, &words[at..at + n as usize], "[{offset:#x}, +{n:#x})");
+    }
 }

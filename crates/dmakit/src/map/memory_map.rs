@@ -52,8 +52,10 @@
 //! ([`Error::BadArgument`]). Guard pages ([`MapGuard`]) need placement anywhere (a fixed
 //! address with guards is [`Error::BadArgument`]). A mapping holds its descriptor alive, so
 //! the memory behind it cannot be freed while it exists. Only whole pages can be mapped, so
-//! every piece of a composite descriptor but the first must start on a page boundary and
-//! every piece but the last must end on one ([`Error::NotAligned`] otherwise).
+//! every piece of the memory behind the range but the first must start on a page boundary
+//! and every piece but the last must end on one ([`Error::NotAligned`] otherwise); ranges
+//! that continue one another (the same task, each starting where the last ends) are one
+//! piece, wherever they meet, as in IOKit.
 //!
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
@@ -542,8 +544,9 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
     /// Errors: a zero-length descriptor or guards with a fixed address
     /// ([`Error::BadArgument`]); a range outside the descriptor ([`Error::OutOfBounds`]);
     /// [`MapSharing::Reference`] with nothing to share ([`Error::NotMapped`]); a fixed
-    /// address whose page offset differs from the first byte's, or a composite descriptor
-    /// whose inner pieces are not page aligned ([`Error::NotAligned`]); and whatever the
+    /// address whose page offset differs from the first byte's, or separate pieces of memory
+    /// (ranges or parts that do not continue one another) that do not meet on page
+    /// boundaries ([`Error::NotAligned`]); and whatever the
     /// platform refuses (a fixed address in use is [`Error::RangeBusy`]; a platform without
     /// guard support is [`Error::Unsupported`]).
     pub fn new(platform: P, md: Arc<dyn MemoryDescriptor>, options: MapOptions) -> Result<Self> {
@@ -701,10 +704,22 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
         req: &Request,
     ) -> Result<MapInner<P>> {
         let page = md.page_size();
+        // Pieces that continue one another (the same task, the next address) are one piece
+        // of memory: only the joins between separate pieces must fall on page boundaries.
         let mut sources: Vec<Source> = Vec::new();
+        let mut pieces_seen = 0usize;
         md.sources(req.offset, req.length, &mut |s| {
-            if s.len > 0 {
-                sources.push(s)
+            if s.len == 0 {
+                return;
+            }
+            pieces_seen += 1;
+            match sources.last_mut() {
+                Some(last)
+                    if last.task == s.task && last.addr.checked_add(last.len) == Some(s.addr) =>
+                {
+                    last.len += s.len;
+                }
+                _ => sources.push(s),
             }
         })?;
         let resolved = MapOptions {
@@ -713,8 +728,10 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             cache: Some(options.effective_cache()),
             ..options
         };
+        // The memory's own address: one range (IOKit: a descriptor of one range), not
+        // several that merely continue one another.
         let own = match sources.as_slice() {
-            [only] if only.task == Some(req.task) => Some(VirtAddr(only.addr)),
+            [only] if pieces_seen == 1 && only.task == Some(req.task) => Some(VirtAddr(only.addr)),
             _ => None,
         };
         let is_static = own.is_some()
