@@ -439,3 +439,193 @@ fn ranges_that_continue_one_another_map_as_one_piece() {
         assert_eq!(seen, &words[at..at + n as usize], "[{offset:#x}, +{n:#x})");
     }
 }
+
+/// IOKit's self-test of multi-descriptors: DMA map lengths of one range, of a range across
+/// a page boundary, of two ranges out of order, of a sub-range and of a multi of all three;
+/// then a guarded mapping of the multi's tail, checked page by page.
+#[test]
+fn iokit_self_test_multi_memory_descriptor() {
+    let m = machine();
+    let data = m.vm_allocate(Task::KERNEL, 8 * PAGE, false).unwrap();
+    for i in 0..8u64 {
+        let page = [(i as u8) | 0xD0; PAGE as usize];
+        m.write_virt(Task::KERNEL, VirtAddr(data.0 + i * PAGE), &page)
+            .unwrap();
+    }
+    let dir = Direction::InOut;
+    let map_len = |md: &dyn MemoryDescriptor| {
+        let l = md.dma_map_length().unwrap();
+        (l.offset, l.bytes)
+    };
+    let two =
+        GeneralMemoryDescriptor::with_address_range(m.clone(), Task::KERNEL, data, 2, dir).unwrap();
+    assert_eq!(map_len(&two), (0, PAGE));
+    let across = GeneralMemoryDescriptor::with_address_range(
+        m.clone(),
+        Task::KERNEL,
+        VirtAddr(data.0 + PAGE - 2),
+        4,
+        dir,
+    )
+    .unwrap();
+    assert_eq!(map_len(&across), (PAGE - 2, 2 * PAGE));
+    let ranges = [(VirtAddr(data.0 + 4 * PAGE), 4 * PAGE), (data, 4 * PAGE)];
+    let md0: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_ranges(m.clone(), Task::KERNEL, &ranges, dir).unwrap(),
+    );
+    assert_eq!(map_len(&*md0), (0, 8 * PAGE));
+    let md1: Arc<dyn MemoryDescriptor> =
+        Arc::new(SubMemoryDescriptor::new(md0.clone(), 3 * PAGE, 2 * PAGE, dir).unwrap());
+    assert_eq!(map_len(&*md1), (0, 2 * PAGE));
+    let md2: Arc<dyn MemoryDescriptor> =
+        Arc::new(SubMemoryDescriptor::new(md0.clone(), 7 * PAGE, PAGE, dir).unwrap());
+    let mmd: Arc<dyn MemoryDescriptor> =
+        Arc::new(MultiMemoryDescriptor::new(vec![md0, md1, md2], dir).unwrap());
+    assert_eq!(map_len(&*mmd), (0, 11 * PAGE));
+
+    let map = MemoryMap::new(
+        m.clone(),
+        mmd.clone(),
+        MapOptions::new()
+            .range(7 * PAGE, mmd.length() - 7 * PAGE)
+            .guard(dmakit::map::MapGuard::Small),
+    )
+    .unwrap();
+    assert_eq!(map.length(), 4 * PAGE);
+    for (page, byte) in [(0u64, 0xD3u8), (1, 0xD7), (2, 0xD0), (3, 0xD3)] {
+        let mut word = [0u8; 4];
+        m.read_virt(
+            Task::KERNEL,
+            VirtAddr(map.address().0 + page * PAGE),
+            &mut word,
+        )
+        .unwrap();
+        assert_eq!(word, [byte; 4], "page {page}");
+    }
+}
+
+/// IOKit's self-test: a pageable buffer of 2^64 - 1 bytes is refused.
+#[test]
+fn iokit_self_test_buffer_overflow() {
+    let m = machine();
+    let options = BufferOptions::new(u64::MAX, Direction::Out).pageable(true);
+    assert!(BufferMemoryDescriptor::new(m.clone(), options).is_err());
+}
+
+/// IOKit's self-test: a buffer whose length was set below its capacity maps (length 0:
+/// the current length) into another task, again after the length changes.
+#[test]
+fn iokit_self_test_set_length_then_map() {
+    let m = machine();
+    let b = Arc::new(
+        BufferMemoryDescriptor::new(
+            m.clone(),
+            BufferOptions::new(0x4000, Direction::InOut).alignment(0x4000),
+        )
+        .unwrap(),
+    );
+    let task = m.create_task();
+    b.set_length(0x100).unwrap();
+    let map = b.map(MapOptions::new().in_task(task)).unwrap();
+    assert_eq!(map.length(), 0x100);
+    drop(map);
+    b.set_length(0x200).unwrap();
+    let map = b.map(MapOptions::new().in_task(task)).unwrap();
+    assert_eq!(map.length(), 0x200);
+}
+
+/// IOKit's self-tests: an empty range at address 0 of a task can be prepared and completed;
+/// preparations nest and each complete ends one.
+#[test]
+fn iokit_self_test_zero_length_and_nested_prepares() {
+    let m = machine();
+    let task = m.create_task();
+    let empty = GeneralMemoryDescriptor::with_address_range(
+        m.clone(),
+        task,
+        VirtAddr(0),
+        0,
+        Direction::None,
+    )
+    .unwrap();
+    empty.prepare_wiring(Direction::None).unwrap();
+    empty.complete().unwrap();
+    assert_eq!(empty.wire_count(), 0);
+
+    let b = BufferMemoryDescriptor::new(
+        m.clone(),
+        BufferOptions::new(24 * PAGE, Direction::In).pageable(true),
+    )
+    .unwrap();
+    b.prepare_wiring(Direction::In).unwrap();
+    b.prepare_wiring(Direction::In).unwrap();
+    b.complete().unwrap();
+    assert!(b.is_prepared());
+    b.complete().unwrap();
+    assert!(!b.is_prepared());
+}
+
+/// IOKit's self-test: a read-only kernel mapping of a user task's memory (a range starting
+/// mid-page) shows its bytes, and later stores by the task show through it (a view, not a
+/// copy).
+#[test]
+fn iokit_self_test_read_only_map_of_task_memory() {
+    let m = machine();
+    let task = m.create_task();
+    let b = BufferMemoryDescriptor::in_task(
+        m.clone(),
+        task,
+        BufferOptions::new(0x4018 + 0x800, Direction::InOut).pageable(true),
+    )
+    .unwrap();
+    let p = b.address().0 + 0x800;
+    for (i, v) in [0x11u8, 0x22, 0x33, 0x44].into_iter().enumerate() {
+        m.write_virt(task, VirtAddr(p + i as u64 * PAGE), &[v; 4])
+            .unwrap();
+    }
+    let md = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(
+            m.clone(),
+            task,
+            VirtAddr(p),
+            0x4018,
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    let map = md.map(MapOptions::new().read_only()).unwrap();
+    assert_eq!(map.address().0 % PAGE, 0x800, "page offset kept");
+    let byte = |at: u64| {
+        let mut v = [0u8; 1];
+        m.read_virt(Task::KERNEL, VirtAddr(map.address().0 + at), &mut v)
+            .unwrap();
+        v[0]
+    };
+    assert_eq!(
+        [byte(0), byte(0x1000), byte(0x2000), byte(0x3000)],
+        [0x11, 0x22, 0x33, 0x44]
+    );
+    m.write_virt(task, VirtAddr(p + 0x2000), &[0x99; 4])
+        .unwrap();
+    assert_eq!(byte(0x2000), 0x99);
+    assert!(
+        m.write_virt(Task::KERNEL, map.address(), &[0]).is_err(),
+        "read-only"
+    );
+}
+
+/// IOKit's self-test: a buffer mapped into the kernel at fixed address 0x2000 (not a
+/// kernel address) is refused.
+#[test]
+fn iokit_self_test_bad_fixed_address() {
+    let m = machine();
+    let b = Arc::new(
+        BufferMemoryDescriptor::new(
+            m.clone(),
+            BufferOptions::new(PAGE, Direction::In).pageable(true),
+        )
+        .unwrap(),
+    );
+    let r = b.map(MapOptions::new().at(VirtAddr(0x2000)));
+    assert!(r.is_err(), "{r:?}");
+}
