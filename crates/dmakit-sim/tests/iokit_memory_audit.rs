@@ -629,3 +629,97 @@ fn iokit_self_test_bad_fixed_address() {
     let r = b.map(MapOptions::new().at(VirtAddr(0x2000)));
     assert!(r.is_err(), "{r:?}");
 }
+
+/// The main loop of IOKit's memory-descriptor self-test, over a smaller buffer: kernel
+/// memory holding its own word indexes, described by one range, by three that continue one
+/// another (7634 and 9870 bytes, then the rest), or, page aligned, by three pages out of
+/// order; every sub-range it picks is mapped with guard pages and checked word by word
+/// through the mapping and through `read_bytes` once prepared.
+#[test]
+fn iokit_self_test_map_sub_ranges_of_range_lists() {
+    let m = machine();
+    let bsize: u64 = 512 * 1024;
+    let data = m.vm_allocate(Task::KERNEL, bsize, false).unwrap().0;
+    let words: Vec<u8> = (0..bsize / 4)
+        .flat_map(|i| (i as u32).to_le_bytes())
+        .collect();
+    m.write_virt(Task::KERNEL, VirtAddr(data), &words).unwrap();
+    let mut maps = 0;
+    let mut srcoffset = 0u64;
+    while srcoffset < bsize {
+        let mut srcsize = 4u64;
+        while srcsize < bsize - srcoffset - 1 {
+            let swapped =
+                srcsize > 2 * PAGE && srcsize <= 5 * PAGE && srcoffset.is_multiple_of(PAGE);
+            let ranges: Vec<(VirtAddr, u64)> = if srcsize > 5 * PAGE {
+                let a = data + srcoffset;
+                vec![
+                    (VirtAddr(a), 7634),
+                    (VirtAddr(a + 7634), 9870),
+                    (VirtAddr(a + 7634 + 9870), srcsize - 7634 - 9870),
+                ]
+            } else if swapped {
+                let a = data + srcoffset;
+                vec![
+                    (VirtAddr(a + PAGE), PAGE),
+                    (VirtAddr(a), PAGE),
+                    (VirtAddr(a + 2 * PAGE), srcsize - 2 * PAGE),
+                ]
+            } else {
+                vec![(VirtAddr(data + srcoffset), srcsize)]
+            };
+            let md = Arc::new(
+                GeneralMemoryDescriptor::with_ranges(
+                    m.clone(),
+                    Task::KERNEL,
+                    &ranges,
+                    Direction::InOut,
+                )
+                .unwrap(),
+            );
+            let mut mapoffset = 0u64;
+            while mapoffset < srcsize {
+                let mut size = 4u64;
+                while size < srcsize - mapoffset - 1 {
+                    let map = md
+                        .map(
+                            MapOptions::new()
+                                .range(mapoffset, size)
+                                .guard(dmakit::map::MapGuard::Small),
+                        )
+                        .unwrap_or_else(|e| {
+                            panic!("src {srcsize:#x} @ {srcoffset:#x}, map {size:#x} @ {mapoffset:#x}: {e}")
+                        });
+                    maps += 1;
+                    let mut via_map = vec![0u8; size as usize];
+                    m.read_virt(Task::KERNEL, map.address(), &mut via_map)
+                        .unwrap();
+                    md.prepare_wiring(Direction::None).unwrap();
+                    let mut via_md = vec![0u8; size as usize];
+                    assert_eq!(md.read_bytes(mapoffset, &mut via_md), size as usize);
+                    md.complete().unwrap();
+                    for idx in (0..size).step_by(4) {
+                        let mut offidx = idx + mapoffset + srcoffset;
+                        if swapped && offidx < 2 * PAGE {
+                            offidx ^= PAGE;
+                        }
+                        let want = (offidx / 4) as u32;
+                        let at = idx as usize;
+                        let got_map = u32::from_le_bytes(via_map[at..at + 4].try_into().unwrap());
+                        let got_md = u32::from_le_bytes(via_md[at..at + 4].try_into().unwrap());
+                        assert_eq!(
+                            (got_map, got_md),
+                            (want, want),
+                            "src {srcsize:#x} @ {srcoffset:#x}, map {size:#x} @ {mapoffset:#x}, word {idx:#x}"
+                        );
+                    }
+                    size = (size << 2) + 0x200;
+                }
+                mapoffset = (mapoffset << 1) + 0xF00;
+            }
+            srcsize = (srcsize << 2) + 0x3FC;
+        }
+        srcoffset = (srcoffset << 2) + 0x40C;
+    }
+    assert!(maps > 100, "{maps} mappings checked");
+}
