@@ -723,3 +723,32 @@ fn iokit_self_test_map_sub_ranges_of_range_lists() {
     }
     assert!(maps > 100, "{maps} mappings checked");
 }
+
+/// A fixed-address request for a sub-range of a live mapping shares it when the address is
+/// where that sub-range lies in it, and gets exactly that address (dmakit's rule; IOKit
+/// compares the existing mapping's start).
+#[test]
+fn a_fixed_sub_range_request_shares_at_the_address_asked_for() {
+    let m = machine();
+    let t = m.create_task();
+    let b = buffer(&m, 4 * PAGE);
+    let whole = b.map(MapOptions::new().in_task(t)).unwrap();
+    let calls = map_calls(&m);
+    let at = VirtAddr(whole.address().0 + PAGE);
+    let part = b
+        .map(MapOptions::new().in_task(t).at(at).range(PAGE, PAGE))
+        .unwrap();
+    assert_eq!(part.address(), at);
+    assert_eq!(map_calls(&m), calls, "shared");
+    // The existing mapping's start is not where the sub-range lies: a new mapping there
+    // would clash with the live one.
+    assert!(matches!(
+        b.map(
+            MapOptions::new()
+                .in_task(t)
+                .at(whole.address())
+                .range(PAGE, PAGE)
+        ),
+        Err(Error::RangeBusy { .. })
+    ));
+}

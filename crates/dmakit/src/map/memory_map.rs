@@ -13,7 +13,11 @@
 //! alive). A new request first looks there for a *compatible* mapping: the same task, the
 //! same read-only bit, the same guard mode, the same cache mode (any, when the request
 //! leaves the cache mode at its default), the same address when a fixed one is asked for,
-//! and the requested range inside the existing one.
+//! and the requested range inside the existing one. For a sub-range, "the same address"
+//! is where its first byte lies in the existing mapping, so the request gets exactly the
+//! address it asked for. (IOKit compares the existing mapping's own start instead: a fixed
+//! request for a sub-range at that start gets a mapping at another address, and one at
+//! the sub-range's real address is refused as a clash.)
 //!
 //! * The identical range: the request gets **the same mapping**. [`MemoryMap`] is a cheap,
 //!   counted handle (IOKit returns the same IOMemoryMap with an extra retain); cloning a
