@@ -7,7 +7,10 @@
 //! The direction is the sub-descriptor's own, not the parent's.
 //!
 //! Its preparation identifier follows the parent's: unprepared while the parent is, and a
-//! new identifier of its own each time the parent's changes.
+//! new identifier of its own each time the parent's changes. (IOKit's takes a new
+//! identifier of its own on every change of the parent's, to unprepared or unsupported
+//! too, so once the parent has been prepared it never reports unprepared again; dmakit
+//! passes those two through, so the window says whether its memory is prepared.)
 
 use super::{
     check_range, op_extent, past_end, whole_or_nothing, LazyId, MemoryDescriptor, MemoryOperation,
