@@ -752,3 +752,36 @@ fn a_fixed_sub_range_request_shares_at_the_address_asked_for() {
         Err(Error::RangeBusy { .. })
     ));
 }
+
+/// performOperation walks `min(length, getLength() - offset)` bytes; on a coherent
+/// platform there is nothing to do. dmakit checks the offset first on every platform.
+#[test]
+fn perform_operation_extent_on_coherent_and_incoherent_machines() {
+    use dmakit::descriptor::MemoryOperation;
+    for coherent in [false, true] {
+        let m = Arc::new(
+            MachineBuilder::new()
+                .seed(0x10_4D17)
+                .coherent(coherent)
+                .build()
+                .unwrap(),
+        );
+        let b = buffer(&m, 2 * PAGE);
+        b.perform_operation(MemoryOperation::Flush, PAGE, 10 * PAGE)
+            .unwrap();
+        b.perform_operation(MemoryOperation::Store, 2 * PAGE, 1)
+            .unwrap();
+        assert!(matches!(
+            b.perform_operation(MemoryOperation::Flush, 2 * PAGE + 1, 1),
+            Err(Error::Underrun { done: 0, .. })
+        ));
+        let window = SubMemoryDescriptor::new(b.clone(), PAGE, PAGE, Direction::InOut).unwrap();
+        window
+            .perform_operation(MemoryOperation::Flush, 0, u64::MAX)
+            .unwrap();
+        assert!(matches!(
+            window.perform_operation(MemoryOperation::Flush, PAGE + 1, 1),
+            Err(Error::Underrun { .. })
+        ));
+    }
+}

@@ -554,11 +554,13 @@ pub trait MemoryDescriptor: Send + Sync {
     /// applied to the platform's CPU cache ([`CacheOps`](crate::platform::CacheOps)) over
     /// each physical segment of the range, `len` clipped to the end of the descriptor.
     ///
-    /// On a DMA-coherent platform there is nothing to do: `Ok` at once, as in IOKit. Else,
-    /// if a segment cannot be found (virtual memory that is not prepared, memory the
-    /// platform cannot maintain) the walk stops there: [`Error::Underrun`] with the bytes
-    /// covered. An offset past the end of a non-empty request is `Underrun` too. The
-    /// default, for descriptors that cannot reach a platform, is [`Error::Unsupported`].
+    /// An offset past the end of a non-empty request is [`Error::Underrun`], on any
+    /// platform (IOKit's walk finds no segment there, but on a cache-coherent platform it
+    /// returns success before looking). Otherwise, on a DMA-coherent platform there is
+    /// nothing to do: `Ok` at once, as in IOKit. Else, if a segment cannot be found
+    /// (virtual memory that is not prepared, memory the platform cannot maintain) the walk
+    /// stops there: `Underrun` with the bytes covered. The default, for descriptors that
+    /// cannot reach a platform, is [`Error::Unsupported`].
     fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
         let _ = (op, offset, len);
         Err(Error::Unsupported {
