@@ -785,3 +785,22 @@ fn perform_operation_extent_on_coherent_and_incoherent_machines() {
         ));
     }
 }
+
+/// An interleaved descriptor's complete with nothing of its own outstanding leaves the
+/// portions' other preparations alone (dmakit's rule; IOKit completes every portion).
+#[test]
+fn an_unprepared_interleaved_complete_leaves_its_portions_alone() {
+    let m = machine();
+    let task = m.create_task();
+    let va = m.vm_allocate(task, PAGE, true).unwrap();
+    let g = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(m.clone(), task, va, PAGE, Direction::InOut)
+            .unwrap(),
+    );
+    let mut il = InterleavedMemoryDescriptor::with_capacity(1, Direction::InOut);
+    il.set_memory_descriptor(g.clone(), 0, PAGE).unwrap();
+    g.prepare_wiring(Direction::None).unwrap();
+    il.complete().unwrap();
+    assert_eq!(g.wire_count(), 1, "still prepared");
+    g.complete().unwrap();
+}

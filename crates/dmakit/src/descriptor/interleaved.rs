@@ -7,7 +7,9 @@
 //! which first completes the preparations it holds of them, as in IOKit. Adding is not
 //! allowed while prepared. A failed prepare completes exactly the portions it
 //! had prepared, each once, latest first (IOKit's rollback completes the failed portion's
-//! descriptor again and again instead, leaving the earlier ones prepared).
+//! descriptor again and again instead, leaving the earlier ones prepared). A complete
+//! with no preparation of its own outstanding does nothing (IOKit's completes every
+//! portion anyway, ending preparations somebody else made of them).
 //!
 //! Its preparation identifier is unprepared while it is not prepared, and otherwise
 //! follows its portions' descriptors like a multi-descriptor's.
