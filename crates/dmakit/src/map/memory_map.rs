@@ -299,6 +299,10 @@ impl MapOptions {
     /// The IOKit option word (`IOOptionBits` of `createMappingInTask`, as IOMemoryMap's
     /// `getMapOptions` returns it): kIOMapAnywhere, the cache field, kIOMapReadOnly,
     /// kIOMapStatic, kIOMapReference, kIOMapUnique and the guard bits.
+    ///
+    /// A mapping's options carry the cache mode it has, so its word has the copy-back
+    /// value (3) in the cache field where the request left the default; IOKit's
+    /// `getMapOptions` keeps the request's default (0) there.
     pub const fn iokit_bits(&self) -> u32 {
         let mut bits = 0;
         if self.at.is_none() {
