@@ -47,7 +47,8 @@
 //! [`MapOptions::is_static`] is true (IOKit's kIOMapStatic). Unmapping it
 //! leaves the owner's memory alone. Unlike IOKit, a read-only request or an explicit cache
 //! mode other than copy-back gets a real mapping instead, so its protection and caching
-//! hold.
+//! hold. Any descriptor whose memory is one range counts (a multi-descriptor of one such
+//! part too; IOKit gives those a new mapping).
 //!
 //! ## Other rules
 //!
