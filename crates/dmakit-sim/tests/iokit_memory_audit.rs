@@ -804,3 +804,16 @@ fn an_unprepared_interleaved_complete_leaves_its_portions_alone() {
     assert_eq!(g.wire_count(), 1, "still prepared");
     g.complete().unwrap();
 }
+
+/// A multi-descriptor of one kernel buffer mapped into the kernel is the buffer's own
+/// address (dmakit's rule; IOKit makes a new mapping for a multi-descriptor).
+#[test]
+fn a_multi_of_one_range_maps_to_its_own_address() {
+    let m = machine();
+    let b = buffer(&m, PAGE);
+    let multi: Arc<dyn MemoryDescriptor> =
+        Arc::new(MultiMemoryDescriptor::new(vec![b.clone()], Direction::InOut).unwrap());
+    let map = MemoryMap::new(m.clone(), multi, MapOptions::new()).unwrap();
+    assert!(map.options().is_static());
+    assert_eq!(map.address(), b.address());
+}
