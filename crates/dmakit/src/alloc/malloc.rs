@@ -647,6 +647,9 @@ pub fn io_free_contiguous<P: PhysicalMemory + CpuAccess>(
 /// IOSizeToAlignment: the alignment exponent of `size`, `floor(log2(size))`, and 0 for 0
 /// and 1 (so the alignment `1 << k` is the largest power of two not above `size`).
 ///
+/// Over 64 bits: IOKit's takes an `unsigned int`, so a size of 2^32 or more is cut to its
+/// low 32 bits there; below 2^32 the two agree.
+///
 /// ```
 /// use dmakit::alloc::io_size_to_alignment;
 /// assert_eq!(io_size_to_alignment(0), 0);
@@ -665,7 +668,10 @@ pub const fn io_size_to_alignment(size: u64) -> u32 {
 }
 
 /// IOAlignmentToSize: the size `2^align` of an alignment exponent, or `None` when it does not
-/// fit in 64 bits (`align` ≥ 64; IOKit's shift would be undefined there).
+/// fit in 64 bits (`align` ≥ 64).
+///
+/// Over 64 bits: IOKit's returns an `unsigned int`, so there an exponent of 32 or more
+/// gives 0; below 32 the two agree.
 ///
 /// ```
 /// use dmakit::alloc::{io_alignment_to_size, io_size_to_alignment};

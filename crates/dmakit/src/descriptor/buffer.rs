@@ -214,6 +214,13 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// assert!(run.addr.0 + run.len <= 1 << 32);
     /// # Ok::<(), dmakit::Error>(())
     /// ```
+    ///
+    /// Errors: a capacity of 0 ([`Error::ZeroSize`]; IOKit fails too); an alignment that is
+    /// not a power of two ([`Error::BadAlignment`]); a pageable buffer that asks to be
+    /// contiguous or below a physical limit ([`Error::BadArgument`]: IOKit ignores those
+    /// for pageable memory, whose pages are only chosen when it is prepared, so the buffer
+    /// would silently not have them); a capacity whose page-rounded size overflows
+    /// ([`Error::Overflow`]); and whatever the platform refuses.
     pub fn new(platform: P, options: BufferOptions) -> Result<Self> {
         Self::in_task(platform, Task::KERNEL, options)
     }
@@ -467,9 +474,9 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
 
     /// Maps the buffer on its own platform (IOKit `map` / `createMappingInTask`), sharing a
     /// compatible live mapping as IOKit does; see [`MemoryMap`](crate::map::MemoryMap).
-    /// Mapped whole, anywhere, into the kernel task, the mapping is the buffer's own
-    /// [`address`](Self::address) (static: nothing new is mapped). The mapping holds the
-    /// buffer alive.
+    /// Mapped from its first byte (whole or a prefix), anywhere, into the task that holds
+    /// it, the mapping is the buffer's own [`address`](Self::address) (static: nothing new
+    /// is mapped). The mapping holds the buffer alive.
     pub fn map(
         self: &Arc<Self>,
         options: crate::map::MapOptions,
@@ -518,6 +525,12 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// Appends as much of `data` as fits before the capacity at the current end and moves
     /// the length past it (IOKit `appendBytes`); returns how many bytes were appended
     /// (IOKit returns true even when it truncates, or appends nothing).
+    ///
+    /// The bytes are written as [`write_bytes`](MemoryDescriptor::write_bytes) writes them,
+    /// so while the buffer is prepared read-only (a pageable buffer prepared for `Out`,
+    /// which a device may be reading) nothing is appended: 0, the length unchanged. (IOKit
+    /// copies into a kernel buffer regardless, and grows another task's buffer by the
+    /// count even when its `writeBytes` refused.)
     ///
     /// Atomic: concurrent appends each get their own range, their bytes are never
     /// interleaved, and the counts returned add up to the growth of the length. The length

@@ -8,13 +8,16 @@
 
 use super::{GeneralMemoryDescriptor, MemoryDescriptor, SubMemoryDescriptor};
 use crate::platform::Platform;
-use crate::{Direction, Error, PhysAddr, Result};
+use crate::{Direction, PhysAddr, Result};
 use alloc_crate::sync::Arc;
 
 /// The descriptor IOKit calls IODeviceMemory.
 pub type DeviceMemory<P> = GeneralMemoryDescriptor<P>;
 
 /// `IODeviceMemory::withRange(start, length)`: `length` bytes of device memory at `start`.
+///
+/// A `length` of 0 is an empty descriptor, as in IOKit; a range past the end of the address
+/// space is [`Error::Overflow`](crate::Error::Overflow).
 ///
 /// ```
 /// use dmakit::descriptor::{device_memory, device_sub_range, MemoryDescriptor};
@@ -39,11 +42,6 @@ pub fn device_memory<P: Platform>(
     start: PhysAddr,
     length: u64,
 ) -> Result<DeviceMemory<P>> {
-    if length == 0 {
-        return Err(Error::ZeroSize {
-            what: "device memory range",
-        });
-    }
     GeneralMemoryDescriptor::with_physical_ranges(platform, &[(start, length)], Direction::None)
 }
 

@@ -150,6 +150,13 @@ impl<P: Platform> GeneralMemoryDescriptor<P> {
     /// A descriptor of physical ranges (IOKit `withPhysicalAddress` / physical
     /// `withAddressRanges`): always prepared.
     ///
+    /// Empty ranges are accepted, as in IOKit. A range whose end does not fit in 64 bits,
+    /// or a total length that does not, is [`Error::Overflow`]. IOKit refuses more: a range
+    /// whose last page would end past 2^64, and a page number past 32 bits; dmakit accepts
+    /// those, and what needs whole pages of them
+    /// ([`dma_map_length`](MemoryDescriptor::dma_map_length), a mapping) reports the
+    /// overflow there.
+    ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor};
     /// use dmakit::descriptor::MemoryDescriptor;

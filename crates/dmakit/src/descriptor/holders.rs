@@ -104,6 +104,11 @@ impl Holders {
             .filter(|o| o.is_command())
     }
 
+    /// Every owner with the preparations it holds.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (PrepOwner, u32)> + '_ {
+        self.counts.iter().copied()
+    }
+
     /// Counts one more preparation of `owner`; a count that would overflow is refused.
     pub(crate) fn add(&mut self, owner: PrepOwner) -> Result<()> {
         match self.counts.iter_mut().find(|(o, _)| *o == owner) {

@@ -3,10 +3,13 @@
 //!
 //! Created with a capacity (the number of portions it can hold); portions are added with
 //! [`set_memory_descriptor`](InterleavedMemoryDescriptor::set_memory_descriptor) and removed
-//! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors).
-//! Neither is allowed while prepared. A failed prepare completes exactly the portions it
+//! all at once with [`clear_memory_descriptors`](InterleavedMemoryDescriptor::clear_memory_descriptors),
+//! which first completes the preparations it holds of them, as in IOKit. Adding is not
+//! allowed while prepared. A failed prepare completes exactly the portions it
 //! had prepared, each once, latest first (IOKit's rollback completes the failed portion's
-//! descriptor again and again instead, leaving the earlier ones prepared).
+//! descriptor again and again instead, leaving the earlier ones prepared). A complete
+//! with no preparation of its own outstanding does nothing (IOKit's completes every
+//! portion anyway, ending preparations somebody else made of them).
 //!
 //! Its preparation identifier is unprepared while it is not prepared, and otherwise
 //! follows its portions' descriptors like a multi-descriptor's.
@@ -129,16 +132,26 @@ impl InterleavedMemoryDescriptor {
         Ok(())
     }
 
-    /// Removes every portion and sets the direction to `dir` (unless `Direction::None`).
-    /// Fails with [`Error::Busy`] while prepared.
-    /// IOKit: `clearMemoryDescriptors`.
+    /// Removes every portion and sets the direction to `dir` (unless `Direction::None`)
+    /// (IOKit `clearMemoryDescriptors`). While prepared, the preparations this descriptor
+    /// holds of its portions are completed first, as IOKit completes them, so the portions'
+    /// memory is unwired unless something else holds it. A preparation a DMA command holds
+    /// is its own to end: then nothing changes and the call is [`Error::Busy`].
     pub fn clear_memory_descriptors(&mut self, dir: Direction) -> Result<()> {
-        if self.prepared.lock().is_prepared() {
+        let held = self.prepared.get_mut();
+        if let Some(cmd) = held.commands().next() {
             return Err(Error::Busy {
                 what: "interleaved descriptor",
-                addr: 0,
-                why: "it is prepared",
+                addr: cmd.id(),
+                why: "a DMA command holds a preparation of it (complete the command first)",
             });
+        }
+        for (owner, n) in core::mem::take(held).iter() {
+            for p in &self.portions {
+                for _ in 0..n {
+                    let _ = p.md.complete_for(owner);
+                }
+            }
         }
         self.portions.clear();
         self.length = 0;

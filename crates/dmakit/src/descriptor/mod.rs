@@ -343,8 +343,10 @@ pub trait MemoryDescriptor: Send + Sync {
     fn write_bytes(&self, offset: u64, data: &[u8]) -> usize;
 
     /// Where byte `offset` lives physically, and the length of the contiguous run from there.
-    /// Virtual memory must be prepared ([`Error::NotReady`] otherwise); an offset at or past
-    /// the end is [`Error::OutOfBounds`].
+    /// Virtual memory must be prepared ([`Error::NotReady`] otherwise; IOKit panics); an
+    /// offset at or past the end is [`Error::OutOfBounds`] (IOKit returns address 0 and
+    /// length 0). Physical address 0 is an address like any other here (IOKit's 0 means
+    /// "no segment", so it cannot walk memory at physical address 0).
     /// IOKit: `getPhysicalSegment`, `getPhysicalAddress`.
     ///
     /// Walking a descriptor's physical runs:
@@ -384,13 +386,24 @@ pub trait MemoryDescriptor: Send + Sync {
         None
     }
 
+    /// The descriptor whose mappings this one's are, and this one's offset in it. A
+    /// [`SubMemoryDescriptor`] maps through its parent, as IOKit's does: its mapping is a
+    /// mapping of the parent's range (made or shared through the parent's
+    /// [`map_registry`](Self::map_registry)), whose
+    /// [`descriptor`](crate::map::MemoryMap::descriptor) is the parent and whose
+    /// [`offset`](crate::map::MemoryMap::offset) is in the parent. The default, `None`,
+    /// maps the descriptor itself.
+    fn map_through(&self) -> Option<(alloc_crate::sync::Arc<dyn MemoryDescriptor>, u64)> {
+        None
+    }
+
     /// Writes `len` zero bytes at `offset` (IOKit `writeBytes` with a NULL buffer) and
     /// returns the count written.
     ///
-    /// All or nothing at the bounds, as IOKit's zero-fill: a range that overflows or runs
-    /// past the end writes nothing and returns 0 (unlike [`write_bytes`](Self::write_bytes),
-    /// which stops at the end). Like `write_bytes`, memory prepared read-only (for `Out`)
-    /// is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
+    /// All or nothing at the bounds, as IOKit's zero-fill (and like
+    /// [`write_bytes`](Self::write_bytes)): a range that overflows or runs past the end
+    /// writes nothing and returns 0. Like `write_bytes`, memory prepared read-only (for
+    /// `Out`) is refused: 0. The default writes through `write_bytes` a chunk at a time and stops
     /// at the first chunk that falls short.
     ///
     /// ```
@@ -541,11 +554,13 @@ pub trait MemoryDescriptor: Send + Sync {
     /// applied to the platform's CPU cache ([`CacheOps`](crate::platform::CacheOps)) over
     /// each physical segment of the range, `len` clipped to the end of the descriptor.
     ///
-    /// On a DMA-coherent platform there is nothing to do: `Ok` at once, as in IOKit. Else,
-    /// if a segment cannot be found (virtual memory that is not prepared, memory the
-    /// platform cannot maintain) the walk stops there: [`Error::Underrun`] with the bytes
-    /// covered. An offset past the end of a non-empty request is `Underrun` too. The
-    /// default, for descriptors that cannot reach a platform, is [`Error::Unsupported`].
+    /// An offset past the end of a non-empty request is [`Error::Underrun`], on any
+    /// platform (IOKit's walk finds no segment there, but on a cache-coherent platform it
+    /// returns success before looking). Otherwise, on a DMA-coherent platform there is
+    /// nothing to do: `Ok` at once, as in IOKit. Else, if a segment cannot be found
+    /// (virtual memory that is not prepared, memory the platform cannot maintain) the walk
+    /// stops there: `Underrun` with the bytes covered. The default, for descriptors that
+    /// cannot reach a platform, is [`Error::Unsupported`].
     fn perform_operation(&self, op: MemoryOperation, offset: u64, len: u64) -> Result<()> {
         let _ = (op, offset, len);
         Err(Error::Unsupported {

@@ -9,8 +9,11 @@
 //! prepared; with no parts it is [`Error::Internal`] (IOKit: kIOReturnInternalError).
 //! Physical segments never coalesce across parts.
 //!
-//! The preparation identifier is unprepared (or unsupported) if any part's is; otherwise
-//! one of its own, renewed whenever a part's changes. Purgeable state changes every part
+//! The preparation identifier is unprepared (or unsupported) if a part's is, the first
+//! such part in order deciding, as in IOKit; otherwise (with no parts too) one of its own,
+//! renewed whenever a part's changes (IOKit keeps the first one it hands out for good, so
+//! a driver could not tell that the parts were prepared again and their pages may have
+//! moved). Purgeable state changes every part
 //! and reports the worst old state.
 
 use super::{
@@ -64,16 +67,18 @@ pub struct MultiMemoryDescriptor {
 }
 
 /// A multi- or interleaved descriptor's preparation identifier over its parts' identifiers
-/// `ids`, given the last (`seen`, own) pair.
+/// `ids`, given the last (`seen`, own) pair: the first part in order that is unprepared or
+/// does not track preparations decides (as IOKit's multi-descriptor looks at its parts);
+/// otherwise, no parts included, an identifier of its own.
 pub(crate) fn composite_preparation_id(
     ids: Vec<u64>,
     state: &crate::sync::Mutex<(Vec<u64>, u64)>,
 ) -> u64 {
-    if ids.is_empty() || ids.contains(&PREPARATION_ID_UNPREPARED) {
-        return PREPARATION_ID_UNPREPARED;
-    }
-    if ids.contains(&PREPARATION_ID_UNSUPPORTED) {
-        return PREPARATION_ID_UNSUPPORTED;
+    if let Some(&special) = ids
+        .iter()
+        .find(|&&id| id == PREPARATION_ID_UNPREPARED || id == PREPARATION_ID_UNSUPPORTED)
+    {
+        return special;
     }
     let mut s = state.lock();
     if s.0 != ids || s.1 == 0 {
@@ -87,6 +92,12 @@ impl MultiMemoryDescriptor {
     /// `withDescriptors`). Refused with [`Error::BadArgument`] whose value is the index of
     /// the offending part when a part's direction does not allow `direction`, or when a
     /// part's [`pageable_buffer`](MemoryDescriptor::pageable_buffer) differs from part 0's.
+    ///
+    /// The length is the sum of the parts' lengths now, as in IOKit, and so is the layout:
+    /// a part whose length changes later (a buffer's `set_length`) keeps its place, seen up
+    /// to the next part's start, and a part that shrank leaves a hole that copies and
+    /// segments do not cross. (IOKit's segment walk uses the parts' current lengths, so
+    /// there the later parts shift instead.)
     pub fn new(parts: Vec<Arc<dyn MemoryDescriptor>>, direction: Direction) -> Result<Self> {
         let mut starts = Vec::with_capacity(parts.len());
         let mut length: u64 = 0;

@@ -1,12 +1,16 @@
 //! [`SubMemoryDescriptor`]: a window `(offset, length)` of another descriptor (IOKit's
 //! IOSubMemoryDescriptor).
 //!
-//! Prepare and complete forward to the *whole* parent, as in IOKit; byte copies and
+//! Prepare and complete forward to the *whole* parent, as in IOKit (with the direction as
+//! given, so `Direction::None` wires for the parent's direction); byte copies and
 //! physical segments forward with the offset shifted and lengths clipped to the window.
 //! The direction is the sub-descriptor's own, not the parent's.
 //!
 //! Its preparation identifier follows the parent's: unprepared while the parent is, and a
-//! new identifier of its own each time the parent's changes.
+//! new identifier of its own each time the parent's changes. (IOKit's takes a new
+//! identifier of its own on every change of the parent's, to unprepared or unsupported
+//! too, so once the parent has been prepared it never reports unprepared again; dmakit
+//! passes those two through, so the window says whether its memory is prepared.)
 
 use super::{
     check_range, op_extent, past_end, whole_or_nothing, LazyId, MemoryDescriptor, MemoryOperation,
@@ -47,7 +51,6 @@ pub struct SubMemoryDescriptor {
     offset: u64,
     length: u64,
     direction: Direction,
-    maps: crate::map::MapRegistry,
     /// (the parent's preparation identifier last seen, this one's for it).
     prep: crate::sync::Mutex<(u64, u64)>,
     id: LazyId,
@@ -69,7 +72,6 @@ impl SubMemoryDescriptor {
                 offset,
                 length,
                 direction,
-                maps: crate::map::MapRegistry::new(),
                 prep: crate::sync::Mutex::new((0, 0)),
                 id: LazyId::default(),
             }),
@@ -94,8 +96,16 @@ impl SubMemoryDescriptor {
 }
 
 impl MemoryDescriptor for SubMemoryDescriptor {
+    /// The parent's: the window's mappings are the parent's (see
+    /// [`map_through`](MemoryDescriptor::map_through)).
     fn map_registry(&self) -> Option<&crate::map::MapRegistry> {
-        Some(&self.maps)
+        self.parent.map_registry()
+    }
+
+    /// The parent, at this window's offset: the window is mapped as that range of the
+    /// parent (IOKit's sub-descriptor maps through its parent).
+    fn map_through(&self) -> Option<(Arc<dyn MemoryDescriptor>, u64)> {
+        Some((self.parent.clone(), self.offset))
     }
 
     fn length(&self) -> u64 {
@@ -110,12 +120,10 @@ impl MemoryDescriptor for SubMemoryDescriptor {
         self.parent.page_size()
     }
 
+    /// Prepares the whole parent for `dir` as given: `Direction::None` is the *parent's*
+    /// direction, not this window's (IOKit's sub-descriptor hands the direction to its
+    /// parent unchanged).
     fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> Result<()> {
-        let dir = if dir == Direction::None {
-            self.direction
-        } else {
-            dir
-        };
         self.parent.prepare_for(owner, dir)
     }
 

@@ -269,7 +269,8 @@ impl DkMemoryMap {
     }
 
     /// Offset of the first mapped byte in the descriptor (DriverKit
-    /// `IOMemoryMap::GetOffset`).
+    /// `IOMemoryMap::GetOffset`). A sub-descriptor's mapping is its parent's, so its
+    /// offset is in the parent, as the kernel's map reports it.
     pub fn get_offset<P: VirtualMemory>(map: &MemoryMap<P>) -> u64 {
         map.offset()
     }

@@ -13,7 +13,11 @@
 //! alive). A new request first looks there for a *compatible* mapping: the same task, the
 //! same read-only bit, the same guard mode, the same cache mode (any, when the request
 //! leaves the cache mode at its default), the same address when a fixed one is asked for,
-//! and the requested range inside the existing one.
+//! and the requested range inside the existing one. For a sub-range, "the same address"
+//! is where its first byte lies in the existing mapping, so the request gets exactly the
+//! address it asked for. (IOKit compares the existing mapping's own start instead: a fixed
+//! request for a sub-range at that start gets a mapping at another address, and one at
+//! the sub-range's real address is refused as a clash.)
 //!
 //! * The identical range: the request gets **the same mapping**. [`MemoryMap`] is a cheap,
 //!   counted handle (IOKit returns the same IOMemoryMap with an extra retain); cloning a
@@ -30,14 +34,21 @@
 //! never sees its address vanish because another holder unmapped. (IOKit's `unmap` on a
 //! shared IOMemoryMap tears it down for every holder at once.)
 //!
+//! A [`SubMemoryDescriptor`](crate::descriptor::SubMemoryDescriptor) is mapped through its
+//! parent, as in IOKit: the request becomes one for the window's range of the parent, so it
+//! shares the parent's compatible mappings, and the mapping reports the parent as its
+//! descriptor and an offset in the parent.
+//!
 //! ## Memory mapped into its own task
 //!
-//! A descriptor of one virtual range mapped, whole, anywhere, into the task that owns that
-//! range is already mapped there: the mapping is the descriptor's own address, no page-table
-//! entry is made, and [`MapOptions::is_static`] is true (IOKit's kIOMapStatic). Unmapping it
+//! A descriptor of one virtual range mapped from its first byte (whole, or any length of
+//! it), anywhere, into the task that owns that range is already mapped there: the mapping is
+//! the descriptor's own address, no page-table entry is made, and
+//! [`MapOptions::is_static`] is true (IOKit's kIOMapStatic). Unmapping it
 //! leaves the owner's memory alone. Unlike IOKit, a read-only request or an explicit cache
 //! mode other than copy-back gets a real mapping instead, so its protection and caching
-//! hold.
+//! hold. Any descriptor whose memory is one range counts (a multi-descriptor of one such
+//! part too; IOKit gives those a new mapping).
 //!
 //! ## Other rules
 //!
@@ -46,8 +57,10 @@
 //! ([`Error::BadArgument`]). Guard pages ([`MapGuard`]) need placement anywhere (a fixed
 //! address with guards is [`Error::BadArgument`]). A mapping holds its descriptor alive, so
 //! the memory behind it cannot be freed while it exists. Only whole pages can be mapped, so
-//! every piece of a composite descriptor but the first must start on a page boundary and
-//! every piece but the last must end on one ([`Error::NotAligned`] otherwise).
+//! every piece of the memory behind the range but the first must start on a page boundary
+//! and every piece but the last must end on one ([`Error::NotAligned`] otherwise); ranges
+//! that continue one another (the same task, each starting where the last ends) are one
+//! piece, wherever they meet, as in IOKit.
 //!
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
@@ -287,6 +300,10 @@ impl MapOptions {
     /// The IOKit option word (`IOOptionBits` of `createMappingInTask`, as IOMemoryMap's
     /// `getMapOptions` returns it): kIOMapAnywhere, the cache field, kIOMapReadOnly,
     /// kIOMapStatic, kIOMapReference, kIOMapUnique and the guard bits.
+    ///
+    /// A mapping's options carry the cache mode it has, so its word has the copy-back
+    /// value (3) in the cache field where the request left the default; IOKit's
+    /// `getMapOptions` keeps the request's default (0) there.
     pub const fn iokit_bits(&self) -> u32 {
         let mut bits = 0;
         if self.at.is_none() {
@@ -471,6 +488,18 @@ impl<P: VirtualMemory> Drop for MapInner<P> {
     }
 }
 
+/// Whether the memory behind all of `md` is one piece (IOKit: a descriptor of one range).
+fn one_source(md: &dyn MemoryDescriptor) -> bool {
+    let mut pieces = 0usize;
+    md.sources(0, md.length(), &mut |s| {
+        if s.len > 0 {
+            pieces += 1;
+        }
+    })
+    .is_ok()
+        && pieces == 1
+}
+
 /// A request after validation.
 struct Request {
     task: Task,
@@ -524,8 +553,9 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
     /// Errors: a zero-length descriptor or guards with a fixed address
     /// ([`Error::BadArgument`]); a range outside the descriptor ([`Error::OutOfBounds`]);
     /// [`MapSharing::Reference`] with nothing to share ([`Error::NotMapped`]); a fixed
-    /// address whose page offset differs from the first byte's, or a composite descriptor
-    /// whose inner pieces are not page aligned ([`Error::NotAligned`]); and whatever the
+    /// address whose page offset differs from the first byte's, or separate pieces of memory
+    /// (ranges or parts that do not continue one another) that do not meet on page
+    /// boundaries ([`Error::NotAligned`]); and whatever the
     /// platform refuses (a fixed address in use is [`Error::RangeBusy`]; a platform without
     /// guard support is [`Error::Unsupported`]).
     pub fn new(platform: P, md: Arc<dyn MemoryDescriptor>, options: MapOptions) -> Result<Self> {
@@ -551,13 +581,30 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
                 });
             }
         }
+        // A sub-descriptor is mapped as its range of its parent (IOKit maps it through the
+        // parent): the parent's registry, the parent's offsets.
+        let mut md = md;
+        let mut offset = options.offset;
+        while let Some((parent, start)) = md.map_through() {
+            offset = offset.checked_add(start).ok_or(Error::Overflow {
+                what: "mapping range in the parent of a sub-descriptor",
+                start: offset,
+                len: start,
+            })?;
+            md = parent;
+        }
+        let options = MapOptions {
+            offset,
+            length,
+            ..options
+        };
         let req = Request {
             task: options.task,
             at: options.at,
             read_only: options.read_only,
             cache: options.cache,
             guard: options.guard,
-            offset: options.offset,
+            offset,
             length,
         };
         let md_for_registry = md.clone();
@@ -666,10 +713,22 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
         req: &Request,
     ) -> Result<MapInner<P>> {
         let page = md.page_size();
+        // Pieces that continue one another (the same task, the next address) are one piece
+        // of memory: only the joins between separate pieces must fall on page boundaries.
         let mut sources: Vec<Source> = Vec::new();
+        let mut pieces_seen = 0usize;
         md.sources(req.offset, req.length, &mut |s| {
-            if s.len > 0 {
-                sources.push(s)
+            if s.len == 0 {
+                return;
+            }
+            pieces_seen += 1;
+            match sources.last_mut() {
+                Some(last)
+                    if last.task == s.task && last.addr.checked_add(last.len) == Some(s.addr) =>
+                {
+                    last.len += s.len;
+                }
+                _ => sources.push(s),
             }
         })?;
         let resolved = MapOptions {
@@ -678,8 +737,10 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             cache: Some(options.effective_cache()),
             ..options
         };
+        // The memory's own address: one range (IOKit: a descriptor of one range), not
+        // several that merely continue one another.
         let own = match sources.as_slice() {
-            [only] if only.task == Some(req.task) => Some(VirtAddr(only.addr)),
+            [only] if pieces_seen == 1 && only.task == Some(req.task) => Some(VirtAddr(only.addr)),
             _ => None,
         };
         let is_static = own.is_some()
@@ -687,9 +748,9 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             && options.sharing != MapSharing::Unique
             && req.guard == MapGuard::None
             && req.offset == 0
-            && req.length == md.length()
             && !req.read_only
-            && options.effective_cache() == CacheMode::CopyBack;
+            && options.effective_cache() == CacheMode::CopyBack
+            && (req.length == md.length() || one_source(md.as_ref()));
         if let (true, Some(address)) = (is_static, own) {
             return Ok(MapInner {
                 platform,
@@ -801,7 +862,8 @@ impl<P: VirtualMemory> MemoryMap<P> {
         self.inner.options.length
     }
 
-    /// Offset of the first mapped byte in the descriptor.
+    /// Offset of the first mapped byte in the [`descriptor`](Self::descriptor) (for a
+    /// sub-descriptor's mapping, in its parent).
     pub fn offset(&self) -> u64 {
         self.inner.options.offset
     }
@@ -820,7 +882,9 @@ impl<P: VirtualMemory> MemoryMap<P> {
     }
 
     /// The descriptor whose memory is mapped; the mapping holds it alive (IOKit
-    /// `getMemoryDescriptor`).
+    /// `getMemoryDescriptor`). For a mapping of a
+    /// [`SubMemoryDescriptor`](crate::descriptor::SubMemoryDescriptor) this is its parent,
+    /// as in IOKit (see [`MemoryDescriptor::map_through`]).
     pub fn descriptor(&self) -> &Arc<dyn MemoryDescriptor> {
         &self.inner.md
     }
