@@ -64,7 +64,9 @@ struct Run {
     md: std::sync::Arc<dyn MemoryDescriptor>,
     bytes: Vec<u8>,
     tasks: [Task; 3],
-    maps: Vec<MemoryMap<M>>,
+    /// Handles, each with the offset of its first byte in `md` (a sub-descriptor's
+    /// mapping reports an offset in its parent).
+    maps: Vec<(MemoryMap<M>, u64)>,
     /// Addresses mappings had, per task.
     seen: [Vec<u64>; 3],
     page: u64,
@@ -76,7 +78,7 @@ impl Run {
     }
 
     fn attached(&self, i: u8) -> Option<usize> {
-        self.pick(i).filter(|&i| self.maps[i].is_mapped())
+        self.pick(i).filter(|&i| self.maps[i].0.is_mapped())
     }
 
     fn options(&self, o: &Map) -> (MapOptions, usize) {
@@ -121,22 +123,27 @@ impl Run {
                 } else {
                     opts.length()
                 };
-                assert_eq!(
-                    (map.offset(), map.length(), map.task()),
-                    (opts.offset(), len, opts.task())
-                );
+                assert_eq!((map.length(), map.task()), (len, opts.task()));
+                // In `md`, or in the parent a sub-descriptor maps through.
+                let mut shift = 0;
+                let mut md = self.md.clone();
+                while let Some((parent, o)) = md.map_through() {
+                    shift += o;
+                    md = parent;
+                }
+                assert_eq!(map.offset(), opts.offset() + shift);
                 assert_eq!(map.options().is_read_only(), opts.is_read_only());
                 if let Some(at) = opts.fixed_address() {
                     assert_eq!(map.address(), at, "a fixed mapping elsewhere");
                 }
                 if opts.sharing_mode() == dmakit::map::MapSharing::Unique {
                     assert!(
-                        !self.maps.iter().any(|h| h.same_mapping(&map)),
+                        !self.maps.iter().any(|(h, _)| h.same_mapping(&map)),
                         "a unique mapping is shared"
                     );
                 }
                 self.seen[t].push(map.address().0);
-                self.maps.push(map);
+                self.maps.push((map, opts.offset()));
                 self.check_read(self.maps.len() - 1, 0, u16::MAX);
             }
             Err(e) => assert!(
@@ -157,13 +164,13 @@ impl Run {
 
     /// Reads `[off, off + n)` of mapping `i` (reduced to fit) through its task.
     fn check_read(&self, i: usize, off: u16, n: u16) {
-        let map = &self.maps[i];
+        let (map, base) = &self.maps[i];
         let (off, n) = window(map.length() as usize, off, n);
         let mut got = vec![0u8; n];
         self.m
             .read_virt(map.task(), VirtAddr(map.address().0 + off as u64), &mut got)
             .expect("a live mapping reads");
-        let at = map.offset() as usize + off;
+        let at = *base as usize + off;
         assert_eq!(
             got,
             self.bytes[at..at + n],
@@ -173,14 +180,14 @@ impl Run {
     }
 
     fn write(&mut self, i: usize, off: u16, n: u16, byte: u8) {
-        let map = &self.maps[i];
+        let (map, base) = &self.maps[i];
         let (off, n) = window(map.length() as usize, off, n);
         let r = self.m.write_virt(
             map.task(),
             VirtAddr(map.address().0 + off as u64),
             &vec![byte; n],
         );
-        let at = map.offset() as usize + off;
+        let at = *base as usize + off;
         if map.options().is_read_only() {
             assert!(
                 r.is_err(),
@@ -205,18 +212,17 @@ impl Run {
             Op::Map(ref o) => self.map(o),
             Op::Clone(i) => {
                 if let Some(i) = self.pick(i) {
-                    let c = self.maps[i].clone();
-                    assert_eq!(c.is_mapped(), self.maps[i].is_mapped());
-                    self.maps.push(c);
+                    let c = self.maps[i].0.clone();
+                    assert_eq!(c.is_mapped(), self.maps[i].0.is_mapped());
+                    self.maps.push((c, self.maps[i].1));
                 }
             }
             Op::Unmap(i) => {
                 if let Some(i) = self.pick(i) {
-                    self.maps[i]
-                        .unmap()
-                        .expect("unmap of a mapping with nothing wired");
-                    assert!(!self.maps[i].is_mapped());
-                    assert_eq!(self.maps[i].address(), VirtAddr(0));
+                    let map = &mut self.maps[i].0;
+                    map.unmap().expect("unmap of a mapping with nothing wired");
+                    assert!(!map.is_mapped());
+                    assert_eq!(map.address(), VirtAddr(0));
                 }
             }
             Op::Drop(i) => {
@@ -242,7 +248,7 @@ impl Run {
             }
             Op::Guard(i) => {
                 if let Some(i) = self.attached(i) {
-                    let map = &self.maps[i];
+                    let map = &self.maps[i].0;
                     if map.options().guard_mode() != MapGuard::None {
                         let first = map.address().0 & !(self.page - 1);
                         let end = (map.address().0 + map.length()).next_multiple_of(self.page);
@@ -262,11 +268,11 @@ impl Run {
             }
             Op::Segment(i, off) => {
                 if let Some(i) = self.attached(i) {
-                    let map = &self.maps[i];
+                    let (map, base) = &self.maps[i];
                     let off = u64::from(off) % map.length();
                     match (
                         map.physical_segment(off),
-                        self.md.physical_segment(map.offset() + off),
+                        self.md.physical_segment(base + off),
                     ) {
                         (Ok(a), Ok(b)) => {
                             assert_eq!(a.addr, b.addr);
@@ -280,7 +286,7 @@ impl Run {
         }
         // Every live mapping still shows the bytes.
         for i in 0..self.maps.len() {
-            if self.maps[i].is_mapped() {
+            if self.maps[i].0.is_mapped() {
                 self.check_read(i, 0, u16::MAX);
             }
         }
