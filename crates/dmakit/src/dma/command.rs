@@ -225,6 +225,22 @@ struct Preparation<P: Platform + Clone> {
     count: u32,
 }
 
+impl<P: Platform + Clone> Preparation<P> {
+    /// Whether the device may read the memory: a bounce buffer is filled before it does.
+    /// A descriptor of direction `None` states no limit, so it counts both ways (IOKit
+    /// copies such a descriptor into and out of its bounce buffer).
+    fn device_reads(&self) -> bool {
+        self.dir.device_reads() || self.dir == Direction::None
+    }
+
+    /// Whether the device may write the memory: what it wrote is copied back from a bounce
+    /// buffer (and a non-coherent command's caches invalidated) when it is done. `None`
+    /// counts, as for [`device_reads`](Self::device_reads).
+    fn device_writes(&self) -> bool {
+        self.dir.device_writes() || self.dir == Direction::None
+    }
+}
+
 /// What giving a preparation back needs (shared by `complete`, drop and the quarantine).
 struct Owner<P: Platform + Clone> {
     pool: Option<Arc<BouncePool<P>>>,
@@ -929,7 +945,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// command's own [`PrepOwner`] (so only the command can end the preparation), decides the
     /// route (direct, per-page bounced, double buffered or mapped), fills bounce buffers for
     /// a device that reads and does a non-coherent command's cache maintenance, as `options`
-    /// say.
+    /// say. A descriptor of direction [`Direction::None`] states no limit: it is treated as
+    /// `InOut`, copied into a bounce buffer here and back at the last complete, as IOKit does.
     ///
     /// A prepare of the range already prepared is counted (each needs a
     /// [`complete`](Self::complete); the last one ends the transfer) and does nothing else;
@@ -1047,7 +1064,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     ) -> Result<()> {
         self.route(md, prep, options.synchronizes(), force)?;
         if options.flushes_cache() && self.maintains_caches() {
-            let op = if prep.dir.device_writes() {
+            let op = if prep.device_writes() {
                 CacheOp::Flush
             } else {
                 CacheOp::Clean
@@ -1175,7 +1192,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         }
         if reason.constraint == Constraint::AddressWindow && self.per_page(md, prep)? {
-            if sync && prep.dir.device_reads() {
+            if sync && prep.device_reads() {
                 self.copy(md, prep, true)?;
             }
             return Ok(());
@@ -1314,7 +1331,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 align: self.spec.alignment().max(self.spec.internal_alignment()),
             });
         }
-        if sync && prep.dir.device_reads() {
+        if sync && prep.device_reads() {
             self.copy(md, prep, true)?;
         }
         Ok(())
@@ -1968,9 +1985,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let r = self
             .settle(md.as_ref(), &mut fresh, PrepareOptions::new(), true)
             .and_then(|()| {
-                if prep.dir.device_writes() {
+                if prep.device_writes() {
                     self.copy(md.as_ref(), &prep, false)?;
-                    if fresh.dir.device_reads() {
+                    if fresh.device_reads() {
                         self.copy(md.as_ref(), &fresh, true)?;
                     }
                 }
@@ -2085,8 +2102,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// Ends one prepare (IOKit `complete(invalidateCache, synchronize)`). While nested
     /// prepares remain this only counts down. The last one ends the transfer: as `options`
-    /// say, data the device wrote is copied back from a bounce buffer and a non-coherent
-    /// command's caches are invalidated; then the bounce buffer, IO addresses and the
+    /// say, data the device wrote (direction `In`, `InOut` or `None`) is copied back from a
+    /// bounce buffer and a non-coherent command's caches are invalidated; then the bounce buffer, IO addresses and the
     /// command's wiring of the descriptor are released. Not prepared is
     /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete).
     ///
@@ -2142,7 +2159,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             what: "prepared command without descriptor",
         })?;
         let mut result = Ok(());
-        if prep.dir.device_writes() {
+        if prep.device_writes() {
             if options.invalidates_cache() && self.maintains_caches() {
                 result = self.cache(md.as_ref(), &prep, CacheOp::Invalidate);
             }
