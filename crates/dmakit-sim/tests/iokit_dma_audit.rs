@@ -4,7 +4,7 @@
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
 use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions};
-use dmakit::{Direction, PhysAddr};
+use dmakit::{Direction, IoReturn, PhysAddr};
 use dmakit_sim::{Machine, MachineBuilder};
 use std::sync::Arc;
 
@@ -68,4 +68,25 @@ fn a_direction_none_descriptor_is_copied_both_ways_through_a_bounce() {
     assert_eq!(md.read_bytes(0, &mut back), back.len());
     assert!(back == after, "complete copied the device's bytes back");
     assert_eq!(pool.stats().in_use, 0);
+}
+
+/// genIOVMSegments checks "not prepared", then "no room", then the offset.
+#[test]
+fn gen_segments_without_room_is_bad_argument_before_overrun() {
+    let m = machine();
+    let md = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x1000, Direction::Out)).unwrap(),
+    );
+    let mut cmd = DmaCommand::builder(m.clone()).build().unwrap();
+    cmd.set_memory_descriptor(md).unwrap();
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    let mut none = [0u8; 8]; // less than one 16-byte element
+    let mut off = 0x1000;
+    let e = cmd.gen_segments(&mut off, &mut none).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+    assert_eq!(off, 0x1000, "unchanged");
+    let mut room = [0u8; 16];
+    let e = cmd.gen_segments(&mut off, &mut room).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::OVERRUN, "{e}");
+    cmd.complete().unwrap();
 }

@@ -1614,7 +1614,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// described) and leaves it unchanged. An offset that is not where a segment can start
     /// (the device address there breaks `internal_alignment`, or the offset is not a
     /// multiple of `length_alignment`) is [`Error::NotAligned`]. Room for no segment is
-    /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. On an error `*offset` is
+    /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. As in IOKit, not prepared
+    /// is checked first, then the room, then the offset. On an error `*offset` is
     /// unchanged.
     /// IOKit: `genIOVMSegments`, `gen32IOVMSegments`, `gen64IOVMSegments`.
     ///
@@ -1651,7 +1652,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// ```
     pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
         let (prep, md) = self.parts("gen_segments on an unprepared DMA command")?;
-        self.check_walk_start(md, prep, *offset)?;
         let slots = (out.len() / self.format.element_size()).min(self.spec.max_segments() as usize);
         if slots == 0 {
             return Err(Error::BadArgument {
@@ -1659,6 +1659,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 value: out.len() as u64,
             });
         }
+        self.check_walk_start(md, prep, *offset)?;
         let mut count = 0usize;
         let mut at = *offset;
         let first = at == 0;
