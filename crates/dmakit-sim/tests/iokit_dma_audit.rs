@@ -3,7 +3,7 @@
 //! bounce buffer needs), its segment options, and the `IOMemoryCursor` family.
 
 use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
-use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions};
+use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions, SegmentSpec};
 use dmakit::{Direction, IoReturn, PhysAddr};
 use dmakit_sim::{Machine, MachineBuilder};
 use std::sync::Arc;
@@ -89,4 +89,46 @@ fn gen_segments_without_room_is_bad_argument_before_overrun() {
     let e = cmd.gen_segments(&mut off, &mut room).unwrap_err();
     assert_eq!(e.io_return(), IoReturn::OVERRUN, "{e}");
     cmd.complete().unwrap();
+}
+
+/// IOKit refuses a length above the maximum transfer size (kIOReturnNoSpace) before it
+/// looks at a preparation in progress, and before the length alignment; dmakit's own range
+/// check comes after both.
+#[test]
+fn prepare_checks_the_transfer_size_first_and_the_range_last() {
+    let m = machine();
+    let md = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x4000, Direction::In)).unwrap(),
+    );
+    let spec = SegmentSpec::builder()
+        .max_transfer_size(0x2000)
+        .length_alignment(0x200)
+        .build()
+        .unwrap();
+    let mut cmd = DmaCommand::builder(m.clone()).spec(spec).build().unwrap();
+    cmd.set_memory_descriptor(md).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 0x1000)).unwrap();
+    // Nested, another range, too long: NoSpace (IOKit checks the size first), uncounted.
+    let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::NO_SPACE, "{e}");
+    let e = cmd.prepare(PrepareOptions::range(0, 0x800)).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::NOT_READY, "{e}");
+    assert_eq!(cmd.prepare_count(), 1);
+    cmd.complete().unwrap();
+    // Past the end and too long: NoSpace, as IOKit (which never checks the range).
+    let e = cmd
+        .prepare(PrepareOptions::range(0x3000, 0x3000))
+        .unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::NO_SPACE, "{e}");
+    // Past the end and not a multiple of the length alignment: NotAligned, as IOKit.
+    let e = cmd
+        .prepare(PrepareOptions::range(0x3F00, 0x300))
+        .unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::NOT_ALIGNED, "{e}");
+    // Past the end only: dmakit's refusal.
+    let e = cmd
+        .prepare(PrepareOptions::range(0x3E00, 0x400))
+        .unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+    assert_eq!(cmd.prepare_count(), 0);
 }

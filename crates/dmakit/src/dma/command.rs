@@ -953,7 +953,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// another range while prepared is [`Error::NotReady`] and is not counted. No descriptor
     /// is [`Error::NotReady`]; an empty range, or one past the descriptor's end, is an
     /// error; a length above `max_transfer_size` is [`Error::NoSpace`] and one that is not a
-    /// multiple of `length_alignment` is [`Error::NotAligned`].
+    /// multiple of `length_alignment` is [`Error::NotAligned`]. The checks run in IOKit's
+    /// order: the transfer size first (also while prepared), then another range while
+    /// prepared, then the length alignment, then the range itself.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -988,6 +990,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             addr: 0,
         })?;
         let (offset, length) = options.requested_range().unwrap_or((0, md.length()));
+        if length > self.spec.max_transfer_size() {
+            // IOKit's first check, before a preparation in progress is looked at.
+            return Err(Error::NoSpace {
+                what: "DMA transfer above the spec's max_transfer_size",
+                requested: length,
+                align: 0,
+                free: self.spec.max_transfer_size(),
+            });
+        }
         if let Some(p) = &mut self.prep {
             if (p.offset, p.length) != (offset, length) {
                 return Err(Error::NotReady {
@@ -1028,20 +1039,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok(())
     }
 
-    /// The checks of a first prepare of `[offset, offset + length)`.
+    /// The checks of a first prepare of `[offset, offset + length)` after the transfer
+    /// size: IOKit's length alignment, then dmakit's own (an empty range, a range past the
+    /// descriptor's end), which IOKit does not make.
     fn check_range(&self, md: &dyn MemoryDescriptor, offset: u64, length: u64) -> Result<()> {
         if length == 0 {
             return Err(Error::ZeroSize {
                 what: "DMA command prepare (an empty descriptor or range)",
-            });
-        }
-        crate::descriptor::check_range("DMA command prepare", offset, length, md.length())?;
-        if length > self.spec.max_transfer_size() {
-            return Err(Error::NoSpace {
-                what: "DMA transfer above the spec's max_transfer_size",
-                requested: length,
-                align: 0,
-                free: self.spec.max_transfer_size(),
             });
         }
         if !length.is_multiple_of(self.spec.length_alignment()) {
@@ -1051,7 +1055,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 align: self.spec.length_alignment(),
             });
         }
-        Ok(())
+        crate::descriptor::check_range("DMA command prepare", offset, length, md.length())
     }
 
     /// Routes a wired preparation and does its cache maintenance.
