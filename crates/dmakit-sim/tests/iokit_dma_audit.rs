@@ -132,3 +132,25 @@ fn prepare_checks_the_transfer_size_first_and_the_range_last() {
     assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
     assert_eq!(cmd.prepare_count(), 0);
 }
+
+/// IOKit `setMemoryDescriptor(md, autoPrepare = true)` with `md` already attached returns
+/// success and prepares nothing, prepared or not.
+#[test]
+fn attaching_the_same_descriptor_again_prepares_nothing() {
+    let m = machine();
+    let md: Arc<dyn MemoryDescriptor> = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x1000, Direction::Out)).unwrap(),
+    );
+    let mut cmd = DmaCommand::builder(m.clone()).build().unwrap();
+    cmd.set_memory_descriptor(md.clone()).unwrap();
+    cmd.set_memory_descriptor_and_prepare(md.clone()).unwrap();
+    assert_eq!(cmd.prepared(), None, "attached already: nothing prepared");
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    cmd.set_memory_descriptor_and_prepare(md.clone()).unwrap();
+    assert_eq!(cmd.prepare_count(), 1);
+    cmd.complete_and_clear().unwrap();
+    // Not attached: attached and prepared.
+    cmd.set_memory_descriptor_and_prepare(md).unwrap();
+    assert_eq!(cmd.prepared(), Some((0, 0x1000)));
+    cmd.complete_and_clear().unwrap();
+}

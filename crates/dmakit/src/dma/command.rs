@@ -37,7 +37,7 @@
 //!
 //! | call | while | result |
 //! | --- | --- | --- |
-//! | `set_memory_descriptor(md)` | the same `md` is attached (prepared or not) | `Ok`, nothing prepared twice |
+//! | `set_memory_descriptor(md)`, `set_memory_descriptor_and_prepare(md)` | the same `md` is attached (prepared or not) | `Ok`, nothing prepared |
 //! | `set_memory_descriptor(other)` | prepared | [`Error::Busy`] |
 //! | `clear_memory_descriptor()` | prepared | [`Error::NotReady`] (use [`complete_and_clear`](DmaCommand::complete_and_clear)) |
 //! | `prepare(same range)` | prepared | `Ok`, counted: one more `complete` is needed |
@@ -579,8 +579,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// Attaches a descriptor and prepares all of it (IOKit `setMemoryDescriptor(md)`, whose
-    /// `autoPrepare` defaults to true). The descriptor already attached and prepared is `Ok`
-    /// and prepares nothing twice; a failed prepare leaves nothing attached.
+    /// `autoPrepare` defaults to true); a failed prepare leaves nothing attached. The
+    /// descriptor already attached is `Ok` and prepares nothing, prepared or not, as in
+    /// IOKit (which returns at once for the descriptor it holds): after a `complete`,
+    /// prepare it again with [`prepare`](Self::prepare).
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -595,17 +597,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// )?);
     /// let mut cmd = DmaCommand::builder(machine).build()?;
     /// cmd.set_memory_descriptor_and_prepare(md.clone())?;
-    /// cmd.set_memory_descriptor_and_prepare(md)?; // the same: nothing prepared twice
+    /// cmd.set_memory_descriptor_and_prepare(md.clone())?; // the same: nothing prepared twice
     /// assert_eq!((cmd.prepared(), cmd.prepare_count()), (Some((0, 0x1000)), 1));
+    /// cmd.complete()?;
+    /// cmd.set_memory_descriptor_and_prepare(md)?; // still attached: nothing prepared
+    /// assert!(cmd.prepared().is_none());
     /// cmd.complete_and_clear()?; // IOKit's clearMemoryDescriptor()
-    /// assert!(cmd.memory_descriptor().is_none() && cmd.prepared().is_none());
+    /// assert!(cmd.memory_descriptor().is_none());
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     pub fn set_memory_descriptor_and_prepare(
         &mut self,
         md: Arc<dyn MemoryDescriptor>,
     ) -> Result<()> {
-        if self.is_attached(&md) && self.prep.is_some() {
+        if self.is_attached(&md) {
             return Ok(());
         }
         self.set_memory_descriptor(md)?;
