@@ -154,3 +154,37 @@ fn attaching_the_same_descriptor_again_prepares_nothing() {
     assert_eq!(cmd.prepared(), Some((0, 0x1000)));
     cmd.complete_and_clear().unwrap();
 }
+
+/// IOKit's segment options read a maximum segment or transfer size of 0 as "no limit",
+/// and take more than 64 address bits (its field is a byte) as no limit too.
+#[test]
+fn segment_options_read_zero_sizes_and_wide_address_counts_as_no_limit() {
+    let s = SegmentSpec::builder()
+        .max_segment_size(0)
+        .max_transfer_size(0)
+        .build()
+        .unwrap();
+    assert_eq!(
+        (s.max_segment_size(), s.max_transfer_size()),
+        (u64::MAX, u64::MAX)
+    );
+    for bits in [64, 65, 128, 255] {
+        let s = SegmentSpec::builder().address_bits(bits).build().unwrap();
+        assert_eq!(s.max_address(), u64::MAX, "{bits} bits");
+        assert!(s.has_address_limit(), "{bits} bits is a stated limit");
+    }
+    let e = SegmentSpec::builder()
+        .address_bits(256)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+    // A 32-bit output refuses every stated limit above 32 bits.
+    let m = machine();
+    let wide = SegmentSpec::builder().address_bits(100).build().unwrap();
+    let e = DmaCommand::builder(m)
+        .spec(wide)
+        .format(dmakit::dma::SegmentFormat::Little32)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+}
