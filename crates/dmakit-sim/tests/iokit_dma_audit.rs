@@ -2,8 +2,13 @@
 //! behaviour: `IODMACommand` (prepare, genIOVMSegments, setMemoryDescriptor, the copies a
 //! bounce buffer needs), its segment options, and the `IOMemoryCursor` family.
 
-use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
-use dmakit::dma::{BouncePool, DmaCommand, PrepareOptions, SegmentSpec};
+use dmakit::descriptor::{
+    device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, MemoryDescriptor,
+};
+use dmakit::dma::{
+    BouncePool, DmaCommand, LittleMemoryCursor, NaturalMemoryCursor, PhysicalSegment,
+    PrepareOptions, SegmentSpec,
+};
 use dmakit::{Direction, IoReturn, PhysAddr};
 use dmakit_sim::{Machine, MachineBuilder};
 use std::sync::Arc;
@@ -187,4 +192,55 @@ fn segment_options_read_zero_sizes_and_wide_address_counts_as_no_limit() {
         .build()
         .unwrap_err();
     assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+}
+
+/// IOMemoryCursor keeps its sizes in 32 bits: a maximum transfer size above 4 GiB - 1 is
+/// refused, segments are at most 4 GiB - 1 long, and one call describes at most that.
+#[test]
+fn memory_cursor_sizes_are_32_bit_as_iokit() {
+    let e = NaturalMemoryCursor::new(0, 1 << 32, 1).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e}");
+    assert!(NaturalMemoryCursor::new(1 << 40, 0xFFFF_FFFF, 1).is_ok());
+    let m = machine();
+    // 6 GiB of physically contiguous device memory.
+    let big = device_memory(m.clone(), PhysAddr(0x10_0000_0000), 6 << 30).unwrap();
+    for seg in [0, 1 << 33, u64::MAX] {
+        let c = NaturalMemoryCursor::new(seg, 0, 1).unwrap();
+        let mut segs = [PhysicalSegment::default(); 4];
+        let r = c.segments(&big, 0, &mut segs, 0).unwrap();
+        assert_eq!((r.count, r.bytes), (1, 0xFFFF_FFFF), "max segment {seg:#x}");
+        assert_eq!(segs[0].length, 0xFFFF_FFFF);
+        // A per-call limit above 32 bits is the same as the largest one.
+        let r = c.segments(&big, 0, &mut segs, 1 << 40).unwrap();
+        assert_eq!((r.count, r.bytes), (1, 0xFFFF_FFFF));
+    }
+    let c = NaturalMemoryCursor::new(1 << 30, 0, 1).unwrap();
+    let mut segs = [PhysicalSegment::default(); 8];
+    let r = c.segments(&big, 0, &mut segs, 0).unwrap();
+    assert_eq!((r.count, r.bytes), (4, 0xFFFF_FFFF), "stops at 4 GiB - 1");
+    assert_eq!(segs[3].length, (1 << 30) - 1);
+}
+
+/// IOMemoryCursor's per-call maximum transfer size replaces the cursor's own when it is
+/// not 0 (even when larger).
+#[test]
+fn memory_cursor_per_call_transfer_limit_replaces_the_cursors() {
+    let m = machine();
+    let md = GeneralMemoryDescriptor::with_physical_ranges(
+        m.clone(),
+        &[(PhysAddr(0x20_0000), 0x3000)],
+        Direction::Out,
+    )
+    .unwrap();
+    let c = LittleMemoryCursor::new(0, 0x1000, 1).unwrap();
+    let mut out = [0u8; 16 * 4];
+    let r = c.gen_physical_segments(&md, 0, &mut out, 4, 0).unwrap();
+    assert_eq!((r.count, r.bytes), (1, 0x1000), "the cursor's limit");
+    let r = c
+        .gen_physical_segments(&md, 0, &mut out, 4, 0x2000)
+        .unwrap();
+    assert_eq!((r.count, r.bytes), (1, 0x2000), "the call's limit");
+    assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), 0x2000);
+    let r = c.gen_physical_segments(&md, 0, &mut out, 4, 0x800).unwrap();
+    assert_eq!((r.count, r.bytes), (1, 0x800));
 }
