@@ -244,3 +244,29 @@ fn memory_cursor_per_call_transfer_limit_replaces_the_cursors() {
     let r = c.gen_physical_segments(&md, 0, &mut out, 4, 0x800).unwrap();
     assert_eq!((r.count, r.bytes), (1, 0x800));
 }
+
+/// A bounce copy that falls short is kIOReturnUnderrun, as IOKit's copy into its copy
+/// buffer; nothing stays prepared.
+#[test]
+fn a_short_bounce_copy_is_underrun() {
+    let m = machine();
+    // Physical memory where the machine has no RAM: reads of it fall short.
+    let hole: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_physical_ranges(
+            m.clone(),
+            &[(PhysAddr(0x8000_0000), 0x1000)],
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    assert!(
+        hole.read_bytes(0, &mut [0u8; 16]) < 16,
+        "the hole reads short"
+    );
+    let (mut cmd, pool) = bouncing(&m);
+    cmd.set_memory_descriptor(hole).unwrap();
+    let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+    assert_eq!(e.io_return(), IoReturn::UNDERRUN, "{e}");
+    assert_eq!(cmd.prepared(), None);
+    assert_eq!(pool.stats().in_use, 0, "the bounce buffer went back");
+}

@@ -960,7 +960,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// error; a length above `max_transfer_size` is [`Error::NoSpace`] and one that is not a
     /// multiple of `length_alignment` is [`Error::NotAligned`]. The checks run in IOKit's
     /// order: the transfer size first (also while prepared), then another range while
-    /// prepared, then the length alignment, then the range itself.
+    /// prepared, then the length alignment, then the range itself. A bounce copy that falls
+    /// short (memory the descriptor cannot read) is [`Error::Underrun`], as in IOKit; an
+    /// error the platform reports for a copy is returned as it is. Either way nothing stays
+    /// prepared.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -2115,7 +2118,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// say, data the device wrote (direction `In`, `InOut` or `None`) is copied back from a
     /// bounce buffer and a non-coherent command's caches are invalidated; then the bounce buffer, IO addresses and the
     /// command's wiring of the descriptor are released. Not prepared is
-    /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete).
+    /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete); a
+    /// copy back that falls short is [`Error::Underrun`], as in IOKit, returned after
+    /// everything is released.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -2385,7 +2390,8 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
         }
     }
 
-    /// Through `read_bytes`/`write_bytes` and a stack buffer of `COPY_CHUNK` bytes.
+    /// Through `read_bytes`/`write_bytes` and a stack buffer of `COPY_CHUNK` bytes. A copy
+    /// that falls short is [`Error::Underrun`], as IOKit's.
     fn staged(&self, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
         let mut tmp = [0u8; COPY_CHUNK];
         let mut x = 0u64;
@@ -2399,9 +2405,12 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
                     && self.md.write_bytes(md_off + x, &tmp[..n]) == n
             };
             if !ok {
-                return Err(Error::NotWritable {
-                    what: "bounce copy could not complete (descriptor prepared read-only?)",
-                    addr: md_off + x,
+                // IOKit's copies into and out of its copy buffer are readBytes/writeBytes
+                // calls too, and a short one is kIOReturnUnderrun.
+                return Err(Error::Underrun {
+                    what: "bounce copy fell short (memory the descriptor cannot read or write)",
+                    done: x,
+                    requested: len,
                 });
             }
             x += n as u64;
