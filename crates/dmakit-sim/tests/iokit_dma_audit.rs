@@ -7,10 +7,11 @@ use dmakit::descriptor::{
 };
 use dmakit::dma::{
     BouncePool, DmaCommand, LittleMemoryCursor, NaturalMemoryCursor, PhysicalSegment,
-    PrepareOptions, SegmentSpec,
+    PrepareOptions, SegmentFormat, SegmentSpec,
 };
+use dmakit::mapper::IommuMapper;
 use dmakit::{Direction, IoReturn, PhysAddr};
-use dmakit_sim::{Machine, MachineBuilder};
+use dmakit_sim::{Machine, MachineBuilder, SimIommu};
 use std::sync::Arc;
 
 type M = Arc<Machine>;
@@ -269,4 +270,69 @@ fn a_short_bounce_copy_is_underrun() {
     assert_eq!(e.io_return(), IoReturn::UNDERRUN, "{e}");
     assert_eq!(cmd.prepared(), None);
     assert_eq!(pool.stats().in_use, 0, "the bounce buffer went back");
+}
+
+/// In mapped mode IOKit gives each physical run IO pages of its own at its own page offset
+/// (a per-run offset table): runs that meet at page boundaries become one IO segment, the
+/// others start new ones. Nothing is copied, and no bounce pool is needed.
+#[test]
+fn mapped_runs_that_do_not_meet_at_page_boundaries_get_io_pages_of_their_own() {
+    let m = machine();
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x8000_0000, 0x1000_0000).unwrap());
+    let ranges = [
+        (PhysAddr(0x20_0800), 0x800),
+        (PhysAddr(0x30_0000), 0x1000),
+        (PhysAddr(0x31_0400), 0x400),
+    ];
+    let md: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_physical_ranges(m.clone(), &ranges, Direction::InOut)
+            .unwrap(),
+    );
+    let data = pattern(0x1C00, 3);
+    assert_eq!(md.write_bytes(0, &data), data.len());
+    let mut cmd = DmaCommand::builder(m.clone())
+        .mapper(mapper.clone())
+        .build()
+        .unwrap();
+    cmd.set_memory_descriptor(md.clone()).unwrap();
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    assert!(!cmd.is_bounced() && cmd.bounce_reason().is_none());
+    let segs: Vec<_> = cmd.segments().collect::<dmakit::Result<_>>().unwrap();
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(
+        segs[0].addr.0 % 0x1000,
+        0x800,
+        "the first run's page offset"
+    );
+    assert_eq!(
+        segs[0].len, 0x1800,
+        "the first two runs meet at a page boundary"
+    );
+    assert_eq!(
+        (segs[1].addr.0 - segs[0].addr.0, segs[1].len),
+        (0x1C00, 0x400),
+        "the third run in the next IO page (0x2000 past the first), at its own page offset"
+    );
+    assert_eq!(mapper.usage(), (1, 3), "three IO pages, one allocation");
+    let mut seen = vec![0u8; 0x1C00];
+    iommu
+        .device_read(segs[0].addr, &mut seen[..0x1800])
+        .unwrap();
+    iommu
+        .device_read(segs[1].addr, &mut seen[0x1800..])
+        .unwrap();
+    assert!(seen == data, "the device reads the descriptor's bytes");
+    // Pieces of the walk continue where a whole walk would.
+    let mut list = [0u8; 16];
+    let mut off = 0x1000;
+    assert_eq!(cmd.gen_segments(&mut off, &mut list).unwrap(), 1);
+    let seg = SegmentFormat::Host64.read(&list, 0).unwrap();
+    assert_eq!((seg.addr.0, seg.len), (segs[0].addr.0 + 0x1000, 0x800));
+    assert_eq!(off, 0x1800);
+    let mut byte = [0u8; 1];
+    assert_eq!(cmd.read_bytes(0x1850, &mut byte), 1);
+    assert_eq!(byte[0], data[0x1850]);
+    cmd.complete().unwrap();
+    assert_eq!(mapper.usage(), (0, 0));
 }

@@ -15,9 +15,11 @@
 //!   the right direction, and [`bounce_reason`](DmaCommand::bounce_reason) says which
 //!   constraint, at which address, made it bounce;
 //! * **mapped**: the pages are entered in an IOMMU through a [`Mapper`], so physically
-//!   scattered pages become one IO segment; runs that do not meet at page boundaries (or a
-//!   start the IO addresses cannot align) are first copied into a bounce buffer, which is
-//!   mapped instead, as IOKit's copy buffer is;
+//!   scattered pages become one IO segment. As in IOKit, each physical run gets IO pages of
+//!   its own at its own offset in the page: runs that meet at page boundaries join, and a
+//!   run that does not starts a new IO segment. Segments that still break the spec (a
+//!   start the IO addresses cannot align, more segments than allowed) are first copied
+//!   into a bounce buffer, which is mapped instead, as IOKit's copy buffer is;
 //! * **non-coherent**: as bypassed, plus cache maintenance at prepare, synchronize and
 //!   complete;
 //! * **iterate-only**: as bypassed, but a transfer that would need bouncing is
@@ -165,12 +167,23 @@ enum Route<P: Platform + Clone> {
     /// A bounce buffer, by physical address.
     Bounced(Bounce<P>),
     /// IO virtual addresses from `iova + first_off`, over the descriptor or a bounce buffer.
+    /// `table` is empty when the whole range is one IO run; else it lists where each IO
+    /// run starts (sorted by `x`, the first at 0).
     Mapped {
         iova: IoAddr,
         pages: u64,
         first_off: u64,
+        table: Vec<MapRun>,
         bounce: Option<Bounce<P>>,
     },
+}
+
+/// Where an IO run of a mapped preparation starts: prepared offset `x` is at device
+/// address `io`, and the bytes up to the next run's `x` follow it.
+#[derive(Clone, Copy, Debug)]
+struct MapRun {
+    x: u64,
+    io: u64,
 }
 
 impl<P: Platform + Clone> Route<P> {
@@ -808,8 +821,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 }
             }
             Route::Mapped {
-                iova, first_off, ..
-            } => (iova.0 + first_off + x, prep.length - x),
+                iova,
+                first_off,
+                table,
+                ..
+            } => {
+                let i = table.partition_point(|r| r.x <= x).saturating_sub(1);
+                match table.get(i) {
+                    None => (iova.0 + first_off + x, prep.length - x),
+                    Some(r) => {
+                        let end = table.get(i + 1).map_or(prep.length, |n| n.x);
+                        (r.io + (x - r.x), end - x)
+                    }
+                }
+            }
         })
     }
 
@@ -1135,7 +1160,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     }))
                 };
                 match self.map(mapper.as_ref(), md, prep.offset, prep.length, prep.dir) {
-                    Ok(Some(route)) => {
+                    Ok(route) => {
                         prep.route = route;
                         match self.preflight(md, prep)? {
                             None => return Ok(()),
@@ -1145,7 +1170,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                             }
                         }
                     }
-                    Ok(None) => prep.reason = why(Constraint::MapperPageJoins)?,
                     // No IO range at this page offset fits the device's window: a bounce
                     // buffer, whose data starts elsewhere in its page, may.
                     Err(e @ Error::NoSuitableMemory { .. }) if self.owner.pool.is_none() => {
@@ -1168,22 +1192,24 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 prep.length,
                 prep.dir,
             );
-            let Some(Route::Mapped {
+            let Route::Mapped {
                 iova,
                 pages,
                 first_off,
+                table,
                 ..
-            }) = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
+            } = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
             else {
                 self.give_back(prep.length, &bounce);
                 return Err(Error::Internal {
-                    what: "a contiguous bounce buffer could not be mapped as one IO range",
+                    what: "a bounce buffer was not mapped through the mapper",
                 });
             };
             prep.route = Route::Mapped {
                 iova,
                 pages,
                 first_off,
+                table,
                 bounce: Some(bounce),
             };
             return self.finish_bounce(md, prep, sync);
@@ -1397,8 +1423,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         }
     }
 
-    /// Maps `[offset, offset + length)` of `md` as one IO range, or `None` when its runs do
-    /// not meet at page boundaries (so they cannot form one).
+    /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
+    /// allocation: each physical run gets IO pages of its own, at its own offset in the
+    /// page, so runs that meet at page boundaries form one IO run and each other run starts
+    /// a new one (listed in the route's table).
     fn map(
         &self,
         mapper: &dyn Mapper,
@@ -1406,39 +1434,50 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         offset: u64,
         length: u64,
         dir: Direction,
-    ) -> Result<Option<Route<P>>> {
+    ) -> Result<Route<P>> {
         let page = mapper.page_size();
         let access = match dir {
             Direction::Out => Access::READ,
             Direction::In => Access::WRITE,
             _ => Access::READ_WRITE,
         };
-        // Count pages, checking that runs meet at page boundaries (so the IO range is one).
-        // The first run is kept: when it holds the whole range, it is all there is to map.
+        // Lay the runs out: count the IO pages and note where an IO run starts (relative to
+        // the allocation) when a physical run does not continue the previous one in IO
+        // space. The first run is kept: when it holds the whole range, it is all there is.
         let first = md.physical_segment(offset)?;
         let run_at = |x: u64| match x {
             0 => Ok(first),
             x => md.physical_segment(offset + x),
         };
-        let mut pages = 0;
+        let first_off = page.offset(first.addr.0);
+        let mut table = Vec::new();
+        let mut pages = 0u64;
+        let mut end = first_off; // just past the IO bytes laid out so far
         let mut x = 0;
-        let mut first_off = 0;
         while x < length {
             let seg = run_at(x)?;
             let len = seg.len.min(length - x);
-            if x == 0 {
-                first_off = page.offset(seg.addr.0);
-            } else if page.offset(seg.addr.0) != 0 {
-                return Ok(None);
+            let at = pages
+                .saturating_mul(page.bytes())
+                .saturating_add(page.offset(seg.addr.0));
+            if at != end {
+                if table.is_empty() {
+                    table.push(MapRun {
+                        x: 0,
+                        io: first_off,
+                    });
+                }
+                table.push(MapRun { x, io: at });
             }
-            if x + len < length && page.offset(seg.addr.0 + len) != 0 {
-                return Ok(None);
-            }
-            pages += page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
+            end = at.saturating_add(len);
             x += len;
         }
-        let place = self.iova_placement(page.bytes(), first_off, length, pages);
+        let place = self.iova_placement(page.bytes(), first_off, end - first_off, pages);
         let iova = mapper.iovm_alloc_placed(pages, &place)?;
+        for r in &mut table {
+            r.io = r.io.saturating_add(iova.0);
+        }
         let mut done = 0u64;
         let mut x = 0;
         let result = (|| {
@@ -1455,8 +1494,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 done += n;
                 x += len;
             }
-            let start = iova.0 + first_off;
-            if !self.spec.reaches(start, length) {
+            let reached = match table.len() {
+                0 => self.spec.reaches(iova.0 + first_off, length),
+                _ => table.iter().enumerate().all(|(i, r)| {
+                    let to = table.get(i + 1).map_or(length, |n| n.x);
+                    self.spec.reaches(r.io, to - r.x)
+                }),
+            };
+            if !reached {
                 return Err(Error::NoSuitableMemory {
                     what: "the mapper's IO addresses are outside the device's window",
                     requested: length,
@@ -1471,12 +1516,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             let _ = mapper.iovm_free(iova, pages);
             return Err(e);
         }
-        Ok(Some(Route::Mapped {
+        Ok(Route::Mapped {
             iova,
             pages,
             first_off,
+            table,
             bounce: None,
-        }))
+        })
     }
 
     /// The spec's window of addresses, inclusive.
