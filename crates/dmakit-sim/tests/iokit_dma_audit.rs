@@ -336,3 +336,33 @@ fn mapped_runs_that_do_not_meet_at_page_boundaries_get_io_pages_of_their_own() {
     cmd.complete().unwrap();
     assert_eq!(mapper.usage(), (0, 0));
 }
+
+/// A 32-bit output function carries any length below 4 GiB: a 3 GiB physically contiguous
+/// range under 4 GiB is one segment (IOKit cuts only at the maximum segment size).
+#[test]
+fn a_32_bit_format_carries_segments_up_to_4_gib() {
+    let m = machine();
+    let big: Arc<dyn MemoryDescriptor> =
+        Arc::new(device_memory(m.clone(), PhysAddr(0x4000_0000), 0xC000_0000).unwrap());
+    for (length_alignment, longest) in [(1, 0xFFFF_FFFF), (0x200, 0xFFFF_FE00)] {
+        let spec = SegmentSpec::builder()
+            .length_alignment(length_alignment)
+            .build()
+            .unwrap();
+        let mut cmd = DmaCommand::builder(m.clone())
+            .spec(spec)
+            .format(SegmentFormat::Little32)
+            .build()
+            .unwrap();
+        assert_eq!(cmd.spec().max_segment_size(), longest);
+        cmd.set_memory_descriptor(big.clone()).unwrap();
+        cmd.prepare(PrepareOptions::new()).unwrap();
+        let mut list = [0u8; 8 * 4];
+        let mut off = 0;
+        assert_eq!(cmd.gen_segments(&mut off, &mut list).unwrap(), 1);
+        let seg = SegmentFormat::Little32.read(&list, 0).unwrap();
+        assert_eq!((seg.addr.0, seg.len), (0x4000_0000, 0xC000_0000));
+        assert_eq!(off, 0xC000_0000);
+        cmd.complete().unwrap();
+    }
+}

@@ -472,7 +472,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// The spec a command with `format` uses for `spec`: a 32-bit format limits a spec with
     /// no address limit to 32 bits and refuses one that reaches further (IOKit: 0 address
     /// bits become 32 for the 32-bit output functions, more than 32 are refused); its
-    /// 32-bit length field caps segments at 2 GiB.
+    /// 32-bit length field caps segments at the longest length it holds that ends where
+    /// the next segment may start (`2^32` less the internal or length alignment, so
+    /// `0xFFFF_FFFF` bytes without one, as IOKit's 32-bit outputs carry).
     fn spec_for(spec: SegmentSpec, format: SegmentFormat) -> Result<SegmentSpec> {
         let mut spec = spec;
         if spec.max_address() > format.max_address() {
@@ -485,7 +487,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             spec = spec.limited_to(format.max_address())?;
         }
         if spec.max_segment_size() > format.max_address() {
-            let cap = SegmentSpec::builder().max_segment_size(1 << 31).build()?;
+            let cut = spec.internal_alignment().max(spec.length_alignment());
+            let longest = match (format.max_address() + 1).checked_sub(cut) {
+                Some(n) if n > 0 => n,
+                // An alignment of 4 GiB or more: no segment of a 32-bit length can end on it.
+                _ => 1 << 31,
+            };
+            let cap = SegmentSpec::builder().max_segment_size(longest).build()?;
             spec = spec.intersect(&cap)?;
         }
         Ok(spec)
@@ -2315,7 +2323,8 @@ impl<P: Platform + Clone + 'static> DmaCommandBuilder<P> {
 
     /// How segments are written (IOKit's output function). A 32-bit format limits a spec
     /// with no address limit to 32 bits, and refuses at `build` one that reaches above
-    /// 4 GiB.
+    /// 4 GiB; its segments are at most `0xFFFF_FFFF` bytes long (less with an internal or
+    /// length alignment: the longest multiple of it that a 32-bit length holds).
     pub fn format(mut self, format: SegmentFormat) -> Self {
         self.format = format;
         self
