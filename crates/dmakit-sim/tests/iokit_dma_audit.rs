@@ -426,3 +426,34 @@ fn iterate_only_prepares_and_the_walk_refuses_what_the_device_cannot_use() {
     assert_eq!(e.io_return(), IoReturn::NOT_ALIGNED, "{e}");
     cmd.complete().unwrap();
 }
+
+/// A segment cut at the maximum segment size keeps a length that is a multiple of the
+/// length alignment, counted from the segment's start (IOKit trims the length, then the
+/// end to the internal alignment): a first segment that starts between length-alignment
+/// boundaries is cut at exactly the maximum size, with no bounce.
+#[test]
+fn cuts_keep_the_length_alignment_from_the_segment_start() {
+    let m = machine();
+    let md: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_physical_ranges(
+            m.clone(),
+            &[(PhysAddr(0x20_0100), 0x2000)],
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    let spec = SegmentSpec::builder()
+        .length_alignment(0x200)
+        .max_segment_size(0x1000)
+        .build()
+        .unwrap();
+    assert_eq!(spec.internal_alignment(), 1);
+    let mut cmd = DmaCommand::builder(m.clone()).spec(spec).build().unwrap();
+    cmd.set_memory_descriptor(md).unwrap();
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    assert!(!cmd.is_bounced());
+    let segs: Vec<_> = cmd.segments().collect::<dmakit::Result<_>>().unwrap();
+    let got: Vec<_> = segs.iter().map(|s| (s.addr.0, s.len)).collect();
+    assert_eq!(got, [(0x20_0100, 0x1000), (0x20_1100, 0x1000)]);
+    cmd.complete().unwrap();
+}

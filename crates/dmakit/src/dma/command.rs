@@ -30,8 +30,9 @@
 //!
 //! [`gen_segments`](DmaCommand::gen_segments) then writes segments into the caller's buffer
 //! from an offset the caller carries, so a transfer can be produced in pieces; it allocates
-//! nothing. Segments are cut at the maximum segment size and at boundaries, and a cut end is
-//! moved down to the internal and length alignment, so every segment meets the spec.
+//! nothing. Segments are cut at the maximum segment size and at boundaries, and a cut is
+//! moved down so the segment's length is a multiple of the length alignment and its end is
+//! on the internal alignment, so every segment meets the spec.
 //!
 //! A prepared command that is dropped hands its preparation to its device's
 //! [`Quarantine`] (or leaks it without one): memory a device may still reach is never freed.
@@ -854,8 +855,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// Walks the segments of `prep` from prepared offset `from`, coalescing contiguous runs
-    /// and cutting at the maximum segment size and boundaries (a cut end moves down to the
-    /// internal and length alignment). `emit` gets each finished segment; returning
+    /// and cutting at the maximum segment size and boundaries (a cut moves down so the
+    /// length is a multiple of the length alignment and the end is on the internal
+    /// alignment, as IOKit trims a cut segment). `emit` gets each finished segment; returning
     /// `false` stops the walk without consuming it.
     fn walk(
         &self,
@@ -895,7 +897,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             }
             // The segment ends inside this run, and more of the transfer follows.
             let end = c.addr.0 + c.len + room;
-            let cut = end - end % q;
+            let cut = if s.length_alignment() > s.internal_alignment() {
+                // The length is a multiple of the length alignment, counted from the
+                // segment's start (so the end keeps the start's internal alignment).
+                let len = end - c.addr.0;
+                c.addr.0 + (len - len % s.length_alignment())
+            } else {
+                // The end on the internal alignment (a multiple of the length alignment).
+                end - end % q
+            };
             if cut <= c.addr.0 {
                 return Err(Error::NotAligned {
                     what: "no segment end meets max_segment_size/boundary and the internal/length alignment",
