@@ -457,3 +457,33 @@ fn cuts_keep_the_length_alignment_from_the_segment_start() {
     assert_eq!(got, [(0x20_0100, 0x1000), (0x20_1100, 0x1000)]);
     cmd.complete().unwrap();
 }
+
+/// A documented difference: mapped IO pages allow only what the direction does (IOKit
+/// always grants the device read access, also for an `In` transfer).
+#[test]
+fn mapped_io_pages_allow_only_the_transfers_direction() {
+    let m = machine();
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x8000_0000, 0x1000_0000).unwrap());
+    let mut cmd = DmaCommand::builder(m.clone())
+        .mapper(mapper)
+        .build()
+        .unwrap();
+    for (dir, read, write) in [
+        (Direction::In, false, true),
+        (Direction::Out, true, false),
+        (Direction::InOut, true, true),
+        (Direction::None, true, true),
+    ] {
+        let md = Arc::new(
+            BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x1000, dir)).unwrap(),
+        );
+        cmd.set_memory_descriptor(md).unwrap();
+        cmd.prepare(PrepareOptions::new()).unwrap();
+        let at = cmd.segments().next().unwrap().unwrap().addr;
+        let mut b = [0u8; 4];
+        assert_eq!(iommu.device_read(at, &mut b).is_ok(), read, "{dir:?} read");
+        assert_eq!(iommu.device_write(at, &b).is_ok(), write, "{dir:?} write");
+        cmd.complete_and_clear().unwrap();
+    }
+}

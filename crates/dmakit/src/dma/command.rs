@@ -19,7 +19,11 @@
 //!   its own at its own offset in the page: runs that meet at page boundaries join, and a
 //!   run that does not starts a new IO segment. Segments that still break the spec (a
 //!   start the IO addresses cannot align, more segments than allowed) are first copied
-//!   into a bounce buffer, which is mapped instead, as IOKit's copy buffer is;
+//!   into a bounce buffer, which is mapped instead, as IOKit's copy buffer is. The IO pages
+//!   allow only what the direction does: device reads for `Out`, device writes for `In`,
+//!   both for `InOut` and `None` (IOKit always lets the device read, also an `In` buffer;
+//!   dmakit, as Linux's IOMMU mappings, does not, so a device that reads memory it was
+//!   only given to fill faults instead of reading stale data);
 //! * **non-coherent**: as bypassed, plus cache maintenance at prepare, synchronize and
 //!   complete;
 //! * **iterate-only**: as bypassed, but never bounces. As IOKit's, a transfer that would
