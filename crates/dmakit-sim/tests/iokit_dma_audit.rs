@@ -487,3 +487,29 @@ fn mapped_io_pages_allow_only_the_transfers_direction() {
         cmd.complete_and_clear().unwrap();
     }
 }
+
+/// No bounce memory for a transfer that needs it is kIOReturnNoResources, as IOKit's
+/// prepare: without a pool, and with a pool that has no room left.
+#[test]
+fn no_bounce_memory_is_no_resources() {
+    let m = machine();
+    let buf: Arc<dyn MemoryDescriptor> = Arc::new(
+        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x3000, Direction::Out)).unwrap(),
+    );
+    // 8 bytes into a page: never on the 1 MiB alignment the device needs.
+    let md: Arc<dyn MemoryDescriptor> =
+        Arc::new(SubMemoryDescriptor::new(buf, 8, 0x2000, Direction::Out).unwrap());
+    let pool = Arc::new(BouncePool::new(m.clone(), "audit tiny", 0x1000));
+    pool.set_force_bounce(true);
+    for pool in [None, Some(pool)] {
+        let mut cmd = DmaCommand::builder(m.clone())
+            .spec(SegmentSpec::builder().alignment(1 << 20).build().unwrap())
+            .bounce_pool_option(pool)
+            .build()
+            .unwrap();
+        cmd.set_memory_descriptor(md.clone()).unwrap();
+        let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+        assert_eq!(e.io_return(), IoReturn::NO_RESOURCES, "{e}");
+        assert_eq!(cmd.prepared(), None);
+    }
+}
