@@ -1708,7 +1708,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// `*offset` at or past the prepared length is [`Error::Overrun`] (the transfer is fully
     /// described) and leaves it unchanged. An offset that is not where a segment can start
     /// (the device address there breaks `internal_alignment`, or the offset is not a
-    /// multiple of `length_alignment`) is [`Error::NotAligned`]. Room for no segment is
+    /// multiple of `length_alignment`) is [`Error::NotAligned`]; IOKit instead starts a
+    /// segment at any offset, handing the device one that breaks its alignment unless the
+    /// command walks in cursor mode. Room for no segment is
     /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. As in IOKit, not prepared
     /// is checked first, then the room, then the offset. An iterate-only command stops at a
     /// segment the device cannot use ([`Error::MessageTooLarge`] out of its reach,
