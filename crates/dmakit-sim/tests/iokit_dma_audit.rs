@@ -513,3 +513,45 @@ fn no_bounce_memory_is_no_resources() {
         assert_eq!(cmd.prepared(), None);
     }
 }
+
+/// IOKit's getNumAddressBits / getAlignment / getAlignmentLength /
+/// getAlignmentInternalSegments read the normalized values: 0 bits without a limit, 32 for
+/// a 32-bit output function given 0, alignments of 0 as 1 and an internal alignment of 0
+/// as the alignment.
+#[test]
+fn a_commands_spec_reads_as_iokits_accessors() {
+    let m = machine();
+    let spec = SegmentSpec::builder()
+        .alignment(0)
+        .length_alignment(0)
+        .build()
+        .unwrap();
+    let cmd = DmaCommand::builder(m.clone()).spec(spec).build().unwrap();
+    let s = cmd.spec();
+    assert_eq!(
+        (
+            s.address_bits(),
+            s.alignment(),
+            s.length_alignment(),
+            s.internal_alignment()
+        ),
+        (0, 1, 1, 1)
+    );
+    let cmd = DmaCommand::builder(m.clone())
+        .spec(spec)
+        .format(SegmentFormat::Big32)
+        .build()
+        .unwrap();
+    assert_eq!(cmd.spec().address_bits(), 32);
+    let spec = SegmentSpec::builder()
+        .address_bits(36)
+        .alignment(16)
+        .build()
+        .unwrap();
+    let cmd = DmaCommand::builder(m).spec(spec).build().unwrap();
+    let s = cmd.spec();
+    assert_eq!(
+        (s.address_bits(), s.alignment(), s.internal_alignment()),
+        (36, 16, 16)
+    );
+}

@@ -543,7 +543,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// The constraints (IOKit `getNumAddressBits`, `getAlignment`, `getAlignmentLength`,
-    /// `getAlignmentInternalSegments` read from here).
+    /// `getAlignmentInternalSegments` are its [`address_bits`](SegmentSpec::address_bits),
+    /// [`alignment`](SegmentSpec::alignment),
+    /// [`length_alignment`](SegmentSpec::length_alignment) and
+    /// [`internal_alignment`](SegmentSpec::internal_alignment)).
     pub fn spec(&self) -> &SegmentSpec {
         &self.spec
     }

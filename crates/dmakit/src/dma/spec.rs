@@ -360,6 +360,28 @@ impl SegmentSpec {
         self.offset_bits
     }
 
+    /// The device's address-bit count (IOKit `getNumAddressBits`): 0 without an address
+    /// limit, else the address lines needed to reach [`max_address`](Self::max_address)
+    /// (32 for a command with a 32-bit segment format and no stated limit, 64 for 64 or
+    /// more stated bits).
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentSpec;
+    ///
+    /// let bits = |s: SegmentSpec| s.address_bits();
+    /// assert_eq!(bits(SegmentSpec::builder().build()?), 0);
+    /// assert_eq!(bits(SegmentSpec::builder().address_bits(40).build()?), 40);
+    /// assert_eq!(bits(SegmentSpec::builder().address_bits(100).build()?), 64);
+    /// assert_eq!(bits(SegmentSpec::builder().window(0x1000, 0x7FFF_FFFF).build()?), 31);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
+    pub fn address_bits(&self) -> u32 {
+        if !self.address_limited {
+            return 0;
+        }
+        64 - self.max_address.leading_zeros()
+    }
+
     /// Whether an address limit was stated (`address_bits` or `window`); without one a
     /// 32-bit segment format limits the command to 32 bits.
     pub fn has_address_limit(&self) -> bool {
