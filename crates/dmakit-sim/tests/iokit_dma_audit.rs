@@ -458,8 +458,8 @@ fn cuts_keep_the_length_alignment_from_the_segment_start() {
     cmd.complete().unwrap();
 }
 
-/// A documented difference: mapped IO pages allow only what the direction does (IOKit
-/// always grants the device read access, also for an `In` transfer).
+/// Mapped IO pages allow only what the direction does, as IOKit's per-run mapping (its
+/// whole-descriptor mapping also grants reads for an `In` transfer; dmakit never does).
 #[test]
 fn mapped_io_pages_allow_only_the_transfers_direction() {
     let m = machine();

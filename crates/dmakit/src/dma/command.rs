@@ -21,9 +21,10 @@
 //!   start the IO addresses cannot align, more segments than allowed) are first copied
 //!   into a bounce buffer, which is mapped instead, as IOKit's copy buffer is. The IO pages
 //!   allow only what the direction does: device reads for `Out`, device writes for `In`,
-//!   both for `InOut` and `None` (IOKit always lets the device read, also an `In` buffer;
-//!   dmakit, as Linux's IOMMU mappings, does not, so a device that reads memory it was
-//!   only given to fill faults instead of reading stale data);
+//!   both for `InOut` and `None`, as IOKit's per-run mapping does (IOKit's mapping of a
+//!   whole descriptor lets the device read an `In` buffer too; dmakit never does, so a
+//!   device that reads memory it was only given to fill faults instead of reading stale
+//!   data);
 //! * **non-coherent**: as bypassed, plus cache maintenance at prepare, synchronize and
 //!   complete;
 //! * **iterate-only**: as bypassed, but never bounces. As IOKit's, a transfer that would
