@@ -7,7 +7,7 @@ use dmakit::descriptor::{
     MemoryDescriptor, SubMemoryDescriptor,
 };
 use dmakit::dma::{
-    BouncePool, DmaCommand, LittleMemoryCursor, MappingMode, NaturalMemoryCursor, PhysicalSegment,
+    BouncePool, DmaCommand, LittleMemoryCursor, NaturalMemoryCursor, PhysicalSegment,
     PrepareOptions, SegmentFormat, SegmentSpec,
 };
 use dmakit::mapper::IommuMapper;
@@ -366,65 +366,6 @@ fn a_32_bit_format_carries_segments_up_to_4_gib() {
         assert_eq!(off, 0xC000_0000);
         cmd.complete().unwrap();
     }
-}
-
-/// An iterate-only command (IOKit kIterateOnly) never bounces: its prepare succeeds, and the
-/// segment walk returns the segments the device can use and stops at the first it cannot,
-/// kIOReturnMessageTooLarge for one out of its reach, kIOReturnNotAligned for a misaligned
-/// one, leaving the offset where it was.
-#[test]
-fn iterate_only_prepares_and_the_walk_refuses_what_the_device_cannot_use() {
-    let m = machine();
-    let md: Arc<dyn MemoryDescriptor> = Arc::new(
-        GeneralMemoryDescriptor::with_physical_ranges(
-            m.clone(),
-            &[
-                (PhysAddr(0x20_0000), 0x1000),
-                (PhysAddr(0x1_0000_0000), 0x1000),
-            ],
-            Direction::Out,
-        )
-        .unwrap(),
-    );
-    let spec = SegmentSpec::builder().address_bits(32).build().unwrap();
-    let mut cmd = DmaCommand::builder(m.clone())
-        .spec(spec)
-        .mode(MappingMode::IterateOnly)
-        .build()
-        .unwrap();
-    cmd.set_memory_descriptor(md).unwrap();
-    cmd.prepare(PrepareOptions::new()).unwrap();
-    assert!(!cmd.is_bounced() && cmd.bounce_reason().is_none());
-    let mut one = [0u8; 16];
-    let mut off = 0;
-    assert_eq!(cmd.gen_segments(&mut off, &mut one).unwrap(), 1);
-    assert_eq!(off, 0x1000, "the reachable first page");
-    let e = cmd.gen_segments(&mut off, &mut one).unwrap_err();
-    assert_eq!(e.io_return(), IoReturn::MESSAGE_TOO_LARGE, "{e}");
-    assert_eq!(off, 0x1000, "unchanged");
-    let mut two = [0u8; 32];
-    let e = cmd.gen_segments(&mut 0, &mut two).unwrap_err();
-    assert_eq!(e.io_return(), IoReturn::MESSAGE_TOO_LARGE, "{e}");
-    cmd.complete().unwrap();
-
-    // Misaligned: NotAligned from the walk.
-    let page: Arc<dyn MemoryDescriptor> = Arc::new(
-        BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(0x1000, Direction::Out)).unwrap(),
-    );
-    let odd = Arc::new(SubMemoryDescriptor::new(page, 3, 0x100, Direction::Out).unwrap());
-    let spec = SegmentSpec::builder().alignment(64).build().unwrap();
-    let mut cmd = DmaCommand::builder(m.clone())
-        .spec(spec)
-        .mode(MappingMode::IterateOnly)
-        .build()
-        .unwrap();
-    cmd.set_memory_descriptor(odd).unwrap();
-    cmd.prepare(PrepareOptions::new()).unwrap();
-    let e = cmd.segments().next().unwrap().unwrap_err();
-    assert_eq!(e.io_return(), IoReturn::NOT_ALIGNED, "{e}");
-    let e = cmd.gen_segments(&mut 0, &mut one).unwrap_err();
-    assert_eq!(e.io_return(), IoReturn::NOT_ALIGNED, "{e}");
-    cmd.complete().unwrap();
 }
 
 /// A segment cut at the maximum segment size keeps a length that is a multiple of the

@@ -27,11 +27,9 @@
 //!   data);
 //! * **non-coherent**: as bypassed, plus cache maintenance at prepare, synchronize and
 //!   complete;
-//! * **iterate-only**: as bypassed, but never bounces. As IOKit's, a transfer that would
-//!   need bouncing is prepared all the same, and the segment walk stops at the first
-//!   segment the device cannot use: [`Error::MessageTooLarge`] for one out of its reach,
-//!   [`Error::NotAligned`] for one that breaks an alignment (one that needs more than
-//!   `max_segments` segments, a dmakit limit, is [`Error::MessageTooLarge`] at prepare).
+//! * **iterate-only**: as bypassed, but a transfer that would need bouncing is
+//!   [`Error::MessageTooLarge`] at prepare, before a device can be handed part of its list
+//!   (IOKit prepares it and returns the error from the segment walk).
 //!
 //! [`gen_segments`](DmaCommand::gen_segments) then writes segments into the caller's buffer
 //! from an offset the caller carries, so a transfer can be produced in pieces; it allocates
@@ -115,8 +113,7 @@ pub enum MappingMode {
     Bypassed,
     /// Physical addresses with cache maintenance for a non-coherent device.
     NonCoherent,
-    /// Physical addresses; never bounce: segments the device cannot use are refused by
-    /// the segment walk (MessageTooLarge out of reach, NotAligned misaligned).
+    /// Physical addresses; never bounce (MessageTooLarge instead).
     IterateOnly,
     /// IO virtual addresses through an IOMMU.
     Mapped(Arc<dyn Mapper>),
@@ -244,9 +241,6 @@ struct Preparation<P: Platform + Clone> {
     dir: Direction,
     route: Route<P>,
     reason: Option<BounceReason>,
-    /// Iterate-only: the memory breaks the spec somewhere, so segment walks check each
-    /// segment and stop at the first the device cannot use (IOKit's cursor mode).
-    unusable: bool,
     /// Prepares of this same range outstanding (nested prepares are counted).
     count: u32,
 }
@@ -1087,7 +1081,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             dir,
             route: Route::Direct,
             reason: None,
-            unusable: false,
             count: 1,
         };
         if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
@@ -1255,21 +1248,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let Some(reason) = reason else {
             return Ok(());
         };
+        prep.reason = Some(reason);
         if matches!(self.owner.mode, MappingMode::IterateOnly) {
-            if forced.is_none() && reason.constraint != Constraint::MaxSegments {
-                // As IOKit's cursor mode: prepared as it is; the segment walk refuses the
-                // first segment the device cannot use.
-                prep.unusable = true;
-                return Ok(());
-            }
-            prep.reason = Some(reason);
             return Err(Error::MessageTooLarge {
                 what:
                     "an iterate-only DMA command cannot double-buffer memory that breaks its spec",
                 addr: reason.addr,
             });
         }
-        prep.reason = Some(reason);
         if reason.constraint == Constraint::AddressWindow && self.per_page(md, prep)? {
             if sync && prep.device_reads() {
                 self.copy(md, prep, true)?;
@@ -1716,10 +1702,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// segment at any offset, handing the device one that breaks its alignment unless the
     /// command walks in cursor mode. Room for no segment is
     /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. As in IOKit, not prepared
-    /// is checked first, then the room, then the offset. An iterate-only command stops at a
-    /// segment the device cannot use ([`Error::MessageTooLarge`] out of its reach,
-    /// [`Error::NotAligned`] misaligned), the segments before it returned by earlier calls.
-    /// On an error `*offset` is unchanged.
+    /// is checked first, then the room, then the offset. On an error `*offset` is
+    /// unchanged.
     /// IOKit: `genIOVMSegments`, `gen32IOVMSegments`, `gen64IOVMSegments`.
     ///
     /// A list with room for two segments at a time, filled in pieces:
@@ -1770,7 +1754,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             if count == slots {
                 return Ok(false);
             }
-            self.usable(prep, seg, first && count == 0, last)?;
             self.check_emitted(seg, first && count == 0, last);
             self.format.write(out, count, seg)?;
             count += 1;
@@ -1833,7 +1816,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             if got.is_some() {
                 return Ok(false);
             }
-            self.usable(prep, seg, x == 0, last)?;
             self.check_emitted(seg, x == 0, last);
             got = Some(seg);
             Ok(true)
@@ -1877,33 +1859,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         }
         Ok(())
-    }
-
-    /// For an iterate-only preparation of memory that breaks the spec: refuses `seg` when
-    /// the device cannot use it, as IOKit's cursor-mode walk does. Out of the device's
-    /// reach is [`Error::MessageTooLarge`], a broken alignment [`Error::NotAligned`].
-    fn usable(&self, prep: &Preparation<P>, seg: IoSegment, first: bool, last: bool) -> Result<()> {
-        if !prep.unusable {
-            return Ok(());
-        }
-        let s = &self.spec;
-        let align = match self.violates(seg, first, last) {
-            None => return Ok(()),
-            Some(Constraint::Alignment) => s.alignment(),
-            Some(Constraint::InternalAlignment) => s.internal_alignment(),
-            Some(Constraint::LengthAlignment) => s.length_alignment(),
-            Some(_) => {
-                return Err(Error::MessageTooLarge {
-                    what: "an iterate-only DMA command (it never bounces) cannot use the segment",
-                    addr: seg.addr.0,
-                })
-            }
-        };
-        Err(Error::NotAligned {
-            what: "an iterate-only DMA command (it never bounces): a segment breaks the spec's alignment",
-            value: seg.addr.0,
-            align,
-        })
     }
 
     /// With dma-debug, records a generated segment that breaks the spec (a dmakit bug).
@@ -2113,7 +2068,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             dir: prep.dir,
             route: Route::Direct,
             reason: None,
-            unusable: false,
             count: 1,
         };
         let r = self
