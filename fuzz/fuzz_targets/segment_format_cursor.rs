@@ -198,12 +198,15 @@ fn format_op(op: &FormatOp) {
 
 /// The model's answer: the segments, or the start that breaks the alignment.
 fn model(md: &dyn MemoryDescriptor, c: &CursorOp, slots: usize) -> Result2 {
-    let unlimited = |v: u64| if v == 0 { u64::MAX } else { v };
-    let (mss, mts) = (unlimited(c.max_segment), unlimited(c.max_transfer));
+    // IOKit's cursor counts in 32 bits: 0 (and more) is 0xFFFF_FFFF, and a per-call limit
+    // replaces the cursor's own.
+    let cap = u64::from(u32::MAX);
+    let limited = |v: u64| if v == 0 { cap } else { v.min(cap) };
+    let (mss, mts) = (limited(c.max_segment), limited(c.max_transfer));
     let limit = if c.call_max_transfer == 0 {
         mts
     } else {
-        c.call_max_transfer.min(mts)
+        c.call_max_transfer.min(cap)
     };
     let align = c.alignment.max(1);
     let length = md.length();

@@ -217,17 +217,16 @@ fn forced_bounce_and_an_exhausted_pool() {
     let e = cmd.prepare(PrepareOptions::range(0, 8192)).unwrap_err();
     assert_eq!(
         e,
-        Error::NoMemory {
+        Error::NoResources {
             what: "tiny pool",
-            requested: 8192,
-            available: 4096
+            limit: 4096
         }
     );
     assert!(
-        e.to_string().contains("tiny pool") && e.to_string().contains("0x2000"),
+        e.to_string().contains("tiny pool") && e.to_string().contains("4096"),
         "{e}"
     );
-    assert_eq!(e.io_return(), IoReturn::NO_MEMORY);
+    assert_eq!(e.io_return(), IoReturn::NO_RESOURCES);
     assert_eq!(
         cmd.prepared(),
         None,
@@ -475,7 +474,7 @@ fn more_segments_than_the_spec_allows_is_refused_without_a_walk() {
             MappingMode::IterateOnly => {
                 assert!(matches!(r, Err(Error::MessageTooLarge { .. })), "{r:?}")
             }
-            _ => assert!(matches!(r, Err(Error::NoMemory { .. })), "{r:?}"),
+            _ => assert!(matches!(r, Err(Error::NoResources { .. })), "{r:?}"),
         }
         assert_eq!(cmd.prepare_count(), 0);
     }

@@ -423,7 +423,7 @@ fn op_cmd_mapped(w: &World) -> Outcome {
 }
 
 fn op_cmd_mapped_joins(w: &World) -> Outcome {
-    // Runs that do not meet at page boundaries: the mapper bounces them (a copy buffer).
+    // Runs that do not meet at page boundaries: each gets IO pages of its own.
     with_general(w, Direction::InOut, |md| {
         drive(w, command(w, any_spec(), mapped(w)), md, transfer)
     })

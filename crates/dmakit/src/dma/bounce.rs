@@ -3,7 +3,9 @@
 //! When a transfer's memory breaks a device's constraints (above its address limit,
 //! misaligned), a [`DmaCommand`](super::DmaCommand) copies it through a *bounce buffer* the
 //! device can reach. Bounce memory is a shared, bounded resource: the pool caps how much is
-//! in use at once, and an exhausted pool is an error that names the pool and the sizes.
+//! in use at once, and an exhausted pool is [`Error::NoResources`] naming the pool and its
+//! capacity: IOKit's kIOReturnNoResources, what its `prepare` returns when it cannot get
+//! bounce memory.
 //! It counts bounced bytes and the high-water mark, and can force every transfer through a
 //! bounce (to test that path on machines that would never need it).
 //!
@@ -64,7 +66,8 @@ pub struct BounceStats {
 /// cmd.clear_memory_descriptor()?;
 /// cmd.set_memory_descriptor(big)?;
 /// let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
-/// assert!(matches!(e, Error::NoMemory { what: "tiny pool", .. }), "{e}");
+/// assert!(matches!(e, Error::NoResources { what: "tiny pool", limit: 0x1000 }), "{e}");
+/// assert_eq!(e.io_return(), dmakit::IoReturn::NO_RESOURCES);
 /// # Ok::<(), dmakit::Error>(())
 /// ```
 pub struct BouncePool<P: Platform + Clone> {
@@ -124,7 +127,8 @@ impl<P: Platform + Clone> BouncePool<P> {
 
     /// A buffer of `len` bytes, every byte in `[floor, limit]`, aligned to `align`, and
     /// physically contiguous when `contiguous` (a whole-transfer bounce) or page by page
-    /// (per-page bouncing).
+    /// (per-page bouncing). No room in the pool is [`Error::NoResources`]; the memory
+    /// allocation's own error (no memory that fits the window) is returned as it is.
     pub(crate) fn take(
         &self,
         len: u64,
@@ -136,11 +140,7 @@ impl<P: Platform + Clone> BouncePool<P> {
             let mut used = self.in_use.lock();
             let free = self.capacity - *used;
             if len > free {
-                return Err(Error::NoMemory {
-                    what: self.name,
-                    requested: len,
-                    available: free,
-                });
+                return Err(self.exhausted());
             }
             *used += len;
             self.high_water.fetch_max(*used, Ordering::AcqRel);
@@ -159,6 +159,14 @@ impl<P: Platform + Clone> BouncePool<P> {
                 *self.in_use.lock() -= len;
                 Err(e)
             }
+        }
+    }
+
+    /// The error for bounce memory the pool cannot give.
+    fn exhausted(&self) -> Error {
+        Error::NoResources {
+            what: self.name,
+            limit: self.capacity,
         }
     }
 

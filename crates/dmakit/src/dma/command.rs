@@ -15,18 +15,27 @@
 //!   the right direction, and [`bounce_reason`](DmaCommand::bounce_reason) says which
 //!   constraint, at which address, made it bounce;
 //! * **mapped**: the pages are entered in an IOMMU through a [`Mapper`], so physically
-//!   scattered pages become one IO segment; runs that do not meet at page boundaries (or a
-//!   start the IO addresses cannot align) are first copied into a bounce buffer, which is
-//!   mapped instead, as IOKit's copy buffer is;
+//!   scattered pages become one IO segment. As in IOKit, each physical run gets IO pages of
+//!   its own at its own offset in the page: runs that meet at page boundaries join, and a
+//!   run that does not starts a new IO segment. Segments that still break the spec (a
+//!   start the IO addresses cannot align, more segments than allowed) are first copied
+//!   into a bounce buffer, which is mapped instead, as IOKit's copy buffer is. The IO pages
+//!   allow only what the direction does: device reads for `Out`, device writes for `In`,
+//!   both for `InOut` and `None`, as IOKit's per-run mapping does (IOKit's mapping of a
+//!   whole descriptor lets the device read an `In` buffer too; dmakit never does, so a
+//!   device that reads memory it was only given to fill faults instead of reading stale
+//!   data);
 //! * **non-coherent**: as bypassed, plus cache maintenance at prepare, synchronize and
 //!   complete;
 //! * **iterate-only**: as bypassed, but a transfer that would need bouncing is
-//!   [`Error::MessageTooLarge`].
+//!   [`Error::MessageTooLarge`] at prepare, before a device can be handed part of its list
+//!   (IOKit prepares it and returns the error from the segment walk).
 //!
 //! [`gen_segments`](DmaCommand::gen_segments) then writes segments into the caller's buffer
 //! from an offset the caller carries, so a transfer can be produced in pieces; it allocates
-//! nothing. Segments are cut at the maximum segment size and at boundaries, and a cut end is
-//! moved down to the internal and length alignment, so every segment meets the spec.
+//! nothing. Segments are cut at the maximum segment size and at boundaries, and a cut is
+//! moved down so the segment's length is a multiple of the length alignment and its end is
+//! on the internal alignment, so every segment meets the spec.
 //!
 //! A prepared command that is dropped hands its preparation to its device's
 //! [`Quarantine`] (or leaks it without one): memory a device may still reach is never freed.
@@ -37,7 +46,7 @@
 //!
 //! | call | while | result |
 //! | --- | --- | --- |
-//! | `set_memory_descriptor(md)` | the same `md` is attached (prepared or not) | `Ok`, nothing prepared twice |
+//! | `set_memory_descriptor(md)`, `set_memory_descriptor_and_prepare(md)` | the same `md` is attached (prepared or not) | `Ok`, nothing prepared |
 //! | `set_memory_descriptor(other)` | prepared | [`Error::Busy`] |
 //! | `clear_memory_descriptor()` | prepared | [`Error::NotReady`] (use [`complete_and_clear`](DmaCommand::complete_and_clear)) |
 //! | `prepare(same range)` | prepared | `Ok`, counted: one more `complete` is needed |
@@ -165,12 +174,23 @@ enum Route<P: Platform + Clone> {
     /// A bounce buffer, by physical address.
     Bounced(Bounce<P>),
     /// IO virtual addresses from `iova + first_off`, over the descriptor or a bounce buffer.
+    /// `table` is empty when the whole range is one IO run; else it lists where each IO
+    /// run starts (sorted by `x`, the first at 0).
     Mapped {
         iova: IoAddr,
         pages: u64,
         first_off: u64,
+        table: Vec<MapRun>,
         bounce: Option<Bounce<P>>,
     },
+}
+
+/// Where an IO run of a mapped preparation starts: prepared offset `x` is at device
+/// address `io`, and the bytes up to the next run's `x` follow it.
+#[derive(Clone, Copy, Debug)]
+struct MapRun {
+    x: u64,
+    io: u64,
 }
 
 impl<P: Platform + Clone> Route<P> {
@@ -223,6 +243,22 @@ struct Preparation<P: Platform + Clone> {
     reason: Option<BounceReason>,
     /// Prepares of this same range outstanding (nested prepares are counted).
     count: u32,
+}
+
+impl<P: Platform + Clone> Preparation<P> {
+    /// Whether the device may read the memory: a bounce buffer is filled before it does.
+    /// A descriptor of direction `None` states no limit, so it counts both ways (IOKit
+    /// copies such a descriptor into and out of its bounce buffer).
+    fn device_reads(&self) -> bool {
+        self.dir.device_reads() || self.dir == Direction::None
+    }
+
+    /// Whether the device may write the memory: what it wrote is copied back from a bounce
+    /// buffer (and a non-coherent command's caches invalidated) when it is done. `None`
+    /// counts, as for [`device_reads`](Self::device_reads).
+    fn device_writes(&self) -> bool {
+        self.dir.device_writes() || self.dir == Direction::None
+    }
 }
 
 /// What giving a preparation back needs (shared by `complete`, drop and the quarantine).
@@ -443,7 +479,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// The spec a command with `format` uses for `spec`: a 32-bit format limits a spec with
     /// no address limit to 32 bits and refuses one that reaches further (IOKit: 0 address
     /// bits become 32 for the 32-bit output functions, more than 32 are refused); its
-    /// 32-bit length field caps segments at 2 GiB.
+    /// 32-bit length field caps segments at the longest length it holds that ends where
+    /// the next segment may start (`2^32` less the internal or length alignment, so
+    /// `0xFFFF_FFFF` bytes without one, as IOKit's 32-bit outputs carry).
     fn spec_for(spec: SegmentSpec, format: SegmentFormat) -> Result<SegmentSpec> {
         let mut spec = spec;
         if spec.max_address() > format.max_address() {
@@ -456,7 +494,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             spec = spec.limited_to(format.max_address())?;
         }
         if spec.max_segment_size() > format.max_address() {
-            let cap = SegmentSpec::builder().max_segment_size(1 << 31).build()?;
+            let cut = spec.internal_alignment().max(spec.length_alignment());
+            let longest = match (format.max_address() + 1).checked_sub(cut) {
+                Some(n) if n > 0 => n,
+                // An alignment of 4 GiB or more: no segment of a 32-bit length can end on it.
+                _ => 1 << 31,
+            };
+            let cap = SegmentSpec::builder().max_segment_size(longest).build()?;
             spec = spec.intersect(&cap)?;
         }
         Ok(spec)
@@ -494,7 +538,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// The constraints (IOKit `getNumAddressBits`, `getAlignment`, `getAlignmentLength`,
-    /// `getAlignmentInternalSegments` read from here).
+    /// `getAlignmentInternalSegments` are its [`address_bits`](SegmentSpec::address_bits),
+    /// [`alignment`](SegmentSpec::alignment),
+    /// [`length_alignment`](SegmentSpec::length_alignment) and
+    /// [`internal_alignment`](SegmentSpec::internal_alignment)).
     pub fn spec(&self) -> &SegmentSpec {
         &self.spec
     }
@@ -563,8 +610,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     }
 
     /// Attaches a descriptor and prepares all of it (IOKit `setMemoryDescriptor(md)`, whose
-    /// `autoPrepare` defaults to true). The descriptor already attached and prepared is `Ok`
-    /// and prepares nothing twice; a failed prepare leaves nothing attached.
+    /// `autoPrepare` defaults to true); a failed prepare leaves nothing attached. The
+    /// descriptor already attached is `Ok` and prepares nothing, prepared or not, as in
+    /// IOKit (which returns at once for the descriptor it holds): after a `complete`,
+    /// prepare it again with [`prepare`](Self::prepare).
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -579,17 +628,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// )?);
     /// let mut cmd = DmaCommand::builder(machine).build()?;
     /// cmd.set_memory_descriptor_and_prepare(md.clone())?;
-    /// cmd.set_memory_descriptor_and_prepare(md)?; // the same: nothing prepared twice
+    /// cmd.set_memory_descriptor_and_prepare(md.clone())?; // the same: nothing prepared twice
     /// assert_eq!((cmd.prepared(), cmd.prepare_count()), (Some((0, 0x1000)), 1));
+    /// cmd.complete()?;
+    /// cmd.set_memory_descriptor_and_prepare(md)?; // still attached: nothing prepared
+    /// assert!(cmd.prepared().is_none());
     /// cmd.complete_and_clear()?; // IOKit's clearMemoryDescriptor()
-    /// assert!(cmd.memory_descriptor().is_none() && cmd.prepared().is_none());
+    /// assert!(cmd.memory_descriptor().is_none());
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     pub fn set_memory_descriptor_and_prepare(
         &mut self,
         md: Arc<dyn MemoryDescriptor>,
     ) -> Result<()> {
-        if self.is_attached(&md) && self.prep.is_some() {
+        if self.is_attached(&md) {
             return Ok(());
         }
         self.set_memory_descriptor(md)?;
@@ -787,14 +839,27 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 }
             }
             Route::Mapped {
-                iova, first_off, ..
-            } => (iova.0 + first_off + x, prep.length - x),
+                iova,
+                first_off,
+                table,
+                ..
+            } => {
+                let i = table.partition_point(|r| r.x <= x).saturating_sub(1);
+                match table.get(i) {
+                    None => (iova.0 + first_off + x, prep.length - x),
+                    Some(r) => {
+                        let end = table.get(i + 1).map_or(prep.length, |n| n.x);
+                        (r.io + (x - r.x), end - x)
+                    }
+                }
+            }
         })
     }
 
     /// Walks the segments of `prep` from prepared offset `from`, coalescing contiguous runs
-    /// and cutting at the maximum segment size and boundaries (a cut end moves down to the
-    /// internal and length alignment). `emit` gets each finished segment; returning
+    /// and cutting at the maximum segment size and boundaries (a cut moves down so the
+    /// length is a multiple of the length alignment and the end is on the internal
+    /// alignment, as IOKit trims a cut segment). `emit` gets each finished segment; returning
     /// `false` stops the walk without consuming it.
     fn walk(
         &self,
@@ -834,7 +899,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             }
             // The segment ends inside this run, and more of the transfer follows.
             let end = c.addr.0 + c.len + room;
-            let cut = end - end % q;
+            let cut = if s.length_alignment() > s.internal_alignment() {
+                // The length is a multiple of the length alignment, counted from the
+                // segment's start (so the end keeps the start's internal alignment).
+                let len = end - c.addr.0;
+                c.addr.0 + (len - len % s.length_alignment())
+            } else {
+                // The end on the internal alignment (a multiple of the length alignment).
+                end - end % q
+            };
             if cut <= c.addr.0 {
                 return Err(Error::NotAligned {
                     what: "no segment end meets max_segment_size/boundary and the internal/length alignment",
@@ -929,14 +1002,20 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// command's own [`PrepOwner`] (so only the command can end the preparation), decides the
     /// route (direct, per-page bounced, double buffered or mapped), fills bounce buffers for
     /// a device that reads and does a non-coherent command's cache maintenance, as `options`
-    /// say.
+    /// say. A descriptor of direction [`Direction::None`] states no limit: it is treated as
+    /// `InOut`, copied into a bounce buffer here and back at the last complete, as IOKit does.
     ///
     /// A prepare of the range already prepared is counted (each needs a
     /// [`complete`](Self::complete); the last one ends the transfer) and does nothing else;
     /// another range while prepared is [`Error::NotReady`] and is not counted. No descriptor
     /// is [`Error::NotReady`]; an empty range, or one past the descriptor's end, is an
     /// error; a length above `max_transfer_size` is [`Error::NoSpace`] and one that is not a
-    /// multiple of `length_alignment` is [`Error::NotAligned`].
+    /// multiple of `length_alignment` is [`Error::NotAligned`]. The checks run in IOKit's
+    /// order: the transfer size first (also while prepared), then another range while
+    /// prepared, then the length alignment, then the range itself. A bounce copy that falls
+    /// short (memory the descriptor cannot read) is [`Error::Underrun`], as in IOKit; an
+    /// error the platform reports for a copy is returned as it is. Either way nothing stays
+    /// prepared.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -971,6 +1050,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             addr: 0,
         })?;
         let (offset, length) = options.requested_range().unwrap_or((0, md.length()));
+        if length > self.spec.max_transfer_size() {
+            // IOKit's first check, before a preparation in progress is looked at.
+            return Err(Error::NoSpace {
+                what: "DMA transfer above the spec's max_transfer_size",
+                requested: length,
+                align: 0,
+                free: self.spec.max_transfer_size(),
+            });
+        }
         if let Some(p) = &mut self.prep {
             if (p.offset, p.length) != (offset, length) {
                 return Err(Error::NotReady {
@@ -1011,20 +1099,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         Ok(())
     }
 
-    /// The checks of a first prepare of `[offset, offset + length)`.
+    /// The checks of a first prepare of `[offset, offset + length)` after the transfer
+    /// size: IOKit's length alignment, then dmakit's own (an empty range, a range past the
+    /// descriptor's end), which IOKit does not make.
     fn check_range(&self, md: &dyn MemoryDescriptor, offset: u64, length: u64) -> Result<()> {
         if length == 0 {
             return Err(Error::ZeroSize {
                 what: "DMA command prepare (an empty descriptor or range)",
-            });
-        }
-        crate::descriptor::check_range("DMA command prepare", offset, length, md.length())?;
-        if length > self.spec.max_transfer_size() {
-            return Err(Error::NoSpace {
-                what: "DMA transfer above the spec's max_transfer_size",
-                requested: length,
-                align: 0,
-                free: self.spec.max_transfer_size(),
             });
         }
         if !length.is_multiple_of(self.spec.length_alignment()) {
@@ -1034,7 +1115,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 align: self.spec.length_alignment(),
             });
         }
-        Ok(())
+        crate::descriptor::check_range("DMA command prepare", offset, length, md.length())
     }
 
     /// Routes a wired preparation and does its cache maintenance.
@@ -1047,7 +1128,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     ) -> Result<()> {
         self.route(md, prep, options.synchronizes(), force)?;
         if options.flushes_cache() && self.maintains_caches() {
-            let op = if prep.dir.device_writes() {
+            let op = if prep.device_writes() {
                 CacheOp::Flush
             } else {
                 CacheOp::Clean
@@ -1106,7 +1187,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     }))
                 };
                 match self.map(mapper.as_ref(), md, prep.offset, prep.length, prep.dir) {
-                    Ok(Some(route)) => {
+                    Ok(route) => {
                         prep.route = route;
                         match self.preflight(md, prep)? {
                             None => return Ok(()),
@@ -1116,7 +1197,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                             }
                         }
                     }
-                    Ok(None) => prep.reason = why(Constraint::MapperPageJoins)?,
                     // No IO range at this page offset fits the device's window: a bounce
                     // buffer, whose data starts elsewhere in its page, may.
                     Err(e @ Error::NoSuitableMemory { .. }) if self.owner.pool.is_none() => {
@@ -1139,22 +1219,24 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 prep.length,
                 prep.dir,
             );
-            let Some(Route::Mapped {
+            let Route::Mapped {
                 iova,
                 pages,
                 first_off,
+                table,
                 ..
-            }) = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
+            } = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
             else {
                 self.give_back(prep.length, &bounce);
                 return Err(Error::Internal {
-                    what: "a contiguous bounce buffer could not be mapped as one IO range",
+                    what: "a bounce buffer was not mapped through the mapper",
                 });
             };
             prep.route = Route::Mapped {
                 iova,
                 pages,
                 first_off,
+                table,
                 bounce: Some(bounce),
             };
             return self.finish_bounce(md, prep, sync);
@@ -1175,7 +1257,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             });
         }
         if reason.constraint == Constraint::AddressWindow && self.per_page(md, prep)? {
-            if sync && prep.dir.device_reads() {
+            if sync && prep.device_reads() {
                 self.copy(md, prep, true)?;
             }
             return Ok(());
@@ -1314,7 +1396,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 align: self.spec.alignment().max(self.spec.internal_alignment()),
             });
         }
-        if sync && prep.dir.device_reads() {
+        if sync && prep.device_reads() {
             self.copy(md, prep, true)?;
         }
         Ok(())
@@ -1368,8 +1450,10 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         }
     }
 
-    /// Maps `[offset, offset + length)` of `md` as one IO range, or `None` when its runs do
-    /// not meet at page boundaries (so they cannot form one).
+    /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
+    /// allocation: each physical run gets IO pages of its own, at its own offset in the
+    /// page, so runs that meet at page boundaries form one IO run and each other run starts
+    /// a new one (listed in the route's table).
     fn map(
         &self,
         mapper: &dyn Mapper,
@@ -1377,39 +1461,50 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         offset: u64,
         length: u64,
         dir: Direction,
-    ) -> Result<Option<Route<P>>> {
+    ) -> Result<Route<P>> {
         let page = mapper.page_size();
         let access = match dir {
             Direction::Out => Access::READ,
             Direction::In => Access::WRITE,
             _ => Access::READ_WRITE,
         };
-        // Count pages, checking that runs meet at page boundaries (so the IO range is one).
-        // The first run is kept: when it holds the whole range, it is all there is to map.
+        // Lay the runs out: count the IO pages and note where an IO run starts (relative to
+        // the allocation) when a physical run does not continue the previous one in IO
+        // space. The first run is kept: when it holds the whole range, it is all there is.
         let first = md.physical_segment(offset)?;
         let run_at = |x: u64| match x {
             0 => Ok(first),
             x => md.physical_segment(offset + x),
         };
-        let mut pages = 0;
+        let first_off = page.offset(first.addr.0);
+        let mut table = Vec::new();
+        let mut pages = 0u64;
+        let mut end = first_off; // just past the IO bytes laid out so far
         let mut x = 0;
-        let mut first_off = 0;
         while x < length {
             let seg = run_at(x)?;
             let len = seg.len.min(length - x);
-            if x == 0 {
-                first_off = page.offset(seg.addr.0);
-            } else if page.offset(seg.addr.0) != 0 {
-                return Ok(None);
+            let at = pages
+                .saturating_mul(page.bytes())
+                .saturating_add(page.offset(seg.addr.0));
+            if at != end {
+                if table.is_empty() {
+                    table.push(MapRun {
+                        x: 0,
+                        io: first_off,
+                    });
+                }
+                table.push(MapRun { x, io: at });
             }
-            if x + len < length && page.offset(seg.addr.0 + len) != 0 {
-                return Ok(None);
-            }
-            pages += page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
+            end = at.saturating_add(len);
             x += len;
         }
-        let place = self.iova_placement(page.bytes(), first_off, length, pages);
+        let place = self.iova_placement(page.bytes(), first_off, end - first_off, pages);
         let iova = mapper.iovm_alloc_placed(pages, &place)?;
+        for r in &mut table {
+            r.io = r.io.saturating_add(iova.0);
+        }
         let mut done = 0u64;
         let mut x = 0;
         let result = (|| {
@@ -1426,8 +1521,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 done += n;
                 x += len;
             }
-            let start = iova.0 + first_off;
-            if !self.spec.reaches(start, length) {
+            let reached = match table.len() {
+                0 => self.spec.reaches(iova.0 + first_off, length),
+                _ => table.iter().enumerate().all(|(i, r)| {
+                    let to = table.get(i + 1).map_or(length, |n| n.x);
+                    self.spec.reaches(r.io, to - r.x)
+                }),
+            };
+            if !reached {
                 return Err(Error::NoSuitableMemory {
                     what: "the mapper's IO addresses are outside the device's window",
                     requested: length,
@@ -1442,12 +1543,13 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             let _ = mapper.iovm_free(iova, pages);
             return Err(e);
         }
-        Ok(Some(Route::Mapped {
+        Ok(Route::Mapped {
             iova,
             pages,
             first_off,
+            table,
             bounce: None,
-        }))
+        })
     }
 
     /// The spec's window of addresses, inclusive.
@@ -1596,8 +1698,11 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// `*offset` at or past the prepared length is [`Error::Overrun`] (the transfer is fully
     /// described) and leaves it unchanged. An offset that is not where a segment can start
     /// (the device address there breaks `internal_alignment`, or the offset is not a
-    /// multiple of `length_alignment`) is [`Error::NotAligned`]. Room for no segment is
-    /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. On an error `*offset` is
+    /// multiple of `length_alignment`) is [`Error::NotAligned`]; IOKit instead starts a
+    /// segment at any offset, handing the device one that breaks its alignment unless the
+    /// command walks in cursor mode. Room for no segment is
+    /// [`Error::BadArgument`]; not prepared is [`Error::NotReady`]. As in IOKit, not prepared
+    /// is checked first, then the room, then the offset. On an error `*offset` is
     /// unchanged.
     /// IOKit: `genIOVMSegments`, `gen32IOVMSegments`, `gen64IOVMSegments`.
     ///
@@ -1634,7 +1739,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// ```
     pub fn gen_segments(&self, offset: &mut u64, out: &mut [u8]) -> Result<usize> {
         let (prep, md) = self.parts("gen_segments on an unprepared DMA command")?;
-        self.check_walk_start(md, prep, *offset)?;
         let slots = (out.len() / self.format.element_size()).min(self.spec.max_segments() as usize);
         if slots == 0 {
             return Err(Error::BadArgument {
@@ -1642,6 +1746,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 value: out.len() as u64,
             });
         }
+        self.check_walk_start(md, prep, *offset)?;
         let mut count = 0usize;
         let mut at = *offset;
         let first = at == 0;
@@ -1968,9 +2073,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let r = self
             .settle(md.as_ref(), &mut fresh, PrepareOptions::new(), true)
             .and_then(|()| {
-                if prep.dir.device_writes() {
+                if prep.device_writes() {
                     self.copy(md.as_ref(), &prep, false)?;
-                    if fresh.dir.device_reads() {
+                    if fresh.device_reads() {
                         self.copy(md.as_ref(), &fresh, true)?;
                     }
                 }
@@ -2085,10 +2190,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// Ends one prepare (IOKit `complete(invalidateCache, synchronize)`). While nested
     /// prepares remain this only counts down. The last one ends the transfer: as `options`
-    /// say, data the device wrote is copied back from a bounce buffer and a non-coherent
-    /// command's caches are invalidated; then the bounce buffer, IO addresses and the
+    /// say, data the device wrote (direction `In`, `InOut` or `None`) is copied back from a
+    /// bounce buffer and a non-coherent command's caches are invalidated; then the bounce buffer, IO addresses and the
     /// command's wiring of the descriptor are released. Not prepared is
-    /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete).
+    /// [`Error::NotReady`] (recorded by the dma-debug ledger as an unbalanced complete); a
+    /// copy back that falls short is [`Error::Underrun`], as in IOKit, returned after
+    /// everything is released.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -2142,7 +2249,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             what: "prepared command without descriptor",
         })?;
         let mut result = Ok(());
-        if prep.dir.device_writes() {
+        if prep.device_writes() {
             if options.invalidates_cache() && self.maintains_caches() {
                 result = self.cache(md.as_ref(), &prep, CacheOp::Invalidate);
             }
@@ -2237,7 +2344,8 @@ impl<P: Platform + Clone + 'static> DmaCommandBuilder<P> {
 
     /// How segments are written (IOKit's output function). A 32-bit format limits a spec
     /// with no address limit to 32 bits, and refuses at `build` one that reaches above
-    /// 4 GiB.
+    /// 4 GiB; its segments are at most `0xFFFF_FFFF` bytes long (less with an internal or
+    /// length alignment: the longest multiple of it that a 32-bit length holds).
     pub fn format(mut self, format: SegmentFormat) -> Self {
         self.format = format;
         self
@@ -2358,7 +2466,8 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
         }
     }
 
-    /// Through `read_bytes`/`write_bytes` and a stack buffer of `COPY_CHUNK` bytes.
+    /// Through `read_bytes`/`write_bytes` and a stack buffer of `COPY_CHUNK` bytes. A copy
+    /// that falls short is [`Error::Underrun`], as IOKit's.
     fn staged(&self, md_off: u64, buf_off: u64, len: u64) -> Result<()> {
         let mut tmp = [0u8; COPY_CHUNK];
         let mut x = 0u64;
@@ -2372,9 +2481,12 @@ impl<P: Platform + Clone> BounceCopy<'_, P> {
                     && self.md.write_bytes(md_off + x, &tmp[..n]) == n
             };
             if !ok {
-                return Err(Error::NotWritable {
-                    what: "bounce copy could not complete (descriptor prepared read-only?)",
-                    addr: md_off + x,
+                // IOKit's copies into and out of its copy buffer are readBytes/writeBytes
+                // calls too, and a short one is kIOReturnUnderrun.
+                return Err(Error::Underrun {
+                    what: "bounce copy fell short (memory the descriptor cannot read or write)",
+                    done: x,
+                    requested: len,
                 });
             }
             x += n as u64;

@@ -8,6 +8,11 @@
 //! Each element is written as a `(u64 location, u64 length)` pair in the cursor's byte
 //! order (IOKit's LP64 `PhysicalSegment`).
 //!
+//! As IOKit's, a cursor counts in 32 bits: no segment is longer than `0xFFFF_FFFF` bytes
+//! (IOKit's default `mseg` clamp), no call describes more, and a cursor's maximum transfer
+//! size above that is refused. A per-call maximum transfer size, when not 0, replaces the
+//! cursor's own.
+//!
 //! Divergences from IOKit: a maximum segment size of 0 means unlimited
 //! (IOKit emits zero-length segments); the alignment is checked (a segment whose start
 //! breaks it is [`Error::NotAligned`]; IOKit stores it and ignores it).
@@ -145,9 +150,15 @@ pub type LittleMemoryCursor = MemoryCursor<Little>;
 /// Bytes per element.
 pub const ELEMENT: usize = 16;
 
+/// The largest segment, and the most bytes one call describes (IOKit's 32-bit counts).
+const LIMIT: u64 = u32::MAX as u64;
+
 impl<O: SegmentOrder> MemoryCursor<O> {
     /// A cursor (IOKit `withSpecification`): `max_segment_size` and `max_transfer_size` 0
-    /// mean unlimited; `alignment` is a power of two (0 means 1).
+    /// mean unlimited, which is `0xFFFF_FFFF` bytes as in IOKit; a larger
+    /// `max_segment_size` is clamped to that, a larger `max_transfer_size` is
+    /// [`Error::BadArgument`] (IOKit refuses it too); `alignment` is a power of two (0
+    /// means 1).
     ///
     /// ```
     /// use dmakit::dma::LittleMemoryCursor;
@@ -155,6 +166,7 @@ impl<O: SegmentOrder> MemoryCursor<O> {
     ///
     /// assert!(LittleMemoryCursor::new(0x1000, 0x10_0000, 512).is_ok());
     /// assert!(matches!(LittleMemoryCursor::new(0x1000, 0, 3), Err(Error::BadAlignment { .. })));
+    /// assert!(matches!(LittleMemoryCursor::new(0, 1 << 32, 1), Err(Error::BadArgument { .. })));
     /// ```
     pub fn new(max_segment_size: u64, max_transfer_size: u64, alignment: u64) -> Result<Self> {
         let alignment = alignment.max(1);
@@ -164,7 +176,13 @@ impl<O: SegmentOrder> MemoryCursor<O> {
                 align: alignment,
             });
         }
-        let unlimited = |v: u64| if v == 0 { u64::MAX } else { v };
+        if max_transfer_size > LIMIT {
+            return Err(Error::BadArgument {
+                what: "memory cursor max_transfer_size above 0xFFFF_FFFF (IOKit counts in 32 bits)",
+                value: max_transfer_size,
+            });
+        }
+        let unlimited = |v: u64| if v == 0 { LIMIT } else { v.min(LIMIT) };
         Ok(MemoryCursor {
             max_segment_size: unlimited(max_segment_size),
             max_transfer_size: unlimited(max_transfer_size),
@@ -174,7 +192,9 @@ impl<O: SegmentOrder> MemoryCursor<O> {
     }
 
     /// Segments of `md` from `from`, at most `max_segments` of them (and as many as `out`
-    /// holds) and at most `max_transfer` bytes (0: the cursor's limit), written into `out`.
+    /// holds) and at most `max_transfer` bytes, written into `out`. A `max_transfer` of 0
+    /// is the cursor's limit; any other replaces it, as in IOKit, even when larger (above
+    /// `0xFFFF_FFFF` it is `0xFFFF_FFFF`).
     /// IOKit: `genPhysicalSegments`.
     ///
     /// ```
@@ -231,7 +251,7 @@ impl<O: SegmentOrder> MemoryCursor<O> {
         let limit = if max_transfer == 0 {
             self.max_transfer_size
         } else {
-            max_transfer.min(self.max_transfer_size)
+            max_transfer.min(LIMIT)
         };
         let length = md.length();
         let mut count = 0usize;

@@ -157,8 +157,9 @@ pub enum Constraint {
     Boundary,
     /// The transfer needs more than `max_segments` segments.
     MaxSegments,
-    /// Mapped mode: the physical runs do not meet at IOMMU page boundaries, so they cannot
-    /// form one IO range.
+    /// Never given as a reason any more: in mapped mode, physical runs that do not meet at
+    /// IOMMU page boundaries each get IO pages of their own (several IO segments, as in
+    /// IOKit) instead of a bounce. Kept so code that names it still builds.
     MapperPageJoins,
     /// The bounce pool forces every transfer through a bounce buffer.
     Forced,

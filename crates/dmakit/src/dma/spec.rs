@@ -20,8 +20,10 @@
 //! `intersect` combines a bus's limits with a device's.
 //!
 //! As IOKit's `SegmentOptions` do, the builder reads an alignment of 0 as 1 (and an internal
-//! alignment of 0 as the start alignment), `address_bits(0)` as "no limit", and refuses
-//! 1 to 11 address bits (a device that cannot address one 4 KiB page).
+//! alignment of 0 as the start alignment), a maximum segment or transfer size of 0 and
+//! `address_bits(0)` as "no limit", takes 64 to 255 address bits (what IOKit's one-byte
+//! field holds) as no limit too, and refuses 1 to 11 address bits (a device that cannot
+//! address one 4 KiB page).
 //!
 //! ```
 //! use dmakit::dma::SegmentSpec;
@@ -128,7 +130,9 @@ fn pow2(what: &'static str, v: u64) -> Result<u64> {
 
 impl SegmentSpecBuilder {
     /// The device drives `bits` address lines: addresses up to `2^bits - 1` (IOKit
-    /// `fNumAddressBits`). 0 means no limit; 1 to 11 are refused at `build`.
+    /// `fNumAddressBits`). 0 means no limit; 1 to 11 are refused at `build`; 64 to 255
+    /// reach every address, as in IOKit, but are a stated limit (a 32-bit segment format
+    /// refuses them); above 255 (more than IOKit's one-byte field holds) is refused.
     /// IOKit: `numAddressBits`.
     ///
     /// ```
@@ -153,15 +157,15 @@ impl SegmentSpecBuilder {
         self
     }
 
-    /// Longest segment.
+    /// Longest segment; 0 means no limit, as IOKit's `fMaxSegmentSize`.
     pub fn max_segment_size(mut self, n: u64) -> Self {
-        self.spec.max_segment_size = n;
+        self.spec.max_segment_size = if n == 0 { u64::MAX } else { n };
         self
     }
 
-    /// Longest transfer.
+    /// Longest transfer (one `prepare`); 0 means no limit, as IOKit's `fMaxTransferSize`.
     pub fn max_transfer_size(mut self, n: u64) -> Self {
-        self.spec.max_transfer_size = n;
+        self.spec.max_transfer_size = if n == 0 { u64::MAX } else { n };
         self
     }
 
@@ -220,8 +224,8 @@ impl SegmentSpecBuilder {
         }
         match self.address_bits {
             None | Some(0) => {}
-            Some(bits @ 12..=64) => {
-                let top = if bits == 64 {
+            Some(bits @ 12..=255) => {
+                let top = if bits >= 64 {
                     u64::MAX
                 } else {
                     (1u64 << bits) - 1
@@ -231,7 +235,7 @@ impl SegmentSpecBuilder {
             }
             Some(bits) => {
                 return Err(Error::BadArgument {
-                    what: "SegmentSpec.address_bits must be 0 (no limit) or 12..=64",
+                    what: "SegmentSpec.address_bits must be 0 (no limit) or 12..=255",
                     value: bits as u64,
                 })
             }
@@ -242,14 +246,10 @@ impl SegmentSpecBuilder {
                 value: s.min_address,
             });
         }
-        for (what, v) in [
-            ("SegmentSpec.max_segment_size", s.max_segment_size),
-            ("SegmentSpec.max_transfer_size", s.max_transfer_size),
-            ("SegmentSpec.max_segments", s.max_segments as u64),
-        ] {
-            if v == 0 {
-                return Err(Error::ZeroSize { what });
-            }
+        if s.max_segments == 0 {
+            return Err(Error::ZeroSize {
+                what: "SegmentSpec.max_segments",
+            });
         }
         pow2("SegmentSpec.alignment", s.alignment)?;
         pow2("SegmentSpec.length_alignment", s.length_alignment)?;
@@ -358,6 +358,28 @@ impl SegmentSpec {
     /// Interpreted low address bits.
     pub fn offset_bits(&self) -> u32 {
         self.offset_bits
+    }
+
+    /// The device's address-bit count (IOKit `getNumAddressBits`): 0 without an address
+    /// limit, else the address lines needed to reach [`max_address`](Self::max_address)
+    /// (32 for a command with a 32-bit segment format and no stated limit, 64 for 64 or
+    /// more stated bits).
+    ///
+    /// ```
+    /// use dmakit::dma::SegmentSpec;
+    ///
+    /// let bits = |s: SegmentSpec| s.address_bits();
+    /// assert_eq!(bits(SegmentSpec::builder().build()?), 0);
+    /// assert_eq!(bits(SegmentSpec::builder().address_bits(40).build()?), 40);
+    /// assert_eq!(bits(SegmentSpec::builder().address_bits(100).build()?), 64);
+    /// assert_eq!(bits(SegmentSpec::builder().window(0x1000, 0x7FFF_FFFF).build()?), 31);
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
+    pub fn address_bits(&self) -> u32 {
+        if !self.address_limited {
+            return 0;
+        }
+        64 - self.max_address.leading_zeros()
     }
 
     /// Whether an address limit was stated (`address_bits` or `window`); without one a
@@ -478,18 +500,10 @@ mod tests {
                 "address_bits",
             ),
             (
-                SegmentSpec::builder().address_bits(65).build(),
+                SegmentSpec::builder().address_bits(256).build(),
                 "address_bits",
             ),
             (SegmentSpec::builder().window(10, 5).build(), "window"),
-            (
-                SegmentSpec::builder().max_segment_size(0).build(),
-                "max_segment_size",
-            ),
-            (
-                SegmentSpec::builder().max_transfer_size(0).build(),
-                "max_transfer_size",
-            ),
             (
                 SegmentSpec::builder().max_segments(0).build(),
                 "max_segments",
