@@ -3,16 +3,19 @@
 //! purgeable memory, buffer direction, buffers in other tasks, zero-copy access, and the
 //! checks of composite descriptors.
 
+mod common;
+
+use common::{pattern, Plain};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, DmaMapLength, GeneralMemoryDescriptor,
     InterleavedMemoryDescriptor, MemoryDescriptor, MemoryOperation, MultiMemoryDescriptor,
-    PrepOwner, PurgeableRequest, PurgeableState, Segment, Source, SubMemoryDescriptor, FIRST_ID,
-    PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
+    PurgeableRequest, PurgeableState, SubMemoryDescriptor, FIRST_ID, PREPARATION_ID_UNPREPARED,
+    PREPARATION_ID_UNSUPPORTED,
 };
 use dmakit::platform::{
     CpuAccess, MapPiece, MapRequest, MapSource, PhysicalMemory, Task, VirtualMemory, Wiring,
 };
-use dmakit::{Direction, Error, PageSize, PhysAddr, VirtAddr};
+use dmakit::{Direction, Error, PhysAddr, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder, ScratchDevice};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -35,12 +38,6 @@ fn coherent(seed: u64) -> Arc<Machine> {
             .build()
             .unwrap(),
     )
-}
-
-fn pattern(n: usize, salt: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
-        .collect()
 }
 
 fn pageable(
@@ -330,39 +327,6 @@ fn dma_map_length_counts_whole_pages_of_coalesced_runs() {
 
 // ---------------------------------------------------------------------------------------
 // getPreparationID / getDescriptorID
-
-/// A descriptor of the user's own that keeps every default.
-struct Plain(Arc<dyn MemoryDescriptor>);
-
-impl MemoryDescriptor for Plain {
-    fn length(&self) -> u64 {
-        self.0.length()
-    }
-    fn direction(&self) -> Direction {
-        self.0.direction()
-    }
-    fn page_size(&self) -> PageSize {
-        self.0.page_size()
-    }
-    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> dmakit::Result<()> {
-        self.0.prepare_for(owner, dir)
-    }
-    fn complete_for(&self, owner: PrepOwner) -> dmakit::Result<()> {
-        self.0.complete_for(owner)
-    }
-    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        self.0.read_bytes(offset, buf)
-    }
-    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        self.0.write_bytes(offset, data)
-    }
-    fn physical_segment(&self, offset: u64) -> dmakit::Result<Segment> {
-        self.0.physical_segment(offset)
-    }
-    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> dmakit::Result<()> {
-        self.0.sources(offset, len, f)
-    }
-}
 
 #[test]
 fn preparation_ids_follow_preparations() {

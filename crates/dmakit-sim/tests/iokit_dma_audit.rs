@@ -2,6 +2,9 @@
 //! behaviour: `IODMACommand` (prepare, genIOVMSegments, setMemoryDescriptor, the copies a
 //! bounce buffer needs), its segment options, and the `IOMemoryCursor` family.
 
+mod common;
+
+use common::pattern;
 use dmakit::descriptor::{
     device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor,
     MemoryDescriptor, SubMemoryDescriptor,
@@ -27,12 +30,6 @@ fn machine() -> M {
             .build()
             .unwrap(),
     )
-}
-
-fn pattern(n: usize, salt: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
-        .collect()
 }
 
 /// A command whose every transfer goes through a bounce buffer.

@@ -1,14 +1,17 @@
 //! Behaviours of the memory side (descriptors, mappings) checked against IOKit's: each test
 //! states what XNU's IOKit does and asserts that dmakit does the same.
 
+mod common;
+
+use common::Plain;
 use dmakit::descriptor::{
     device_memory, BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor,
-    InterleavedMemoryDescriptor, MemoryDescriptor, MultiMemoryDescriptor, PrepOwner, Segment,
-    Source, SubMemoryDescriptor, FIRST_ID, PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
+    InterleavedMemoryDescriptor, MemoryDescriptor, MultiMemoryDescriptor, SubMemoryDescriptor,
+    FIRST_ID, PREPARATION_ID_UNPREPARED, PREPARATION_ID_UNSUPPORTED,
 };
 use dmakit::map::{MapOptions, MemoryMap};
 use dmakit::platform::{CpuAccess, Task};
-use dmakit::{Direction, Error, PageSize, PhysAddr, VirtAddr};
+use dmakit::{Direction, Error, PhysAddr, VirtAddr};
 use dmakit_sim::{FaultSite, Machine, MachineBuilder};
 use std::sync::Arc;
 
@@ -230,40 +233,6 @@ fn clearing_a_prepared_interleaved_descriptor_completes_its_portions() {
     assert_eq!(g.wire_count(), 1);
     g.complete().unwrap();
     assert_eq!(g.wire_count(), 0);
-}
-
-/// A descriptor of the user's own that keeps every default (so it does not track
-/// preparations).
-struct Plain(Arc<dyn MemoryDescriptor>);
-
-impl MemoryDescriptor for Plain {
-    fn length(&self) -> u64 {
-        self.0.length()
-    }
-    fn direction(&self) -> Direction {
-        self.0.direction()
-    }
-    fn page_size(&self) -> PageSize {
-        self.0.page_size()
-    }
-    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> dmakit::Result<()> {
-        self.0.prepare_for(owner, dir)
-    }
-    fn complete_for(&self, owner: PrepOwner) -> dmakit::Result<()> {
-        self.0.complete_for(owner)
-    }
-    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
-        self.0.read_bytes(offset, buf)
-    }
-    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
-        self.0.write_bytes(offset, data)
-    }
-    fn physical_segment(&self, offset: u64) -> dmakit::Result<Segment> {
-        self.0.physical_segment(offset)
-    }
-    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> dmakit::Result<()> {
-        self.0.sources(offset, len, f)
-    }
 }
 
 /// IOMultiMemoryDescriptor::getPreparationID looks at its parts in order and returns the

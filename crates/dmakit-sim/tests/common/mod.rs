@@ -1,0 +1,48 @@
+//! Helpers shared by the simulator's test files (each file includes this module with
+//! `mod common;` and uses what it needs).
+#![allow(dead_code)]
+
+use dmakit::descriptor::{MemoryDescriptor, PrepOwner, Segment, Source};
+use dmakit::{Direction, PageSize};
+use std::sync::Arc;
+
+/// `n` bytes that differ from their neighbours, varied by `salt`.
+pub fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
+}
+
+/// A descriptor of the user's own that forwards the required methods and keeps every
+/// default (so, among others, it does not track preparations and cannot be mapped).
+pub struct Plain(pub Arc<dyn MemoryDescriptor>);
+
+impl MemoryDescriptor for Plain {
+    fn length(&self) -> u64 {
+        self.0.length()
+    }
+    fn direction(&self) -> Direction {
+        self.0.direction()
+    }
+    fn page_size(&self) -> PageSize {
+        self.0.page_size()
+    }
+    fn prepare_for(&self, owner: PrepOwner, dir: Direction) -> dmakit::Result<()> {
+        self.0.prepare_for(owner, dir)
+    }
+    fn complete_for(&self, owner: PrepOwner) -> dmakit::Result<()> {
+        self.0.complete_for(owner)
+    }
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.0.read_bytes(offset, buf)
+    }
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> usize {
+        self.0.write_bytes(offset, data)
+    }
+    fn physical_segment(&self, offset: u64) -> dmakit::Result<Segment> {
+        self.0.physical_segment(offset)
+    }
+    fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> dmakit::Result<()> {
+        self.0.sources(offset, len, f)
+    }
+}
