@@ -756,10 +756,14 @@ fn perform_operation_checks() {
     let dma = dk_command(&m, Some(mapper), 64);
     let op = |bits: u64| DkPerformOptions::from_bits(bits);
 
-    // Not prepared (options are checked first).
+    // Not prepared: unknown option bits are checked first, the combination after.
+    assert_eq!(
+        code(dma.perform_operation(op(8), 0, 1, 0, Some(&*data))),
+        IoReturn::BAD_ARGUMENT
+    );
     assert_eq!(
         code(dma.perform_operation(op(0), 0, 1, 0, Some(&*data))),
-        IoReturn::BAD_ARGUMENT
+        IoReturn::NOT_READY
     );
     assert_eq!(
         code(dma.perform_operation(DkPerformOptions::ZERO, 0, 1, 0, None)),
@@ -794,7 +798,8 @@ fn perform_operation_checks() {
         );
     }
 
-    // Short copies: past the end of the preparation (one page), or of the data.
+    // Short copies: past the end of the preparation (one page), or of the data. A read
+    // that falls short delivers nothing.
     let e = dma
         .perform_operation(DkPerformOptions::READ, PAGE - 96, 200, 0, Some(&*data))
         .unwrap_err();
@@ -802,7 +807,7 @@ fn perform_operation_checks() {
         matches!(
             e,
             Error::Underrun {
-                done: 96,
+                done: 0,
                 requested: 200,
                 ..
             }

@@ -12,9 +12,6 @@ use alloc_crate::sync::Arc;
 /// segment array).
 pub const MAX_SEGMENTS: usize = 32;
 
-/// Bytes [`DkDmaCommand::perform_operation`] copies at a time, through the stack.
-const CHUNK: usize = 512;
-
 /// What a device can address (DriverKit's `IODMACommandSpecification`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -307,12 +304,23 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     /// * [`DkPerformOptions::ZERO`]: `length` zeros into the DMA memory at `dma_offset`
     ///   (`data` is not read).
     ///
-    /// Checked in DriverKit's order, all [`Error::BadArgument`] but one: `options` not
-    /// exactly one of the three; not prepared ([`Error::NotReady`]); `length` above the
-    /// attached descriptor's length; for read and write, no `data` or `length` above its
-    /// length. A copy that falls short (past the end of the preparation or of `data`, or
-    /// memory prepared read-only) is [`Error::Underrun`] with the bytes done; the bytes
-    /// before the shortfall are copied.
+    /// Checked in DriverKit's order: option bits other than read, write and zero
+    /// ([`Error::BadArgument`]); not prepared ([`Error::NotReady`], so an option word of 0
+    /// or of two operations on a command that is not prepared is `NotReady`); `length`
+    /// above the attached descriptor's length (`BadArgument`); `length` above 4 GiB − 1,
+    /// which DriverKit's staging buffer cannot hold, or a staging buffer that cannot be
+    /// allocated ([`Error::NoMemory`]); an option word that is not exactly one operation
+    /// (`BadArgument`); for read and write, no `data` or `length` above its length
+    /// (`BadArgument`).
+    ///
+    /// The bytes go through a buffer of `length` bytes, as in DriverKit, so a copy that
+    /// falls short is [`Error::Underrun`] with what it leaves behind as DriverKit leaves
+    /// it: a write whose source range does not lie within `data` writes nothing to the DMA
+    /// memory, and a read that runs past the end of the preparation writes nothing to
+    /// `data` (`done` 0); a read whose destination range does not lie within `data`
+    /// writes none of it (descriptor copies are all or nothing); only the copy into the
+    /// DMA memory (write and zero) stops at the end of the preparation with the bytes
+    /// before it done (`done` counts them).
     pub fn perform_operation(
         &self,
         options: DkPerformOptions,
@@ -322,9 +330,11 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
         data: Option<&dyn MemoryDescriptor>,
     ) -> Result<()> {
         let op = options.bits();
-        if !matches!(op, 1 | 2 | 4) {
+        if op & !(DkPerformOptions::READ.0 | DkPerformOptions::WRITE.0 | DkPerformOptions::ZERO.0)
+            != 0
+        {
             return Err(Error::BadArgument {
-                what: "DriverKit PerformOperation: options must be exactly one of read (1), write (2) or zero (4)",
+                what: "DriverKit PerformOperation: option bits other than read (1), write (2) and zero (4)",
                 value: op,
             });
         }
@@ -344,54 +354,67 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                 value: length,
             });
         }
-        let short = |done: u64| Error::Underrun {
+        let no_memory = |what| Error::NoMemory {
+            what,
+            requested: length,
+            available: 0,
+        };
+        let n = usize::try_from(length)
+            .ok()
+            .filter(|_| length <= u64::from(u32::MAX))
+            .ok_or(no_memory(
+                "DriverKit PerformOperation: a staging buffer above 4 GiB - 1 bytes",
+            ))?;
+        let mut buffer = alloc_crate::vec::Vec::new();
+        buffer
+            .try_reserve_exact(n)
+            .map_err(|_| no_memory("DriverKit PerformOperation: the staging buffer"))?;
+        buffer.resize(n, 0u8);
+        let short = |done: usize| Error::Underrun {
             what: "DriverKit PerformOperation: a copy fell short",
-            done,
+            done: done as u64,
             requested: length,
         };
-        let mut tmp = [0u8; CHUNK];
-        let mut done = 0u64;
-        if op == 4 {
-            while done < length {
-                let n = (length - done).min(CHUNK as u64) as usize;
-                let put = match dma_offset.checked_add(done) {
-                    Some(at) => cmd.write_bytes(at, &tmp[..n]),
-                    None => 0,
-                };
-                done += put as u64;
+        match op {
+            4 => {
+                let put = cmd.write_bytes(dma_offset, &buffer);
                 if put < n {
-                    return Err(short(done));
+                    return Err(short(put));
                 }
             }
-            return Ok(());
-        }
-        let data = data.ok_or(Error::BadArgument {
-            what: "DriverKit PerformOperation: read and write need a data descriptor",
-            value: op,
-        })?;
-        if length > data.length() {
-            return Err(Error::BadArgument {
-                what: "DriverKit PerformOperation: length above the data descriptor's length",
-                value: length,
-            });
-        }
-        while done < length {
-            let n = (length - done).min(CHUNK as u64) as usize;
-            let (Some(dma_at), Some(data_at)) =
-                (dma_offset.checked_add(done), data_offset.checked_add(done))
-            else {
-                return Err(short(done));
-            };
-            let (got, put) = if op == 2 {
-                let got = data.read_bytes(data_at, &mut tmp[..n]);
-                (got, cmd.write_bytes(dma_at, &tmp[..got]))
-            } else {
-                let got = cmd.read_bytes(dma_at, &mut tmp[..n]);
-                (got, data.write_bytes(data_at, &tmp[..got]))
-            };
-            done += put as u64;
-            if got < n || put < got {
-                return Err(short(done));
+            1 | 2 => {
+                let data = data.ok_or(Error::BadArgument {
+                    what: "DriverKit PerformOperation: read and write need a data descriptor",
+                    value: op,
+                })?;
+                if length > data.length() {
+                    return Err(Error::BadArgument {
+                        what: "DriverKit PerformOperation: length above the data descriptor's length",
+                        value: length,
+                    });
+                }
+                let (got, put) = if op == 2 {
+                    let got = data.read_bytes(data_offset, &mut buffer);
+                    if got < n {
+                        return Err(short(0));
+                    }
+                    (got, cmd.write_bytes(dma_offset, &buffer))
+                } else {
+                    let got = cmd.read_bytes(dma_offset, &mut buffer);
+                    if got < n {
+                        return Err(short(0));
+                    }
+                    (got, data.write_bytes(data_offset, &buffer))
+                };
+                if put < got {
+                    return Err(short(put));
+                }
+            }
+            _ => {
+                return Err(Error::BadArgument {
+                    what: "DriverKit PerformOperation: options must be exactly one of read (1), write (2) or zero (4)",
+                    value: op,
+                })
             }
         }
         Ok(())

@@ -1,0 +1,225 @@
+//! The DriverKit-shaped calls and the system mapper's page-number accessors checked against
+//! what IOKit's kernel side does: the order of `PerformOperation`'s checks and what a copy
+//! that falls short leaves behind, which mappings `CreateMapping` makes read-only, the
+//! address bits `IODMACommand::Create` refuses, and the `IOMapper` C accessors' edge cases.
+
+mod common;
+
+use common::pattern;
+use dmakit::descriptor::MemoryDescriptor;
+use dmakit::dma::IoSegment;
+use dmakit::driverkit::{
+    DkBufferMemoryDescriptor, DkDmaCommand, DkDmaSpec, DkMemoryOptions, DkPerformOptions,
+};
+use dmakit::mapper::{IommuMapper, Mapper, MapperRegistry};
+use dmakit::{Error, IoReturn, Result};
+use dmakit_sim::{Machine, MachineBuilder, SimIommu};
+use std::sync::Arc;
+
+type M = Arc<Machine>;
+
+const PAGE: u64 = 4096;
+
+fn machine_with_iommu() -> (M, Arc<IommuMapper<Arc<SimIommu>>>) {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(41)
+            .fragmentation(0.5)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu, 0x8000_0000, 0x1000_0000).unwrap());
+    (m, mapper)
+}
+
+fn buffer(m: &M, dir: DkMemoryOptions, capacity: u64) -> Arc<dyn MemoryDescriptor> {
+    DkBufferMemoryDescriptor::create(m.clone(), dir, capacity, 0).unwrap()
+}
+
+fn code<T>(r: Result<T>) -> IoReturn {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.io_return(),
+    }
+}
+
+fn contents(md: &dyn MemoryDescriptor) -> Vec<u8> {
+    let mut v = vec![0u8; md.length() as usize];
+    assert_eq!(md.read_bytes(0, &mut v), v.len());
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// IODMACommand::PerformOperation
+
+/// The kernel refuses option bits outside read, write and zero first, then an inactive
+/// command, and only then (once it has allocated its buffer) an option word that is not
+/// exactly one operation. So 0 or a combination on a command that is not prepared is
+/// kIOReturnNotReady, not kIOReturnBadArgument.
+#[test]
+fn perform_operation_reports_an_unprepared_command_before_a_bad_combination() {
+    let (m, mapper) = machine_with_iommu();
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 256);
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let op = DkPerformOptions::from_bits;
+    for bits in [0u64, 3, 5, 6, 7] {
+        assert_eq!(
+            code(dma.perform_operation(op(bits), 0, 16, 0, Some(&*data))),
+            IoReturn::NOT_READY,
+            "options {bits:#x} on an unprepared command"
+        );
+    }
+    for bits in [8u64, 0x10, 0x9, 1 << 40] {
+        assert_eq!(
+            code(dma.perform_operation(op(bits), 0, 16, 0, Some(&*data))),
+            IoReturn::BAD_ARGUMENT,
+            "unknown bits {bits:#x} are refused before anything else"
+        );
+    }
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, PAGE);
+    let mut segs = [IoSegment::default(); 4];
+    dma.prepare_for_dma(0, &md, 0, 0, &mut segs).unwrap();
+    for bits in [0u64, 3, 5, 6, 7] {
+        assert_eq!(
+            code(dma.perform_operation(op(bits), 0, 16, 0, Some(&*data))),
+            IoReturn::BAD_ARGUMENT,
+            "options {bits:#x} on a prepared command"
+        );
+    }
+    // The length check comes before the operation's.
+    assert_eq!(
+        code(dma.perform_operation(op(3), 0, PAGE + 1, 0, Some(&*data))),
+        IoReturn::BAD_ARGUMENT
+    );
+    dma.complete_dma(0).unwrap();
+}
+
+/// A write whose source runs past the end of `data` copies nothing: the kernel reads all
+/// of `data`'s bytes into its buffer first (all or nothing) and fails before it writes the
+/// DMA memory.
+#[test]
+fn perform_operation_write_from_short_data_leaves_the_dma_memory_untouched() {
+    let (m, mapper) = machine_with_iommu();
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 2 * PAGE);
+    let before = pattern(2 * PAGE as usize, 9);
+    assert_eq!(md.write_bytes(0, &before), before.len());
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 1024);
+    assert_eq!(data.write_bytes(0, &pattern(1024, 77)), 1024);
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    dma.prepare_for_dma(0, &md, 0, 0, &mut segs).unwrap();
+
+    // 1000 bytes from offset 100 of a 1024-byte descriptor: past its end.
+    let e = dma
+        .perform_operation(DkPerformOptions::WRITE, 0, 1000, 100, Some(&*data))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Underrun {
+                done: 0,
+                requested: 1000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(contents(&*md) == before, "nothing reached the DMA memory");
+    dma.complete_dma(0).unwrap();
+}
+
+/// A read that runs past the end of the preparation copies nothing into `data`: the
+/// kernel's copy out of the DMA memory falls short and it fails before writing `data`.
+#[test]
+fn perform_operation_read_past_the_preparation_leaves_the_data_untouched() {
+    let (m, mapper) = machine_with_iommu();
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 2 * PAGE);
+    assert_eq!(
+        md.write_bytes(0, &pattern(2 * PAGE as usize, 3)),
+        2 * PAGE as usize
+    );
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, PAGE);
+    let before = pattern(PAGE as usize, 200);
+    assert_eq!(data.write_bytes(0, &before), before.len());
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    // Only the first page is prepared; 700 bytes from 96 before its end.
+    dma.prepare_for_dma(0, &md, 0, PAGE, &mut segs).unwrap();
+    let e = dma
+        .perform_operation(DkPerformOptions::READ, PAGE - 96, 700, 0, Some(&*data))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Underrun {
+                done: 0,
+                requested: 700,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(contents(&*data) == before, "nothing reached the data");
+    dma.complete_dma(0).unwrap();
+}
+
+/// A read into `data` that cannot take all of it (the range runs past `data`'s end)
+/// writes none of it: the kernel's write into `data` is all or nothing.
+#[test]
+fn perform_operation_read_into_short_data_writes_none_of_it() {
+    let (m, mapper) = machine_with_iommu();
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 2 * PAGE);
+    assert_eq!(
+        md.write_bytes(0, &pattern(2 * PAGE as usize, 5)),
+        2 * PAGE as usize
+    );
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, 1024);
+    let before = pattern(1024, 111);
+    assert_eq!(data.write_bytes(0, &before), before.len());
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    dma.prepare_for_dma(0, &md, 0, 0, &mut segs).unwrap();
+    let e = dma
+        .perform_operation(DkPerformOptions::READ, 0, 1000, 100, Some(&*data))
+        .unwrap_err();
+    assert!(matches!(e, Error::Underrun { done: 0, .. }), "{e}");
+    assert!(contents(&*data) == before, "nothing reached the data");
+    // Within both, the copy is whole.
+    dma.perform_operation(DkPerformOptions::READ, 0, 1000, 24, Some(&*data))
+        .unwrap();
+    let mut want = before.clone();
+    want[24..1024].copy_from_slice(&pattern(2 * PAGE as usize, 5)[..1000]);
+    assert!(contents(&*data) == want);
+    dma.complete_dma(0).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The IOMapper C accessors
+
+/// Without a system mapper `IOMapperInsertPage` returns the physical page before it looks
+/// at the base, so base 0 is no error there; with one, base 0 is refused (IOKit panics).
+#[test]
+fn insert_page_checks_for_a_system_mapper_before_the_base() {
+    let none = MapperRegistry::with_system_mapper(None);
+    assert_eq!(none.insert_page(0, 7, 0x42).unwrap(), 0x42);
+    assert_eq!(none.insert_page(u32::MAX, u32::MAX, 0x43).unwrap(), 0x43);
+    none.iovm_free_pages(0, 0).unwrap();
+    assert_eq!(
+        code(none.iovm_alloc_pages(1)),
+        IoReturn::UNSUPPORTED,
+        "IOMapperIOVMAlloc returns 0 without a system mapper"
+    );
+
+    let (_m, mapper) = machine_with_iommu();
+    let with = MapperRegistry::with_system_mapper(Some(mapper.clone() as Arc<dyn Mapper>));
+    assert_eq!(code(with.insert_page(0, 7, 0x42)), IoReturn::BAD_ARGUMENT);
+    assert_eq!(mapper.usage(), (0, 0), "nothing mapped");
+
+    // Undecided: the calls that wait in IOKit report that the decision is missing.
+    let undecided = MapperRegistry::new();
+    assert_eq!(code(undecided.iovm_alloc_pages(1)), IoReturn::NOT_READY);
+    assert_eq!(code(undecided.insert_page(1, 0, 2)), IoReturn::NOT_READY);
+    assert_eq!(code(undecided.iovm_free_pages(1, 1)), IoReturn::NOT_READY);
+}
