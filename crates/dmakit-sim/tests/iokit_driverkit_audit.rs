@@ -12,7 +12,7 @@ use dmakit::driverkit::{
     DkBufferMemoryDescriptor, DkDmaCommand, DkDmaSpec, DkMemoryOptions, DkPerformOptions,
 };
 use dmakit::mapper::{IommuMapper, Mapper, MapperRegistry};
-use dmakit::{Error, IoReturn, Result};
+use dmakit::{Error, IoReturn, PageSize, Result};
 use dmakit_sim::{Machine, MachineBuilder, SimIommu};
 use std::sync::Arc;
 
@@ -193,6 +193,31 @@ fn perform_operation_read_into_short_data_writes_none_of_it() {
     want[24..1024].copy_from_slice(&pattern(2 * PAGE as usize, 5)[..1000]);
     assert!(contents(&*data) == want);
     dma.complete_dma(0).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// IODMACommand::Create
+
+/// The kernel refuses fewer address bits than its page shift (so 13 on 16 KiB pages), and
+/// DriverKit reports the refusal as kIOReturnNoMemory.
+#[test]
+fn dma_command_create_refuses_fewer_address_bits_than_the_page_shift() {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .page_size(PageSize::new(16384).unwrap())
+            .build()
+            .unwrap(),
+    );
+    for bits in [1u64, 11, 12, 13] {
+        let r = DkDmaCommand::create(m.clone(), None, 0, DkDmaSpec::new(bits));
+        assert_eq!(code(r), IoReturn::NO_MEMORY, "{bits} bits on 16 KiB pages");
+    }
+    for bits in [0u64, 14, 32, 64] {
+        assert!(
+            DkDmaCommand::create(m.clone(), None, 0, DkDmaSpec::new(bits)).is_ok(),
+            "{bits} bits"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

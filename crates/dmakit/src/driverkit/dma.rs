@@ -86,8 +86,15 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     /// alignment.
     ///
     /// `options` other than 0 (kIODMACommandCreateNoOptions) and more than 255 address bits
-    /// are [`Error::BadArgument`]; 1 to 11 address bits are [`Error::NoMemory`], which is
-    /// how DriverKit reports the kernel refusing them. 0, or 64 and more, is no limit.
+    /// are [`Error::BadArgument`]; from 1 to fewer than the platform's page shift (11 with
+    /// 4 KiB pages, 13 with 16 KiB pages) is [`Error::NoMemory`], which is how DriverKit
+    /// reports the kernel refusing a device that cannot address one page. 0, or 64 and
+    /// more, is no limit.
+    ///
+    /// Without `mapper` the command uses physical addresses. IOKit's kernel side falls
+    /// back to the system mapper for a device that has no IOMMU of its own; to do the same,
+    /// pass the system mapper here
+    /// ([`MapperRegistry::system_mapper`](crate::mapper::MapperRegistry::system_mapper)).
     pub fn create(
         platform: P,
         mapper: Option<Arc<dyn Mapper>>,
@@ -112,9 +119,10 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
             requested: bits,
             available: 0,
         };
-        if (1..12).contains(&bits) {
+        let page_shift = u64::from(platform.page_size().shift());
+        if (1..page_shift).contains(&bits) {
             return Err(refused(
-                "DriverKit IODMACommand::Create: the kernel refuses fewer than 12 address bits (value: the bits)",
+                "DriverKit IODMACommand::Create: the kernel refuses fewer address bits than the page shift (value: the bits)",
             ));
         }
         let segment_spec = SegmentSpec::builder()
