@@ -6,13 +6,15 @@
 mod common;
 
 use common::pattern;
-use dmakit::descriptor::MemoryDescriptor;
+use dmakit::descriptor::{GeneralMemoryDescriptor, MemoryDescriptor};
 use dmakit::dma::IoSegment;
 use dmakit::driverkit::{
-    DkBufferMemoryDescriptor, DkDmaCommand, DkDmaSpec, DkMemoryOptions, DkPerformOptions,
+    DkBufferMemoryDescriptor, DkDmaCommand, DkDmaSpec, DkMapOptions, DkMemoryDescriptor,
+    DkMemoryOptions, DkPerformOptions,
 };
 use dmakit::mapper::{IommuMapper, Mapper, MapperRegistry};
-use dmakit::{Error, IoReturn, PageSize, Result};
+use dmakit::platform::{CpuAccess, Task};
+use dmakit::{Direction, Error, IoReturn, PageSize, Result};
 use dmakit_sim::{Machine, MachineBuilder, SimIommu};
 use std::sync::Arc;
 
@@ -193,6 +195,77 @@ fn perform_operation_read_into_short_data_writes_none_of_it() {
     want[24..1024].copy_from_slice(&pattern(2 * PAGE as usize, 5)[..1000]);
     assert!(contents(&*data) == want);
     dma.complete_dma(0).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// IOMemoryDescriptor::CreateMapping: which mappings are read-only
+
+/// Only a buffer the calling task created with `IOBufferMemoryDescriptor::Create` is
+/// exempt from the read-only rule for `Out` memory: a sub-descriptor or a combination of
+/// such a buffer, or a plain descriptor of the task's own virtual memory, described `Out`,
+/// maps read-only.
+#[test]
+fn out_memory_maps_read_only_unless_it_is_the_tasks_own_buffer() {
+    let m = Arc::new(MachineBuilder::new().seed(5).build().unwrap());
+    let own = buffer(&m, DkMemoryOptions::DIRECTION_OUT, 2 * PAGE);
+    let map = |md: &Arc<dyn MemoryDescriptor>| {
+        DkMemoryDescriptor::create_mapping(m.clone(), md, DkMapOptions::default(), 0, 0, 0, 0)
+            .unwrap()
+    };
+    assert!(
+        !map(&own).options().is_read_only(),
+        "the creator's own buffer"
+    );
+
+    let sub: Arc<dyn MemoryDescriptor> = DkMemoryDescriptor::create_sub_memory_descriptor(
+        DkMemoryOptions::DIRECTION_OUT,
+        0,
+        PAGE,
+        &own,
+    )
+    .unwrap();
+    let sub_map = map(&sub);
+    assert!(sub_map.options().is_read_only(), "an Out sub-descriptor");
+    let e = m
+        .write_virt(Task::KERNEL, sub_map.address(), b"no")
+        .unwrap_err();
+    assert!(matches!(e, Error::NotWritable { .. }), "{e}");
+
+    let multi: Arc<dyn MemoryDescriptor> = DkMemoryDescriptor::create_with_memory_descriptors(
+        DkMemoryOptions::DIRECTION_OUT,
+        std::slice::from_ref(&own),
+    )
+    .unwrap();
+    assert!(
+        map(&multi).options().is_read_only(),
+        "an Out combination of descriptors"
+    );
+
+    let va = m.vm_allocate(Task::KERNEL, PAGE, false).unwrap();
+    let general: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(
+            m.clone(),
+            Task::KERNEL,
+            va,
+            PAGE,
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    assert!(
+        map(&general).options().is_read_only(),
+        "Out virtual memory of the task that is not a buffer it created"
+    );
+
+    // Not exactly Out: writable.
+    let both: Arc<dyn MemoryDescriptor> = DkMemoryDescriptor::create_sub_memory_descriptor(
+        DkMemoryOptions::DIRECTION_OUT_IN,
+        0,
+        PAGE,
+        &own,
+    )
+    .unwrap();
+    assert!(!map(&both).options().is_read_only());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -717,6 +717,10 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
     fn pageable_buffer(&self) -> bool {
         self.options.pageable
     }
+
+    fn buffer_task(&self) -> Option<Task> {
+        Some(self.task())
+    }
 }
 
 /// A shared slice of a buffer's bytes (see

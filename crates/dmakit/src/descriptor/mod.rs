@@ -589,6 +589,16 @@ pub trait MemoryDescriptor: Send + Sync {
         false
     }
 
+    /// The task a [`BufferMemoryDescriptor`] allocated its memory in (IOKit: the task an
+    /// IOBufferMemoryDescriptor was created for); `None` for every other kind of
+    /// descriptor, composites and sub-ranges of buffers included (the default). DriverKit's
+    /// `CreateMapping` exempts only a buffer the mapping task created from its read-only
+    /// rule for `Out` memory (see
+    /// [`DkMemoryDescriptor::create_mapping`](crate::driverkit::DkMemoryDescriptor::create_mapping)).
+    fn buffer_task(&self) -> Option<crate::platform::Task> {
+        None
+    }
+
     /// Calls `f` with the *leaf* descriptors (the ones that copy bytes themselves) behind
     /// `[offset, offset + len)`, each with the range in its own offsets. Composite
     /// descriptors forward to their parts; the default treats `self` as a leaf. The

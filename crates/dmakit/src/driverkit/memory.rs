@@ -6,7 +6,7 @@ use crate::descriptor::{
     SubMemoryDescriptor,
 };
 use crate::map::MemoryMap;
-use crate::platform::{Platform, Task, VirtualMemory};
+use crate::platform::{Platform, VirtualMemory};
 use crate::{Error, Result, VirtAddr};
 use alloc_crate::sync::Arc;
 
@@ -132,10 +132,15 @@ impl DkMemoryDescriptor {
     /// small guard page on each side unless the options ask otherwise; with it, at
     /// `address` without guards. The mapping is read-only when
     /// [`READ_ONLY`](DkMapOptions::READ_ONLY) is asked for, or when the descriptor's
-    /// direction is exactly `Out` and its memory is not already the mapping task's own
-    /// (as DriverKit gives the task that made the memory a writable mapping: a dext fills
-    /// the `Out` buffers it creates). Unlike DriverKit, an explicit read-only request is
-    /// read-only even for that task.
+    /// direction is exactly `Out` and it is not a buffer the mapping task created (as
+    /// DriverKit gives only the task that created an `IOBufferMemoryDescriptor` a writable
+    /// mapping of it: a dext fills the `Out` buffers it creates). Only a
+    /// [`BufferMemoryDescriptor`] of the mapping task counts
+    /// ([`MemoryDescriptor::buffer_task`]; dmakit runs a ported dext in the kernel task, so
+    /// every kernel-task buffer is the dext's own): an `Out` sub-range or combination of
+    /// such a buffer, or an `Out` descriptor of the task's own virtual memory, maps
+    /// read-only, as in DriverKit. Unlike DriverKit, an explicit read-only request is
+    /// read-only even for the buffer's creator.
     ///
     /// `alignment` (of the mapping's first page): 0 or a power of two up to the page size,
     /// which every mapping meets; a larger power of two is [`Error::Unsupported`] and
@@ -170,7 +175,7 @@ impl DkMemoryDescriptor {
         }
         if !map_options.is_read_only()
             && md.direction() == crate::Direction::Out
-            && !lives_in(md.as_ref(), map_options.task())
+            && md.buffer_task() != Some(map_options.task())
         {
             map_options = map_options.read_only();
         }
@@ -236,18 +241,6 @@ impl DkMemoryDescriptor {
             direction,
         )?))
     }
-}
-
-/// Whether all of `md`'s memory is virtual memory of `task` (so a mapping into `task` is a
-/// view of the task's own memory).
-fn lives_in(md: &dyn MemoryDescriptor, task: Task) -> bool {
-    let mut own = true;
-    let mut any = false;
-    let listed = md.sources(0, md.length(), &mut |s| {
-        any = true;
-        own &= s.task == Some(task);
-    });
-    listed.is_ok() && any && own
 }
 
 /// DriverKit's `IOMemoryMap` calls, over [`MemoryMap`].
