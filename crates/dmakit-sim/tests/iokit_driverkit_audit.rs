@@ -321,3 +321,91 @@ fn insert_page_checks_for_a_system_mapper_before_the_base() {
     assert_eq!(code(undecided.insert_page(1, 0, 2)), IoReturn::NOT_READY);
     assert_eq!(code(undecided.iovm_free_pages(1, 1)), IoReturn::NOT_READY);
 }
+
+/// `PerformOperation` writes the DMA memory as the kernel's `IODMACommand::writeBytes`
+/// does, by physical address, so a write or a zero into memory prepared for a device that
+/// only reads it (direction `Out`, prepared read-only) succeeds: filling an `Out` transfer
+/// from a driver's bounce buffer is what the call is for.
+#[test]
+fn perform_operation_writes_out_memory_prepared_read_only() {
+    let (m, mapper) = machine_with_iommu();
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT, 2 * PAGE);
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, PAGE);
+    let fresh = pattern(PAGE as usize, 42);
+    assert_eq!(data.write_bytes(0, &fresh), fresh.len());
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    let (flags, _) = dma.prepare_for_dma(0, &md, 0, 0, &mut segs).unwrap();
+    assert_eq!(flags, DkMemoryOptions::DIRECTION_OUT);
+    dma.perform_operation(DkPerformOptions::WRITE, 100, PAGE, 0, Some(&*data))
+        .unwrap();
+    dma.perform_operation(DkPerformOptions::ZERO, 0, 100, 0, None)
+        .unwrap();
+    dma.complete_dma(0).unwrap();
+    let now = contents(&*md);
+    assert!(now[..100].iter().all(|&b| b == 0));
+    assert!(now[100..100 + PAGE as usize] == fresh[..]);
+
+    // The same through a descriptor of virtual memory, which preparing for Out wires
+    // read-only.
+    let va = m.vm_allocate(Task::KERNEL, 2 * PAGE, false).unwrap();
+    let general: Arc<dyn MemoryDescriptor> = Arc::new(
+        GeneralMemoryDescriptor::with_address_range(
+            m.clone(),
+            Task::KERNEL,
+            va,
+            2 * PAGE,
+            Direction::Out,
+        )
+        .unwrap(),
+    );
+    dma.prepare_for_dma(0, &general, 0, 0, &mut segs).unwrap();
+    assert_eq!(
+        general.write_bytes(0, b"x"),
+        0,
+        "the descriptor is prepared read-only"
+    );
+    dma.perform_operation(DkPerformOptions::WRITE, PAGE, PAGE, 0, Some(&*data))
+        .unwrap();
+    dma.complete_dma(0).unwrap();
+    let mut back = vec![0u8; PAGE as usize];
+    m.read_virt(Task::KERNEL, dmakit::VirtAddr(va.0 + PAGE), &mut back)
+        .unwrap();
+    assert!(back == fresh);
+}
+
+/// The kernel writes the DMA memory with a copy that flushes what it wrote from the CPU's
+/// caches, so a device behind a cache that is not coherent with it sees a
+/// `PerformOperation` write at once, without any further step from the driver (DriverKit
+/// gives drivers no cache maintenance of their own).
+#[test]
+fn perform_operation_writes_reach_a_non_coherent_device_at_once() {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(3)
+            .coherent(false)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x8000_0000, 0x1000_0000).unwrap());
+    let md = buffer(&m, DkMemoryOptions::DIRECTION_OUT, 2 * PAGE);
+    let data = buffer(&m, DkMemoryOptions::DIRECTION_OUT_IN, PAGE);
+    let fresh = pattern(PAGE as usize, 17);
+    assert_eq!(data.write_bytes(0, &fresh), fresh.len());
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    let (_, count) = dma.prepare_for_dma(0, &md, 0, 0, &mut segs).unwrap();
+    assert_eq!(count, 1);
+    dma.perform_operation(DkPerformOptions::WRITE, 0x800, PAGE, 0, Some(&*data))
+        .unwrap();
+    let mut seen = vec![0u8; PAGE as usize];
+    iommu
+        .device_read(dmakit::IoAddr(segs[0].addr.0 + 0x800), &mut seen)
+        .unwrap();
+    assert!(
+        seen == fresh,
+        "the device sees the bytes before CompleteDMA"
+    );
+    dma.complete_dma(0).unwrap();
+}

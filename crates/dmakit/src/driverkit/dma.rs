@@ -4,7 +4,7 @@ use super::DkMemoryOptions;
 use crate::descriptor::{MemoryDescriptor, PrepOwner};
 use crate::dma::{DmaCommand, IoSegment, PrepareOptions, SegmentFormat, SegmentSpec};
 use crate::mapper::Mapper;
-use crate::platform::Platform;
+use crate::platform::{CacheOp, Platform};
 use crate::{Error, Result};
 use alloc_crate::sync::Arc;
 
@@ -76,6 +76,8 @@ impl core::ops::BitOr for DkPerformOptions {
 pub struct DkDmaCommand<P: Platform + Clone + 'static> {
     cmd: crate::sync::Mutex<DmaCommand<P>>,
     owner: PrepOwner,
+    /// For [`perform_operation`](Self::perform_operation)'s writes, by physical address.
+    platform: P,
 }
 
 impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
@@ -129,7 +131,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
             .address_bits(bits.min(64) as u32)
             .build()
             .map_err(|_| refused("DriverKit IODMACommand::Create: the device's spec"))?;
-        let mut builder = DmaCommand::builder(platform)
+        let mut builder = DmaCommand::builder(platform.clone())
             .spec(segment_spec)
             .format(SegmentFormat::Host64);
         if let Some(m) = mapper {
@@ -139,6 +141,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
         Ok(DkDmaCommand {
             owner: cmd.prep_owner(),
             cmd: crate::sync::Mutex::new(cmd),
+            platform,
         })
     }
 
@@ -328,7 +331,12 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     /// `data` (`done` 0); a read whose destination range does not lie within `data`
     /// writes none of it (descriptor copies are all or nothing); only the copy into the
     /// DMA memory (write and zero) stops at the end of the preparation with the bytes
-    /// before it done (`done` counts them).
+    /// before it done (`done` counts them). The DMA memory is written by physical address,
+    /// as DriverKit's kernel side writes it, so memory prepared read-only (a descriptor
+    /// whose direction is `Out`: the device only reads it) is written too: filling an
+    /// `Out` transfer from a bounce buffer of the driver's is what the call is for; and
+    /// what it writes is flushed from the CPU's caches, so a device that is not coherent
+    /// with them sees it at once.
     pub fn perform_operation(
         &self,
         options: DkPerformOptions,
@@ -347,8 +355,8 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
             });
         }
         let cmd = self.cmd.lock();
-        let attached = match (cmd.prepared(), cmd.memory_descriptor()) {
-            (Some(_), Some(md)) => md.length(),
+        let (prepared, md) = match (cmd.prepared(), cmd.memory_descriptor()) {
+            (Some(p), Some(md)) => (p, md.clone()),
             _ => {
                 return Err(Error::NotReady {
                     what: "DriverKit PerformOperation on a DMA command that is not prepared",
@@ -356,7 +364,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                 })
             }
         };
-        if length > attached {
+        if length > md.length() {
             return Err(Error::BadArgument {
                 what: "DriverKit PerformOperation: length above the attached descriptor's length",
                 value: length,
@@ -385,7 +393,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
         };
         match op {
             4 => {
-                let put = cmd.write_bytes(dma_offset, &buffer);
+                let put = self.write_dma(&*md, prepared, dma_offset, &buffer);
                 if put < n {
                     return Err(short(put));
                 }
@@ -406,7 +414,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                     if got < n {
                         return Err(short(0));
                     }
-                    (got, cmd.write_bytes(dma_offset, &buffer))
+                    (got, self.write_dma(&*md, prepared, dma_offset, &buffer))
                 } else {
                     let got = cmd.read_bytes(dma_offset, &mut buffer);
                     if got < n {
@@ -426,6 +434,57 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
             }
         }
         Ok(())
+    }
+}
+
+impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
+    /// Writes `bytes` at `dma_offset` of the preparation `(offset, length)` of `md`, by
+    /// physical address as IOKit's `IODMACommand::writeBytes` does (so memory prepared
+    /// read-only, for a device that only reads it, is written too) and flushing what it
+    /// wrote from the CPU's caches on a platform that is not DMA-coherent (as that copy
+    /// does), at most to the end of the preparation; returns the bytes written. A DriverKit command never bounces, so
+    /// the memory the device reaches is `md`'s own.
+    fn write_dma(
+        &self,
+        md: &dyn MemoryDescriptor,
+        (offset, length): (u64, u64),
+        dma_offset: u64,
+        bytes: &[u8],
+    ) -> usize {
+        let room = length.saturating_sub(dma_offset);
+        let n = (bytes.len() as u64).min(room) as usize;
+        let mut done = 0usize;
+        while done < n {
+            let Some(at) = offset
+                .checked_add(dma_offset)
+                .and_then(|a| a.checked_add(done as u64))
+            else {
+                break;
+            };
+            let Ok(seg) = md.physical_segment(at) else {
+                break;
+            };
+            let k = seg.len.min((n - done) as u64) as usize;
+            if k == 0
+                || self
+                    .platform
+                    .write_phys(seg.addr, &bytes[done..done + k])
+                    .is_err()
+            {
+                break;
+            }
+            // The kernel's copy flushes what it wrote, so the device sees it at once.
+            if !self.platform.dma_coherent()
+                && self
+                    .platform
+                    .cache_phys(CacheOp::Flush, seg.addr, k as u64)
+                    .is_err()
+            {
+                break;
+            }
+            done += k;
+        }
+        done
     }
 }
 
