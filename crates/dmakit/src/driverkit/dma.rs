@@ -162,7 +162,9 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     ///
     /// The flags say which way the device may move data: [`DkMemoryOptions::DIRECTION_OUT`]
     /// if `md`'s direction lets it read, with [`DkMemoryOptions::DIRECTION_IN`] if it lets
-    /// it write. A `length` of 0 means to the end of `md`.
+    /// it write. A `length` of 0 means from `offset` to the end of `md` (DriverKit's kernel
+    /// takes `md`'s whole length from `offset`, which runs past the end unless `offset` is
+    /// 0).
     ///
     /// Under the command's lock, as DriverKit: `md` is prepared (for the command, in its
     /// own direction); then attached to the command, which is [`Error::Busy`] while the

@@ -144,7 +144,9 @@ impl DkMemoryDescriptor {
     ///
     /// `alignment` (of the mapping's first page): 0 or a power of two up to the page size,
     /// which every mapping meets; a larger power of two is [`Error::Unsupported`] and
-    /// anything else [`Error::BadArgument`].
+    /// anything else [`Error::BadArgument`]. (DriverKit's header supports 0 only and its
+    /// kernel side ignores the argument, so there any value succeeds and the mapping may
+    /// not have the alignment asked for; dmakit refuses what it cannot meet.)
     ///
     /// Errors: the options' ([`DkMapOptions::map_options`]) and whatever
     /// [`MemoryMap::new`] refuses, with its own error (DriverKit returns kIOReturnError

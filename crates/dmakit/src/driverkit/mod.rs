@@ -154,12 +154,20 @@
 //!   [`Error::Busy`] like any other (DriverKit's kernel side ends the
 //!   first preparation while the device may still use it, and leaves the descriptor wired
 //!   once more than `CompleteDMA` undoes).
+//! * A `prepare_for_dma` length of 0 with a non-zero offset prepares from the offset to
+//!   the end of the descriptor (DriverKit's kernel takes the descriptor's whole length
+//!   from the offset, a range that runs past its end).
 //! * [`DkMemoryDescriptor::create_mapping`] honours an explicit read-only request always
-//!   (DriverKit gives the task that created the memory a writable mapping even when it
+//!   (DriverKit gives the task that created the buffer a writable mapping even when it
 //!   asked for read-only); mapping failures keep their own error (DriverKit returns
 //!   kIOReturnError for all); the real-time cache mode is
-//!   [`Error::Unsupported`] (dmakit has no such mode); map
-//!   option bits DriverKit does not define are [`Error::BadArgument`].
+//!   [`Error::Unsupported`] (dmakit has no such mode). What dmakit cannot honour is
+//!   refused rather than dropped: map option bits DriverKit does not define are
+//!   [`Error::BadArgument`] (DriverKit ignores them, but for those of `0xF000`, which its
+//!   cache-mode check refuses), so are the guard-field values it does not define
+//!   (`0x10`, `0x14`, `0x18`, `0x1C`; DriverKit gives them small guards, as the default),
+//!   and an `alignment` a mapping cannot meet is refused (DriverKit's kernel does not read
+//!   the argument, so its mapping may lack the alignment asked for).
 //! * [`DkBufferMemoryDescriptor::create`] rounds an alignment that is not a power of two
 //!   up to one; every failure that is the caller's argument (zero capacity, a size that
 //!   overflows) is kIOReturnNoMemory as in DriverKit, but failures of the platform keep
@@ -315,7 +323,9 @@ impl DkMapOptions {
     ///   DriverKit.
     ///
     /// Bits DriverKit does not define, and guard values other than the four it defines,
-    /// are [`Error::BadArgument`].
+    /// are [`Error::BadArgument`] (DriverKit's kernel ignores undefined bits outside the
+    /// cache field, and gives undefined guard values small guards): an option dmakit
+    /// cannot honour is refused rather than dropped.
     pub fn map_options(self, address: u64, offset: u64, length: u64) -> Result<MapOptions> {
         let bits = self.0;
         if bits & !Self::KNOWN != 0 {

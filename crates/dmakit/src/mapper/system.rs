@@ -11,7 +11,11 @@
 //! needs it. Asking before the decision is [`Error::NotReady`] instead of a wait.
 //!
 //! The accessors speak in *IO page numbers* (units of the mapper's page size, 32 bits as
-//! IOKit's `ppnum_t`) and return an error where IOKit returns page 0:
+//! IOKit's `ppnum_t`) and return an error where IOKit returns page 0. IOKit counts these
+//! pages in the kernel's page size (`PAGE_SIZE`), which is the IOMMU's on the machines it
+//! runs on (4 KiB pages and VT-d, 16 KiB pages and DART); with a mapper whose page is not
+//! the CPU's, dmakit's numbers are still the mapper's pages, so a physical page number
+//! given to [`insert_page`](MapperRegistry::insert_page) is in the mapper's page size too:
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -32,7 +36,11 @@
 //! ```
 //!
 //! Without a system mapper the device sees CPU physical addresses: `insert_page` returns the
-//! physical page unchanged, `iovm_free_pages` does nothing, and `iovm_alloc_pages` fails.
+//! physical page unchanged (whatever the base, 0 included, as IOKit looks for the system
+//! mapper first), `iovm_free_pages` does nothing, and `iovm_alloc_pages` fails. Before the
+//! system mapper is decided each accessor is [`Error::NotReady`] (IOKit's
+//! `IOMapperIOVMAlloc` waits for the decision there; `IOMapperIOVMFree` and
+//! `IOMapperInsertPage` do not wait and are only safe after it).
 
 use super::{Access, Mapper};
 use crate::{Error, IoAddr, PhysAddr, Result};
