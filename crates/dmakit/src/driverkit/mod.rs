@@ -154,6 +154,10 @@
 //!   [`Error::Busy`] like any other (DriverKit's kernel side ends the
 //!   first preparation while the device may still use it, and leaves the descriptor wired
 //!   once more than `CompleteDMA` undoes).
+//! * The IO pages of a transfer allow the device only what its direction does: an `In`
+//!   buffer is writable but not readable through the IOMMU (DriverKit's kernel lets the
+//!   device read it too), as for every mapped
+//!   [`DmaCommand`](crate::dma::DmaCommand).
 //! * A `prepare_for_dma` length of 0 with a non-zero offset prepares from the offset to
 //!   the end of the descriptor (DriverKit's kernel takes the descriptor's whole length
 //!   from the offset, a range that runs past its end).
