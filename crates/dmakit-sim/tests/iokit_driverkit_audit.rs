@@ -198,6 +198,38 @@ fn perform_operation_read_into_short_data_writes_none_of_it() {
 }
 
 // ---------------------------------------------------------------------------------------
+// IODMACommand::PrepareForDMA
+
+/// The kernel looks at the segment count last, when it generates the segments: a command
+/// that is prepared refuses another descriptor with kIOReturnBusy even when the count is
+/// 0; the count is kIOReturnBadArgument only once everything before it succeeded, and
+/// then nothing stays prepared.
+#[test]
+fn prepare_for_dma_checks_the_segment_count_after_attaching_and_preparing() {
+    let (m, mapper) = machine_with_iommu();
+    let a = buffer(&m, DkMemoryOptions::DIRECTION_OUT, PAGE);
+    let b = buffer(&m, DkMemoryOptions::DIRECTION_IN, PAGE);
+    let dma = DkDmaCommand::create(m.clone(), Some(mapper.clone()), 0, DkDmaSpec::new(64)).unwrap();
+    let mut segs = [IoSegment::default(); 4];
+    dma.prepare_for_dma(0, &a, 0, 0, &mut segs).unwrap();
+    assert_eq!(
+        code(dma.prepare_for_dma(0, &b, 0, 0, &mut segs[..0])),
+        IoReturn::BUSY,
+        "another descriptor while prepared, with no room for a segment"
+    );
+    assert!(Arc::ptr_eq(&dma.get_preparation().unwrap().2, &a));
+    dma.complete_dma(0).unwrap();
+
+    assert_eq!(
+        code(dma.prepare_for_dma(0, &b, 0, 0, &mut segs[..0])),
+        IoReturn::BAD_ARGUMENT
+    );
+    assert!(!dma.is_prepared());
+    assert_eq!(code(dma.complete_dma(0)), IoReturn::NOT_READY);
+    assert_eq!(mapper.usage(), (0, 0), "nothing left mapped");
+}
+
+// ---------------------------------------------------------------------------------------
 // IOMemoryDescriptor::CreateMapping: which mappings are read-only
 
 /// Only a buffer the calling task created with `IOBufferMemoryDescriptor::Create` is

@@ -69,7 +69,9 @@ impl core::ops::BitOr for DkPerformOptions {
 /// code that completes. The command is mapped through the device's IOMMU when
 /// [`create`](Self::create) is given its [`Mapper`], and physical otherwise; it never
 /// bounces (it has no bounce pool), as DriverKit's header promises: memory the device
-/// cannot reach is an error at [`prepare_for_dma`](Self::prepare_for_dma).
+/// cannot reach is an error at [`prepare_for_dma`](Self::prepare_for_dma). (DriverKit's
+/// kernel code would bounce such memory for a command with no mapper at all, a case its
+/// platforms, which put devices behind an IOMMU, do not have.)
 ///
 /// A command dropped while prepared keeps the memory wired and its IO addresses mapped
 /// for good, as [`DmaCommand`] does: the device may still be using them.
@@ -179,10 +181,13 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     /// reports success with the segments that fit). Pass a larger array (at most
     /// [`MAX_SEGMENTS`]), or use a [`DmaCommand`] and produce the segments in pieces.
     ///
-    /// Errors also: `options` other than 0, or `segments` empty or longer than
-    /// [`MAX_SEGMENTS`] ([`Error::BadArgument`], before anything is prepared); and
-    /// whatever preparing `md` or the command refuses (a range outside `md`; memory the
-    /// device cannot reach without a bounce, which DriverKit never does).
+    /// Errors also, in DriverKit's order: `options` other than 0, or `segments` longer
+    /// than [`MAX_SEGMENTS`] ([`Error::BadArgument`], before anything is prepared);
+    /// whatever preparing `md` refuses; `Busy`; whatever preparing the command refuses (a
+    /// range outside `md`; memory the device cannot reach without a bounce, which
+    /// DriverKit never does); then `segments` empty (`BadArgument`, as DriverKit checks
+    /// the count when it generates the segments: a prepared command refuses another
+    /// descriptor with `Busy` whatever the count).
     pub fn prepare_for_dma(
         &self,
         options: u64,
@@ -197,7 +202,7 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                 value: options,
             });
         }
-        if segments.is_empty() || segments.len() > MAX_SEGMENTS {
+        if segments.len() > MAX_SEGMENTS {
             return Err(Error::BadArgument {
                 what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
                 value: segments.len() as u64,
@@ -227,6 +232,15 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
             let _ = cmd.clear_memory_descriptor();
             let _ = md.complete_for(self.owner);
             return Err(e);
+        }
+        // As DriverKit's kernel side, the count is checked when the segments are generated.
+        if segments.is_empty() {
+            let _ = cmd.complete_and_clear();
+            let _ = md.complete_for(self.owner);
+            return Err(Error::BadArgument {
+                what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
+                value: 0,
+            });
         }
         let mut count = 0usize;
         let mut described = 0u64;
@@ -444,8 +458,8 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
     /// physical address as IOKit's `IODMACommand::writeBytes` does (so memory prepared
     /// read-only, for a device that only reads it, is written too) and flushing what it
     /// wrote from the CPU's caches on a platform that is not DMA-coherent (as that copy
-    /// does), at most to the end of the preparation; returns the bytes written. A DriverKit command never bounces, so
-    /// the memory the device reaches is `md`'s own.
+    /// does), at most to the end of the preparation; returns the bytes written. A
+    /// DriverKit command never bounces, so the memory the device reaches is `md`'s own.
     fn write_dma(
         &self,
         md: &dyn MemoryDescriptor,
