@@ -170,9 +170,10 @@ impl NvmeModel {
     pub(crate) fn cap(&self) -> u64 {
         (self.cfg.max_queue_entries as u64 - 1)
             | CAP_CQR
-            | (0x0F << 24) // timeout: 7.5 s
+            | (self.cfg.ready_timeout as u64) << 24
             | (self.cfg.doorbell_stride as u64) << 32
             | CAP_CSS_NVM
+            | (self.cfg.mpsmin as u64) << 48
             | (MPS_MAX as u64) << 52
     }
 
@@ -226,6 +227,8 @@ impl NvmeModel {
         let page = self.page();
         let why = if field(CC_MPS_SHIFT, 0xF) > MPS_MAX {
             Some("CC.MPS above CAP.MPSMAX")
+        } else if field(CC_MPS_SHIFT, 0xF) < self.cfg.mpsmin as u32 {
+            Some("CC.MPS below CAP.MPSMIN")
         } else if field(CC_CSS_SHIFT, 7) != 0 || field(CC_AMS_SHIFT, 7) != 0 {
             Some("CC.CSS or CC.AMS names a command set or arbitration the controller lacks")
         } else if field(CC_IOSQES_SHIFT, 0xF) != 6 || field(CC_IOCQES_SHIFT, 0xF) != 4 {
@@ -591,9 +594,11 @@ impl NvmeModel {
         match cmd.opcode {
             admin::IDENTIFY => {
                 let data = match cmd.cdw10() & 0xFF {
-                    admin::CNS_NAMESPACE if cmd.nsid == 1 => {
-                        identify::namespace(self.store.lba_size, self.store.blocks)
-                    }
+                    admin::CNS_NAMESPACE if cmd.nsid == 1 => identify::namespace(
+                        self.store.lba_size,
+                        self.store.blocks,
+                        self.cfg.metadata_bytes,
+                    ),
                     admin::CNS_NAMESPACE => return done(Status::INVALID_NAMESPACE.dnr()),
                     admin::CNS_CONTROLLER => identify::controller(&self.cfg, NVME_VENDOR),
                     admin::CNS_ACTIVE_NS_LIST if cmd.nsid < 0xFFFF_FFFE => {
@@ -780,7 +785,7 @@ impl NvmeModel {
                 }
                 let lba = self.store.lba_size;
                 let bytes = nlb * lba;
-                if self.cfg.mdts != 0 && bytes > (4096u64 << self.cfg.mdts) {
+                if self.cfg.mdts != 0 && bytes > (4096u64 << self.cfg.mpsmin << self.cfg.mdts) {
                     return Status::INVALID_FIELD.dnr();
                 }
                 let mut buf = vec![0u8; bytes as usize];

@@ -56,7 +56,8 @@ pub mod ns {
     pub const NLBAF: usize = 25;
     /// Formatted LBA size (u8: bits 3:0 the format in use).
     pub const FLBAS: usize = 26;
-    /// LBA format 0 (u32: bits 23:16 LBADS, log2 of the LBA size).
+    /// LBA format 0 (u32: bits 15:0 MS, metadata bytes per block; bits 23:16 LBADS, log2
+    /// of the LBA size).
     pub const LBAF0: usize = 128;
 }
 
@@ -93,13 +94,13 @@ pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
     b
 }
 
-pub(crate) fn namespace(lba_size: u64, blocks: u64) -> Vec<u8> {
+pub(crate) fn namespace(lba_size: u64, blocks: u64, metadata: u16) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
     for at in [ns::NSZE, ns::NCAP, ns::NUSE] {
         b[at..at + 8].copy_from_slice(&blocks.to_le_bytes());
     }
     let lbads = lba_size.trailing_zeros();
-    b[ns::LBAF0..ns::LBAF0 + 4].copy_from_slice(&(lbads << 16).to_le_bytes());
+    b[ns::LBAF0..ns::LBAF0 + 4].copy_from_slice(&(lbads << 16 | metadata as u32).to_le_bytes());
     b
 }
 

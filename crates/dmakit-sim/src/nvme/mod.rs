@@ -8,7 +8,7 @@
 //!
 //! | offset (BAR 0) | register | |
 //! | --- | --- | --- |
-//! | 0x00 | `CAP` | MQES from [`SimNvmeBuilder::max_queue_entries`], CQR = 1 (contiguous queues), TO = 7.5 s, DSTRD from [`SimNvmeBuilder::doorbell_stride`], CSS = NVM, MPSMIN = 0 (4 KiB), MPSMAX = 4 (64 KiB) |
+//! | 0x00 | `CAP` | MQES from [`SimNvmeBuilder::max_queue_entries`], CQR = 1 (contiguous queues), TO from [`SimNvmeBuilder::ready_timeout`] (7.5 s), DSTRD from [`SimNvmeBuilder::doorbell_stride`], CSS = NVM, MPSMIN from [`SimNvmeBuilder::mpsmin`] (4 KiB), MPSMAX = 4 (64 KiB) |
 //! | 0x08 | `VS` | 1.4.0 |
 //! | 0x0C / 0x10 | `INTMS` / `INTMC` | kept, no effect (MSI-X) |
 //! | 0x14 | `CC` | EN, CSS, MPS, AMS, SHN, IOSQES, IOCQES |
@@ -26,7 +26,8 @@
 //! included); the namespace keeps its data.
 //!
 //! **Commands**: admin Identify (controller: serial [`identify::SERIAL`], MDTS; namespace:
-//! size and one LBA format of 512 or 4096 bytes; active namespace list), Create/Delete I/O
+//! size and one LBA format of [`SimNvmeBuilder::lba_size`] bytes with
+//! [`SimNvmeBuilder::metadata_bytes`] of metadata; active namespace list), Create/Delete I/O
 //! SQ and CQ, Set/Get Features (Number of Queues reports the configured count), Get Log Page
 //! (zeros), Abort (never aborts), Asynchronous Event Request (held; up to 4); NVM Read,
 //! Write, Flush on namespace 1. Data moves through PRP1/PRP2 and chained PRP lists
@@ -84,6 +85,7 @@ pub use store::Prefill;
 
 use crate::pci::{FunctionConfig, SimPciBus, SimPciFunction};
 use dmakit::{Error, Result};
+use regs::MPS_MAX;
 use std::sync::Arc;
 
 /// The controller's vendor ID (QEMU's).
@@ -252,7 +254,7 @@ pub struct NvmeStats {
 pub struct NvmeConfig {
     /// Seed of every random choice.
     pub seed: u64,
-    /// LBA size: 512 or 4096.
+    /// LBA size: a power of two, 512..=65536.
     pub lba_size: u32,
     /// Namespace size in blocks.
     pub blocks: u64,
@@ -276,6 +278,12 @@ pub struct NvmeConfig {
     pub faults: Vec<CommandFault>,
     /// Set CSTS.CFS instead of carrying out the `n`th command fetched.
     pub fatal_after: Option<u64>,
+    /// CAP.TO: worst-case time to ready, in 500 ms units.
+    pub ready_timeout: u8,
+    /// CAP.MPSMIN: the smallest memory page is `4 KiB << mpsmin`.
+    pub mpsmin: u8,
+    /// Metadata bytes per block in the namespace's LBA format (the `MS` field).
+    pub metadata_bytes: u16,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -296,7 +304,7 @@ impl SimNvmeBuilder {
         self
     }
 
-    /// LBA size: 512 or 4096 bytes.
+    /// LBA size: a power of two from 512 to 65536 bytes.
     pub fn lba_size(mut self, bytes: u32) -> Self {
         self.cfg.lba_size = bytes;
         self
@@ -370,6 +378,30 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// CAP.TO: the worst-case time from CC.EN to CSTS.RDY the controller promises, in
+    /// 500 ms units (default 15: 7.5 s). It changes only what CAP says, not
+    /// [`ready_delay`](Self::ready_delay).
+    pub fn ready_timeout(mut self, units: u8) -> Self {
+        self.cfg.ready_timeout = units;
+        self
+    }
+
+    /// CAP.MPSMIN, 0..=4: the smallest memory page the controller takes is
+    /// `4 KiB << mpsmin` (default 0). Enabling with a smaller CC.MPS fails, and MDTS counts
+    /// in pages of this size.
+    pub fn mpsmin(mut self, mpsmin: u8) -> Self {
+        self.cfg.mpsmin = mpsmin;
+        self
+    }
+
+    /// Metadata bytes per block in the namespace's only LBA format (its `MS` field; default
+    /// 0). Identify Namespace reports it; reads and writes still move the data only (the
+    /// model keeps no metadata), so a driver must refuse such a namespace.
+    pub fn metadata_bytes(mut self, bytes: u16) -> Self {
+        self.cfg.metadata_bytes = bytes;
+        self
+    }
+
     /// Where the function goes and its DMA path (default: the bus's).
     pub fn function(mut self, config: FunctionConfig) -> Self {
         self.function = config;
@@ -379,8 +411,14 @@ impl SimNvmeBuilder {
     fn validate(mut self) -> Result<NvmeConfig> {
         let c = &mut self.cfg;
         let bad = |what, value: u64| Err(Error::BadArgument { what, value });
-        if c.lba_size != 512 && c.lba_size != 4096 {
-            return bad("NVMe LBA size (512 or 4096)", c.lba_size as u64);
+        if !c.lba_size.is_power_of_two() || !(512..=65536).contains(&c.lba_size) {
+            return bad(
+                "NVMe LBA size (a power of two, 512..=65536)",
+                c.lba_size as u64,
+            );
+        }
+        if c.mpsmin > MPS_MAX as u8 {
+            return bad("NVMe CAP.MPSMIN (0..=4)", c.mpsmin as u64);
         }
         if !self.blocks_set {
             c.blocks = (16 << 20) / c.lba_size as u64;
@@ -438,6 +476,9 @@ impl SimNvme {
                 prefill: Prefill::Zeros,
                 faults: Vec::new(),
                 fatal_after: None,
+                ready_timeout: 0x0F,
+                mpsmin: 0,
+                metadata_bytes: 0,
             },
             blocks_set: false,
             function: FunctionConfig::default(),

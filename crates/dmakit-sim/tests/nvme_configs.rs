@@ -1,0 +1,377 @@
+//! The NVMe driver (`dmakit-nvme`) against controller configurations other than QEMU's, on
+//! the simulated controller: tiny queues (CAP.MQES), wide doorbell strides (CAP.DSTRD), a
+//! minimum memory page above 4 KiB (CAP.MPSMIN), short and long ready timeouts (CAP.TO),
+//! every MDTS from none to one page pair, LBA sizes from 512 B to 64 KiB, metadata per
+//! block, namespaces of one block and near the 64-bit limit, fewer I/O queues than asked
+//! for, slow CSTS.RDY, fatal status and failing admin commands at bring-up, phase-tag
+//! wrap and completions out of order.
+//!
+//! Each configuration either works (data written and read back byte-exact, checked
+//! against the model's store, never by the completion status alone) or is refused at
+//! bring-up or at the call with a clear error; never a panic, a hang or wrong data.
+
+use dmakit::Error;
+use dmakit_nvme::identify::NamespaceIdentity;
+use dmakit_nvme::suite::{self, pattern};
+use dmakit_nvme::{DmaBuffer, Nvme, NvmeError, PollTimer, QueueOptions, Timer};
+use dmakit_sim::nvme::command::admin;
+use dmakit_sim::nvme::{CommandFault, Reorder, SimNvme, SimNvmeBuilder, Status};
+use dmakit_sim::pci::DmaMode;
+use std::sync::Arc;
+
+mod nvme_common;
+use nvme_common::{Sim, M};
+
+fn sim(seed: u64, b: SimNvmeBuilder) -> Sim {
+    Sim::new(seed, b, DmaMode::DEFAULT_IOMMU)
+}
+
+fn try_driver(s: &Sim) -> Result<Nvme<M>, NvmeError> {
+    Nvme::new(s.m.clone(), s.f.clone(), s.timer.clone(), s.options)
+}
+
+/// Writes `len` bytes of a pattern at `lba` through `q`, checks the model's store holds
+/// them, reads them back into a fresh buffer and checks that too.
+fn round_trip(
+    s: &Sim,
+    q: &mut dmakit_nvme::IoQueue<M>,
+    ns: &NamespaceIdentity,
+    lba: u64,
+    len: u64,
+    seed: u64,
+) {
+    let data = pattern(seed, len as usize);
+    let out = suite::buffer(&s.m, len).unwrap();
+    assert_eq!(out.write_bytes(0, &data), len as usize);
+    q.write(ns, lba, &out, 0, len).unwrap();
+    let stored = s
+        .nvme
+        .namespace_bytes(ns.nsid, lba * ns.block_size as u64, len as usize)
+        .unwrap();
+    assert!(
+        stored == data,
+        "the model's store holds what was written at LBA {lba}"
+    );
+    let back = suite::buffer(&s.m, len).unwrap();
+    q.read(ns, lba, &back, 0, len).unwrap();
+    let mut got = vec![0u8; len as usize];
+    assert_eq!(back.read_bytes(0, &mut got), len as usize);
+    assert!(got == data, "read back what was written at LBA {lba}");
+}
+
+#[test]
+fn tiny_queues_wrap_their_phase_tags_many_times() {
+    for entries in [2u32, 3, 4] {
+        let s = sim(
+            entries as u64,
+            SimNvme::builder().max_queue_entries(entries).blocks(4096),
+        );
+        let nvme = s.driver();
+        let ns = nvme.namespace(1).unwrap();
+        let mut q = nvme.io_queue(QueueOptions::new(entries as u16)).unwrap();
+        for i in 0..(3 * entries as u64 + 5) {
+            round_trip(&s, &mut q, &ns, i * 3, 1024, i);
+        }
+        // The admin queue is as small (it takes MQES too) and wraps as well.
+        for _ in 0..7 {
+            assert_eq!(nvme.identify_controller().unwrap().serial, "dmakit0");
+        }
+    }
+}
+
+#[test]
+fn queued_commands_on_a_tiny_queue_complete_out_of_order() {
+    let b = SimNvme::builder()
+        .max_queue_entries(4)
+        .blocks(4096)
+        .completion_delay(3)
+        .reorder(Reorder::Any);
+    let s = sim(7, b);
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    let view = nvme.dma_view();
+    for round in 0..6u64 {
+        // Three in flight (a 4-slot ring holds 3), completed in any order.
+        let bufs: Vec<DmaBuffer<M>> = (0..3)
+            .map(|_| DmaBuffer::new(&s.m, &view, 4096).unwrap())
+            .collect();
+        let mut want = Vec::new();
+        for (i, b) in bufs.iter().enumerate() {
+            let d = pattern(round * 8 + i as u64, 4096);
+            b.write(0, &d).unwrap();
+            q.submit_write(&ns, 8 * i as u64, b, 0, 4096).unwrap();
+            want.push(d);
+        }
+        let full = DmaBuffer::new(&s.m, &view, 4096).unwrap();
+        assert!(
+            q.submit_write(&ns, 100, &full, 0, 512).is_err(),
+            "a fourth command does not fit a 4-slot ring"
+        );
+        q.ring().unwrap();
+        let mut done = 0;
+        while done < 3 {
+            q.wait_completions(true, |d| {
+                d.result.unwrap();
+                done += 1;
+            })
+            .unwrap();
+        }
+        for (i, d) in want.iter().enumerate() {
+            let stored = s.nvme.namespace_bytes(1, 8 * i as u64 * 512, 4096).unwrap();
+            assert!(&stored == d, "round {round} command {i}");
+        }
+    }
+}
+
+#[test]
+fn wide_doorbell_strides_reach_the_right_doorbells() {
+    for stride in [1u8, 2, 4, 8] {
+        let s = sim(
+            20 + stride as u64,
+            SimNvme::builder().doorbell_stride(stride).io_queues(3),
+        );
+        let nvme = s.driver();
+        let ns = nvme.namespace(1).unwrap();
+        let mut qs: Vec<_> = (0..3)
+            .map(|_| nvme.io_queue(QueueOptions::new(8)).unwrap())
+            .collect();
+        for (i, q) in qs.iter_mut().enumerate() {
+            round_trip(
+                &s,
+                q,
+                &ns,
+                64 * i as u64,
+                8192,
+                stride as u64 * 10 + i as u64,
+            );
+        }
+        assert_eq!(s.nvme.stats().ignored_doorbells, 0, "stride {stride}");
+    }
+}
+
+#[test]
+fn a_minimum_memory_page_above_4k_is_refused_at_bring_up() {
+    for mpsmin in [1u8, 2, 4] {
+        let s = sim(30, SimNvme::builder().mpsmin(mpsmin));
+        let e = try_driver(&s).unwrap_err();
+        assert!(
+            matches!(e, NvmeError::Dma(Error::Unsupported { what }) if what.contains("minimum memory page")),
+            "MPSMIN {mpsmin}: {e}"
+        );
+        assert_eq!(s.nvme.stats().commands, 0, "nothing was submitted");
+    }
+}
+
+#[test]
+fn every_mdts_splits_transfers_the_controller_takes() {
+    for (mdts, lba) in [
+        (0u8, 512u32),
+        (1, 512),
+        (1, 4096),
+        (2, 4096),
+        (3, 512),
+        (10, 4096),
+    ] {
+        let s = sim(
+            40 + mdts as u64,
+            SimNvme::builder().mdts(mdts).lba_size(lba),
+        );
+        let nvme = s.driver();
+        let want = if mdts == 0 {
+            2 << 20
+        } else {
+            (4096u64 << mdts).min(2 << 20)
+        };
+        assert_eq!(nvme.max_transfer(), want, "MDTS {mdts}");
+        let ns = nvme.namespace(1).unwrap();
+        let mut q = nvme.io_queue(QueueOptions::new(16)).unwrap();
+        round_trip(&s, &mut q, &ns, 3, 64 << 10, mdts as u64);
+        assert_eq!(s.nvme.stats().errors, 0, "MDTS {mdts}, {lba}-byte blocks");
+    }
+}
+
+#[test]
+fn fewer_io_queues_than_asked_for_are_all_the_driver_uses() {
+    let mut s = sim(70, SimNvme::builder().io_queues(1));
+    s.options = s.options.io_queues(16);
+    let nvme = s.driver();
+    assert_eq!(nvme.io_queue_limit(), 1);
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(8).interrupt(1)).unwrap();
+    assert!(
+        matches!(
+            nvme.io_queue(QueueOptions::new(8)).unwrap_err(),
+            NvmeError::Dma(Error::NoResources { .. })
+        ),
+        "a second queue pair the controller did not grant"
+    );
+    round_trip(&s, &mut q, &ns, 0, 8192, 70);
+    assert_eq!(q.id(), 1);
+    drop(q);
+    let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+    assert_eq!(q.id(), 1, "the identifier came back");
+    round_trip(&s, &mut q, &ns, 40, 512, 71);
+}
+
+/// A simulator whose timer counts a millisecond per pause, so CAP.TO (500 ms units) is a few
+/// hundred looks at CSTS.
+fn slow_clock(seed: u64, b: SimNvmeBuilder) -> Sim {
+    let mut s = sim(seed, b);
+    s.timer = Arc::new(PollTimer::new(1_000_000));
+    s
+}
+
+#[test]
+fn ready_timeouts_short_and_long() {
+    // RDY after 300 looks, within CAP.TO = 500 ms.
+    let s = slow_clock(80, SimNvme::builder().ready_timeout(1).ready_delay(300));
+    let nvme = try_driver(&s).unwrap();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
+        &ns,
+        2,
+        1024,
+        80,
+    );
+    // RDY never comes: refused once CAP.TO has passed, not sooner and not never.
+    let s = slow_clock(
+        81,
+        SimNvme::builder().ready_timeout(2).ready_delay(u32::MAX),
+    );
+    let before = s.timer.now_ns();
+    let e = try_driver(&s).unwrap_err();
+    let waited = s.timer.now_ns() - before;
+    assert!(
+        matches!(e, NvmeError::Dma(Error::NotReady { what, .. }) if what.contains("CAP.TO")),
+        "{e}"
+    );
+    assert!(
+        (1_000_000_000..1_100_000_000).contains(&waited),
+        "waited {waited} ns"
+    );
+    // CAP.TO = 0 (a controller that claims no time at all) still gets a 500 ms wait.
+    let s = slow_clock(82, SimNvme::builder().ready_timeout(0).ready_delay(50));
+    assert!(try_driver(&s).is_ok());
+    // The longest CAP.TO (127.5 s) with a slow controller.
+    let s = slow_clock(
+        83,
+        SimNvme::builder().ready_timeout(0xFF).ready_delay(20_000),
+    );
+    assert!(try_driver(&s).is_ok());
+}
+
+#[test]
+fn fatal_status_and_failing_admin_commands_at_bring_up_are_clear_errors() {
+    // CSTS.CFS on the first admin command (Set Features, Number of Queues).
+    let s = sim(90, SimNvme::builder().fatal_after(1));
+    let e = try_driver(&s).unwrap_err();
+    assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
+    // The next bring-up disables the controller (clearing CFS) and works.
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
+        &ns,
+        5,
+        512,
+        90,
+    );
+    drop(nvme);
+
+    for (opcode, status) in [
+        (admin::SET_FEATURES, Status::INVALID_FIELD.dnr()),
+        (admin::IDENTIFY, Status::INTERNAL_ERROR),
+    ] {
+        let s = sim(
+            91,
+            SimNvme::builder().fault(CommandFault::admin(opcode, status)),
+        );
+        let e = try_driver(&s).unwrap_err();
+        assert!(
+            matches!(e, NvmeError::Status { op, status, .. } if op.opcode == opcode && status != 0),
+            "opcode {opcode:#x}: {e}"
+        );
+        assert!(s.driver().namespace(1).is_ok());
+    }
+}
+
+#[test]
+fn a_failed_queue_creation_gives_its_identifier_back() {
+    for opcode in [admin::CREATE_CQ, admin::CREATE_SQ] {
+        let s = sim(100, SimNvme::builder().io_queues(1));
+        let nvme = s.driver();
+        let ns = nvme.namespace(1).unwrap();
+        s.nvme.inject(CommandFault::admin(
+            opcode,
+            Status::INVALID_QUEUE_SIZE.dnr(),
+        ));
+        let e = nvme.io_queue(QueueOptions::new(8)).unwrap_err();
+        assert!(matches!(e, NvmeError::Status { .. }), "{e}");
+        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        assert_eq!(q.id(), 1);
+        round_trip(&s, &mut q, &ns, 1, 512, opcode as u64);
+    }
+}
+
+#[test]
+fn namespaces_of_one_block_and_near_the_64_bit_limit() {
+    let s = sim(110, SimNvme::builder().blocks(1));
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    assert_eq!((ns.blocks, ns.block_size), (1, 512));
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    round_trip(&s, &mut q, &ns, 0, 512, 110);
+    let md = suite::buffer(&s.m, 1024).unwrap();
+    for (lba, len) in [(0u64, 1024u64), (1, 512), (u64::MAX, 512)] {
+        let e = q.write(&ns, lba, &md, 0, len).unwrap_err();
+        assert!(
+            matches!(e, NvmeError::Dma(Error::OutOfBounds { .. })),
+            "{e}"
+        );
+    }
+    assert_eq!(s.nvme.stats().errors, 0, "refused before anything was sent");
+
+    // 2^52 blocks of 4 KiB: the whole 64-bit byte range (the store is sparse).
+    let blocks = u64::MAX / 4096;
+    let s = sim(111, SimNvme::builder().lba_size(4096).blocks(blocks));
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    assert_eq!(ns.blocks, blocks);
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    // Across the 32-bit LBA boundary (CDW10/CDW11), and the very last blocks.
+    round_trip(&s, &mut q, &ns, (1 << 32) - 1, 8192, 111);
+    round_trip(&s, &mut q, &ns, blocks - 2, 8192, 112);
+    let e = q.write(&ns, blocks - 1, &md, 0, 8192).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::OutOfBounds { .. })),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_format_with_metadata_per_block_is_refused() {
+    for (lba, ms) in [(512u32, 8u16), (4096, 8), (4096, 64)] {
+        let s = sim(120, SimNvme::builder().lba_size(lba).metadata_bytes(ms));
+        let nvme = s.driver();
+        let e = nvme.namespace(1).unwrap_err();
+        assert!(
+            matches!(e, NvmeError::Dma(Error::Unsupported { what }) if what.contains("metadata")),
+            "{lba}+{ms}: {e}"
+        );
+    }
+}
+
+#[test]
+fn identify_of_a_namespace_the_controller_lacks_is_an_error() {
+    let s = sim(130, SimNvme::builder());
+    let nvme = s.driver();
+    for nsid in [0u32, 2, 0xFFFF_FFFF] {
+        let e = nvme.namespace(nsid).unwrap_err();
+        assert!(matches!(e, NvmeError::Status { .. }), "{nsid}: {e}");
+    }
+    assert!(nvme.namespace(1).is_ok());
+}
