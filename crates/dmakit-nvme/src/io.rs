@@ -18,7 +18,8 @@
 //! outstanding on the queue with an error naming it, and holds its memory until the
 //! controller is reset (which the next command does). Bad arguments are refused before
 //! anything is submitted: a block count the buffer cannot hold, a range past the
-//! namespace, a length that is not whole blocks.
+//! namespace, a length that is not whole blocks, a namespace whose block is larger than
+//! one command may carry.
 
 use crate::command::{Command, NVM_FLUSH, NVM_READ, NVM_WRITE};
 use crate::controller::Shared;
@@ -280,6 +281,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         len: u64,
     ) -> Result<Transfer> {
         check_range(ns, lba, len)?;
+        check_block_fits(ns, self.shared.max_transfer())?;
         dmakit::descriptor::check_range(
             "NVMe transfer in the descriptor",
             offset,
@@ -562,6 +564,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         len: u64,
     ) -> Result<u16> {
         check_range(ns, lba, len)?;
+        check_block_fits(ns, self.shared.max_transfer())?;
         // The buffer must hold every block the command moves.
         dmakit::descriptor::check_range("NVMe transfer in the buffer", offset, len, buf.len())?;
         let bs = ns.block_size as u64;
@@ -822,6 +825,21 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for IoQueue<P
 /// block count of a Read or Write (65536 blocks); at least one.
 fn max_blocks(max_transfer: u64, bs: u64) -> u64 {
     (max_transfer / bs).clamp(1, 1 << 16)
+}
+
+/// One block fits in one command: a namespace whose blocks are larger than the transfer
+/// limit (16 KiB blocks under an `MDTS` of 8 KiB, or under a smaller
+/// [`NvmeOptions::max_transfer`](crate::NvmeOptions::max_transfer)) cannot be read or
+/// written at all, since a command moves whole blocks.
+fn check_block_fits(ns: &NamespaceIdentity, max_transfer: u64) -> Result<()> {
+    if ns.block_size as u64 > max_transfer {
+        return Err(Error::Unsupported {
+            what: "NVMe namespace with a block size above the transfer limit (MDTS or \
+                   NvmeOptions::max_transfer): no command can carry one block",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Whole blocks, inside the namespace.

@@ -375,3 +375,38 @@ fn identify_of_a_namespace_the_controller_lacks_is_an_error() {
     }
     assert!(nvme.namespace(1).is_ok());
 }
+
+#[test]
+fn blocks_larger_than_a_page_work_or_are_refused() {
+    for lba in [8192u32, 16384, 65536] {
+        for mdts in [0u8, 1, 2, 5] {
+            let s = sim(50, SimNvme::builder().lba_size(lba).mdts(mdts));
+            let nvme = s.driver();
+            let ns = nvme.namespace(1).unwrap();
+            assert_eq!(ns.block_size, lba);
+            let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+            let len = 2 * lba as u64;
+            if nvme.max_transfer() >= lba as u64 {
+                round_trip(&s, &mut q, &ns, 1, len, lba as u64 + mdts as u64);
+                assert_eq!(s.nvme.stats().errors, 0, "{lba}-byte blocks, MDTS {mdts}");
+            } else {
+                let md = suite::buffer(&s.m, len).unwrap();
+                assert_eq!(md.write_bytes(0, &pattern(1, len as usize)), len as usize);
+                let e = q.write(&ns, 1, &md, 0, len).unwrap_err();
+                let refused = |e: &NvmeError| matches!(e, NvmeError::Dma(Error::Unsupported { what }) if what.contains("block size above"));
+                assert!(
+                    refused(&e),
+                    "{lba}-byte blocks over a {} byte limit: {e}",
+                    nvme.max_transfer()
+                );
+                let e = q.read(&ns, 1, &md, 0, len).unwrap_err();
+                assert!(refused(&e), "read: {e}");
+                let buf = DmaBuffer::new(&s.m, &nvme.dma_view(), len).unwrap();
+                let e = q.write_buffer(&ns, 1, &buf, 0, lba as u64).unwrap_err();
+                assert!(refused(&e), "pre-mapped buffer: {e}");
+                assert_eq!(s.nvme.stats().blocks_written, 0, "nothing was sent");
+                assert_eq!(s.nvme.written_blocks(), 0);
+            }
+        }
+    }
+}
