@@ -134,14 +134,16 @@ pub struct IoQueue<P: Platform + Clone + Send + Sync + 'static> {
 
 impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
     pub(crate) fn create(shared: Arc<Shared<P>>, options: QueueOptions) -> Result<IoQueue<P>> {
-        let mqes = (shared.cap & 0xffff) as u32 + 1;
-        if options.entries < 2 || options.entries as u32 > mqes {
+        if options.entries < 2 {
             return Err(Error::BadArgument {
-                what: "NVMe I/O queue entries: 2..=CAP.MQES+1",
+                what: "NVMe I/O queue entries: at least 2",
                 value: options.entries as u64,
             }
             .into());
         }
+        // The controller's largest queue (CAP.MQES, 0's based: up to 65536) lowers it.
+        let mqes = (shared.cap & 0xffff) as u32 + 1;
+        let entries = (options.entries as u32).min(mqes) as u16;
         if let Some(v) = options.vector {
             let have = shared.function.interrupts().vectors;
             if v >= have {
@@ -163,7 +165,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
             count: AtomicU64::new(0),
             sink: options.sink.clone(),
         });
-        let ring = match Self::bring_up(&shared, qid, options.entries, options.vector, &irq) {
+        let ring = match Self::bring_up(&shared, qid, entries, options.vector, &irq) {
             Ok(r) => r,
             Err(e) => {
                 shared.free_qid(qid);

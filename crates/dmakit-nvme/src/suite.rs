@@ -145,9 +145,8 @@ pub fn rig<P: Platform + Clone + Send + Sync + 'static>(
     let nvme =
         Nvme::new(m.platform(), m.function(), m.timer(), m.options()).map_err(e2s("bring-up"))?;
     let ns = nvme.namespace(1).map_err(e2s("Identify Namespace 1"))?;
-    let mqes = (nvme.capabilities() & 0xffff) as u16 + 1;
     let q = nvme
-        .io_queue(QueueOptions::new(64.min(mqes)))
+        .io_queue(QueueOptions::new(64))
         .map_err(e2s("I/O queue"))?;
     Ok(Rig {
         nvme,

@@ -410,3 +410,31 @@ fn blocks_larger_than_a_page_work_or_are_refused() {
         }
     }
 }
+
+#[test]
+fn queue_sizes_above_mqes_are_lowered_to_what_the_controller_takes() {
+    let s = sim(60, SimNvme::builder().max_queue_entries(3));
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(1024)).unwrap();
+    assert_eq!(q.entries(), 3, "CAP.MQES + 1");
+    round_trip(&s, &mut q, &ns, 9, 4096, 60);
+    assert!(
+        matches!(
+            nvme.io_queue(QueueOptions::new(1)).unwrap_err(),
+            NvmeError::Dma(Error::BadArgument { .. })
+        ),
+        "a one-slot ring holds nothing"
+    );
+}
+
+#[test]
+fn the_largest_mqes_does_not_overflow_the_queue_size() {
+    // CAP.MQES = 0xFFFF: 65536 entries, one more than a u16 holds.
+    let s = sim(61, SimNvme::builder().max_queue_entries(65536));
+    let r = suite::rig(&s).unwrap();
+    assert_eq!(r.q.entries(), 64);
+    let nvme = s.driver();
+    let q = nvme.io_queue(QueueOptions::new(u16::MAX)).unwrap();
+    assert_eq!(q.entries(), u16::MAX);
+}
