@@ -438,3 +438,29 @@ fn the_largest_mqes_does_not_overflow_the_queue_size() {
     let q = nvme.io_queue(QueueOptions::new(u16::MAX)).unwrap();
     assert_eq!(q.entries(), u16::MAX);
 }
+
+#[test]
+fn the_lba_format_in_use_is_found_past_the_first_sixteen() {
+    for (lba, index) in [(4096u32, 5u8), (4096, 16), (512, 17), (4096, 63)] {
+        let s = sim(
+            140,
+            SimNvme::builder().lba_size(lba).lba_format_index(index),
+        );
+        let nvme = s.driver();
+        let ns = nvme.namespace(1).unwrap();
+        assert_eq!(ns.block_size, lba, "format {index}");
+        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        round_trip(&s, &mut q, &ns, 3, 2 * lba as u64, index as u64);
+    }
+    // FLBAS naming a format past the last one the namespace lists (NLBAF) is refused.
+    let mut page = [0u8; 4096];
+    page[0..8].copy_from_slice(&64u64.to_le_bytes());
+    page[25] = 1; // two formats
+    page[26] = 2;
+    page[128 + 8..128 + 12].copy_from_slice(&(12u32 << 16).to_le_bytes());
+    let e = NamespaceIdentity::parse(1, &page).unwrap_err();
+    assert!(
+        matches!(e, Error::BadArgument { what, .. } if what.contains("NLBAF")),
+        "{e}"
+    );
+}

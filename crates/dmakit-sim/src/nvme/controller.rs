@@ -598,6 +598,7 @@ impl NvmeModel {
                         self.store.lba_size,
                         self.store.blocks,
                         self.cfg.metadata_bytes,
+                        self.cfg.lba_format_index,
                     ),
                     admin::CNS_NAMESPACE => return done(Status::INVALID_NAMESPACE.dnr()),
                     admin::CNS_CONTROLLER => identify::controller(&self.cfg, NVME_VENDOR),

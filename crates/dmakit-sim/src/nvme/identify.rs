@@ -54,9 +54,10 @@ pub mod ns {
     pub const NUSE: usize = 16;
     /// Number of LBA formats (u8, 0's based).
     pub const NLBAF: usize = 25;
-    /// Formatted LBA size (u8: bits 3:0 the format in use).
+    /// Formatted LBA size (u8: bits 3:0 the low four bits of the format in use, bits 6:5
+    /// its high two).
     pub const FLBAS: usize = 26;
-    /// LBA format 0 (u32: bits 15:0 MS, metadata bytes per block; bits 23:16 LBADS, log2
+    /// LBA format 0, then formats 1..=63 every 4 bytes (u32: bits 15:0 MS, metadata bytes per block; bits 23:16 LBADS, log2
     /// of the LBA size).
     pub const LBAF0: usize = 128;
 }
@@ -94,13 +95,21 @@ pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
     b
 }
 
-pub(crate) fn namespace(lba_size: u64, blocks: u64, metadata: u16) -> Vec<u8> {
+pub(crate) fn namespace(lba_size: u64, blocks: u64, metadata: u16, index: u8) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
     for at in [ns::NSZE, ns::NCAP, ns::NUSE] {
         b[at..at + 8].copy_from_slice(&blocks.to_le_bytes());
     }
+    let other: u32 = if lba_size == 4096 { 9 } else { 12 };
+    for i in 0..index as usize {
+        let at = ns::LBAF0 + 4 * i;
+        b[at..at + 4].copy_from_slice(&(other << 16).to_le_bytes());
+    }
     let lbads = lba_size.trailing_zeros();
-    b[ns::LBAF0..ns::LBAF0 + 4].copy_from_slice(&(lbads << 16 | metadata as u32).to_le_bytes());
+    let at = ns::LBAF0 + 4 * index as usize;
+    b[at..at + 4].copy_from_slice(&(lbads << 16 | metadata as u32).to_le_bytes());
+    b[ns::NLBAF] = index;
+    b[ns::FLBAS] = (index & 0xF) | ((index >> 4) << 5);
     b
 }
 

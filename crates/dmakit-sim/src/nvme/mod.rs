@@ -284,6 +284,8 @@ pub struct NvmeConfig {
     pub mpsmin: u8,
     /// Metadata bytes per block in the namespace's LBA format (the `MS` field).
     pub metadata_bytes: u16,
+    /// The index of the LBA format in use in Identify Namespace (0..=63).
+    pub lba_format_index: u8,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -402,6 +404,16 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// Where Identify Namespace lists the LBA format in use, 0..=63 (default 0): it reports
+    /// `index + 1` formats (NLBAF = `index`), those before it of another size (4096 bytes,
+    /// or 512 when [`lba_size`](Self::lba_size) is 4096) and not in use, and FLBAS names
+    /// `index` (bits 3:0 its low four bits, bits 6:5 its high two, as NVMe 2.0 has it for
+    /// more than 16 formats).
+    pub fn lba_format_index(mut self, index: u8) -> Self {
+        self.cfg.lba_format_index = index;
+        self
+    }
+
     /// Where the function goes and its DMA path (default: the bus's).
     pub fn function(mut self, config: FunctionConfig) -> Self {
         self.function = config;
@@ -416,6 +428,9 @@ impl SimNvmeBuilder {
                 "NVMe LBA size (a power of two, 512..=65536)",
                 c.lba_size as u64,
             );
+        }
+        if c.lba_format_index > 63 {
+            return bad("NVMe LBA format index (0..=63)", c.lba_format_index as u64);
         }
         if c.mpsmin > MPS_MAX as u8 {
             return bad("NVMe CAP.MPSMIN (0..=4)", c.mpsmin as u64);
@@ -479,6 +494,7 @@ impl SimNvme {
                 ready_timeout: 0x0F,
                 mpsmin: 0,
                 metadata_bytes: 0,
+                lba_format_index: 0,
             },
             blocks_set: false,
             function: FunctionConfig::default(),
