@@ -160,6 +160,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         if let DmaView::Bypass { max_address } = shared.view {
             spec = spec.intersect(&SegmentSpec::builder().window(0, max_address).build()?)?;
         }
+        // A pending reset first: it gives back the identifiers of queue pairs held for it.
+        if shared.needs_reset.load(Ordering::Acquire) {
+            shared.recover(false)?;
+        }
         let qid = shared.take_qid()?;
         let irq = Arc::new(QueueIrq {
             count: AtomicU64::new(0),
@@ -790,10 +794,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> Drop for IoQueue<P> {
         };
         // The controller drops the queues' commands when they are deleted; if it was reset
         // since they were created, they are gone already.
-        let deleted = !current
-            || (self.inflight.is_empty()
-                && !self.shared.needs_reset.load(Ordering::Acquire)
-                && self.shared.delete_queues(self.qid).is_ok());
+        let try_delete =
+            current && self.inflight.is_empty() && !self.shared.needs_reset.load(Ordering::Acquire);
+        let refused = try_delete && self.shared.delete_queues(self.qid).is_err();
+        let deleted = !current || (try_delete && !refused);
         if let Some(v) = self.vector {
             let _ = self.shared.function.disable_interrupt(v);
         }
@@ -805,9 +809,11 @@ impl<P: Platform + Clone + Send + Sync + 'static> Drop for IoQueue<P> {
             self.shared.free_qid(self.qid);
         } else {
             // The controller may still use the rings and the commands' memory: keep them
-            // (and the queue identifier) until it is reset or disabled.
+            // (and the queue identifier) until it is reset or disabled. If it refused to
+            // delete the queues, only a reset frees the identifier: ask for one.
             let inflight = core::mem::take(&mut self.inflight);
-            self.shared.hold(Box::new((ring, inflight)));
+            self.shared
+                .hold_queue(self.qid, Box::new((ring, inflight)), refused);
         }
     }
 }

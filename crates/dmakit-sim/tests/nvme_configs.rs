@@ -464,3 +464,64 @@ fn the_lba_format_in_use_is_found_past_the_first_sixteen() {
         "{e}"
     );
 }
+
+#[test]
+fn a_fatal_status_on_the_smallest_controller_recovers_its_one_queue() {
+    let b = SimNvme::builder()
+        .max_queue_entries(2)
+        .io_queues(1)
+        .blocks(256);
+    let s = sim(150, b);
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(64)).unwrap();
+    assert_eq!(q.entries(), 2);
+    round_trip(&s, &mut q, &ns, 0, 512, 150);
+    s.nvme.raise_fatal();
+    let md = suite::buffer(&s.m, 512).unwrap();
+    let e = q.read(&ns, 0, &md, 0, 512).unwrap_err();
+    assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
+    // The next command resets the controller and re-creates the queue pair.
+    round_trip(&s, &mut q, &ns, 7, 1024, 151);
+    assert_eq!((nvme.generation(), q.stats().recreated), (1, 1));
+}
+
+#[test]
+fn a_queue_deletion_the_controller_refuses_does_not_lose_the_queue_identifier() {
+    for opcode in [admin::DELETE_SQ, admin::DELETE_CQ] {
+        let s = sim(160, SimNvme::builder().io_queues(1));
+        let nvme = s.driver();
+        let ns = nvme.namespace(1).unwrap();
+        let q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        s.nvme
+            .inject(CommandFault::admin(opcode, Status::INTERNAL_ERROR));
+        drop(q);
+        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        assert_eq!(q.id(), 1, "opcode {opcode:#x}");
+        round_trip(&s, &mut q, &ns, 2, 512, 160);
+    }
+}
+
+#[test]
+fn a_queue_dropped_with_commands_in_flight_gets_its_identifier_back_at_the_reset() {
+    let s = sim(170, SimNvme::builder().io_queues(1));
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+    s.nvme.set_completion_delay(1_000_000);
+    let buf = DmaBuffer::new(&s.m, &nvme.dma_view(), 4096).unwrap();
+    q.submit_read(&ns, 0, &buf, 0, 4096).unwrap();
+    q.ring().unwrap();
+    drop(q);
+    // The controller may still carry the read out: the queue pair is held, and so is its
+    // identifier, until a reset.
+    assert!(matches!(
+        nvme.io_queue(QueueOptions::new(8)).unwrap_err(),
+        NvmeError::Dma(Error::NoResources { .. })
+    ));
+    s.nvme.set_completion_delay(0);
+    assert!(nvme.recover(true).unwrap().reset);
+    let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+    assert_eq!(q.id(), 1);
+    round_trip(&s, &mut q, &ns, 4, 4096, 170);
+}
