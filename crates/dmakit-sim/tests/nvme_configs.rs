@@ -525,3 +525,63 @@ fn a_queue_dropped_with_commands_in_flight_gets_its_identifier_back_at_the_reset
     assert_eq!(q.id(), 1);
     round_trip(&s, &mut q, &ns, 4, 4096, 170);
 }
+
+#[test]
+fn a_controller_left_enabled_by_its_previous_owner_is_taken_over() {
+    use dmakit::map::mapped_write32;
+    use dmakit::PhysAddr;
+    use dmakit_sim::nvme::regs;
+    let s = sim(180, SimNvme::builder().ready_delay(10));
+    // Firmware left it running with its own admin queues.
+    let view = s.f.dma();
+    let queues = DmaBuffer::<M>::new(&s.m, &view, 8192).unwrap();
+    let bar0 = s.f.bar(0).unwrap().base.0;
+    let w = |off: u64, v: u32| mapped_write32(&*s.m, PhysAddr(bar0 + off), v).unwrap();
+    w(regs::AQA, 1 << 16 | 1);
+    w(regs::ASQ, queues.device_addr() as u32);
+    w(regs::ASQ + 4, (queues.device_addr() >> 32) as u32);
+    w(regs::ACQ, (queues.device_addr() + 4096) as u32);
+    w(regs::ACQ + 4, ((queues.device_addr() + 4096) >> 32) as u32);
+    w(
+        regs::CC,
+        regs::CC_EN | 6 << regs::CC_IOSQES_SHIFT | 4 << regs::CC_IOCQES_SHIFT,
+    );
+    s.nvme.steps(20);
+    assert_eq!(s.nvme.enable_error(), None);
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(8)).unwrap(),
+        &ns,
+        0,
+        4096,
+        180,
+    );
+    assert!(s.nvme.stats().resets >= 1, "the driver disabled it first");
+}
+
+#[test]
+fn an_admin_command_that_never_completes_fails_bring_up_and_leaks_nothing() {
+    let s = sim(190, SimNvme::builder());
+    let before = s.m.stats().used_pages();
+    s.nvme.set_completion_delay(u32::MAX);
+    let e = try_driver(&s).unwrap_err();
+    assert!(matches!(e, NvmeError::Timeout { .. }), "{e}");
+    assert_eq!(
+        s.m.stats().used_pages(),
+        before,
+        "the admin queue memory came back"
+    );
+    s.nvme.set_completion_delay(0);
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(8)).unwrap(),
+        &ns,
+        0,
+        4096,
+        190,
+    );
+}
