@@ -585,3 +585,46 @@ fn an_admin_command_that_never_completes_fails_bring_up_and_leaks_nothing() {
         190,
     );
 }
+
+#[test]
+fn a_controller_slow_to_stop_is_waited_for_at_reset_and_at_the_next_bring_up() {
+    let b = SimNvme::builder().disable_delay(200).ready_delay(30);
+    let s = sim(200, b);
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    round_trip(&s, &mut q, &ns, 1, 1024, 200);
+    // Recovery disables it (RDY stays 1 for 200 ticks) and enables it again.
+    s.nvme.raise_fatal();
+    let md = suite::buffer(&s.m, 512).unwrap();
+    assert!(q.read(&ns, 0, &md, 0, 512).is_err());
+    round_trip(&s, &mut q, &ns, 9, 2048, 201);
+    assert_eq!(s.nvme.enable_error(), None);
+    drop(q);
+    drop(nvme);
+    // The drop disabled it; a new driver at once waits for RDY to clear before enabling.
+    let nvme = s.driver();
+    assert_eq!(s.nvme.enable_error(), None);
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
+        &ns,
+        20,
+        512,
+        202,
+    );
+    // One that never stops within CAP.TO is refused, not enabled on top of itself.
+    drop(nvme);
+    let s = slow_clock(
+        203,
+        SimNvme::builder().ready_timeout(1).disable_delay(u32::MAX),
+    );
+    let nvme = try_driver(&s).unwrap();
+    drop(nvme);
+    let e = try_driver(&s).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::NotReady { what, .. }) if what.contains("did not stop")),
+        "{e}"
+    );
+}

@@ -43,6 +43,8 @@ pub struct NvmeModel {
     intms: u32,
     /// With CC.EN set and the admin queue made: the tick from which CSTS.RDY reads 1.
     ready_at: Option<u64>,
+    /// After CC.EN 1 → 0 on a ready controller: CSTS.RDY reads 1 until this tick.
+    stopping_until: u64,
     sqs: BTreeMap<u16, SubQueue>,
     cqs: BTreeMap<u16, CompQueue>,
     /// Fetched commands waiting for their tick.
@@ -83,6 +85,7 @@ impl NvmeModel {
             acq: 0,
             intms: 0,
             ready_at: None,
+            stopping_until: 0,
             sqs: BTreeMap::new(),
             cqs: BTreeMap::new(),
             inflight: Vec::new(),
@@ -179,7 +182,7 @@ impl NvmeModel {
 
     fn csts(&self) -> u32 {
         let mut v = self.shst << 2;
-        if self.ready() {
+        if self.ready() || (!self.enabled() && self.tick < self.stopping_until) {
             v |= CSTS_RDY;
         }
         if self.cfs {
@@ -225,7 +228,9 @@ impl NvmeModel {
         let asqs = (self.aqa & 0xFFF) + 1;
         let acqs = ((self.aqa >> 16) & 0xFFF) + 1;
         let page = self.page();
-        let why = if field(CC_MPS_SHIFT, 0xF) > MPS_MAX {
+        let why = if self.tick < self.stopping_until {
+            Some("CC.EN set while CSTS.RDY still reads 1 from the last disable")
+        } else if field(CC_MPS_SHIFT, 0xF) > MPS_MAX {
             Some("CC.MPS above CAP.MPSMAX")
         } else if field(CC_MPS_SHIFT, 0xF) < self.cfg.mpsmin as u32 {
             Some("CC.MPS below CAP.MPSMIN")
@@ -264,10 +269,16 @@ impl NvmeModel {
 
     fn write_cc(&mut self, value: u32) {
         let was = self.enabled();
+        let was_ready = self.ready();
         self.cc = value & CC_WRITABLE;
         match (was, self.enabled()) {
             (false, true) => self.enable(),
-            (true, false) => self.controller_reset(),
+            (true, false) => {
+                if was_ready {
+                    self.stopping_until = self.tick + self.cfg.disable_delay as u64;
+                }
+                self.controller_reset();
+            }
             _ => {}
         }
         if (self.cc >> CC_SHN_SHIFT) & 3 != 0 && self.enabled() {
@@ -895,5 +906,6 @@ impl PciDeviceModel for NvmeModel {
         self.intms = 0;
         self.enable_error = None;
         self.fatal_reason = None;
+        self.stopping_until = 0;
     }
 }

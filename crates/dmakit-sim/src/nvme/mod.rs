@@ -23,7 +23,8 @@
 //! admin queues and sets `CSTS.RDY` (after [`SimNvmeBuilder::ready_delay`] ticks). A bad
 //! configuration leaves RDY clear ([`SimNvme::enable_error`] says why). Clearing `CC.EN`
 //! resets the controller: every queue and pending command is gone, `CSTS` clears (CFS
-//! included); the namespace keeps its data.
+//! included; RDY after [`SimNvmeBuilder::disable_delay`] ticks); the namespace keeps its
+//! data.
 //!
 //! **Commands**: admin Identify (controller: serial [`identify::SERIAL`], MDTS; namespace:
 //! size and one LBA format of [`SimNvmeBuilder::lba_size`] bytes with
@@ -286,6 +287,8 @@ pub struct NvmeConfig {
     pub metadata_bytes: u16,
     /// The index of the LBA format in use in Identify Namespace (0..=63).
     pub lba_format_index: u8,
+    /// Ticks from CC.EN 1 → 0 to CSTS.RDY 0.
+    pub disable_delay: u32,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -358,6 +361,14 @@ impl SimNvmeBuilder {
     /// Ticks from CC.EN to CSTS.RDY.
     pub fn ready_delay(mut self, ticks: u32) -> Self {
         self.cfg.ready_delay = ticks;
+        self
+    }
+
+    /// Ticks from CC.EN 1 → 0 on a ready controller to CSTS.RDY reading 0 (default 0: at
+    /// once). The reset itself happens at the store; setting CC.EN again while RDY still
+    /// reads 1 fails the enable ([`SimNvme::enable_error`]).
+    pub fn disable_delay(mut self, ticks: u32) -> Self {
+        self.cfg.disable_delay = ticks;
         self
     }
 
@@ -495,6 +506,7 @@ impl SimNvme {
                 mpsmin: 0,
                 metadata_bytes: 0,
                 lba_format_index: 0,
+                disable_delay: 0,
             },
             blocks_set: false,
             function: FunctionConfig::default(),
