@@ -628,3 +628,59 @@ fn a_controller_slow_to_stop_is_waited_for_at_reset_and_at_the_next_bring_up() {
         "{e}"
     );
 }
+
+#[test]
+fn several_namespaces_with_different_lba_formats_keep_their_data_apart() {
+    let b = SimNvme::builder()
+        .lba_size(4096)
+        .blocks(1024)
+        .namespace(512, 4096)
+        .namespace(65536, 64)
+        .namespace(16384, 16)
+        .mdts(2);
+    let s = sim(210, b);
+    let nvme = s.driver();
+    assert_eq!(nvme.identity().namespaces, 4);
+    assert_eq!(nvme.max_transfer(), 16384);
+    let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+    let ns: Vec<NamespaceIdentity> = (1..=4).map(|n| nvme.namespace(n).unwrap()).collect();
+    assert_eq!(
+        ns.iter()
+            .map(|n| (n.nsid, n.block_size, n.blocks))
+            .collect::<Vec<_>>(),
+        [
+            (1, 4096, 1024),
+            (2, 512, 4096),
+            (3, 65536, 64),
+            (4, 16384, 16)
+        ]
+    );
+    round_trip(&s, &mut q, &ns[0], 3, 3 * 4096, 1);
+    round_trip(&s, &mut q, &ns[1], 3, 7 * 512, 2);
+    round_trip(&s, &mut q, &ns[3], 3, 2 * 16384, 4);
+    // 64 KiB blocks under a 16 KiB limit: refused, nothing written.
+    let md = suite::buffer(&s.m, 65536).unwrap();
+    let e = q.write(&ns[2], 0, &md, 0, 65536).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::Unsupported { .. })),
+        "{e}"
+    );
+    // Each write landed in its own namespace only.
+    assert_eq!(
+        s.nvme.namespace_bytes(2, 0, 3 * 512).unwrap(),
+        vec![0; 3 * 512]
+    );
+    assert_eq!(s.nvme.namespace_bytes(3, 0, 65536).unwrap(), vec![0; 65536]);
+    assert_eq!(
+        s.nvme.namespace_bytes(1, 3 * 4096, 512).unwrap(),
+        pattern(1, 512),
+        "namespace 2's write at the same LBA did not reach namespace 1"
+    );
+    for n in &ns {
+        q.flush(n).unwrap();
+    }
+    assert!(matches!(
+        nvme.namespace(5).unwrap_err(),
+        NvmeError::Status { .. }
+    ));
+}

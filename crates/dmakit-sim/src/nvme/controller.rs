@@ -34,6 +34,8 @@ pub struct NvmeModel {
     cfg: NvmeConfig,
     rng: ChaCha8Rng,
     store: Store,
+    /// Namespaces 2, 3, ... ([`SimNvmeBuilder::namespace`](super::SimNvmeBuilder::namespace)).
+    extra: Vec<Store>,
     cc: u32,
     cfs: bool,
     shst: u32,
@@ -66,6 +68,11 @@ impl NvmeModel {
     /// A controller as `cfg` describes it (validated by the builder), in its reset state.
     pub(crate) fn new(cfg: NvmeConfig) -> Self {
         let store = Store::new(cfg.lba_size as u64, cfg.blocks, cfg.prefill);
+        let extra = cfg
+            .extra_namespaces
+            .iter()
+            .map(|&(lba, blocks)| Store::new(lba as u64, blocks, cfg.prefill))
+            .collect();
         let armed = cfg
             .faults
             .iter()
@@ -77,6 +84,7 @@ impl NvmeModel {
         NvmeModel {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             store,
+            extra,
             cc: 0,
             cfs: false,
             shst: 0,
@@ -132,8 +140,24 @@ impl NvmeModel {
         &self.store
     }
 
-    pub(crate) fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
+    /// Namespace `nsid`'s store, if the controller has that namespace.
+    pub(crate) fn ns_store(&self, nsid: u32) -> Option<&Store> {
+        match nsid {
+            1 => Some(&self.store),
+            n => self.extra.get((n as usize).checked_sub(2)?),
+        }
+    }
+
+    pub(crate) fn ns_store_mut(&mut self, nsid: u32) -> Option<&mut Store> {
+        match nsid {
+            1 => Some(&mut self.store),
+            n => self.extra.get_mut((n as usize).checked_sub(2)?),
+        }
+    }
+
+    /// How many namespaces there are (1, 2, ... all active).
+    fn namespaces(&self) -> u32 {
+        1 + self.extra.len() as u32
     }
 
     pub(crate) fn arm(&mut self, fault: CommandFault) {
@@ -611,10 +635,16 @@ impl NvmeModel {
                         self.cfg.metadata_bytes,
                         self.cfg.lba_format_index,
                     ),
+                    admin::CNS_NAMESPACE if cmd.nsid != 0 && cmd.nsid <= self.namespaces() => {
+                        let s = &self.extra[cmd.nsid as usize - 2];
+                        identify::namespace(s.lba_size, s.blocks, 0, 0)
+                    }
                     admin::CNS_NAMESPACE => return done(Status::INVALID_NAMESPACE.dnr()),
-                    admin::CNS_CONTROLLER => identify::controller(&self.cfg, NVME_VENDOR),
+                    admin::CNS_CONTROLLER => {
+                        identify::controller(&self.cfg, NVME_VENDOR, self.namespaces())
+                    }
                     admin::CNS_ACTIVE_NS_LIST if cmd.nsid < 0xFFFF_FFFE => {
-                        identify::active_namespaces(cmd.nsid)
+                        identify::active_namespaces(cmd.nsid, self.namespaces())
                     }
                     admin::CNS_ACTIVE_NS_LIST => return done(Status::INVALID_NAMESPACE.dnr()),
                     _ => return done(Status::INVALID_FIELD.dnr()),
@@ -777,25 +807,22 @@ impl NvmeModel {
     fn io(&mut self, ctx: &mut DeviceContext<'_>, cmd: &SubmissionEntry) -> Status {
         match cmd.opcode {
             nvm::FLUSH => {
-                if cmd.nsid != 1 && cmd.nsid != 0xFFFF_FFFF {
+                if self.ns_store(cmd.nsid).is_none() && cmd.nsid != 0xFFFF_FFFF {
                     return Status::INVALID_NAMESPACE.dnr();
                 }
                 self.stats.flushes += 1;
                 Status::SUCCESS
             }
             nvm::READ | nvm::WRITE => {
-                if cmd.nsid != 1 {
+                let Some(store) = self.ns_store(cmd.nsid) else {
                     return Status::INVALID_NAMESPACE.dnr();
-                }
+                };
+                let (lba, blocks) = (store.lba_size, store.blocks);
                 let slba = cmd.cdw10() as u64 | (cmd.cdw11() as u64) << 32;
                 let nlb = (cmd.cdw12() & 0xFFFF) as u64 + 1;
-                if slba
-                    .checked_add(nlb)
-                    .is_none_or(|end| end > self.store.blocks)
-                {
+                if slba.checked_add(nlb).is_none_or(|end| end > blocks) {
                     return Status::LBA_OUT_OF_RANGE.dnr();
                 }
-                let lba = self.store.lba_size;
                 let bytes = nlb * lba;
                 if self.cfg.mdts != 0 && bytes > (4096u64 << self.cfg.mpsmin << self.cfg.mdts) {
                     return Status::INVALID_FIELD.dnr();
@@ -804,12 +831,16 @@ impl NvmeModel {
                 if cmd.opcode == nvm::WRITE {
                     let s = self.fetch_from_host(ctx, cmd, &mut buf);
                     if s.is_success() {
-                        self.store.write(slba * lba, &buf);
+                        if let Some(store) = self.ns_store_mut(cmd.nsid) {
+                            store.write(slba * lba, &buf);
+                        }
                         self.stats.blocks_written += nlb;
                     }
                     s
                 } else {
-                    self.store.read(slba * lba, &mut buf);
+                    if let Some(store) = self.ns_store(cmd.nsid) {
+                        store.read(slba * lba, &mut buf);
+                    }
                     let s = self.send_to_host(ctx, cmd, &buf);
                     if s.is_success() {
                         self.stats.blocks_read += nlb;

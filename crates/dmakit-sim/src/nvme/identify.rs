@@ -70,7 +70,7 @@ fn ascii(out: &mut [u8], s: &str) {
     out[..s.len()].copy_from_slice(s.as_bytes());
 }
 
-pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
+pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16, namespaces: u32) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
     b[ctrl::VID..ctrl::VID + 2].copy_from_slice(&vendor.to_le_bytes());
     b[2..4].copy_from_slice(&0x1af4u16.to_le_bytes());
@@ -86,7 +86,7 @@ pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
     b[ctrl::AERL] = AERL;
     b[ctrl::SQES] = 0x66;
     b[ctrl::CQES] = 0x44;
-    b[ctrl::NN..ctrl::NN + 4].copy_from_slice(&1u32.to_le_bytes());
+    b[ctrl::NN..ctrl::NN + 4].copy_from_slice(&namespaces.to_le_bytes());
     b[ctrl::VWC] = 1;
     let nqn = b"nqn.2024-01.dev.dmakit:sim0";
     b[768..768 + nqn.len()].copy_from_slice(nqn);
@@ -113,10 +113,14 @@ pub(crate) fn namespace(lba_size: u64, blocks: u64, metadata: u16, index: u8) ->
     b
 }
 
-pub(crate) fn active_namespaces(after: u32) -> Vec<u8> {
+/// The active namespace identifiers above `after`, of `1..=namespaces`.
+pub(crate) fn active_namespaces(after: u32, namespaces: u32) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
-    if after < 1 {
-        b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    for (slot, id) in (after.saturating_add(1)..=namespaces)
+        .take(1024)
+        .enumerate()
+    {
+        b[4 * slot..4 * slot + 4].copy_from_slice(&id.to_le_bytes());
     }
     b
 }

@@ -31,10 +31,10 @@
 //! [`SimNvmeBuilder::metadata_bytes`] of metadata; active namespace list), Create/Delete I/O
 //! SQ and CQ, Set/Get Features (Number of Queues reports the configured count), Get Log Page
 //! (zeros), Abort (never aborts), Asynchronous Event Request (held; up to 4); NVM Read,
-//! Write, Flush on namespace 1. Data moves through PRP1/PRP2 and chained PRP lists
-//! ([`prp`]) with the memory page size of `CC.MPS`. A command that is malformed gets the
-//! status a controller gives and moves nothing: an unaligned PRP entry is PRP Offset
-//! Invalid, a PRP that does not reach memory (outside RAM, unmapped in the IOMMU, PRP2 = 0
+//! Write, Flush on namespace 1 and those [`SimNvmeBuilder::namespace`] adds. Data moves
+//! through PRP1/PRP2 and chained PRP lists ([`prp`]) with the memory page size of
+//! `CC.MPS`. A command that is malformed gets the status a controller gives and moves
+//! nothing: an unaligned PRP entry is PRP Offset Invalid, a PRP that does not reach memory (outside RAM, unmapped in the IOMMU, PRP2 = 0
 //! when needed) is Data Transfer Error (the whole transfer is checked before any byte
 //! moves), a transfer over MDTS is Invalid Field, a range past the namespace is LBA Out of
 //! Range. A submission entry that cannot be fetched, or a completion that cannot be
@@ -289,6 +289,8 @@ pub struct NvmeConfig {
     pub lba_format_index: u8,
     /// Ticks from CC.EN 1 → 0 to CSTS.RDY 0.
     pub disable_delay: u32,
+    /// Namespaces 2, 3, ...: LBA size and blocks of each.
+    pub extra_namespaces: Vec<(u32, u64)>,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -425,6 +427,16 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// Adds a namespace after the ones there are (namespace 1 is always there, from
+    /// [`lba_size`](Self::lba_size) and [`blocks`](Self::blocks)): the first call makes
+    /// namespace 2, the next 3, and so on, each with its own LBA size (a power of two,
+    /// 512..=65536, no metadata) and size in blocks. Identify Controller's NN and the
+    /// active namespace list count them; reads, writes and flushes reach each.
+    pub fn namespace(mut self, lba_size: u32, blocks: u64) -> Self {
+        self.cfg.extra_namespaces.push((lba_size, blocks));
+        self
+    }
+
     /// Where the function goes and its DMA path (default: the bus's).
     pub fn function(mut self, config: FunctionConfig) -> Self {
         self.function = config;
@@ -438,6 +450,23 @@ impl SimNvmeBuilder {
             return bad(
                 "NVMe LBA size (a power of two, 512..=65536)",
                 c.lba_size as u64,
+            );
+        }
+        for &(lba, blocks) in &c.extra_namespaces {
+            if !lba.is_power_of_two() || !(512..=65536).contains(&lba) {
+                return bad(
+                    "NVMe namespace LBA size (a power of two, 512..=65536)",
+                    lba as u64,
+                );
+            }
+            if blocks == 0 || blocks.checked_mul(lba as u64).is_none() {
+                return bad("NVMe namespace blocks", blocks);
+            }
+        }
+        if c.extra_namespaces.len() > 1023 {
+            return bad(
+                "NVMe namespaces (1..=1024)",
+                c.extra_namespaces.len() as u64 + 1,
             );
         }
         if c.lba_format_index > 63 {
@@ -507,6 +536,7 @@ impl SimNvme {
                 metadata_bytes: 0,
                 lba_format_index: 0,
                 disable_delay: 0,
+                extra_namespaces: Vec::new(),
             },
             blocks_set: false,
             function: FunctionConfig::default(),
@@ -597,18 +627,22 @@ impl SimNvme {
         self.with(|m, _| m.store().written_blocks())
     }
 
-    fn check(&self, nsid: u32, offset: u64, len: u64) -> Result<()> {
-        if nsid != 1 {
-            return Err(Error::BadArgument {
-                what: "NVMe namespace ID (the controller has namespace 1)",
+    /// Namespace `nsid`'s LBA size, if the controller has it.
+    fn ns_lba_size(&self, nsid: u32) -> Result<u64> {
+        self.with(|m, _| m.ns_store(nsid).map(|s| s.lba_size))
+            .ok_or(Error::BadArgument {
+                what: "NVMe namespace ID (not one of the controller's namespaces)",
                 value: nsid as u64,
-            });
-        }
+            })
+    }
+
+    fn check(&self, nsid: u32, offset: u64, len: u64) -> Result<()> {
+        self.ns_lba_size(nsid)?;
         dmakit::descriptor::check_range(
             "NVMe namespace",
             offset,
             len,
-            self.with(|m, _| m.store().bytes()),
+            self.with(|m, _| m.ns_store(nsid).map_or(0, |s| s.bytes())),
         )
     }
 
@@ -616,13 +650,17 @@ impl SimNvme {
     pub fn namespace_bytes(&self, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check(nsid, offset, len as u64)?;
         let mut buf = vec![0u8; len];
-        self.with(|m, _| m.store().read(offset, &mut buf));
+        self.with(|m, _| {
+            if let Some(s) = m.ns_store(nsid) {
+                s.read(offset, &mut buf)
+            }
+        });
         Ok(buf)
     }
 
     /// Block `lba` of namespace `nsid`.
     pub fn block(&self, nsid: u32, lba: u64) -> Result<Vec<u8>> {
-        let size = self.lba_size();
+        let size = self.ns_lba_size(nsid)?;
         let offset = lba.checked_mul(size).ok_or(Error::Overflow {
             what: "NVMe block",
             start: lba,
@@ -635,7 +673,11 @@ impl SimNvme {
     /// there.
     pub fn write_namespace(&self, nsid: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.check(nsid, offset, data.len() as u64)?;
-        self.with(|m, _| m.store_mut().write(offset, data));
+        self.with(|m, _| {
+            if let Some(s) = m.ns_store_mut(nsid) {
+                s.write(offset, data)
+            }
+        });
         Ok(())
     }
 }
