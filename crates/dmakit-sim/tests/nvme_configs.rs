@@ -684,3 +684,36 @@ fn several_namespaces_with_different_lba_formats_keep_their_data_apart() {
         NvmeError::Status { .. }
     ));
 }
+
+#[test]
+fn the_driver_uses_the_fewer_of_the_queues_granted_and_asked_for() {
+    // Four submission queues but two completion queues granted: two pairs.
+    let s = sim(220, SimNvme::builder().io_queues(4).granted_queues(4, 2));
+    let nvme = s.driver();
+    assert_eq!(nvme.io_queue_limit(), 2);
+    let ns = nvme.namespace(1).unwrap();
+    let mut qs: Vec<_> = (0..2)
+        .map(|_| nvme.io_queue(QueueOptions::new(4)).unwrap())
+        .collect();
+    assert!(matches!(
+        nvme.io_queue(QueueOptions::new(4)).unwrap_err(),
+        NvmeError::Dma(Error::NoResources { .. })
+    ));
+    for (i, q) in qs.iter_mut().enumerate() {
+        round_trip(&s, q, &ns, 10 * i as u64, 1024, 220 + i as u64);
+    }
+    // More granted than asked for: the driver keeps to what it asked.
+    let mut s = sim(221, SimNvme::builder().io_queues(8).granted_queues(64, 64));
+    s.options = s.options.io_queues(2);
+    assert_eq!(s.driver().io_queue_limit(), 2);
+    // A report above what the controller takes: creating the extra queue fails cleanly
+    // with the controller's status, and the identifier comes back.
+    let s = sim(222, SimNvme::builder().io_queues(1).granted_queues(2, 2));
+    let nvme = s.driver();
+    assert_eq!(nvme.io_queue_limit(), 2);
+    let mut q1 = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    let e = nvme.io_queue(QueueOptions::new(4)).unwrap_err();
+    assert!(matches!(e, NvmeError::Status { .. }), "{e}");
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(&s, &mut q1, &ns, 0, 512, 222);
+}

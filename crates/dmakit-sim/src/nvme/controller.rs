@@ -658,12 +658,16 @@ impl NvmeModel {
             admin::SET_FEATURES | admin::GET_FEATURES => {
                 let fid = cmd.cdw10() as u8;
                 let n = self.cfg.io_queues as u32 - 1;
+                let (sqs, cqs) = self
+                    .cfg
+                    .granted_queues
+                    .map_or((n, n), |(s, c)| (s as u32 - 1, c as u32 - 1));
                 let set = cmd.opcode == admin::SET_FEATURES;
                 if fid == admin::FEATURE_NUM_QUEUES {
                     if set && (cmd.cdw11() & 0xFFFF == 0xFFFF || cmd.cdw11() >> 16 == 0xFFFF) {
                         return done(Status::INVALID_FIELD.dnr());
                     }
-                    return Some((Status::SUCCESS, n | n << 16));
+                    return Some((Status::SUCCESS, sqs | cqs << 16));
                 }
                 match self.features.get_mut(&fid) {
                     Some(v) if set => {

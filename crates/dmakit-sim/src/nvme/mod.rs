@@ -291,6 +291,9 @@ pub struct NvmeConfig {
     pub disable_delay: u32,
     /// Namespaces 2, 3, ...: LBA size and blocks of each.
     pub extra_namespaces: Vec<(u32, u64)>,
+    /// What Set Features (Number of Queues) reports as allocated: submission and
+    /// completion queues (`None`: `io_queues` of each).
+    pub granted_queues: Option<(u16, u16)>,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -427,6 +430,15 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// What Set Features / Get Features (Number of Queues) report as allocated, 1..=65535
+    /// submission and `cqs` completion queues, instead of [`io_queues`](Self::io_queues)
+    /// of each (the default). The queues the controller takes are still `io_queues`: a
+    /// report above it lies, as firmware can.
+    pub fn granted_queues(mut self, sqs: u16, cqs: u16) -> Self {
+        self.cfg.granted_queues = Some((sqs, cqs));
+        self
+    }
+
     /// Adds a namespace after the ones there are (namespace 1 is always there, from
     /// [`lba_size`](Self::lba_size) and [`blocks`](Self::blocks)): the first call makes
     /// namespace 2, the next 3, and so on, each with its own LBA size (a power of two,
@@ -468,6 +480,11 @@ impl SimNvmeBuilder {
                 "NVMe namespaces (1..=1024)",
                 c.extra_namespaces.len() as u64 + 1,
             );
+        }
+        if let Some((sqs, cqs)) = c.granted_queues {
+            if sqs == 0 || cqs == 0 {
+                return bad("NVMe granted queues (1..=65535 each)", 0);
+            }
         }
         if c.lba_format_index > 63 {
             return bad("NVMe LBA format index (0..=63)", c.lba_format_index as u64);
@@ -537,6 +554,7 @@ impl SimNvme {
                 lba_format_index: 0,
                 disable_delay: 0,
                 extra_namespaces: Vec::new(),
+                granted_queues: None,
             },
             blocks_set: false,
             function: FunctionConfig::default(),
