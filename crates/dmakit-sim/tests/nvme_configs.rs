@@ -717,3 +717,72 @@ fn the_driver_uses_the_fewer_of_the_queues_granted_and_asked_for() {
     let ns = nvme.namespace(1).unwrap();
     round_trip(&s, &mut q1, &ns, 0, 512, 222);
 }
+
+#[test]
+fn a_controller_fatal_before_bring_up_or_at_identify_is_refused_then_recovered() {
+    // CSTS.CFS already set when the driver arrives (the controller stays fatal while it is
+    // enabled): refused with the fatal status named, and the next bring-up's disable
+    // clears it.
+    let s = sim(230, SimNvme::builder().ready_delay(5));
+    s.nvme.raise_fatal();
+    let e = try_driver(&s).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::NotReady { what, .. }) if what.contains("CSTS.CFS")),
+        "{e}"
+    );
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
+        &ns,
+        1,
+        512,
+        230,
+    );
+    drop(nvme);
+    // Fatal on the second admin command (Identify Controller).
+    let s = sim(231, SimNvme::builder().fatal_after(2));
+    let before = s.m.stats().used_pages();
+    let e = try_driver(&s).unwrap_err();
+    assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
+    assert_eq!(s.m.stats().used_pages(), before, "nothing kept");
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    round_trip(
+        &s,
+        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
+        &ns,
+        2,
+        512,
+        231,
+    );
+}
+
+#[test]
+fn doorbells_past_the_end_of_bar0_are_refused_not_written() {
+    // A controller that reports more queues than its BAR has doorbells for (1 KiB stride).
+    let s = sim(
+        240,
+        SimNvme::builder()
+            .io_queues(5)
+            .granted_queues(8, 8)
+            .doorbell_stride(8),
+    );
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    // Queues 1..=5 have doorbells in the 16 KiB BAR; queue 6's would be at its end.
+    let mut qs: Vec<_> = (0..5)
+        .map(|_| nvme.io_queue(QueueOptions::new(4)).unwrap())
+        .collect();
+    let ignored = s.nvme.stats().ignored_doorbells;
+    let e = nvme.io_queue(QueueOptions::new(4)).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::OutOfBounds { .. })),
+        "{e}"
+    );
+    assert_eq!(s.nvme.stats().ignored_doorbells, ignored);
+    for (i, q) in qs.iter_mut().enumerate() {
+        round_trip(&s, q, &ns, 4 * i as u64, 512, 240 + i as u64);
+    }
+}
