@@ -786,3 +786,29 @@ fn doorbells_past_the_end_of_bar0_are_refused_not_written() {
         round_trip(&s, q, &ns, 4 * i as u64, 512, 240 + i as u64);
     }
 }
+
+#[test]
+fn a_recovery_whose_admin_command_fails_is_tried_again_by_the_next_command() {
+    let s = sim(250, SimNvme::builder().max_queue_entries(2).io_queues(1));
+    let nvme = s.driver();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(2)).unwrap();
+    round_trip(&s, &mut q, &ns, 0, 512, 250);
+    s.nvme.raise_fatal();
+    s.nvme.inject(CommandFault::admin(
+        admin::SET_FEATURES,
+        Status::INTERNAL_ERROR,
+    ));
+    let md = suite::buffer(&s.m, 512).unwrap();
+    let e = q.read(&ns, 0, &md, 0, 512).unwrap_err();
+    assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
+    // The reset's Set Features fails: this command fails with it, nothing is sent.
+    let e = q.read(&ns, 0, &md, 0, 512).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Status { op, .. } if op.opcode == admin::SET_FEATURES),
+        "{e}"
+    );
+    // The next one resets again and works.
+    round_trip(&s, &mut q, &ns, 3, 1024, 251);
+    assert_eq!(nvme.stats().recoveries, 2);
+}
