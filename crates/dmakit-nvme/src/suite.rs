@@ -504,7 +504,9 @@ pub fn reset_fails_outstanding<P: Platform + Clone + Send + Sync + 'static>(
     let mut r = rig(m)?;
     let view = r.nvme.dma_view();
     let lba = scratch(&r.ns) + 2048;
-    let bufs = (0..4)
+    // Four in flight, or as many as a small queue holds.
+    let n = 4.min(r.q.entries() as usize - 1);
+    let bufs = (0..n)
         .map(|_| DmaBuffer::new(&r.platform, &view, 4096))
         .collect::<dmakit::Result<Vec<_>>>()
         .map_err(e2s("buffers"))?;

@@ -812,3 +812,62 @@ fn a_recovery_whose_admin_command_fails_is_tried_again_by_the_next_command() {
     round_trip(&s, &mut q, &ns, 3, 1024, 251);
     assert_eq!(nvme.stats().recoveries, 2);
 }
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: the whole NVMe driver suite per configuration"
+)]
+fn the_driver_suite_passes_on_unusual_controllers() {
+    // The suite moves 512-byte and 4 KiB pieces, so it runs where blocks are 512 or 4096
+    // bytes; the other block sizes are tested above.
+    let configs: [(&str, SimNvmeBuilder); 4] = [
+        (
+            "2-entry queues, one queue pair, 1 KiB doorbell stride",
+            SimNvme::builder()
+                .max_queue_entries(2)
+                .io_queues(1)
+                .doorbell_stride(8)
+                .blocks(1 << 16),
+        ),
+        (
+            "4 KiB blocks under an 8 KiB MDTS, two of four queues' completions granted",
+            SimNvme::builder()
+                .lba_size(4096)
+                .mdts(1)
+                .io_queues(4)
+                .granted_queues(4, 2)
+                .blocks(1 << 14),
+        ),
+        (
+            "LBA format 20, slow ready and slow stop, out of order",
+            SimNvme::builder()
+                .lba_format_index(20)
+                .lba_size(4096)
+                .blocks(1 << 14)
+                .ready_delay(40)
+                .disable_delay(40)
+                .completion_delay(2)
+                .reorder(Reorder::Any),
+        ),
+        (
+            "65536-entry queues, four namespaces",
+            SimNvme::builder()
+                .max_queue_entries(65536)
+                .namespace(4096, 16)
+                .namespace(65536, 16)
+                .namespace(512, 16)
+                .blocks(1 << 16),
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (i, (what, b)) in configs.into_iter().enumerate() {
+        let s = sim(300 + i as u64, b);
+        for (name, t) in suite::tests::<M>() {
+            if let Err(e) = suite::run(&s, t) {
+                failed.push(format!("{name} ({what}): {e}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
