@@ -133,6 +133,8 @@ pub(crate) struct Shared<P: Platform + Clone + Send + Sync + 'static> {
     pub(crate) needs_reset: AtomicBool,
     qids: dmakit::sync::Mutex<BTreeSet<u16>>,
     held: dmakit::sync::Mutex<Vec<Held>>,
+    /// Queue identifiers of queue pairs held with their memory: free again after a reset.
+    held_qids: dmakit::sync::Mutex<Vec<u16>>,
     recoveries: AtomicU64,
     admin_commands: AtomicU64,
     held_count: AtomicU64,
@@ -192,6 +194,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Nvme<P> {
             needs_reset: AtomicBool::new(false),
             qids: dmakit::sync::Mutex::new(BTreeSet::new()),
             held: dmakit::sync::Mutex::new(Vec::new()),
+            held_qids: dmakit::sync::Mutex::new(Vec::new()),
             recoveries: AtomicU64::new(0),
             admin_commands: AtomicU64::new(0),
             held_count: AtomicU64::new(0),
@@ -588,6 +591,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
         // elsewhere see the new generation and fail; held memory can go.
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         drop(core::mem::take(&mut *self.held.lock()));
+        // The reset deleted every I/O queue: identifiers of held queue pairs are free.
+        for qid in core::mem::take(&mut *self.held_qids.lock()) {
+            self.free_qid(qid);
+        }
         self.recoveries.fetch_add(1, Ordering::Relaxed);
         self.bring_up(ring_of(&mut admin)?)?;
         self.needs_reset.store(false, Ordering::Release);
@@ -613,6 +620,17 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
 
     pub(crate) fn free_qid(&self, qid: u16) {
         self.qids.lock().remove(&qid);
+    }
+
+    /// Keeps the memory of queue pair `qid` (`what`) and its identifier until the next
+    /// reset, which deletes the queues on the controller. `reset`: the controller refused
+    /// to delete them, so only a reset gets them back; the next command does it.
+    pub(crate) fn hold_queue(&self, qid: u16, what: Held, reset: bool) {
+        self.held_qids.lock().push(qid);
+        self.hold(what);
+        if reset {
+            self.needs_reset.store(true, Ordering::Release);
+        }
     }
 
     /// Creates the completion and submission queue of `ring` on the controller.

@@ -6,6 +6,7 @@
 //!
 //! let mut page = [0u8; 4096];
 //! page[0..8].copy_from_slice(&8192u64.to_le_bytes()); // NSZE: 8192 blocks
+//! page[25] = 1;                                        // NLBAF: two formats
 //! page[26] = 1;                                        // FLBAS: format 1
 //! page[132..136].copy_from_slice(&(12u32 << 16).to_le_bytes()); // LBAF1: 2^12-byte blocks
 //! let ns = NamespaceIdentity::parse(1, &page)?;
@@ -86,7 +87,8 @@ impl NamespaceIdentity {
     /// a format that carries metadata with each block (the LBA format's `MS` field above
     /// 0) with [`Error::Unsupported`], since this driver moves data only and a controller
     /// would otherwise transfer metadata into (or out of) memory the driver never gave
-    /// it; a formatted LBA size outside 512 B to 64 KiB with [`Error::BadArgument`].
+    /// it; a formatted LBA size outside 512 B to 64 KiB, or a format index (`FLBAS`, up to
+    /// 63) past the formats listed (`NLBAF`), with [`Error::BadArgument`].
     pub fn parse(nsid: u32, bytes: &[u8]) -> Result<Self> {
         let b = whole(bytes)?;
         let mut n = [0u8; 8];
@@ -97,8 +99,17 @@ impl NamespaceIdentity {
                 why: "inactive: Identify Namespace reports a size of 0 blocks",
             });
         }
-        let flbas = (b[26] & 0xf) as usize;
-        let lbaf = u32_at(b, 128 + 4 * flbas);
+        // FLBAS: the format in use, bits 3:0 its low four bits and (NVMe 2.0, for more than
+        // 16 formats) bits 6:5 its high two; NLBAF: the formats listed, 0's based.
+        let flbas = b[26];
+        let index = (flbas & 0xf) as usize | (((flbas >> 5) & 3) as usize) << 4;
+        if index > b[25] as usize {
+            return Err(Error::BadArgument {
+                what: "NVMe namespace: FLBAS names an LBA format past the last one (NLBAF)",
+                value: index as u64,
+            });
+        }
+        let lbaf = u32_at(b, 128 + 4 * index);
         if lbaf & 0xffff != 0 {
             return Err(Error::Unsupported {
                 what: "NVMe namespace formatted with metadata per block (LBA format MS > 0): \
@@ -154,7 +165,9 @@ mod tests {
         assert_eq!(NamespaceIdentity::parse(3, &p).unwrap().block_size, 512);
         p[128..132].copy_from_slice(&(8u32 << 16).to_le_bytes());
         assert!(NamespaceIdentity::parse(3, &p).is_err(), "256-byte blocks");
-        p[26] = 0xf; // format 15: the last LBAF slot, inside the page
+        p[26] = 0xf; // format 15, of 16 listed (NLBAF 15)
+        assert!(NamespaceIdentity::parse(3, &p).is_err(), "past NLBAF");
+        p[25] = 15;
         p[188..192].copy_from_slice(&(16u32 << 16).to_le_bytes());
         assert_eq!(NamespaceIdentity::parse(3, &p).unwrap().block_size, 65536);
         p[188..192].copy_from_slice(&(12u32 << 16 | 8).to_le_bytes());

@@ -18,7 +18,8 @@
 //! outstanding on the queue with an error naming it, and holds its memory until the
 //! controller is reset (which the next command does). Bad arguments are refused before
 //! anything is submitted: a block count the buffer cannot hold, a range past the
-//! namespace, a length that is not whole blocks.
+//! namespace, a length that is not whole blocks, a namespace whose block is larger than
+//! one command may carry.
 
 use crate::command::{Command, NVM_FLUSH, NVM_READ, NVM_WRITE};
 use crate::controller::Shared;
@@ -133,14 +134,16 @@ pub struct IoQueue<P: Platform + Clone + Send + Sync + 'static> {
 
 impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
     pub(crate) fn create(shared: Arc<Shared<P>>, options: QueueOptions) -> Result<IoQueue<P>> {
-        let mqes = (shared.cap & 0xffff) as u32 + 1;
-        if options.entries < 2 || options.entries as u32 > mqes {
+        if options.entries < 2 {
             return Err(Error::BadArgument {
-                what: "NVMe I/O queue entries: 2..=CAP.MQES+1",
+                what: "NVMe I/O queue entries: at least 2",
                 value: options.entries as u64,
             }
             .into());
         }
+        // The controller's largest queue (CAP.MQES, 0's based: up to 65536) lowers it.
+        let mqes = (shared.cap & 0xffff) as u32 + 1;
+        let entries = (options.entries as u32).min(mqes) as u16;
         if let Some(v) = options.vector {
             let have = shared.function.interrupts().vectors;
             if v >= have {
@@ -157,12 +160,16 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         if let DmaView::Bypass { max_address } = shared.view {
             spec = spec.intersect(&SegmentSpec::builder().window(0, max_address).build()?)?;
         }
+        // A pending reset first: it gives back the identifiers of queue pairs held for it.
+        if shared.needs_reset.load(Ordering::Acquire) {
+            shared.recover(false)?;
+        }
         let qid = shared.take_qid()?;
         let irq = Arc::new(QueueIrq {
             count: AtomicU64::new(0),
             sink: options.sink.clone(),
         });
-        let ring = match Self::bring_up(&shared, qid, options.entries, options.vector, &irq) {
+        let ring = match Self::bring_up(&shared, qid, entries, options.vector, &irq) {
             Ok(r) => r,
             Err(e) => {
                 shared.free_qid(qid);
@@ -280,6 +287,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         len: u64,
     ) -> Result<Transfer> {
         check_range(ns, lba, len)?;
+        check_block_fits(ns, self.shared.max_transfer())?;
         dmakit::descriptor::check_range(
             "NVMe transfer in the descriptor",
             offset,
@@ -562,6 +570,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         len: u64,
     ) -> Result<u16> {
         check_range(ns, lba, len)?;
+        check_block_fits(ns, self.shared.max_transfer())?;
         // The buffer must hold every block the command moves.
         dmakit::descriptor::check_range("NVMe transfer in the buffer", offset, len, buf.len())?;
         let bs = ns.block_size as u64;
@@ -785,10 +794,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> Drop for IoQueue<P> {
         };
         // The controller drops the queues' commands when they are deleted; if it was reset
         // since they were created, they are gone already.
-        let deleted = !current
-            || (self.inflight.is_empty()
-                && !self.shared.needs_reset.load(Ordering::Acquire)
-                && self.shared.delete_queues(self.qid).is_ok());
+        let try_delete =
+            current && self.inflight.is_empty() && !self.shared.needs_reset.load(Ordering::Acquire);
+        let refused = try_delete && self.shared.delete_queues(self.qid).is_err();
+        let deleted = !current || (try_delete && !refused);
         if let Some(v) = self.vector {
             let _ = self.shared.function.disable_interrupt(v);
         }
@@ -800,9 +809,11 @@ impl<P: Platform + Clone + Send + Sync + 'static> Drop for IoQueue<P> {
             self.shared.free_qid(self.qid);
         } else {
             // The controller may still use the rings and the commands' memory: keep them
-            // (and the queue identifier) until it is reset or disabled.
+            // (and the queue identifier) until it is reset or disabled. If it refused to
+            // delete the queues, only a reset frees the identifier: ask for one.
             let inflight = core::mem::take(&mut self.inflight);
-            self.shared.hold(Box::new((ring, inflight)));
+            self.shared
+                .hold_queue(self.qid, Box::new((ring, inflight)), refused);
         }
     }
 }
@@ -822,6 +833,21 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for IoQueue<P
 /// block count of a Read or Write (65536 blocks); at least one.
 fn max_blocks(max_transfer: u64, bs: u64) -> u64 {
     (max_transfer / bs).clamp(1, 1 << 16)
+}
+
+/// One block fits in one command: a namespace whose blocks are larger than the transfer
+/// limit (16 KiB blocks under an `MDTS` of 8 KiB, or under a smaller
+/// [`NvmeOptions::max_transfer`](crate::NvmeOptions::max_transfer)) cannot be read or
+/// written at all, since a command moves whole blocks.
+fn check_block_fits(ns: &NamespaceIdentity, max_transfer: u64) -> Result<()> {
+    if ns.block_size as u64 > max_transfer {
+        return Err(Error::Unsupported {
+            what: "NVMe namespace with a block size above the transfer limit (MDTS or \
+                   NvmeOptions::max_transfer): no command can carry one block",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Whole blocks, inside the namespace.

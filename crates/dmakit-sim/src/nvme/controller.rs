@@ -34,6 +34,8 @@ pub struct NvmeModel {
     cfg: NvmeConfig,
     rng: ChaCha8Rng,
     store: Store,
+    /// Namespaces 2, 3, ... ([`SimNvmeBuilder::namespace`](super::SimNvmeBuilder::namespace)).
+    extra: Vec<Store>,
     cc: u32,
     cfs: bool,
     shst: u32,
@@ -43,6 +45,8 @@ pub struct NvmeModel {
     intms: u32,
     /// With CC.EN set and the admin queue made: the tick from which CSTS.RDY reads 1.
     ready_at: Option<u64>,
+    /// After CC.EN 1 → 0 on a ready controller: CSTS.RDY reads 1 until this tick.
+    stopping_until: u64,
     sqs: BTreeMap<u16, SubQueue>,
     cqs: BTreeMap<u16, CompQueue>,
     /// Fetched commands waiting for their tick.
@@ -64,6 +68,11 @@ impl NvmeModel {
     /// A controller as `cfg` describes it (validated by the builder), in its reset state.
     pub(crate) fn new(cfg: NvmeConfig) -> Self {
         let store = Store::new(cfg.lba_size as u64, cfg.blocks, cfg.prefill);
+        let extra = cfg
+            .extra_namespaces
+            .iter()
+            .map(|&(lba, blocks)| Store::new(lba as u64, blocks, cfg.prefill))
+            .collect();
         let armed = cfg
             .faults
             .iter()
@@ -75,6 +84,7 @@ impl NvmeModel {
         NvmeModel {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             store,
+            extra,
             cc: 0,
             cfs: false,
             shst: 0,
@@ -83,6 +93,7 @@ impl NvmeModel {
             acq: 0,
             intms: 0,
             ready_at: None,
+            stopping_until: 0,
             sqs: BTreeMap::new(),
             cqs: BTreeMap::new(),
             inflight: Vec::new(),
@@ -129,8 +140,24 @@ impl NvmeModel {
         &self.store
     }
 
-    pub(crate) fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
+    /// Namespace `nsid`'s store, if the controller has that namespace.
+    pub(crate) fn ns_store(&self, nsid: u32) -> Option<&Store> {
+        match nsid {
+            1 => Some(&self.store),
+            n => self.extra.get((n as usize).checked_sub(2)?),
+        }
+    }
+
+    pub(crate) fn ns_store_mut(&mut self, nsid: u32) -> Option<&mut Store> {
+        match nsid {
+            1 => Some(&mut self.store),
+            n => self.extra.get_mut((n as usize).checked_sub(2)?),
+        }
+    }
+
+    /// How many namespaces there are (1, 2, ... all active).
+    fn namespaces(&self) -> u32 {
+        1 + self.extra.len() as u32
     }
 
     pub(crate) fn arm(&mut self, fault: CommandFault) {
@@ -170,15 +197,16 @@ impl NvmeModel {
     pub(crate) fn cap(&self) -> u64 {
         (self.cfg.max_queue_entries as u64 - 1)
             | CAP_CQR
-            | (0x0F << 24) // timeout: 7.5 s
+            | (self.cfg.ready_timeout as u64) << 24
             | (self.cfg.doorbell_stride as u64) << 32
             | CAP_CSS_NVM
+            | (self.cfg.mpsmin as u64) << 48
             | (MPS_MAX as u64) << 52
     }
 
     fn csts(&self) -> u32 {
         let mut v = self.shst << 2;
-        if self.ready() {
+        if self.ready() || (!self.enabled() && self.tick < self.stopping_until) {
             v |= CSTS_RDY;
         }
         if self.cfs {
@@ -224,8 +252,12 @@ impl NvmeModel {
         let asqs = (self.aqa & 0xFFF) + 1;
         let acqs = ((self.aqa >> 16) & 0xFFF) + 1;
         let page = self.page();
-        let why = if field(CC_MPS_SHIFT, 0xF) > MPS_MAX {
+        let why = if self.tick < self.stopping_until {
+            Some("CC.EN set while CSTS.RDY still reads 1 from the last disable")
+        } else if field(CC_MPS_SHIFT, 0xF) > MPS_MAX {
             Some("CC.MPS above CAP.MPSMAX")
+        } else if field(CC_MPS_SHIFT, 0xF) < self.cfg.mpsmin as u32 {
+            Some("CC.MPS below CAP.MPSMIN")
         } else if field(CC_CSS_SHIFT, 7) != 0 || field(CC_AMS_SHIFT, 7) != 0 {
             Some("CC.CSS or CC.AMS names a command set or arbitration the controller lacks")
         } else if field(CC_IOSQES_SHIFT, 0xF) != 6 || field(CC_IOCQES_SHIFT, 0xF) != 4 {
@@ -261,10 +293,16 @@ impl NvmeModel {
 
     fn write_cc(&mut self, value: u32) {
         let was = self.enabled();
+        let was_ready = self.ready();
         self.cc = value & CC_WRITABLE;
         match (was, self.enabled()) {
             (false, true) => self.enable(),
-            (true, false) => self.controller_reset(),
+            (true, false) => {
+                if was_ready {
+                    self.stopping_until = self.tick + self.cfg.disable_delay as u64;
+                }
+                self.controller_reset();
+            }
             _ => {}
         }
         if (self.cc >> CC_SHN_SHIFT) & 3 != 0 && self.enabled() {
@@ -591,13 +629,22 @@ impl NvmeModel {
         match cmd.opcode {
             admin::IDENTIFY => {
                 let data = match cmd.cdw10() & 0xFF {
-                    admin::CNS_NAMESPACE if cmd.nsid == 1 => {
-                        identify::namespace(self.store.lba_size, self.store.blocks)
+                    admin::CNS_NAMESPACE if cmd.nsid == 1 => identify::namespace(
+                        self.store.lba_size,
+                        self.store.blocks,
+                        self.cfg.metadata_bytes,
+                        self.cfg.lba_format_index,
+                    ),
+                    admin::CNS_NAMESPACE if cmd.nsid != 0 && cmd.nsid <= self.namespaces() => {
+                        let s = &self.extra[cmd.nsid as usize - 2];
+                        identify::namespace(s.lba_size, s.blocks, 0, 0)
                     }
                     admin::CNS_NAMESPACE => return done(Status::INVALID_NAMESPACE.dnr()),
-                    admin::CNS_CONTROLLER => identify::controller(&self.cfg, NVME_VENDOR),
+                    admin::CNS_CONTROLLER => {
+                        identify::controller(&self.cfg, NVME_VENDOR, self.namespaces())
+                    }
                     admin::CNS_ACTIVE_NS_LIST if cmd.nsid < 0xFFFF_FFFE => {
-                        identify::active_namespaces(cmd.nsid)
+                        identify::active_namespaces(cmd.nsid, self.namespaces())
                     }
                     admin::CNS_ACTIVE_NS_LIST => return done(Status::INVALID_NAMESPACE.dnr()),
                     _ => return done(Status::INVALID_FIELD.dnr()),
@@ -611,12 +658,16 @@ impl NvmeModel {
             admin::SET_FEATURES | admin::GET_FEATURES => {
                 let fid = cmd.cdw10() as u8;
                 let n = self.cfg.io_queues as u32 - 1;
+                let (sqs, cqs) = self
+                    .cfg
+                    .granted_queues
+                    .map_or((n, n), |(s, c)| (s as u32 - 1, c as u32 - 1));
                 let set = cmd.opcode == admin::SET_FEATURES;
                 if fid == admin::FEATURE_NUM_QUEUES {
                     if set && (cmd.cdw11() & 0xFFFF == 0xFFFF || cmd.cdw11() >> 16 == 0xFFFF) {
                         return done(Status::INVALID_FIELD.dnr());
                     }
-                    return Some((Status::SUCCESS, n | n << 16));
+                    return Some((Status::SUCCESS, sqs | cqs << 16));
                 }
                 match self.features.get_mut(&fid) {
                     Some(v) if set => {
@@ -760,39 +811,40 @@ impl NvmeModel {
     fn io(&mut self, ctx: &mut DeviceContext<'_>, cmd: &SubmissionEntry) -> Status {
         match cmd.opcode {
             nvm::FLUSH => {
-                if cmd.nsid != 1 && cmd.nsid != 0xFFFF_FFFF {
+                if self.ns_store(cmd.nsid).is_none() && cmd.nsid != 0xFFFF_FFFF {
                     return Status::INVALID_NAMESPACE.dnr();
                 }
                 self.stats.flushes += 1;
                 Status::SUCCESS
             }
             nvm::READ | nvm::WRITE => {
-                if cmd.nsid != 1 {
+                let Some(store) = self.ns_store(cmd.nsid) else {
                     return Status::INVALID_NAMESPACE.dnr();
-                }
+                };
+                let (lba, blocks) = (store.lba_size, store.blocks);
                 let slba = cmd.cdw10() as u64 | (cmd.cdw11() as u64) << 32;
                 let nlb = (cmd.cdw12() & 0xFFFF) as u64 + 1;
-                if slba
-                    .checked_add(nlb)
-                    .is_none_or(|end| end > self.store.blocks)
-                {
+                if slba.checked_add(nlb).is_none_or(|end| end > blocks) {
                     return Status::LBA_OUT_OF_RANGE.dnr();
                 }
-                let lba = self.store.lba_size;
                 let bytes = nlb * lba;
-                if self.cfg.mdts != 0 && bytes > (4096u64 << self.cfg.mdts) {
+                if self.cfg.mdts != 0 && bytes > (4096u64 << self.cfg.mpsmin << self.cfg.mdts) {
                     return Status::INVALID_FIELD.dnr();
                 }
                 let mut buf = vec![0u8; bytes as usize];
                 if cmd.opcode == nvm::WRITE {
                     let s = self.fetch_from_host(ctx, cmd, &mut buf);
                     if s.is_success() {
-                        self.store.write(slba * lba, &buf);
+                        if let Some(store) = self.ns_store_mut(cmd.nsid) {
+                            store.write(slba * lba, &buf);
+                        }
                         self.stats.blocks_written += nlb;
                     }
                     s
                 } else {
-                    self.store.read(slba * lba, &mut buf);
+                    if let Some(store) = self.ns_store(cmd.nsid) {
+                        store.read(slba * lba, &mut buf);
+                    }
                     let s = self.send_to_host(ctx, cmd, &buf);
                     if s.is_success() {
                         self.stats.blocks_read += nlb;
@@ -889,5 +941,6 @@ impl PciDeviceModel for NvmeModel {
         self.intms = 0;
         self.enable_error = None;
         self.fatal_reason = None;
+        self.stopping_until = 0;
     }
 }

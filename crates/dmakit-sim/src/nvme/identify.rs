@@ -54,9 +54,11 @@ pub mod ns {
     pub const NUSE: usize = 16;
     /// Number of LBA formats (u8, 0's based).
     pub const NLBAF: usize = 25;
-    /// Formatted LBA size (u8: bits 3:0 the format in use).
+    /// Formatted LBA size (u8: bits 3:0 the low four bits of the format in use, bits 6:5
+    /// its high two).
     pub const FLBAS: usize = 26;
-    /// LBA format 0 (u32: bits 23:16 LBADS, log2 of the LBA size).
+    /// LBA format 0, then formats 1..=63 every 4 bytes (u32: bits 15:0 MS, metadata bytes per block; bits 23:16 LBADS, log2
+    /// of the LBA size).
     pub const LBAF0: usize = 128;
 }
 
@@ -68,7 +70,7 @@ fn ascii(out: &mut [u8], s: &str) {
     out[..s.len()].copy_from_slice(s.as_bytes());
 }
 
-pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
+pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16, namespaces: u32) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
     b[ctrl::VID..ctrl::VID + 2].copy_from_slice(&vendor.to_le_bytes());
     b[2..4].copy_from_slice(&0x1af4u16.to_le_bytes());
@@ -84,7 +86,7 @@ pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
     b[ctrl::AERL] = AERL;
     b[ctrl::SQES] = 0x66;
     b[ctrl::CQES] = 0x44;
-    b[ctrl::NN..ctrl::NN + 4].copy_from_slice(&1u32.to_le_bytes());
+    b[ctrl::NN..ctrl::NN + 4].copy_from_slice(&namespaces.to_le_bytes());
     b[ctrl::VWC] = 1;
     let nqn = b"nqn.2024-01.dev.dmakit:sim0";
     b[768..768 + nqn.len()].copy_from_slice(nqn);
@@ -93,20 +95,32 @@ pub(crate) fn controller(cfg: &NvmeConfig, vendor: u16) -> Vec<u8> {
     b
 }
 
-pub(crate) fn namespace(lba_size: u64, blocks: u64) -> Vec<u8> {
+pub(crate) fn namespace(lba_size: u64, blocks: u64, metadata: u16, index: u8) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
     for at in [ns::NSZE, ns::NCAP, ns::NUSE] {
         b[at..at + 8].copy_from_slice(&blocks.to_le_bytes());
     }
+    let other: u32 = if lba_size == 4096 { 9 } else { 12 };
+    for i in 0..index as usize {
+        let at = ns::LBAF0 + 4 * i;
+        b[at..at + 4].copy_from_slice(&(other << 16).to_le_bytes());
+    }
     let lbads = lba_size.trailing_zeros();
-    b[ns::LBAF0..ns::LBAF0 + 4].copy_from_slice(&(lbads << 16).to_le_bytes());
+    let at = ns::LBAF0 + 4 * index as usize;
+    b[at..at + 4].copy_from_slice(&(lbads << 16 | metadata as u32).to_le_bytes());
+    b[ns::NLBAF] = index;
+    b[ns::FLBAS] = (index & 0xF) | ((index >> 4) << 5);
     b
 }
 
-pub(crate) fn active_namespaces(after: u32) -> Vec<u8> {
+/// The active namespace identifiers above `after`, of `1..=namespaces`.
+pub(crate) fn active_namespaces(after: u32, namespaces: u32) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
-    if after < 1 {
-        b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    for (slot, id) in (after.saturating_add(1)..=namespaces)
+        .take(1024)
+        .enumerate()
+    {
+        b[4 * slot..4 * slot + 4].copy_from_slice(&id.to_le_bytes());
     }
     b
 }

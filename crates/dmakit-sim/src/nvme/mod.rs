@@ -8,7 +8,7 @@
 //!
 //! | offset (BAR 0) | register | |
 //! | --- | --- | --- |
-//! | 0x00 | `CAP` | MQES from [`SimNvmeBuilder::max_queue_entries`], CQR = 1 (contiguous queues), TO = 7.5 s, DSTRD from [`SimNvmeBuilder::doorbell_stride`], CSS = NVM, MPSMIN = 0 (4 KiB), MPSMAX = 4 (64 KiB) |
+//! | 0x00 | `CAP` | MQES from [`SimNvmeBuilder::max_queue_entries`], CQR = 1 (contiguous queues), TO from [`SimNvmeBuilder::ready_timeout`] (7.5 s), DSTRD from [`SimNvmeBuilder::doorbell_stride`], CSS = NVM, MPSMIN from [`SimNvmeBuilder::mpsmin`] (4 KiB), MPSMAX = 4 (64 KiB) |
 //! | 0x08 | `VS` | 1.4.0 |
 //! | 0x0C / 0x10 | `INTMS` / `INTMC` | kept, no effect (MSI-X) |
 //! | 0x14 | `CC` | EN, CSS, MPS, AMS, SHN, IOSQES, IOCQES |
@@ -23,16 +23,18 @@
 //! admin queues and sets `CSTS.RDY` (after [`SimNvmeBuilder::ready_delay`] ticks). A bad
 //! configuration leaves RDY clear ([`SimNvme::enable_error`] says why). Clearing `CC.EN`
 //! resets the controller: every queue and pending command is gone, `CSTS` clears (CFS
-//! included); the namespace keeps its data.
+//! included; RDY after [`SimNvmeBuilder::disable_delay`] ticks); the namespace keeps its
+//! data.
 //!
 //! **Commands**: admin Identify (controller: serial [`identify::SERIAL`], MDTS; namespace:
-//! size and one LBA format of 512 or 4096 bytes; active namespace list), Create/Delete I/O
+//! size and one LBA format of [`SimNvmeBuilder::lba_size`] bytes with
+//! [`SimNvmeBuilder::metadata_bytes`] of metadata; active namespace list), Create/Delete I/O
 //! SQ and CQ, Set/Get Features (Number of Queues reports the configured count), Get Log Page
 //! (zeros), Abort (never aborts), Asynchronous Event Request (held; up to 4); NVM Read,
-//! Write, Flush on namespace 1. Data moves through PRP1/PRP2 and chained PRP lists
-//! ([`prp`]) with the memory page size of `CC.MPS`. A command that is malformed gets the
-//! status a controller gives and moves nothing: an unaligned PRP entry is PRP Offset
-//! Invalid, a PRP that does not reach memory (outside RAM, unmapped in the IOMMU, PRP2 = 0
+//! Write, Flush on namespace 1 and those [`SimNvmeBuilder::namespace`] adds. Data moves
+//! through PRP1/PRP2 and chained PRP lists ([`prp`]) with the memory page size of
+//! `CC.MPS`. A command that is malformed gets the status a controller gives and moves
+//! nothing: an unaligned PRP entry is PRP Offset Invalid, a PRP that does not reach memory (outside RAM, unmapped in the IOMMU, PRP2 = 0
 //! when needed) is Data Transfer Error (the whole transfer is checked before any byte
 //! moves), a transfer over MDTS is Invalid Field, a range past the namespace is LBA Out of
 //! Range. A submission entry that cannot be fetched, or a completion that cannot be
@@ -84,6 +86,7 @@ pub use store::Prefill;
 
 use crate::pci::{FunctionConfig, SimPciBus, SimPciFunction};
 use dmakit::{Error, Result};
+use regs::MPS_MAX;
 use std::sync::Arc;
 
 /// The controller's vendor ID (QEMU's).
@@ -252,7 +255,7 @@ pub struct NvmeStats {
 pub struct NvmeConfig {
     /// Seed of every random choice.
     pub seed: u64,
-    /// LBA size: 512 or 4096.
+    /// LBA size: a power of two, 512..=65536.
     pub lba_size: u32,
     /// Namespace size in blocks.
     pub blocks: u64,
@@ -276,6 +279,21 @@ pub struct NvmeConfig {
     pub faults: Vec<CommandFault>,
     /// Set CSTS.CFS instead of carrying out the `n`th command fetched.
     pub fatal_after: Option<u64>,
+    /// CAP.TO: worst-case time to ready, in 500 ms units.
+    pub ready_timeout: u8,
+    /// CAP.MPSMIN: the smallest memory page is `4 KiB << mpsmin`.
+    pub mpsmin: u8,
+    /// Metadata bytes per block in the namespace's LBA format (the `MS` field).
+    pub metadata_bytes: u16,
+    /// The index of the LBA format in use in Identify Namespace (0..=63).
+    pub lba_format_index: u8,
+    /// Ticks from CC.EN 1 → 0 to CSTS.RDY 0.
+    pub disable_delay: u32,
+    /// Namespaces 2, 3, ...: LBA size and blocks of each.
+    pub extra_namespaces: Vec<(u32, u64)>,
+    /// What Set Features (Number of Queues) reports as allocated: submission and
+    /// completion queues (`None`: `io_queues` of each).
+    pub granted_queues: Option<(u16, u16)>,
 }
 
 /// The description of a simulated NVMe controller. Defaults: seed 0, 512-byte LBAs,
@@ -296,7 +314,7 @@ impl SimNvmeBuilder {
         self
     }
 
-    /// LBA size: 512 or 4096 bytes.
+    /// LBA size: a power of two from 512 to 65536 bytes.
     pub fn lba_size(mut self, bytes: u32) -> Self {
         self.cfg.lba_size = bytes;
         self
@@ -351,6 +369,14 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// Ticks from CC.EN 1 → 0 on a ready controller to CSTS.RDY reading 0 (default 0: at
+    /// once). The reset itself happens at the store; setting CC.EN again while RDY still
+    /// reads 1 fails the enable ([`SimNvme::enable_error`]).
+    pub fn disable_delay(mut self, ticks: u32) -> Self {
+        self.cfg.disable_delay = ticks;
+        self
+    }
+
     /// What blocks hold before anything writes them.
     pub fn prefill(mut self, p: Prefill) -> Self {
         self.cfg.prefill = p;
@@ -370,6 +396,59 @@ impl SimNvmeBuilder {
         self
     }
 
+    /// CAP.TO: the worst-case time from CC.EN to CSTS.RDY the controller promises, in
+    /// 500 ms units (default 15: 7.5 s). It changes only what CAP says, not
+    /// [`ready_delay`](Self::ready_delay).
+    pub fn ready_timeout(mut self, units: u8) -> Self {
+        self.cfg.ready_timeout = units;
+        self
+    }
+
+    /// CAP.MPSMIN, 0..=4: the smallest memory page the controller takes is
+    /// `4 KiB << mpsmin` (default 0). Enabling with a smaller CC.MPS fails, and MDTS counts
+    /// in pages of this size.
+    pub fn mpsmin(mut self, mpsmin: u8) -> Self {
+        self.cfg.mpsmin = mpsmin;
+        self
+    }
+
+    /// Metadata bytes per block in the namespace's only LBA format (its `MS` field; default
+    /// 0). Identify Namespace reports it; reads and writes still move the data only (the
+    /// model keeps no metadata), so a driver must refuse such a namespace.
+    pub fn metadata_bytes(mut self, bytes: u16) -> Self {
+        self.cfg.metadata_bytes = bytes;
+        self
+    }
+
+    /// Where Identify Namespace lists the LBA format in use, 0..=63 (default 0): it reports
+    /// `index + 1` formats (NLBAF = `index`), those before it of another size (4096 bytes,
+    /// or 512 when [`lba_size`](Self::lba_size) is 4096) and not in use, and FLBAS names
+    /// `index` (bits 3:0 its low four bits, bits 6:5 its high two, as NVMe 2.0 has it for
+    /// more than 16 formats).
+    pub fn lba_format_index(mut self, index: u8) -> Self {
+        self.cfg.lba_format_index = index;
+        self
+    }
+
+    /// What Set Features / Get Features (Number of Queues) report as allocated, 1..=65535
+    /// submission and `cqs` completion queues, instead of [`io_queues`](Self::io_queues)
+    /// of each (the default). The queues the controller takes are still `io_queues`: a
+    /// report above it lies, as firmware can.
+    pub fn granted_queues(mut self, sqs: u16, cqs: u16) -> Self {
+        self.cfg.granted_queues = Some((sqs, cqs));
+        self
+    }
+
+    /// Adds a namespace after the ones there are (namespace 1 is always there, from
+    /// [`lba_size`](Self::lba_size) and [`blocks`](Self::blocks)): the first call makes
+    /// namespace 2, the next 3, and so on, each with its own LBA size (a power of two,
+    /// 512..=65536, no metadata) and size in blocks. Identify Controller's NN and the
+    /// active namespace list count them; reads, writes and flushes reach each.
+    pub fn namespace(mut self, lba_size: u32, blocks: u64) -> Self {
+        self.cfg.extra_namespaces.push((lba_size, blocks));
+        self
+    }
+
     /// Where the function goes and its DMA path (default: the bus's).
     pub fn function(mut self, config: FunctionConfig) -> Self {
         self.function = config;
@@ -379,8 +458,39 @@ impl SimNvmeBuilder {
     fn validate(mut self) -> Result<NvmeConfig> {
         let c = &mut self.cfg;
         let bad = |what, value: u64| Err(Error::BadArgument { what, value });
-        if c.lba_size != 512 && c.lba_size != 4096 {
-            return bad("NVMe LBA size (512 or 4096)", c.lba_size as u64);
+        if !c.lba_size.is_power_of_two() || !(512..=65536).contains(&c.lba_size) {
+            return bad(
+                "NVMe LBA size (a power of two, 512..=65536)",
+                c.lba_size as u64,
+            );
+        }
+        for &(lba, blocks) in &c.extra_namespaces {
+            if !lba.is_power_of_two() || !(512..=65536).contains(&lba) {
+                return bad(
+                    "NVMe namespace LBA size (a power of two, 512..=65536)",
+                    lba as u64,
+                );
+            }
+            if blocks == 0 || blocks.checked_mul(lba as u64).is_none() {
+                return bad("NVMe namespace blocks", blocks);
+            }
+        }
+        if c.extra_namespaces.len() > 1023 {
+            return bad(
+                "NVMe namespaces (1..=1024)",
+                c.extra_namespaces.len() as u64 + 1,
+            );
+        }
+        if let Some((sqs, cqs)) = c.granted_queues {
+            if sqs == 0 || cqs == 0 {
+                return bad("NVMe granted queues (1..=65535 each)", 0);
+            }
+        }
+        if c.lba_format_index > 63 {
+            return bad("NVMe LBA format index (0..=63)", c.lba_format_index as u64);
+        }
+        if c.mpsmin > MPS_MAX as u8 {
+            return bad("NVMe CAP.MPSMIN (0..=4)", c.mpsmin as u64);
         }
         if !self.blocks_set {
             c.blocks = (16 << 20) / c.lba_size as u64;
@@ -438,6 +548,13 @@ impl SimNvme {
                 prefill: Prefill::Zeros,
                 faults: Vec::new(),
                 fatal_after: None,
+                ready_timeout: 0x0F,
+                mpsmin: 0,
+                metadata_bytes: 0,
+                lba_format_index: 0,
+                disable_delay: 0,
+                extra_namespaces: Vec::new(),
+                granted_queues: None,
             },
             blocks_set: false,
             function: FunctionConfig::default(),
@@ -528,18 +645,22 @@ impl SimNvme {
         self.with(|m, _| m.store().written_blocks())
     }
 
-    fn check(&self, nsid: u32, offset: u64, len: u64) -> Result<()> {
-        if nsid != 1 {
-            return Err(Error::BadArgument {
-                what: "NVMe namespace ID (the controller has namespace 1)",
+    /// Namespace `nsid`'s LBA size, if the controller has it.
+    fn ns_lba_size(&self, nsid: u32) -> Result<u64> {
+        self.with(|m, _| m.ns_store(nsid).map(|s| s.lba_size))
+            .ok_or(Error::BadArgument {
+                what: "NVMe namespace ID (not one of the controller's namespaces)",
                 value: nsid as u64,
-            });
-        }
+            })
+    }
+
+    fn check(&self, nsid: u32, offset: u64, len: u64) -> Result<()> {
+        self.ns_lba_size(nsid)?;
         dmakit::descriptor::check_range(
             "NVMe namespace",
             offset,
             len,
-            self.with(|m, _| m.store().bytes()),
+            self.with(|m, _| m.ns_store(nsid).map_or(0, |s| s.bytes())),
         )
     }
 
@@ -547,13 +668,17 @@ impl SimNvme {
     pub fn namespace_bytes(&self, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check(nsid, offset, len as u64)?;
         let mut buf = vec![0u8; len];
-        self.with(|m, _| m.store().read(offset, &mut buf));
+        self.with(|m, _| {
+            if let Some(s) = m.ns_store(nsid) {
+                s.read(offset, &mut buf)
+            }
+        });
         Ok(buf)
     }
 
     /// Block `lba` of namespace `nsid`.
     pub fn block(&self, nsid: u32, lba: u64) -> Result<Vec<u8>> {
-        let size = self.lba_size();
+        let size = self.ns_lba_size(nsid)?;
         let offset = lba.checked_mul(size).ok_or(Error::Overflow {
             what: "NVMe block",
             start: lba,
@@ -566,7 +691,11 @@ impl SimNvme {
     /// there.
     pub fn write_namespace(&self, nsid: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.check(nsid, offset, data.len() as u64)?;
-        self.with(|m, _| m.store_mut().write(offset, data));
+        self.with(|m, _| {
+            if let Some(s) = m.ns_store_mut(nsid) {
+                s.write(offset, data)
+            }
+        });
         Ok(())
     }
 }
