@@ -6,11 +6,11 @@
 //! balance, and at the end nothing is left allocated or wired on the machine.
 #![no_main]
 
-use arbitrary::{Arbitrary, Result, Unstructured};
+use arbitrary::Arbitrary;
 use dmakit::descriptor::MemoryDescriptor;
 use dmakit::platform::PhysicalMemory;
 use dmakit::{Direction, Error};
-use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, pattern, Shape};
+use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, pattern, ShapedInput};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -27,22 +27,8 @@ enum Op {
     ReadFar(u64),
 }
 
-#[derive(Debug)]
-struct Input {
-    seed: u8,
-    shape: Shape,
-    ops: Vec<Op>,
-}
-
-impl<'a> Arbitrary<'a> for Input {
-    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(Input {
-            seed: u.arbitrary()?,
-            shape: Shape::draw(u, 3)?,
-            ops: u.arbitrary()?,
-        })
-    }
-}
+/// The machine's seed, a shape at most 3 levels deep and the operations.
+type Input = ShapedInput<Op, 3>;
 
 /// The bytes behind the descriptor; for a buffer, up to its capacity.
 struct Model {

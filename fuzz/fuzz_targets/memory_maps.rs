@@ -7,12 +7,12 @@
 //! machine holds no allocation, mapping or wiring.
 #![no_main]
 
-use arbitrary::{Arbitrary, Result, Unstructured};
+use arbitrary::Arbitrary;
 use dmakit::descriptor::MemoryDescriptor;
 use dmakit::map::{MapGuard, MapOptions, MemoryMap};
 use dmakit::platform::{CacheMode, CpuAccess, Task};
 use dmakit::{Error, VirtAddr};
-use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, window, Shape, M};
+use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, window, ShapedInput, M};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -42,22 +42,8 @@ enum Op {
     Segment(u8, u16),
 }
 
-#[derive(Debug)]
-struct Input {
-    seed: u8,
-    shape: Shape,
-    ops: Vec<Op>,
-}
-
-impl<'a> Arbitrary<'a> for Input {
-    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(Input {
-            seed: u.arbitrary()?,
-            shape: Shape::draw(u, 2)?,
-            ops: u.arbitrary()?,
-        })
-    }
-}
+/// The machine's seed, a shape at most 2 levels deep and the operations.
+type Input = ShapedInput<Op, 2>;
 
 struct Run {
     m: M,

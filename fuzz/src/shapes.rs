@@ -2,7 +2,7 @@
 //! interleaved descriptors nested over them), built on a simulated machine together with
 //! the bytes they must hold.
 
-use arbitrary::{Result, Unstructured};
+use arbitrary::{Arbitrary, Result, Unstructured};
 use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, GeneralMemoryDescriptor, InterleavedMemoryDescriptor,
     MemoryDescriptor, MultiMemoryDescriptor, SubMemoryDescriptor,
@@ -234,4 +234,26 @@ pub fn assert_nothing_left(m: &M) {
     let s = m.stats();
     assert_eq!(s.allocations, 0, "allocations left: {s:?}");
     assert_eq!(s.wired_pages, 0, "wired pages left: {s:?}");
+}
+
+/// A fuzz input over one descriptor: a machine seed, a shape at most `DEPTH` levels deep,
+/// and the operations to run on it (drawn in that order).
+#[derive(Debug)]
+pub struct ShapedInput<Op, const DEPTH: u32> {
+    /// Seeds the simulated machine.
+    pub seed: u8,
+    /// The descriptor to build.
+    pub shape: Shape,
+    /// What to do with it.
+    pub ops: Vec<Op>,
+}
+
+impl<'a, Op: Arbitrary<'a>, const DEPTH: u32> Arbitrary<'a> for ShapedInput<Op, DEPTH> {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(ShapedInput {
+            seed: u.arbitrary()?,
+            shape: Shape::draw(u, DEPTH)?,
+            ops: u.arbitrary()?,
+        })
+    }
 }
