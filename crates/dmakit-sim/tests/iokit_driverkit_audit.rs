@@ -441,3 +441,20 @@ fn perform_operation_writes_reach_a_non_coherent_device_at_once() {
     );
     dma.complete_dma(0).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// IOBufferMemoryDescriptor::Create
+
+/// DriverKit's factory reports every failure to create the kernel buffer as
+/// kIOReturnNoMemory: a capacity the address space has no room for is NoMemory, not the
+/// allocator's NoSpace, and leaves nothing allocated.
+#[test]
+fn a_buffer_too_large_for_the_address_space_is_no_memory() {
+    let (m, _) = machine_with_iommu();
+    for capacity in [1u64 << 47, u64::MAX / 2, u64::MAX - 4096] {
+        let r =
+            DkBufferMemoryDescriptor::create(m.clone(), DkMemoryOptions::DIRECTION_IN, capacity, 0);
+        assert_eq!(code(r), IoReturn::NO_MEMORY, "capacity {capacity:#x}");
+    }
+    assert_eq!(m.stats().allocations, 0);
+}

@@ -43,9 +43,11 @@ impl DkBufferMemoryDescriptor {
     /// object's is. An `alignment` that is not a power of two is rounded up to one; 0 is
     /// none; above a page it makes the buffer physically contiguous.
     ///
-    /// A capacity of 0, or one or an alignment so large the size overflows, is
-    /// [`Error::NoMemory`], as DriverKit reports every failure of its factory; a platform
-    /// that cannot allocate keeps its own error.
+    /// A capacity of 0, one or an alignment so large the size overflows, or a capacity the
+    /// task's address space has no room for, is [`Error::NoMemory`], as DriverKit reports
+    /// every failure of its factory; any other failure of the platform (an error of the
+    /// operating system, a fault a simulated machine injects) keeps its own error, which
+    /// says more.
     pub fn create<P: Platform + Clone>(
         platform: P,
         options: DkMemoryOptions,
@@ -80,6 +82,12 @@ impl DkBufferMemoryDescriptor {
                     "DriverKit IOBufferMemoryDescriptor::Create: the capacity and alignment give no allocation",
                 ))
             }
+            Err(Error::NoSpace { requested, free, .. }) => Err(Error::NoMemory {
+                what: "DriverKit IOBufferMemoryDescriptor::Create: no room for the buffer in the \
+                       task's address space",
+                requested,
+                available: free,
+            }),
             Err(e) => Err(e),
         }
     }
