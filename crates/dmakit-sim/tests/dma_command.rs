@@ -508,3 +508,68 @@ fn more_segments_than_the_spec_allows_is_refused_without_a_walk() {
     );
     assert_eq!(pool.stats().in_use, 0, "the bounce buffer was given back");
 }
+
+/// A buffer whose length is set below a range prepared earlier (IOKit's `setLength` on a
+/// prepared IOBufferMemoryDescriptor) keeps its memory to the capacity: completing the
+/// transfer succeeds, releases everything, and invalidates the caches over all the memory
+/// the device was given, so the device's bytes past the new length are read once the
+/// length grows again. Before, the complete of a non-coherent or mapped command failed
+/// with OutOfBounds at the new end and left stale cache lines behind it.
+#[test]
+fn a_buffer_shrunk_while_prepared_completes_its_whole_preparation() {
+    for mapped in [false, true] {
+        let m = Arc::new(
+            MachineBuilder::new()
+                .seed(10)
+                .fragmentation(0.7)
+                .build()
+                .unwrap(),
+        );
+        let iommu = Arc::new(SimIommu::new(m.clone()));
+        let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x8000_0000, 0x100_0000).unwrap());
+        let len = 3 * 4096 + 100;
+        let b = Arc::new(
+            BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(len, Direction::InOut))
+                .unwrap(),
+        );
+        assert_eq!(b.write_bytes(0, &vec![0x11; len as usize]), len as usize);
+        let builder = DmaCommand::builder(m.clone());
+        let mut cmd = if mapped {
+            builder.mapper(mapper.clone()).build().unwrap()
+        } else {
+            builder.mode(MappingMode::NonCoherent).build().unwrap()
+        };
+        cmd.set_memory_descriptor(b.clone()).unwrap();
+        cmd.prepare(PrepareOptions::range(0, len)).unwrap();
+        // The CPU pulls the old bytes of the last page into its cache meanwhile.
+        let mut old = [0u8; 64];
+        assert_eq!(b.read_bytes(len - 64, &mut old), 64);
+        // The device writes the whole transfer.
+        let mut x = 0;
+        for s in segments(&cmd, SegmentFormat::Host64) {
+            let data = vec![0x22; s.len as usize];
+            if mapped {
+                iommu.device_write(s.addr, &data).unwrap();
+            } else {
+                m.device_write(PhysAddr(s.addr.0), &data).unwrap();
+            }
+            x += s.len;
+        }
+        assert_eq!(x, len);
+        b.set_length(170).unwrap();
+        cmd.complete()
+            .unwrap_or_else(|e| panic!("mapped {mapped}: {e}"));
+        assert_eq!(mapper.usage(), (0, 0));
+        b.set_length(len).unwrap();
+        let mut back = vec![0u8; len as usize];
+        assert_eq!(b.read_bytes(0, &mut back), len as usize);
+        assert!(
+            back.iter().all(|&v| v == 0x22),
+            "mapped {mapped}: the device's bytes everywhere"
+        );
+        drop(cmd);
+        drop(b);
+        assert_eq!(m.stats().wired_pages, 0);
+        assert_eq!(m.stats().allocations, 0);
+    }
+}

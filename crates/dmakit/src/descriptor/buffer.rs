@@ -682,6 +682,18 @@ impl<P: Platform + Clone> MemoryDescriptor for BufferMemoryDescriptor<P> {
         })
     }
 
+    /// Up to the capacity: the pages stay wired while prepared whatever the length says.
+    fn prepared_segment(&self, offset: u64) -> Result<Segment> {
+        if offset >= self.capacity {
+            return Err(super::past_end("buffer capacity", offset, self.capacity));
+        }
+        let s = self.inner.physical_segment(offset)?;
+        Ok(Segment {
+            addr: s.addr,
+            len: s.len.min(self.capacity - offset),
+        })
+    }
+
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {
         let end = offset.saturating_add(len).min(self.length());
         if offset < end {

@@ -194,6 +194,25 @@ impl InterleavedMemoryDescriptor {
         }
         done
     }
+
+    /// The run at `offset` as `seg` finds it in its portion's descriptor, clipped to the
+    /// portion.
+    fn segment(
+        &self,
+        offset: u64,
+        seg: impl Fn(&dyn MemoryDescriptor, u64) -> Result<Segment>,
+    ) -> Result<Segment> {
+        if offset >= self.length {
+            return Err(past_end("interleaved descriptor", offset, self.length));
+        }
+        let p = &self.portions[self.locate(offset)];
+        let inner = offset - p.start;
+        let s = seg(&*p.md, p.offset + inner)?;
+        Ok(Segment {
+            addr: s.addr,
+            len: s.len.min(p.length - inner),
+        })
+    }
 }
 
 impl MemoryDescriptor for InterleavedMemoryDescriptor {
@@ -271,16 +290,11 @@ impl MemoryDescriptor for InterleavedMemoryDescriptor {
     }
 
     fn physical_segment(&self, offset: u64) -> Result<Segment> {
-        if offset >= self.length {
-            return Err(past_end("interleaved descriptor", offset, self.length));
-        }
-        let p = &self.portions[self.locate(offset)];
-        let inner = offset - p.start;
-        let s = p.md.physical_segment(p.offset + inner)?;
-        Ok(Segment {
-            addr: s.addr,
-            len: s.len.min(p.length - inner),
-        })
+        self.segment(offset, |md, at| md.physical_segment(at))
+    }
+
+    fn prepared_segment(&self, offset: u64) -> Result<Segment> {
+        self.segment(offset, |md, at| md.prepared_segment(at))
     }
 
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {

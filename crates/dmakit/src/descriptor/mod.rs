@@ -373,6 +373,17 @@ pub trait MemoryDescriptor: Send + Sync {
     /// ```
     fn physical_segment(&self, offset: u64) -> Result<Segment>;
 
+    /// The physical run at `offset` as a preparation made earlier sees it: the same as
+    /// [`physical_segment`](Self::physical_segment) (the default), except that a
+    /// [`BufferMemoryDescriptor`] whose length was set below a range prepared before
+    /// still answers for its memory up to its capacity (directly, or through sub, multi
+    /// and interleaved descriptors over it). A DMA command uses it after `prepare`, so
+    /// the cache maintenance and segments of a transfer cover the memory the device was
+    /// given even when the buffer's length shrinks in the meantime.
+    fn prepared_segment(&self, offset: u64) -> Result<Segment> {
+        self.physical_segment(offset)
+    }
+
     /// Calls `f` with the memory behind `[offset, offset + len)`, piece by piece in order
     /// (what a mapping of the range maps). A range outside the descriptor is
     /// [`Error::OutOfBounds`].

@@ -187,6 +187,29 @@ impl MultiMemoryDescriptor {
         }
         done
     }
+
+    /// The run at `offset` as `seg` finds it in its part, never past the part's place.
+    fn segment(
+        &self,
+        offset: u64,
+        seg: impl Fn(&dyn MemoryDescriptor, u64) -> Result<Segment>,
+    ) -> Result<Segment> {
+        if offset >= self.length {
+            return Err(past_end("multi-descriptor", offset, self.length));
+        }
+        let (i, inner) = self.locate(offset).ok_or(Error::OutOfBounds {
+            what: "multi-descriptor part (shorter now than when the multi was made)",
+            offset,
+            len: 1,
+            limit: self.length,
+        })?;
+        let s = seg(&*self.parts[i], inner)?;
+        let room = self.span(i).1 - offset;
+        Ok(Segment {
+            len: s.len.min(room),
+            ..s
+        })
+    }
 }
 
 impl MemoryDescriptor for MultiMemoryDescriptor {
@@ -256,22 +279,11 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
     }
 
     fn physical_segment(&self, offset: u64) -> Result<Segment> {
-        if offset >= self.length {
-            return Err(past_end("multi-descriptor", offset, self.length));
-        }
-        let (i, inner) = self.locate(offset).ok_or(Error::OutOfBounds {
-            what: "multi-descriptor part (shorter now than when the multi was made)",
-            offset,
-            len: 1,
-            limit: self.length,
-        })?;
-        let seg = self.parts[i].physical_segment(inner)?;
-        // Never past this part's place in the multi.
-        let room = self.span(i).1 - offset;
-        Ok(Segment {
-            len: seg.len.min(room),
-            ..seg
-        })
+        self.segment(offset, |md, at| md.physical_segment(at))
+    }
+
+    fn prepared_segment(&self, offset: u64) -> Result<Segment> {
+        self.segment(offset, |md, at| md.prepared_segment(at))
     }
 
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {

@@ -93,6 +93,22 @@ impl SubMemoryDescriptor {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// The run at `offset` as `seg` finds it in the parent, clipped to this window.
+    fn segment(
+        &self,
+        offset: u64,
+        seg: impl Fn(&dyn MemoryDescriptor, u64) -> Result<Segment>,
+    ) -> Result<Segment> {
+        if offset >= self.length {
+            return Err(past_end("sub-descriptor", offset, self.length));
+        }
+        let s = seg(&*self.parent, self.offset + offset)?;
+        Ok(Segment {
+            addr: s.addr,
+            len: s.len.min(self.length - offset),
+        })
+    }
 }
 
 impl MemoryDescriptor for SubMemoryDescriptor {
@@ -148,14 +164,11 @@ impl MemoryDescriptor for SubMemoryDescriptor {
     }
 
     fn physical_segment(&self, offset: u64) -> Result<Segment> {
-        if offset >= self.length {
-            return Err(past_end("sub-descriptor", offset, self.length));
-        }
-        let s = self.parent.physical_segment(self.offset + offset)?;
-        Ok(Segment {
-            addr: s.addr,
-            len: s.len.min(self.length - offset),
-        })
+        self.segment(offset, |md, at| md.physical_segment(at))
+    }
+
+    fn prepared_segment(&self, offset: u64) -> Result<Segment> {
+        self.segment(offset, |md, at| md.prepared_segment(at))
     }
 
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {

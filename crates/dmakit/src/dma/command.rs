@@ -823,7 +823,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     ) -> Result<(u64, u64)> {
         Ok(match &prep.route {
             Route::Direct => {
-                let seg = md.physical_segment(prep.offset + x)?;
+                let seg = md.prepared_segment(prep.offset + x)?;
                 (seg.addr.0, seg.len.min(prep.length - x))
             }
             Route::Bounced(b) => (b.base.0 + b.data_off + x, prep.length - x),
@@ -832,7 +832,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 match pieces.get(i) {
                     Some(p) if p.x <= x => (p.addr + (x - p.x), p.len - (x - p.x)),
                     next => {
-                        let seg = md.physical_segment(prep.offset + x)?;
+                        let seg = md.prepared_segment(prep.offset + x)?;
                         let len = seg.len.min(prep.length - x);
                         (seg.addr.0, next.map_or(len, |p| len.min(p.x - x)))
                     }
@@ -1667,7 +1667,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let mut x = from;
         while x < from + length {
             let (addr, run) = if mapped {
-                let seg = md.physical_segment(prep.offset + x)?;
+                let seg = md.prepared_segment(prep.offset + x)?;
                 (seg.addr.0, seg.len)
             } else {
                 self.raw_run(md, prep, x)?
