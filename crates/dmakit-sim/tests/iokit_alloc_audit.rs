@@ -295,6 +295,127 @@ fn cursor_describes_memory_at_physical_address_zero() {
     assert_eq!(walk(&c, &md, 0, 2, 0), (vec![(0, 0x2000)], 0x2000));
 }
 
+/// IOKit's walk, restated as a model: fetch the run at the position unless one is pending;
+/// it becomes the current segment, or grows it when it starts where the current one ends,
+/// or stays pending; a current segment over the maximum size is cut and its rest pends;
+/// reaching the transfer limit cuts the current segment and stops; a pending run either
+/// stops the walk (one slot left: the current segment takes it) or pushes the current
+/// segment out. Valid for a maximum segment size above 0 and memory away from address 0
+/// (IOKit misbehaves on both).
+fn iokit_cursor_model(
+    md: &dyn MemoryDescriptor,
+    from: u64,
+    slots: usize,
+    max_segment: u64,
+    cursor_max_transfer: u64,
+    call_max_transfer: u64,
+) -> (Vec<(u64, u64)>, u64) {
+    let mut out = Vec::new();
+    if slots == 0 {
+        return (out, 0);
+    }
+    let limit = match (call_max_transfer, cursor_max_transfer) {
+        (0, 0) => u64::from(u32::MAX),
+        (0, c) => c,
+        (c, _) => c,
+    };
+    let (mut pos, len) = (from, md.length());
+    let mut cur: Option<(u64, u64)> = None;
+    let mut pending: Option<(u64, u64)> = None;
+    let mut transfer = 0u64;
+    while pending.is_some() || pos < len {
+        let seg = match pending.take() {
+            Some(p) => p,
+            None => {
+                let s = md.physical_segment(pos).unwrap();
+                pos += s.len;
+                (s.addr.0, s.len)
+            }
+        };
+        match cur.as_mut() {
+            None => {
+                transfer += seg.1;
+                cur = Some(seg);
+            }
+            Some(c) if c.0 + c.1 == seg.0 => {
+                transfer += seg.1;
+                c.1 += seg.1;
+            }
+            Some(_) => pending = Some(seg),
+        }
+        if pending.is_none() {
+            let c = cur.as_mut().unwrap();
+            if c.1 > max_segment {
+                let rest = c.1 - max_segment;
+                pending = Some((c.0 + max_segment, rest));
+                transfer -= rest;
+                c.1 = max_segment;
+            }
+            if transfer >= limit {
+                c.1 -= transfer - limit;
+                transfer = limit;
+                break;
+            }
+        }
+        if pending.is_some() {
+            if out.len() + 1 == slots {
+                break;
+            }
+            out.push(cur.take().unwrap());
+        }
+    }
+    if let Some(c) = cur {
+        out.push(c);
+    }
+    (out, transfer)
+}
+
+/// IOKit: everything above at once. On random runs (adjacent or not), positions, segment
+/// and transfer limits and slot counts, dmakit's cursor gives exactly the segments and byte
+/// count of IOKit's walk.
+#[test]
+fn cursor_matches_iokits_walk_on_random_runs() {
+    let m = machine();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..400 {
+        let mut ranges = Vec::new();
+        let mut at = 0x10_0000 + next(16) * 0x1000;
+        for _ in 0..1 + next(6) {
+            let len = 0x100 * (1 + next(24));
+            ranges.push((at, len));
+            at += len;
+            if next(2) == 0 {
+                at += 0x100 * (1 + next(8));
+            }
+        }
+        let md = phys(&m, &ranges);
+        let total = md.length();
+        let max_segment = 0x100 * (1 + next(40));
+        let cursor_max = [0, 0x100 * (1 + next(40))][next(2) as usize];
+        let call_max = [0, 0x100 * (1 + next(40))][next(2) as usize];
+        let slots = 1 + next(5) as usize;
+        let cursor = NaturalMemoryCursor::new(max_segment, cursor_max, 1).unwrap();
+        let mut from = next(total);
+        while from < total {
+            let want = iokit_cursor_model(&md, from, slots, max_segment, cursor_max, call_max);
+            let got = walk(&cursor, &md, from, slots, call_max);
+            assert_eq!(
+                got, want,
+                "{ranges:x?} from {from:#x}: slots {slots}, max segment {max_segment:#x}, \
+                 transfer {cursor_max:#x}/{call_max:#x}"
+            );
+            assert!(got.1 > 0, "no progress");
+            from += got.1;
+        }
+    }
+}
+
 // --- IORangeAllocator -----------------------------------------------------------------
 
 /// IOKit: first fit, the lowest address (in address order of the free intervals) where the
@@ -562,6 +683,182 @@ fn range_locked_allocator_keeps_first_fit() {
         Err(Error::DoubleFree { .. })
     ));
     assert_eq!((r.free_count(), r.fragment_count()), (0xD00, 2));
+}
+
+/// IOKit's IORangeAllocator restated as a model: a sorted list of disjoint, non-adjacent
+/// closed intervals, first fit in address order, sizes rounded up to the default
+/// alignment, carving and merging as IOKit does. Only calls IOKit handles soundly are made
+/// (no zero sizes, no double frees, nothing near 2^64).
+struct IoKitRanges {
+    mask: u64,
+    free: Vec<(u64, u64)>,
+}
+
+impl IoKitRanges {
+    fn round(&self, size: u64) -> u64 {
+        (size + self.mask) & !self.mask
+    }
+
+    /// Takes `[data, last]` out of interval `i`, which holds it.
+    fn carve(&mut self, i: usize, data: u64, last: u64) {
+        let (start, end) = self.free[i];
+        match (data > start, last < end) {
+            (true, true) => {
+                self.free[i].1 = data - 1;
+                self.free.insert(i + 1, (last + 1, end));
+            }
+            (true, false) => self.free[i].1 = data - 1,
+            (false, true) => self.free[i].0 = last + 1,
+            (false, false) => {
+                self.free.remove(i);
+            }
+        }
+    }
+
+    fn allocate(&mut self, size: u64, alignment: u64) -> Option<u64> {
+        let mask = if alignment == 0 {
+            self.mask
+        } else {
+            alignment - 1
+        };
+        let size = self.round(size);
+        for i in 0..self.free.len() {
+            let (start, end) = self.free[i];
+            let data = (start + mask) & !mask;
+            let last = data + size - 1;
+            if last <= end {
+                self.carve(i, data, last);
+                return Some(data);
+            }
+        }
+        None
+    }
+
+    fn allocate_range(&mut self, data: u64, size: u64) -> bool {
+        let last = data + self.round(size) - 1;
+        for i in 0..self.free.len() {
+            let (start, end) = self.free[i];
+            if start > data {
+                break;
+            }
+            if last <= end {
+                self.carve(i, data, last);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn deallocate(&mut self, data: u64, size: u64) {
+        let last = data + self.round(size) - 1;
+        // The first interval starting at or after `data`; the one before it, if any.
+        let i = self.free.iter().position(|&(s, _)| s >= data);
+        let succ = i.unwrap_or(self.free.len());
+        let head = succ > 0 && data <= self.free[succ - 1].1 + 1;
+        let tail = succ < self.free.len() && last + 1 >= self.free[succ].0;
+        match (head, tail) {
+            (true, true) => {
+                self.free[succ - 1].1 = self.free[succ].1;
+                self.free.remove(succ);
+            }
+            (true, false) => self.free[succ - 1].1 = self.free[succ - 1].1.max(last),
+            (false, true) => self.free[succ].0 = self.free[succ].0.min(data),
+            (false, false) => self.free.insert(succ, (data, last)),
+        }
+    }
+
+    fn free_count(&self) -> u64 {
+        self.free.iter().map(|&(s, e)| e - s + 1).sum()
+    }
+}
+
+/// IOKit: everything above at once. On random allocations (default, explicit and
+/// lower-than-default alignments), fixed-range allocations and frees of whole or partial
+/// allocations, over space added at unaligned places, dmakit's allocator (first fit, its
+/// default) returns what IOKit's returns and keeps the same free intervals, free count and
+/// fragment count after every call.
+#[test]
+fn range_allocator_matches_iokits_on_random_use() {
+    let mut seed = 0xD1B5_4A32_D192_ED03u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..60 {
+        let g = 1u64 << next(9);
+        let mut r = RangeAllocator::empty(g).unwrap();
+        let mut k = IoKitRanges {
+            mask: g - 1,
+            free: Vec::new(),
+        };
+        // Two to four stretches of space, at places that need not be aligned.
+        let mut at = next(0x100) * 0x10;
+        for _ in 0..2 + next(3) {
+            let len = g * (4 + next(200));
+            r.deallocate(at, len).unwrap();
+            k.deallocate(at, len);
+            at += len + g * (1 + next(20)) + next(4) * 0x10;
+        }
+        let end = at;
+        // Live allocations, in units of the default alignment.
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for step in 0..300 {
+            match next(8) {
+                0..=2 => {
+                    let size = 1 + next(g * 12);
+                    let alignment = match next(4) {
+                        0 => 0,
+                        1 => 1,
+                        _ => 1 << next(12),
+                    };
+                    let got = r.allocate(size, alignment).ok();
+                    assert_eq!(got, k.allocate(size, alignment), "step {step}");
+                    if let Some(a) = got {
+                        live.push((a, k.round(size)));
+                    }
+                }
+                3 => {
+                    let start = next(end);
+                    let size = 1 + next(g * 6);
+                    let got = r.allocate_range(start, size).is_ok();
+                    assert_eq!(got, k.allocate_range(start, size), "step {step}");
+                    if got {
+                        live.push((start, k.round(size)));
+                    }
+                }
+                _ if !live.is_empty() => {
+                    let (a, len) = live.swap_remove(next(live.len() as u64) as usize);
+                    // The whole allocation, or a piece of it in units of `g`.
+                    let units = len / g;
+                    let (from, n) = if next(2) == 0 || units < 2 {
+                        (0, units)
+                    } else {
+                        let from = next(units);
+                        (from, 1 + next(units - from))
+                    };
+                    let (s, l) = (a + from * g, n * g);
+                    r.deallocate(s, l).unwrap();
+                    k.deallocate(s, l);
+                    if from > 0 {
+                        live.push((a, from * g));
+                    }
+                    if from + n < units {
+                        live.push((s + l, len - from * g - l));
+                    }
+                }
+                _ => {}
+            }
+            assert_eq!(
+                r.fragments().collect::<Vec<_>>(),
+                k.free,
+                "step {step}, default alignment {g:#x}"
+            );
+            assert_eq!(r.free_count(), k.free_count());
+            assert_eq!(r.fragment_count(), k.free.len());
+        }
+    }
 }
 
 // --- IOMalloc family ------------------------------------------------------------------
