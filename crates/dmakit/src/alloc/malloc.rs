@@ -16,10 +16,11 @@
 //!   address no live allocation starts at is [`Error::NotAllocated`]. Nothing is freed when
 //!   the check fails. (IOKit panics on some of these and silently corrupts accounting on
 //!   others.)
-//! * A zero size is [`Error::ZeroSize`] (IOKit's `IOMalloc(0)` returns a 16-byte element,
-//!   `IOMallocAligned(0)` returns NULL); a non-power-of-two alignment is
-//!   [`Error::BadAlignment`] (IOKit rounds 48 up to 64); sizes that overflow are
-//!   [`Error::Overflow`].
+//! * Sizes that overflow are [`Error::Overflow`] (IOKit's arithmetic may wrap).
+//! * The contiguous family refuses a zero size ([`Error::ZeroSize`], where IOKit returns
+//!   NULL) and an alignment that is not a power of two ([`Error::BadAlignment`]: IOKit uses
+//!   `align - 1` as a mask there, which for such an alignment aligns to nothing in
+//!   particular).
 //! * `io_free*(0, size)` is a no-op, as in IOKit.
 //! * Memory a device may still reach is never recycled. A whole-page block is refused by the
 //!   platform ([`PhysicalMemory::free_pages`] is `Busy` while a page is wired). A small block
@@ -29,6 +30,19 @@
 //!   prepared descriptor holds it. The block stays allocated; free it after `complete`.
 //!   (IOKit's `IOFree` frees it, and the next `IOMalloc` of that size may hand the device's
 //!   target to someone else.)
+//!
+//! Where IOKit gives a defined answer, dmakit gives the same one:
+//!
+//! * `io_malloc(0)` and `io_malloc_zero(0)` return a block (the smallest zone element,
+//!   16 bytes), freed with `io_free(addr, 0)`, as kalloc does for IOKit's `IOMalloc(0)`;
+//!   `io_malloc_pageable(0)` returns a block too (one page here; IOKit's x86_64 sub-page
+//!   allocator hands out one 64-byte chunk), freed with `io_free_pageable(addr, 0)`.
+//!   `io_malloc_aligned(0)` is [`Error::ZeroSize`], where IOKit returns NULL.
+//! * The alignment of `io_malloc_aligned` and `io_malloc_pageable` is rounded up to a power
+//!   of two, as in IOKit (`48` aligns to 64; `0` and `1` mean none). `io_malloc_aligned`
+//!   refuses an alignment above `0xFFFF_FFFF` (IOKit's must fit 32 bits; up to that it is
+//!   rounded, so the largest is 2^32), and `io_malloc_pageable` one above the page size,
+//!   both with [`Error::BadAlignment`] where IOKit returns NULL.
 //!
 //! Addresses are kernel-task [`VirtAddr`]s; the bytes are reached through the platform's
 //! [`CpuAccess`] (on the simulated machine they pass through its cache model). For Rust code
@@ -64,8 +78,12 @@ const PAGEABLE_LIMIT: u64 = 512 << 20;
 /// The highest physical address of IOMallocContiguous memory: IOKit allocates it with a
 /// 32-bit physical mask.
 const CONTIGUOUS_PHYS_LIMIT: u64 = 0xFFFF_FFFF;
-/// The largest alignment accepted (IOKit: must fit 32 bits).
+/// The largest alignment `io_malloc_contiguous` accepts: it must fit 32 bits, as IOKit
+/// builds a 32-bit physical mask from it.
 const MAX_ALIGN: u64 = 1 << 31;
+/// The largest alignment `io_malloc_aligned` accepts before rounding (IOKit: it must fit 32
+/// bits; rounded up, it is at most 2^32).
+const ALIGNED_MAX_ALIGN: u64 = u32::MAX as u64;
 
 /// Where a live allocation's memory came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,8 +229,10 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         Some((elem / MIN_ELEMENT).trailing_zeros() as usize)
     }
 
-    fn validate_size(&self, size: usize, what: &'static str) -> Result<u64> {
-        if size == 0 {
+    /// `size` as a `u64`: [`Error::ZeroSize`] for 0 unless `zero_ok`, [`Error::Overflow`]
+    /// when its page-rounded size does not fit.
+    fn validate_size(&self, size: usize, what: &'static str, zero_ok: bool) -> Result<u64> {
+        if size == 0 && !zero_ok {
             return Err(Error::ZeroSize { what });
         }
         let size = size as u64;
@@ -285,15 +305,16 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         let (addr, backing) = match zone {
             Some(class) => (self.zone_alloc(&mut s, class)?, Backing::Zone { class }),
             None => {
-                let len = self
-                    .platform
-                    .page_size()
-                    .round_up(size)
-                    .ok_or(Error::Overflow {
-                        what: family.alloc_fn(),
-                        start: 0,
-                        len: size,
-                    })?;
+                // A zero-size block (IOKit's `IOMallocPageable(0)`) takes one page.
+                let len =
+                    self.platform
+                        .page_size()
+                        .round_up(size.max(1))
+                        .ok_or(Error::Overflow {
+                            what: family.alloc_fn(),
+                            start: 0,
+                            len: size,
+                        })?;
                 let req = PageRequest { align, ..*req };
                 let a = self.platform.allocate_pages(len, &req)?.0;
                 s.page_bytes += len;
@@ -365,9 +386,11 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         Ok(())
     }
 
-    /// `io_malloc`: `size` bytes of wired kernel memory, contents unspecified.
+    /// `io_malloc`: `size` bytes of wired kernel memory, contents unspecified. A `size` of 0
+    /// gives a block too (the smallest zone element), as IOKit's `IOMalloc(0)` does; free it
+    /// with size 0.
     pub fn malloc(&self, size: usize) -> Result<VirtAddr> {
-        let size = self.validate_size(size, "io_malloc")?;
+        let size = self.validate_size(size, "io_malloc", true)?;
         self.allocate(size, 1, MallocFamily::Malloc, &PageRequest::WIRED)
     }
 
@@ -382,20 +405,25 @@ impl<P: PhysicalMemory + CpuAccess> IoHeap<P> {
         Ok(a)
     }
 
-    /// `io_malloc_aligned`: wired memory whose address is a multiple of `align` (a power of
-    /// two up to 2 GiB; 0 means 1).
+    /// `io_malloc_aligned`: wired memory whose address is a multiple of `align` rounded up
+    /// to a power of two (as IOKit rounds it: 48 aligns to 64; 0 and 1 mean none). An
+    /// `align` above `0xFFFF_FFFF` is [`Error::BadAlignment`] (IOKit: NULL), a zero `size`
+    /// [`Error::ZeroSize`] (IOKit: NULL).
     pub fn malloc_aligned(&self, size: usize, align: usize) -> Result<VirtAddr> {
-        let size = self.validate_size(size, "io_malloc_aligned")?;
-        let align = check_align("io_malloc_aligned", align as u64, MAX_ALIGN)?;
+        let size = self.validate_size(size, "io_malloc_aligned", false)?;
+        let align = round_align("io_malloc_aligned", align as u64, ALIGNED_MAX_ALIGN)?;
         self.allocate(size, align, MallocFamily::Aligned, &PageRequest::WIRED)
     }
 
     /// `io_malloc_pageable`: pageable kernel memory (whole pages, zero-filled), aligned to
-    /// `align` (a power of two, at most the page size; 0 means 1). At most 512 MiB, as on
-    /// x86_64 macOS.
+    /// `align` rounded up to a power of two (as in IOKit; 0 and 1 mean none). An `align`
+    /// above the page size is [`Error::BadAlignment`] (IOKit: NULL). At most 512 MiB, as on
+    /// x86_64 macOS. A `size` of 0 gives a block (one page), as IOKit's gives one chunk;
+    /// free it with size 0.
     pub fn malloc_pageable(&self, size: usize, align: usize) -> Result<VirtAddr> {
-        let size = self.validate_size(size, "io_malloc_pageable")?;
-        let align = check_align("io_malloc_pageable", align as u64, self.page())?;
+        let size = self.validate_size(size, "io_malloc_pageable", true)?;
+        let page = self.page();
+        let align = round_align("io_malloc_pageable", align as u64, page)?;
         if size > PAGEABLE_LIMIT {
             return Err(Error::NoMemory {
                 what: "io_malloc_pageable (limit 512 MiB)",
@@ -453,7 +481,7 @@ impl<P: PhysicalMemory + CpuAccess + Wiring> IoHeap<P> {
     /// both addresses. See [`io_malloc_contiguous`].
     pub fn malloc_contiguous(&self, size: usize, align: usize) -> Result<(VirtAddr, PhysAddr)> {
         const WHAT: &str = "io_malloc_contiguous";
-        let size = self.validate_size(size, WHAT)?;
+        let size = self.validate_size(size, WHAT, false)?;
         let align = check_align(WHAT, align as u64, MAX_ALIGN)?;
         let req = PageRequest {
             align,
@@ -526,6 +554,8 @@ impl MallocFamily {
     }
 }
 
+/// An alignment that is 0 (read as 1) or a power of two up to `max`, else
+/// [`Error::BadAlignment`].
 fn check_align(what: &'static str, align: u64, max: u64) -> Result<u64> {
     let align = align.max(1);
     if !align.is_power_of_two() || align > max {
@@ -534,12 +564,28 @@ fn check_align(what: &'static str, align: u64, max: u64) -> Result<u64> {
     Ok(align)
 }
 
+/// IOKit's reading of an `IOMallocAligned` / `IOMallocPageable` alignment: 0 and 1 mean
+/// none, anything else is rounded up to a power of two. An alignment above `max` (checked
+/// before rounding, as IOKit does) is [`Error::BadAlignment`].
+fn round_align(what: &'static str, align: u64, max: u64) -> Result<u64> {
+    if align > max {
+        return Err(Error::BadAlignment { what, align });
+    }
+    // `align <= max <= 2^32`, so the rounded value fits.
+    Ok(align.max(1).next_power_of_two())
+}
+
 /// IOMalloc: `size` bytes of wired kernel memory. Free with [`io_free`] and the same size.
+///
+/// A `size` of 0 gives a block (the smallest zone element, 16 bytes), freed with size 0, as
+/// IOKit's kalloc does. Also IOKit's `IOMallocData`: dmakit has one heap, so the data-only
+/// variant is the same call.
 pub fn io_malloc<P: PhysicalMemory + CpuAccess>(heap: &IoHeap<P>, size: usize) -> Result<VirtAddr> {
     heap.malloc(size)
 }
 
-/// IOMallocZero: as [`io_malloc`], zero-filled. Free with [`io_free`].
+/// IOMallocZero: as [`io_malloc`], zero-filled. Free with [`io_free`]. Also IOKit's
+/// `IOMallocZeroData`.
 pub fn io_malloc_zero<P: PhysicalMemory + CpuAccess>(
     heap: &IoHeap<P>,
     size: usize,
@@ -547,7 +593,10 @@ pub fn io_malloc_zero<P: PhysicalMemory + CpuAccess>(
     heap.malloc_zero(size)
 }
 
-/// IOMallocAligned: wired memory aligned to `align`. Free with [`io_free_aligned`].
+/// IOMallocAligned: wired memory aligned to `align` rounded up to a power of two (as in
+/// IOKit: 48 aligns to 64; 0 and 1 mean none; above `0xFFFF_FFFF` is
+/// [`Error::BadAlignment`]). A zero `size` is [`Error::ZeroSize`] (IOKit: NULL). Free with
+/// [`io_free_aligned`].
 pub fn io_malloc_aligned<P: PhysicalMemory + CpuAccess>(
     heap: &IoHeap<P>,
     size: usize,
@@ -556,7 +605,10 @@ pub fn io_malloc_aligned<P: PhysicalMemory + CpuAccess>(
     heap.malloc_aligned(size, align)
 }
 
-/// IOMallocPageable: pageable memory. Free with [`io_free_pageable`].
+/// IOMallocPageable: pageable memory, zero-filled (so also IOKit's
+/// `IOMallocPageableZero`). Free with [`io_free_pageable`]. `align` is rounded up to a
+/// power of two, as in IOKit; above the page size it is [`Error::BadAlignment`]. A `size`
+/// of 0 gives a block, freed with size 0.
 pub fn io_malloc_pageable<P: PhysicalMemory + CpuAccess>(
     heap: &IoHeap<P>,
     size: usize,
@@ -565,8 +617,8 @@ pub fn io_malloc_pageable<P: PhysicalMemory + CpuAccess>(
     heap.malloc_pageable(size, align)
 }
 
-/// IOFree: frees an [`io_malloc`] / [`io_malloc_zero`] block; `size` must be the
-/// allocation's. A null address is a no-op.
+/// IOFree (and IOKit's `IOFreeData`): frees an [`io_malloc`] / [`io_malloc_zero`] block;
+/// `size` must be the allocation's. A null address is a no-op.
 pub fn io_free<P: PhysicalMemory + CpuAccess>(
     heap: &IoHeap<P>,
     addr: VirtAddr,
@@ -604,7 +656,9 @@ pub fn io_free_pageable<P: PhysicalMemory + CpuAccess>(
 /// * Whole pages are taken, however small `size` is.
 ///
 /// Errors: a zero `size` is [`Error::ZeroSize`] (IOKit returns NULL); an alignment that is
-/// not a power of two is [`Error::BadAlignment`] (IOKit rounds it up); no contiguous run low
+/// not a power of two, or above 2^31, is [`Error::BadAlignment`] (IOKit uses `align - 1` as
+/// a mask, so such an alignment gives an address aligned to nothing in particular, or, in
+/// its 32-bit physical mask, no memory at all); no contiguous run low
 /// enough is the platform's error (on the simulated machine
 /// [`Error::NoSuitableMemory`]). Nothing stays allocated after an error.
 ///
@@ -733,7 +787,8 @@ impl<'h, P: PhysicalMemory + CpuAccess> IoMemory<'h, P> {
         self.len
     }
 
-    /// Never true: allocations have at least one byte.
+    /// Whether the block was allocated with size 0 (`io_malloc(0)` gives a block, as in
+    /// IOKit).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -1043,14 +1098,8 @@ mod tests {
     #[test]
     fn bad_sizes_and_alignments_are_errors() {
         let h = heap();
-        assert!(matches!(io_malloc(&h, 0), Err(Error::ZeroSize { .. })));
-        assert!(matches!(io_malloc_zero(&h, 0), Err(Error::ZeroSize { .. })));
         assert!(matches!(
             io_malloc_aligned(&h, 0, 8),
-            Err(Error::ZeroSize { .. })
-        ));
-        assert!(matches!(
-            io_malloc_pageable(&h, 0, 0),
             Err(Error::ZeroSize { .. })
         ));
         assert!(matches!(
@@ -1060,10 +1109,6 @@ mod tests {
         assert!(matches!(
             io_malloc_aligned(&h, usize::MAX - 10, 8),
             Err(Error::Overflow { .. })
-        ));
-        assert!(matches!(
-            io_malloc_aligned(&h, 8, 48),
-            Err(Error::BadAlignment { align: 48, .. })
         ));
         assert!(matches!(
             io_malloc_aligned(&h, 8, 1 << 32),

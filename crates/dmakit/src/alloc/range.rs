@@ -118,15 +118,22 @@
 //!   `dmakit bench` measures it. Every power-of-two alignment up to 2^63 is honoured by both;
 //!   callers that need a particular address use `allocate_range`.
 //! * A free that overlaps free space is [`Error::DoubleFree`] and changes nothing (IOKit
-//!   silently corrupts its list); a size of zero is [`Error::ZeroSize`]; a non-power-of-two
-//!   alignment is [`Error::BadAlignment`]; a range past 2^64 is [`Error::Overflow`]. A free
+//!   silently corrupts its list); a size of zero is [`Error::ZeroSize`] (IOKit's
+//!   `allocate` and `allocateRange` return false, but its `deallocate` inserts an empty
+//!   interval that counts as a fragment); a non-power-of-two alignment is
+//!   [`Error::BadAlignment`] (IOKit uses `alignment - 1` as a mask unchecked, which places
+//!   such ranges anywhere); a range past 2^64 is [`Error::Overflow`] (IOKit's sums wrap and
+//!   it hands out or frees the wrapped range). A free
 //!   that is part allocation and part space the allocator never owned (a size larger than
 //!   the allocation) is [`Error::NotOwned`] and changes nothing. There is no fragment array,
 //!   so no capacity to exhaust (IOKit writes past its array when the growth increment is 0)
-//!   and none to configure.
+//!   and none to configure: IOKit's `getFragmentCapacity` and
+//!   `setFragmentCapacityIncrement` have no counterpart.
 //! * IOKit's `withRange` quirk is kept: [`with_end_of_range`](RangeAllocator::with_end_of_range)
 //!   rounds the size `end + 1` up to the default alignment, so the space can reach past
-//!   `end`.
+//!   `end`. A space of 2^64 bytes is refused (IOKit's size wraps to 0 there).
+//! * IOKit's `kLocking` takes one mutex shared by every locking allocator of the kernel;
+//!   each [`LockedRangeAllocator`](super::LockedRangeAllocator) has locks of its own.
 
 use super::ordered::SortedIndex;
 use super::size_class::{ceil_class, floor_class, ClassMap, CLASSES};
@@ -362,6 +369,13 @@ impl RangeAllocator {
     /// IOKit's `withRange(endOfRange, defaultAlignment)`: the space `[0, end_of_range]`
     /// (inclusive), or an empty allocator when `end_of_range` is 0. As in IOKit the
     /// size `end_of_range + 1` is rounded up to the default alignment.
+    ///
+    /// A space of 2^64 bytes or more (`end_of_range` `u64::MAX`, or a size rounded past
+    /// 2^64) is [`Error::Overflow`]: its free count does not fit in 64 bits. (IOKit's size
+    /// wraps to 0 there, so its allocator holds the whole space while `getFreeCount`
+    /// reports 0.) IOKit's `capacity` and `options` arguments have no counterpart: there is
+    /// no fragment array to size, and [`LockedRangeAllocator`](super::LockedRangeAllocator)
+    /// is the `kLocking` option.
     ///
     /// ```
     /// use dmakit::alloc::RangeAllocator;

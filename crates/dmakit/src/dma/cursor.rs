@@ -13,9 +13,21 @@
 //! size above that is refused. A per-call maximum transfer size, when not 0, replaces the
 //! cursor's own.
 //!
-//! Divergences from IOKit: a maximum segment size of 0 means unlimited
-//! (IOKit emits zero-length segments); the alignment is checked (a segment whose start
-//! breaks it is [`Error::NotAligned`]; IOKit stores it and ignores it).
+//! Divergences from IOKit:
+//!
+//! * A maximum segment size of 0 means unlimited (IOKit emits zero-length segments, and its
+//!   walk never ends).
+//! * The alignment is a power of two ([`Error::BadAlignment`] otherwise) and is checked: a
+//!   segment whose start breaks it is [`Error::NotAligned`]. IOKit stores the alignment and
+//!   ignores it, handing the device starts it may not be able to use. After such an error
+//!   the output may hold the elements written before the misaligned one; the call
+//!   describes nothing.
+//! * Physical address 0 is an address like any other (IOKit's walk reads 0 as "no
+//!   segment", so it cannot describe memory there), and a descriptor that cannot give its
+//!   physical segments (unprepared virtual memory) is its error, [`Error::NotReady`] (IOKit
+//!   panics).
+//! * No element is written past the end of the output: a call writes at most as many as
+//!   the output holds, whatever `max_segments` says.
 //!
 //! ```
 //! use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions};

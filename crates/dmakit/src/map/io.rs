@@ -6,7 +6,15 @@
 //! registered device region such as a mapped BAR, or a wired allocation). Each call is one
 //! naturally aligned access of exactly its width, never torn or merged. A misaligned address
 //! is [`Error::NotAligned`](crate::Error::NotAligned) and an address nothing backs is
-//! [`Error::NotMapped`](crate::Error::NotMapped): errors, not machine checks.
+//! [`Error::NotMapped`](crate::Error::NotMapped): errors, not machine checks (IOKit checks
+//! neither and leaves both to the hardware).
+//!
+//! IOKit first translates the address through the system mapper when there is one, because
+//! its `getPhysicalSegment` then returns IO virtual addresses. dmakit's
+//! [`physical_segment`](crate::descriptor::MemoryDescriptor::physical_segment) always
+//! returns CPU physical addresses (IO virtual addresses come only from a DMA command or a
+//! mapper), so these calls take a CPU physical address and translate nothing: do not pass
+//! them an address a mapper handed out.
 //!
 //! ```
 //! use dmakit::map::{mapped_read16, mapped_read32, mapped_write32};
