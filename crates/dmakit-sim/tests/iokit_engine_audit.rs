@@ -930,3 +930,99 @@ fn device_memory_list_is_tagged_in_order_and_all_or_nothing() {
     let e = device_memory_list(m, &[list[0], bad, list[2]]).unwrap_err();
     assert!(matches!(e, Error::Overflow { .. }), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// What driver developers get wrong
+// ---------------------------------------------------------------------------------------
+
+/// A common IOKit mistake: handing a DMA engine that sits behind an IOMMU the CPU
+/// physical addresses of a buffer instead of its IODMACommand segments; the IOMMU refuses
+/// the access (a "vtd fault"). dmakit reports it in the transfer's completion status (a
+/// DmaFault through the IOMMU, kIOReturnDMAError) and moves nothing; the same transfer
+/// with segments from a mapped DmaCommand works.
+#[test]
+fn cpu_physical_addresses_behind_an_iommu_fault_in_the_completion_status() {
+    use dmakit::dma::{MappingMode, PrepareOptions, SegmentFormat};
+    use dmakit::mapper::IommuMapper;
+    use dmakit_sim::SimIommu;
+
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(19)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x4000_0000, 0x1000_0000).unwrap());
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), Some(iommu)).unwrap());
+    let data: Vec<u8> = (0..0x2000u32).map(|i| (i % 253) as u8).collect();
+    let buf =
+        Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::InOut).unwrap());
+    let es = DmaEventSource::synchronous(engine.clone());
+
+    let (s, d) = (seg(&buf, 0, 64), seg(&buf, 0x1000, 64));
+    let r = es
+        .start_dma_command(
+            &DmaTransfer {
+                source: &s,
+                dest: &d,
+            },
+            SyncWait::Polls(1),
+        )
+        .unwrap();
+    let DmaStart::Completed(c) = r else {
+        panic!("{r:?}")
+    };
+    let e = c.status.unwrap_err();
+    assert!(
+        matches!(e, Error::DmaFault { via_iommu: true, write: false, addr, .. } if addr == s[0].addr.0),
+        "{e:?}"
+    );
+    assert_eq!(e.io_return(), IoReturn::DMA_ERROR);
+    assert_eq!(bytes(&buf, 0x1000, 64), data[0x1000..0x1040].to_vec());
+
+    // The same copy with the buffer's IO addresses.
+    let mut cmd = DmaCommand::builder(m.clone())
+        .spec(SegmentSpec::builder().build().unwrap())
+        .mode(MappingMode::Mapped(mapper))
+        .build()
+        .unwrap();
+    cmd.set_memory_descriptor(buf.clone()).unwrap();
+    cmd.prepare(PrepareOptions::new()).unwrap();
+    let mut out = [0u8; 16 * 4];
+    let mut offset = 0;
+    let n = cmd.gen_segments(&mut offset, &mut out).unwrap();
+    let io: Vec<IoSegment> = (0..n)
+        .map(|i| SegmentFormat::Host64.read(&out, i).unwrap())
+        .collect();
+    let at = |off: u64| -> [IoSegment; 1] {
+        let mut skip = off;
+        for s in &io {
+            if skip < s.len {
+                return [IoSegment {
+                    addr: IoAddr(s.addr.0 + skip),
+                    len: 64,
+                }];
+            }
+            skip -= s.len;
+        }
+        panic!("offset {off:#x} past the segments")
+    };
+    let (s, d) = (at(0), at(0x1000));
+    let r = es
+        .start_dma_command(
+            &DmaTransfer {
+                source: &s,
+                dest: &d,
+            },
+            SyncWait::Polls(1),
+        )
+        .unwrap();
+    assert!(
+        matches!(r, DmaStart::Completed(ref c) if c.status.is_ok() && c.bytes == 64),
+        "{r:?}"
+    );
+    cmd.complete().unwrap();
+    assert_eq!(bytes(&buf, 0x1000, 64), data[..64].to_vec());
+}

@@ -231,7 +231,9 @@ pub trait CompletionSource: Send + Sync {
 ///   `validFIFODepth` take a direction, which most engines ignore).
 /// * Completions carry no timestamp, and there is no notification action called from the
 ///   interrupt: the interrupt only signals ([`InterruptSink`]), and everything a
-///   completion says is delivered to the completion action.
+///   completion says is delivered to the completion action. A driver that must act at
+///   interrupt time (IOKit's notification action) connects an [`InterruptSink`] of its
+///   own that does so and then raises the event source.
 pub trait DmaController: CompletionSource {
     /// Queues a transfer (IOKit `startDMACommand`); returns its ticket.
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64>;
