@@ -680,6 +680,53 @@ fn disabling_from_the_action_stops_delivery_after_it() {
     );
 }
 
+/// IOKit `disable` closes the work-loop gate, so it returns only once an action running
+/// on the work loop has returned; after it, the action does not run. dmakit's `disable`
+/// from another thread waits the same way.
+#[test]
+fn disable_from_another_thread_waits_for_the_running_action() {
+    let (_m, engine, buf) = rig(20);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<u64>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let es = Arc::new(DmaEventSource::new(engine.clone(), move |c| {
+        let _ = entered_tx.send(c.ticket);
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(20));
+    }));
+    let first = start(&es, &buf, 0, 0x2000, 8);
+    start(&es, &buf, 8, 0x2008, 8);
+    let poller = {
+        let es = es.clone();
+        std::thread::spawn(move || es.poll())
+    };
+    assert_eq!(entered_rx.recv_timeout(Duration::from_secs(20)), Ok(first));
+    let disabled = Arc::new(AtomicBool::new(false));
+    let disabler = {
+        let (es, disabled) = (es.clone(), disabled.clone());
+        std::thread::spawn(move || {
+            es.disable();
+            disabled.store(true, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !disabled.load(Ordering::SeqCst),
+        "disable returned while the action ran"
+    );
+    release_tx.send(()).unwrap();
+    disabler.join().unwrap();
+    poller.join().unwrap();
+    assert!(disabled.load(Ordering::SeqCst));
+    assert!(
+        entered_rx.try_recv().is_err(),
+        "the action did not run again after disable"
+    );
+    assert_eq!(es.held_completions(), 1);
+}
+
 /// IOKit `enable` signals the work loop, which then delivers what waited.
 #[test]
 fn enable_wakes_the_work_loop_to_deliver_held_completions() {

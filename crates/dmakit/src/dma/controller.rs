@@ -349,6 +349,10 @@ struct Delivery {
     sync: SyncState,
     /// Whether completions are delivered to the action (IOKit's event source enable bit).
     enabled: bool,
+    /// The thread running the action while `delivering` (so `disable` from that thread,
+    /// inside the action, does not wait for itself).
+    #[cfg(all(feature = "std", not(loom)))]
+    deliverer: Option<std::thread::ThreadId>,
 }
 
 /// Gives the action back to its event source when a delivery ends, normally or because the
@@ -362,6 +366,10 @@ impl<C: CompletionSource + ?Sized> Drop for Restore<'_, C> {
     fn drop(&mut self) {
         let mut d = self.source.delivery.lock();
         d.delivering = false;
+        #[cfg(all(feature = "std", not(loom)))]
+        {
+            d.deliverer = None;
+        }
         // An action set while this one ran takes its place.
         if d.action.is_none() {
             d.action = self.action.take();
@@ -451,6 +459,8 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
                 queue: alloc_crate::collections::VecDeque::new(),
                 sync: SyncState::Idle,
                 enabled: true,
+                #[cfg(all(feature = "std", not(loom)))]
+                deliverer: None,
             }),
             pending: crate::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "std")]
@@ -476,10 +486,26 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
     /// waiter without the work loop.
     ///
     /// Called from the action, it stops the delivery after that action returns. Called from
-    /// another thread while an action runs, it does not wait for that call to return (IOKit
-    /// waits, through the work-loop gate); no further completion is delivered after it.
+    /// another thread while the action runs, it waits for that call of the action to return,
+    /// as IOKit's `disable` waits for the work-loop gate: once it returns, the action is
+    /// not running and will not run until [`enable`](Self::enable). (So the action must not
+    /// wait for a thread that is disabling its event source.) Without the `std` feature it
+    /// cannot wait: the call of the action already under way may still be running.
     pub fn disable(&self) {
         self.delivery.lock().enabled = false;
+        #[cfg(all(feature = "std", not(loom)))]
+        {
+            let me = std::thread::current().id();
+            loop {
+                {
+                    let d = self.delivery.lock();
+                    if !d.delivering || d.deliverer == Some(me) {
+                        return;
+                    }
+                }
+                std::thread::sleep(core::time::Duration::from_micros(200));
+            }
+        }
     }
 
     /// IOKit `IOEventSource::enable`: completions go to the action again. As in IOKit the
@@ -553,6 +579,10 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
         if !d.delivering && d.enabled && !d.queue.is_empty() {
             if let Some(action) = d.action.take() {
                 d.delivering = true;
+                #[cfg(all(feature = "std", not(loom)))]
+                {
+                    d.deliverer = Some(std::thread::current().id());
+                }
                 let mut restore = Restore {
                     source: self,
                     action: Some(action),
