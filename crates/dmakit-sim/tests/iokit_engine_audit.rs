@@ -406,6 +406,37 @@ fn an_unprepared_command_fails_before_it_reaches_the_controller() {
     );
 }
 
+/// IOKit `startDMACommand(cmd, dir, byteCount = 0)` moves the whole command when the
+/// count is 0. A dmakit transfer is the segments themselves, so there is no "whole" to
+/// fall back to: a transfer of no bytes, or with unequal sides, is BadArgument and never
+/// reaches the engine.
+#[test]
+fn an_empty_or_lopsided_transfer_is_bad_argument() {
+    let (m, engine, buf) = rig(21);
+    let es = DmaEventSource::synchronous(engine.clone());
+    let (s, d) = (seg(&buf, 0, 8), seg(&buf, 0x2000, 9));
+    let empty = [IoSegment {
+        addr: s[0].addr,
+        len: 0,
+    }];
+    for (source, dest) in [
+        (&[][..], &[][..]),
+        (&empty[..], &empty[..]),
+        (&s[..], &d[..]),
+    ] {
+        let e = es
+            .start_dma_command(&DmaTransfer { source, dest }, SyncWait::Polls(1))
+            .unwrap_err();
+        assert_eq!(e.io_return(), IoReturn::BAD_ARGUMENT, "{e:?}");
+        assert!(!es.is_busy());
+    }
+    assert_eq!(
+        mapped_read32(&*m, PhysAddr(engine.registers().0 + regs::TAIL)).unwrap(),
+        0,
+        "nothing was queued"
+    );
+}
+
 /// IOKit sleeps in a synchronous `startDMACommand` for as long as the controller takes;
 /// dmakit bounds the wait: Timeout, and the event source stays busy (the transfer still
 /// owns its memory) until a poll sees it finish.

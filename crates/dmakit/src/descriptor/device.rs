@@ -55,7 +55,9 @@ pub fn device_memory<P: Platform>(
 
 /// `IODeviceMemory::withSubRange(of, offset, length)`: a window of direction `None` on
 /// `of`; a window that does not lie inside `of` is
-/// [`Error::OutOfBounds`](crate::Error::OutOfBounds) (IOKit returns NULL).
+/// [`Error::OutOfBounds`](crate::Error::OutOfBounds) (IOKit returns NULL, except that its
+/// check adds `offset + length` without overflow detection, so an offset near 2^64 passes
+/// it and describes memory outside `of`; dmakit refuses that too).
 pub fn device_sub_range(
     of: Arc<dyn MemoryDescriptor>,
     offset: u64,

@@ -228,7 +228,9 @@ pub trait CompletionSource: Send + Sync {
 /// * [`stop`](Self::stop) takes no `flush` or timeout: what a stop does with data already
 ///   in the engine, and how long it may wait, is the controller's to document.
 /// * The FIFO depth is one number for both directions (IOKit's `getFIFODepth` and
-///   `validFIFODepth` take a direction, which most engines ignore).
+///   `validFIFODepth` take a direction, which most engines ignore), and its unit is the
+///   controller's to document: IOKit passes it as a byte count (a peripheral channel's
+///   FIFO), the simulator's engine counts the transfers (descriptor slots) it holds.
 /// * Completions carry no timestamp, and there is no notification action called from the
 ///   interrupt: the interrupt only signals ([`InterruptSink`]), and everything a
 ///   completion says is delivered to the completion action. A driver that must act at
@@ -244,7 +246,9 @@ pub trait DmaController: CompletionSource {
     /// Bytes moved so far by transfer `ticket` (IOKit `queryDMACommand`).
     fn query(&self, ticket: u64) -> Result<u64>;
 
-    /// How many transfers the engine holds at once (IOKit `getFIFODepth`).
+    /// The depth of the engine's FIFO (IOKit `getFIFODepth`), in the controller's unit:
+    /// how many transfers it holds at once for a queueing engine, bytes for a peripheral
+    /// channel's FIFO as in IOKit.
     fn fifo_depth(&self) -> u32;
 
     /// Sets the FIFO depth (must be a valid depth; IOKit `setFIFODepth`).
@@ -800,7 +804,8 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
         self.controller.query(ticket)
     }
 
-    /// IOKit `IODMAEventSource::getFIFODepth`: how many transfers the controller holds.
+    /// IOKit `IODMAEventSource::getFIFODepth`: the controller's FIFO depth
+    /// ([`DmaController::fifo_depth`]).
     pub fn fifo_depth(&self) -> u32 {
         self.controller.fifo_depth()
     }
