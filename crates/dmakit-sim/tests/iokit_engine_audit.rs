@@ -1104,3 +1104,54 @@ fn cpu_physical_addresses_behind_an_iommu_fault_in_the_completion_status() {
     cmd.complete().unwrap();
     assert_eq!(bytes(&buf, 0x1000, 64), data[..64].to_vec());
 }
+
+/// IOKit's `kIOMemoryMapperNone` on IODeviceMemory only keeps the descriptor's own
+/// `getPhysicalSegment` off the system mapper; an IODMACommand with a mapper still maps
+/// the range for its device (peer-to-peer DMA to a BAR). dmakit: a bypassed command's
+/// segments are the range's physical addresses, a mapped command's are IO addresses that
+/// the IOMMU translates back to them.
+#[test]
+fn device_memory_through_a_dma_command_is_physical_bypassed_and_mapped_through_an_iommu() {
+    use dmakit::dma::{MappingMode, PrepareOptions};
+    use dmakit::mapper::IommuMapper;
+    use dmakit_sim::{ScratchDevice, SimIommu};
+
+    let regs = Arc::new(Mutex::new(ScratchDevice::new(0x1234_5678, 0x100)));
+    let m = Arc::new(
+        MachineBuilder::new()
+            .coherent(true)
+            .mmio(0xFE00_0000, 0x2000, regs)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x4000_0000, 0x1000_0000).unwrap());
+    let bar: Arc<dyn MemoryDescriptor> =
+        Arc::new(device_memory(m.clone(), PhysAddr(0xFE00_0000), 0x2000).unwrap());
+    let segments = |mode: MappingMode| -> Vec<IoSegment> {
+        let mut c = DmaCommand::builder(m.clone())
+            .spec(SegmentSpec::builder().build().unwrap())
+            .mode(mode)
+            .build()
+            .unwrap();
+        c.set_memory_descriptor(bar.clone()).unwrap();
+        c.prepare(PrepareOptions::new()).unwrap();
+        let segs: Vec<IoSegment> = c.segments().map(|s| s.unwrap()).collect();
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        assert_eq!(total, 0x2000);
+        let entries = iommu.table_entries();
+        c.complete().unwrap();
+        if segs[0].addr.0 != 0xFE00_0000 {
+            // Both BAR pages were in the IOMMU's table while prepared.
+            assert_eq!(entries - iommu.table_entries(), 2);
+        }
+        segs
+    };
+    let direct = segments(MappingMode::Bypassed);
+    assert_eq!(direct[0].addr, IoAddr(0xFE00_0000));
+    let mapped = segments(MappingMode::Mapped(mapper));
+    assert!(
+        (0x4000_0000..0x5000_0000).contains(&mapped[0].addr.0),
+        "{mapped:?}"
+    );
+}
