@@ -376,7 +376,7 @@ fn controllers_are_registered_by_phandle_and_found_by_their_clients() {
         })
     ));
     assert!(matches!(
-        reg.find_for_client(&[0x10], usize::MAX),
+        reg.find_for_client(&[0x10, 0x4e], usize::MAX),
         Err(Error::OutOfBounds { .. })
     ));
     assert!(matches!(

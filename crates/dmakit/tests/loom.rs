@@ -244,3 +244,34 @@ fn a_synchronous_start_gets_its_own_completion_while_another_thread_polls() {
         assert!(!es.is_busy());
     });
 }
+
+#[test]
+fn a_disable_racing_a_poll_holds_the_rest_and_enable_delivers_each_once_in_order() {
+    loom::model(|| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let c = Arc::new(Instant::default());
+        let es = Arc::new(DmaEventSource::new(c.clone(), move |d: DmaCompletion| {
+            s2.lock().unwrap().push(d.ticket)
+        }));
+        es.start(&transfer()).unwrap();
+        let poller = {
+            let es = es.clone();
+            thread::spawn(move || {
+                es.start(&transfer()).unwrap();
+                es.poll();
+            })
+        };
+        es.disable();
+        es.poll();
+        poller.join().unwrap();
+        let before = seen.lock().unwrap().clone();
+        assert!(
+            [vec![], vec![1], vec![1, 2]].contains(&before),
+            "{before:?}"
+        );
+        es.enable();
+        es.poll();
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2], "each once, in order");
+    });
+}

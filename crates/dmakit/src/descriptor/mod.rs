@@ -62,7 +62,7 @@ mod multi;
 mod sub;
 
 pub use buffer::{BufferMemoryDescriptor, BufferOptions, BytesNoCopy, BytesNoCopyMut};
-pub use device::{device_memory, device_sub_range, DeviceMemory};
+pub use device::{device_memory, device_memory_list, device_sub_range, DeviceMemory, DeviceRange};
 pub use general::GeneralMemoryDescriptor;
 pub(crate) use holders::Removed;
 pub use holders::{Holders, PrepOwner};

@@ -98,6 +98,12 @@ pub struct DmaCompletion {
 /// any device queue a driver wants completions of through a [`DmaEventSource`] (an NVMe
 /// completion queue, a NIC's receive ring).
 ///
+/// This is the controller's half of IOKit's `IODMAController::notifyDMACommand` (a
+/// command's status and byte count) and `completeDMACommand` (queue it for the work loop):
+/// IOKit's controller pushes each finished command into its event source from the
+/// interrupt, a dmakit controller hands them over, oldest first, when the event source
+/// asks (after an [`InterruptSink::raise`]).
+///
 /// ```
 /// use dmakit::dma::{CompletionSource, DmaCompletion, DmaEventSource, InterruptSink};
 /// use std::sync::{Arc, Mutex};
@@ -202,6 +208,34 @@ pub trait CompletionSource: Send + Sync {
 /// assert_eq!(&back, b"abcd");
 /// # Ok::<(), dmakit::Error>(())
 /// ```
+///
+/// # Where it differs from IOKit's class
+///
+/// * One controller value is one channel: IOKit's controller serves many channels and
+///   picks one by the `dmaIndex` its `initDMAChannel` handed the event source; in dmakit a
+///   driver with several channels makes one controller value per channel. So an event
+///   source always has a controller and a channel, and IOKit's `kIOReturnError` for an
+///   event source without them cannot happen.
+/// * A transfer is a pair of segment lists (from
+///   [`DmaCommand::gen_segments`](super::DmaCommand::gen_segments) or any other source),
+///   not an `IODMACommand` with a direction, byte count and offset: the caller cuts the
+///   part to move, so an unprepared command fails where its segments are generated
+///   ([`Error::NotReady`]), before anything reaches the controller.
+/// * [`start`](Self::start) returns a ticket that names the transfer in
+///   [`query`](Self::query) and in its [`DmaCompletion`]; IOKit's `queryDMACommand` returns
+///   the command in progress instead, and can wait for the channel to go idle (poll
+///   the event source for that).
+/// * [`stop`](Self::stop) takes no `flush` or timeout: what a stop does with data already
+///   in the engine, and how long it may wait, is the controller's to document.
+/// * The FIFO depth is one number for both directions (IOKit's `getFIFODepth` and
+///   `validFIFODepth` take a direction, which most engines ignore), and its unit is the
+///   controller's to document: IOKit passes it as a byte count (a peripheral channel's
+///   FIFO), the simulator's engine counts the transfers (descriptor slots) it holds.
+/// * Completions carry no timestamp, and there is no notification action called from the
+///   interrupt: the interrupt only signals ([`InterruptSink`]), and everything a
+///   completion says is delivered to the completion action. A driver that must act at
+///   interrupt time (IOKit's notification action) connects an [`InterruptSink`] of its
+///   own that does so and then raises the event source.
 pub trait DmaController: CompletionSource {
     /// Queues a transfer (IOKit `startDMACommand`); returns its ticket.
     fn start(&self, transfer: &DmaTransfer<'_>) -> Result<u64>;
@@ -212,15 +246,47 @@ pub trait DmaController: CompletionSource {
     /// Bytes moved so far by transfer `ticket` (IOKit `queryDMACommand`).
     fn query(&self, ticket: u64) -> Result<u64>;
 
-    /// How many transfers the engine holds at once.
+    /// The depth of the engine's FIFO (IOKit `getFIFODepth`), in the controller's unit:
+    /// how many transfers it holds at once for a queueing engine, bytes for a peripheral
+    /// channel's FIFO as in IOKit.
     fn fifo_depth(&self) -> u32;
 
-    /// Sets the FIFO depth (must be a valid depth).
+    /// Sets the FIFO depth (must be a valid depth; IOKit `setFIFODepth`).
     fn set_fifo_depth(&self, depth: u32) -> Result<()>;
 
-    /// The nearest valid depth to `depth`, or 0 if there is none (IOKit returns an error
-    /// code converted to a byte count here; dmakit returns 0).
+    /// The nearest valid depth to `depth`, or 0 if there is none (IOKit `validFIFODepth`,
+    /// which returns an error code converted to a byte count here; dmakit returns 0).
     fn valid_fifo_depth(&self, depth: u32) -> u32;
+
+    /// Sets the bytes the engine moves per request of a peripheral (IOKit `setFrameSize`).
+    ///
+    /// IOKit has every controller implement it; dmakit's default is
+    /// [`Error::Unsupported`], right for an engine without peripheral requests (a
+    /// memory-to-memory engine). IOKit has no call that reads the frame size back.
+    fn set_frame_size(&self, byte_count: u8) -> Result<()> {
+        let _ = byte_count;
+        Err(Error::Unsupported {
+            what: "this DMA controller has no frame size (setFrameSize)",
+        })
+    }
+
+    /// Routes the channel to peripheral request line `req_index` (IOKit `setDMAConfig`).
+    ///
+    /// IOKit has every controller implement it; dmakit's default is [`Error::Unsupported`]
+    /// (an engine without request lines).
+    fn set_dma_config(&self, req_index: u32) -> Result<()> {
+        let _ = req_index;
+        Err(Error::Unsupported {
+            what: "this DMA controller has no request lines to configure (setDMAConfig)",
+        })
+    }
+
+    /// Whether [`set_dma_config`](Self::set_dma_config) would accept `req_index` (IOKit
+    /// `validDMAConfig`). The default accepts none.
+    fn valid_dma_config(&self, req_index: u32) -> bool {
+        let _ = req_index;
+        false
+    }
 }
 
 /// Something an engine calls when it raises its completion interrupt.
@@ -285,6 +351,34 @@ struct Delivery {
     /// Completions taken and not yet delivered, in order.
     queue: alloc_crate::collections::VecDeque<DmaCompletion>,
     sync: SyncState,
+    /// Whether completions are delivered to the action (IOKit's event source enable bit).
+    enabled: bool,
+    /// The thread running the action while `delivering` (so `disable` from that thread,
+    /// inside the action, does not wait for itself).
+    #[cfg(all(feature = "std", not(loom)))]
+    deliverer: Option<std::thread::ThreadId>,
+}
+
+/// Gives the action back to its event source when a delivery ends, normally or because the
+/// action panicked (so a later poll still delivers).
+struct Restore<'a, C: CompletionSource + ?Sized> {
+    source: &'a DmaEventSource<C>,
+    action: Option<Box<dyn FnMut(DmaCompletion) + Send>>,
+}
+
+impl<C: CompletionSource + ?Sized> Drop for Restore<'_, C> {
+    fn drop(&mut self) {
+        let mut d = self.source.delivery.lock();
+        d.delivering = false;
+        #[cfg(all(feature = "std", not(loom)))]
+        {
+            d.deliverer = None;
+        }
+        // An action set while this one ran takes its place.
+        if d.action.is_none() {
+            d.action = self.action.take();
+        }
+    }
 }
 
 /// IOKit's IODMAEventSource: completions of a controller (or any [`CompletionSource`]),
@@ -295,6 +389,15 @@ struct Delivery {
 /// One made with [`synchronous`](Self::synchronous) has none, and, as in IOKit,
 /// [`start_dma_command`](Self::start_dma_command) then waits for its own completion and
 /// returns it, one command at a time.
+///
+/// [`disable`](Self::disable) holds completions back from the action until
+/// [`enable`](Self::enable), as IOKit's work loop skips a disabled event source. Dropping
+/// the event source (IOKit's `removeEventSource` and release) drops the completions it
+/// holds undelivered; those the controller has not handed over yet stay with the
+/// controller, and the next event source that polls it receives them. Unlike IOKit, where
+/// a controller that completes into a freed event source touches freed memory, nothing
+/// here can outlive what it points to: the simulator's engine holds its interrupt sink
+/// weakly, and the event source holds the controller.
 ///
 /// ```
 /// use dmakit::dma::{DmaCompletion, DmaEventSource};
@@ -359,6 +462,9 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
                 delivering: false,
                 queue: alloc_crate::collections::VecDeque::new(),
                 sync: SyncState::Idle,
+                enabled: true,
+                #[cfg(all(feature = "std", not(loom)))]
+                deliverer: None,
             }),
             pending: crate::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "std")]
@@ -377,6 +483,66 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
         d.action.is_some() || d.delivering
     }
 
+    /// IOKit `IOEventSource::disable`: completions are no longer delivered to the action;
+    /// [`poll`](Self::poll) keeps taking them from the controller and holds them, in order,
+    /// until [`enable`](Self::enable). A synchronous
+    /// [`start_dma_command`](Self::start_dma_command) still finishes, as IOKit wakes its
+    /// waiter without the work loop.
+    ///
+    /// Called from the action, it stops the delivery after that action returns. Called from
+    /// another thread while the action runs, it waits for that call of the action to return,
+    /// as IOKit's `disable` waits for the work-loop gate: once it returns, the action is
+    /// not running and will not run until [`enable`](Self::enable). (So the action must not
+    /// wait for a thread that is disabling its event source.) Without the `std` feature it
+    /// cannot wait: the call of the action already under way may still be running.
+    pub fn disable(&self) {
+        self.delivery.lock().enabled = false;
+        #[cfg(all(feature = "std", not(loom)))]
+        {
+            let me = std::thread::current().id();
+            loop {
+                {
+                    let d = self.delivery.lock();
+                    if !d.delivering || d.deliverer == Some(me) {
+                        return;
+                    }
+                }
+                std::thread::sleep(core::time::Duration::from_micros(200));
+            }
+        }
+    }
+
+    /// IOKit `IOEventSource::enable`: completions go to the action again. As in IOKit the
+    /// held ones are not delivered by this call but by the next work-loop pass: it wakes
+    /// the thread of [`spawn_work_loop`](Self::spawn_work_loop), or, without one, the
+    /// driver's next [`poll`](Self::poll) delivers them.
+    pub fn enable(&self) {
+        let held = {
+            let mut d = self.delivery.lock();
+            d.enabled = true;
+            !d.queue.is_empty()
+        };
+        #[cfg(feature = "std")]
+        if held {
+            let (m, cv) = &*self.signal;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            cv.notify_all();
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = held;
+    }
+
+    /// Whether completions are delivered to the action (see [`disable`](Self::disable)).
+    pub fn is_enabled(&self) -> bool {
+        self.delivery.lock().enabled
+    }
+
+    /// Completions taken from the controller and not yet delivered to the action (held
+    /// while the event source is disabled, or while a delivery is under way).
+    pub fn held_completions(&self) -> usize {
+        self.delivery.lock().queue.len()
+    }
+
     /// Whether a synchronous command is in flight (started and not yet reported finished).
     pub fn is_busy(&self) -> bool {
         !matches!(self.delivery.lock().sync, SyncState::Idle)
@@ -389,7 +555,14 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
     /// The action runs without the event source's lock held, so it may call `poll`,
     /// `start` or `stop` again (IOKit's work-loop gate is recursive): a nested poll takes
     /// the new completions and leaves them to the delivery already running, which hands
-    /// them to the action in order.
+    /// them to the action in order. An action that [`disable`](Self::disable)s the event
+    /// source stops the delivery after itself. An action that panics loses the completion
+    /// it was given; the panic goes on to the caller of `poll`, and the next poll delivers
+    /// the rest to the same action.
+    ///
+    /// While the event source is disabled, `poll` still takes the controller's completions
+    /// (and finishes a synchronous start) but keeps them for the action until
+    /// [`enable`](Self::enable).
     pub fn poll(&self) -> usize {
         let mut d = self.delivery.lock();
         let mut n = 0;
@@ -407,22 +580,35 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
                 _ => d.queue.push_back(c),
             }
         });
-        if !d.delivering {
-            if let Some(mut action) = d.action.take() {
+        if !d.delivering && d.enabled && !d.queue.is_empty() {
+            if let Some(action) = d.action.take() {
                 d.delivering = true;
-                while let Some(c) = d.queue.pop_front() {
+                #[cfg(all(feature = "std", not(loom)))]
+                {
+                    d.deliverer = Some(std::thread::current().id());
+                }
+                let mut restore = Restore {
+                    source: self,
+                    action: Some(action),
+                };
+                // Checked before each completion: an action may disable the source.
+                while d.enabled {
+                    let Some(c) = d.queue.pop_front() else { break };
                     drop(d);
-                    action(c);
+                    if let Some(action) = restore.action.as_mut() {
+                        action(c);
+                    }
                     d = self.delivery.lock();
                 }
-                d.delivering = false;
-                // An action set while this one ran takes its place.
-                if d.action.is_none() {
-                    d.action = Some(action);
-                }
+                // The restore takes the lock itself.
+                drop(d);
+                drop(restore);
+            } else {
+                drop(d);
             }
+        } else {
+            drop(d);
         }
-        drop(d);
         #[cfg(feature = "std")]
         if finished_sync {
             // Wake a synchronous starter sleeping in another thread.
@@ -618,7 +804,8 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
         self.controller.query(ticket)
     }
 
-    /// IOKit `IODMAEventSource::getFIFODepth`: how many transfers the controller holds.
+    /// IOKit `IODMAEventSource::getFIFODepth`: the controller's FIFO depth
+    /// ([`DmaController::fifo_depth`]).
     pub fn fifo_depth(&self) -> u32 {
         self.controller.fifo_depth()
     }
@@ -633,6 +820,24 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
     /// when it cannot answer, a number that looks like a huge valid depth.)
     pub fn valid_fifo_depth(&self, depth: u32) -> u32 {
         self.controller.valid_fifo_depth(depth)
+    }
+
+    /// IOKit `IODMAEventSource::setFrameSize`: forwarded to the controller
+    /// ([`DmaController::set_frame_size`]).
+    pub fn set_frame_size(&self, byte_count: u8) -> Result<()> {
+        self.controller.set_frame_size(byte_count)
+    }
+
+    /// IOKit `IODMAEventSource::setDMAConfig`: forwarded to the controller
+    /// ([`DmaController::set_dma_config`]).
+    pub fn set_dma_config(&self, req_index: u32) -> Result<()> {
+        self.controller.set_dma_config(req_index)
+    }
+
+    /// IOKit `IODMAEventSource::validDMAConfig`: forwarded to the controller
+    /// ([`DmaController::valid_dma_config`]).
+    pub fn valid_dma_config(&self, req_index: u32) -> bool {
+        self.controller.valid_dma_config(req_index)
     }
 }
 
@@ -723,6 +928,7 @@ impl<C: CompletionSource + ?Sized> core::fmt::Debug for DmaEventSource<C> {
             .field("pending_interrupts", &self.pending_interrupts())
             .field("synchronous", &!self.has_action())
             .field("busy", &self.is_busy())
+            .field("enabled", &self.is_enabled())
             .finish()
     }
 }
@@ -756,7 +962,9 @@ pub type SharedController = Arc<dyn DmaController>;
 /// // A client whose dma-parent lists two controllers uses its second channel's.
 /// let controller = registry.find_for_client(&[0x51, 0x4e], 1)?;
 /// assert!(Arc::ptr_eq(&controller, &engine));
-/// assert!(matches!(registry.find_for_client(&[0x51], 3), Err(Error::OutOfBounds { .. })));
+/// assert!(matches!(registry.find_for_client(&[0x51, 0x4e], 3), Err(Error::OutOfBounds { .. })));
+/// // One phandle serves every DMA index.
+/// assert!(!Arc::ptr_eq(&registry.find_for_client(&[0x51], 3)?, &engine));
 /// let events = DmaEventSource::synchronous(controller);
 /// assert!(!events.has_action());
 /// # Ok::<(), dmakit::Error>(())
@@ -775,8 +983,9 @@ impl DmaControllerRegistry {
         }
     }
 
-    /// The name IOKit gives the controller of provider `phandle`:
-    /// `"IODMAController"` and the phandle as eight upper-case hex digits.
+    /// The name IOKit gives the controller of provider `phandle`
+    /// (`IODMAController::createControllerName`): `"IODMAController"` and the phandle as
+    /// eight upper-case hex digits.
     pub fn controller_name(phandle: u32) -> String {
         alloc_crate::format!("IODMAController{phandle:08X}")
     }
@@ -796,8 +1005,12 @@ impl DmaControllerRegistry {
     }
 
     /// IOKit `IODMAController::registerDMAController`: registers `controller` under the name
-    /// made from its provider's `phandle` and returns the name. A phandle already taken is
-    /// [`Error::BadArgument`].
+    /// made from its provider's `phandle` and returns the name.
+    ///
+    /// A phandle already taken is [`Error::BadArgument`] and changes nothing. IOKit
+    /// registers a second service under the same name, and which of the two a client then
+    /// finds depends on the order of matching; dmakit refuses, so a lookup always has one
+    /// answer ([`unregister`](Self::unregister) the old controller first to replace it).
     pub fn register_dma_controller(
         &self,
         phandle: u32,
@@ -842,26 +1055,35 @@ impl DmaControllerRegistry {
     /// IOKit `IODMAController::getController`: the controller a client reaches through its
     /// `dma-parent` property (`dma_parent`: the phandles it lists) and its DMA index.
     ///
-    /// An empty list is [`Error::NotAttached`] (the client has no DMA parent); `dma_index`
-    /// past the list is [`Error::OutOfBounds`] (IOKit reads past the property there); a
-    /// phandle nothing is registered for is [`Error::NotAttached`].
+    /// As in IOKit, a `dma-parent` of exactly one phandle names the controller of every DMA
+    /// index (the index then only picks the client's channel on that controller); a longer
+    /// list holds one phandle per index.
+    ///
+    /// Errors: an empty list is [`Error::NotAttached`] (the client has no DMA parent; IOKit
+    /// panics on an empty property); `dma_index` past a list of two or more is
+    /// [`Error::OutOfBounds`] (IOKit panics); a phandle nothing is registered for is
+    /// [`Error::NotAttached`] at once (IOKit waits, possibly for ever, for the controller
+    /// to appear; retry the lookup when it is registered).
     pub fn find_for_client(
         &self,
         dma_parent: &[u32],
         dma_index: usize,
     ) -> Result<SharedController> {
-        if dma_parent.is_empty() {
-            return Err(Error::NotAttached {
-                what: "DMA client",
-                why: "it has no dma-parent",
-            });
-        }
-        let phandle = *dma_parent.get(dma_index).ok_or(Error::OutOfBounds {
-            what: "dma-parent",
-            offset: dma_index as u64,
-            len: 1,
-            limit: dma_parent.len() as u64,
-        })?;
+        let phandle = match dma_parent {
+            [] => {
+                return Err(Error::NotAttached {
+                    what: "DMA client",
+                    why: "it has no dma-parent",
+                })
+            }
+            [only] => *only,
+            list => *list.get(dma_index).ok_or(Error::OutOfBounds {
+                what: "dma-parent",
+                offset: dma_index as u64,
+                len: 1,
+                limit: list.len() as u64,
+            })?,
+        };
         self.find_by_phandle(phandle)
     }
 
