@@ -77,6 +77,16 @@ const FAMILIES: [MallocFamily; 4] = [
     MallocFamily::Contiguous,
 ];
 
+/// How IOKit reads an `IOMallocAligned` / `IOMallocPageable` alignment: rounded up to a
+/// power of two (48 aligns to 64).
+fn rounded(a: u64) -> u64 {
+    if a <= 1 {
+        a
+    } else {
+        a.next_power_of_two()
+    }
+}
+
 fn align(a: u8, max_shift: u32) -> u64 {
     match a % 16 {
         0 => 0,
@@ -114,7 +124,7 @@ impl Run {
                 (
                     self.heap.malloc_aligned(len, a as usize),
                     MallocFamily::Aligned,
-                    a,
+                    rounded(a),
                     false,
                 )
             }
@@ -123,7 +133,7 @@ impl Run {
                 (
                     self.heap.malloc_pageable(len, a as usize),
                     MallocFamily::Pageable,
-                    a,
+                    rounded(a),
                     true,
                 )
             }
@@ -146,7 +156,13 @@ impl Run {
         let addr = match got {
             Ok(a) => a.0,
             Err(e) => {
-                assert!(size == 0 || !matches!(e, Error::ZeroSize { .. }), "{e:?}");
+                // A zero size is refused by the aligned and contiguous calls only (IOKit's
+                // IOMalloc(0) and IOMallocPageable(0) return a block).
+                let zero_ok = matches!(kind, Kind::Malloc | Kind::Zero | Kind::Pageable(_));
+                assert!(
+                    (size == 0 && !zero_ok) || !matches!(e, Error::ZeroSize { .. }),
+                    "{e:?}"
+                );
                 if want_align.is_power_of_two() || want_align == 0 {
                     assert!(
                         !matches!(e, Error::BadAlignment { .. })
@@ -158,7 +174,10 @@ impl Run {
                 return;
             }
         };
-        assert!(size > 0, "a zero-size allocation succeeded");
+        assert!(
+            size > 0 || matches!(kind, Kind::Malloc | Kind::Zero | Kind::Pageable(_)),
+            "a zero-size allocation succeeded"
+        );
         assert!(
             want_align.is_power_of_two() || want_align <= 1,
             "alignment {want_align} accepted"
@@ -286,7 +305,7 @@ impl Run {
             }
             &Op::FreeAt(a, s, f) => self.free(a.0, s.0, FAMILIES[usize::from(f) % 4]),
             &Op::Write(i, off, byte, len) => {
-                if let Some(i) = self.pick(i) {
+                if let Some(i) = self.pick(i).filter(|&i| self.blocks[i].size > 0) {
                     let b = &mut self.blocks[i];
                     let off = u64::from(off) % b.size;
                     let len = u64::from(len).min(b.size - off);
@@ -311,7 +330,7 @@ impl Run {
                 }
             }
             &Op::Wire(i) => {
-                if let Some(i) = self.pick(i) {
+                if let Some(i) = self.pick(i).filter(|&i| self.blocks[i].size > 0) {
                     let b = &mut self.blocks[i];
                     let md = GeneralMemoryDescriptor::with_address_range(
                         self.m.clone(),
