@@ -496,6 +496,12 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// [`Error::OutOfBounds`] and changes nothing (IOKit silently ignores it; see
     /// DESIGN.md).
     ///
+    /// The memory stays allocated to the capacity, so a transfer a DMA command prepared
+    /// before the length went down stays whole: its segments, IO mappings and cache
+    /// maintenance still cover the range it prepared (see
+    /// [`MemoryDescriptor::prepared_segment`]). Byte copies, a bounce buffer's included,
+    /// reach only up to the new length.
+    ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
     /// use dmakit::{Direction, Error};
