@@ -1,10 +1,13 @@
 //! IODMAController registration and lookup, and IODMAEventSource's synchronous start, with
 //! the simulated DMA engine.
 
+mod common;
+
+use common::Refusing;
 use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
 use dmakit::dma::{
-    CompletionSource, DmaCompletion, DmaController, DmaControllerRegistry, DmaEventSource,
-    DmaStart, DmaTransfer, InterruptSink, IoSegment, SharedController, SyncWait,
+    DmaCompletion, DmaController, DmaControllerRegistry, DmaEventSource, DmaStart, DmaTransfer,
+    InterruptSink, IoSegment, SharedController, SyncWait,
 };
 use dmakit::{Direction, Error, IoAddr, IoReturn};
 use dmakit_sim::{Machine, MachineBuilder, SimDmaEngine};
@@ -259,40 +262,6 @@ fn with_an_action_the_start_returns_at_once() {
     engine.resume().unwrap();
     es.poll();
     assert_eq!(got.lock().unwrap().first().map(|c| c.ticket), Some(ticket));
-}
-
-/// A controller that accepts nothing: no FIFO depth is valid, every start is refused.
-struct Refusing;
-impl CompletionSource for Refusing {
-    fn take_completions(&self, _: &mut dyn FnMut(DmaCompletion)) {}
-}
-impl DmaController for Refusing {
-    fn start(&self, _: &DmaTransfer<'_>) -> dmakit::Result<u64> {
-        Err(Error::Unsupported {
-            what: "refusing controller",
-        })
-    }
-    fn stop(&self) -> dmakit::Result<()> {
-        Ok(())
-    }
-    fn query(&self, ticket: u64) -> dmakit::Result<u64> {
-        Err(Error::BadArgument {
-            what: "no such ticket",
-            value: ticket,
-        })
-    }
-    fn fifo_depth(&self) -> u32 {
-        0
-    }
-    fn set_fifo_depth(&self, depth: u32) -> dmakit::Result<()> {
-        Err(Error::BadArgument {
-            what: "no valid depth",
-            value: depth as u64,
-        })
-    }
-    fn valid_fifo_depth(&self, _: u32) -> u32 {
-        0
-    }
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! against what IOKit does (each test's comment says what IOKit does, and where dmakit
 //! differs on purpose, why).
 
+mod common;
+
+use common::Refusing;
+
 use dmakit::descriptor::{
     device_memory, device_memory_list, device_sub_range, BufferMemoryDescriptor, DeviceRange,
     MemoryDescriptor,
@@ -78,40 +82,6 @@ fn start(es: &Es, buf: &Buf, from: u64, to: u64, len: u64) -> u64 {
 
 fn tickets(got: &Collected) -> Vec<u64> {
     got.lock().unwrap().iter().map(|c| c.ticket).collect()
-}
-
-/// A controller that accepts nothing and implements none of the optional calls.
-struct Refusing;
-impl CompletionSource for Refusing {
-    fn take_completions(&self, _: &mut dyn FnMut(DmaCompletion)) {}
-}
-impl DmaController for Refusing {
-    fn start(&self, _: &DmaTransfer<'_>) -> dmakit::Result<u64> {
-        Err(Error::Unsupported {
-            what: "refusing controller",
-        })
-    }
-    fn stop(&self) -> dmakit::Result<()> {
-        Ok(())
-    }
-    fn query(&self, ticket: u64) -> dmakit::Result<u64> {
-        Err(Error::BadArgument {
-            what: "no such ticket",
-            value: ticket,
-        })
-    }
-    fn fifo_depth(&self) -> u32 {
-        0
-    }
-    fn set_fifo_depth(&self, depth: u32) -> dmakit::Result<()> {
-        Err(Error::BadArgument {
-            what: "no valid depth",
-            value: depth as u64,
-        })
-    }
-    fn valid_fifo_depth(&self, _: u32) -> u32 {
-        0
-    }
 }
 
 /// A peripheral-style controller: frames of 1..=64 bytes, request lines 0..8.

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use dmakit::descriptor::{MemoryDescriptor, PrepOwner, Segment, Source};
-use dmakit::{Direction, PageSize};
+use dmakit::dma::{CompletionSource, DmaCompletion, DmaController, DmaTransfer};
+use dmakit::{Direction, Error, PageSize};
 use std::sync::Arc;
 
 /// `n` bytes that differ from their neighbours, varied by `salt`.
@@ -44,5 +45,40 @@ impl MemoryDescriptor for Plain {
     }
     fn sources(&self, offset: u64, len: u64, f: &mut dyn FnMut(Source)) -> dmakit::Result<()> {
         self.0.sources(offset, len, f)
+    }
+}
+
+/// A DMA controller that accepts nothing and implements none of the optional calls: every
+/// start is refused, no ticket is known and no FIFO depth is valid.
+pub struct Refusing;
+impl CompletionSource for Refusing {
+    fn take_completions(&self, _: &mut dyn FnMut(DmaCompletion)) {}
+}
+impl DmaController for Refusing {
+    fn start(&self, _: &DmaTransfer<'_>) -> dmakit::Result<u64> {
+        Err(Error::Unsupported {
+            what: "refusing controller",
+        })
+    }
+    fn stop(&self) -> dmakit::Result<()> {
+        Ok(())
+    }
+    fn query(&self, ticket: u64) -> dmakit::Result<u64> {
+        Err(Error::BadArgument {
+            what: "no such ticket",
+            value: ticket,
+        })
+    }
+    fn fifo_depth(&self) -> u32 {
+        0
+    }
+    fn set_fifo_depth(&self, depth: u32) -> dmakit::Result<()> {
+        Err(Error::BadArgument {
+            what: "no valid depth",
+            value: depth as u64,
+        })
+    }
+    fn valid_fifo_depth(&self, _: u32) -> u32 {
+        0
     }
 }
