@@ -163,6 +163,15 @@ impl<P: Platform + Clone + Send + Sync + 'static> Nvme<P> {
             }
             .into());
         }
+        // Checked before the controller is touched: refusing it after bring-up would leave
+        // a controller that is slow to stop holding the admin queue's memory.
+        if options.max_transfer < PRP_PAGE {
+            return Err(Error::BadArgument {
+                what: "NVMe options: max_transfer at least one 4 KiB page",
+                value: options.max_transfer,
+            }
+            .into());
+        }
         let bar = function.bar(0)?;
         let probe = Regs { bar, stride: 4 };
         let cap = probe.read64(&platform, regs::CAP)?;
