@@ -592,6 +592,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 reset: false,
             });
         }
+        // Until the reset is through, the controller may be disabled (or half brought up):
+        // a reset that fails here is tried again by the next command instead of that
+        // command going to a controller that no longer fetches it.
+        self.needs_reset.store(true, Ordering::Release);
         let p = &self.platform;
         let cc = self.regs.read32(p, regs::CC)?;
         self.regs.write32(p, regs::CC, cc & !regs::CC_EN)?;

@@ -895,3 +895,30 @@ fn a_transfer_limit_below_a_page_is_refused_before_the_controller_is_touched() {
     let nvme = try_driver(&s).unwrap();
     assert_eq!(nvme.max_transfer(), 4096);
 }
+
+#[test]
+fn a_forced_reset_that_fails_is_tried_again_by_the_next_command() {
+    // CSTS.RDY clears 800 ticks after CC.EN goes to 0: longer than CAP.TO (500 looks), so
+    // the first reset gives up with the controller disabled; the next command finishes it.
+    let s = slow_clock(270, SimNvme::builder().ready_timeout(1).disable_delay(800));
+    let nvme = try_driver(&s).unwrap();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    round_trip(&s, &mut q, &ns, 1, 512, 270);
+    let e = nvme.recover(true).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::NotReady { what, .. }) if what.contains("did not stop")),
+        "{e}"
+    );
+    round_trip(&s, &mut q, &ns, 2, 1024, 271);
+    assert_eq!(
+        nvme.stats().recoveries,
+        1,
+        "the second try of the reset went through"
+    );
+    assert_eq!(
+        s.nvme.stats().ignored_doorbells,
+        0,
+        "no command went to the disabled controller"
+    );
+}
