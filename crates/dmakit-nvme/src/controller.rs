@@ -163,6 +163,15 @@ impl<P: Platform + Clone + Send + Sync + 'static> Nvme<P> {
             }
             .into());
         }
+        // Checked before the controller is touched: refusing it after bring-up would leave
+        // a controller that is slow to stop holding the admin queue's memory.
+        if options.max_transfer < PRP_PAGE {
+            return Err(Error::BadArgument {
+                what: "NVMe options: max_transfer at least one 4 KiB page",
+                value: options.max_transfer,
+            }
+            .into());
+        }
         let bar = function.bar(0)?;
         let probe = Regs { bar, stride: 4 };
         let cap = probe.read64(&platform, regs::CAP)?;
@@ -583,6 +592,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 reset: false,
             });
         }
+        // Until the reset is through, the controller may be disabled (or half brought up):
+        // a reset that fails here is tried again by the next command instead of that
+        // command going to a controller that no longer fetches it.
+        self.needs_reset.store(true, Ordering::Release);
         let p = &self.platform;
         let cc = self.regs.read32(p, regs::CC)?;
         self.regs.write32(p, regs::CC, cc & !regs::CC_EN)?;

@@ -871,3 +871,54 @@ fn the_driver_suite_passes_on_unusual_controllers() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+#[test]
+fn a_transfer_limit_below_a_page_is_refused_before_the_controller_is_touched() {
+    // A controller that never stops within CAP.TO: had the driver enabled it before
+    // refusing the option, its drop could not disable it and would keep the admin queue.
+    let mut s = slow_clock(
+        260,
+        SimNvme::builder().ready_timeout(1).disable_delay(u32::MAX),
+    );
+    let before = s.m.stats().used_pages();
+    for max in [0u64, 1, 4095] {
+        s.options = s.options.max_transfer(max);
+        let e = try_driver(&s).unwrap_err();
+        assert!(
+            matches!(e, NvmeError::Dma(Error::BadArgument { what, value }) if what.contains("max_transfer") && value == max),
+            "{max}: {e}"
+        );
+        assert_eq!(s.nvme.stats().commands, 0, "nothing was submitted");
+        assert_eq!(s.m.stats().used_pages(), before, "nothing kept");
+    }
+    s.options = s.options.max_transfer(4096);
+    let nvme = try_driver(&s).unwrap();
+    assert_eq!(nvme.max_transfer(), 4096);
+}
+
+#[test]
+fn a_forced_reset_that_fails_is_tried_again_by_the_next_command() {
+    // CSTS.RDY clears 800 ticks after CC.EN goes to 0: longer than CAP.TO (500 looks), so
+    // the first reset gives up with the controller disabled; the next command finishes it.
+    let s = slow_clock(270, SimNvme::builder().ready_timeout(1).disable_delay(800));
+    let nvme = try_driver(&s).unwrap();
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(4)).unwrap();
+    round_trip(&s, &mut q, &ns, 1, 512, 270);
+    let e = nvme.recover(true).unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Dma(Error::NotReady { what, .. }) if what.contains("did not stop")),
+        "{e}"
+    );
+    round_trip(&s, &mut q, &ns, 2, 1024, 271);
+    assert_eq!(
+        nvme.stats().recoveries,
+        1,
+        "the second try of the reset went through"
+    );
+    assert_eq!(
+        s.nvme.stats().ignored_doorbells,
+        0,
+        "no command went to the disabled controller"
+    );
+}
