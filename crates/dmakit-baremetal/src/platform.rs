@@ -900,7 +900,7 @@ impl Wiring for BareMetal {
             for (p, page, off, n) in pages {
                 if !page.always_wired && !inner.wires.contains_key(&p) {
                     return Err(Error::NotReady {
-                        what: "translation of unwired pageable memory",
+                        what: "translation of unwired pageable memory (prepare it first)",
                         addr: p + off,
                     });
                 }

@@ -120,7 +120,7 @@ impl Wiring for Host {
             let l = ledger();
             if let Some(p) = (0..n).map(|i| first + i * psize).find(|&p| !l.is_locked(p)) {
                 return Err(Error::NotReady {
-                    what: "translation of unwired memory",
+                    what: "translation of unwired memory (prepare it first)",
                     addr: p.max(va.0),
                 });
             }

@@ -654,7 +654,7 @@ impl Inner {
                 (true, Some(pa)) => pa,
                 _ => {
                     return Err(Error::NotReady {
-                        what: "translation of unwired pageable memory",
+                        what: "translation of unwired pageable memory (prepare it first)",
                         addr: p + off,
                     })
                 }

@@ -322,8 +322,9 @@ pub enum Error {
         /// The family that made the allocation.
         allocated_by: MallocFamily,
     },
-    /// Memory must be wired (prepared) first.
-    #[error("{what} at {addr:#x} is not ready: it is not wired (prepare it first)")]
+    /// Not in the state the call needs: memory not wired or a command not prepared (prepare
+    /// it first), or a device or service not ready yet; `what` says which.
+    #[error("{what} (at {addr:#x}): not ready")]
     NotReady {
         /// What was asked.
         what: &'static str,

@@ -427,7 +427,7 @@ impl<P: Platform> MemoryDescriptor for GeneralMemoryDescriptor<P> {
         let w = self.wiring.lock();
         if !w.holders.is_prepared() {
             return Err(Error::NotReady {
-                what: "physical segment of an unprepared descriptor",
+                what: "physical segment of an unprepared descriptor (prepare it first)",
                 addr: self.ranges[i].0 + inner,
             });
         }

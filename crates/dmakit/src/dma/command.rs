@@ -2232,7 +2232,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 },
             );
             return Err(Error::NotReady {
-                what: "complete on an unprepared DMA command",
+                what: "complete on an unprepared DMA command (prepare it first)",
                 addr: 0,
             });
         };
