@@ -30,6 +30,13 @@ fn try_driver(s: &Sim) -> Result<Nvme<M>, NvmeError> {
     Nvme::new(s.m.clone(), s.f.clone(), s.timer.clone(), s.options)
 }
 
+/// A round trip (see [`round_trip`]) on namespace 1 through a new queue of `entries`.
+fn queue_round_trip(s: &Sim, nvme: &Nvme<M>, entries: u16, lba: u64, len: u64, seed: u64) {
+    let ns = nvme.namespace(1).unwrap();
+    let mut q = nvme.io_queue(QueueOptions::new(entries)).unwrap();
+    round_trip(s, &mut q, &ns, lba, len, seed);
+}
+
 /// Writes `len` bytes of a pattern at `lba` through `q`, checks the model's store holds
 /// them, reads them back into a fresh buffer and checks that too.
 fn round_trip(
@@ -227,15 +234,7 @@ fn ready_timeouts_short_and_long() {
     // RDY after 300 looks, within CAP.TO = 500 ms.
     let s = slow_clock(80, SimNvme::builder().ready_timeout(1).ready_delay(300));
     let nvme = try_driver(&s).unwrap();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
-        &ns,
-        2,
-        1024,
-        80,
-    );
+    queue_round_trip(&s, &nvme, 4, 2, 1024, 80);
     // RDY never comes: refused once CAP.TO has passed, not sooner and not never.
     let s = slow_clock(
         81,
@@ -271,15 +270,7 @@ fn fatal_status_and_failing_admin_commands_at_bring_up_are_clear_errors() {
     assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
     // The next bring-up disables the controller (clearing CFS) and works.
     let nvme = s.driver();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
-        &ns,
-        5,
-        512,
-        90,
-    );
+    queue_round_trip(&s, &nvme, 4, 5, 512, 90);
     drop(nvme);
 
     for (opcode, status) in [
@@ -549,15 +540,7 @@ fn a_controller_left_enabled_by_its_previous_owner_is_taken_over() {
     s.nvme.steps(20);
     assert_eq!(s.nvme.enable_error(), None);
     let nvme = s.driver();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(8)).unwrap(),
-        &ns,
-        0,
-        4096,
-        180,
-    );
+    queue_round_trip(&s, &nvme, 8, 0, 4096, 180);
     assert!(s.nvme.stats().resets >= 1, "the driver disabled it first");
 }
 
@@ -575,15 +558,7 @@ fn an_admin_command_that_never_completes_fails_bring_up_and_leaks_nothing() {
     );
     s.nvme.set_completion_delay(0);
     let nvme = s.driver();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(8)).unwrap(),
-        &ns,
-        0,
-        4096,
-        190,
-    );
+    queue_round_trip(&s, &nvme, 8, 0, 4096, 190);
 }
 
 #[test]
@@ -605,15 +580,7 @@ fn a_controller_slow_to_stop_is_waited_for_at_reset_and_at_the_next_bring_up() {
     // The drop disabled it; a new driver at once waits for RDY to clear before enabling.
     let nvme = s.driver();
     assert_eq!(s.nvme.enable_error(), None);
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
-        &ns,
-        20,
-        512,
-        202,
-    );
+    queue_round_trip(&s, &nvme, 4, 20, 512, 202);
     // One that never stops within CAP.TO is refused, not enabled on top of itself.
     drop(nvme);
     let s = slow_clock(
@@ -731,15 +698,7 @@ fn a_controller_fatal_before_bring_up_or_at_identify_is_refused_then_recovered()
         "{e}"
     );
     let nvme = s.driver();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
-        &ns,
-        1,
-        512,
-        230,
-    );
+    queue_round_trip(&s, &nvme, 4, 1, 512, 230);
     drop(nvme);
     // Fatal on the second admin command (Identify Controller).
     let s = sim(231, SimNvme::builder().fatal_after(2));
@@ -748,15 +707,7 @@ fn a_controller_fatal_before_bring_up_or_at_identify_is_refused_then_recovered()
     assert!(matches!(e, NvmeError::ControllerFatal { .. }), "{e}");
     assert_eq!(s.m.stats().used_pages(), before, "nothing kept");
     let nvme = s.driver();
-    let ns = nvme.namespace(1).unwrap();
-    round_trip(
-        &s,
-        &mut nvme.io_queue(QueueOptions::new(4)).unwrap(),
-        &ns,
-        2,
-        512,
-        231,
-    );
+    queue_round_trip(&s, &nvme, 4, 2, 512, 231);
 }
 
 #[test]
