@@ -425,7 +425,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             }
         }
         s.live.remove(&iova);
-        if let Err(e) = self.retire(s, (iova, live.pages * page, live.class)) {
+        if let Err(e) = self.retire(s, (iova, live.pages * page, live.class())) {
             // Not invalidated: the device may still reach the pages through the IOTLB.
             // The allocation stays live (unmapped), so the caller keeps the memory
             // behind it and can free it again once the IOMMU answers.
@@ -505,16 +505,15 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(())
     }
 
-    /// Writes the entries of a run inside allocation `start` of shard `s`; a failure
-    /// marks the allocation stale.
+    /// Writes the entries of a run inside allocation `start` of shard `s` (`stale` as its
+    /// books say); a failure marks the allocation stale.
     fn insert_small(
         &self,
         s: &mut Shard,
-        start: u64,
+        (start, stale): (u64, bool),
         iova: u64,
         run: (u64, u64, Access),
     ) -> Result<()> {
-        let stale = s.live.get(&start).is_some_and(|l| l.stale);
         let entries = &mut s.entries;
         let written = self.write_run(iova, run, stale, |io, e| entries.insert(io, e).is_some());
         if written.is_err() {
@@ -695,7 +694,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         let done = self.in_shards(|s| {
             let (start, l) = s.containing(iova.0, page)?;
             Some(if l.pages * page - (iova.0 - start) >= span {
-                self.insert_small(s, start, iova.0, (pa.0, pages, access))
+                self.insert_small(s, (start, l.stale), iova.0, (pa.0, pages, access))
             } else {
                 Err(outside(iova.0))
             })

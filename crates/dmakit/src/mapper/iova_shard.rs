@@ -54,7 +54,8 @@ pub(super) fn align_of(class: usize) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Live {
     pub(super) pages: u64,
-    pub(super) class: usize,
+    /// The class, in 32 bits so the record stays 16 bytes (`u32::MAX`: [`UNCACHED`]).
+    pub(super) class: u32,
     pub(super) stale: bool,
 }
 
@@ -62,8 +63,16 @@ impl Live {
     pub(super) fn new(pages: u64, class: usize) -> Self {
         Live {
             pages,
-            class,
+            class: u32::try_from(class).unwrap_or(u32::MAX),
             stale: false,
+        }
+    }
+
+    /// The class ([`UNCACHED`] in [`Large`]).
+    pub(super) fn class(&self) -> usize {
+        match self.class {
+            u32::MAX => UNCACHED,
+            c => c as usize,
         }
     }
 }
