@@ -573,3 +573,47 @@ fn a_buffer_shrunk_while_prepared_completes_its_whole_preparation() {
         assert_eq!(m.stats().allocations, 0);
     }
 }
+
+/// The same through a multi-descriptor whose first part shrinks while the transfer is
+/// prepared: the parts are found where they were when the multi was made, and the
+/// complete of a mapped command on a non-coherent machine succeeds and releases
+/// everything (it failed with OutOfBounds, the part "shorter now than when the multi was
+/// made").
+#[test]
+fn a_multi_whose_part_shrank_while_prepared_completes() {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(11)
+            .fragmentation(0.7)
+            .build()
+            .unwrap(),
+    );
+    let iommu = Arc::new(SimIommu::new(m.clone()));
+    let mapper = Arc::new(IommuMapper::new(iommu, 0x8000_0000, 0x100_0000).unwrap());
+    let part = |len| {
+        Arc::new(
+            BufferMemoryDescriptor::new(m.clone(), BufferOptions::new(len, Direction::InOut))
+                .unwrap(),
+        )
+    };
+    let (a, b) = (part(6000), part(3000));
+    let multi = Arc::new(
+        dmakit::descriptor::MultiMemoryDescriptor::new(
+            vec![a.clone() as Arc<dyn MemoryDescriptor>, b.clone()],
+            Direction::InOut,
+        )
+        .unwrap(),
+    );
+    let mut cmd = DmaCommand::builder(m.clone())
+        .mapper(mapper.clone())
+        .build()
+        .unwrap();
+    cmd.set_memory_descriptor(multi.clone()).unwrap();
+    cmd.prepare(PrepareOptions::range(0, 9000)).unwrap();
+    a.set_length(100).unwrap();
+    cmd.complete().unwrap();
+    assert_eq!(mapper.usage(), (0, 0));
+    drop((cmd, multi, a, b));
+    assert_eq!(m.stats().wired_pages, 0);
+    assert_eq!(m.stats().allocations, 0);
+}

@@ -282,8 +282,23 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         self.segment(offset, |md, at| md.physical_segment(at))
     }
 
+    /// Parts are found where they were when the multi was made, so a part that shrank
+    /// since still answers for the place it had (and its memory, if it is a buffer).
     fn prepared_segment(&self, offset: u64) -> Result<Segment> {
-        self.segment(offset, |md, at| md.prepared_segment(at))
+        if offset >= self.length {
+            return Err(past_end("multi-descriptor", offset, self.length));
+        }
+        // `starts[0]` is 0, so some part starts at or before `offset`.
+        let i = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let next = self.starts.get(i + 1).copied().unwrap_or(self.length);
+        let s = self.parts[i].prepared_segment(offset - self.starts[i])?;
+        Ok(Segment {
+            len: s.len.min(next - offset),
+            ..s
+        })
     }
 
     fn leaves(&self, offset: u64, len: u64, f: &mut dyn FnMut(super::LeafRange)) {

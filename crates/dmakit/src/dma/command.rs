@@ -243,9 +243,28 @@ struct Preparation<P: Platform + Clone> {
     reason: Option<BounceReason>,
     /// Prepares of this same range outstanding (nested prepares are counted).
     count: u32,
+    /// Whether the range is prepared already (its memory held): then the descriptor is
+    /// read as it was ([`MemoryDescriptor::prepared_segment`]), so a buffer whose length
+    /// went down since still answers for the whole range; while it is being prepared, as
+    /// it is now, so a hole is refused.
+    settled: bool,
 }
 
 impl<P: Platform + Clone> Preparation<P> {
+    /// The descriptor's physical run at `offset`, as this preparation reads it (see
+    /// `settled`).
+    fn segment(
+        &self,
+        md: &dyn MemoryDescriptor,
+        offset: u64,
+    ) -> Result<crate::descriptor::Segment> {
+        if self.settled {
+            md.prepared_segment(offset)
+        } else {
+            md.physical_segment(offset)
+        }
+    }
+
     /// Whether the device may read the memory: a bounce buffer is filled before it does.
     /// A descriptor of direction `None` states no limit, so it counts both ways (IOKit
     /// copies such a descriptor into and out of its bounce buffer).
@@ -823,7 +842,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     ) -> Result<(u64, u64)> {
         Ok(match &prep.route {
             Route::Direct => {
-                let seg = md.prepared_segment(prep.offset + x)?;
+                let seg = prep.segment(md, prep.offset + x)?;
                 (seg.addr.0, seg.len.min(prep.length - x))
             }
             Route::Bounced(b) => (b.base.0 + b.data_off + x, prep.length - x),
@@ -832,7 +851,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 match pieces.get(i) {
                     Some(p) if p.x <= x => (p.addr + (x - p.x), p.len - (x - p.x)),
                     next => {
-                        let seg = md.prepared_segment(prep.offset + x)?;
+                        let seg = prep.segment(md, prep.offset + x)?;
                         let len = seg.len.min(prep.length - x);
                         (seg.addr.0, next.map_or(len, |p| len.min(p.x - x)))
                     }
@@ -1082,6 +1101,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             route: Route::Direct,
             reason: None,
             count: 1,
+            settled: false,
         };
         if let Err(e) = self.settle(md.as_ref(), &mut prep, options, false) {
             if let Err(failed) = self.owner.release(md.as_ref(), prep) {
@@ -1095,6 +1115,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Err(e);
         }
         self.record_prepared(md.as_ref(), &prep);
+        prep.settled = true;
         self.prep = Some(prep);
         Ok(())
     }
@@ -1667,7 +1688,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let mut x = from;
         while x < from + length {
             let (addr, run) = if mapped {
-                let seg = md.prepared_segment(prep.offset + x)?;
+                let seg = prep.segment(md, prep.offset + x)?;
                 (seg.addr.0, seg.len)
             } else {
                 self.raw_run(md, prep, x)?
@@ -2069,6 +2090,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             route: Route::Direct,
             reason: None,
             count: 1,
+            settled: true,
         };
         let r = self
             .settle(md.as_ref(), &mut fresh, PrepareOptions::new(), true)
