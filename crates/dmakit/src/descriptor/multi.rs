@@ -155,12 +155,14 @@ impl MultiMemoryDescriptor {
     /// The part holding `offset` and the offset inside it; `None` past the end or in the
     /// hole a part left by shrinking.
     fn locate(&self, offset: u64) -> Option<(usize, u64)> {
-        let i = self
-            .starts
-            .partition_point(|&s| s <= offset)
-            .checked_sub(1)?;
+        let i = self.placed(offset)?;
         let (start, end) = self.span(i);
         (offset < end).then_some((i, offset - start))
+    }
+
+    /// The part placed at `offset` when the multi was made (whatever its length now).
+    fn placed(&self, offset: u64) -> Option<usize> {
+        self.starts.partition_point(|&s| s <= offset).checked_sub(1)
     }
 
     fn each(
@@ -186,29 +188,6 @@ impl MultiMemoryDescriptor {
             }
         }
         done
-    }
-
-    /// The run at `offset` as `seg` finds it in its part, never past the part's place.
-    fn segment(
-        &self,
-        offset: u64,
-        seg: impl Fn(&dyn MemoryDescriptor, u64) -> Result<Segment>,
-    ) -> Result<Segment> {
-        if offset >= self.length {
-            return Err(past_end("multi-descriptor", offset, self.length));
-        }
-        let (i, inner) = self.locate(offset).ok_or(Error::OutOfBounds {
-            what: "multi-descriptor part (shorter now than when the multi was made)",
-            offset,
-            len: 1,
-            limit: self.length,
-        })?;
-        let s = seg(&*self.parts[i], inner)?;
-        let room = self.span(i).1 - offset;
-        Ok(Segment {
-            len: s.len.min(room),
-            ..s
-        })
     }
 }
 
@@ -279,7 +258,22 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
     }
 
     fn physical_segment(&self, offset: u64) -> Result<Segment> {
-        self.segment(offset, |md, at| md.physical_segment(at))
+        if offset >= self.length {
+            return Err(past_end("multi-descriptor", offset, self.length));
+        }
+        let (i, inner) = self.locate(offset).ok_or(Error::OutOfBounds {
+            what: "multi-descriptor part (shorter now than when the multi was made)",
+            offset,
+            len: 1,
+            limit: self.length,
+        })?;
+        let seg = self.parts[i].physical_segment(inner)?;
+        // Never past this part's place in the multi.
+        let room = self.span(i).1 - offset;
+        Ok(Segment {
+            len: seg.len.min(room),
+            ..seg
+        })
     }
 
     /// Parts are found where they were when the multi was made, so a part that shrank
@@ -288,11 +282,9 @@ impl MemoryDescriptor for MultiMemoryDescriptor {
         if offset >= self.length {
             return Err(past_end("multi-descriptor", offset, self.length));
         }
-        // `starts[0]` is 0, so some part starts at or before `offset`.
         let i = self
-            .starts
-            .partition_point(|&s| s <= offset)
-            .saturating_sub(1);
+            .placed(offset)
+            .ok_or_else(|| past_end("multi-descriptor", offset, self.length))?;
         let next = self.starts.get(i + 1).copied().unwrap_or(self.length);
         let s = self.parts[i].prepared_segment(offset - self.starts[i])?;
         Ok(Segment {

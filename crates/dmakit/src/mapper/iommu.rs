@@ -413,13 +413,7 @@ impl<H: IommuHardware> IommuMapper<H> {
                 if let Err(err) = self.hw.set_entry(IoAddr(k), None) {
                     s.entries.insert(k, e);
                     // The pages unmapped so far were not invalidated.
-                    s.live.insert(
-                        iova,
-                        Live {
-                            stale: true,
-                            ..live
-                        },
-                    );
+                    s.live.insert(iova, live.marked_stale());
                     return Err(err);
                 }
             }
@@ -429,13 +423,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             // Not invalidated: the device may still reach the pages through the IOTLB.
             // The allocation stays live (unmapped), so the caller keeps the memory
             // behind it and can free it again once the IOMMU answers.
-            s.live.insert(
-                iova,
-                Live {
-                    stale: true,
-                    ..live
-                },
-            );
+            s.live.insert(iova, live.marked_stale());
             return Err(e);
         }
         Ok(())
@@ -461,10 +449,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             .range(iova..=iova + (len - 1))
             .map(|(&k, _)| k)
             .collect();
-        let stale = Live {
-            stale: true,
-            ..live
-        };
+        let stale = live.marked_stale();
         for k in mapped {
             if let Err(e) = self.hw.set_entry(IoAddr(k), None) {
                 // The pages unmapped so far were not invalidated.

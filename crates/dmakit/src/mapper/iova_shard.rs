@@ -68,6 +68,15 @@ impl Live {
         }
     }
 
+    /// The same allocation, marked stale: pages of it may have lost their entries
+    /// without an invalidation.
+    pub(super) fn marked_stale(self) -> Self {
+        Live {
+            stale: true,
+            ..self
+        }
+    }
+
     /// The class ([`UNCACHED`] in [`Large`]).
     pub(super) fn class(&self) -> usize {
         match self.class {
