@@ -3,51 +3,21 @@
 
 mod common;
 
-use common::Refusing;
-use dmakit::descriptor::{BufferMemoryDescriptor, MemoryDescriptor};
+use common::{bytes, engine_rig, seg, Buf, Refusing};
+
+/// The machine, engine and buffer these tests share.
+fn rig() -> (Arc<Machine>, Arc<SimDmaEngine>, Buf) {
+    engine_rig(8)
+}
 use dmakit::dma::{
     DmaCompletion, DmaController, DmaControllerRegistry, DmaEventSource, DmaStart, DmaTransfer,
-    InterruptSink, IoSegment, SharedController, SyncWait,
+    InterruptSink, SharedController, SyncWait,
 };
-use dmakit::{Direction, Error, IoAddr, IoReturn};
-use dmakit_sim::{Machine, MachineBuilder, SimDmaEngine};
+use dmakit::{Error, IoReturn};
+use dmakit_sim::{Machine, SimDmaEngine};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-type Buf = BufferMemoryDescriptor<Arc<Machine>>;
-
-/// A coherent machine, an engine, and a 16 KiB buffer whose first 8 KiB hold a pattern.
-fn rig() -> (Arc<Machine>, Arc<SimDmaEngine>, Buf) {
-    let m = Arc::new(
-        MachineBuilder::new()
-            .seed(8)
-            .coherent(true)
-            .build()
-            .unwrap(),
-    );
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), None).unwrap());
-    let data: Vec<u8> = (0..0x4000u32).map(|i| (i % 251) as u8).collect();
-    let buf = BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::InOut).unwrap();
-    (m, engine, buf)
-}
-
-/// One physically contiguous piece of `buf` (the buffer is contiguous per page; `len`
-/// stays inside one page).
-fn seg(buf: &Buf, off: u64, len: u64) -> [IoSegment; 1] {
-    let s = buf.physical_segment(off).unwrap();
-    assert!(s.len >= len);
-    [IoSegment {
-        addr: IoAddr(s.addr.0),
-        len,
-    }]
-}
-
-fn bytes(buf: &Buf, off: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    assert_eq!(buf.read_bytes(off, &mut v), len);
-    v
-}
 
 #[test]
 fn a_synchronous_start_waits_for_the_controllers_completion() {

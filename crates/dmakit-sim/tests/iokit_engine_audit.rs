@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Refusing;
+use common::{bytes, engine_rig as rig, seg, Buf, Refusing};
 
 use dmakit::descriptor::{
     device_memory, device_memory_list, device_sub_range, BufferMemoryDescriptor, DeviceRange,
@@ -18,46 +18,13 @@ use dmakit::dma::{
 use dmakit::map::mapped_read32;
 use dmakit::{Direction, Error, IoAddr, IoReturn, PhysAddr};
 use dmakit_sim::dma_engine::regs;
-use dmakit_sim::{Machine, MachineBuilder, SimDmaEngine};
+use dmakit_sim::{MachineBuilder, SimDmaEngine};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-type Buf = BufferMemoryDescriptor<Arc<Machine>>;
 type Es = DmaEventSource<SimDmaEngine>;
 type Collected = Arc<Mutex<Vec<DmaCompletion>>>;
-
-/// A coherent machine, an engine, and a 16 KiB buffer whose bytes differ from their
-/// neighbours.
-fn rig(seed: u64) -> (Arc<Machine>, Arc<SimDmaEngine>, Buf) {
-    let m = Arc::new(
-        MachineBuilder::new()
-            .seed(seed)
-            .coherent(true)
-            .build()
-            .unwrap(),
-    );
-    let engine = Arc::new(SimDmaEngine::new(m.clone(), None).unwrap());
-    let data: Vec<u8> = (0..0x4000u32).map(|i| (i % 251) as u8).collect();
-    let buf = BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::InOut).unwrap();
-    (m, engine, buf)
-}
-
-/// One physically contiguous piece of `buf` (inside one page).
-fn seg(buf: &Buf, off: u64, len: u64) -> [IoSegment; 1] {
-    let s = buf.physical_segment(off).unwrap();
-    assert!(s.len >= len);
-    [IoSegment {
-        addr: IoAddr(s.addr.0),
-        len,
-    }]
-}
-
-fn bytes(buf: &Buf, off: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    assert_eq!(buf.read_bytes(off, &mut v), len);
-    v
-}
 
 /// An event source on `engine` whose action collects completions, wired to its interrupt.
 fn collecting(engine: &Arc<SimDmaEngine>) -> (Arc<Es>, Collected) {

@@ -2,9 +2,11 @@
 //! `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+use dmakit::descriptor::BufferMemoryDescriptor;
 use dmakit::descriptor::{MemoryDescriptor, PrepOwner, Segment, Source};
-use dmakit::dma::{CompletionSource, DmaCompletion, DmaController, DmaTransfer};
-use dmakit::{Direction, Error, PageSize};
+use dmakit::dma::{CompletionSource, DmaCompletion, DmaController, DmaTransfer, IoSegment};
+use dmakit::{Direction, Error, IoAddr, PageSize};
+use dmakit_sim::{Machine, MachineBuilder, SimDmaEngine};
 use std::sync::Arc;
 
 /// `n` bytes that differ from their neighbours, varied by `salt`.
@@ -81,4 +83,41 @@ impl DmaController for Refusing {
     fn valid_fifo_depth(&self, _: u32) -> u32 {
         0
     }
+}
+
+/// A buffer of the simulated machine.
+pub type Buf = BufferMemoryDescriptor<Arc<Machine>>;
+
+/// A coherent machine seeded with `seed`, a DMA engine on it, and a 16 KiB buffer whose
+/// bytes differ from their neighbours.
+pub fn engine_rig(seed: u64) -> (Arc<Machine>, Arc<SimDmaEngine>, Buf) {
+    let m = Arc::new(
+        MachineBuilder::new()
+            .seed(seed)
+            .coherent(true)
+            .build()
+            .unwrap(),
+    );
+    let engine = Arc::new(SimDmaEngine::new(m.clone(), None).unwrap());
+    let data: Vec<u8> = (0..0x4000u32).map(|i| (i % 251) as u8).collect();
+    let buf = BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::InOut).unwrap();
+    (m, engine, buf)
+}
+
+/// One physically contiguous piece of `buf` (the buffer is contiguous per page; `len`
+/// stays inside one page).
+pub fn seg(buf: &Buf, off: u64, len: u64) -> [IoSegment; 1] {
+    let s = buf.physical_segment(off).unwrap();
+    assert!(s.len >= len);
+    [IoSegment {
+        addr: IoAddr(s.addr.0),
+        len,
+    }]
+}
+
+/// `len` bytes of `buf` from `off`, all of them.
+pub fn bytes(buf: &Buf, off: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    assert_eq!(buf.read_bytes(off, &mut v), len);
+    v
 }
