@@ -1,0 +1,145 @@
+//! Mapping a preparation through an IOMMU: IO pages per physical run, as IOKit lays them out.
+
+use super::*;
+
+impl<P: Platform + Clone + 'static> DmaCommand<P> {
+    /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
+    /// allocation: each physical run gets IO pages of its own, at its own offset in the
+    /// page, so runs that meet at page boundaries form one IO run and each other run starts
+    /// a new one (listed in the route's table).
+    pub(super) fn map(
+        &self,
+        mapper: &dyn Mapper,
+        md: &dyn MemoryDescriptor,
+        offset: u64,
+        length: u64,
+        dir: Direction,
+    ) -> Result<Route<P>> {
+        let page = mapper.page_size();
+        let access = match dir {
+            Direction::Out => Access::READ,
+            Direction::In => Access::WRITE,
+            _ => Access::READ_WRITE,
+        };
+        // Lay the runs out: count the IO pages and note where an IO run starts (relative to
+        // the allocation) when a physical run does not continue the previous one in IO
+        // space. The first run is kept: when it holds the whole range, it is all there is.
+        let first = md.physical_segment(offset)?;
+        let run_at = |x: u64| match x {
+            0 => Ok(first),
+            x => md.physical_segment(offset + x),
+        };
+        let first_off = page.offset(first.addr.0);
+        let mut table = Vec::new();
+        let mut pages = 0u64;
+        let mut end = first_off; // just past the IO bytes laid out so far
+        let mut x = 0;
+        while x < length {
+            let seg = run_at(x)?;
+            let len = seg.len.min(length - x);
+            let at = pages
+                .saturating_mul(page.bytes())
+                .saturating_add(page.offset(seg.addr.0));
+            if at != end {
+                if table.is_empty() {
+                    table.push(MapRun {
+                        x: 0,
+                        io: first_off,
+                    });
+                }
+                table.push(MapRun { x, io: at });
+            }
+            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
+            end = at.saturating_add(len);
+            x += len;
+        }
+        let place = self.iova_placement(page.bytes(), first_off, end - first_off, pages);
+        let iova = mapper.iovm_alloc_placed(pages, &place)?;
+        for r in &mut table {
+            r.io = r.io.saturating_add(iova.0);
+        }
+        let mut done = 0u64;
+        let mut x = 0;
+        let result = (|| {
+            while x < length {
+                let seg = run_at(x)?;
+                let len = seg.len.min(length - x);
+                let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+                mapper.iovm_insert_run(
+                    IoAddr(iova.0 + done * page.bytes()),
+                    PhysAddr(page.trunc(seg.addr.0)),
+                    n,
+                    access,
+                )?;
+                done += n;
+                x += len;
+            }
+            let reached = match table.len() {
+                0 => self.spec.reaches(iova.0 + first_off, length),
+                _ => table.iter().enumerate().all(|(i, r)| {
+                    let to = table.get(i + 1).map_or(length, |n| n.x);
+                    self.spec.reaches(r.io, to - r.x)
+                }),
+            };
+            if !reached {
+                return Err(Error::NoSuitableMemory {
+                    what: "the mapper's IO addresses are outside the device's window",
+                    requested: length,
+                    align: page.bytes(),
+                    limit: self.spec.max_address(),
+                    contiguous: true,
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = mapper.iovm_free(iova, pages);
+            return Err(e);
+        }
+        Ok(Route::Mapped {
+            iova,
+            pages,
+            first_off,
+            table,
+            bounce: None,
+        })
+    }
+
+    /// The spec's window of addresses, inclusive.
+    pub(super) fn window(&self) -> (u64, u64) {
+        (self.spec.min_address(), self.spec.max_address())
+    }
+
+    /// Where the device can use `pages` IO pages holding `length` bytes from `first_off`
+    /// into the first: the spec's window (widened by the pages' slack before and after the
+    /// data), its start alignment when above a page, and its boundary: the whole range
+    /// inside one boundary line when it fits in one, else starting on a line (fewest
+    /// segments).
+    pub(super) fn iova_placement(
+        &self,
+        page: u64,
+        first_off: u64,
+        length: u64,
+        pages: u64,
+    ) -> IovaPlacement {
+        let s = &self.spec;
+        let span = pages.saturating_mul(page);
+        let tail = span.saturating_sub(first_off.saturating_add(length));
+        let mut place = IovaPlacement::ANY.window(
+            s.min_address().saturating_sub(first_off),
+            s.max_address().saturating_add(tail),
+        );
+        if s.alignment() > page {
+            place = place.alignment(s.alignment());
+        }
+        let b = s.boundary();
+        if b >= page {
+            if span <= b {
+                place = place.boundary(b);
+            } else {
+                place = place.alignment(place.align.max(b));
+            }
+        }
+        place
+    }
+}
