@@ -196,90 +196,23 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
         length: u64,
         segments: &mut [IoSegment],
     ) -> Result<(DkMemoryOptions, usize)> {
-        if options != 0 {
-            return Err(Error::BadArgument {
-                what: "DriverKit PrepareForDMA: options (only 0 is defined)",
-                value: options,
-            });
-        }
-        if segments.len() > MAX_SEGMENTS {
-            return Err(Error::BadArgument {
-                what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
-                value: segments.len() as u64,
-            });
-        }
+        check_prepare_arguments(options, segments.len())?;
         let mut cmd = self.cmd.lock();
         let direction = md.direction();
         md.prepare_for(self.owner, direction)?;
-        if let Some((at, _)) = cmd.prepared() {
-            let _ = md.complete_for(self.owner);
-            return Err(Error::Busy {
-                what: "DriverKit PrepareForDMA: DMA command",
-                addr: at,
-                why: "it is prepared (CompleteDMA first)",
-            });
-        }
-        if let Err(e) = cmd.set_memory_descriptor(md.clone()) {
-            let _ = md.complete_for(self.owner);
-            return Err(e);
-        }
-        let length = if length == 0 {
-            md.length().saturating_sub(offset)
-        } else {
-            length
-        };
-        if let Err(e) = cmd.prepare(PrepareOptions::range(offset, length)) {
-            let _ = cmd.clear_memory_descriptor();
-            let _ = md.complete_for(self.owner);
-            return Err(e);
-        }
-        // As DriverKit's kernel side, the count is checked when the segments are generated.
-        if segments.is_empty() {
-            let _ = cmd.complete_and_clear();
-            let _ = md.complete_for(self.owner);
-            return Err(Error::BadArgument {
-                what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
-                value: 0,
-            });
-        }
-        let mut count = 0usize;
-        let mut described = 0u64;
-        let mut failed = None;
-        for seg in cmd.segments() {
-            match seg {
-                Ok(s) if count < segments.len() => {
-                    segments[count] = s;
-                    count += 1;
-                    described += s.len;
-                }
-                Ok(_) => {
-                    failed = Some(Error::MessageTooLarge {
-                        what: "DriverKit PrepareForDMA: the transfer needs more segments than \
-                               the array holds (dmakit does not truncate); the first byte of \
-                               the descriptor left out is",
-                        addr: offset.saturating_add(described),
-                    });
-                    break;
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+        // From here on, every failure gives the descriptor's preparation back.
+        let result = prepare_command(&mut cmd, md, offset, length).and_then(|()| {
+            fill_segments(&cmd, segments, offset).inspect_err(|_| {
+                let _ = cmd.complete_and_clear();
+            })
+        });
+        match result {
+            Ok(count) => Ok((memory_flags(direction), count)),
+            Err(e) => {
+                let _ = md.complete_for(self.owner);
+                Err(e)
             }
         }
-        if let Some(e) = failed {
-            let _ = cmd.complete_and_clear();
-            let _ = md.complete_for(self.owner);
-            return Err(e);
-        }
-        let mut flags = DkMemoryOptions::NONE;
-        if direction.device_reads() {
-            flags = flags | DkMemoryOptions::DIRECTION_OUT;
-        }
-        if direction.device_writes() {
-            flags = flags | DkMemoryOptions::DIRECTION_IN;
-        }
-        Ok((flags, count))
     }
 
     /// Ends the transfer (DriverKit `IODMACommand::CompleteDMA(options)`): the command is
@@ -386,61 +319,31 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                 value: length,
             });
         }
-        let no_memory = |what| Error::NoMemory {
-            what,
-            requested: length,
-            available: 0,
-        };
-        let n = usize::try_from(length)
-            .ok()
-            .filter(|_| length <= u64::from(u32::MAX))
-            .ok_or(no_memory(
-                "DriverKit PerformOperation: a staging buffer above 4 GiB - 1 bytes",
-            ))?;
-        let mut buffer = alloc_crate::vec::Vec::new();
-        buffer
-            .try_reserve_exact(n)
-            .map_err(|_| no_memory("DriverKit PerformOperation: the staging buffer"))?;
-        buffer.resize(n, 0u8);
+        let mut buffer = staging_buffer(length)?;
         let short = |done: usize| Error::Underrun {
             what: "DriverKit PerformOperation: a copy fell short",
             done: done as u64,
             requested: length,
         };
-        match op {
-            4 => {
-                let put = self.write_dma(&*md, prepared, dma_offset, &buffer);
-                if put < n {
-                    return Err(short(put));
-                }
-            }
+        let n = buffer.len();
+        let (wanted, done) = match op {
+            4 => (n, self.write_dma(&*md, prepared, dma_offset, &buffer)),
             1 | 2 => {
-                let data = data.ok_or(Error::BadArgument {
-                    what: "DriverKit PerformOperation: read and write need a data descriptor",
-                    value: op,
-                })?;
-                if length > data.length() {
-                    return Err(Error::BadArgument {
-                        what: "DriverKit PerformOperation: length above the data descriptor's length",
-                        value: length,
-                    });
-                }
-                let (got, put) = if op == 2 {
-                    let got = data.read_bytes(data_offset, &mut buffer);
-                    if got < n {
-                        return Err(short(0));
-                    }
-                    (got, self.write_dma(&*md, prepared, dma_offset, &buffer))
+                let data = data_for(op, length, data)?;
+                let got = if op == 2 {
+                    data.read_bytes(data_offset, &mut buffer)
                 } else {
-                    let got = cmd.read_bytes(dma_offset, &mut buffer);
-                    if got < n {
-                        return Err(short(0));
-                    }
-                    (got, data.write_bytes(data_offset, &buffer))
+                    cmd.read_bytes(dma_offset, &mut buffer)
                 };
-                if put < got {
-                    return Err(short(put));
+                if got < n {
+                    return Err(short(0));
                 }
+                let put = if op == 2 {
+                    self.write_dma(&*md, prepared, dma_offset, &buffer)
+                } else {
+                    data.write_bytes(data_offset, &buffer)
+                };
+                (got, put)
             }
             _ => {
                 return Err(Error::BadArgument {
@@ -448,6 +351,9 @@ impl<P: Platform + Clone + 'static> DkDmaCommand<P> {
                     value: op,
                 })
             }
+        };
+        if done < wanted {
+            return Err(short(done));
         }
         Ok(())
     }
@@ -513,4 +419,138 @@ impl<P: Platform + Clone + 'static> core::fmt::Debug for DkDmaCommand<P> {
         };
         d.finish()
     }
+}
+
+/// PerformOperation's staging buffer of `length` zero bytes: at most 4 GiB − 1, as
+/// DriverKit's, and [`Error::NoMemory`] when it cannot be allocated.
+fn staging_buffer(length: u64) -> Result<alloc_crate::vec::Vec<u8>> {
+    let no_memory = |what| Error::NoMemory {
+        what,
+        requested: length,
+        available: 0,
+    };
+    let n = usize::try_from(length)
+        .ok()
+        .filter(|_| length <= u64::from(u32::MAX))
+        .ok_or(no_memory(
+            "DriverKit PerformOperation: a staging buffer above 4 GiB - 1 bytes",
+        ))?;
+    let mut buffer = alloc_crate::vec::Vec::new();
+    buffer
+        .try_reserve_exact(n)
+        .map_err(|_| no_memory("DriverKit PerformOperation: the staging buffer"))?;
+    buffer.resize(n, 0u8);
+    Ok(buffer)
+}
+
+/// The data descriptor a read or write (`op` 1 or 2) of `length` bytes needs: present, and
+/// at least that long.
+fn data_for(
+    op: u64,
+    length: u64,
+    data: Option<&dyn MemoryDescriptor>,
+) -> Result<&dyn MemoryDescriptor> {
+    let data = data.ok_or(Error::BadArgument {
+        what: "DriverKit PerformOperation: read and write need a data descriptor",
+        value: op,
+    })?;
+    if length > data.length() {
+        return Err(Error::BadArgument {
+            what: "DriverKit PerformOperation: length above the data descriptor's length",
+            value: length,
+        });
+    }
+    Ok(data)
+}
+
+/// DriverKit PrepareForDMA's checks before anything is prepared: `options` 0, and at most
+/// [`MAX_SEGMENTS`] segments asked for.
+fn check_prepare_arguments(options: u64, segments: usize) -> Result<()> {
+    if options != 0 {
+        return Err(Error::BadArgument {
+            what: "DriverKit PrepareForDMA: options (only 0 is defined)",
+            value: options,
+        });
+    }
+    if segments > MAX_SEGMENTS {
+        return Err(Error::BadArgument {
+            what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
+            value: segments as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Attaches `md` to a command that is not prepared and prepares `[offset, offset + length)`
+/// of it (length 0: to its end). On an error the command is left as it was.
+fn prepare_command<P: Platform + Clone + 'static>(
+    cmd: &mut DmaCommand<P>,
+    md: &Arc<dyn MemoryDescriptor>,
+    offset: u64,
+    length: u64,
+) -> Result<()> {
+    if let Some((at, _)) = cmd.prepared() {
+        return Err(Error::Busy {
+            what: "DriverKit PrepareForDMA: DMA command",
+            addr: at,
+            why: "it is prepared (CompleteDMA first)",
+        });
+    }
+    cmd.set_memory_descriptor(md.clone())?;
+    let length = if length == 0 {
+        md.length().saturating_sub(offset)
+    } else {
+        length
+    };
+    if let Err(e) = cmd.prepare(PrepareOptions::range(offset, length)) {
+        let _ = cmd.clear_memory_descriptor();
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Writes the prepared command's segments into `segments` and returns their count. When
+/// they do not all fit, the error names the first byte left out (`offset` is where the
+/// preparation starts); the caller completes the command on any error.
+fn fill_segments<P: Platform + Clone + 'static>(
+    cmd: &DmaCommand<P>,
+    segments: &mut [IoSegment],
+    offset: u64,
+) -> Result<usize> {
+    // As DriverKit's kernel side, the count is checked when the segments are generated.
+    if segments.is_empty() {
+        return Err(Error::BadArgument {
+            what: "DriverKit PrepareForDMA: segment array length (1 to 32)",
+            value: 0,
+        });
+    }
+    let mut count = 0usize;
+    let mut described = 0u64;
+    for seg in cmd.segments() {
+        let s = seg?;
+        let Some(slot) = segments.get_mut(count) else {
+            return Err(Error::MessageTooLarge {
+                what: "DriverKit PrepareForDMA: the transfer needs more segments than \
+                       the array holds (dmakit does not truncate); the first byte of \
+                       the descriptor left out is",
+                addr: offset.saturating_add(described),
+            });
+        };
+        *slot = s;
+        count += 1;
+        described += s.len;
+    }
+    Ok(count)
+}
+
+/// The direction flags DriverKit's PrepareForDMA reports for memory of `direction`.
+fn memory_flags(direction: crate::Direction) -> DkMemoryOptions {
+    let mut flags = DkMemoryOptions::NONE;
+    if direction.device_reads() {
+        flags = flags | DkMemoryOptions::DIRECTION_OUT;
+    }
+    if direction.device_writes() {
+        flags = flags | DkMemoryOptions::DIRECTION_IN;
+    }
+    flags
 }

@@ -84,7 +84,7 @@
 
 use crate::descriptor::{check_range, MemoryDescriptor, Segment, Source};
 use crate::platform::{CacheMode, MapPiece, MapRequest, MapSource, Task, VirtualMemory};
-use crate::{Error, PhysAddr, Result, VirtAddr};
+use crate::{Error, PageSize, PhysAddr, Result, VirtAddr};
 use alloc_crate::sync::{Arc, Weak};
 use alloc_crate::vec::Vec;
 use core::any::Any;
@@ -560,39 +560,8 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
     /// guard support is [`Error::Unsupported`]).
     pub fn new(platform: P, md: Arc<dyn MemoryDescriptor>, options: MapOptions) -> Result<Self> {
         let mut platform = platform;
-        let total = md.length();
-        if total == 0 {
-            return Err(Error::BadArgument {
-                what: "mapping a zero-length descriptor (it has no pages to map)",
-                value: 0,
-            });
-        }
-        let length = if options.length == 0 {
-            total
-        } else {
-            options.length
-        };
-        check_range("mapping range", options.offset, length, total)?;
-        if options.guard != MapGuard::None {
-            if let Some(at) = options.at {
-                return Err(Error::BadArgument {
-                    what: "guard pages need placement anywhere, not a fixed address",
-                    value: at.0,
-                });
-            }
-        }
-        // A sub-descriptor is mapped as its range of its parent (IOKit maps it through the
-        // parent): the parent's registry, the parent's offsets.
-        let mut md = md;
-        let mut offset = options.offset;
-        while let Some((parent, start)) = md.map_through() {
-            offset = offset.checked_add(start).ok_or(Error::Overflow {
-                what: "mapping range in the parent of a sub-descriptor",
-                start: offset,
-                len: start,
-            })?;
-            md = parent;
-        }
+        let length = checked_length(md.as_ref(), &options)?;
+        let (md, offset) = through_parents(md, options.offset)?;
         let options = MapOptions {
             offset,
             length,
@@ -713,45 +682,14 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
         req: &Request,
     ) -> Result<MapInner<P>> {
         let page = md.page_size();
-        // Pieces that continue one another (the same task, the next address) are one piece
-        // of memory: only the joins between separate pieces must fall on page boundaries.
-        let mut sources: Vec<Source> = Vec::new();
-        let mut pieces_seen = 0usize;
-        md.sources(req.offset, req.length, &mut |s| {
-            if s.len == 0 {
-                return;
-            }
-            pieces_seen += 1;
-            match sources.last_mut() {
-                Some(last)
-                    if last.task == s.task && last.addr.checked_add(last.len) == Some(s.addr) =>
-                {
-                    last.len += s.len;
-                }
-                _ => sources.push(s),
-            }
-        })?;
+        let (sources, pieces_seen) = joined_sources(md.as_ref(), req)?;
         let resolved = MapOptions {
             offset: req.offset,
             length: req.length,
             cache: Some(options.effective_cache()),
             ..options
         };
-        // The memory's own address: one range (IOKit: a descriptor of one range), not
-        // several that merely continue one another.
-        let own = match sources.as_slice() {
-            [only] if pieces_seen == 1 && only.task == Some(req.task) => Some(VirtAddr(only.addr)),
-            _ => None,
-        };
-        let is_static = own.is_some()
-            && req.at.is_none()
-            && options.sharing != MapSharing::Unique
-            && req.guard == MapGuard::None
-            && req.offset == 0
-            && !req.read_only
-            && options.effective_cache() == CacheMode::CopyBack
-            && (req.length == md.length() || one_source(md.as_ref()));
-        if let (true, Some(address)) = (is_static, own) {
+        if let Some(address) = static_address(md.as_ref(), &options, req, &sources, pieces_seen) {
             return Ok(MapInner {
                 platform,
                 md,
@@ -764,55 +702,11 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
                 state: crate::sync::Mutex::new(State { handles: 1 }),
             });
         }
-        let n = sources.len();
-        let mut pieces = Vec::with_capacity(n);
-        for (i, s) in sources.iter().enumerate() {
-            let end = s.addr.checked_add(s.len).ok_or(Error::Overflow {
-                what: "mapping",
-                start: s.addr,
-                len: s.len,
-            })?;
-            if (i > 0 && page.offset(s.addr) != 0) || (i + 1 < n && page.offset(end) != 0) {
-                return Err(Error::NotAligned {
-                    what: "mapping: an inner piece of the descriptor is not page aligned",
-                    value: if i > 0 && page.offset(s.addr) != 0 {
-                        s.addr
-                    } else {
-                        end
-                    },
-                    align: page.bytes(),
-                });
-            }
-            let start = page.trunc(s.addr);
-            let stop = page.round_up(end).ok_or(Error::Overflow {
-                what: "mapping",
-                start: s.addr,
-                len: s.len,
-            })?;
-            let src = match s.task {
-                Some(t) => MapSource::Virtual(t, VirtAddr(start)),
-                None => MapSource::Physical(PhysAddr(start)),
-            };
-            pieces.push(MapPiece {
-                src,
-                len: stop - start,
-            });
-        }
+        let pieces = page_pieces(page, &sources)?;
         let first_off = sources.first().map_or(0, |s| page.offset(s.addr));
-        let at = match req.at {
-            Some(va) if page.offset(va.0) != first_off => {
-                return Err(Error::NotAligned {
-                    what: "mapping address (its page offset must equal the first byte's)",
-                    value: va.0,
-                    align: page.bytes(),
-                })
-            }
-            Some(va) => Some(VirtAddr(page.trunc(va.0))),
-            None => None,
-        };
         let map_req = MapRequest {
             task: req.task,
-            at,
+            at: placed_at(page, req.at, first_off)?,
             read_only: req.read_only,
             cache: options.effective_cache(),
         };
@@ -838,6 +732,151 @@ impl<P: VirtualMemory + 'static> MemoryMap<P> {
             kind: Kind::Own { base, len },
             state: crate::sync::Mutex::new(State { handles: 1 }),
         })
+    }
+}
+
+/// The length `options` ask of `md` (0: to its end), checked: the descriptor is not empty,
+/// the range lies inside it, and guard pages are not asked at a fixed address.
+fn checked_length(md: &dyn MemoryDescriptor, options: &MapOptions) -> Result<u64> {
+    let total = md.length();
+    if total == 0 {
+        return Err(Error::BadArgument {
+            what: "mapping a zero-length descriptor (it has no pages to map)",
+            value: 0,
+        });
+    }
+    let length = if options.length == 0 {
+        total
+    } else {
+        options.length
+    };
+    check_range("mapping range", options.offset, length, total)?;
+    if options.guard != MapGuard::None {
+        if let Some(at) = options.at {
+            return Err(Error::BadArgument {
+                what: "guard pages need placement anywhere, not a fixed address",
+                value: at.0,
+            });
+        }
+    }
+    Ok(length)
+}
+
+/// The descriptor that is mapped for `md` and the offset in it: a sub-descriptor is mapped
+/// as its range of its parent (IOKit maps it through the parent), with the parent's
+/// registry and offsets.
+fn through_parents(
+    md: Arc<dyn MemoryDescriptor>,
+    offset: u64,
+) -> Result<(Arc<dyn MemoryDescriptor>, u64)> {
+    let (mut md, mut offset) = (md, offset);
+    while let Some((parent, start)) = md.map_through() {
+        offset = offset.checked_add(start).ok_or(Error::Overflow {
+            what: "mapping range in the parent of a sub-descriptor",
+            start: offset,
+            len: start,
+        })?;
+        md = parent;
+    }
+    Ok((md, offset))
+}
+
+/// The sources of the requested range, pieces that continue one another (the same task,
+/// the next address) joined into one, and how many non-empty pieces there were: only the
+/// joins between separate pieces must fall on page boundaries.
+fn joined_sources(md: &dyn MemoryDescriptor, req: &Request) -> Result<(Vec<Source>, usize)> {
+    let mut sources: Vec<Source> = Vec::new();
+    let mut pieces_seen = 0usize;
+    md.sources(req.offset, req.length, &mut |s| {
+        if s.len == 0 {
+            return;
+        }
+        pieces_seen += 1;
+        match sources.last_mut() {
+            Some(last)
+                if last.task == s.task && last.addr.checked_add(last.len) == Some(s.addr) =>
+            {
+                last.len += s.len;
+            }
+            _ => sources.push(s),
+        }
+    })?;
+    Ok((sources, pieces_seen))
+}
+
+/// The memory's own address, when the request can use it as the mapping (a static
+/// mapping): one range (IOKit: a descriptor of one range, not several that merely continue
+/// one another) already in the requested task, mapped whole, anywhere, shared, unguarded,
+/// writable and cached as the task has it.
+fn static_address(
+    md: &dyn MemoryDescriptor,
+    options: &MapOptions,
+    req: &Request,
+    sources: &[Source],
+    pieces_seen: usize,
+) -> Option<VirtAddr> {
+    let own = match sources {
+        [only] if pieces_seen == 1 && only.task == Some(req.task) => VirtAddr(only.addr),
+        _ => return None,
+    };
+    let as_is = req.at.is_none()
+        && options.sharing != MapSharing::Unique
+        && req.guard == MapGuard::None
+        && req.offset == 0
+        && !req.read_only
+        && options.effective_cache() == CacheMode::CopyBack
+        && (req.length == md.length() || one_source(md));
+    as_is.then_some(own)
+}
+
+/// The whole pages to map for `sources`: every piece but the first must start on a page
+/// boundary and every piece but the last must end on one.
+fn page_pieces(page: PageSize, sources: &[Source]) -> Result<Vec<MapPiece>> {
+    let n = sources.len();
+    let mut pieces = Vec::with_capacity(n);
+    for (i, s) in sources.iter().enumerate() {
+        let overflow = Error::Overflow {
+            what: "mapping",
+            start: s.addr,
+            len: s.len,
+        };
+        let end = s.addr.checked_add(s.len).ok_or(overflow.clone())?;
+        if (i > 0 && page.offset(s.addr) != 0) || (i + 1 < n && page.offset(end) != 0) {
+            return Err(Error::NotAligned {
+                what: "mapping: an inner piece of the descriptor is not page aligned",
+                value: if i > 0 && page.offset(s.addr) != 0 {
+                    s.addr
+                } else {
+                    end
+                },
+                align: page.bytes(),
+            });
+        }
+        let start = page.trunc(s.addr);
+        let stop = page.round_up(end).ok_or(overflow)?;
+        let src = match s.task {
+            Some(t) => MapSource::Virtual(t, VirtAddr(start)),
+            None => MapSource::Physical(PhysAddr(start)),
+        };
+        pieces.push(MapPiece {
+            src,
+            len: stop - start,
+        });
+    }
+    Ok(pieces)
+}
+
+/// The page where a mapping asked at `at` starts: its page offset must be the first byte's
+/// (`first_off`), as the mapping keeps the memory's offset in the page.
+fn placed_at(page: PageSize, at: Option<VirtAddr>, first_off: u64) -> Result<Option<VirtAddr>> {
+    match at {
+        Some(va) if page.offset(va.0) != first_off => Err(Error::NotAligned {
+            what: "mapping address (its page offset must equal the first byte's)",
+            value: va.0,
+            align: page.bytes(),
+        }),
+        Some(va) => Ok(Some(VirtAddr(page.trunc(va.0)))),
+        None => Ok(None),
     }
 }
 
