@@ -258,79 +258,125 @@ impl<O: SegmentOrder> MemoryCursor<O> {
         from: u64,
         slots: usize,
         max_transfer: u64,
-        mut emit: impl FnMut(usize, PhysicalSegment),
+        emit: impl FnMut(usize, PhysicalSegment),
     ) -> Result<CursorOutput> {
         let limit = if max_transfer == 0 {
             self.max_transfer_size
         } else {
             max_transfer.min(LIMIT)
         };
-        let length = md.length();
-        let mut count = 0usize;
-        let mut emitted = 0u64;
-        let mut cur: Option<PhysicalSegment> = None;
-        let mut pos = from;
         if slots == 0 {
             return Ok(CursorOutput { count: 0, bytes: 0 });
         }
-        'walk: while pos < length {
-            let used = emitted + cur.map_or(0, |c| c.length);
+        let mut w = Walk {
+            max_segment_size: self.max_segment_size,
+            alignment: self.alignment,
+            slots,
+            count: 0,
+            emitted: 0,
+            cur: None,
+            emit,
+        };
+        let (length, mut pos) = (md.length(), from);
+        while pos < length {
+            let used = w.emitted + w.cur.map_or(0, |c| c.length);
             let budget = limit - used.min(limit);
             if budget == 0 {
                 break;
             }
             let run = md.physical_segment(pos)?;
-            let mut addr = run.addr.0;
-            let mut left = run.len.min(budget);
-            while left > 0 {
-                match cur.as_mut() {
-                    Some(c)
-                        if c.location.0 + c.length == addr && c.length < self.max_segment_size =>
-                    {
-                        let add = left.min(self.max_segment_size - c.length);
-                        c.length += add;
-                        addr += add;
-                        left -= add;
-                        pos += add;
-                    }
-                    _ => {
-                        if let Some(c) = cur {
-                            if count + 1 >= slots {
-                                // The last slot holds the current segment; stop here.
-                                break 'walk;
-                            }
-                            emit(count, c);
-                            count += 1;
-                            emitted += c.length;
-                        }
-                        if !addr.is_multiple_of(self.alignment) {
-                            return Err(Error::NotAligned {
-                                what:
-                                    "memory cursor: a segment start breaks the cursor's alignment",
-                                value: addr,
-                                align: self.alignment,
-                            });
-                        }
-                        let take = left.min(self.max_segment_size);
-                        cur = Some(PhysicalSegment {
-                            location: PhysAddr(addr),
-                            length: take,
-                        });
-                        addr += take;
-                        left -= take;
-                        pos += take;
-                    }
-                }
+            let (taken, room) = w.take(run.addr.0, run.len.min(budget))?;
+            pos += taken;
+            if !room {
+                break;
             }
         }
-        if let Some(c) = cur {
-            emit(count, c);
-            count += 1;
-            emitted += c.length;
+        Ok(w.finish())
+    }
+}
+
+/// One cursor walk in progress: the segments emitted so far, and the one being grown.
+struct Walk<F: FnMut(usize, PhysicalSegment)> {
+    max_segment_size: u64,
+    alignment: u64,
+    slots: usize,
+    count: usize,
+    emitted: u64,
+    cur: Option<PhysicalSegment>,
+    emit: F,
+}
+
+impl<F: FnMut(usize, PhysicalSegment)> Walk<F> {
+    /// Takes `[addr, addr + left)`, growing the current segment while it continues it
+    /// physically and has room, starting new ones (emitting the current) otherwise. Returns
+    /// the bytes taken, and false when the slots ran out first: the last slot holds the
+    /// current segment.
+    fn take(&mut self, mut addr: u64, mut left: u64) -> Result<(u64, bool)> {
+        let mut taken = 0;
+        while left > 0 {
+            let add = match self.cur.as_mut() {
+                Some(c) if c.location.0 + c.length == addr && c.length < self.max_segment_size => {
+                    let add = left.min(self.max_segment_size - c.length);
+                    c.length += add;
+                    add
+                }
+                _ => {
+                    if !self.emit_current() {
+                        return Ok((taken, false));
+                    }
+                    self.start(addr, left)?
+                }
+            };
+            addr += add;
+            left -= add;
+            taken += add;
         }
-        Ok(CursorOutput {
-            count,
-            bytes: emitted,
-        })
+        Ok((taken, true))
+    }
+
+    /// Emits the current segment, if any; false (nothing emitted) when only the last slot
+    /// is left, which the current segment keeps.
+    fn emit_current(&mut self) -> bool {
+        let Some(c) = self.cur else {
+            return true;
+        };
+        if self.count + 1 >= self.slots {
+            return false;
+        }
+        (self.emit)(self.count, c);
+        self.count += 1;
+        self.emitted += c.length;
+        true
+    }
+
+    /// Starts a new current segment at `addr` (which must have the cursor's alignment) with
+    /// up to `left` bytes; returns its length.
+    fn start(&mut self, addr: u64, left: u64) -> Result<u64> {
+        if !addr.is_multiple_of(self.alignment) {
+            return Err(Error::NotAligned {
+                what: "memory cursor: a segment start breaks the cursor's alignment",
+                value: addr,
+                align: self.alignment,
+            });
+        }
+        let take = left.min(self.max_segment_size);
+        self.cur = Some(PhysicalSegment {
+            location: PhysAddr(addr),
+            length: take,
+        });
+        Ok(take)
+    }
+
+    /// Emits the current segment into the last slot and says what the walk produced.
+    fn finish(mut self) -> CursorOutput {
+        if let Some(c) = self.cur {
+            (self.emit)(self.count, c);
+            self.count += 1;
+            self.emitted += c.length;
+        }
+        CursorOutput {
+            count: self.count,
+            bytes: self.emitted,
+        }
     }
 }

@@ -222,91 +222,115 @@ impl SegmentSpecBuilder {
         if !self.internal_set {
             s.internal_alignment = s.alignment;
         }
-        match self.address_bits {
-            None | Some(0) => {}
-            Some(bits @ 12..=255) => {
-                let top = if bits >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << bits) - 1
-                };
-                s.max_address = s.max_address.min(top);
-                s.address_limited = true;
-            }
-            Some(bits) => {
-                return Err(Error::BadArgument {
-                    what: "SegmentSpec.address_bits must be 0 (no limit) or 12..=255",
-                    value: bits as u64,
-                })
-            }
-        }
-        if s.min_address > s.max_address {
-            return Err(Error::BadArgument {
-                what: "SegmentSpec.window is empty (min above max)",
-                value: s.min_address,
-            });
-        }
-        if s.max_segments == 0 {
-            return Err(Error::ZeroSize {
-                what: "SegmentSpec.max_segments",
-            });
-        }
-        pow2("SegmentSpec.alignment", s.alignment)?;
-        pow2("SegmentSpec.length_alignment", s.length_alignment)?;
-        pow2("SegmentSpec.internal_alignment", s.internal_alignment)?;
-        if s.boundary != 0 {
-            pow2("SegmentSpec.boundary", s.boundary)?;
-        }
-        if s.offset_bits > 63 {
-            return Err(Error::BadArgument {
-                what: "SegmentSpec.offset_bits must be below 64",
-                value: s.offset_bits as u64,
-            });
-        }
-        if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(s.length_alignment)
-        {
-            return Err(Error::NotAligned {
-                what: "SegmentSpec.max_segment_size is not a multiple of length_alignment",
-                value: s.max_segment_size,
-                align: s.length_alignment,
-            });
-        }
-        let cut_align = s.internal_alignment.max(s.length_alignment);
-        if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(cut_align) {
-            // A segment cut at the maximum size must end where the next may start.
-            return Err(Error::NotAligned {
-                what: "SegmentSpec.max_segment_size is not a multiple of internal_alignment",
-                value: s.max_segment_size,
-                align: cut_align,
-            });
-        }
-        if s.boundary != 0 && s.boundary < cut_align {
-            return Err(Error::NotAligned {
-                what: "SegmentSpec.boundary is below internal_alignment/length_alignment (a cut at the boundary would break them)",
-                value: s.boundary,
-                align: cut_align,
-            });
-        }
+        apply_address_bits(&mut s, self.address_bits)?;
+        check_fields(&s)?;
+        check_cuts(&s)?;
         if s.boundary != 0 && s.max_segment_size > s.boundary {
             // A segment can never be longer than the boundary it may not cross.
             s.max_segment_size = s.boundary;
         }
-        // Some address in the window must be able to start a segment (and one of the
-        // length alignment must fit after it): else no memory could ever satisfy the spec,
-        // and every prepare would fail later with a confusing lack of space. Address 0
-        // does not count: no mapper hands it out and no platform lends that page.
-        let first = s.min_address.max(1).checked_next_multiple_of(s.alignment);
-        let fits = first.is_some_and(|a| {
-            a <= s.max_address && s.max_address - a >= s.length_alignment.saturating_sub(1)
-        });
-        if !fits {
-            return Err(Error::BadArgument {
-                what: "SegmentSpec cannot be met: no address in the window has the start alignment (with room for one length alignment)",
-                value: s.alignment,
-            });
-        }
+        check_satisfiable(&s)?;
         Ok(s)
     }
+}
+
+/// Narrows the window to `bits` address bits (`None` or 0: no limit; 12 to 255).
+fn apply_address_bits(s: &mut SegmentSpec, bits: Option<u32>) -> Result<()> {
+    match bits {
+        None | Some(0) => {}
+        Some(bits @ 12..=255) => {
+            let top = if bits >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            s.max_address = s.max_address.min(top);
+            s.address_limited = true;
+        }
+        Some(bits) => {
+            return Err(Error::BadArgument {
+                what: "SegmentSpec.address_bits must be 0 (no limit) or 12..=255",
+                value: bits as u64,
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Each field on its own: a window that is not empty, at least one segment, power-of-two
+/// alignments and boundary, fewer than 64 offset bits.
+fn check_fields(s: &SegmentSpec) -> Result<()> {
+    if s.min_address > s.max_address {
+        return Err(Error::BadArgument {
+            what: "SegmentSpec.window is empty (min above max)",
+            value: s.min_address,
+        });
+    }
+    if s.max_segments == 0 {
+        return Err(Error::ZeroSize {
+            what: "SegmentSpec.max_segments",
+        });
+    }
+    pow2("SegmentSpec.alignment", s.alignment)?;
+    pow2("SegmentSpec.length_alignment", s.length_alignment)?;
+    pow2("SegmentSpec.internal_alignment", s.internal_alignment)?;
+    if s.boundary != 0 {
+        pow2("SegmentSpec.boundary", s.boundary)?;
+    }
+    if s.offset_bits > 63 {
+        return Err(Error::BadArgument {
+            what: "SegmentSpec.offset_bits must be below 64",
+            value: s.offset_bits as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Where segments are cut (at the maximum size, at a boundary) the next segment must be
+/// able to start: both are multiples of the length and internal alignments.
+fn check_cuts(s: &SegmentSpec) -> Result<()> {
+    if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(s.length_alignment) {
+        return Err(Error::NotAligned {
+            what: "SegmentSpec.max_segment_size is not a multiple of length_alignment",
+            value: s.max_segment_size,
+            align: s.length_alignment,
+        });
+    }
+    let cut_align = s.internal_alignment.max(s.length_alignment);
+    if s.max_segment_size != u64::MAX && !s.max_segment_size.is_multiple_of(cut_align) {
+        // A segment cut at the maximum size must end where the next may start.
+        return Err(Error::NotAligned {
+            what: "SegmentSpec.max_segment_size is not a multiple of internal_alignment",
+            value: s.max_segment_size,
+            align: cut_align,
+        });
+    }
+    if s.boundary != 0 && s.boundary < cut_align {
+        return Err(Error::NotAligned {
+            what: "SegmentSpec.boundary is below internal_alignment/length_alignment (a cut at the boundary would break them)",
+            value: s.boundary,
+            align: cut_align,
+        });
+    }
+    Ok(())
+}
+
+/// Some address in the window must be able to start a segment (and one of the length
+/// alignment must fit after it): else no memory could ever satisfy the spec, and every
+/// prepare would fail later with a confusing lack of space. Address 0 does not count: no
+/// mapper hands it out and no platform lends that page.
+fn check_satisfiable(s: &SegmentSpec) -> Result<()> {
+    let first = s.min_address.max(1).checked_next_multiple_of(s.alignment);
+    let fits = first.is_some_and(|a| {
+        a <= s.max_address && s.max_address - a >= s.length_alignment.saturating_sub(1)
+    });
+    if !fits {
+        return Err(Error::BadArgument {
+            what: "SegmentSpec cannot be met: no address in the window has the start alignment (with room for one length alignment)",
+            value: s.alignment,
+        });
+    }
+    Ok(())
 }
 
 impl SegmentSpec {
