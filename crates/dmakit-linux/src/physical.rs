@@ -35,6 +35,7 @@ use dmakit::addr::checked_end;
 use dmakit::platform::{PageRequest, PhysicalMemory};
 use dmakit::{Error, PageSize, PhysAddr, Result, VirtAddr};
 use rustix::io::Errno;
+use std::os::fd::OwnedFd;
 
 /// Attempts at meeting a physical limit before giving up.
 const LIMIT_ATTEMPTS: usize = 4;
@@ -98,6 +99,22 @@ fn explain_high_hugepages(
     }
 }
 
+/// A new memory object of `len` bytes (on hugetlbfs when `huge`); its error asks whether
+/// the kernel has hugetlbfs when hugepages were asked for.
+fn new_memfd(len: u64, huge: bool) -> Result<OwnedFd> {
+    sys::memfd(len, huge).map_err(|(op, e)| {
+        hints::os(
+            op,
+            e,
+            if huge {
+                "does this kernel have hugetlbfs (CONFIG_HUGETLBFS)?"
+            } else {
+                ""
+            },
+        )
+    })
+}
+
 impl Host {
     /// Maps and (if wired) locks and translates one candidate allocation.
     fn try_allocate(
@@ -108,17 +125,7 @@ impl Host {
         huge: bool,
         wired: bool,
     ) -> Result<Allocation> {
-        let fd = sys::memfd(map_len, huge).map_err(|(op, e)| {
-            hints::os(
-                op,
-                e,
-                if huge {
-                    "does this kernel have hugetlbfs (CONFIG_HUGETLBFS)?"
-                } else {
-                    ""
-                },
-            )
-        })?;
+        let fd = new_memfd(map_len, huge)?;
         // A large buffer on transparent 2 MiB pages where the kernel allows it: placed
         // 2 MiB-aligned and advised before any page is faulted in (wiring faults them).
         let thp = !huge && map_len >= HUGEPAGE && self.capabilities().shmem_huge_pages.available();
@@ -146,7 +153,7 @@ impl Host {
                 .lock_for_life(va, map_len, lock)
                 .map_err(|e| hints::mlock_error(va, map_len, e))?;
         }
-        let mut a = Allocation {
+        let a = Allocation {
             mapping,
             len,
             map_len,
@@ -158,18 +165,29 @@ impl Host {
             purgeable: Default::default(),
         };
         if wired && self.capabilities().pagemap_pfns {
-            match self
-                .pagemap()
-                .and_then(|pm| pm.frames(va, map_len >> self.page().shift()))
-            {
-                Ok(f) => a.frames = f,
-                Err(e) => {
-                    self.discard(a);
-                    return Err(e);
-                }
-            }
+            return self.with_frames(a);
         }
         Ok(a)
+    }
+
+    /// A new wired allocation with the physical address of each of its pages, read from
+    /// pagemap; if they cannot be read, the allocation is discarded (unlocked and unmapped)
+    /// and the error returned.
+    fn with_frames(&self, mut a: Allocation) -> Result<Allocation> {
+        let va = a.mapping.addr();
+        match self
+            .pagemap()
+            .and_then(|pm| pm.frames(va, a.map_len >> self.page().shift()))
+        {
+            Ok(f) => {
+                a.frames = f;
+                Ok(a)
+            }
+            Err(e) => {
+                self.discard(a);
+                Err(e)
+            }
+        }
     }
 
     /// Unlocks and unmaps an allocation that is no longer (or never was) registered.
