@@ -35,9 +35,85 @@ use dmakit::addr::checked_end;
 use dmakit::platform::{PageRequest, PhysicalMemory};
 use dmakit::{Error, PageSize, PhysAddr, Result, VirtAddr};
 use rustix::io::Errno;
+use std::os::fd::OwnedFd;
 
 /// Attempts at meeting a physical limit before giving up.
 const LIMIT_ATTEMPTS: usize = 4;
+
+/// How an allocation request is met, worked out before anything is allocated.
+struct Shape {
+    /// The alignment asked for (what the frames are checked against).
+    align: u64,
+    /// One 2 MiB hugepage (physically contiguous memory).
+    huge: bool,
+    /// The length mapped: the length asked for, or one hugepage.
+    map_len: u64,
+    /// The alignment of the mapping's address.
+    map_align: u64,
+    /// Candidates to try before giving up.
+    attempts: usize,
+}
+
+/// Why a candidate allocation was rejected: its frames are not one aligned run, or not
+/// within the request's physical bounds.
+fn unsuitable(req: &PageRequest, len: u64, align: u64) -> Error {
+    Error::NoSuitableMemory {
+        what: if req.contiguous && req.phys_limit == u64::MAX {
+            "Linux host: the hugepage the kernel gave is not one aligned \
+             physical run"
+        } else {
+            ABOVE_LIMIT
+        },
+        requested: len,
+        align,
+        limit: req.phys_limit,
+        contiguous: req.contiguous,
+    }
+}
+
+/// When hugepages under a physical limit ran short but some were had, only too high, the
+/// error says so (with the lowest frame seen) instead of suggesting reserving more.
+fn explain_high_hugepages(
+    outcome: Result<VirtAddr>,
+    rejected: &[Allocation],
+    len: u64,
+    req: &PageRequest,
+    huge: bool,
+) -> Result<VirtAddr> {
+    if !huge || req.phys_limit == u64::MAX || rejected.is_empty() {
+        return outcome;
+    }
+    let lowest = rejected.iter().filter_map(|a| a.frames.first()).min();
+    let short = matches!(
+        outcome,
+        Err(Error::NoMemory { .. } | Error::NoSuitableMemory { .. })
+    );
+    match (short, lowest) {
+        (true, Some(lowest)) => Err(hints::hugepages_above_limit(
+            rejected.len(),
+            lowest.0,
+            len,
+            req.phys_limit,
+        )),
+        _ => outcome,
+    }
+}
+
+/// A new memory object of `len` bytes (on hugetlbfs when `huge`); its error asks whether
+/// the kernel has hugetlbfs when hugepages were asked for.
+fn new_memfd(len: u64, huge: bool) -> Result<OwnedFd> {
+    sys::memfd(len, huge).map_err(|(op, e)| {
+        hints::os(
+            op,
+            e,
+            if huge {
+                "does this kernel have hugetlbfs (CONFIG_HUGETLBFS)?"
+            } else {
+                ""
+            },
+        )
+    })
+}
 
 impl Host {
     /// Maps and (if wired) locks and translates one candidate allocation.
@@ -49,17 +125,7 @@ impl Host {
         huge: bool,
         wired: bool,
     ) -> Result<Allocation> {
-        let fd = sys::memfd(map_len, huge).map_err(|(op, e)| {
-            hints::os(
-                op,
-                e,
-                if huge {
-                    "does this kernel have hugetlbfs (CONFIG_HUGETLBFS)?"
-                } else {
-                    ""
-                },
-            )
-        })?;
+        let fd = new_memfd(map_len, huge)?;
         // A large buffer on transparent 2 MiB pages where the kernel allows it: placed
         // 2 MiB-aligned and advised before any page is faulted in (wiring faults them).
         let thp = !huge && map_len >= HUGEPAGE && self.capabilities().shmem_huge_pages.available();
@@ -87,7 +153,7 @@ impl Host {
                 .lock_for_life(va, map_len, lock)
                 .map_err(|e| hints::mlock_error(va, map_len, e))?;
         }
-        let mut a = Allocation {
+        let a = Allocation {
             mapping,
             len,
             map_len,
@@ -99,18 +165,29 @@ impl Host {
             purgeable: Default::default(),
         };
         if wired && self.capabilities().pagemap_pfns {
-            match self
-                .pagemap()
-                .and_then(|pm| pm.frames(va, map_len >> self.page().shift()))
-            {
-                Ok(f) => a.frames = f,
-                Err(e) => {
-                    self.discard(a);
-                    return Err(e);
-                }
-            }
+            return self.with_frames(a);
         }
         Ok(a)
+    }
+
+    /// A new wired allocation with the physical address of each of its pages, read from
+    /// pagemap; if they cannot be read, the allocation is discarded (unlocked and unmapped)
+    /// and the error returned.
+    fn with_frames(&self, mut a: Allocation) -> Result<Allocation> {
+        let va = a.mapping.addr();
+        match self
+            .pagemap()
+            .and_then(|pm| pm.frames(va, a.map_len >> self.page().shift()))
+        {
+            Ok(f) => {
+                a.frames = f;
+                Ok(a)
+            }
+            Err(e) => {
+                self.discard(a);
+                Err(e)
+            }
+        }
     }
 
     /// Unlocks and unmaps an allocation that is no longer (or never was) registered.
@@ -158,24 +235,13 @@ impl Host {
         }
         Ok(out)
     }
-}
 
-impl PhysicalMemory for Host {
-    fn page_size(&self) -> PageSize {
-        self.page()
-    }
-
-    /// Allocates zeroed pages of this process (see the module docs for how).
-    ///
-    /// Errors: the request's own checks ([`PageRequest::validate`]); `BadArgument` for
-    /// pageable memory with physical constraints; `NotPermitted` for physical constraints
-    /// without pagemap frame numbers; `NoSuitableMemory` for contiguous memory over 2 MiB or
-    /// a limit the kernel's placement did not meet; `NoMemory` naming `nr_hugepages` when no
-    /// hugepage is free; `CannotWire` naming `RLIMIT_MEMLOCK` and its value when the limit
-    /// is too low. Nothing stays allocated after an error.
-    fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
-        let page = self.page();
-        let align = req.validate(len, page)?;
+    /// Checks a page request and works out how to meet it (all checks made before anything
+    /// is allocated): the request's own checks, pageable memory with physical constraints,
+    /// contiguous memory larger than one hugepage, sizes that overflow, frame numbers for a
+    /// limit or floor, and the locked-memory limit for wired memory.
+    fn shape_of(&self, len: u64, req: &PageRequest) -> Result<Shape> {
+        let align = req.validate(len, self.page())?;
         if req.pageable && req.constrains_physical() {
             return Err(Error::BadArgument {
                 what: "pageable memory cannot be contiguous or physically limited (its pages \
@@ -207,66 +273,83 @@ impl PhysicalMemory for Host {
             self.pagemap()?;
         }
         let map_len = if huge { HUGEPAGE } else { len };
-        let map_align = if huge { HUGEPAGE } else { align };
-        let attempts = if !bounded { 1 } else { LIMIT_ATTEMPTS };
         if !req.pageable && !huge {
             // Before MAP_POPULATE makes it resident: a request larger than the machine
             // would end with the OOM killer instead of an error.
             crate::limits::check_wire(map_len, crate::limits::locked_now())?;
         }
-        let mut s = self.lock();
-        let mut rejected = Vec::new();
+        Ok(Shape {
+            align,
+            huge,
+            map_len,
+            map_align: if huge { HUGEPAGE } else { align },
+            attempts: if !bounded { 1 } else { LIMIT_ATTEMPTS },
+        })
+    }
+
+    /// Makes up to `shape.attempts` candidates and registers the first that meets `req`,
+    /// its address; candidates that do not are kept in `rejected` (still allocated, so the
+    /// kernel hands out other frames next time) for the caller to discard. The error is the
+    /// first failure to allocate, else why the last candidate was rejected.
+    fn first_suitable(
+        &self,
+        s: &mut Registry,
+        len: u64,
+        req: &PageRequest,
+        shape: &Shape,
+        rejected: &mut Vec<Allocation>,
+    ) -> Result<VirtAddr> {
         let mut outcome = Err(Error::Internal {
             what: "no allocation attempt was made",
         });
-        for _ in 0..attempts {
-            match self.try_allocate(len, map_len, map_align, huge, !req.pageable) {
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-                Ok(mut a) if self.meets(&a, req, align) => {
-                    let va = a.mapping.addr();
-                    // Only the pages asked for are reachable (a hugepage may be larger).
-                    a.frames.truncate((len >> page.shift()) as usize);
-                    s.index(va, &a.frames, page);
-                    s.allocs.insert(va, a);
-                    outcome = Ok(VirtAddr(va));
-                    break;
+        let wired = !req.pageable;
+        for _ in 0..shape.attempts {
+            match self.try_allocate(len, shape.map_len, shape.map_align, shape.huge, wired) {
+                Err(e) => return Err(e),
+                Ok(a) if self.meets(&a, req, shape.align) => {
+                    return Ok(self.register_allocation(s, a, len))
                 }
                 Ok(a) => {
                     rejected.push(a);
-                    outcome = Err(Error::NoSuitableMemory {
-                        what: if req.contiguous && req.phys_limit == u64::MAX {
-                            "Linux host: the hugepage the kernel gave is not one aligned \
-                             physical run"
-                        } else {
-                            ABOVE_LIMIT
-                        },
-                        requested: len,
-                        align,
-                        limit: req.phys_limit,
-                        contiguous: req.contiguous,
-                    });
+                    outcome = Err(unsuitable(req, len, shape.align));
                 }
             }
         }
-        if huge && req.phys_limit != u64::MAX && !rejected.is_empty() {
-            // Hugepages were had, only too high: saying "reserve more" would mislead.
-            let lowest = rejected.iter().filter_map(|a| a.frames.first()).min();
-            let short = matches!(
-                outcome,
-                Err(Error::NoMemory { .. } | Error::NoSuitableMemory { .. })
-            );
-            if let (true, Some(lowest)) = (short, lowest) {
-                outcome = Err(hints::hugepages_above_limit(
-                    rejected.len(),
-                    lowest.0,
-                    len,
-                    req.phys_limit,
-                ));
-            }
-        }
+        outcome
+    }
+
+    /// Registers an accepted allocation of `len` bytes with its frames in the reverse map;
+    /// its address.
+    fn register_allocation(&self, s: &mut Registry, mut a: Allocation, len: u64) -> VirtAddr {
+        let page = self.page();
+        let va = a.mapping.addr();
+        // Only the pages asked for are reachable (a hugepage may be larger).
+        a.frames.truncate((len >> page.shift()) as usize);
+        s.index(va, &a.frames, page);
+        s.allocs.insert(va, a);
+        VirtAddr(va)
+    }
+}
+
+impl PhysicalMemory for Host {
+    fn page_size(&self) -> PageSize {
+        self.page()
+    }
+
+    /// Allocates zeroed pages of this process (see the module docs for how).
+    ///
+    /// Errors: the request's own checks ([`PageRequest::validate`]); `BadArgument` for
+    /// pageable memory with physical constraints; `NotPermitted` for physical constraints
+    /// without pagemap frame numbers; `NoSuitableMemory` for contiguous memory over 2 MiB or
+    /// a limit the kernel's placement did not meet; `NoMemory` naming `nr_hugepages` when no
+    /// hugepage is free; `CannotWire` naming `RLIMIT_MEMLOCK` and its value when the limit
+    /// is too low. Nothing stays allocated after an error.
+    fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
+        let shape = self.shape_of(len, req)?;
+        let mut s = self.lock();
+        let mut rejected = Vec::new();
+        let outcome = self.first_suitable(&mut s, len, req, &shape, &mut rejected);
+        let outcome = explain_high_hugepages(outcome, &rejected, len, req, shape.huge);
         for a in rejected {
             self.discard(a);
         }

@@ -18,13 +18,13 @@
 use crate::hints;
 use crate::host::Host;
 use crate::ledger::ledger;
-use crate::registry::SecondMapping;
+use crate::registry::{Allocation, Registry, SecondMapping};
 use crate::sys::Mapping;
 use dmakit::platform::{
     CacheMode, MapPiece, MapRequest, MapSource, PurgeableRequest, PurgeableState, Task,
     VirtualMemory,
 };
-use dmakit::{Error, Result, VirtAddr};
+use dmakit::{Error, PhysAddr, Result, VirtAddr};
 use rustix::io::Errno;
 
 impl VirtualMemory for Host {
@@ -94,10 +94,72 @@ impl VirtualMemory for Host {
     }
 }
 
+/// One run of a second mapping: (allocation start, offset in its memfd, length).
+type Run = (u64, u64, u64);
+
+/// What a second mapping will map: its runs in order, consecutive pages of one allocation
+/// merged into one run, and the total length.
+#[derive(Default)]
+struct Plan {
+    runs: Vec<Run>,
+    total: u64,
+}
+
+impl Plan {
+    /// Appends `len` bytes at offset `off` of the allocation at `base`, merged into the last
+    /// run when they continue it.
+    fn push(&mut self, base: u64, off: u64, len: u64) {
+        match self.runs.last_mut() {
+            Some((b, o, l)) if *b == base && *o + *l == off => *l += len,
+            _ => self.runs.push((base, off, len)),
+        }
+    }
+
+    /// The allocations (by start) the runs come from, each once, in address order.
+    fn sources(&self) -> Vec<u64> {
+        let mut sources: Vec<u64> = self.runs.iter().map(|r| r.0).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        sources
+    }
+}
+
+/// The refusal for an allocation on hugepages, which are never mapped a second time.
+fn refuse_huge(a: &Allocation) -> Result<()> {
+    if a.huge {
+        return Err(Error::Unsupported {
+            what: "mapping hugepage-backed (contiguous) memory a second time",
+        });
+    }
+    Ok(())
+}
+
 impl Host {
     /// A second mapping of `pieces`, with `guard` bytes of `PROT_NONE` reservation on each
     /// side when `guard > 0`.
     fn map_second(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<VirtAddr> {
+        let guard = self.check_map_request(req, guard)?;
+        let psize = self.page().bytes();
+        let mut s = self.lock();
+        let plan = Self::plan_pieces(&s, pieces, psize)?;
+        if plan.total == 0 {
+            return Err(Error::ZeroSize { what: "mapping" });
+        }
+        let at = match req.at {
+            Some(a) => Some(usize::try_from(a.0).map_err(|_| Error::Overflow {
+                what: "mapping address",
+                start: a.0,
+                len: plan.total,
+            })?),
+            None => None,
+        };
+        let mapping = Self::map_plan(&s, &plan, at, req, guard)?;
+        Ok(Self::register_second(&mut s, mapping, &plan))
+    }
+
+    /// Checks what a mapping request asks for before any piece is looked at (task, cache
+    /// mode, guard size and placement, fixed address alignment); the guard size in bytes.
+    fn check_map_request(&self, req: &MapRequest, guard: u64) -> Result<usize> {
         Self::check_task(req.task)?;
         if req.cache != CacheMode::CopyBack {
             return Err(Error::Unsupported {
@@ -134,15 +196,12 @@ impl Host {
                 });
             }
         }
-        let mut s = self.lock();
-        // The plan: (allocation start, offset in its memfd, length), consecutive pages of
-        // one allocation merged.
-        let mut plan: Vec<(u64, u64, u64)> = Vec::new();
-        let mut push = |base: u64, off: u64, len: u64| match plan.last_mut() {
-            Some((b, o, l)) if *b == base && *o + *l == off => *l += len,
-            _ => plan.push((base, off, len)),
-        };
-        let mut total: u64 = 0;
+        Ok(guard)
+    }
+
+    /// Resolves every piece to runs of the host's allocations, checking each piece in turn.
+    fn plan_pieces(s: &Registry, pieces: &[MapPiece], psize: u64) -> Result<Plan> {
+        let mut plan = Plan::default();
         for p in pieces {
             if p.len == 0 || !p.len.is_multiple_of(psize) {
                 return Err(Error::NotAligned {
@@ -151,77 +210,92 @@ impl Host {
                     align: psize,
                 });
             }
-            total = total.checked_add(p.len).ok_or(Error::Overflow {
+            plan.total = plan.total.checked_add(p.len).ok_or(Error::Overflow {
                 what: "mapping length",
-                start: total,
+                start: plan.total,
                 len: p.len,
             })?;
             match p.src {
                 MapSource::Virtual(task, va) => {
-                    Self::check_task(task)?;
-                    if !va.is_aligned(psize) {
-                        return Err(Error::NotAligned {
-                            what: "map piece address",
-                            value: va.0,
-                            align: psize,
-                        });
-                    }
-                    let (base, a) = s.allocation(va.0, p.len).ok_or(Error::Unsupported {
-                        what: "mapping memory this host did not allocate (only its \
-                               memfd-backed allocations can be mapped twice)",
-                    })?;
-                    if a.huge {
-                        return Err(Error::Unsupported {
-                            what: "mapping hugepage-backed (contiguous) memory a second time",
-                        });
-                    }
-                    push(base, va.0 - base, p.len);
+                    Self::plan_virtual(s, &mut plan, task, va, p.len, psize)?
                 }
-                MapSource::Physical(pa) => {
-                    if !pa.is_aligned(psize) {
-                        return Err(Error::NotAligned {
-                            what: "map piece physical address",
-                            value: pa.0,
-                            align: psize,
-                        });
-                    }
-                    // Page by page: physically consecutive pages need not be virtually so.
-                    for k in 0..p.len / psize {
-                        let frame = pa.0.checked_add(k * psize).ok_or(Error::Overflow {
-                            what: "map piece",
-                            start: pa.0,
-                            len: p.len,
-                        })?;
-                        let unknown = Error::NotMapped {
-                            what: "host physical memory (not a wired dmakit allocation)",
-                            addr: frame,
-                        };
-                        let vpage = s.virt_of_frame(frame).ok_or(unknown.clone())?;
-                        let (base, a) = s.allocation(vpage, psize).ok_or(unknown)?;
-                        if a.huge {
-                            return Err(Error::Unsupported {
-                                what: "mapping hugepage-backed (contiguous) memory a second \
-                                       time",
-                            });
-                        }
-                        push(base, vpage - base, psize);
-                    }
-                }
+                MapSource::Physical(pa) => Self::plan_physical(s, &mut plan, pa, p.len, psize)?,
             }
         }
-        if total == 0 {
-            return Err(Error::ZeroSize { what: "mapping" });
+        Ok(plan)
+    }
+
+    /// Adds a piece given by virtual address: it must lie in one of the host's allocations.
+    fn plan_virtual(
+        s: &Registry,
+        plan: &mut Plan,
+        task: Task,
+        va: VirtAddr,
+        len: u64,
+        psize: u64,
+    ) -> Result<()> {
+        Self::check_task(task)?;
+        if !va.is_aligned(psize) {
+            return Err(Error::NotAligned {
+                what: "map piece address",
+                value: va.0,
+                align: psize,
+            });
         }
-        let at = match req.at {
-            Some(a) => Some(usize::try_from(a.0).map_err(|_| Error::Overflow {
-                what: "mapping address",
-                start: a.0,
-                len: total,
-            })?),
-            None => None,
-        };
-        let mut fds = Vec::with_capacity(plan.len());
-        for &(base, off, len) in &plan {
+        let (base, a) = s.allocation(va.0, len).ok_or(Error::Unsupported {
+            what: "mapping memory this host did not allocate (only its \
+                   memfd-backed allocations can be mapped twice)",
+        })?;
+        refuse_huge(a)?;
+        plan.push(base, va.0 - base, len);
+        Ok(())
+    }
+
+    /// Adds a piece given by physical address, page by page through the reverse map:
+    /// physically consecutive pages need not be virtually so.
+    fn plan_physical(
+        s: &Registry,
+        plan: &mut Plan,
+        pa: PhysAddr,
+        len: u64,
+        psize: u64,
+    ) -> Result<()> {
+        if !pa.is_aligned(psize) {
+            return Err(Error::NotAligned {
+                what: "map piece physical address",
+                value: pa.0,
+                align: psize,
+            });
+        }
+        for k in 0..len / psize {
+            let frame = pa.0.checked_add(k * psize).ok_or(Error::Overflow {
+                what: "map piece",
+                start: pa.0,
+                len,
+            })?;
+            let unknown = Error::NotMapped {
+                what: "host physical memory (not a wired dmakit allocation)",
+                addr: frame,
+            };
+            let vpage = s.virt_of_frame(frame).ok_or(unknown.clone())?;
+            let (base, a) = s.allocation(vpage, psize).ok_or(unknown)?;
+            refuse_huge(a)?;
+            plan.push(base, vpage - base, psize);
+        }
+        Ok(())
+    }
+
+    /// Maps the plan's runs from their memfds (at `at` if given; a fixed address in use is
+    /// `RangeBusy`); refused while a source allocation is lent as a slice.
+    fn map_plan(
+        s: &Registry,
+        plan: &Plan,
+        at: Option<usize>,
+        req: &MapRequest,
+        guard: usize,
+    ) -> Result<Mapping> {
+        let mut fds = Vec::with_capacity(plan.runs.len());
+        for &(base, off, len) in &plan.runs {
             let a = s.allocs.get(&base).ok_or(Error::Internal {
                 what: "planned allocation vanished under the lock",
             })?;
@@ -230,19 +304,19 @@ impl Host {
             }
             fds.push((&a.fd, off, len as usize));
         }
-        let mapping =
-            Mapping::of_pieces(&fds, at, !req.read_only, guard).map_err(|e| match (e, req.at) {
-                (Errno::EXIST, Some(a)) => Error::RangeBusy {
-                    what: "this process's address space",
-                    start: a.0,
-                    len: total,
-                },
-                (e, _) => hints::os("mmap(second mapping)", e, ""),
-            })?;
-        drop(fds);
-        let mut sources: Vec<u64> = plan.iter().map(|p| p.0).collect();
-        sources.sort_unstable();
-        sources.dedup();
+        Mapping::of_pieces(&fds, at, !req.read_only, guard).map_err(|e| match (e, req.at) {
+            (Errno::EXIST, Some(a)) => Error::RangeBusy {
+                what: "this process's address space",
+                start: a.0,
+                len: plan.total,
+            },
+            (e, _) => hints::os("mmap(second mapping)", e, ""),
+        })
+    }
+
+    /// Records a new second mapping and counts it on each allocation it maps; its address.
+    fn register_second(s: &mut Registry, mapping: Mapping, plan: &Plan) -> VirtAddr {
+        let sources = plan.sources();
         for b in &sources {
             if let Some(a) = s.allocs.get_mut(b) {
                 a.second_maps += 1;
@@ -253,10 +327,10 @@ impl Host {
             va,
             SecondMapping {
                 mapping,
-                len: total,
+                len: plan.total,
                 sources,
             },
         );
-        Ok(VirtAddr(va))
+        VirtAddr(va)
     }
 }
