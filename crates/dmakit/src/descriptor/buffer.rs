@@ -245,29 +245,7 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     pub fn in_task(platform: P, task: Task, options: BufferOptions) -> Result<Self> {
-        if task != Task::KERNEL && !options.pageable {
-            return Err(Error::BadArgument {
-                what: "a buffer in a task other than the kernel's must be pageable (task)",
-                value: task.0 as u64,
-            });
-        }
-        if options.capacity == 0 {
-            return Err(Error::ZeroSize {
-                what: "buffer capacity",
-            });
-        }
-        if options.alignment > 1 && !options.alignment.is_power_of_two() {
-            return Err(Error::BadAlignment {
-                what: "buffer alignment",
-                align: options.alignment,
-            });
-        }
-        if options.pageable && (options.contiguous || options.phys_limit != u64::MAX) {
-            return Err(Error::BadArgument {
-                what: "a pageable buffer cannot have physical constraints",
-                value: options.capacity,
-            });
-        }
+        check_options(task, &options)?;
         let page = platform.page_size();
         let alloc_len = page.round_up(options.capacity).ok_or(Error::Overflow {
             what: "buffer capacity",
@@ -283,26 +261,13 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
             pageable: options.pageable,
         };
         let va = platform.allocate_pages_in(task, alloc_len, &req)?;
-        let inner = match GeneralMemoryDescriptor::with_address_range(
-            platform.clone(),
-            task,
-            va,
-            alloc_len,
-            options.direction,
-        ) {
+        let inner = match Self::describe(&platform, task, va, alloc_len, &options) {
             Ok(d) => d,
             Err(e) => {
                 let _ = platform.free_pages_in(task, va, alloc_len);
                 return Err(e);
             }
         };
-        if !options.pageable {
-            if let Err(e) = inner.prepare_for(PrepOwner::BUFFER, Direction::InOut) {
-                drop(inner);
-                let _ = platform.free_pages_in(task, va, alloc_len);
-                return Err(e);
-            }
-        }
         Ok(BufferMemoryDescriptor {
             inner,
             task,
@@ -315,6 +280,28 @@ impl<P: Platform + Clone> BufferMemoryDescriptor<P> {
             lends: crate::sync::Mutex::new(0),
             options,
         })
+    }
+
+    /// The descriptor of a new buffer's pages, prepared for the buffer's whole life unless
+    /// it is pageable. On an error nothing stays prepared; the pages are the caller's to free.
+    fn describe(
+        platform: &P,
+        task: Task,
+        va: VirtAddr,
+        alloc_len: u64,
+        options: &BufferOptions,
+    ) -> Result<GeneralMemoryDescriptor<P>> {
+        let inner = GeneralMemoryDescriptor::with_address_range(
+            platform.clone(),
+            task,
+            va,
+            alloc_len,
+            options.direction,
+        )?;
+        if !options.pageable {
+            inner.prepare_for(PrepOwner::BUFFER, Direction::InOut)?;
+        }
+        Ok(inner)
     }
 
     /// The task whose address space holds the buffer.
@@ -828,4 +815,34 @@ impl<P: Platform + Clone> core::fmt::Debug for BufferMemoryDescriptor<P> {
             .field("options", &self.options)
             .finish()
     }
+}
+
+/// A buffer's options checked on their own: a task other than the kernel's only with
+/// pageable memory, a capacity, a power-of-two alignment, no physical constraints on
+/// pageable memory.
+fn check_options(task: Task, options: &BufferOptions) -> Result<()> {
+    if task != Task::KERNEL && !options.pageable {
+        return Err(Error::BadArgument {
+            what: "a buffer in a task other than the kernel's must be pageable (task)",
+            value: task.0 as u64,
+        });
+    }
+    if options.capacity == 0 {
+        return Err(Error::ZeroSize {
+            what: "buffer capacity",
+        });
+    }
+    if options.alignment > 1 && !options.alignment.is_power_of_two() {
+        return Err(Error::BadAlignment {
+            what: "buffer alignment",
+            align: options.alignment,
+        });
+    }
+    if options.pageable && (options.contiguous || options.phys_limit != u64::MAX) {
+        return Err(Error::BadArgument {
+            what: "a pageable buffer cannot have physical constraints",
+            value: options.capacity,
+        });
+    }
+    Ok(())
 }

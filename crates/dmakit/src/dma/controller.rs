@@ -703,26 +703,8 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
         transfer: &DmaTransfer<'_>,
         mut wait: SyncWait<'_>,
     ) -> Result<DmaStart> {
-        {
-            let mut d = self.delivery.lock();
-            if !matches!(d.sync, SyncState::Idle) {
-                return Err(Error::Busy {
-                    what: "DMA event source",
-                    addr: 0,
-                    why: "a synchronous DMA command is already in flight",
-                });
-            }
-            if d.action.is_some() || d.delivering {
-                drop(d);
-                return self
-                    .controller
-                    .start(transfer)
-                    .map(|ticket| DmaStart::Queued { ticket });
-            }
-            // Started under the lock, so no poll can see the completion before the ticket
-            // is recorded. A failed start leaves the state idle.
-            let ticket = self.controller.start(transfer)?;
-            d.sync = SyncState::InFlight(ticket);
+        if let Some(queued) = self.start_sync(transfer)? {
+            return Ok(queued);
         }
         #[cfg(feature = "std")]
         let deadline = match &wait {
@@ -736,36 +718,71 @@ impl<C: DmaController + ?Sized> DmaEventSource<C> {
                 return Ok(DmaStart::Completed(c));
             }
             polls = polls.saturating_add(1);
-            let go_on = match &mut wait {
-                SyncWait::Polls(n) => {
-                    core::hint::spin_loop();
-                    polls < *n
-                }
-                #[cfg(feature = "std")]
-                SyncWait::Timeout(_) => {
-                    const NAP: core::time::Duration = core::time::Duration::from_millis(1);
-                    match deadline.flatten() {
-                        // A limit past the end of time: wait for ever, as IOKit does.
-                        None => {
-                            self.sleep_on_signal(NAP);
-                            true
-                        }
-                        Some(dl) => {
-                            let now = std::time::Instant::now();
-                            if now >= dl {
-                                false
-                            } else {
-                                self.sleep_on_signal((dl - now).min(NAP));
-                                true
-                            }
-                        }
-                    }
-                }
-                SyncWait::With(f) => f(),
-            };
+            #[cfg(feature = "std")]
+            let go_on = self.wait_more(&mut wait, polls, deadline);
+            #[cfg(not(feature = "std"))]
+            let go_on = self.wait_more(&mut wait, polls);
             if !go_on {
                 return self.give_up();
             }
+        }
+    }
+
+    /// Starts `transfer` as the synchronous command (`None`), or queues it as an ordinary
+    /// one when completions go to an action (`Some`, with its ticket); `Busy` while another
+    /// synchronous command is in flight.
+    fn start_sync(&self, transfer: &DmaTransfer<'_>) -> Result<Option<DmaStart>> {
+        let mut d = self.delivery.lock();
+        if !matches!(d.sync, SyncState::Idle) {
+            return Err(Error::Busy {
+                what: "DMA event source",
+                addr: 0,
+                why: "a synchronous DMA command is already in flight",
+            });
+        }
+        if d.action.is_some() || d.delivering {
+            drop(d);
+            return self
+                .controller
+                .start(transfer)
+                .map(|ticket| Some(DmaStart::Queued { ticket }));
+        }
+        // Started under the lock, so no poll can see the completion before the ticket is
+        // recorded. A failed start leaves the state idle.
+        let ticket = self.controller.start(transfer)?;
+        d.sync = SyncState::InFlight(ticket);
+        Ok(None)
+    }
+
+    /// Waits a little as `wait` says, after `polls` polls; false when it says to give up.
+    /// `deadline`: the end of a timeout (`Some(None)`: a limit past the end of time, wait
+    /// for ever as IOKit does).
+    fn wait_more(
+        &self,
+        wait: &mut SyncWait<'_>,
+        polls: u64,
+        #[cfg(feature = "std")] deadline: Option<Option<std::time::Instant>>,
+    ) -> bool {
+        match wait {
+            SyncWait::Polls(n) => {
+                core::hint::spin_loop();
+                polls < *n
+            }
+            #[cfg(feature = "std")]
+            SyncWait::Timeout(_) => {
+                const NAP: core::time::Duration = core::time::Duration::from_millis(1);
+                let Some(dl) = deadline.flatten() else {
+                    self.sleep_on_signal(NAP);
+                    return true;
+                };
+                let now = std::time::Instant::now();
+                if now >= dl {
+                    return false;
+                }
+                self.sleep_on_signal((dl - now).min(NAP));
+                true
+            }
+            SyncWait::With(f) => f(),
         }
     }
 
