@@ -175,56 +175,9 @@ impl<P: Platform + Clone + Send + Sync + 'static> Edu<P> {
     /// The address limit is `2^dma_bits - 1`, lowered to the view's `max_address` when the
     /// function bypasses an IOMMU.
     pub fn new(platform: P, function: Arc<dyn PciFunction>, options: EduOptions) -> Result<Self> {
-        let id = function.id();
-        if (id.vendor, id.device) != (EDU_VENDOR, EDU_DEVICE) {
-            return Err(Error::NotAttached {
-                what: "edu driver",
-                why: "the function is not QEMU's edu device (1234:11e8)",
-            });
-        }
-        if !(12..=64).contains(&options.dma_bits) {
-            return Err(Error::BadArgument {
-                what: "edu DMA address bits (12-64)",
-                value: options.dma_bits.into(),
-            });
-        }
-        if options.fifo_depth == 0 || options.fifo_depth > MAX_FIFO_DEPTH {
-            return Err(Error::BadArgument {
-                what: "edu DMA queue depth (1-64)",
-                value: options.fifo_depth.into(),
-            });
-        }
+        check_options(function.as_ref(), &options)?;
         let bar = function.bar(0)?;
-        let r32 = |off| mapped_read32(&platform, bar.reg(off, Width::W32)?);
-        let ident = r32(ID)?;
-        if ident & 0xff != ID_MAGIC || ident == u32::MAX {
-            return Err(Error::NotAttached {
-                what: "edu driver",
-                why: "BAR0's identification register does not read 0x..0000ed",
-            });
-        }
-        let live = bar.reg(LIVENESS, Width::W32)?;
-        mapped_write32(&platform, live, 0x1234_5678)?;
-        if mapped_read32(&platform, live)? != !0x1234_5678 {
-            return Err(Error::NotAttached {
-                what: "edu driver",
-                why: "the liveness register did not invert what was written",
-            });
-        }
-        let cmd = r32(DMA_CMD)?;
-        if cmd & CMD_START != 0 {
-            return Err(Error::Busy {
-                what: "edu DMA engine",
-                addr: bar.base.0,
-                why: "it is still running a transfer started before this driver (wait for \
-                      it, or reset the function)",
-            });
-        }
-        // A completion nobody serviced would keep a level-triggered line up.
-        let stale = r32(IRQ_STATUS)?;
-        if stale != 0 {
-            mapped_write32(&platform, bar.reg(IRQ_ACK, Width::W32)?, stale)?;
-        }
+        probe_registers(&platform, &bar)?;
         let mask = match options.dma_bits {
             64 => u64::MAX,
             b => (1u64 << b) - 1,
@@ -715,4 +668,66 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for Edu<P> {
             .field("options", &self.options)
             .finish()
     }
+}
+
+/// What the driver checks before it touches the device: the function is QEMU's edu
+/// device, and the options are possible.
+fn check_options(function: &dyn PciFunction, options: &EduOptions) -> Result<()> {
+    let id = function.id();
+    if (id.vendor, id.device) != (EDU_VENDOR, EDU_DEVICE) {
+        return Err(Error::NotAttached {
+            what: "edu driver",
+            why: "the function is not QEMU's edu device (1234:11e8)",
+        });
+    }
+    if !(12..=64).contains(&options.dma_bits) {
+        return Err(Error::BadArgument {
+            what: "edu DMA address bits (12-64)",
+            value: options.dma_bits.into(),
+        });
+    }
+    if options.fifo_depth == 0 || options.fifo_depth > MAX_FIFO_DEPTH {
+        return Err(Error::BadArgument {
+            what: "edu DMA queue depth (1-64)",
+            value: options.fifo_depth.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks BAR0 is a live edu device whose DMA engine is idle (its identification
+/// register, its liveness register inverting what is written), and acknowledges an
+/// interrupt left from before the driver: a completion nobody serviced would keep a
+/// level-triggered line up.
+fn probe_registers<P: Platform>(platform: &P, bar: &BarInfo) -> Result<()> {
+    let r32 = |off| mapped_read32(platform, bar.reg(off, Width::W32)?);
+    let ident = r32(ID)?;
+    if ident & 0xff != ID_MAGIC || ident == u32::MAX {
+        return Err(Error::NotAttached {
+            what: "edu driver",
+            why: "BAR0's identification register does not read 0x..0000ed",
+        });
+    }
+    let live = bar.reg(LIVENESS, Width::W32)?;
+    mapped_write32(platform, live, 0x1234_5678)?;
+    if mapped_read32(platform, live)? != !0x1234_5678 {
+        return Err(Error::NotAttached {
+            what: "edu driver",
+            why: "the liveness register did not invert what was written",
+        });
+    }
+    let cmd = r32(DMA_CMD)?;
+    if cmd & CMD_START != 0 {
+        return Err(Error::Busy {
+            what: "edu DMA engine",
+            addr: bar.base.0,
+            why: "it is still running a transfer started before this driver (wait for \
+                  it, or reset the function)",
+        });
+    }
+    let stale = r32(IRQ_STATUS)?;
+    if stale != 0 {
+        mapped_write32(platform, bar.reg(IRQ_ACK, Width::W32)?, stale)?;
+    }
+    Ok(())
 }

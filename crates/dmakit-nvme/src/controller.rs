@@ -149,29 +149,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Nvme<P> {
         timer: Arc<dyn Timer>,
         options: NvmeOptions,
     ) -> Result<Nvme<P>> {
-        if function.id().class != NVME_CLASS {
-            return Err(Error::NotAttached {
-                what: "NVMe driver",
-                why: "the function is not an NVMe controller (class 01:08:02)",
-            }
-            .into());
-        }
-        if !(2..=4096).contains(&options.admin_entries) || options.io_queues == 0 {
-            return Err(Error::BadArgument {
-                what: "NVMe options: admin_entries 2..=4096 and io_queues at least 1",
-                value: options.admin_entries as u64,
-            }
-            .into());
-        }
-        // Checked before the controller is touched: refusing it after bring-up would leave
-        // a controller that is slow to stop holding the admin queue's memory.
-        if options.max_transfer < PRP_PAGE {
-            return Err(Error::BadArgument {
-                what: "NVMe options: max_transfer at least one 4 KiB page",
-                value: options.max_transfer,
-            }
-            .into());
-        }
+        check_options(function.as_ref(), &options)?;
         let bar = function.bar(0)?;
         let probe = Regs { bar, stride: 4 };
         let cap = probe.read64(&platform, regs::CAP)?;
@@ -324,6 +302,34 @@ impl<P: Platform + Clone + Send + Sync + 'static> core::fmt::Debug for Nvme<P> {
             .field("generation", &self.generation())
             .finish()
     }
+}
+
+/// What the driver checks before it touches the controller: the function is an NVMe
+/// controller, and the options are possible. (Refusing them after bring-up would leave a
+/// controller that is slow to stop holding the admin queue's memory.)
+fn check_options(function: &dyn PciFunction, options: &NvmeOptions) -> Result<()> {
+    if function.id().class != NVME_CLASS {
+        return Err(Error::NotAttached {
+            what: "NVMe driver",
+            why: "the function is not an NVMe controller (class 01:08:02)",
+        }
+        .into());
+    }
+    if !(2..=4096).contains(&options.admin_entries) || options.io_queues == 0 {
+        return Err(Error::BadArgument {
+            what: "NVMe options: admin_entries 2..=4096 and io_queues at least 1",
+            value: options.admin_entries as u64,
+        }
+        .into());
+    }
+    if options.max_transfer < PRP_PAGE {
+        return Err(Error::BadArgument {
+            what: "NVMe options: max_transfer at least one 4 KiB page",
+            value: options.max_transfer,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Refuses controllers this driver cannot drive.
