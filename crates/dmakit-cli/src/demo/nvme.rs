@@ -20,8 +20,8 @@ use dmakit::dma::BounceStats;
 use dmakit::platform::PhysicalMemory;
 use dmakit_nvme::suite;
 use dmakit_nvme::{
-    DmaBuffer, IoQueue, NamespaceIdentity, Nvme, NvmeError, NvmeOptions, PollTimer, QueueOptions,
-    Transfer,
+    DmaBuffer, Done, IoQueue, NamespaceIdentity, Nvme, NvmeError, NvmeOptions, PollTimer,
+    QueueOptions, Transfer,
 };
 use dmakit_sim::nvme::{SimNvme, NVME_CLASS};
 use dmakit_sim::pci::{DmaMode, DomainMapper, FunctionConfig, SimPciBus};
@@ -519,11 +519,31 @@ fn fatal(
         .map(|_| DmaBuffer::new(r.m, &view, 4096))
         .collect::<dmakit::Result<Vec<_>>>()
         .map_err(ctx("pre-mapped buffers"))?;
+    let cids = queue_held_reads(r, q, &bufs)?;
+    let (pending, done) = fail_in_flight(r, q, cids.len())?;
+    writeln!(
+        out,
+        "{} reads of pre-mapped buffers queued and rung ({pending} in flight at the controller), \
+         then the controller sets CSTS.CFS: {}",
+        cids.len(),
+        r.controller.fatal_reason().unwrap_or("?")
+    )
+    .map_err(io_err)?;
+    report_failures(q, &cids, &done, out)?;
+    recover(r, nvme, q, written, bufs, out)
+}
+
+/// Queues a 4 KiB read into each of `bufs` on a controller told to hold them (so they are
+/// in flight when it fails); their command identifiers.
+fn queue_held_reads(
+    r: &Rig<'_>,
+    q: &mut IoQueue<M>,
+    bufs: &[DmaBuffer<M>],
+) -> Result<Vec<u16>, String> {
     let bpp = 4096 / r.ns.block_size as u64;
-    // The controller fetches the reads and holds them, so they are in flight when it fails.
     r.controller.set_completion_delay(u32::MAX);
     let mut cids = Vec::new();
-    for (i, b) in (0u64..).zip(&bufs) {
+    for (i, b) in (0u64..).zip(bufs) {
         let cid = q
             .submit_read(&r.ns, SCATTERED_LBA + i * bpp, b, 0, 4096)
             .map_err(ctx("queueing a read"));
@@ -535,13 +555,24 @@ fn fatal(
             }
         }
     }
+    Ok(cids)
+}
+
+/// Rings the doorbell, has the controller report a fatal status with the reads in flight,
+/// and collects up to `count` completions; how many the controller held, and the
+/// completions.
+fn fail_in_flight(
+    r: &Rig<'_>,
+    q: &mut IoQueue<M>,
+    count: usize,
+) -> Result<(u64, Vec<Done>), String> {
     let rung = q.ring().map_err(ctx("ringing the doorbell"));
     let pending = r.controller.stats().pending;
     r.controller.raise_fatal();
     r.controller.set_completion_delay(0);
     rung?;
     let mut done = Vec::new();
-    while done.len() < cids.len() {
+    while done.len() < count {
         let n = q
             .wait_completions(true, |d| done.push(d))
             .map_err(ctx("waiting for the reads"))?;
@@ -549,17 +580,20 @@ fn fatal(
             break;
         }
     }
-    writeln!(
-        out,
-        "{} reads of pre-mapped buffers queued and rung ({pending} in flight at the controller), \
-         then the controller sets CSTS.CFS: {}",
-        cids.len(),
-        r.controller.fatal_reason().unwrap_or("?")
-    )
-    .map_err(io_err)?;
+    Ok((pending, done))
+}
+
+/// Prints every failed read with its error, and checks each of `cids` failed with a
+/// fatal-status error naming its queue and command.
+fn report_failures(
+    q: &IoQueue<M>,
+    cids: &[u16],
+    done: &[Done],
+    out: &mut dyn Write,
+) -> Result<(), String> {
     let mut t = table(&["command", "error (names the command)", "IOKit"]);
     let mut named = 0;
-    for d in &done {
+    for d in done {
         let Err(e) = &d.result else {
             return Err(format!(
                 "NVMe demo: read {} completed although the controller failed",
@@ -584,9 +618,23 @@ fn fatal(
             cids.len()
         ));
     }
+    Ok(())
+}
+
+/// The next command resets the controller and creates the queue pair on it again: reads
+/// `written` back byte-exact, then prints and checks what the recovery did (one recovery,
+/// generation 1, the queue pair re-created once). `bufs`, the failed reads' buffers, are
+/// dropped after the read-back.
+fn recover(
+    r: &Rig<'_>,
+    nvme: &Nvme<M>,
+    q: &mut IoQueue<M>,
+    written: &[u8],
+    bufs: Vec<DmaBuffer<M>>,
+    out: &mut dyn Write,
+) -> Result<(), String> {
     let fatal_now = nvme.fatal_status().map_err(ctx("reading CSTS"))?;
     let held = nvme.stats().held_for_reset;
-    // The next command resets the controller and creates the queue pair on it again.
     let back = suite::buffer(r.m, written.len() as u64).map_err(ctx("read-back buffer"))?;
     let rd = q
         .read(&r.ns, SCATTERED_LBA, &back, 0, written.len() as u64)
