@@ -82,40 +82,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         if dir == Direction::None {
             return Ok(());
         }
-        if let Err(e) = crate::descriptor::check_range(
-            "synchronize range in the prepared range",
-            offset,
-            length,
-            prep.length,
-        ) {
-            crate::debug::record(
-                crate::debug::ViolationKind::SyncOutOfRange,
-                self.owner.id,
-                || {
-                    alloc_crate::format!(
-                    "synchronize {dir:?} of {offset:#x}+{length:#x} outside the prepared {:#x} bytes",
-                    prep.length
-                )
-                },
-            );
-            return Err(e);
-        }
-        if !prep.dir.covers(dir) && prep.dir != Direction::None {
-            crate::debug::record(
-                crate::debug::ViolationKind::SyncWrongDirection,
-                self.owner.id,
-                || {
-                    alloc_crate::format!(
-                        "synchronize {dir:?} of a transfer prepared {:?}",
-                        prep.dir
-                    )
-                },
-            );
-            return Err(Error::BadArgument {
-                what: "synchronize in a direction the transfer was not prepared for",
-                value: dir.bits() as u64,
-            });
-        }
+        self.check_sync(prep, dir, offset, length)?;
         let non_coherent = self.maintains_caches();
         if dir == Direction::Out {
             self.copy_range(md, prep, offset, length, true)?;
@@ -129,6 +96,49 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             self.copy_range(md, prep, offset, length, false)?;
         }
         Ok(())
+    }
+
+    /// A synchronize of `[offset, offset + length)` of `prep` in `dir` (In or Out) must lie
+    /// in the preparation and go a way the transfer was prepared for; each violation is
+    /// recorded by the dma-debug ledger too.
+    fn check_sync(
+        &self,
+        prep: &Preparation<P>,
+        dir: Direction,
+        offset: u64,
+        length: u64,
+    ) -> Result<()> {
+        let checked = crate::descriptor::check_range(
+            "synchronize range in the prepared range",
+            offset,
+            length,
+            prep.length,
+        );
+        if let Err(e) = checked {
+            crate::debug::record(
+                crate::debug::ViolationKind::SyncOutOfRange,
+                self.owner.id,
+                || {
+                    alloc_crate::format!(
+                    "synchronize {dir:?} of {offset:#x}+{length:#x} outside the prepared {:#x} bytes",
+                    prep.length
+                )
+                },
+            );
+            return Err(e);
+        }
+        if prep.dir.covers(dir) || prep.dir == Direction::None {
+            return Ok(());
+        }
+        crate::debug::record(
+            crate::debug::ViolationKind::SyncWrongDirection,
+            self.owner.id,
+            || alloc_crate::format!("synchronize {dir:?} of a transfer prepared {:?}", prep.dir),
+        );
+        Err(Error::BadArgument {
+            what: "synchronize in a direction the transfer was not prepared for",
+            value: dir.bits() as u64,
+        })
     }
 
     /// Copies between the descriptor and the bounce buffer: `to_bounce` for a device read.
