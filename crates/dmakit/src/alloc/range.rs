@@ -864,6 +864,17 @@ impl RangeAllocator {
     /// Needs room for two new nodes.
     #[inline(never)]
     fn free_general(&mut self, s: u64, l: u64) -> Result<()> {
+        let before = self.check_general_free(s, l)?;
+        let before = self.cut_out(before, s, l);
+        self.insert_free(before, s, l);
+        Ok(())
+    }
+
+    /// Checks that `[s, l]` is all allocated blocks, or all space never added, and returns
+    /// the block before the first one it overlaps: any free block in it is a double free,
+    /// a mix of the two kinds [`Error::NotOwned`] (at the first byte never added). Changes
+    /// nothing.
+    fn check_general_free(&self, s: u64, l: u64) -> Result<u32> {
         // Blocks overlapping [s, l] are the ones from pred(l) back while they reach s.
         let mut before = self.pred(l);
         let mut covered = 0u64;
@@ -901,7 +912,12 @@ impl RangeAllocator {
                 at: gap.unwrap_or(s),
             });
         }
-        // Cut [s, l] out of the allocated blocks it overlaps.
+        Ok(before)
+    }
+
+    /// Cuts `[s, l]` out of the allocated blocks it overlaps, the first of which follows
+    /// `before`: parts outside it stay allocated. Returns the block `[s, l]` now follows.
+    fn cut_out(&mut self, mut before: u32, s: u64, l: u64) -> u32 {
         let mut z = self.nodes[before as usize].next;
         while z != HEAD && self.nodes[z as usize].start <= l {
             let Node {
@@ -934,8 +950,7 @@ impl RangeAllocator {
             }
             z = next;
         }
-        self.insert_free(before, s, l);
-        Ok(())
+        before
     }
 
     /// Where `[.., +size)` aligned to `mask + 1` goes inside node `n`, top-most; if it fits.
