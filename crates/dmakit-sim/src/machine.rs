@@ -669,52 +669,137 @@ impl Inner {
     }
 }
 
+/// Refuses guard pages with a fixed address, or a guard that is not whole pages.
+fn check_guard(req: &MapRequest, guard: u64, psize: u64) -> Result<()> {
+    if guard == 0 {
+        return Ok(());
+    }
+    if let Some(at) = req.at {
+        return Err(Error::BadArgument {
+            what: "guard pages need placement anywhere, not a fixed address",
+            value: at.0,
+        });
+    }
+    if !guard.is_multiple_of(psize) {
+        return Err(Error::NotAligned {
+            what: "guard size (whole pages only)",
+            value: guard,
+            align: psize,
+        });
+    }
+    Ok(())
+}
+
+/// The summed length of `pieces`, each of which must be whole, page-aligned pages.
+fn mapping_total(pieces: &[MapPiece], psize: u64) -> Result<u64> {
+    let mut total: u64 = 0;
+    for p in pieces {
+        let start = match p.src {
+            MapSource::Virtual(_, va) => va.0,
+            MapSource::Physical(pa) => pa.0,
+        };
+        if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
+            return Err(Error::NotAligned {
+                what: "map piece (whole pages only)",
+                value: start,
+                align: psize,
+            });
+        }
+        total = total.checked_add(p.len).ok_or(Error::Overflow {
+            what: "mapping length",
+            start,
+            len: p.len,
+        })?;
+    }
+    if total == 0 {
+        return Err(Error::ZeroSize { what: "mapping" });
+    }
+    Ok(total)
+}
+
+/// The address space a mapping of `total` bytes reserves with a `guard` on each side.
+fn guarded_len(total: u64, guard: u64) -> Result<u64> {
+    guard
+        .checked_mul(2)
+        .and_then(|g| g.checked_add(total))
+        .ok_or(Error::Overflow {
+            what: "guarded mapping length",
+            start: 0,
+            len: total,
+        })
+}
+
+/// Reserves the mapping's virtual range in `space` and records its guards: at `req.at`,
+/// or anywhere inside a `reserved` range that leaves `guard` bytes on each side. Returns
+/// the mapping's start.
+fn place_mapping(
+    space: &mut AddressSpace,
+    req: &MapRequest,
+    total: u64,
+    reserved: u64,
+    guard: u64,
+    psize: u64,
+) -> Result<u64> {
+    let va = match req.at {
+        Some(at) => {
+            space.va.allocate_range(at.0, total)?;
+            at.0
+        }
+        // The guards are reserved address space with no page-table entries: an access
+        // there is not mapped, and the allocator hands them to nobody else.
+        None => space.va.allocate(reserved, psize)? + guard,
+    };
+    if guard > 0 {
+        space.guards.insert(va, guard);
+    }
+    Ok(va)
+}
+
+/// Enters a page-table entry for each of `pas` from `va` on, with `req`'s access and
+/// cache mode.
+fn install_mapping(space: &mut AddressSpace, va: u64, pas: &[u64], req: &MapRequest, psize: u64) {
+    let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
+    for (i, &pa) in pas.iter().enumerate() {
+        space.ptes.insert(
+            va + i as u64 * psize,
+            Pte {
+                pa: Some(pa),
+                wires: 0,
+                always_wired: false,
+                writable: !req.read_only,
+                cache,
+                purgeable: PurgeableState::NonVolatile,
+            },
+        );
+    }
+}
+
 impl Inner {
     /// Maps `pieces` into `req.task`; with `guard` bytes (a page multiple) of reserved,
     /// unmapped address space on each side when `guard > 0` (anywhere only).
     pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
-        let page = self.page;
-        let psize = page.bytes();
-        if guard > 0 {
-            if let Some(at) = req.at {
-                return Err(Error::BadArgument {
-                    what: "guard pages need placement anywhere, not a fixed address",
-                    value: at.0,
-                });
-            }
-            if !guard.is_multiple_of(psize) {
-                return Err(Error::NotAligned {
-                    what: "guard size (whole pages only)",
-                    value: guard,
-                    align: psize,
-                });
-            }
-        }
-        let mut total: u64 = 0;
-        for p in pieces {
-            let start = match p.src {
-                MapSource::Virtual(_, va) => va.0,
-                MapSource::Physical(pa) => pa.0,
-            };
-            if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
-                return Err(Error::NotAligned {
-                    what: "map piece (whole pages only)",
-                    value: start,
-                    align: psize,
-                });
-            }
-            total = total.checked_add(p.len).ok_or(Error::Overflow {
-                what: "mapping length",
-                start,
-                len: p.len,
-            })?;
-        }
-        if total == 0 {
-            return Err(Error::ZeroSize { what: "mapping" });
-        }
+        let psize = self.page.bytes();
+        check_guard(req, guard, psize)?;
+        let total = mapping_total(pieces, psize)?;
         self.faults.hit(FaultSite::Map)?;
-        // Resolve every source page first (bringing pageable pages in), so a failure maps
-        // nothing. (No capacity from `total`: a bogus length fails at its first bad page.)
+        let pas = self.resolve_map_pages(pieces)?;
+        let reserved = guarded_len(total, guard)?;
+        let space = self.space(req.task)?;
+        let va = place_mapping(space, req, total, reserved, guard, psize)?;
+        install_mapping(space, va, &pas, req, psize);
+        space.mappings.insert(va, total);
+        for pa in pas {
+            *self.shared.entry(pa).or_insert(0) += 1;
+        }
+        Ok(va)
+    }
+
+    /// The physical page behind each page of `pieces`, in order, bringing pageable pages
+    /// in; refuses pages that are not RAM or are lent. Done before anything is mapped, so a
+    /// failure maps nothing. (No capacity from the total: a bogus length fails at its first
+    /// bad page.)
+    fn resolve_map_pages(&mut self, pieces: &[MapPiece]) -> Result<Vec<u64>> {
+        let psize = self.page.bytes();
         let mut pas = Vec::new();
         for p in pieces {
             for i in 0..p.len / psize {
@@ -740,46 +825,7 @@ impl Inner {
                 pas.push(pa);
             }
         }
-        let reserved = guard
-            .checked_mul(2)
-            .and_then(|g| g.checked_add(total))
-            .ok_or(Error::Overflow {
-                what: "guarded mapping length",
-                start: 0,
-                len: total,
-            })?;
-        let space = self.space(req.task)?;
-        let va = match req.at {
-            Some(at) => {
-                space.va.allocate_range(at.0, total)?;
-                at.0
-            }
-            // The guards are reserved address space with no page-table entries: an access
-            // there is not mapped, and the allocator hands them to nobody else.
-            None => space.va.allocate(reserved, psize)? + guard,
-        };
-        if guard > 0 {
-            space.guards.insert(va, guard);
-        }
-        let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
-        for (i, &pa) in pas.iter().enumerate() {
-            space.ptes.insert(
-                va + i as u64 * psize,
-                Pte {
-                    pa: Some(pa),
-                    wires: 0,
-                    always_wired: false,
-                    writable: !req.read_only,
-                    cache,
-                    purgeable: PurgeableState::NonVolatile,
-                },
-            );
-        }
-        space.mappings.insert(va, total);
-        for pa in pas {
-            *self.shared.entry(pa).or_insert(0) += 1;
-        }
-        Ok(va)
+        Ok(pas)
     }
 
     pub(crate) fn unmap(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
