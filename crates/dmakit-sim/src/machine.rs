@@ -210,6 +210,118 @@ fn page_chunks(page: PageSize, va: u64, len: u64) -> impl Iterator<Item = (u64, 
     })
 }
 
+/// Why the page `pte` maps cannot be made volatile (it is wired, mapped a second time or
+/// lent as a slice), if it cannot.
+fn volatile_refusal(
+    pte: &Pte,
+    shared: &std::collections::HashMap<u64, u32>,
+    lent: &std::collections::HashMap<u64, Lend>,
+) -> Option<&'static str> {
+    if pte.wired() {
+        Some("wired memory cannot be made volatile")
+    } else if pte
+        .pa
+        .is_some_and(|pa| shared.get(&pa).is_some_and(|&c| c > 0))
+    {
+        Some("memory mapped a second time cannot be made volatile")
+    } else if pte.pa.is_some_and(|pa| lent.contains_key(&pa)) {
+        Some("memory lent as a slice cannot be made volatile")
+    } else {
+        None
+    }
+}
+
+/// The physical page behind each of the `n` pages of a new allocation: none yet when it is
+/// pageable (placed on first touch), otherwise taken from `phys` now.
+fn allocation_pages(
+    phys: &mut PhysicalPool,
+    faults: &mut FaultPlan,
+    n: u64,
+    align: u64,
+    req: &PageRequest,
+) -> Result<Vec<Option<u64>>> {
+    if req.pageable {
+        return Ok(vec![None; n as usize]);
+    }
+    let taken = phys.take(
+        n,
+        req.contiguous,
+        align,
+        (req.phys_min, req.phys_limit),
+        faults,
+    )?;
+    Ok(taken.into_iter().map(Some).collect())
+}
+
+/// Enters `pages` as the page-table entries of a new region of `len` bytes at `va`, and
+/// records the region.
+fn install_region(
+    space: &mut AddressSpace,
+    va: u64,
+    len: u64,
+    pages: Vec<Option<u64>>,
+    req: &PageRequest,
+    psize: u64,
+) {
+    for (i, pa) in pages.into_iter().enumerate() {
+        space.ptes.insert(
+            va + i as u64 * psize,
+            Pte {
+                pa,
+                wires: 0,
+                always_wired: !req.pageable,
+                writable: true,
+                cache: None,
+                purgeable: PurgeableState::NonVolatile,
+            },
+        );
+    }
+    space.regions.insert(
+        va,
+        Region {
+            len,
+            pageable: req.pageable,
+            phys_limit: req.phys_limit,
+        },
+    );
+}
+
+/// Refuses to free `len` bytes at `va` of `space` while a page of them is wired, mapped a
+/// second time (`shared`) or lent as a slice (`lent`).
+fn check_freeable(
+    space: &AddressSpace,
+    va: u64,
+    len: u64,
+    shared: &std::collections::HashMap<u64, u32>,
+    lent: &std::collections::HashMap<u64, Lend>,
+) -> Result<()> {
+    if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, p)| p.wires > 0) {
+        return Err(Error::Busy {
+            what: "simulated memory",
+            addr: p,
+            why: "a page is still wired (a device may reach it)",
+        });
+    }
+    if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, pte)| {
+        pte.pa
+            .is_some_and(|pa| shared.get(&pa).is_some_and(|&n| n > 0))
+    }) {
+        return Err(Error::Busy {
+            what: "simulated memory",
+            addr: p,
+            why: "a page is mapped a second time (unmap the MemoryMap first)",
+        });
+    }
+    if let Some((&p, _)) = space
+        .ptes
+        .range(va..va + len)
+        .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
+    {
+        return Err(lent_busy(p));
+    }
+    Ok(())
+}
+
 impl Inner {
     fn space(&mut self, task: Task) -> Result<&mut AddressSpace> {
         space_of(&mut self.tasks, task)
@@ -252,46 +364,16 @@ impl Inner {
             });
         }
         let va = space.va.allocate(len, align)?;
-        let pages = if req.pageable {
-            vec![None; n as usize]
-        } else {
-            match phys.take(
-                n,
-                req.contiguous,
-                align,
-                (req.phys_min, req.phys_limit),
-                faults,
-            ) {
-                Ok(p) => p.into_iter().map(Some).collect(),
-                Err(e) => {
-                    space.va.deallocate(va, len).map_err(|_| Error::Internal {
-                        what: "sim VA rollback",
-                    })?;
-                    return Err(e);
-                }
+        let pages = match allocation_pages(phys, faults, n, align, req) {
+            Ok(p) => p,
+            Err(e) => {
+                space.va.deallocate(va, len).map_err(|_| Error::Internal {
+                    what: "sim VA rollback",
+                })?;
+                return Err(e);
             }
         };
-        for (i, pa) in pages.into_iter().enumerate() {
-            space.ptes.insert(
-                va + i as u64 * psize,
-                Pte {
-                    pa,
-                    wires: 0,
-                    always_wired: !req.pageable,
-                    writable: true,
-                    cache: None,
-                    purgeable: PurgeableState::NonVolatile,
-                },
-            );
-        }
-        space.regions.insert(
-            va,
-            Region {
-                len,
-                pageable: req.pageable,
-                phys_limit: req.phys_limit,
-            },
-        );
+        install_region(space, va, len, pages, req, psize);
         Ok(va)
     }
 
@@ -318,30 +400,7 @@ impl Inner {
                 given: len,
             });
         }
-        if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, p)| p.wires > 0) {
-            return Err(Error::Busy {
-                what: "simulated memory",
-                addr: p,
-                why: "a page is still wired (a device may reach it)",
-            });
-        }
-        if let Some((&p, _)) = space.ptes.range(va..va + len).find(|(_, pte)| {
-            pte.pa
-                .is_some_and(|pa| shared.get(&pa).is_some_and(|&n| n > 0))
-        }) {
-            return Err(Error::Busy {
-                what: "simulated memory",
-                addr: p,
-                why: "a page is mapped a second time (unmap the MemoryMap first)",
-            });
-        }
-        if let Some((&p, _)) = space
-            .ptes
-            .range(va..va + len)
-            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
-        {
-            return Err(lent_busy(p));
-        }
+        check_freeable(space, va, len, shared, lent)?;
         let ptes: Vec<u64> = space.ptes.range(va..va + len).map(|(&v, _)| v).collect();
         for v in ptes {
             if let Some(pte) = space.ptes.remove(&v) {
@@ -574,13 +633,30 @@ impl Inner {
         req: PurgeableRequest,
     ) -> Result<PurgeableState> {
         self.check_range(va, len, "purgeable range")?;
+        let (worst, pages) = self.purgeable_pages(task, va, len, req.discards())?;
+        if let Some(state) = req.target() {
+            self.set_purgeable_state(task, pages, state)?;
+        }
+        Ok(worst)
+    }
+
+    /// The pages of `len` bytes at `va` in `task`, and the greatest purgeable state among
+    /// them; refuses unmapped pages, pages of a second mapping and, when the request
+    /// `discards`, pages that cannot be made volatile. Changes nothing.
+    fn purgeable_pages(
+        &mut self,
+        task: Task,
+        va: u64,
+        len: u64,
+        discards: bool,
+    ) -> Result<(PurgeableState, Vec<u64>)> {
         let page = self.page;
         let Inner {
             tasks,
             shared,
             lent,
             ..
-        } = &mut *self;
+        } = self;
         let space = space_of(tasks, task)?;
         let mut worst = PurgeableState::NonVolatile;
         let mut pages = Vec::new();
@@ -600,20 +676,8 @@ impl Inner {
                            allocation)",
                 });
             }
-            if req.discards() {
-                let why = if pte.wired() {
-                    Some("wired memory cannot be made volatile")
-                } else if pte
-                    .pa
-                    .is_some_and(|pa| shared.get(&pa).is_some_and(|&c| c > 0))
-                {
-                    Some("memory mapped a second time cannot be made volatile")
-                } else if pte.pa.is_some_and(|pa| lent.contains_key(&pa)) {
-                    Some("memory lent as a slice cannot be made volatile")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
+            if discards {
+                if let Some(why) = volatile_refusal(pte, shared, lent) {
                     return Err(Error::Busy {
                         what: "simulated memory",
                         addr: p + off,
@@ -624,19 +688,28 @@ impl Inner {
             worst = worst.max(pte.purgeable);
             pages.push(p);
         }
-        if let Some(state) = req.target() {
-            for &p in &pages {
-                if let Some(pte) = space.ptes.get_mut(&p) {
-                    pte.purgeable = state;
-                }
-            }
-            if state == PurgeableState::Empty {
-                for p in pages {
-                    self.discard(task, p)?;
-                }
+        Ok((worst, pages))
+    }
+
+    /// Puts `pages` of `task` in `state`, discarding their contents when it is `Empty`.
+    fn set_purgeable_state(
+        &mut self,
+        task: Task,
+        pages: Vec<u64>,
+        state: PurgeableState,
+    ) -> Result<()> {
+        let space = self.space(task)?;
+        for &p in &pages {
+            if let Some(pte) = space.ptes.get_mut(&p) {
+                pte.purgeable = state;
             }
         }
-        Ok(worst)
+        if state == PurgeableState::Empty {
+            for p in pages {
+                self.discard(task, p)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn runs(&mut self, task: Task, va: u64, len: u64) -> Result<Vec<PhysRange>> {
@@ -669,52 +742,137 @@ impl Inner {
     }
 }
 
+/// Refuses guard pages with a fixed address, or a guard that is not whole pages.
+fn check_guard(req: &MapRequest, guard: u64, psize: u64) -> Result<()> {
+    if guard == 0 {
+        return Ok(());
+    }
+    if let Some(at) = req.at {
+        return Err(Error::BadArgument {
+            what: "guard pages need placement anywhere, not a fixed address",
+            value: at.0,
+        });
+    }
+    if !guard.is_multiple_of(psize) {
+        return Err(Error::NotAligned {
+            what: "guard size (whole pages only)",
+            value: guard,
+            align: psize,
+        });
+    }
+    Ok(())
+}
+
+/// The summed length of `pieces`, each of which must be whole, page-aligned pages.
+fn mapping_total(pieces: &[MapPiece], psize: u64) -> Result<u64> {
+    let mut total: u64 = 0;
+    for p in pieces {
+        let start = match p.src {
+            MapSource::Virtual(_, va) => va.0,
+            MapSource::Physical(pa) => pa.0,
+        };
+        if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
+            return Err(Error::NotAligned {
+                what: "map piece (whole pages only)",
+                value: start,
+                align: psize,
+            });
+        }
+        total = total.checked_add(p.len).ok_or(Error::Overflow {
+            what: "mapping length",
+            start,
+            len: p.len,
+        })?;
+    }
+    if total == 0 {
+        return Err(Error::ZeroSize { what: "mapping" });
+    }
+    Ok(total)
+}
+
+/// The address space a mapping of `total` bytes reserves with a `guard` on each side.
+fn guarded_len(total: u64, guard: u64) -> Result<u64> {
+    guard
+        .checked_mul(2)
+        .and_then(|g| g.checked_add(total))
+        .ok_or(Error::Overflow {
+            what: "guarded mapping length",
+            start: 0,
+            len: total,
+        })
+}
+
+/// Reserves the mapping's virtual range in `space` and records its guards: at `req.at`,
+/// or anywhere inside a `reserved` range that leaves `guard` bytes on each side. Returns
+/// the mapping's start.
+fn place_mapping(
+    space: &mut AddressSpace,
+    req: &MapRequest,
+    total: u64,
+    reserved: u64,
+    guard: u64,
+    psize: u64,
+) -> Result<u64> {
+    let va = match req.at {
+        Some(at) => {
+            space.va.allocate_range(at.0, total)?;
+            at.0
+        }
+        // The guards are reserved address space with no page-table entries: an access
+        // there is not mapped, and the allocator hands them to nobody else.
+        None => space.va.allocate(reserved, psize)? + guard,
+    };
+    if guard > 0 {
+        space.guards.insert(va, guard);
+    }
+    Ok(va)
+}
+
+/// Enters a page-table entry for each of `pas` from `va` on, with `req`'s access and
+/// cache mode.
+fn install_mapping(space: &mut AddressSpace, va: u64, pas: &[u64], req: &MapRequest, psize: u64) {
+    let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
+    for (i, &pa) in pas.iter().enumerate() {
+        space.ptes.insert(
+            va + i as u64 * psize,
+            Pte {
+                pa: Some(pa),
+                wires: 0,
+                always_wired: false,
+                writable: !req.read_only,
+                cache,
+                purgeable: PurgeableState::NonVolatile,
+            },
+        );
+    }
+}
+
 impl Inner {
     /// Maps `pieces` into `req.task`; with `guard` bytes (a page multiple) of reserved,
     /// unmapped address space on each side when `guard > 0` (anywhere only).
     pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
-        let page = self.page;
-        let psize = page.bytes();
-        if guard > 0 {
-            if let Some(at) = req.at {
-                return Err(Error::BadArgument {
-                    what: "guard pages need placement anywhere, not a fixed address",
-                    value: at.0,
-                });
-            }
-            if !guard.is_multiple_of(psize) {
-                return Err(Error::NotAligned {
-                    what: "guard size (whole pages only)",
-                    value: guard,
-                    align: psize,
-                });
-            }
-        }
-        let mut total: u64 = 0;
-        for p in pieces {
-            let start = match p.src {
-                MapSource::Virtual(_, va) => va.0,
-                MapSource::Physical(pa) => pa.0,
-            };
-            if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
-                return Err(Error::NotAligned {
-                    what: "map piece (whole pages only)",
-                    value: start,
-                    align: psize,
-                });
-            }
-            total = total.checked_add(p.len).ok_or(Error::Overflow {
-                what: "mapping length",
-                start,
-                len: p.len,
-            })?;
-        }
-        if total == 0 {
-            return Err(Error::ZeroSize { what: "mapping" });
-        }
+        let psize = self.page.bytes();
+        check_guard(req, guard, psize)?;
+        let total = mapping_total(pieces, psize)?;
         self.faults.hit(FaultSite::Map)?;
-        // Resolve every source page first (bringing pageable pages in), so a failure maps
-        // nothing. (No capacity from `total`: a bogus length fails at its first bad page.)
+        let pas = self.resolve_map_pages(pieces)?;
+        let reserved = guarded_len(total, guard)?;
+        let space = self.space(req.task)?;
+        let va = place_mapping(space, req, total, reserved, guard, psize)?;
+        install_mapping(space, va, &pas, req, psize);
+        space.mappings.insert(va, total);
+        for pa in pas {
+            *self.shared.entry(pa).or_insert(0) += 1;
+        }
+        Ok(va)
+    }
+
+    /// The physical page behind each page of `pieces`, in order, bringing pageable pages
+    /// in; refuses pages that are not RAM or are lent. Done before anything is mapped, so a
+    /// failure maps nothing. (No capacity from the total: a bogus length fails at its first
+    /// bad page.)
+    fn resolve_map_pages(&mut self, pieces: &[MapPiece]) -> Result<Vec<u64>> {
+        let psize = self.page.bytes();
         let mut pas = Vec::new();
         for p in pieces {
             for i in 0..p.len / psize {
@@ -740,46 +898,7 @@ impl Inner {
                 pas.push(pa);
             }
         }
-        let reserved = guard
-            .checked_mul(2)
-            .and_then(|g| g.checked_add(total))
-            .ok_or(Error::Overflow {
-                what: "guarded mapping length",
-                start: 0,
-                len: total,
-            })?;
-        let space = self.space(req.task)?;
-        let va = match req.at {
-            Some(at) => {
-                space.va.allocate_range(at.0, total)?;
-                at.0
-            }
-            // The guards are reserved address space with no page-table entries: an access
-            // there is not mapped, and the allocator hands them to nobody else.
-            None => space.va.allocate(reserved, psize)? + guard,
-        };
-        if guard > 0 {
-            space.guards.insert(va, guard);
-        }
-        let cache = (req.cache != CacheMode::CopyBack).then_some(req.cache);
-        for (i, &pa) in pas.iter().enumerate() {
-            space.ptes.insert(
-                va + i as u64 * psize,
-                Pte {
-                    pa: Some(pa),
-                    wires: 0,
-                    always_wired: false,
-                    writable: !req.read_only,
-                    cache,
-                    purgeable: PurgeableState::NonVolatile,
-                },
-            );
-        }
-        space.mappings.insert(va, total);
-        for pa in pas {
-            *self.shared.entry(pa).or_insert(0) += 1;
-        }
-        Ok(va)
+        Ok(pas)
     }
 
     pub(crate) fn unmap(&mut self, task: Task, va: u64, len: u64) -> Result<()> {
@@ -833,6 +952,92 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Refuses to destroy `task` while a page of it is wired, lent as a slice, or mapped a
+    /// second time by a mapping it does not own; checked before anything changes.
+    fn check_destroyable(&mut self, task: Task) -> Result<()> {
+        let Inner {
+            tasks,
+            shared,
+            lent,
+            ..
+        } = self;
+        let space = space_of(tasks, task)?;
+        if let Some((&p, _)) = space.ptes.iter().find(|(_, p)| p.wires > 0) {
+            return Err(Error::Busy {
+                what: "simulated task",
+                addr: p,
+                why: "a page is still wired",
+            });
+        }
+        if let Some((&p, _)) = space
+            .ptes
+            .iter()
+            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
+        {
+            return Err(lent_busy(p));
+        }
+        check_not_mapped_elsewhere(space, shared)
+    }
+
+    /// Unmaps `task`'s second mappings, frees its memory and forgets it.
+    fn tear_down_task(&mut self, task: Task) -> Result<()> {
+        let mappings: Vec<(u64, u64)> = self
+            .space(task)?
+            .mappings
+            .iter()
+            .map(|(&v, &l)| (v, l))
+            .collect();
+        for (v, l) in mappings {
+            self.unmap(task, v, l)?;
+        }
+        let regions: Vec<(u64, u64)> = self
+            .space(task)?
+            .regions
+            .iter()
+            .map(|(&v, r)| (v, r.len))
+            .collect();
+        for (v, l) in regions {
+            self.free(task, v, l)?;
+        }
+        self.tasks.remove(&task);
+        Ok(())
+    }
+}
+
+/// Refuses when memory of `space` is mapped a second time other than by `space`'s own
+/// second mappings (which go with it): such memory keeps the whole task alive. `shared`
+/// counts the second mappings of each physical page.
+fn check_not_mapped_elsewhere(
+    space: &AddressSpace,
+    shared: &std::collections::HashMap<u64, u32>,
+) -> Result<()> {
+    let in_own_mapping = |v: u64| {
+        space
+            .mappings
+            .range(..=v)
+            .next_back()
+            .is_some_and(|(&s, &l)| v < s + l)
+    };
+    let mut own_refs: std::collections::HashMap<u64, u32> = Default::default();
+    for (_, pte) in space.ptes.iter().filter(|(&v, _)| in_own_mapping(v)) {
+        if let Some(pa) = pte.pa {
+            *own_refs.entry(pa).or_insert(0) += 1;
+        }
+    }
+    if let Some((&p, _)) = space.ptes.iter().find(|(&v, pte)| {
+        !in_own_mapping(v)
+            && pte.pa.is_some_and(|pa| {
+                shared.get(&pa).copied().unwrap_or(0) > own_refs.get(&pa).copied().unwrap_or(0)
+            })
+    }) {
+        return Err(Error::Busy {
+            what: "simulated task",
+            addr: p,
+            why: "a page is mapped a second time (unmap the MemoryMap first)",
+        });
+    }
+    Ok(())
 }
 
 impl Machine {
@@ -867,69 +1072,8 @@ impl Machine {
             });
         }
         let mut g = self.lock();
-        let Inner {
-            tasks,
-            shared,
-            lent,
-            ..
-        } = &mut *g;
-        let space = space_of(tasks, task)?;
-        if let Some((&p, _)) = space.ptes.iter().find(|(_, p)| p.wires > 0) {
-            return Err(Error::Busy {
-                what: "simulated task",
-                addr: p,
-                why: "a page is still wired",
-            });
-        }
-        if let Some((&p, _)) = space
-            .ptes
-            .iter()
-            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
-        {
-            return Err(lent_busy(p));
-        }
-        // Its own second mappings go with it; memory of it that another task still maps a
-        // second time keeps the whole task alive (checked before anything changes).
-        let in_own_mapping = |v: u64| {
-            space
-                .mappings
-                .range(..=v)
-                .next_back()
-                .is_some_and(|(&s, &l)| v < s + l)
-        };
-        let mut own_refs: std::collections::HashMap<u64, u32> = Default::default();
-        for (_, pte) in space.ptes.iter().filter(|(&v, _)| in_own_mapping(v)) {
-            if let Some(pa) = pte.pa {
-                *own_refs.entry(pa).or_insert(0) += 1;
-            }
-        }
-        if let Some((&p, _)) = space.ptes.iter().find(|(&v, pte)| {
-            !in_own_mapping(v)
-                && pte.pa.is_some_and(|pa| {
-                    shared.get(&pa).copied().unwrap_or(0) > own_refs.get(&pa).copied().unwrap_or(0)
-                })
-        }) {
-            return Err(Error::Busy {
-                what: "simulated task",
-                addr: p,
-                why: "a page is mapped a second time (unmap the MemoryMap first)",
-            });
-        }
-        let mappings: Vec<(u64, u64)> = space.mappings.iter().map(|(&v, &l)| (v, l)).collect();
-        for (v, l) in mappings {
-            g.unmap(task, v, l)?;
-        }
-        let regions: Vec<(u64, u64)> = g
-            .space(task)?
-            .regions
-            .iter()
-            .map(|(&v, r)| (v, r.len))
-            .collect();
-        for (v, l) in regions {
-            g.free(task, v, l)?;
-        }
-        g.tasks.remove(&task);
-        Ok(())
+        g.check_destroyable(task)?;
+        g.tear_down_task(task)
     }
 
     /// Allocates `len` bytes (a multiple of the page size) of zero-filled virtual memory in
@@ -1540,6 +1684,105 @@ impl Drop for SimLend<'_> {
     }
 }
 
+/// One page of a direct slice: its virtual page, the physical page behind it, the slice's
+/// offset in it and bytes in it, and the mapping's cache mode.
+struct LendPage {
+    page: u64,
+    pa: u64,
+    off: u64,
+    len: u64,
+    mode: Option<CacheMode>,
+}
+
+impl Inner {
+    /// The pages of `len` bytes at `va` in `task`, each brought in (made resident).
+    fn lend_targets(&mut self, task: Task, va: u64, len: u64) -> Result<Vec<LendPage>> {
+        let mut targets = Vec::new();
+        for (p, off, k) in page_chunks(self.page, va, len) {
+            let pa = self.resident(task, p, p + off)?;
+            let mode = self.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
+            targets.push(LendPage {
+                page: p,
+                pa,
+                off,
+                len: k,
+                mode,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// Refuses to lend any of `targets` that is wired beyond the caller's own `held` wires,
+    /// mapped a second time, or lent in a way this lend conflicts with.
+    fn check_lendable(
+        &mut self,
+        task: Task,
+        targets: &[LendPage],
+        held: u32,
+        exclusive: bool,
+    ) -> Result<()> {
+        for t in targets {
+            let (p, pa, off) = (t.page, t.pa, t.off);
+            let wired = self
+                .space(task)?
+                .ptes
+                .get(&p)
+                .is_some_and(|pte| pte.wires > held);
+            let why = if wired {
+                Some("it is wired (a device may use it): complete it first")
+            } else if self.shared.get(&pa).is_some_and(|&c| c > 0) {
+                Some("it is mapped a second time: unmap the MemoryMap first")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::Busy {
+                    what: "simulated memory (direct slice)",
+                    addr: p + off,
+                    why,
+                });
+            }
+            if let Some(l) = self.lent.get(&pa) {
+                if l.exclusive || (exclusive && l.shared > 0) {
+                    return Err(lent_busy(p + off));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `targets` (`n` bytes in all) into a buffer, as the CPU reads them, and records
+    /// each page as lent; the buffer and the physical pages.
+    fn lend_pages(
+        &mut self,
+        targets: Vec<LendPage>,
+        n: usize,
+        exclusive: bool,
+    ) -> (Vec<u8>, Vec<u64>) {
+        let mut data = vec![0u8; n];
+        let mut done = 0usize;
+        let mut pages = Vec::with_capacity(targets.len());
+        for t in targets {
+            let Inner { cache, phys, .. } = self;
+            cache.read(
+                t.pa + t.off,
+                &mut data[done..done + t.len as usize],
+                phys,
+                t.mode,
+            );
+            done += t.len as usize;
+            let l = self.lent.entry(t.pa).or_default();
+            if exclusive {
+                l.exclusive = true;
+            } else {
+                l.shared += 1;
+            }
+            pages.push(t.pa);
+        }
+        (data, pages)
+    }
+}
+
 impl Machine {
     fn lend(
         &self,
@@ -1556,56 +1799,11 @@ impl Machine {
             start: va.0,
             len,
         })?;
-        let page = g.page;
         g.check_pages(task, va.0, len, exclusive)?;
         // Bring every page in, then check them all, then copy: a refusal lends nothing.
-        let mut targets = Vec::new();
-        for (p, off, k) in page_chunks(page, va.0, len) {
-            let pa = g.resident(task, p, p + off)?;
-            let mode = g.space(task)?.ptes.get(&p).and_then(|pte| pte.cache);
-            targets.push((p, pa, off, k, mode));
-        }
-        for &(p, pa, off, _, _) in &targets {
-            let wired = g
-                .space(task)?
-                .ptes
-                .get(&p)
-                .is_some_and(|pte| pte.wires > held);
-            let why = if wired {
-                Some("it is wired (a device may use it): complete it first")
-            } else if g.shared.get(&pa).is_some_and(|&c| c > 0) {
-                Some("it is mapped a second time: unmap the MemoryMap first")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(Error::Busy {
-                    what: "simulated memory (direct slice)",
-                    addr: p + off,
-                    why,
-                });
-            }
-            if let Some(l) = g.lent.get(&pa) {
-                if l.exclusive || (exclusive && l.shared > 0) {
-                    return Err(lent_busy(p + off));
-                }
-            }
-        }
-        let mut data = vec![0u8; n];
-        let mut done = 0usize;
-        let mut pages = Vec::with_capacity(targets.len());
-        for (_, pa, off, k, mode) in targets {
-            let Inner { cache, phys, .. } = &mut *g;
-            cache.read(pa + off, &mut data[done..done + k as usize], phys, mode);
-            done += k as usize;
-            let l = g.lent.entry(pa).or_default();
-            if exclusive {
-                l.exclusive = true;
-            } else {
-                l.shared += 1;
-            }
-            pages.push(pa);
-        }
+        let targets = g.lend_targets(task, va.0, len)?;
+        g.check_lendable(task, &targets, held, exclusive)?;
+        let (data, pages) = g.lend_pages(targets, n, exclusive);
         Ok(SimLend {
             machine: self,
             task,

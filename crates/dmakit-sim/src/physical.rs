@@ -141,12 +141,7 @@ impl PhysicalPool {
         let Some(floor) = floor.checked_next_multiple_of(psize) else {
             return Err(unsuitable);
         };
-        let below = |l: u64| match l {
-            u64::MAX => self.free.len(),
-            l => self.free.len_below(l),
-        };
-        let under_floor = floor.checked_sub(1).map_or(0, below);
-        let available = below(limit).saturating_sub(under_floor);
+        let available = self.free_between(floor, limit);
         if n > available {
             return Err(if contiguous || limit != u64::MAX || floor != 0 {
                 unsuitable
@@ -158,28 +153,59 @@ impl PhysicalPool {
                 }
             });
         }
-        let mut taken = Vec::with_capacity(n as usize);
         if contiguous {
             let start = self.find_run(n, align, (floor, limit)).ok_or(unsuitable)?;
-            for i in 0..n {
-                if let Err(e) = faults.hit(FaultSite::PhysAlloc) {
-                    self.give_back(&taken);
-                    return Err(e);
-                }
-                let pa = start + i * psize;
-                self.free.remove(pa);
-                taken.push(pa);
-            }
-            return Ok(taken);
+            return self.take_run(n, start, faults);
         }
+        self.take_scattered(n, (floor, limit), faults, unsuitable)
+    }
+
+    /// Free pages from `floor` (a page boundary) whose last byte is at or below `limit`.
+    fn free_between(&self, floor: u64, limit: u64) -> u64 {
+        let below = |l: u64| match l {
+            u64::MAX => self.free.len(),
+            l => self.free.len_below(l),
+        };
+        let under_floor = floor.checked_sub(1).map_or(0, below);
+        below(limit).saturating_sub(under_floor)
+    }
+
+    /// Takes the `n` free pages from `start`, one fault-site call each; on failure gives
+    /// back those taken.
+    fn take_run(&mut self, n: u64, start: u64, faults: &mut FaultPlan) -> Result<Vec<u64>> {
+        let psize = self.page.bytes();
+        let mut taken = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            if let Err(e) = faults.hit(FaultSite::PhysAlloc) {
+                self.give_back(&taken);
+                return Err(e);
+            }
+            let pa = start + i * psize;
+            self.free.remove(pa);
+            taken.push(pa);
+        }
+        Ok(taken)
+    }
+
+    /// Takes `n` free pages inside `bounds`, wherever [`pick`](Self::pick) finds them, one
+    /// fault-site call each; on failure gives back those taken (`unsuitable` if the pages
+    /// run out).
+    fn take_scattered(
+        &mut self,
+        n: u64,
+        bounds: (u64, u64),
+        faults: &mut FaultPlan,
+        unsuitable: Error,
+    ) -> Result<Vec<u64>> {
+        let mut taken = Vec::with_capacity(n as usize);
         let mut prev: Option<u64> = None;
         for _ in 0..n {
             if let Err(e) = faults.hit(FaultSite::PhysAlloc) {
                 self.give_back(&taken);
                 return Err(e);
             }
-            let Some(pa) = self.pick(prev, (floor, limit)) else {
-                // The count above makes this unreachable; fail cleanly all the same.
+            let Some(pa) = self.pick(prev, bounds) else {
+                // The count in `take` makes this unreachable; fail cleanly all the same.
                 self.give_back(&taken);
                 return Err(unsuitable);
             };

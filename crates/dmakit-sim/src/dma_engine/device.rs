@@ -181,6 +181,28 @@ struct Fault {
     iommu: bool,
 }
 
+/// The fields of a descriptor the engine acts on.
+struct Descriptor {
+    src: u64,
+    dst: u64,
+    len: u32,
+    flags: u32,
+}
+
+impl Descriptor {
+    /// Decodes a descriptor as read from the ring (little-endian).
+    fn parse(d: &[u8; desc::SIZE as usize]) -> Self {
+        let word = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap_or([0; 4]));
+        let dword = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap_or([0; 8]));
+        Descriptor {
+            src: dword(desc::SRC),
+            dst: dword(desc::DST),
+            len: word(desc::LEN),
+            flags: word(desc::FLAGS),
+        }
+    }
+}
+
 impl DmaEngineDevice {
     /// An engine on `machine`, a bus master through `iommu` when given (descriptor and data
     /// addresses are then IO addresses) or on physical addresses otherwise. Registers hold
@@ -349,34 +371,50 @@ impl DmaEngineDevice {
     /// `HEAD`. Returns false if the engine halted.
     fn step(&mut self, abort: bool) -> bool {
         let at = self.slot_addr(self.head);
+        let Some(d) = self.fetch_descriptor(at) else {
+            return false;
+        };
+        let (code, moved, fault) = self.carry_out(&d, abort);
+        let status = self.note_outcome(code, fault.as_ref());
+        if !self.write_back(at, status, moved, fault.as_ref()) {
+            return false;
+        }
+        self.advance(d.flags, code);
+        true
+    }
+
+    /// Reads the descriptor at `at`; halts the engine (and gives `None`) if that faults.
+    fn fetch_descriptor(&mut self, at: u64) -> Option<Descriptor> {
         let mut d = [0u8; desc::SIZE as usize];
         if let Some(f) = self.access(at, |me| me.bus_read(at, &mut d)) {
             self.halt(f);
-            return false;
+            return None;
         }
-        let word = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap_or([0; 4]));
-        let dword = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap_or([0; 8]));
-        let (src, dst, len, flags) = (
-            dword(desc::SRC),
-            dword(desc::DST),
-            word(desc::LEN),
-            word(desc::FLAGS),
-        );
-        let (code, moved, fault) = if abort {
+        Some(Descriptor::parse(&d))
+    }
+
+    /// Carries out `d`, or completes it unprocessed when aborting, when its chain already
+    /// failed or when it is malformed: the completion code, the bytes moved and the fault.
+    fn carry_out(&mut self, d: &Descriptor, abort: bool) -> (u32, u64, Option<Fault>) {
+        if abort {
             (desc::ABORTED, 0, None)
         } else if self.chain_failed {
             (desc::SKIPPED, 0, None)
-        } else if len == 0 || len > desc::MAX_LEN {
+        } else if d.len == 0 || d.len > desc::MAX_LEN {
             (desc::BAD_DESCRIPTOR, 0, None)
         } else {
-            match self.copy(src, dst, len as u64) {
+            match self.copy(d.src, d.dst, d.len as u64) {
                 (n, None) => (desc::OK, n, None),
                 (n, Some((code, f))) => (code, n, Some(f)),
             }
-        };
+        }
+    }
+
+    /// Records a descriptor's failure in `STATUS` and `FAULT_ADDR`; returns the status word
+    /// to write back into the descriptor.
+    fn note_outcome(&mut self, code: u32, fault: Option<&Fault>) -> u32 {
         let mut status = desc::DONE | code;
-        let mut error = code != desc::OK;
-        if let Some(f) = &fault {
+        if let Some(f) = fault {
             self.status |= if code == desc::SRC_FAULT {
                 STATUS_ERR_SRC
             } else {
@@ -391,21 +429,32 @@ impl DmaEngineDevice {
         if code == desc::BAD_DESCRIPTOR {
             self.status |= STATUS_ERR_CONFIG;
         }
-        if code == desc::SKIPPED || code == desc::ABORTED {
-            // Not a new error: the chain's first failure (or the abort) already said so.
-            error = false;
-        }
+        status
+    }
+
+    /// Writes `status`, the bytes moved and the fault address into the descriptor at `at`;
+    /// halts the engine (and gives false) if that faults.
+    fn write_back(&mut self, at: u64, status: u32, moved: u64, fault: Option<&Fault>) -> bool {
         let mut wb = [0u8; 16];
         wb[0..4].copy_from_slice(&status.to_le_bytes());
         wb[4..8].copy_from_slice(&(moved as u32).to_le_bytes());
-        wb[8..16].copy_from_slice(&fault.as_ref().map_or(0, |f| f.addr).to_le_bytes());
+        wb[8..16].copy_from_slice(&fault.map_or(0, |f| f.addr).to_le_bytes());
         let wb_at = at + desc::STATUS as u64;
         if let Some(f) = self.access(wb_at, |me| me.bus_write(wb_at, &wb)) {
             self.halt(f);
             return false;
         }
+        true
+    }
+
+    /// Moves `HEAD` past a written-back descriptor with these `flags` and completion `code`:
+    /// counts it, tracks its chain and raises the interrupts it calls for.
+    fn advance(&mut self, flags: u32, code: u32) {
         self.descriptors += 1;
         self.head = self.head.wrapping_add(1);
+        // A skipped or aborted descriptor is not a new error: the chain's first failure (or
+        // the abort) already said so.
+        let error = code != desc::OK && code != desc::SKIPPED && code != desc::ABORTED;
         let mut bits = if error { INT_ERROR } else { 0 };
         if flags & desc::FLAG_CHAIN != 0 {
             self.chain_failed |= code != desc::OK;
@@ -419,7 +468,6 @@ impl DmaEngineDevice {
         if bits != 0 {
             self.interrupt(bits);
         }
-        true
     }
 
     fn process(&mut self) {

@@ -186,6 +186,22 @@ struct State {
     broken: Option<Error>,
 }
 
+impl State {
+    /// A fresh engine's bookkeeping: the default depth, nothing queued, tickets from 1.
+    fn new() -> Self {
+        State {
+            depth: DEFAULT_DEPTH,
+            tail: 0,
+            reaped: 0,
+            paused: false,
+            next_ticket: 1,
+            inflight: VecDeque::new(),
+            progress: BTreeMap::new(),
+            broken: None,
+        }
+    }
+}
+
 /// The ring's IO mapping; unmapped (and the IOTLB invalidated) on drop.
 struct RingMapping {
     mapper: IommuMapper<Arc<SimIommu>>,
@@ -296,28 +312,10 @@ impl SimDmaEngine {
             Some(b) => b,
             None => free_window(&machine)?,
         };
-        let ring = BufferMemoryDescriptor::new(
-            machine.clone(),
-            BufferOptions::new(RING_BYTES, Direction::InOut)
-                .contiguous(true)
-                .alignment(desc::SIZE),
-        )?;
-        let seg = ring.physical_segment(0)?;
-        if seg.len < RING_BYTES {
-            return Err(Error::Internal {
-                what: "DMA engine ring: a contiguous buffer came back in pieces",
-            });
-        }
-        let ring_phys = PhysAddr(seg.addr.0);
+        let (ring, ring_phys) = ring_buffer(&machine)?;
         let ring_map = match &iommu {
             None => None,
-            Some(i) => {
-                let base = config.ring_iova.map_or_else(
-                    || RING_IOVA_BASE + ((regs.0 >> 12) & 0xF_FFFF) * RING_IO_WINDOW,
-                    |a| a.0,
-                );
-                Some(map_ring(i, base, &ring)?)
-            }
+            Some(i) => Some(map_ring(i, ring_io_base(&config, regs), &ring)?),
         };
         let device = Arc::new(Mutex::new(DmaEngineDevice::new(&machine, iommu.as_ref())));
         let shared: SharedDevice = device.clone();
@@ -330,16 +328,7 @@ impl SimDmaEngine {
             ring_map,
             ring,
             ring_phys,
-            state: Mutex::new(State {
-                depth: DEFAULT_DEPTH,
-                tail: 0,
-                reaped: 0,
-                paused: false,
-                next_ticket: 1,
-                inflight: VecDeque::new(),
-                progress: BTreeMap::new(),
-                broken: None,
-            }),
+            state: Mutex::new(State::new()),
         };
         {
             let mut s = engine.lock();
@@ -537,6 +526,33 @@ fn status_error(wb: WriteBack, ticket: u64, index: u32, unit: PhysAddr) -> Optio
         // OK; SKIPPED follows an earlier failure of the chain, which is the error.
         _ => None,
     }
+}
+
+/// A physically contiguous buffer for the largest ring, and its physical address.
+fn ring_buffer(machine: &Arc<Machine>) -> Result<(BufferMemoryDescriptor<Arc<Machine>>, PhysAddr)> {
+    let ring = BufferMemoryDescriptor::new(
+        machine.clone(),
+        BufferOptions::new(RING_BYTES, Direction::InOut)
+            .contiguous(true)
+            .alignment(desc::SIZE),
+    )?;
+    let seg = ring.physical_segment(0)?;
+    if seg.len < RING_BYTES {
+        return Err(Error::Internal {
+            what: "DMA engine ring: a contiguous buffer came back in pieces",
+        });
+    }
+    let ring_phys = PhysAddr(seg.addr.0);
+    Ok((ring, ring_phys))
+}
+
+/// Where the ring is mapped in IO space: `config.ring_iova`, or a window derived from the
+/// register window at `regs`.
+fn ring_io_base(config: &EngineConfig, regs: PhysAddr) -> u64 {
+    config.ring_iova.map_or_else(
+        || RING_IOVA_BASE + ((regs.0 >> 12) & 0xF_FFFF) * RING_IO_WINDOW,
+        |a| a.0,
+    )
 }
 
 /// The first free register window from [`ENGINE_MMIO_BASE`].

@@ -618,6 +618,8 @@ impl NvmeModel {
         Status::SUCCESS
     }
 
+    /// Runs one admin command: `None` holds its completion back (an asynchronous event
+    /// request), otherwise the status and the completion's command-specific dword.
     fn admin(
         &mut self,
         ctx: &mut DeviceContext<'_>,
@@ -627,81 +629,100 @@ impl NvmeModel {
         self.stats.admin_commands += 1;
         let done = |s: Status| Some((s, 0));
         match cmd.opcode {
-            admin::IDENTIFY => {
-                let data = match cmd.cdw10() & 0xFF {
-                    admin::CNS_NAMESPACE if cmd.nsid == 1 => identify::namespace(
-                        self.store.lba_size,
-                        self.store.blocks,
-                        self.cfg.metadata_bytes,
-                        self.cfg.lba_format_index,
-                    ),
-                    admin::CNS_NAMESPACE if cmd.nsid != 0 && cmd.nsid <= self.namespaces() => {
-                        let s = &self.extra[cmd.nsid as usize - 2];
-                        identify::namespace(s.lba_size, s.blocks, 0, 0)
-                    }
-                    admin::CNS_NAMESPACE => return done(Status::INVALID_NAMESPACE.dnr()),
-                    admin::CNS_CONTROLLER => {
-                        identify::controller(&self.cfg, NVME_VENDOR, self.namespaces())
-                    }
-                    admin::CNS_ACTIVE_NS_LIST if cmd.nsid < 0xFFFF_FFFE => {
-                        identify::active_namespaces(cmd.nsid, self.namespaces())
-                    }
-                    admin::CNS_ACTIVE_NS_LIST => return done(Status::INVALID_NAMESPACE.dnr()),
-                    _ => return done(Status::INVALID_FIELD.dnr()),
-                };
-                done(self.send_to_host(ctx, cmd, &data))
-            }
+            admin::IDENTIFY => done(self.identify(ctx, cmd)),
             admin::CREATE_CQ => done(self.create_cq(cmd)),
             admin::CREATE_SQ => done(self.create_sq(cmd)),
             admin::DELETE_SQ => done(self.delete_sq(ctx, cmd, touched)),
             admin::DELETE_CQ => done(self.delete_cq(cmd)),
-            admin::SET_FEATURES | admin::GET_FEATURES => {
-                let fid = cmd.cdw10() as u8;
-                let n = self.cfg.io_queues as u32 - 1;
-                let (sqs, cqs) = self
-                    .cfg
-                    .granted_queues
-                    .map_or((n, n), |(s, c)| (s as u32 - 1, c as u32 - 1));
-                let set = cmd.opcode == admin::SET_FEATURES;
-                if fid == admin::FEATURE_NUM_QUEUES {
-                    if set && (cmd.cdw11() & 0xFFFF == 0xFFFF || cmd.cdw11() >> 16 == 0xFFFF) {
-                        return done(Status::INVALID_FIELD.dnr());
-                    }
-                    return Some((Status::SUCCESS, sqs | cqs << 16));
-                }
-                match self.features.get_mut(&fid) {
-                    Some(v) if set => {
-                        *v = cmd.cdw11();
-                        done(Status::SUCCESS)
-                    }
-                    Some(v) => Some((Status::SUCCESS, *v)),
-                    None => done(Status::INVALID_FIELD.dnr()),
-                }
-            }
-            admin::ASYNC_EVENT => {
-                if self.aers > identify::AERL as u32 {
-                    return done(Status::AER_LIMIT_EXCEEDED.dnr());
-                }
-                // Held until an event happens; this controller reports none.
-                self.aers += 1;
-                None
-            }
+            admin::SET_FEATURES | admin::GET_FEATURES => Some(self.set_get_features(cmd)),
+            admin::ASYNC_EVENT => self.async_event(),
             admin::ABORT => Some((Status::SUCCESS, 1)),
-            admin::GET_LOG_PAGE => {
-                let lid = cmd.cdw10() as u8;
-                let numd =
-                    (((cmd.cdw10() >> 16) & 0xFFF) | (cmd.cdw11() & 0xFFFF) << 16) as u64 + 1;
-                if !(1..=3).contains(&lid) {
-                    return done(Status::INVALID_LOG_PAGE.dnr());
-                }
-                if numd * 4 > 0x1_0000 {
-                    return done(Status::INVALID_FIELD.dnr());
-                }
-                let data = vec![0u8; (numd * 4) as usize];
-                done(self.send_to_host(ctx, cmd, &data))
-            }
+            admin::GET_LOG_PAGE => done(self.get_log_page(ctx, cmd)),
             _ => done(Status::INVALID_OPCODE.dnr()),
         }
+    }
+
+    /// Identify: sends the controller, namespace or active-namespace-list page CNS asks for.
+    fn identify(&mut self, ctx: &mut DeviceContext<'_>, cmd: &SubmissionEntry) -> Status {
+        match self.identify_data(cmd) {
+            Ok(data) => self.send_to_host(ctx, cmd, &data),
+            Err(s) => s,
+        }
+    }
+
+    /// The identify page `cmd` asks for, or the status refusing it.
+    fn identify_data(&self, cmd: &SubmissionEntry) -> Result<Vec<u8>, Status> {
+        Ok(match cmd.cdw10() & 0xFF {
+            admin::CNS_NAMESPACE if cmd.nsid == 1 => identify::namespace(
+                self.store.lba_size,
+                self.store.blocks,
+                self.cfg.metadata_bytes,
+                self.cfg.lba_format_index,
+            ),
+            admin::CNS_NAMESPACE if cmd.nsid != 0 && cmd.nsid <= self.namespaces() => {
+                let s = &self.extra[cmd.nsid as usize - 2];
+                identify::namespace(s.lba_size, s.blocks, 0, 0)
+            }
+            admin::CNS_NAMESPACE => return Err(Status::INVALID_NAMESPACE.dnr()),
+            admin::CNS_CONTROLLER => {
+                identify::controller(&self.cfg, NVME_VENDOR, self.namespaces())
+            }
+            admin::CNS_ACTIVE_NS_LIST if cmd.nsid < 0xFFFF_FFFE => {
+                identify::active_namespaces(cmd.nsid, self.namespaces())
+            }
+            admin::CNS_ACTIVE_NS_LIST => return Err(Status::INVALID_NAMESPACE.dnr()),
+            _ => return Err(Status::INVALID_FIELD.dnr()),
+        })
+    }
+
+    /// Set Features and Get Features: the number of queues (granted, never changed), or a
+    /// stored feature value; the status and the completion's dword.
+    fn set_get_features(&mut self, cmd: &SubmissionEntry) -> (Status, u32) {
+        let fid = cmd.cdw10() as u8;
+        let n = self.cfg.io_queues as u32 - 1;
+        let (sqs, cqs) = self
+            .cfg
+            .granted_queues
+            .map_or((n, n), |(s, c)| (s as u32 - 1, c as u32 - 1));
+        let set = cmd.opcode == admin::SET_FEATURES;
+        if fid == admin::FEATURE_NUM_QUEUES {
+            if set && (cmd.cdw11() & 0xFFFF == 0xFFFF || cmd.cdw11() >> 16 == 0xFFFF) {
+                return (Status::INVALID_FIELD.dnr(), 0);
+            }
+            return (Status::SUCCESS, sqs | cqs << 16);
+        }
+        match self.features.get_mut(&fid) {
+            Some(v) if set => {
+                *v = cmd.cdw11();
+                (Status::SUCCESS, 0)
+            }
+            Some(v) => (Status::SUCCESS, *v),
+            None => (Status::INVALID_FIELD.dnr(), 0),
+        }
+    }
+
+    /// Asynchronous Event Request: held (`None`) up to the limit, refused past it.
+    fn async_event(&mut self) -> Option<(Status, u32)> {
+        if self.aers > identify::AERL as u32 {
+            return Some((Status::AER_LIMIT_EXCEEDED.dnr(), 0));
+        }
+        // Held until an event happens; this controller reports none.
+        self.aers += 1;
+        None
+    }
+
+    /// Get Log Page: pages 1 to 3 (error, health, firmware slot), all zeros, up to 64 KiB.
+    fn get_log_page(&mut self, ctx: &mut DeviceContext<'_>, cmd: &SubmissionEntry) -> Status {
+        let lid = cmd.cdw10() as u8;
+        let numd = (((cmd.cdw10() >> 16) & 0xFFF) | (cmd.cdw11() & 0xFFFF) << 16) as u64 + 1;
+        if !(1..=3).contains(&lid) {
+            return Status::INVALID_LOG_PAGE.dnr();
+        }
+        if numd * 4 > 0x1_0000 {
+            return Status::INVALID_FIELD.dnr();
+        }
+        let data = vec![0u8; (numd * 4) as usize];
+        self.send_to_host(ctx, cmd, &data)
     }
 
     fn check_queue(&self, cmd: &SubmissionEntry, exists: bool) -> Result<(u16, u32), Status> {

@@ -35,7 +35,7 @@ pub(crate) fn walk(
     }
     let first = len.min(page - prp1 % page);
     runs.push((prp1, first));
-    let mut rest = len - first;
+    let rest = len - first;
     if rest == 0 {
         return Ok(runs);
     }
@@ -49,7 +49,19 @@ pub(crate) fn walk(
     if prp2 & 7 != 0 {
         return Err(Status::PRP_OFFSET_INVALID.dnr());
     }
-    let mut list = prp2;
+    walk_list(ctx, prp2, rest, page, &mut runs)?;
+    Ok(runs)
+}
+
+/// Appends to `runs` the pages a PRP list starting at `list` gives for `rest` bytes,
+/// following it from list page to list page.
+fn walk_list(
+    ctx: &mut DeviceContext<'_>,
+    mut list: u64,
+    mut rest: u64,
+    page: u64,
+    runs: &mut Vec<(u64, u64)>,
+) -> Result<(), Status> {
     while rest > 0 {
         let slots = (page - list % page) / 8;
         let needed = rest.div_ceil(page);
@@ -58,13 +70,7 @@ pub(crate) fn walk(
         } else {
             (needed, false)
         };
-        let mut raw = vec![0u8; (take * 8) as usize];
-        ctx.dma_read(list, &mut raw)
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        let entries: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let entries = read_entries(ctx, list, take)?;
         let data = if chained {
             &entries[..entries.len() - 1]
         } else {
@@ -86,5 +92,16 @@ pub(crate) fn walk(
             list = next;
         }
     }
-    Ok(runs)
+    Ok(())
+}
+
+/// Reads `count` PRP entries from `at`.
+fn read_entries(ctx: &mut DeviceContext<'_>, at: u64, count: u64) -> Result<Vec<u64>, Status> {
+    let mut raw = vec![0u8; (count * 8) as usize];
+    ctx.dma_read(at, &mut raw)
+        .map_err(|_| Status::DATA_TRANSFER_ERROR)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
 }

@@ -4,7 +4,7 @@
 use super::dma::{DmaMode, DmaPath};
 use super::fault::{PciFaultPlan, PciFaultSite};
 use super::function::{Decoded, SimPciFunction};
-use super::model::PciDeviceModel;
+use super::model::{DeviceConfig, PciDeviceModel};
 use super::msix::MSI_ADDRESS;
 use crate::mmio::{MmioDevice, SharedDevice};
 use crate::Machine;
@@ -322,38 +322,7 @@ impl SimPciBus {
         config: FunctionConfig,
     ) -> Result<Arc<SimPciFunction>> {
         let taken: Vec<PciAddress> = self.list().iter().map(|f| f.address()).collect();
-        let device = match config.device {
-            Some(d) => d,
-            None => (1..32u8)
-                .find(|d| {
-                    !taken
-                        .iter()
-                        .any(|a| a.device == *d && a.function == config.function)
-                })
-                .ok_or(Error::NoResources {
-                    what: "PCI device numbers on the bus",
-                    limit: 32,
-                })?,
-        };
-        if device > 31 || config.function > 7 {
-            return Err(Error::BadArgument {
-                what: "PCI device (0..=31) or function (0..=7) number",
-                value: device.max(config.function) as u64,
-            });
-        }
-        let address = PciAddress {
-            segment: self.segment,
-            bus: self.bus,
-            device,
-            function: config.function,
-        };
-        if taken.contains(&address) {
-            return Err(Error::RangeBusy {
-                what: "PCI address (a function is already there)",
-                start: device as u64,
-                len: 1,
-            });
-        }
+        let address = self.new_address(&taken, config.device, config.function)?;
         let path = DmaPath::new(&self.machine, config.dma.unwrap_or(self.dma))?;
         let desc = model.config();
         let f = Arc::new(SimPciFunction::new(
@@ -362,25 +331,52 @@ impl SimPciBus {
             path,
             model,
         )?);
-        // Place the BARs, as firmware does at enumeration.
-        let mut next = self.next_bar.lock().unwrap_or_else(|p| p.into_inner());
-        let end = self.aperture.0 + self.aperture.1;
-        let mut at = *next;
-        let mut places = Vec::new();
-        for (i, bar) in desc.bars.iter().enumerate() {
-            let Some(spec) = bar else { continue };
-            let base = at
-                .checked_next_multiple_of(spec.size)
-                .filter(|b| b.checked_add(spec.size).is_some_and(|e| e <= end))
-                .ok_or(Error::NoSpace {
-                    what: "PCI aperture",
-                    requested: spec.size,
-                    align: spec.size,
-                    free: end.saturating_sub(at),
-                })?;
-            places.push((i, base));
-            at = base + spec.size;
+        self.place_bars(&f, &desc)?;
+        let mut list = self.functions.write().unwrap_or_else(|p| p.into_inner());
+        list.push(f.clone());
+        list.sort_by_key(|f| f.address());
+        Ok(f)
+    }
+
+    /// The address of a new function: at `device`, or the lowest device number whose
+    /// `function` is free; refuses numbers out of range and an address already `taken`.
+    fn new_address(
+        &self,
+        taken: &[PciAddress],
+        device: Option<u8>,
+        function: u8,
+    ) -> Result<PciAddress> {
+        let device = match device {
+            Some(d) => d,
+            None => first_free_device(taken, function)?,
+        };
+        if device > 31 || function > 7 {
+            return Err(Error::BadArgument {
+                what: "PCI device (0..=31) or function (0..=7) number",
+                value: device.max(function) as u64,
+            });
         }
+        let address = PciAddress {
+            segment: self.segment,
+            bus: self.bus,
+            device,
+            function,
+        };
+        if taken.contains(&address) {
+            return Err(Error::RangeBusy {
+                what: "PCI address (a function is already there)",
+                start: device as u64,
+                len: 1,
+            });
+        }
+        Ok(address)
+    }
+
+    /// Places `f`'s BARs (as `desc` describes them) in the aperture after those placed
+    /// before, as firmware does at enumeration, and turns memory decoding on.
+    fn place_bars(&self, f: &SimPciFunction, desc: &DeviceConfig) -> Result<()> {
+        let mut next = self.next_bar.lock().unwrap_or_else(|p| p.into_inner());
+        let (places, at) = bar_places(desc, *next, self.aperture)?;
         for (i, base) in places {
             let lo = super::config::BAR0 + 4 * i as u16;
             f.config_write_raw(lo, base as u32);
@@ -390,11 +386,7 @@ impl SimPciBus {
         }
         f.config_write_raw(super::config::COMMAND, super::config::COMMAND_MEMORY as u32);
         *next = at;
-        drop(next);
-        let mut list = self.functions.write().unwrap_or_else(|p| p.into_inner());
-        list.push(f.clone());
-        list.sort_by_key(|f| f.address());
-        Ok(f)
+        Ok(())
     }
 
     /// The function at `address`.
@@ -431,6 +423,46 @@ impl SimPciBus {
     pub fn unclaimed_accesses(&self) -> u64 {
         self.core.unclaimed.load(Ordering::Relaxed)
     }
+}
+
+/// The lowest device number from 1 where `function` is not `taken`.
+fn first_free_device(taken: &[PciAddress], function: u8) -> Result<u8> {
+    (1..32u8)
+        .find(|d| {
+            !taken
+                .iter()
+                .any(|a| a.device == *d && a.function == function)
+        })
+        .ok_or(Error::NoResources {
+            what: "PCI device numbers on the bus",
+            limit: 32,
+        })
+}
+
+/// Where each of `desc`'s BARs goes (by BAR index), each aligned to its size, from `at` on
+/// inside `aperture` (base, length); and the address after the last one.
+fn bar_places(
+    desc: &DeviceConfig,
+    mut at: u64,
+    aperture: (u64, u64),
+) -> Result<(Vec<(usize, u64)>, u64)> {
+    let end = aperture.0 + aperture.1;
+    let mut places = Vec::new();
+    for (i, bar) in desc.bars.iter().enumerate() {
+        let Some(spec) = bar else { continue };
+        let base = at
+            .checked_next_multiple_of(spec.size)
+            .filter(|b| b.checked_add(spec.size).is_some_and(|e| e <= end))
+            .ok_or(Error::NoSpace {
+                what: "PCI aperture",
+                requested: spec.size,
+                align: spec.size,
+                free: end.saturating_sub(at),
+            })?;
+        places.push((i, base));
+        at = base + spec.size;
+    }
+    Ok((places, at))
 }
 
 impl PciBus for SimPciBus {

@@ -281,62 +281,79 @@ impl ConfigSpace {
     pub fn write_dword(&mut self, off: u16, merged: u32, written: u32) -> Effect {
         let mut effect = Effect::default();
         match off {
-            0x04 => {
-                if written & 0xFFFF != 0 {
-                    let before = self.command;
-                    self.command = merged as u16 & COMMAND_RW;
-                    effect.intx_enabled = before & COMMAND_INTX_DISABLE != 0
-                        && self.command & COMMAND_INTX_DISABLE == 0;
-                }
-                let w1c = (merged & written) >> 16;
-                if w1c as u16 & STATUS_RECEIVED_MASTER_ABORT != 0 {
-                    self.master_abort = false;
-                }
-            }
+            0x04 => effect.intx_enabled = self.write_command_status(merged, written),
             0x0C => {
                 self.cache_line = merged as u8;
                 self.latency = (merged >> 8) as u8;
             }
-            0x10..=0x24 => {
-                let i = ((off - BAR0) / 4) as usize;
-                match self.bars[i] {
-                    Bar::Mem32 { spec, .. } => {
-                        let mask = !(spec.size as u32 - 1);
-                        self.bars[i] = Bar::Mem32 {
-                            spec,
-                            addr: merged & mask,
-                        };
-                    }
-                    Bar::Mem64 { spec, addr } => {
-                        let mask = !(spec.size - 1) & 0xFFFF_FFFF;
-                        self.bars[i] = Bar::Mem64 {
-                            spec,
-                            addr: (addr & !0xFFFF_FFFF) | (merged as u64 & mask),
-                        };
-                    }
-                    Bar::Upper => {
-                        if let Bar::Mem64 { spec, addr } = self.bars[i - 1] {
-                            self.bars[i - 1] = Bar::Mem64 {
-                                spec,
-                                addr: (addr & 0xFFFF_FFFF) | (merged as u64) << 32,
-                            };
-                        }
-                    }
-                    Bar::None => {}
-                }
-            }
+            0x10..=0x24 => self.write_bar(((off - BAR0) / 4) as usize, merged),
             0x3C => self.int_line = merged as u8,
             o if o == MSIX_CAP && written & 0xFFFF_0000 != 0 => {
-                if let Some(m) = &mut self.msix {
-                    let control = (merged >> 16) as u16;
-                    let was_live = m.enable && !m.function_mask;
-                    m.enable = control & MSIX_ENABLE != 0;
-                    m.function_mask = control & MSIX_FUNCTION_MASK != 0;
-                    effect.msix_unmasked = !was_live && m.enable && !m.function_mask;
-                }
+                effect.msix_unmasked = self.write_msix_control(merged);
             }
             _ => {}
         }
         effect
+    }
+
+    /// A store to the command register (when `written` covers it) and the status
+    /// register's write-one-to-clear bits; whether it turned INTx delivery back on.
+    fn write_command_status(&mut self, merged: u32, written: u32) -> bool {
+        let mut intx_enabled = false;
+        if written & 0xFFFF != 0 {
+            let before = self.command;
+            self.command = merged as u16 & COMMAND_RW;
+            intx_enabled =
+                before & COMMAND_INTX_DISABLE != 0 && self.command & COMMAND_INTX_DISABLE == 0;
+        }
+        let w1c = (merged & written) >> 16;
+        if w1c as u16 & STATUS_RECEIVED_MASTER_ABORT != 0 {
+            self.master_abort = false;
+        }
+        intx_enabled
+    }
+
+    /// A store of `merged` to BAR register `i`: the address bits the BAR's size leaves
+    /// writable (the upper half of a 64-bit BAR goes to the BAR below it).
+    fn write_bar(&mut self, i: usize, merged: u32) {
+        match self.bars[i] {
+            Bar::Mem32 { spec, .. } => {
+                let mask = !(spec.size as u32 - 1);
+                self.bars[i] = Bar::Mem32 {
+                    spec,
+                    addr: merged & mask,
+                };
+            }
+            Bar::Mem64 { spec, addr } => {
+                let mask = !(spec.size - 1) & 0xFFFF_FFFF;
+                self.bars[i] = Bar::Mem64 {
+                    spec,
+                    addr: (addr & !0xFFFF_FFFF) | (merged as u64 & mask),
+                };
+            }
+            Bar::Upper => {
+                if let Bar::Mem64 { spec, addr } = self.bars[i - 1] {
+                    self.bars[i - 1] = Bar::Mem64 {
+                        spec,
+                        addr: (addr & 0xFFFF_FFFF) | (merged as u64) << 32,
+                    };
+                }
+            }
+            Bar::None => {}
+        }
+    }
+
+    /// A store to the MSI-X message control word (the upper half of `merged`): whether it
+    /// unmasked the vectors (enabled and not masked, from disabled or masked). Nothing
+    /// without MSI-X.
+    fn write_msix_control(&mut self, merged: u32) -> bool {
+        let Some(m) = self.msix.as_mut() else {
+            return false;
+        };
+        let control = (merged >> 16) as u16;
+        let was_live = m.enable && !m.function_mask;
+        m.enable = control & MSIX_ENABLE != 0;
+        m.function_mask = control & MSIX_FUNCTION_MASK != 0;
+        !was_live && m.enable && !m.function_mask
     }
 }

@@ -280,61 +280,52 @@ impl SimPciFunction {
             None => g.activity.stats.bar_reads += 1,
         }
         let mut outbox = Outbox::default();
-        let mut unmasked = Vec::new();
-        let value = 'access: {
-            let State {
-                config,
-                msix,
-                model,
-                activity,
-                ..
-            } = &mut *g;
-            if let (Some(spec), Some(table)) = (config.desc.msix, msix.as_mut()) {
-                let in_range = |b: u8, o: u32, len: u64| {
-                    b == bar && offset >= o as u64 && offset < o as u64 + len
-                };
-                if in_range(spec.table_bar, spec.table_offset, spec.table_len()) {
-                    let o = offset - spec.table_offset as u64;
-                    break 'access match store {
-                        None => table.read_table(o, width),
-                        Some(v) => {
-                            if let Some(vec) = table.write_table(o, width, v) {
-                                unmasked.push(vec);
-                            }
-                            0
-                        }
-                    };
-                }
-                if in_range(spec.pba_bar, spec.pba_offset, spec.pba_len()) {
-                    let o = offset - spec.pba_offset as u64;
-                    break 'access match store {
-                        None => table.read_pba(o, width),
-                        Some(_) => 0,
-                    };
-                }
-            }
-            let mut ctx = DeviceContext {
-                path: &self.path,
-                core: &self.core,
-                bus_master: config.bus_master(),
-                activity,
-                outbox: &mut outbox,
-            };
-            match store {
-                None => model.bar_read(&mut ctx, bar, offset, width),
-                Some(v) => {
-                    model.bar_write(&mut ctx, bar, offset, width, v);
-                    0
-                }
+        let (value, unmasked) = match msix_access(&mut g, bar, offset, width, store) {
+            Some(done) => done,
+            None => {
+                let value = self.model_access(&mut g, bar, offset, width, store, &mut outbox);
+                (value, false)
             }
         };
         let mut sinks = self.settle(&mut g, outbox);
-        if !unmasked.is_empty() {
+        if unmasked {
             sinks.extend(self.flush_pending(&mut g));
         }
         drop(g);
         raise(sinks);
         Decoded::Yes(value & width.max_value())
+    }
+
+    /// A BAR access the device model handles: the value it reads, 0 for a store.
+    fn model_access(
+        &self,
+        g: &mut State,
+        bar: u8,
+        offset: u64,
+        width: Width,
+        store: Option<u64>,
+        outbox: &mut Outbox,
+    ) -> u64 {
+        let State {
+            config,
+            model,
+            activity,
+            ..
+        } = g;
+        let mut ctx = DeviceContext {
+            path: &self.path,
+            core: &self.core,
+            bus_master: config.bus_master(),
+            activity,
+            outbox,
+        };
+        match store {
+            None => model.bar_read(&mut ctx, bar, offset, width),
+            Some(v) => {
+                model.bar_write(&mut ctx, bar, offset, width, v);
+                0
+            }
+        }
     }
 
     /// Turns what a handler produced into sinks to raise (after the lock is released).
@@ -509,6 +500,38 @@ impl SimPciFunction {
             }
         }
     }
+}
+
+/// A BAR access that falls in the function's MSI-X table or pending-bit array, if it has
+/// them and it does: the value read (0 for a store), and whether a table store unmasked a
+/// vector (whose pending message must then be sent).
+fn msix_access(
+    g: &mut State,
+    bar: u8,
+    offset: u64,
+    width: Width,
+    store: Option<u64>,
+) -> Option<(u64, bool)> {
+    let (Some(spec), Some(table)) = (g.config.desc.msix, g.msix.as_mut()) else {
+        return None;
+    };
+    let in_range =
+        |b: u8, o: u32, len: u64| b == bar && offset >= o as u64 && offset < o as u64 + len;
+    if in_range(spec.table_bar, spec.table_offset, spec.table_len()) {
+        let o = offset - spec.table_offset as u64;
+        return Some(match store {
+            None => (table.read_table(o, width), false),
+            Some(v) => (0, table.write_table(o, width, v).is_some()),
+        });
+    }
+    if in_range(spec.pba_bar, spec.pba_offset, spec.pba_len()) {
+        let o = offset - spec.pba_offset as u64;
+        return Some(match store {
+            None => (table.read_pba(o, width), false),
+            Some(_) => (0, false),
+        });
+    }
+    None
 }
 
 fn raise(sinks: Vec<Arc<dyn InterruptSink>>) {
