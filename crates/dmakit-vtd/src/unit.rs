@@ -861,39 +861,14 @@ impl<P: Platform + 'static> Unit<P> {
                 why: "the function already has a domain (drop it first)",
             }));
         }
-        let did = (1..self.domain_ids)
-            .map(|d| d as u16)
-            .find(|d| !t.dids.contains(d))
-            .ok_or(Error::NoResources {
-                what: "VT-d domain ids",
-                limit: self.domain_ids as u64 - 1,
-            })
-            .map_err(safe)?;
+        let did = self.free_domain_id(&t).map_err(safe)?;
         let root = t
             .root
             .ok_or(Error::Internal {
                 what: "VT-d unit without a root table",
             })
             .map_err(safe)?;
-        let mut new_root_entry = false;
-        let context = match t.context.get(&bus) {
-            Some(c) => *c,
-            None => {
-                let c = self.alloc_table().map_err(safe)?;
-                let set = self
-                    .write_entry(root.pa, bus as u64 * 2 + 1, 0)
-                    .and_then(|_| self.write_entry(root.pa, bus as u64 * 2, c.pa.0 | entry::P));
-                if let Err(e) = set {
-                    // Nothing points at it (the present bit is the last thing written).
-                    let _ = self.write_entry(root.pa, bus as u64 * 2, 0);
-                    self.free_table(c);
-                    return Err(safe(e));
-                }
-                t.context.insert(bus, c);
-                new_root_entry = true;
-                c
-            }
-        };
+        let (context, new_root_entry) = self.bus_context(&mut t, root, bus).map_err(safe)?;
         let aw = self.levels as u64 - 2;
         let at = devfn as u64 * 2;
         let written = self
@@ -915,6 +890,38 @@ impl<P: Platform + 'static> Unit<P> {
             return Err((e, cleared));
         }
         Ok(did)
+    }
+
+    /// The lowest domain id (from 1) not in use.
+    fn free_domain_id(&self, t: &Tables) -> Result<u16> {
+        (1..self.domain_ids)
+            .map(|d| d as u16)
+            .find(|d| !t.dids.contains(d))
+            .ok_or(Error::NoResources {
+                what: "VT-d domain ids",
+                limit: self.domain_ids as u64 - 1,
+            })
+    }
+
+    /// The context table of `bus`, and whether it is new: made on first use and linked
+    /// from the root table (upper half, then lower half with the present bit). A failed
+    /// link is cleared again and the table freed.
+    fn bus_context(&self, t: &mut Tables, root: Table, bus: u8) -> Result<(Table, bool)> {
+        if let Some(c) = t.context.get(&bus) {
+            return Ok((*c, false));
+        }
+        let c = self.alloc_table()?;
+        let set = self
+            .write_entry(root.pa, bus as u64 * 2 + 1, 0)
+            .and_then(|_| self.write_entry(root.pa, bus as u64 * 2, c.pa.0 | entry::P));
+        if let Err(e) = set {
+            // Nothing points at it (the present bit is the last thing written).
+            let _ = self.write_entry(root.pa, bus as u64 * 2, 0);
+            self.free_table(c);
+            return Err(e);
+        }
+        t.context.insert(bus, c);
+        Ok((c, true))
     }
 
     /// Clears the context entry of `sid`, invalidates the context cache and the domain's
