@@ -111,7 +111,6 @@ impl FrameAllocator {
         align: u64,
         limit: u64,
     ) -> Result<Vec<PhysRange>> {
-        let psize = self.page.bytes();
         let req = dmakit::platform::PageRequest {
             align,
             phys_limit: limit,
@@ -146,52 +145,67 @@ impl FrameAllocator {
                 .ok_or(unsuitable)?;
             return Ok(alloc::vec![PhysRange::new(PhysAddr(a), len)]);
         }
-        let mut runs: Vec<PhysRange> = Vec::new();
-        let mut left = len;
-        match self.placement {
-            Placement::Packed => {
-                while left > 0 {
-                    let top_limit = limit.saturating_add(1) & !(psize - 1);
-                    let Some((s, e)) = self
-                        .free
-                        .iter()
-                        .rev()
-                        .find(|&(s, _)| s < top_limit)
-                        .map(|(s, e)| (s, e.min(top_limit)))
-                    else {
-                        break;
-                    };
-                    let n = left.min(e - s);
-                    if !self.free.remove(e - n, e) {
-                        break;
-                    }
-                    runs.push(PhysRange::new(PhysAddr(e - n), n));
-                    left -= n;
-                }
-                runs.reverse();
-            }
-            Placement::Scattered => {
-                let mut below = limit;
-                while left > 0 {
-                    let pa = match self.free.take_highest(psize, psize, below) {
-                        Some(pa) => pa,
-                        None => match self.free.take_highest(psize, psize, limit) {
-                            Some(pa) => pa,
-                            None => break,
-                        },
-                    };
-                    runs.push(PhysRange::new(PhysAddr(pa), psize));
-                    left -= psize;
-                    below = pa.saturating_sub(psize + 1);
-                }
-            }
-        }
+        let (runs, left) = match self.placement {
+            Placement::Packed => self.take_packed(len, limit),
+            Placement::Scattered => self.take_scattered(len, limit),
+        };
         if left > 0 {
             // The count above makes this unreachable; give back and fail cleanly anyway.
             self.give_back(&runs)?;
             return Err(unsuitable);
         }
         Ok(runs)
+    }
+
+    /// Takes up to `len` bytes at or below `limit` from the highest free runs down, as
+    /// few runs as possible; returns the runs (lowest first) and the bytes still missing.
+    fn take_packed(&mut self, len: u64, limit: u64) -> (Vec<PhysRange>, u64) {
+        let psize = self.page.bytes();
+        let mut runs: Vec<PhysRange> = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let top_limit = limit.saturating_add(1) & !(psize - 1);
+            let Some((s, e)) = self
+                .free
+                .iter()
+                .rev()
+                .find(|&(s, _)| s < top_limit)
+                .map(|(s, e)| (s, e.min(top_limit)))
+            else {
+                break;
+            };
+            let n = left.min(e - s);
+            if !self.free.remove(e - n, e) {
+                break;
+            }
+            runs.push(PhysRange::new(PhysAddr(e - n), n));
+            left -= n;
+        }
+        runs.reverse();
+        (runs, left)
+    }
+
+    /// Takes up to `len` bytes at or below `limit` one page at a time from the top,
+    /// skipping the page below each one taken while free memory allows; returns the runs
+    /// (highest first) and the bytes still missing.
+    fn take_scattered(&mut self, len: u64, limit: u64) -> (Vec<PhysRange>, u64) {
+        let psize = self.page.bytes();
+        let mut runs: Vec<PhysRange> = Vec::new();
+        let mut left = len;
+        let mut below = limit;
+        while left > 0 {
+            let pa = match self.free.take_highest(psize, psize, below) {
+                Some(pa) => pa,
+                None => match self.free.take_highest(psize, psize, limit) {
+                    Some(pa) => pa,
+                    None => break,
+                },
+            };
+            runs.push(PhysRange::new(PhysAddr(pa), psize));
+            left -= psize;
+            below = pa.saturating_sub(psize + 1);
+        }
+        (runs, left)
     }
 
     /// [`take`](Self::take) with a floor as well: every byte at or above `floor`. Memory

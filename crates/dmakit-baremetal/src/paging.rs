@@ -255,6 +255,23 @@ impl PageTables {
         large: bool,
     ) -> Result<()> {
         check_span(va, pa, len)?;
+        self.check_unmapped(mem, va, len)?;
+        let mut done = 0;
+        while done < len {
+            match self.map_step(mem, va + done, pa + done, len - done, attrs, large) {
+                Ok(step) => done += step,
+                Err(e) => {
+                    let _ = self.unmap_mapped(mem, va, done);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses the mapping ([`Error::RangeBusy`]) when any page of `[va, va + len)` is
+    /// mapped already.
+    fn check_unmapped(&self, mem: &dyn TableMemory, va: u64, len: u64) -> Result<()> {
         let mut off = 0;
         while off < len {
             if self.translate(mem, va + off).is_some() {
@@ -266,48 +283,48 @@ impl PageTables {
             }
             off += PAGE;
         }
-        let mut done = 0;
-        while done < len {
-            let (v, p) = (va + done, pa + done);
-            let step = if large && v % LARGE == 0 && p % LARGE == 0 && len - done >= LARGE {
-                LARGE
-            } else {
-                PAGE
-            };
-            let level = if step == LARGE { 1 } else { 0 };
-            // A 2 MiB slot that already holds a page table (from an earlier small mapping
-            // nearby) takes 4 KiB pages instead.
-            let got = self.entry(mem, v, level, true).map(|e| match e {
-                Some(at) if level == 1 && mem.read(at) & PRESENT != 0 => None,
-                other => other,
-            });
-            match got {
-                Ok(Some(at)) => {
-                    mem.write(at, p | attrs.bits(level == 1));
-                    done += step;
-                }
-                Ok(None) if level == 1 => {
-                    // Fall back to small pages for this 2 MiB.
-                    let r = self.map(mem, v, p, LARGE, attrs, false);
-                    if let Err(e) = r {
-                        let _ = self.unmap_mapped(mem, va, done);
-                        return Err(e);
-                    }
-                    done += LARGE;
-                }
-                Ok(None) => {
-                    let _ = self.unmap_mapped(mem, va, done);
-                    return Err(Error::Internal {
-                        what: "page tables: a large page appeared inside a checked range",
-                    });
-                }
-                Err(e) => {
-                    let _ = self.unmap_mapped(mem, va, done);
-                    return Err(e);
-                }
-            }
-        }
         Ok(())
+    }
+
+    /// Maps the next piece at `v` to `p` (`left` bytes still to map) and returns its
+    /// length: a 2 MiB page where both are aligned, `large` allows and the slot holds no
+    /// page table; the 2 MiB as small pages when it does; else one 4 KiB page. On failure
+    /// this piece maps nothing (the caller unmaps the earlier ones).
+    fn map_step(
+        &mut self,
+        mem: &mut dyn TableMemory,
+        v: u64,
+        p: u64,
+        left: u64,
+        attrs: Attrs,
+        large: bool,
+    ) -> Result<u64> {
+        let step = if large && v.is_multiple_of(LARGE) && p.is_multiple_of(LARGE) && left >= LARGE {
+            LARGE
+        } else {
+            PAGE
+        };
+        let level = if step == LARGE { 1 } else { 0 };
+        // A 2 MiB slot that already holds a page table (from an earlier small mapping
+        // nearby) takes 4 KiB pages instead.
+        let got = self.entry(mem, v, level, true).map(|e| match e {
+            Some(at) if level == 1 && mem.read(at) & PRESENT != 0 => None,
+            other => other,
+        });
+        match got? {
+            Some(at) => {
+                mem.write(at, p | attrs.bits(level == 1));
+                Ok(step)
+            }
+            None if level == 1 => {
+                // Fall back to small pages for this 2 MiB.
+                self.map(mem, v, p, LARGE, attrs, false)?;
+                Ok(LARGE)
+            }
+            None => Err(Error::Internal {
+                what: "page tables: a large page appeared inside a checked range",
+            }),
+        }
     }
 
     fn unmap_mapped(&mut self, mem: &mut dyn TableMemory, va: u64, len: u64) -> Result<()> {

@@ -212,6 +212,99 @@ fn page_trim(r: &PhysRange) -> Option<(u64, u64)> {
     (s < e).then_some((s, e))
 }
 
+/// Checks the mapping area (2 MiB aligned, not empty, no overflow) and the direct map's
+/// offset (2 MiB aligned); returns the area as `(start, end)`.
+fn check_layout(config: &BareMetalConfig) -> Result<(u64, u64)> {
+    let (area_start, area_len) = config.area;
+    let area_end = dmakit::addr::checked_end(area_start, area_len, "mapping area")?;
+    if area_start % crate::paging::LARGE != 0 || area_len == 0 {
+        return Err(Error::NotAligned {
+            what: "mapping area (2 MiB aligned, not empty)",
+            value: area_start,
+            align: crate::paging::LARGE,
+        });
+    }
+    if !config.phys_offset.is_multiple_of(crate::paging::LARGE) {
+        return Err(Error::NotAligned {
+            what: "direct map offset",
+            value: config.phys_offset,
+            align: crate::paging::LARGE,
+        });
+    }
+    Ok((area_start, area_end))
+}
+
+/// The whole pages of every `ram` and `usable` range of `config`, as one set.
+fn ram_pages(config: &BareMetalConfig) -> Ranges {
+    let mut ram = Ranges::new(PAGE);
+    for r in config.ram.iter().chain(config.usable.iter()) {
+        if let Some((s, e)) = page_trim(r) {
+            // Overlaps between the lists are expected (usable memory is RAM too).
+            let mut at = s;
+            while at < e {
+                let next = ram.run_of(at).map_or(at + PAGE, |(_, re)| re.min(e));
+                if ram.run_of(at).is_none() {
+                    ram.insert(at, at + PAGE);
+                }
+                at = next;
+            }
+        }
+    }
+    ram
+}
+
+/// Registers each run of `ram` as RAM of the direct map at `phys_offset`, refusing a run
+/// whose direct-map addresses overflow or overlap the mapping area `(start, end)`.
+///
+/// # Safety
+///
+/// Every run of `ram` is RAM, reachable at physical + `phys_offset` for as long as
+/// `direct` is used.
+unsafe fn add_direct_ram(
+    direct: &mut DirectMap,
+    ram: &Ranges,
+    phys_offset: u64,
+    (area_start, area_end): (u64, u64),
+) -> Result<()> {
+    for (s, e) in ram.iter() {
+        let end_va = phys_offset.checked_add(e).ok_or(Error::Overflow {
+            what: "direct map",
+            start: s,
+            len: e - s,
+        })?;
+        if phys_offset.saturating_add(s) < area_end && area_start < end_va {
+            return Err(Error::BadArgument {
+                what: "the mapping area overlaps the direct map",
+                value: area_start,
+            });
+        }
+        // SAFETY: this function's caller vouches that the runs of `ram` are RAM reachable
+        // at the offset.
+        unsafe { direct.add_ram(s, e) };
+    }
+    Ok(())
+}
+
+/// New page tables (their frames from `frames`) mapping every run of `ram` write-back at
+/// `phys_offset`, except page 0.
+fn direct_map_tables(
+    frames: &mut FrameAllocator,
+    direct: &DirectMap,
+    ram: &Ranges,
+    phys_offset: u64,
+) -> Result<PageTables> {
+    let mut tm = Tables { frames, direct };
+    let mut tables = PageTables::new(&mut tm)?;
+    for (s, e) in ram.iter() {
+        // Page 0 stays unmapped, so a null access faults.
+        let s = s.max(PAGE);
+        if s < e {
+            tables.map(&mut tm, phys_offset + s, s, e - s, Attrs::RAM, true)?;
+        }
+    }
+    Ok(tables)
+}
+
 impl BareMetal {
     /// Builds the platform: the page allocator over `config.usable`, and page tables with
     /// the direct map of `config.ram` (write-back, 2 MiB pages where they fit) and an empty
@@ -228,69 +321,25 @@ impl BareMetal {
     /// they may access (their own allocations, buffers it gives them).
     pub unsafe fn new(config: BareMetalConfig) -> Result<BareMetal> {
         let page = PageSize::SIZE_4K;
-        let (area_start, area_len) = config.area;
-        let area_end = dmakit::addr::checked_end(area_start, area_len, "mapping area")?;
-        if area_start % crate::paging::LARGE != 0 || area_len == 0 {
-            return Err(Error::NotAligned {
-                what: "mapping area (2 MiB aligned, not empty)",
-                value: area_start,
-                align: crate::paging::LARGE,
-            });
-        }
-        if !config.phys_offset.is_multiple_of(crate::paging::LARGE) {
-            return Err(Error::NotAligned {
-                what: "direct map offset",
-                value: config.phys_offset,
-                align: crate::paging::LARGE,
-            });
-        }
+        let (area_start, area_end) = check_layout(&config)?;
         let mut direct = DirectMap::new(config.phys_offset, PAGE);
-        let mut ram = Ranges::new(PAGE);
-        for r in config.ram.iter().chain(config.usable.iter()) {
-            if let Some((s, e)) = page_trim(r) {
-                // Overlaps between the lists are expected (usable memory is RAM too).
-                let mut at = s;
-                while at < e {
-                    let next = ram.run_of(at).map_or(at + PAGE, |(_, re)| re.min(e));
-                    if ram.run_of(at).is_none() {
-                        ram.insert(at, at + PAGE);
-                    }
-                    at = next;
-                }
-            }
-        }
+        let ram = ram_pages(&config);
         let mut frames = FrameAllocator::new(page);
         frames.set_placement(config.placement);
         for r in &config.usable {
             frames.add(r.addr.0, r.len)?;
         }
-        for (s, e) in ram.iter() {
-            let end_va = config.phys_offset.checked_add(e).ok_or(Error::Overflow {
-                what: "direct map",
-                start: s,
-                len: e - s,
-            })?;
-            if config.phys_offset.saturating_add(s) < area_end && area_start < end_va {
-                return Err(Error::BadArgument {
-                    what: "the mapping area overlaps the direct map",
-                    value: area_start,
-                });
-            }
-            // SAFETY: the caller vouches that `ram` ranges are RAM reachable at the offset.
-            unsafe { direct.add_ram(s, e) };
-        }
-        let mut tm = Tables {
-            frames: &mut frames,
-            direct: &direct,
-        };
-        let mut tables = PageTables::new(&mut tm)?;
-        for (s, e) in ram.iter() {
-            // Page 0 stays unmapped, so a null access faults.
-            let s = s.max(PAGE);
-            if s < e {
-                tables.map(&mut tm, config.phys_offset + s, s, e - s, Attrs::RAM, true)?;
-            }
-        }
+        // SAFETY: the caller vouches that `ram` ranges are RAM reachable at the offset,
+        // which is what `add_direct_ram` asks.
+        unsafe {
+            add_direct_ram(
+                &mut direct,
+                &ram,
+                config.phys_offset,
+                (area_start, area_end),
+            )
+        }?;
+        let tables = direct_map_tables(&mut frames, &direct, &ram, config.phys_offset)?;
         let mut area = Ranges::new(PAGE);
         area.insert(area_start, area_end);
         Ok(BareMetal {
@@ -536,43 +585,8 @@ impl BareMetal {
 
     fn map(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
         only_kernel(req.task)?;
-        if guard > 0 {
-            if let Some(at) = req.at {
-                return Err(Error::BadArgument {
-                    what: "guard pages need placement anywhere, not a fixed address",
-                    value: at.0,
-                });
-            }
-            if !guard.is_multiple_of(PAGE) {
-                return Err(Error::NotAligned {
-                    what: "guard size (whole pages only)",
-                    value: guard,
-                    align: PAGE,
-                });
-            }
-        }
-        let mut total: u64 = 0;
-        for p in pieces {
-            let start = match p.src {
-                MapSource::Virtual(_, va) => va.0,
-                MapSource::Physical(pa) => pa.0,
-            };
-            if p.len == 0 || p.len % PAGE != 0 || start % PAGE != 0 {
-                return Err(Error::NotAligned {
-                    what: "map piece (whole pages only)",
-                    value: start,
-                    align: PAGE,
-                });
-            }
-            total = total.checked_add(p.len).ok_or(Error::Overflow {
-                what: "mapping length",
-                start,
-                len: p.len,
-            })?;
-        }
-        if total == 0 {
-            return Err(Error::ZeroSize { what: "mapping" });
-        }
+        check_guard(req, guard)?;
+        let total = mapping_length(pieces)?;
         let reserved = guard
             .checked_mul(2)
             .and_then(|g| g.checked_add(total))
@@ -582,64 +596,9 @@ impl BareMetal {
                 len: total,
             })?;
         let mut inner = self.inner.lock();
-        let mut pas = Vec::new();
-        for p in pieces {
-            let mut i = 0;
-            while i < p.len {
-                let pa = match p.src {
-                    MapSource::Virtual(t, va) => {
-                        only_kernel(t)?;
-                        let v = va.0.checked_add(i).ok_or(Error::Overflow {
-                            what: "map piece",
-                            start: va.0,
-                            len: p.len,
-                        })?;
-                        self.page_of(&inner, v)?.pa
-                    }
-                    MapSource::Physical(pa) => {
-                        let a = pa.0.checked_add(i).ok_or(Error::Overflow {
-                            what: "map piece",
-                            start: pa.0,
-                            len: p.len,
-                        })?;
-                        if !self.direct.is_ram(a, PAGE) && !self.direct.is_device(a, PAGE) {
-                            return Err(Error::NotMapped {
-                                what: "physical memory (neither RAM nor registered device memory)",
-                                addr: a,
-                            });
-                        }
-                        a
-                    }
-                };
-                pas.push(pa);
-                i += PAGE;
-            }
-        }
+        let pas = self.piece_pages(&inner, pieces)?;
         let va = match req.at {
-            Some(at) => {
-                let end = dmakit::addr::checked_end(at.0, total, "mapping")?;
-                if at.0 % PAGE != 0 {
-                    return Err(Error::NotAligned {
-                        what: "mapping address",
-                        value: at.0,
-                        align: PAGE,
-                    });
-                }
-                if at.0 < self.area.0 || end > self.area.1 {
-                    return Err(Error::BadArgument {
-                        what: "fixed mapping address outside the mapping area",
-                        value: at.0,
-                    });
-                }
-                if !inner.area.remove(at.0, end) {
-                    return Err(Error::RangeBusy {
-                        what: "mapping area",
-                        start: at.0,
-                        len: total,
-                    });
-                }
-                at.0
-            }
+            Some(at) => self.reserve_fixed(&mut inner, at.0, total)?,
             None => {
                 let free = inner.area.bytes();
                 let base = inner
@@ -658,26 +617,7 @@ impl BareMetal {
             writable: !req.read_only,
             cache: req.cache,
         };
-        let Inner {
-            frames,
-            tables,
-            area,
-            ..
-        } = &mut *inner;
-        let mut tm = Tables {
-            frames,
-            direct: &self.direct,
-        };
-        for (i, &pa) in pas.iter().enumerate() {
-            let v = va + i as u64 * PAGE;
-            if let Err(e) = tables.map(&mut tm, v, pa, PAGE, attrs, false) {
-                if i > 0 {
-                    let _ = tables.unmap(&mut tm, va, i as u64 * PAGE);
-                }
-                area.insert(va - guard, va - guard + reserved);
-                return Err(e);
-            }
-        }
+        self.map_each_page(&mut inner, va, &pas, attrs, (va - guard, reserved))?;
         for &pa in &pas {
             *inner.shared.entry(pa).or_insert(0) += 1;
         }
@@ -692,6 +632,238 @@ impl BareMetal {
         );
         Ok(va)
     }
+
+    /// The physical page of each page of `pieces`, in order, every one checked to be
+    /// kernel memory (virtual sources) or RAM or registered device memory (physical ones).
+    fn piece_pages(&self, inner: &Inner, pieces: &[MapPiece]) -> Result<Vec<u64>> {
+        let mut pas = Vec::new();
+        for p in pieces {
+            let mut i = 0;
+            while i < p.len {
+                pas.push(self.piece_page(inner, p, i)?);
+                i += PAGE;
+            }
+        }
+        Ok(pas)
+    }
+
+    /// The physical page `i` bytes into the piece `p`.
+    fn piece_page(&self, inner: &Inner, p: &MapPiece, i: u64) -> Result<u64> {
+        match p.src {
+            MapSource::Virtual(t, va) => {
+                only_kernel(t)?;
+                let v = va.0.checked_add(i).ok_or(Error::Overflow {
+                    what: "map piece",
+                    start: va.0,
+                    len: p.len,
+                })?;
+                Ok(self.page_of(inner, v)?.pa)
+            }
+            MapSource::Physical(pa) => {
+                let a = pa.0.checked_add(i).ok_or(Error::Overflow {
+                    what: "map piece",
+                    start: pa.0,
+                    len: p.len,
+                })?;
+                if !self.direct.is_ram(a, PAGE) && !self.direct.is_device(a, PAGE) {
+                    return Err(Error::NotMapped {
+                        what: "physical memory (neither RAM nor registered device memory)",
+                        addr: a,
+                    });
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// Takes `[at, at + total)` out of the free mapping area (a mapping at a fixed address).
+    fn reserve_fixed(&self, inner: &mut Inner, at: u64, total: u64) -> Result<u64> {
+        let end = dmakit::addr::checked_end(at, total, "mapping")?;
+        if !at.is_multiple_of(PAGE) {
+            return Err(Error::NotAligned {
+                what: "mapping address",
+                value: at,
+                align: PAGE,
+            });
+        }
+        if at < self.area.0 || end > self.area.1 {
+            return Err(Error::BadArgument {
+                what: "fixed mapping address outside the mapping area",
+                value: at,
+            });
+        }
+        if !inner.area.remove(at, end) {
+            return Err(Error::RangeBusy {
+                what: "mapping area",
+                start: at,
+                len: total,
+            });
+        }
+        Ok(at)
+    }
+
+    /// Maps `pas` page by page from `va`. On failure unmaps the pages already mapped and
+    /// returns `reserved` (`(start, len)` in the area) to the free area.
+    fn map_each_page(
+        &self,
+        inner: &mut Inner,
+        va: u64,
+        pas: &[u64],
+        attrs: Attrs,
+        (reserved_start, reserved_len): (u64, u64),
+    ) -> Result<()> {
+        let Inner {
+            frames,
+            tables,
+            area,
+            ..
+        } = inner;
+        let mut tm = Tables {
+            frames,
+            direct: &self.direct,
+        };
+        for (i, &pa) in pas.iter().enumerate() {
+            let v = va + i as u64 * PAGE;
+            if let Err(e) = tables.map(&mut tm, v, pa, PAGE, attrs, false) {
+                if i > 0 {
+                    let _ = tables.unmap(&mut tm, va, i as u64 * PAGE);
+                }
+                area.insert(reserved_start, reserved_start + reserved_len);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BareMetal {
+    /// Takes the physical pages of an allocation and zeroes them; nothing is kept taken
+    /// when zeroing fails.
+    fn take_zeroed(
+        &self,
+        inner: &mut Inner,
+        len: u64,
+        req: &PageRequest,
+        align: u64,
+    ) -> Result<Vec<PhysRange>> {
+        let phys_align = if req.contiguous { align } else { PAGE };
+        let runs = inner.frames.take_above(
+            len,
+            req.contiguous,
+            phys_align,
+            (req.phys_min, req.phys_limit),
+        )?;
+        for r in &runs {
+            if let Err(e) = self.direct.zero(r.addr.0, r.len) {
+                let _ = inner.frames.give_back(&runs);
+                return Err(e);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The direct-map address of an allocation that got one run, is not pageable and is
+    /// aligned there as asked; `None` when it must be mapped in the area instead.
+    fn direct_address(&self, runs: &[PhysRange], req: &PageRequest, align: u64) -> Option<u64> {
+        match runs {
+            [one] if !req.pageable => self
+                .direct
+                .offset()
+                .checked_add(one.addr.0)
+                .filter(|va| va % align == 0),
+            _ => None,
+        }
+    }
+
+    /// Maps `runs` side by side at a new place of the mapping area. On failure the runs
+    /// mapped so far are unmapped and the place returned to the area (the runs themselves
+    /// stay taken: the caller gives them back).
+    fn map_runs_in_area(
+        &self,
+        inner: &mut Inner,
+        runs: &[PhysRange],
+        len: u64,
+        align: u64,
+    ) -> Result<u64> {
+        let free = inner.area.bytes();
+        let Some(va) = inner.area.take_lowest(len, align) else {
+            return Err(Error::NoSpace {
+                what: "mapping area",
+                requested: len,
+                align,
+                free,
+            });
+        };
+        let Inner { frames, tables, .. } = &mut *inner;
+        let mut tm = Tables {
+            frames,
+            direct: &self.direct,
+        };
+        let mut at = va;
+        let mut failed = None;
+        for r in runs {
+            if let Err(e) = tables.map(&mut tm, at, r.addr.0, r.len, Attrs::RAM, false) {
+                failed = Some(e);
+                break;
+            }
+            at += r.len;
+        }
+        if let Some(e) = failed {
+            if at > va {
+                let _ = tables.unmap(&mut tm, va, at - va);
+            }
+            inner.area.insert(va, va + len);
+            return Err(e);
+        }
+        Ok(va)
+    }
+}
+
+/// Checks the guard size of a mapping: whole pages, and only with placement anywhere.
+fn check_guard(req: &MapRequest, guard: u64) -> Result<()> {
+    if guard > 0 {
+        if let Some(at) = req.at {
+            return Err(Error::BadArgument {
+                what: "guard pages need placement anywhere, not a fixed address",
+                value: at.0,
+            });
+        }
+        if !guard.is_multiple_of(PAGE) {
+            return Err(Error::NotAligned {
+                what: "guard size (whole pages only)",
+                value: guard,
+                align: PAGE,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The total length of `pieces`, each checked to be whole pages; zero is refused.
+fn mapping_length(pieces: &[MapPiece]) -> Result<u64> {
+    let mut total: u64 = 0;
+    for p in pieces {
+        let start = match p.src {
+            MapSource::Virtual(_, va) => va.0,
+            MapSource::Physical(pa) => pa.0,
+        };
+        if p.len == 0 || p.len % PAGE != 0 || start % PAGE != 0 {
+            return Err(Error::NotAligned {
+                what: "map piece (whole pages only)",
+                value: start,
+                align: PAGE,
+            });
+        }
+        total = total.checked_add(p.len).ok_or(Error::Overflow {
+            what: "mapping length",
+            start,
+            len: p.len,
+        })?;
+    }
+    if total == 0 {
+        return Err(Error::ZeroSize { what: "mapping" });
+    }
+    Ok(total)
 }
 
 impl PhysicalMemory for BareMetal {
@@ -702,68 +874,16 @@ impl PhysicalMemory for BareMetal {
     fn allocate_pages(&self, len: u64, req: &PageRequest) -> Result<VirtAddr> {
         let align = req.validate(len, self.page)?;
         let mut inner = self.inner.lock();
-        let phys_align = if req.contiguous { align } else { PAGE };
-        let runs = inner.frames.take_above(
-            len,
-            req.contiguous,
-            phys_align,
-            (req.phys_min, req.phys_limit),
-        )?;
-        let give_back = |inner: &mut Inner, e: Error| {
-            let _ = inner.frames.give_back(&runs);
-            Err(e)
-        };
-        for r in &runs {
-            if let Err(e) = self.direct.zero(r.addr.0, r.len) {
-                return give_back(&mut inner, e);
-            }
-        }
-        let direct_va = match runs.as_slice() {
-            [one] if !req.pageable => self
-                .direct
-                .offset()
-                .checked_add(one.addr.0)
-                .filter(|va| va % align == 0),
-            _ => None,
-        };
-        let (va, in_area) = match direct_va {
+        let runs = self.take_zeroed(&mut inner, len, req, align)?;
+        let (va, in_area) = match self.direct_address(&runs, req, align) {
             Some(va) => (va, false),
-            None => {
-                let free = inner.area.bytes();
-                let Some(va) = inner.area.take_lowest(len, align) else {
-                    return give_back(
-                        &mut inner,
-                        Error::NoSpace {
-                            what: "mapping area",
-                            requested: len,
-                            align,
-                            free,
-                        },
-                    );
-                };
-                let Inner { frames, tables, .. } = &mut *inner;
-                let mut tm = Tables {
-                    frames,
-                    direct: &self.direct,
-                };
-                let mut at = va;
-                let mut failed = None;
-                for r in &runs {
-                    if let Err(e) = tables.map(&mut tm, at, r.addr.0, r.len, Attrs::RAM, false) {
-                        failed = Some(e);
-                        break;
-                    }
-                    at += r.len;
+            None => match self.map_runs_in_area(&mut inner, &runs, len, align) {
+                Ok(va) => (va, true),
+                Err(e) => {
+                    let _ = inner.frames.give_back(&runs);
+                    return Err(e);
                 }
-                if let Some(e) = failed {
-                    if at > va {
-                        let _ = tables.unmap(&mut tm, va, at - va);
-                    }
-                    inner.area.insert(va, va + len);
-                    return give_back(&mut inner, e);
-                }
-                (va, true)
-            }
+            },
         };
         inner.allocs.insert(
             va,

@@ -276,12 +276,9 @@ fn index(iova: u64, level: u8) -> u64 {
     (iova >> (12 + 9 * (level as u32 - 1))) & (ENTRIES - 1)
 }
 
-impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
-    fn page_size(&self) -> PageSize {
-        PageSize::SIZE_4K
-    }
-
-    fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
+impl<P: Platform + 'static> VtdDomain<P> {
+    /// Checks that `iova` is a page address inside the domain's address width.
+    fn check_iova(&self, iova: IoAddr) -> Result<()> {
         if !iova.is_aligned(TABLE) {
             return Err(Error::NotAligned {
                 what: "VT-d IO page",
@@ -297,34 +294,39 @@ impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
                 limit: self.width_limit(),
             });
         }
-        let leaf = match entry {
-            None => 0,
-            Some((pa, access)) => {
-                if !pa.is_aligned(TABLE) {
-                    return Err(Error::NotAligned {
-                        what: "VT-d mapped page",
-                        value: pa.0,
-                        align: TABLE,
-                    });
-                }
-                if !self.unit.reachable(pa.0) {
-                    return Err(Error::BadArgument {
-                        what: "page above the VT-d unit's host address width",
-                        value: pa.0,
-                    });
-                }
-                let bits = if access.read { entry::R } else { 0 }
-                    | if access.write { entry::W } else { 0 };
-                if bits == 0 {
-                    return Err(Error::BadArgument {
-                        what: "VT-d mapping with neither read nor write access",
-                        value: iova.0,
-                    });
-                }
-                pa.0 | bits
-            }
-        };
-        let mut s = self.state.lock();
+        Ok(())
+    }
+
+    /// The leaf entry mapping `iova` to `pa` with `access`, after checking the page (aligned,
+    /// within the unit's host address width) and that some access is granted.
+    fn leaf_entry(&self, iova: IoAddr, pa: PhysAddr, access: Access) -> Result<u64> {
+        if !pa.is_aligned(TABLE) {
+            return Err(Error::NotAligned {
+                what: "VT-d mapped page",
+                value: pa.0,
+                align: TABLE,
+            });
+        }
+        if !self.unit.reachable(pa.0) {
+            return Err(Error::BadArgument {
+                what: "page above the VT-d unit's host address width",
+                value: pa.0,
+            });
+        }
+        let bits = if access.read { entry::R } else { 0 } | if access.write { entry::W } else { 0 };
+        if bits == 0 {
+            return Err(Error::BadArgument {
+                what: "VT-d mapping with neither read nor write access",
+                value: iova.0,
+            });
+        }
+        Ok(pa.0 | bits)
+    }
+
+    /// Walks from the top table to the leaf table of `iova`. A missing table is made
+    /// (and linked) when `leaf` maps something; when it clears, a missing table means
+    /// nothing is mapped there and the answer is `None`.
+    fn leaf_table(&self, s: &mut State, iova: IoAddr, leaf: u64) -> Result<Option<PhysAddr>> {
         let mut table = self.top.pa;
         for level in (2..=self.unit.levels).rev() {
             let i = index(iova.0, level);
@@ -334,8 +336,7 @@ impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
                 continue;
             }
             if leaf == 0 {
-                // Nothing is mapped below: nothing to clear.
-                return Ok(());
+                return Ok(None);
             }
             let t = self.unit.alloc_table()?;
             // Intermediate entries grant both; the leaf decides. Units check the
@@ -351,6 +352,12 @@ impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
             s.tables.push((level - 1, t));
             table = t.pa;
         }
+        Ok(Some(table))
+    }
+
+    /// Writes `leaf` as the entry of `iova` in the leaf table `table` and keeps the count
+    /// of present leaf entries.
+    fn write_leaf(&self, s: &mut State, table: PhysAddr, iova: IoAddr, leaf: u64) -> Result<()> {
         let i = index(iova.0, 1);
         let old = self.unit.read_entry(table, i)?;
         self.unit.write_entry(table, i, leaf)?;
@@ -359,16 +366,44 @@ impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
             (true, false) => s.mapped -= 1,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Makes a new leaf entry of `iova` visible to the unit: an invalidation of the page
+    /// in caching mode (the unit may have cached "not present"), else a write-buffer
+    /// flush.
+    fn publish_leaf(&self, iova: IoAddr) -> Result<()> {
+        if self.unit.caching_mode() {
+            if let Some(r) = self.covering(iova.0, TABLE)? {
+                self.unit.invalidate(&[r])?;
+            }
+        } else {
+            self.unit.flush_write_buffer()?;
+        }
+        Ok(())
+    }
+}
+
+impl<P: Platform + 'static> IommuHardware for VtdDomain<P> {
+    fn page_size(&self) -> PageSize {
+        PageSize::SIZE_4K
+    }
+
+    fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
+        self.check_iova(iova)?;
+        let leaf = match entry {
+            None => 0,
+            Some((pa, access)) => self.leaf_entry(iova, pa, access)?,
+        };
+        let mut s = self.state.lock();
+        let Some(table) = self.leaf_table(&mut s, iova, leaf)? else {
+            // Nothing is mapped below: nothing to clear.
+            return Ok(());
+        };
+        self.write_leaf(&mut s, table, iova, leaf)?;
         drop(s);
         if leaf != 0 {
-            if self.unit.caching_mode() {
-                // The unit may have cached "not present" for this page.
-                if let Some(r) = self.covering(iova.0, TABLE)? {
-                    self.unit.invalidate(&[r])?;
-                }
-            } else {
-                self.unit.flush_write_buffer()?;
-            }
+            self.publish_leaf(iova)?;
         }
         Ok(())
     }

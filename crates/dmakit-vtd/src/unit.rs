@@ -254,79 +254,107 @@ impl<P: Platform + 'static> Vtd<P> {
     }
 }
 
+/// Checks that the platform's pages are 4 KiB and that the register base is 4 KiB aligned
+/// with room for the register window after it.
+fn check_page_and_base<P: Platform>(platform: &P, base: PhysAddr) -> Result<()> {
+    if platform.page_size() != PageSize::SIZE_4K {
+        return Err(Error::Unsupported {
+            what:
+                "VT-d on a platform whose pages are not 4 KiB (the unit's tables are 4 KiB pages)",
+        });
+    }
+    if !base.is_aligned(TABLE) || base.0.checked_add(0x10_0000).is_none() {
+        return Err(Error::BadArgument {
+            what: "VT-d register base (4 KiB aligned)",
+            value: base.0,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the version, capability and extended capability registers, in that order, and
+/// refuses a base where nothing answers.
+fn read_identity<P: Platform>(platform: &P, base: PhysAddr) -> Result<(u32, u64, u64)> {
+    let version = mapped_read32(platform, base)?;
+    let capability = mapped_read64(platform, PhysAddr(base.0 + regs::CAP))?;
+    let extended = mapped_read64(platform, PhysAddr(base.0 + regs::ECAP))?;
+    if version == u32::MAX || capability == u64::MAX || version == 0 {
+        return Err(Error::NotAttached {
+            what: "VT-d remapping unit",
+            why: "nothing answers at the register base (take it from the ACPI DMAR table's DRHD)",
+        });
+    }
+    Ok((version, capability, extended))
+}
+
+/// The second-level table depth: the one asked for if the unit supports it (CAP.SAGAW),
+/// else the smallest the unit supports.
+fn table_levels(asked: Option<u8>, capability: u64) -> Result<u8> {
+    let sagaw = cap::sagaw(capability);
+    let supported = |levels: u8| sagaw & (1 << (levels - 2)) != 0;
+    match asked {
+        Some(l @ 3..=5) if supported(l) => Ok(l),
+        Some(3..=5) => Err(Error::Unsupported {
+            what: "VT-d page-table depth the unit does not support (CAP.SAGAW)",
+        }),
+        Some(l) => Err(Error::BadArgument {
+            what: "VT-d page-table levels (3, 4 or 5)",
+            value: l as u64,
+        }),
+        None => match (3..=5).find(|&l| supported(l)) {
+            Some(l) => Ok(l),
+            None => Err(Error::Unsupported {
+                what: "VT-d unit without 3-, 4- or 5-level second-level tables (CAP.SAGAW; QEMU: dma-translation=off)",
+            }),
+        },
+    }
+}
+
+/// The domain address width (the tables' reach, capped by CAP.MGAW, at least 32 bits)
+/// and the host address width (the one asked for, else CAP.MGAW's, within 32..=64).
+fn address_widths(capability: u64, levels: u8, asked_haw: Option<u8>) -> Result<(u8, u8)> {
+    let mgaw = cap::mgaw(capability) + 1;
+    let width = (12 + 9 * levels as u32).min(mgaw) as u8;
+    if width < 32 {
+        return Err(Error::Unsupported {
+            what: "VT-d unit with fewer than 32 guest address bits (CAP.MGAW)",
+        });
+    }
+    let haw = asked_haw.unwrap_or(mgaw.min(64) as u8);
+    if !(32..=64).contains(&haw) {
+        return Err(Error::BadArgument {
+            what: "VT-d host address width (32..=64 bits)",
+            value: haw as u64,
+        });
+    }
+    Ok((width, haw))
+}
+
+/// The IOTLB registers' offset (ECAP.IRO), checked to lie in the register window, after
+/// checking that queued invalidation, if asked for, is there (ECAP.QI).
+fn iotlb_register(extended: u64, invalidation: Invalidation) -> Result<u64> {
+    let iotlb_reg = ecap::iro(extended) * 16;
+    if iotlb_reg == 0 || iotlb_reg + 16 > 0x10_0000 {
+        return Err(Error::Unsupported {
+            what: "VT-d unit without IOTLB registers (ECAP.IRO)",
+        });
+    }
+    if invalidation == Invalidation::Queued && extended & ecap::QI == 0 {
+        return Err(Error::Unsupported {
+            what: "queued invalidation on a VT-d unit without it (ECAP.QI)",
+        });
+    }
+    Ok(iotlb_reg)
+}
+
 impl<P: Platform + 'static> Unit<P> {
     /// Reads the capabilities and checks them; touches nothing.
     fn probe(platform: P, base: PhysAddr, opts: VtdOptions) -> Result<Self> {
-        if platform.page_size() != PageSize::SIZE_4K {
-            return Err(Error::Unsupported {
-                what: "VT-d on a platform whose pages are not 4 KiB (the unit's tables are 4 KiB pages)",
-            });
-        }
-        if !base.is_aligned(TABLE) || base.0.checked_add(0x10_0000).is_none() {
-            return Err(Error::BadArgument {
-                what: "VT-d register base (4 KiB aligned)",
-                value: base.0,
-            });
-        }
-        let version = mapped_read32(&platform, base)?;
-        let capability = mapped_read64(&platform, PhysAddr(base.0 + regs::CAP))?;
-        let extended = mapped_read64(&platform, PhysAddr(base.0 + regs::ECAP))?;
-        if version == u32::MAX || capability == u64::MAX || version == 0 {
-            return Err(Error::NotAttached {
-                what: "VT-d remapping unit",
-                why:
-                    "nothing answers at the register base (take it from the ACPI DMAR table's DRHD)",
-            });
-        }
-        let sagaw = cap::sagaw(capability);
-        let supported = |levels: u8| sagaw & (1 << (levels - 2)) != 0;
-        let levels = match opts.levels {
-            Some(l @ 3..=5) if supported(l) => l,
-            Some(3..=5) => {
-                return Err(Error::Unsupported {
-                    what: "VT-d page-table depth the unit does not support (CAP.SAGAW)",
-                })
-            }
-            Some(l) => {
-                return Err(Error::BadArgument {
-                    what: "VT-d page-table levels (3, 4 or 5)",
-                    value: l as u64,
-                })
-            }
-            None => match (3..=5).find(|&l| supported(l)) {
-                Some(l) => l,
-                None => {
-                    return Err(Error::Unsupported {
-                        what: "VT-d unit without 3-, 4- or 5-level second-level tables (CAP.SAGAW; QEMU: dma-translation=off)",
-                    })
-                }
-            },
-        };
-        let mgaw = cap::mgaw(capability) + 1;
-        let width = (12 + 9 * levels as u32).min(mgaw) as u8;
-        if width < 32 {
-            return Err(Error::Unsupported {
-                what: "VT-d unit with fewer than 32 guest address bits (CAP.MGAW)",
-            });
-        }
-        let haw = opts.host_address_width.unwrap_or(mgaw.min(64) as u8);
-        if !(32..=64).contains(&haw) {
-            return Err(Error::BadArgument {
-                what: "VT-d host address width (32..=64 bits)",
-                value: haw as u64,
-            });
-        }
-        let iotlb_reg = ecap::iro(extended) * 16;
-        if iotlb_reg == 0 || iotlb_reg + 16 > 0x10_0000 {
-            return Err(Error::Unsupported {
-                what: "VT-d unit without IOTLB registers (ECAP.IRO)",
-            });
-        }
-        if opts.invalidation == Invalidation::Queued && extended & ecap::QI == 0 {
-            return Err(Error::Unsupported {
-                what: "queued invalidation on a VT-d unit without it (ECAP.QI)",
-            });
-        }
+        check_page_and_base(&platform, base)?;
+        let (version, capability, extended) = read_identity(&platform, base)?;
+        let levels = table_levels(opts.levels, capability)?;
+        let (width, haw) = address_widths(capability, levels, opts.host_address_width)?;
+        let iotlb_reg = iotlb_register(extended, opts.invalidation)?;
         let records = cap::nfr(capability) + 1;
         let frcd_reg = cap::fro(capability) * 16;
         if frcd_reg == 0 {
@@ -833,39 +861,14 @@ impl<P: Platform + 'static> Unit<P> {
                 why: "the function already has a domain (drop it first)",
             }));
         }
-        let did = (1..self.domain_ids)
-            .map(|d| d as u16)
-            .find(|d| !t.dids.contains(d))
-            .ok_or(Error::NoResources {
-                what: "VT-d domain ids",
-                limit: self.domain_ids as u64 - 1,
-            })
-            .map_err(safe)?;
+        let did = self.free_domain_id(&t).map_err(safe)?;
         let root = t
             .root
             .ok_or(Error::Internal {
                 what: "VT-d unit without a root table",
             })
             .map_err(safe)?;
-        let mut new_root_entry = false;
-        let context = match t.context.get(&bus) {
-            Some(c) => *c,
-            None => {
-                let c = self.alloc_table().map_err(safe)?;
-                let set = self
-                    .write_entry(root.pa, bus as u64 * 2 + 1, 0)
-                    .and_then(|_| self.write_entry(root.pa, bus as u64 * 2, c.pa.0 | entry::P));
-                if let Err(e) = set {
-                    // Nothing points at it (the present bit is the last thing written).
-                    let _ = self.write_entry(root.pa, bus as u64 * 2, 0);
-                    self.free_table(c);
-                    return Err(safe(e));
-                }
-                t.context.insert(bus, c);
-                new_root_entry = true;
-                c
-            }
-        };
+        let (context, new_root_entry) = self.bus_context(&mut t, root, bus).map_err(safe)?;
         let aw = self.levels as u64 - 2;
         let at = devfn as u64 * 2;
         let written = self
@@ -887,6 +890,38 @@ impl<P: Platform + 'static> Unit<P> {
             return Err((e, cleared));
         }
         Ok(did)
+    }
+
+    /// The lowest domain id (from 1) not in use.
+    fn free_domain_id(&self, t: &Tables) -> Result<u16> {
+        (1..self.domain_ids)
+            .map(|d| d as u16)
+            .find(|d| !t.dids.contains(d))
+            .ok_or(Error::NoResources {
+                what: "VT-d domain ids",
+                limit: self.domain_ids as u64 - 1,
+            })
+    }
+
+    /// The context table of `bus`, and whether it is new: made on first use and linked
+    /// from the root table (upper half, then lower half with the present bit). A failed
+    /// link is cleared again and the table freed.
+    fn bus_context(&self, t: &mut Tables, root: Table, bus: u8) -> Result<(Table, bool)> {
+        if let Some(c) = t.context.get(&bus) {
+            return Ok((*c, false));
+        }
+        let c = self.alloc_table()?;
+        let set = self
+            .write_entry(root.pa, bus as u64 * 2 + 1, 0)
+            .and_then(|_| self.write_entry(root.pa, bus as u64 * 2, c.pa.0 | entry::P));
+        if let Err(e) = set {
+            // Nothing points at it (the present bit is the last thing written).
+            let _ = self.write_entry(root.pa, bus as u64 * 2, 0);
+            self.free_table(c);
+            return Err(e);
+        }
+        t.context.insert(bus, c);
+        Ok((c, true))
     }
 
     /// Clears the context entry of `sid`, invalidates the context cache and the domain's
