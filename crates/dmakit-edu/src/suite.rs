@@ -734,6 +734,23 @@ pub fn synchronous_polling<P: Platform + Clone + Send + Sync + 'static>(
 pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
     rig: &Rig<'_, P>,
 ) -> Outcome {
+    refuses_bad_options(rig)?;
+    let s = Session::open(rig)?;
+    let refused = refuses_bad_segments(&s)?;
+    check(s.edu.outstanding() == 0, || {
+        "a refused transfer was queued".into()
+    })?;
+    queue_limits(rig, &s)?;
+    Ok(format!(
+        "{refused} bad transfers and 3 bad option sets refused, nothing queued; a full queue is \
+         NoResources"
+    ))
+}
+
+/// Options out of range (address bits, queue depth) are refused when the driver is made.
+fn refuses_bad_options<P: Platform + Clone + Send + Sync + 'static>(
+    rig: &Rig<'_, P>,
+) -> Result<(), String> {
     for (what, bad) in [
         ("8 address bits", rig.options.dma_bits(8)),
         ("a queue of 0", rig.options.fifo_depth(0)),
@@ -744,7 +761,15 @@ pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
             other => return Err(format!("options with {what}: {other:?}")),
         }
     }
-    let s = Session::open(rig)?;
+    Ok(())
+}
+
+/// Transfers the device cannot do are refused at start: both sides in the device buffer,
+/// neither, a run to the buffer's last byte, lengths that differ, a piece past the end of
+/// the address space, RAM above the limit. The number of cases.
+fn refuses_bad_segments<P: Platform + Clone + Send + Sync + 'static>(
+    s: &Session<'_, '_, P>,
+) -> Result<usize, String> {
     let seg = |a: u64, len: u64| IoSegment {
         addr: IoAddr(a),
         len,
@@ -809,9 +834,15 @@ pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
             other => return Err(format!("{what}: {other:?}")),
         }
     }
-    check(s.edu.outstanding() == 0, || {
-        "a refused transfer was queued".into()
-    })?;
+    Ok(cases.len())
+}
+
+/// An unknown ticket, the queue depth's limits, and a queue of one: a good transfer gets
+/// ticket 1 (no refused start took one), a second start is `NoResources` while it runs.
+fn queue_limits<P: Platform + Clone + Send + Sync + 'static>(
+    rig: &Rig<'_, P>,
+    s: &Session<'_, '_, P>,
+) -> Result<(), String> {
     let q = s.edu.query(1);
     check(matches!(q, Err(Error::BadArgument { .. })), || {
         format!("query of a ticket never given: {q:?}")
@@ -848,11 +879,7 @@ pub fn refuses_bad_transfers<P: Platform + Clone + Send + Sync + 'static>(
         || format!("{done:?}"),
     )?;
     cs.complete()?;
-    Ok(format!(
-        "{} bad transfers and 3 bad option sets refused, nothing queued; a full queue is \
-         NoResources",
-        cases.len()
-    ))
+    Ok(())
 }
 
 /// The seam's interrupt route, without the driver: IDs in configuration space, the raise
