@@ -585,8 +585,8 @@ impl BareMetal {
 
     fn map(&self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
         only_kernel(req.task)?;
-        check_guard(req, guard)?;
-        let total = mapping_length(pieces)?;
+        req.check_guard(guard, PAGE)?;
+        let total = MapPiece::total_length(pieces, PAGE)?;
         let reserved = guard
             .checked_mul(2)
             .and_then(|g| g.checked_add(total))
@@ -817,53 +817,6 @@ impl BareMetal {
         }
         Ok(va)
     }
-}
-
-/// Checks the guard size of a mapping: whole pages, and only with placement anywhere.
-fn check_guard(req: &MapRequest, guard: u64) -> Result<()> {
-    if guard > 0 {
-        if let Some(at) = req.at {
-            return Err(Error::BadArgument {
-                what: "guard pages need placement anywhere, not a fixed address",
-                value: at.0,
-            });
-        }
-        if !guard.is_multiple_of(PAGE) {
-            return Err(Error::NotAligned {
-                what: "guard size (whole pages only)",
-                value: guard,
-                align: PAGE,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The total length of `pieces`, each checked to be whole pages; zero is refused.
-fn mapping_length(pieces: &[MapPiece]) -> Result<u64> {
-    let mut total: u64 = 0;
-    for p in pieces {
-        let start = match p.src {
-            MapSource::Virtual(_, va) => va.0,
-            MapSource::Physical(pa) => pa.0,
-        };
-        if p.len == 0 || p.len % PAGE != 0 || start % PAGE != 0 {
-            return Err(Error::NotAligned {
-                what: "map piece (whole pages only)",
-                value: start,
-                align: PAGE,
-            });
-        }
-        total = total.checked_add(p.len).ok_or(Error::Overflow {
-            what: "mapping length",
-            start,
-            len: p.len,
-        })?;
-    }
-    if total == 0 {
-        return Err(Error::ZeroSize { what: "mapping" });
-    }
-    Ok(total)
 }
 
 impl PhysicalMemory for BareMetal {

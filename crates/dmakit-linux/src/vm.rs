@@ -167,21 +167,7 @@ impl Host {
             });
         }
         let psize = self.page().bytes();
-        if guard > 0 {
-            if let Some(at) = req.at {
-                return Err(Error::BadArgument {
-                    what: "guard pages need placement anywhere, not a fixed address",
-                    value: at.0,
-                });
-            }
-            if !guard.is_multiple_of(psize) {
-                return Err(Error::NotAligned {
-                    what: "guard size (whole pages only)",
-                    value: guard,
-                    align: psize,
-                });
-            }
-        }
+        req.check_guard(guard, psize)?;
         let guard = usize::try_from(guard).map_err(|_| Error::Overflow {
             what: "guard size",
             start: 0,

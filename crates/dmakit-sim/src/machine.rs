@@ -742,54 +742,6 @@ impl Inner {
     }
 }
 
-/// Refuses guard pages with a fixed address, or a guard that is not whole pages.
-fn check_guard(req: &MapRequest, guard: u64, psize: u64) -> Result<()> {
-    if guard == 0 {
-        return Ok(());
-    }
-    if let Some(at) = req.at {
-        return Err(Error::BadArgument {
-            what: "guard pages need placement anywhere, not a fixed address",
-            value: at.0,
-        });
-    }
-    if !guard.is_multiple_of(psize) {
-        return Err(Error::NotAligned {
-            what: "guard size (whole pages only)",
-            value: guard,
-            align: psize,
-        });
-    }
-    Ok(())
-}
-
-/// The summed length of `pieces`, each of which must be whole, page-aligned pages.
-fn mapping_total(pieces: &[MapPiece], psize: u64) -> Result<u64> {
-    let mut total: u64 = 0;
-    for p in pieces {
-        let start = match p.src {
-            MapSource::Virtual(_, va) => va.0,
-            MapSource::Physical(pa) => pa.0,
-        };
-        if p.len == 0 || !p.len.is_multiple_of(psize) || !start.is_multiple_of(psize) {
-            return Err(Error::NotAligned {
-                what: "map piece (whole pages only)",
-                value: start,
-                align: psize,
-            });
-        }
-        total = total.checked_add(p.len).ok_or(Error::Overflow {
-            what: "mapping length",
-            start,
-            len: p.len,
-        })?;
-    }
-    if total == 0 {
-        return Err(Error::ZeroSize { what: "mapping" });
-    }
-    Ok(total)
-}
-
 /// The address space a mapping of `total` bytes reserves with a `guard` on each side.
 fn guarded_len(total: u64, guard: u64) -> Result<u64> {
     guard
@@ -852,8 +804,8 @@ impl Inner {
     /// unmapped address space on each side when `guard > 0` (anywhere only).
     pub(crate) fn map(&mut self, pieces: &[MapPiece], req: &MapRequest, guard: u64) -> Result<u64> {
         let psize = self.page.bytes();
-        check_guard(req, guard, psize)?;
-        let total = mapping_total(pieces, psize)?;
+        req.check_guard(guard, psize)?;
+        let total = MapPiece::total_length(pieces, psize)?;
         self.faults.hit(FaultSite::Map)?;
         let pas = self.resolve_map_pages(pieces)?;
         let reserved = guarded_len(total, guard)?;

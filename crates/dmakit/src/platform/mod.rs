@@ -511,6 +511,88 @@ pub struct MapRequest {
     pub cache: CacheMode,
 }
 
+impl MapPiece {
+    /// The summed length of `pieces`, for a [`VirtualMemory`] implementation to check a
+    /// request with: each piece whole pages of `page` bytes at a page-aligned source
+    /// ([`Error::NotAligned`](crate::Error::NotAligned)), the sum within 64 bits
+    /// ([`Error::Overflow`](crate::Error::Overflow)) and not zero
+    /// ([`Error::ZeroSize`](crate::Error::ZeroSize)).
+    ///
+    /// ```
+    /// use dmakit::platform::{MapPiece, MapSource};
+    /// use dmakit::PhysAddr;
+    ///
+    /// let piece = |pa, len| MapPiece { src: MapSource::Physical(PhysAddr(pa)), len };
+    /// assert_eq!(MapPiece::total_length(&[piece(0x1000, 0x2000), piece(0x8000, 0x1000)], 0x1000)?, 0x3000);
+    /// assert!(MapPiece::total_length(&[piece(0x1800, 0x1000)], 0x1000).is_err());
+    /// assert!(MapPiece::total_length(&[], 0x1000).is_err());
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
+    pub fn total_length(pieces: &[MapPiece], page: u64) -> Result<u64> {
+        let mut total: u64 = 0;
+        for p in pieces {
+            let start = match p.src {
+                MapSource::Virtual(_, va) => va.0,
+                MapSource::Physical(pa) => pa.0,
+            };
+            if p.len == 0 || !p.len.is_multiple_of(page) || !start.is_multiple_of(page) {
+                return Err(crate::Error::NotAligned {
+                    what: "map piece (whole pages only)",
+                    value: start,
+                    align: page,
+                });
+            }
+            total = total.checked_add(p.len).ok_or(crate::Error::Overflow {
+                what: "mapping length",
+                start,
+                len: p.len,
+            })?;
+        }
+        if total == 0 {
+            return Err(crate::Error::ZeroSize { what: "mapping" });
+        }
+        Ok(total)
+    }
+}
+
+impl MapRequest {
+    /// Checks `guard` bytes of guard pages for this request, for a [`VirtualMemory`]
+    /// implementation: none is always fine; guards need placement anywhere (a fixed address
+    /// is [`Error::BadArgument`](crate::Error::BadArgument)) and whole pages of `page` bytes
+    /// ([`Error::NotAligned`](crate::Error::NotAligned)).
+    ///
+    /// ```
+    /// use dmakit::platform::{CacheMode, MapRequest, Task};
+    /// use dmakit::VirtAddr;
+    ///
+    /// let anywhere = MapRequest { task: Task::KERNEL, at: None, read_only: false, cache: CacheMode::CopyBack };
+    /// assert!(anywhere.check_guard(0x1000, 0x1000).is_ok());
+    /// assert!(anywhere.check_guard(0x800, 0x1000).is_err());
+    /// let fixed = MapRequest { at: Some(VirtAddr(0x10_0000)), ..anywhere };
+    /// assert!(fixed.check_guard(0, 0x1000).is_ok());
+    /// assert!(fixed.check_guard(0x1000, 0x1000).is_err());
+    /// ```
+    pub fn check_guard(&self, guard: u64, page: u64) -> Result<()> {
+        if guard == 0 {
+            return Ok(());
+        }
+        if let Some(at) = self.at {
+            return Err(crate::Error::BadArgument {
+                what: "guard pages need placement anywhere, not a fixed address",
+                value: at.0,
+            });
+        }
+        if !guard.is_multiple_of(page) {
+            return Err(crate::Error::NotAligned {
+                what: "guard size (whole pages only)",
+                value: guard,
+                align: page,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Mapping existing pages a second time, into a task (what IOKit's `createMappingInTask`
 /// needs from the VM system).
 pub trait VirtualMemory: Send + Sync {
