@@ -94,8 +94,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         from: u64,
         emit: &mut Emit<'_>,
     ) -> Result<()> {
-        let s = &self.spec;
-        let q = s.internal_alignment().max(s.length_alignment());
         let mut x = from;
         let mut cur: Option<IoSegment> = None;
         while x < prep.length {
@@ -112,35 +110,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 addr: IoAddr(addr),
                 len: 0,
             });
-            let mut room = s.max_segment_size() - c.len;
-            if s.boundary() != 0 {
-                if let Some(line) = (c.addr.0 / s.boundary() + 1).checked_mul(s.boundary()) {
-                    room = room.min(line - c.addr.0 - c.len);
-                }
-            }
+            let room = self.room(c);
             if run <= room {
                 c.len += run;
                 x += run;
                 continue;
             }
             // The segment ends inside this run, and more of the transfer follows.
-            let end = c.addr.0 + c.len + room;
-            let cut = if s.length_alignment() > s.internal_alignment() {
-                // The length is a multiple of the length alignment, counted from the
-                // segment's start (so the end keeps the start's internal alignment).
-                let len = end - c.addr.0;
-                c.addr.0 + (len - len % s.length_alignment())
-            } else {
-                // The end on the internal alignment (a multiple of the length alignment).
-                end - end % q
-            };
-            if cut <= c.addr.0 {
-                return Err(Error::NotAligned {
-                    what: "no segment end meets max_segment_size/boundary and the internal/length alignment",
-                    value: c.addr.0,
-                    align: q,
-                });
-            }
+            let cut = self.cut(c.addr.0, c.addr.0 + c.len + room)?;
             let seg_start = x - c.len;
             c.len = cut - c.addr.0;
             x = seg_start + c.len;
@@ -154,6 +131,44 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             emit(c, true)?;
         }
         Ok(())
+    }
+
+    /// How many more bytes segment `c` may take: up to the maximum segment size, and not
+    /// across a boundary.
+    fn room(&self, c: &IoSegment) -> u64 {
+        let s = &self.spec;
+        let mut room = s.max_segment_size() - c.len;
+        if s.boundary() != 0 {
+            if let Some(line) = (c.addr.0 / s.boundary() + 1).checked_mul(s.boundary()) {
+                room = room.min(line - c.addr.0 - c.len);
+            }
+        }
+        room
+    }
+
+    /// Where a segment starting at `start` that may reach no further than `end` ends, so
+    /// that its length and its end meet the length and internal alignments; `NotAligned`
+    /// when no such end lies after its start.
+    fn cut(&self, start: u64, end: u64) -> Result<u64> {
+        let s = &self.spec;
+        let q = s.internal_alignment().max(s.length_alignment());
+        let cut = if s.length_alignment() > s.internal_alignment() {
+            // The length is a multiple of the length alignment, counted from the segment's
+            // start (so the end keeps the start's internal alignment).
+            let len = end - start;
+            start + (len - len % s.length_alignment())
+        } else {
+            // The end on the internal alignment (a multiple of the length alignment).
+            end - end % q
+        };
+        if cut <= start {
+            return Err(Error::NotAligned {
+                what: "no segment end meets max_segment_size/boundary and the internal/length alignment",
+                value: start,
+                align: q,
+            });
+        }
+        Ok(cut)
     }
 
     /// Walks the whole preparation and returns the first broken constraint, if any.
