@@ -1015,7 +1015,8 @@ impl Machine {
     }
 
     /// Destroys a task and frees its memory. Refused (`Busy`) while any of its pages is
-    /// wired; the kernel task cannot be destroyed.
+    /// wired, lent as a slice or mapped a second time (unmap the `MemoryMap` first); the
+    /// kernel task cannot be destroyed.
     pub fn destroy_task(&self, task: Task) -> Result<()> {
         if task == Task::KERNEL {
             return Err(Error::BadArgument {
