@@ -1,8 +1,6 @@
 //! Mapping a preparation through an IOMMU: IO pages per physical run, as IOKit lays them out.
 
 use super::*;
-use crate::descriptor::Segment;
-use crate::PageSize;
 
 impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
@@ -23,17 +21,77 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             Direction::In => Access::WRITE,
             _ => Access::READ_WRITE,
         };
-        let runs = Runs::new(md, offset, length)?;
-        let (mut table, pages, end) = runs.layout(page)?;
-        let first_off = page.offset(runs.first.addr.0);
+        // Lay the runs out: count the IO pages and note where an IO run starts (relative to
+        // the allocation) when a physical run does not continue the previous one in IO
+        // space. The first run is kept: when it holds the whole range, it is all there is.
+        let first = md.physical_segment(offset)?;
+        let run_at = |x: u64| match x {
+            0 => Ok(first),
+            x => md.physical_segment(offset + x),
+        };
+        let first_off = page.offset(first.addr.0);
+        let mut table = Vec::new();
+        let mut pages = 0u64;
+        let mut end = first_off; // just past the IO bytes laid out so far
+        let mut x = 0;
+        while x < length {
+            let seg = run_at(x)?;
+            let len = seg.len.min(length - x);
+            let at = pages
+                .saturating_mul(page.bytes())
+                .saturating_add(page.offset(seg.addr.0));
+            if at != end {
+                if table.is_empty() {
+                    table.push(MapRun {
+                        x: 0,
+                        io: first_off,
+                    });
+                }
+                table.push(MapRun { x, io: at });
+            }
+            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
+            end = at.saturating_add(len);
+            x += len;
+        }
         let place = self.iova_placement(page.bytes(), first_off, end - first_off, pages);
         let iova = mapper.iovm_alloc_placed(pages, &place)?;
         for r in &mut table {
             r.io = r.io.saturating_add(iova.0);
         }
-        let result = runs
-            .insert(mapper, page, iova, access)
-            .and_then(|()| self.check_reach(&table, iova.0 + first_off, length, page));
+        let mut done = 0u64;
+        let mut x = 0;
+        let result = (|| {
+            while x < length {
+                let seg = run_at(x)?;
+                let len = seg.len.min(length - x);
+                let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+                mapper.iovm_insert_run(
+                    IoAddr(iova.0 + done * page.bytes()),
+                    PhysAddr(page.trunc(seg.addr.0)),
+                    n,
+                    access,
+                )?;
+                done += n;
+                x += len;
+            }
+            let reached = match table.len() {
+                0 => self.spec.reaches(iova.0 + first_off, length),
+                _ => table.iter().enumerate().all(|(i, r)| {
+                    let to = table.get(i + 1).map_or(length, |n| n.x);
+                    self.spec.reaches(r.io, to - r.x)
+                }),
+            };
+            if !reached {
+                return Err(Error::NoSuitableMemory {
+                    what: "the mapper's IO addresses are outside the device's window",
+                    requested: length,
+                    align: page.bytes(),
+                    limit: self.spec.max_address(),
+                    contiguous: true,
+                });
+            }
+            Ok(())
+        })();
         if let Err(e) = result {
             let _ = mapper.iovm_free(iova, pages);
             return Err(e);
@@ -44,29 +102,6 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             first_off,
             table,
             bounce: None,
-        })
-    }
-
-    /// Whether the device's window reaches every IO run of a mapping (its `table`, or the
-    /// one run at `io` when the table is empty) of `length` bytes; else
-    /// [`Error::NoSuitableMemory`].
-    fn check_reach(&self, table: &[MapRun], io: u64, length: u64, page: PageSize) -> Result<()> {
-        let reached = match table.len() {
-            0 => self.spec.reaches(io, length),
-            _ => table.iter().enumerate().all(|(i, r)| {
-                let to = table.get(i + 1).map_or(length, |n| n.x);
-                self.spec.reaches(r.io, to - r.x)
-            }),
-        };
-        if reached {
-            return Ok(());
-        }
-        Err(Error::NoSuitableMemory {
-            what: "the mapper's IO addresses are outside the device's window",
-            requested: length,
-            align: page.bytes(),
-            limit: self.spec.max_address(),
-            contiguous: true,
         })
     }
 
@@ -106,92 +141,5 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             }
         }
         place
-    }
-}
-
-/// The physical runs of `[offset, offset + length)` of a descriptor, for mapping; the first
-/// is kept, as it is all there is when it holds the whole range.
-struct Runs<'a> {
-    md: &'a dyn MemoryDescriptor,
-    offset: u64,
-    length: u64,
-    first: Segment,
-}
-
-impl<'a> Runs<'a> {
-    fn new(md: &'a dyn MemoryDescriptor, offset: u64, length: u64) -> Result<Self> {
-        let first = md.physical_segment(offset)?;
-        Ok(Runs {
-            md,
-            offset,
-            length,
-            first,
-        })
-    }
-
-    /// The run at `x` bytes into the range.
-    fn at(&self, x: u64) -> Result<Segment> {
-        match x {
-            0 => Ok(self.first),
-            x => self.md.physical_segment(self.offset + x),
-        }
-    }
-
-    /// Lays the runs out in IO pages of `page`: the table of where an IO run starts
-    /// (relative to the allocation) when a physical run does not continue the previous one
-    /// in IO space (empty when the whole range is one IO run), the IO pages, and the end of
-    /// the IO bytes.
-    fn layout(&self, page: PageSize) -> Result<(Vec<MapRun>, u64, u64)> {
-        let first_off = page.offset(self.first.addr.0);
-        let mut table = Vec::new();
-        let mut pages = 0u64;
-        let mut end = first_off; // just past the IO bytes laid out so far
-        let mut x = 0;
-        while x < self.length {
-            let seg = self.at(x)?;
-            let len = seg.len.min(self.length - x);
-            let at = pages
-                .saturating_mul(page.bytes())
-                .saturating_add(page.offset(seg.addr.0));
-            if at != end {
-                if table.is_empty() {
-                    table.push(MapRun {
-                        x: 0,
-                        io: first_off,
-                    });
-                }
-                table.push(MapRun { x, io: at });
-            }
-            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
-            end = at.saturating_add(len);
-            x += len;
-        }
-        Ok((table, pages, end))
-    }
-
-    /// Enters every run's pages in `mapper`, one after another from `iova`.
-    fn insert(
-        &self,
-        mapper: &dyn Mapper,
-        page: PageSize,
-        iova: IoAddr,
-        access: Access,
-    ) -> Result<()> {
-        let mut done = 0u64;
-        let mut x = 0;
-        while x < self.length {
-            let seg = self.at(x)?;
-            let len = seg.len.min(self.length - x);
-            let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
-            mapper.iovm_insert_run(
-                IoAddr(iova.0 + done * page.bytes()),
-                PhysAddr(page.trunc(seg.addr.0)),
-                n,
-                access,
-            )?;
-            done += n;
-            x += len;
-        }
-        Ok(())
     }
 }

@@ -179,26 +179,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         sync: bool,
         by_caller: bool,
     ) -> Result<()> {
-        let forced = self.forced_reason(by_caller);
-        match &self.owner.mode {
-            MappingMode::Mapped(mapper) => {
-                let mapper = mapper.clone();
-                match forced {
-                    Some(f) => prep.reason = Some(f),
-                    None if self.map_in_place(mapper.as_ref(), md, prep)? => return Ok(()),
-                    None => {}
-                }
-                self.map_bounce(mapper.as_ref(), md, prep, sync)
-            }
-            _ => self.route_physical(md, prep, sync, forced),
-        }
-    }
-
-    /// Why the transfer must bounce whatever its memory: the caller forces it
-    /// (`force_double_buffer`) or the pool does (`set_force_bounce`).
-    fn forced_reason(&self, by_caller: bool) -> Option<BounceReason> {
         let pool_forces = self.owner.pool.as_ref().is_some_and(|p| p.force_bounce());
-        (by_caller || pool_forces).then_some(BounceReason {
+        let forced = (by_caller || pool_forces).then_some(BounceReason {
             constraint: if by_caller {
                 Constraint::ForcedByCaller
             } else {
@@ -206,93 +188,71 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             },
             addr: 0,
             len: 0,
-        })
-    }
-
-    /// Maps the memory itself through `mapper`: true when the mapped segments meet the spec
-    /// (the route is set), false when the transfer must bounce instead (the reason is set,
-    /// nothing stays mapped).
-    fn map_in_place(
-        &self,
-        mapper: &dyn Mapper,
-        md: &dyn MemoryDescriptor,
-        prep: &mut Preparation<P>,
-    ) -> Result<bool> {
-        match self.map(mapper, md, prep.offset, prep.length, prep.dir) {
-            Ok(route) => {
-                prep.route = route;
-                let Some(r) = self.preflight(md, prep)? else {
-                    return Ok(true);
+        });
+        if let MappingMode::Mapped(mapper) = &self.owner.mode {
+            if forced.is_none() {
+                let why = |constraint| -> Result<Option<BounceReason>> {
+                    Ok(Some(BounceReason {
+                        constraint,
+                        addr: md.physical_segment(prep.offset)?.addr.0,
+                        len: prep.length,
+                    }))
                 };
-                prep.reason = Some(r);
-                self.owner.release_route(prep)?;
-                Ok(false)
+                match self.map(mapper.as_ref(), md, prep.offset, prep.length, prep.dir) {
+                    Ok(route) => {
+                        prep.route = route;
+                        match self.preflight(md, prep)? {
+                            None => return Ok(()),
+                            Some(r) => {
+                                prep.reason = Some(r);
+                                self.owner.release_route(prep)?;
+                            }
+                        }
+                    }
+                    // No IO range at this page offset fits the device's window: a bounce
+                    // buffer, whose data starts elsewhere in its page, may.
+                    Err(e @ Error::NoSuitableMemory { .. }) if self.owner.pool.is_none() => {
+                        return Err(e)
+                    }
+                    Err(Error::NoSuitableMemory { .. }) => {
+                        prep.reason = why(Constraint::AddressWindow)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                prep.reason = forced;
             }
-            // No IO range at this page offset fits the device's window: a bounce buffer,
-            // whose data starts elsewhere in its page, may.
-            Err(e @ Error::NoSuitableMemory { .. }) if self.owner.pool.is_none() => Err(e),
-            Err(Error::NoSuitableMemory { .. }) => {
-                prep.reason = Some(BounceReason {
-                    constraint: Constraint::AddressWindow,
-                    addr: md.physical_segment(prep.offset)?.addr.0,
-                    len: prep.length,
+            // Copy into a bounce buffer anywhere in memory and map that.
+            let bounce = self.take_bounce(md, prep.offset, prep.length, (0, u64::MAX))?;
+            let mapped = self.map(
+                mapper.as_ref(),
+                &bounce.buffer,
+                bounce.data_off,
+                prep.length,
+                prep.dir,
+            );
+            let Route::Mapped {
+                iova,
+                pages,
+                first_off,
+                table,
+                ..
+            } = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
+            else {
+                self.give_back(prep.length, &bounce);
+                return Err(Error::Internal {
+                    what: "a bounce buffer was not mapped through the mapper",
                 });
-                Ok(false)
-            }
-            Err(e) => Err(e),
+            };
+            prep.route = Route::Mapped {
+                iova,
+                pages,
+                first_off,
+                table,
+                bounce: Some(bounce),
+            };
+            return self.finish_bounce(md, prep, sync);
         }
-    }
-
-    /// Copies the transfer into a bounce buffer anywhere in memory and maps that through
-    /// `mapper`.
-    fn map_bounce(
-        &self,
-        mapper: &dyn Mapper,
-        md: &dyn MemoryDescriptor,
-        prep: &mut Preparation<P>,
-        sync: bool,
-    ) -> Result<()> {
-        let bounce = self.take_bounce(md, prep.offset, prep.length, (0, u64::MAX))?;
-        let mapped = self.map(
-            mapper,
-            &bounce.buffer,
-            bounce.data_off,
-            prep.length,
-            prep.dir,
-        );
-        let Route::Mapped {
-            iova,
-            pages,
-            first_off,
-            table,
-            ..
-        } = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
-        else {
-            self.give_back(prep.length, &bounce);
-            return Err(Error::Internal {
-                what: "a bounce buffer was not mapped through the mapper",
-            });
-        };
-        prep.route = Route::Mapped {
-            iova,
-            pages,
-            first_off,
-            table,
-            bounce: Some(bounce),
-        };
-        self.finish_bounce(md, prep, sync)
-    }
-
-    /// Without an IOMMU: the memory in place when its segments meet the spec, else its pages
-    /// out of the window bounced page by page when only the window is broken, else one
-    /// bounce buffer for the whole transfer (an iterate-only command refuses to bounce).
-    fn route_physical(
-        &self,
-        md: &dyn MemoryDescriptor,
-        prep: &mut Preparation<P>,
-        sync: bool,
-        forced: Option<BounceReason>,
-    ) -> Result<()> {
         let reason = match forced {
             Some(f) => Some(f),
             None => self.preflight(md, prep)?,

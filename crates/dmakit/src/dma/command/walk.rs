@@ -135,6 +135,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// How many more bytes segment `c` may take: up to the maximum segment size, and not
     /// across a boundary.
+    #[inline]
     fn room(&self, c: &IoSegment) -> u64 {
         let s = &self.spec;
         let mut room = s.max_segment_size() - c.len;
@@ -149,6 +150,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Where a segment starting at `start` that may reach no further than `end` ends, so
     /// that its length and its end meet the length and internal alignments; `NotAligned`
     /// when no such end lies after its start.
+    #[inline]
     fn cut(&self, start: u64, end: u64) -> Result<u64> {
         let s = &self.spec;
         let q = s.internal_alignment().max(s.length_alignment());
