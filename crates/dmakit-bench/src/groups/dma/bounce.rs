@@ -7,15 +7,17 @@
 //! (bounce buffer → descriptor) of the whole length. In bypassed (coherent) mode that is
 //! the copy plus a few checks and the pool's counter.
 //!
-//! The peer ("memcpy") copies the same number of bytes between the same kinds of memory:
-//! from (or to) wired `BufferMemoryDescriptor`s made with the same options through the
-//! same host (memfd pages, `mlock`ed), to (or from) a physically contiguous
-//! `BufferMemoryDescriptor` (one 2 MiB hugepage, as the bounce buffer is), each lent as a
-//! slice for the chunk and copied with `copy_from_slice`. Sizes are 64 KiB, 1 MiB and
-//! 2 MiB (a bounce buffer is at most one hugepage here) over one wired buffer, and 1 MiB
-//! over a [`MultiMemoryDescriptor`] of 16 wired 64 KiB buffers (`_multi16`, one copy per
-//! part on both sides). A chunk is about 4 MiB of copies; both sides are touched before
-//! timing, so no page faults are measured.
+//! The peer ("memcpy") copies the same bytes between the very same memory: from (or to)
+//! the wired `BufferMemoryDescriptor`s the command's descriptor is made of, to (or from)
+//! the command's own bounce buffer (one 2 MiB hugepage), each lent as a slice for the
+//! chunk (between the command's copies, never during one) and copied with
+//! `copy_from_slice`. Copying the same pages matters: two sets of 4 KiB pages land
+//! differently in the caches (which pages share cache sets), and that alone moved the
+//! 1 MiB ratios by 10–15 % from run to run when the peer had buffers of its own. Sizes are 64 KiB,
+//! 1 MiB and 2 MiB (a bounce buffer is at most one hugepage here) over one wired buffer,
+//! and 1 MiB over a [`MultiMemoryDescriptor`] of 16 wired 64 KiB buffers (`_multi16`, one
+//! copy per part on both sides). A chunk is about 4 MiB of copies; both sides are touched
+//! before timing, so no page faults are measured.
 
 use crate::harness::{compare, Paired, Plan, Side};
 use crate::progress::Progress;
@@ -24,7 +26,8 @@ use dmakit::descriptor::{
     BufferMemoryDescriptor, BufferOptions, MemoryDescriptor, MultiMemoryDescriptor,
 };
 use dmakit::dma::{BouncePool, CompleteOptions, DmaCommand, PrepareOptions, SegmentSpec};
-use dmakit::{Direction, Result};
+use dmakit::platform::{CpuAccess, Task};
+use dmakit::{Direction, Result, VirtAddr};
 use dmakit_linux::Host;
 use std::sync::Arc;
 
@@ -47,60 +50,105 @@ fn contiguous(host: &H, len: u64) -> Result<Buf> {
     BufferMemoryDescriptor::new(host.clone(), o)
 }
 
-/// The memcpy peer: wired source parts and one contiguous destination.
+/// Wirings the peer may lend memory under: a buffer's own, for its whole life, and the
+/// command's preparation. Neither is a device's (nothing here starts DMA), so a slice of
+/// the memory races with nothing while the command is between copies.
+const HELD: u32 = 2;
+
+/// The memcpy peer: copies between the command's own source parts and `dest_len` bytes at
+/// `dest` (the command's bounce buffer, or for the A/A row a buffer of its own, `_own`).
 struct Peer {
-    parts: Vec<Buf>,
-    dest: Buf,
+    host: H,
+    parts: Vec<Arc<Buf>>,
+    dest: VirtAddr,
+    dest_len: u64,
+    _own: Option<Buf>,
 }
 
 impl Peer {
-    fn new(host: &H, parts: usize, part_len: u64) -> Result<Peer> {
-        let parts = (0..parts)
-            .map(|_| wired(host, part_len))
-            .collect::<Result<Vec<_>>>()?;
-        let dest = contiguous(host, part_len * parts.len() as u64)?;
-        let mut p = Peer { parts, dest };
-        p.copy(Direction::Out, 1);
-        p.copy(Direction::In, 1);
+    /// A peer between `parts` and the bounce buffer of `cmd`.
+    fn of_command(host: &H, parts: Vec<Arc<Buf>>, cmd: &DmaCommand<H>) -> Result<Peer> {
+        let dest_len = parts.iter().map(|p| p.length()).sum();
+        let missing = dmakit::Error::Internal {
+            what: "a force-bounced command has no bounce buffer of its task to copy into",
+        };
+        let bounce = cmd.io_memory_descriptor().ok_or(missing.clone())?;
+        let mut at = None;
+        bounce.sources(cmd.bounce_data_offset(), dest_len, &mut |s| {
+            at = at.or(s.task.map(|_| s.addr));
+        })?;
+        let dest = VirtAddr(at.ok_or(missing)?);
+        Peer::warmed(host, parts, dest, dest_len, None)
+    }
+
+    /// A peer between `parts` and a contiguous buffer of its own.
+    fn own(host: &H, parts: Vec<Arc<Buf>>) -> Result<Peer> {
+        let dest_len = parts.iter().map(|p| p.length()).sum();
+        let own = contiguous(host, dest_len)?;
+        Peer::warmed(host, parts, own.address(), dest_len, Some(own))
+    }
+
+    fn warmed(
+        host: &H,
+        parts: Vec<Arc<Buf>>,
+        dest: VirtAddr,
+        dest_len: u64,
+        own: Option<Buf>,
+    ) -> Result<Peer> {
+        let p = Peer {
+            host: host.clone(),
+            parts,
+            dest,
+            dest_len,
+            _own: own,
+        };
+        if p.copy(Direction::Out, 1) == 0 || p.copy(Direction::In, 1) == 0 {
+            return Err(dmakit::Error::Internal {
+                what: "the memcpy peer could not lend its memory",
+            });
+        }
         Ok(p)
     }
 
-    /// `copies` copies of everything: parts → destination for `Out`, back for `In`.
-    fn copy(&mut self, dir: Direction, copies: u64) -> usize {
-        let len = self.dest.length();
+    /// `copies` copies of everything: parts → destination for `Out`, back for `In`;
+    /// the bytes copied (0 if the memory could not be lent).
+    fn copy(&self, dir: Direction, copies: u64) -> usize {
+        let host = &self.host;
+        let k = Task::KERNEL;
         let mut n = 0;
         if dir == Direction::Out {
-            let Ok(mut dest) = self.dest.bytes_no_copy_mut(0, len) else {
+            let Ok(mut dest) = host.direct_slice_mut(k, self.dest, self.dest_len, HELD) else {
                 return 0;
             };
+            let dest = dest.bytes_mut();
             let srcs: Vec<_> = self
                 .parts
                 .iter()
-                .filter_map(|p| p.bytes_no_copy(0, p.length()).ok())
+                .filter_map(|p| host.direct_slice(k, p.address(), p.length(), HELD).ok())
                 .collect();
             for _ in 0..copies {
                 let mut at = 0;
                 for s in &srcs {
+                    let s = s.bytes();
                     dest[at..at + s.len()].copy_from_slice(s);
                     at += s.len();
                 }
                 n += at;
             }
         } else {
-            let Ok(src) = self.dest.bytes_no_copy(0, len) else {
+            let Ok(src) = host.direct_slice(k, self.dest, self.dest_len, HELD) else {
                 return 0;
             };
+            let src = src.bytes();
             let mut dsts: Vec<_> = self
                 .parts
-                .iter_mut()
-                .filter_map(|p| {
-                    let l = p.length();
-                    p.bytes_no_copy_mut(0, l).ok()
-                })
+                .iter()
+                .filter_map(|p| host.direct_slice_mut(k, p.address(), p.length(), HELD).ok())
                 .collect();
             for _ in 0..copies {
                 let mut at = 0;
                 for d in dsts.iter_mut() {
+                    let d = d.bytes_mut();
                     let l = d.len();
                     d.copy_from_slice(&src[at..at + l]);
                     at += l;
@@ -154,8 +202,8 @@ fn bounced(host: &H, md: Arc<dyn MemoryDescriptor>) -> Result<DmaCommand<H>> {
     Ok(cmd)
 }
 
-fn versus(plan: &Plan, cmd: &DmaCommand<H>, peer: &mut Peer, dir: Direction) -> Paired {
-    let copies = (CHUNK_BYTES / peer.dest.length()).max(1);
+fn versus(plan: &Plan, cmd: &DmaCommand<H>, peer: &Peer, dir: Direction) -> Paired {
+    let copies = (CHUNK_BYTES / peer.dest_len).max(1);
     let ops = (copies * CHUNKS as u64) as f64;
     compare(
         plan,
@@ -174,28 +222,38 @@ fn size_rows(
     part_len: u64,
     both: bool,
 ) -> Result<Vec<Row>> {
-    let mut peer = Peer::new(host, parts, part_len)?;
+    let bufs = (0..parts)
+        .map(|_| Ok(Arc::new(wired(host, part_len)?)))
+        .collect::<Result<Vec<Arc<Buf>>>>()?;
     let md: Arc<dyn MemoryDescriptor> = if parts == 1 {
-        Arc::new(wired(host, part_len)?)
+        bufs[0].clone()
     } else {
-        let ps = (0..parts)
-            .map(|_| Ok(Arc::new(wired(host, part_len)?) as Arc<dyn MemoryDescriptor>))
-            .collect::<Result<Vec<_>>>()?;
+        let ps = bufs
+            .iter()
+            .map(|b| b.clone() as Arc<dyn MemoryDescriptor>)
+            .collect();
         Arc::new(MultiMemoryDescriptor::new(ps, Direction::InOut)?)
     };
     let mut cmd = bounced(host, md)?;
+    let peer = match Peer::of_command(host, bufs, &cmd) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cmd.complete_with(CompleteOptions::new().synchronize(false));
+            return Err(e);
+        }
+    };
     let mut rows = vec![measure(
         p,
         &format!("dma/bounce_copy_{name}_out"),
         "memcpy",
-        || versus(plan, &cmd, &mut peer, Direction::Out),
+        || versus(plan, &cmd, &peer, Direction::Out),
     )];
     if both {
         rows.push(measure(
             p,
             &format!("dma/bounce_copy_{name}_in"),
             "memcpy",
-            || versus(plan, &cmd, &mut peer, Direction::In),
+            || versus(plan, &cmd, &peer, Direction::In),
         ));
     }
     cmd.complete_with(CompleteOptions::new().synchronize(false))?;
@@ -220,15 +278,15 @@ pub fn rows(host: &H, _opts: &Options, plan: &Plan, p: &mut Progress) -> Result<
     // The same peer on both sides: two different buffer pairs differ by where their pages
     // landed physically (cache-set conflicts between source and destination), a real and
     // lasting difference that is not the method's noise.
-    let peer = std::cell::RefCell::new(Peer::new(host, 1, 1 << 20)?);
+    let peer = Peer::own(host, vec![Arc::new(wired(host, 1 << 20)?)])?;
     let copies = CHUNK_BYTES >> 20;
     let ops = (copies * CHUNKS as u64) as f64;
     rows.push(measure(p, "dma/a_a", CONTROL_PEER, || {
         compare(
             plan,
             CHUNKS,
-            Side::new(ops, |_| peer.borrow_mut().copy(Direction::Out, copies)),
-            Side::new(ops, |_| peer.borrow_mut().copy(Direction::Out, copies)),
+            Side::new(ops, |_| peer.copy(Direction::Out, copies)),
+            Side::new(ops, |_| peer.copy(Direction::Out, copies)),
         )
     }));
     Ok(rows)

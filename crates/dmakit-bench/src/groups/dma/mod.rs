@@ -21,10 +21,11 @@
 //!   resume from a caller's offset or stop at a caller's limit, and writes native `u64`s
 //!   instead of going through a [`SegmentFormat`]. A chunk is 4 passes.
 //! * `dma/bounce_copy_*` ([`bounce`]): `synchronize` of a force-bounced command against
-//!   `memcpy` between the same kinds of memory.
-//! * `dma/a_a`: the 1 MiB memcpy peer against itself on the same buffers. (Two different
-//!   buffer pairs can differ by 10–15 % at 1 MiB by where their pages landed physically:
-//!   the 1 MiB rows carry that placement difference as well as dmakit's own cost.)
+//!   `memcpy` between the very same memory (the command's source buffers and its bounce
+//!   buffer).
+//! * `dma/a_a`: a 1 MiB memcpy against itself on the same buffers. (Two different buffer
+//!   pairs can differ by 10–15 % at 1 MiB by where their pages landed physically, which is
+//!   why the bounce rows' peer copies the command's own memory.)
 
 pub mod bounce;
 
