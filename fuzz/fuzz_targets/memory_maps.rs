@@ -51,8 +51,10 @@ struct Run {
     bytes: Vec<u8>,
     tasks: [Task; 3],
     /// Handles, each with the offset of its first byte in `md` (a sub-descriptor's
-    /// mapping reports an offset in its parent).
-    maps: Vec<(MemoryMap<M>, u64)>,
+    /// mapping reports an offset in its parent) and the span `[start, end)` of the mapping
+    /// that owns its pages: its own, or that of the mapping it was shared out of as a
+    /// sub-range (as IOKit shares a compatible mapping), which its guards surround.
+    maps: Vec<(MemoryMap<M>, u64, (u64, u64))>,
     /// Addresses mappings had, per task.
     seen: [Vec<u64>; 3],
     page: u64,
@@ -67,15 +69,15 @@ impl Run {
         self.pick(i).filter(|&i| self.maps[i].0.is_mapped())
     }
 
-    /// Whether `addr` of `task` lies in a live mapping other than handle `i`'s.
-    fn inside_another(&self, i: usize, task: Task, addr: u64) -> bool {
-        let this = &self.maps[i].0;
-        self.maps.iter().any(|(h, _)| {
-            h.is_mapped()
-                && h.task() == task
-                && !h.same_mapping(this)
-                && (h.address().0..h.address().0 + h.length()).contains(&addr)
-        })
+    /// The span of the mapping that owns the pages of a new mapping `map`: that of a live
+    /// handle of the task whose owner's span holds it (a new mapping of its own can only be
+    /// placed outside every live one), else its own.
+    fn owner_span(&self, map: &MemoryMap<M>) -> (u64, u64) {
+        let (a, l) = (map.address().0, map.length());
+        self.maps
+            .iter()
+            .find(|(h, _, r)| h.is_mapped() && h.task() == map.task() && r.0 <= a && a + l <= r.1)
+            .map_or((a, a + l), |(_, _, r)| *r)
     }
 
     fn options(&self, o: &Map) -> (MapOptions, usize) {
@@ -135,12 +137,13 @@ impl Run {
                 }
                 if opts.sharing_mode() == dmakit::map::MapSharing::Unique {
                     assert!(
-                        !self.maps.iter().any(|(h, _)| h.same_mapping(&map)),
+                        !self.maps.iter().any(|(h, _, _)| h.same_mapping(&map)),
                         "a unique mapping is shared"
                     );
                 }
                 self.seen[t].push(map.address().0);
-                self.maps.push((map, opts.offset()));
+                let owner = self.owner_span(&map);
+                self.maps.push((map, opts.offset(), owner));
                 self.check_read(self.maps.len() - 1, 0, u16::MAX);
             }
             Err(e) => assert!(
@@ -161,7 +164,7 @@ impl Run {
 
     /// Reads `[off, off + n)` of mapping `i` (reduced to fit) through its task.
     fn check_read(&self, i: usize, off: u16, n: u16) {
-        let (map, base) = &self.maps[i];
+        let (map, base, _) = &self.maps[i];
         let (off, n) = window(map.length() as usize, off, n);
         let mut got = vec![0u8; n];
         self.m
@@ -177,7 +180,7 @@ impl Run {
     }
 
     fn write(&mut self, i: usize, off: u16, n: u16, byte: u8) {
-        let (map, base) = &self.maps[i];
+        let (map, base, _) = &self.maps[i];
         let (off, n) = window(map.length() as usize, off, n);
         let r = self.m.write_virt(
             map.task(),
@@ -211,7 +214,7 @@ impl Run {
                 if let Some(i) = self.pick(i) {
                     let c = self.maps[i].0.clone();
                     assert_eq!(c.is_mapped(), self.maps[i].0.is_mapped());
-                    self.maps.push((c, self.maps[i].1));
+                    self.maps.push((c, self.maps[i].1, self.maps[i].2));
                 }
             }
             Op::Unmap(i) => {
@@ -245,17 +248,13 @@ impl Run {
             }
             Op::Guard(i) => {
                 if let Some(i) = self.attached(i) {
-                    let map = &self.maps[i].0;
+                    let (map, _, owner) = &self.maps[i];
                     if map.options().guard_mode() != MapGuard::None {
-                        let first = map.address().0 & !(self.page - 1);
-                        let end = (map.address().0 + map.length()).next_multiple_of(self.page);
-                        // A sub-range shared out of a larger guarded mapping (as IOKit shares
-                        // a compatible mapping) has that mapping's bytes around it; its
-                        // guards are the larger mapping's, at that one's ends.
+                        // The guards surround the mapping that owns the pages: a sub-range
+                        // shared out of it has that mapping's bytes around it.
+                        let first = owner.0 & !(self.page - 1);
+                        let end = owner.1.next_multiple_of(self.page);
                         for (at, side) in [(first.wrapping_sub(1), "below"), (end, "above")] {
-                            if self.inside_another(i, map.task(), at) {
-                                continue;
-                            }
                             let mut b = [0u8];
                             assert!(
                                 self.m.read_virt(map.task(), VirtAddr(at), &mut b).is_err(),
@@ -267,7 +266,7 @@ impl Run {
             }
             Op::Segment(i, off) => {
                 if let Some(i) = self.attached(i) {
-                    let (map, base) = &self.maps[i];
+                    let (map, base, _) = &self.maps[i];
                     let off = u64::from(off) % map.length();
                     match (
                         map.physical_segment(off),
