@@ -587,14 +587,7 @@ impl BareMetal {
         only_kernel(req.task)?;
         req.check_guard(guard, PAGE)?;
         let total = MapPiece::total_length(pieces, PAGE)?;
-        let reserved = guard
-            .checked_mul(2)
-            .and_then(|g| g.checked_add(total))
-            .ok_or(Error::Overflow {
-                what: "guarded mapping length",
-                start: 0,
-                len: total,
-            })?;
+        let reserved = MapPiece::guarded_length(total, guard)?;
         let mut inner = self.inner.lock();
         let pas = self.piece_pages(&inner, pieces)?;
         let va = match req.at {

@@ -312,14 +312,18 @@ fn check_freeable(
             why: "a page is mapped a second time (unmap the MemoryMap first)",
         });
     }
-    if let Some((&p, _)) = space
-        .ptes
-        .range(va..va + len)
-        .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
-    {
-        return Err(lent_busy(p));
+    check_not_lent(space.ptes.range(va..va + len), lent)
+}
+
+/// Refuses while a page among `ptes` is lent as a slice (`lent`).
+fn check_not_lent<'a>(
+    mut ptes: impl Iterator<Item = (&'a u64, &'a Pte)>,
+    lent: &std::collections::HashMap<u64, Lend>,
+) -> Result<()> {
+    match ptes.find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa))) {
+        Some((&p, _)) => Err(lent_busy(p)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Inner {
@@ -742,18 +746,6 @@ impl Inner {
     }
 }
 
-/// The address space a mapping of `total` bytes reserves with a `guard` on each side.
-fn guarded_len(total: u64, guard: u64) -> Result<u64> {
-    guard
-        .checked_mul(2)
-        .and_then(|g| g.checked_add(total))
-        .ok_or(Error::Overflow {
-            what: "guarded mapping length",
-            start: 0,
-            len: total,
-        })
-}
-
 /// Reserves the mapping's virtual range in `space` and records its guards: at `req.at`,
 /// or anywhere inside a `reserved` range that leaves `guard` bytes on each side. Returns
 /// the mapping's start.
@@ -808,7 +800,7 @@ impl Inner {
         let total = MapPiece::total_length(pieces, psize)?;
         self.faults.hit(FaultSite::Map)?;
         let pas = self.resolve_map_pages(pieces)?;
-        let reserved = guarded_len(total, guard)?;
+        let reserved = MapPiece::guarded_length(total, guard)?;
         let space = self.space(req.task)?;
         let va = place_mapping(space, req, total, reserved, guard, psize)?;
         install_mapping(space, va, &pas, req, psize);
@@ -922,13 +914,7 @@ impl Inner {
                 why: "a page is still wired",
             });
         }
-        if let Some((&p, _)) = space
-            .ptes
-            .iter()
-            .find(|(_, pte)| pte.pa.is_some_and(|pa| lent.contains_key(&pa)))
-        {
-            return Err(lent_busy(p));
-        }
+        check_not_lent(space.ptes.iter(), lent)?;
         check_not_mapped_elsewhere(space, shared)
     }
 

@@ -553,6 +553,27 @@ impl MapPiece {
         }
         Ok(total)
     }
+
+    /// The address space a mapping of `total` bytes reserves with `guard` bytes of guard
+    /// pages on each side; [`Error::Overflow`](crate::Error::Overflow) past 2^64 − 1.
+    ///
+    /// ```
+    /// use dmakit::platform::MapPiece;
+    ///
+    /// assert_eq!(MapPiece::guarded_length(0x3000, 0x1000)?, 0x5000);
+    /// assert!(MapPiece::guarded_length(u64::MAX, 0x1000).is_err());
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
+    pub fn guarded_length(total: u64, guard: u64) -> Result<u64> {
+        guard
+            .checked_mul(2)
+            .and_then(|g| g.checked_add(total))
+            .ok_or(crate::Error::Overflow {
+                what: "guarded mapping length",
+                start: 0,
+                len: total,
+            })
+    }
 }
 
 impl MapRequest {
