@@ -104,6 +104,15 @@ pub fn planned(_opts: &Options) -> usize {
     2 * (SIZES.len() * 3 + 2 * 2) + 1
 }
 
+/// `steps` cut into [`CHUNKS`] chunks: chunk `c` by number, and the operations a pass over
+/// them makes (a free and an allocation per step).
+fn chunked<'s>(steps: &'s [(u32, u32)]) -> (impl Fn(usize) -> &'s [(u32, u32)] + 's, f64) {
+    let per = (steps.len() / CHUNKS).max(1);
+    let chunk =
+        move |c: usize| &steps[(c * per).min(steps.len())..((c + 1) * per).min(steps.len())];
+    (chunk, 2.0 * (per * CHUNKS).min(steps.len()) as f64)
+}
+
 /// Times `a` against `b` over `steps` cut into 16 chunks.
 pub fn compare_live<A: Contender, B: Contender>(
     plan: &Plan,
@@ -111,9 +120,7 @@ pub fn compare_live<A: Contender, B: Contender>(
     a: &mut Live<A>,
     b: &mut Live<B>,
 ) -> Paired {
-    let per = (steps.len() / CHUNKS).max(1);
-    let chunk = |c: usize| &steps[(c * per).min(steps.len())..((c + 1) * per).min(steps.len())];
-    let ops = 2.0 * (per * CHUNKS).min(steps.len()) as f64;
+    let (chunk, ops) = chunked(steps);
     compare(
         plan,
         CHUNKS,
@@ -127,9 +134,7 @@ pub fn compare_live<A: Contender, B: Contender>(
 /// (two instances differ by where their memory landed, a real difference that is not the
 /// method's noise).
 pub fn compare_self<A: Contender>(plan: &Plan, steps: &[(u32, u32)], a: &mut Live<A>) -> Paired {
-    let per = (steps.len() / CHUNKS).max(1);
-    let chunk = |c: usize| &steps[(c * per).min(steps.len())..((c + 1) * per).min(steps.len())];
-    let ops = 2.0 * (per * CHUNKS).min(steps.len()) as f64;
+    let (chunk, ops) = chunked(steps);
     let a = std::cell::RefCell::new(a);
     compare(
         plan,
