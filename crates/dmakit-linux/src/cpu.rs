@@ -9,7 +9,10 @@
 //!
 //! [`CpuAccess::copy_virt`] between two ranges that both lie in allocations of this host is
 //! one bounds-checked `memmove` between their spans (one copy per byte; overlapping ranges of
-//! one allocation are copied as if through a temporary). Allocations are separate memory
+//! one allocation are copied as if through a temporary). From 8 KiB on, that `memmove`
+//! runs after the host's lock is released, with a flag that every later taker of the lock
+//! waits out: as exclusive as copying under the lock, without the unlock right after the
+//! copy, which would wait for all of the copy's stores to leave the core. Allocations are separate memory
 //! objects, so two of them never reach the same pages. A second mapping or a registered
 //! region may reach the same pages as another address, which a `memmove` could not see; a
 //! copy that involves one is staged through a temporary buffer of the whole length (two
@@ -18,6 +21,12 @@
 use crate::host::Host;
 use dmakit::platform::{CpuAccess, DirectSlice, DirectSliceMut, Task};
 use dmakit::{Error, Result, VirtAddr};
+
+/// From this many bytes on, a copy between two allocations runs after the registry lock is
+/// released (`Host::copy_unlocked`, which still keeps everyone else off the registry until
+/// it is done): releasing the lock right after a large copy would wait for all its stores.
+/// Below it the copy's stores drain quickly and the plain unlock is cheaper.
+const LOOSE_COPY_MIN: u64 = 8 << 10;
 
 /// What a lookup failure names.
 const UNKNOWN: &str = "dmakit host memory (not allocated, mapped or registered by this host)";
@@ -95,10 +104,16 @@ impl CpuAccess for Host {
                 what: UNKNOWN,
                 addr: from_va.0,
             })?;
-            src.copy_to(&dst).ok_or(Error::NotWritable {
+            let read_only = || Error::NotWritable {
                 what: "read-only mapping (copy_virt destination)",
                 addr: to_va.0,
-            })?;
+            };
+            if len < LOOSE_COPY_MIN {
+                src.copy_to(&dst).ok_or_else(read_only)?;
+            } else {
+                let copy = src.loose_copy_to(&dst).ok_or_else(read_only)?;
+                self.copy_unlocked(s, copy);
+            }
             return Ok(());
         }
         if let Some(p) = s

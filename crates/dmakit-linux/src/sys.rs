@@ -534,6 +534,40 @@ impl RawRegion {
     }
 }
 
+/// A `memmove` between two ranges that were [`Span`]s, without their lifetimes: made by
+/// [`Span::loose_copy_to`] while the spans were vouched for, run after that borrow ended
+/// (the host releases its registry lock before a large copy, see `Host::copy_unlocked`).
+#[derive(Debug)]
+#[must_use = "a loose copy does nothing until it is run"]
+pub(crate) struct LooseCopy {
+    from: usize,
+    to: usize,
+    len: usize,
+}
+
+impl LooseCopy {
+    /// Copies the bytes, as [`Span::copy_to`] would have.
+    ///
+    /// # Safety
+    ///
+    /// Both spans' invariants must still hold although their borrows ended: the source
+    /// mapped and readable, the destination mapped and writable, and neither range accessed
+    /// through Rust references or by any other copy until this returns.
+    pub(crate) unsafe fn run(self) -> usize {
+        // SAFETY: the caller keeps both ranges as the spans found them (mapped, readable or
+        // writable, unreferenced) for the whole call; `ptr::copy` is `memmove`, so the ranges
+        // may overlap.
+        unsafe {
+            ptr::copy(
+                ptr::with_exposed_provenance::<u8>(self.from),
+                ptr::with_exposed_provenance_mut::<u8>(self.to),
+                self.len,
+            )
+        };
+        self.len
+    }
+}
+
 /// A window `[addr, addr + len)` of memory that stays valid for `'a`.
 ///
 /// # Invariants
@@ -624,6 +658,17 @@ impl<'a> Span<'a> {
             )
         };
         Some(n)
+    }
+
+    /// [`copy_to`](Self::copy_to), to be run later, once the borrows that vouch for the two
+    /// spans have ended: the two ranges, or `None` if `dst` is read-only. Making it is safe;
+    /// running it is not (see [`LooseCopy::run`]).
+    pub(crate) fn loose_copy_to(&self, dst: &Span<'_>) -> Option<LooseCopy> {
+        dst.writable.then(|| LooseCopy {
+            from: self.addr,
+            to: dst.addr,
+            len: self.len.min(dst.len),
+        })
     }
 
     /// Whether stores through the span are allowed.

@@ -314,3 +314,59 @@ fn bounce_copies_move_the_right_bytes_across_the_parts_of_a_multi_descriptor() {
     drop(multi);
     h.free_pages(va, 4 * p).unwrap();
 }
+
+/// A copy of 8 KiB or more between two allocations runs after the host's lock is released;
+/// everything that takes the lock meanwhile waits for the copy to end. Here a thread copies
+/// two 64 KiB sources of uniform bytes into one destination, by turns, while the test
+/// thread lends the destination again and again: a lend (or a read) must see one source
+/// whole, never a copy half done.
+#[test]
+fn a_large_copy_outside_the_lock_is_never_seen_half_done() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let h = Arc::new(host());
+    let len = 64 << 10;
+    let [one, two, dst] = [0u8; 3].map(|_| h.allocate_pages(len, &PageRequest::PAGEABLE).unwrap());
+    h.write_virt(K, one, &vec![0x11; len as usize]).unwrap();
+    h.write_virt(K, two, &vec![0x22; len as usize]).unwrap();
+    h.copy_virt(K, one, K, dst, len).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let copier = {
+        let (h, stop) = (h.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut copies = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for from in [two, one] {
+                    // Refused while the destination is lent: that is the lend's right.
+                    copies += u64::from(h.copy_virt(K, from, K, dst, len).is_ok());
+                }
+            }
+            copies
+        })
+    };
+    let whole = |b: &[u8]| (b[0] == 0x11 || b[0] == 0x22) && b.iter().all(|&x| x == b[0]);
+    let mut seen = [0u32; 2];
+    for round in 0..3000 {
+        if round % 2 == 0 {
+            let lent = h.direct_slice(K, dst, len, 0).unwrap();
+            assert!(
+                whole(lent.bytes()),
+                "round {round}: a lend saw a copy half done"
+            );
+            seen[usize::from(lent.bytes()[0] == 0x22)] += 1;
+        } else {
+            let b = read(&h, dst, len);
+            assert!(whole(&b), "round {round}: a read saw a copy half done");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let copies = copier.join().unwrap();
+    assert!(copies > 0, "the copier never got to copy");
+    println!(
+        "{copies} copies; lends saw source one {} and two {} times",
+        seen[0], seen[1]
+    );
+    for a in [one, two, dst] {
+        h.free_pages(a, len).unwrap();
+    }
+    assert!(h.usage().is_idle());
+}

@@ -29,7 +29,8 @@ use crate::{Direction, Error, Result};
 /// Counters of a [`BouncePool`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BounceStats {
-    /// Bytes copied into or out of bounce buffers.
+    /// Bytes copied into or out of bounce buffers. A copy that fails is not counted; one
+    /// still running on another thread may already be.
     pub bounced_bytes: u64,
     /// Bounce buffers handed out.
     pub buffers: u64,
@@ -123,6 +124,11 @@ impl<P: Platform + Clone> BouncePool<P> {
 
     pub(crate) fn count_copy(&self, n: u64) {
         self.bounced.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes back a [`count_copy`](Self::count_copy) of a copy that failed.
+    pub(crate) fn uncount_copy(&self, n: u64) {
+        self.bounced.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// A buffer of `len` bytes, every byte in `[floor, limit]`, aligned to `align`, and

@@ -62,6 +62,14 @@
 //!   alignment argument, no double-free or stale-handle detection (dmakit checks every
 //!   handle it is given), no `u64` space and a node count fixed at construction. These
 //!   asymmetries favour the TLSF peers.
+//! * **Slots.** Every contender's slot holds what its allocation returned and the size in
+//!   pages (the by-address frees need the size; the handle frees ignore it), so the slot
+//!   table is 24 bytes a live range for dmakit's 16-byte `RangeHandle` and 12 for
+//!   offset-allocator's 8-byte `Allocation`. A table of bare handles (16 and 8 bytes)
+//!   moves the `iova_churn` rows against dmakit by 2–6 %, to 1.00–1.03 on the machine of
+//!   `BENCHMARKS.md` (the `Allocation` fits in one register; a `RangeHandle` carries its
+//!   start and size so that a stale handle is refused): that difference is the handle's
+//!   size, and a driver that keeps bare handles pays it.
 //! * **A/A.** `range/a_a` is offset-allocator against itself on the same work (mixed
 //!   sizes, 10k live): one instance on both sides, chunk by chunk.
 

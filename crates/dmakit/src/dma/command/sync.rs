@@ -188,6 +188,12 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         let Some(b) = prep.route.bounce() else {
             return Ok(());
         };
+        // Counted before the copy and taken back if it fails: the counter's atomic add
+        // right after a large copy would wait for the copy's stores to drain.
+        let pool = self.owner.pool.as_ref();
+        if let Some(pool) = pool {
+            pool.count_copy(length);
+        }
         let result = BounceCopy {
             platform: &self.platform,
             md,
@@ -195,8 +201,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             to_bounce,
         }
         .run(prep.offset + from, b.data_off + from, length);
-        if let (Ok(()), Some(pool)) = (&result, &self.owner.pool) {
-            pool.count_copy(length);
+        if let (Err(_), Some(pool)) = (&result, pool) {
+            pool.uncount_copy(length);
         }
         result
     }
