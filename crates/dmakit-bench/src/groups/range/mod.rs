@@ -66,10 +66,11 @@
 //!   pages (the by-address frees need the size; the handle frees ignore it), so the slot
 //!   table is 24 bytes a live range for dmakit's 16-byte `RangeHandle` and 12 for
 //!   offset-allocator's 8-byte `Allocation`. A table of bare handles (16 and 8 bytes)
-//!   moves the `iova_churn` rows against dmakit by 2–6 %, to 1.00–1.03 on the machine of
-//!   `BENCHMARKS.md` (the `Allocation` fits in one register; a `RangeHandle` carries its
-//!   start and size so that a stale handle is refused): that difference is the handle's
-//!   size, and a driver that keeps bare handles pays it.
+//!   moved the `iova_churn` rows against dmakit by 1–8 % in three paired runs on the
+//!   machine of `BENCHMARKS.md` (1k 0.92–0.97 → 1.00, 10k 0.90 → 0.92, 100k 0.98–1.01 →
+//!   1.02–1.03, 1M 0.97–0.99 → 1.00): the `Allocation` fits in one register, and a
+//!   `RangeHandle` carries its start and size so that a stale handle is refused. A driver
+//!   that keeps bare handles pays that difference.
 //! * **A/A.** `range/a_a` is offset-allocator against itself on the same work (mixed
 //!   sizes, 10k live): one instance on both sides, chunk by chunk.
 
