@@ -73,6 +73,23 @@ pub struct Host {
     copying: AtomicBool,
 }
 
+/// One step of waiting for a copy that runs outside the registry lock, the `n`-th: a spin
+/// while the copy is likely a short one, then yields, then sleeps of growing length (up to
+/// a millisecond), so that a waiter of higher scheduling priority on the copier's CPU lets
+/// the copier run instead of spinning against it.
+fn copy_backoff(n: u32) {
+    const SPINS: u32 = 256;
+    const YIELDS: u32 = 32;
+    if n < SPINS {
+        std::hint::spin_loop();
+    } else if n < SPINS + YIELDS {
+        std::thread::yield_now();
+    } else {
+        let exp = (n - SPINS - YIELDS).min(10);
+        std::thread::sleep(std::time::Duration::from_micros(1 << exp));
+    }
+}
+
 /// What a host holds right now, for leak checks and reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -262,16 +279,21 @@ impl Host {
     /// itself, as if that copy had held the lock to its end.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Registry> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut spins = 0u32;
-        while self.copying.load(Ordering::Acquire) {
-            if spins < 128 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-            }
+        if self.copying.load(Ordering::Acquire) {
+            self.wait_for_copy();
         }
         guard
+    }
+
+    /// Waits (holding the lock) until the copy running outside it is done.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_copy(&self) {
+        let mut waited = 0u32;
+        while self.copying.load(Ordering::Acquire) {
+            copy_backoff(waited);
+            waited = waited.saturating_add(1);
+        }
     }
 
     /// Releases `guard` and runs `copy`, made from spans of memory the registry vouched for
