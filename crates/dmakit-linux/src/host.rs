@@ -19,13 +19,13 @@ use crate::caps::{AddressMode, Capabilities};
 use crate::ledger::ledger;
 use crate::pagemap::{Pagemap, NO_PFN_HINT};
 use crate::registry::Registry;
+use crate::registry_lock::RegistryLock;
 use crate::sys::{self, LooseCopy, Mapping, RawRegion};
 use dmakit::addr::checked_end;
 use dmakit::platform::Task;
 use dmakit::{Error, PageSize, PhysAddr, Result, VirtAddr};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 /// The size of the hugepages that back physically contiguous memory.
 pub const HUGEPAGE: u64 = 2 << 20;
@@ -67,27 +67,7 @@ pub struct Host {
     page: PageSize,
     pagemap: Option<Pagemap>,
     caps: Capabilities,
-    state: Mutex<Registry>,
-    /// A copy runs outside the lock on memory the registry vouched for (see
-    /// [`copy_unlocked`](Self::copy_unlocked)); [`lock`](Self::lock) waits it out.
-    copying: AtomicBool,
-}
-
-/// One step of waiting for a copy that runs outside the registry lock, the `n`-th: a spin
-/// while the copy is likely a short one, then yields, then sleeps of growing length (up to
-/// a millisecond), so that a waiter of higher scheduling priority on the copier's CPU lets
-/// the copier run instead of spinning against it.
-fn copy_backoff(n: u32) {
-    const SPINS: u32 = 256;
-    const YIELDS: u32 = 32;
-    if n < SPINS {
-        std::hint::spin_loop();
-    } else if n < SPINS + YIELDS {
-        std::thread::yield_now();
-    } else {
-        let exp = (n - SPINS - YIELDS).min(10);
-        std::thread::sleep(std::time::Duration::from_micros(1 << exp));
-    }
+    state: RegistryLock,
 }
 
 /// What a host holds right now, for leak checks and reports.
@@ -138,8 +118,7 @@ impl Host {
             page,
             pagemap,
             caps: Capabilities::probe(page.bytes(), pfns),
-            state: Mutex::new(Registry::default()),
-            copying: AtomicBool::new(false),
+            state: RegistryLock::default(),
         })
     }
 
@@ -271,50 +250,16 @@ impl Host {
             })
     }
 
-    /// The registry, locked. A poisoned lock is taken over: the registry is updated so that
-    /// it is consistent before anything that could panic.
-    ///
-    /// The guard also waits until a copy that [`copy_unlocked`](Self::copy_unlocked) let run
-    /// outside the lock is done, so that whoever holds the guard has the registry's memory to
-    /// itself, as if that copy had held the lock to its end.
+    /// The registry, locked (see [`RegistryLock::lock`]: it also waits for a copy still
+    /// running outside the lock).
     pub(crate) fn lock(&self) -> MutexGuard<'_, Registry> {
-        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if self.copying.load(Ordering::Acquire) {
-            self.wait_for_copy();
-        }
-        guard
+        self.state.lock()
     }
 
-    /// Waits (holding the lock) until the copy running outside it is done.
-    #[cold]
-    #[inline(never)]
-    fn wait_for_copy(&self) {
-        let mut waited = 0u32;
-        while self.copying.load(Ordering::Acquire) {
-            copy_backoff(waited);
-            waited = waited.saturating_add(1);
-        }
-    }
-
-    /// Releases `guard` and runs `copy`, made from spans of memory the registry vouched for
-    /// under it; returns the bytes copied. Until the copy is done, every [`lock`](Self::lock)
-    /// waits, so nothing can unmap, lend or touch that memory meanwhile: the same exclusion as
-    /// copying under the lock. What it saves is the unlock right after the copy: releasing
-    /// a lock is a locked instruction, which waits for every store of the copy to leave the
-    /// core (tens of nanoseconds after 64 KiB), where the plain store that ends this copy
-    /// lets the stores drain while the caller goes on.
+    /// Releases `guard` and runs `copy` with the registry still kept from everyone else
+    /// until it ends (see [`RegistryLock::copy_unlocked`]); returns the bytes copied.
     pub(crate) fn copy_unlocked(&self, guard: MutexGuard<'_, Registry>, copy: LooseCopy) -> usize {
-        // Published by the unlock below (a release): the next holder of the lock sees it.
-        self.copying.store(true, Ordering::Relaxed);
-        drop(guard);
-        // SAFETY: `copy` was made from spans the registry vouched for under `guard` (mapped,
-        // readable or writable, not lent in a conflicting way). Unmapping, lending and every
-        // other access to that memory take `lock`, which waits until `copying` is cleared
-        // below, and only a holder of the lock sets it; so the spans' invariants hold until
-        // the copy returns.
-        let n = unsafe { copy.run() };
-        self.copying.store(false, Ordering::Release);
-        n
+        self.state.copy_unlocked(guard, copy)
     }
 
     pub(crate) fn page(&self) -> PageSize {
@@ -401,7 +346,7 @@ fn overlaps(map: &std::collections::BTreeMap<u64, RawRegion>, start: u64, len: u
 impl Drop for Host {
     fn drop(&mut self) {
         let page = self.page.bytes();
-        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.get_mut();
         let mut ledger = ledger();
         for (va, a) in std::mem::take(&mut s.allocs) {
             if ledger.first_wired(va, va + a.map_len).is_some() {

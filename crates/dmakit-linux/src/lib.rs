@@ -82,6 +82,7 @@ pub mod pagemap;
 mod physical;
 mod purgeable;
 mod registry;
+mod registry_lock;
 mod sys;
 #[cfg(feature = "nvme")]
 mod timer;

@@ -135,6 +135,30 @@ fn copies_between_overlapping_spans_are_memmoves() {
 }
 
 #[test]
+fn a_loose_copy_run_later_is_the_memmove_its_spans_would_make() {
+    let mut b = Buffer::new();
+    let base = b.words.as_ptr() as u64;
+    let copy = {
+        let r = b.region();
+        let src = r.span(base, 24).unwrap();
+        let dst = r.span(base + 4, 28).unwrap();
+        src.loose_copy_to(&dst).unwrap()
+    };
+    // SAFETY: the region's spans are gone, but the buffer is still alive, in place, and
+    // touched by nothing else until the copy returns.
+    assert_eq!(unsafe { copy.run() }, 24, "the shorter of the two spans");
+    let bytes = b.bytes();
+    let want: Vec<u8> = [0u8; 4]
+        .into_iter()
+        .chain([0; 8])
+        .chain([1; 8])
+        .chain([2; 8])
+        .collect();
+    assert_eq!(&bytes[..28], &want[..], "as if through a temporary");
+    assert_eq!(&bytes[28..32], &[3; 4]);
+}
+
+#[test]
 fn volatile_accesses_take_exactly_their_width() {
     let mut b = Buffer::new();
     let base = b.words.as_ptr() as u64;
@@ -184,6 +208,7 @@ fn a_read_only_span_refuses_every_store() {
         assert!(!s.store(8, 7));
         let w = m.span(base + 16, 8).unwrap();
         assert_eq!(w.copy_to(&s), None);
+        assert!(w.loose_copy_to(&s).is_none());
         assert_eq!(s.load(8), Some(0));
     }
     release(m);
