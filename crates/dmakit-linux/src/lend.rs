@@ -2,7 +2,7 @@
 //! access IOKit's `getBytesNoCopy` gives a kernel driver.
 //!
 //! Only the host's own allocations are lent (the memory is this process's, so the slice is
-//! the mapping itself: no copy). A lend is recorded in the allocation's [`Mapping`]
+//! the mapping itself: no copy). A lend is recorded in the allocation's [`Mapping`](crate::sys::Mapping)
 //! (`sys.rs`), which from then on hands out no span that could write the range (nor, for a
 //! mutable lend, reach it) and keeps the memory mapped; the host adds the checks that need
 //! the whole registry:

@@ -1,7 +1,7 @@
 //! A PCI BAR mapped into this process and registered as device memory.
 //!
 //! [`Bar::map`] `mmap`s the BAR's VFIO region and registers the mapping with the
-//! [`Host`](crate::Host) at the BAR's real bus address (from sysfs `resource`), so the BAR
+//! [`Host`] at the BAR's real bus address (from sysfs `resource`), so the BAR
 //! is reached the IOKit way: [`Bar::device_memory`] is an `IODeviceMemory` of that range,
 //! its [`physical_segment`](dmakit::descriptor::MemoryDescriptor::physical_segment) is the
 //! bus address, and [`mapped_read32`](dmakit::map::mapped_read32) /
