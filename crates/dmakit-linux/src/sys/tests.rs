@@ -113,6 +113,20 @@ fn spans_of_a_region_copy_within_their_bounds() {
     assert_eq!(&bytes[16..24], &[2; 8], "nothing written past the span");
 }
 
+/// Checks that the first 24 bytes of a fresh [`Buffer`] were moved 4 bytes up, as if
+/// through a temporary, and nothing past them changed.
+fn moved_up_by_four(b: &Buffer) {
+    let bytes = b.bytes();
+    let want: Vec<u8> = [0u8; 4]
+        .into_iter()
+        .chain([0; 8])
+        .chain([1; 8])
+        .chain([2; 8])
+        .collect();
+    assert_eq!(&bytes[..28], &want[..], "as if through a temporary");
+    assert_eq!(&bytes[28..32], &[3; 4]);
+}
+
 #[test]
 fn copies_between_overlapping_spans_are_memmoves() {
     let mut b = Buffer::new();
@@ -123,15 +137,7 @@ fn copies_between_overlapping_spans_are_memmoves() {
         let dst = r.span(base + 4, 24).unwrap();
         assert_eq!(src.copy_to(&dst), Some(24));
     }
-    let bytes = b.bytes();
-    let want: Vec<u8> = [0u8; 4]
-        .into_iter()
-        .chain([0; 8])
-        .chain([1; 8])
-        .chain([2; 8])
-        .collect();
-    assert_eq!(&bytes[..28], &want[..], "as if through a temporary");
-    assert_eq!(&bytes[28..32], &[3; 4]);
+    moved_up_by_four(&b);
 }
 
 #[test]
@@ -147,15 +153,7 @@ fn a_loose_copy_run_later_is_the_memmove_its_spans_would_make() {
     // SAFETY: the region's spans are gone, but the buffer is still alive, in place, and
     // touched by nothing else until the copy returns.
     assert_eq!(unsafe { copy.run() }, 24, "the shorter of the two spans");
-    let bytes = b.bytes();
-    let want: Vec<u8> = [0u8; 4]
-        .into_iter()
-        .chain([0; 8])
-        .chain([1; 8])
-        .chain([2; 8])
-        .collect();
-    assert_eq!(&bytes[..28], &want[..], "as if through a temporary");
-    assert_eq!(&bytes[28..32], &[3; 4]);
+    moved_up_by_four(&b);
 }
 
 #[test]
