@@ -112,7 +112,9 @@ impl CpuAccess for Host {
                 src.copy_to(&dst).ok_or_else(read_only)?;
             } else {
                 let copy = src.loose_copy_to(&dst).ok_or_else(read_only)?;
-                self.copy_unlocked(s, copy);
+                // SAFETY: `s` is this host's lock, and `copy` was made just above, under it,
+                // from spans of two allocations of its registry that neither lend excludes.
+                unsafe { self.copy_unlocked(s, copy) };
             }
             return Ok(());
         }

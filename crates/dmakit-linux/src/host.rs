@@ -258,8 +258,19 @@ impl Host {
 
     /// Releases `guard` and runs `copy` with the registry still kept from everyone else
     /// until it ends (see [`RegistryLock::copy_unlocked`]); returns the bytes copied.
-    pub(crate) fn copy_unlocked(&self, guard: MutexGuard<'_, Registry>, copy: LooseCopy) -> usize {
-        self.state.copy_unlocked(guard, copy)
+    ///
+    /// # Safety
+    ///
+    /// `guard` must come from this host's [`lock`](Self::lock), and `copy` be made under it
+    /// from spans of this host's registry, checked against conflicting lends.
+    pub(crate) unsafe fn copy_unlocked(
+        &self,
+        guard: MutexGuard<'_, Registry>,
+        copy: LooseCopy,
+    ) -> usize {
+        // SAFETY: the caller's contract is the one `RegistryLock::copy_unlocked` asks for, and
+        // `self.state` is the lock behind `self.lock()`.
+        unsafe { self.state.copy_unlocked(guard, copy) }
     }
 
     pub(crate) fn page(&self) -> PageSize {

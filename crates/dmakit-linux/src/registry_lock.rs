@@ -13,7 +13,7 @@
 //! ```text
 //! let s = registry.lock();             // waits for a copy still running, if any
 //! let copy = span.loose_copy_to(&dst)?; // checked under the lock
-//! registry.copy_unlocked(s, copy);      // flag set, unlock, memmove, flag cleared
+//! unsafe { registry.copy_unlocked(s, copy) }; // flag set, unlock, memmove, flag cleared
 //! ```
 
 use crate::registry::Registry;
@@ -47,17 +47,28 @@ impl RegistryLock {
         self.registry.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Releases `guard` and runs `copy`, made from spans the registry vouched for under it;
-    /// returns the bytes copied. Until the copy is done every [`lock`](Self::lock) waits.
-    pub(crate) fn copy_unlocked(&self, guard: MutexGuard<'_, Registry>, copy: LooseCopy) -> usize {
+    /// Releases `guard` and runs `copy`; returns the bytes copied. Until the copy is done
+    /// every [`lock`](Self::lock) waits.
+    ///
+    /// # Safety
+    ///
+    /// `guard` must be a guard of this lock, and `copy` made under it from spans of its
+    /// registry's memory (allocations or mappings the registry holds, checked under the guard
+    /// against lends that conflict with the copy): the lock can keep only its own
+    /// registry's memory in place.
+    pub(crate) unsafe fn copy_unlocked(
+        &self,
+        guard: MutexGuard<'_, Registry>,
+        copy: LooseCopy,
+    ) -> usize {
         // Published by the unlock below (a release): the next holder of the lock sees it.
         self.copying.store(true, Ordering::Relaxed);
         drop(guard);
-        // SAFETY: `copy` was made from spans the registry vouched for under `guard` (mapped,
-        // readable or writable, not lent in a conflicting way). The registry is reachable
-        // only through `lock`, which waits until `copying` is cleared below, and only a
-        // holder of the lock sets it: nothing unmaps, lends or touches that memory until the
-        // copy returns, so the spans' invariants still hold.
+        // SAFETY: by the caller's contract `copy` was made under `guard` from spans of this
+        // registry's memory (mapped, readable or writable, not lent in a conflicting way).
+        // The registry is reachable only through `lock`, which waits until `copying` is
+        // cleared below, and only a holder of the lock sets it: nothing unmaps, lends or
+        // touches that memory until the copy returns, so the spans' invariants still hold.
         let n = unsafe { copy.run() };
         self.copying.store(false, Ordering::Release);
         n
