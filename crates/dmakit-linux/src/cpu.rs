@@ -13,10 +13,10 @@
 //! runs after the host's lock is released, with a flag that every later taker of the lock
 //! waits out: as exclusive as copying under the lock, without the unlock right after the
 //! copy, which would wait for all of the copy's stores to leave the core. Allocations are
-//! separate memory objects, so two of them never reach the same pages. A second mapping or a registered
-//! region may reach the same pages as another address, which a `memmove` could not see; a
-//! copy that involves one is staged through a temporary buffer of the whole length (two
-//! copies per byte, but right even when the two views alias).
+//! separate memory objects, so two of them never reach the same pages. A second mapping or
+//! a registered region may reach the same pages as another address, which a `memmove` could
+//! not see; a copy that involves one is staged through a temporary buffer of the whole
+//! length (two copies per byte, but right even when the two views alias).
 
 use crate::host::Host;
 use dmakit::platform::{CpuAccess, DirectSlice, DirectSliceMut, Task};

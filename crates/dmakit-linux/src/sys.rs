@@ -546,7 +546,7 @@ pub(crate) struct LooseCopy {
 }
 
 impl LooseCopy {
-    /// Copies the bytes, as [`Span::copy_to`] would have.
+    /// Copies the shorter span's length of bytes in one `memmove`; returns that count.
     ///
     /// # Safety
     ///
@@ -642,22 +642,11 @@ impl<'a> Span<'a> {
     /// mapping) are *not* detected here: the caller must only pass spans it knows cannot
     /// alias that way (see `CpuAccess::copy_virt` in `cpu.rs`).
     pub(crate) fn copy_to(&self, dst: &Span<'_>) -> Option<usize> {
-        if !dst.writable {
-            return None;
-        }
-        let n = self.len.min(dst.len);
-        // SAFETY: by the invariant of each span, its first n ≤ len bytes are mapped, this
-        // one readable and `dst` writable (checked just above), and neither is referenced by
-        // Rust while the spans are used. `ptr::copy` allows the two ranges to overlap (it is
-        // `memmove`), so no non-overlap precondition is needed.
-        unsafe {
-            ptr::copy(
-                ptr::with_exposed_provenance::<u8>(self.addr),
-                ptr::with_exposed_provenance_mut::<u8>(dst.addr),
-                n,
-            )
-        };
-        Some(n)
+        let copy = self.loose_copy_to(dst)?;
+        // SAFETY: both spans are borrowed for this call, so their invariants hold until it
+        // returns: the source mapped and readable, `dst` mapped and writable (`loose_copy_to`
+        // checked), neither referenced by Rust while the spans are used.
+        Some(unsafe { copy.run() })
     }
 
     /// [`copy_to`](Self::copy_to), to be run later, once the borrows that vouch for the two
