@@ -378,6 +378,9 @@ impl<C: CompletionSource + ?Sized> Drop for Restore<'_, C> {
         if d.action.is_none() {
             d.action = self.action.take();
         }
+        drop(d);
+        #[cfg(all(feature = "std", not(loom)))]
+        self.source.delivered.notify_all();
     }
 }
 
@@ -436,6 +439,10 @@ pub struct DmaEventSource<C: CompletionSource + ?Sized> {
     pending: crate::sync::atomic::AtomicU64,
     #[cfg(feature = "std")]
     signal: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
+    /// Signalled, with `delivery`, when a delivery ends: what [`disable`](Self::disable)
+    /// waits on while the action runs in another thread.
+    #[cfg(all(feature = "std", not(loom)))]
+    delivered: std::sync::Condvar,
 }
 
 impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
@@ -469,6 +476,8 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
             pending: crate::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "std")]
             signal: Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new())),
+            #[cfg(all(feature = "std", not(loom)))]
+            delivered: std::sync::Condvar::new(),
         }
     }
 
@@ -496,20 +505,21 @@ impl<C: CompletionSource + ?Sized> DmaEventSource<C> {
     /// wait for a thread that is disabling its event source.) Without the `std` feature it
     /// cannot wait: the call of the action already under way may still be running.
     pub fn disable(&self) {
-        self.delivery.lock().enabled = false;
+        let mut d = self.delivery.lock();
+        d.enabled = false;
         #[cfg(all(feature = "std", not(loom)))]
         {
             let me = std::thread::current().id();
-            loop {
-                {
-                    let d = self.delivery.lock();
-                    if !d.delivering || d.deliverer == Some(me) {
-                        return;
-                    }
-                }
-                std::thread::sleep(core::time::Duration::from_micros(200));
-            }
+            let running_elsewhere = |d: &mut Delivery| d.delivering && d.deliverer != Some(me);
+            // Woken by the delivery's end (`Restore`), which clears `delivering` under this
+            // lock: no wake-up is missed, and no time is spent polling.
+            let _idle = self
+                .delivered
+                .wait_while(d, running_elsewhere)
+                .unwrap_or_else(|p| p.into_inner());
         }
+        #[cfg(not(all(feature = "std", not(loom))))]
+        drop(d);
     }
 
     /// IOKit `IOEventSource::enable`: completions go to the action again. As in IOKit the
