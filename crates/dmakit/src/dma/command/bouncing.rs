@@ -62,7 +62,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     _ => false,
                 });
         prep.route = Route::PerPage {
-            buffer,
+            buffer: Box::new(buffer),
             bytes,
             pieces,
         };

@@ -249,7 +249,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 pages,
                 first_off,
                 table,
-                bounce: Some(bounce),
+                bounce: Some(Box::new(bounce)),
             };
             return self.finish_bounce(md, prep, sync);
         }
@@ -275,7 +275,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             return Ok(());
         }
         let bounce = self.take_bounce(md, prep.offset, prep.length, self.window())?;
-        prep.route = Route::Bounced(bounce);
+        prep.route = Route::Bounced(Box::new(bounce));
         self.finish_bounce(md, prep, sync)
     }
 

@@ -24,18 +24,22 @@ pub(super) struct PagePiece {
 }
 
 /// Where the prepared bytes are, for the device.
+///
+/// The bounce buffers are boxed: a buffer descriptor is about 300 bytes, and every prepare
+/// and complete moves the route, which unboxed cost a `memcpy` of that size each time on
+/// the common, unbounced paths.
 pub(super) enum Route<P: Platform + Clone> {
     /// The descriptor's own physical runs.
     Direct,
     /// The descriptor's own runs, except the pages out of the device's reach, which are
     /// bounce pages (IOKit's per-page bouncing). `pieces` is sorted by `x`.
     PerPage {
-        buffer: BufferMemoryDescriptor<P>,
+        buffer: Box<BufferMemoryDescriptor<P>>,
         bytes: u64,
         pieces: Vec<PagePiece>,
     },
     /// A bounce buffer, by physical address.
-    Bounced(Bounce<P>),
+    Bounced(Box<Bounce<P>>),
     /// IO virtual addresses from `iova + first_off`, over the descriptor or a bounce buffer.
     /// `table` is empty when the whole range is one IO run; else it lists where each IO
     /// run starts (sorted by `x`, the first at 0).
@@ -44,7 +48,7 @@ pub(super) enum Route<P: Platform + Clone> {
         pages: u64,
         first_off: u64,
         table: Vec<MapRun>,
-        bounce: Option<Bounce<P>>,
+        bounce: Option<Box<Bounce<P>>>,
     },
 }
 
@@ -60,7 +64,7 @@ impl<P: Platform + Clone> Route<P> {
     pub(super) fn bounce(&self) -> Option<&Bounce<P>> {
         match self {
             Route::Bounced(b) => Some(b),
-            Route::Mapped { bounce, .. } => bounce.as_ref(),
+            Route::Mapped { bounce, .. } => bounce.as_deref(),
             Route::Direct | Route::PerPage { .. } => None,
         }
     }

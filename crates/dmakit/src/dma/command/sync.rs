@@ -309,7 +309,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             let x = offset + i as u64;
             let k = pieces.partition_point(|p| p.x + p.len <= x);
             let (mem, at, run): (&dyn MemoryDescriptor, u64, u64) = match pieces.get(k) {
-                Some(p) if p.x <= x => (buffer, p.buf_off + (x - p.x), p.len - (x - p.x)),
+                Some(p) if p.x <= x => (&**buffer, p.buf_off + (x - p.x), p.len - (x - p.x)),
                 next => (md, prep.offset + x, next.map_or(u64::MAX, |p| p.x - x)),
             };
             let want = (run.min((n - i) as u64)) as usize;
