@@ -146,6 +146,9 @@ enum Op {
     Flush,
     /// The next hardware call after this many fails.
     FailIn(u8),
+    /// `iovm_map_run` (with no failure armed): pages, placement as `AllocPlaced` (low
+    /// bound, alignment, boundary), physical frame, access.
+    MapRun(u8, u8, u8, u8, u16, u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -202,6 +205,25 @@ impl Run {
 
     fn new_range(&mut self, got: Result<IoAddr>, pages: u64, place: Option<&IovaPlacement>) {
         let Ok(IoAddr(start)) = got else { return };
+        let len = self.check_fresh(start, pages, place);
+        let t = self.table();
+        let last = start + (len - 1);
+        assert!(
+            t.entries.range(start..=last).next().is_none(),
+            "new range {start:#x} still mapped"
+        );
+        let stale = t.cached.range(start..=last).next().map(|(&k, _)| k);
+        assert!(
+            stale.is_none(),
+            "range {start:#x}+{len:#x} handed out while the IOTLB may hold {stale:#x?}"
+        );
+        drop(t);
+        self.live.insert(start, pages);
+    }
+
+    /// A new range of `pages` from `start`: inside the window, page aligned, overlapping
+    /// no live allocation, meeting `place`. Returns its length.
+    fn check_fresh(&self, start: u64, pages: u64, place: Option<&IovaPlacement>) -> u64 {
         let len = pages
             .checked_mul(self.page)
             .expect("an allocation's size fits");
@@ -218,19 +240,54 @@ impl Run {
         if let Some(p) = place {
             assert!(p.fits(start, len), "range {start:#x}+{len:#x} breaks {p:?}");
         }
-        let t = self.table();
-        let last = start + (len - 1);
-        assert!(
-            t.entries.range(start..=last).next().is_none(),
-            "new range {start:#x} still mapped"
-        );
-        let stale = t.cached.range(start..=last).next().map(|(&k, _)| k);
-        assert!(
-            stale.is_none(),
-            "range {start:#x}+{len:#x} handed out while the IOTLB may hold {stale:#x?}"
-        );
-        drop(t);
-        self.live.insert(start, pages);
+        len
+    }
+
+    /// `iovm_map_run` with healthy hardware: a fresh range, every page mapped to the run
+    /// and the IOTLB holding no other translation of it; or refused for want of space.
+    fn map_run(&mut self, pages: u64, place: &IovaPlacement, pa: u64, acc: Access) {
+        self.begin();
+        match self.m.iovm_map_run(pages, place, PhysAddr(pa), acc) {
+            Ok(IoAddr(start)) => {
+                self.check_fresh(start, pages, Some(place));
+                let t = self.table();
+                for i in 0..pages {
+                    let (io, ph) = (start + i * self.page, pa + i * self.page);
+                    assert_eq!(t.entries.get(&io), Some(&(ph, acc)), "map_run page {io:#x}");
+                    let cached = t.cached.get(&io);
+                    assert!(
+                        cached.is_none_or(|c| c.iter().all(|&k| k == key((ph, acc)))),
+                        "after map_run {io:#x} -> {ph:#x} the IOTLB may still hold {cached:x?}"
+                    );
+                }
+                drop(t);
+                self.live.insert(start, pages);
+            }
+            Err(e) => assert!(
+                matches!(e, Error::NoSpace { .. } | Error::NoSuitableMemory { .. }),
+                "map_run x{pages} -> {pa:#x}: {e:?}"
+            ),
+        }
+    }
+
+    /// A placement inside the window: `lo` and `hi` pages in from its ends, an alignment
+    /// (a power of two, or three pages) and a boundary (none, or a power of two).
+    fn placement(&self, lo: u8, hi: u8, align: u8, boundary: u8) -> IovaPlacement {
+        let (base, size) = self.m.window();
+        let min = base.0 + (u64::from(lo) * self.page).min(size - 1);
+        let max = base.0 + (size - 1) - (u64::from(hi) * self.page).min(size - 1);
+        IovaPlacement::ANY
+            .window(min, max)
+            .alignment(if align % 8 == 7 {
+                3 * self.page
+            } else {
+                self.page << (align % 8)
+            })
+            .boundary(if boundary % 4 == 0 {
+                0
+            } else {
+                self.page << (boundary % 16)
+            })
     }
 
     fn free(&mut self, iova: u64, pages: u64) {
@@ -363,21 +420,7 @@ impl Run {
             }
             Op::AllocPlaced(p, lo, hi, align, boundary) => {
                 let pages = u64::from(p % 40) + 1;
-                let (base, size) = self.m.window();
-                let min = base.0 + (u64::from(lo) * self.page).min(size - 1);
-                let max = base.0 + (size - 1) - (u64::from(hi) * self.page).min(size - 1);
-                let place = IovaPlacement::ANY
-                    .window(min, max)
-                    .alignment(if align % 8 == 7 {
-                        3 * self.page
-                    } else {
-                        self.page << (align % 8)
-                    })
-                    .boundary(if boundary % 4 == 0 {
-                        0
-                    } else {
-                        self.page << (boundary % 16)
-                    });
+                let place = self.placement(lo, hi, align, boundary);
                 let got = self.m.iovm_alloc_placed(pages, &place);
                 self.new_range(got, pages, Some(&place));
             }
@@ -415,6 +458,14 @@ impl Run {
                 }
             }
             Op::FailIn(n) => self.table().fail_in = u32::from(n % 8) + 1,
+            Op::MapRun(p, lo, align, boundary, frame, acc) => {
+                // Failures of a map midway are the unit tests'; here the hardware answers.
+                if self.table().fail_in == 0 {
+                    let pages = u64::from(p % 40) + 1;
+                    let place = self.placement(lo, 0, align, boundary);
+                    self.map_run(pages, &place, u64::from(frame) * self.page, access(acc));
+                }
+            }
         }
         self.check();
     }

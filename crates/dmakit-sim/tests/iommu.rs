@@ -191,3 +191,57 @@ fn mapper_misuse_is_refused() {
     )
     .is_err());
 }
+
+/// A mapped preparation maps exactly the IO pages its bytes span, each to the buffer's own
+/// physical page, and nothing past them: one page for a page, two for a page's worth of
+/// bytes across a page boundary, one per page of a scattered buffer (its runs laid out one
+/// after another); completing unmaps them all.
+#[test]
+fn a_mapped_preparation_maps_exactly_its_pages() {
+    use dmakit::descriptor::BufferOptions;
+    use dmakit::dma::{DmaCommand, MappingMode, PrepareOptions, SegmentSpec};
+    let (m, iommu) = setup();
+    let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 24).unwrap());
+    let contiguous = BufferOptions::new(0x4000, Direction::Out).contiguous(true);
+    let one_run: Arc<dyn MemoryDescriptor> =
+        Arc::new(BufferMemoryDescriptor::new(m.clone(), contiguous).unwrap());
+    let data = vec![7u8; 16 * 4096];
+    let scattered: Arc<dyn MemoryDescriptor> =
+        Arc::new(BufferMemoryDescriptor::with_bytes(m.clone(), &data, Direction::Out).unwrap());
+    let cases = [
+        (one_run.clone(), 0u64, 0x1000u64, 1usize),
+        (one_run.clone(), 0x800, 0x1000, 2),
+        (one_run, 0x10, 0x3ff0, 4),
+        (scattered, 0, 16 * 4096, 16),
+    ];
+    for (md, offset, length, pages) in cases {
+        let mut cmd = DmaCommand::builder(m.clone())
+            .spec(SegmentSpec::builder().build().unwrap())
+            .mode(MappingMode::Mapped(mapper.clone()))
+            .build()
+            .unwrap();
+        cmd.set_memory_descriptor(md.clone()).unwrap();
+        cmd.prepare(PrepareOptions::range(offset, length)).unwrap();
+        assert_eq!(mapper.usage(), (1, pages), "{offset:#x}+{length:#x}");
+        let mut at = 0;
+        for seg in cmd.segments() {
+            let seg = seg.unwrap();
+            for x in (0..seg.len).step_by(0x200) {
+                let want = md.physical_segment(offset + at + x).unwrap().addr;
+                let got = mapper.translate(IoAddr(seg.addr.0 + x)).unwrap().0;
+                assert_eq!(got, want, "IO {:#x}", seg.addr.0 + x);
+            }
+            at += seg.len;
+            let past = (seg.addr.0 + seg.len).next_multiple_of(0x1000);
+            if at == length {
+                assert!(
+                    mapper.translate(IoAddr(past)).is_err(),
+                    "mapped past the end"
+                );
+            }
+        }
+        assert_eq!(at, length);
+        cmd.complete().unwrap();
+        assert_eq!(mapper.usage(), (0, 0));
+    }
+}

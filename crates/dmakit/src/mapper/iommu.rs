@@ -490,6 +490,52 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(())
     }
 
+    /// The fast path of `iovm_map_run`: a range of the size's class from this thread's
+    /// cache, recorded and mapped to `run` under one lock of its shard. `None`, having
+    /// changed nothing, when the cache has none at hand, when `place` might not hold every
+    /// range of the class, or when the run is not page aligned (the two-step path then
+    /// allocates, or says what is wrong). A failed mapping is unmapped and its range
+    /// retired, as `iovm_free` does.
+    fn map_cached(
+        &self,
+        pages: u64,
+        place: &IovaPlacement,
+        run: (u64, u64, Access),
+    ) -> Option<Result<IoAddr>> {
+        let page = self.page();
+        let class = class_of(pages)?;
+        // A class holds at most a few hundred pages: no overflow.
+        let len = pages * page;
+        let aligned = run.0.is_multiple_of(page) && place.check().is_ok();
+        if !aligned
+            || !place.always_fits(
+                self.base,
+                self.base + (self.size - 1),
+                len,
+                align_of(class) * page,
+            )
+        {
+            return None;
+        }
+        let mut s = self.shard();
+        let x = s.mags.pop(class, &self.depot)?;
+        if !place.fits(x, len) {
+            // Not expected of a cached range (aligned to its class, inside the window);
+            // kept anyway, so that a device never gets a range outside its placement.
+            self.release(&mut s, (x, self.bytes(class), class));
+            return None;
+        }
+        let live = Live::new(pages, class);
+        s.live.insert(x, live);
+        if let Err(e) = self.insert_small(&mut s, (x, false), x, run) {
+            let stale = s.live.get(&x).copied().unwrap_or(live.marked_stale());
+            // Unmapped and retired, or (the IOMMU not answering) kept live and stale.
+            let _ = self.free_small(&mut s, x, stale);
+            return Some(Err(e));
+        }
+        Some(Ok(IoAddr(x)))
+    }
+
     /// Writes the entries of a run inside allocation `start` of shard `s` (`stale` as its
     /// books say); a failure marks the allocation stale.
     fn insert_small(
@@ -687,6 +733,29 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         done.unwrap_or_else(|| self.insert_large(iova.0, span, (pa.0, pages, access)))
     }
 
+    /// A range cached for the size's class, recorded and mapped under one shard lock when
+    /// there is one at hand; otherwise allocated and mapped in two steps.
+    fn iovm_map_run(
+        &self,
+        pages: u64,
+        place: &IovaPlacement,
+        pa: PhysAddr,
+        access: Access,
+    ) -> Result<IoAddr> {
+        if let Some(mapped) = self.map_cached(pages, place, (pa.0, pages, access)) {
+            return mapped;
+        }
+        let iova = self.iovm_alloc_placed(pages, place)?;
+        match self.iovm_insert_run(iova, pa, pages, access) {
+            Ok(()) => Ok(iova),
+            Err(e) => {
+                // A failed free leaves the allocation live, as its contract says.
+                let _ = self.iovm_free(iova, pages);
+                Err(e)
+            }
+        }
+    }
+
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)> {
         let key = iova.0 & !(self.page() - 1);
         let found = self
@@ -721,12 +790,30 @@ mod tests {
     use alloc_crate::collections::BTreeMap;
 
     /// Page-table entries and invalidations, recorded; with `clears_before_failure` at
-    /// `Some(n)`, `n` more entry clears succeed and the next one fails.
+    /// `Some(n)`, `n` more entry clears succeed and the next one fails (and the same for
+    /// entry writes with `writes_before_failure`).
     #[derive(Default)]
     struct Table {
         entries: Mutex<BTreeMap<u64, (u64, Access)>>,
         invalidations: Mutex<Vec<(u64, u64)>>,
         clears_before_failure: Mutex<Option<u32>>,
+        writes_before_failure: Mutex<Option<u32>>,
+    }
+
+    /// Counts down `left`: false (and disarmed) when it reaches zero.
+    fn spend(left: &Mutex<Option<u32>>) -> bool {
+        let mut left = left.lock();
+        match *left {
+            Some(0) => {
+                *left = None;
+                false
+            }
+            Some(n) => {
+                *left = Some(n - 1);
+                true
+            }
+            None => true,
+        }
     }
 
     impl IommuHardware for Table {
@@ -734,18 +821,14 @@ mod tests {
             PageSize::new(4096).unwrap()
         }
         fn set_entry(&self, iova: IoAddr, entry: Option<(PhysAddr, Access)>) -> Result<()> {
-            if entry.is_none() {
-                let mut left = self.clears_before_failure.lock();
-                match *left {
-                    Some(0) => {
-                        *left = None;
-                        return Err(Error::Internal {
-                            what: "test page table: clear refused",
-                        });
-                    }
-                    Some(n) => *left = Some(n - 1),
-                    None => {}
-                }
+            let budget = match entry {
+                None => &self.clears_before_failure,
+                Some(_) => &self.writes_before_failure,
+            };
+            if !spend(budget) {
+                return Err(Error::Internal {
+                    what: "test page table: entry refused",
+                });
             }
             let mut e = self.entries.lock();
             match entry {
@@ -826,5 +909,102 @@ mod tests {
             assert_eq!(m.usage(), (0, 0));
             assert!(hw.entries.lock().is_empty());
         }
+    }
+
+    /// `iovm_map_run` allocates and maps in one call: from the thread's cache (a range
+    /// freed before comes back), or in two steps when the cache has none or the run is
+    /// larger than any cached class; either way it maps every page and frees like any
+    /// allocation.
+    #[test]
+    fn a_run_is_allocated_and_mapped_in_one_call() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        for pages in [1, 3, 40] {
+            let first = m
+                .iovm_map_run(
+                    pages,
+                    &IovaPlacement::ANY,
+                    PhysAddr(0x8000_0000),
+                    Access::READ,
+                )
+                .unwrap();
+            m.iovm_free(first, pages).unwrap();
+            m.flush().unwrap();
+            let iova = m
+                .iovm_map_run(
+                    pages,
+                    &IovaPlacement::ANY,
+                    PhysAddr(0x8000_0000),
+                    Access::READ,
+                )
+                .unwrap();
+            if pages < 40 {
+                assert_eq!(iova, first, "the cached range comes back");
+            }
+            assert_eq!(m.usage(), (1, pages as usize));
+            let last = IoAddr(iova.0 + (pages - 1) * 0x1000 + 0x10);
+            let want = PhysAddr(0x8000_0010 + (pages - 1) * 0x1000);
+            assert_eq!(m.translate(last).unwrap(), (want, Access::READ));
+            m.iovm_free(iova, pages).unwrap();
+            assert_eq!(m.usage(), (0, 0));
+            assert!(m.hardware().entries.lock().is_empty());
+        }
+    }
+
+    /// A run that is not page aligned, or a placement no range of the mapper meets, is
+    /// refused with the error the two-step path gives, and nothing stays allocated.
+    #[test]
+    fn a_run_map_refused_leaves_nothing_allocated() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        let warm = m.iovm_alloc(1).unwrap();
+        m.iovm_free(warm, 1).unwrap();
+        m.flush().unwrap();
+        let e = m
+            .iovm_map_run(1, &IovaPlacement::ANY, PhysAddr(0x8000_0008), Access::READ)
+            .unwrap_err();
+        assert!(matches!(e, Error::NotAligned { .. }), "{e}");
+        let below = IovaPlacement::ANY.window(0, 0xF_FFFF);
+        let e = m
+            .iovm_map_run(1, &below, PhysAddr(0x8000_0000), Access::READ)
+            .unwrap_err();
+        assert!(matches!(e, Error::NoSuitableMemory { .. }), "{e}");
+        assert_eq!(m.usage(), (0, 0));
+        assert!(m
+            .iovm_map_run(0, &IovaPlacement::ANY, PhysAddr(0), Access::READ)
+            .is_err());
+        assert_eq!(m.usage(), (0, 0));
+    }
+
+    /// An entry the IOMMU refuses mid-run: the error comes back, the pages written are
+    /// unmapped and the range retired (the next map gets a range again); and when the
+    /// unmapping is refused too, the allocation stays live, as after a failed free.
+    #[test]
+    fn a_run_map_that_fails_midway_is_unmapped() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        let hw = m.hardware();
+        let warm = m.iovm_alloc(3).unwrap();
+        m.iovm_free(warm, 3).unwrap();
+        m.flush().unwrap();
+        *hw.writes_before_failure.lock() = Some(2);
+        let e = m
+            .iovm_map_run(3, &IovaPlacement::ANY, PhysAddr(0x8000_0000), Access::READ)
+            .unwrap_err();
+        assert!(matches!(e, Error::Internal { .. }), "{e}");
+        assert_eq!(m.usage(), (0, 0));
+        assert!(hw.entries.lock().is_empty());
+        let iova = m
+            .iovm_map_run(3, &IovaPlacement::ANY, PhysAddr(0x8000_0000), Access::READ)
+            .unwrap();
+        m.iovm_free(iova, 3).unwrap();
+        m.flush().unwrap();
+        *hw.writes_before_failure.lock() = Some(2);
+        *hw.clears_before_failure.lock() = Some(0);
+        assert!(m
+            .iovm_map_run(3, &IovaPlacement::ANY, PhysAddr(0x8000_0000), Access::READ)
+            .is_err());
+        assert_eq!(
+            m.usage(),
+            (1, 2),
+            "kept live: its pages may still be reachable"
+        );
     }
 }

@@ -297,6 +297,54 @@ pub trait Mapper: Send + Sync {
         Ok(())
     }
 
+    /// Allocates `pages` pages of IO address space where `place` allows and maps them, in
+    /// order, to the physically contiguous pages from `pa`, all with `access`:
+    /// [`iovm_alloc_placed`](Self::iovm_alloc_placed) then
+    /// [`iovm_insert_run`](Self::iovm_insert_run), which is the default. A mapper overrides
+    /// it to do both in one step ([`IommuMapper`] takes a cached range and maps it under one
+    /// lock). Freed with [`iovm_free`](Self::iovm_free) like any allocation. On an error
+    /// nothing stays allocated, unless unmapping the pages already mapped failed too: then,
+    /// as after a failed `iovm_free`, the allocation stays live and its memory must stay
+    /// with it.
+    /// IOKit: `IOMapper::iovmMapMemory` for memory that is one physical run.
+    ///
+    /// ```
+    /// # use dmakit::mapper::{Access, IovaPlacement, Mapper};
+    /// # use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
+    /// # use dmakit::mapper::IommuMapper;
+    /// # use dmakit::Direction;
+    /// # use std::sync::Arc;
+    /// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+    /// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+    /// # let mapper = IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 28)?;
+    /// # let buf = BufferMemoryDescriptor::new(machine.clone(), BufferOptions::new(0x2000, Direction::Out).contiguous(true))?;
+    /// # let pa = buf.physical_segment(0)?.addr;
+    /// // `buf` is one physical run of two pages at `pa`; the device reads it.
+    /// let iova = mapper.iovm_map_run(2, &IovaPlacement::ANY, pa, Access::READ)?;
+    /// assert_eq!(mapper.translate(iova)?, (pa, Access::READ));
+    /// assert_eq!(mapper.usage(), (1, 2), "one allocation, two pages mapped");
+    /// mapper.iovm_free(iova, 2)?;
+    /// assert_eq!(mapper.usage(), (0, 0));
+    /// # Ok::<(), dmakit::Error>(())
+    /// ```
+    fn iovm_map_run(
+        &self,
+        pages: u64,
+        place: &IovaPlacement,
+        pa: PhysAddr,
+        access: Access,
+    ) -> Result<IoAddr> {
+        let iova = self.iovm_alloc_placed(pages, place)?;
+        match self.iovm_insert_run(iova, pa, pages, access) {
+            Ok(()) => Ok(iova),
+            Err(e) => {
+                // A failed free leaves the allocation live, as its contract says.
+                let _ = self.iovm_free(iova, pages);
+                Err(e)
+            }
+        }
+    }
+
     /// What `iova` maps to (physical address of that byte) and with which access.
     /// IOKit: `IOMapper::mapAddr`, `mapToPhysicalAddress`.
     ///

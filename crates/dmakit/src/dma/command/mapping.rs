@@ -1,6 +1,8 @@
 //! Mapping a preparation through an IOMMU: IO pages per physical run, as IOKit lays them out.
 
 use super::*;
+use crate::descriptor::Segment;
+use crate::PageSize;
 
 impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
@@ -21,80 +23,37 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             Direction::In => Access::WRITE,
             _ => Access::READ_WRITE,
         };
-        // Lay the runs out: count the IO pages and note where an IO run starts (relative to
-        // the allocation) when a physical run does not continue the previous one in IO
-        // space. The first run is kept: when it holds the whole range, it is all there is.
         let first = md.physical_segment(offset)?;
-        let run_at = |x: u64| match x {
-            0 => Ok(first),
-            x => md.physical_segment(offset + x),
-        };
         let first_off = page.offset(first.addr.0);
-        let mut table = Vec::new();
-        let mut pages = 0u64;
-        let mut end = first_off; // just past the IO bytes laid out so far
-        let mut x = 0;
-        while x < length {
-            let seg = run_at(x)?;
-            let len = seg.len.min(length - x);
-            let at = pages
-                .saturating_mul(page.bytes())
-                .saturating_add(page.offset(seg.addr.0));
-            if at != end {
-                if table.is_empty() {
-                    table.push(MapRun {
-                        x: 0,
-                        io: first_off,
-                    });
-                }
-                table.push(MapRun { x, io: at });
-            }
-            pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
-            end = at.saturating_add(len);
-            x += len;
-        }
-        let place = self.iova_placement(page.bytes(), first_off, end - first_off, pages);
-        let iova = mapper.iovm_alloc_placed(pages, &place)?;
-        for r in &mut table {
-            r.io = r.io.saturating_add(iova.0);
-        }
-        let mut done = 0u64;
-        let mut x = 0;
-        let result = (|| {
-            while x < length {
-                let seg = run_at(x)?;
-                let len = seg.len.min(length - x);
-                let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
-                mapper.iovm_insert_run(
-                    IoAddr(iova.0 + done * page.bytes()),
-                    PhysAddr(page.trunc(seg.addr.0)),
-                    n,
-                    access,
-                )?;
-                done += n;
-                x += len;
-            }
-            let reached = match table.len() {
-                0 => self.spec.reaches(iova.0 + first_off, length),
-                _ => table.iter().enumerate().all(|(i, r)| {
-                    let to = table.get(i + 1).map_or(length, |n| n.x);
-                    self.spec.reaches(r.io, to - r.x)
-                }),
-            };
-            if !reached {
-                return Err(Error::NoSuitableMemory {
-                    what: "the mapper's IO addresses are outside the device's window",
-                    requested: length,
-                    align: page.bytes(),
-                    limit: self.spec.max_address(),
-                    contiguous: true,
-                });
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        let (iova, pages, table) = if first.len >= length {
+            // One physical run (the common case): allocated and mapped in one call.
+            let pages = page.pages_spanned(first.addr.0, length).unwrap_or(0);
+            let place = self.iova_placement(page.bytes(), first_off, length, pages);
+            let pa = PhysAddr(page.trunc(first.addr.0));
+            (
+                mapper.iovm_map_run(pages, &place, pa, access)?,
+                pages,
+                Vec::new(),
+            )
+        } else {
+            self.map_runs(mapper, md, (offset, length), first, access)?
+        };
+        let reached = match table.len() {
+            0 => self.spec.reaches(iova.0 + first_off, length),
+            _ => table.iter().enumerate().all(|(i, r)| {
+                let to = table.get(i + 1).map_or(length, |n| n.x);
+                self.spec.reaches(r.io, to - r.x)
+            }),
+        };
+        if !reached {
             let _ = mapper.iovm_free(iova, pages);
-            return Err(e);
+            return Err(Error::NoSuitableMemory {
+                what: "the mapper's IO addresses are outside the device's window",
+                requested: length,
+                align: page.bytes(),
+                limit: self.spec.max_address(),
+                contiguous: true,
+            });
         }
         Ok(Route::Mapped {
             iova,
@@ -103,6 +62,53 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             table,
             bounce: None,
         })
+    }
+
+    /// [`map`](Self::map) of `(offset, length)` when the first physical run (`first`) does
+    /// not hold it all: the runs laid out, the IO pages allocated, then each run mapped.
+    /// Returns the allocation, its pages and the table of IO runs; on an error nothing
+    /// stays allocated (as far as the mapper can free).
+    fn map_runs(
+        &self,
+        mapper: &dyn Mapper,
+        md: &dyn MemoryDescriptor,
+        (offset, length): (u64, u64),
+        first: Segment,
+        access: Access,
+    ) -> Result<(IoAddr, u64, Vec<MapRun>)> {
+        let page = mapper.page_size();
+        let run_at = |x: u64| match x {
+            0 => Ok(first),
+            x => md.physical_segment(offset + x),
+        };
+        let (pages, span, mut table) = lay_out(page, length, &run_at)?;
+        let first_off = page.offset(first.addr.0);
+        let place = self.iova_placement(page.bytes(), first_off, span, pages);
+        let iova = mapper.iovm_alloc_placed(pages, &place)?;
+        for r in &mut table {
+            r.io = r.io.saturating_add(iova.0);
+        }
+        let (mut done, mut x) = (0u64, 0);
+        while x < length {
+            let mapped = run_at(x).and_then(|seg| {
+                let len = seg.len.min(length - x);
+                let n = page.pages_spanned(seg.addr.0, len).unwrap_or(0);
+                let io = IoAddr(iova.0 + done * page.bytes());
+                mapper.iovm_insert_run(io, PhysAddr(page.trunc(seg.addr.0)), n, access)?;
+                Ok((len, n))
+            });
+            match mapped {
+                Ok((len, n)) => {
+                    done += n;
+                    x += len;
+                }
+                Err(e) => {
+                    let _ = mapper.iovm_free(iova, pages);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((iova, pages, table))
     }
 
     /// The spec's window of addresses, inclusive.
@@ -142,4 +148,41 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
         }
         place
     }
+}
+
+/// Lays out `length` bytes of physical runs (`run_at(x)`: the run at prepared offset `x`)
+/// in IO pages, as IOKit does: each run at its own offset in its first page, so runs that
+/// meet at page boundaries continue one IO run. Returns the IO pages, the IO bytes from the
+/// first run's offset in its page to the end of the data, and where each IO run starts
+/// (relative to the allocation; empty when there is one IO run).
+fn lay_out(
+    page: PageSize,
+    length: u64,
+    run_at: &dyn Fn(u64) -> Result<Segment>,
+) -> Result<(u64, u64, Vec<MapRun>)> {
+    let first_off = page.offset(run_at(0)?.addr.0);
+    let mut table = Vec::new();
+    let mut pages = 0u64;
+    let mut end = first_off; // just past the IO bytes laid out so far
+    let mut x = 0;
+    while x < length {
+        let seg = run_at(x)?;
+        let len = seg.len.min(length - x);
+        let at = pages
+            .saturating_mul(page.bytes())
+            .saturating_add(page.offset(seg.addr.0));
+        if at != end {
+            if table.is_empty() {
+                table.push(MapRun {
+                    x: 0,
+                    io: first_off,
+                });
+            }
+            table.push(MapRun { x, io: at });
+        }
+        pages = pages.saturating_add(page.pages_spanned(seg.addr.0, len).unwrap_or(0));
+        end = at.saturating_add(len);
+        x += len;
+    }
+    Ok((pages, end - first_off, table))
 }
