@@ -303,9 +303,11 @@ pub trait Mapper: Send + Sync {
     /// [`iovm_insert_run`](Self::iovm_insert_run), which is the default. A mapper overrides
     /// it to do both in one step ([`IommuMapper`] takes a cached range and maps it under one
     /// lock). Freed with [`iovm_free`](Self::iovm_free) like any allocation. On an error
-    /// nothing stays allocated, unless unmapping the pages already mapped failed too: then,
-    /// as after a failed `iovm_free`, the allocation stays live and its memory must stay
-    /// with it.
+    /// nothing stays allocated, unless unmapping the pages already mapped failed too (the
+    /// IOMMU refused an entry, then refused to clear one): then, as after a failed
+    /// `iovm_free`, the allocation stays live and may still map some pages of the run, and
+    /// as the caller has no address to free it by, the memory behind the run must not be
+    /// reused.
     /// IOKit: `IOMapper::iovmMapMemory` for memory that is one physical run.
     ///
     /// ```
