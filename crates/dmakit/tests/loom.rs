@@ -9,7 +9,7 @@ use dmakit::dma::{
     CompletionSource, DmaCompletion, DmaController, DmaEventSource, DmaStart, DmaTransfer,
     IoSegment, SyncWait,
 };
-use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
+use dmakit::mapper::{Access, IommuHardware, IommuMapper, IovaPlacement, Mapper};
 use dmakit::{IoAddr, PageSize, PhysAddr, Result};
 use loom::sync::Mutex;
 use loom::thread;
@@ -113,9 +113,12 @@ fn mapper_model(lazy: bool) {
                     assert_eq!(m.translate(iova).unwrap().0, pa, "another thread's page");
                     m.iovm_free(iova, 1).unwrap();
                     // A second allocation may take freed space only once it is invalidated
-                    // (the hardware model asserts it when the page is entered).
-                    let again = m.iovm_alloc(1).unwrap();
-                    m.iovm_insert_page(again, pa, Access::READ).unwrap();
+                    // (the hardware model asserts it when the page is entered); allocated
+                    // and mapped in one call, from the thread's cache when it has a range.
+                    let again = m
+                        .iovm_map_run(1, &IovaPlacement::ANY, pa, Access::READ)
+                        .unwrap();
+                    assert_eq!(m.translate(again).unwrap().0, pa, "another thread's page");
                     m.iovm_free(again, 1).unwrap();
                 })
             })
