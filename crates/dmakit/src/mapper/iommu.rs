@@ -742,17 +742,9 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
         pa: PhysAddr,
         access: Access,
     ) -> Result<IoAddr> {
-        if let Some(mapped) = self.map_cached(pages, place, (pa.0, pages, access)) {
-            return mapped;
-        }
-        let iova = self.iovm_alloc_placed(pages, place)?;
-        match self.iovm_insert_run(iova, pa, pages, access) {
-            Ok(()) => Ok(iova),
-            Err(e) => {
-                // A failed free leaves the allocation live, as its contract says.
-                let _ = self.iovm_free(iova, pages);
-                Err(e)
-            }
+        match self.map_cached(pages, place, (pa.0, pages, access)) {
+            Some(mapped) => mapped,
+            None => super::map_in_two_steps(self, pages, place, (pa, access)),
         }
     }
 
@@ -918,25 +910,20 @@ mod tests {
     #[test]
     fn a_run_is_allocated_and_mapped_in_one_call() {
         let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        let map = |pages| {
+            m.iovm_map_run(
+                pages,
+                &IovaPlacement::ANY,
+                PhysAddr(0x8000_0000),
+                Access::READ,
+            )
+            .unwrap()
+        };
         for pages in [1, 3, 40] {
-            let first = m
-                .iovm_map_run(
-                    pages,
-                    &IovaPlacement::ANY,
-                    PhysAddr(0x8000_0000),
-                    Access::READ,
-                )
-                .unwrap();
+            let first = map(pages);
             m.iovm_free(first, pages).unwrap();
             m.flush().unwrap();
-            let iova = m
-                .iovm_map_run(
-                    pages,
-                    &IovaPlacement::ANY,
-                    PhysAddr(0x8000_0000),
-                    Access::READ,
-                )
-                .unwrap();
+            let iova = map(pages);
             if pages < 40 {
                 assert_eq!(iova, first, "the cached range comes back");
             }

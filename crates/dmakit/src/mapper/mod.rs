@@ -336,15 +336,7 @@ pub trait Mapper: Send + Sync {
         pa: PhysAddr,
         access: Access,
     ) -> Result<IoAddr> {
-        let iova = self.iovm_alloc_placed(pages, place)?;
-        match self.iovm_insert_run(iova, pa, pages, access) {
-            Ok(()) => Ok(iova),
-            Err(e) => {
-                // A failed free leaves the allocation live, as its contract says.
-                let _ = self.iovm_free(iova, pages);
-                Err(e)
-            }
-        }
+        map_in_two_steps(self, pages, place, (pa, access))
     }
 
     /// What `iova` maps to (physical address of that byte) and with which access.
@@ -371,4 +363,23 @@ pub trait Mapper: Send + Sync {
     /// # Ok::<(), dmakit::Error>(())
     /// ```
     fn translate(&self, iova: IoAddr) -> Result<(PhysAddr, Access)>;
+}
+
+/// [`Mapper::iovm_map_run`] as two calls: [`iovm_alloc_placed`](Mapper::iovm_alloc_placed),
+/// then [`iovm_insert_run`](Mapper::iovm_insert_run), freeing the allocation if the
+/// mapping fails (a failed free leaves it live, as `iovm_free`'s contract says).
+pub(crate) fn map_in_two_steps<M: Mapper + ?Sized>(
+    mapper: &M,
+    pages: u64,
+    place: &IovaPlacement,
+    (pa, access): (PhysAddr, Access),
+) -> Result<IoAddr> {
+    let iova = mapper.iovm_alloc_placed(pages, place)?;
+    match mapper.iovm_insert_run(iova, pa, pages, access) {
+        Ok(()) => Ok(iova),
+        Err(e) => {
+            let _ = mapper.iovm_free(iova, pages);
+            Err(e)
+        }
+    }
 }
