@@ -263,10 +263,14 @@ impl Run {
                 drop(t);
                 self.live.insert(start, pages);
             }
-            Err(e) => assert!(
-                matches!(e, Error::NoSpace { .. } | Error::NoSuitableMemory { .. }),
-                "map_run x{pages} -> {pa:#x}: {e:?}"
-            ),
+            Err(e) => {
+                let past_top = pa.checked_add(pages * self.page - 1).is_none();
+                assert!(
+                    matches!(e, Error::NoSpace { .. } | Error::NoSuitableMemory { .. })
+                        || (past_top && matches!(e, Error::Overflow { .. })),
+                    "map_run x{pages} -> {pa:#x}: {e:?}"
+                );
+            }
         }
     }
 
@@ -463,7 +467,12 @@ impl Run {
                 if self.table().fail_in == 0 {
                     let pages = u64::from(p % 40) + 1;
                     let place = self.placement(lo, 0, align, boundary);
-                    self.map_run(pages, &place, u64::from(frame) * self.page, access(acc));
+                    // The last frame is the top page of the physical space.
+                    let pa = match frame {
+                        u16::MAX => 0u64.wrapping_sub(self.page),
+                        f => u64::from(f) * self.page,
+                    };
+                    self.map_run(pages, &place, pa, access(acc));
                 }
             }
         }

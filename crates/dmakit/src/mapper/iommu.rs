@@ -493,9 +493,9 @@ impl<H: IommuHardware> IommuMapper<H> {
     /// The fast path of `iovm_map_run`: a range of the size's class from this thread's
     /// cache, recorded and mapped to `run` under one lock of its shard. `None`, having
     /// changed nothing, when the cache has none at hand, when `place` might not hold every
-    /// range of the class, or when the run is not page aligned (the two-step path then
-    /// allocates, or says what is wrong). A failed mapping is unmapped and its range
-    /// retired, as `iovm_free` does.
+    /// range of the class, or when the run is not page aligned or passes the top of the
+    /// physical space (the two-step path then allocates, or says what is wrong). A failed
+    /// mapping is unmapped and its range retired, as `iovm_free` does.
     fn map_cached(
         &self,
         pages: u64,
@@ -506,8 +506,10 @@ impl<H: IommuHardware> IommuMapper<H> {
         let class = class_of(pages)?;
         // A class holds at most a few hundred pages: no overflow.
         let len = pages * page;
-        let aligned = run.0.is_multiple_of(page) && place.check().is_ok();
-        if !aligned
+        let sound = run.0.is_multiple_of(page)
+            && run.0.checked_add(len - 1).is_some()
+            && place.check().is_ok();
+        if !sound
             || !place.always_fits(
                 self.base,
                 self.base + (self.size - 1),
@@ -937,18 +939,27 @@ mod tests {
         }
     }
 
-    /// A run that is not page aligned, or a placement no range of the mapper meets, is
-    /// refused with the error the two-step path gives, and nothing stays allocated.
+    /// A run that is not page aligned or passes the top of the physical space, or a
+    /// placement no range of the mapper meets, is refused with the error the two-step path
+    /// gives, and nothing stays allocated.
     #[test]
     fn a_run_map_refused_leaves_nothing_allocated() {
         let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
-        let warm = m.iovm_alloc(1).unwrap();
-        m.iovm_free(warm, 1).unwrap();
+        // Cached ranges at hand, so that the one-lock path sees every request first.
+        for pages in [1, 2] {
+            let warm = m.iovm_alloc(pages).unwrap();
+            m.iovm_free(warm, pages).unwrap();
+        }
         m.flush().unwrap();
         let e = m
             .iovm_map_run(1, &IovaPlacement::ANY, PhysAddr(0x8000_0008), Access::READ)
             .unwrap_err();
         assert!(matches!(e, Error::NotAligned { .. }), "{e}");
+        let top = PhysAddr(u64::MAX - 0xfff);
+        let e = m
+            .iovm_map_run(2, &IovaPlacement::ANY, top, Access::READ)
+            .unwrap_err();
+        assert!(matches!(e, Error::Overflow { .. }), "{e}");
         let below = IovaPlacement::ANY.window(0, 0xF_FFFF);
         let e = m
             .iovm_map_run(1, &below, PhysAddr(0x8000_0000), Access::READ)
