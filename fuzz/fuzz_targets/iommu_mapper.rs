@@ -265,9 +265,12 @@ impl Run {
             }
             Err(e) => {
                 let past_top = pa.checked_add(pages * self.page - 1).is_none();
+                let bad_place = !(place.align <= 1 || place.align.is_power_of_two())
+                    || !(place.boundary == 0 || place.boundary.is_power_of_two());
                 assert!(
                     matches!(e, Error::NoSpace { .. } | Error::NoSuitableMemory { .. })
-                        || (past_top && matches!(e, Error::Overflow { .. })),
+                        || (past_top && matches!(e, Error::Overflow { .. }))
+                        || (bad_place && matches!(e, Error::BadAlignment { .. })),
                     "map_run x{pages} -> {pa:#x}: {e:?}"
                 );
             }
