@@ -290,7 +290,7 @@ impl Run {
             } else {
                 self.page << (align % 8)
             })
-            .boundary(if boundary % 4 == 0 {
+            .boundary(if boundary.is_multiple_of(4) {
                 0
             } else {
                 self.page << (boundary % 16)
