@@ -490,6 +490,14 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(())
     }
 
+    /// Whether every range this mapper caches for `pages` pages (`len` bytes), at its size
+    /// class's natural alignment inside the window, meets `place` (or, for a size with no
+    /// class, every page-aligned range of the window).
+    fn always_placed(&self, place: &IovaPlacement, pages: u64, len: u64) -> bool {
+        let natural = class_of(pages).map_or(self.page(), |c| align_of(c) * self.page());
+        place.always_fits(self.base, self.base + (self.size - 1), len, natural)
+    }
+
     /// The fast path of `iovm_map_run`: a range of the size's class from this thread's
     /// cache, recorded and mapped to `run` under one lock of its shard. `None`, having
     /// changed nothing, when the cache has none at hand, when `place` might not hold every
@@ -509,14 +517,7 @@ impl<H: IommuHardware> IommuMapper<H> {
         let sound = run.0.is_multiple_of(page)
             && run.0.checked_add(len - 1).is_some()
             && place.check().is_ok();
-        if !sound
-            || !place.always_fits(
-                self.base,
-                self.base + (self.size - 1),
-                len,
-                align_of(class) * page,
-            )
-        {
+        if !sound || !self.always_placed(place, pages, len) {
             return None;
         }
         let mut s = self.shard();
@@ -530,9 +531,9 @@ impl<H: IommuHardware> IommuMapper<H> {
         let live = Live::new(pages, class);
         s.live.insert(x, live);
         if let Err(e) = self.insert_small(&mut s, (x, false), x, run) {
-            let stale = s.live.get(&x).copied().unwrap_or(live.marked_stale());
-            // Unmapped and retired, or (the IOMMU not answering) kept live and stale.
-            let _ = self.free_small(&mut s, x, stale);
+            // `insert_small` marked it stale. Unmapped and retired, or (the IOMMU not
+            // answering) kept live and stale.
+            let _ = self.free_small(&mut s, x, live.marked_stale());
             return Some(Err(e));
         }
         Some(Ok(IoAddr(x)))
@@ -675,9 +676,7 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
             start: 0,
             len: pages,
         })?;
-        let natural = class_of(pages).map_or(self.page(), |c| align_of(c) * self.page());
-        let last = self.base + (self.size - 1);
-        if place.always_fits(self.base, last, len, natural) {
+        if self.always_placed(place, pages, len) {
             let iova = self.iovm_alloc(pages)?;
             if place.fits(iova.0, len) {
                 return Ok(iova);
