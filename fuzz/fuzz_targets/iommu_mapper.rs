@@ -250,17 +250,7 @@ impl Run {
         match self.m.iovm_map_run(pages, place, PhysAddr(pa), acc) {
             Ok(IoAddr(start)) => {
                 self.check_fresh(start, pages, Some(place));
-                let t = self.table();
-                for i in 0..pages {
-                    let (io, ph) = (start + i * self.page, pa + i * self.page);
-                    assert_eq!(t.entries.get(&io), Some(&(ph, acc)), "map_run page {io:#x}");
-                    let cached = t.cached.get(&io);
-                    assert!(
-                        cached.is_none_or(|c| c.iter().all(|&k| k == key((ph, acc)))),
-                        "after map_run {io:#x} -> {ph:#x} the IOTLB may still hold {cached:x?}"
-                    );
-                }
-                drop(t);
+                self.check_mapped(start, pa, pages, acc);
                 self.live.insert(start, pages);
             }
             Err(e) => {
@@ -350,22 +340,27 @@ impl Run {
                     valid,
                     "insert {iova:#x} -> {pa:#x} x{pages} accepted, outside any allocation"
                 );
-                let t = self.table();
-                for i in 0..pages {
-                    let (io, ph) = (iova + i * self.page, pa + i * self.page);
-                    assert_eq!(t.entries.get(&io), Some(&(ph, acc)));
-                    // Only the new translation, or none (an invalidation after it).
-                    let cached = t.cached.get(&io);
-                    assert!(
-                        cached.is_none_or(|c| c.iter().all(|&k| k == key((ph, acc)))),
-                        "after inserting {io:#x} -> {ph:#x} the IOTLB may still hold {cached:x?}"
-                    );
-                }
+                self.check_mapped(iova, pa, pages, acc);
             }
             Err(e) => assert!(
                 !valid || self.injected(),
                 "valid insert {iova:#x} -> {pa:#x} x{pages} refused: {e:?}"
             ),
+        }
+    }
+
+    /// The `pages` pages from `iova` are entered to the run from `pa` with `acc`, and the
+    /// IOTLB may hold only those translations of them, or none (an invalidation after them).
+    fn check_mapped(&self, iova: u64, pa: u64, pages: u64, acc: Access) {
+        let t = self.table();
+        for i in 0..pages {
+            let (io, ph) = (iova + i * self.page, pa + i * self.page);
+            assert_eq!(t.entries.get(&io), Some(&(ph, acc)), "page {io:#x}");
+            let cached = t.cached.get(&io);
+            assert!(
+                cached.is_none_or(|c| c.iter().all(|&k| k == key((ph, acc)))),
+                "after mapping {io:#x} -> {ph:#x} the IOTLB may still hold {cached:x?}"
+            );
         }
     }
 
