@@ -245,3 +245,75 @@ fn a_mapped_preparation_maps_exactly_its_pages() {
         assert_eq!(mapper.usage(), (0, 0));
     }
 }
+
+/// A mapped prepare whose mapping fails (the IOMMU refuses a page-table entry) and cannot
+/// be undone (it refuses the IOTLB invalidation that would end the pages written, twice):
+/// the prepare fails naming the IO range left live, and the memory stays wired, held by the
+/// device's quarantine, instead of being freed under a translation the device may still
+/// use. Once the IOMMU answers, quiescing the device frees everything. When only one
+/// invalidation is refused, the prepare's own clean-up frees the range: nothing is left.
+/// Over one physical run, scattered pages and a bounce buffer.
+#[test]
+fn a_mapping_that_cannot_be_undone_keeps_its_memory() {
+    use dmakit::descriptor::BufferOptions;
+    use dmakit::dma::{BouncePool, DmaCommand, MappingMode, PrepareOptions, Quarantine};
+    use dmakit_sim::IommuFaultSite::{Entry, Invalidate};
+    let layouts = [(true, false), (false, false), (true, true)];
+    for (refused, (contiguous, bounced)) in [1, 2].into_iter().flat_map(|r| layouts.map(|l| (r, l)))
+    {
+        let case = format!("contiguous {contiguous}, bounced {bounced}, {refused} refused");
+        let (m, iommu) = setup();
+        let mapper = Arc::new(IommuMapper::new(iommu.clone(), 0x1_0000_0000, 1 << 24).unwrap());
+        let pool = Arc::new(BouncePool::new(m.clone(), "left-mapped test", 1 << 20));
+        pool.set_force_bounce(bounced);
+        let q = Quarantine::new("left-mapped test device");
+        let opts = BufferOptions::new(0x4000, Direction::Out).contiguous(contiguous);
+        let md = Arc::new(BufferMemoryDescriptor::new(m.clone(), opts).unwrap());
+        let mut cmd = DmaCommand::builder(m.clone())
+            .mode(MappingMode::Mapped(mapper.clone()))
+            .bounce_pool(pool.clone())
+            .quarantine(q.clone())
+            .build()
+            .unwrap();
+        cmd.set_memory_descriptor(md.clone()).unwrap();
+        let wired = m.stats().wired_pages;
+        iommu.inject(Entry, iommu.calls(Entry) + 2);
+        for k in 1..=refused {
+            iommu.inject(Invalidate, iommu.calls(Invalidate) + k);
+        }
+        let e = cmd.prepare(PrepareOptions::new()).unwrap_err();
+        assert_eq!(cmd.prepare_count(), 0, "{case}");
+        if refused == 1 {
+            assert!(matches!(e, Error::Injected { .. }), "{case}: {e}");
+            assert_eq!(mapper.usage(), (0, 0), "{case}: the IO range is freed");
+            assert_eq!(q.live(), 0, "{case}");
+            assert_eq!(pool.stats().in_use, 0, "{case}");
+            continue;
+        }
+        let Error::LeftMapped { iova, pages, .. } = e else {
+            panic!("{case}: not LeftMapped: {e}");
+        };
+        assert_eq!(mapper.usage().0, 1, "{case}: the range is still allocated");
+        assert!(mapper.usage().1 <= pages as usize);
+        assert!(iova >= 0x1_0000_0000, "{case}");
+        assert_eq!(q.live(), 1, "{case}: the preparation is held");
+        assert_eq!(q.held(), 1, "{case}");
+        assert!(
+            m.stats().wired_pages >= wired,
+            "{case}: the memory stays wired"
+        );
+        assert_eq!(
+            pool.stats().in_use > 0,
+            bounced,
+            "{case}: the bounce buffer is kept"
+        );
+        iommu.clear_faults();
+        assert_eq!(q.quiesced().unwrap(), 1, "{case}");
+        assert_eq!(mapper.usage(), (0, 0), "{case}");
+        assert_eq!(q.live(), 0, "{case}");
+        assert_eq!(pool.stats().in_use, 0, "{case}");
+        assert_eq!(iommu.table_entries(), 0, "{case}");
+        cmd.prepare(PrepareOptions::new()).unwrap();
+        cmd.complete().unwrap();
+    }
+}

@@ -485,6 +485,27 @@ pub enum Error {
         /// What is wrong, and how to fix it.
         why: &'static str,
     },
+    /// A mapping that failed (`cause`) and could not be undone: unmapping the pages already
+    /// mapped failed too (`unmap`: the IOMMU refused to clear an entry or to invalidate its
+    /// IOTLB). The IO range stays allocated and may still translate to the memory behind
+    /// it, so that memory must stay held (wired, never freed) until a later
+    /// `iovm_free(iova, pages)` succeeds. A [`DmaCommand`](crate::dma::DmaCommand) whose
+    /// prepare fails this way keeps the preparation for the device's quarantine (or leaks
+    /// it) rather than unwire the memory. Its IOKit code is the cause's. (IOKit's mappers
+    /// have no such state: they panic or ignore the hardware's refusal.)
+    #[error("{what}: {cause}; unmapping its IO pages {iova:#x} (+{pages} pages) failed too ({unmap}), so they stay allocated and may still reach the memory")]
+    LeftMapped {
+        /// What was being mapped.
+        what: &'static str,
+        /// The first IO address of the range left allocated.
+        iova: u64,
+        /// Its size in the mapper's pages.
+        pages: u64,
+        /// Why the mapping failed.
+        cause: alloc_crate::boxed::Box<Error>,
+        /// Why undoing it failed.
+        unmap: alloc_crate::boxed::Box<Error>,
+    },
     /// An internal invariant failed; a dmakit bug.
     #[error("internal error: {what}")]
     Internal {
@@ -530,6 +551,7 @@ impl Error {
             Overrun { .. } => IoReturn::OVERRUN,
             Underrun { .. } => IoReturn::UNDERRUN,
             Timeout { .. } => IoReturn::TIMEOUT,
+            LeftMapped { cause, .. } => cause.io_return(),
         }
     }
 }

@@ -193,7 +193,10 @@ impl VfioMapper {
     /// device behind VFIO reaches physical addresses as they are: how the physical segments
     /// of a bypassed (or bounced) [`DmaCommand`](dmakit::dma::DmaCommand) reach it. Returns
     /// the first IO page and the page count, which `iovm_free` takes back. Refused like
-    /// [`reserve`](Self::reserve) where the physical range is not a valid IOVA range.
+    /// [`reserve`](Self::reserve) where the physical range is not a valid IOVA range. If
+    /// mapping fails and undoing it fails too, the error is [`Error::LeftMapped`]: the range
+    /// stays reserved and may still map some pages, so the memory must stay wired until
+    /// `iovm_free` of it succeeds.
     pub fn map_identity(&self, pa: PhysAddr, len: u64, access: Access) -> Result<(IoAddr, u64)> {
         let first = self.page.trunc(pa.0);
         let pages = self.page.pages_spanned(pa.0, len).ok_or(Error::Overflow {
@@ -203,8 +206,16 @@ impl VfioMapper {
         })?;
         self.reserve(IoAddr(first), pages)?;
         if let Err(e) = self.iovm_insert_run(IoAddr(first), PhysAddr(first), pages, access) {
-            let _ = self.iovm_free(IoAddr(first), pages);
-            return Err(e);
+            return Err(match self.iovm_free(IoAddr(first), pages) {
+                Ok(()) => e,
+                Err(unmap) => Error::LeftMapped {
+                    what: "VFIO identity mapping",
+                    iova: first,
+                    pages,
+                    cause: Box::new(e),
+                    unmap: Box::new(unmap),
+                },
+            });
         }
         Ok((IoAddr(first), pages))
     }

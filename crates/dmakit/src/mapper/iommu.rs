@@ -503,7 +503,8 @@ impl<H: IommuHardware> IommuMapper<H> {
     /// changed nothing, when the cache has none at hand, when `place` might not hold every
     /// range of the class, or when the run is not page aligned or passes the top of the
     /// physical space (the two-step path then allocates, or says what is wrong). A failed
-    /// mapping is unmapped and its range retired, as `iovm_free` does.
+    /// mapping is unmapped and its range retired, as `iovm_free` does; when that fails too,
+    /// the error is [`Error::LeftMapped`].
     fn map_cached(
         &self,
         pages: u64,
@@ -532,9 +533,11 @@ impl<H: IommuHardware> IommuMapper<H> {
         s.live.insert(x, live);
         if let Err(e) = self.insert_small(&mut s, (x, false), x, run) {
             // `insert_small` marked it stale. Unmapped and retired, or (the IOMMU not
-            // answering) kept live and stale.
-            let _ = self.free_small(&mut s, x, live.marked_stale());
-            return Some(Err(e));
+            // answering) kept live and stale, and named in the error.
+            return Some(Err(match self.free_small(&mut s, x, live.marked_stale()) {
+                Ok(()) => e,
+                Err(unmap) => super::left_mapped("iovm_map_run", (IoAddr(x), pages), e, unmap),
+            }));
         }
         Some(Ok(IoAddr(x)))
     }
@@ -995,13 +998,57 @@ mod tests {
         m.flush().unwrap();
         *hw.writes_before_failure.lock() = Some(2);
         *hw.clears_before_failure.lock() = Some(0);
-        assert!(m
+        let e = m
             .iovm_map_run(3, &IovaPlacement::ANY, PhysAddr(0x8000_0000), Access::READ)
-            .is_err());
+            .unwrap_err();
         assert_eq!(
             m.usage(),
             (1, 2),
             "kept live: its pages may still be reachable"
         );
+        left_mapped_is_freed_later(&m, e, 3);
+    }
+
+    /// `e` names the allocation of `pages` pages a failed map left live, with the refused
+    /// entry as its cause; freeing that allocation, the IOMMU answering again, leaves
+    /// nothing.
+    fn left_mapped_is_freed_later(m: &IommuMapper<Table>, e: Error, pages: u64) {
+        let Error::LeftMapped {
+            iova,
+            pages: p,
+            cause,
+            ..
+        } = e
+        else {
+            panic!("not LeftMapped: {e}");
+        };
+        assert_eq!(p, pages);
+        assert!(matches!(*cause, Error::Internal { .. }), "{cause}");
+        let page = m.page_size().bytes();
+        let mapped = (0..pages).filter(|i| m.translate(IoAddr(iova + i * page)).is_ok());
+        assert!(mapped.count() > 0, "a page of the range is still mapped");
+        m.iovm_free(IoAddr(iova), pages).unwrap();
+        assert_eq!(m.usage(), (0, 0));
+        assert!(m.hardware().entries.lock().is_empty());
+    }
+
+    /// The same through the two-step path (a size no cache holds): the allocation left live
+    /// is named in the error, and freeing it later works.
+    #[test]
+    fn a_two_step_run_map_that_cannot_be_undone_names_its_range() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        let hw = m.hardware();
+        *hw.writes_before_failure.lock() = Some(5);
+        *hw.clears_before_failure.lock() = Some(1);
+        let e = m
+            .iovm_map_run(
+                40,
+                &IovaPlacement::ANY,
+                PhysAddr(0x8000_0000),
+                Access::WRITE,
+            )
+            .unwrap_err();
+        assert_eq!(m.usage().0, 1);
+        left_mapped_is_freed_later(&m, e, 40);
     }
 }

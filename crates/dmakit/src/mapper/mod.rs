@@ -49,7 +49,8 @@ pub use iommu::{Access, IommuHardware, IommuMapper};
 pub use placement::{allocate_placed, IovaPlacement};
 pub use system::{MapperRegistry, SharedMapper};
 
-use crate::{IoAddr, PageSize, PhysAddr, Result};
+use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
+use alloc_crate::boxed::Box;
 
 /// The checks every [`Mapper::iovm_insert_run`] makes before it maps anything: `iova` and
 /// `pa` aligned to `page` (`NotAligned`, naming `what`), and the run not passing the top of
@@ -304,10 +305,10 @@ pub trait Mapper: Send + Sync {
     /// it to do both in one step ([`IommuMapper`] takes a cached range and maps it under one
     /// lock). Freed with [`iovm_free`](Self::iovm_free) like any allocation. On an error
     /// nothing stays allocated, unless unmapping the pages already mapped failed too (the
-    /// IOMMU refused an entry, then refused to clear one): then, as after a failed
-    /// `iovm_free`, the allocation stays live and may still map some pages of the run, and
-    /// as the caller has no address to free it by, the memory behind the run must not be
-    /// reused.
+    /// IOMMU refused an entry, then refused to clear one): then the error is
+    /// [`Error::LeftMapped`], naming the allocation, which stays
+    /// live and may still map some pages of the run, as after a failed `iovm_free`; the
+    /// memory behind the run must stay held until freeing that allocation succeeds.
     /// IOKit: `IOMapper::iovmMapMemory` for memory that is one physical run.
     ///
     /// ```
@@ -367,7 +368,7 @@ pub trait Mapper: Send + Sync {
 
 /// [`Mapper::iovm_map_run`] as two calls: [`iovm_alloc_placed`](Mapper::iovm_alloc_placed),
 /// then [`iovm_insert_run`](Mapper::iovm_insert_run), freeing the allocation if the
-/// mapping fails (a failed free leaves it live, as `iovm_free`'s contract says).
+/// mapping fails ([`undo_map`]).
 pub(crate) fn map_in_two_steps<M: Mapper + ?Sized>(
     mapper: &M,
     pages: u64,
@@ -377,9 +378,39 @@ pub(crate) fn map_in_two_steps<M: Mapper + ?Sized>(
     let iova = mapper.iovm_alloc_placed(pages, place)?;
     match mapper.iovm_insert_run(iova, pa, pages, access) {
         Ok(()) => Ok(iova),
-        Err(e) => {
-            let _ = mapper.iovm_free(iova, pages);
-            Err(e)
-        }
+        Err(e) => Err(undo_map(mapper, iova, pages, "iovm_map_run", e)),
+    }
+}
+
+/// Frees the allocation `(iova, pages)` of a mapping that failed with `cause` (or must not
+/// be used, `cause` saying why), and returns the error to report: `cause` once the
+/// allocation is gone, else [`Error::LeftMapped`] naming it, as the pages it maps may
+/// still reach the memory.
+pub(crate) fn undo_map<M: Mapper + ?Sized>(
+    mapper: &M,
+    iova: IoAddr,
+    pages: u64,
+    what: &'static str,
+    cause: Error,
+) -> Error {
+    match mapper.iovm_free(iova, pages) {
+        Ok(()) => cause,
+        Err(unmap) => left_mapped(what, (iova, pages), cause, unmap),
+    }
+}
+
+/// [`Error::LeftMapped`] for the allocation `(iova, pages)`.
+pub(crate) fn left_mapped(
+    what: &'static str,
+    (iova, pages): (IoAddr, u64),
+    cause: Error,
+    unmap: Error,
+) -> Error {
+    Error::LeftMapped {
+        what,
+        iova: iova.0,
+        pages,
+        cause: Box::new(cause),
+        unmap: Box::new(unmap),
     }
 }

@@ -2,13 +2,19 @@
 
 use super::*;
 use crate::descriptor::Segment;
+use crate::mapper::undo_map;
 use crate::PageSize;
+
+/// `what` of an [`Error::LeftMapped`] from a prepare.
+const WHAT: &str = "DMA command mapping";
 
 impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// Maps `[offset, offset + length)` of `md` through `mapper` as IOKit lays out an IO
     /// allocation: each physical run gets IO pages of its own, at its own offset in the
     /// page, so runs that meet at page boundaries form one IO run and each other run starts
-    /// a new one (listed in the route's table).
+    /// a new one (listed in the route's table). On an error nothing stays mapped, unless
+    /// undoing the mapping failed too: then the error is [`Error::LeftMapped`], and the
+    /// memory must stay held ([`hold_left_mapped`](Self::hold_left_mapped)).
     pub(super) fn map(
         &self,
         mapper: &dyn Mapper,
@@ -46,14 +52,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             }),
         };
         if !reached {
-            let _ = mapper.iovm_free(iova, pages);
-            return Err(Error::NoSuitableMemory {
+            let outside = Error::NoSuitableMemory {
                 what: "the mapper's IO addresses are outside the device's window",
                 requested: length,
                 align: page.bytes(),
                 limit: self.spec.max_address(),
                 contiguous: true,
-            });
+            };
+            return Err(undo_map(mapper, iova, pages, WHAT, outside));
         }
         Ok(Route::Mapped {
             iova,
@@ -66,8 +72,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
 
     /// [`map`](Self::map) of `(offset, length)` when the first physical run (`first`) does
     /// not hold it all: the runs laid out, the IO pages allocated, then each run mapped.
-    /// Returns the allocation, its pages and the table of IO runs; on an error nothing
-    /// stays allocated (as far as the mapper can free).
+    /// Returns the allocation, its pages and the table of IO runs; errors as for `map`.
     fn map_runs(
         &self,
         mapper: &dyn Mapper,
@@ -102,13 +107,37 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     done += n;
                     x += len;
                 }
-                Err(e) => {
-                    let _ = mapper.iovm_free(iova, pages);
-                    return Err(e);
-                }
+                Err(e) => return Err(undo_map(mapper, iova, pages, WHAT, e)),
             }
         }
         Ok((iova, pages, table))
+    }
+
+    /// Makes `prep` hold what a failed [`map`](Self::map) left mapped, when `e` is an
+    /// [`Error::LeftMapped`], together with `bounce`, the buffer that was being mapped:
+    /// releasing the preparation then frees the IO range again and, should that fail once
+    /// more, keeps the memory (quarantined or leaked), never frees it under the device. For
+    /// any other error `bounce` goes back to the pool. Returns `e`.
+    pub(super) fn hold_left_mapped(
+        &self,
+        prep: &mut Preparation<P>,
+        e: Error,
+        bounce: Option<Bounce<P>>,
+    ) -> Error {
+        match (&e, bounce) {
+            (Error::LeftMapped { iova, pages, .. }, bounce) => {
+                prep.route = Route::Mapped {
+                    iova: IoAddr(*iova),
+                    pages: *pages,
+                    first_off: 0,
+                    table: Vec::new(),
+                    bounce: bounce.map(Box::new),
+                };
+            }
+            (_, Some(bounce)) => self.give_back(prep.length, &bounce),
+            (_, None) => {}
+        }
+        e
     }
 
     /// The spec's window of addresses, inclusive.

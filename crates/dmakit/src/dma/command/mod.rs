@@ -39,6 +39,9 @@
 //!
 //! A prepared command that is dropped hands its preparation to its device's
 //! [`Quarantine`] (or leaks it without one): memory a device may still reach is never freed.
+//! The same holds for a prepare whose IO mapping fails and cannot be undone
+//! ([`Error::LeftMapped`]), and for a `complete` whose IO addresses cannot be unmapped (the
+//! command then stays prepared).
 //! With the feature `dma-debug`, preparations and misuse are recorded in the
 //! [ledger](crate::debug).
 //!

@@ -21,7 +21,11 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// prepared, then the length alignment, then the range itself. A bounce copy that falls
     /// short (memory the descriptor cannot read) is [`Error::Underrun`], as in IOKit; an
     /// error the platform reports for a copy is returned as it is. Either way nothing stays
-    /// prepared.
+    /// prepared. A mapped prepare whose mapping fails, and whose IO pages then cannot be
+    /// unmapped either (the IOMMU refusing both), is [`Error::LeftMapped`]: nothing stays
+    /// prepared, but the memory is not given back, as the device may still reach it; the
+    /// preparation waits in the command's [`Quarantine`] (or is leaked without one) until
+    /// the IOMMU lets it go.
     ///
     /// ```
     /// use dmakit::descriptor::{BufferMemoryDescriptor, BufferOptions, MemoryDescriptor};
@@ -98,8 +102,9 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     .route
                     .held_bytes(length, self.platform.page_size().bytes());
                 self.owner.keep(md.clone(), prep, held);
+                return Err(e);
             }
-            return Err(e);
+            return Err(unmapped_after_all(e));
         }
         self.record_prepared(md.as_ref(), &prep);
         prep.settled = true;
@@ -217,7 +222,7 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     Err(Error::NoSuitableMemory { .. }) => {
                         prep.reason = why(Constraint::AddressWindow)?;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(self.hold_left_mapped(prep, e, None)),
                 }
             } else {
                 prep.reason = forced;
@@ -231,13 +236,17 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 prep.length,
                 prep.dir,
             );
+            let mapped = match mapped {
+                Ok(route) => route,
+                Err(e) => return Err(self.hold_left_mapped(prep, e, Some(bounce))),
+            };
             let Route::Mapped {
                 iova,
                 pages,
                 first_off,
                 table,
                 ..
-            } = mapped.inspect_err(|_| self.give_back(prep.length, &bounce))?
+            } = mapped
             else {
                 self.give_back(prep.length, &bounce);
                 return Err(Error::Internal {
@@ -366,11 +375,15 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 Ok(())
             }
             Err(e) => {
-                if self.owner.release_route(&mut fresh).is_err() {
-                    // The new route is still mapped too: its bounce memory and IO
-                    // addresses are kept for good (the wiring stays with `prep`).
-                    core::mem::forget(fresh);
-                }
+                let e = match self.owner.release_route(&mut fresh) {
+                    Ok(()) => unmapped_after_all(e),
+                    Err(_) => {
+                        // The new route is still mapped too: its bounce memory and IO
+                        // addresses are kept for good (the wiring stays with `prep`).
+                        core::mem::forget(fresh);
+                        e
+                    }
+                };
                 self.prep = Some(prep);
                 Err(e)
             }
@@ -485,5 +498,14 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             q.completed();
         }
         result
+    }
+}
+
+/// The error of a failed preparation whose route has since been released: an
+/// [`Error::LeftMapped`] is no longer true (freeing its IO range again worked), so its cause.
+fn unmapped_after_all(e: Error) -> Error {
+    match e {
+        Error::LeftMapped { cause, .. } => *cause,
+        e => e,
     }
 }
