@@ -212,8 +212,8 @@ impl VfioMapper {
                     what: "VFIO identity mapping",
                     iova: first,
                     pages,
-                    cause: Box::new(e),
-                    unmap: Box::new(unmap),
+                    cause: e.io_return(),
+                    unmap: unmap.io_return(),
                 },
             });
         }

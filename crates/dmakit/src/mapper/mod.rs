@@ -50,7 +50,6 @@ pub use placement::{allocate_placed, IovaPlacement};
 pub use system::{MapperRegistry, SharedMapper};
 
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
-use alloc_crate::boxed::Box;
 
 /// The checks every [`Mapper::iovm_insert_run`] makes before it maps anything: `iova` and
 /// `pa` aligned to `page` (`NotAligned`, naming `what`), and the run not passing the top of
@@ -410,7 +409,7 @@ pub(crate) fn left_mapped(
         what,
         iova: iova.0,
         pages,
-        cause: Box::new(cause),
-        unmap: Box::new(unmap),
+        cause: cause.io_return(),
+        unmap: unmap.io_return(),
     }
 }

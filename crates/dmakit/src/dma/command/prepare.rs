@@ -23,7 +23,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
     /// error the platform reports for a copy is returned as it is. Either way nothing stays
     /// prepared. A mapped prepare whose mapping fails, and whose IO pages then cannot be
     /// unmapped either (the IOMMU refusing both), is [`Error::LeftMapped`]: nothing stays
-    /// prepared, but the memory is not given back, as the device may still reach it; the
+    /// prepared; the prepare tries once more to free the IO pages and, if the IOMMU still
+    /// refuses, does not give the memory back, as the device may still reach it: the
     /// preparation waits in the command's [`Quarantine`] (or is leaked without one) until
     /// the IOMMU lets it go.
     ///
@@ -102,9 +103,8 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                     .route
                     .held_bytes(length, self.platform.page_size().bytes());
                 self.owner.keep(md.clone(), prep, held);
-                return Err(e);
             }
-            return Err(unmapped_after_all(e));
+            return Err(e);
         }
         self.record_prepared(md.as_ref(), &prep);
         prep.settled = true;
@@ -375,15 +375,11 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
                 Ok(())
             }
             Err(e) => {
-                let e = match self.owner.release_route(&mut fresh) {
-                    Ok(()) => unmapped_after_all(e),
-                    Err(_) => {
-                        // The new route is still mapped too: its bounce memory and IO
-                        // addresses are kept for good (the wiring stays with `prep`).
-                        core::mem::forget(fresh);
-                        e
-                    }
-                };
+                if self.owner.release_route(&mut fresh).is_err() {
+                    // The new route is still mapped too: its bounce memory and IO
+                    // addresses are kept for good (the wiring stays with `prep`).
+                    core::mem::forget(fresh);
+                }
                 self.prep = Some(prep);
                 Err(e)
             }
@@ -498,14 +494,5 @@ impl<P: Platform + Clone + 'static> DmaCommand<P> {
             q.completed();
         }
         result
-    }
-}
-
-/// The error of a failed preparation whose route has since been released: an
-/// [`Error::LeftMapped`] is no longer true (freeing its IO range again worked), so its cause.
-fn unmapped_after_all(e: Error) -> Error {
-    match e {
-        Error::LeftMapped { cause, .. } => *cause,
-        e => e,
     }
 }
