@@ -404,6 +404,25 @@ impl<H: IommuHardware> IommuMapper<H> {
         Ok(IoAddr(x))
     }
 
+    /// Takes back the allocation at `iova` that `iovm_alloc` has just handed to this call,
+    /// before anything could map it: it has no entries, and the IOTLB no translation of it
+    /// (a cached or fresh range has none), so it goes back to the cache or the space with
+    /// no hardware call, and cannot fail.
+    fn unalloc(&self, iova: u64) {
+        let small = self.in_shards(|s| {
+            let live = s.live.remove(&iova)?;
+            self.release(s, (iova, live.pages * self.page(), live.class()));
+            Some(())
+        });
+        if small.is_none() {
+            let large = self.large.lock().live.remove(&iova);
+            if let Some(live) = large {
+                // Allocated whole, so this cannot fail.
+                let _ = self.space.lock().deallocate(iova, live.pages * self.page());
+            }
+        }
+    }
+
     /// Frees allocation `(iova, live)` of shard `s`: unmaps its pages, then invalidates
     /// (strict) or queues it (lazy).
     fn free_small(&self, s: &mut Shard, iova: u64, live: Live) -> Result<()> {
@@ -684,8 +703,8 @@ impl<H: IommuHardware> Mapper for IommuMapper<H> {
             if place.fits(iova.0, len) {
                 return Ok(iova);
             }
-            // An exact-size range taken when space was short: place it instead.
-            self.iovm_free(iova, pages)?;
+            // An exact-size range taken when space was short: place one instead.
+            self.unalloc(iova.0);
         }
         self.alloc_placed(pages, len, place)
     }
@@ -787,13 +806,15 @@ mod tests {
 
     /// Page-table entries and invalidations, recorded; with `clears_before_failure` at
     /// `Some(n)`, `n` more entry clears succeed and the next one fails (and the same for
-    /// entry writes with `writes_before_failure`).
+    /// entry writes with `writes_before_failure`, and invalidations with
+    /// `invalidations_before_failure`).
     #[derive(Default)]
     struct Table {
         entries: Mutex<BTreeMap<u64, (u64, Access)>>,
         invalidations: Mutex<Vec<(u64, u64)>>,
         clears_before_failure: Mutex<Option<u32>>,
         writes_before_failure: Mutex<Option<u32>>,
+        invalidations_before_failure: Mutex<Option<u32>>,
     }
 
     /// Counts down `left`: false (and disarmed) when it reaches zero.
@@ -834,9 +855,40 @@ mod tests {
             Ok(())
         }
         fn invalidate(&self, iova: IoAddr, len: u64) -> Result<()> {
+            if !spend(&self.invalidations_before_failure) {
+                return Err(Error::Internal {
+                    what: "test IOMMU: invalidation refused",
+                });
+            }
             self.invalidations.lock().push((iova.0, len));
             Ok(())
         }
+    }
+
+    /// `iovm_alloc_placed` with a placement every cached range meets, when space is short:
+    /// the exact-size range it gets instead breaks the placement, and goes back, never
+    /// mapped, without an invalidation (none is needed, so an IOMMU refusing them cannot
+    /// leak it); the placed search then finds no room and says so.
+    #[test]
+    fn a_misplaced_range_goes_back_without_an_invalidation() {
+        let page = 0x1000;
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 4 * page).unwrap();
+        let mut all: Vec<u64> = (0..4).map(|_| m.iovm_alloc(1).unwrap().0).collect();
+        all.sort_unstable();
+        // Pages 1 and 2 free: two pages, but not at a two-page alignment.
+        m.iovm_free(IoAddr(all[1]), 1).unwrap();
+        m.iovm_free(IoAddr(all[2]), 1).unwrap();
+        let hw = m.hardware();
+        let before = hw.invalidations.lock().len();
+        *hw.invalidations_before_failure.lock() = Some(0);
+        let place = IovaPlacement::ANY.alignment(2 * page);
+        let e = m.iovm_alloc_placed(2, &place).unwrap_err();
+        assert!(matches!(e, Error::NoSuitableMemory { .. }), "{e}");
+        assert_eq!(m.usage(), (2, 0), "nothing left allocated");
+        assert_eq!(hw.invalidations.lock().len(), before);
+        *hw.invalidations_before_failure.lock() = None;
+        let two = m.iovm_alloc(2).unwrap();
+        assert_eq!(two.0, all[1], "the two free pages are still there");
     }
 
     #[test]
