@@ -489,7 +489,12 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
         let op = op.on(self.function.address());
         let generation = self.generation.load(Ordering::Acquire);
         let cid = admin.push(cmd)?;
-        admin.ring(&self.platform)?;
+        if let Err(e) = admin.ring(&self.platform) {
+            // The doorbell did not go out: take the command back, or the next doorbell would
+            // hand it to the controller along with the next command.
+            admin.unpush_unrung();
+            return Err(e.into());
+        }
         let c = self.wait_for(admin, cid, op, generation)?;
         self.admin_commands.fetch_add(1, Ordering::Relaxed);
         Ok(c)
@@ -576,10 +581,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
 
     /// Keeps `what` until the next reset if `e` means the controller may still use it.
     pub(crate) fn hold_if_unsafe(&self, e: &NvmeError, what: Held) {
-        if matches!(
-            e,
-            NvmeError::Timeout { .. } | NvmeError::ControllerFatal { .. }
-        ) {
+        if may_still_run(e) {
             self.hold(what);
         }
     }
@@ -652,8 +654,16 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
         }
     }
 
-    /// Creates the completion and submission queue of `ring` on the controller.
-    pub(crate) fn create_queues(&self, ring: &Ring<P>, vector: Option<u32>) -> Result<()> {
+    /// Creates the completion and submission queue of `ring` on the controller. On an
+    /// error, the flag says whether the controller may still hold one of them (a command
+    /// that timed out or met a fatal status, or a completion queue it refused to delete
+    /// once its submission queue failed): then only a reset removes it, and until then the
+    /// ring's memory and its identifier must be kept.
+    pub(crate) fn create_queues(
+        &self,
+        ring: &Ring<P>,
+        vector: Option<u32>,
+    ) -> core::result::Result<(), (NvmeError, bool)> {
         let size_id = (ring.entries as u32 - 1) << 16 | ring.qid as u32;
         // Physically contiguous (bit 0); interrupts enabled (bit 1) on vector IV (31:16).
         let cdw11 = match vector {
@@ -666,7 +676,11 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 .with_prps(ring.cq.device_addr(), 0)
                 .with_cdw(10, size_id)
                 .with_cdw(11, cdw11),
-        )?;
+        )
+        .map_err(|e| {
+            let left = may_still_run(&e);
+            (e, left)
+        })?;
         let sq = self.admin_command(
             Op::admin(ADMIN_CREATE_SQ, 0),
             Command::new(ADMIN_CREATE_SQ, 0)
@@ -675,8 +689,12 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
                 .with_cdw(11, (ring.qid as u32) << 16 | 1),
         );
         if let Err(e) = sq {
-            let _ = self.delete_queue(ADMIN_DELETE_CQ, ring.qid);
-            return Err(e);
+            let cq_left = self.delete_queue(ADMIN_DELETE_CQ, ring.qid).is_err();
+            if cq_left {
+                self.needs_reset.store(true, Ordering::Release);
+            }
+            let left = cq_left || may_still_run(&e);
+            return Err((e, left));
         }
         Ok(())
     }
@@ -693,6 +711,15 @@ impl<P: Platform + Clone + Send + Sync + 'static> Shared<P> {
         let cq = self.delete_queue(ADMIN_DELETE_CQ, qid);
         sq.and(cq)
     }
+}
+
+/// Whether a command that failed with `e` may still be carried out by the controller (it
+/// timed out, or the controller went fatal): only a reset makes sure it is not.
+fn may_still_run(e: &NvmeError) -> bool {
+    matches!(
+        e,
+        NvmeError::Timeout { .. } | NvmeError::ControllerFatal { .. }
+    )
 }
 
 impl<P: Platform + Clone + Send + Sync + 'static> Drop for Shared<P> {

@@ -169,13 +169,7 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
             count: AtomicU64::new(0),
             sink: options.sink.clone(),
         });
-        let ring = match Self::bring_up(&shared, qid, entries, options.vector, &irq) {
-            Ok(r) => r,
-            Err(e) => {
-                shared.free_qid(qid);
-                return Err(e);
-            }
-        };
+        let ring = Self::bring_up(&shared, qid, entries, options.vector, &irq)?;
         let bounce = Arc::new(BouncePool::new(
             shared.platform.clone(),
             "NVMe queue bounce pool",
@@ -196,7 +190,10 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         })
     }
 
-    /// Queue memory, the interrupt route, and the queues on the controller.
+    /// Queue memory, the interrupt route, and the queues on the controller, for queue
+    /// identifier `qid` (taken by the caller). On an error the identifier is given back,
+    /// unless the controller may still hold a queue of it: then it waits, with the ring's
+    /// memory, for the reset that the next command does.
     fn bring_up(
         shared: &Arc<Shared<P>>,
         qid: u16,
@@ -204,18 +201,28 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         vector: Option<u32>,
         irq: &Arc<QueueIrq>,
     ) -> Result<Ring<P>> {
-        let ring = Ring::new(&shared.platform, &shared.view, &shared.regs, qid, entries)?;
+        let ring = Ring::new(&shared.platform, &shared.view, &shared.regs, qid, entries);
+        let made = ring.and_then(|ring| match vector {
+            Some(v) => shared
+                .function
+                .enable_interrupt(v, irq.clone())
+                .map(|()| ring),
+            None => Ok(ring),
+        });
+        let ring = made.inspect_err(|_| shared.free_qid(qid))?;
+        let Err((e, left)) = shared.create_queues(&ring, vector) else {
+            return Ok(ring);
+        };
         if let Some(v) = vector {
-            shared.function.enable_interrupt(v, irq.clone())?;
+            let _ = shared.function.disable_interrupt(v);
         }
-        if let Err(e) = shared.create_queues(&ring, vector) {
-            if let Some(v) = vector {
-                let _ = shared.function.disable_interrupt(v);
-            }
-            shared.hold_if_unsafe(&e, Box::new(ring));
-            return Err(e);
+        if left {
+            shared.hold_queue(qid, Box::new(ring), true);
+        } else {
+            drop(ring);
+            shared.free_qid(qid);
         }
-        Ok(ring)
+        Err(e)
     }
 
     /// The queue identifier.
@@ -779,7 +786,15 @@ impl<P: Platform + Clone + Send + Sync + 'static> IoQueue<P> {
         }
         let ring = self.ring.as_mut().ok_or_else(gone)?;
         let _ = ring.reset()?;
-        self.shared.create_queues(ring, self.vector)?;
+        if let Err((e, left)) = self.shared.create_queues(ring, self.vector) {
+            if left {
+                // The controller may hold a queue on this ring since generation `now`: as
+                // far as dropping the queue goes it is current (kept until the reset that
+                // `create_queues` asked for), and the next command creates it again.
+                self.generation = now;
+            }
+            return Err(e);
+        }
         self.generation = now;
         self.stats.recreated += 1;
         Ok(())

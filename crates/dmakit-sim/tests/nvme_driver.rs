@@ -278,6 +278,56 @@ fn a_command_error_names_the_command_and_loses_nothing() {
     assert_eq!(before, sim.resources());
 }
 
+/// A queue pair whose submission queue the controller refuses, and whose completion queue
+/// it then refuses to delete: that completion queue stays on the controller, pointing at
+/// the ring's memory, so the memory and the queue identifier are kept until the reset the
+/// next command does; after it a queue pair comes up under the same identifier, and at the
+/// end everything is given back.
+#[test]
+fn a_completion_queue_the_controller_will_not_delete_keeps_its_memory_until_a_reset() {
+    use dmakit_nvme::command::{ADMIN_CREATE_SQ, ADMIN_DELETE_CQ};
+    use dmakit_sim::nvme::Status;
+    let sim = Sim::new(
+        13,
+        SimNvme::builder().blocks(blocks(512)),
+        DmaMode::DEFAULT_IOMMU,
+    );
+    let before = sim.resources();
+    {
+        let nvme = sim.driver();
+        let ns = nvme.namespace(1).unwrap();
+        let clean = sim.resources();
+        sim.nvme
+            .inject(CommandFault::admin(ADMIN_CREATE_SQ, Status::INVALID_FIELD));
+        sim.nvme
+            .inject(CommandFault::admin(ADMIN_DELETE_CQ, Status::INVALID_FIELD));
+        let e = nvme.io_queue(QueueOptions::new(8)).unwrap_err();
+        assert!(matches!(e, NvmeError::Status { .. }), "{e}");
+        assert_eq!(nvme.stats().held_for_reset, 1, "the ring is held");
+        assert_ne!(sim.resources(), clean, "the ring's memory is kept");
+        let recoveries = nvme.stats().recoveries;
+        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        assert_eq!(nvme.stats().recoveries, recoveries + 1, "reset first");
+        assert_eq!(q.id(), 1, "the identifier came back with the reset");
+        let md = suite::buffer(&sim.m, 4096).unwrap();
+        q.read(&ns, 0, &md, 0, 4096).unwrap();
+        // The same when the queue pair is created again after a reset: the queue dropped
+        // then keeps its ring for the next reset.
+        nvme.recover(true).unwrap();
+        sim.nvme
+            .inject(CommandFault::admin(ADMIN_CREATE_SQ, Status::INVALID_FIELD));
+        sim.nvme
+            .inject(CommandFault::admin(ADMIN_DELETE_CQ, Status::INVALID_FIELD));
+        assert!(q.read(&ns, 0, &md, 0, 4096).is_err());
+        let held = nvme.stats().held_for_reset;
+        drop(q);
+        assert_eq!(nvme.stats().held_for_reset, held + 1, "the ring is held");
+        let mut q = nvme.io_queue(QueueOptions::new(8)).unwrap();
+        q.read(&ns, 0, &md, 0, 4096).unwrap();
+    }
+    assert_eq!(before, sim.resources());
+}
+
 #[test]
 fn two_threads_on_two_queue_pairs_complete_byte_exact() {
     let b = SimNvme::builder().blocks(blocks(512)).reorder(Reorder::Any);
