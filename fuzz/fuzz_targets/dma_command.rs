@@ -9,6 +9,10 @@
 //!   writes exactly the prepared range;
 //! * a failed prepare holds nothing; after `complete` the bounce pool holds nothing, and a
 //!   command dropped while prepared waits in the quarantine until the device is quiesced;
+//! * with the IOMMU refusing page-table entries or invalidations during the first prepare
+//!   (a run of calls each), a failed prepare holds nothing, unless the IOMMU also refused
+//!   to undo its mapping, twice: then the device's quarantine holds the preparation
+//!   (memory wired, IO range allocated) until the IOMMU answers again;
 //! * at the end no IO space, allocation or wired page is left.
 #![no_main]
 
@@ -23,7 +27,7 @@ use dmakit::{Direction, Error};
 use dmakit_fuzz::num::{small_pow2, Num};
 use dmakit_fuzz::segments::{all_segments, check_segments, pieces};
 use dmakit_fuzz::shapes::{assert_nothing_left, build, machine, pattern, Shape, M};
-use dmakit_sim::{SimDmaEngine, SimIommu};
+use dmakit_sim::{IommuFaultSite, SimDmaEngine, SimIommu};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
@@ -56,6 +60,15 @@ struct Input {
     sizes: Vec<u8>,
     force_bounce: bool,
     drop_prepared: bool,
+    /// IOMMU page-table entry and invalidation failures armed for the first prepare, each
+    /// `(first call from now, how many in a row)`.
+    faults: [Option<(u64, u64)>; 2],
+}
+
+/// A run of failing IOMMU calls: none for 0, else from call `v % 16` on, `v / 16 % 3 + 1`
+/// calls in a row.
+fn fault_run(v: u8) -> Option<(u64, u64)> {
+    (v != 0).then(|| (u64::from(v % 16).max(1), u64::from(v / 16 % 3) + 1))
 }
 
 fn spec(u: &mut Unstructured<'_>) -> Result<Option<SegmentSpec>> {
@@ -128,6 +141,7 @@ impl<'a> Arbitrary<'a> for Input {
             sizes: u.arbitrary()?,
             force_bounce: u.ratio(1, 6)?,
             drop_prepared: u.ratio(1, 6)?,
+            faults: [fault_run(u.arbitrary()?), fault_run(u.arbitrary()?)],
         })
     }
 }
@@ -136,6 +150,7 @@ struct Rig {
     m: M,
     pool: Arc<BouncePool<M>>,
     mapper: Option<Arc<IommuMapper<Arc<SimIommu>>>>,
+    iommu: Option<Arc<SimIommu>>,
     engine: SimDmaEngine,
     quarantine: Arc<Quarantine>,
 }
@@ -161,12 +176,13 @@ impl Rig {
             }
             _ => (None, None),
         };
-        let engine = SimDmaEngine::new(m.clone(), iommu).expect("engine");
+        let engine = SimDmaEngine::new(m.clone(), iommu.clone()).expect("engine");
         engine.set_fifo_depth(256).expect("a full ring");
         Some(Rig {
             m,
             pool,
             mapper,
+            iommu,
             engine,
             quarantine: Quarantine::new("fuzz device"),
         })
@@ -210,6 +226,27 @@ impl Rig {
         match done.as_slice() {
             [c] if c.status.is_ok() => true,
             other => panic!("engine completions: {other:?}"),
+        }
+    }
+
+    /// Arms `faults` (page-table entries, invalidations) on the IOMMU, if there is one.
+    fn arm(&self, faults: &[Option<(u64, u64)>; 2]) {
+        let Some(iommu) = &self.iommu else { return };
+        for (site, run) in [IommuFaultSite::Entry, IommuFaultSite::Invalidate]
+            .into_iter()
+            .zip(faults)
+        {
+            if let Some((first, n)) = *run {
+                let now = iommu.calls(site);
+                (0..n).for_each(|k| iommu.inject(site, now + first + k));
+            }
+        }
+    }
+
+    /// Forgets the IOMMU failures that have not happened.
+    fn disarm(&self) {
+        if let Some(iommu) = &self.iommu {
+            iommu.clear_faults();
         }
     }
 
@@ -260,11 +297,25 @@ fn run(input: &Input) {
         // Device reads: descriptor -> scratch.
         let idle = rig.held();
         rig.pool.set_force_bounce(input.force_bounce);
+        rig.arm(&input.faults);
         let prepared = cmd.prepare(PrepareOptions::range(offset, length));
+        rig.disarm();
         rig.pool.set_force_bounce(false);
-        if prepared.is_err() {
+        if let Err(e) = prepared {
             assert_eq!(cmd.prepare_count(), 0, "a failed prepare counts");
-            assert_eq!(rig.held(), idle, "a failed prepare holds something");
+            if rig.quarantine.live() == 1 {
+                // Kept, as the device may still reach it: only when the IOMMU refused to
+                // undo a mapping (one that failed, one that had to give way to a bounce
+                // buffer, or one of a prepare that failed later) and then to free it again.
+                assert!(
+                    rig.iommu.is_some() && input.faults.iter().any(Option::is_some),
+                    "kept after {e} with a healthy IOMMU"
+                );
+                assert_eq!(rig.quarantine.held(), 1);
+                assert_ne!(rig.held(), idle, "a kept preparation holds nothing");
+                assert_eq!(rig.quarantine.quiesced(), Ok(1));
+            }
+            assert_eq!(rig.held(), idle, "a failed prepare holds something ({e})");
         } else {
             let (o, l) = cmd.prepared().expect("prepared");
             assert_eq!((o, l), (offset, length));

@@ -676,5 +676,22 @@ mod tests {
             contiguous: true,
         };
         assert!(e.to_string().contains("contiguous"), "{e}");
+        let e = Error::LeftMapped {
+            what: "iovm_map_run",
+            iova: 0x4000_0000,
+            pages: 3,
+            cause: IoReturn::VM_ERROR,
+            unmap: IoReturn::NOT_RESPONDING,
+        };
+        assert_eq!(e.io_return(), IoReturn::VM_ERROR, "the mapping's code");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("iovm_map_run: mapping failed (kIOReturnVMError"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0x40000000 (+3 pages, kIOReturnNotResponding"),
+            "{text}"
+        );
     }
 }
