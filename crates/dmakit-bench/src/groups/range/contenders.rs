@@ -1,5 +1,11 @@
 //! The allocators of the range group behind one interface, and a slot table that replays
 //! a workload's steps on one of them.
+//!
+//! Every adapter's `alloc` and `free` is `#[inline]`, for every allocator alike: the replay
+//! loop then calls each library as a driver's code would, with that library's own inlining
+//! choices, instead of through an out-of-line call into this crate that only some
+//! adapters get (a non-generic adapter around a large inlined body stays a call across
+//! crates; one around a generic call is inlined anyway).
 
 use std::num::NonZeroU64;
 
@@ -41,12 +47,14 @@ impl Contender for Dmakit {
     fn new(units: u32, _max_live: usize) -> Self {
         Dmakit(dmakit_space(units))
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<NonZeroU64> {
         self.0
             .allocate(units as u64 * UNIT, 0)
             .ok()
             .and_then(NonZeroU64::new)
     }
+    #[inline]
     fn free(&mut self, start: NonZeroU64, units: u32) {
         self.0
             .deallocate(start.get(), units as u64 * UNIT)
@@ -65,9 +73,11 @@ impl Contender for DmakitHandle {
     fn new(units: u32, _max_live: usize) -> Self {
         DmakitHandle(dmakit_space(units))
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<dmakit::alloc::RangeHandle> {
         self.0.allocate_handle(units as u64 * UNIT, 0).ok()
     }
+    #[inline]
     fn free(&mut self, h: dmakit::alloc::RangeHandle, _units: u32) {
         self.0
             .deallocate_handle(h)
@@ -86,9 +96,11 @@ impl Contender for OffsetAllocator {
         let nodes = (2 * max_live + 1024).min(u32::MAX as usize) as u32;
         OffsetAllocator(offset_allocator::Allocator::with_max_allocs(units, nodes))
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<offset_allocator::Allocation> {
         self.0.allocate(units)
     }
+    #[inline]
     fn free(&mut self, h: offset_allocator::Allocation, _units: u32) {
         self.0.free(h);
     }
@@ -111,11 +123,13 @@ impl Contender for OffsetAllocatorByAddress {
             by_offset: hashbrown::HashMap::with_capacity(max_live),
         }
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<u32> {
         let a = self.a.alloc(units)?;
         self.by_offset.insert(a.offset, a);
         Some(a.offset)
     }
+    #[inline]
     fn free(&mut self, offset: u32, units: u32) {
         let a = self
             .by_offset
@@ -137,9 +151,11 @@ impl Contender for XallocTlsf {
             2 * max_live + 1024,
         ))
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<xalloc::SysTlsfRegion> {
         self.0.alloc(units as u64).map(|(region, _offset)| region)
     }
+    #[inline]
     fn free(&mut self, h: xalloc::SysTlsfRegion, _units: u32) {
         self.0
             .dealloc(h)
@@ -158,12 +174,14 @@ impl Contender for RangeAlloc {
             BASE..BASE + units as u64 * UNIT,
         ))
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<NonZeroU64> {
         self.0
             .allocate_range(units as u64 * UNIT)
             .ok()
             .and_then(|r| NonZeroU64::new(r.start))
     }
+    #[inline]
     fn free(&mut self, start: NonZeroU64, units: u32) {
         let s = start.get();
         self.0.free_range(s..s + units as u64 * UNIT);
@@ -185,6 +203,7 @@ impl Contender for NaiveFirstFit {
             free: vec![(BASE, BASE + units as u64 * UNIT)],
         }
     }
+    #[inline]
     fn alloc(&mut self, units: u32) -> Option<NonZeroU64> {
         let size = units as u64 * UNIT;
         let i = self.free.iter().position(|&(s, e)| e - s >= size)?;
@@ -196,6 +215,7 @@ impl Contender for NaiveFirstFit {
         }
         NonZeroU64::new(s)
     }
+    #[inline]
     fn free(&mut self, start: NonZeroU64, units: u32) {
         let (s, e) = (start.get(), start.get() + units as u64 * UNIT);
         let i = self.free.partition_point(|&(fs, _)| fs < s);
