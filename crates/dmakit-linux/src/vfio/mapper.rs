@@ -34,7 +34,7 @@ use crate::caps::{self, MemlockLimit};
 use crate::hints::{intern, memlock_why, os};
 use crate::host::Host;
 use dmakit::alloc::{Placement, RangeAllocator};
-use dmakit::mapper::{allocate_placed, Access, IovaPlacement, Mapper};
+use dmakit::mapper::{allocate_placed, undo_map, Access, IovaPlacement, Mapper};
 use dmakit::{Error, IoAddr, PageSize, PhysAddr, Result};
 use rustix::io::Errno;
 use std::collections::BTreeMap;
@@ -206,16 +206,13 @@ impl VfioMapper {
         })?;
         self.reserve(IoAddr(first), pages)?;
         if let Err(e) = self.iovm_insert_run(IoAddr(first), PhysAddr(first), pages, access) {
-            return Err(match self.iovm_free(IoAddr(first), pages) {
-                Ok(()) => e,
-                Err(unmap) => Error::LeftMapped {
-                    what: "VFIO identity mapping",
-                    iova: first,
-                    pages,
-                    cause: e.io_return(),
-                    unmap: unmap.io_return(),
-                },
-            });
+            return Err(undo_map(
+                self,
+                IoAddr(first),
+                pages,
+                "VFIO identity mapping",
+                e,
+            ));
         }
         Ok((IoAddr(first), pages))
     }

@@ -305,9 +305,9 @@ pub trait Mapper: Send + Sync {
     /// lock). Freed with [`iovm_free`](Self::iovm_free) like any allocation. On an error
     /// nothing stays allocated, unless unmapping the pages already mapped failed too (the
     /// IOMMU refused an entry, then refused to clear one): then the error is
-    /// [`Error::LeftMapped`], naming the allocation, which stays
-    /// live and may still map some pages of the run, as after a failed `iovm_free`; the
-    /// memory behind the run must stay held until freeing that allocation succeeds.
+    /// [`Error::LeftMapped`], naming the allocation, which stays live and may still map
+    /// some pages of the run, as after a failed `iovm_free`; the memory behind the run must
+    /// stay held until freeing that allocation succeeds.
     /// IOKit: `IOMapper::iovmMapMemory` for memory that is one physical run.
     ///
     /// ```
@@ -383,9 +383,26 @@ pub(crate) fn map_in_two_steps<M: Mapper + ?Sized>(
 
 /// Frees the allocation `(iova, pages)` of a mapping that failed with `cause` (or must not
 /// be used, `cause` saying why), and returns the error to report: `cause` once the
-/// allocation is gone, else [`Error::LeftMapped`] naming it, as the pages it maps may
-/// still reach the memory.
-pub(crate) fn undo_map<M: Mapper + ?Sized>(
+/// allocation is gone, else [`Error::LeftMapped`] naming it (with `what`), as the pages it
+/// maps may still reach the memory. For mappers and their callers that map in steps and
+/// must undo a step that failed.
+///
+/// ```
+/// # use dmakit::mapper::{undo_map, Access, IommuMapper, Mapper};
+/// # use dmakit::{Error, PhysAddr};
+/// # use std::sync::Arc;
+/// # let machine = Arc::new(dmakit_sim::MachineBuilder::new().build()?);
+/// # let iommu = Arc::new(dmakit_sim::SimIommu::new(machine.clone()));
+/// let mapper = IommuMapper::new(iommu, 0x1_0000_0000, 1 << 28)?;
+/// let iova = mapper.iovm_alloc(2)?;
+/// let odd = PhysAddr(0x8000_0800); // not page aligned: the insert is refused
+/// let e = mapper.iovm_insert_run(iova, odd, 2, Access::READ).unwrap_err();
+/// let e = undo_map(&mapper, iova, 2, "my mapping", e);
+/// assert!(matches!(e, Error::NotAligned { .. }), "freed, so the cause comes back");
+/// assert_eq!(mapper.usage(), (0, 0));
+/// # Ok::<(), dmakit::Error>(())
+/// ```
+pub fn undo_map<M: Mapper + ?Sized>(
     mapper: &M,
     iova: IoAddr,
     pages: u64,
