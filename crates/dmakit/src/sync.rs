@@ -197,32 +197,79 @@ impl<T> ShardLock<T> {
 /// then mostly work on different shards and never wait for each other.
 ///
 /// With `std`, each thread takes the next number when it first asks (so the first threads
-/// all differ); without it there is no thread-local storage, and the number is a hash of
-/// the current stack address (threads run on different stacks); under loom it is 0, so
-/// that every execution is the same. Any value is correct: it only decides where to look
-/// first.
+/// all differ), and [`lock_home`] moves it when it finds its shard taken; without it there
+/// is no thread-local storage, and the number is a hash of the current stack address
+/// (threads run on different stacks); under loom it is 0, so that every execution is the
+/// same. Any value is correct: it only decides where to look first.
 pub(crate) fn thread_slot() -> usize {
     #[cfg(loom)]
     return 0;
     #[cfg(all(feature = "std", not(loom)))]
-    {
-        use core::cell::Cell;
-        use core::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        std::thread_local!(static SLOT: Cell<usize> = const { Cell::new(usize::MAX) });
-        SLOT.with(|s| {
-            if s.get() == usize::MAX {
-                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % (usize::MAX / 2));
-            }
-            s.get()
-        })
-    }
+    return SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            use core::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % (usize::MAX / 2));
+        }
+        s.get()
+    });
     #[cfg(all(not(feature = "std"), not(loom)))]
     {
         let probe = 0u8;
         let at = core::hint::black_box(core::ptr::addr_of!(probe)) as usize as u64;
         // 16 KiB apart counts as another stack; the top bits of a Fibonacci hash.
         ((at >> 14).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+std::thread_local!(static SLOT: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) });
+
+/// Makes `slot` this thread's number from now on (with `std`; elsewhere the number
+/// cannot be stored, and this does nothing).
+fn move_slot(slot: usize) {
+    #[cfg(all(feature = "std", not(loom)))]
+    SLOT.with(|s| s.set(slot));
+    #[cfg(not(all(feature = "std", not(loom))))]
+    let _ = slot;
+}
+
+/// How many shards a sharded structure gets: `min`, or one per CPU this process may run
+/// on where there are more (with `std`; at most 256), so that every thread running at once
+/// can have a shard of its own.
+pub(crate) fn shard_count(min: usize) -> usize {
+    #[cfg(all(feature = "std", not(loom)))]
+    return std::thread::available_parallelism().map_or(min, |n| n.get().clamp(min, 256.max(min)));
+    #[cfg(not(all(feature = "std", not(loom))))]
+    return min;
+}
+
+/// This thread's shard of `shards`, locked, with its index: its home shard (see
+/// [`thread_slot`]) if free, else the next free one, which becomes the thread's home, else
+/// (all taken) the home shard once it is free.
+///
+/// Moving home is what keeps two threads that run at once apart: with a fixed home, two
+/// threads whose numbers fall on one shard would take turns on it and its neighbour call
+/// after call, each finding its cached ranges and its bookkeeping in the other's shard
+/// (measured: ten times slower than one thread alone). After one such meeting the thread
+/// that lost stays on the shard it found free.
+pub(crate) fn lock_home<T>(shards: &[Padded<ShardLock<T>>]) -> (usize, ShardGuard<'_, T>) {
+    let n = shards.len();
+    let slot = thread_slot();
+    let home = slot % n;
+    if let Some(g) = shards[home].try_lock() {
+        return (home, g);
+    }
+    let free = (1..n)
+        .map(|i| (home + i) % n)
+        .find_map(|i| Some((i, shards[i].try_lock()?)));
+    match free {
+        Some((i, g)) => {
+            // Same residue for every shard count of this size: the new home is `i`.
+            move_slot(slot - home + i);
+            (i, g)
+        }
+        None => (home, shards[home].lock()),
     }
 }
 
@@ -254,5 +301,29 @@ mod tests {
         }
         assert!(m.try_lock().is_some());
         assert!(alloc_crate::format!("{m:?}").contains("[1, 2]"));
+    }
+
+    /// A thread that finds its home shard taken works on the next free one and stays
+    /// there; with every shard taken it waits for its home.
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_thread_moves_home_when_its_shard_is_taken() {
+        let shards: alloc_crate::vec::Vec<_> = (0..4).map(|i| Padded(ShardLock::new(i))).collect();
+        let home = lock_home(&shards).0;
+        assert_eq!(home, thread_slot() % 4, "the first call finds home free");
+        let held = shards[home].try_lock().unwrap();
+        let (moved, g) = lock_home(&shards);
+        assert_eq!((moved, *g), ((home + 1) % 4, (home + 1) % 4));
+        drop((g, held));
+        assert_eq!(lock_home(&shards).0, moved, "the new home sticks");
+        assert_eq!(thread_slot() % 4, moved);
+        // All taken: the home shard, once its holder lets go.
+        let others: alloc_crate::vec::Vec<_> = (0..4)
+            .filter(|&i| i != moved)
+            .map(|i| shards[i].try_lock().unwrap())
+            .collect();
+        let g = lock_home(&shards);
+        assert_eq!(g.0, moved);
+        drop((g, others));
     }
 }

@@ -46,14 +46,15 @@ use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};
 use super::{Placement, RangeAllocator};
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{thread_slot, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
+use crate::sync::{lock_home, shard_count, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
 
 /// Cached sizes: 1 to `CLASSES` units of the default alignment.
 const CLASSES: usize = 16;
-/// Shards (fewer under loom, whose model grows with every lock).
+/// Shards at least (one per CPU where there are more; fewer under loom, whose model
+/// grows with every lock).
 #[cfg(not(loom))]
 const SHARDS: usize = 8;
 #[cfg(loom)]
@@ -124,7 +125,7 @@ impl LockedRangeAllocator {
     pub fn new(inner: RangeAllocator) -> Self {
         let unit = inner.default_alignment();
         let caching = AtomicBool::new(inner.placement() == Placement::GoodFit);
-        let shards = (0..SHARDS)
+        let shards = (0..shard_count(SHARDS))
             .map(|_| {
                 Padded(ShardLock::new(Front {
                     mags: Magazines::new(),
@@ -160,10 +161,7 @@ impl LockedRangeAllocator {
 
     /// This thread's shard, or the next free one.
     fn front(&self) -> ShardGuard<'_, Front> {
-        let home = thread_slot() % SHARDS;
-        (0..SHARDS)
-            .find_map(|i| self.shards[(home + i) % SHARDS].try_lock())
-            .unwrap_or_else(|| self.shards[home].lock())
+        lock_home(&self.shards).1
     }
 
     /// Every shard locked in order, then the allocator, every cached range given back.
@@ -356,7 +354,7 @@ impl core::fmt::Debug for LockedRangeAllocator {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LockedRangeAllocator")
             .field("inner", &self.inner)
-            .field("shards", &SHARDS)
+            .field("shards", &self.shards.len())
             .finish_non_exhaustive()
     }
 }

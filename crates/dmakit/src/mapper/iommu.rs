@@ -6,7 +6,7 @@ use super::placement::{allocate_placed, IovaPlacement};
 use super::Mapper;
 use crate::alloc::magazine::Depot;
 use crate::alloc::{Placement, RangeAllocator};
-use crate::sync::{thread_slot, Mutex, Padded, ShardGuard, ShardLock};
+use crate::sync::{lock_home, shard_count, Mutex, Padded, ShardGuard, ShardLock};
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
@@ -223,7 +223,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             base,
             size,
             lazy,
-            shards: (0..SHARDS)
+            shards: (0..shard_count(SHARDS))
                 .map(|_| Padded(ShardLock::new(Shard::new())))
                 .collect(),
             depot: Mutex::new(Depot::new()),
@@ -334,13 +334,8 @@ impl<H: IommuHardware> IommuMapper<H> {
     }
 
     /// This thread's shard, or the next free one, and its index.
-    #[cfg_attr(loom, allow(clippy::modulo_one))]
     fn shard_at(&self) -> (usize, ShardGuard<'_, Shard>) {
-        let home = thread_slot() % SHARDS;
-        (0..SHARDS)
-            .map(|i| (home + i) % SHARDS)
-            .find_map(|i| Some((i, self.shards[i].try_lock()?)))
-            .unwrap_or_else(|| (home, self.shards[home].lock()))
+        lock_home(&self.shards)
     }
 
     /// `f` on this thread's shard, then on each other shard in turn, until it answers.
@@ -350,7 +345,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             (i, f(&mut s))
         };
         first.or_else(|| {
-            (0..SHARDS)
+            (0..self.shards.len())
                 .filter(|&i| i != mine)
                 .find_map(|i| f(&mut self.shards[i].lock()))
         })
@@ -889,6 +884,28 @@ mod tests {
         *hw.invalidations_before_failure.lock() = None;
         let two = m.iovm_alloc(2).unwrap();
         assert_eq!(two.0, all[1], "the two free pages are still there");
+    }
+
+    /// A thread whose shard another thread holds works in the next free shard from then
+    /// on: its allocations, frees and cached ranges stay together there, instead of two
+    /// threads with one home taking turns on two shards call after call.
+    #[test]
+    fn a_thread_whose_shard_is_taken_moves_to_a_free_one() {
+        let m = IommuMapper::new(Table::default(), 0x10_0000, 0x100_0000).unwrap();
+        let home = m.shard_at().0;
+        let held = m.shards[home].try_lock().unwrap();
+        let a = m.iovm_alloc(2).unwrap();
+        drop(held);
+        let b = m.iovm_alloc(2).unwrap();
+        let moved = m.shard_at().0;
+        assert_ne!(moved, home);
+        let s = m.shards[moved].lock();
+        assert!(s.live.get(&a.0).is_some() && s.live.get(&b.0).is_some());
+        drop(s);
+        m.iovm_free(a, 2).unwrap();
+        m.iovm_free(b, 2).unwrap();
+        assert_eq!(m.usage(), (0, 0));
+        assert_eq!(m.iovm_alloc(2).unwrap(), b, "from the new home's cache");
     }
 
     #[test]
