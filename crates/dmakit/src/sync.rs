@@ -234,16 +234,6 @@ fn move_slot(slot: usize) {
     let _ = slot;
 }
 
-/// How many shards a sharded structure gets: `min`, or one per CPU this process may run
-/// on where there are more (with `std`; at most 256), so that every thread running at once
-/// can have a shard of its own.
-pub(crate) fn shard_count(min: usize) -> usize {
-    #[cfg(all(feature = "std", not(loom)))]
-    return std::thread::available_parallelism().map_or(min, |n| n.get().clamp(min, 256.max(min)));
-    #[cfg(not(all(feature = "std", not(loom))))]
-    return min;
-}
-
 /// This thread's shard of `shards`, locked, with its index: its home shard (see
 /// [`thread_slot`]) if free, else the next free one, which becomes the thread's home, else
 /// (all taken) the home shard once it is free.

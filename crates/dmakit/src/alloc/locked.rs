@@ -46,15 +46,14 @@ use super::magazine::{Depot, Magazines};
 use super::table::{table, Table};
 use super::{Placement, RangeAllocator};
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{lock_home, shard_count, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
+use crate::sync::{lock_home, Mutex, MutexGuard, Padded, ShardGuard, ShardLock};
 use crate::{Error, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
 
 /// Cached sizes: 1 to `CLASSES` units of the default alignment.
 const CLASSES: usize = 16;
-/// Shards at least (one per CPU where there are more; fewer under loom, whose model
-/// grows with every lock).
+/// Shards (fewer under loom, whose model grows with every lock).
 #[cfg(not(loom))]
 const SHARDS: usize = 8;
 #[cfg(loom)]
@@ -125,7 +124,7 @@ impl LockedRangeAllocator {
     pub fn new(inner: RangeAllocator) -> Self {
         let unit = inner.default_alignment();
         let caching = AtomicBool::new(inner.placement() == Placement::GoodFit);
-        let shards = (0..shard_count(SHARDS))
+        let shards = (0..SHARDS)
             .map(|_| {
                 Padded(ShardLock::new(Front {
                     mags: Magazines::new(),

@@ -6,7 +6,7 @@ use super::placement::{allocate_placed, IovaPlacement};
 use super::Mapper;
 use crate::alloc::magazine::Depot;
 use crate::alloc::{Placement, RangeAllocator};
-use crate::sync::{lock_home, shard_count, Mutex, Padded, ShardGuard, ShardLock};
+use crate::sync::{lock_home, Mutex, Padded, ShardGuard, ShardLock};
 use crate::{Error, IoAddr, PageSize, PhysAddr, Result};
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
@@ -223,7 +223,7 @@ impl<H: IommuHardware> IommuMapper<H> {
             base,
             size,
             lazy,
-            shards: (0..shard_count(SHARDS))
+            shards: (0..SHARDS)
                 .map(|_| Padded(ShardLock::new(Shard::new())))
                 .collect(),
             depot: Mutex::new(Depot::new()),
