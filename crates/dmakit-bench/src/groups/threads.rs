@@ -17,6 +17,12 @@
 //!   own structures and lock are measured, not a simulated IOTLB's).
 //! * `threads/iommu_map_unmap/2_threads`: `iovm_alloc` of 4 pages, `iovm_insert_page` of
 //!   each, `iovm_free` (which unmaps them): 6 calls per round trip.
+//! * `threads/iommu_unmap_elsewhere/2_threads`: a round trip of `iovm_alloc` of 4 pages
+//!   and four `iovm_insert_page` on the main thread, and `iovm_free` on the helper, which
+//!   takes them in batches of 64 (a driver that maps on its submission thread and unmaps
+//!   on its completion thread), against the main thread doing whole round trips alone in
+//!   the same batches. The helper's free has to find and change the main thread's
+//!   bookkeeping, so this row shows what that hand-over costs; it has no bound.
 //! * `threads/locked_range_alloc_free/2_threads`: [`LockedRangeAllocator`] `allocate` of
 //!   4 KiB–64 KiB and `deallocate` of a thread's oldest of 64, over a space holding 10,000
 //!   other ranges.
@@ -33,6 +39,7 @@ use dmakit::mapper::{Access, IommuHardware, IommuMapper, Mapper};
 use dmakit::{IoAddr, PageSize, PhysAddr, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::sync::Barrier;
 
 const CHUNKS: usize = 8;
@@ -201,9 +208,80 @@ pub fn two_vs_one<S: Shared>(plan: &Plan, s: &S, calls: usize, a_a: bool) -> Pai
     })
 }
 
+/// Allocations handed from the mapping thread to the unmapping one at a time.
+const BATCH: usize = 64;
+
+/// Maps one 4-page allocation (as [`IovmMapUnmap`] does) and returns it.
+fn map_four(m: &IommuMapper<NullIommu>) -> Option<IoAddr> {
+    let a = m.iovm_alloc(4).ok()?;
+    for i in 0..4 {
+        let _ = m.iovm_insert_page(
+            IoAddr(a.0 + i * PAGE),
+            PhysAddr(0x10_0000 + i * PAGE),
+            Access::READ_WRITE,
+        );
+    }
+    Some(a)
+}
+
+/// Round trips mapped on the main thread and unmapped on a helper, against the main
+/// thread alone; `trips` per chunk, a multiple of [`BATCH`].
+pub fn unmap_elsewhere(plan: &Plan, m: &IommuMapper<NullIommu>, trips: usize) -> Paired {
+    let batches = trips.div_ceil(BATCH);
+    let (start, done) = (Barrier::new(2), Barrier::new(2));
+    let cmd = AtomicU8::new(IDLE);
+    let (tx, rx) = sync_channel::<Vec<IoAddr>>(4);
+    std::thread::scope(|scope| {
+        let (start, done, cmd) = (&start, &done, &cmd);
+        scope.spawn(move || loop {
+            start.wait();
+            match cmd.load(Ordering::Acquire) {
+                WORK => {
+                    for batch in rx.iter().take(batches) {
+                        for a in batch {
+                            let _ = m.iovm_free(a, 4);
+                        }
+                    }
+                }
+                EXIT => break,
+                _ => {}
+            }
+            done.wait();
+        });
+        let mut chunk = |helper: u8| {
+            cmd.store(helper, Ordering::Release);
+            start.wait();
+            let mut mine = Vec::with_capacity(BATCH);
+            for _ in 0..batches {
+                mine.extend((0..BATCH).filter_map(|_| map_four(m)));
+                if helper == WORK {
+                    let full = std::mem::replace(&mut mine, Vec::with_capacity(BATCH));
+                    let _ = tx.send(full);
+                } else {
+                    for a in mine.drain(..) {
+                        let _ = m.iovm_free(a, 4);
+                    }
+                }
+            }
+            done.wait();
+        };
+        let ops = (batches * BATCH * CHUNKS) as f64;
+        let chunk = std::cell::RefCell::new(&mut chunk);
+        let p = compare(
+            plan,
+            CHUNKS,
+            Side::new(ops, |_| (chunk.borrow_mut())(WORK)),
+            Side::new(ops, |_| (chunk.borrow_mut())(IDLE)),
+        );
+        cmd.store(EXIT, Ordering::Release);
+        start.wait();
+        p
+    })
+}
+
 /// Rows the group plans.
 pub fn planned(_opts: &Options) -> usize {
-    4
+    5
 }
 
 /// Runs the group.
@@ -218,6 +296,9 @@ pub fn run(opts: &Options, p: &mut Progress) -> Vec<Row> {
         }),
         measure(p, "threads/iommu_map_unmap/2_threads", one, || {
             two_vs_one(&plan, &IovmMapUnmap(mapper()), calls, false)
+        }),
+        measure(p, "threads/iommu_unmap_elsewhere/2_threads", one, || {
+            unmap_elsewhere(&plan, &mapper(), calls / 6)
         }),
         measure(p, "threads/locked_range_alloc_free/2_threads", one, || {
             two_vs_one(&plan, &locked, calls, false)
@@ -242,6 +323,10 @@ mod tests {
             (BACKGROUND, 0),
             "map/unmap leaves nothing behind"
         );
+        let m = mapper();
+        let p = unmap_elsewhere(&plan, &m, 2 * BATCH);
+        assert!(p.ns_per_op > 0.0 && p.peer_ns_per_op > 0.0, "{p:?}");
+        assert_eq!(m.usage(), (BACKGROUND, 0), "the helper unmapped everything");
         let l = LockedAllocFree(locked());
         let before = l.0.free_count();
         let p = two_vs_one(&plan, &l, 300, false);
