@@ -74,6 +74,9 @@ fn vtd(
 #[uefi::entry]
 fn main() -> uefi::Status {
     sys::heap::init();
+    // The shards of dmakit's shared structures go by CPU number; this kernel never starts
+    // a second CPU.
+    dmakit::sync::set_cpu_number(|| 0);
     println!("baremetal: dmakit test kernel started");
     let rsdp = uefi::system::with_config_table(|t| {
         let find = |g| t.iter().find(|e| e.guid == g).map(|e| e.address as u64);

@@ -192,11 +192,56 @@ impl<T> ShardLock<T> {
     }
 }
 
+/// Where [`set_cpu_number`] put the kernel's answer.
+#[cfg(not(loom))]
+static CPU_NUMBER: spin::Once<fn() -> usize> = spin::Once::new();
+
+/// Tells dmakit how to ask which CPU the calling code runs on; returns `false`, changing
+/// nothing, if it was told before.
+///
+/// dmakit's sharded structures ([`IommuMapper`](crate::mapper::IommuMapper)'s
+/// bookkeeping and caches of IO ranges, [`LockedRangeAllocator`](crate::alloc::LockedRangeAllocator)'s
+/// caches) give each thread a shard to try first, so that threads running at once do not
+/// wait for each other. With `std` each thread gets its own number and moves to a free
+/// shard when it finds its own taken; without `std` there is no thread-local storage, and
+/// dmakit guesses from the stack address, which can put two CPUs on one shard for good. A
+/// kernel that knows its CPU number (from a per-CPU register, say) should register it once
+/// at boot, before other CPUs start: each CPU then has its own shard, as Linux's per-CPU
+/// IO address caches do (up to eight CPUs; beyond that they share). `f` is called on
+/// every allocation and free, so it must be cheap, and it must not call into dmakit. Any
+/// answer is correct, even a wrong one: it only decides where to look first. Under loom
+/// this does nothing.
+///
+/// ```
+/// fn cpu() -> usize {
+///     0 // a kernel reads its per-CPU area here
+/// }
+/// assert!(dmakit::sync::set_cpu_number(cpu));
+/// assert!(!dmakit::sync::set_cpu_number(cpu), "only the first one counts");
+/// ```
+pub fn set_cpu_number(f: fn() -> usize) -> bool {
+    #[cfg(not(loom))]
+    {
+        let mut first = false;
+        CPU_NUMBER.call_once(|| {
+            first = true;
+            f
+        });
+        first
+    }
+    #[cfg(loom)]
+    {
+        let _ = f;
+        false
+    }
+}
+
 /// A small number that stays the same for a thread (most of the time), for picking the
 /// shard of a sharded structure that the thread should try first: threads that run at once
 /// then mostly work on different shards and never wait for each other.
 ///
-/// With `std`, each thread takes the next number when it first asks (so the first threads
+/// The CPU's number when the platform gave a way to ask ([`set_cpu_number`]). Otherwise,
+/// with `std`, each thread takes the next number when it first asks (so the first threads
 /// all differ), and [`lock_home`] moves it when it finds its shard taken; without it there
 /// is no thread-local storage, and the number is a hash of the current stack address
 /// (threads run on different stacks); under loom it is 0, so that every execution is the
@@ -204,6 +249,10 @@ impl<T> ShardLock<T> {
 pub(crate) fn thread_slot() -> usize {
     #[cfg(loom)]
     return 0;
+    #[cfg(not(loom))]
+    if let Some(cpu) = CPU_NUMBER.get() {
+        return cpu() % (usize::MAX / 2);
+    }
     #[cfg(all(feature = "std", not(loom)))]
     return SLOT.with(|s| {
         if s.get() == usize::MAX {
