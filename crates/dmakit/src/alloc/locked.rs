@@ -6,8 +6,11 @@
 //! default alignment, exact sizes) are cached: a free of one goes into a
 //! magazine (`alloc::magazine`, private) of its size, in the *shard* the freeing thread works on,
 //! and the next allocation of that size there takes it back, without touching the shared
-//! allocator. A thread picks its shard by a thread-affine number and takes the next one
-//! when that is busy, so threads running at once nearly never share a lock.
+//! allocator. A thread starts on a shard of its own and, when another thread holds it,
+//! moves to the next free one for good (in a kernel that registered
+//! [`set_cpu_number`](crate::sync::set_cpu_number), each CPU has its own), so threads
+//! running at once nearly never share a lock. A range freed by another thread than the one
+//! that allocated it goes back to the cache of the shard that lent it.
 //!
 //! To tell a free of one whole cached-size allocation (which may be cached) from any other
 //! free (part of an allocation, several, space never seen, a double free: the shared
