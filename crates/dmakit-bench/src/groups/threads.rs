@@ -228,7 +228,7 @@ fn map_four(m: &IommuMapper<NullIommu>) -> Option<IoAddr> {
 }
 
 /// Round trips mapped on the main thread and unmapped on a helper, against the main
-/// thread alone; `trips` per chunk, a multiple of [`BATCH`].
+/// thread alone; `trips` per chunk, in batches of 64.
 pub fn unmap_elsewhere(plan: &Plan, m: &IommuMapper<NullIommu>, trips: usize) -> Paired {
     let batches = trips.div_ceil(BATCH);
     let (start, done) = (Barrier::new(2), Barrier::new(2));
