@@ -284,14 +284,15 @@ fn move_slot(slot: usize) {
 }
 
 /// This thread's shard of `shards`, locked, with its index: its home shard (see
-/// [`thread_slot`]) if free, else the next free one, which becomes the thread's home, else
-/// (all taken) the home shard once it is free.
+/// [`thread_slot`]) if free, else the next free one, which becomes the thread's home (with
+/// `std`, unless a CPU number was registered: a CPU's home does not move), else (all
+/// taken) the home shard once it is free.
 ///
 /// Moving home is what keeps two threads that run at once apart: with a fixed home, two
 /// threads whose numbers fall on one shard would take turns on it and its neighbour call
 /// after call, each finding its cached ranges and its bookkeeping in the other's shard
-/// (measured: ten times slower than one thread alone). After one such meeting the thread
-/// that lost stays on the shard it found free.
+/// (measured: five to six times slower than one thread alone). After one such meeting the
+/// thread that lost stays on the shard it found free.
 pub(crate) fn lock_home<T>(shards: &[Padded<ShardLock<T>>]) -> (usize, ShardGuard<'_, T>) {
     let n = shards.len();
     let slot = thread_slot();

@@ -8,8 +8,8 @@
 //! when freed (and invalidated) its range goes into that shard's
 //! [magazines](crate::alloc::magazine) for the next allocation of its size. A thread works
 //! on its own shard, so threads running at once take different locks: a thread that finds
-//! its shard held by another moves to the next free one and stays there. An allocation another thread made is found by looking in
-//! the other shards, one at a time. Larger
+//! its shard held by another moves to the next free one and stays there. An allocation
+//! another thread made is found by looking in the other shards, one at a time. Larger
 //! allocations (and the few made at an exact size when space is short) are recorded in
 //! one shared [`Large`] book, as before the shards.
 
@@ -26,9 +26,9 @@ const ALIGNMENTS: usize = 6;
 pub(super) const UNCACHED: usize = usize::MAX;
 /// Freed ranges wait this many to a shard until one invalidation round covers them.
 pub(super) const FLUSH_BATCH: usize = 16;
-/// Shards. Under loom one: the model's
-/// interleavings grow with every lock taken, and with two shards the mapper models run for
-/// many minutes; frees across shards are covered by the threaded tests instead.
+/// Shards. Under loom one: the model's interleavings grow with every lock taken, and with
+/// two shards the mapper models run for many minutes; frees across shards are covered by
+/// the threaded tests instead.
 #[cfg(not(loom))]
 pub(super) const SHARDS: usize = 8;
 #[cfg(loom)]
